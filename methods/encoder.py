@@ -1,0 +1,162 @@
+"""One forward of the frozen encoder, with per-row effects from any mix of artifact kinds.
+
+The backbone's own modules hold the weights; this file only re-states BERT's forward so
+that kinds can act at four points: before each layer, after each Linear, after each
+LayerNorm, and as extra attention keys/values (prefixes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers.activations import ACT2FN
+
+from methods.backbone import Backbone
+from methods.spec import EMBED_NORM, LAYER_NORMS, BackboneSpec
+
+
+@dataclasses.dataclass
+class BatchContext:
+    """What every effect may read about the batch being run."""
+
+    input_ids: Tensor  # (B, T)
+    attention_mask: Tensor  # (B, T) bool
+    special_index: Tensor  # (B, T) long: k for the k-th special token of a row, -1 elsewhere
+    device: torch.device
+    dtype: torch.dtype
+    spec: BackboneSpec
+
+
+class Effect:
+    """Per-batch action of one kind on its rows. Defaults do nothing."""
+
+    linear_names: frozenset[str] = frozenset()  # Linear paths whose outputs it changes
+    norm_names: frozenset[str] = frozenset()  # LayerNorm paths whose outputs it changes
+    acts_before_layers: bool = False
+    has_prefix: bool = False
+
+    def before_layer(self, layer: int, h: Tensor) -> Tensor:
+        return h
+
+    def linear(self, name: str, x: Tensor, y: Tensor) -> Tensor:
+        return y
+
+    def norm(self, name: str, normed: Tensor, y: Tensor) -> Tensor:
+        return y
+
+    def prefix(self, layer: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Keys (B, P, d), values (B, P, d), and an additive attention bias (B, P):
+        0 for a plain prefix key, -inf for one the row must not see."""
+        raise NotImplementedError
+
+
+def special_index(input_ids: Tensor, special_ids: frozenset[int], num_special: int) -> Tensor:
+    """(B, T): 0 for the first special token of a row ([CLS]), 1 for the next ([SEP])..."""
+    ids = torch.tensor(sorted(special_ids), device=input_ids.device)
+    is_special = torch.isin(input_ids, ids)
+    order = torch.cumsum(is_special.long(), dim=1) - 1
+    order = order.clamp(max=num_special - 1)
+    return torch.where(is_special, order, torch.full_like(order, -1))
+
+
+class Encoder:
+    """Runs the backbone's layers with effects; stateless apart from the backbone."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        self.bb = backbone
+        m = backbone.model
+        self.cfg = m.config
+        self.emb = m.embeddings
+        self.layers = list(m.encoder.layer)
+        self.act = ACT2FN[self.cfg.hidden_act]
+        self.eps = self.cfg.layer_norm_eps
+        self.roberta_positions = self.emb.position_embeddings.padding_idx is not None
+        self.pooler = getattr(m, "pooler", None)
+
+    def context(self, input_ids: Tensor, attention_mask: Tensor) -> BatchContext:
+        spec = self.bb.spec
+        return BatchContext(
+            input_ids=input_ids,
+            attention_mask=attention_mask.bool(),
+            special_index=special_index(input_ids, self.bb.special_ids, spec.num_special),
+            device=input_ids.device,
+            dtype=self.bb.dtype,
+            spec=spec,
+        )
+
+    def forward(
+        self, ctx: BatchContext, token_type_ids: Tensor, effects: Sequence[Effect] = ()
+    ) -> Tensor:
+        """Final hidden states (B, T, d)."""
+        h = self._embed(ctx, token_type_ids, effects)
+        for i, layer in enumerate(self.layers):
+            h = self._layer(i, layer, h, ctx, effects)
+        return h
+
+    def _embed(self, ctx: BatchContext, token_type_ids: Tensor, effects: Sequence[Effect]) -> Tensor:
+        ids = ctx.input_ids
+        if self.roberta_positions:
+            pad = self.emb.position_embeddings.padding_idx
+            mask = ids.ne(pad).long()
+            pos = torch.cumsum(mask, dim=1) * mask + pad
+        else:
+            pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        h = self.emb.word_embeddings(ids) + self.emb.position_embeddings(pos)
+        h = h + self.emb.token_type_embeddings(token_type_ids)
+        return self._norm(EMBED_NORM, self.emb.LayerNorm, h, effects)
+
+    def _layer(self, i: int, layer: torch.nn.Module, h: Tensor, ctx: BatchContext,
+               effects: Sequence[Effect]) -> Tensor:
+        for e in effects:
+            if e.acts_before_layers:
+                h = e.before_layer(i, h)
+        p = f"encoder.layer.{i}."
+        att = layer.attention
+        q = self._linear(p + "attention.self.query", att.self.query, h, effects)
+        k = self._linear(p + "attention.self.key", att.self.key, h, effects)
+        v = self._linear(p + "attention.self.value", att.self.value, h, effects)
+        a = self._attend(i, q, k, v, ctx, effects)
+        a = self._linear(p + "attention.output.dense", att.output.dense, a, effects)
+        h1 = self._norm(p + LAYER_NORMS[0], att.output.LayerNorm, a + h, effects)
+        x = self.act(self._linear(p + "intermediate.dense", layer.intermediate.dense, h1, effects))
+        o = self._linear(p + "output.dense", layer.output.dense, x, effects)
+        return self._norm(p + LAYER_NORMS[1], layer.output.LayerNorm, o + h1, effects)
+
+    def _attend(self, i: int, q: Tensor, k: Tensor, v: Tensor, ctx: BatchContext,
+                effects: Sequence[Effect]) -> Tensor:
+        mask: Tensor = ctx.attention_mask  # (B, T) bool, or (B, P + T) float with prefixes
+        for e in effects:
+            if e.has_prefix:
+                pk, pv, pbias = e.prefix(i)
+                k, v = torch.cat([pk, k], dim=1), torch.cat([pv, v], dim=1)
+                if mask.dtype == torch.bool:
+                    mask = torch.zeros_like(mask, dtype=q.dtype).masked_fill(~mask, float("-inf"))
+                mask = torch.cat([pbias.to(q.dtype), mask], dim=1)
+        B, T, d = q.shape
+        H = self.bb.spec.num_heads
+        q, k, v = (t.view(B, -1, H, d // H).transpose(1, 2) for t in (q, k, v))  # (B, H, T, dh)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        return out.transpose(1, 2).reshape(B, T, d)
+
+    def _linear(self, name: str, mod: torch.nn.Linear, x: Tensor,
+                effects: Sequence[Effect]) -> Tensor:
+        y = F.linear(x, mod.weight, mod.bias)
+        for e in effects:
+            if name in e.linear_names:
+                y = e.linear(name, x, y)
+        return y
+
+    def _norm(self, name: str, mod: torch.nn.LayerNorm, x: Tensor,
+              effects: Sequence[Effect]) -> Tensor:
+        touching = [e for e in effects if name in e.norm_names]
+        if not touching:
+            return F.layer_norm(x, mod.normalized_shape, mod.weight, mod.bias, self.eps)
+        normed = F.layer_norm(x, mod.normalized_shape, None, None, self.eps)
+        y = normed * mod.weight + mod.bias
+        for e in touching:
+            y = e.norm(name, normed, y)
+        return y

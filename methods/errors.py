@@ -1,0 +1,17 @@
+"""Errors that name what is wrong with an artifact; the servicer maps them to gRPC codes."""
+
+from __future__ import annotations
+
+
+class ArtifactError(ValueError):
+    """An artifact fails a check. ``check`` names the check (stable, for clients and tests)."""
+
+    def __init__(self, check: str, message: str) -> None:
+        super().__init__(f"{check}: {message}")
+        self.check = check
+        self.message = message
+
+
+class UnknownKindError(ArtifactError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__("unknown_kind", f"kind {name!r} is not one of {', '.join(known)}")

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from methods import Engine, load_backbone  # noqa: E402
+from tests.tiny import make_bert, make_roberta  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_roberta(tmp_path_factory.mktemp("tiny-roberta"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tiny_bert_dir: Path):
+    return load_backbone(tiny_bert_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tiny_roberta_dir: Path):
+    return load_backbone(tiny_roberta_dir)
+
+
+@pytest.fixture(scope="session")
+def real_backbone():
+    return load_backbone()
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_bert) -> Engine:
+    return Engine(tiny_bert, max_batch_size=16)
