@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -68,14 +69,14 @@ class Encoder:
 
     def __init__(self, backbone: Backbone) -> None:
         self.bb = backbone
-        m = backbone.model
+        m: Any = backbone.model  # HF modules: attributes are dynamic
         self.cfg = m.config
         self.emb = m.embeddings
-        self.layers = list(m.encoder.layer)
+        self.layers: list[Any] = list(m.encoder.layer)
         self.act = ACT2FN[self.cfg.hidden_act]
         self.eps = self.cfg.layer_norm_eps
         self.roberta_positions = self.emb.position_embeddings.padding_idx is not None
-        self.pooler = getattr(m, "pooler", None)
+        self.pooler: Any = getattr(m, "pooler", None)
 
     def context(self, input_ids: Tensor, attention_mask: Tensor) -> BatchContext:
         spec = self.bb.spec
@@ -109,7 +110,7 @@ class Encoder:
         h = h + self.emb.token_type_embeddings(token_type_ids)
         return self._norm(EMBED_NORM, self.emb.LayerNorm, h, effects)
 
-    def _layer(self, i: int, layer: torch.nn.Module, h: Tensor, ctx: BatchContext,
+    def _layer(self, i: int, layer: Any, h: Tensor, ctx: BatchContext,
                effects: Sequence[Effect]) -> Tensor:
         for e in effects:
             if e.acts_before_layers:

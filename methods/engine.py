@@ -46,7 +46,7 @@ class Engine:
         self.pad_id = backbone.tokenizer.pad_token_id or 0
 
     @property
-    def spec(self):  # noqa: ANN201 - BackboneSpec
+    def spec(self):
         return self.backbone.spec
 
     def load(self, artifact: TaskArtifact) -> LoadedTask:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +62,7 @@ def validate_head(tensors: Mapping[str, Tensor], spec: BackboneSpec, cfg: HeadCo
 
 
 def apply_head(t: Mapping[str, Tensor], cfg: HeadConfig, cls: Tensor,
-               pooler: torch.nn.Module | None) -> Tensor:
+               pooler: Any) -> Tensor:
     """(n, d) [CLS] states -> (n, C) logits."""
     if cfg.type == "mlp":
         h = torch.tanh(F.linear(cls, t["head.dense.weight"], t["head.dense.bias"]))

@@ -69,11 +69,10 @@ def _head_from_peft(state: Mapping[str, Tensor]) -> tuple[HeadConfig, dict[str, 
     w, b = find("classifier.weight"), find("classifier.bias")
     if w is not None and b is not None:  # BERT: classifier over the frozen pooler
         return HeadConfig(num_outputs=w.shape[0], type="pooler"), {"head.weight": w, "head.bias": b}
-    parts = {n: find(f"classifier.{n}") for n in
-             ("dense.weight", "dense.bias", "out_proj.weight", "out_proj.bias")}
-    if all(v is not None for v in parts.values()):  # RoBERTa: dense + tanh + out_proj
-        cls = {"head.dense.weight": parts["dense.weight"], "head.dense.bias": parts["dense.bias"],
-               "head.out.weight": parts["out_proj.weight"], "head.out.bias": parts["out_proj.bias"]}
-        return HeadConfig(num_outputs=cls["head.out.weight"].shape[0], type="mlp"), cls  # type: ignore[index]
+    names = {"dense.weight": "head.dense.weight", "dense.bias": "head.dense.bias",
+             "out_proj.weight": "head.out.weight", "out_proj.bias": "head.out.bias"}
+    cls = {ours: t for theirs, ours in names.items() if (t := find(f"classifier.{theirs}")) is not None}
+    if len(cls) == len(names):  # RoBERTa: dense + tanh + out_proj
+        return HeadConfig(num_outputs=cls["head.out.weight"].shape[0], type="mlp"), cls
     raise ArtifactError("peft", "adapter has no classifier weights; train with "
                         "modules_to_save=['classifier'] (task_type SEQ_CLS)")

@@ -8,8 +8,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from methods import Engine, load_backbone  # noqa: E402
-from tests.tiny import make_bert, make_roberta  # noqa: E402
+from methods import Engine, load_backbone
+from tests.tiny import make_bert, make_roberta
 
 
 @pytest.fixture(scope="session")

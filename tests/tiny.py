@@ -6,14 +6,19 @@ from pathlib import Path
 
 import torch
 from transformers import (
-    BertConfig, BertModel, BertTokenizerFast, RobertaConfig, RobertaModel, RobertaTokenizerFast,
+    BertConfig,
+    BertModel,
+    BertTokenizerFast,
+    RobertaConfig,
+    RobertaModel,
+    RobertaTokenizerFast,
 )
 
-WORDS = (
-    "the a an movie film was is good bad great terrible boring fun i it this that not very "
-    "really loved hated plot actors acting cat dog sat on mat man walks park rain today "
-    "tomorrow sun shines he she they we you and or but so because , . ! ?"
-).split()
+WORDS = """
+the a an movie film was is good bad great terrible boring fun i it this that not very
+really loved hated plot actors acting cat dog sat on mat man walks park rain today
+tomorrow sun shines he she they we you and or but so because , . ! ?
+""".split()
 
 
 def make_bert(folder: Path, seed: int = 0, layers: int = 2) -> Path:
