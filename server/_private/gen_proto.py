@@ -1,0 +1,60 @@
+"""Generate the protobuf/gRPC Python code next to the .proto files: the one way to make it.
+
+    python -m server._private.gen_proto           # (re)write proto/polyhead/v1/*_pb2*.py
+    python -m server._private.gen_proto --check   # exit 1 if the committed code is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import sys
+import tempfile
+from pathlib import Path
+
+PROTO_ROOT = Path(__file__).resolve().parents[2] / "proto"
+PROTOS = ("polyhead/v1/polyhead.proto",)
+GENERATED = ("polyhead_pb2.py", "polyhead_pb2_grpc.py")
+
+
+def generate(out: Path = PROTO_ROOT) -> list[Path]:
+    """Run protoc (grpcio-tools) over PROTOS, writing the generated modules under ``out``."""
+    import grpc_tools
+    from grpc_tools import protoc
+
+    well_known = Path(grpc_tools.__file__).parent / "_proto"
+    args = ["protoc", f"-I{PROTO_ROOT}", f"-I{well_known}", f"--python_out={out}",
+            f"--grpc_python_out={out}", *PROTOS]
+    if protoc.main(args) != 0:
+        raise RuntimeError(f"protoc failed on {', '.join(PROTOS)}")
+    return [out / Path(p).parent / name for p in PROTOS for name in GENERATED]
+
+
+def stale_files() -> list[str]:
+    """Generated files whose committed content differs from a fresh generation."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = generate(Path(tmp))
+        stale = []
+        for f in fresh:
+            committed = PROTO_ROOT / f.relative_to(Path(tmp))
+            if not committed.is_file() or not filecmp.cmp(f, committed, shallow=False):
+                stale.append(str(committed))
+        return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only check the committed files")
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = stale_files()
+        for name in stale:
+            print(f"stale: {name} (run `make proto`)", file=sys.stderr)
+        return 1 if stale else 0
+    for path in generate():
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Replica metrics through Ray's metrics API (exported to Prometheus by Ray)."""
+
+from __future__ import annotations
+
+from ray.util import metrics
+
+_LATENCY_MS = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0]
+_SIZES = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]
+_RATIO = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
+
+
+class ServerMetrics:
+    """Every metric a replica records; tags are bounded (task ids, kinds, status codes)."""
+
+    def __init__(self) -> None:
+        self.requests = metrics.Counter(
+            "polyhead_requests", "RPCs served, by method, task and status code",
+            tag_keys=("method", "task", "code"))
+        self.latency = metrics.Histogram(
+            "polyhead_request_latency_ms", "RPC latency inside the replica, by method and task",
+            boundaries=_LATENCY_MS, tag_keys=("method", "task"))
+        self.batch_rows = metrics.Histogram(
+            "polyhead_batch_rows", "rows per batch (one or more engine forwards)", boundaries=_SIZES)
+        self.batch_tasks = metrics.Histogram(
+            "polyhead_batch_tasks", "distinct tasks per batch (task mix)", boundaries=_SIZES)
+        self.batch_kind_rows = metrics.Counter(
+            "polyhead_batch_kind_rows", "rows batched, by artifact kind", tag_keys=("kind",))
+        self.padding_efficiency = metrics.Histogram(
+            "polyhead_padding_efficiency", "real tokens / padded tokens per batch",
+            boundaries=_RATIO)
+        self.bank_events = metrics.Counter(
+            "polyhead_bank_events", "adapter bank hits, misses and evictions", tag_keys=("event",))
+        self.bank_bytes = metrics.Gauge(
+            "polyhead_bank_bytes", "bytes resident in the adapter bank", tag_keys=("tier",))
+        self.uploads = metrics.Counter(
+            "polyhead_uploads", "Upload/ImportPeft calls by result", tag_keys=("result",))
+        self.swap_latency = metrics.Histogram(
+            "polyhead_swap_latency_ms",
+            "store change to servable on this replica (local: this replica published it)",
+            boundaries=_LATENCY_MS, tag_keys=("origin",))
+
+    def request(self, method: str, task: str, code: str, ms: float) -> None:
+        self.requests.inc(tags={"method": method, "task": task, "code": code})
+        self.latency.observe(ms, tags={"method": method, "task": task})
+
+    def bank_event(self, event: str) -> None:
+        self.bank_events.inc(tags={"event": event})

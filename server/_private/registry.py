@@ -1,0 +1,75 @@
+"""Registry RPCs against the store (blocking; run in the replica's admin thread)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from polyhead.v1 import polyhead_pb2 as pb
+
+from server._private.errors import InvalidInput
+from store import Store, TaskInfo, VersionInfo, validate_task_id
+from store.names import alias_problem
+
+
+def version_pb(v: VersionInfo) -> pb.VersionInfo:
+    return pb.VersionInfo(task_id=v.task_id, version=v.version, number=v.number,
+                          created_at=str(v.created_at), kind=v.kind, nbytes=v.nbytes,
+                          aliases=sorted(v.aliases))
+
+
+def task_pb(t: TaskInfo) -> pb.TaskInfo:
+    return pb.TaskInfo(task_id=t.task_id, kind=t.kind, latest=version_pb(t.latest),
+                       num_versions=t.num_versions, aliases=sorted(t.aliases))
+
+
+def task_id_of(text: str) -> str:
+    if not text:
+        raise InvalidInput("task_id: required")
+    validate_task_id(text)
+    return text
+
+
+def list_tasks(store: Store) -> pb.ListTasksResponse:
+    return pb.ListTasksResponse(tasks=[task_pb(t) for t in store.list_tasks()])
+
+
+def get_task(store: Store, task_id: str) -> pb.TaskDetail:
+    task_id = task_id_of(task_id)
+    stored = store.get(task_id, "latest")
+    info = next(t for t in store.list_tasks() if t.task_id == task_id)
+    m = stored.manifest
+    return pb.TaskDetail(info=task_pb(info),
+                         versions=[version_pb(v) for v in store.history(task_id)],
+                         labels=m.labels or [], regression=m.regression,
+                         manifest_json=json.dumps(m.to_dict(), sort_keys=True, default=str))
+
+
+def set_alias(store: Store, request: pb.SetAliasRequest) -> VersionInfo:
+    task_id = task_id_of(request.task_id)
+    problem = alias_problem(request.alias)
+    if problem:
+        raise InvalidInput(f"alias: {problem}")
+    if not request.version:
+        raise InvalidInput("version: required")
+    return store.set_alias(task_id, request.alias, request.version)
+
+
+def rollback(store: Store, request: pb.RollbackRequest) -> VersionInfo:
+    task_id = task_id_of(request.task_id)
+    if not request.version:
+        raise InvalidInput("version: required")
+    return store.rollback(task_id, request.version)
+
+
+def import_peft(store: Store, request: pb.ImportPeftRequest) -> VersionInfo:
+    task_id = task_id_of(request.task_id)
+    if not request.adapter_config or not request.adapter_model:
+        raise InvalidInput("adapter_config and adapter_model: both files are required")
+    with tempfile.TemporaryDirectory(prefix="polyhead-peft-") as tmp:
+        folder = Path(tmp)
+        (folder / "adapter_config.json").write_bytes(request.adapter_config)
+        (folder / "adapter_model.safetensors").write_bytes(request.adapter_model)
+        labels = list(request.labels) or None
+        return store.import_peft(folder, task_id, labels=labels)

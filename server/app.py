@@ -1,0 +1,62 @@
+"""The Ray Serve application: `serve run deploy/serve_config.yaml` or `polyhead serve`.
+
+Import path for Serve configs: ``server.app:build_app`` (an application builder: its
+``args`` are ServerConfig fields plus the deployment options below).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from server._private.replica import Polyhead
+from server.config import ConfigError, ServerConfig
+
+APP_NAME = "polyhead"
+GRPC_SERVICERS = [
+    "polyhead.v1.polyhead_pb2_grpc.add_InferenceServicer_to_server",
+    "polyhead.v1.polyhead_pb2_grpc.add_RegistryServicer_to_server",
+]
+DEPLOYMENT_KEYS = ("num_replicas", "num_cpus", "num_gpus", "max_ongoing_requests",
+                   "autoscaling_config")
+
+
+def deployment_options(num_replicas: int | str | None = None, num_cpus: float = 1.0,
+                       num_gpus: float = 0.0, max_ongoing_requests: int = 256,
+                       autoscaling_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Serve options for the Polyhead deployment (a Serve config's ``deployments`` entry
+    overrides them).
+
+    max_ongoing_requests must exceed the batch size, or batches never fill: Serve stops
+    routing to a replica once that many requests are in flight there.
+    """
+    opts: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus},
+        "max_ongoing_requests": max_ongoing_requests,
+    }
+    if autoscaling_config:
+        opts["autoscaling_config"] = autoscaling_config
+    elif num_replicas is not None:
+        opts["num_replicas"] = num_replicas
+    return opts
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """The application; refuses to build with an open Registry unless ``insecure``."""
+    args = dict(args or {})
+    opts = {k: args.pop(k) for k in DEPLOYMENT_KEYS if k in args}
+    config = ServerConfig.from_args(args)
+    config.check_auth()
+    if config.device != "cpu":
+        opts.setdefault("num_gpus", 1)
+    return Polyhead.options(**deployment_options(**opts)).bind(config)  # type: ignore[attr-defined]
+
+
+def app_for(config: ServerConfig, **options: Any) -> Application:
+    """The application for an already-built config (the CLI and tests)."""
+    config.check_auth()
+    return Polyhead.options(**deployment_options(**options)).bind(config)  # type: ignore[attr-defined]
+
+
+__all__ = ["APP_NAME", "GRPC_SERVICERS", "ConfigError", "app_for", "build_app"]

@@ -1,0 +1,168 @@
+"""A small synchronous Python client for the Polyhead gRPC services.
+
+Retry policy: calls that are safe to repeat (Classify, Health, ListTasks, GetTask, SetAlias,
+Rollback, and Upload, whose versions are content-addressed) are retried when the server
+answers UNAVAILABLE (no replica reachable, e.g. one restarting) or RESOURCE_EXHAUSTED (Serve
+back-pressure): up to ``retries`` more attempts, sleeping ``backoff_s * 2**attempt`` (capped at
+``max_backoff_s``, full jitter) between them, all within the call's ``timeout_s``.
+ImportPeft and DeleteTask are never retried. Every other status raises PolyheadError at once.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from polyhead.v1 import polyhead_pb2 as pb
+from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
+
+RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+MAX_MESSAGE = 512 << 20
+T = TypeVar("T")
+TextInput = str | tuple[str, str]
+
+
+class PolyheadError(Exception):
+    """A call failed with a gRPC status; ``code`` is the grpc.StatusCode."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code, self.details = code, details
+
+
+class PolyheadClient:
+    def __init__(self, address: str = "localhost:9000", token: str | None = None, *,
+                 retries: int = 4, backoff_s: float = 0.1, max_backoff_s: float = 2.0,
+                 timeout_s: float = 60.0) -> None:
+        self.address = address
+        self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
+        self.timeout_s = timeout_s
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        opts = [("grpc.max_send_message_length", MAX_MESSAGE),
+                ("grpc.max_receive_message_length", MAX_MESSAGE)]
+        self._channel = grpc.insecure_channel(address, options=opts)
+        self._inference = pb_grpc.InferenceStub(self._channel)
+        self._registry = pb_grpc.RegistryStub(self._channel)
+
+    # -- Inference -------------------------------------------------------------------------
+
+    def classify(self, task_id: str, inputs: Sequence[TextInput] | TextInput,
+                 version: str | None = None) -> list[dict[str, Any]]:
+        """One dict per input: label, label_index, scores {label: p} (or value for regression),
+        truncated, and the version (and its number) that served it."""
+        res = self.classify_raw(task_id, inputs, version)
+        out = []
+        for p in res.predictions:
+            row: dict[str, Any] = {"truncated": p.truncated, "version": res.version,
+                                   "version_number": res.version_number}
+            if res.regression:
+                row["value"] = p.value
+            else:
+                row.update(label=p.label, label_index=p.label_index,
+                           scores=dict(zip(res.labels, p.scores, strict=True)))
+            out.append(row)
+        return out
+
+    def classify_raw(self, task_id: str, inputs: Sequence[TextInput] | TextInput,
+                     version: str | None = None) -> pb.ClassifyResponse:
+        req = pb.ClassifyRequest(task_id=task_id, version=version or "", inputs=to_inputs(inputs))
+        return self._call(self._inference.Classify, req, retry=True)
+
+    def health(self) -> dict[str, Any]:
+        return as_dict(self._call(self._inference.Health, pb.HealthRequest(), retry=True))
+
+    # -- Registry --------------------------------------------------------------------------
+
+    def upload(self, data: bytes) -> dict[str, Any]:
+        return as_dict(self._call(self._registry.Upload, pb.UploadRequest(artifact=data),
+                                  retry=True))
+
+    def import_peft(self, folder: str | Path, task_id: str,
+                    labels: Sequence[str] | None = None) -> dict[str, Any]:
+        folder = Path(folder)
+        req = pb.ImportPeftRequest(
+            task_id=task_id, labels=list(labels or ()),
+            adapter_config=(folder / "adapter_config.json").read_bytes(),
+            adapter_model=(folder / "adapter_model.safetensors").read_bytes())
+        return as_dict(self._call(self._registry.ImportPeft, req, retry=False))
+
+    def list_tasks(self) -> list[dict[str, Any]]:
+        res = self._call(self._registry.ListTasks, pb.ListTasksRequest(), retry=True)
+        return [as_dict(t) for t in res.tasks]
+
+    def get_task(self, task_id: str) -> dict[str, Any]:
+        res = self._call(self._registry.GetTask, pb.GetTaskRequest(task_id=task_id), retry=True)
+        return as_dict(res)
+
+    def set_alias(self, task_id: str, alias: str, version: str) -> dict[str, Any]:
+        req = pb.SetAliasRequest(task_id=task_id, alias=alias, version=version)
+        return as_dict(self._call(self._registry.SetAlias, req, retry=True))
+
+    def rollback(self, task_id: str, version: str) -> dict[str, Any]:
+        req = pb.RollbackRequest(task_id=task_id, version=version)
+        return as_dict(self._call(self._registry.Rollback, req, retry=True))
+
+    def delete(self, task_id: str) -> dict[str, Any]:
+        req = pb.DeleteTaskRequest(task_id=task_id)
+        return as_dict(self._call(self._registry.DeleteTask, req, retry=False))
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _call(self, method: Callable[..., T], request: Message, *, retry: bool) -> T:
+        deadline = time.monotonic() + self.timeout_s
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return method(request, timeout=max(remaining, 0.001), metadata=self._metadata)
+            except grpc.RpcError as e:
+                code = e.code()
+                pause = random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2 ** attempt))
+                if (not retry or code not in RETRY_CODES or attempt >= self.retries
+                        or time.monotonic() + pause >= deadline):
+                    raise PolyheadError(code, e.details() or "") from None
+            attempt += 1
+            time.sleep(pause)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> PolyheadClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def to_inputs(inputs: Sequence[TextInput] | TextInput) -> list[pb.Input]:
+    """A text, a (text, pair) tuple, or a list of either -> Input messages."""
+    if isinstance(inputs, str) or (isinstance(inputs, tuple) and len(inputs) == 2
+                                   and all(isinstance(x, str) for x in inputs)):
+        inputs = [inputs]  # type: ignore[list-item]
+    out = []
+    for x in inputs:
+        out.append(pb.Input(text=x) if isinstance(x, str) else pb.Input(text=x[0], pair=x[1]))
+    return out
+
+
+def as_dict(msg: Message) -> dict[str, Any]:
+    """Every field by its proto name, defaults included, integers as ints (not JSON strings)."""
+    out: dict[str, Any] = {}
+    for field in msg.DESCRIPTOR.fields:
+        value = getattr(msg, field.name)
+        is_msg = field.message_type is not None
+        if _is_repeated(field):
+            out[field.name] = [as_dict(v) if is_msg else v for v in value]
+        else:
+            out[field.name] = as_dict(value) if is_msg else value
+    return out
+
+
+def _is_repeated(field: Any) -> bool:
+    flag = getattr(field, "is_repeated", None)  # protobuf >= 5.28; `label` is deprecated
+    return bool(flag) if flag is not None else field.label == field.LABEL_REPEATED

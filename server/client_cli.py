@@ -1,0 +1,152 @@
+"""`polyhead classify | upload | tasks ...`: client verbs against a running server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from server.client import PolyheadClient, PolyheadError
+from server.config import TOKEN_ENV
+
+# Status codes that mean "the request was wrong" (exit 2) rather than "the server failed" (1).
+_USER_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAUTHENTICATED,
+                grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.ALREADY_EXISTS}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("classify", help="classify a text (or a text pair) with a task")
+    _common(p)
+    p.add_argument("--task", required=True, help="task id")
+    p.add_argument("--version", help="version hash (prefix), vN, or alias (default: latest)")
+    p.add_argument("text", nargs="+", help="one or more texts")
+    p.add_argument("--pair", help="second text of a pair (with exactly one text)")
+    p.add_argument("--json", action="store_true", help="print the full JSON answer")
+    p.set_defaults(func=lambda a: _run(a, _classify))
+
+    p = sub.add_parser("upload", help="upload a .polyhead artifact (publish a new version)")
+    _common(p)
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=lambda a: _run(a, _upload))
+
+    tasks = sub.add_parser("tasks", help="list, show, roll back or delete served tasks")
+    tsub = tasks.add_subparsers(dest="tasks_verb", required=True, metavar="ACTION")
+    t = tsub.add_parser("list", help="one line per task: id, kind, latest version, aliases")
+    _common(t)
+    t.set_defaults(func=lambda a: _run(a, _list))
+    t = tsub.add_parser("show", help="a task's versions, labels and manifest")
+    _common(t)
+    t.add_argument("task")
+    t.set_defaults(func=lambda a: _run(a, _show))
+    t = tsub.add_parser("rollback", help="make an earlier version the latest again")
+    _common(t)
+    t.add_argument("task")
+    t.add_argument("version", help="version hash (prefix of >= 8) or vN")
+    t.set_defaults(func=lambda a: _run(a, _rollback))
+    t = tsub.add_parser("alias", help="point an alias at a version")
+    _common(t)
+    t.add_argument("task")
+    t.add_argument("alias")
+    t.add_argument("version")
+    t.set_defaults(func=lambda a: _run(a, _alias))
+    t = tsub.add_parser("delete", help="delete a task and all its versions")
+    _common(t)
+    t.add_argument("task")
+    t.set_defaults(func=lambda a: _run(a, _delete))
+    t = tsub.add_parser("import-peft", help="import a PEFT LoRA adapter folder as a task")
+    _common(t)
+    t.add_argument("folder", type=Path)
+    t.add_argument("--task", required=True)
+    t.add_argument("--labels", nargs="+", help="label names in the classifier's output order")
+    t.set_defaults(func=lambda a: _run(a, _import_peft))
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", default="localhost:9000", help="HOST:PORT (default localhost:9000)")
+    p.add_argument("--token", default=None, help=f"bearer token (default: ${TOKEN_ENV})")
+
+
+def _run(args: argparse.Namespace, verb: Callable[[PolyheadClient, argparse.Namespace], Any]) -> int:
+    token = args.token or os.environ.get(TOKEN_ENV)
+    prog = f"polyhead {args.verb}"
+    try:
+        with PolyheadClient(args.server, token, timeout_s=120.0) as client:
+            verb(client, args)
+    except PolyheadError as e:
+        print(f"{prog}: {e.code.name}: {e.details}", file=sys.stderr)
+        return 2 if e.code in _USER_ERRORS else 1
+    except (OSError, ValueError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _classify(client: PolyheadClient, args: argparse.Namespace) -> None:
+    if args.pair is not None and len(args.text) != 1:
+        raise ValueError("--pair goes with exactly one text")
+    inputs = [(args.text[0], args.pair)] if args.pair is not None else list(args.text)
+    res = client.classify(args.task, inputs, version=args.version)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return
+    for text, row in zip(args.text, res, strict=True):
+        cut = "  (truncated)" if row["truncated"] else ""
+        if "value" in row:
+            print(f"{row['value']:.4f}\t{text}{cut}")
+        else:
+            print(f"{row['label']}\t{row['scores'][row['label']]:.3f}\t{text}{cut}")
+    print(f"# {args.task} v{res[0]['version_number']} ({res[0]['version'][:12]})", file=sys.stderr)
+
+
+def _upload(client: PolyheadClient, args: argparse.Namespace) -> None:
+    v = client.upload(args.file.read_bytes())
+    print(f"{v['task_id']} v{v['number']} {v['version']} ({v['kind']}, {v['nbytes']} bytes)")
+
+
+def _list(client: PolyheadClient, args: argparse.Namespace) -> None:
+    for t in client.list_tasks():
+        latest = t["latest"]
+        aliases = ",".join(t["aliases"]) or "-"
+        print(f"{t['task_id']}\t{t['kind']}\tv{latest['number']}\t{latest['version'][:12]}\t"
+              f"{t['num_versions']} versions\taliases={aliases}")
+
+
+def _show(client: PolyheadClient, args: argparse.Namespace) -> None:
+    d = client.get_task(args.task)
+    info = d["info"]
+    print(f"{info['task_id']}  kind={info['kind']}  versions={info['num_versions']}  "
+          f"labels={','.join(d['labels']) or '(regression)'}")
+    for v in d["versions"]:
+        latest = "  <- latest" if v["version"] == info["latest"]["version"] else ""
+        aliases = f"  [{','.join(v['aliases'])}]" if v["aliases"] else ""
+        print(f"  v{v['number']}  {v['version'][:12]}  {v['created_at']}{aliases}{latest}")
+    manifest = json.loads(d["manifest_json"] or "{}")
+    if manifest.get("metrics"):
+        print(f"  metrics: {json.dumps(manifest['metrics'], sort_keys=True)}")
+
+
+def _rollback(client: PolyheadClient, args: argparse.Namespace) -> None:
+    v = client.rollback(args.task, args.version)
+    print(f"{v['task_id']} latest is now v{v['number']} {v['version']}")
+
+
+def _alias(client: PolyheadClient, args: argparse.Namespace) -> None:
+    v = client.set_alias(args.task, args.alias, args.version)
+    print(f"{v['task_id']} {args.alias} -> v{v['number']} {v['version']}")
+
+
+def _delete(client: PolyheadClient, args: argparse.Namespace) -> None:
+    client.delete(args.task)
+    print(f"deleted {args.task}")
+
+
+def _import_peft(client: PolyheadClient, args: argparse.Namespace) -> None:
+    v = client.import_peft(args.folder, args.task, args.labels)
+    print(f"{v['task_id']} v{v['number']} {v['version']} ({v['kind']})")

@@ -1,0 +1,91 @@
+"""Server configuration: one validated dataclass, built from CLI flags or a Serve config's args."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+TOKEN_ENV = "POLYHEAD_TOKEN"
+INFERENCE_TOKEN_ENV = "POLYHEAD_INFERENCE_TOKEN"
+MB = 1 << 20
+
+
+class ConfigError(ValueError):
+    """A server option is missing, out of range, or unsafe (e.g. Registry open without a token)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Secret:
+    """A token that never shows up in reprs, logs or the Ray dashboard."""
+
+    value: str = dataclasses.field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = __repr__
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    store: str | None = None  # store root; None: $POLYHEAD_STORE or ./polyhead-store
+    backbone: str | None = None  # local HF folder; None: the packaged all-MiniLM-L6-v2
+    device: str = "cpu"  # "cpu", "cuda", "auto"
+    token: Secret | None = None  # Registry bearer token; None: read $POLYHEAD_TOKEN
+    inference_token: Secret | None = None  # Classify/Health token; None: $POLYHEAD_INFERENCE_TOKEN
+    insecure: bool = False  # allow an open Registry when no token is configured
+    max_batch_rows: int = 64  # rows per @serve.batch call (one or more engine forwards)
+    batch_wait_ms: float = 2.0  # how long a batch waits to fill after its first request
+    max_inputs: int = 64  # inputs per Classify request
+    max_text_chars: int = 20_000  # per text; longer texts are rejected, not truncated
+    device_budget_mb: float = 512.0  # resident LoadedTasks on the device
+    host_budget_mb: float = 2048.0  # evicted artifacts kept decoded in host memory
+    max_artifact_mb: float = 256.0  # largest artifact Upload accepts
+    torch_threads: int = 0  # intra-op threads; 0: the replica's CPUs
+    seed_examples: bool = True  # publish server/examples/*.polyhead into an empty store
+    watch_interval_s: float = 0.05  # store generation poll (prefetch of new versions)
+
+    def __post_init__(self) -> None:
+        positive = ("max_batch_rows", "max_inputs", "max_text_chars", "device_budget_mb",
+                    "host_budget_mb", "max_artifact_mb", "watch_interval_s")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.max_inputs > self.max_batch_rows:
+            raise ConfigError(f"max_inputs ({self.max_inputs}) must be <= max_batch_rows "
+                              f"({self.max_batch_rows}): a request never spans batches")
+        if self.batch_wait_ms < 0 or self.torch_threads < 0:
+            raise ConfigError("batch_wait_ms and torch_threads must be >= 0")
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any]) -> ServerConfig:
+        """From a Serve config's ``args`` (plain values); tokens become Secrets."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(args) - fields)
+        if unknown:
+            raise ConfigError(f"unknown server options {unknown}; known: {sorted(fields)}")
+        kw = dict(args)
+        for name in ("token", "inference_token"):
+            if isinstance(kw.get(name), str):
+                kw[name] = Secret(kw[name]) if kw[name] else None
+        return cls(**kw)
+
+    def registry_token(self) -> str | None:
+        return _token(self.token, TOKEN_ENV)
+
+    def inference_token_value(self) -> str | None:
+        return _token(self.inference_token, INFERENCE_TOKEN_ENV)
+
+    def check_auth(self) -> None:
+        """Refuse an open Registry unless ``insecure`` was asked for."""
+        if self.registry_token() is None and not self.insecure:
+            raise ConfigError(f"no Registry token: set ${TOKEN_ENV} or pass --token "
+                              "(or --insecure to run with the Registry open)")
+
+
+def _token(secret: Secret | None, env: str) -> str | None:
+    if secret is not None and secret.value:
+        return secret.value
+    return os.environ.get(env) or None

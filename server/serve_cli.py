@@ -1,0 +1,91 @@
+"""`polyhead serve`: start Ray, Serve's gRPC proxy and the Polyhead app locally; block."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from server.config import INFERENCE_TOKEN_ENV, TOKEN_ENV, ConfigError, Secret, ServerConfig
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve every task in the store over gRPC (Ctrl-C stops)")
+    p.add_argument("--port", type=int, default=9000, help="gRPC port (default 9000)")
+    p.add_argument("--http-port", type=int, default=8000, help="Serve's HTTP proxy port (unused)")
+    p.add_argument("--store", help="store root (default $POLYHEAD_STORE or ./polyhead-store)")
+    p.add_argument("--backbone", help="local HF encoder folder (default: packaged MiniLM)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    auth = p.add_mutually_exclusive_group()
+    auth.add_argument("--token", help=f"Registry bearer token (default ${TOKEN_ENV})")
+    auth.add_argument("--insecure", action="store_true", help="run with the Registry open")
+    p.add_argument("--inference-token", help=f"also require a token for Classify "
+                   f"(default ${INFERENCE_TOKEN_ENV}; unset: open)")
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--cpus", type=float, default=0,
+                   help="CPUs per replica (default: this machine's CPUs / replicas)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per replica (default: its CPUs)")
+    p.add_argument("--batch-rows", type=int, default=64, help="rows per batch")
+    p.add_argument("--batch-wait-ms", type=float, default=2.0, help="batch fill wait")
+    p.add_argument("--no-examples", action="store_true",
+                   help="do not publish the shipped examples into an empty store")
+    p.set_defaults(func=run)
+
+
+def config_from(args: argparse.Namespace) -> ServerConfig:
+    store = args.store or os.environ.get("POLYHEAD_STORE") or "polyhead-store"
+    return ServerConfig(
+        store=str(Path(store).resolve()),  # replicas may run in another working directory
+        backbone=str(Path(args.backbone).resolve()) if args.backbone else None,
+        device=args.device, insecure=args.insecure,
+        token=Secret(args.token) if args.token else None,
+        inference_token=Secret(args.inference_token) if args.inference_token else None,
+        max_batch_rows=args.batch_rows, max_inputs=min(64, args.batch_rows),
+        batch_wait_ms=args.batch_wait_ms, torch_threads=args.threads,
+        seed_examples=not args.no_examples)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = config_from(args)
+        config.check_auth()
+    except ConfigError as e:
+        print(f"polyhead serve: {e}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    import ray
+    from ray import serve
+    from ray.serve.config import gRPCOptions
+
+    from server.app import APP_NAME, GRPC_SERVICERS, app_for
+
+    machine_cpus = os.cpu_count() or 1
+    cpus = args.cpus or max(1.0, machine_cpus / max(1, args.replicas))
+    ray.init(address="local", num_cpus=max(machine_cpus, int(cpus * args.replicas + 0.999)),
+             include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": args.http_port},
+                grpc_options=gRPCOptions(port=args.port, grpc_servicer_functions=GRPC_SERVICERS))
+    serve.run(app_for(config, num_replicas=args.replicas, num_cpus=cpus,
+                      num_gpus=1 if args.device == "cuda" else 0),
+              name=APP_NAME, route_prefix="/")
+    print(f"polyhead: serving on localhost:{args.port} ({args.replicas} replica(s), "
+          f"store {config.store}); ready in {time.perf_counter() - t0:.1f} s. Ctrl-C stops.",
+          flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    print("polyhead: stopping", flush=True)
+    serve.shutdown()
+    ray.shutdown()
+    return 0

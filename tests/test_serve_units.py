@@ -1,0 +1,207 @@
+"""Server parts without Ray: adapter bank, auth, config, error mapping, generated code, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import grpc
+import pytest
+
+from server._private import gen_proto
+from server._private.auth import Auth, bearer
+from server._private.errors import InvalidInput, PermissionDenied, Unauthenticated, status_for
+from server._private.inference import check_form, parse_inputs, softmax
+from server.bank import AdapterBank, TaskMeta, VersionKey
+from server.config import ConfigError, Secret, ServerConfig
+from server.serve_cli import register as register_serve
+
+META = TaskMeta(number=1, labels=("a", "b"), regression=False, inputs="any")
+
+
+class FakeTask:
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+
+
+class Art:
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+
+
+def make_bank(device_budget: int, host_budget: int, size: int = 100, delay: float = 0.0):
+    fetched: list[VersionKey] = []
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def fetch(key: VersionKey):
+        time.sleep(delay)
+        with lock:
+            fetched.append(key)
+        return Art(size), META
+
+    bank = AdapterBank(fetch, lambda a: FakeTask(a.nbytes), device_budget=device_budget,  # type: ignore[arg-type, return-value]
+                       host_budget=host_budget,
+                       listener=lambda e, k: events.append((e, k.task_id)))
+    return bank, fetched, events
+
+
+def test_bank_loads_once_under_concurrent_misses() -> None:
+    bank, fetched, events = make_bank(10_000, 10_000, delay=0.05)
+
+    async def main():
+        key = VersionKey("t", "v1")
+        got = await asyncio.gather(*[bank.get(key) for _ in range(8)])
+        assert all(g is got[0] for g in got)
+
+    asyncio.run(main())
+    assert len(fetched) == 1
+    assert [e for e, _ in events].count("miss") == 1
+
+
+def test_bank_miss_does_not_block_other_tasks() -> None:
+    bank, _, _ = make_bank(10_000, 10_000)
+
+    async def main():
+        hot = VersionKey("hot", "v")
+        await bank.get(hot)
+        slow_bank_fetch = bank._fetch
+
+        def slow(key):
+            time.sleep(0.3)
+            return slow_bank_fetch(key)
+
+        bank._fetch = slow
+        miss = asyncio.create_task(bank.get(VersionKey("cold", "v")))
+        await asyncio.sleep(0.01)
+        t0 = time.perf_counter()
+        await bank.get(hot)  # a hit while the cold load runs in a thread
+        assert time.perf_counter() - t0 < 0.05
+        await miss
+
+    asyncio.run(main())
+
+
+def test_bank_lru_evicts_to_host_then_drops() -> None:
+    bank, fetched, events = make_bank(device_budget=250, host_budget=150)
+
+    async def main():
+        for t in "abc":
+            await bank.get(VersionKey(t, "v"))
+        # device holds 2 (b, c); a went to the host tier
+        assert [(k.task_id, tier) for k, tier, _ in bank.resident()] == [
+            ("b", "device"), ("c", "device"), ("a", "host")]
+        await bank.get(VersionKey("a", "v"))  # from host: no store read
+        assert len(fetched) == 3
+        await bank.get(VersionKey("d", "v"))  # evicts b then c to host; host keeps one
+        assert bank.device_bytes <= 250 and bank.host_bytes <= 150
+        assert ("evict_host", "b") in events
+        await bank.get(VersionKey("b", "v"))  # dropped from both tiers: read again
+        assert fetched.count(VersionKey("b", "v")) == 2
+
+    asyncio.run(main())
+
+
+def test_bank_keeps_an_entry_larger_than_the_budget_and_discards() -> None:
+    bank, _, _ = make_bank(device_budget=50, host_budget=0, size=100)
+
+    async def main():
+        r = await bank.get(VersionKey("big", "v1"))
+        assert bank.peek(VersionKey("big", "v1")) is r
+        await bank.get(VersionKey("big", "v2"))
+        assert bank.peek(VersionKey("big", "v1")) is None
+        assert bank.discard("big") == 1 and bank.device_bytes == 0
+
+    asyncio.run(main())
+
+
+def test_bank_slots_are_reused() -> None:
+    bank, _, _ = make_bank(device_budget=200, host_budget=0)
+
+    async def main():
+        slots = [(await bank.get(VersionKey(t, "v"))).slot for t in "abcd"]
+        assert max(slots) <= 2
+
+    asyncio.run(main())
+
+
+def test_auth() -> None:
+    auth = Auth("reg", "inf")
+    auth.check("registry", [("authorization", "Bearer reg")])
+    auth.check("inference", [("authorization", "Bearer inf")])
+    auth.check("inference", [("authorization", "bearer reg")])  # the admin token opens both
+    with pytest.raises(Unauthenticated):
+        auth.check("registry", [])
+    with pytest.raises(Unauthenticated):
+        auth.check("registry", [("authorization", "Bearer nope")])
+    with pytest.raises(PermissionDenied):
+        auth.check("registry", [("authorization", "Bearer inf")])
+    Auth("reg", None).check("inference", [])  # no inference token: open
+    assert bearer([("authorization", "Basic abc")]) is None
+
+
+def test_config_refuses_open_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POLYHEAD_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="--insecure"):
+        ServerConfig().check_auth()
+    ServerConfig(insecure=True).check_auth()
+    ServerConfig(token=Secret("t")).check_auth()
+    monkeypatch.setenv("POLYHEAD_TOKEN", "from-env")
+    assert ServerConfig().registry_token() == "from-env"
+    assert "t0ps3cret" not in repr(ServerConfig(token=Secret("t0ps3cret")))
+    with pytest.raises(ConfigError, match="unknown server options"):
+        ServerConfig.from_args({"stroe": "x"})
+    with pytest.raises(ConfigError, match="max_inputs"):
+        ServerConfig(max_inputs=100, max_batch_rows=10)
+
+
+def test_serve_cli_refuses_without_token(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import argparse
+
+    monkeypatch.delenv("POLYHEAD_TOKEN", raising=False)
+    parser = argparse.ArgumentParser()
+    register_serve(parser.add_subparsers())
+    args = parser.parse_args(["serve"])
+    assert args.func(args) == 2  # before Ray starts
+    assert "--insecure" in capsys.readouterr().err
+
+
+def test_status_codes_for_errors() -> None:
+    from methods.errors import ArtifactError
+    from store import AmbiguousRefError, NotFoundError, StoreError
+
+    cases = [
+        (InvalidInput("x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (NotFoundError("x"), grpc.StatusCode.NOT_FOUND),
+        (AmbiguousRefError("x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (ArtifactError("not_safetensors", "x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (ArtifactError("fingerprint", "x"), grpc.StatusCode.FAILED_PRECONDITION),
+        (StoreError("x"), grpc.StatusCode.FAILED_PRECONDITION),
+        (RuntimeError("bug"), grpc.StatusCode.INTERNAL),
+    ]
+    for exc, code in cases:
+        assert status_for(exc)[0] == code, exc
+    assert "'fingerprint'" in status_for(ArtifactError("fingerprint", "x"))[1]
+    assert "bug" not in status_for(RuntimeError("bug"))[1]  # internals stay in the log
+
+
+def test_input_checks() -> None:
+    from polyhead.v1 import polyhead_pb2 as pb
+
+    req = pb.ClassifyRequest(task_id="t", inputs=[pb.Input(text="a"), pb.Input(text="b", pair="c")])
+    assert parse_inputs(req, 4, 100) == ["a", ("b", "c")]
+    for bad, match in [([], "at least one"), ([pb.Input(text="")], "empty"),
+                       ([pb.Input(text="a", pair=" ")], "pair: empty"),
+                       ([pb.Input(text="x" * 101)], "limit is 100"),
+                       ([pb.Input(text="a")] * 5, "limit is 4")]:
+        with pytest.raises(InvalidInput, match=match):
+            parse_inputs(pb.ClassifyRequest(task_id="t", inputs=bad), 4, 100)
+    single = TaskMeta(1, ("a",), False, "single")
+    with pytest.raises(InvalidInput, match="single text"):
+        check_form(["a", ("b", "c")], "t", single)
+    assert softmax([0.0, 0.0]) == [0.5, 0.5]
+
+
+def test_generated_code_is_fresh() -> None:
+    assert gen_proto.stale_files() == []
