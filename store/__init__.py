@@ -1,0 +1,46 @@
+"""Artifacts at rest: the `*.polyhead` file format, its validation, and the versioned store.
+
+Names are imported on first use, so that catalog-only tools (``polyhead store list``)
+never import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from store.catalog import Catalog, TaskInfo, VersionInfo
+    from store.errors import AmbiguousRefError, NotFoundError, StoreError
+    from store.fileformat import decode_artifact, encode_artifact, load_artifact, save_artifact
+    from store.header import DEFAULT_MAX_BYTES
+    from store.manifest import Manifest, new_manifest, validate_task_id
+    from store.store import Store, StoredArtifact
+
+_WHERE = {
+    "Catalog": "store.catalog", "TaskInfo": "store.catalog", "VersionInfo": "store.catalog",
+    "AmbiguousRefError": "store.errors", "NotFoundError": "store.errors", "StoreError": "store.errors",
+    "decode_artifact": "store.fileformat", "encode_artifact": "store.fileformat",
+    "load_artifact": "store.fileformat", "save_artifact": "store.fileformat",
+    "DEFAULT_MAX_BYTES": "store.header",
+    "Manifest": "store.manifest", "new_manifest": "store.manifest",
+    "validate_task_id": "store.manifest",
+    "Store": "store.store", "StoredArtifact": "store.store",
+}
+__all__ = [
+    "DEFAULT_MAX_BYTES", "AmbiguousRefError", "Catalog", "Manifest", "NotFoundError", "Store",
+    "StoreError", "StoredArtifact", "TaskInfo", "VersionInfo", "decode_artifact", "encode_artifact",
+    "load_artifact", "new_manifest", "save_artifact", "validate_task_id",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'store' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

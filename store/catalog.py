@@ -1,0 +1,444 @@
+"""The catalog: content-addressed blobs plus an SQLite index of tasks, versions and aliases.
+
+Knows nothing of artifact contents (no torch): `polyhead store list` stays fast, and a
+server can poll ``generation()`` cheaply. Invariants, kept under SQLite's write lock
+(``BEGIN IMMEDIATE``):
+  - a version row exists only once its blob is complete on disk (blob written to a temp
+    file, fsynced, renamed; the row is committed after);
+  - blobs without a row (a publisher killed before its commit) are garbage: ``gc`` takes
+    them while holding the write lock, and a publisher re-checks its blob under the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from store.errors import AmbiguousRefError, NotFoundError, StoreError
+from store.names import LATEST, VERSION_RE, alias_problem, hex_prefix, is_task_id, version_number_ref
+from store.paths import atomic_write, fsync_dir, sha256_file
+
+CATALOG_SCHEMA = 1
+STALE_TMP_S = 3600.0  # temp files older than this belong to dead publishers
+_PRAGMAS = (
+    "PRAGMA busy_timeout = 60000",
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = FULL",  # a returned publish survives power loss too
+    "PRAGMA foreign_keys = ON",
+)
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS tasks (task_id TEXT PRIMARY KEY, created_at TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS versions (
+        version TEXT PRIMARY KEY,
+        task_id TEXT NOT NULL REFERENCES tasks(task_id) ON DELETE CASCADE,
+        number INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        nbytes INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (task_id, number))""",
+    """CREATE TABLE IF NOT EXISTS aliases (
+        task_id TEXT NOT NULL REFERENCES tasks(task_id) ON DELETE CASCADE,
+        alias TEXT NOT NULL,
+        version TEXT NOT NULL REFERENCES versions(version) ON DELETE CASCADE,
+        PRIMARY KEY (task_id, alias))""",
+    "INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', 0)",
+    f"INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', {CATALOG_SCHEMA})",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionInfo:
+    task_id: str
+    version: str  # sha256 hex of the artifact file's bytes: the content address
+    number: int  # 1-based, per task, in publish order
+    created_at: str  # when this version was published (ISO-8601 UTC)
+    kind: str
+    nbytes: int  # size of the artifact file
+    aliases: tuple[str, ...]  # aliases pointing at this version, sorted
+
+    @property
+    def short(self) -> str:
+        return self.version[:12]
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+    task_id: str
+    kind: str  # the latest version's kind
+    latest: VersionInfo
+    num_versions: int
+    aliases: dict[str, str]  # alias -> version
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("POLYHEAD_STORE") or "polyhead-store")
+
+
+class Catalog:
+    """Blobs under ``root/blobs/ab/<sha256>``, the index in ``root/catalog.sqlite``.
+
+    Thread-safe (one SQLite connection per thread) and safe across processes.
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root) if root is not None else default_root()
+        self.blob_dir = self.root / "blobs"
+        self.tmp_dir = self.root / "tmp"
+        try:
+            for d in (self.root, self.blob_dir, self.tmp_dir):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the store at {self.root}: {e}") from e
+        self.db_path = self.root / "catalog.sqlite"
+        self._local = threading.local()
+        self._init_schema()
+
+    # -- connections and transactions ----------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():  # new thread, or a forked child
+            try:
+                new = sqlite3.connect(self.db_path, timeout=60.0, isolation_level=None,
+                                       check_same_thread=False)
+                for pragma in _PRAGMAS:
+                    new.execute(pragma)
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot open the catalog {self.db_path}: {e}") from e
+            # A connection inherited over fork must not be used, nor closed, in the child.
+            local.inherited = getattr(local, "conn", None)
+            local.conn, local.pid = new, os.getpid()
+        conn: sqlite3.Connection = local.conn
+        return conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One writer at a time across processes; rolled back on any exception."""
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            raise StoreError(f"catalog is locked: {e}") from e
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for several queries (WAL: never blocks on writers)."""
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    def _init_schema(self) -> None:
+        conn = self._conn()
+        row = None
+        with contextlib.suppress(sqlite3.OperationalError):
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is None:
+            with self._write() as c:
+                for stmt in _SCHEMA:
+                    c.execute(stmt)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row[0] > CATALOG_SCHEMA:
+            raise StoreError(f"{self.db_path}: catalog schema {row[0]} is newer than this polyhead "
+                             f"({CATALOG_SCHEMA})")
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their threads' objects go)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.pid = None
+
+    # -- blobs ---------------------------------------------------------------------------
+
+    def blob_path(self, version: str) -> Path:
+        return self.blob_dir / version[:2] / version
+
+    def _put_blob(self, version: str, data: bytes) -> None:
+        path = self.blob_path(version)
+        if path.is_file() and sha256_file(path) == version:
+            return
+        if not path.parent.is_dir():
+            path.parent.mkdir(exist_ok=True)
+            fsync_dir(self.blob_dir)
+        atomic_write(path, data, tmp_dir=self.tmp_dir, mode=0o444)
+
+    def _read_blob(self, info: VersionInfo) -> bytes:
+        try:
+            data = self.blob_path(info.version).read_bytes()
+        except FileNotFoundError as e:
+            with self._read() as c:
+                gone = c.execute("SELECT 1 FROM versions WHERE version = ?",
+                                 (info.version,)).fetchone() is None
+            if gone:
+                raise NotFoundError(f"{info.task_id}: version {info.short} was deleted") from e
+            raise StoreError(f"{info.task_id}: blob of version {info.short} is missing; "
+                             "run `polyhead store verify`") from e
+        if _sha256(data) != info.version:
+            raise StoreError(f"{info.task_id}: blob of version {info.short} is corrupt "
+                             "(sha256 mismatch); run `polyhead store verify`")
+        return data
+
+    # -- writes --------------------------------------------------------------------------
+
+    def add_version(self, task_id: str, data: bytes, kind: str) -> VersionInfo:
+        """Store ``data`` (already validated) as a version of ``task_id`` and point
+        ``latest`` at it. Identical bytes give the existing version."""
+        version = _sha256(data)
+        self._put_blob(version, data)  # the slow part, outside the lock
+        with self._write() as c:
+            self._put_blob(version, data)  # gc may have taken it before we held the lock
+            row = c.execute("SELECT task_id FROM versions WHERE version = ?", (version,)).fetchone()
+            if row is not None and row[0] != task_id:
+                raise StoreError(f"version {version[:12]} belongs to task {row[0]!r}")
+            changed = row is None
+            if row is None:
+                now = _now()
+                c.execute("INSERT OR IGNORE INTO tasks (task_id, created_at) VALUES (?, ?)",
+                          (task_id, now))
+                (number,) = c.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM versions "
+                                      "WHERE task_id = ?", (task_id,)).fetchone()
+                c.execute("INSERT INTO versions (version, task_id, number, kind, nbytes, created_at) "
+                          "VALUES (?, ?, ?, ?, ?, ?)", (version, task_id, number, kind, len(data), now))
+            changed |= _point(c, task_id, LATEST, version)
+            if changed:
+                _bump(c)
+            return _info(c, version)
+
+    def set_alias(self, task_id: str, alias: str, version: str) -> VersionInfo:
+        """Point ``alias`` at a version (``version`` is any ref: alias, hex, prefix, ``v3``)."""
+        problem = alias_problem(alias)
+        if problem:
+            raise StoreError(problem)
+        with self._write() as c:
+            target = _resolve(c, task_id, version)
+            if _point(c, task_id, alias, target):
+                _bump(c)
+            return _info(c, target)
+
+    def rollback(self, task_id: str, version: str) -> VersionInfo:
+        """Point ``latest`` at an earlier (or any) version of the task."""
+        return self.set_alias(task_id, LATEST, version)
+
+    def remove_alias(self, task_id: str, alias: str) -> None:
+        if alias == LATEST:
+            raise StoreError("'latest' cannot be removed; delete the task instead")
+        with self._write() as c:
+            _require_task(c, task_id)
+            if c.execute("DELETE FROM aliases WHERE task_id = ? AND alias = ?",
+                         (task_id, alias)).rowcount == 0:
+                raise NotFoundError(f"task {task_id!r} has no alias {alias!r}")
+            _bump(c)
+
+    def delete(self, task_id: str) -> None:
+        """The task stops resolving at once; blobs no longer referenced are collected."""
+        with self._write() as c:
+            _require_task(c, task_id)
+            for table in ("aliases", "versions", "tasks"):
+                c.execute(f"DELETE FROM {table} WHERE task_id = ?", (task_id,))
+            _bump(c)
+        self.gc()
+
+    def gc(self, stale_tmp_s: float = STALE_TMP_S) -> list[str]:
+        """Remove blobs no version refers to, and temp files older than ``stale_tmp_s``
+        (those of live publishers are younger); return the paths removed."""
+        removed = []
+        with self._write() as c:  # holding the lock: no publish can commit meanwhile
+            live = {v for (v,) in c.execute("SELECT version FROM versions")}
+            for path in self.blob_dir.glob("*/*"):
+                if VERSION_RE.fullmatch(path.name) and path.name not in live:
+                    path.unlink(missing_ok=True)
+                    removed.append(str(path))
+        cutoff = time.time() - stale_tmp_s
+        for path in self.tmp_dir.iterdir():
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime <= cutoff:
+                    path.unlink()
+                    removed.append(str(path))
+        return removed
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def generation(self) -> int:
+        """Changes on every catalog change; one indexed read (a few µs)."""
+        row = self._conn().execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        return int(row[0])
+
+    def resolve(self, task_id: str, ref: str = LATEST) -> VersionInfo:
+        """``ref``: an alias, a full version, a unique prefix of >= 8 hex chars, or ``v3``."""
+        with self._read() as c:
+            return _info(c, _resolve(c, task_id, ref))
+
+    def read_bytes(self, task_id: str, ref: str = LATEST) -> tuple[VersionInfo, bytes]:
+        """The artifact file of a version, its sha256 checked."""
+        info = self.resolve(task_id, ref)
+        return info, self._read_blob(info)
+
+    def history(self, task_id: str) -> list[VersionInfo]:
+        """Every version of the task, oldest first."""
+        with self._read() as c:
+            _require_task(c, task_id)
+            rows = c.execute("SELECT * FROM versions WHERE task_id = ? ORDER BY number",
+                             (task_id,)).fetchall()
+            aliases = _aliases_by_version(c, task_id)
+        return [_row_info(r, aliases.get(r[0], ())) for r in rows]
+
+    def list_tasks(self) -> list[TaskInfo]:
+        with self._read() as c:
+            latest = c.execute("SELECT v.* FROM aliases a JOIN versions v ON v.version = a.version "
+                               "WHERE a.alias = ? ORDER BY a.task_id", (LATEST,)).fetchall()
+            counts = dict(c.execute("SELECT task_id, COUNT(*) FROM versions GROUP BY task_id"))
+            by_task: dict[str, dict[str, str]] = {}
+            by_version: dict[str, list[str]] = {}
+            for task_id, alias, version in c.execute(
+                    "SELECT task_id, alias, version FROM aliases ORDER BY alias"):
+                by_task.setdefault(task_id, {})[alias] = version
+                by_version.setdefault(version, []).append(alias)
+        out = []
+        for r in latest:
+            info = _row_info(r, tuple(by_version.get(r[0], ())))
+            out.append(TaskInfo(info.task_id, info.kind, info, counts[info.task_id],
+                                by_task[info.task_id]))
+        return out
+
+    def versions(self) -> list[VersionInfo]:
+        """Every version of every task (for verify and tools)."""
+        with self._read() as c:
+            rows = c.execute("SELECT * FROM versions ORDER BY task_id, number").fetchall()
+            aliases: dict[str, list[str]] = {}
+            for alias, version in c.execute("SELECT alias, version FROM aliases ORDER BY alias"):
+                aliases.setdefault(version, []).append(alias)
+        return [_row_info(r, tuple(aliases.get(r[0], ()))) for r in rows]
+
+    # -- health --------------------------------------------------------------------------
+
+    def verify(self) -> list[str]:
+        """Problems found (corrupt or missing blobs, dangling rows); empty means healthy."""
+        problems = self._check_catalog()
+        for info in self.versions():
+            where = f"{info.task_id} v{info.number} ({info.short})"
+            try:
+                data = self.blob_path(info.version).read_bytes()
+            except OSError as e:
+                problems.append(f"{where}: blob unreadable: {e.strerror or e}")
+                continue
+            if _sha256(data) != info.version:
+                problems.append(f"{where}: blob sha256 mismatch (corrupt)")
+            elif len(data) != info.nbytes:
+                problems.append(f"{where}: catalog says {info.nbytes} bytes, blob has {len(data)}")
+            else:
+                problems.extend(f"{where}: {p}" for p in self._check_blob(info, data))
+        return problems
+
+    def _check_blob(self, info: VersionInfo, data: bytes) -> list[str]:
+        """Content checks of a blob whose hash is right (the Store decodes it)."""
+        return []
+
+    def _check_catalog(self) -> list[str]:
+        problems = []
+        with self._read() as c:
+            (ok,) = c.execute("PRAGMA quick_check").fetchone()
+            if ok != "ok":
+                problems.append(f"catalog: sqlite quick_check: {ok}")
+            queries = {
+                "task has no versions": "SELECT task_id FROM tasks WHERE task_id NOT IN "
+                                        "(SELECT task_id FROM versions)",
+                "task has no 'latest' alias": "SELECT task_id FROM tasks WHERE task_id NOT IN "
+                                              "(SELECT task_id FROM aliases WHERE alias = 'latest')",
+                "version of an unknown task": "SELECT task_id || ' ' || version FROM versions "
+                                              "WHERE task_id NOT IN (SELECT task_id FROM tasks)",
+                "alias to a missing version or another task's": (
+                    "SELECT a.task_id || ' ' || a.alias FROM aliases a LEFT JOIN versions v "
+                    "ON v.version = a.version WHERE v.task_id IS NULL OR v.task_id != a.task_id"),
+            }
+            for what, sql in queries.items():
+                problems.extend(f"catalog: {what}: {item}" for (item,) in c.execute(sql))
+            problems.extend(f"catalog: bad task id {t!r}" for (t,) in c.execute(
+                "SELECT task_id FROM tasks") if not is_task_id(t))
+        return problems
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+
+
+def _bump(c: sqlite3.Connection) -> None:
+    c.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+
+
+def _point(c: sqlite3.Connection, task_id: str, alias: str, version: str) -> bool:
+    """Set an alias; True if that changed anything."""
+    row = c.execute("SELECT version FROM aliases WHERE task_id = ? AND alias = ?",
+                    (task_id, alias)).fetchone()
+    if row is not None and row[0] == version:
+        return False
+    c.execute("INSERT INTO aliases (task_id, alias, version) VALUES (?, ?, ?) "
+              "ON CONFLICT (task_id, alias) DO UPDATE SET version = excluded.version",
+              (task_id, alias, version))
+    return True
+
+
+def _require_task(c: sqlite3.Connection, task_id: str) -> None:
+    if not is_task_id(task_id) or c.execute(
+            "SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone() is None:
+        raise NotFoundError(f"no task {task_id!r:.80}")
+
+
+def _resolve(c: sqlite3.Connection, task_id: str, ref: str) -> str:
+    _require_task(c, task_id)
+    row = c.execute("SELECT version FROM aliases WHERE task_id = ? AND alias = ?",
+                    (task_id, ref)).fetchone()
+    if row is None and (n := version_number_ref(ref)) is not None:
+        row = c.execute("SELECT version FROM versions WHERE task_id = ? AND number = ?",
+                        (task_id, n)).fetchone()
+    if row is None and (prefix := hex_prefix(ref)) is not None:
+        rows = c.execute("SELECT version FROM versions WHERE task_id = ? AND version >= ? "
+                         "AND version < ? LIMIT 2", (task_id, prefix, prefix + "g")).fetchall()
+        if len(rows) > 1:
+            raise AmbiguousRefError(f"task {task_id!r}: {ref!r} matches several versions")
+        row = rows[0] if rows else None
+    if row is None:
+        raise NotFoundError(f"task {task_id!r} has no version or alias {ref!r:.80}")
+    return str(row[0])
+
+
+def _aliases_by_version(c: sqlite3.Connection, task_id: str) -> dict[str, tuple[str, ...]]:
+    out: dict[str, list[str]] = {}
+    for alias, version in c.execute("SELECT alias, version FROM aliases WHERE task_id = ? "
+                                    "ORDER BY alias", (task_id,)):
+        out.setdefault(version, []).append(alias)
+    return {v: tuple(a) for v, a in out.items()}
+
+
+def _info(c: sqlite3.Connection, version: str) -> VersionInfo:
+    row = c.execute("SELECT * FROM versions WHERE version = ?", (version,)).fetchone()
+    aliases = tuple(a for (a,) in c.execute(
+        "SELECT alias FROM aliases WHERE version = ? ORDER BY alias", (version,)))
+    return _row_info(row, aliases)
+
+
+def _row_info(row: tuple[str, str, int, str, int, str], aliases: tuple[str, ...]) -> VersionInfo:
+    version, task_id, number, kind, nbytes, created_at = row
+    return VersionInfo(task_id, version, number, created_at, kind, nbytes, aliases)

@@ -1,0 +1,206 @@
+"""`polyhead store ...`: inspect and change the local artifact store.
+
+list/show/history/rollback/alias/delete touch only the catalog and never import torch;
+import-peft, publish and verify load the backbone to check tensors against it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from store.catalog import Catalog, VersionInfo, default_root
+from store.errors import StoreError
+from store.header import read_manifest_json
+from store.names import LATEST
+
+if TYPE_CHECKING:
+    from methods.spec import BackboneSpec
+    from store.store import Store
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``store`` verb to the ``polyhead`` parser."""
+    root_help = "store folder (default: $POLYHEAD_STORE or ./polyhead-store)"
+    parser = subparsers.add_parser("store", help="inspect and change the artifact store",
+                                   description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", dest="store_root", metavar="PATH", default=None, help=root_help)
+    common = argparse.ArgumentParser(add_help=False)  # --store also after the subcommand
+    common.add_argument("--store", dest="store_root", metavar="PATH", default=argparse.SUPPRESS,
+                        help=root_help)
+    backbone = argparse.ArgumentParser(add_help=False)
+    backbone.add_argument("--backbone", metavar="PATH", default=None,
+                          help="backbone folder (default: the packaged all-MiniLM-L6-v2)")
+    sub = parser.add_subparsers(dest="store_command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Command, text: str, parents: list[argparse.ArgumentParser] | None = None,
+            ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common, *(parents or [])], help=text, description=text)
+        p.set_defaults(func=_guarded(func))
+        return p
+
+    p = add("list", _list, "one line per task: id, kind, latest version, aliases")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = add("show", _show, "a version's catalog entry and manifest")
+    p.add_argument("task_id")
+    p.add_argument("ref", nargs="?", default=LATEST, help="alias, version (prefix) or vN")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = add("history", _history, "every version of a task, oldest first")
+    p.add_argument("task_id")
+    p = add("rollback", _rollback, "point a task's 'latest' at another of its versions")
+    p.add_argument("task_id")
+    p.add_argument("ref", help="alias, version (prefix) or vN")
+    p = add("alias", _alias, "point an alias (e.g. 'stable') at a version")
+    p.add_argument("task_id")
+    p.add_argument("alias")
+    p.add_argument("ref", help="alias, version (prefix) or vN")
+    p = add("delete", _delete, "delete a task and every version no longer referenced")
+    p.add_argument("task_id")
+    p = add("import-peft", _import_peft, "publish a PEFT LoRA adapter folder as a lora artifact",
+            [backbone])
+    p.add_argument("folder", type=Path, help="holds adapter_config.json + adapter_model.safetensors")
+    p.add_argument("task_id")
+    p.add_argument("--labels", default=None,
+                   help="comma-separated label names (default: LABEL_0..; 1 output: regression)")
+    p = add("publish", _publish, "validate and publish a .polyhead file", [backbone])
+    p.add_argument("file", type=Path)
+    p = add("verify", _verify, "check the catalog, every blob's hash and every artifact",
+            [backbone])
+    p.add_argument("--no-backbone", action="store_true",
+                   help="check structure and hashes only (no backbone load)")
+
+
+def _guarded(func: Command) -> Command:
+    """Bad input is a one-line message on stderr and exit code 2, never a traceback."""
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (StoreError, ValueError, OSError) as e:  # ArtifactError, BackboneError: ValueError
+            print(f"polyhead store {args.store_command}: error: {e}", file=sys.stderr)
+            return 2
+    return run
+
+
+def _root(args: argparse.Namespace) -> Path:
+    return Path(args.store_root) if args.store_root else default_root()
+
+
+def _existing_root(args: argparse.Namespace) -> Path:
+    root = _root(args)
+    if not (root / "catalog.sqlite").is_file():
+        raise StoreError(f"no store at {root} (pass --store PATH or set $POLYHEAD_STORE)")
+    return root
+
+
+def _catalog(args: argparse.Namespace) -> Catalog:
+    return Catalog(_existing_root(args))
+
+
+def _store(args: argparse.Namespace, *, spec: bool, create: bool = False) -> Store:
+    from store.store import Store  # torch and the backbone: only for commands that need them
+
+    root = _root(args) if create else _existing_root(args)
+    return Store(root, _spec(args) if spec else None)
+
+
+def _spec(args: argparse.Namespace) -> BackboneSpec:
+    from transformers.utils import logging as hf_logging
+
+    from methods import load_backbone
+
+    hf_logging.disable_progress_bar()  # keep stderr for our one-line errors
+    return load_backbone(args.backbone).spec
+
+
+def _line(info: VersionInfo) -> str:
+    return (f"v{info.number:<4} {info.short}  {info.created_at}  {info.kind:<7} "
+            f"{info.nbytes:>10} B  {','.join(info.aliases)}").rstrip()
+
+
+def _list(args: argparse.Namespace) -> int:
+    tasks = _catalog(args).list_tasks()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(t) for t in tasks], indent=2))
+        return 0
+    for t in tasks:
+        others = ",".join(a for a in t.aliases if a != LATEST)
+        print(f"{t.task_id}  {t.kind}  v{t.latest.number}/{t.num_versions}  {t.latest.short}  "
+              f"{t.latest.created_at}  {others}".rstrip())
+    if not tasks:
+        print(f"no tasks in {_root(args)}", file=sys.stderr)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    info, data = _catalog(args).read_bytes(args.task_id, args.ref)
+    manifest = read_manifest_json(data, max_bytes=len(data))
+    if args.json:
+        print(json.dumps({"version": dataclasses.asdict(info), "manifest": manifest}, indent=2))
+        return 0
+    print(f"task       {info.task_id}\nversion    v{info.number} {info.version}\n"
+          f"aliases    {', '.join(info.aliases) or '-'}\nkind       {info.kind}\n"
+          f"published  {info.created_at}\nbytes      {info.nbytes}\nmanifest")
+    print(json.dumps(manifest, indent=2, sort_keys=True))
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    for info in _catalog(args).history(args.task_id):
+        print(_line(info))
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    info = _catalog(args).rollback(args.task_id, args.ref)
+    print(f"{info.task_id}: latest -> v{info.number} ({info.short})")
+    return 0
+
+
+def _alias(args: argparse.Namespace) -> int:
+    info = _catalog(args).set_alias(args.task_id, args.alias, args.ref)
+    print(f"{info.task_id}: {args.alias} -> v{info.number} ({info.short})")
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    _catalog(args).delete(args.task_id)
+    print(f"deleted {args.task_id}")
+    return 0
+
+
+def _import_peft(args: argparse.Namespace) -> int:
+    labels = [x.strip() for x in args.labels.split(",")] if args.labels is not None else None
+    if not args.folder.is_dir():  # before the slow backbone load
+        raise StoreError(f"{args.folder}: not a folder")
+    store = _store(args, spec=True, create=True)
+    info = store.import_peft(args.folder, args.task_id, labels=labels)
+    print(f"{info.task_id}: v{info.number} ({info.short}) published from {args.folder}")
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    data = args.file.read_bytes()
+    info = _store(args, spec=True, create=True).publish(data)
+    print(f"{info.task_id}: v{info.number} ({info.short}) published from {args.file}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    store = _store(args, spec=not args.no_backbone)
+    problems = store.verify()
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"{len(problems)} problem(s) in {store.root}", file=sys.stderr)
+        return 1
+    versions = store.versions()
+    print(f"ok: {len(versions)} versions of {len({v.task_id for v in versions})} tasks in {store.root}")
+    return 0

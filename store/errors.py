@@ -1,0 +1,15 @@
+"""Store errors. Problems with an artifact's content are ``methods.errors.ArtifactError``."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked (corrupt blob, bad alias, missing backbone spec)."""
+
+
+class NotFoundError(StoreError):
+    """An unknown task, version or alias."""
+
+
+class AmbiguousRefError(StoreError):
+    """A version prefix that matches more than one version of the task."""

@@ -1,0 +1,41 @@
+"""Task ids, alias names and version references: plain regexes, no I/O."""
+
+from __future__ import annotations
+
+import re
+
+TASK_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+ALIAS_RE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+LATEST = "latest"
+VERSION_RE = re.compile(r"[0-9a-f]{64}")
+MIN_PREFIX = 8
+_HEXLIKE = re.compile(r"[0-9a-f]{8,}")
+_NUMBER_REF = re.compile(r"v([1-9][0-9]{0,8})")
+
+
+def is_task_id(task_id: object) -> bool:
+    """True for ids such as ``sst2`` or ``nli.v2``; never a path (no '/', no leading '.')."""
+    return isinstance(task_id, str) and TASK_ID_RE.fullmatch(task_id) is not None
+
+
+def alias_problem(alias: object) -> str | None:
+    """Why ``alias`` cannot name an alias, or None when it can."""
+    if not isinstance(alias, str) or ALIAS_RE.fullmatch(alias) is None:
+        return f"alias {alias!r} must match {ALIAS_RE.pattern}"
+    if _HEXLIKE.fullmatch(alias) or _NUMBER_REF.fullmatch(alias):
+        return f"alias {alias!r} would read as a version reference"
+    return None
+
+
+def version_number_ref(ref: str) -> int | None:
+    """``v3`` -> 3 (a version by its 1-based number), else None."""
+    m = _NUMBER_REF.fullmatch(ref)
+    return int(m.group(1)) if m else None
+
+
+def hex_prefix(ref: str) -> str | None:
+    """A lower-case hex prefix of at least MIN_PREFIX characters, else None."""
+    low = ref.lower()
+    if len(low) >= MIN_PREFIX and len(low) <= 64 and all(c in "0123456789abcdef" for c in low):
+        return low
+    return None

@@ -1,0 +1,343 @@
+"""The store: versions, aliases, rollback, delete, generation, refusal of bad files,
+concurrent publishers, PEFT import, and engine logits through the store."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import peft
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, BertConfig, BertModel
+
+from methods.errors import ArtifactError
+from store import AmbiguousRefError, NotFoundError, Store, StoreError
+from tests.test_store_format import BAD, TEXTS
+from tests.test_store_support import KINDS, labels_for, make_artifact, make_file, manifest_of
+
+
+@pytest.fixture
+def store(tmp_path, tiny_bert) -> Store:
+    return Store(tmp_path / "store", tiny_bert.spec)
+
+
+def blobs(store: Store) -> set[str]:
+    return {p.name for p in store.blob_dir.glob("*/*")}
+
+
+def test_publish_get_history_latest(store, tiny_bert) -> None:
+    g0 = store.generation()
+    first = store.publish(make_file(tiny_bert.spec, seed=1))
+    assert (first.task_id, first.number, first.kind, first.aliases) == ("sst2", 1, "pasta", ("latest",))
+    assert store.blob_path(first.version).stat().st_size == first.nbytes
+    second = store.publish(make_file(tiny_bert.spec, seed=2))
+    assert second.number == 2 and store.generation() > g0
+    got = store.get("sst2")
+    assert got.info == second and got.manifest.labels == ["label0", "label1"]
+    assert [v.version for v in store.history("sst2")] == [first.version, second.version]
+    assert store.get("sst2", first.version).info.number == 1
+    assert store.resolve("sst2", first.version[:8]).number == 1
+    assert store.resolve("sst2", "v1") == store.history("sst2")[0]
+    info, data = store.read_bytes("sst2")
+    assert info == second and manifest_of(data).task_id == "sst2"
+
+
+def test_republishing_identical_bytes_is_idempotent(store, tiny_bert) -> None:
+    a, b = make_file(tiny_bert.spec, seed=1), make_file(tiny_bert.spec, seed=2)
+    first = store.publish(a)
+    store.publish(b)
+    g = store.generation()
+    again = store.publish(a)  # same version, and latest moves back to it
+    assert again.version == first.version and again.number == 1 and "latest" in again.aliases
+    assert len(store.history("sst2")) == 2 and store.generation() > g
+    g = store.generation()
+    store.publish(a)
+    assert store.generation() == g  # nothing changed
+
+
+def test_aliases_and_rollback(store, tiny_bert) -> None:
+    v1 = store.publish(make_file(tiny_bert.spec, seed=1))
+    v2 = store.publish(make_file(tiny_bert.spec, seed=2))
+    g = store.generation()
+    assert store.set_alias("sst2", "stable", v1.version[:10]).aliases == ("stable",)
+    assert store.generation() > g
+    assert store.get("sst2", "stable").info.version == v1.version
+    rolled = store.rollback("sst2", "v1")
+    assert rolled.version == v1.version and rolled.aliases == ("latest", "stable")
+    assert store.get("sst2").info.version == v1.version
+    (task,) = store.list_tasks()
+    assert task.latest.version == v1.version and task.num_versions == 2
+    assert task.aliases == {"latest": v1.version, "stable": v1.version}
+    store.rollback("sst2", v2.version)
+    store.remove_alias("sst2", "stable")
+    assert store.list_tasks()[0].aliases == {"latest": v2.version}
+    for bad in ("Latest", "deadbeef00", "v7", "a/b", ""):
+        with pytest.raises(StoreError, match="alias"):
+            store.set_alias("sst2", bad, "v1")
+    with pytest.raises(StoreError):
+        store.remove_alias("sst2", "latest")
+
+
+def test_unknown_and_ambiguous_refs(store, tiny_bert) -> None:
+    store.publish(make_file(tiny_bert.spec))
+    for task, ref in [("nope", "latest"), ("sst2", "stable"), ("sst2", "v2"), ("sst2", "f" * 64),
+                      ("../x", "latest"), ("sst2", "0123456")]:
+        with pytest.raises(NotFoundError):
+            store.get(task, ref)
+    # two versions sharing an 8-char prefix cannot be made from real hashes: write the rows
+    conn = sqlite3.connect(store.db_path)
+    with conn:
+        for i, v in enumerate(("abcdef12" + "0" * 56, "abcdef12" + "1" * 56)):
+            conn.execute("INSERT INTO versions VALUES (?, 'sst2', ?, 'pasta', 1, 'now')", (v, 10 + i))
+    conn.close()
+    with pytest.raises(AmbiguousRefError):
+        store.resolve("sst2", "abcdef12")
+    assert store.resolve("sst2", "ABCDEF121").number == 11
+
+
+def test_list_and_delete_collects_blobs(store, tiny_bert) -> None:
+    store.publish(make_file(tiny_bert.spec, "b-task", seed=1))
+    store.publish(make_file(tiny_bert.spec, "a-task", "lora", seed=2))
+    store.publish(make_file(tiny_bert.spec, "a-task", "lora", seed=3))
+    tasks = store.list_tasks()
+    assert [(t.task_id, t.kind, t.num_versions) for t in tasks] == [("a-task", "lora", 2),
+                                                                      ("b-task", "pasta", 1)]
+    a_blobs = {v.version for v in store.history("a-task")}
+    g = store.generation()
+    store.delete("a-task")
+    assert store.generation() > g
+    assert [t.task_id for t in store.list_tasks()] == ["b-task"]
+    assert not (a_blobs & blobs(store)) and len(blobs(store)) == 1
+    with pytest.raises(NotFoundError):
+        store.get("a-task")
+    with pytest.raises(NotFoundError):
+        store.delete("a-task")
+    again = store.publish(make_file(tiny_bert.spec, "a-task", "lora", seed=2))
+    assert again.number == 1 and store.verify() == []
+
+
+@pytest.mark.parametrize(("name", "check", "needs_spec", "build"), BAD, ids=[b[0] for b in BAD])
+def test_bad_file_leaves_the_previous_version(store, tiny_bert, name, check, needs_spec, build) -> None:
+    good = store.publish(make_file(tiny_bert.spec))
+    before = (store.generation(), blobs(store), store.list_tasks())
+    with pytest.raises(ArtifactError) as e:
+        store.publish(build(tiny_bert.spec))
+    assert e.value.check == check
+    assert (store.generation(), blobs(store), store.list_tasks()) == before
+    assert store.get("sst2").info == good
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_byte_cap_and_fingerprint_in_store(tmp_path, tiny_bert, tiny_roberta) -> None:
+    data = make_file(tiny_bert.spec)
+    small = Store(tmp_path / "s", tiny_bert.spec, max_artifact_bytes=len(data) - 1)
+    with pytest.raises(ArtifactError, match="too_large"):
+        small.publish(data)
+    other = Store(tmp_path / "r", tiny_roberta.spec)
+    with pytest.raises(ArtifactError) as e:
+        other.publish(data)
+    assert e.value.check == "fingerprint"
+    spec_less = Store(tmp_path / "r")  # structure only: accepted, then refused by a spec'd reader
+    spec_less.publish(data)
+    with pytest.raises(ArtifactError, match="fingerprint"):
+        Store(tmp_path / "r", tiny_roberta.spec).get("sst2")
+
+
+def test_verify_finds_corrupt_and_missing_blobs(store, tiny_bert) -> None:
+    v1 = store.publish(make_file(tiny_bert.spec, seed=1))
+    v2 = store.publish(make_file(tiny_bert.spec, seed=2))
+    assert store.verify() == []
+    path = store.blob_path(v2.version)
+    path.chmod(0o644)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="corrupt"):
+        store.get("sst2")
+    store.blob_path(v1.version).unlink()
+    problems = store.verify()
+    assert len(problems) == 2 and "sha256 mismatch" in problems[1] and "unreadable" in problems[0]
+
+
+def test_gc_takes_orphans_only(store, tiny_bert) -> None:
+    v = store.publish(make_file(tiny_bert.spec))
+    orphan = "ab" + "0" * 62
+    store.blob_path(orphan).parent.mkdir(exist_ok=True)
+    store.blob_path(orphan).write_bytes(b"left by a killed publisher")
+    removed = store.gc()
+    assert [Path(p).name for p in removed] == [orphan] and blobs(store) == {v.version}
+
+
+def test_default_root_from_env(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("POLYHEAD_STORE", str(tmp_path / "env-store"))
+    assert Store().root == tmp_path / "env-store" and (tmp_path / "env-store" / "blobs").is_dir()
+    monkeypatch.delenv("POLYHEAD_STORE")
+    monkeypatch.chdir(tmp_path)
+    assert Store().root.resolve() == (tmp_path / "polyhead-store").resolve()
+
+
+def test_threads_share_a_store(store, tiny_bert) -> None:
+    files = [make_file(tiny_bert.spec, f"t{i % 3}", seed=i) for i in range(24)]
+    errors: list[BaseException] = []
+
+    def work(chunk: list[bytes]) -> None:
+        try:
+            for data in chunk:
+                store.publish(data)
+                store.generation()
+                store.get(manifest_of(data).task_id)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(files[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(len(store.history(f"t{i}")) for i in range(3)) == [8, 8, 8]
+
+
+# -- engine logits through the store ------------------------------------------------------
+
+def test_engine_logits_from_the_store(tmp_path, tiny_engine) -> None:
+    spec = tiny_engine.spec
+    store = Store(tmp_path / "store", spec)
+    from store import encode_artifact, new_manifest
+
+    for i, (kind, config, head_type, outputs, regression) in enumerate(KINDS):
+        art = make_artifact(spec, kind, seed=i, config=config, head_type=head_type, outputs=outputs)
+        before = tiny_engine.run(TEXTS, [tiny_engine.load(art)] * len(TEXTS))
+        manifest = new_manifest(f"task-{kind}", art, spec, labels=labels_for(outputs, regression),
+                                regression=regression)
+        store.publish(encode_artifact(manifest, art))
+        loaded = Store(store.root, spec).get(f"task-{kind}").artifact  # a fresh reader
+        after = tiny_engine.run(TEXTS, [tiny_engine.load(loaded)] * len(TEXTS))
+        for b, a in zip(before, after, strict=True):
+            assert torch.equal(a, b), kind
+
+
+# -- two processes publishing at once -----------------------------------------------------
+
+CHILD = """
+import sys
+from pathlib import Path
+from store import Store
+store = Store(sys.argv[1])
+files = sorted(Path(sys.argv[2]).iterdir())
+print("ready", flush=True)
+sys.stdin.readline()
+for f in files:
+    store.publish(f.read_bytes())
+print("done", flush=True)
+"""
+
+
+def test_two_processes_publish_200_each(tmp_path, tiny_bert) -> None:
+    root = tmp_path / "store"
+    Store(root)
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    expected = set()
+    for p, folder in enumerate(dirs):
+        folder.mkdir()
+        for i in range(200):
+            data = make_file(tiny_bert.spec, "shared", seed=p * 1000 + i)
+            (folder / f"{i:03d}.polyhead").write_bytes(data)
+            expected.add(hashlib.sha256(data).hexdigest())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(root), str(d)], env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=Path.cwd())
+             for d in dirs]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    for p in procs:  # both start at once
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0 and out.strip() == "done"
+    store = Store(root, tiny_bert.spec)
+    history = store.history("shared")
+    assert {v.version for v in history} == expected
+    assert [v.number for v in history] == list(range(1, 401))
+    assert store.generation() == 400 and store.verify() == []
+
+
+# -- PEFT import --------------------------------------------------------------------------
+
+def save_peft(base_dir: Path, out: Path, num_labels: int, seed: int = 0) -> peft.PeftModel:
+    torch.manual_seed(seed)
+    base = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=num_labels,
+                                                              local_files_only=True)
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"],
+                          modules_to_save=["classifier"], task_type="SEQ_CLS")
+    model = peft.get_peft_model(base, cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    model.save_pretrained(out)
+    return model.eval()
+
+
+def test_import_peft_folder(tmp_path, tiny_bert, tiny_bert_dir) -> None:
+    folder = tmp_path / "adapter"
+    model = save_peft(tiny_bert_dir, folder, num_labels=3)
+    assert (folder / "adapter_model.safetensors").is_file()
+    store = Store(tmp_path / "store", tiny_bert.spec)
+    info = store.import_peft(folder, "nli", labels=["entail", "neutral", "contra"])
+    got = store.get("nli")
+    assert info.kind == "lora" and got.manifest.labels == ["entail", "neutral", "contra"]
+    assert got.manifest.training["method"] == "peft-lora"
+    assert got.manifest.training["hyperparameters"]["r"] == 4
+    from methods import Engine
+
+    eng = Engine(tiny_bert)
+    logits = eng.run(TEXTS, [eng.load(got.artifact)] * len(TEXTS))
+    for x, g in zip(TEXTS, logits, strict=True):
+        args = (x,) if isinstance(x, str) else x
+        with torch.no_grad():
+            ref = model(**tiny_bert.tokenizer(*args, return_tensors="pt")).logits[0]
+        torch.testing.assert_close(g, ref, atol=1e-5, rtol=0)
+    assert store.import_peft(folder, "nli2").aliases == ("latest",)
+    assert store.get("nli2").manifest.labels == ["LABEL_0", "LABEL_1", "LABEL_2"]
+
+
+def test_import_peft_refuses_other_base_shapes(tmp_path, tiny_bert, tiny_bert_dir) -> None:
+    store = Store(tmp_path / "store", tiny_bert.spec)
+    wide = tmp_path / "wide-bert"  # same vocabulary, hidden 48 instead of 32
+    BertModel(BertConfig(vocab_size=tiny_bert.tokenizer.vocab_size, hidden_size=48,
+                         num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                         max_position_embeddings=64)).save_pretrained(wide)
+    save_peft(wide, tmp_path / "a-wide", num_labels=2)
+    deep = tmp_path / "deep-bert"  # 3 layers instead of 2
+    from tests.tiny import make_bert
+
+    make_bert(deep, layers=3)
+    save_peft(deep, tmp_path / "a-deep", num_labels=2)
+    for name in ("a-wide", "a-deep"):
+        with pytest.raises(ArtifactError) as e:
+            store.import_peft(tmp_path / name, "x")
+        assert e.value.check == "peft_base_model", str(e.value)
+    assert store.list_tasks() == []
+
+
+def test_import_peft_refuses_pickles_and_missing_files(tmp_path, tiny_bert) -> None:
+    store = Store(tmp_path / "store", tiny_bert.spec)
+    folder = tmp_path / "p"
+    folder.mkdir()
+    with pytest.raises(ArtifactError, match=r"adapter_config\.json"):
+        store.import_peft(folder, "x")
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.bin").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(ArtifactError, match="pickle"):
+        store.import_peft(folder, "x")
+    with pytest.raises(StoreError, match="backbone"):
+        Store(tmp_path / "store").import_peft(folder, "x")
