@@ -205,7 +205,8 @@ class Catalog:
         version = _sha256(data)
         self._put_blob(version, data)  # the slow part, outside the lock
         with self._write() as c:
-            self._put_blob(version, data)  # gc may have taken it before we held the lock
+            if not self.blob_path(version).is_file():  # gc took it before we held the lock
+                self._put_blob(version, data)
             row = c.execute("SELECT task_id FROM versions WHERE version = ?", (version,)).fetchone()
             if row is not None and row[0] != task_id:
                 raise StoreError(f"version {version[:12]} belongs to task {row[0]!r}")

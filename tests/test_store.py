@@ -174,6 +174,22 @@ def test_gc_takes_orphans_only(store, tiny_bert) -> None:
     assert [Path(p).name for p in removed] == [orphan] and blobs(store) == {v.version}
 
 
+def test_gc_between_blob_write_and_commit(store, tiny_bert, monkeypatch) -> None:
+    """A gc (another process deleting a task) right after our blob write must not leave a
+    version without its blob: the publisher re-checks under the write lock."""
+    original, raced = Store._put_blob, []
+
+    def racing(self: Store, version: str, data: bytes) -> None:
+        original(self, version, data)
+        if not raced:
+            raced.append(version)
+            assert [Path(p).name for p in self.gc()] == [version]
+
+    monkeypatch.setattr(Store, "_put_blob", racing)
+    info = store.publish(make_file(tiny_bert.spec))
+    assert raced == [info.version] and store.verify() == [] and store.get("sst2").info == info
+
+
 def test_default_root_from_env(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("POLYHEAD_STORE", str(tmp_path / "env-store"))
     assert Store().root == tmp_path / "env-store" and (tmp_path / "env-store" / "blobs").is_dir()

@@ -15,33 +15,38 @@ from tests.test_store_support import make_file
 
 ROUNDS = 60
 
-# One interpreter imports the store once, then forks a publisher per round and SIGKILLs it
-# 0-30 ms after it starts (fork: a fresh interpreter per kill would cost seconds each).
+# One interpreter imports the store once, then forks a publisher per round (a fresh
+# interpreter per kill would cost seconds each). The publisher reports each finished
+# publish; the helper lets it finish k = 0-3 of them, then SIGKILLs it 0-4 ms later,
+# which on any machine load lands inside a publish most of the time.
 HELPER = """
 import os, random, signal, sys, time
 from pathlib import Path
-from store import Store
+from store import Store, decode_artifact
 root, folder, rounds, acks = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 files = sorted(folder.iterdir())
+decode_artifact(files[0].read_bytes())  # warm up once, not in every child
 rng = random.Random(1234)
 for r in range(rounds):
-    start_r, start_w = os.pipe()
+    done_r, done_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         store = Store(root)
-        os.write(start_w, b"s")
+        os.write(done_w, b"s")
         ack = os.open(acks, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         i = 0
         while True:
             data = files[(r * 13 + i) % len(files)].read_bytes()
             os.write(ack, (store.publish(data).version + "\\n").encode())  # one small append
+            os.write(done_w, b"p")
             i += 1
-    os.read(start_r, 1)
-    time.sleep(0.0 if r % 4 == 0 else rng.uniform(0, 0.03))
+    for _ in range(1 + rng.randint(0, 3)):
+        os.read(done_r, 1)
+    time.sleep(rng.uniform(0, 0.004))
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
-    os.close(start_r)
-    os.close(start_w)
+    os.close(done_r)
+    os.close(done_w)
 print("done", flush=True)
 """
 
@@ -67,7 +72,7 @@ def test_sigkilled_publishers_leave_a_consistent_store(tmp_path, tiny_bert) -> N
     conn.close()
     assert store.verify() == []
     versions = {v.version: v for v in store.versions()}
-    assert len(acked) > ROUNDS // 4  # the publishers did get work done between kills
+    assert len(acked) >= ROUNDS // 2  # the publishers did get work done between kills
     assert acked <= versions.keys() <= hashes  # every acknowledged publish survived
     assert len(versions.keys() - acked) <= ROUNDS  # at most the one in flight per kill
     for blob in store.blob_dir.glob("*/*"):  # committed or orphaned, no blob is partial
@@ -76,6 +81,12 @@ def test_sigkilled_publishers_leave_a_consistent_store(tmp_path, tiny_bert) -> N
         history = store.history(task.task_id)
         assert [v.number for v in history] == list(range(1, len(history) + 1))
         assert store.get(task.task_id).info == task.latest
+    orphans = {p.name for p in store.blob_dir.glob("*/*")} - versions.keys()
+    parts = list(store.tmp_dir.iterdir())
+    in_flight = versions.keys() - acked
+    print(f"{len(acked)} acknowledged, {len(in_flight)} committed unacknowledged, "
+          f"{len(orphans)} orphan blobs, {len(parts)} temp files")
+    assert in_flight or orphans or parts  # some kills did land inside a publish
     store.gc(stale_tmp_s=0)  # every publisher is dead: their leftovers can go
     assert {p.name for p in store.blob_dir.glob("*/*")} == versions.keys()
     assert list(store.tmp_dir.iterdir()) == []
