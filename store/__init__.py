@@ -10,15 +10,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from store.catalog import Catalog, TaskInfo, VersionInfo
+    from store.catalog import Catalog
     from store.errors import AmbiguousRefError, NotFoundError, StoreError
     from store.fileformat import decode_artifact, encode_artifact, load_artifact, save_artifact
     from store.header import DEFAULT_MAX_BYTES
     from store.manifest import Manifest, new_manifest, validate_task_id
+    from store.sql import TaskInfo, VersionInfo
     from store.store import Store, StoredArtifact
 
 _WHERE = {
-    "Catalog": "store.catalog", "TaskInfo": "store.catalog", "VersionInfo": "store.catalog",
+    "Catalog": "store.catalog", "TaskInfo": "store.sql", "VersionInfo": "store.sql",
     "AmbiguousRefError": "store.errors", "NotFoundError": "store.errors", "StoreError": "store.errors",
     "decode_artifact": "store.fileformat", "encode_artifact": "store.fileformat",
     "load_artifact": "store.fileformat", "save_artifact": "store.fileformat",

@@ -12,7 +12,6 @@ server can poll ``generation()`` cheaply. Invariants, kept under SQLite's write 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import hashlib
 import os
@@ -22,61 +21,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from store.errors import AmbiguousRefError, NotFoundError, StoreError
-from store.names import LATEST, VERSION_RE, alias_problem, hex_prefix, is_task_id, version_number_ref
+from store import sql
+from store.errors import NotFoundError, StoreError
+from store.names import LATEST, VERSION_RE, alias_problem
 from store.paths import atomic_write, fsync_dir, sha256_file
+from store.sql import TaskInfo, VersionInfo
 
-CATALOG_SCHEMA = 1
 STALE_TMP_S = 3600.0  # temp files older than this belong to dead publishers
-_PRAGMAS = (
-    "PRAGMA busy_timeout = 60000",
-    "PRAGMA journal_mode = WAL",
-    "PRAGMA synchronous = FULL",  # a returned publish survives power loss too
-    "PRAGMA foreign_keys = ON",
-)
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS tasks (task_id TEXT PRIMARY KEY, created_at TEXT NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS versions (
-        version TEXT PRIMARY KEY,
-        task_id TEXT NOT NULL REFERENCES tasks(task_id) ON DELETE CASCADE,
-        number INTEGER NOT NULL,
-        kind TEXT NOT NULL,
-        nbytes INTEGER NOT NULL,
-        created_at TEXT NOT NULL,
-        UNIQUE (task_id, number))""",
-    """CREATE TABLE IF NOT EXISTS aliases (
-        task_id TEXT NOT NULL REFERENCES tasks(task_id) ON DELETE CASCADE,
-        alias TEXT NOT NULL,
-        version TEXT NOT NULL REFERENCES versions(version) ON DELETE CASCADE,
-        PRIMARY KEY (task_id, alias))""",
-    "INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', 0)",
-    f"INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', {CATALOG_SCHEMA})",
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class VersionInfo:
-    task_id: str
-    version: str  # sha256 hex of the artifact file's bytes: the content address
-    number: int  # 1-based, per task, in publish order
-    created_at: str  # when this version was published (ISO-8601 UTC)
-    kind: str
-    nbytes: int  # size of the artifact file
-    aliases: tuple[str, ...]  # aliases pointing at this version, sorted
-
-    @property
-    def short(self) -> str:
-        return self.version[:12]
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskInfo:
-    task_id: str
-    kind: str  # the latest version's kind
-    latest: VersionInfo
-    num_versions: int
-    aliases: dict[str, str]  # alias -> version
+__all__ = ["STALE_TMP_S", "Catalog", "TaskInfo", "VersionInfo", "default_root"]
 
 
 def default_root() -> Path:
@@ -110,7 +62,7 @@ class Catalog:
             try:
                 new = sqlite3.connect(self.db_path, timeout=60.0, isolation_level=None,
                                        check_same_thread=False)
-                for pragma in _PRAGMAS:
+                for pragma in sql.PRAGMAS:
                     new.execute(pragma)
             except sqlite3.Error as e:
                 raise StoreError(f"cannot open the catalog {self.db_path}: {e}") from e
@@ -153,19 +105,19 @@ class Catalog:
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if row is None:
             with self._write() as c:
-                for stmt in _SCHEMA:
+                for stmt in sql.SCHEMA:
                     c.execute(stmt)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        if row[0] > CATALOG_SCHEMA:
+        if row[0] > sql.CATALOG_SCHEMA:
             raise StoreError(f"{self.db_path}: catalog schema {row[0]} is newer than this polyhead "
-                             f"({CATALOG_SCHEMA})")
+                             f"({sql.CATALOG_SCHEMA})")
 
     def close(self) -> None:
         """Close this thread's connection (others close when their threads' objects go)."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
-            self._local.pid = None
+            self._local.conn = self._local.pid = None
 
     # -- blobs ---------------------------------------------------------------------------
 
@@ -219,10 +171,10 @@ class Catalog:
                                       "WHERE task_id = ?", (task_id,)).fetchone()
                 c.execute("INSERT INTO versions (version, task_id, number, kind, nbytes, created_at) "
                           "VALUES (?, ?, ?, ?, ?, ?)", (version, task_id, number, kind, len(data), now))
-            changed |= _point(c, task_id, LATEST, version)
+            changed |= sql.point(c, task_id, LATEST, version)
             if changed:
-                _bump(c)
-            return _info(c, version)
+                sql.bump(c)
+            return sql.info(c, version)
 
     def set_alias(self, task_id: str, alias: str, version: str) -> VersionInfo:
         """Point ``alias`` at a version (``version`` is any ref: alias, hex, prefix, ``v3``)."""
@@ -230,10 +182,10 @@ class Catalog:
         if problem:
             raise StoreError(problem)
         with self._write() as c:
-            target = _resolve(c, task_id, version)
-            if _point(c, task_id, alias, target):
-                _bump(c)
-            return _info(c, target)
+            target = sql.resolve(c, task_id, version)
+            if sql.point(c, task_id, alias, target):
+                sql.bump(c)
+            return sql.info(c, target)
 
     def rollback(self, task_id: str, version: str) -> VersionInfo:
         """Point ``latest`` at an earlier (or any) version of the task."""
@@ -243,19 +195,19 @@ class Catalog:
         if alias == LATEST:
             raise StoreError("'latest' cannot be removed; delete the task instead")
         with self._write() as c:
-            _require_task(c, task_id)
+            sql.require_task(c, task_id)
             if c.execute("DELETE FROM aliases WHERE task_id = ? AND alias = ?",
                          (task_id, alias)).rowcount == 0:
                 raise NotFoundError(f"task {task_id!r} has no alias {alias!r}")
-            _bump(c)
+            sql.bump(c)
 
     def delete(self, task_id: str) -> None:
         """The task stops resolving at once; blobs no longer referenced are collected."""
         with self._write() as c:
-            _require_task(c, task_id)
+            sql.require_task(c, task_id)
             for table in ("aliases", "versions", "tasks"):
                 c.execute(f"DELETE FROM {table} WHERE task_id = ?", (task_id,))
-            _bump(c)
+            sql.bump(c)
         self.gc()
 
     def gc(self, stale_tmp_s: float = STALE_TMP_S) -> list[str]:
@@ -286,7 +238,7 @@ class Catalog:
     def resolve(self, task_id: str, ref: str = LATEST) -> VersionInfo:
         """``ref``: an alias, a full version, a unique prefix of >= 8 hex chars, or ``v3``."""
         with self._read() as c:
-            return _info(c, _resolve(c, task_id, ref))
+            return sql.info(c, sql.resolve(c, task_id, ref))
 
     def read_bytes(self, task_id: str, ref: str = LATEST) -> tuple[VersionInfo, bytes]:
         """The artifact file of a version, its sha256 checked."""
@@ -296,11 +248,11 @@ class Catalog:
     def history(self, task_id: str) -> list[VersionInfo]:
         """Every version of the task, oldest first."""
         with self._read() as c:
-            _require_task(c, task_id)
+            sql.require_task(c, task_id)
             rows = c.execute("SELECT * FROM versions WHERE task_id = ? ORDER BY number",
                              (task_id,)).fetchall()
-            aliases = _aliases_by_version(c, task_id)
-        return [_row_info(r, aliases.get(r[0], ())) for r in rows]
+            aliases = sql.aliases_by_version(c, task_id)
+        return [sql.row_info(r, aliases.get(r[0], ())) for r in rows]
 
     def list_tasks(self) -> list[TaskInfo]:
         with self._read() as c:
@@ -315,7 +267,7 @@ class Catalog:
                 by_version.setdefault(version, []).append(alias)
         out = []
         for r in latest:
-            info = _row_info(r, tuple(by_version.get(r[0], ())))
+            info = sql.row_info(r, tuple(by_version.get(r[0], ())))
             out.append(TaskInfo(info.task_id, info.kind, info, counts[info.task_id],
                                 by_task[info.task_id]))
         return out
@@ -327,7 +279,7 @@ class Catalog:
             aliases: dict[str, list[str]] = {}
             for alias, version in c.execute("SELECT alias, version FROM aliases ORDER BY alias"):
                 aliases.setdefault(version, []).append(alias)
-        return [_row_info(r, tuple(aliases.get(r[0], ()))) for r in rows]
+        return [sql.row_info(r, tuple(aliases.get(r[0], ()))) for r in rows]
 
     # -- health --------------------------------------------------------------------------
 
@@ -354,28 +306,8 @@ class Catalog:
         return []
 
     def _check_catalog(self) -> list[str]:
-        problems = []
         with self._read() as c:
-            (ok,) = c.execute("PRAGMA quick_check").fetchone()
-            if ok != "ok":
-                problems.append(f"catalog: sqlite quick_check: {ok}")
-            queries = {
-                "task has no versions": "SELECT task_id FROM tasks WHERE task_id NOT IN "
-                                        "(SELECT task_id FROM versions)",
-                "task has no 'latest' alias": "SELECT task_id FROM tasks WHERE task_id NOT IN "
-                                              "(SELECT task_id FROM aliases WHERE alias = 'latest')",
-                "version of an unknown task": "SELECT task_id || ' ' || version FROM versions "
-                                              "WHERE task_id NOT IN (SELECT task_id FROM tasks)",
-                "alias to a missing version or another task's": (
-                    "SELECT a.task_id || ' ' || a.alias FROM aliases a LEFT JOIN versions v "
-                    "ON v.version = a.version WHERE v.task_id IS NULL OR v.task_id != a.task_id"),
-            }
-            for what, sql in queries.items():
-                problems.extend(f"catalog: {what}: {item}" for (item,) in c.execute(sql))
-            problems.extend(f"catalog: bad task id {t!r}" for (t,) in c.execute(
-                "SELECT task_id FROM tasks") if not is_task_id(t))
-        return problems
-
+            return sql.consistency_problems(c)
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -385,61 +317,3 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
 
 
-def _bump(c: sqlite3.Connection) -> None:
-    c.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
-
-
-def _point(c: sqlite3.Connection, task_id: str, alias: str, version: str) -> bool:
-    """Set an alias; True if that changed anything."""
-    row = c.execute("SELECT version FROM aliases WHERE task_id = ? AND alias = ?",
-                    (task_id, alias)).fetchone()
-    if row is not None and row[0] == version:
-        return False
-    c.execute("INSERT INTO aliases (task_id, alias, version) VALUES (?, ?, ?) "
-              "ON CONFLICT (task_id, alias) DO UPDATE SET version = excluded.version",
-              (task_id, alias, version))
-    return True
-
-
-def _require_task(c: sqlite3.Connection, task_id: str) -> None:
-    if not is_task_id(task_id) or c.execute(
-            "SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone() is None:
-        raise NotFoundError(f"no task {task_id!r:.80}")
-
-
-def _resolve(c: sqlite3.Connection, task_id: str, ref: str) -> str:
-    _require_task(c, task_id)
-    row = c.execute("SELECT version FROM aliases WHERE task_id = ? AND alias = ?",
-                    (task_id, ref)).fetchone()
-    if row is None and (n := version_number_ref(ref)) is not None:
-        row = c.execute("SELECT version FROM versions WHERE task_id = ? AND number = ?",
-                        (task_id, n)).fetchone()
-    if row is None and (prefix := hex_prefix(ref)) is not None:
-        rows = c.execute("SELECT version FROM versions WHERE task_id = ? AND version >= ? "
-                         "AND version < ? LIMIT 2", (task_id, prefix, prefix + "g")).fetchall()
-        if len(rows) > 1:
-            raise AmbiguousRefError(f"task {task_id!r}: {ref!r} matches several versions")
-        row = rows[0] if rows else None
-    if row is None:
-        raise NotFoundError(f"task {task_id!r} has no version or alias {ref!r:.80}")
-    return str(row[0])
-
-
-def _aliases_by_version(c: sqlite3.Connection, task_id: str) -> dict[str, tuple[str, ...]]:
-    out: dict[str, list[str]] = {}
-    for alias, version in c.execute("SELECT alias, version FROM aliases WHERE task_id = ? "
-                                    "ORDER BY alias", (task_id,)):
-        out.setdefault(version, []).append(alias)
-    return {v: tuple(a) for v, a in out.items()}
-
-
-def _info(c: sqlite3.Connection, version: str) -> VersionInfo:
-    row = c.execute("SELECT * FROM versions WHERE version = ?", (version,)).fetchone()
-    aliases = tuple(a for (a,) in c.execute(
-        "SELECT alias FROM aliases WHERE version = ? ORDER BY alias", (version,)))
-    return _row_info(row, aliases)
-
-
-def _row_info(row: tuple[str, str, int, str, int, str], aliases: tuple[str, ...]) -> VersionInfo:
-    version, task_id, number, kind, nbytes, created_at = row
-    return VersionInfo(task_id, version, number, created_at, kind, nbytes, aliases)
