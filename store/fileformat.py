@@ -38,7 +38,6 @@ from store.manifest import Manifest, check_labels, validate_task_id
 from store.paths import atomic_write
 
 DTYPES = {torch.float32: "F32", torch.int64: "I64"}  # all an artifact may hold
-SUFFIX = ".polyhead"
 
 
 def encode_artifact(manifest: Manifest, artifact: TaskArtifact) -> bytes:

@@ -135,10 +135,12 @@ def test_bad_file_leaves_the_previous_version(store, tiny_bert, name, check, nee
 
 
 def test_byte_cap_and_fingerprint_in_store(tmp_path, tiny_bert, tiny_roberta) -> None:
-    data = make_file(tiny_bert.spec)
-    small = Store(tmp_path / "s", tiny_bert.spec, max_artifact_bytes=len(data) - 1)
-    with pytest.raises(ArtifactError, match="too_large"):
-        small.publish(data)
+    data, big = make_file(tiny_bert.spec), make_file(tiny_bert.spec, kind="lora")
+    small = Store(tmp_path / "s", tiny_bert.spec, max_artifact_bytes=len(data))
+    good = small.publish(data)
+    with pytest.raises(ArtifactError) as e:
+        small.publish(big)
+    assert e.value.check == "too_large" and small.get("sst2").info == good
     other = Store(tmp_path / "r", tiny_roberta.spec)
     with pytest.raises(ArtifactError) as e:
         other.publish(data)
@@ -235,6 +237,24 @@ def test_engine_logits_from_the_store(tmp_path, tiny_engine) -> None:
         store.publish(encode_artifact(manifest, art))
         loaded = Store(store.root, spec).get(f"task-{kind}").artifact  # a fresh reader
         after = tiny_engine.run(TEXTS, [tiny_engine.load(loaded)] * len(TEXTS))
+        for b, a in zip(before, after, strict=True):
+            assert torch.equal(a, b), kind
+
+
+@pytest.mark.integration
+def test_real_backbone_logits_from_the_store(tmp_path, real_backbone) -> None:
+    from methods import Engine, TaskArtifact
+    from methods.lora import LoraConfig
+    from methods.sparse import SparseConfig
+    from store import encode_artifact, new_manifest
+
+    spec, eng = real_backbone.spec, Engine(real_backbone)
+    store = Store(tmp_path / "store", spec)
+    for kind, config in [("pasta", None), ("lora", LoraConfig(r=8)), ("sparse", SparseConfig(0.01))]:
+        art = TaskArtifact.random(kind, spec, 2, config=config, seed=1)
+        before = eng.run(TEXTS, [eng.load(art)] * len(TEXTS))
+        store.publish(encode_artifact(new_manifest(kind, art, spec, labels=["neg", "pos"]), art))
+        after = eng.run(TEXTS, [eng.load(store.get(kind).artifact)] * len(TEXTS))
         for b, a in zip(before, after, strict=True):
             assert torch.equal(a, b), kind
 
