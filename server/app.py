@@ -14,9 +14,9 @@ from server._private.replica import Polyhead
 from server.config import ConfigError, ServerConfig
 
 APP_NAME = "polyhead"
-GRPC_SERVICERS = [
-    "polyhead.v1.polyhead_pb2_grpc.add_InferenceServicer_to_server",
-    "polyhead.v1.polyhead_pb2_grpc.add_RegistryServicer_to_server",
+GRPC_SERVICERS = [  # the generated functions, with lenient request parsing (see there)
+    "server._private.servicers.add_InferenceServicer_to_server",
+    "server._private.servicers.add_RegistryServicer_to_server",
 ]
 DEPLOYMENT_KEYS = ("num_replicas", "num_cpus", "num_gpus", "max_ongoing_requests",
                    "autoscaling_config")

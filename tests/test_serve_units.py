@@ -205,3 +205,20 @@ def test_input_checks() -> None:
 
 def test_generated_code_is_fresh() -> None:
     assert gen_proto.stale_files() == []
+
+
+def test_seed_examples_only_into_an_empty_store(tiny_bert, tmp_path) -> None:
+    from methods import TaskArtifact
+    from server._private.replica import seed_examples
+    from store import Store, encode_artifact, new_manifest
+
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    art = TaskArtifact.random("pasta", tiny_bert.spec, 2)
+    manifest = new_manifest("example", art, tiny_bert.spec, labels=["neg", "pos"])
+    (examples / "good.polyhead").write_bytes(encode_artifact(manifest, art))
+    (examples / "broken.polyhead").write_bytes(b"not an artifact")
+    store = Store(tmp_path / "store", tiny_bert.spec)
+    assert [v.task_id for v in seed_examples(store, examples)] == ["example"]
+    assert seed_examples(store, examples) == []  # not empty any more: left alone
+    assert seed_examples(Store(tmp_path / "other", tiny_bert.spec), tmp_path / "none") == []

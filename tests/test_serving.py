@@ -337,3 +337,41 @@ def test_cli(cluster: Cluster, tiny_bert, tmp_path: Path, capsys) -> None:
     assert main(["tasks", "delete", "cli-task", "--server", cluster.address, "--token", "x"]) == 2
     assert "UNAUTHENTICATED" in capsys.readouterr().err
     assert main(["tasks", "delete", "cli-task", *common]) == 0
+
+
+def test_import_peft_serves_peft_logits(cluster: Cluster, tiny_bert, tiny_bert_dir, tmp_path: Path) -> None:
+    """The parity proof over the wire: a PEFT LoRA folder imported through ImportPeft
+    answers with PeftModel's own probabilities."""
+    from tests.test_peft_parity import TEXTS as PEFT_TEXTS
+    from tests.test_peft_parity import peft_model
+
+    model, _ = peft_model(tiny_bert_dir, 3, seed=0)
+    model.save_pretrained(tmp_path / "adapter")
+    with cluster.client() as c:
+        info = c.import_peft(tmp_path / "adapter", "peft-task", labels=["x", "y", "z"])
+        assert info["kind"] == "lora"
+        got = c.classify("peft-task", PEFT_TEXTS)
+    for x, row in zip(PEFT_TEXTS, got, strict=True):
+        args = (x,) if isinstance(x, str) else x
+        with torch.no_grad():
+            ref = model(**tiny_bert.tokenizer(*args, return_tensors="pt")).logits[0].softmax(-1)
+        torch.testing.assert_close(torch.tensor(list(row["scores"].values())), ref, atol=ATOL, rtol=0)
+
+
+def test_malformed_wire_requests_are_invalid_argument(cluster: Cluster) -> None:
+    """Bytes that do not parse as the request message (bad UTF-8, wrong wire types) are the
+    client's fault: INVALID_ARGUMENT, never INTERNAL."""
+    from polyhead.v1 import polyhead_pb2 as pb
+
+    good = pb.ClassifyRequest(task_id="abc", inputs=[pb.Input(text="hi")]).SerializeToString()
+    bad_utf8 = good.replace(b"abc", b"\xff\xfe\x00")
+    wrong_type = b"\x0d\x00\x00\x80\x3f"  # field 1 as a fixed32: parsed as an unknown field
+    with grpc.insecure_channel(cluster.address) as channel:
+        for method in ("/polyhead.v1.Inference/Classify", "/polyhead.v1.Registry/Upload"):
+            call = channel.unary_unary(method)  # raw bytes in and out
+            for payload in (bad_utf8, wrong_type, b"\xff" * 7):
+                with pytest.raises(grpc.RpcError) as e:
+                    call(payload, timeout=30, metadata=(("authorization", f"Bearer {TOKEN}"),))
+                assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, payload)
+                if payload != wrong_type and method.endswith("Classify"):
+                    assert "does not parse" in (e.value.details() or "")

@@ -32,6 +32,7 @@ from server._private.inference import (
     response,
 )
 from server._private.metrics import ServerMetrics
+from server._private.servicers import MalformedRequest
 from server._private.swap import Resolver
 from server.bank import AdapterBank, TaskMeta, VersionKey
 from server.config import MB, ServerConfig
@@ -76,6 +77,7 @@ class Polyhead:
             seed_examples(self.store)
         self.engine.run(["warm up"], [None])  # first forward pays lazy init, not a request
         self._watched = -1
+        self.batches = self.batched_rows = 0
         self._watcher = asyncio.get_running_loop().create_task(self._watch_store())
         logger.info("polyhead replica %s ready: backbone %s on %s, %d torch threads",
                     self.replica, self.backbone.path.name, self.backbone.device, self.threads)
@@ -83,48 +85,46 @@ class Polyhead:
     # -- Inference -------------------------------------------------------------------------
 
     async def Classify(self, request: pb.ClassifyRequest, grpc_context: Any = None) -> Any:
-        return await self._serve("Classify", "inference", grpc_context,
-                                 lambda: self._classify(request), pb.ClassifyResponse())
+        return await self._serve("Classify", "inference", grpc_context, request, self._classify,
+                                 pb.ClassifyResponse())
 
     async def Health(self, request: pb.HealthRequest, grpc_context: Any = None) -> Any:
-        return await self._serve("Health", "inference", grpc_context, self._health,
+        return await self._serve("Health", "inference", grpc_context, request, self._health,
                                  pb.HealthResponse())
 
     # -- Registry --------------------------------------------------------------------------
 
     async def Upload(self, request: pb.UploadRequest, grpc_context: Any = None) -> Any:
-        return await self._serve("Upload", "registry", grpc_context,
-                                 lambda: self._publish(self._upload, request), pb.VersionInfo())
+        return await self._serve("Upload", "registry", grpc_context, request,
+                                 lambda r: self._publish(self._upload, r), pb.VersionInfo())
 
     async def ImportPeft(self, request: pb.ImportPeftRequest, grpc_context: Any = None) -> Any:
         return await self._serve(
-            "ImportPeft", "registry", grpc_context,
-            lambda: self._publish(lambda r: registry.import_peft(self.store, r), request),
+            "ImportPeft", "registry", grpc_context, request,
+            lambda r: self._publish(lambda x: registry.import_peft(self.store, x), r),
             pb.VersionInfo())
 
     async def ListTasks(self, request: pb.ListTasksRequest, grpc_context: Any = None) -> Any:
-        return await self._serve("ListTasks", "registry", grpc_context,
-                                 lambda: self._admin(registry.list_tasks, self.store),
+        return await self._serve("ListTasks", "registry", grpc_context, request,
+                                 lambda _: self._admin(registry.list_tasks, self.store),
                                  pb.ListTasksResponse())
 
     async def GetTask(self, request: pb.GetTaskRequest, grpc_context: Any = None) -> Any:
-        return await self._serve("GetTask", "registry", grpc_context,
-                                 lambda: self._admin(registry.get_task, self.store, request.task_id),
+        return await self._serve("GetTask", "registry", grpc_context, request,
+                                 lambda r: self._admin(registry.get_task, self.store, r.task_id),
                                  pb.TaskDetail())
 
     async def SetAlias(self, request: pb.SetAliasRequest, grpc_context: Any = None) -> Any:
-        return await self._serve(
-            "SetAlias", "registry", grpc_context,
-            lambda: self._change(registry.set_alias, request), pb.VersionInfo())
+        return await self._serve("SetAlias", "registry", grpc_context, request,
+                                 lambda r: self._change(registry.set_alias, r), pb.VersionInfo())
 
     async def Rollback(self, request: pb.RollbackRequest, grpc_context: Any = None) -> Any:
-        return await self._serve(
-            "Rollback", "registry", grpc_context,
-            lambda: self._change(registry.rollback, request), pb.VersionInfo())
+        return await self._serve("Rollback", "registry", grpc_context, request,
+                                 lambda r: self._change(registry.rollback, r), pb.VersionInfo())
 
     async def DeleteTask(self, request: pb.DeleteTaskRequest, grpc_context: Any = None) -> Any:
-        return await self._serve("DeleteTask", "registry", grpc_context,
-                                 lambda: self._delete(request.task_id), pb.DeleteTaskResponse())
+        return await self._serve("DeleteTask", "registry", grpc_context, request,
+                                 lambda r: self._delete(r.task_id), pb.DeleteTaskResponse())
 
     def check_health(self) -> None:
         if self._watcher.done():
@@ -132,12 +132,14 @@ class Polyhead:
 
     # -- the one place where errors become status codes -----------------------------------
 
-    async def _serve(self, method: str, scope: str, ctx: Any,
-                     call: Callable[[], Awaitable[Any]], empty: Any) -> Any:
+    async def _serve(self, method: str, scope: str, ctx: Any, request: Any,
+                     call: Callable[[Any], Awaitable[Any]], empty: Any) -> Any:
         t0, code, task = time.perf_counter(), "OK", ""
         try:
             self.auth.check(scope, ctx.invocation_metadata() if ctx is not None else ())
-            out = await call()
+            if isinstance(request, MalformedRequest):
+                raise InvalidInput(request.message)
+            out = await call(request)
             task = getattr(out, "task_id", "")
             return out
         except Exception as e:
@@ -169,6 +171,8 @@ class Polyhead:
     async def _run_batch(self, items: list[BatchItem]) -> list[list[Row]]:
         loop = asyncio.get_running_loop()
         out, stats = await loop.run_in_executor(self._forward_pool, forward, self.engine, items)
+        self.batches += 1
+        self.batched_rows += stats.rows
         m = self.metrics
         m.batch_rows.observe(stats.rows)
         m.batch_tasks.observe(stats.tasks)
@@ -177,13 +181,14 @@ class Polyhead:
         m.padding_efficiency.observe(stats.real_tokens / max(1, stats.padded_tokens))
         return out
 
-    async def _health(self) -> pb.HealthResponse:
+    async def _health(self, request: pb.HealthRequest) -> pb.HealthResponse:
         self.resolver.sync()
         out = pb.HealthResponse(
-            status="SERVING", backbone=self.backbone.path.name,
+            status="SERVING", backbone=str(self.backbone.path),
             fingerprint=self.engine.spec.fingerprint, device=str(self.backbone.device),
             replica=self.replica, store_generation=self.resolver.generation,
-            device_bytes=self.bank.device_bytes, device_budget_bytes=self.bank.device_budget)
+            device_bytes=self.bank.device_bytes, device_budget_bytes=self.bank.device_budget,
+            batches=self.batches, batched_rows=self.batched_rows, torch_threads=self.threads)
         for key, tier, nbytes in self.bank.resident():
             out.resident.add(task_id=key.task_id, version=key.version, tier=tier, nbytes=nbytes)
         return out

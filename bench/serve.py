@@ -1,0 +1,283 @@
+"""Serving benchmark: closed-loop gRPC load on loopback against `polyhead serve`.
+
+    python -m bench.serve --data /work/shared/data/glue/SST-2/dev.tsv
+
+Scenarios (one SST-2 dev sentence per Classify request): (a) 1 task; (b) 100 tasks of all
+five kinds, uniform; (c) 1,000 PASTA tasks, uniform and Zipf(1.0) popularity. Each at
+concurrency 1, 8 and 32 (closed loop: every worker sends its next request when its last
+answer arrives). Baseline: the in-process engine on the same rows and task mix. Then
+upload-to-servable latency with 2 replicas, and startup time (process start -> first
+served Classify). Server and load generator share this machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import torch
+from polyhead.v1 import polyhead_pb2 as pb
+from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
+
+from bench.engine import KINDS, read_sst2
+from methods import Engine, TaskArtifact, load_backbone
+from store import Store, encode_artifact, new_manifest
+
+Pick = Callable[[random.Random], tuple[str, str]]  # -> (task id, sentence)
+
+
+def build_tasks(spec: Any) -> dict[str, list[tuple[str, bytes, TaskArtifact]]]:
+    def make(task_id: str, kind: str, cfg: Any, labels: int, seed: int):
+        art = TaskArtifact.random(kind, spec, labels, config=cfg, seed=seed)
+        names = [f"l{j}" for j in range(labels)]
+        return task_id, encode_artifact(new_manifest(task_id, art, spec, labels=names), art), art
+
+    return {
+        "one": [make("one", "pasta", None, 2, 0)],
+        "mixed": [make(f"mix-{i:03d}", KINDS[i % 5][0], KINDS[i % 5][1], 2 + i % 3, 1000 + i)
+                  for i in range(100)],
+        "pasta": [make(f"pasta-{i:04d}", "pasta", None, 2, 2000 + i) for i in range(1000)],
+    }
+
+
+def scenarios(tasks: dict[str, list], texts: Sequence[str]) -> dict[str, tuple[str, Pick]]:
+    """Scenario name -> (its task group, how a request picks its task and sentence)."""
+    def uniform(ids: list[str]) -> Pick:
+        return lambda rng: (rng.choice(ids), rng.choice(texts))
+
+    def zipf(ids: list[str], s: float = 1.0) -> Pick:
+        weights = [1.0 / (r + 1) ** s for r in range(len(ids))]
+        return lambda rng: (rng.choices(ids, weights)[0], rng.choice(texts))
+
+    ids = {k: [t for t, _, _ in v] for k, v in tasks.items()}
+    return {"1 task": ("one", uniform(ids["one"])),
+            "100 tasks, 5 kinds": ("mixed", uniform(ids["mixed"])),
+            "1,000 PASTA, uniform": ("pasta", uniform(ids["pasta"])),
+            "1,000 PASTA, Zipf 1.0": ("pasta", zipf(ids["pasta"]))}
+
+
+def engine_throughput(engine: Engine, loaded: dict[str, Any], pick: Pick, rows: int,
+                      batch: int) -> float:
+    """Rows/s of the in-process engine over ``rows`` picked rows in batches of ``batch``."""
+    rng = random.Random(0)
+    picked = [pick(rng) for _ in range(rows)]
+    chunks = [picked[i:i + batch] for i in range(0, rows, batch)]
+    engine.run([t for _, t in chunks[0]], [loaded[k] for k, _ in chunks[0]])  # warm-up
+    t0 = time.perf_counter()
+    for ch in chunks:
+        engine.run([t for _, t in ch], [loaded[k] for k, _ in ch])
+    return rows / (time.perf_counter() - t0)
+
+
+async def closed_loop(address: str, pick: Pick, concurrency: int, duration: float,
+                      warmup: float) -> dict[str, float]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        lat: list[float] = []
+        errors = 0
+        t_start = time.perf_counter()
+        t_measure, t_end = t_start + warmup, t_start + warmup + duration
+
+        async def worker(w: int) -> None:
+            nonlocal errors
+            rng = random.Random(w)
+            while (now := time.perf_counter()) < t_end:
+                task, text = pick(rng)
+                try:
+                    await stub.Classify(pb.ClassifyRequest(task_id=task, inputs=[pb.Input(text=text)]))
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                    continue
+                if now >= t_measure:
+                    lat.append(time.perf_counter() - now)
+
+        await asyncio.gather(*[worker(w) for w in range(concurrency)])
+    lat.sort()
+    return {"rps": len(lat) / duration, "p50_ms": 1000 * lat[len(lat) // 2],
+            "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], "errors": errors}
+
+
+async def warm(address: str, task_ids: Sequence[str], text: str) -> None:
+    """Classify every task once (32 at a time), so the bank has loaded them all."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        sem = asyncio.Semaphore(32)
+
+        async def one(t: str) -> None:
+            async with sem:
+                await stub.Classify(pb.ClassifyRequest(task_id=t, inputs=[pb.Input(text=text)]))
+
+        await asyncio.gather(*[one(t) for t in task_ids])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """`polyhead serve` in a subprocess; ``startup_s``: spawn -> first served Classify."""
+
+    def __init__(self, store: Path, replicas: int, log: Path, extra: Sequence[str] = ()) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "server.cli", "serve", "--insecure", "--no-examples",
+               "--port", str(self.port), "--http-port", str(free_port()), "--store", str(store),
+               "--replicas", str(replicas), *extra]
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        channel = grpc.insecure_channel(self.address)
+        stub = pb_grpc.InferenceStub(channel)
+        req = pb.ClassifyRequest(task_id="one", inputs=[pb.Input(text="a fine film")])
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited; see {log}")
+            try:
+                stub.Classify(req, timeout=2)
+                break
+            except grpc.RpcError:
+                time.sleep(0.1)
+        self.startup_s = time.perf_counter() - t0
+        channel.close()
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def swap_latency(address: str, spec: Any, rounds: int) -> dict[str, list[float]]:
+    """Upload new versions of one task; the Upload RPC's latency (durable in the store and
+    servable on the receiving replica) and the time until every replica serves it."""
+    arts = []
+    for i in range(rounds + 1):
+        art = TaskArtifact.random("pasta", spec, 2, seed=5000 + i)
+        arts.append(encode_artifact(new_manifest("swap", art, spec, labels=["a", "b"]), art))
+    channel = grpc.insecure_channel(address)
+    inf, reg = pb_grpc.InferenceStub(channel), pb_grpc.RegistryStub(channel)
+    reg.Upload(pb.UploadRequest(artifact=arts[0]))
+    req = pb.ClassifyRequest(task_id="swap", inputs=[pb.Input(text="a fine film")])
+    out: dict[str, list[float]] = {"upload_rpc": [], "all_replicas": []}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        for data in arts[1:]:
+            t0 = time.perf_counter()
+            version = reg.Upload(pb.UploadRequest(artifact=data)).version
+            t1 = time.perf_counter()
+            served: dict[str, float] = {}
+            replicas: set[str] = set()
+            while len(served) < 2 and time.perf_counter() - t1 < 5:
+                for res in pool.map(lambda _: inf.Classify(req), range(8)):
+                    replicas.add(res.replica)
+                    if res.version == version:
+                        served.setdefault(res.replica, time.perf_counter() - t1)
+            out["upload_rpc"].append(t1 - t0)
+            out["all_replicas"].append(max(served.values()) if len(served) == 2 else float("inf"))
+            time.sleep(0.05)
+    channel.close()
+    return out
+
+
+def pct(xs: Sequence[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * q))]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="SST-2 dev.tsv (GLUE format)")
+    ap.add_argument("--duration", type=float, default=8.0, help="measured seconds per point")
+    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--swap-rounds", type=int, default=30)
+    ap.add_argument("--only", nargs="*", help="scenario name prefixes to run")
+    ap.add_argument("--server-args", default="", help="extra `polyhead serve` flags")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    texts = read_sst2(args.data, None)
+    bb = load_backbone()
+    engine = Engine(bb, max_batch_size=64)
+    tasks = build_tasks(bb.spec)
+    picks = scenarios(tasks, texts)
+    if args.only:
+        picks = {k: v for k, v in picks.items() if any(k.startswith(p) for p in args.only)}
+    results: dict[str, Any] = {"machine": f"{os.cpu_count()} CPU cores, torch "
+                               f"{torch.__version__}, {torch.get_num_threads()} threads"}
+    # -- in-process engine baselines (no server running)
+    loaded = {t: engine.load(a) for group in tasks.values() for t, _, a in group}
+    results["engine"] = {name: {str(b): engine_throughput(engine, loaded, pick, 1024, b)
+                                for b in (32, 64)} for name, (_, pick) in picks.items()}
+    del loaded
+    work = Path(tempfile.mkdtemp(prefix="polyhead-bench-"))
+    store = Store(work / "store", bb.spec)
+    t0 = time.perf_counter()
+    for group in tasks.values():
+        for _, data, _ in group:
+            store.publish(data)
+    results["publish_s_per_task"] = (time.perf_counter() - t0) / sum(map(len, tasks.values()))
+    # -- one replica: startup, then the load points
+    server = Server(work / "store", 1, work / "serve1.log", args.server_args.split())
+    results["startup_s"] = server.startup_s
+    results["load"] = {}
+    try:
+        for name, (group, pick) in picks.items():
+            asyncio.run(warm(server.address, [t for t, _, _ in tasks[group]], texts[0]))
+            for c in args.concurrency:
+                r = asyncio.run(closed_loop(server.address, pick, c, args.duration, args.warmup))
+                results["load"].setdefault(name, {})[str(c)] = r
+                print(f"{name:24s} c={c:2d}  {r['rps']:7.1f} req/s  p50 {r['p50_ms']:6.1f} ms  "
+                      f"p99 {r['p99_ms']:6.1f} ms  errors {r['errors']}", flush=True)
+    finally:
+        server.stop()
+    # -- two replicas: upload-to-servable
+    server = Server(work / "store", 2, work / "serve2.log", args.server_args.split())
+    try:
+        results["swap"] = swap_latency(server.address, bb.spec, args.swap_rounds)
+    finally:
+        server.stop()
+    report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def report(r: dict[str, Any]) -> None:
+    print(f"\nmachine: {r['machine']}; startup to first served request: {r['startup_s']:.1f} s")
+    print("\n| scenario | conc. | req/s | p50 ms | p99 ms | engine rows/s (batch 32 / 64) "
+          "| e2e / engine@32 |\n|---|---:|---:|---:|---:|---:|---:|")
+    for name, points in r["load"].items():
+        eng = r["engine"][name]
+        for c, p in points.items():
+            print(f"| {name} | {c} | {p['rps']:.1f} | {p['p50_ms']:.1f} | {p['p99_ms']:.1f} | "
+                  f"{eng['32']:.0f} / {eng['64']:.0f} | {p['rps'] / eng['32']:.2f} |")
+    load = r["load"]
+    one, mixed = load.get("1 task", {}).get("32"), load.get("100 tasks, 5 kinds", {}).get("32")
+    if one and mixed:
+        print(f"\n100-task mixed / 1-task throughput at c=32: {mixed['rps'] / one['rps']:.2f}")
+    s = r["swap"]
+    for key, what in (("upload_rpc", "upload RPC (durable + servable on the receiving replica)"),
+                      ("all_replicas", "upload return -> every replica serves it")):
+        print(f"{what}: p50 {1000 * statistics.median(s[key]):.0f} ms, "
+              f"p99 {1000 * pct(s[key], 0.99):.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
