@@ -64,6 +64,7 @@ class Catalog:
                                        check_same_thread=False)
                 for pragma in sql.PRAGMAS:
                     new.execute(pragma)
+                _wal(new)
             except sqlite3.Error as e:
                 raise StoreError(f"cannot open the catalog {self.db_path}: {e}") from e
             # A connection inherited over fork must not be used, nor closed, in the child.
@@ -308,6 +309,19 @@ class Catalog:
     def _check_catalog(self) -> list[str]:
         with self._read() as c:
             return sql.consistency_problems(c)
+
+def _wal(conn: sqlite3.Connection) -> None:
+    """Switch a new catalog to WAL (persistent). Processes creating the same store at once
+    race for the lock this needs, and SQLite does not wait for it: retry."""
+    deadline = time.monotonic() + 30.0
+    while conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

@@ -14,7 +14,6 @@ from store.names import hex_prefix, is_task_id, version_number_ref
 CATALOG_SCHEMA = 1
 PRAGMAS = (
     "PRAGMA busy_timeout = 60000",
-    "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = FULL",  # a returned publish survives power loss too
     "PRAGMA foreign_keys = ON",
 )

@@ -4,6 +4,7 @@ concurrent publishers, PEFT import, and engine logits through the store."""
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import sqlite3
 import subprocess
@@ -17,7 +18,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, BertConfig, BertModel
 
 from methods.errors import ArtifactError
-from store import AmbiguousRefError, NotFoundError, Store, StoreError
+from store import AmbiguousRefError, Catalog, NotFoundError, Store, StoreError
 from tests.test_store_format import BAD, TEXTS
 from tests.test_store_support import KINDS, labels_for, make_artifact, make_file, manifest_of
 
@@ -190,6 +191,27 @@ def test_gc_between_blob_write_and_commit(store, tiny_bert, monkeypatch) -> None
     monkeypatch.setattr(Store, "_put_blob", racing)
     info = store.publish(make_file(tiny_bert.spec))
     assert raced == [info.version] and store.verify() == [] and store.get("sst2").info == info
+
+
+def _open_catalog(root: str, results) -> None:  # in a forked child: sqlite only, no torch
+    try:
+        Catalog(root).generation()
+        results.put("ok")
+    except Exception as e:
+        results.put(repr(e))
+
+
+def test_processes_creating_one_store_at_once(tmp_path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    for i in range(8):
+        results = ctx.Queue()
+        procs = [ctx.Process(target=_open_catalog, args=(str(tmp_path / f"s{i}"), results))
+                 for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=60)
+        assert [results.get(timeout=5) for _ in procs] == ["ok"] * 4
 
 
 def test_default_root_from_env(tmp_path, monkeypatch) -> None:
