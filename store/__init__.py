@@ -1,7 +1,15 @@
 """Artifacts at rest: the `*.polyhead` file format, its validation, and the versioned store.
 
-Names are imported on first use, so that catalog-only tools (``polyhead store list``)
-never import torch.
+    data = encode_artifact(new_manifest(task_id, artifact, spec, labels=[...]), artifact)
+    store = Store(root, spec)          # root: $POLYHEAD_STORE or ./polyhead-store
+    info = store.publish(data)         # validated; a new immutable version; latest moves
+    got = store.get(task_id)           # or a version (>= 8 hex chars), an alias, "v3"
+
+Modules: header (safetensors container, no torch), manifest, fileformat (encode/decode:
+every check, each an ArtifactError with a stable ``check`` name), names (ids, refs),
+sql + catalog (SQLite index, content-addressed blobs, no torch), store (the two joined),
+peft_folder, cli. Names here are imported on first use, so that catalog-only tools
+(``polyhead store list``) never import torch.
 """
 
 from __future__ import annotations

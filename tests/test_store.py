@@ -33,8 +33,10 @@ def blobs(store: Store) -> set[str]:
 
 
 def test_publish_get_history_latest(store, tiny_bert) -> None:
-    g0 = store.generation()
+    watcher = Store(store.root)  # another connection, as a server's poller would hold
+    g0 = watcher.generation()
     first = store.publish(make_file(tiny_bert.spec, seed=1))
+    assert watcher.generation() > g0 and watcher.resolve("sst2") == first
     assert (first.task_id, first.number, first.kind, first.aliases) == ("sst2", 1, "pasta", ("latest",))
     assert store.blob_path(first.version).stat().st_size == first.nbytes
     second = store.publish(make_file(tiny_bert.spec, seed=2))
