@@ -1,0 +1,8 @@
+"""Offline training: datasets, the methods' training rules, metrics and `polyhead train`."""
+
+from trainer.config import METHODS, TrainConfig, TrainConfigError
+from trainer.data import Columns, DataError, Dataset, Example, load_dataset
+from trainer.run import TrainResult, train
+
+__all__ = ["METHODS", "Columns", "DataError", "Dataset", "Example", "TrainConfig",
+           "TrainConfigError", "TrainResult", "load_dataset", "train"]

@@ -1,0 +1,155 @@
+"""Accuracy table for issue 4: every training method on five GLUE tasks, one seed.
+
+    .venv/bin/python -m bench.accuracy --data ../shared/data/glue --results /tmp/accuracy.json
+
+Trains each method on a seeded subsample of each task's train set (CPU budget; see
+--max-train), evaluates on the full dev set, and prints a markdown table: headline dev
+metric x100 per task, the average, trainable and stored parameter counts and artifact
+bytes. Results are appended to --results as they finish, so an interrupted run resumes.
+The GLUE files are read where they are, never copied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TASKS = (("sst2", "SST-2"), ("rte", "RTE"), ("mrpc", "MRPC"), ("cola", "CoLA"), ("stsb", "STS-B"))
+RUNS = ("pasta", "prefix", "lora", "bitfit", "child-d", "child-f", "dps", "full",
+        "child-d+pet:lora", "dps+pet:lora", "full+pet:lora")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=Path("../shared/data/glue"))
+    p.add_argument("--results", type=Path, default=Path("/tmp/accuracy.json"))
+    p.add_argument("--tasks", default=",".join(t for t, _ in TASKS))
+    p.add_argument("--runs", default=",".join(RUNS))
+    p.add_argument("--max-train", type=int, default=300)
+    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--density", type=float, default=0.05)
+    p.add_argument("--fisher-examples", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--table-only", action="store_true", help="print the table from --results")
+    return p.parse_args(argv)
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def run_one(args: argparse.Namespace, task: str, folder: str, run: str, backbone: Any,
+            cache: dict[Any, Any]) -> dict[str, Any]:
+    from store import encode_artifact, new_manifest
+    from trainer.cli import load_data
+    from trainer.config import TrainConfig
+    from trainer.run import train
+
+    method, _, head_init = run.partition("+")
+    ns = argparse.Namespace(preset=task, train=args.data / folder / "train.tsv",
+                            dev=args.data / folder / "dev.tsv", metric=None)
+    tr, dv, metric = load_data(ns)
+    cfg = TrainConfig(method=method, epochs=args.epochs, batch_size=args.batch_size,
+                      max_length=args.max_length, seed=args.seed, max_train=args.max_train,
+                      density=args.density, fisher_examples=args.fisher_examples,
+                      head_init=head_init or None)
+    t0 = time.time()
+    res = train(cfg, backbone, tr, dv, metric, progress=False, head_cache=cache,
+                log_fn=lambda s: print(f"  {task} {s}", flush=True), eval_each_epoch=False)
+    manifest = new_manifest(task, res.artifact, backbone.spec, labels=tr.labels,
+                            regression=tr.regression, training=res.training, metrics=res.metrics)
+    nbytes = len(encode_artifact(manifest, res.artifact))
+    out = {"metric": metric, "value": res.metrics[metric], "metrics": res.metrics,
+           "trainable": res.training["trainable_params"], "stored": res.training["stored_params"],
+           "bytes": nbytes, "seconds": round(time.time() - t0, 1), "parity": res.parity,
+           "train_examples": res.training["train_examples"]}
+    if "sparsify" in res.training:
+        sp = res.training["sparsify"]
+        out["dense_value"] = sp["dense_dev"][metric]
+    if "head_init_stage" in res.training:
+        out["head_init_value"] = res.training["head_init_stage"]["dev"][metric]
+    return out
+
+
+def table(results: dict[str, Any], tasks: list[str], runs: list[str]) -> str:
+    names = dict(TASKS)
+    metric_of = {t: next((r["metric"] for k, r in results.items() if k.startswith(t + "/")), "?")
+                 for t in tasks}
+    head = ["method", *[f"{names[t]} ({_short(metric_of[t])})" for t in tasks], "avg",
+            "trainable", "stored", "bytes"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for run in runs:
+        cells, vals = [], []
+        for t in tasks:
+            r = results.get(f"{t}/{run}")
+            cells.append(f"{100 * r['value']:.1f}" if r else "—")
+            if r:
+                vals.append(100 * r["value"])
+        ref = results.get(f"sst2/{run}") or next((results[f"{t}/{run}"] for t in tasks
+                                                  if f"{t}/{run}" in results), None)
+        avg = f"{sum(vals) / len(vals):.1f}" if len(vals) == len(tasks) else "—"
+        tail = ([f"{ref['trainable']:,}", f"{ref['stored']:,}", _bytes(ref["bytes"])] if ref
+                else ["—"] * 3)
+        lines.append("| " + " | ".join([run, *cells, avg, *tail]) + " |")
+    return "\n".join(lines)
+
+
+def child_f_table(results: dict[str, Any], tasks: list[str]) -> str:
+    names = dict(TASKS)
+    rows = ["| task | child-f dense diff | after sparsifying to density | cost |", "|---|---|---|---|"]
+    for t in tasks:
+        r = results.get(f"{t}/child-f")
+        if r and "dense_value" in r:
+            d, s = 100 * r["dense_value"], 100 * r["value"]
+            rows.append(f"| {names[t]} | {d:.1f} | {s:.1f} | {d - s:+.1f} |")
+    return "\n".join(rows)
+
+
+def _short(metric: str) -> str:
+    return {"accuracy": "acc", "pearson": "Pearson", "mcc": "MCC", "f1": "F1"}.get(metric, metric)
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    tasks, runs = args.tasks.split(","), args.runs.split(",")
+    results = load_results(args.results)
+    if not args.table_only:
+        from methods import load_backbone
+
+        backbone = load_backbone()
+        folders = dict(TASKS)
+        for task in tasks:
+            cache: dict[Any, Any] = {}
+            for run in runs:
+                key = f"{task}/{run}"
+                if key in results:
+                    continue
+                print(f"== {key}", flush=True)
+                results[key] = run_one(args, task, folders[task], run, backbone, cache)
+                r = results[key]
+                print(f"   {key}: {r['metric']} {100 * r['value']:.1f} in {r['seconds']}s", flush=True)
+                args.results.write_text(json.dumps(results, indent=1, sort_keys=True))
+    print(f"\nDev metric x100, 1 seed ({args.seed}); train subsample {args.max_train} rows, "
+          f"{args.epochs:g} epochs, max length {args.max_length}, batch {args.batch_size}, "
+          f"density {args.density}; full dev sets.\n")
+    print(table(results, tasks, runs))
+    print("\nchild-f: the accuracy cost of sparsifying its dense diff\n")
+    print(child_f_table(results, tasks))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

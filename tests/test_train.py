@@ -1,0 +1,213 @@
+"""Every training method on a tiny encoder: loss falls, the artifact validates, and the
+engine's logits from the stored artifact equal the trainer's own model's."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+from methods import Backbone, Engine, load_backbone
+from methods.encoder import Encoder
+from methods.heads import apply_head
+from methods.sparse import params_of, to_dense
+from store import decode_artifact, encode_artifact, load_artifact, new_manifest
+from tests.tiny import WORDS
+from trainer import METHODS, Dataset, Example, TrainConfig, train
+from trainer.loop import encode, predict
+from trainer.run import DenseModel
+
+POS = ["the movie was good", "i loved the film", "really great acting", "the plot is fun",
+       "very good film", "a great movie", "i loved it", "good acting and a fun plot",
+       "this film is great fun", "the actors were good"]
+NEG = ["the movie was bad", "i hated the film", "really terrible acting", "the plot is boring",
+       "very bad film", "a terrible movie", "i hated it", "bad acting and a boring plot",
+       "this film is boring", "the actors were terrible"]
+LR = {"pasta": 0.1, "prefix": 0.05, "lora": 0.02, "bitfit": 0.05,
+      "child-d": 3e-3, "child-f": 3e-3, "dps": 3e-3, "full": 3e-3}
+SPARSE = ("child-d", "child-f", "dps", "full")
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny encoder whose [CLS] states differ between inputs (init std 0.2, not 0.02),
+    so a few steps of any method can separate the classes."""
+    folder = tmp_path_factory.mktemp("tiny-bert-wide-init")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, model_max_length=64).save_pretrained(folder)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64, initializer_range=0.2)
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bert(bert_dir: Path) -> Backbone:
+    return load_backbone(bert_dir)
+
+
+@pytest.fixture(scope="module")
+def sentiment() -> Dataset:
+    rows = [Example(t, None, "positive") for t in POS] + [Example(t, None, "negative") for t in NEG]
+    return Dataset(rows * 2, ["negative", "positive"], "str")
+
+
+def config(method: str, **kw: object) -> TrainConfig:
+    base = dict(method=method, epochs=6, lr=LR[method], batch_size=8, max_length=32, seed=0,
+                density=0.2, fisher_examples=16, warmup=0.0)
+    return TrainConfig(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def stored_roundtrip(result, data: Dataset, spec):
+    manifest = new_manifest("sentiment", result.artifact, spec, labels=data.labels,
+                            training=result.training, metrics=result.metrics)
+    return decode_artifact(encode_artifact(manifest, result.artifact), spec)
+
+
+def trainer_logits(result, backbone, texts: list[str]) -> np.ndarray:
+    data = Dataset([Example(t, None, "negative") for t in texts], ["negative", "positive"], "str")
+    return predict(result.model, encode(backbone.tokenizer, data, 32), 8,
+                   backbone.tokenizer.pad_token_id, backbone.device, fp32=True)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_trains_and_engine_matches(bert, sentiment: Dataset, method: str) -> None:
+    res = train(config(method), bert, sentiment, sentiment, "accuracy", progress=False,
+                log_fn=lambda s: None)
+    first, last = np.mean(res.losses[:3]), np.mean(res.losses[-3:])
+    assert last < first - 0.05, f"{method}: loss {first:.3f} -> {last:.3f}"
+    manifest, art = stored_roundtrip(res, sentiment, bert.spec)
+    assert manifest.training["method"] == method and "accuracy" in manifest.metrics
+    assert art.kind == {"child-d": "sparse", "child-f": "sparse", "dps": "sparse",
+                        "full": "sparse"}.get(method, method)
+    texts = POS[:3] + NEG[:3] + ["the cat sat on the mat", "rain today , sun tomorrow"]
+    eng = Engine(bert)
+    served = torch.stack(eng.run(texts, [eng.load(art)] * len(texts))).numpy()
+    np.testing.assert_allclose(served, trainer_logits(res, bert, texts), atol=1e-5, rtol=0)
+    assert res.parity < 1e-5
+
+
+@pytest.mark.parametrize("method", SPARSE)
+def test_sparse_diff_is_within_budget_and_reproduces_the_model(bert, sentiment: Dataset,
+                                                               method: str) -> None:
+    density = 1.0 if method == "full" else 0.1
+    res = train(config(method, density=density, epochs=3), bert, sentiment, sentiment,
+                "accuracy", progress=False, log_fn=lambda s: None)
+    spec = bert.spec
+    art = res.artifact
+    tunable = sum(int(np.prod(spec.param_shapes[p])) for p in spec.tunable_params())
+    entries = sum(len(art.tensors[f"sparse.{p}.indices"]) for p in params_of(art.tensors))
+    assert art.config.density == density and entries <= density * tunable
+    if method != "full":
+        assert entries > 0.5 * density * tunable  # the budget is used, not wasted
+    assert not any("embeddings.word" in p or "pooler" in p for p in params_of(art.tensors))
+    # apply the diff to a copy of the frozen backbone: the trained model's logits come back
+    model = copy.deepcopy(bert.model)
+    with torch.no_grad():
+        for name, diff in to_dense(art.tensors, spec).items():
+            model.get_parameter(name).add_(diff)
+    patched = Encoder(dataclasses.replace(bert, model=model))
+    assert isinstance(res.model, DenseModel)
+    for name, p in model.named_parameters():  # weights outside the diff are untouched
+        torch.testing.assert_close(p, res.model.bb.model.get_parameter(name), atol=1e-6, rtol=0)
+    enc = bert.tokenizer(POS[:4] + NEG[:4], padding=True, return_tensors="pt")
+    ctx = patched.context(enc["input_ids"], enc["attention_mask"])
+    hidden = patched.forward(ctx, enc["token_type_ids"])
+    logits = apply_head(art.head_tensors(), art.head, hidden[:, 0], patched.pooler)
+    texts = POS[:4] + NEG[:4]
+    torch.testing.assert_close(logits, torch.from_numpy(trainer_logits(res, bert, texts)),
+                               atol=1e-5, rtol=0)
+
+
+def test_child_f_records_sparsifying_cost(bert, sentiment: Dataset) -> None:
+    res = train(config("child-f", epochs=2, density=0.05), bert, sentiment, sentiment,
+                "accuracy", progress=False, log_fn=lambda s: None)
+    sp = res.training["sparsify"]
+    assert sp["dense_nonzero"] > 0.5 * sum(int(np.prod(bert.spec.param_shapes[p]))
+                                           for p in bert.spec.tunable_params())
+    assert sp["metric_cost"] == pytest.approx(sp["dense_dev"]["accuracy"] - sp["sparse_dev"]["accuracy"])
+    assert res.metrics["accuracy"] == sp["sparse_dev"]["accuracy"]
+
+
+def test_dps_reselects_each_stage_within_the_union_budget(bert, sentiment: Dataset) -> None:
+    res = train(config("dps", epochs=3, density=0.1, dps_stages=3), bert, sentiment, sentiment,
+                "accuracy", progress=False, log_fn=lambda s: None)
+    hist = res.training["dps_stages_history"]
+    budget = int(0.1 * sum(int(np.prod(bert.spec.param_shapes[p]))
+                           for p in bert.spec.tunable_params()))
+    assert len(hist) == 3 and hist[0]["new"] == hist[0]["selected"] == budget // 2
+    assert hist[1]["new"] > 0 and all(h["union"] <= budget for h in hist)
+
+
+@pytest.mark.parametrize("pet", ["pet:lora", "pet:bitfit"])
+def test_head_init_starts_from_the_pet_head(bert, sentiment: Dataset, pet: str) -> None:
+    cache: dict = {}
+    res = train(config("child-d", epochs=2, head_init=pet), bert, sentiment, sentiment,
+                "accuracy", progress=False, log_fn=lambda s: None, head_cache=cache)
+    stage = res.training["head_init_stage"]
+    assert stage["method"] == pet.split(":")[1] and "accuracy" in stage["dev"]
+    ((head, _),) = cache.values()
+    zero = train(config("child-d", epochs=2, head_init=pet, lr=1e-12), bert, sentiment,
+                 sentiment, "accuracy", progress=False, log_fn=lambda s: None, head_cache=cache)
+    for k, v in zero.artifact.head_tensors().items():  # (nearly) untrained: still the PET head
+        torch.testing.assert_close(v, head[k], atol=1e-6, rtol=0)
+
+
+def test_seed_reproducibility(bert, sentiment: Dataset) -> None:
+    runs = [train(config("pasta", epochs=1, max_train=12), bert, sentiment, sentiment,
+                  "accuracy", progress=False, log_fn=lambda s: None) for _ in range(2)]
+    assert runs[0].losses == runs[1].losses
+    torch.testing.assert_close(runs[0].artifact.tensors, runs[1].artifact.tensors, atol=0, rtol=0)
+    assert runs[0].training["train_examples"] == 12
+
+
+def test_regression_trains(bert) -> None:
+    data = Dataset([Example(t, None, 1.0) for t in POS] + [Example(t, None, -1.0) for t in NEG],
+                   None, "float")
+    res = train(config("bitfit", epochs=4), bert, data, data, "pearson", progress=False,
+                log_fn=lambda s: None)
+    assert res.artifact.head.num_outputs == 1 and res.metrics["pearson"] > 0
+    assert np.mean(res.losses[-3:]) < np.mean(res.losses[:3])
+
+
+def cli(*args: str) -> int:
+    from server.cli import main
+
+    return main(["train", *args])
+
+
+def test_cli_trains_writes_and_publishes(bert_dir: Path, tmp_path: Path, bert) -> None:
+    path = tmp_path / "s.tsv"
+    path.write_text("sentence\tlabel\n" + "".join(f"{t}\tpositive\n" for t in POS) +
+                    "".join(f"{t}\tnegative\n" for t in NEG))
+    out = tmp_path / "sentiment.polyhead"
+    store = tmp_path / "store"
+    rc = cli("--method", "pasta", "--train", str(path), "--dev", str(path), "--text-col", "sentence",
+             "--out", str(out), "--publish", "--store", str(store), "--task-id", "sentiment",
+             "--backbone", str(bert_dir), "--epochs", "1", "--batch-size", "8", "--quiet")
+    assert rc == 0
+    manifest, _ = load_artifact(out, bert.spec)
+    assert manifest.labels == ["negative", "positive"] and manifest.task_id == "sentiment"
+    assert manifest.training["method"] == "pasta" and manifest.training["hyperparameters"]["epochs"] == 1
+    assert set(manifest.metrics) == {"accuracy", "f1", "mcc"}
+    assert any(store.iterdir())
+
+
+def test_cli_errors_exit_2_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("sentence\tlabel\ngood\tpositive\nbad\n")
+    rc = cli("--method", "pasta", "--train", str(bad), "--dev", str(bad), "--text-col", "sentence",
+             "--out", str(tmp_path / "x.polyhead"))
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{bad}:3: expected 2 fields" in err and "Traceback" not in err
+    rc = cli("--method", "full", "--train", str(bad), "--dev", str(bad), "--density", "2",
+             "--out", str(tmp_path / "x.polyhead"))
+    assert rc == 2 and "density" in capsys.readouterr().err
+    rc = cli("--method", "lora", "--train", str(bad), "--dev", str(bad))
+    assert rc == 2 and "--out" in capsys.readouterr().err

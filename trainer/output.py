@@ -1,0 +1,77 @@
+"""Where a trained artifact goes: a .polyhead file, the local store, or a running server."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from methods import BackboneSpec
+from trainer.data import Dataset
+from trainer.run import TrainResult
+
+
+class OutputError(RuntimeError):
+    """The artifact could not be written, published or uploaded."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Targets:
+    out: Path | None = None
+    publish: bool = False
+    store: Path | None = None
+    upload: str | None = None  # HOST:PORT
+    token: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.out is None and not self.publish and self.upload is None:
+            raise ValueError("say where the artifact goes: --out FILE.polyhead, --publish "
+                             "or --upload HOST:PORT")
+        if self.out is not None and self.out.suffix != ".polyhead":
+            raise ValueError(f"--out must end in .polyhead, got {self.out}")
+        if self.upload is not None and ":" not in self.upload:
+            raise ValueError(f"--upload needs HOST:PORT, got {self.upload!r}")
+
+
+def encode(task_id: str, result: TrainResult, data: Dataset, spec: BackboneSpec) -> bytes:
+    from store import encode_artifact, new_manifest
+
+    manifest = new_manifest(task_id, result.artifact, spec, labels=data.labels,
+                            regression=data.regression, training=result.training,
+                            metrics=result.metrics)
+    return encode_artifact(manifest, result.artifact)
+
+
+def deliver(data: bytes, targets: Targets, spec: BackboneSpec) -> list[str]:
+    """Write/publish/upload ``data``; one line per destination for the user."""
+    from store.header import DEFAULT_MAX_BYTES
+
+    lines = []
+    if targets.out is not None:
+        from store.paths import atomic_write
+
+        targets.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(targets.out, data)
+        lines.append(f"wrote {targets.out} ({len(data):,} bytes)")
+    if (targets.publish or targets.upload) and len(data) > DEFAULT_MAX_BYTES:
+        raise OutputError(f"the artifact is {len(data):,} bytes, over the store's cap of "
+                          f"{DEFAULT_MAX_BYTES:,}; write it with --out instead (full fine-tuning "
+                          "diffs are this big; use a sparse method or a lower --density)")
+    if targets.publish:
+        from store import Store
+
+        info = Store(root=targets.store, spec=spec).publish(data)
+        lines.append(f"published {_describe(info)}")
+    if targets.upload is not None:
+        from server.client import PolyheadClient
+
+        reply = PolyheadClient(targets.upload, token=targets.token).upload(data)
+        lines.append(f"uploaded to {targets.upload}: {reply}")
+    return lines
+
+
+def _describe(info: Any) -> str:
+    fields = ("task_id", "version", "sha256")
+    parts = [f"{f}={getattr(info, f)}" for f in fields if hasattr(info, f)]
+    return " ".join(parts) or str(info)
+
