@@ -23,13 +23,14 @@ DEPLOYMENT_KEYS = ("num_replicas", "num_cpus", "num_gpus", "max_ongoing_requests
 
 
 def deployment_options(num_replicas: int | str | None = None, num_cpus: float = 1.0,
-                       num_gpus: float = 0.0, max_ongoing_requests: int = 256,
+                       num_gpus: float = 0.0, max_ongoing_requests: int = 2048,
                        autoscaling_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Serve options for the Polyhead deployment (a Serve config's ``deployments`` entry
     overrides them).
 
-    max_ongoing_requests must exceed the batch size, or batches never fill: Serve stops
-    routing to a replica once that many requests are in flight there.
+    max_ongoing_requests must be well above the batch size, or batches never fill: Serve
+    stops routing to a replica once that many requests are in flight there (and warns
+    unless it is >= max_batch_size * max_concurrent_batches of ``_run_batch``).
     """
     opts: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus},
