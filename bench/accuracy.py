@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.accuracy --data ../shared/data/glue --results /tmp/accuracy.json
 
 Trains each method on a seeded subsample of each task's train set (CPU budget; see
---max-train), evaluates on the full dev set, and prints a markdown table: headline dev
+--max-train), evaluates on a seeded dev subsample (--max-dev; the same rows for every method), and prints a markdown table: headline dev
 metric x100 per task, the average, trainable and stored parameter counts and artifact
 bytes. Results are appended to --results as they finish, so an interrupted run resumes.
 The GLUE files are read where they are, never copied.
@@ -32,8 +32,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, default=Path("/tmp/accuracy.json"))
     p.add_argument("--tasks", default=",".join(t for t, _ in TASKS))
     p.add_argument("--runs", default=",".join(RUNS))
-    p.add_argument("--max-train", type=int, default=300)
-    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--max-train", type=int, default=400)
+    p.add_argument("--max-dev", type=int, default=500,
+                   help="seeded dev subsample (the same rows for every method)")
+    p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--density", type=float, default=0.05)
@@ -58,6 +60,7 @@ def run_one(args: argparse.Namespace, task: str, folder: str, run: str, backbone
     ns = argparse.Namespace(preset=task, train=args.data / folder / "train.tsv",
                             dev=args.data / folder / "dev.tsv", metric=None)
     tr, dv, metric = load_data(ns)
+    dv = dv.subsample(args.max_dev, seed=12345)
     cfg = TrainConfig(method=method, epochs=args.epochs, batch_size=args.batch_size,
                       max_length=args.max_length, seed=args.seed, max_train=args.max_train,
                       density=args.density, fisher_examples=args.fisher_examples,
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.results.write_text(json.dumps(results, indent=1, sort_keys=True))
     print(f"\nDev metric x100, 1 seed ({args.seed}); train subsample {args.max_train} rows, "
           f"{args.epochs:g} epochs, max length {args.max_length}, batch {args.batch_size}, "
-          f"density {args.density}; full dev sets.\n")
+          f"density {args.density}; dev sets subsampled to at most {args.max_dev} rows.\n")
     print(table(results, tasks, runs))
     print("\nchild-f: the accuracy cost of sparsifying its dense diff\n")
     print(child_f_table(results, tasks))
