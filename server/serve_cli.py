@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads per replica (default: its CPUs)")
     p.add_argument("--batch-rows", type=int, default=64, help="rows per batch")
     p.add_argument("--batch-wait-ms", type=float, default=2.0, help="batch fill wait")
+    p.add_argument("--access-log", action="store_true", help="log every request (costs CPU)")
     p.add_argument("--no-examples", action="store_true",
                    help="do not publish the shipped examples into an empty store")
     p.set_defaults(func=run)
@@ -64,16 +65,19 @@ def run(args: argparse.Namespace) -> int:
     from ray import serve
     from ray.serve.config import gRPCOptions
 
-    from server.app import APP_NAME, GRPC_SERVICERS, app_for
+    from server.app import APP_NAME, GRPC_SERVICERS, SERVE_ENV, app_for
 
+    for key, value in SERVE_ENV.items():  # before Ray starts; the caller's values win
+        os.environ.setdefault(key, value)
     machine_cpus = os.cpu_count() or 1
     cpus = args.cpus or max(1.0, machine_cpus / max(1, args.replicas))
     ray.init(address="local", num_cpus=max(machine_cpus, int(cpus * args.replicas + 0.999)),
              include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.http_port},
-                grpc_options=gRPCOptions(port=args.port, grpc_servicer_functions=GRPC_SERVICERS))
+                grpc_options=gRPCOptions(port=args.port, grpc_servicer_functions=GRPC_SERVICERS),
+                logging_config={"enable_access_log": args.access_log})
     serve.run(app_for(config, num_replicas=args.replicas, num_cpus=cpus,
-                      num_gpus=1 if args.device == "cuda" else 0),
+                      num_gpus=1 if args.device == "cuda" else 0, access_log=args.access_log),
               name=APP_NAME, route_prefix="/")
     print(f"polyhead: serving on localhost:{args.port} ({args.replicas} replica(s), "
           f"store {config.store}); ready in {time.perf_counter() - t0:.1f} s. Ctrl-C stops.",

@@ -10,7 +10,7 @@ import yaml
 from ray.serve.config import gRPCOptions
 from ray.serve.schema import ServeDeploySchema
 
-from server.app import DEPLOYMENT_KEYS, GRPC_SERVICERS, build_app
+from server.app import DEPLOYMENT_KEYS, GRPC_SERVICERS, SERVE_ENV, build_app
 from server.config import ServerConfig
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -71,6 +71,7 @@ def test_rayservice_cluster() -> None:
         mount = next(m for m in container["volumeMounts"] if claims.get(m["name"]) == "polyhead-store")
         assert env["POLYHEAD_STORE"]["value"] == mount["mountPath"] == app["args"]["store"]
         assert "secretKeyRef" in env["POLYHEAD_TOKEN"]["valueFrom"]  # never a literal token
+        assert {k: env[k]["value"] for k in SERVE_ENV} == SERVE_ENV
     gpu = [g for g in cluster["workerGroupSpecs"]
            if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")]
     assert gpu and gpu[0]["maxReplicas"] >= dep["autoscaling_config"]["max_replicas"]

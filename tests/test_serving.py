@@ -3,6 +3,7 @@ on loopback. One Ray session for the module: Ray starts slowly on 2 cores."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -55,10 +56,12 @@ def cluster(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     from ray import serve
     from ray.serve.config import gRPCOptions
 
-    from server.app import APP_NAME, GRPC_SERVICERS, app_for
+    from server.app import APP_NAME, GRPC_SERVICERS, SERVE_ENV, app_for
 
     store = tmp_path_factory.mktemp("served") / "store"
     port = free_port()
+    saved = {k: os.environ.get(k) for k in SERVE_ENV}
+    os.environ.update(SERVE_ENV)  # as `polyhead serve` runs it; Ray's processes inherit it
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": free_port()},
@@ -71,6 +74,11 @@ def cluster(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     finally:
         serve.shutdown()
         ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
