@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from server.client import PolyheadClient, PolyheadError
-from server.config import TOKEN_ENV
+from server.config import TOKEN_ENV, saved_token
 
 # Status codes that mean "the request was wrong" (exit 2) rather than "the server failed" (1).
 _USER_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
@@ -70,11 +70,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", default="localhost:9000", help="HOST:PORT (default localhost:9000)")
-    p.add_argument("--token", default=None, help=f"bearer token (default: ${TOKEN_ENV})")
+    p.add_argument("--token", default=None, help=f"bearer token (default: ${TOKEN_ENV}, else the "
+                   "token `polyhead serve` saved on this machine)")
 
 
 def _run(args: argparse.Namespace, verb: Callable[[PolyheadClient, argparse.Namespace], Any]) -> int:
-    token = args.token or os.environ.get(TOKEN_ENV)
+    token = args.token or os.environ.get(TOKEN_ENV) or saved_token()
     prog = f"polyhead {args.verb}"
     try:
         with PolyheadClient(args.server, token, timeout_s=120.0) as client:

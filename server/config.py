@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import secrets
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 TOKEN_ENV = "POLYHEAD_TOKEN"
+TOKEN_FILE_ENV = "POLYHEAD_TOKEN_FILE"
 INFERENCE_TOKEN_ENV = "POLYHEAD_INFERENCE_TOKEN"
 MB = 1 << 20
 
@@ -89,3 +92,30 @@ def _token(secret: Secret | None, env: str) -> str | None:
     if secret is not None and secret.value:
         return secret.value
     return os.environ.get(env) or None
+
+
+def token_file() -> Path:
+    """Where `polyhead serve` keeps the token it generated, and client commands look for it:
+    $POLYHEAD_TOKEN_FILE or ~/.polyhead/token."""
+    return Path(os.environ.get(TOKEN_FILE_ENV) or Path.home() / ".polyhead" / "token")
+
+
+def saved_token() -> str | None:
+    try:
+        return token_file().read_text().strip() or None
+    except OSError:
+        return None
+
+
+def generated_token() -> str:
+    """The token in token_file(), created (readable by this user only) if there is none."""
+    old = saved_token()
+    if old:
+        return old
+    path = token_file()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    token = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token

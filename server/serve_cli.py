@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -10,7 +11,15 @@ import threading
 import time
 from pathlib import Path
 
-from server.config import INFERENCE_TOKEN_ENV, TOKEN_ENV, ConfigError, Secret, ServerConfig
+from server.config import (
+    INFERENCE_TOKEN_ENV,
+    TOKEN_ENV,
+    ConfigError,
+    Secret,
+    ServerConfig,
+    generated_token,
+    token_file,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -24,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", help="local HF encoder folder (default: packaged MiniLM)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     auth = p.add_mutually_exclusive_group()
-    auth.add_argument("--token", help=f"Registry bearer token (default ${TOKEN_ENV})")
+    auth.add_argument("--token", help=f"Registry bearer token (default ${TOKEN_ENV}, else one "
+                      f"generated into {token_file()} (mode 0600), where client commands find it)")
     auth.add_argument("--insecure", action="store_true", help="run with the Registry open")
     p.add_argument("--inference-token", help=f"also require a token for Classify "
                    f"(default ${INFERENCE_TOKEN_ENV}; unset: open)")
@@ -56,8 +66,13 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
 def run(args: argparse.Namespace) -> int:
     try:
         config = config_from(args)
+        if config.registry_token() is None and not config.insecure:
+            # Never an open Registry: without a configured token, use (or make) a saved one.
+            config = dataclasses.replace(config, token=Secret(generated_token()))
+            print(f"polyhead: Registry token in {token_file()} (client commands read it)",
+                  flush=True)
         config.check_auth()
-    except ConfigError as e:
+    except (ConfigError, OSError) as e:
         print(f"polyhead serve: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()

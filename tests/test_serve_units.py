@@ -156,15 +156,25 @@ def test_config_refuses_open_registry(monkeypatch: pytest.MonkeyPatch) -> None:
         ServerConfig(max_inputs=100, max_batch_rows=10)
 
 
-def test_serve_cli_refuses_without_token(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_serve_cli_never_opens_the_registry(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """Without a configured token `polyhead serve` makes one (user-only file) rather than
+    start with the Registry open; a restart reuses it."""
     import argparse
+    import stat
+
+    from server.config import generated_token, saved_token, token_file
 
     monkeypatch.delenv("POLYHEAD_TOKEN", raising=False)
+    monkeypatch.setenv("POLYHEAD_TOKEN_FILE", str(tmp_path / "dir" / "token"))
+    assert saved_token() is None
+    token = generated_token()
+    assert len(token) >= 24 and saved_token() == token == generated_token()
+    assert stat.S_IMODE(token_file().stat().st_mode) == 0o600
     parser = argparse.ArgumentParser()
     register_serve(parser.add_subparsers())
-    args = parser.parse_args(["serve"])
-    assert args.func(args) == 2  # before Ray starts
-    assert "--insecure" in capsys.readouterr().err
+    assert parser.parse_args(["serve", "--token", "t"]).token == "t"
+    with pytest.raises(SystemExit):  # --token and --insecure exclude each other
+        parser.parse_args(["serve", "--token", "t", "--insecure"])
 
 
 def test_status_codes_for_errors() -> None:
