@@ -3,9 +3,12 @@
 Retry policy: calls that are safe to repeat (Classify, Health, ListTasks, GetTask, SetAlias,
 Rollback, and Upload, whose versions are content-addressed) are retried when the server
 answers UNAVAILABLE (no replica reachable, e.g. one restarting) or RESOURCE_EXHAUSTED (Serve
-back-pressure): up to ``retries`` more attempts, sleeping ``backoff_s * 2**attempt`` (capped at
-``max_backoff_s``, full jitter) between them, all within the call's ``timeout_s``.
-ImportPeft and DeleteTask are never retried. Every other status raises PolyheadError at once.
+back-pressure); read-only calls (Classify, Health, ListTasks, GetTask) also on INTERNAL,
+which the server never returns for bad input, only for faults such as a replica dying
+under the request. Up to ``retries`` more attempts, sleeping ``backoff_s * 2**attempt``
+(capped at ``max_backoff_s``, full jitter) between them, all within the call's
+``timeout_s``. ImportPeft and DeleteTask are never retried. Every other status raises
+PolyheadError at once.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from polyhead.v1 import polyhead_pb2 as pb
 from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
 
 RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+READ_RETRY_CODES = RETRY_CODES | {grpc.StatusCode.INTERNAL}
 MAX_MESSAGE = 512 << 20
 T = TypeVar("T")
 TextInput = str | tuple[str, str]
@@ -71,16 +75,17 @@ class PolyheadClient:
     def classify_raw(self, task_id: str, inputs: Sequence[TextInput] | TextInput,
                      version: str | None = None) -> pb.ClassifyResponse:
         req = pb.ClassifyRequest(task_id=task_id, version=version or "", inputs=to_inputs(inputs))
-        return self._call(self._inference.Classify, req, retry=True)
+        return self._call(self._inference.Classify, req, retry=READ_RETRY_CODES)
 
     def health(self) -> dict[str, Any]:
-        return as_dict(self._call(self._inference.Health, pb.HealthRequest(), retry=True))
+        return as_dict(self._call(self._inference.Health, pb.HealthRequest(),
+                                  retry=READ_RETRY_CODES))
 
     # -- Registry --------------------------------------------------------------------------
 
     def upload(self, data: bytes) -> dict[str, Any]:
         return as_dict(self._call(self._registry.Upload, pb.UploadRequest(artifact=data),
-                                  retry=True))
+                                  retry=RETRY_CODES))
 
     def import_peft(self, folder: str | Path, task_id: str,
                     labels: Sequence[str] | None = None) -> dict[str, Any]:
@@ -89,31 +94,33 @@ class PolyheadClient:
             task_id=task_id, labels=list(labels or ()),
             adapter_config=(folder / "adapter_config.json").read_bytes(),
             adapter_model=(folder / "adapter_model.safetensors").read_bytes())
-        return as_dict(self._call(self._registry.ImportPeft, req, retry=False))
+        return as_dict(self._call(self._registry.ImportPeft, req, retry=frozenset()))
 
     def list_tasks(self) -> list[dict[str, Any]]:
-        res = self._call(self._registry.ListTasks, pb.ListTasksRequest(), retry=True)
+        res = self._call(self._registry.ListTasks, pb.ListTasksRequest(), retry=READ_RETRY_CODES)
         return [as_dict(t) for t in res.tasks]
 
     def get_task(self, task_id: str) -> dict[str, Any]:
-        res = self._call(self._registry.GetTask, pb.GetTaskRequest(task_id=task_id), retry=True)
+        res = self._call(self._registry.GetTask, pb.GetTaskRequest(task_id=task_id),
+                         retry=READ_RETRY_CODES)
         return as_dict(res)
 
     def set_alias(self, task_id: str, alias: str, version: str) -> dict[str, Any]:
         req = pb.SetAliasRequest(task_id=task_id, alias=alias, version=version)
-        return as_dict(self._call(self._registry.SetAlias, req, retry=True))
+        return as_dict(self._call(self._registry.SetAlias, req, retry=RETRY_CODES))
 
     def rollback(self, task_id: str, version: str) -> dict[str, Any]:
         req = pb.RollbackRequest(task_id=task_id, version=version)
-        return as_dict(self._call(self._registry.Rollback, req, retry=True))
+        return as_dict(self._call(self._registry.Rollback, req, retry=RETRY_CODES))
 
     def delete(self, task_id: str) -> dict[str, Any]:
         req = pb.DeleteTaskRequest(task_id=task_id)
-        return as_dict(self._call(self._registry.DeleteTask, req, retry=False))
+        return as_dict(self._call(self._registry.DeleteTask, req, retry=frozenset()))
 
     # -- plumbing --------------------------------------------------------------------------
 
-    def _call(self, method: Callable[..., T], request: Message, *, retry: bool) -> T:
+    def _call(self, method: Callable[..., T], request: Message, *,
+              retry: frozenset[grpc.StatusCode]) -> T:
         deadline = time.monotonic() + self.timeout_s
         attempt = 0
         while True:
@@ -123,7 +130,7 @@ class PolyheadClient:
             except grpc.RpcError as e:
                 code = e.code()
                 pause = random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2 ** attempt))
-                if (not retry or code not in RETRY_CODES or attempt >= self.retries
+                if (code not in retry or attempt >= self.retries
                         or time.monotonic() + pause >= deadline):
                     raise PolyheadError(code, e.details() or "") from None
             attempt += 1

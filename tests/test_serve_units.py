@@ -232,3 +232,68 @@ def test_seed_examples_only_into_an_empty_store(tiny_bert, tmp_path) -> None:
     assert [v.task_id for v in seed_examples(store, examples)] == ["example"]
     assert seed_examples(store, examples) == []  # not empty any more: left alone
     assert seed_examples(Store(tmp_path / "other", tiny_bert.spec), tmp_path / "none") == []
+
+
+def test_client_retry_policy() -> None:
+    """UNAVAILABLE is retried for calls safe to repeat, INTERNAL only for read-only ones;
+    DeleteTask and client errors never."""
+    from concurrent import futures
+
+    from polyhead.v1 import polyhead_pb2 as pb
+    from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
+
+    from server.client import PolyheadClient, PolyheadError
+
+    calls: dict[str, int] = {}
+    plan: dict[str, list[grpc.StatusCode]] = {}
+
+    def answer(name: str, context, response):
+        calls[name] = calls.get(name, 0) + 1
+        codes = plan.get(name, [])
+        if codes:
+            context.abort(codes.pop(0), f"{name} fails")
+        return response
+
+    class Inference(pb_grpc.InferenceServicer):
+        def Classify(self, request, context):
+            res = pb.ClassifyResponse(version="v", labels=["a"])
+            res.predictions.add(label="a", scores=[1.0])
+            return answer("Classify", context, res)
+
+    class Registry(pb_grpc.RegistryServicer):
+        def DeleteTask(self, request, context):
+            return answer("DeleteTask", context, pb.DeleteTaskResponse(task_id=request.task_id))
+
+        def Rollback(self, request, context):
+            return answer("Rollback", context, pb.VersionInfo(task_id=request.task_id))
+
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    pb_grpc.add_InferenceServicer_to_server(Inference(), server)
+    pb_grpc.add_RegistryServicer_to_server(Registry(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    U, INT, INV = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL,
+                   grpc.StatusCode.INVALID_ARGUMENT)
+    try:
+        with PolyheadClient(f"127.0.0.1:{port}", retries=3, backoff_s=0.001) as c:
+            plan["Classify"] = [U, INT, U]
+            assert c.classify("t", "x")[0]["label"] == "a" and calls["Classify"] == 4
+            plan["Classify"] = [INV]
+            with pytest.raises(PolyheadError):
+                c.classify("t", "x")
+            assert calls["Classify"] == 5
+            plan["Rollback"] = [U, U]
+            assert c.rollback("t", "v1")["task_id"] == "t" and calls["Rollback"] == 3
+            plan["Rollback"] = [INT]
+            with pytest.raises(PolyheadError):  # a write is not retried on INTERNAL
+                c.rollback("t", "v1")
+            plan["DeleteTask"] = [U]
+            with pytest.raises(PolyheadError) as e:
+                c.delete("t")
+            assert e.value.code == U and calls["DeleteTask"] == 1
+            plan["Classify"] = [U] * 10
+            with pytest.raises(PolyheadError):  # gives up after `retries`
+                c.classify("t", "x")
+            assert calls["Classify"] == 9
+    finally:
+        server.stop(None)
