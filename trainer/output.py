@@ -59,13 +59,20 @@ def deliver(data: bytes, targets: Targets, spec: BackboneSpec) -> list[str]:
                           "diffs are this big; use a sparse method or a lower --density)")
     if targets.publish:
         from store import Store
+        from store.errors import StoreError
 
-        info = Store(root=targets.store, spec=spec).publish(data)
+        try:
+            info = Store(root=targets.store, spec=spec).publish(data)
+        except StoreError as e:
+            raise OutputError(f"publish to the store failed: {e}") from e
         lines.append(f"published {_describe(info)}")
     if targets.upload is not None:
-        from server.client import PolyheadClient
+        from server.client import PolyheadClient, PolyheadError
 
-        reply = PolyheadClient(targets.upload, token=targets.token).upload(data)
+        try:
+            reply = PolyheadClient(targets.upload, token=targets.token).upload(data)
+        except PolyheadError as e:
+            raise OutputError(f"upload to {targets.upload} failed: {e}") from e
         lines.append(f"uploaded to {targets.upload}: {reply}")
     return lines
 

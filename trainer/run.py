@@ -211,7 +211,7 @@ def _sparsify(model: Trainable, cfg: TrainConfig, ctx: Context, dense: dict[str,
 
 
 @torch.no_grad()
-def check_parity(model: Trainable, artifact: TaskArtifact, ctx: Context, rows: int = 32) -> float:
+def check_parity(model: Trainable, artifact: TaskArtifact, ctx: Context, rows: int = 16) -> float:
     """Max |engine logits from the artifact - the trainer's own logits| (fp32, eval mode)."""
     engine = Engine(ctx.backbone)
     loaded = engine.load(artifact)
