@@ -76,7 +76,7 @@ def engine_throughput(engine: Engine, loaded: dict[str, Any], pick: Pick, rows: 
     rng = random.Random(0)
     picked = [pick(rng) for _ in range(rows)]
     chunks = [picked[i:i + batch] for i in range(0, rows, batch)]
-    engine.run([t for _, t in chunks[0]], [loaded[k] for k, _ in chunks[0]])  # warm-up
+    engine.run([t for _, t in chunks[0][:8]], [loaded[k] for k, _ in chunks[0][:8]])  # warm-up
     t0 = time.perf_counter()
     for ch in chunks:
         engine.run([t for _, t in ch], [loaded[k] for k, _ in ch])
@@ -206,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--data", required=True, help="SST-2 dev.tsv (GLUE format)")
     ap.add_argument("--duration", type=float, default=8.0, help="measured seconds per point")
     ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--engine-rows", type=int, default=256, help="rows per engine baseline")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--swap-rounds", type=int, default=30)
     ap.add_argument("--only", nargs="*", help="scenario name prefixes to run")
@@ -221,11 +222,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.only:
         picks = {k: v for k, v in picks.items() if any(k.startswith(p) for p in args.only)}
     results: dict[str, Any] = {"machine": f"{os.cpu_count()} CPU cores, torch "
-                               f"{torch.__version__}, {torch.get_num_threads()} threads"}
+                               f"{torch.__version__}, {torch.get_num_threads()} threads",
+                               "load_average_at_start": os.getloadavg()}
     # -- in-process engine baselines (no server running)
     loaded = {t: engine.load(a) for group in tasks.values() for t, _, a in group}
-    results["engine"] = {name: {str(b): engine_throughput(engine, loaded, pick, 1024, b)
+    results["engine"] = {name: {str(b): engine_throughput(engine, loaded, pick, args.engine_rows, b)
                                 for b in (32, 64)} for name, (_, pick) in picks.items()}
+    print(f"engine rows/s: {json.dumps(results['engine'])}", flush=True)
     del loaded
     work = Path(tempfile.mkdtemp(prefix="polyhead-bench-"))
     store = Store(work / "store", bb.spec)
@@ -254,13 +257,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         results["swap"] = swap_latency(server.address, bb.spec, args.swap_rounds)
     finally:
         server.stop()
+    results["load_average_at_end"] = os.getloadavg()
     report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
 
 def report(r: dict[str, Any]) -> None:
-    print(f"\nmachine: {r['machine']}; startup to first served request: {r['startup_s']:.1f} s")
+    print(f"\nmachine: {r['machine']}; load average (1 min) at start/end: "
+          f"{r['load_average_at_start'][0]:.1f} / {r['load_average_at_end'][0]:.1f}")
+    print(f"startup (spawn -> first served Classify): {r['startup_s']:.1f} s")
     print("\n| scenario | conc. | req/s | p50 ms | p99 ms | engine rows/s (batch 32 / 64) "
           "| e2e / engine@32 |\n|---|---:|---:|---:|---:|---:|---:|")
     for name, points in r["load"].items():

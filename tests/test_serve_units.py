@@ -297,3 +297,39 @@ def test_client_retry_policy() -> None:
             assert calls["Classify"] == 9
     finally:
         server.stop(None)
+
+
+def test_coalescer_merges_batches_that_queue_during_a_forward() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from server._private.batcher import Coalescer
+    from server._private.inference import BatchItem, BatchStats
+
+    sizes: list[int] = []
+
+    def forward(items):
+        time.sleep(0.05)
+        if any(it.inputs == ["boom"] for it in items):
+            raise RuntimeError("engine fault")
+        sizes.append(sum(len(it) for it in items))
+        return [[([1.0], False)] * len(it) for it in items], BatchStats(0, 0, {}, 0, 0)
+
+    def item(n: int = 1) -> BatchItem:
+        return BatchItem(["x"] * n, None)  # type: ignore[arg-type]
+
+    async def main():
+        co = Coalescer(forward, ThreadPoolExecutor(1), max_rows=8, on_batch=lambda s: None)
+        first = asyncio.create_task(co.run([item()]))
+        await asyncio.sleep(0.01)  # the first forward is running
+        later = [asyncio.create_task(co.run([item(), item()])) for _ in range(6)]  # 12 rows
+        cancelled = asyncio.create_task(co.run([item()]))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        assert len(await first) == 1
+        assert all(len(r) == 2 for r in await asyncio.gather(*later))
+        with pytest.raises(RuntimeError, match="engine fault"):
+            await co.run([BatchItem(["boom"], None)])  # type: ignore[arg-type]
+        assert len(await co.run([item(3)])) == 1  # still serving after a fault
+
+    asyncio.run(main())
+    assert sizes[0] == 1 and sizes[1:3] == [8, 4] and sizes[-1] == 3  # 12 queued rows: 2 forwards

@@ -7,9 +7,9 @@ import asyncio
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ from ray import serve
 from methods import Engine, TaskArtifact, load_backbone
 from server._private import registry
 from server._private.auth import Auth
+from server._private.batcher import Coalescer, rows_of
 from server._private.errors import InvalidInput, status_for
 from server._private.inference import (
     BatchItem,
@@ -46,10 +47,6 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 T = TypeVar("T")
 
 
-def _rows(items: list[BatchItem]) -> int:
-    return sum(len(it) for it in items)
-
-
 @serve.deployment(name="Polyhead", max_ongoing_requests=2048, ray_actor_options={"num_cpus": 1})
 class Polyhead:
     async def __init__(self, config: ServerConfig) -> None:  # type: ignore[misc]  # Ray awaits it
@@ -64,8 +61,10 @@ class Polyhead:
                            max_artifact_bytes=int(config.max_artifact_mb * MB))
         self.metrics = ServerMetrics()
         self.auth = Auth(config.registry_token(), config.inference_token_value())
-        self._forward_pool = ThreadPoolExecutor(1, "polyhead-forward", initializer=torch.set_num_threads,
-                                                initargs=(self.threads,))
+        forward_pool = ThreadPoolExecutor(1, "polyhead-forward", initializer=torch.set_num_threads,
+                                          initargs=(self.threads,))
+        self.coalescer = Coalescer(partial(forward, self.engine), forward_pool,
+                                   config.max_batch_rows, self._record)
         self._admin_pool = ThreadPoolExecutor(1, "polyhead-admin")
         self.bank = AdapterBank(
             self._fetch, self.engine.load, device_budget=int(config.device_budget_mb * MB),
@@ -79,8 +78,6 @@ class Polyhead:
             seed_examples(self.store)
         self.engine.run(["warm up"], [None])  # first forward pays lazy init, not a request
         self._watched = -1
-        self._waiting: deque[tuple[list[BatchItem], asyncio.Future[list[list[Row]]]]] = deque()
-        self._engine_busy = False
         self.batches = self.batched_rows = 0
         self._watcher = asyncio.get_running_loop().create_task(self._watch_store())
         logger.info("polyhead replica %s ready: backbone %s on %s, %d torch threads",
@@ -172,52 +169,11 @@ class Polyhead:
         return response(res, rows, self.replica)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, max_concurrent_batches=32,
-                 batch_size_fn=_rows)
+                 batch_size_fn=rows_of)
     async def _run_batch(self, items: list[BatchItem]) -> list[list[Row]]:
-        """Serve's batches, merged with every other batch that queued meanwhile.
-
-        Serve forms the next batch as soon as one is handed over, not when the engine is
-        free, so under load it hands over many small batches (batch_wait each); they wait
-        here while a forward runs and go into the next forward together.
-        """
-        fut: asyncio.Future[list[list[Row]]] = asyncio.get_running_loop().create_future()
-        self._waiting.append((items, fut))
-        if not self._engine_busy:
-            self._engine_busy = True
-            asyncio.get_running_loop().create_task(self._drain())
-        return await fut
-
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._waiting:
-                take: list[tuple[list[BatchItem], asyncio.Future[list[list[Row]]]]] = []
-                rows = 0
-                while self._waiting and (not take or rows + _rows(self._waiting[0][0])
-                                         <= self.config.max_batch_rows):
-                    items, fut = self._waiting.popleft()
-                    if not fut.done():  # a cancelled request's batch is skipped
-                        take.append((items, fut))
-                        rows += _rows(items)
-                if not take:
-                    continue
-                flat = [it for items, _ in take for it in items]
-                try:
-                    out, stats = await loop.run_in_executor(self._forward_pool, forward,
-                                                            self.engine, flat)
-                except Exception as e:
-                    for _, fut in take:
-                        if not fut.done():
-                            fut.set_exception(e)
-                    continue
-                start = 0
-                for items, fut in take:
-                    if not fut.done():
-                        fut.set_result(out[start:start + len(items)])
-                    start += len(items)
-                self._record(stats)
-        finally:
-            self._engine_busy = False
+        """Serve's batch of requests (any mix of tasks and kinds), merged by the coalescer
+        with the batches that queue while a forward runs."""
+        return await self.coalescer.run(items)
 
     def _record(self, stats: BatchStats) -> None:
         self.batches += 1
