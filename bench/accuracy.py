@@ -3,10 +3,10 @@
     .venv/bin/python -m bench.accuracy --data ../shared/data/glue --results /tmp/accuracy.json
 
 Trains each method on a seeded subsample of each task's train set (CPU budget; see
---max-train), evaluates on a seeded dev subsample (--max-dev; the same rows for every method), and prints a markdown table: headline dev
-metric x100 per task, the average, trainable and stored parameter counts and artifact
-bytes. Results are appended to --results as they finish, so an interrupted run resumes.
-The GLUE files are read where they are, never copied.
+--max-train), evaluates on a seeded dev subsample (--max-dev; the same rows for every
+method), and prints a markdown table: headline dev metric x100 per task, the average,
+trainable and stored parameter counts and artifact bytes. Results are appended to
+--results as they finish, so an interrupted run resumes. The GLUE files are read where they are, never copied.
 """
 
 from __future__ import annotations
@@ -32,17 +32,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, default=Path("/tmp/accuracy.json"))
     p.add_argument("--tasks", default=",".join(t for t, _ in TASKS))
     p.add_argument("--runs", default=",".join(RUNS))
-    p.add_argument("--max-train", type=int, default=400)
+    p.add_argument("--max-train", type=int, default=500)
     p.add_argument("--max-dev", type=int, default=500,
                    help="seeded dev subsample (the same rows for every method)")
-    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--density", type=float, default=0.05)
     p.add_argument("--fisher-examples", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--order", choices=("method", "task"), default="method",
+                   help="method: each method on every task before the next method")
     p.add_argument("--table-only", action="store_true", help="print the table from --results")
     return p.parse_args(argv)
+
+
+# Method-major order, most informative first, so a run cut short still has whole rows
+# (every task) for the comparisons the issue asks about.
+PRIORITY = ("full", "pasta", "child-d", "dps", "full+pet:lora", "child-d+pet:lora", "dps+pet:lora",
+            "lora", "bitfit", "prefix", "child-f")
+
+
+def schedule(tasks: list[str], runs: list[str], order: str) -> list[tuple[str, str]]:
+    if order == "task":
+        return [(t, r) for t in tasks for r in runs]
+    ranked = sorted(runs, key=lambda r: PRIORITY.index(r) if r in PRIORITY else len(PRIORITY))
+    return [(t, r) for r in ranked for t in tasks]
 
 
 def load_results(path: Path) -> dict[str, Any]:
@@ -134,17 +149,16 @@ def main(argv: list[str] | None = None) -> int:
 
         backbone = load_backbone()
         folders = dict(TASKS)
-        for task in tasks:
-            cache: dict[Any, Any] = {}
-            for run in runs:
-                key = f"{task}/{run}"
-                if key in results:
-                    continue
-                print(f"== {key}", flush=True)
-                results[key] = run_one(args, task, folders[task], run, backbone, cache)
-                r = results[key]
-                print(f"   {key}: {r['metric']} {100 * r['value']:.1f} in {r['seconds']}s", flush=True)
-                args.results.write_text(json.dumps(results, indent=1, sort_keys=True))
+        caches: dict[str, dict[Any, Any]] = {t: {} for t in tasks}  # EH-FT head stage per task
+        for task, run in schedule(tasks, runs, args.order):
+            key = f"{task}/{run}"
+            if key in results:
+                continue
+            print(f"== {key}", flush=True)
+            results[key] = run_one(args, task, folders[task], run, backbone, caches[task])
+            r = results[key]
+            print(f"   {key}: {r['metric']} {100 * r['value']:.1f} in {r['seconds']}s", flush=True)
+            args.results.write_text(json.dumps(results, indent=1, sort_keys=True))
     print(f"\nDev metric x100, 1 seed ({args.seed}); train subsample {args.max_train} rows, "
           f"{args.epochs:g} epochs, max length {args.max_length}, batch {args.batch_size}, "
           f"density {args.density}; dev sets subsampled to at most {args.max_dev} rows.\n")
