@@ -164,8 +164,11 @@ class Server:
 
 
 def swap_latency(address: str, spec: Any, rounds: int) -> dict[str, list[float]]:
-    """Upload new versions of one task; the Upload RPC's latency (durable in the store and
-    servable on the receiving replica) and the time until every replica serves it."""
+    """Upload new versions of one task. upload_rpc: the Upload RPC (returns once the version
+    is durable and servable on the replica that took it). all_replicas: from Upload's return
+    until each replica has answered with the new version (bounded below by when the router
+    first sends that replica a request). stale: answers naming the old version among
+    requests sent after Upload returned (hot-swap correctness: should be 0)."""
     arts = []
     for i in range(rounds + 1):
         art = TaskArtifact.random("pasta", spec, 2, seed=5000 + i)
@@ -174,7 +177,12 @@ def swap_latency(address: str, spec: Any, rounds: int) -> dict[str, list[float]]
     inf, reg = pb_grpc.InferenceStub(channel), pb_grpc.RegistryStub(channel)
     reg.Upload(pb.UploadRequest(artifact=arts[0]))
     req = pb.ClassifyRequest(task_id="swap", inputs=[pb.Input(text="a fine film")])
-    out: dict[str, list[float]] = {"upload_rpc": [], "all_replicas": []}
+    out: dict[str, list[float]] = {"upload_rpc": [], "all_replicas": [], "stale": []}
+
+    def probe(_: int) -> tuple[str, str, float]:
+        res = inf.Classify(req)
+        return res.replica, res.version, time.perf_counter()
+
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(8) as pool:
@@ -183,14 +191,16 @@ def swap_latency(address: str, spec: Any, rounds: int) -> dict[str, list[float]]
             version = reg.Upload(pb.UploadRequest(artifact=data)).version
             t1 = time.perf_counter()
             served: dict[str, float] = {}
-            replicas: set[str] = set()
+            stale = 0
             while len(served) < 2 and time.perf_counter() - t1 < 5:
-                for res in pool.map(lambda _: inf.Classify(req), range(8)):
-                    replicas.add(res.replica)
-                    if res.version == version:
-                        served.setdefault(res.replica, time.perf_counter() - t1)
+                for replica, v, t in pool.map(probe, range(8)):
+                    if v == version:
+                        served.setdefault(replica, t - t1)
+                    else:
+                        stale += 1
             out["upload_rpc"].append(t1 - t0)
             out["all_replicas"].append(max(served.values()) if len(served) == 2 else float("inf"))
+            out["stale"].append(stale)
             time.sleep(0.05)
     channel.close()
     return out
@@ -251,6 +261,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                       f"p99 {r['p99_ms']:6.1f} ms  errors {r['errors']}", flush=True)
     finally:
         server.stop()
+    # -- the engine again (machine load drifts): batch 32 after the load points
+    loaded = {t: engine.load(a) for group in tasks.values() for t, _, a in group}
+    for name, (_, pick) in picks.items():
+        results["engine"][name]["32_after"] = engine_throughput(engine, loaded, pick,
+                                                                args.engine_rows, 32)
+    del loaded
     # -- two replicas: upload-to-servable
     server = Server(work / "store", 2, work / "serve2.log", args.server_args.split())
     try:
@@ -267,22 +283,26 @@ def report(r: dict[str, Any]) -> None:
     print(f"\nmachine: {r['machine']}; load average (1 min) at start/end: "
           f"{r['load_average_at_start'][0]:.1f} / {r['load_average_at_end'][0]:.1f}")
     print(f"startup (spawn -> first served Classify): {r['startup_s']:.1f} s")
-    print("\n| scenario | conc. | req/s | p50 ms | p99 ms | engine rows/s (batch 32 / 64) "
-          "| e2e / engine@32 |\n|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| scenario | conc. | req/s | p50 ms | p99 ms | engine rows/s: batch 32 before, after; "
+          "batch 64 | e2e / engine@32 (mean) |\n|---|---:|---:|---:|---:|---:|---:|")
     for name, points in r["load"].items():
         eng = r["engine"][name]
+        e32 = (eng["32"] + eng.get("32_after", eng["32"])) / 2
         for c, p in points.items():
             print(f"| {name} | {c} | {p['rps']:.1f} | {p['p50_ms']:.1f} | {p['p99_ms']:.1f} | "
-                  f"{eng['32']:.0f} / {eng['64']:.0f} | {p['rps'] / eng['32']:.2f} |")
+                  f"{eng['32']:.0f}, {eng.get('32_after', float('nan')):.0f}; {eng['64']:.0f} | "
+                  f"{p['rps'] / e32:.2f} |")
     load = r["load"]
     one, mixed = load.get("1 task", {}).get("32"), load.get("100 tasks, 5 kinds", {}).get("32")
     if one and mixed:
         print(f"\n100-task mixed / 1-task throughput at c=32: {mixed['rps'] / one['rps']:.2f}")
     s = r["swap"]
     for key, what in (("upload_rpc", "upload RPC (durable + servable on the receiving replica)"),
-                      ("all_replicas", "upload return -> every replica serves it")):
+                      ("all_replicas", "upload return -> both replicas have answered with it")):
         print(f"{what}: p50 {1000 * statistics.median(s[key]):.0f} ms, "
-              f"p99 {1000 * pct(s[key], 0.99):.0f} ms")
+              f"p99 {1000 * pct(s[key], 0.99):.0f} ms, max {1000 * max(s[key]):.0f} ms")
+    print(f"stale answers (old version, request sent after Upload returned): {int(sum(s['stale']))} "
+          f"in {len(s['stale'])} uploads")
 
 
 if __name__ == "__main__":
