@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from methods.config import BaseConfig
-from methods.encoder import BatchContext, Effect
+from methods.encoder import BatchContext, Effect, add_
 from methods.registry import Kind, TaskPart, register_kind, row_table
 from methods.spec import BackboneSpec
 
@@ -29,10 +29,10 @@ class BitfitEffect(Effect):
         self.norm_names = frozenset(spec.norm_names())
 
     def linear(self, name: str, x: Tensor, y: Tensor) -> Tensor:
-        return y + self.tables[name]
+        return add_(y, self.tables[name])
 
-    def norm(self, name: str, normed: Tensor, y: Tensor) -> Tensor:
-        return y + self.tables[name]
+    def norm(self, name: str, normed: Tensor | None, y: Tensor) -> Tensor:
+        return add_(y, self.tables[name])
 
 
 class Bitfit(Kind):

@@ -32,11 +32,24 @@ class BatchContext:
     spec: BackboneSpec
 
 
+def add_rows(y: Tensor, rows: Tensor, delta: Tensor) -> Tensor:
+    """y[rows] += delta: in place when serving, out of place when autograd records."""
+    if torch.is_grad_enabled():
+        return y.index_add(0, rows, delta)
+    return y.index_add_(0, rows, delta)
+
+
+def add_(y: Tensor, delta: Tensor) -> Tensor:
+    """y + delta (broadcast), in place when serving."""
+    return y + delta if torch.is_grad_enabled() else y.add_(delta)
+
+
 class Effect:
     """Per-batch action of one kind on its rows. Defaults do nothing."""
 
     linear_names: frozenset[str] = frozenset()  # Linear paths whose outputs it changes
     norm_names: frozenset[str] = frozenset()  # LayerNorm paths whose outputs it changes
+    needs_normed: bool = False  # norm() reads the normalised input (else gets None)
     acts_before_layers: bool = False
     has_prefix: bool = False
 
@@ -46,12 +59,12 @@ class Effect:
     def linear(self, name: str, x: Tensor, y: Tensor) -> Tensor:
         return y
 
-    def norm(self, name: str, normed: Tensor, y: Tensor) -> Tensor:
+    def norm(self, name: str, normed: Tensor | None, y: Tensor) -> Tensor:
         return y
 
-    def prefix(self, layer: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Keys (B, P, d), values (B, P, d), and an additive attention bias (B, P):
-        0 for a plain prefix key, -inf for one the row must not see."""
+    def prefix(self, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Rows (n,) with prefixes, their keys (n, P, d), values (n, P, d), and an additive
+        attention bias (n, P): log gate for a prefix key, -inf for one the row must not see."""
         raise NotImplementedError
 
 
@@ -62,6 +75,13 @@ def special_index(input_ids: Tensor, special_ids: frozenset[int], num_special: i
     order = torch.cumsum(is_special.long(), dim=1) - 1
     order = order.clamp(max=num_special - 1)
     return torch.where(is_special, order, torch.full_like(order, -1))
+
+
+def _inverse(rows: Tensor) -> Tensor:
+    """Permutation p with p[rows] = arange: out[p] puts rows' results back in batch order."""
+    inv = torch.empty_like(rows)
+    inv[rows] = torch.arange(len(rows), device=rows.device)
+    return inv
 
 
 class Encoder:
@@ -129,14 +149,24 @@ class Encoder:
 
     def _attend(self, i: int, q: Tensor, k: Tensor, v: Tensor, ctx: BatchContext,
                 effects: Sequence[Effect]) -> Tensor:
-        mask: Tensor = ctx.attention_mask  # (B, T) bool, or (B, P + T) float with prefixes
-        for e in effects:
-            if e.has_prefix:
-                pk, pv, pbias = e.prefix(i)
-                k, v = torch.cat([pk, k], dim=1), torch.cat([pv, v], dim=1)
-                if mask.dtype == torch.bool:
-                    mask = torch.zeros_like(mask, dtype=q.dtype).masked_fill(~mask, float("-inf"))
-                mask = torch.cat([pbias.to(q.dtype), mask], dim=1)
+        pre = [e for e in effects if e.has_prefix]
+        if len(pre) > 1:
+            raise ValueError("at most one prefix effect per batch")
+        if not pre:
+            return self._sdpa(q, k, v, ctx.attention_mask)
+        rows, pk, pv, pbias = pre[0].prefix(i)
+        # Only the prefix rows pay for the extra keys; the other rows attend as usual.
+        keep = ctx.attention_mask[rows]
+        mask = torch.cat([pbias.to(q.dtype),
+                          torch.zeros_like(keep, dtype=q.dtype).masked_fill(~keep, float("-inf"))], 1)
+        with_prefix = self._sdpa(q[rows], torch.cat([pk, k[rows]], 1), torch.cat([pv, v[rows]], 1), mask)
+        if len(rows) == q.shape[0]:
+            return with_prefix[_inverse(rows)]
+        out = self._sdpa(q, k, v, ctx.attention_mask)
+        return out.index_copy(0, rows, with_prefix)
+
+    def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """Multi-head attention; mask (B, Tk), bool (True = attend) or additive float."""
         B, T, d = q.shape
         H = self.bb.spec.num_heads
         q, k, v = (t.view(B, -1, H, d // H).transpose(1, 2) for t in (q, k, v))  # (B, H, T, dh)
@@ -154,10 +184,12 @@ class Encoder:
     def _norm(self, name: str, mod: torch.nn.LayerNorm, x: Tensor,
               effects: Sequence[Effect]) -> Tensor:
         touching = [e for e in effects if name in e.norm_names]
-        if not touching:
-            return F.layer_norm(x, mod.normalized_shape, mod.weight, mod.bias, self.eps)
-        normed = F.layer_norm(x, mod.normalized_shape, None, None, self.eps)
-        y = normed * mod.weight + mod.bias
+        if not any(e.needs_normed for e in touching):
+            y = F.layer_norm(x, mod.normalized_shape, mod.weight, mod.bias, self.eps)
+            normed = None
+        else:
+            normed = F.layer_norm(x, mod.normalized_shape, None, None, self.eps)
+            y = normed * mod.weight + mod.bias
         for e in touching:
             y = e.norm(name, normed, y)
         return y

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from methods.config import BaseConfig, require
-from methods.encoder import BatchContext, Effect
+from methods.encoder import BatchContext, Effect, add_rows
 from methods.registry import Kind, TaskPart, register_kind
 from methods.spec import LAYER_LINEARS, BackboneSpec
 
@@ -58,7 +58,7 @@ class LoraEffect(Effect):
         scale = torch.cat([x.new_full((len(p.rows),), p.config.scale) for p in parts])
         h = torch.bmm(x[rows], A.transpose(1, 2))  # (n, T, r)
         delta = torch.bmm(h, B.transpose(1, 2)) * scale[:, None, None]  # (n, T, out)
-        return y.index_add(0, rows, delta)
+        return add_rows(y, rows, delta)
 
 
 def _expand(p: TaskPart, key: str, r: int, rank_dim: int, dtype: torch.dtype) -> Tensor:

@@ -7,12 +7,11 @@ import dataclasses
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from methods.config import BaseConfig
 from methods.encoder import BatchContext, Effect
-from methods.registry import Kind, TaskPart, register_kind, row_table
+from methods.registry import Kind, TaskPart, register_kind
 from methods.spec import BackboneSpec
 
 KEY = "pasta.vectors"
@@ -27,15 +26,20 @@ class PastaEffect(Effect):
     acts_before_layers = True
 
     def __init__(self, parts: Sequence[TaskPart], ctx: BatchContext) -> None:
-        B = ctx.input_ids.shape[0]
-        self.table = row_table(parts, KEY, B, ctx)  # (B, L, S, d)
-        S = self.table.shape[2]
-        idx = ctx.special_index
-        onehot = F.one_hot(idx.clamp(min=0), S) * idx.ge(0).unsqueeze(-1)
-        self.onehot = onehot.to(ctx.dtype)  # (B, T, S)
+        pos_b, pos_t, vals = [], [], []
+        for p in parts:
+            idx = ctx.special_index[p.rows]  # (n, T)
+            b, t = torch.nonzero(idx >= 0, as_tuple=True)  # the part's special positions
+            pos_b.append(p.rows[b])
+            pos_t.append(t)
+            vals.append(p.tensors[KEY].to(ctx.dtype)[:, idx[b, t]])  # (L, npos, d)
+        self.pos = (torch.cat(pos_b), torch.cat(pos_t))
+        self.vals = torch.cat(vals, dim=1)  # (L, Npos, d)
 
     def before_layer(self, layer: int, h: Tensor) -> Tensor:
-        return h + torch.einsum("bts,bsd->btd", self.onehot, self.table[:, layer])
+        if torch.is_grad_enabled():
+            return h.index_put(self.pos, self.vals[layer], accumulate=True)
+        return h.index_put_(self.pos, self.vals[layer], accumulate=True)
 
 
 class Pasta(Kind):

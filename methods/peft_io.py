@@ -42,6 +42,10 @@ def artifact_from_peft(state: Mapping[str, Tensor], config: Mapping[str, Any],
     targets = tuple(t for t in LAYER_LINEARS if any(name.endswith("." + t) for name in mats))
     cfg = LoraConfig(r=r, alpha=float(config.get("lora_alpha", 8)), targets=targets,
                      rslora=bool(config.get("use_rslora", False)))
+    unknown = sorted(set(mats) - set(cfg.modules(spec)))
+    if unknown:
+        raise ArtifactError("peft_base_model", f"adapter has LoRA weights for modules this backbone "
+                            f"lacks, e.g. {unknown[0]} (backbone has {spec.num_layers} layers)")
     tensors: dict[str, Tensor] = {}
     for module in cfg.modules(spec):  # layers the adapter skipped get zeros: an exact no-op
         out_dim, in_dim = spec.linear_shape(module)

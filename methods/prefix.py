@@ -36,23 +36,21 @@ class PrefixEffect(Effect):
     has_prefix = True
 
     def __init__(self, parts: Sequence[TaskPart], ctx: BatchContext) -> None:
-        B = ctx.input_ids.shape[0]
         L, _, _, d = parts[0].tensors[KV].shape
         P = max(p.tensors[KV].shape[2] for p in parts)
-        kv = torch.zeros(B, L, 2, P, d, device=ctx.device, dtype=ctx.dtype)
-        bias = torch.full((B, L, P), float("-inf"), device=ctx.device, dtype=ctx.dtype)
+        kvs, biases = [], []
         for p in parts:
             t = p.tensors[KV].to(ctx.dtype)
             n, Pt = len(p.rows), t.shape[2]
-            full = torch.cat([t, t.new_zeros(L, 2, P - Pt, d)], dim=2)
-            kv = kv.index_copy(0, p.rows, full.expand(n, L, 2, P, d))
+            kvs.append(torch.cat([t, t.new_zeros(L, 2, P - Pt, d)], dim=2).expand(n, L, 2, P, d))
             b = torch.log(p.tensors[GATE].to(ctx.dtype))[:, None].expand(L, Pt)  # (L, Pt)
             b = torch.cat([b, b.new_full((L, P - Pt), float("-inf"))], dim=1)
-            bias = bias.index_copy(0, p.rows, b.expand(n, L, P))
-        self.kv, self.bias = kv, bias  # (B, L, 2, P, d), (B, L, P)
+            biases.append(b.expand(n, L, P))
+        self.rows = torch.cat([p.rows for p in parts])
+        self.kv, self.bias = torch.cat(kvs), torch.cat(biases)  # (n, L, 2, P, d), (n, L, P)
 
-    def prefix(self, layer: int) -> tuple[Tensor, Tensor, Tensor]:
-        return self.kv[:, layer, 0], self.kv[:, layer, 1], self.bias[:, layer]
+    def prefix(self, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.rows, self.kv[:, layer, 0], self.kv[:, layer, 1], self.bias[:, layer]
 
 
 class Prefix(Kind):

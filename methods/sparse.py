@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from methods.config import BaseConfig, require
-from methods.encoder import BatchContext, Effect
+from methods.encoder import BatchContext, Effect, add_rows
 from methods.errors import ArtifactError
 from methods.registry import Kind, TaskPart, check_float, register_kind
 from methods.spec import BackboneSpec
@@ -64,32 +64,34 @@ class SparseEffect(Effect):
         names = {k[2:].rsplit(".", 1)[0] for p in parts for k in p.tensors}
         self.linear_names = frozenset(n for n in names if not n.endswith("LayerNorm"))
         self.norm_names = frozenset(n for n in names if n.endswith("LayerNorm"))
+        self.needs_normed = any(k.endswith("LayerNorm.weight") for p in parts for k in p.tensors)
 
     def linear(self, name: str, x: Tensor, y: Tensor) -> Tensor:
         for p in self.parts:
             w, b = p.tensors.get(f"W:{name}.weight"), p.tensors.get(f"b:{name}.bias")
             if w is None and b is None:
                 continue
-            xr = x[p.rows]  # (n, T, in)
-            delta = torch.zeros_like(y[p.rows])  # (n, T, out)
-            if w is not None:
-                delta = delta + torch.sparse.mm(w, xr.reshape(-1, xr.shape[-1]).t()).t().reshape(delta.shape)
-            if b is not None:
-                delta = delta + b
-            y = y.index_add(0, p.rows, delta)
+            n, T = len(p.rows), x.shape[1]
+            if w is None:
+                y = add_rows(y, p.rows, b.expand(n, T, y.shape[-1]))  # type: ignore[union-attr]
+                continue
+            xr = x[p.rows].reshape(n * T, -1)  # (n T, in)
+            d = torch.sparse.mm(w, xr.t()).t().reshape(n, T, -1)  # (n, T, out)
+            y = add_rows(y, p.rows, d if b is None else d + b)
         return y
 
-    def norm(self, name: str, normed: Tensor, y: Tensor) -> Tensor:
+    def norm(self, name: str, normed: Tensor | None, y: Tensor) -> Tensor:
         for p in self.parts:
             g, b = p.tensors.get(f"b:{name}.weight"), p.tensors.get(f"b:{name}.bias")
             if g is None and b is None:
                 continue
-            delta = torch.zeros_like(y[p.rows])
+            d = y.new_zeros(len(p.rows), *y.shape[1:])
             if g is not None:
-                delta = delta + normed[p.rows] * g
+                assert normed is not None
+                d = d + normed[p.rows] * g
             if b is not None:
-                delta = delta + b
-            y = y.index_add(0, p.rows, delta)
+                d = d + b
+            y = add_rows(y, p.rows, d)
         return y
 
 

@@ -64,3 +64,7 @@ def test_peft_import_rejects_other_adapters(tiny_bert, tiny_bert_dir) -> None:
             for k, v in state.items()}
     with pytest.raises(ArtifactError, match="peft_base_model"):
         artifact_from_peft(wide, cfg.to_dict(), tiny_bert.spec)
+    deeper = {**state, **{k.replace("encoder.layer.0.", "encoder.layer.7."): v
+                          for k, v in state.items() if "encoder.layer.0." in k}}
+    with pytest.raises(ArtifactError, match="lacks"):
+        artifact_from_peft(deeper, cfg.to_dict(), tiny_bert.spec)
