@@ -7,26 +7,33 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# Modules that define `register(subparsers)`; each verb sets `func(args) -> int`.
-VERB_MODULES = ("store.cli", "trainer.cli", "server.client_cli", "server.serve_cli")
+# verb -> module defining `register(subparsers)`; each verb sets `func(args) -> int`.
+# Only the module of the verb being run is imported, so `polyhead store list` never
+# pays for torch and transformers.
+VERBS = {
+    "store": "store.cli",
+    "train": "trainer.cli",
+    "classify": "server.client_cli",
+    "upload": "server.client_cli",
+    "tasks": "server.client_cli",
+    "serve": "server.serve_cli",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The parser for one verb (fast), or for all of them when ``verb`` is None."""
     parser = argparse.ArgumentParser(prog="polyhead", description=__doc__)
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for name in VERB_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
-        module.register(sub)
+    modules = [VERBS[verb]] if verb in VERBS else list(dict.fromkeys(VERBS.values()))
+    for name in modules:
+        importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = argv[0] if argv else None
+    args = build_parser(verb).parse_args(argv)
     return int(args.func(args) or 0)
 
 
