@@ -124,6 +124,11 @@ async def warm(address: str, task_ids: Sequence[str], text: str) -> None:
         await asyncio.gather(*[one(t) for t in task_ids])
 
 
+def health(address: str) -> pb.HealthResponse:
+    with grpc.insecure_channel(address) as channel:
+        return pb_grpc.InferenceStub(channel).Health(pb.HealthRequest(), timeout=30)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -177,7 +182,14 @@ def swap_latency(address: str, spec: Any, rounds: int) -> dict[str, list[float]]
     inf, reg = pb_grpc.InferenceStub(channel), pb_grpc.RegistryStub(channel)
     reg.Upload(pb.UploadRequest(artifact=arts[0]))
     req = pb.ClassifyRequest(task_id="swap", inputs=[pb.Input(text="a fine film")])
-    out: dict[str, list[float]] = {"upload_rpc": [], "all_replicas": [], "stale": []}
+    out: dict[str, list[float]] = {"upload_rpc": [], "all_replicas": [], "stale": [],
+                                   "resident_other": []}
+
+    def resident_at(_: int) -> tuple[str, dict[str, float]]:
+        """(replica, version -> when it became resident there, on this clock)."""
+        h = inf.Health(pb.HealthRequest())
+        now = time.perf_counter()
+        return h.replica, {r.version: now - r.age_s for r in h.resident if r.task_id == "swap"}
 
     def probe(_: int) -> tuple[str, str, float]:
         res = inf.Classify(req)
@@ -201,6 +213,14 @@ def swap_latency(address: str, spec: Any, rounds: int) -> dict[str, list[float]]
             out["upload_rpc"].append(t1 - t0)
             out["all_replicas"].append(max(served.values()) if len(served) == 2 else float("inf"))
             out["stale"].append(stale)
+            loaded: dict[str, float] = {}
+            while len(loaded) < 2 and time.perf_counter() - t1 < 5:
+                for replica, versions in pool.map(resident_at, range(8)):
+                    if version in versions:
+                        loaded[replica] = versions[version]
+            # the later of the two replicas: the one that did not take the upload
+            out["resident_other"].append(max(loaded.values()) - t1 if len(loaded) == 2
+                                         else float("inf"))
             time.sleep(0.05)
     channel.close()
     return out
@@ -255,10 +275,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name, (group, pick) in picks.items():
             asyncio.run(warm(server.address, [t for t, _, _ in tasks[group]], texts[0]))
             for c in args.concurrency:
+                h0 = health(server.address)
                 r = asyncio.run(closed_loop(server.address, pick, c, args.duration, args.warmup))
+                h1 = health(server.address)
+                fwd = h1.forward_s - h0.forward_s
+                r["replica_engine_rows_s"] = (h1.batched_rows - h0.batched_rows) / max(fwd, 1e-9)
+                r["engine_busy"] = fwd / (args.duration + args.warmup)
+                r["mean_batch_rows"] = ((h1.batched_rows - h0.batched_rows)
+                                        / max(1, h1.batches - h0.batches))
                 results["load"].setdefault(name, {})[str(c)] = r
                 print(f"{name:24s} c={c:2d}  {r['rps']:7.1f} req/s  p50 {r['p50_ms']:6.1f} ms  "
-                      f"p99 {r['p99_ms']:6.1f} ms  errors {r['errors']}", flush=True)
+                      f"p99 {r['p99_ms']:6.1f} ms  errors {r['errors']}  batch "
+                      f"{r['mean_batch_rows']:.1f}  engine busy {r['engine_busy']:.0%} at "
+                      f"{r['replica_engine_rows_s']:.0f} rows/s", flush=True)
     finally:
         server.stop()
     # -- the engine again (machine load drifts): batch 32 after the load points
@@ -283,13 +312,16 @@ def report(r: dict[str, Any]) -> None:
     print(f"\nmachine: {r['machine']}; load average (1 min) at start/end: "
           f"{r['load_average_at_start'][0]:.1f} / {r['load_average_at_end'][0]:.1f}")
     print(f"startup (spawn -> first served Classify): {r['startup_s']:.1f} s")
-    print("\n| scenario | conc. | req/s | p50 ms | p99 ms | engine rows/s: batch 32 before, after; "
-          "batch 64 | e2e / engine@32 (mean) |\n|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| scenario | conc. | req/s | p50 ms | p99 ms | mean batch | replica engine busy, rows/s "
+          "| in-process engine rows/s: b32 before, after; b64 | e2e / in-process b32 |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, points in r["load"].items():
         eng = r["engine"][name]
         e32 = (eng["32"] + eng.get("32_after", eng["32"])) / 2
         for c, p in points.items():
             print(f"| {name} | {c} | {p['rps']:.1f} | {p['p50_ms']:.1f} | {p['p99_ms']:.1f} | "
+                  f"{p['mean_batch_rows']:.1f} | {p['engine_busy']:.0%}, "
+                  f"{p['replica_engine_rows_s']:.0f} | "
                   f"{eng['32']:.0f}, {eng.get('32_after', float('nan')):.0f}; {eng['64']:.0f} | "
                   f"{p['rps'] / e32:.2f} |")
     load = r["load"]
@@ -298,7 +330,9 @@ def report(r: dict[str, Any]) -> None:
         print(f"\n100-task mixed / 1-task throughput at c=32: {mixed['rps'] / one['rps']:.2f}")
     s = r["swap"]
     for key, what in (("upload_rpc", "upload RPC (durable + servable on the receiving replica)"),
-                      ("all_replicas", "upload return -> both replicas have answered with it")):
+                      ("all_replicas", "upload return -> both replicas have answered with it"),
+                      ("resident_other", "upload return -> resident on the other replica "
+                       "(its own clock, via Health ages)")):
         print(f"{what}: p50 {1000 * statistics.median(s[key]):.0f} ms, "
               f"p99 {1000 * pct(s[key], 0.99):.0f} ms, max {1000 * max(s[key]):.0f} ms")
     print(f"stale answers (old version, request sent after Upload returned): {int(sum(s['stale']))} "

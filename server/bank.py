@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -44,6 +45,7 @@ class Resident:
     meta: TaskMeta
     artifact: TaskArtifact  # host copy, kept so eviction to the host tier costs nothing
     slot: int = -1
+    loaded_at: float = 0.0  # time.monotonic() when it became resident on the device
 
 
 Fetch = Callable[[VersionKey], tuple[TaskArtifact, TaskMeta]]
@@ -108,10 +110,11 @@ class AdapterBank:
                 self.host_bytes -= host[0].nbytes
         return len(drop)
 
-    def resident(self) -> list[tuple[VersionKey, str, int]]:
-        """(key, tier, nbytes) for every version held, most recently used last."""
-        dev = [(k, "device", r.task.nbytes) for k, r in self._device.items()]
-        return dev + [(k, "host", a.nbytes) for k, (a, _) in self._host.items()]
+    def resident(self) -> list[tuple[VersionKey, str, int, float]]:
+        """(key, tier, nbytes, seconds on the device) per version held, device tier first."""
+        now = time.monotonic()
+        dev = [(k, "device", r.task.nbytes, now - r.loaded_at) for k, r in self._device.items()]
+        return dev + [(k, "host", a.nbytes, 0.0) for k, (a, _) in self._host.items()]
 
     def task_ids(self) -> set[str]:
         return {k.task_id for k in (*self._device, *self._host)}
@@ -134,6 +137,7 @@ class AdapterBank:
         host = self._host.pop(res.key, None)
         if host is not None:
             self.host_bytes -= host[0].nbytes
+        res.loaded_at = time.monotonic()
         res.slot = self._free_slots.pop() if self._free_slots else self._next_slot
         self._next_slot = max(self._next_slot, res.slot + 1)
         self._device[res.key] = res

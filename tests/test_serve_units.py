@@ -90,7 +90,7 @@ def test_bank_lru_evicts_to_host_then_drops() -> None:
         for t in "abc":
             await bank.get(VersionKey(t, "v"))
         # device holds 2 (b, c); a went to the host tier
-        assert [(k.task_id, tier) for k, tier, _ in bank.resident()] == [
+        assert [(k.task_id, tier) for k, tier, _, _ in bank.resident()] == [
             ("b", "device"), ("c", "device"), ("a", "host")]
         await bank.get(VersionKey("a", "v"))  # from host: no store read
         assert len(fetched) == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ class BatchStats:
     kind_rows: dict[str, int]
     real_tokens: int
     padded_tokens: int
+    seconds: float = 0.0  # the forward's wall time
 
 
 Row = tuple[list[float], bool]  # a row's logits (C,), and whether its input was truncated
@@ -76,6 +78,7 @@ def input_form(training: Mapping[str, Any]) -> str:
 
 def forward(engine: Engine, items: Sequence[BatchItem]) -> tuple[list[list[Row]], BatchStats]:
     """Every item's rows through one batched engine run (blocking; a worker thread)."""
+    t0 = time.perf_counter()
     texts = [x for it in items for x in it.inputs]
     tasks = [it.task for it in items for _ in it.inputs]
     enc = engine.tokenize(texts)
@@ -91,7 +94,8 @@ def forward(engine: Engine, items: Sequence[BatchItem]) -> tuple[list[list[Row]]
     kinds: dict[str, int] = {}
     for t in tasks:
         kinds[t.kind.name] = kinds.get(t.kind.name, 0) + 1
-    stats = BatchStats(len(texts), len({id(t) for t in tasks}), kinds, sum(lengths), padded)
+    stats = BatchStats(len(texts), len({id(t) for t in tasks}), kinds, sum(lengths), padded,
+                       time.perf_counter() - t0)
     return out, stats
 
 

@@ -79,6 +79,7 @@ class Polyhead:
         self.engine.run(["warm up"], [None])  # first forward pays lazy init, not a request
         self._watched = -1
         self.batches = self.batched_rows = 0
+        self.forward_s = 0.0
         self._watcher = asyncio.get_running_loop().create_task(self._watch_store())
         logger.info("polyhead replica %s ready: backbone %s on %s, %d torch threads",
                     self.replica, self.backbone.path.name, self.backbone.device, self.threads)
@@ -178,6 +179,7 @@ class Polyhead:
     def _record(self, stats: BatchStats) -> None:
         self.batches += 1
         self.batched_rows += stats.rows
+        self.forward_s += stats.seconds
         m = self.metrics
         m.batch_rows.observe(stats.rows)
         m.batch_tasks.observe(stats.tasks)
@@ -192,9 +194,11 @@ class Polyhead:
             fingerprint=self.engine.spec.fingerprint, device=str(self.backbone.device),
             replica=self.replica, store_generation=self.resolver.generation,
             device_bytes=self.bank.device_bytes, device_budget_bytes=self.bank.device_budget,
-            batches=self.batches, batched_rows=self.batched_rows, torch_threads=self.threads)
-        for key, tier, nbytes in self.bank.resident():
-            out.resident.add(task_id=key.task_id, version=key.version, tier=tier, nbytes=nbytes)
+            batches=self.batches, batched_rows=self.batched_rows, torch_threads=self.threads,
+            forward_s=self.forward_s)
+        for key, tier, nbytes, age in self.bank.resident():
+            out.resident.add(task_id=key.task_id, version=key.version, tier=tier, nbytes=nbytes,
+                             age_s=age)
         return out
 
     # -- Registry --------------------------------------------------------------------------
