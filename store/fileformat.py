@@ -109,7 +109,7 @@ def _manifest(header: Header) -> Manifest:
         raise ArtifactError("manifest_missing", f"no {METADATA_KEY!r} in the safetensors metadata")
     try:
         obj = json.loads(text)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: a nesting bomb
         raise ArtifactError("manifest", f"manifest is not valid JSON: {e}") from e
     if not isinstance(obj, dict):
         raise ArtifactError("manifest", "manifest is not a JSON object")

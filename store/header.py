@@ -63,7 +63,7 @@ def parse_header(data: bytes | memoryview, max_bytes: int = DEFAULT_MAX_BYTES) -
     raw = bytes(data[8:8 + n])
     try:
         obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # nesting bomb
         raise HeaderError("not_safetensors", f"header is not valid JSON: {e}") from e
     if not isinstance(obj, dict):
         raise HeaderError("not_safetensors", "header is not a JSON object")
@@ -145,7 +145,7 @@ def read_manifest_json(data: bytes | memoryview, max_bytes: int = DEFAULT_MAX_BY
         raise HeaderError("manifest_missing", f"no {METADATA_KEY!r} in the safetensors metadata")
     try:
         obj = json.loads(text)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise HeaderError("manifest", f"manifest is not valid JSON: {e}") from e
     if not isinstance(obj, dict):
         raise HeaderError("manifest", "manifest is not a JSON object")

@@ -37,7 +37,7 @@ def read_peft_folder(folder: Path, max_bytes: int) -> tuple[dict[str, Tensor], d
         raise ArtifactError("too_large", f"{weights}: more than {max_bytes} bytes")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ArtifactError("peft", f"{config_path}: not valid JSON: {e}") from e
     if not isinstance(config, dict):
         raise ArtifactError("peft", f"{config_path}: not a JSON object")
