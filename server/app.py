@@ -29,6 +29,9 @@ SERVE_ENV = {
     "RAY_SERVE_LOG_TO_STDERR": "0",
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
     "RAY_SERVE_FREEZE_GC_ON_STARTUP": "1",
+    # The proxy -> replica gRPC hop (USE_GRPC_BY_DEFAULT) caps messages at 4 MB unless told
+    # otherwise: an Upload over 4 MB failed INTERNAL. The same 2 GiB cap as Serve's proxy.
+    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "2147483647",
 }
 DEPLOYMENT_KEYS = ("num_replicas", "num_cpus", "num_gpus", "max_ongoing_requests",
                    "autoscaling_config", "access_log")
