@@ -61,6 +61,11 @@ class Dataset:
         return self.labels is None
 
     @property
+    def inputs(self) -> str:
+        """"pair" or "single": what the task takes; servers check requests against it."""
+        return "pair" if any(e.pair is not None for e in self.examples) else "single"
+
+    @property
     def num_outputs(self) -> int:
         return 1 if self.labels is None else len(self.labels)
 

@@ -37,7 +37,8 @@ def encode(task_id: str, result: TrainResult, data: Dataset, spec: BackboneSpec)
     from store import encode_artifact, new_manifest
 
     manifest = new_manifest(task_id, result.artifact, spec, labels=data.labels,
-                            regression=data.regression, training=result.training,
+                            regression=data.regression,
+                            training={**result.training, "inputs": data.inputs},
                             metrics=result.metrics)
     return encode_artifact(manifest, result.artifact)
 
