@@ -17,7 +17,7 @@ import psutil
 
 from server.client import PolyheadClient
 from server.config import Secret, ServerConfig
-from tests.test_serving import free_port
+from tests.test_serving import free_port, ray_session
 
 # Distinctive, so that a grep of the logs cannot miss it (or match something else).
 TOKEN = "reliability-registry-token-7f3c9a1e5b2d4068"
@@ -66,26 +66,10 @@ class App:
 @contextlib.contextmanager
 def running_app(backbone: Path, store: Path, *, replicas: int = 1, **options: Any) -> Iterator[App]:
     """Ray (2 CPUs, no dashboard) with Serve's throughput env, as `polyhead serve` runs it."""
-    import ray
-    from ray import serve
-
-    from server.app import SERVE_ENV
-
-    saved = {k: os.environ.get(k) for k in SERVE_ENV}
-    os.environ.update(SERVE_ENV)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session():
         app = App(backbone, store, free_port(), replicas, options)
         app.start()
         yield app
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def replica_processes() -> list[psutil.Process]:

@@ -3,7 +3,7 @@ on loopback. One Ray session for the module: Ray starts slowly on 2 cores."""
 
 from __future__ import annotations
 
-import os
+import contextlib
 import socket
 import threading
 import time
@@ -34,6 +34,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@contextlib.contextmanager
+def ray_session() -> Iterator[None]:
+    """A local Ray (2 CPUs, no dashboard) with Serve's throughput env, as `polyhead serve`
+    runs it (Ray's processes inherit the env); Serve and Ray shut down and the env restored."""
+    import ray
+    from ray import serve
+
+    from server.app import SERVE_ENV
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in SERVE_ENV.items():
+            mp.setenv(key, value)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            yield
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+
+
 def artifact(spec, task_id: str, kind: str = "pasta", labels=("neg", "pos"), *, seed: int = 0,
              config=None, inputs: str | None = None, regression: bool = False):
     art = TaskArtifact.random(kind, spec, 1 if regression else len(labels), config=config, seed=seed)
@@ -52,18 +72,14 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    import ray
     from ray import serve
     from ray.serve.config import gRPCOptions
 
-    from server.app import APP_NAME, GRPC_SERVICERS, SERVE_ENV, app_for
+    from server.app import APP_NAME, GRPC_SERVICERS, app_for
 
     store = tmp_path_factory.mktemp("served") / "store"
     port = free_port()
-    saved = {k: os.environ.get(k) for k in SERVE_ENV}
-    os.environ.update(SERVE_ENV)  # as `polyhead serve` runs it; Ray's processes inherit it
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session():
         serve.start(http_options={"host": "127.0.0.1", "port": free_port()},
                     grpc_options=gRPCOptions(port=port, grpc_servicer_functions=GRPC_SERVICERS))
         config = ServerConfig(store=str(store), backbone=str(tiny_bert_dir), token=Secret(TOKEN),
@@ -71,14 +87,6 @@ def cluster(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
                               seed_examples=False)
         serve.run(app_for(config, num_replicas=2, num_cpus=1), name=APP_NAME, route_prefix="/")
         yield Cluster(f"127.0.0.1:{port}", store)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
