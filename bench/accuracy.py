@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--order", choices=("method", "task"), default="method",
                    help="method: each method on every task before the next method")
     p.add_argument("--table-only", action="store_true", help="print the table from --results")
+    p.add_argument("--also", type=Path, nargs="*", default=[],
+                   help="results files of the same runs with other seeds: the table shows the "
+                        "mean (and spread) over every file that has a cell")
     return p.parse_args(argv)
 
 
@@ -98,36 +102,80 @@ def run_one(args: argparse.Namespace, task: str, folder: str, run: str, backbone
     return out
 
 
-def table(results: dict[str, Any], tasks: list[str], runs: list[str]) -> str:
+def _values(seeds: list[dict[str, Any]], key: str, field: str = "value") -> list[float]:
+    return [100 * r[key][field] for r in seeds if key in r and field in r[key]]
+
+
+def _cell(vals: list[float]) -> str:
+    if not vals:
+        return "—"
+    if len(vals) == 1:
+        return f"{vals[0]:.1f}"
+    return f"{statistics.mean(vals):.1f} ±{statistics.stdev(vals):.1f}"
+
+
+def table(seeds: list[dict[str, Any]], tasks: list[str], runs: list[str]) -> str:
+    """Dev metric x100 per task and run: the mean over seeds (± their standard deviation)."""
     names = dict(TASKS)
-    metric_of = {t: next((r["metric"] for k, r in results.items() if k.startswith(t + "/")), "?")
+    merged = {k: r for res in reversed(seeds) for k, r in res.items()}
+    metric_of = {t: next((r["metric"] for k, r in merged.items() if k.startswith(t + "/")), "?")
                  for t in tasks}
     head = ["method", *[f"{names[t]} ({_short(metric_of[t])})" for t in tasks], "avg",
             "trainable", "stored", "bytes"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in runs:
-        cells, vals = [], []
+        cells, means = [], []
         for t in tasks:
-            r = results.get(f"{t}/{run}")
-            cells.append(f"{100 * r['value']:.1f}" if r else "—")
-            if r:
-                vals.append(100 * r["value"])
-        ref = results.get(f"sst2/{run}") or next((results[f"{t}/{run}"] for t in tasks
-                                                  if f"{t}/{run}" in results), None)
-        avg = f"{sum(vals) / len(vals):.1f}" if len(vals) == len(tasks) else "—"
+            vals = _values(seeds, f"{t}/{run}")
+            cells.append(_cell(vals))
+            if vals:
+                means.append(statistics.mean(vals))
+        ref = merged.get(f"sst2/{run}") or next((merged[f"{t}/{run}"] for t in tasks
+                                                 if f"{t}/{run}" in merged), None)
+        avg = f"{statistics.mean(means):.1f}" if len(means) == len(tasks) else "—"
         tail = ([f"{ref['trainable']:,}", f"{ref['stored']:,}", _bytes(ref["bytes"])] if ref
                 else ["—"] * 3)
         lines.append("| " + " | ".join([run, *cells, avg, *tail]) + " |")
     return "\n".join(lines)
 
 
-def child_f_table(results: dict[str, Any], tasks: list[str]) -> str:
+def seeds_line(seeds: list[dict[str, Any]], tasks: list[str], runs: list[str]) -> str:
+    names = dict(TASKS)
+    parts = []
+    for t in tasks:
+        counts = sorted({len(_values(seeds, f"{t}/{r}")) for r in runs} - {0})
+        if counts:
+            parts.append(f"{names[t]} {'/'.join(map(str, counts))}")
+    return "seeds per cell: " + ", ".join(parts)
+
+
+def head_init_table(seeds: list[dict[str, Any]], tasks: list[str]) -> str:
+    """EH-FT: each method from a random head vs from the head trained jointly with LoRA."""
+    names = dict(TASKS)
+    rows = ["| method | " + " | ".join(names[t] for t in tasks) + " | mean change |",
+            "|" + "---|" * (len(tasks) + 2)]
+    for m in ("child-d", "dps", "full"):
+        cells, deltas = [], []
+        for t in tasks:
+            a, b = _values(seeds, f"{t}/{m}"), _values(seeds, f"{t}/{m}+pet:lora")
+            if a and b:
+                d = statistics.mean(b) - statistics.mean(a)
+                deltas.append(d)
+                cells.append(f"{statistics.mean(a):.1f} → {statistics.mean(b):.1f} ({d:+.1f})")
+            else:
+                cells.append("—")
+        mean = f"{statistics.mean(deltas):+.1f}" if len(deltas) == len(tasks) else "—"
+        rows.append(f"| {m} | " + " | ".join(cells) + f" | {mean} |")
+    return "\n".join(rows)
+
+
+def child_f_table(seeds: list[dict[str, Any]], tasks: list[str]) -> str:
     names = dict(TASKS)
     rows = ["| task | child-f dense diff | after sparsifying to density | cost |", "|---|---|---|---|"]
     for t in tasks:
-        r = results.get(f"{t}/child-f")
-        if r and "dense_value" in r:
-            d, s = 100 * r["dense_value"], 100 * r["value"]
+        dense, sparse = _values(seeds, f"{t}/child-f", "dense_value"), _values(seeds, f"{t}/child-f")
+        if dense and sparse:
+            d, s = statistics.mean(dense), statistics.mean(sparse)
             rows.append(f"| {names[t]} | {d:.1f} | {s:.1f} | {d - s:+.1f} |")
     return "\n".join(rows)
 
@@ -159,12 +207,17 @@ def main(argv: list[str] | None = None) -> int:
             r = results[key]
             print(f"   {key}: {r['metric']} {100 * r['value']:.1f} in {r['seconds']}s", flush=True)
             args.results.write_text(json.dumps(results, indent=1, sort_keys=True))
-    print(f"\nDev metric x100, 1 seed ({args.seed}); train subsample {args.max_train} rows, "
-          f"{args.epochs:g} epochs, max length {args.max_length}, batch {args.batch_size}, "
-          f"density {args.density}; dev sets subsampled to at most {args.max_dev} rows.\n")
-    print(table(results, tasks, runs))
+    seeds = [results, *(load_results(p) for p in args.also)]
+    print(f"\nDev metric x100, seeds: {args.seed} (--results) and {len(args.also)} more file(s); "
+          f"train subsample {args.max_train} rows, {args.epochs:g} epochs, max length "
+          f"{args.max_length}, batch {args.batch_size}, density {args.density}; dev sets "
+          f"subsampled to at most {args.max_dev} rows. Cells: mean ±sd over seeds.\n")
+    print(seeds_line(seeds, tasks, runs) + "\n")
+    print(table(seeds, tasks, runs))
+    print("\nEH-FT: random head → head trained jointly with LoRA first (--head-init pet:lora)\n")
+    print(head_init_table(seeds, tasks))
     print("\nchild-f: the accuracy cost of sparsifying its dense diff\n")
-    print(child_f_table(results, tasks))
+    print(child_f_table(seeds, tasks))
     return 0
 
 
