@@ -138,20 +138,24 @@ def free_port() -> int:
 class Server:
     """`polyhead serve` in a subprocess; ``startup_s``: spawn -> first served Classify."""
 
-    def __init__(self, store: Path, replicas: int, log: Path, extra: Sequence[str] = ()) -> None:
+    def __init__(self, store: Path, replicas: int, log: Path, extra: Sequence[str] = (),
+                 probe_task: str = "one", examples: bool = False, timeout_s: float = 300) -> None:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "server.cli", "serve", "--insecure", "--no-examples",
+        cmd = [sys.executable, "-m", "server.cli", "serve", "--insecure",
                "--port", str(self.port), "--http-port", str(free_port()), "--store", str(store),
-               "--replicas", str(replicas), *extra]
+               "--replicas", str(replicas), *([] if examples else ["--no-examples"]), *extra]
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
         channel = grpc.insecure_channel(self.address)
         stub = pb_grpc.InferenceStub(channel)
-        req = pb.ClassifyRequest(task_id="one", inputs=[pb.Input(text="a fine film")])
+        req = pb.ClassifyRequest(task_id=probe_task, inputs=[pb.Input(text="a fine film")])
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited; see {log}")
+            if time.perf_counter() - t0 > timeout_s:
+                self.stop()
+                raise RuntimeError(f"no answer for task {probe_task!r} in {timeout_s:.0f} s; see {log}")
             try:
                 stub.Classify(req, timeout=2)
                 break
