@@ -28,11 +28,26 @@ from store.paths import atomic_write, fsync_dir, sha256_file
 from store.sql import TaskInfo, VersionInfo
 
 STALE_TMP_S = 3600.0  # temp files older than this belong to dead publishers
-__all__ = ["STALE_TMP_S", "Catalog", "TaskInfo", "VersionInfo", "default_root"]
+# SQLite journal modes the catalog may use. "wal" (default): readers never wait for a writer,
+# but its shared-memory index only works when every process is on one host. "delete": the
+# rollback journal, for a store on a network filesystem that several hosts mount at once
+# (a KubeRay ReadWriteMany volume); it relies on the filesystem's POSIX locks.
+JOURNAL_MODES = ("wal", "delete")
+__all__ = ["JOURNAL_MODES", "STALE_TMP_S", "Catalog", "TaskInfo", "VersionInfo", "default_root",
+           "journal_mode"]
 
 
 def default_root() -> Path:
     return Path(os.environ.get("POLYHEAD_STORE") or "polyhead-store")
+
+
+def journal_mode(mode: str | None = None) -> str:
+    """``mode``, else ``$POLYHEAD_STORE_JOURNAL``, else "wal"; refused unless in JOURNAL_MODES."""
+    value = (mode or os.environ.get("POLYHEAD_STORE_JOURNAL") or "wal").strip().lower()
+    if value not in JOURNAL_MODES:
+        raise StoreError(f"unknown store journal mode {value!r} ($POLYHEAD_STORE_JOURNAL): "
+                         f"use one of {', '.join(JOURNAL_MODES)}")
+    return value
 
 
 class Catalog:
@@ -41,8 +56,9 @@ class Catalog:
     Thread-safe (one SQLite connection per thread) and safe across processes.
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None = None, journal: str | None = None) -> None:
         self.root = Path(root) if root is not None else default_root()
+        self.journal = journal_mode(journal)
         self.blob_dir = self.root / "blobs"
         self.tmp_dir = self.root / "tmp"
         try:
@@ -64,7 +80,7 @@ class Catalog:
                                        check_same_thread=False)
                 for pragma in sql.PRAGMAS:
                     new.execute(pragma)
-                _wal(new)
+                _set_journal(new, self.journal)
             except sqlite3.Error as e:
                 raise StoreError(f"cannot open the catalog {self.db_path}: {e}") from e
             # A connection inherited over fork must not be used, nor closed, in the child.
@@ -91,7 +107,7 @@ class Catalog:
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        """A consistent snapshot for several queries (WAL: never blocks on writers)."""
+        """A consistent snapshot for several queries (in WAL mode it never waits for writers)."""
         conn = self._conn()
         conn.execute("BEGIN")
         try:
@@ -310,17 +326,21 @@ class Catalog:
         with self._read() as c:
             return sql.consistency_problems(c)
 
-def _wal(conn: sqlite3.Connection) -> None:
-    """Switch a new catalog to WAL (persistent). Processes creating the same store at once
-    race for the lock this needs, and SQLite does not wait for it: retry."""
-    deadline = time.monotonic() + 30.0
-    while conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-        except sqlite3.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
+def _set_journal(conn: sqlite3.Connection, mode: str, wait_s: float = 30.0) -> None:
+    """Put the catalog in journal ``mode`` (persistent in the file). Processes opening the same
+    store at once race for the lock a switch needs, and SQLite does not wait for it: retry.
+    Leaving WAL needs every other connection closed, so a store still open elsewhere in the
+    other mode is refused with a message rather than waited on for ever."""
+    deadline = time.monotonic() + wait_s
+    while (current := conn.execute("PRAGMA journal_mode").fetchone()[0]) != mode:
+        with contextlib.suppress(sqlite3.OperationalError):
+            conn.execute(f"PRAGMA journal_mode = {mode.upper()}")
+        if time.monotonic() > deadline:
+            raise sqlite3.OperationalError(
+                f"journal mode is {current!r}, cannot switch it to {mode!r} while other processes "
+                f"have the store open in {current!r} mode: stop them, or give every process the "
+                f"same $POLYHEAD_STORE_JOURNAL")
+        time.sleep(0.01)
 
 
 def _sha256(data: bytes) -> str:

@@ -31,8 +31,8 @@ class Store(Catalog):
     checked against that backbone (shapes and fingerprint); without, structure only."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None, spec: BackboneSpec | None = None,
-                 *, max_artifact_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        super().__init__(root)
+                 *, max_artifact_bytes: int = DEFAULT_MAX_BYTES, journal: str | None = None) -> None:
+        super().__init__(root, journal)
         self.spec = spec
         self.max_artifact_bytes = max_artifact_bytes
 

@@ -12,6 +12,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from server.app import DEPLOYMENT_KEYS, GRPC_SERVICERS, SERVE_ENV, build_app
 from server.config import ServerConfig
+from store.catalog import journal_mode
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -70,6 +71,8 @@ def test_rayservice_cluster() -> None:
         env = {e["name"]: e for e in container["env"]}
         mount = next(m for m in container["volumeMounts"] if claims.get(m["name"]) == "polyhead-store")
         assert env["POLYHEAD_STORE"]["value"] == mount["mountPath"] == app["args"]["store"]
+        # a catalog shared by pods on several nodes must not be in WAL mode
+        assert journal_mode(env["POLYHEAD_STORE_JOURNAL"]["value"]) == "delete"
         assert "secretKeyRef" in env["POLYHEAD_TOKEN"]["valueFrom"]  # never a literal token
         assert {k: env[k]["value"] for k in SERVE_ENV} == SERVE_ENV
     gpu = [g for g in cluster["workerGroupSpecs"]

@@ -3,6 +3,7 @@ concurrent publishers, PEFT import, and engine logits through the store."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing
 import os
@@ -19,6 +20,7 @@ from transformers import AutoModelForSequenceClassification, BertConfig, BertMod
 
 from methods.errors import ArtifactError
 from store import AmbiguousRefError, Catalog, NotFoundError, Store, StoreError
+from store.catalog import _set_journal
 from tests.test_store_format import BAD, TEXTS
 from tests.test_store_support import KINDS, labels_for, make_artifact, make_file, manifest_of
 
@@ -299,18 +301,20 @@ print("done", flush=True)
 """
 
 
-def test_two_processes_publish_200_each(tmp_path, tiny_bert) -> None:
+@pytest.mark.parametrize(("journal", "each"), [("wal", 200), ("delete", 50)])
+def test_two_processes_publish_200_each(tmp_path, tiny_bert, journal, each) -> None:
     root = tmp_path / "store"
-    Store(root)
+    Store(root, journal=journal)
     dirs = [tmp_path / "a", tmp_path / "b"]
     expected = set()
     for p, folder in enumerate(dirs):
         folder.mkdir()
-        for i in range(200):
+        for i in range(each):
             data = make_file(tiny_bert.spec, "shared", seed=p * 1000 + i)
             (folder / f"{i:03d}.polyhead").write_bytes(data)
             expected.add(hashlib.sha256(data).hexdigest())
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "POLYHEAD_STORE_JOURNAL": journal}
     procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(root), str(d)], env=env, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=Path.cwd())
              for d in dirs]
@@ -323,11 +327,46 @@ def test_two_processes_publish_200_each(tmp_path, tiny_bert) -> None:
     for p in procs:
         out, _ = p.communicate(timeout=120)
         assert p.returncode == 0 and out.strip() == "done"
-    store = Store(root, tiny_bert.spec)
+    store = Store(root, tiny_bert.spec, journal=journal)
     history = store.history("shared")
     assert {v.version for v in history} == expected
-    assert [v.number for v in history] == list(range(1, 401))
-    assert store.generation() == 400 and store.verify() == []
+    assert [v.number for v in history] == list(range(1, 2 * each + 1))
+    assert store.generation() == 2 * each and store.verify() == []
+    assert _file_journal(root) == journal
+
+
+def _file_journal(root: Path) -> str:
+    with contextlib.closing(sqlite3.connect(root / "catalog.sqlite")) as conn:
+        return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+
+
+def test_journal_mode_setting(tmp_path, tiny_bert, monkeypatch) -> None:
+    root = tmp_path / "store"
+    store = Store(root, tiny_bert.spec)
+    info = store.publish(make_file(tiny_bert.spec))
+    store.close()
+    assert _file_journal(root) == "wal"
+    monkeypatch.setenv("POLYHEAD_STORE_JOURNAL", "DELETE")  # a network filesystem's store
+    moved = Store(root, tiny_bert.spec)
+    assert moved.journal == "delete" and moved.get("sst2").info == info
+    assert _file_journal(root) == "delete" and not (root / "catalog.sqlite-wal").exists()
+    moved.close()
+    monkeypatch.setenv("POLYHEAD_STORE_JOURNAL", "nfs")
+    with pytest.raises(StoreError, match=r"unknown store journal mode 'nfs'.*wal, delete"):
+        Store(root)
+
+
+def test_journal_switch_refused_while_open_elsewhere(tmp_path) -> None:
+    root = tmp_path / "store"
+    catalog = Catalog(root)
+    catalog.generation()  # this connection holds the catalog open in WAL mode
+    other = sqlite3.connect(root / "catalog.sqlite", timeout=0)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="cannot switch it to 'delete'"):
+            _set_journal(other, "delete", wait_s=0.2)
+    finally:
+        other.close()
+    assert catalog.generation() == 0 and _file_journal(root) == "wal"
 
 
 # -- PEFT import --------------------------------------------------------------------------
