@@ -32,6 +32,10 @@ SERVE_ENV = {
     # The proxy -> replica gRPC hop (USE_GRPC_BY_DEFAULT) caps messages at 4 MB unless told
     # otherwise: an Upload over 4 MB failed INTERNAL. The same 2 GiB cap as Serve's proxy.
     "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "2147483647",
+    # Serve gives a new proxy 5 s to answer its readiness check, 3 times, then kills it and
+    # starts over; on a busy 2-core host its imports alone take longer, and `serve.start`
+    # failed after 60 s. A longer check delays nothing when the proxy is quick.
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
 }
 DEPLOYMENT_KEYS = ("num_replicas", "num_cpus", "num_gpus", "max_ongoing_requests",
                    "autoscaling_config", "access_log")
