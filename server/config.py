@@ -9,6 +9,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from store.catalog import journal_mode
+from store.errors import StoreError
+
 TOKEN_ENV = "POLYHEAD_TOKEN"
 TOKEN_FILE_ENV = "POLYHEAD_TOKEN_FILE"
 INFERENCE_TOKEN_ENV = "POLYHEAD_INFERENCE_TOKEN"
@@ -61,6 +64,10 @@ class ServerConfig:
                               f"({self.max_batch_rows}): a request never spans batches")
         if self.batch_wait_ms < 0 or self.torch_threads < 0:
             raise ConfigError("batch_wait_ms and torch_threads must be >= 0")
+        try:  # refused here, not by every replica that later opens the store
+            journal_mode()
+        except StoreError as e:
+            raise ConfigError(str(e)) from e
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> ServerConfig:

@@ -154,6 +154,9 @@ def test_config_refuses_open_registry(monkeypatch: pytest.MonkeyPatch) -> None:
         ServerConfig.from_args({"stroe": "x"})
     with pytest.raises(ConfigError, match="max_inputs"):
         ServerConfig(max_inputs=100, max_batch_rows=10)
+    monkeypatch.setenv("POLYHEAD_STORE_JOURNAL", "nfs")
+    with pytest.raises(ConfigError, match="unknown store journal mode 'nfs'"):
+        ServerConfig(insecure=True)
 
 
 def test_serve_cli_never_opens_the_registry(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
