@@ -27,11 +27,11 @@ def peft_model(folder, num_labels: int, seed: int):
     return model.eval(), cfg
 
 
-def assert_parity(backbone, folder, num_labels: int) -> None:
+def assert_parity(backbone, folder, num_labels: int, head: str = "pooler") -> None:
     model, cfg = peft_model(folder, num_labels, seed=0)
     state = peft.get_peft_model_state_dict(model)
     art = artifact_from_peft(state, cfg.to_dict(), backbone.spec)
-    assert art.kind == "lora" and art.head.type == "pooler" and art.head.num_outputs == num_labels
+    assert art.kind == "lora" and art.head.type == head and art.head.num_outputs == num_labels
     eng = Engine(backbone)
     got = eng.run(TEXTS, [eng.load(art)] * len(TEXTS))
     for x, g in zip(TEXTS, got, strict=True):
@@ -43,6 +43,12 @@ def assert_parity(backbone, folder, num_labels: int) -> None:
 
 def test_lora_parity_tiny(tiny_bert, tiny_bert_dir) -> None:
     assert_parity(tiny_bert, tiny_bert_dir, num_labels=3)
+
+
+def test_lora_parity_tiny_roberta(tiny_roberta, tiny_roberta_dir) -> None:
+    """RobertaForSequenceClassification's head (dense, tanh, out_proj over <s>) imports as
+    an `mlp` head; the pair input is <s> A </s></s> B </s>."""
+    assert_parity(tiny_roberta, tiny_roberta_dir, num_labels=3, head="mlp")
 
 
 @pytest.mark.integration

@@ -33,7 +33,7 @@ def make_bert(folder: Path, seed: int = 0, layers: int = 2) -> Path:
     return folder
 
 
-def make_roberta(folder: Path, seed: int = 0) -> Path:
+def make_roberta(folder: Path, seed: int = 0, init_std: float = 0.02) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
     chars = sorted({c for w in WORDS for c in w} | {"Ġ"})
@@ -42,7 +42,7 @@ def make_roberta(folder: Path, seed: int = 0) -> Path:
     tok.save_pretrained(folder)
     cfg = RobertaConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
-                        pad_token_id=1, bos_token_id=0, eos_token_id=2)
+                        pad_token_id=1, bos_token_id=0, eos_token_id=2, initializer_range=init_std)
     torch.manual_seed(seed)
     RobertaModel(cfg).save_pretrained(folder)
     return folder
