@@ -61,26 +61,34 @@ def test_bank_loads_once_under_concurrent_misses() -> None:
 
 
 def test_bank_miss_does_not_block_other_tasks() -> None:
+    """A hit is answered while another task's load is still running (held inside the fetch
+    until the hit has returned): a miss never blocks the event loop."""
     bank, _, _ = make_bank(10_000, 10_000)
+    inside, release = threading.Event(), threading.Event()
 
     async def main():
         hot = VersionKey("hot", "v")
         await bank.get(hot)
-        slow_bank_fetch = bank._fetch
+        fetch = bank._fetch
 
-        def slow(key):
-            time.sleep(0.3)
-            return slow_bank_fetch(key)
+        def held(key):
+            inside.set()
+            release.wait(60)  # a deadline only so that a broken bank cannot hang the suite
+            return fetch(key)
 
-        bank._fetch = slow
+        bank._fetch = held
         miss = asyncio.create_task(bank.get(VersionKey("cold", "v")))
-        await asyncio.sleep(0.01)
-        t0 = time.perf_counter()
-        await bank.get(hot)  # a hit while the cold load runs in a thread
-        assert time.perf_counter() - t0 < 0.05
-        await miss
+        while not inside.is_set():
+            await asyncio.sleep(0.001)
+        got = await asyncio.wait_for(bank.get(hot), 60)  # a hit while the cold load runs
+        assert got.key == hot and not miss.done() and not release.is_set()
+        release.set()
+        assert (await miss).key == VersionKey("cold", "v")
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
 
 
 def test_bank_lru_evicts_to_host_then_drops() -> None:
@@ -309,9 +317,12 @@ def test_coalescer_merges_batches_that_queue_during_a_forward() -> None:
     from server._private.inference import BatchItem, BatchStats
 
     sizes: list[int] = []
+    running, release = threading.Event(), threading.Event()
 
     def forward(items):
-        time.sleep(0.05)
+        if not sizes:  # the first forward holds until the later batches have queued
+            running.set()
+            release.wait(60)  # a deadline only so that a broken coalescer cannot hang the suite
         if any(it.inputs == ["boom"] for it in items):
             raise RuntimeError("engine fault")
         sizes.append(sum(len(it) for it in items))
@@ -323,16 +334,23 @@ def test_coalescer_merges_batches_that_queue_during_a_forward() -> None:
     async def main():
         co = Coalescer(forward, ThreadPoolExecutor(1), max_rows=8, on_batch=lambda s: None)
         first = asyncio.create_task(co.run([item()]))
-        await asyncio.sleep(0.01)  # the first forward is running
+        while not running.is_set():  # the first forward is running
+            await asyncio.sleep(0.001)
         later = [asyncio.create_task(co.run([item(), item()])) for _ in range(6)]  # 12 rows
         cancelled = asyncio.create_task(co.run([item()]))
         await asyncio.sleep(0)
         cancelled.cancel()
+        await asyncio.sleep(0)
+        release.set()
         assert len(await first) == 1
         assert all(len(r) == 2 for r in await asyncio.gather(*later))
+        assert cancelled.cancelled()
         with pytest.raises(RuntimeError, match="engine fault"):
             await co.run([BatchItem(["boom"], None)])  # type: ignore[arg-type]
         assert len(await co.run([item(3)])) == 1  # still serving after a fault
 
-    asyncio.run(main())
-    assert sizes[0] == 1 and sizes[1:3] == [8, 4] and sizes[-1] == 3  # 12 queued rows: 2 forwards
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
+    assert sizes == [1, 8, 4, 3]  # 12 queued rows: 2 forwards; the cancelled row in none
