@@ -133,23 +133,27 @@ def closed_loop(make_client: Callable[[], PolyheadClient],
     lock = threading.Lock()
 
     def loop(k: int) -> None:
-        with make_client() as c:
-            i = k
-            while not stop.is_set():
-                s = time.perf_counter()
-                try:
-                    problem = work(c, i)
-                except Exception as e:
+        try:
+            with make_client() as c:
+                i = k
+                while not stop.is_set():
+                    s = time.perf_counter()
+                    try:
+                        problem = work(c, i)
+                    except Exception as e:
+                        with lock:
+                            result.errors.append(f"{type(e).__name__}: {e}"[:300])
+                        continue
+                    finally:
+                        i += threads
+                    d = time.perf_counter() - s
                     with lock:
-                        result.errors.append(f"{type(e).__name__}: {e}"[:300])
-                    continue
-                finally:
-                    i += threads
-                d = time.perf_counter() - s
-                with lock:
-                    result.calls.append((s, d))
-                    if problem is not None:
-                        result.wrong.append(problem)
+                        result.calls.append((s, d))
+                        if problem is not None:
+                            result.wrong.append(problem)
+        except Exception as e:  # the client itself failed (make_client, close): not lost
+            with lock:
+                result.errors.append(f"client {k}: {type(e).__name__}: {e}"[:300])
 
     pool = [threading.Thread(target=loop, args=(k,), daemon=True) for k in range(threads)]
     for t in pool:

@@ -66,6 +66,8 @@ def test_sigkill_replica_under_load(app: App, tiny_bert) -> None:
             c.upload(b)
         want = {t: answer(c, t)[0] for t in tasks}
     before = set(wait_for_replicas(2))
+    with app.client() as c:  # both original replicas by name, before any kill
+        old_replicas = replicas_answering(c, tasks[0], 2)
     seen: dict[str, set[str]] = {}  # replica -> tasks it answered right
     first_seen: dict[str, float] = {}
     lock = threading.Lock()
@@ -80,35 +82,49 @@ def test_sigkill_replica_under_load(app: App, tiny_bert) -> None:
                 return None
         return f"{t} from {replica}: {got[:2]} != {want[t][:2]}"
 
+    def fresh() -> list[str]:
+        """Replicas other than the two original ones that answered every task right."""
+        with lock:
+            return [r for r in seen if r not in old_replicas and seen[r] == set(tasks)]
+
     stop = threading.Event()
     out: dict[str, object] = {}
     loader = threading.Thread(target=lambda: out.update(r=closed_loop(app.client, work, 6, stop=stop)))
     loader.start()
     try:
-        time.sleep(3)
-        old_replicas = set(first_seen)
+        stop_at = time.monotonic() + 120  # the load reaches both replicas before the kill
+        while set(seen) != old_replicas and time.monotonic() < stop_at:
+            time.sleep(0.1)
         victim = sorted(before)[0]
         t_kill = time.perf_counter()
         os.kill(victim, signal.SIGKILL)
         wait_for_replicas(1, exclude=before, timeout=180)  # Ray started a replacement
-        deadline = time.perf_counter() + 180
-        while time.perf_counter() < deadline:
-            with lock:
-                fresh = [r for r in seen if r not in old_replicas and seen[r] == set(tasks)]
-            if fresh:
-                break
+        stop_at = time.monotonic() + 180  # a deadline only to stop waiting
+        while not fresh() and time.monotonic() < stop_at:
             time.sleep(0.2)
-        time.sleep(2)  # keep the load on the two replicas for a while
+        time.sleep(2)  # keep the load on the two replicas for a while (no timing is asserted)
     finally:
         stop.set()
         loader.join()
     r = out["r"]
-    recovery = first_seen[fresh[0]] - t_kill if fresh else None
+    new = fresh()
+    recovery = first_seen[new[0]] - t_kill if new else None
     print(f"\nreplica kill: {len(r.calls)} calls, {len(r.errors)} errors, {len(r.wrong)} wrong; "
           f"replacement answering {recovery} s after the kill")
+    assert set(seen) >= old_replicas, f"the load never reached both replicas before the kill: {seen}"
     assert not r.errors, r.errors[:3]
     assert not r.wrong, r.wrong[:3]
-    assert fresh, f"no new replica answered every task: {seen}"
+    assert new, f"no replica other than {sorted(old_replicas)} answered every task: {seen}"
+
+
+def replicas_answering(c: PolyheadClient, task: str, n: int, deadline_s: float = 120) -> set[str]:
+    """Names of ``n`` distinct replicas that answered ``task`` (the deadline only stops the wait)."""
+    names: set[str] = set()
+    stop_at = time.monotonic() + deadline_s
+    while len(names) < n and time.monotonic() < stop_at:
+        names.add(answer(c, task)[1])
+    assert len(names) == n, f"only {names} answered in {deadline_s} s"
+    return names
 
 
 def test_sigkill_replicas_during_uploads(app: App, tiny_bert) -> None:
@@ -117,25 +133,28 @@ def test_sigkill_replicas_during_uploads(app: App, tiny_bert) -> None:
     in flight, whole; latest is one of them; after Ray restarts the replicas, they serve it."""
     spec = tiny_bert.spec
     rng = random.Random(7)
-    in_flight_lost = 0
+    in_flight_at_kill = 0
     for rnd in range(3):
         task = f"crash{rnd}"
         blobs = [artifact(spec, task, "lora", seed=100 * rnd + i, config=LoraConfig(r=8, alpha=16))[0]
                  for i in range(200)]
-        sent: list[str] = []
+        sent: list[tuple[float, str]] = []  # (when sent, sha256)
         acked: list[str] = []
+        failed: list[tuple[float, str]] = []  # (when, what): an upload that raised
         stop = threading.Event()
 
-        def upload_loop(blobs: list[bytes] = blobs, sent: list[str] = sent, acked: list[str] = acked,
+        def upload_loop(blobs: list[bytes] = blobs, sent: list[tuple[float, str]] = sent,
+                        acked: list[str] = acked, failed: list[tuple[float, str]] = failed,
                         stop: threading.Event = stop) -> None:
             with app.client(retries=0, timeout_s=30) as c:
                 for b in blobs:
                     if stop.is_set():
                         return
-                    sent.append(hashlib.sha256(b).hexdigest())
+                    sent.append((time.monotonic(), hashlib.sha256(b).hexdigest()))
                     try:
                         acked.append(c.upload(b)["version"])
-                    except Exception:
+                    except Exception as e:  # recorded: a failure before the kill fails the test
+                        failed.append((time.monotonic(), f"{type(e).__name__}: {e}"[:300]))
                         return
 
         pids = set(wait_for_replicas(2))
@@ -143,17 +162,20 @@ def test_sigkill_replicas_during_uploads(app: App, tiny_bert) -> None:
         uploader.start()
         while (len(acked) < 3 + rnd or len(sent) == len(acked)) and uploader.is_alive():
             time.sleep(0.001)
-        time.sleep(rng.uniform(0, 0.03))  # an upload is in flight: proxy, validation or publish
+        time.sleep(0 if rnd == 0 else rng.uniform(0, 0.03))  # in flight: proxy, validation or publish
+        t_kill = time.monotonic()
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         stop.set()
         uploader.join()
         assert len(acked) >= 3
+        assert all(t >= t_kill for t, _ in failed), f"an upload failed before the kill: {failed}"
 
         store = Store(app.store, spec)
         assert store.verify() == []
         history = [v.version for v in store.history(task)]
-        assert set(acked) <= set(history) <= set(sent), "a version nobody sent, or an ack lost"
+        sent_ids = [h for _, h in sent]
+        assert set(acked) <= set(history) <= set(sent_ids), "a version nobody sent, or an ack lost"
         assert len(set(history) - set(acked)) <= 1  # at most the one in flight
         latest = store.resolve(task, "latest").version
         assert latest in history and latest == history[-1]
@@ -162,11 +184,13 @@ def test_sigkill_replicas_during_uploads(app: App, tiny_bert) -> None:
         wait_for_replicas(2, exclude=pids, timeout=180)
         with app.client(retries=30, max_backoff_s=1.0, timeout_s=180) as c:
             assert c.classify_raw(task, "rain").version == latest
-        in_flight_lost += len(sent) - len(acked)
-        print(f"\nupload kill round {rnd}: {len(acked)} acknowledged, "
-              f"{len(set(history) - set(acked))} committed unacknowledged, "
-              f"{len(sent) - len(history)} sent and lost (never acknowledged)")
-    assert in_flight_lost >= 1  # some kill did land on an upload in flight
+        # in flight at the kill: sent before it and never acknowledged
+        unacked = [h for t, h in sent if t < t_kill and h not in acked]
+        in_flight_at_kill += len(unacked)
+        print(f"\nupload kill round {rnd}: {len(acked)} acknowledged, {len(unacked)} in flight at the kill "
+              f"({len(set(history) - set(acked))} of them committed), "
+              f"{sum(1 for t, _ in sent if t >= t_kill)} sent after it")
+    assert in_flight_at_kill >= 1  # some kill did land on an upload in flight
 
 
 def test_app_restart_brings_back_every_task_and_alias(app: App, tiny_bert) -> None:
