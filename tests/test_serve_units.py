@@ -228,21 +228,45 @@ def test_generated_code_is_fresh() -> None:
     assert gen_proto.stale_files() == []
 
 
-def test_seed_examples_only_into_an_empty_store(tiny_bert, tmp_path) -> None:
-    from methods import TaskArtifact
+def test_seed_examples_only_into_an_empty_store(tiny_bert, tiny_roberta, tmp_path) -> None:
+    """Examples go into an empty store only; one for another backbone is skipped, a broken
+    one stops the replica with its file named (never a server that silently serves nothing)."""
+    from methods import ArtifactError, TaskArtifact
     from server._private.replica import seed_examples
     from store import Store, encode_artifact, new_manifest
 
     examples = tmp_path / "examples"
     examples.mkdir()
-    art = TaskArtifact.random("pasta", tiny_bert.spec, 2)
-    manifest = new_manifest("example", art, tiny_bert.spec, labels=["neg", "pos"])
-    (examples / "good.polyhead").write_bytes(encode_artifact(manifest, art))
-    (examples / "broken.polyhead").write_bytes(b"not an artifact")
+    for name, bb in (("good", tiny_bert), ("other-backbone", tiny_roberta)):
+        art = TaskArtifact.random("pasta", bb.spec, 2)
+        manifest = new_manifest(name, art, bb.spec, labels=["neg", "pos"])
+        (examples / f"{name}.polyhead").write_bytes(encode_artifact(manifest, art))
     store = Store(tmp_path / "store", tiny_bert.spec)
-    assert [v.task_id for v in seed_examples(store, examples)] == ["example"]
+    assert [v.task_id for v in seed_examples(store, examples)] == ["good"]
+    assert [t.task_id for t in store.list_tasks()] == ["good"]
     assert seed_examples(store, examples) == []  # not empty any more: left alone
     assert seed_examples(Store(tmp_path / "other", tiny_bert.spec), tmp_path / "none") == []
+    (examples / "broken.polyhead").write_bytes(b"not an artifact")
+    with pytest.raises(ArtifactError, match=r"broken\.polyhead"):
+        seed_examples(Store(tmp_path / "third", tiny_bert.spec), examples)
+
+
+@pytest.mark.integration
+def test_shipped_example_serves_on_the_packaged_backbone(real_backbone, tmp_path) -> None:
+    """The README's first command: `make serve` publishes `sentiment`, and it answers the
+    README's sentences (the examples README's plain cases) on the packaged MiniLM."""
+    from methods import Engine
+    from server._private.replica import EXAMPLES, seed_examples
+    from store import Store
+
+    store = Store(tmp_path / "store", real_backbone.spec)
+    assert [v.task_id for v in seed_examples(store, EXAMPLES)] == ["sentiment"]
+    stored = store.get("sentiment")
+    assert stored.manifest.labels == ["negative", "positive"]
+    eng = Engine(real_backbone)
+    texts = ["I really enjoyed the meal.", "The film was dreadful."]
+    logits = eng.run(texts, [eng.load(stored.artifact)] * 2)
+    assert [stored.manifest.labels[int(x.argmax())] for x in logits] == ["positive", "negative"]
 
 
 def test_client_retry_policy() -> None:

@@ -19,7 +19,7 @@ import torch
 from polyhead.v1 import polyhead_pb2 as pb
 from ray import serve
 
-from methods import Engine, TaskArtifact, load_backbone
+from methods import ArtifactError, Engine, TaskArtifact, load_backbone
 from server._private import registry
 from server._private.auth import Auth
 from server._private.batcher import Coalescer, rows_of
@@ -295,16 +295,20 @@ def _latest_of(store: Store, task_ids: set[str]) -> dict[str, VersionInfo | None
 
 
 def seed_examples(store: Store, folder: Path = EXAMPLES) -> list[VersionInfo]:
-    """Publish the shipped example artifacts into an empty store (skipping ones that do not
-    fit this backbone); a store that already holds tasks is left alone."""
+    """Publish the shipped example artifacts into an empty store; a store that already holds
+    tasks is left alone. An example trained on another backbone than the one served (a
+    `--backbone` of the user's) is skipped; any other failure is a broken install and raises
+    (the replica does not start serving nothing in silence)."""
     if store.list_tasks():
         return []
     out = []
     for path in sorted(folder.glob("*.polyhead")):
         try:
             out.append(store.publish(path.read_bytes()))
-        except Exception as e:  # a bad example must not keep the server from starting
-            logger.warning("example %s not published: %s", path.name, e)
+        except ArtifactError as e:
+            if e.check != "fingerprint":
+                raise ArtifactError(e.check, f"shipped example {path}: {e.message}") from e
+            logger.info("example %s is for another backbone; not published", path.name)
     return out
 
 
