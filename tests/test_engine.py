@@ -180,7 +180,12 @@ def test_truncation_is_flagged(tiny_bert) -> None:
     assert [e.truncated for e in enc] == [True, True, False]
     assert all(len(e.ids) <= tiny_bert.spec.max_length for e in enc)
     out = eng.run([long, "short"], [None, None])
-    assert len(out) == 2
+    for x, got in zip([long, "short"], out, strict=True):  # the first 64 tokens, as HF cuts them
+        enc = tiny_bert.tokenizer(x, truncation=True, max_length=tiny_bert.spec.max_length,
+                                  return_tensors="pt")
+        with torch.no_grad():
+            ref = tiny_bert.model(**enc).last_hidden_state[0, 0]
+        torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
 
 
 def test_plan_buckets_cover_every_row_once_and_cut_padding() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from methods import Backbone, Engine, load_backbone
 from methods.encoder import Encoder
 from methods.heads import apply_head
 from methods.sparse import params_of, to_dense
-from store import decode_artifact, encode_artifact, load_artifact, new_manifest
+from store import Store, decode_artifact, encode_artifact, load_artifact, new_manifest
 from tests.tiny import WORDS
 from trainer import METHODS, Dataset, Example, TrainConfig, train
 from trainer.loop import encode, predict
@@ -196,7 +197,8 @@ def test_cli_trains_writes_and_publishes(bert_dir: Path, tmp_path: Path, bert) -
     assert manifest.labels == ["negative", "positive"] and manifest.task_id == "sentiment"
     assert manifest.training["method"] == "pasta" and manifest.training["hyperparameters"]["epochs"] == 1
     assert set(manifest.metrics) == {"accuracy", "f1", "mcc"}
-    assert any(store.iterdir())
+    published = Store(store, bert.spec).get("sentiment").info  # the file's bytes, as version 1
+    assert published.number == 1 and published.version == hashlib.sha256(out.read_bytes()).hexdigest()
 
 
 def test_cli_errors_exit_2_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
