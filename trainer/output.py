@@ -69,9 +69,11 @@ def deliver(data: bytes, targets: Targets, spec: BackboneSpec) -> list[str]:
         lines.append(f"published {_describe(info)}")
     if targets.upload is not None:
         from server.client import PolyheadClient, PolyheadError
+        from server.config import saved_token
 
-        try:
-            reply = PolyheadClient(targets.upload, token=targets.token).upload(data)
+        try:  # the token as every client command finds it: --token, $POLYHEAD_TOKEN, saved
+            with PolyheadClient(targets.upload, token=targets.token or saved_token()) as client:
+                reply = client.upload(data)
         except PolyheadError as e:
             raise OutputError(f"upload to {targets.upload} failed: {e}") from e
         lines.append(f"uploaded to {targets.upload}: {reply}")
