@@ -1,0 +1,223 @@
+"""`polyhead serve` itself, as a user runs it: a real subprocess (its own Ray, Serve's gRPC
+proxy, one replica) with a temporary HOME, the store and backbone from the environment, no
+token configured (so it generates one into ~/.polyhead/token) and `--inference-token`.
+Then the README's client commands against it, reading the saved token: upload, tasks
+alias / rollback / import-peft, classify --version / --json, train --upload; Ctrl-C stops."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from server.client import PolyheadClient, PolyheadError
+from store import Store
+from tests.test_serving import artifact, free_port
+
+pytestmark = pytest.mark.integration
+INFERENCE_TOKEN = "inference-token-3c1f9e"
+TOKEN_VARS = ("POLYHEAD_TOKEN", "POLYHEAD_TOKEN_FILE", "POLYHEAD_INFERENCE_TOKEN")
+
+
+@dataclasses.dataclass
+class Served:
+    address: str
+    home: Path
+    store: Path
+    proc: subprocess.Popen
+    log: Path
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in TOKEN_VARS}
+        return {**env, "HOME": str(self.home), "HF_HUB_OFFLINE": "1"}
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def polyhead_command() -> list[str]:
+    script = Path(sys.executable).parent / "polyhead"  # the installed entry point
+    return [str(script)] if script.exists() else [sys.executable, "-m", "server.cli"]
+
+
+def wait_until_serving(s: Served, deadline_s: float = 300) -> None:
+    """Health with the inference token answers (the deadline only stops the wait)."""
+    stop_at = time.monotonic() + deadline_s
+    with PolyheadClient(s.address, INFERENCE_TOKEN, retries=0, timeout_s=5) as c:
+        while time.monotonic() < stop_at:
+            assert s.proc.poll() is None, f"polyhead serve exited {s.proc.returncode}:\n{s.output()[-3000:]}"
+            with contextlib.suppress(PolyheadError):
+                c.health()
+                return
+            time.sleep(0.5)
+    raise AssertionError(f"polyhead serve did not answer in {deadline_s} s:\n{s.output()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def served(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("polyhead-serve")
+    home, log = root / "home", root / "serve.log"
+    home.mkdir()
+    port = free_port()
+    s = Served(f"127.0.0.1:{port}", home, root / "store", None, log)  # type: ignore[arg-type]
+    env = {**s.env(), "POLYHEAD_STORE": str(s.store), "POLYHEAD_BACKBONE": str(tiny_bert_dir)}
+    cmd = [*polyhead_command(), "serve", "--port", str(port), "--http-port", str(free_port()),
+           "--replicas", "1", "--cpus", "1", "--inference-token", INFERENCE_TOKEN]
+    with log.open("w") as out:
+        s.proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until_serving(s)
+        yield s
+    finally:
+        if s.proc.poll() is None:
+            s.proc.send_signal(signal.SIGINT)
+            try:
+                s.proc.wait(120)
+            except subprocess.TimeoutExpired:
+                s.proc.kill()
+                s.proc.wait()
+
+
+@pytest.fixture()
+def user_home(served: Served, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This process as the same user's shell: same HOME, no token in the environment."""
+    for var in TOKEN_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(served.home))
+    return served.home
+
+
+def saved(served: Served) -> str:
+    return (served.home / ".polyhead" / "token").read_text().strip()
+
+
+def test_serve_generates_a_private_token_and_honours_its_settings(served: Served, tiny_bert,
+                                                                 tiny_bert_dir: Path) -> None:
+    path = served.home / ".polyhead" / "token"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(saved(served)) >= 24
+    out = served.output()
+    assert str(path) in out and saved(served) not in out  # says where, never what
+    with PolyheadClient(served.address, INFERENCE_TOKEN) as c:
+        h = c.health()
+    assert h["status"] == "SERVING" and h["fingerprint"] == tiny_bert.spec.fingerprint
+    assert h["torch_threads"] == 1  # --cpus 1: the replica's CPUs are its torch threads
+    assert Path(h["backbone"]) == tiny_bert_dir  # $POLYHEAD_BACKBONE
+    with PolyheadClient(served.address, saved(served)) as admin:
+        assert admin.list_tasks() == []  # the shipped example is for the packaged backbone: skipped
+
+
+def test_inference_token_protects_classify_only(served: Served, tiny_bert) -> None:
+    data, _ = artifact(tiny_bert.spec, "guarded", seed=3)
+    UN, PD = grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED
+    with PolyheadClient(served.address, saved(served)) as admin:
+        v = admin.upload(data)["version"]
+        assert admin.classify("guarded", "rain")[0]["version"] == v  # the admin token opens both
+    assert Store(served.store).resolve("guarded", "latest").version == v  # $POLYHEAD_STORE
+    for token, call, want in [
+        (None, "classify", UN), ("wrong", "classify", UN), (None, "health", UN),
+        (INFERENCE_TOKEN, "upload", PD), (INFERENCE_TOKEN, "list_tasks", PD),
+    ]:
+        with PolyheadClient(served.address, token, retries=0) as c, pytest.raises(PolyheadError) as e:
+            if call == "classify":
+                c.classify("guarded", "rain")
+            elif call == "upload":
+                c.upload(data)
+            else:
+                getattr(c, call)()
+        assert e.value.code == want, (token, call, e.value)
+    with PolyheadClient(served.address, INFERENCE_TOKEN) as c:
+        assert c.classify("guarded", "rain")[0]["version"] == v
+
+
+def test_client_commands_read_the_saved_token(served: Served, user_home: Path, tiny_bert,
+                                              tiny_bert_dir: Path, tmp_path: Path, capsys) -> None:
+    from server.cli import main
+
+    spec, srv = tiny_bert.spec, ["--server", served.address]
+    first, second = tmp_path / "v1.polyhead", tmp_path / "v2.polyhead"
+    first.write_bytes(artifact(spec, "cli-task", seed=11)[0])
+    second.write_bytes(artifact(spec, "cli-task", seed=12)[0])
+    # the installed entry point, as a shell runs it: no --token, no $POLYHEAD_TOKEN
+    run = subprocess.run([*polyhead_command(), "upload", str(first), *srv], env=served.env(),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    v1 = run.stdout.split()[2]
+    assert run.stdout.startswith("cli-task v1 ") and len(v1) == 64
+    assert main(["upload", str(second), *srv]) == 0
+    v2 = capsys.readouterr().out.split()[2]
+
+    def classify(*extra: str) -> dict:
+        assert main(["classify", "--task", "cli-task", "the movie was good", "--json", *extra, *srv]) == 0
+        (row,) = json.loads(capsys.readouterr().out)
+        return row
+
+    assert classify()["version"] == v2
+    assert classify("--version", "v1")["version"] == v1
+    assert main(["tasks", "alias", "cli-task", "stable", "v1", *srv]) == 0
+    assert capsys.readouterr().out.strip() == f"cli-task stable -> v1 {v1}"
+    assert classify("--version", "stable")["version"] == v1
+    assert main(["tasks", "rollback", "cli-task", v1[:12], *srv]) == 0
+    assert capsys.readouterr().out.strip() == f"cli-task latest is now v1 {v1}"
+    row = classify()
+    assert row["version"] == v1 and row["label"] in ("neg", "pos") and set(row["scores"]) == {"neg", "pos"}
+    assert main(["classify", "--task", "cli-task", "x", "--version", "v9", *srv]) == 2
+    assert "NOT_FOUND" in capsys.readouterr().err
+
+
+def test_import_peft_through_the_cli(served: Served, user_home: Path, tiny_bert, tiny_bert_dir: Path,
+                                     tmp_path: Path, capsys) -> None:
+    from server.cli import main
+    from tests.test_peft_parity import TEXTS, peft_model
+
+    model, _ = peft_model(tiny_bert_dir, 3, seed=0)
+    model.save_pretrained(tmp_path / "adapter")
+    assert main(["tasks", "import-peft", str(tmp_path / "adapter"), "--task", "peft-cli",
+                 "--labels", "x", "y", "z", "--server", served.address]) == 0
+    assert capsys.readouterr().out.startswith("peft-cli v1 ")
+    with PolyheadClient(served.address, INFERENCE_TOKEN) as c:
+        got = c.classify("peft-cli", TEXTS)
+    for x, row in zip(TEXTS, got, strict=True):
+        args = (x,) if isinstance(x, str) else x
+        with torch.no_grad():
+            ref = model(**tiny_bert.tokenizer(*args, return_tensors="pt")).logits[0].softmax(-1)
+        torch.testing.assert_close(torch.tensor([row["scores"][k] for k in "xyz"]), ref, atol=1e-5, rtol=0)
+
+
+def test_train_upload_through_the_server(served: Served, user_home: Path, tiny_bert_dir: Path,
+                                         tmp_path: Path, capsys) -> None:
+    from server.cli import main
+
+    data = tmp_path / "s.tsv"
+    rows = [("the movie was good", "positive"), ("i loved the film", "positive"),
+            ("the movie was bad", "negative"), ("i hated the film", "negative")] * 4
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{lab}\n" for t, lab in rows))
+    rc = main(["train", "--method", "pasta", "--train", str(data), "--dev", str(data),
+               "--text-col", "sentence", "--task-id", "trained-up", "--backbone", str(tiny_bert_dir),
+               "--epochs", "1", "--batch-size", "8", "--quiet", "--upload", served.address])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    with PolyheadClient(served.address, saved(served)) as c:
+        detail = c.get_task("trained-up")
+        assert detail["labels"] == ["negative", "positive"] and len(detail["versions"]) == 1
+        manifest = json.loads(detail["manifest_json"])
+        assert manifest["training"]["method"] == "pasta"
+        row = c.classify("trained-up", "the movie was good")[0]
+    assert row["version"] == detail["versions"][0]["version"]
+
+
+def test_ctrl_c_stops_the_server(served: Served) -> None:
+    served.proc.send_signal(signal.SIGINT)
+    assert served.proc.wait(120) == 0
+    assert "polyhead: stopping" in served.output()

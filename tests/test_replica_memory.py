@@ -1,0 +1,103 @@
+"""What the replica keeps per upload / classify / delete cycle, measured inside its own
+process: the Serve deployment's class run in-process (no Ray: its RPC methods called
+directly, Serve's request batching replaced by the coalescer it feeds), tiny backbone,
+bank budgets far below the 16 tasks so that eviction runs all along.
+
+After warm-up it counts the live objects that hold an artifact (TaskArtifact, LoadedTask,
+Resident, VersionKey, tensors) and samples the Python heap (tracemalloc). A replica that
+kept one artifact per cycle would add hundreds of each and ~1 KB of heap per cycle; the
+bounds below are one per task and 512 B per cycle. (RSS through real Ray Serve:
+test_reliability.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import gc
+import os
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from polyhead.v1 import polyhead_pb2 as pb
+
+from methods import LoadedTask, TaskArtifact
+from server.bank import Resident, VersionKey
+from server.config import ServerConfig
+from tests.test_serving import artifact
+
+TASKS = 16
+HELD = (TaskArtifact, LoadedTask, Resident, VersionKey, torch.Tensor)
+
+
+def live() -> collections.Counter[str]:
+    gc.collect()
+    return collections.Counter(t.__name__ for o in gc.get_objects() for t in HELD if isinstance(o, t))
+
+
+async def in_process_replica(config: ServerConfig):
+    from server._private.replica import Polyhead
+
+    cls = Polyhead.func_or_class
+    replica = cls.__new__(cls)
+    await replica.__init__(config)
+
+    async def run_batch(item):  # Serve's @serve.batch needs a Serve replica context
+        return (await replica.coalescer.run([item]))[0]
+
+    replica._run_batch = run_batch
+    return replica
+
+
+async def cycles(replica, spec, n: int, warm: int, every: int) -> dict[str, object]:
+    heap: list[tuple[int, int]] = []
+    counts = {}
+    for i in range(n):
+        task = f"leak{i % TASKS}"
+        v = (await replica.Upload(pb.UploadRequest(artifact=artifact(spec, task, seed=1000 + i)[0]))).version
+        got = await replica.Classify(pb.ClassifyRequest(task_id=task, inputs=[pb.Input(text="rain")]))
+        assert got.version == v
+        if (i // TASKS) % 4 == 3:
+            await replica.DeleteTask(pb.DeleteTaskRequest(task_id=task))
+        if i + 1 == warm:
+            counts["warm"] = live()
+        if i + 1 >= warm and (i + 1 - warm) % every == 0:
+            gc.collect()
+            heap.append((i + 1, tracemalloc.get_traced_memory()[0]))
+    counts["end"] = live()
+    x = np.array(heap, dtype=float)
+    slope = float(np.polyfit(x[:, 0], x[:, 1], 1)[0])
+    health = await replica.Health(pb.HealthRequest())
+    return {"counts": counts, "heap_bytes_per_cycle": slope, "heap": heap, "health": health}
+
+
+def test_cycles_retain_nothing_per_artifact(tiny_bert_dir: Path, tiny_bert, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_ENABLE_AUTO_CONNECT", "0")  # Ray's metrics API must not start Ray
+    n = int(os.environ.get("POLYHEAD_MEMORY_CYCLES", "600"))
+    config = ServerConfig(store=str(tmp_path / "store"), backbone=str(tiny_bert_dir), insecure=True,
+                          seed_examples=False, torch_threads=1, max_inputs=16, max_batch_rows=32,
+                          device_budget_mb=0.01, host_budget_mb=0.004)
+
+    async def main():
+        replica = await in_process_replica(config)
+        tracemalloc.start(1)
+        try:
+            return await cycles(replica, tiny_bert.spec, n, warm=n // 4, every=max(1, n // 16))
+        finally:
+            tracemalloc.stop()
+
+    r = asyncio.run(main())
+    warm, end = r["counts"]["warm"], r["counts"]["end"]
+    print(f"\nreplica memory over {n} cycles: live objects after warm-up {dict(warm)}, at the end "
+          f"{dict(end)}; Python heap {r['heap_bytes_per_cycle']:+.1f} B/cycle (fit over "
+          f"{len(r['heap'])} samples)")
+    for name in ("TaskArtifact", "LoadedTask", "Resident", "VersionKey"):  # at most one per task
+        assert end[name] <= TASKS + 2, (name, dict(warm), dict(end))
+    assert end["Tensor"] <= warm["Tensor"] + 8 * TASKS, (dict(warm), dict(end))
+    assert r["heap_bytes_per_cycle"] < 512, r["heap"]
+    h = r["health"]
+    assert len(h.resident) < TASKS and h.device_bytes <= h.device_budget_bytes + 4096
