@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from methods.config import BaseConfig
-from methods.encoder import BatchContext, Effect, add_rows
+from methods.encoder import BatchContext, Effect, add_, batch_rows
 from methods.registry import Kind, register_kind
 from methods.slots import slot_rows
 from methods.spec import BackboneSpec
@@ -39,14 +39,15 @@ def offsets(spec: BackboneSpec) -> dict[str, tuple[int, int]]:
 class BitfitEffect(Effect):
     def __init__(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> None:
         self.rows, sel = slot_rows(slots)
-        self.flat = tables[FLAT][sel].to(ctx.dtype)[:, None, :]  # (n, 1, D)
+        self.batch = len(slots)
+        self.flat = tables[FLAT][sel].to(ctx.dtype)  # (n, D)
         self.offsets = offsets(ctx.spec)
         self.linear_names = frozenset(ctx.spec.linear_names())
         self.norm_names = frozenset(ctx.spec.norm_names())
 
     def _add(self, name: str, y: Tensor) -> Tensor:
-        a, b = self.offsets[name]
-        return add_rows(y, self.rows, self.flat[:, :, a:b].expand(len(self.rows), y.shape[1], b - a))
+        a, b = self.offsets[name]  # the module's deltas on its rows, zeros on the others
+        return add_(y, batch_rows(self.rows, self.flat[:, a:b], self.batch)[:, None, :])
 
     def linear(self, name: str, x: Tensor, y: Tensor) -> Tensor:
         return self._add(name, y)

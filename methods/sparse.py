@@ -1,14 +1,15 @@
 """Sparse diffs over backbone weights (Child-Tuning_D/F and DPS artifacts).
 
 Stored per touched parameter as sorted flat indices and values. At serve time a task's
-slot holds, per touched Linear weight, its entries' (out, in, value) padded with zeros to
-the table's longest; a batch adds every sparse row's x (dW)^T with one gather and one
-scatter-add per Linear over all its sparse rows. Vector parameters are dense deltas.
+slot holds, per touched Linear weight, its entries in CSR order (per-output-row counts,
+input indices, values; padded to the table's longest); a batch adds every sparse row's
+x (dW)^T with one block-diagonal CSR product per Linear. Vector parameters are dense.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -63,9 +64,10 @@ def to_dense(tensors: Mapping[str, Tensor], spec: BackboneSpec) -> dict[str, Ten
 
 @dataclasses.dataclass(frozen=True)
 class SparseMatrix:
-    """A Linear weight diff's nonzeros: dW[out_idx[e], in_idx[e]] = values[e]."""
+    """A Linear weight diff's nonzeros in CSR order: row o holds counts[o] entries, the
+    next ones of (in_idx, values) after those of rows < o."""
 
-    out_idx: Tensor  # (E,) int32
+    counts: Tensor  # (out,) int32
     in_idx: Tensor  # (E,) int32
     values: Tensor  # (E,) float
 
@@ -86,16 +88,16 @@ class SparseRows:
         for p in params_of(tensors):
             if len(spec.param_shapes[p]) == 2:
                 idx, val = tensors[f"sparse.{p}{IDX}"], tensors[f"sparse.{p}{VAL}"]
-                cols = spec.param_shapes[p][1]
-                mats[p[:-len(".weight")]] = SparseMatrix(
-                    (idx // cols).to(torch.int32), (idx % cols).to(torch.int32), val)
+                out, cols = spec.param_shapes[p]
+                counts = torch.bincount(idx // cols, minlength=out).to(torch.int32)
+                mats[p[:-len(".weight")]] = SparseMatrix(counts, (idx % cols).to(torch.int32), val)
         return cls(mats, _flat(dense, spec, spec.bias_params()),
                    _flat(dense, spec, [n + ".weight" for n in spec.norm_names()]))
 
     def table_rows(self) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         for m, e in self.matrices.items():
-            out[f"{m}.out"], out[f"{m}.in"], out[f"{m}.val"] = e.out_idx, e.in_idx, e.values
+            out[f"{m}.count"], out[f"{m}.in"], out[f"{m}.val"] = e.counts, e.in_idx, e.values
         if self.biases is not None:
             out[BIASES] = self.biases
         if self.gains is not None:
@@ -119,8 +121,8 @@ def _flat(dense: Mapping[str, Tensor], spec: BackboneSpec, names: list[str]) -> 
 
 
 class SparseEffect(Effect):
-    """Every sparse row's weight entries in one gather and one scatter-add per Linear (the
-    entries padded per slot to the table's longest with zeros), no loop over tasks."""
+    """All sparse rows of a batch as one block-diagonal CSR matrix per Linear (row r's
+    block is its slot's entries), applied with one sparse product: no loop over tasks."""
 
     def __init__(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> None:
         self.tables, self.dtype = tables, ctx.dtype
@@ -138,19 +140,32 @@ class SparseEffect(Effect):
             self.biases is not None or self.gains is not None) else frozenset()
         self.needs_normed = self.gains is not None
 
+    def _block_csr(self, name: str, n_in: int) -> Tensor:
+        """(n (out + 1), n in) CSR: the n rows' weight diffs of Linear ``name`` on the
+        diagonal. Each block has one extra output row that takes the slot's padding
+        entries (zeros), so that the padded rows of the table are used as they are."""
+        t, sel, n = self.tables, self.sel, len(self.sel)
+        ins = t[f"{name}.in"][sel]  # (n, E)
+        counts = t[f"{name}.count"][sel]  # (n, out)
+        pad = ins.shape[1] - counts.sum(1, keepdim=True, dtype=torch.int32)
+        per_row = torch.cat([counts, pad], 1).reshape(-1)
+        crow = per_row.new_zeros(len(per_row) + 1)
+        torch.cumsum(per_row, 0, dtype=torch.int32, out=crow[1:])
+        base = torch.arange(n, device=sel.device, dtype=torch.int32)[:, None] * n_in
+        col = (ins + base).reshape(-1)
+        val = t[f"{name}.val"][sel].reshape(-1).to(self.dtype)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(crow, col, val, (len(per_row), n * n_in),
+                                           check_invariants=False)
+
     def linear(self, name: str, x: Tensor, y: Tensor) -> Tensor:
         n, T, out = len(self.rows), y.shape[1], y.shape[2]
         delta = None
         if name in self.matrices:
-            t = self.tables
-            base_in = torch.arange(n, device=x.device, dtype=torch.int32)[:, None] * x.shape[2]
-            base_out = torch.arange(n, device=x.device, dtype=torch.int32)[:, None] * out
-            i = (t[f"{name}.in"][self.sel] + base_in).reshape(-1)
-            o = (t[f"{name}.out"][self.sel] + base_out).reshape(-1)
-            v = t[f"{name}.val"][self.sel].to(self.dtype).reshape(-1, 1)
             xt = x[self.rows].transpose(1, 2).reshape(n * x.shape[2], T)  # (n in, T)
-            d = x.new_zeros(n * out, T).index_add_(0, o, xt.index_select(0, i) * v)
-            delta = d.view(n, out, T).transpose(1, 2)  # (n, T, out)
+            d = self._block_csr(name, x.shape[2]) @ xt  # (n (out + 1), T)
+            delta = d.view(n, out + 1, T)[:, :out].transpose(1, 2)  # (n, T, out)
         if self.biases is not None:
             a, b = self.offsets[name]
             bias = self.biases[:, None, a:b]

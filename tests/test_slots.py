@@ -3,6 +3,8 @@ rows, and a batch after load/unload churn equals each task alone in a fresh engi
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import torch
 
@@ -97,3 +99,29 @@ def test_task_bytes_are_its_table_rows(tiny_bert) -> None:
     vectors = spec.num_layers * spec.num_special * spec.hidden * 4
     head = (3 * spec.hidden + 3 + 1) * 4 + 8  # weight, bias, pooled flag (fp32); mlp slot (int64)
     assert task.nbytes == vectors + head
+
+
+def test_bank_eviction_frees_slots_for_the_next_version(tiny_bert) -> None:
+    """The bank on a real engine: evicted versions give their slots back, and what the
+    reused slots serve is the new version's logits."""
+    from server.bank import AdapterBank, TaskMeta, VersionKey
+
+    eng = Engine(tiny_bert, capacity=2)
+    arts = {t: TaskArtifact.random("pasta", tiny_bert.spec, 2, seed=i) for i, t in enumerate("abcdef")}
+    meta = TaskMeta(number=1, labels=("x", "y"), regression=False, inputs="any")
+    per_task = eng.load(arts["a"])
+    eng.unload(per_task)
+    bank = AdapterBank(lambda key: (arts[key.task_id], meta), eng.load, eng.unload,
+                       device_budget=2 * per_task.nbytes, host_budget=0)
+
+    async def main() -> None:
+        for t in "abcdef":
+            async with bank.using(VersionKey(t, "v")) as res:
+                got = eng.run(TEXTS, [res.task] * len(TEXTS))
+                for g, ref in zip(got, alone(tiny_bert, arts[t]), strict=True):
+                    torch.testing.assert_close(g, ref, atol=ATOL, rtol=0)
+        assert bank.device_bytes == 2 * per_task.nbytes
+
+    asyncio.run(main())
+    # a version loads before the oldest is evicted: 3 slots at the peak, never 6
+    assert eng.tables.kinds["pasta"].capacity == 4 and eng.tables.kinds["pasta"].used == 2
