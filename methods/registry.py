@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import importlib
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -87,6 +88,14 @@ def check_float(name: str, t: Tensor) -> None:
 
 
 _KINDS: dict[str, Kind] = {}
+KIND_MODULES = ("methods.bitfit", "methods.lora", "methods.pasta", "methods.prefix",
+                "methods.sparse")  # each registers its kind when imported
+
+
+def _load_kinds() -> None:
+    if len(_KINDS) < len(KIND_MODULES):
+        for module in KIND_MODULES:
+            importlib.import_module(module)
 
 
 def register_kind(kind: Kind) -> Kind:
@@ -97,6 +106,7 @@ def register_kind(kind: Kind) -> Kind:
 
 
 def get_kind(name: str) -> Kind:
+    _load_kinds()
     try:
         return _KINDS[name]
     except KeyError:
@@ -104,4 +114,5 @@ def get_kind(name: str) -> Kind:
 
 
 def kind_names() -> list[str]:
+    _load_kinds()
     return sorted(_KINDS)

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from methods.errors import ConfigError  # the one configuration error type (re-exported)
 from store.catalog import journal_mode
 from store.errors import StoreError
 
@@ -16,10 +17,6 @@ TOKEN_ENV = "POLYHEAD_TOKEN"
 TOKEN_FILE_ENV = "POLYHEAD_TOKEN_FILE"
 INFERENCE_TOKEN_ENV = "POLYHEAD_INFERENCE_TOKEN"
 MB = 1 << 20
-
-
-class ConfigError(ValueError):
-    """A server option is missing, out of range, or unsafe (e.g. Registry open without a token)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,7 +30,6 @@ from server._private.inference import (
     Row,
     check_form,
     forward,
-    input_form,
     parse_inputs,
     response,
 )
@@ -251,7 +250,7 @@ class Polyhead:
         stored = self.store.get(key.task_id, key.version)
         m = stored.manifest
         meta = TaskMeta(number=stored.info.number, labels=tuple(m.labels or ()),
-                        regression=m.regression, inputs=input_form(m.training))
+                        regression=m.regression, inputs=m.inputs)
         return stored.artifact, meta
 
     def _bank_event(self, event: str, key: VersionKey) -> None:
