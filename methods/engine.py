@@ -13,7 +13,7 @@ from methods.artifact import TaskArtifact
 from methods.backbone import Backbone
 from methods.encoder import BatchContext, Effect, Encoder
 from methods.heads import HeadConfig, apply_heads, head_layout, head_rows, mlp_layout
-from methods.registry import Kind, get_kind
+from methods.registry import Kind
 from methods.slots import SlotTable, slot_rows
 from methods.spec import BackboneSpec
 
@@ -28,7 +28,8 @@ class LoadedTask:
     kind: Kind
     config: Any
     head: HeadConfig
-    slot: int  # its row in the kind's table
+    table: str  # which of the kind's tables holds it (Kind.table_key)
+    slot: int  # its row in that table
     head_slot: int  # its row in the head table
     mlp_slot: int  # its row in the mlp-head table, -1 unless the head is an mlp
     nbytes: int  # device bytes of those rows
@@ -37,9 +38,9 @@ class LoadedTask:
 
 @dataclasses.dataclass
 class BatchSlots:
-    """What one forward reads: per kind, its tables and each batch row's slot (-1: none)."""
+    """What one forward reads: per kind table, its fields and each row's slot (-1: none)."""
 
-    kinds: dict[str, tuple[Kind, Mapping[str, Tensor], Tensor]]
+    kinds: dict[str, tuple[Kind, Mapping[str, Tensor], Tensor]]  # table key -> ...
     heads: Mapping[str, Tensor]
     mlps: Mapping[str, Tensor]
     head_slots: Tensor  # (B,)
@@ -52,7 +53,7 @@ class SlotTables:
     def __init__(self, spec: BackboneSpec, device: torch.device, dtype: torch.dtype,
                  capacity: int = 16) -> None:
         self.spec, self.device, self.dtype, self.capacity = spec, device, dtype, capacity
-        self.kinds: dict[str, SlotTable] = {}
+        self.kinds: dict[str, SlotTable] = {}  # by table key (Kind.table_key)
         self.heads = SlotTable("head", device, dtype, capacity)
         self.mlps = SlotTable("mlp", device, dtype, capacity)
 
@@ -63,9 +64,9 @@ class SlotTables:
     def load(self, artifact: TaskArtifact) -> LoadedTask:
         """Write a validated artifact's rows into free slots of the tables."""
         kind, cfg, spec = artifact.kind_impl, artifact.config, self.spec
-        table = self.kinds.setdefault(kind.name, SlotTable(kind.name, self.device, self.dtype,
-                                                            self.capacity))
         rows = kind.rows(artifact.kind_tensors(), spec, cfg)
+        key = kind.table_key(rows)
+        table = self.kinds.setdefault(key, SlotTable(key, self.device, self.dtype, self.capacity))
         layout = kind.layout(rows)
         slot = table.put(layout, rows)
         mlp_slot = -1
@@ -76,13 +77,13 @@ class SlotTables:
         head_slot = self.heads.put(head_layout(spec, artifact.head), head_row)
         nbytes = (table.row_bytes(list(layout)) + self.heads.row_bytes()
                   + (self.mlps.row_bytes() if mlp_slot >= 0 else 0))
-        return LoadedTask(kind, cfg, artifact.head, slot, head_slot, mlp_slot, nbytes, self)
+        return LoadedTask(kind, cfg, artifact.head, key, slot, head_slot, mlp_slot, nbytes, self)
 
     def unload(self, task: LoadedTask) -> None:
         """Free the task's slots (cleared). No batch may still be using the task."""
         if task.slot < 0:
             return
-        self.kinds[task.kind.name].free(task.slot)
+        self.kinds[task.table].free(task.slot)
         self.heads.free(task.head_slot)
         if task.mlp_slot >= 0:
             self.mlps.free(task.mlp_slot)
@@ -92,15 +93,17 @@ class SlotTables:
         """Each row's slots (one pass over the rows; tensors, not per-task copies)."""
         B = len(tasks)
         kind_slots: dict[str, list[int]] = {}
+        kinds_of: dict[str, Kind] = {}
         head, widths = [-1] * B, [0] * B
         for i, t in enumerate(tasks):
             if t is None:
                 continue
             if t.tables is not self or t.slot < 0:
                 raise ValueError(f"row {i}: task is not loaded in this engine's tables")
-            kind_slots.setdefault(t.kind.name, [-1] * B)[i] = t.slot
+            kind_slots.setdefault(t.table, [-1] * B)[i] = t.slot
             head[i], widths[i] = t.head_slot, t.head.num_outputs
-        kinds = {n: (get_kind(n), dict(self.kinds[n].fields), torch.tensor(s, device=device))
+            kinds_of[t.table] = t.kind
+        kinds = {n: (kinds_of[n], dict(self.kinds[n].fields), torch.tensor(s, device=device))
                  for n, s in kind_slots.items()}
         return BatchSlots(kinds, dict(self.heads.fields), dict(self.mlps.fields),
                           torch.tensor(head, device=device), widths)
@@ -225,7 +228,7 @@ def group_rows(tasks: Sequence[LoadedTask | None], device: torch.device) -> Batc
 
 
 def effects_for(batch: BatchSlots, ctx: BatchContext) -> list[Effect]:
-    """One effect per kind present in the batch, each gathering its rows by slot."""
+    """One effect per kind table present in the batch, each gathering its rows by slot."""
     return [kind.effect(tables, slots, ctx) for kind, tables, slots in batch.kinds.values()
             if tables]
 

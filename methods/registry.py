@@ -58,6 +58,10 @@ class Kind(abc.ABC):
         Differentiable, so that train time runs the very rows serving writes."""
         return dict(tensors)
 
+    def table_key(self, rows: Mapping[str, Tensor]) -> str:
+        """Which of the kind's tables a task's rows go to (default: one table per kind)."""
+        return self.name
+
     @abc.abstractmethod
     def effect(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> Effect:
         """The batch's effect: ``tables`` (field -> (N, *shape)), ``slots`` (B,) the row's

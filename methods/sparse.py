@@ -234,6 +234,13 @@ class Sparse(Kind):
              cfg: SparseConfig) -> dict[str, Tensor]:
         return SparseRows.of(tensors, spec).table_rows()
 
+    def table_key(self, rows: Mapping[str, Tensor]) -> str:
+        """Tasks go to tables by size class (total entries, rounded up to a power of 2): a
+        table pads every slot to its largest task, so a 1 % task never pays for a 5 % one's
+        entries (a batch runs one product per class present, not per task)."""
+        total = sum(len(v) for k, v in rows.items() if k.endswith(".val"))
+        return f"{self.name}/{1 << max(0, total - 1).bit_length()}"
+
     def effect(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> Effect:
         return SparseEffect(tables, slots, ctx)
 

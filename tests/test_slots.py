@@ -125,3 +125,23 @@ def test_bank_eviction_frees_slots_for_the_next_version(tiny_bert) -> None:
     asyncio.run(main())
     # a version loads before the oldest is evicted: 3 slots at the peak, never 6
     assert eng.tables.kinds["pasta"].capacity == 4 and eng.tables.kinds["pasta"].used == 2
+
+
+def test_sparse_tasks_share_a_table_only_within_a_size_class(tiny_bert) -> None:
+    """A table pads every slot to its largest task: a 2 % task must not sit (and pay) in
+    the table of a 30 % one. Rows of both classes in one batch equal each task alone."""
+    eng = Engine(tiny_bert)
+    arts = [art(tiny_bert.spec, "sparse", w, seed=20 + w) for w in (0, 1, 0)]
+    big, small, big2 = (eng.load(a) for a in arts)
+    assert big.table == big2.table != small.table
+
+    def padded_entries(table: str) -> int:
+        fields = eng.tables.kinds[table].fields
+        return sum(t.shape[1] for k, t in fields.items() if k.endswith(".val"))
+
+    assert padded_entries(small.table) < padded_entries(big.table) / 4
+    tasks = [big, small, big2, small]
+    got = eng.run(TEXTS, tasks)
+    for i, (g, t) in enumerate(zip(got, tasks, strict=True)):
+        torch.testing.assert_close(g, alone(tiny_bert, arts[[big, small, big2].index(t)])[i],
+                                   atol=ATOL, rtol=0)
