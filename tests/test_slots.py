@@ -145,3 +145,27 @@ def test_sparse_tasks_share_a_table_only_within_a_size_class(tiny_bert) -> None:
     for i, (g, t) in enumerate(zip(got, tasks, strict=True)):
         torch.testing.assert_close(g, alone(tiny_bert, arts[[big, small, big2].index(t)])[i],
                                    atol=ATOL, rtol=0)
+
+
+def test_peft_parity_in_a_reused_slot(tiny_bert, tiny_bert_dir) -> None:
+    """A PEFT adapter imported into the slot a larger LoRA task left gives PeftModel's logits."""
+    import peft
+
+    from methods.peft_io import artifact_from_peft
+    from tests.test_peft_parity import TEXTS as PEFT_TEXTS
+    from tests.test_peft_parity import peft_model
+
+    eng = Engine(tiny_bert, capacity=1)
+    big = eng.load(art(tiny_bert.spec, "lora", 0, seed=30))
+    eng.run(PEFT_TEXTS, [big] * len(PEFT_TEXTS))
+    eng.unload(big)
+    model, cfg = peft_model(tiny_bert_dir, 3, seed=0)
+    task = eng.load(artifact_from_peft(peft.get_peft_model_state_dict(model), cfg.to_dict(),
+                                       tiny_bert.spec))
+    assert task.slot == 0
+    got = eng.run(PEFT_TEXTS, [task] * len(PEFT_TEXTS))
+    for x, g in zip(PEFT_TEXTS, got, strict=True):
+        args = (x,) if isinstance(x, str) else x
+        with torch.no_grad():
+            ref = model(**tiny_bert.tokenizer(*args, return_tensors="pt")).logits[0]
+        torch.testing.assert_close(g, ref, atol=ATOL, rtol=0)
