@@ -1,25 +1,37 @@
 """Engine throughput on SST-2 dev sentences, batch 64, against the bare backbone and PEFT.
 
-    python -m bench.engine --data ../shared/data/glue/SST-2/dev.tsv
+    python -m bench.engine --data ../shared/data/glue/SST-2/dev.tsv --clock cpu
+    python -m bench.engine --data ... --geometry bert-base --device cuda --dtype bf16   # GPU
 
-(a) bare HF backbone, dataset order, naive padding   (b) bare HF backbone on the engine's
-length buckets   (c) the engine, 64 tasks of all kinds mixed in every batch   (d) PEFT
-PeftModel with 32 LoRA adapters, adapter_names= mixed batches, on the same buckets.
-Rounds are interleaved (a b c d a b c d ...) so that machine noise hits all alike;
-`--clock cpu` times CPU work (1 thread) instead of wall time, for shared machines.
+Mixed batches (section "mix"): (a) bare HF backbone, dataset order, naive padding (b) bare
+HF backbone on the engine's length buckets (c) the engine, 64 tasks of all kinds in every
+batch, sparse at 1 % (c5: the same with sparse at 5 %; c': without the sparse tasks)
+(d) PEFT PeftModel with 32 LoRA adapters, adapter_names= mixed batches, same buckets
+(e) the engine on PEFT's own 32 adapters.
+Distinct tasks ("kinds"): per kind, every row of that kind, 64 different tasks in each
+batch of 64 against all rows of one task. Many tasks ("many"): 10,000 PASTA tasks resident,
+rows of tasks drawn from all 10,000 against from 10; and the table bytes per task.
+Rounds are interleaved (every run once per round) so that machine noise hits all alike;
+`--clock cpu` times this thread's CPU work with 1 torch thread, for shared machines.
+`--geometry bert-base` runs a randomly initialised bert-base (12 x 768) instead of the
+packaged MiniLM (the same uncased vocabulary), e.g. in bf16 on a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import random
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
-from methods import Engine, TaskArtifact, load_backbone
+from methods import Backbone, Engine, LoadedTask, TaskArtifact, load_backbone
+from methods.backbone import default_backbone_path
 from methods.engine import Encoded, plan_buckets
 from methods.lora import LoraConfig
 from methods.prefix import PrefixConfig
@@ -27,6 +39,8 @@ from methods.sparse import SparseConfig
 
 KINDS = [("pasta", None), ("prefix", PrefixConfig(num_prefix=16)), ("lora", LoraConfig(r=8)),
          ("bitfit", None), ("sparse", SparseConfig(density=0.01))]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+Runs = dict[str, Callable[[], object]]
 
 
 def read_sst2(path: str, limit: int | None) -> list[str]:
@@ -35,11 +49,31 @@ def read_sst2(path: str, limit: int | None) -> list[str]:
     return rows[:limit] if limit else rows
 
 
-def mixed_tasks(engine: Engine, n: int) -> list:
+def make_backbone(args: argparse.Namespace, tmp: Path) -> Backbone:
+    if args.geometry == "minilm":
+        return load_backbone(args.backbone, device=args.device, dtype=DTYPES[args.dtype])
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    BertModel(BertConfig()).save_pretrained(tmp)  # bert-base geometry, random weights
+    AutoTokenizer.from_pretrained(default_backbone_path(), local_files_only=True).save_pretrained(tmp)
+    return load_backbone(tmp, device=args.device, dtype=DTYPES[args.dtype])
+
+
+def load_tasks(engine: Engine, kinds: Sequence[tuple[str, object]], n: int,
+               seed: int = 0) -> list[LoadedTask]:
     spec = engine.spec
-    return [engine.load(TaskArtifact.random(KINDS[i % len(KINDS)][0], spec, 2 + i % 3,
-                                            config=KINDS[i % len(KINDS)][1], seed=i))
+    return [engine.load(TaskArtifact.random(kinds[i % len(kinds)][0], spec, 2 + i % 3,
+                                            config=kinds[i % len(kinds)][1], seed=seed + i))
             for i in range(n)]
+
+
+def spread(tasks: Sequence[LoadedTask], buckets: list[list[int]], n: int) -> list[LoadedTask]:
+    """Row -> task such that the j-th row in bucket order gets task j % len(tasks)."""
+    out: list[LoadedTask] = [tasks[0]] * n
+    for j, i in enumerate(i for b in buckets for i in b):
+        out[i] = tasks[j % len(tasks)]
+    return out
 
 
 def peft_model(path: str, n_adapters: int):
@@ -74,45 +108,20 @@ def hf_batch(enc: Sequence[Encoded], engine: Engine) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask.long(), "token_type_ids": types}
 
 
-def timed(fn: Callable[[], object], clock: Callable[[], float]) -> float:
-    t0 = clock()
-    fn()
-    return clock() - t0
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, help="SST-2 dev.tsv (GLUE format)")
-    ap.add_argument("--backbone", default=None, help="local HF encoder folder (default: packaged MiniLM)")
-    ap.add_argument("--limit", type=int, default=None, help="use only the first N sentences")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="cpu: this thread's CPU time with 1 torch thread -- the work done, "
-                         "robust to other jobs on a shared machine")
-    args = ap.parse_args(argv)
-    if args.clock == "cpu":
-        args.threads = 1
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
-    texts = read_sst2(args.data, args.limit)
-    bb = load_backbone(args.backbone, device="auto")
+def mix_runs(bb: Backbone, enc: list[Encoded], buckets: list[list[int]]) -> Runs:
     engine = Engine(bb, max_batch_size=64)
-    enc = engine.tokenize(texts)
     naive = [list(range(i, min(i + 64, len(enc)))) for i in range(0, len(enc), 64)]
-    buckets = plan_buckets([len(e.ids) for e in enc], 64)
-    tasks64 = mixed_tasks(engine, 64)
-    order = [i for b in buckets for i in b]  # row at sorted position j gets task j % 64
-    row_task = [None] * len(enc)
-    for j, i in enumerate(order):
-        row_task[i] = tasks64[j % 64]
-    dense_tasks = [t for t in tasks64 if t.kind.name != "sparse"]
-    row_task_dense = [dense_tasks[j % len(dense_tasks)] for j in range(len(enc))]
-    pm = peft_model(str(bb.path), 32).to(bb.device)
+    row_task = spread(load_tasks(engine, KINDS, 64), buckets, len(enc))
+    # separate engines: a table pads every slot to its largest task (5 % entries here)
+    eng5 = Engine(bb, max_batch_size=64)
+    kinds5 = [*KINDS[:4], ("sparse", SparseConfig(density=0.05))]
+    row_task5 = spread(load_tasks(eng5, kinds5, 64), buckets, len(enc))
+    eng_dense = Engine(bb, max_batch_size=64)
+    row_dense = spread(load_tasks(eng_dense, KINDS[:4], 51), buckets, len(enc))
+    pm = peft_model(str(bb.path), 32).to(bb.device, bb.dtype)
     names = [f"a{j % 32}" for j in range(len(enc))]
     lora_tasks = [engine.load(a) for a in peft_artifacts(pm, bb.spec, 32)]
-    row_task_lora = [lora_tasks[j % 32] for j in range(len(enc))]
+    row_lora = [lora_tasks[j % 32] for j in range(len(enc))]
 
     @torch.inference_mode()
     def bare(groups: list[list[int]]) -> None:
@@ -124,38 +133,139 @@ def main(argv: Sequence[str] | None = None) -> None:
         for g in buckets:
             pm(**hf_batch([enc[i] for i in g], engine), adapter_names=[names[i] for i in g])
 
-    runs: dict[str, Callable[[], object]] = {
+    return {
         "a: bare backbone, naive padding": lambda: bare(naive),
         "b: bare backbone, engine buckets": lambda: bare(buckets),
         "b': engine, no task": lambda: engine.run_encoded(enc, [None] * len(enc)),
-        "c: engine, 64 mixed tasks/batch": lambda: engine.run_encoded(enc, row_task),
-        "c': engine, 64 tasks, no sparse": lambda: engine.run_encoded(enc, row_task_dense),
+        "c: engine, 64 mixed tasks/batch, sparse 1 %": lambda: engine.run_encoded(enc, row_task),
+        "c5: the same, sparse 5 %": lambda: eng5.run_encoded(enc, row_task5),
+        "c': engine, 51 tasks/batch, no sparse": lambda: eng_dense.run_encoded(enc, row_dense),
         "d: PEFT, 32 LoRA, adapter_names": peft_mixed,
-        "e: engine, the same 32 LoRA": lambda: engine.run_encoded(enc, row_task_lora),
+        "e: engine, the same 32 LoRA": lambda: engine.run_encoded(enc, row_lora),
     }
+
+
+def kind_runs(bb: Backbone, enc: list[Encoded], buckets: list[list[int]]) -> Runs:
+    runs: Runs = {}
+    for kind in KINDS:
+        engine = Engine(bb, max_batch_size=64)
+        tasks = load_tasks(engine, [kind], 64, seed=100)
+        many = spread(tasks, buckets, len(enc))
+        one = [tasks[0]] * len(enc)
+        runs[f"{kind[0]}: 64 tasks/batch"] = lambda e=engine, t=many: e.run_encoded(enc, t)
+        runs[f"{kind[0]}: 1 task"] = lambda e=engine, t=one: e.run_encoded(enc, t)
+    return runs
+
+
+def many_runs(bb: Backbone, enc: list[Encoded], n: int, report: list[str]) -> Runs:
+    engine = Engine(bb, max_batch_size=64)
+    before = engine.tables.nbytes
+    t0 = time.perf_counter()
+    tasks = load_tasks(engine, [("pasta", None)], n, seed=1000)
+    load_s = time.perf_counter() - t0
+    rng = random.Random(0)
+    wide = [tasks[rng.randrange(n)] for _ in enc]
+    narrow = [tasks[rng.randrange(10)] for _ in enc]
+    rows = tasks[0].nbytes
+    report.append(f"{n} PASTA tasks resident: {rows} table bytes per task (its rows: vectors + "
+                  f"head), tables allocated {(engine.tables.nbytes - before) / 2**20:.1f} MiB "
+                  f"= {(engine.tables.nbytes - before) / n:.0f} bytes per task incl. free slots "
+                  f"(capacity {engine.tables.kinds['pasta'].capacity}); loading took "
+                  f"{load_s:.1f} s wall ({load_s / n * 1000:.2f} ms per task)")
+    return {f"pasta: rows over {n} tasks": lambda: engine.run_encoded(enc, wide),
+            "pasta: rows over 10 tasks": lambda: engine.run_encoded(enc, narrow)}
+
+
+def measure(runs: Runs, rounds: int, clock: Callable[[], float], sync: Callable[[], None],
+            rows: int) -> dict[str, float]:
+    """rows/s per run: median over rounds, runs interleaved within each round."""
+    def timed(fn: Callable[[], object]) -> float:
+        sync()
+        t0 = clock()
+        fn()
+        sync()
+        return clock() - t0
+
     for fn in runs.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for k, fn in runs.items():
-            times[k].append(timed(fn, clock))
-    tput = {k: len(enc) / statistics.median(v) for k, v in times.items()}
-    pad_naive = sum(len(g) * max(len(enc[i].ids) for i in g) for g in naive)
+            times[k].append(timed(fn))
+    return {k: rows / statistics.median(v) for k, v in times.items()}
+
+
+def print_ratios(tput: dict[str, float]) -> None:
+    def get(prefix: str) -> float:
+        return next(v for k, v in tput.items() if k.startswith(prefix))
+
+    if any(k.startswith("c:") for k in tput):
+        b, c, c5, c2, d = get("b:"), get("c:"), get("c5:"), get("c':"), get("d:")
+        b2 = get("b':")
+        print(f"\nc/b = {c / b:.3f} (target >= 0.95)   c5/b = {c5 / b:.3f} (sparse 5 %, reported)"
+              f"   c'/b = {c2 / b:.3f}   c/d = {c / d:.2f}   e/d = {get('e:') / d:.2f}"
+              f"   b'/b = {b2 / b:.3f}")
+    for kind, _ in KINDS:
+        if f"{kind}: 1 task" in tput:
+            r = tput[f"{kind}: 64 tasks/batch"] / tput[f"{kind}: 1 task"]
+            print(f"{kind}: 64 different tasks / 1 task = {r:.3f} (target within 0.95-1.05)")
+    wide = [k for k in tput if k.startswith("pasta: rows over") and "10 tasks" not in k]
+    if wide:
+        r = tput[wide[0]] / tput["pasta: rows over 10 tasks"]
+        print(f"{wide[0]} / over 10 tasks = {r:.3f} (target >= 0.95)")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="SST-2 dev.tsv (GLUE format)")
+    ap.add_argument("--backbone", default=None, help="local HF encoder folder (default: packaged MiniLM)")
+    ap.add_argument("--geometry", choices=("minilm", "bert-base"), default="minilm",
+                    help="bert-base: a randomly initialised 12 x 768 BERT (GPU runs)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N sentences")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--sections", default="mix,kinds,many", help="any of mix, kinds, many")
+    ap.add_argument("--many", type=int, default=10_000, help="PASTA tasks resident in 'many'")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: this thread's CPU time with 1 torch thread -- the work done, "
+                         "robust to other jobs on a shared machine (CPU runs only)")
+    args = ap.parse_args(argv)
+    if args.clock == "cpu":
+        args.threads = 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+    with tempfile.TemporaryDirectory() as tmp:
+        bb = make_backbone(args, Path(tmp))
+        cuda = bb.device.type == "cuda"
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
+        enc = Engine(bb).tokenize(read_sst2(args.data, args.limit))
+        buckets = plan_buckets([len(e.ids) for e in enc], 64)
+        sections = set(args.sections.split(","))
+        runs: Runs = {}
+        report: list[str] = []
+        if "mix" in sections:
+            runs.update(mix_runs(bb, enc, buckets))
+        if "kinds" in sections:
+            runs.update(kind_runs(bb, enc, buckets))
+        if "many" in sections:
+            runs.update(many_runs(bb, enc, args.many, report))
+        tput = measure(runs, args.rounds, clock, sync, len(enc))
     pad_bucket = sum(len(g) * max(len(enc[i].ids) for i in g) for g in buckets)
     real = sum(len(e.ids) for e in enc)
-    print(f"device={bb.device} dtype={bb.dtype} threads={torch.get_num_threads()} "
-          f"rows={len(enc)} backbone={bb.path.name} rounds={args.rounds} clock={args.clock}")
-    print(f"padding efficiency: naive {real / pad_naive:.2f}, buckets {real / pad_bucket:.2f} "
-          f"({len(buckets)} forwards)")
+    dev = torch.cuda.get_device_name() if cuda else "cpu"
+    print(f"device={dev} dtype={bb.dtype} threads={torch.get_num_threads()} rows={len(enc)} "
+          f"backbone={args.geometry}:{bb.spec.num_layers}x{bb.spec.hidden} rounds={args.rounds} "
+          f"clock={args.clock}")
+    print(f"padding efficiency of the buckets {real / pad_bucket:.2f} ({len(buckets)} forwards)")
     print("| run | seq/s |\n|---|---:|")
     for k, v in tput.items():
         print(f"| {k} | {v:.1f} |")
-    b, c, d = (next(v for k, v in tput.items() if k.startswith(p)) for p in ("b:", "c:", "d:"))
-    c2 = tput["c': engine, 64 tasks, no sparse"]
-    e, b2 = tput["e: engine, the same 32 LoRA"], tput["b': engine, no task"]
-    print(f"e/d = {e / d:.2f} (the engine vs PEFT on the same 32 LoRA adapters)   b'/d = {b2 / d:.2f}")
-    print(f"\nc/b = {c / b:.3f} (target >= 0.90)   c/d = {c / d:.2f} (target >= 1.3)   "
-          f"c'/b = {c2 / b:.3f}   c'/d = {c2 / d:.2f}")
+    print_ratios(tput)
+    for line in report:
+        print(line)
 
 
 if __name__ == "__main__":

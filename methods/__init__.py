@@ -1,17 +1,47 @@
-"""Artifact kinds, the frozen backbone and the mixed-task engine."""
+"""Artifact kinds, the frozen backbone and the mixed-task engine.
 
-from methods import bitfit, lora, pasta, prefix, sparse  # noqa: F401  (register the kinds)
-from methods.artifact import TaskArtifact
-from methods.attach import TaskModule
-from methods.backbone import Backbone, BackboneError, load_backbone
-from methods.engine import Engine, LoadedTask, TextInput
-from methods.errors import ArtifactError
-from methods.heads import HeadConfig
-from methods.registry import Kind, get_kind, kind_names
-from methods.spec import BackboneSpec
+Names load on first use, so that ``methods.errors`` (and what only needs it, such as the
+store's header checks) stays free of torch.
+"""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from methods.artifact import TaskArtifact
+    from methods.attach import TaskModule
+    from methods.backbone import Backbone, BackboneError, load_backbone
+    from methods.engine import Engine, LoadedTask, TextInput
+    from methods.errors import ArtifactError, ConfigError
+    from methods.heads import HeadConfig
+    from methods.registry import Kind, get_kind, kind_names
+    from methods.spec import BackboneSpec
+
+_WHERE = {
+    "TaskArtifact": "methods.artifact", "TaskModule": "methods.attach",
+    "Backbone": "methods.backbone", "BackboneError": "methods.backbone",
+    "load_backbone": "methods.backbone", "Engine": "methods.engine",
+    "LoadedTask": "methods.engine", "TextInput": "methods.engine",
+    "ArtifactError": "methods.errors", "ConfigError": "methods.errors",
+    "HeadConfig": "methods.heads", "Kind": "methods.registry", "get_kind": "methods.registry",
+    "kind_names": "methods.registry", "BackboneSpec": "methods.spec",
+}
 __all__ = [
-    "ArtifactError", "Backbone", "BackboneError", "BackboneSpec", "Engine", "HeadConfig", "Kind",
-    "LoadedTask", "TaskArtifact", "TaskModule", "TextInput", "get_kind", "kind_names",
-    "load_backbone",
+    "ArtifactError", "Backbone", "BackboneError", "BackboneSpec", "ConfigError", "Engine",
+    "HeadConfig", "Kind", "LoadedTask", "TaskArtifact", "TaskModule", "TextInput", "get_kind",
+    "kind_names", "load_backbone",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'methods' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -14,8 +14,10 @@ from torch import Tensor, nn
 from methods.artifact import TaskArtifact
 from methods.backbone import Backbone
 from methods.encoder import Encoder
-from methods.engine import LoadedTask, forward_tasks
-from methods.heads import HeadConfig
+from methods.engine import BatchSlots, forward_slots
+from methods.heads import HeadConfig, head_rows
+from methods.registry import get_kind
+from methods.slots import single_row
 
 
 def _key(name: str) -> str:
@@ -47,22 +49,25 @@ class TaskModule(nn.Module):
             _key(k): nn.Parameter(_to(v, dev, dt)) for k, v in artifact.head_tensors().items()
         })
 
-    def loaded(self) -> LoadedTask:
-        kind = TaskArtifact(self.kind_name, self.config, self.head, {}).kind_impl
+    def batch_slots(self, batch: int) -> BatchSlots:
+        """The task as one-slot tables built from the parameters (so gradients reach
+        them), every row of the batch in slot 0."""
+        kind, spec, dev = get_kind(self.kind_name), self.backbone.spec, self.backbone.device
         tensors = {k.replace("__", "."): v for k, v in self.tensor_params.items()}
-        if not kind.trainable:
-            tensors = kind.prepare(tensors, self.backbone.spec, self.config,
-                                   self.backbone.device, self.backbone.dtype)
         head = {k.replace("__", "."): v for k, v in self.head_params.items()}
-        return LoadedTask(kind, self.config, self.head, tensors, head, 0)
+        mlp = self.head.type == "mlp"
+        head_row, mlp_row = head_rows(head, self.head, 0 if mlp else -1)
+        zeros = torch.zeros(batch, dtype=torch.long, device=dev)
+        kinds = {kind.name: (kind, single_row(kind.rows(tensors, spec, self.config)), zeros)}
+        return BatchSlots(kinds, single_row(head_row), single_row(mlp_row), zeros,
+                          [self.head.num_outputs] * batch)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor,
                 token_type_ids: Tensor | None = None) -> Tensor:
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        task = self.loaded()
-        rows = forward_tasks(self.encoder, input_ids, attention_mask, token_type_ids,
-                             [task] * input_ids.shape[0])
+        rows = forward_slots(self.encoder, input_ids, attention_mask, token_type_ids,
+                             self.batch_slots(input_ids.shape[0]))
         return torch.stack(rows)
 
     def export(self, head: HeadConfig | None = None, **_: Any) -> TaskArtifact:

@@ -1,16 +1,24 @@
-"""BitFit: deltas on every Linear bias and LayerNorm bias of the encoder."""
+"""BitFit: deltas on every Linear bias and LayerNorm bias of the encoder.
+
+Table: ``bitfit.flat`` (N, D), every bias delta of a task end to end (D = all bias dims);
+a batch gathers its BitFit rows once and each Linear/LayerNorm adds its slice.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping
 
+import torch
 from torch import Tensor
 
 from methods.config import BaseConfig
-from methods.encoder import BatchContext, Effect, add_
-from methods.registry import Kind, TaskPart, register_kind, row_table
+from methods.encoder import BatchContext, Effect, add_, batch_rows
+from methods.registry import Kind, register_kind
+from methods.slots import slot_rows
 from methods.spec import BackboneSpec
+
+FLAT = "bitfit.flat"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,21 +26,34 @@ class BitfitConfig(BaseConfig):
     pass
 
 
+def offsets(spec: BackboneSpec) -> dict[str, tuple[int, int]]:
+    """Module path -> (start, end) of its bias delta in the flat row."""
+    out, pos = {}, 0
+    for p in spec.bias_params():
+        n = spec.param_shapes[p][0]
+        out[p[:-len(".bias")]] = (pos, pos + n)
+        pos += n
+    return out
+
+
 class BitfitEffect(Effect):
-    def __init__(self, parts: Sequence[TaskPart], ctx: BatchContext, spec: BackboneSpec) -> None:
-        B = ctx.input_ids.shape[0]
-        self.tables = {  # module path -> (B, 1, dim)
-            p[:-len(".bias")]: row_table(parts, "bitfit." + p, B, ctx).unsqueeze(1)
-            for p in spec.bias_params()
-        }
-        self.linear_names = frozenset(spec.linear_names())
-        self.norm_names = frozenset(spec.norm_names())
+    def __init__(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> None:
+        self.rows, sel = slot_rows(slots)
+        self.batch = len(slots)
+        self.flat = tables[FLAT][sel].to(ctx.dtype)  # (n, D)
+        self.offsets = offsets(ctx.spec)
+        self.linear_names = frozenset(ctx.spec.linear_names())
+        self.norm_names = frozenset(ctx.spec.norm_names())
+
+    def _add(self, name: str, y: Tensor) -> Tensor:
+        a, b = self.offsets[name]  # the module's deltas on its rows, zeros on the others
+        return add_(y, batch_rows(self.rows, self.flat[:, a:b], self.batch)[:, None, :])
 
     def linear(self, name: str, x: Tensor, y: Tensor) -> Tensor:
-        return add_(y, self.tables[name])
+        return self._add(name, y)
 
     def norm(self, name: str, normed: Tensor | None, y: Tensor) -> Tensor:
-        return add_(y, self.tables[name])
+        return self._add(name, y)
 
 
 class Bitfit(Kind):
@@ -43,8 +64,12 @@ class Bitfit(Kind):
     def shapes(self, spec: BackboneSpec, cfg: BitfitConfig) -> dict[str, tuple[int, ...]]:
         return {"bitfit." + p: spec.param_shapes[p] for p in spec.bias_params()}
 
-    def effect(self, parts: Sequence[TaskPart], ctx: BatchContext) -> Effect:
-        return BitfitEffect(parts, ctx, ctx.spec)
+    def rows(self, tensors: Mapping[str, Tensor], spec: BackboneSpec,
+             cfg: BitfitConfig) -> dict[str, Tensor]:
+        return {FLAT: torch.cat([tensors["bitfit." + p] for p in spec.bias_params()])}
+
+    def effect(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> Effect:
+        return BitfitEffect(tables, slots, ctx)
 
 
 register_kind(Bitfit())

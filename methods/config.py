@@ -7,11 +7,10 @@ import json
 import warnings
 from typing import Any, ClassVar, Self
 
+from methods.errors import ConfigError
+
 CONFIG_SCHEMA_VERSION = 1
-
-
-class ConfigError(ValueError):
-    """A kind or head config is missing keys, has bad values, or a wrong schema version."""
+__all__ = ["CONFIG_SCHEMA_VERSION", "BaseConfig", "ConfigError", "require"]
 
 
 @dataclasses.dataclass(frozen=True)

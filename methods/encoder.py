@@ -39,6 +39,12 @@ def add_rows(y: Tensor, rows: Tensor, delta: Tensor) -> Tensor:
     return y.index_add_(0, rows, delta)
 
 
+def batch_rows(rows: Tensor, values: Tensor, batch: int) -> Tensor:
+    """(batch, *values.shape[1:]): ``values`` on ``rows``, zeros elsewhere (differentiable)."""
+    out = values.new_zeros((batch, *values.shape[1:]))
+    return out.index_copy(0, rows, values)
+
+
 def add_(y: Tensor, delta: Tensor) -> Tensor:
     """y + delta (broadcast), in place when serving."""
     return y + delta if torch.is_grad_enabled() else y.add_(delta)

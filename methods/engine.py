@@ -12,8 +12,10 @@ from torch import Tensor
 from methods.artifact import TaskArtifact
 from methods.backbone import Backbone
 from methods.encoder import BatchContext, Effect, Encoder
-from methods.heads import HeadConfig, apply_head
-from methods.registry import Kind, TaskPart
+from methods.heads import HeadConfig, apply_heads, head_layout, head_rows, mlp_layout
+from methods.registry import Kind
+from methods.slots import SlotTable, slot_rows
+from methods.spec import BackboneSpec
 
 TextInput = str | tuple[str, str]
 PAD_COST = 512  # a forward's fixed cost, in padded tokens, when planning buckets
@@ -21,14 +23,90 @@ PAD_COST = 512  # a forward's fixed cost, in padded tokens, when planning bucket
 
 @dataclasses.dataclass(eq=False)
 class LoadedTask:
-    """A task ready to run: its tensors prepared on the engine's device."""
+    """A task resident in an engine's slot tables: where its rows are, what they cost."""
 
     kind: Kind
     config: Any
     head: HeadConfig
-    tensors: Mapping[str, Tensor]
-    head_tensors: Mapping[str, Tensor]
-    nbytes: int
+    table: str  # which of the kind's tables holds it (Kind.table_key)
+    slot: int  # its row in that table
+    head_slot: int  # its row in the head table
+    mlp_slot: int  # its row in the mlp-head table, -1 unless the head is an mlp
+    nbytes: int  # device bytes of those rows
+    tables: SlotTables
+
+
+@dataclasses.dataclass
+class BatchSlots:
+    """What one forward reads: per kind table, its fields and each row's slot (-1: none)."""
+
+    kinds: dict[str, tuple[Kind, Mapping[str, Tensor], Tensor]]  # table key -> ...
+    heads: Mapping[str, Tensor]
+    mlps: Mapping[str, Tensor]
+    head_slots: Tensor  # (B,)
+    widths: list[int]  # each row's output count (0: no task, the row returns [CLS])
+
+
+class SlotTables:
+    """One engine's tables: one per kind, the head table and the mlp-head table."""
+
+    def __init__(self, spec: BackboneSpec, device: torch.device, dtype: torch.dtype,
+                 capacity: int = 16) -> None:
+        self.spec, self.device, self.dtype, self.capacity = spec, device, dtype, capacity
+        self.kinds: dict[str, SlotTable] = {}  # by table key (Kind.table_key)
+        self.heads = SlotTable("head", device, dtype, capacity)
+        self.mlps = SlotTable("mlp", device, dtype, capacity)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in (*self.kinds.values(), self.heads, self.mlps))
+
+    def load(self, artifact: TaskArtifact) -> LoadedTask:
+        """Write a validated artifact's rows into free slots of the tables."""
+        kind, cfg, spec = artifact.kind_impl, artifact.config, self.spec
+        rows = kind.rows(artifact.kind_tensors(), spec, cfg)
+        key = kind.table_key(rows)
+        table = self.kinds.setdefault(key, SlotTable(key, self.device, self.dtype, self.capacity))
+        layout = kind.layout(rows)
+        slot = table.put(layout, rows)
+        mlp_slot = -1
+        if artifact.head.type == "mlp":
+            _, mlp_row = head_rows(artifact.head_tensors(), artifact.head, 0)
+            mlp_slot = self.mlps.put(mlp_layout(spec), mlp_row)
+        head_row, _ = head_rows(artifact.head_tensors(), artifact.head, mlp_slot)
+        head_slot = self.heads.put(head_layout(spec, artifact.head), head_row)
+        nbytes = (table.row_bytes(list(layout)) + self.heads.row_bytes()
+                  + (self.mlps.row_bytes() if mlp_slot >= 0 else 0))
+        return LoadedTask(kind, cfg, artifact.head, key, slot, head_slot, mlp_slot, nbytes, self)
+
+    def unload(self, task: LoadedTask) -> None:
+        """Free the task's slots (cleared). No batch may still be using the task."""
+        if task.slot < 0:
+            return
+        self.kinds[task.table].free(task.slot)
+        self.heads.free(task.head_slot)
+        if task.mlp_slot >= 0:
+            self.mlps.free(task.mlp_slot)
+        task.slot = task.head_slot = task.mlp_slot = -1
+
+    def batch(self, tasks: Sequence[LoadedTask | None], device: torch.device) -> BatchSlots:
+        """Each row's slots (one pass over the rows; tensors, not per-task copies)."""
+        B = len(tasks)
+        kind_slots: dict[str, list[int]] = {}
+        kinds_of: dict[str, Kind] = {}
+        head, widths = [-1] * B, [0] * B
+        for i, t in enumerate(tasks):
+            if t is None:
+                continue
+            if t.tables is not self or t.slot < 0:
+                raise ValueError(f"row {i}: task is not loaded in this engine's tables")
+            kind_slots.setdefault(t.table, [-1] * B)[i] = t.slot
+            head[i], widths[i] = t.head_slot, t.head.num_outputs
+            kinds_of[t.table] = t.kind
+        kinds = {n: (kinds_of[n], dict(self.kinds[n].fields), torch.tensor(s, device=device))
+                 for n, s in kind_slots.items()}
+        return BatchSlots(kinds, dict(self.heads.fields), dict(self.mlps.fields),
+                          torch.tensor(head, device=device), widths)
 
 
 @dataclasses.dataclass
@@ -39,23 +117,26 @@ class Encoded:
 
 
 class Engine:
-    def __init__(self, backbone: Backbone, max_batch_size: int = 64) -> None:
+    def __init__(self, backbone: Backbone, max_batch_size: int = 64, capacity: int = 16) -> None:
+        """capacity: slots each table starts with (tables double when full)."""
         self.backbone = backbone
         self.encoder = Encoder(backbone)
+        self.tables = SlotTables(backbone.spec, backbone.device, backbone.dtype, capacity)
         self.max_batch_size = max_batch_size
         self.pad_id = backbone.tokenizer.pad_token_id or 0
 
     @property
-    def spec(self):
+    def spec(self) -> BackboneSpec:
         return self.backbone.spec
 
     def load(self, artifact: TaskArtifact) -> LoadedTask:
-        """Validate and move an artifact's tensors to the device (serve-time form)."""
+        """Validate an artifact and write it into free slots of the engine's tables."""
         artifact.validate(self.spec)
-        bb, kind = self.backbone, artifact.kind_impl
-        tensors = kind.prepare(artifact.kind_tensors(), self.spec, artifact.config, bb.device, bb.dtype)
-        head = {k: v.to(bb.device, bb.dtype) for k, v in artifact.head_tensors().items()}
-        return LoadedTask(kind, artifact.config, artifact.head, tensors, head, artifact.nbytes)
+        return self.tables.load(artifact)
+
+    def unload(self, task: LoadedTask) -> None:
+        """Free a task's slots; the caller guarantees no batch in flight still uses it."""
+        self.tables.unload(task)
 
     def tokenize(self, inputs: Sequence[TextInput]) -> list[Encoded]:
         """Token ids per input, truncated to the backbone's limit (flagged when so)."""
@@ -119,37 +200,37 @@ class Engine:
 def forward_tasks(encoder: Encoder, ids: Tensor, mask: Tensor, types: Tensor,
                   tasks: Sequence[LoadedTask | None]) -> list[Tensor]:
     """Rows' logits (or [CLS] states for rows with no task) after one encoder forward."""
+    return forward_slots(encoder, ids, mask, types, group_rows(tasks, ids.device))
+
+
+def forward_slots(encoder: Encoder, ids: Tensor, mask: Tensor, types: Tensor,
+                  batch: BatchSlots) -> list[Tensor]:
     ctx = encoder.context(ids, mask)
-    groups = group_rows(tasks, ids.device)
-    hidden = encoder.forward(ctx, types, effects_for(groups, ctx))
+    hidden = encoder.forward(ctx, types, effects_for(batch, ctx))
     cls = hidden[:, 0]  # (B, d)
     out: list[Tensor] = list(cls)
-    for task, rows in groups:
-        logits = apply_head(task.head_tensors, task.head, cls[rows], encoder.pooler)
-        for r, lg in zip(rows.tolist(), logits, strict=True):
-            out[r] = lg
+    rows, sel = slot_rows(batch.head_slots)
+    if len(rows):
+        width = max(batch.widths)
+        logits = apply_heads(batch.heads, batch.mlps, rows, sel, cls, encoder.pooler, width)
+        for j, r in enumerate(rows.tolist()):
+            out[r] = logits[j, :batch.widths[r]]
     return out
 
 
-def group_rows(tasks: Sequence[LoadedTask | None],
-               device: torch.device) -> list[tuple[LoadedTask, Tensor]]:
-    """Each distinct task in the batch with the (n,) indices of its rows."""
-    rows: dict[int, list[int]] = {}
-    first: dict[int, LoadedTask] = {}
-    for i, t in enumerate(tasks):
-        if t is not None:
-            rows.setdefault(id(t), []).append(i)
-            first.setdefault(id(t), t)
-    return [(first[k], torch.tensor(r, device=device)) for k, r in rows.items()]
+def group_rows(tasks: Sequence[LoadedTask | None], device: torch.device) -> BatchSlots:
+    """The batch's slots, from the tasks of its rows (all of one engine)."""
+    owner = next((t.tables for t in tasks if t is not None), None)
+    if owner is None:
+        empty = torch.full((len(tasks),), -1, dtype=torch.long, device=device)
+        return BatchSlots({}, {}, {}, empty, [0] * len(tasks))
+    return owner.batch(tasks, device)
 
 
-def effects_for(groups: Sequence[tuple[LoadedTask, Tensor]], ctx: BatchContext) -> list[Effect]:
-    by_kind: dict[str, tuple[Kind, list[TaskPart]]] = {}
-    for task, rows in groups:
-        entry = by_kind.setdefault(task.kind.name, (task.kind, []))
-        if task.tensors:
-            entry[1].append(TaskPart(rows, task.tensors, task.config))
-    return [kind.effect(parts, ctx) for kind, parts in by_kind.values() if parts]
+def effects_for(batch: BatchSlots, ctx: BatchContext) -> list[Effect]:
+    """One effect per kind table present in the batch, each gathering its rows by slot."""
+    return [kind.effect(tables, slots, ctx) for kind, tables, slots in batch.kinds.values()
+            if tables]
 
 
 def plan_buckets(lengths: Sequence[int], max_batch: int) -> list[list[int]]:

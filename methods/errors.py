@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+class ConfigError(ValueError):
+    """A configuration is wrong: a kind or head config (missing keys, bad values, a wrong
+    schema version) or the server's options. The message names the bad input."""
+
+
 class ArtifactError(ValueError):
     """An artifact fails a check. ``check`` names the check (stable, for clients and tests)."""
 

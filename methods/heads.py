@@ -14,6 +14,7 @@ from torch import Tensor
 from methods.config import BaseConfig, require
 from methods.errors import ArtifactError
 from methods.registry import check_exact
+from methods.slots import Field
 from methods.spec import BackboneSpec
 
 HEAD_TYPES = ("linear", "mlp", "pooler")
@@ -61,9 +62,54 @@ def validate_head(tensors: Mapping[str, Tensor], spec: BackboneSpec, cfg: HeadCo
     check_exact(tensors, head_shapes(spec, cfg), "head")
 
 
-def apply_head(t: Mapping[str, Tensor], cfg: HeadConfig, cls: Tensor,
-               pooler: Any) -> Tensor:
-    """(n, d) [CLS] states -> (n, C) logits."""
+# Head tables. Every task has a row in the head table: its output layer (padded to the
+# table's largest output count) and which input it reads: [CLS] (linear), the backbone's
+# pooler (pooler), or its own tanh(W1 h + b1), kept in a row of the mlp table (mlp).
+OUT_W, OUT_B, POOLED, MLP_SLOT = "head.weight", "head.bias", "head.pooled", "head.mlp_slot"
+MLP_W, MLP_B = "head.dense.weight", "head.dense.bias"
+
+
+def head_layout(spec: BackboneSpec, cfg: HeadConfig) -> dict[str, Field]:
+    d, c = spec.hidden, cfg.num_outputs
+    return {OUT_W: Field((c, d)), OUT_B: Field((c,)), POOLED: Field(()),
+            MLP_SLOT: Field((), torch.int64, fill=-1)}
+
+
+def mlp_layout(spec: BackboneSpec) -> dict[str, Field]:
+    return {MLP_W: Field((spec.hidden, spec.hidden)), MLP_B: Field((spec.hidden,))}
+
+
+def head_rows(t: Mapping[str, Tensor], cfg: HeadConfig,
+              mlp_slot: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(head table row, mlp table row or {}) from a head's tensors."""
+    mlp = cfg.type == "mlp"
+    w, b = (t["head.out.weight"], t["head.out.bias"]) if mlp else (t[OUT_W], t[OUT_B])
+    row = {OUT_W: w, OUT_B: b, POOLED: torch.tensor(float(cfg.type == "pooler"), device=w.device),
+           MLP_SLOT: torch.tensor(mlp_slot, device=w.device)}
+    return row, ({MLP_W: t[MLP_W], MLP_B: t[MLP_B]} if mlp else {})
+
+
+def apply_heads(heads: Mapping[str, Tensor], mlps: Mapping[str, Tensor], rows: Tensor,
+                sel: Tensor, cls: Tensor, pooler: Any, width: int) -> Tensor:
+    """(n, width) logits for batch rows ``rows`` (head slots ``sel``) from (B, d) [CLS]
+    states; width: the largest output count among them (a row's own is a prefix of it)."""
+    z = cls[rows]
+    pooled = heads[POOLED][sel].to(z.dtype)[:, None]
+    if pooler is not None and bool(pooled.any()):
+        pz = torch.tanh(F.linear(z, pooler.dense.weight, pooler.dense.bias))
+        z = torch.where(pooled > 0, pz, z)
+    ms = heads[MLP_SLOT][sel]
+    mrows = torch.nonzero(ms >= 0, as_tuple=True)[0]
+    if len(mrows):
+        m = ms[mrows]
+        h = torch.bmm(mlps[MLP_W][m].to(z.dtype), z[mrows, :, None])[..., 0]
+        z = z.index_copy(0, mrows, torch.tanh(h + mlps[MLP_B][m].to(z.dtype)))
+    w, b = heads[OUT_W][:, :width][sel].to(z.dtype), heads[OUT_B][:, :width][sel].to(z.dtype)
+    return torch.bmm(w, z[:, :, None])[..., 0] + b
+
+
+def apply_head(t: Mapping[str, Tensor], cfg: HeadConfig, cls: Tensor, pooler: Any) -> Tensor:
+    """One head on (n, d) [CLS] states -> (n, C) logits (the trainer's full-model path)."""
     if cfg.type == "mlp":
         h = torch.tanh(F.linear(cls, t["head.dense.weight"], t["head.dense.bias"]))
         return F.linear(h, t["head.out.weight"], t["head.out.bias"])

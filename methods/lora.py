@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
 from methods.config import BaseConfig, require
 from methods.encoder import BatchContext, Effect, add_rows
-from methods.registry import Kind, TaskPart, register_kind
+from methods.registry import Kind, register_kind
+from methods.slots import slot_rows
 from methods.spec import LAYER_LINEARS, BackboneSpec
+
+SCALE = "lora.scale"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,36 +43,21 @@ class LoraConfig(BaseConfig):
 
 
 class LoraEffect(Effect):
-    def __init__(self, parts: Sequence[TaskPart], ctx: BatchContext) -> None:
-        self.by_name: dict[str, list[TaskPart]] = {}
-        for p in parts:
-            for key in p.tensors:
-                if key.endswith(".A"):
-                    self.by_name.setdefault(key[len("lora."):-2], []).append(p)
-        self.linear_names = frozenset(self.by_name)
-        self.dtype = ctx.dtype
+    """Rows with a slot get scale * B_s (A_s x), A/B gathered by slot (rank padded with
+    zeros to the table's largest rank: an exact no-op beyond a task's own rank)."""
+
+    def __init__(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> None:
+        self.tables, self.dtype = tables, ctx.dtype
+        self.rows, self.sel = slot_rows(slots)
+        self.scale = tables[SCALE][self.sel].to(ctx.dtype)[:, None, None]
+        self.linear_names = frozenset(k[len("lora."):-2] for k in tables if k.endswith(".A"))
 
     def linear(self, name: str, x: Tensor, y: Tensor) -> Tensor:
-        parts = self.by_name[name]
-        r = max(p.config.r for p in parts)
-        rows = torch.cat([p.rows for p in parts])
-        A = torch.cat([_expand(p, f"lora.{name}.A", r, 0, self.dtype) for p in parts])  # (n, r, in)
-        B = torch.cat([_expand(p, f"lora.{name}.B", r, 1, self.dtype) for p in parts])  # (n, out, r)
-        scale = torch.cat([x.new_full((len(p.rows),), p.config.scale) for p in parts])
-        h = torch.bmm(x[rows], A.transpose(1, 2))  # (n, T, r)
-        delta = torch.bmm(h, B.transpose(1, 2)) * scale[:, None, None]  # (n, T, out)
-        return add_rows(y, rows, delta)
-
-
-def _expand(p: TaskPart, key: str, r: int, rank_dim: int, dtype: torch.dtype) -> Tensor:
-    """The part's matrix zero-padded to rank r along rank_dim, one copy per row."""
-    t = p.tensors[key].to(dtype)
-    pad = r - t.shape[rank_dim]
-    if pad:
-        shape = list(t.shape)
-        shape[rank_dim] = pad
-        t = torch.cat([t, t.new_zeros(shape)], dim=rank_dim)
-    return t.expand(len(p.rows), *t.shape)
+        A = self.tables[f"lora.{name}.A"][self.sel].to(self.dtype)  # (n, r, in)
+        B = self.tables[f"lora.{name}.B"][self.sel].to(self.dtype)  # (n, out, r)
+        h = torch.bmm(x[self.rows], A.transpose(1, 2))  # (n, T, r)
+        delta = torch.bmm(h, B.transpose(1, 2)) * self.scale  # (n, T, out)
+        return add_rows(y, self.rows, delta)
 
 
 class Lora(Kind):
@@ -95,8 +83,13 @@ class Lora(Kind):
                 t.uniform_(-bound, bound, generator=generator)
         return out
 
-    def effect(self, parts: Sequence[TaskPart], ctx: BatchContext) -> Effect:
-        return LoraEffect(parts, ctx)
+    def rows(self, tensors: Mapping[str, Tensor], spec: BackboneSpec,
+             cfg: LoraConfig) -> dict[str, Tensor]:
+        dev = next(iter(tensors.values())).device
+        return {**tensors, SCALE: torch.tensor(cfg.scale, device=dev)}
+
+    def effect(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> Effect:
+        return LoraEffect(tables, slots, ctx)
 
 
 register_kind(Lora())

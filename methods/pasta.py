@@ -1,17 +1,21 @@
 """PASTA (arXiv 2210.04382): vectors added to the special tokens' hidden states before
-every layer. One vector per layer and special-token slot ([CLS], 1st [SEP], 2nd [SEP])."""
+every layer. One vector per layer and special-token slot ([CLS], 1st [SEP], 2nd [SEP]).
+
+Table: ``pasta.vectors`` (N, L, S, d). A batch gathers, for every special position of a
+row with a slot, that slot's vectors for the position's special index.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
 from methods.config import BaseConfig
 from methods.encoder import BatchContext, Effect
-from methods.registry import Kind, TaskPart, register_kind
+from methods.registry import Kind, register_kind
 from methods.spec import BackboneSpec
 
 KEY = "pasta.vectors"
@@ -25,16 +29,12 @@ class PastaConfig(BaseConfig):
 class PastaEffect(Effect):
     acts_before_layers = True
 
-    def __init__(self, parts: Sequence[TaskPart], ctx: BatchContext) -> None:
-        pos_b, pos_t, vals = [], [], []
-        for p in parts:
-            idx = ctx.special_index[p.rows]  # (n, T)
-            b, t = torch.nonzero(idx >= 0, as_tuple=True)  # the part's special positions
-            pos_b.append(p.rows[b])
-            pos_t.append(t)
-            vals.append(p.tensors[KEY].to(ctx.dtype)[:, idx[b, t]])  # (L, npos, d)
-        self.pos = (torch.cat(pos_b), torch.cat(pos_t))
-        self.vals = torch.cat(vals, dim=1)  # (L, Npos, d)
+    def __init__(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> None:
+        idx = ctx.special_index  # (B, T)
+        b, t = torch.nonzero((idx >= 0) & (slots >= 0)[:, None], as_tuple=True)
+        self.pos = (b, t)
+        vals = tables[KEY][slots[b], :, idx[b, t]]  # (Npos, L, d)
+        self.vals = vals.to(ctx.dtype).transpose(0, 1)  # (L, Npos, d)
 
     def before_layer(self, layer: int, h: Tensor) -> Tensor:
         if torch.is_grad_enabled():
@@ -50,8 +50,8 @@ class Pasta(Kind):
     def shapes(self, spec: BackboneSpec, cfg: PastaConfig) -> dict[str, tuple[int, ...]]:
         return {KEY: (spec.num_layers, spec.num_special, spec.hidden)}
 
-    def effect(self, parts: Sequence[TaskPart], ctx: BatchContext) -> Effect:
-        return PastaEffect(parts, ctx)
+    def effect(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> Effect:
+        return PastaEffect(tables, slots, ctx)
 
 
 register_kind(Pasta())

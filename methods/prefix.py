@@ -9,7 +9,8 @@ an exact no-op, which is what a zero-initialised prefix artifact is.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -17,10 +18,12 @@ from torch import Tensor
 from methods.config import BaseConfig, require
 from methods.encoder import BatchContext, Effect
 from methods.errors import ArtifactError
-from methods.registry import Kind, TaskPart, register_kind
+from methods.registry import Kind, register_kind
+from methods.slots import slot_rows
 from methods.spec import BackboneSpec
 
 KV, GATE = "prefix.kv", "prefix.gate"
+BIAS, LEN = "prefix.bias", "prefix.len"  # table fields: log-gate per key, prefix length
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,21 +36,16 @@ class PrefixConfig(BaseConfig):
 
 
 class PrefixEffect(Effect):
+    """Rows with a slot attend to their slot's prefix keys/values, padded to the batch's
+    longest prefix with keys whose bias is -inf (exactly no weight)."""
+
     has_prefix = True
 
-    def __init__(self, parts: Sequence[TaskPart], ctx: BatchContext) -> None:
-        L, _, _, d = parts[0].tensors[KV].shape
-        P = max(p.tensors[KV].shape[2] for p in parts)
-        kvs, biases = [], []
-        for p in parts:
-            t = p.tensors[KV].to(ctx.dtype)
-            n, Pt = len(p.rows), t.shape[2]
-            kvs.append(torch.cat([t, t.new_zeros(L, 2, P - Pt, d)], dim=2).expand(n, L, 2, P, d))
-            b = torch.log(p.tensors[GATE].to(ctx.dtype))[:, None].expand(L, Pt)  # (L, Pt)
-            b = torch.cat([b, b.new_full((L, P - Pt), float("-inf"))], dim=1)
-            biases.append(b.expand(n, L, P))
-        self.rows = torch.cat([p.rows for p in parts])
-        self.kv, self.bias = torch.cat(kvs), torch.cat(biases)  # (n, L, 2, P, d), (n, L, P)
+    def __init__(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> None:
+        self.rows, sel = slot_rows(slots)
+        P = int(tables[LEN][sel].max()) if len(sel) else 0
+        self.kv = tables[KV][:, :, :, :P][sel].to(ctx.dtype)  # (n, L, 2, P, d)
+        self.bias = tables[BIAS][:, :, :P][sel].to(ctx.dtype)  # (n, L, P)
 
     def prefix(self, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return self.rows, self.kv[:, layer, 0], self.kv[:, layer, 1], self.bias[:, layer]
@@ -57,6 +55,7 @@ class Prefix(Kind):
     name = "prefix"
     config_cls = PrefixConfig
     prefix = "prefix."
+    fills: ClassVar[dict[str, float]] = {BIAS: float("-inf")}  # a padded prefix key gets no attention
 
     def shapes(self, spec: BackboneSpec, cfg: PrefixConfig) -> dict[str, tuple[int, ...]]:
         return {KV: (spec.num_layers, 2, cfg.num_prefix, spec.hidden), GATE: (spec.num_layers,)}
@@ -72,8 +71,15 @@ class Prefix(Kind):
         if bool((tensors[GATE] < 0).any()):
             raise ArtifactError("tensor_values", f"{GATE}: gates must be >= 0")
 
-    def effect(self, parts: Sequence[TaskPart], ctx: BatchContext) -> Effect:
-        return PrefixEffect(parts, ctx)
+    def rows(self, tensors: Mapping[str, Tensor], spec: BackboneSpec,
+             cfg: PrefixConfig) -> dict[str, Tensor]:
+        """The gate as an additive attention bias log g, one per prefix key."""
+        gate = tensors[GATE]
+        return {KV: tensors[KV], BIAS: torch.log(gate)[:, None].expand(len(gate), cfg.num_prefix),
+                LEN: torch.tensor(float(cfg.num_prefix), device=gate.device)}
+
+    def effect(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> Effect:
+        return PrefixEffect(tables, slots, ctx)
 
 
 register_kind(Prefix())

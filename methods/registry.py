@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import abc
-import dataclasses
-from collections.abc import Mapping, Sequence
+import importlib
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -13,25 +13,19 @@ from torch import Tensor
 from methods.config import BaseConfig
 from methods.encoder import BatchContext, Effect
 from methods.errors import ArtifactError, UnknownKindError
+from methods.slots import Field
 from methods.spec import BackboneSpec
 
 
-@dataclasses.dataclass
-class TaskPart:
-    """One task's rows inside a batch, with its prepared tensors."""
-
-    rows: Tensor  # (n,) long, row indices into the batch
-    tensors: Mapping[str, Tensor]
-    config: Any
-
-
 class Kind(abc.ABC):
-    """What an artifact kind IS: its tensors for a backbone, and how they act in a batch."""
+    """What an artifact kind IS: its tensors for a backbone, its slot-table layout, and how
+    its table rows act on the batch rows that carry a slot of it."""
 
     name: ClassVar[str]
     config_cls: ClassVar[type[BaseConfig]]
     prefix: ClassVar[str]  # every tensor name of the kind starts with this
     trainable: ClassVar[bool] = True  # tensors can be optimised through attach()
+    fills: ClassVar[dict[str, float]] = {}  # table field -> padding value, if not 0
 
     @abc.abstractmethod
     def shapes(self, spec: BackboneSpec, cfg: Any) -> dict[str, tuple[int, ...]]:
@@ -52,15 +46,26 @@ class Kind(abc.ABC):
         """Raise ArtifactError unless ``tensors`` are exactly this kind's for ``spec``."""
         check_exact(tensors, self.shapes(spec, cfg), self.name)
 
-    def prepare(self, tensors: Mapping[str, Tensor], spec: BackboneSpec, cfg: Any,
-                device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
-        """Serve-time form of the tensors on ``device`` (default: a cast)."""
-        return {n: t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
-                for n, t in tensors.items()}
+    def layout(self, rows: Mapping[str, Tensor]) -> dict[str, Field]:
+        """The table fields a task's rows need: their shapes, index dtypes, and the fill
+        that pads a field (``fills``; 0 elsewhere, a no-op for additive kinds)."""
+        return {k: Field(tuple(v.shape), None if v.is_floating_point() else v.dtype,
+                         self.fills.get(k, 0.0)) for k, v in rows.items()}
+
+    def rows(self, tensors: Mapping[str, Tensor], spec: BackboneSpec,
+             cfg: Any) -> dict[str, Tensor]:
+        """The task's table rows from its tensors (default: the tensors themselves).
+        Differentiable, so that train time runs the very rows serving writes."""
+        return dict(tensors)
+
+    def table_key(self, rows: Mapping[str, Tensor]) -> str:
+        """Which of the kind's tables a task's rows go to (default: one table per kind)."""
+        return self.name
 
     @abc.abstractmethod
-    def effect(self, parts: Sequence[TaskPart], ctx: BatchContext) -> Effect:
-        """The batch's effect for all rows of this kind's tasks."""
+    def effect(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> Effect:
+        """The batch's effect: ``tables`` (field -> (N, *shape)), ``slots`` (B,) the row's
+        slot in them, -1 for rows of other kinds or none."""
 
 
 def check_exact(tensors: Mapping[str, Tensor], shapes: Mapping[str, tuple[int, ...]],
@@ -87,6 +92,14 @@ def check_float(name: str, t: Tensor) -> None:
 
 
 _KINDS: dict[str, Kind] = {}
+KIND_MODULES = ("methods.bitfit", "methods.lora", "methods.pasta", "methods.prefix",
+                "methods.sparse")  # each registers its kind when imported
+
+
+def _load_kinds() -> None:
+    if len(_KINDS) < len(KIND_MODULES):
+        for module in KIND_MODULES:
+            importlib.import_module(module)
 
 
 def register_kind(kind: Kind) -> Kind:
@@ -97,6 +110,7 @@ def register_kind(kind: Kind) -> Kind:
 
 
 def get_kind(name: str) -> Kind:
+    _load_kinds()
     try:
         return _KINDS[name]
     except KeyError:
@@ -104,17 +118,5 @@ def get_kind(name: str) -> Kind:
 
 
 def kind_names() -> list[str]:
+    _load_kinds()
     return sorted(_KINDS)
-
-
-def row_table(parts: Sequence[TaskPart], key: str, batch: int, ctx: BatchContext) -> Tensor:
-    """(B, *shape): part tensors[key] on each of its rows, zeros on rows of no part.
-
-    Built out of place so that gradients reach the parts' tensors at train time.
-    """
-    shape = parts[0].tensors[key].shape
-    table = torch.zeros((batch, *shape), device=ctx.device, dtype=ctx.dtype)
-    for p in parts:
-        src = p.tensors[key].to(ctx.dtype).expand(len(p.rows), *shape)
-        table = table.index_copy(0, p.rows, src)
-    return table

@@ -1,22 +1,26 @@
 """Sparse diffs over backbone weights (Child-Tuning_D/F and DPS artifacts).
 
-Stored per touched parameter as sorted flat indices and values. At serve time a 2-D
-weight diff is a CSR matrix: the task's rows get y += x (dW)^T, never a dense copy.
+Stored per touched parameter as sorted flat indices and values. At serve time a task's
+slot holds, per touched Linear weight, its entries in CSR order (per-output-row counts,
+input indices, values; padded to the table's longest); a batch adds every sparse row's
+x (dW)^T with one block-diagonal CSR product per Linear. Vector parameters are dense.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
+from methods.bitfit import offsets as bitfit_offsets
 from methods.config import BaseConfig, require
 from methods.encoder import BatchContext, Effect, add_rows
 from methods.errors import ArtifactError
-from methods.registry import Kind, TaskPart, check_float, register_kind
+from methods.registry import Kind, check_float, register_kind
+from methods.slots import slot_rows
 from methods.spec import BackboneSpec
 
 IDX, VAL = ".indices", ".values"
@@ -58,41 +62,127 @@ def to_dense(tensors: Mapping[str, Tensor], spec: BackboneSpec) -> dict[str, Ten
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class SparseMatrix:
+    """A Linear weight diff's nonzeros in CSR order: row o holds counts[o] entries, the
+    next ones of (in_idx, values) after those of rows < o."""
+
+    counts: Tensor  # (out,) int32
+    in_idx: Tensor  # (E,) int32
+    values: Tensor  # (E,) float
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseRows:
+    """A sparse artifact in serve-time form: the entries of each touched Linear weight, and
+    the vector parameters (Linear and LayerNorm biases, LayerNorm gains) as dense deltas."""
+
+    matrices: dict[str, SparseMatrix]  # Linear path -> its weight's entries
+    biases: Tensor | None  # (D,) every bias delta end to end (bitfit.offsets order), or None
+    gains: Tensor | None  # (G,) every LayerNorm weight delta end to end, or None
+
+    @classmethod
+    def of(cls, tensors: Mapping[str, Tensor], spec: BackboneSpec) -> SparseRows:
+        dense = to_dense({k: v for k, v in tensors.items() if not _is_matrix(k, spec)}, spec)
+        mats = {}
+        for p in params_of(tensors):
+            if len(spec.param_shapes[p]) == 2:
+                idx, val = tensors[f"sparse.{p}{IDX}"], tensors[f"sparse.{p}{VAL}"]
+                out, cols = spec.param_shapes[p]
+                counts = torch.bincount(idx // cols, minlength=out).to(torch.int32)
+                mats[p[:-len(".weight")]] = SparseMatrix(counts, (idx % cols).to(torch.int32), val)
+        return cls(mats, _flat(dense, spec, spec.bias_params()),
+                   _flat(dense, spec, [n + ".weight" for n in spec.norm_names()]))
+
+    def table_rows(self) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for m, e in self.matrices.items():
+            out[f"{m}.count"], out[f"{m}.in"], out[f"{m}.val"] = e.counts, e.in_idx, e.values
+        if self.biases is not None:
+            out[BIASES] = self.biases
+        if self.gains is not None:
+            out[GAINS] = self.gains
+        return out
+
+
+BIASES, GAINS = "sparse.biases", "sparse.gains"
+
+
+def _is_matrix(key: str, spec: BackboneSpec) -> bool:
+    name = key[len("sparse."):].rsplit(".", 1)[0]
+    return len(spec.param_shapes.get(name, ())) == 2
+
+
+def _flat(dense: Mapping[str, Tensor], spec: BackboneSpec, names: list[str]) -> Tensor | None:
+    if not any(n in dense for n in names):
+        return None
+    return torch.cat([dense[n] if n in dense else torch.zeros(spec.param_shapes[n])
+                      for n in names])
+
+
 class SparseEffect(Effect):
-    def __init__(self, parts: Sequence[TaskPart]) -> None:
-        self.parts = parts
-        names = {k[2:].rsplit(".", 1)[0] for p in parts for k in p.tensors}
-        self.linear_names = frozenset(n for n in names if not n.endswith("LayerNorm"))
-        self.norm_names = frozenset(n for n in names if n.endswith("LayerNorm"))
-        self.needs_normed = any(k.endswith("LayerNorm.weight") for p in parts for k in p.tensors)
+    """All sparse rows of a batch as one block-diagonal CSR matrix per Linear (row r's
+    block is its slot's entries), applied with one sparse product: no loop over tasks."""
+
+    def __init__(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> None:
+        self.tables, self.dtype = tables, ctx.dtype
+        self.rows, self.sel = slot_rows(slots)
+        spec = ctx.spec
+        self.offsets = bitfit_offsets(spec)
+        self.gain_offsets = {n: (i * spec.hidden, (i + 1) * spec.hidden)
+                             for i, n in enumerate(spec.norm_names())}
+        self.biases = tables[BIASES][self.sel].to(ctx.dtype) if BIASES in tables else None
+        self.gains = tables[GAINS][self.sel].to(ctx.dtype) if GAINS in tables else None
+        mats = frozenset(k[:-len(".val")] for k in tables if k.endswith(".val"))
+        self.matrices = mats
+        self.linear_names = frozenset(spec.linear_names()) if self.biases is not None else mats
+        self.norm_names = frozenset(spec.norm_names()) if (
+            self.biases is not None or self.gains is not None) else frozenset()
+        self.needs_normed = self.gains is not None
+
+    def _block_csr(self, name: str, n_in: int) -> Tensor:
+        """(n (out + 1), n in) CSR: the n rows' weight diffs of Linear ``name`` on the
+        diagonal. Each block has one extra output row that takes the slot's padding
+        entries (zeros), so that the padded rows of the table are used as they are."""
+        t, sel, n = self.tables, self.sel, len(self.sel)
+        ins = t[f"{name}.in"][sel]  # (n, E)
+        counts = t[f"{name}.count"][sel]  # (n, out)
+        pad = ins.shape[1] - counts.sum(1, keepdim=True, dtype=torch.int32)
+        per_row = torch.cat([counts, pad], 1).reshape(-1)
+        crow = per_row.new_zeros(len(per_row) + 1)
+        torch.cumsum(per_row, 0, dtype=torch.int32, out=crow[1:])
+        base = torch.arange(n, device=sel.device, dtype=torch.int32)[:, None] * n_in
+        col = (ins + base).reshape(-1)
+        val = t[f"{name}.val"][sel].reshape(-1).to(self.dtype)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(crow, col, val, (len(per_row), n * n_in),
+                                           check_invariants=False)
 
     def linear(self, name: str, x: Tensor, y: Tensor) -> Tensor:
-        for p in self.parts:
-            w, b = p.tensors.get(f"W:{name}.weight"), p.tensors.get(f"b:{name}.bias")
-            if w is None and b is None:
-                continue
-            n, T = len(p.rows), x.shape[1]
-            if w is None:
-                y = add_rows(y, p.rows, b.expand(n, T, y.shape[-1]))  # type: ignore[union-attr]
-                continue
-            xr = x[p.rows].reshape(n * T, -1)  # (n T, in)
-            d = torch.sparse.mm(w, xr.t()).t().reshape(n, T, -1)  # (n, T, out)
-            y = add_rows(y, p.rows, d if b is None else d + b)
-        return y
+        n, T, out = len(self.rows), y.shape[1], y.shape[2]
+        delta = None
+        if name in self.matrices:
+            xt = x[self.rows].transpose(1, 2).reshape(n * x.shape[2], T)  # (n in, T)
+            d = self._block_csr(name, x.shape[2]) @ xt  # (n (out + 1), T)
+            delta = d.view(n, out + 1, T)[:, :out].transpose(1, 2)  # (n, T, out)
+        if self.biases is not None:
+            a, b = self.offsets[name]
+            bias = self.biases[:, None, a:b]
+            delta = bias.expand(n, T, out) if delta is None else delta + bias
+        return y if delta is None else add_rows(y, self.rows, delta)
 
     def norm(self, name: str, normed: Tensor | None, y: Tensor) -> Tensor:
-        for p in self.parts:
-            g, b = p.tensors.get(f"b:{name}.weight"), p.tensors.get(f"b:{name}.bias")
-            if g is None and b is None:
-                continue
-            d = y.new_zeros(len(p.rows), *y.shape[1:])
-            if g is not None:
-                assert normed is not None
-                d = d + normed[p.rows] * g
-            if b is not None:
-                d = d + b
-            y = add_rows(y, p.rows, d)
-        return y
+        n = len(self.rows)
+        d = y.new_zeros(n, *y.shape[1:])
+        if self.gains is not None:
+            assert normed is not None
+            a, b = self.gain_offsets[name]
+            d = d + normed[self.rows] * self.gains[:, None, a:b]
+        if self.biases is not None:
+            a, b = self.offsets[name]
+            d = d + self.biases[:, None, a:b]
+        return add_rows(y, self.rows, d)
 
 
 class Sparse(Kind):
@@ -140,28 +230,19 @@ class Sparse(Kind):
             raise ArtifactError("density", f"sparse: {total} entries exceed the density "
                                 f"budget {cfg.density} of {budget} tunable weights")
 
-    def prepare(self, tensors: Mapping[str, Tensor], spec: BackboneSpec, cfg: SparseConfig,
-                device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
-        out = {}
-        for p in params_of(tensors):
-            idx, val = tensors[f"sparse.{p}{IDX}"], tensors[f"sparse.{p}{VAL}"]
-            shape = spec.param_shapes[p]
-            if len(shape) == 2:
-                rows, cols = idx // shape[1], idx % shape[1]
-                coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), val, shape,
-                                              check_invariants=False)
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
-                    csr = coo.coalesce().to_sparse_csr()
-                out[f"W:{p}"] = csr.to(device=device, dtype=dtype)
-            else:
-                dense = torch.zeros(_numel(shape), dtype=val.dtype)
-                dense[idx] = val
-                out[f"b:{p}"] = dense.to(device=device, dtype=dtype)
-        return out
+    def rows(self, tensors: Mapping[str, Tensor], spec: BackboneSpec,
+             cfg: SparseConfig) -> dict[str, Tensor]:
+        return SparseRows.of(tensors, spec).table_rows()
 
-    def effect(self, parts: Sequence[TaskPart], ctx: BatchContext) -> Effect:
-        return SparseEffect(parts)
+    def table_key(self, rows: Mapping[str, Tensor]) -> str:
+        """Tasks go to tables by size class (total entries, rounded up to a power of 2): a
+        table pads every slot to its largest task, so a 1 % task never pays for a 5 % one's
+        entries (a batch runs one product per class present, not per task)."""
+        total = sum(len(v) for k, v in rows.items() if k.endswith(".val"))
+        return f"{self.name}/{1 << max(0, total - 1).bit_length()}"
+
+    def effect(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> Effect:
+        return SparseEffect(tables, slots, ctx)
 
 
 def _numel(shape: tuple[int, ...]) -> int:

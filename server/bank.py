@@ -1,9 +1,14 @@
 """The adapter bank: every task version a replica serves, resident under byte budgets.
 
 Two tiers, each an LRU under its own budget:
-  device  LoadedTasks ready for the engine, each in an integer slot;
-  host    evicted artifacts kept decoded on the host (re-prepared on the next hit);
-beyond the host budget an artifact is dropped and the next miss reads it from the store.
+  device  LoadedTasks: the version's rows in the engine's slot tables, counted as the
+          bytes those rows take on the device;
+  host    decoded artifacts on the host: the copy a device entry keeps (so that eviction
+          costs nothing) and the versions evicted from the device, all counted here;
+beyond the host budget a host copy is dropped (a device entry without one is dropped when
+it is evicted) and the next miss reads the version from the store.
+Eviction frees the version's slots, at once or, while a request still holds the version
+(``using``), when the last one lets go.
 A miss loads in a worker thread: other tasks' requests keep being served meanwhile.
 Concurrent misses on one version load it once (a lock per version, second check inside).
 The bank is used from one asyncio event loop; only the load itself runs elsewhere.
@@ -12,11 +17,12 @@ The bank is used from one asyncio event loop; only the load itself runs elsewher
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 
 from methods import LoadedTask, TaskArtifact
@@ -43,20 +49,27 @@ class Resident:
     key: VersionKey
     task: LoadedTask
     meta: TaskMeta
-    artifact: TaskArtifact  # host copy, kept so eviction to the host tier costs nothing
-    slot: int = -1
     loaded_at: float = 0.0  # time.monotonic() when it became resident on the device
+    pins: int = 0  # requests using it now
+    evicted: bool = False  # left the device tier; slots freed when pins reach 0
+
+    @property
+    def slot(self) -> int:
+        return self.task.slot
 
 
 Fetch = Callable[[VersionKey], tuple[TaskArtifact, TaskMeta]]
 Prepare = Callable[[TaskArtifact], LoadedTask]
+Release = Callable[[LoadedTask], None]
 Listener = Callable[[str, VersionKey], None]  # event: hit, miss, evict_device, evict_host
 
 
 class AdapterBank:
-    def __init__(self, fetch: Fetch, prepare: Prepare, *, device_budget: int, host_budget: int,
-                 executor: Executor | None = None, listener: Listener | None = None) -> None:
+    def __init__(self, fetch: Fetch, prepare: Prepare, release: Release | None = None, *,
+                 device_budget: int, host_budget: int, executor: Executor | None = None,
+                 listener: Listener | None = None) -> None:
         self._fetch, self._prepare = fetch, prepare
+        self._release_task = release or (lambda task: None)
         self.device_budget, self.host_budget = device_budget, host_budget
         self._executor = executor
         self._listener = listener
@@ -66,8 +79,6 @@ class AdapterBank:
         self.host_bytes = 0
         self._locks: weakref.WeakValueDictionary[VersionKey, asyncio.Lock] = (
             weakref.WeakValueDictionary())
-        self._free_slots: list[int] = []
-        self._next_slot = 0
 
     async def get(self, key: VersionKey) -> Resident:
         """The resident version, loading it (from the host tier or the store) on a miss."""
@@ -82,16 +93,28 @@ class AdapterBank:
             self._emit("miss", key)
             host = self._host.get(key)
             loop = asyncio.get_running_loop()
-            res = await loop.run_in_executor(self._executor, self._materialise, key, host)
-            self._admit(res)
-            return res
+            artifact, meta = host if host is not None else await loop.run_in_executor(
+                self._executor, self._fetch, key)
+            task = await loop.run_in_executor(self._executor, self._prepare, artifact)
+            return self._admit(Resident(key, task, meta), artifact)
+
+    @contextlib.asynccontextmanager
+    async def using(self, key: VersionKey) -> AsyncIterator[Resident]:
+        """The resident version, held (its slots not freed) until the block ends."""
+        res = await self.get(key)
+        res.pins += 1
+        try:
+            yield res
+        finally:
+            res.pins -= 1
+            if res.evicted and res.pins == 0:
+                self._release_task(res.task)
 
     def put(self, key: VersionKey, artifact: TaskArtifact, meta: TaskMeta) -> Resident:
-        """Make a version resident from an artifact already in memory (blocking; small)."""
+        """Make a version resident from an artifact already decoded (blocking; small)."""
         res = self._touch(key)
         if res is None:
-            res = self._materialise(key, (artifact, meta))
-            self._admit(res)
+            res = self._admit(Resident(key, self._prepare(artifact), meta), artifact)
         return res
 
     def peek(self, key: VersionKey) -> Resident | None:
@@ -105,16 +128,15 @@ class AdapterBank:
             res = self._device.pop(k, None)
             if res is not None:
                 self._release(res)
-            host = self._host.pop(k, None)
-            if host is not None:
-                self.host_bytes -= host[0].nbytes
+            self._drop_host(k)
         return len(drop)
 
     def resident(self) -> list[tuple[VersionKey, str, int, float]]:
         """(key, tier, nbytes, seconds on the device) per version held, device tier first."""
         now = time.monotonic()
         dev = [(k, "device", r.task.nbytes, now - r.loaded_at) for k, r in self._device.items()]
-        return dev + [(k, "host", a.nbytes, 0.0) for k, (a, _) in self._host.items()]
+        return dev + [(k, "host", a.nbytes, 0.0) for k, (a, _) in self._host.items()
+                      if k not in self._device]
 
     def task_ids(self) -> set[str]:
         return {k.task_id for k in (*self._device, *self._host)}
@@ -125,38 +147,44 @@ class AdapterBank:
         res = self._device.get(key)
         if res is not None:
             self._device.move_to_end(key)
+            if key in self._host:
+                self._host.move_to_end(key)
             self._emit("hit", key)
         return res
 
-    def _materialise(self, key: VersionKey,
-                     host: tuple[TaskArtifact, TaskMeta] | None) -> Resident:
-        artifact, meta = host if host is not None else self._fetch(key)
-        return Resident(key, self._prepare(artifact), meta, artifact)
-
-    def _admit(self, res: Resident) -> None:
-        host = self._host.pop(res.key, None)
-        if host is not None:
-            self.host_bytes -= host[0].nbytes
+    def _admit(self, res: Resident, artifact: TaskArtifact) -> Resident:
         res.loaded_at = time.monotonic()
-        res.slot = self._free_slots.pop() if self._free_slots else self._next_slot
-        self._next_slot = max(self._next_slot, res.slot + 1)
         self._device[res.key] = res
         self.device_bytes += res.task.nbytes
+        self._keep_host(res.key, artifact, res.meta)
         # The newest entry stays even when it alone exceeds the budget.
         while self.device_bytes > self.device_budget and len(self._device) > 1:
             key, old = self._device.popitem(last=False)
             self._release(old)
             self._emit("evict_device", key)
-            self._host[key] = (old.artifact, old.meta)
-            self.host_bytes += old.artifact.nbytes
         while self.host_bytes > self.host_budget and self._host:
-            key, (artifact, _) = self._host.popitem(last=False)
-            self.host_bytes -= artifact.nbytes
+            key = next(iter(self._host))
+            self._drop_host(key)
             self._emit("evict_host", key)
+        return res
+
+    def _keep_host(self, key: VersionKey, artifact: TaskArtifact, meta: TaskMeta) -> None:
+        if key not in self._host:
+            self.host_bytes += artifact.nbytes
+        self._host[key] = (artifact, meta)
+        self._host.move_to_end(key)
+
+    def _drop_host(self, key: VersionKey) -> None:
+        host = self._host.pop(key, None)
+        if host is not None:
+            self.host_bytes -= host[0].nbytes
 
     def _release(self, res: Resident) -> None:
+        """Off the device tier; its slots are freed now, or when the last user lets go."""
         self.device_bytes -= res.task.nbytes
-        self._free_slots.append(res.slot)
+        res.evicted = True
+        if res.pins == 0:
+            self._release_task(res.task)
 
     def _emit(self, event: str, key: VersionKey) -> None:
         if self._listener is not None:

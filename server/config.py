@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from methods.errors import ConfigError  # the one configuration error type (re-exported)
 from store.catalog import journal_mode
 from store.errors import StoreError
 
@@ -16,10 +17,6 @@ TOKEN_ENV = "POLYHEAD_TOKEN"
 TOKEN_FILE_ENV = "POLYHEAD_TOKEN_FILE"
 INFERENCE_TOKEN_ENV = "POLYHEAD_INFERENCE_TOKEN"
 MB = 1 << 20
-
-
-class ConfigError(ValueError):
-    """A server option is missing, out of range, or unsafe (e.g. Registry open without a token)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +43,8 @@ class ServerConfig:
     batch_wait_ms: float = 2.0  # how long a batch waits to fill after its first request
     max_inputs: int = 64  # inputs per Classify request
     max_text_chars: int = 20_000  # per text; longer texts are rejected, not truncated
-    device_budget_mb: float = 512.0  # resident LoadedTasks on the device
-    host_budget_mb: float = 2048.0  # evicted artifacts kept decoded in host memory
+    device_budget_mb: float = 512.0  # device tier: resident versions' slot-table rows
+    host_budget_mb: float = 2048.0  # host tier: decoded artifacts (device entries' copies too)
     max_artifact_mb: float = 256.0  # largest artifact Upload accepts
     torch_threads: int = 0  # intra-op threads; 0: the replica's CPUs
     seed_examples: bool = True  # publish server/examples/*.polyhead into an empty store

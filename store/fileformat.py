@@ -29,7 +29,6 @@ from store.header import (
     DEFAULT_MAX_BYTES,
     METADATA_KEY,
     Header,
-    HeaderError,
     digest_of,
     parse_header,
     tensors_digest,
@@ -62,10 +61,7 @@ def encode_artifact(manifest: Manifest, artifact: TaskArtifact) -> bytes:
 def decode_artifact(data: bytes, spec: BackboneSpec | None = None, *,
                     max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[Manifest, TaskArtifact]:
     """Check everything (against ``spec``'s shapes and fingerprint when given) and decode."""
-    try:
-        header = parse_header(data, max_bytes)
-    except HeaderError as e:
-        raise ArtifactError(e.check, e.message) from e
+    header = parse_header(data, max_bytes)
     manifest = _manifest(header)
     validate_task_id(manifest.task_id)
     kind = get_kind(manifest.kind)

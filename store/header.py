@@ -12,6 +12,8 @@ import json
 import struct
 from collections.abc import Iterable
 
+from methods.errors import ArtifactError
+
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # cap on a whole artifact file
 MAX_HEADER_BYTES = 8 * 1024 * 1024  # safetensors itself allows 100 MB; a manifest needs far less
 METADATA_KEY = "polyhead.manifest"
@@ -19,15 +21,6 @@ DTYPE_SIZES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
     "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
 }
-
-
-class HeaderError(ValueError):
-    """The bytes are not a well-formed safetensors file; ``check`` as in ArtifactError."""
-
-    def __init__(self, check: str, message: str) -> None:
-        super().__init__(f"{check}: {message}")
-        self.check = check
-        self.message = message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,23 +43,23 @@ def parse_header(data: bytes | memoryview, max_bytes: int = DEFAULT_MAX_BYTES) -
     """Check the container completely and return where each tensor's bytes lie."""
     size = len(data)
     if size > max_bytes:
-        raise HeaderError("too_large", f"{size} bytes exceed the cap of {max_bytes} bytes")
+        raise ArtifactError("too_large", f"{size} bytes exceed the cap of {max_bytes} bytes")
     if size < 8:
-        raise HeaderError("not_safetensors", f"{size} bytes: too short for a safetensors file")
+        raise ArtifactError("not_safetensors", f"{size} bytes: too short for a safetensors file")
     if size > 8 and data[8:9] != b"{":  # e.g. a pickle or a zip: say so, not "header too large"
-        raise HeaderError("not_safetensors", "no JSON header after the 8-byte length prefix")
+        raise ArtifactError("not_safetensors", "no JSON header after the 8-byte length prefix")
     (n,) = struct.unpack("<Q", data[:8])
     if n > MAX_HEADER_BYTES:
-        raise HeaderError("header_too_large", f"header of {n} bytes exceeds {MAX_HEADER_BYTES}")
+        raise ArtifactError("header_too_large", f"header of {n} bytes exceeds {MAX_HEADER_BYTES}")
     if 8 + n > size:
-        raise HeaderError("truncated", f"header needs {n} bytes, only {size - 8} follow")
+        raise ArtifactError("truncated", f"header needs {n} bytes, only {size - 8} follow")
     raw = bytes(data[8:8 + n])
     try:
         obj = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # nesting bomb
-        raise HeaderError("not_safetensors", f"header is not valid JSON: {e}") from e
+        raise ArtifactError("not_safetensors", f"header is not valid JSON: {e}") from e
     if not isinstance(obj, dict):
-        raise HeaderError("not_safetensors", "header is not a JSON object")
+        raise ArtifactError("not_safetensors", "header is not a JSON object")
     metadata = _metadata(obj.pop("__metadata__", {}))
     start = 8 + n
     tensors = {name: _entry(name, spec, start) for name, spec in obj.items()}
@@ -77,26 +70,26 @@ def parse_header(data: bytes | memoryview, max_bytes: int = DEFAULT_MAX_BYTES) -
 def _metadata(meta: object) -> dict[str, str]:
     if not isinstance(meta, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
-        raise HeaderError("not_safetensors", "__metadata__ must map strings to strings")
+        raise ArtifactError("not_safetensors", "__metadata__ must map strings to strings")
     return meta
 
 
 def _entry(name: str, spec: object, start: int) -> TensorEntry:
     if not isinstance(spec, dict):
-        raise HeaderError("not_safetensors", f"tensor {name!r}: entry is not an object")
+        raise ArtifactError("not_safetensors", f"tensor {name!r}: entry is not an object")
     dtype, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
     if dtype not in DTYPE_SIZES:
-        raise HeaderError("not_safetensors", f"tensor {name!r}: unknown dtype {dtype!r}")
+        raise ArtifactError("not_safetensors", f"tensor {name!r}: unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(_is_uint(s) for s in shape):
-        raise HeaderError("not_safetensors", f"tensor {name!r}: bad shape {shape!r}")
+        raise ArtifactError("not_safetensors", f"tensor {name!r}: bad shape {shape!r}")
     if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_uint(o) for o in offsets)
             or offsets[0] > offsets[1]):
-        raise HeaderError("not_safetensors", f"tensor {name!r}: bad data_offsets {offsets!r}")
+        raise ArtifactError("not_safetensors", f"tensor {name!r}: bad data_offsets {offsets!r}")
     numel = 1
     for s in shape:
         numel *= s
     if numel * DTYPE_SIZES[dtype] != offsets[1] - offsets[0]:
-        raise HeaderError("not_safetensors",
+        raise ArtifactError("not_safetensors",
                           f"tensor {name!r}: {offsets[1] - offsets[0]} bytes for {dtype} {shape}")
     return TensorEntry(name, dtype, tuple(shape), start + offsets[0], start + offsets[1])
 
@@ -110,13 +103,13 @@ def _check_layout(entries: Iterable[TensorEntry], start: int, size: int) -> None
     pos = start
     for e in sorted(entries, key=lambda e: (e.start, e.end)):
         if e.start != pos:
-            raise HeaderError("not_safetensors", f"tensor {e.name!r}: bytes do not follow on "
+            raise ArtifactError("not_safetensors", f"tensor {e.name!r}: bytes do not follow on "
                               "from the previous tensor (gap or overlap)")
         pos = e.end
     if pos > size:
-        raise HeaderError("truncated", f"tensor data needs {pos} bytes, the file has {size}")
+        raise ArtifactError("truncated", f"tensor data needs {pos} bytes, the file has {size}")
     if pos < size:
-        raise HeaderError("not_safetensors", f"{size - pos} trailing bytes after the tensor data")
+        raise ArtifactError("not_safetensors", f"{size - pos} trailing bytes after the tensor data")
 
 
 def tensors_digest(items: Iterable[tuple[str, str, tuple[int, ...], bytes | memoryview]]) -> str:
@@ -142,11 +135,11 @@ def read_manifest_json(data: bytes | memoryview, max_bytes: int = DEFAULT_MAX_BY
     header = parse_header(data, max_bytes)
     text = header.metadata.get(METADATA_KEY)
     if text is None:
-        raise HeaderError("manifest_missing", f"no {METADATA_KEY!r} in the safetensors metadata")
+        raise ArtifactError("manifest_missing", f"no {METADATA_KEY!r} in the safetensors metadata")
     try:
         obj = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as e:
-        raise HeaderError("manifest", f"manifest is not valid JSON: {e}") from e
+        raise ArtifactError("manifest", f"manifest is not valid JSON: {e}") from e
     if not isinstance(obj, dict):
-        raise HeaderError("manifest", "manifest is not a JSON object")
+        raise ArtifactError("manifest", "manifest is not a JSON object")
     return obj

@@ -32,6 +32,7 @@ class Manifest:
     created_at: str  # ISO-8601 UTC
     tensors_sha256: str = ""  # filled in by encode_artifact
     schema_version: int = MANIFEST_SCHEMA_VERSION
+    inputs: str = "any"  # what Classify accepts: "single" texts, text "pair"s, or "any"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -52,18 +53,34 @@ class Manifest:
         if missing:
             raise ArtifactError("manifest", f"missing keys {missing}")
         kwargs = {n: data[n] for n in fields if n in data}
+        if "inputs" not in kwargs:  # files from before the typed field: the training record
+            kwargs["inputs"] = inputs_of(data.get("training"))
         for name, want in _TYPES.items():
             if name in kwargs and not _has_type(kwargs[name], want):
                 raise ArtifactError("manifest", f"{name} must be {want}, got {kwargs[name]!r:.80}")
         check_training(kwargs["training"])
+        check_inputs(kwargs["inputs"])
         return cls(**kwargs)
 
 
 _TYPES = {
     "task_id": "str", "kind": "str", "kind_config": "dict", "head": "dict", "labels": "list|None",
     "regression": "bool", "backbone_fingerprint": "str", "training": "dict", "metrics": "dict",
-    "created_at": "str", "tensors_sha256": "str",
+    "created_at": "str", "tensors_sha256": "str", "inputs": "str",
 }
+INPUT_FORMS = ("single", "pair", "any")
+
+
+def check_inputs(inputs: str) -> None:
+    if inputs not in INPUT_FORMS:
+        raise ArtifactError("manifest", f"inputs must be one of {', '.join(INPUT_FORMS)}, "
+                            f"got {inputs!r:.80}")
+
+
+def inputs_of(training: Any) -> str:
+    """The input form an old manifest kept in its training record, else "any"."""
+    form = training.get("inputs") if isinstance(training, dict) else None
+    return form if form in ("single", "pair") else "any"
 
 
 def _has_type(value: Any, want: str) -> bool:
@@ -112,13 +129,15 @@ def now_utc() -> str:
 def new_manifest(task_id: str, artifact: TaskArtifact, spec: BackboneSpec, *,
                  labels: list[str] | None, regression: bool = False,
                  training: dict[str, Any] | None = None,
-                 metrics: dict[str, Any] | None = None) -> Manifest:
+                 metrics: dict[str, Any] | None = None, inputs: str | None = None) -> Manifest:
     """A manifest for ``artifact`` trained on ``spec``'s backbone (the tensors are checked
     when the file is decoded or published)."""
     validate_task_id(task_id)
     check_labels(labels, regression, artifact.head)
     train = {"method": artifact.kind, "hyperparameters": {}, **(training or {})}
     check_training(train)
+    inputs = inputs if inputs is not None else inputs_of(train)
+    check_inputs(inputs)
     return Manifest(
         task_id=task_id,
         kind=artifact.kind,
@@ -130,4 +149,5 @@ def new_manifest(task_id: str, artifact: TaskArtifact, spec: BackboneSpec, *,
         training=train,
         metrics=dict(metrics or {}),
         created_at=now_utc(),
+        inputs=inputs,
     )

@@ -92,21 +92,41 @@ def test_bank_miss_does_not_block_other_tasks() -> None:
 
 
 def test_bank_lru_evicts_to_host_then_drops() -> None:
-    bank, fetched, events = make_bank(device_budget=250, host_budget=150)
+    # 100 bytes per version on each tier: the device holds 2, the host 3 copies, counting
+    # the copies that device entries keep.
+    bank, fetched, events = make_bank(device_budget=250, host_budget=350)
 
     async def main():
         for t in "abc":
             await bank.get(VersionKey(t, "v"))
-        # device holds 2 (b, c); a went to the host tier
+        # device holds 2 (b, c); a went to the host tier; the host holds all three copies
         assert [(k.task_id, tier) for k, tier, _, _ in bank.resident()] == [
             ("b", "device"), ("c", "device"), ("a", "host")]
+        assert (bank.device_bytes, bank.host_bytes) == (200, 300)
         await bank.get(VersionKey("a", "v"))  # from host: no store read
         assert len(fetched) == 3
-        await bank.get(VersionKey("d", "v"))  # evicts b then c to host; host keeps one
-        assert bank.device_bytes <= 250 and bank.host_bytes <= 150
-        assert ("evict_host", "b") in events
+        await bank.get(VersionKey("d", "v"))  # evicts c; the host drops b, its oldest copy
+        assert bank.device_bytes <= 250 and bank.host_bytes <= 350
+        assert ("evict_host", "b") in events and ("evict_device", "c") in events
         await bank.get(VersionKey("b", "v"))  # dropped from both tiers: read again
         assert fetched.count(VersionKey("b", "v")) == 2
+
+    asyncio.run(main())
+
+
+def test_bank_frees_a_used_version_only_when_its_last_user_lets_go() -> None:
+    released: list[object] = []
+    bank = AdapterBank(lambda key: (Art(100), META), lambda a: FakeTask(a.nbytes),  # type: ignore[arg-type, return-value]
+                       released.append, device_budget=150, host_budget=0)
+
+    async def main():
+        async with bank.using(VersionKey("a", "v")) as a:
+            b = await bank.get(VersionKey("b", "v"))  # evicts a while a request holds it
+            assert bank.peek(VersionKey("a", "v")) is None and bank.device_bytes == 100
+            assert released == []  # a's slots still hold its rows
+        assert released == [a.task]
+        await bank.get(VersionKey("c", "v"))  # evicts b, which nobody holds: freed at once
+        assert released == [a.task, b.task]
 
     asyncio.run(main())
 
@@ -120,16 +140,6 @@ def test_bank_keeps_an_entry_larger_than_the_budget_and_discards() -> None:
         await bank.get(VersionKey("big", "v2"))
         assert bank.peek(VersionKey("big", "v1")) is None
         assert bank.discard("big") == 1 and bank.device_bytes == 0
-
-    asyncio.run(main())
-
-
-def test_bank_slots_are_reused() -> None:
-    bank, _, _ = make_bank(device_budget=200, host_budget=0)
-
-    async def main():
-        slots = [(await bank.get(VersionKey(t, "v"))).slot for t in "abcd"]
-        assert max(slots) <= 2
 
     asyncio.run(main())
 

@@ -336,6 +336,11 @@ def test_health_and_listing(cluster: Cluster, tiny_bert) -> None:
         c.classify("listed", "rain")
         h = c.health()
         assert h["status"] == "SERVING" and h["fingerprint"] == tiny_bert.spec.fingerprint
+        # both tiers report use and budget; the served version's table rows are on the
+        # device, its decoded copy on the host; the tables hold at least those rows
+        assert 0 < h["device_bytes"] <= h["device_table_bytes"]
+        assert 0 < h["host_bytes"] <= h["host_budget_bytes"]
+        assert h["device_budget_bytes"] > 0
         tasks = {t["task_id"]: t for t in c.list_tasks()}
         assert tasks["listed"]["kind"] == "pasta" and tasks["listed"]["latest"]["number"] == 1
         detail = c.get_task("listed")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from methods.config import ConfigError as ArtifactConfigError
-from methods.errors import ArtifactError
+from methods.errors import ArtifactError, ConfigError
 
 # Artifact checks that reject a well-formed artifact because it does not fit this server
 # (another backbone, a newer format): FAILED_PRECONDITION. Every other check: INVALID_ARGUMENT.
@@ -45,7 +44,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         code = (grpc.StatusCode.FAILED_PRECONDITION if exc.check in PRECONDITION_CHECKS
                 else grpc.StatusCode.INVALID_ARGUMENT)
         return code, f"artifact check {exc.check!r} failed: {exc.message}"
-    if isinstance(exc, ArtifactConfigError):
+    if isinstance(exc, ConfigError):  # a kind or head config a client sent
         return grpc.StatusCode.INVALID_ARGUMENT, f"artifact check 'config' failed: {exc}"
     if isinstance(exc, AmbiguousRefError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)

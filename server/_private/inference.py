@@ -5,8 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from polyhead.v1 import polyhead_pb2 as pb
 
@@ -68,12 +67,6 @@ def check_form(inputs: Sequence[TextInput], task_id: str, meta: TaskMeta) -> Non
         if is_pair != (meta.inputs == "pair"):
             want = "a text pair (set `pair`)" if meta.inputs == "pair" else "a single text (no `pair`)"
             raise InvalidInput(f"inputs[{i}]: task {task_id!r} takes {want}")
-
-
-def input_form(training: Mapping[str, Any]) -> str:
-    """"single", "pair" or "any", from the manifest's training record (``inputs`` key)."""
-    form = training.get("inputs")
-    return form if form in ("single", "pair") else "any"
 
 
 def forward(engine: Engine, items: Sequence[BatchItem]) -> tuple[list[list[Row]], BatchStats]:

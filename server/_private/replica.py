@@ -30,7 +30,6 @@ from server._private.inference import (
     Row,
     check_form,
     forward,
-    input_form,
     parse_inputs,
     response,
 )
@@ -67,7 +66,8 @@ class Polyhead:
                                    config.max_batch_rows, self._record)
         self._admin_pool = ThreadPoolExecutor(1, "polyhead-admin")
         self.bank = AdapterBank(
-            self._fetch, self.engine.load, device_budget=int(config.device_budget_mb * MB),
+            self._fetch, self.engine.load, self.engine.unload,
+            device_budget=int(config.device_budget_mb * MB),
             host_budget=int(config.host_budget_mb * MB),
             executor=ThreadPoolExecutor(2, "polyhead-load"), listener=self._bank_event)
         self.resolver = Resolver(self.store)
@@ -164,10 +164,10 @@ class Polyhead:
         if not is_task_id(request.task_id):
             raise InvalidInput(f"task_id: {request.task_id[:80]!r} is not a task id")
         info = self.resolver.resolve(request.task_id, request.version or "latest")
-        res = await self.bank.get(VersionKey(info.task_id, info.version))
-        check_form(inputs, info.task_id, res.meta)
-        rows = await self._run_batch(BatchItem(inputs, res.task))
-        return response(res, rows, self.replica)
+        async with self.bank.using(VersionKey(info.task_id, info.version)) as res:
+            check_form(inputs, info.task_id, res.meta)
+            rows = await self._run_batch(BatchItem(inputs, res.task))
+            return response(res, rows, self.replica)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, max_concurrent_batches=32,
                  batch_size_fn=rows_of)
@@ -194,6 +194,8 @@ class Polyhead:
             fingerprint=self.engine.spec.fingerprint, device=str(self.backbone.device),
             replica=self.replica, store_generation=self.resolver.generation,
             device_bytes=self.bank.device_bytes, device_budget_bytes=self.bank.device_budget,
+            host_bytes=self.bank.host_bytes, host_budget_bytes=self.bank.host_budget,
+            device_table_bytes=self.engine.tables.nbytes,
             batches=self.batches, batched_rows=self.batched_rows, torch_threads=self.threads,
             forward_s=self.forward_s)
         for key, tier, nbytes, age in self.bank.resident():
@@ -248,7 +250,7 @@ class Polyhead:
         stored = self.store.get(key.task_id, key.version)
         m = stored.manifest
         meta = TaskMeta(number=stored.info.number, labels=tuple(m.labels or ()),
-                        regression=m.regression, inputs=input_form(m.training))
+                        regression=m.regression, inputs=m.inputs)
         return stored.artifact, meta
 
     def _bank_event(self, event: str, key: VersionKey) -> None:

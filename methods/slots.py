@@ -1,0 +1,118 @@
+"""Slot tables: every resident task's tensors as one row of preallocated device tables.
+
+A kind declares its table layout (field name -> per-slot shape, dtype and fill). Loading a
+task writes its rows into a free slot (padding the rest of the row with the field's fill,
+so a reused slot never shows the previous task's values); a batch carries one slot index
+per row (-1: the row is not this kind's) and the kind gathers its rows by that index.
+
+Tables start with ``capacity`` slots and double when full; a field's trailing dims grow
+(e.g. LoRA rank, prefix length, head outputs) to the largest task loaded, padded with the
+fill. Growth allocates new tensors, so readers that hold the old ones are unaffected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One per-slot tensor of a table: its shape for one task, dtype (None: the engine's
+    float dtype) and the value that pads it (0 is a no-op for additive kinds)."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype | None = None
+    fill: float = 0.0
+
+
+class SlotTable:
+    """Rows of same-named tensors on one device; slot s is row s of every field."""
+
+    def __init__(self, name: str, device: torch.device, dtype: torch.dtype,
+                 capacity: int = 16) -> None:
+        self.name, self.device, self.dtype = name, device, dtype
+        self.capacity = capacity
+        self.fields: dict[str, Tensor] = {}
+        self.fills: dict[str, float] = {}
+        self._free = list(range(capacity - 1, -1, -1))
+        self._lock = threading.Lock()
+
+    @property
+    def used(self) -> int:
+        return self.capacity - len(self._free)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the table holds on its device (every slot, used or free)."""
+        return sum(t.numel() * t.element_size() for t in self.fields.values())
+
+    def row_bytes(self, names: list[str] | None = None) -> int:
+        names = list(self.fields) if names is None else names
+        return sum(self.fields[n][0].numel() * self.fields[n].element_size() for n in names)
+
+    def put(self, layout: Mapping[str, Field], rows: Mapping[str, Tensor]) -> int:
+        """Write one task's rows into a free slot and return it. Every field of ``layout``
+        is made present and large enough first; the slot's other fields and the rest of
+        each row are set to the fill, so nothing of a previous occupant remains."""
+        with self._lock:
+            for name, f in layout.items():
+                self._ensure_field(name, f)
+            if not self._free:
+                self._grow(self.capacity * 2)
+            slot = self._free.pop()
+            for name, t in self.fields.items():
+                t[slot].fill_(self.fills[name])
+                src = rows.get(name)
+                if src is not None:
+                    t[slot][tuple(slice(0, s) for s in src.shape)].copy_(src)
+            return slot
+
+    def free(self, slot: int) -> None:
+        """Return a slot; its rows are cleared so that nothing of the task stays behind."""
+        with self._lock:
+            for name, t in self.fields.items():
+                t[slot].fill_(self.fills[name])
+            self._free.append(slot)
+
+    def _ensure_field(self, name: str, f: Field) -> None:
+        dtype = f.dtype or self.dtype
+        old = self.fields.get(name)
+        if old is None:
+            self.fields[name] = torch.full((self.capacity, *f.shape), f.fill, dtype=dtype,
+                                           device=self.device)
+            self.fills[name] = f.fill
+            return
+        have = tuple(old.shape[1:])
+        if len(have) != len(f.shape):
+            raise ValueError(f"{self.name}.{name}: rank {len(f.shape)} != table's {len(have)}")
+        want = tuple(max(a, b) for a, b in zip(have, f.shape, strict=True))
+        if want != have:
+            self.fields[name] = _padded(old, (self.capacity, *want), f.fill)
+
+    def _grow(self, capacity: int) -> None:
+        for name, t in self.fields.items():
+            self.fields[name] = _padded(t, (capacity, *t.shape[1:]), self.fills[name])
+        self._free = list(range(capacity - 1, self.capacity - 1, -1)) + self._free
+        self.capacity = capacity
+
+
+def _padded(t: Tensor, shape: tuple[int, ...], fill: float) -> Tensor:
+    out = torch.full(shape, fill, dtype=t.dtype, device=t.device)
+    out[tuple(slice(0, s) for s in t.shape)] = t
+    return out
+
+
+def single_row(rows: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Train-time tables: one task's rows as a one-slot table (views: gradients flow)."""
+    return {k: v.unsqueeze(0) for k, v in rows.items()}
+
+
+def slot_rows(slots: Tensor) -> tuple[Tensor, Tensor]:
+    """(rows, sel): the batch rows with a slot (>= 0) and their slots."""
+    rows = torch.nonzero(slots >= 0, as_tuple=True)[0]
+    return rows, slots[rows]

@@ -1,0 +1,171 @@
+"""Slot tables: a reused slot never shows its previous task, growth keeps every task's
+rows, and a batch after load/unload churn equals each task alone in a fresh engine."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from methods import Engine, TaskArtifact
+from methods.heads import apply_head
+from methods.lora import LoraConfig
+from methods.prefix import PrefixConfig
+from methods.sparse import SparseConfig
+
+ATOL = 1e-5
+TEXTS = ["the movie was good", ("the man walks", "he walks in the park"), "rain",
+         "a cat sat on the mat !"]
+# Per kind: a big first occupant (larger rank / prefix / entries / head) and a small second.
+BIG_SMALL = {
+    "pasta": ((None, "mlp", 5), (None, "linear", 2)),
+    "bitfit": ((None, "mlp", 4), (None, "linear", 2)),
+    "lora": ((LoraConfig(r=8, targets=("attention.self.query", "attention.self.key",
+                                       "attention.self.value", "intermediate.dense")), "mlp", 5),
+             (LoraConfig(r=2, alpha=4.0), "linear", 2)),
+    "prefix": ((PrefixConfig(num_prefix=8), "mlp", 6), (PrefixConfig(num_prefix=2), "linear", 2)),
+    "sparse": ((SparseConfig(density=0.3), "mlp", 5), (SparseConfig(density=0.02), "pooler", 2)),
+}
+
+
+def art(spec, kind: str, which: int, seed: int, zero: bool = False) -> TaskArtifact:
+    cfg, head, c = BIG_SMALL[kind][which]
+    return TaskArtifact.random(kind, spec, c, config=cfg, head_type=head, seed=seed, zero=zero)
+
+
+def alone(bb, artifact: TaskArtifact) -> list[torch.Tensor]:
+    eng = Engine(bb)
+    return eng.run(TEXTS, [eng.load(artifact)] * len(TEXTS))
+
+
+@pytest.mark.parametrize("kind", sorted(BIG_SMALL))
+@pytest.mark.parametrize("zero", [False, True], ids=["random", "zero"])
+def test_a_reused_slot_never_leaks_the_previous_task(tiny_bert, kind: str, zero: bool) -> None:
+    eng = Engine(tiny_bert, capacity=1)
+    big = eng.load(art(tiny_bert.spec, kind, 0, seed=1))
+    slots = (big.slot, big.head_slot)
+    eng.run(TEXTS, [big] * len(TEXTS))
+    eng.unload(big)
+    small_art = art(tiny_bert.spec, kind, 1, seed=2, zero=zero)
+    small = eng.load(small_art)
+    assert (small.slot, small.head_slot) == slots  # the very rows the big task used
+    got = eng.run(TEXTS, [small] * len(TEXTS))
+    for g, ref in zip(got, alone(tiny_bert, small_art), strict=True):
+        assert g.shape == ref.shape == (small_art.head.num_outputs,)
+        torch.testing.assert_close(g, ref, atol=ATOL, rtol=0)
+    if zero:  # a zero artifact in a reused slot is the bare backbone under its head
+        cls = torch.stack(eng.run(TEXTS, [None] * len(TEXTS)))
+        ref = apply_head(small_art.head_tensors(), small_art.head, cls, eng.encoder.pooler)
+        torch.testing.assert_close(torch.stack(got), ref, atol=ATOL, rtol=0)
+
+
+def test_unloaded_slots_are_cleared(tiny_bert) -> None:
+    eng = Engine(tiny_bert, capacity=2)
+    task = eng.load(art(tiny_bert.spec, "lora", 0, seed=3))
+    slot = task.slot
+    eng.unload(task)
+    table = eng.tables.kinds["lora"]
+    assert all(bool((t[slot] == 0).all()) for t in table.fields.values())
+    with pytest.raises(ValueError, match="not loaded"):
+        eng.run(TEXTS[:1], [task])
+
+
+def test_mixed_batch_after_churn_and_growth_equals_alone(tiny_bert) -> None:
+    eng = Engine(tiny_bert, capacity=1)  # every table grows several times
+    spec = tiny_bert.spec
+    arts = [art(spec, k, w, seed=10 + i) for i, (k, w) in
+            enumerate((k, w) for k in sorted(BIG_SMALL) for w in (0, 1))]
+    loaded = [eng.load(a) for a in arts]
+    for i in range(0, len(loaded), 3):  # evict every third task, load it again elsewhere
+        eng.unload(loaded[i])
+    for i in range(0, len(loaded), 3):
+        loaded[i] = eng.load(arts[i])
+    rows = [(x, t) for t in range(len(arts)) for x in range(len(TEXTS))]
+    perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0)).tolist()
+    rows = [rows[p] for p in perm]
+    got = eng.run([TEXTS[x] for x, _ in rows], [loaded[t] for _, t in rows])
+    refs = [alone(tiny_bert, a) for a in arts]
+    for (x, t), g in zip(rows, got, strict=True):
+        torch.testing.assert_close(g, refs[t][x], atol=ATOL, rtol=0)
+    assert eng.tables.kinds["lora"].capacity >= 2
+
+
+def test_task_bytes_are_its_table_rows(tiny_bert) -> None:
+    eng = Engine(tiny_bert)
+    a = TaskArtifact.random("pasta", tiny_bert.spec, 3)
+    task = eng.load(a)
+    spec = tiny_bert.spec
+    vectors = spec.num_layers * spec.num_special * spec.hidden * 4
+    head = (3 * spec.hidden + 3 + 1) * 4 + 8  # weight, bias, pooled flag (fp32); mlp slot (int64)
+    assert task.nbytes == vectors + head
+
+
+def test_bank_eviction_frees_slots_for_the_next_version(tiny_bert) -> None:
+    """The bank on a real engine: evicted versions give their slots back, and what the
+    reused slots serve is the new version's logits."""
+    from server.bank import AdapterBank, TaskMeta, VersionKey
+
+    eng = Engine(tiny_bert, capacity=2)
+    arts = {t: TaskArtifact.random("pasta", tiny_bert.spec, 2, seed=i) for i, t in enumerate("abcdef")}
+    meta = TaskMeta(number=1, labels=("x", "y"), regression=False, inputs="any")
+    per_task = eng.load(arts["a"])
+    eng.unload(per_task)
+    bank = AdapterBank(lambda key: (arts[key.task_id], meta), eng.load, eng.unload,
+                       device_budget=2 * per_task.nbytes, host_budget=0)
+
+    async def main() -> None:
+        for t in "abcdef":
+            async with bank.using(VersionKey(t, "v")) as res:
+                got = eng.run(TEXTS, [res.task] * len(TEXTS))
+                for g, ref in zip(got, alone(tiny_bert, arts[t]), strict=True):
+                    torch.testing.assert_close(g, ref, atol=ATOL, rtol=0)
+        assert bank.device_bytes == 2 * per_task.nbytes
+
+    asyncio.run(main())
+    # a version loads before the oldest is evicted: 3 slots at the peak, never 6
+    assert eng.tables.kinds["pasta"].capacity == 4 and eng.tables.kinds["pasta"].used == 2
+
+
+def test_sparse_tasks_share_a_table_only_within_a_size_class(tiny_bert) -> None:
+    """A table pads every slot to its largest task: a 2 % task must not sit (and pay) in
+    the table of a 30 % one. Rows of both classes in one batch equal each task alone."""
+    eng = Engine(tiny_bert)
+    arts = [art(tiny_bert.spec, "sparse", w, seed=20 + w) for w in (0, 1, 0)]
+    big, small, big2 = (eng.load(a) for a in arts)
+    assert big.table == big2.table != small.table
+
+    def padded_entries(table: str) -> int:
+        fields = eng.tables.kinds[table].fields
+        return sum(t.shape[1] for k, t in fields.items() if k.endswith(".val"))
+
+    assert padded_entries(small.table) < padded_entries(big.table) / 4
+    tasks = [big, small, big2, small]
+    got = eng.run(TEXTS, tasks)
+    for i, (g, t) in enumerate(zip(got, tasks, strict=True)):
+        torch.testing.assert_close(g, alone(tiny_bert, arts[[big, small, big2].index(t)])[i],
+                                   atol=ATOL, rtol=0)
+
+
+def test_peft_parity_in_a_reused_slot(tiny_bert, tiny_bert_dir) -> None:
+    """A PEFT adapter imported into the slot a larger LoRA task left gives PeftModel's logits."""
+    import peft
+
+    from methods.peft_io import artifact_from_peft
+    from tests.test_peft_parity import TEXTS as PEFT_TEXTS
+    from tests.test_peft_parity import peft_model
+
+    eng = Engine(tiny_bert, capacity=1)
+    big = eng.load(art(tiny_bert.spec, "lora", 0, seed=30))
+    eng.run(PEFT_TEXTS, [big] * len(PEFT_TEXTS))
+    eng.unload(big)
+    model, cfg = peft_model(tiny_bert_dir, 3, seed=0)
+    task = eng.load(artifact_from_peft(peft.get_peft_model_state_dict(model), cfg.to_dict(),
+                                       tiny_bert.spec))
+    assert task.slot == 0
+    got = eng.run(PEFT_TEXTS, [task] * len(PEFT_TEXTS))
+    for x, g in zip(PEFT_TEXTS, got, strict=True):
+        args = (x,) if isinstance(x, str) else x
+        with torch.no_grad():
+            ref = model(**tiny_bert.tokenizer(*args, return_tensors="pt")).logits[0]
+        torch.testing.assert_close(g, ref, atol=ATOL, rtol=0)
