@@ -8,7 +8,7 @@ backend rewrites them), so that both backends number, resolve and check alike.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from store.errors import AmbiguousRefError, NotFoundError
@@ -30,7 +30,7 @@ class Cursor(Protocol):
 class Conn(Protocol):
     """What the queries need of a connection: sqlite3's, or the PostgreSQL backend's wrapper."""
 
-    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Cursor: ...
+    def execute(self, sql: str, params: Any = ..., /) -> Any: ...  # a Cursor
 
 
 PRAGMAS = (
@@ -193,7 +193,7 @@ CONSISTENCY = {  # what is wrong -> a query listing the rows that are
 
 
 def consistency_problems(c: Conn) -> list[str]:
-    problems = []
+    problems: list[str] = []
     for what, query in CONSISTENCY.items():
         problems.extend(f"catalog: {what}: {item}" for (item,) in c.execute(query))
     problems.extend(f"catalog: bad task id {t!r}" for (t,) in c.execute("SELECT task_id FROM tasks")

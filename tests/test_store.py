@@ -464,3 +464,40 @@ def test_import_peft_refuses_pickles_and_missing_files(tmp_path, tiny_bert) -> N
         store.import_peft(folder, "x")
     with pytest.raises(StoreError, match="backbone"):
         Store(tmp_path / "store").import_peft(folder, "x")
+
+
+def test_ingest_decodes_once_and_returns_the_artifact(sqlite_store, tiny_bert, monkeypatch) -> None:
+    """An upload is validated and decoded once; the server's bank takes what ``ingest`` returns."""
+    import store.store as store_module
+
+    calls = []
+    original = store_module.decode_artifact
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(store_module, "decode_artifact", counting)
+    data = make_file(tiny_bert.spec, "sst2", "lora", seed=5)
+    stored = sqlite_store.ingest(data)
+    assert len(calls) == 1 and stored.info == sqlite_store.resolve("sst2")
+    again = sqlite_store.get("sst2")  # a reader decodes what it reads
+    assert stored.manifest == again.manifest
+    assert stored.artifact.tensors.keys() == again.artifact.tensors.keys()
+    for name, t in stored.artifact.tensors.items():
+        assert torch.equal(t, again.artifact.tensors[name])
+
+
+def test_import_peft_bytes_equals_the_folder(tmp_path, tiny_bert, tiny_bert_dir) -> None:
+    folder = tmp_path / "adapter"
+    save_peft(tiny_bert_dir, folder, num_labels=2)
+    store = Store(tmp_path / "store", tiny_bert.spec)
+    from_folder = store.get("a", store.import_peft(folder, "a").version)
+    from_bytes = store.import_peft_bytes((folder / "adapter_config.json").read_bytes(),
+                                         (folder / "adapter_model.safetensors").read_bytes(), "b")
+    for name, t in from_folder.artifact.tensors.items():
+        assert torch.equal(t, from_bytes.artifact.tensors[name])
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        store.import_peft_bytes(b"{", (folder / "adapter_model.safetensors").read_bytes(), "c")
+    with pytest.raises(ArtifactError, match="not a safetensors file"):
+        store.import_peft_bytes(b"{}", b"\x00" * 16, "c")
