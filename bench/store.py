@@ -94,19 +94,29 @@ def postgres(url: str | None, root: Path) -> Iterator[str]:
             server.cleanup()
 
 
-def latency(store: Store, spec: BackboneSpec, rounds: int, cached: Store | None) -> list[tuple]:
-    """Per kind: publish and load stats (and load from ``cached``'s byte cache when given)."""
-    rows = []
+def latency(stores: dict[str, Store], spec: BackboneSpec, rounds: int) -> dict[str, list[tuple]]:
+    """Per backend and kind: publish and load (median, p99). The backends take turns within
+    every round, so that a machine whose load drifts weighs on them alike. A store named
+    "... cache" only loads (the same database as the one before it, through the byte cache)."""
+    out: dict[str, list[tuple]] = {name: [] for name in stores}
     for label, kind, config in KINDS:
-        files = iter(files_for(spec, kind, kind, config, rounds))
-        publish_ms = timed(lambda files=files: store.publish(next(files)), rounds)
-        load_ms = timed(lambda kind=kind: store.get(kind), rounds)
-        cache_ms = []
-        if cached is not None:
-            cached.get(kind)  # the first read fills the cache
-            cache_ms = timed(lambda kind=kind: cached.get(kind), rounds)
-        rows.append((label, *stats(publish_ms), *stats(load_ms), *(stats(cache_ms) if cache_ms else ())))
-    return rows
+        files = {name: iter(files_for(spec, kind, kind, config, rounds, first=i * rounds))
+                 for i, name in enumerate(stores)}
+        publish: dict[str, list[float]] = {name: [] for name in stores}
+        load: dict[str, list[float]] = {name: [] for name in stores}
+        for _ in range(rounds):
+            for name, store in stores.items():
+                if not name.endswith("cache"):
+                    publish[name] += timed(lambda s=store, f=files[name]: s.publish(next(f)), 1)
+        for store in stores.values():
+            store.get(kind)  # a cache fills on the first read
+        for _ in range(rounds):
+            for name, store in stores.items():
+                load[name] += timed(lambda s=store: s.get(kind), 1)  # noqa: B023
+        for name in stores:
+            pub = stats(publish[name]) if publish[name] else (float("nan"), float("nan"))
+            out[name].append((label, *pub, *stats(load[name])))
+    return out
 
 
 def sizes(spec: BackboneSpec, store: Store) -> list[tuple[str, int, int, int]]:
@@ -219,12 +229,16 @@ def main() -> None:
             postgres(args.pg_url, args.root) as url:
         os.environ["POLYHEAD_STORE_CACHE"] = str(Path(tmp) / "cache")
         sqlite = Store(Path(tmp) / "store", spec)
-        results["sqlite"] = latency(sqlite, spec, args.rounds, None)
-        results["sizes"] = sizes(spec, sqlite)
-        results["sqlite gen"] = statistics.median(timed(sqlite.generation, 2000)) * 1e3
         pg = Store(url, spec, cache="off")
-        results["postgresql"] = latency(pg, spec, args.rounds, Store(url, spec))
-        results["postgresql gen"] = statistics.median(timed(pg.generation, 2000)) * 1e3
+        stores = {"sqlite": sqlite, "postgresql, bytes from the db": pg,
+                  "postgresql, bytes from the cache": Store(url, spec)}
+        results["latency"] = latency(stores, spec, args.rounds)
+        results["sizes"] = sizes(spec, sqlite)
+        gen: dict[str, list[float]] = {"sqlite": [], "postgresql": []}
+        for _ in range(2000):
+            gen["sqlite"] += timed(sqlite.generation, 1)
+            gen["postgresql"] += timed(pg.generation, 1)
+        results["generation"] = {k: statistics.median(v) * 1e3 for k, v in gen.items()}
         results["pg per version"] = pg_bytes_per_version(pg)
         if args.feed_rounds:
             results["feeds"] = feeds(spec, Path(tmp), url, args.feed_rounds)
@@ -235,13 +249,13 @@ def report(r: dict[str, Any], rounds: int, load0: float, cpu_s: float) -> None:
     print(f"Store latency, {rounds} rounds each (ms, wall clock)\n")
     print("| artifact | backend | publish median | publish p99 | load median | load p99 |")
     print("|---|---|---:|---:|---:|---:|")
-    for s, p in zip(r["sqlite"], r["postgresql"], strict=True):
-        print(f"| {s[0]} | sqlite | {s[1]:.2f} | {s[2]:.2f} | {s[3]:.2f} | {s[4]:.2f} |")
-        print(f"| {p[0]} | postgresql, bytes from the db | {p[1]:.2f} | {p[2]:.2f} | {p[3]:.2f} "
-              f"| {p[4]:.2f} |")
-        print(f"| {p[0]} | postgresql, bytes from the cache | | | {p[5]:.2f} | {p[6]:.2f} |")
-    print(f"\ngeneration(): sqlite {r['sqlite gen']:.1f} µs, postgresql {r['postgresql gen']:.1f} µs "
-          "(median)\n")
+    for i in range(len(KINDS)):
+        for name, rows in r["latency"].items():
+            label, pm, p99, lm, l99 = rows[i]
+            pub = "| | |" if pm != pm else f"| {pm:.2f} | {p99:.2f} |"  # nan: load only
+            print(f"| {label} | {name} {pub} {lm:.2f} | {l99:.2f} |")
+    g = r["generation"]
+    print(f"\ngeneration(): sqlite {g['sqlite']:.1f} µs, postgresql {g['postgresql']:.1f} µs (median)\n")
     print("| artifact | tensor bytes | file bytes | file / tensors | sqlite blob on disk |")
     print("|---|---:|---:|---:|---:|")
     for label, tensor_b, file_b, disk_b in r["sizes"]:
