@@ -124,7 +124,8 @@ def _line(info: VersionInfo) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    tasks = _catalog(args).list_tasks()
+    catalog = _catalog(args)
+    tasks = catalog.list_tasks()
     if args.json:
         print(json.dumps([dataclasses.asdict(t) for t in tasks], indent=2))
         return 0
@@ -133,7 +134,7 @@ def _list(args: argparse.Namespace) -> int:
         print(f"{t.task_id}  {t.kind}  v{t.latest.number}/{t.num_versions}  {t.latest.short}  "
               f"{t.latest.created_at}  {others}".rstrip())
     if not tasks:
-        print(f"no tasks in {_location(args)}", file=sys.stderr)
+        print(f"no tasks in {catalog.location}", file=sys.stderr)
     return 0
 
 

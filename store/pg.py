@@ -206,6 +206,9 @@ class PgCatalog(Catalog):
     def _collect(self, c: Conn) -> list[str]:
         return []  # bytes are deleted with their version (ON DELETE CASCADE)
 
+    def gc(self) -> list[str]:
+        return []  # nothing to collect, so no transaction to take
+
     # -- changes -----------------------------------------------------------------------------
 
     def _changed(self, c: Conn) -> None:
