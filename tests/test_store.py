@@ -35,7 +35,7 @@ from tests.test_store_support import (
     stored_blobs,
 )
 
-location, pg_server, pg_url = support.location, support.pg_server, support.pg_url  # fixtures
+location, pg_url = support.location, support.pg_url  # fixtures (pg_server: conftest)
 
 
 @pytest.fixture

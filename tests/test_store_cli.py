@@ -16,7 +16,7 @@ from tests import test_store_support as support
 from tests.test_store import save_peft
 from tests.test_store_support import make_file
 
-location, pg_server, pg_url = support.location, support.pg_server, support.pg_url  # fixtures
+location, pg_url = support.location, support.pg_url  # fixtures (pg_server: conftest)
 
 
 @pytest.fixture

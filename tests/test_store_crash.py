@@ -15,7 +15,7 @@ from store import Store
 from tests import test_store_support as support
 from tests.test_store_support import make_file
 
-location, pg_server, pg_url = support.location, support.pg_server, support.pg_url  # fixtures
+location, pg_url = support.location, support.pg_url  # fixtures (pg_server: conftest)
 
 ROUNDS = {"sqlite": 60, "postgresql": 30}  # a PostgreSQL kill lands in a transaction ~3/4 of the time
 

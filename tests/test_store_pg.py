@@ -15,7 +15,7 @@ from store import NotFoundError, Store, StoreError, StoreUnavailable, open_catal
 from tests import test_store_support as support
 from tests.test_store_support import make_file, new_database
 
-location, pg_server, pg_url = support.location, support.pg_server, support.pg_url  # fixtures
+location, pg_url = support.location, support.pg_url  # fixtures (pg_server: conftest)
 SECRET = "s3cret-pw"
 
 

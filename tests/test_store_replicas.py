@@ -23,7 +23,6 @@ from tests.test_serving import artifact, both_replicas
 from tests.test_store_pg import _pg_ctl
 
 pytestmark = pytest.mark.integration
-pg_server = support.pg_server  # fixture
 DEADLINE_S = 60.0  # only to stop waiting on a broken build; never a timing assertion
 
 
