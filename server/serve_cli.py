@@ -20,6 +20,7 @@ from server.config import (
     generated_token,
     token_file,
 )
+from store.catalog import absolute, redact
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -29,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve every task in the store over gRPC (Ctrl-C stops)")
     p.add_argument("--port", type=int, default=9000, help="gRPC port (default 9000)")
     p.add_argument("--http-port", type=int, default=8000, help="Serve's HTTP proxy port (unused)")
-    p.add_argument("--store", help="store root (default $POLYHEAD_STORE or ./polyhead-store)")
+    p.add_argument("--store", help="store folder or postgresql:// URL "
+                   "(default $POLYHEAD_STORE or ./polyhead-store)")
     p.add_argument("--backbone", help="local HF encoder folder (default: packaged MiniLM)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     auth = p.add_mutually_exclusive_group()
@@ -53,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def config_from(args: argparse.Namespace) -> ServerConfig:
     store = args.store or os.environ.get("POLYHEAD_STORE") or "polyhead-store"
     return ServerConfig(
-        store=str(Path(store).resolve()),  # replicas may run in another working directory
+        store=absolute(store),  # a folder made absolute: replicas may run elsewhere
         backbone=str(Path(args.backbone).resolve()) if args.backbone else None,
         device=args.device, insecure=args.insecure,
         token=Secret(args.token) if args.token else None,
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
                       num_gpus=1 if args.device == "cuda" else 0, access_log=args.access_log),
               name=APP_NAME, route_prefix="/")
     print(f"polyhead: serving on localhost:{args.port} ({args.replicas} replica(s), "
-          f"store {config.store}); ready in {time.perf_counter() - t0:.1f} s. Ctrl-C stops.",
+          f"store {redact(config.store or '')}); ready in {time.perf_counter() - t0:.1f} s. Ctrl-C stops.",
           flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -1,13 +1,16 @@
 """Artifacts at rest: the `*.polyhead` file format, its validation, and the versioned store.
 
     data = encode_artifact(new_manifest(task_id, artifact, spec, labels=[...]), artifact)
-    store = Store(root, spec)          # root: $POLYHEAD_STORE or ./polyhead-store
+    store = Store(location, spec)      # a folder or postgresql://...; default $POLYHEAD_STORE
+                                       # or ./polyhead-store
     info = store.publish(data)         # validated; a new immutable version; latest moves
     got = store.get(task_id)           # or a version (>= 8 hex chars), an alias, "v3"
 
 Modules: header (safetensors container, no torch), manifest, fileformat (encode/decode:
 every check, each an ArtifactError with a stable ``check`` name), names (ids, refs),
-sql + catalog (SQLite index, content-addressed blobs, no torch), store (the two joined),
+catalog (the catalog protocol, no torch) with its two backends, sqlite (SQLite index +
+content-addressed blob files) and pg (PostgreSQL: rows and bytes, NOTIFY on change), sql
+(the queries both run), cache (a replica's local bytes), store (catalog + validation),
 peft_folder, cli. Names here are imported on first use, so that catalog-only tools
 (``polyhead store list``) never import torch.
 """
@@ -18,8 +21,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from store.catalog import Catalog
-    from store.errors import AmbiguousRefError, NotFoundError, StoreError
+    from store.catalog import Catalog, open_catalog
+    from store.errors import AmbiguousRefError, NotFoundError, StoreError, StoreUnavailable
     from store.fileformat import decode_artifact, encode_artifact, load_artifact, save_artifact
     from store.header import DEFAULT_MAX_BYTES
     from store.manifest import Manifest, new_manifest, validate_task_id
@@ -27,8 +30,10 @@ if TYPE_CHECKING:
     from store.store import Store, StoredArtifact
 
 _WHERE = {
-    "Catalog": "store.catalog", "TaskInfo": "store.sql", "VersionInfo": "store.sql",
+    "Catalog": "store.catalog", "open_catalog": "store.catalog",
+    "TaskInfo": "store.sql", "VersionInfo": "store.sql",
     "AmbiguousRefError": "store.errors", "NotFoundError": "store.errors", "StoreError": "store.errors",
+    "StoreUnavailable": "store.errors",
     "decode_artifact": "store.fileformat", "encode_artifact": "store.fileformat",
     "load_artifact": "store.fileformat", "save_artifact": "store.fileformat",
     "DEFAULT_MAX_BYTES": "store.header",
@@ -38,8 +43,9 @@ _WHERE = {
 }
 __all__ = [
     "DEFAULT_MAX_BYTES", "AmbiguousRefError", "Catalog", "Manifest", "NotFoundError", "Store",
-    "StoreError", "StoredArtifact", "TaskInfo", "VersionInfo", "decode_artifact", "encode_artifact",
-    "load_artifact", "new_manifest", "save_artifact", "validate_task_id",
+    "StoreError", "StoreUnavailable", "StoredArtifact", "TaskInfo", "VersionInfo", "decode_artifact",
+    "encode_artifact",
+    "load_artifact", "new_manifest", "open_catalog", "save_artifact", "validate_task_id",
 ]
 
 

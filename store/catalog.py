@@ -1,44 +1,46 @@
-"""The catalog: content-addressed blobs plus an SQLite index of tasks, versions and aliases.
+"""The catalog protocol: tasks, versions, aliases, the generation counter and the bytes.
 
-Knows nothing of artifact contents (no torch): `polyhead store list` stays fast, and a
-server can poll ``generation()`` cheaply. Invariants, kept under SQLite's write lock
-(``BEGIN IMMEDIATE``):
-  - a version row exists only once its blob is complete on disk (blob written to a temp
-    file, fsynced, renamed; the row is committed after);
-  - blobs without a row (a publisher killed before its commit) are garbage: ``gc`` takes
-    them while holding the write lock, and a publisher re-checks its blob under the lock.
+Two backends, one behaviour; ``open_catalog(location)`` picks by the location:
+  - a folder: ``SqliteCatalog`` (store/sqlite.py), an SQLite index plus content-addressed
+    blob files; for one host, or a shared volume with POSIX locks;
+  - ``postgresql://...``: ``PgCatalog`` (store/pg.py), rows *and* bytes in PostgreSQL,
+    every change NOTIFYed to the replicas; for a cluster.
+Nothing above store/ knows which. The logic (numbering, aliases, refs, deletes, checks) is
+written once here, against a connection with ``execute``; a backend brings transactions,
+the place the bytes live, and its change feed. Invariants, on both:
+  - a version row exists only once its bytes are durable;
+  - every change is one transaction (writers one at a time) and moves the generation;
+  - identical bytes are one version (the sha256 of the file is its address).
 """
 
 from __future__ import annotations
 
-import contextlib
+import abc
 import datetime
 import hashlib
 import os
-import sqlite3
-import threading
-import time
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from store import sql
 from store.errors import NotFoundError, StoreError
-from store.names import LATEST, VERSION_RE, alias_problem
-from store.paths import atomic_write, fsync_dir, sha256_file
-from store.sql import TaskInfo, VersionInfo
+from store.names import LATEST, alias_problem
+from store.sql import Conn, TaskInfo, VersionInfo
 
-STALE_TMP_S = 3600.0  # temp files older than this belong to dead publishers
+T = TypeVar("T")
+Check = Callable[[VersionInfo, bytes], list[str]]  # content checks of a blob whose hash is right
+PG_SCHEMES = ("postgresql://", "postgres://")
+__all__ = ["JOURNAL_MODES", "PG_SCHEMES", "Catalog", "ChangeFeed", "PollingFeed", "TaskInfo", "VersionInfo",
+           "absolute", "default_location", "is_url", "journal_mode", "open_catalog", "redact"]
+
+
 # SQLite journal modes the catalog may use. "wal" (default): readers never wait for a writer,
 # but its shared-memory index only works when every process is on one host. "delete": the
-# rollback journal, for a store on a network filesystem that several hosts mount at once
-# (a KubeRay ReadWriteMany volume); it relies on the filesystem's POSIX locks.
+# rollback journal, for a store on a network filesystem that several hosts mount at once;
+# it relies on the filesystem's POSIX locks.
 JOURNAL_MODES = ("wal", "delete")
-__all__ = ["JOURNAL_MODES", "STALE_TMP_S", "Catalog", "TaskInfo", "VersionInfo", "default_root",
-           "journal_mode"]
-
-
-def default_root() -> Path:
-    return Path(os.environ.get("POLYHEAD_STORE") or "polyhead-store")
 
 
 def journal_mode(mode: str | None = None) -> str:
@@ -50,159 +52,180 @@ def journal_mode(mode: str | None = None) -> str:
     return value
 
 
-class Catalog:
-    """Blobs under ``root/blobs/ab/<sha256>``, the index in ``root/catalog.sqlite``.
+def default_location() -> str:
+    """``$POLYHEAD_STORE``, else ``polyhead-store`` (a folder in the working directory)."""
+    return os.environ.get("POLYHEAD_STORE") or "polyhead-store"
 
-    Thread-safe (one SQLite connection per thread) and safe across processes.
-    """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, journal: str | None = None) -> None:
-        self.root = Path(root) if root is not None else default_root()
-        self.journal = journal_mode(journal)
-        self.blob_dir = self.root / "blobs"
-        self.tmp_dir = self.root / "tmp"
-        try:
-            for d in (self.root, self.blob_dir, self.tmp_dir):
-                d.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StoreError(f"cannot create the store at {self.root}: {e}") from e
-        self.db_path = self.root / "catalog.sqlite"
-        self._local = threading.local()
-        self._init_schema()
+def is_url(location: str | os.PathLike[str]) -> bool:
+    """True for a location with a scheme (``xyz://``); only PostgreSQL's are served."""
+    return "://" in str(location)
 
-    # -- connections and transactions ----------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
-        local = self._local
-        if getattr(local, "pid", None) != os.getpid():  # new thread, or a forked child
-            try:
-                new = sqlite3.connect(self.db_path, timeout=60.0, isolation_level=None,
-                                       check_same_thread=False)
-                for pragma in sql.PRAGMAS:
-                    new.execute(pragma)
-                _set_journal(new, self.journal)
-            except sqlite3.Error as e:
-                raise StoreError(f"cannot open the catalog {self.db_path}: {e}") from e
-            # A connection inherited over fork must not be used, nor closed, in the child.
-            local.inherited = getattr(local, "conn", None)
-            local.conn, local.pid = new, os.getpid()
-        conn: sqlite3.Connection = local.conn
-        return conn
+def absolute(location: str | os.PathLike[str]) -> str:
+    """A folder made absolute (replicas may run elsewhere); a URL as it is."""
+    return str(location) if is_url(location) else str(Path(location).resolve())
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One writer at a time across processes; rolled back on any exception."""
-        conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as e:
-            raise StoreError(f"catalog is locked: {e}") from e
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        """A consistent snapshot for several queries (in WAL mode it never waits for writers)."""
-        conn = self._conn()
-        conn.execute("BEGIN")
-        try:
-            yield conn
-        finally:
-            conn.execute("COMMIT")
+def redact(location: str) -> str:
+    """A location for messages and logs: a URL's password replaced by ``***``."""
+    location = re.sub(r"(://[^/@:]*:)[^/@]+@", r"\1***@", location)
+    return re.sub(r"(password=)[^&]+", r"\1***", location)
 
-    def _init_schema(self) -> None:
-        conn = self._conn()
-        row = None
-        with contextlib.suppress(sqlite3.OperationalError):
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        if row is None:
-            with self._write() as c:
-                for stmt in sql.SCHEMA:
-                    c.execute(stmt)
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        if row[0] > sql.CATALOG_SCHEMA:
-            raise StoreError(f"{self.db_path}: catalog schema {row[0]} is newer than this polyhead "
-                             f"({sql.CATALOG_SCHEMA})")
+
+def open_catalog(location: str | os.PathLike[str] | None = None, *, journal: str | None = None,
+                 create: bool = True, cache: str | os.PathLike[str] | None = None) -> Catalog:
+    """The catalog at ``location`` (default: ``default_location()``). ``create=False``
+    refuses a location that holds no store yet. ``journal``: SQLite only; ``cache``:
+    PostgreSQL only, the local byte cache folder (see ``store.cache``)."""
+    loc = str(location) if location is not None else default_location()
+    if not loc:
+        raise StoreError("empty store location: give a folder or a postgresql:// URL")
+    if is_url(loc):
+        if not loc.startswith(PG_SCHEMES):
+            raise StoreError(f"unknown store location {loc.split('://')[0]}://...: use a folder "
+                             "or a postgresql://USER:PASSWORD@HOST/DATABASE URL")
+        from store.pg import PgCatalog
+
+        return PgCatalog(loc, create=create, cache=cache)
+    from store.sqlite import SqliteCatalog
+
+    return SqliteCatalog(loc, journal=journal, create=create)
+
+
+class ChangeFeed(Protocol):
+    """Tells a replica that the catalog changed, so that it loads new versions at once."""
+
+    def wait(self, timeout: float) -> int:
+        """Block until the generation moves past the last one returned, or ``timeout``
+        seconds; the generation as last seen (unchanged on timeout)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class PollingFeed:
+    """A change feed that reads the generation every ``poll_s`` seconds."""
+
+    def __init__(self, catalog: Catalog, poll_s: float) -> None:
+        self.catalog, self.poll_s = catalog, poll_s
+        self.last = catalog.generation()
+
+    def wait(self, timeout: float) -> int:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            gen = self.catalog.generation()
+            if gen != self.last:
+                self.last = gen
+                return gen
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return self.last
+            time.sleep(min(self.poll_s, left))
 
     def close(self) -> None:
-        """Close this thread's connection (others close when their threads' objects go)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = self._local.pid = None
+        pass
 
-    # -- blobs ---------------------------------------------------------------------------
 
-    def blob_path(self, version: str) -> Path:
-        return self.blob_dir / version[:2] / version
+class Catalog(abc.ABC):
+    """Versions of tasks, their aliases and bytes. Thread-safe and safe across processes."""
 
-    def _put_blob(self, version: str, data: bytes) -> None:
-        path = self.blob_path(version)
-        if path.is_file() and sha256_file(path) == version:
-            return
-        if not path.parent.is_dir():
-            path.parent.mkdir(exist_ok=True)
-            fsync_dir(self.blob_dir)
-        atomic_write(path, data, tmp_dir=self.tmp_dir, mode=0o444)
+    location: str  # for messages: the folder, or the URL without its password
 
-    def _read_blob(self, info: VersionInfo) -> bytes:
-        try:
-            data = self.blob_path(info.version).read_bytes()
-        except FileNotFoundError as e:
-            with self._read() as c:
-                gone = c.execute("SELECT 1 FROM versions WHERE version = ?",
-                                 (info.version,)).fetchone() is None
-            if gone:
-                raise NotFoundError(f"{info.task_id}: version {info.short} was deleted") from e
-            raise StoreError(f"{info.task_id}: blob of version {info.short} is missing; "
-                             "run `polyhead store verify`") from e
-        if _sha256(data) != info.version:
-            raise StoreError(f"{info.task_id}: blob of version {info.short} is corrupt "
-                             "(sha256 mismatch); run `polyhead store verify`")
-        return data
+    # -- what a backend provides -----------------------------------------------------------
 
-    # -- writes --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _writing(self, body: Callable[[Conn], T]) -> T:
+        """Run ``body`` in a write transaction, writers one at a time; rolled back if it raises."""
 
-    def add_version(self, task_id: str, data: bytes, kind: str) -> VersionInfo:
-        """Store ``data`` (already validated) as a version of ``task_id`` and point
-        ``latest`` at it. Identical bytes give the existing version."""
+    @abc.abstractmethod
+    def _reading(self, body: Callable[[Conn], T]) -> T:
+        """Run ``body`` on one consistent snapshot."""
+
+    def _stage_blob(self, version: str, data: bytes) -> None:  # noqa: B027  (optional hook)
+        """Before the transaction: make the bytes durable where that can happen unlocked."""
+
+    @abc.abstractmethod
+    def _keep_blob(self, c: Conn, version: str, data: bytes) -> None:
+        """Inside the transaction that adds the version row: the bytes are durable at commit."""
+
+    @abc.abstractmethod
+    def _load_blob(self, info: VersionInfo, *, cached: bool = True) -> bytes | None:
+        """The stored bytes of a version (not yet hash-checked), None if there are none;
+        ``cached=False`` reads past any local cache."""
+
+    @abc.abstractmethod
+    def _collect(self, c: Conn) -> list[str]:
+        """Inside a write transaction: remove bytes no version refers to; what was removed."""
+
+    @abc.abstractmethod
+    def generation(self) -> int:
+        """Moves on every catalog change; one cheap read."""
+
+    @abc.abstractmethod
+    def watch(self, poll_s: float = 0.05) -> ChangeFeed:
+        """A change feed; ``poll_s``: how often to read the generation where nothing pushes."""
+
+    def _integrity(self, c: Conn) -> list[str]:
+        """Backend checks of the database itself."""
+        return []
+
+    def _changed(self, c: Conn) -> None:
+        sql.bump(c)
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close this thread's connection."""
+
+    def gc(self) -> list[str]:
+        """Remove bytes no version refers to (and a backend's stale temp files)."""
+        return self._writing(self._collect)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def add_version(self, task_id: str, data: bytes, kind: str,
+                    created_at: str | None = None) -> VersionInfo:
+        """Store ``data`` (already validated) as a version of ``task_id`` and point ``latest``
+        at it. Identical bytes give the existing version. ``created_at``: kept by a copy."""
         version = _sha256(data)
-        self._put_blob(version, data)  # the slow part, outside the lock
-        with self._write() as c:
-            if not self.blob_path(version).is_file():  # gc took it before we held the lock
-                self._put_blob(version, data)
+        self._stage_blob(version, data)  # the slow part, outside the lock where it can be
+
+        def body(c: Conn) -> VersionInfo:
             row = c.execute("SELECT task_id FROM versions WHERE version = ?", (version,)).fetchone()
             if row is not None and row[0] != task_id:
                 raise StoreError(f"version {version[:12]} belongs to task {row[0]!r}")
             changed = row is None
             if row is None:
-                now = _now()
-                c.execute("INSERT OR IGNORE INTO tasks (task_id, created_at) VALUES (?, ?)",
-                          (task_id, now))
+                when = created_at or _now()
+                c.execute("INSERT INTO tasks (task_id, created_at) VALUES (?, ?) "
+                          "ON CONFLICT (task_id) DO NOTHING", (task_id, when))
                 (number,) = c.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM versions "
                                       "WHERE task_id = ?", (task_id,)).fetchone()
                 c.execute("INSERT INTO versions (version, task_id, number, kind, nbytes, created_at) "
-                          "VALUES (?, ?, ?, ?, ?, ?)", (version, task_id, number, kind, len(data), now))
+                          "VALUES (?, ?, ?, ?, ?, ?)", (version, task_id, number, kind, len(data), when))
+                self._keep_blob(c, version, data)
             changed |= sql.point(c, task_id, LATEST, version)
             if changed:
-                sql.bump(c)
+                self._changed(c)
             return sql.info(c, version)
+
+        return self._writing(body)
 
     def set_alias(self, task_id: str, alias: str, version: str) -> VersionInfo:
         """Point ``alias`` at a version (``version`` is any ref: alias, hex, prefix, ``v3``)."""
         problem = alias_problem(alias)
         if problem:
             raise StoreError(problem)
-        with self._write() as c:
+
+        def body(c: Conn) -> VersionInfo:
             target = sql.resolve(c, task_id, version)
             if sql.point(c, task_id, alias, target):
-                sql.bump(c)
+                self._changed(c)
             return sql.info(c, target)
+
+        return self._writing(body)
 
     def rollback(self, task_id: str, version: str) -> VersionInfo:
         """Point ``latest`` at an earlier (or any) version of the task."""
@@ -211,136 +234,138 @@ class Catalog:
     def remove_alias(self, task_id: str, alias: str) -> None:
         if alias == LATEST:
             raise StoreError("'latest' cannot be removed; delete the task instead")
-        with self._write() as c:
+
+        def body(c: Conn) -> None:
             sql.require_task(c, task_id)
             if c.execute("DELETE FROM aliases WHERE task_id = ? AND alias = ?",
                          (task_id, alias)).rowcount == 0:
                 raise NotFoundError(f"task {task_id!r} has no alias {alias!r}")
-            sql.bump(c)
+            self._changed(c)
+
+        self._writing(body)
 
     def delete(self, task_id: str) -> None:
-        """The task stops resolving at once; blobs no longer referenced are collected."""
-        with self._write() as c:
+        """The task stops resolving at once; bytes no longer referenced are collected."""
+        def body(c: Conn) -> None:
             sql.require_task(c, task_id)
             for table in ("aliases", "versions", "tasks"):
                 c.execute(f"DELETE FROM {table} WHERE task_id = ?", (task_id,))
-            sql.bump(c)
+            self._changed(c)
+
+        self._writing(body)
         self.gc()
 
-    def gc(self, stale_tmp_s: float = STALE_TMP_S) -> list[str]:
-        """Remove blobs no version refers to, and temp files older than ``stale_tmp_s``
-        (those of live publishers are younger); return the paths removed."""
-        removed = []
-        with self._write() as c:  # holding the lock: no publish can commit meanwhile
-            live = {v for (v,) in c.execute("SELECT version FROM versions")}
-            for path in self.blob_dir.glob("*/*"):
-                if VERSION_RE.fullmatch(path.name) and path.name not in live:
-                    path.unlink(missing_ok=True)
-                    removed.append(str(path))
-        cutoff = time.time() - stale_tmp_s
-        for path in self.tmp_dir.iterdir():
-            with contextlib.suppress(OSError):
-                if path.stat().st_mtime <= cutoff:
-                    path.unlink()
-                    removed.append(str(path))
-        return removed
-
-    # -- reads ---------------------------------------------------------------------------
-
-    def generation(self) -> int:
-        """Changes on every catalog change; one indexed read (a few µs)."""
-        row = self._conn().execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
-        return int(row[0])
+    # -- reads -----------------------------------------------------------------------------
 
     def resolve(self, task_id: str, ref: str = LATEST) -> VersionInfo:
         """``ref``: an alias, a full version, a unique prefix of >= 8 hex chars, or ``v3``."""
-        with self._read() as c:
-            return sql.info(c, sql.resolve(c, task_id, ref))
+        return self._reading(lambda c: sql.info(c, sql.resolve(c, task_id, ref)))
 
     def read_bytes(self, task_id: str, ref: str = LATEST) -> tuple[VersionInfo, bytes]:
         """The artifact file of a version, its sha256 checked."""
         info = self.resolve(task_id, ref)
-        return info, self._read_blob(info)
+        data = self._load_blob(info)
+        if data is None:
+            gone = self._reading(lambda c: c.execute(
+                "SELECT 1 FROM versions WHERE version = ?", (info.version,)).fetchone() is None)
+            if gone:
+                raise NotFoundError(f"{info.task_id}: version {info.short} was deleted")
+            raise StoreError(f"{info.task_id}: bytes of version {info.short} are missing; "
+                             "run `polyhead store verify`")
+        if _sha256(data) != info.version:
+            raise StoreError(f"{info.task_id}: bytes of version {info.short} are corrupt "
+                             "(sha256 mismatch); run `polyhead store verify`")
+        return info, data
 
     def history(self, task_id: str) -> list[VersionInfo]:
         """Every version of the task, oldest first."""
-        with self._read() as c:
+        def body(c: Conn) -> list[VersionInfo]:
             sql.require_task(c, task_id)
             rows = c.execute("SELECT * FROM versions WHERE task_id = ? ORDER BY number",
                              (task_id,)).fetchall()
             aliases = sql.aliases_by_version(c, task_id)
-        return [sql.row_info(r, aliases.get(r[0], ())) for r in rows]
+            return [sql.row_info(r, aliases.get(r[0], ())) for r in rows]
+
+        return self._reading(body)
 
     def list_tasks(self) -> list[TaskInfo]:
-        with self._read() as c:
+        """Every task with its latest version, sorted by id."""
+        def body(c: Conn) -> list[TaskInfo]:
             latest = c.execute("SELECT v.* FROM aliases a JOIN versions v ON v.version = a.version "
                                "WHERE a.alias = ? ORDER BY a.task_id", (LATEST,)).fetchall()
-            counts = dict(c.execute("SELECT task_id, COUNT(*) FROM versions GROUP BY task_id"))
+            counts = {t: int(n) for t, n in c.execute(
+                "SELECT task_id, COUNT(*) FROM versions GROUP BY task_id")}
             by_task: dict[str, dict[str, str]] = {}
             by_version: dict[str, list[str]] = {}
             for task_id, alias, version in c.execute(
                     "SELECT task_id, alias, version FROM aliases ORDER BY alias"):
                 by_task.setdefault(task_id, {})[alias] = version
                 by_version.setdefault(version, []).append(alias)
-        out = []
-        for r in latest:
-            info = sql.row_info(r, tuple(by_version.get(r[0], ())))
-            out.append(TaskInfo(info.task_id, info.kind, info, counts[info.task_id],
-                                by_task[info.task_id]))
-        return out
+            out = []
+            for r in latest:
+                info = sql.row_info(r, tuple(by_version.get(r[0], ())))
+                out.append(TaskInfo(info.task_id, info.kind, info, counts[info.task_id],
+                                    by_task[info.task_id]))
+            return out
+
+        return self._reading(body)
 
     def versions(self) -> list[VersionInfo]:
-        """Every version of every task (for verify and tools)."""
-        with self._read() as c:
+        """Every version of every task."""
+        def body(c: Conn) -> list[VersionInfo]:
             rows = c.execute("SELECT * FROM versions ORDER BY task_id, number").fetchall()
             aliases: dict[str, list[str]] = {}
             for alias, version in c.execute("SELECT alias, version FROM aliases ORDER BY alias"):
                 aliases.setdefault(version, []).append(alias)
-        return [sql.row_info(r, tuple(aliases.get(r[0], ()))) for r in rows]
+            return [sql.row_info(r, tuple(aliases.get(r[0], ()))) for r in rows]
 
-    # -- health --------------------------------------------------------------------------
+        return self._reading(body)
 
-    def verify(self) -> list[str]:
-        """Problems found (corrupt or missing blobs, dangling rows); empty means healthy."""
-        problems = self._check_catalog()
+    # -- health ----------------------------------------------------------------------------
+
+    def verify(self, check: Check | None = None) -> list[str]:
+        """Problems found (corrupt or missing bytes, dangling rows, and what ``check`` finds
+        in each version's bytes); empty means healthy. Reads past any local cache."""
+        problems = self._reading(lambda c: self._integrity(c) + sql.consistency_problems(c))
         for info in self.versions():
             where = f"{info.task_id} v{info.number} ({info.short})"
             try:
-                data = self.blob_path(info.version).read_bytes()
+                data = self._load_blob(info, cached=False)
             except OSError as e:
                 problems.append(f"{where}: blob unreadable: {e.strerror or e}")
                 continue
-            if _sha256(data) != info.version:
+            if data is None:
+                problems.append(f"{where}: blob unreadable: missing")
+            elif _sha256(data) != info.version:
                 problems.append(f"{where}: blob sha256 mismatch (corrupt)")
             elif len(data) != info.nbytes:
                 problems.append(f"{where}: catalog says {info.nbytes} bytes, blob has {len(data)}")
-            else:
-                problems.extend(f"{where}: {p}" for p in self._check_blob(info, data))
+            elif check is not None:
+                problems.extend(f"{where}: {p}" for p in check(info, data))
         return problems
 
-    def _check_blob(self, info: VersionInfo, data: bytes) -> list[str]:
-        """Content checks of a blob whose hash is right (the Store decodes it)."""
-        return []
 
-    def _check_catalog(self) -> list[str]:
-        with self._read() as c:
-            return sql.consistency_problems(c)
-
-def _set_journal(conn: sqlite3.Connection, mode: str, wait_s: float = 30.0) -> None:
-    """Put the catalog in journal ``mode`` (persistent in the file). Processes opening the same
-    store at once race for the lock a switch needs, and SQLite does not wait for it: retry.
-    Leaving WAL needs every other connection closed, so a store still open elsewhere in the
-    other mode is refused with a message rather than waited on for ever."""
-    deadline = time.monotonic() + wait_s
-    while (current := conn.execute("PRAGMA journal_mode").fetchone()[0]) != mode:
-        with contextlib.suppress(sqlite3.OperationalError):
-            conn.execute(f"PRAGMA journal_mode = {mode.upper()}")
-        if time.monotonic() > deadline:
-            raise sqlite3.OperationalError(
-                f"journal mode is {current!r}, cannot switch it to {mode!r} while other processes "
-                f"have the store open in {current!r} mode: stop them, or give every process the "
-                f"same $POLYHEAD_STORE_JOURNAL")
-        time.sleep(0.01)
+def iter_copy(src: Catalog, dst: Catalog) -> Iterator[tuple[VersionInfo, bool]]:
+    """Copy every task, version (oldest first, publish times kept) and alias of ``src``
+    into ``dst``; yields (version, whether it was new in dst). Idempotent: what dst holds
+    already is skipped. Each version's bytes are hash-checked as read from src and again as
+    read back from dst."""
+    for task in src.list_tasks():
+        for info in src.history(task.task_id):
+            _, data = src.read_bytes(task.task_id, info.version)
+            try:
+                dst.resolve(task.task_id, info.version)
+                new = False
+            except NotFoundError:
+                dst.add_version(task.task_id, data, info.kind, created_at=info.created_at)
+                new = True
+            back, _ = dst.read_bytes(task.task_id, info.version)
+            if back.nbytes != info.nbytes:
+                raise StoreError(f"{task.task_id} v{info.number}: {back.nbytes} bytes in the "
+                                 f"destination, {info.nbytes} in the source")
+            yield info, new
+        for alias, version in sorted(task.aliases.items()):
+            dst.set_alias(task.task_id, alias, version)
 
 
 def _sha256(data: bytes) -> str:
@@ -349,5 +374,3 @@ def _sha256(data: bytes) -> str:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
-
-

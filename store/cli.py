@@ -1,7 +1,9 @@
 """`polyhead store ...`: inspect and change the local artifact store.
 
-list/show/history/rollback/alias/delete touch only the catalog and never import torch;
-import-peft, publish and verify load the backbone to check tensors against it.
+The store is a folder (SQLite + blob files) or a postgresql:// URL (rows and bytes in
+PostgreSQL), from --store or $POLYHEAD_STORE. list/show/history/rollback/alias/delete/copy
+touch only the catalog and never import torch; import-peft, publish and verify load the
+backbone to check tensors against it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from store.catalog import Catalog, VersionInfo, default_root
+from store.catalog import Catalog, VersionInfo, default_location, iter_copy, open_catalog
 from store.errors import StoreError
 from store.header import read_manifest_json
 from store.names import LATEST
@@ -28,13 +30,13 @@ Command = Callable[[argparse.Namespace], int]
 
 def register(subparsers: Any) -> None:
     """Add the ``store`` verb to the ``polyhead`` parser."""
-    root_help = "store folder (default: $POLYHEAD_STORE or ./polyhead-store)"
+    root_help = "store folder or postgresql:// URL (default: $POLYHEAD_STORE or ./polyhead-store)"
     parser = subparsers.add_parser("store", help="inspect and change the artifact store",
                                    description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", dest="store_root", metavar="PATH", default=None, help=root_help)
+    parser.add_argument("--store", dest="store_root", metavar="STORE", default=None, help=root_help)
     common = argparse.ArgumentParser(add_help=False)  # --store also after the subcommand
-    common.add_argument("--store", dest="store_root", metavar="PATH", default=argparse.SUPPRESS,
+    common.add_argument("--store", dest="store_root", metavar="STORE", default=argparse.SUPPRESS,
                         help=root_help)
     backbone = argparse.ArgumentParser(add_help=False)
     backbone.add_argument("--backbone", metavar="PATH", default=None,
@@ -72,6 +74,10 @@ def register(subparsers: Any) -> None:
                    help="comma-separated label names (default: LABEL_0..; 1 output: regression)")
     p = add("publish", _publish, "validate and publish a .polyhead file", [backbone])
     p.add_argument("file", type=Path)
+    p = add("copy", _copy, "copy every task, version and alias from one store into another "
+            "(idempotent, hashes checked; e.g. a folder into postgresql://...)")
+    p.add_argument("src", help="the store to read: folder or postgresql:// URL")
+    p.add_argument("dst", help="the store to write (created if need be)")
     p = add("verify", _verify, "check the catalog, every blob's hash and every artifact",
             [backbone])
     p.add_argument("--no-backbone", action="store_true",
@@ -89,26 +95,18 @@ def _guarded(func: Command) -> Command:
     return run
 
 
-def _root(args: argparse.Namespace) -> Path:
-    return Path(args.store_root) if args.store_root else default_root()
-
-
-def _existing_root(args: argparse.Namespace) -> Path:
-    root = _root(args)
-    if not (root / "catalog.sqlite").is_file():
-        raise StoreError(f"no store at {root} (pass --store PATH or set $POLYHEAD_STORE)")
-    return root
+def _location(args: argparse.Namespace) -> str:
+    return str(args.store_root) if args.store_root else default_location()
 
 
 def _catalog(args: argparse.Namespace) -> Catalog:
-    return Catalog(_existing_root(args))
+    return open_catalog(_location(args), create=False)
 
 
 def _store(args: argparse.Namespace, *, spec: bool, create: bool = False) -> Store:
     from store.store import Store  # torch and the backbone: only for commands that need them
 
-    root = _root(args) if create else _existing_root(args)
-    return Store(root, _spec(args) if spec else None)
+    return Store(_location(args), _spec(args) if spec else None, create=create)
 
 
 def _spec(args: argparse.Namespace) -> BackboneSpec:
@@ -126,7 +124,8 @@ def _line(info: VersionInfo) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    tasks = _catalog(args).list_tasks()
+    catalog = _catalog(args)
+    tasks = catalog.list_tasks()
     if args.json:
         print(json.dumps([dataclasses.asdict(t) for t in tasks], indent=2))
         return 0
@@ -135,7 +134,7 @@ def _list(args: argparse.Namespace) -> int:
         print(f"{t.task_id}  {t.kind}  v{t.latest.number}/{t.num_versions}  {t.latest.short}  "
               f"{t.latest.created_at}  {others}".rstrip())
     if not tasks:
-        print(f"no tasks in {_root(args)}", file=sys.stderr)
+        print(f"no tasks in {catalog.location}", file=sys.stderr)
     return 0
 
 
@@ -199,8 +198,25 @@ def _verify(args: argparse.Namespace) -> int:
     for p in problems:
         print(p)
     if problems:
-        print(f"{len(problems)} problem(s) in {store.root}", file=sys.stderr)
+        print(f"{len(problems)} problem(s) in {store.location}", file=sys.stderr)
         return 1
     versions = store.versions()
-    print(f"ok: {len(versions)} versions of {len({v.task_id for v in versions})} tasks in {store.root}")
+    print(f"ok: {len(versions)} versions of {len({v.task_id for v in versions})} tasks in "
+          f"{store.location}")
+    return 0
+
+
+def _copy(args: argparse.Namespace) -> int:
+    src = open_catalog(args.src, create=False)
+    dst = open_catalog(args.dst)
+    if src.location == dst.location:
+        raise StoreError(f"source and destination are the same store: {src.location}")
+    new = old = 0
+    for info, added in iter_copy(src, dst):
+        new, old = new + added, old + (not added)
+        if added:
+            print(f"{info.task_id} v{info.number} ({info.short}) copied")
+    tasks = len(src.list_tasks())
+    print(f"copied {new} versions ({old} already there) of {tasks} tasks from {src.location} "
+          f"to {dst.location}; every hash checked")
     return 0

@@ -13,3 +13,7 @@ class NotFoundError(StoreError):
 
 class AmbiguousRefError(StoreError):
     """A version prefix that matches more than one version of the task."""
+
+
+class StoreUnavailable(StoreError):
+    """The store's database cannot be reached now (down, restarting, network); try again."""

@@ -33,19 +33,27 @@ def read_peft_folder(folder: Path, max_bytes: int) -> tuple[dict[str, Tensor], d
             raise ArtifactError("peft", f"{folder}: adapter_model.bin is a pickle, which polyhead "
                                 "never loads; save with save_pretrained(..., safe_serialization=True)")
         raise ArtifactError("peft", f"{folder}: no {WEIGHTS_FILE}")
-    if weights.stat().st_size > max_bytes:
+    if weights.stat().st_size > max_bytes:  # before reading it into memory
         raise ArtifactError("too_large", f"{weights}: more than {max_bytes} bytes")
+    return parse_peft(config_path.read_bytes(), weights.read_bytes(), max_bytes, f"{folder}/")
+
+
+def parse_peft(config: bytes, weights: bytes, max_bytes: int,
+               where: str = "") -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The adapter's state dict and config from the two files' bytes (as an upload sends them)."""
+    if len(weights) > max_bytes:
+        raise ArtifactError("too_large", f"{where}{WEIGHTS_FILE}: more than {max_bytes} bytes")
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        parsed = json.loads(config.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise ArtifactError("peft", f"{config_path}: not valid JSON: {e}") from e
-    if not isinstance(config, dict):
-        raise ArtifactError("peft", f"{config_path}: not a JSON object")
+        raise ArtifactError("peft", f"{where}{CONFIG_FILE}: not valid JSON: {e}") from e
+    if not isinstance(parsed, dict):
+        raise ArtifactError("peft", f"{where}{CONFIG_FILE}: not a JSON object")
     try:
-        state = safetensors.torch.load_file(weights)
+        state = safetensors.torch.load(weights)
     except SafetensorError as e:
-        raise ArtifactError("peft", f"{weights}: not a safetensors file: {e}") from e
-    return state, config
+        raise ArtifactError("peft", f"{where}{WEIGHTS_FILE}: not a safetensors file: {e}") from e
+    return state, parsed
 
 
 def check_modules(state: dict[str, Tensor], spec: BackboneSpec) -> None:

@@ -1,23 +1,44 @@
 """The catalog's tables, and the queries that turn their rows into records.
 
-Every function takes a connection inside a transaction that the caller holds.
+Every function takes a connection inside a transaction that the caller holds. The queries
+are plain SQL that SQLite and PostgreSQL both run (``?`` placeholders; the PostgreSQL
+backend rewrites them), so that both backends number, resolve and check alike.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 from store.errors import AmbiguousRefError, NotFoundError
 from store.names import hex_prefix, is_task_id, version_number_ref
 
-CATALOG_SCHEMA = 1
+CATALOG_SCHEMA = 1  # both backends; a catalog with a larger number is refused
+
+
+class Cursor(Protocol):
+    rowcount: int
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Conn(Protocol):
+    """What the queries need of a connection: sqlite3's, or the PostgreSQL backend's wrapper."""
+
+    def execute(self, sql: str, params: Any = ..., /) -> Any: ...  # a Cursor
+
+
 PRAGMAS = (
     "PRAGMA busy_timeout = 60000",
     "PRAGMA synchronous = FULL",  # a returned publish survives power loss too
     "PRAGMA foreign_keys = ON",
 )
-SCHEMA = (
+SCHEMA = (  # SQLite
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS tasks (task_id TEXT PRIMARY KEY, created_at TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS versions (
@@ -35,6 +56,32 @@ SCHEMA = (
         PRIMARY KEY (task_id, alias))""",
     "INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', 0)",
     f"INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', {CATALOG_SCHEMA})",
+)
+
+PG_SCHEMA_NAME = "polyhead"  # every table lives in this PostgreSQL schema (namespace)
+PG_SCHEMA = (  # PostgreSQL: the same tables, byte order ("C") for ids, plus the bytes
+    f"CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA_NAME}",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+    'CREATE TABLE IF NOT EXISTS tasks (task_id TEXT COLLATE "C" PRIMARY KEY, created_at TEXT NOT NULL)',
+    """CREATE TABLE IF NOT EXISTS versions (
+        version TEXT COLLATE "C" PRIMARY KEY,
+        task_id TEXT COLLATE "C" NOT NULL REFERENCES tasks(task_id) ON DELETE CASCADE,
+        number INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        nbytes BIGINT NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (task_id, number))""",
+    """CREATE TABLE IF NOT EXISTS aliases (
+        task_id TEXT COLLATE "C" NOT NULL REFERENCES tasks(task_id) ON DELETE CASCADE,
+        alias TEXT COLLATE "C" NOT NULL,
+        version TEXT COLLATE "C" NOT NULL REFERENCES versions(version) ON DELETE CASCADE,
+        PRIMARY KEY (task_id, alias))""",
+    """CREATE TABLE IF NOT EXISTS blobs (
+        version TEXT COLLATE "C" PRIMARY KEY REFERENCES versions(version) ON DELETE CASCADE,
+        data BYTEA NOT NULL)""",
+    "ALTER TABLE blobs ALTER COLUMN data SET STORAGE EXTERNAL",  # float tensors do not compress
+    "INSERT INTO meta (key, value) VALUES ('generation', 0) ON CONFLICT DO NOTHING",
+    f"INSERT INTO meta (key, value) VALUES ('schema', {CATALOG_SCHEMA}) ON CONFLICT DO NOTHING",
 )
 
 
@@ -62,11 +109,19 @@ class TaskInfo:
     aliases: dict[str, str]  # alias -> version
 
 
-def bump(c: sqlite3.Connection) -> None:
+def bump(c: Conn) -> None:
     c.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
 
 
-def point(c: sqlite3.Connection, task_id: str, alias: str, version: str) -> bool:
+def generation(c: Conn) -> int:
+    return int(c.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+
+
+def schema_version(c: Conn) -> int:
+    return int(c.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0])
+
+
+def point(c: Conn, task_id: str, alias: str, version: str) -> bool:
     """Set an alias; True if that changed anything."""
     row = c.execute("SELECT version FROM aliases WHERE task_id = ? AND alias = ?",
                     (task_id, alias)).fetchone()
@@ -78,13 +133,13 @@ def point(c: sqlite3.Connection, task_id: str, alias: str, version: str) -> bool
     return True
 
 
-def require_task(c: sqlite3.Connection, task_id: str) -> None:
+def require_task(c: Conn, task_id: str) -> None:
     if not is_task_id(task_id) or c.execute(
             "SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone() is None:
         raise NotFoundError(f"no task {task_id!r:.80}")
 
 
-def resolve(c: sqlite3.Connection, task_id: str, ref: str) -> str:
+def resolve(c: Conn, task_id: str, ref: str) -> str:
     require_task(c, task_id)
     row = c.execute("SELECT version FROM aliases WHERE task_id = ? AND alias = ?",
                     (task_id, ref)).fetchone()
@@ -102,7 +157,7 @@ def resolve(c: sqlite3.Connection, task_id: str, ref: str) -> str:
     return str(row[0])
 
 
-def aliases_by_version(c: sqlite3.Connection, task_id: str) -> dict[str, tuple[str, ...]]:
+def aliases_by_version(c: Conn, task_id: str) -> dict[str, tuple[str, ...]]:
     out: dict[str, list[str]] = {}
     for alias, version in c.execute("SELECT alias, version FROM aliases WHERE task_id = ? "
                                     "ORDER BY alias", (task_id,)):
@@ -110,7 +165,7 @@ def aliases_by_version(c: sqlite3.Connection, task_id: str) -> dict[str, tuple[s
     return {v: tuple(a) for v, a in out.items()}
 
 
-def info(c: sqlite3.Connection, version: str) -> VersionInfo:
+def info(c: Conn, version: str) -> VersionInfo:
     row = c.execute("SELECT * FROM versions WHERE version = ?", (version,)).fetchone()
     aliases = tuple(a for (a,) in c.execute(
         "SELECT alias FROM aliases WHERE version = ? ORDER BY alias", (version,)))
@@ -137,9 +192,8 @@ CONSISTENCY = {  # what is wrong -> a query listing the rows that are
 }
 
 
-def consistency_problems(c: sqlite3.Connection) -> list[str]:
-    (ok,) = c.execute("PRAGMA quick_check").fetchone()
-    problems = [] if ok == "ok" else [f"catalog: sqlite quick_check: {ok}"]
+def consistency_problems(c: Conn) -> list[str]:
+    problems: list[str] = []
     for what, query in CONSISTENCY.items():
         problems.extend(f"catalog: {what}: {item}" for (item,) in c.execute(query))
     problems.extend(f"catalog: bad task id {t!r}" for (t,) in c.execute("SELECT task_id FROM tasks")

@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from methods import Engine, load_backbone
+from tests.test_store_support import pg_server  # noqa: F401  (one PostgreSQL for the session)
 from tests.tiny import make_bert, make_roberta
 
 

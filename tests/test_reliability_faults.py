@@ -179,7 +179,7 @@ def test_sigkill_replicas_during_uploads(app: App, tiny_bert) -> None:
         assert len(set(history) - set(acked)) <= 1  # at most the one in flight
         latest = store.resolve(task, "latest").version
         assert latest in history and latest == history[-1]
-        for blob in store.blob_dir.glob("*/*"):
+        for blob in store.catalog.blob_dir.glob("*/*"):  # an SQLite store
             assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
         wait_for_replicas(2, exclude=pids, timeout=180)
         with app.client(retries=30, max_backoff_s=1.0, timeout_s=180) as c:

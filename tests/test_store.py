@@ -1,5 +1,6 @@
 """The store: versions, aliases, rollback, delete, generation, refusal of bad files,
-concurrent publishers, PEFT import, and engine logits through the store."""
+concurrent publishers, PEFT import, and engine logits through the store. The contract tests
+run on both catalog backends (``location``: an SQLite folder, a real PostgreSQL database)."""
 
 from __future__ import annotations
 
@@ -19,28 +20,45 @@ import torch
 from transformers import AutoModelForSequenceClassification, BertConfig, BertModel
 
 from methods.errors import ArtifactError
-from store import AmbiguousRefError, Catalog, NotFoundError, Store, StoreError
-from store.catalog import _set_journal
+from store import AmbiguousRefError, NotFoundError, Store, StoreError, open_catalog
+from store.sqlite import SqliteCatalog, _set_journal
+from tests import test_store_support as support
 from tests.test_store_format import BAD, TEXTS
-from tests.test_store_support import KINDS, labels_for, make_artifact, make_file, manifest_of
+from tests.test_store_support import (
+    KINDS,
+    damage,
+    labels_for,
+    make_artifact,
+    make_file,
+    manifest_of,
+    new_database,
+    stored_blobs,
+)
+
+location, pg_url = support.location, support.pg_url  # fixtures (pg_server: conftest)
 
 
 @pytest.fixture
-def store(tmp_path, tiny_bert) -> Store:
+def store(location, tiny_bert) -> Store:
+    return Store(location, tiny_bert.spec)
+
+
+@pytest.fixture
+def sqlite_store(tmp_path, tiny_bert) -> Store:
     return Store(tmp_path / "store", tiny_bert.spec)
 
 
 def blobs(store: Store) -> set[str]:
-    return {p.name for p in store.blob_dir.glob("*/*")}
+    return stored_blobs(store.catalog)
 
 
-def test_publish_get_history_latest(store, tiny_bert) -> None:
-    watcher = Store(store.root)  # another connection, as a server's poller would hold
+def test_publish_get_history_latest(store, location, tiny_bert) -> None:
+    watcher = Store(location)  # another connection, as a server's watcher would hold
     g0 = watcher.generation()
     first = store.publish(make_file(tiny_bert.spec, seed=1))
     assert watcher.generation() > g0 and watcher.resolve("sst2") == first
     assert (first.task_id, first.number, first.kind, first.aliases) == ("sst2", 1, "pasta", ("latest",))
-    assert store.blob_path(first.version).stat().st_size == first.nbytes
+    assert len(store.read_bytes("sst2", "v1")[1]) == first.nbytes and blobs(store) == {first.version}
     second = store.publish(make_file(tiny_bert.spec, seed=2))
     assert second.number == 2 and store.generation() > g0
     got = store.get("sst2")
@@ -96,11 +114,11 @@ def test_unknown_and_ambiguous_refs(store, tiny_bert) -> None:
         with pytest.raises(NotFoundError):
             store.get(task, ref)
     # two versions sharing an 8-char prefix cannot be made from real hashes: write the rows
-    conn = sqlite3.connect(store.db_path)
-    with conn:
+    def rows(c) -> None:
         for i, v in enumerate(("abcdef12" + "0" * 56, "abcdef12" + "1" * 56)):
-            conn.execute("INSERT INTO versions VALUES (?, 'sst2', ?, 'pasta', 1, 'now')", (v, 10 + i))
-    conn.close()
+            c.execute("INSERT INTO versions VALUES (?, 'sst2', ?, 'pasta', 1, 'now')", (v, 10 + i))
+
+    store.catalog._writing(rows)
     with pytest.raises(AmbiguousRefError):
         store.resolve("sst2", "abcdef12")
     assert store.resolve("sst2", "ABCDEF121").number == 11
@@ -136,7 +154,8 @@ def test_bad_file_leaves_the_previous_version(store, tiny_bert, name, check, nee
     assert e.value.check == check
     assert (store.generation(), blobs(store), store.list_tasks()) == before
     assert store.get("sst2").info == good
-    assert list(store.tmp_dir.iterdir()) == []
+    if isinstance(store.catalog, SqliteCatalog):
+        assert list(store.catalog.tmp_dir.iterdir()) == []
 
 
 def test_byte_cap_and_fingerprint_in_store(tmp_path, tiny_bert, tiny_roberta) -> None:
@@ -160,57 +179,58 @@ def test_verify_finds_corrupt_and_missing_blobs(store, tiny_bert) -> None:
     v1 = store.publish(make_file(tiny_bert.spec, seed=1))
     v2 = store.publish(make_file(tiny_bert.spec, seed=2))
     assert store.verify() == []
-    path = store.blob_path(v2.version)
-    path.chmod(0o644)
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 1
-    path.write_bytes(bytes(data))
+    damage(store.catalog, v2.version)
     with pytest.raises(StoreError, match="corrupt"):
         store.get("sst2")
-    store.blob_path(v1.version).unlink()
+    damage(store.catalog, v1.version, remove=True)
+    with pytest.raises(StoreError, match="missing"):
+        store.get("sst2", "v1")
     problems = store.verify()
     assert len(problems) == 2 and "sha256 mismatch" in problems[1] and "unreadable" in problems[0]
 
 
-def test_gc_takes_orphans_only(store, tiny_bert) -> None:
+def test_gc_takes_orphans_only(sqlite_store, tiny_bert) -> None:
+    store = sqlite_store
     v = store.publish(make_file(tiny_bert.spec))
     orphan = "ab" + "0" * 62
-    store.blob_path(orphan).parent.mkdir(exist_ok=True)
-    store.blob_path(orphan).write_bytes(b"left by a killed publisher")
+    blob = store.catalog.blob_path(orphan)
+    blob.parent.mkdir(exist_ok=True)
+    blob.write_bytes(b"left by a killed publisher")
     removed = store.gc()
     assert [Path(p).name for p in removed] == [orphan] and blobs(store) == {v.version}
 
 
-def test_gc_between_blob_write_and_commit(store, tiny_bert, monkeypatch) -> None:
+def test_gc_between_blob_write_and_commit(sqlite_store, tiny_bert, monkeypatch) -> None:
     """A gc (another process deleting a task) right after our blob write must not leave a
     version without its blob: the publisher re-checks under the write lock."""
-    original, raced = Store._put_blob, []
+    store = sqlite_store
+    original, raced = SqliteCatalog._put_blob, []
 
-    def racing(self: Store, version: str, data: bytes) -> None:
+    def racing(self: SqliteCatalog, version: str, data: bytes) -> None:
         original(self, version, data)
         if not raced:
             raced.append(version)
             assert [Path(p).name for p in self.gc()] == [version]
 
-    monkeypatch.setattr(Store, "_put_blob", racing)
+    monkeypatch.setattr(SqliteCatalog, "_put_blob", racing)
     info = store.publish(make_file(tiny_bert.spec))
     assert raced == [info.version] and store.verify() == [] and store.get("sst2").info == info
 
 
-def _open_catalog(root: str, results) -> None:  # in a forked child: sqlite only, no torch
+def _open_catalog(place: str, results) -> None:  # in a forked child: catalog only, no torch
     try:
-        Catalog(root).generation()
+        open_catalog(place).generation()
         results.put("ok")
     except Exception as e:
         results.put(repr(e))
 
 
-def test_processes_creating_one_store_at_once(tmp_path) -> None:
+def test_processes_creating_one_store_at_once(tmp_path, pg_server) -> None:
     ctx = multiprocessing.get_context("fork")
-    for i in range(8):
+    places = [str(tmp_path / f"s{i}") for i in range(8)] + [new_database(pg_server) for _ in range(2)]
+    for place in places:
         results = ctx.Queue()
-        procs = [ctx.Process(target=_open_catalog, args=(str(tmp_path / f"s{i}"), results))
-                 for _ in range(4)]
+        procs = [ctx.Process(target=_open_catalog, args=(place, results)) for _ in range(4)]
         for p in procs:
             p.start()
         for p in procs:
@@ -220,10 +240,11 @@ def test_processes_creating_one_store_at_once(tmp_path) -> None:
 
 def test_default_root_from_env(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("POLYHEAD_STORE", str(tmp_path / "env-store"))
-    assert Store().root == tmp_path / "env-store" and (tmp_path / "env-store" / "blobs").is_dir()
+    assert Store().location == str(tmp_path / "env-store")
+    assert (tmp_path / "env-store" / "blobs").is_dir()
     monkeypatch.delenv("POLYHEAD_STORE")
     monkeypatch.chdir(tmp_path)
-    assert Store().root.resolve() == (tmp_path / "polyhead-store").resolve()
+    assert Store().location == "polyhead-store" and (tmp_path / "polyhead-store").is_dir()
 
 
 def test_threads_share_a_store(store, tiny_bert) -> None:
@@ -250,9 +271,9 @@ def test_threads_share_a_store(store, tiny_bert) -> None:
 
 # -- engine logits through the store ------------------------------------------------------
 
-def test_engine_logits_from_the_store(tmp_path, tiny_engine) -> None:
+def test_engine_logits_from_the_store(location, tiny_engine) -> None:
     spec = tiny_engine.spec
-    store = Store(tmp_path / "store", spec)
+    store = Store(location, spec)
     from store import encode_artifact, new_manifest
 
     for i, (kind, config, head_type, outputs, regression) in enumerate(KINDS):
@@ -261,7 +282,7 @@ def test_engine_logits_from_the_store(tmp_path, tiny_engine) -> None:
         manifest = new_manifest(f"task-{kind}", art, spec, labels=labels_for(outputs, regression),
                                 regression=regression)
         store.publish(encode_artifact(manifest, art))
-        loaded = Store(store.root, spec).get(f"task-{kind}").artifact  # a fresh reader
+        loaded = Store(location, spec).get(f"task-{kind}").artifact  # a fresh reader
         after = tiny_engine.run(TEXTS, [tiny_engine.load(loaded)] * len(TEXTS))
         for b, a in zip(before, after, strict=True):
             assert torch.equal(a, b), kind
@@ -301,9 +322,11 @@ print("done", flush=True)
 """
 
 
-@pytest.mark.parametrize(("journal", "each"), [("wal", 200), ("delete", 50)])
-def test_two_processes_publish_200_each(tmp_path, tiny_bert, journal, each) -> None:
-    root = tmp_path / "store"
+@pytest.mark.parametrize(("journal", "each"), [("wal", 200), ("delete", 50), ("postgresql", 200)])
+def test_two_processes_publish_200_each(tmp_path, tiny_bert, journal, each, request) -> None:
+    pg = journal == "postgresql"
+    root = request.getfixturevalue("pg_url") if pg else str(tmp_path / "store")
+    journal = None if pg else journal
     Store(root, journal=journal)
     dirs = [tmp_path / "a", tmp_path / "b"]
     expected = set()
@@ -314,7 +337,7 @@ def test_two_processes_publish_200_each(tmp_path, tiny_bert, journal, each) -> N
             (folder / f"{i:03d}.polyhead").write_bytes(data)
             expected.add(hashlib.sha256(data).hexdigest())
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "POLYHEAD_STORE_JOURNAL": journal}
+           "POLYHEAD_STORE_JOURNAL": journal or "wal"}
     procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(root), str(d)], env=env, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=Path.cwd())
              for d in dirs]
@@ -332,7 +355,8 @@ def test_two_processes_publish_200_each(tmp_path, tiny_bert, journal, each) -> N
     assert {v.version for v in history} == expected
     assert [v.number for v in history] == list(range(1, 2 * each + 1))
     assert store.generation() == 2 * each and store.verify() == []
-    assert _file_journal(root) == journal
+    if not pg:
+        assert _file_journal(Path(root)) == journal
 
 
 def _file_journal(root: Path) -> str:
@@ -348,7 +372,7 @@ def test_journal_mode_setting(tmp_path, tiny_bert, monkeypatch) -> None:
     assert _file_journal(root) == "wal"
     monkeypatch.setenv("POLYHEAD_STORE_JOURNAL", "DELETE")  # a network filesystem's store
     moved = Store(root, tiny_bert.spec)
-    assert moved.journal == "delete" and moved.get("sst2").info == info
+    assert moved.catalog.journal == "delete" and moved.get("sst2").info == info
     assert _file_journal(root) == "delete" and not (root / "catalog.sqlite-wal").exists()
     moved.close()
     monkeypatch.setenv("POLYHEAD_STORE_JOURNAL", "nfs")
@@ -358,7 +382,7 @@ def test_journal_mode_setting(tmp_path, tiny_bert, monkeypatch) -> None:
 
 def test_journal_switch_refused_while_open_elsewhere(tmp_path) -> None:
     root = tmp_path / "store"
-    catalog = Catalog(root)
+    catalog = SqliteCatalog(root)
     catalog.generation()  # this connection holds the catalog open in WAL mode
     other = sqlite3.connect(root / "catalog.sqlite", timeout=0)
     try:
@@ -440,3 +464,40 @@ def test_import_peft_refuses_pickles_and_missing_files(tmp_path, tiny_bert) -> N
         store.import_peft(folder, "x")
     with pytest.raises(StoreError, match="backbone"):
         Store(tmp_path / "store").import_peft(folder, "x")
+
+
+def test_ingest_decodes_once_and_returns_the_artifact(sqlite_store, tiny_bert, monkeypatch) -> None:
+    """An upload is validated and decoded once; the server's bank takes what ``ingest`` returns."""
+    import store.store as store_module
+
+    calls = []
+    original = store_module.decode_artifact
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(store_module, "decode_artifact", counting)
+    data = make_file(tiny_bert.spec, "sst2", "lora", seed=5)
+    stored = sqlite_store.ingest(data)
+    assert len(calls) == 1 and stored.info == sqlite_store.resolve("sst2")
+    again = sqlite_store.get("sst2")  # a reader decodes what it reads
+    assert stored.manifest == again.manifest
+    assert stored.artifact.tensors.keys() == again.artifact.tensors.keys()
+    for name, t in stored.artifact.tensors.items():
+        assert torch.equal(t, again.artifact.tensors[name])
+
+
+def test_import_peft_bytes_equals_the_folder(tmp_path, tiny_bert, tiny_bert_dir) -> None:
+    folder = tmp_path / "adapter"
+    save_peft(tiny_bert_dir, folder, num_labels=2)
+    store = Store(tmp_path / "store", tiny_bert.spec)
+    from_folder = store.get("a", store.import_peft(folder, "a").version)
+    from_bytes = store.import_peft_bytes((folder / "adapter_config.json").read_bytes(),
+                                         (folder / "adapter_model.safetensors").read_bytes(), "b")
+    for name, t in from_folder.artifact.tensors.items():
+        assert torch.equal(t, from_bytes.artifact.tensors[name])
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        store.import_peft_bytes(b"{", (folder / "adapter_model.safetensors").read_bytes(), "c")
+    with pytest.raises(ArtifactError, match="not a safetensors file"):
+        store.import_peft_bytes(b"{}", b"\x00" * 16, "c")

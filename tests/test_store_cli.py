@@ -12,17 +12,21 @@ import pytest
 
 from server.cli import main
 from store import Store
+from tests import test_store_support as support
 from tests.test_store import save_peft
 from tests.test_store_support import make_file
 
+location, pg_url = support.location, support.pg_url  # fixtures (pg_server: conftest)
+
 
 @pytest.fixture
-def root(tmp_path, tiny_bert) -> Path:
-    store = Store(tmp_path / "store", tiny_bert.spec)
+def root(location, tiny_bert) -> str:
+    """A store (either backend) with two tasks."""
+    store = Store(location, tiny_bert.spec)
     for seed in (1, 2):
         store.publish(make_file(tiny_bert.spec, "sst2", seed=seed))
     store.publish(make_file(tiny_bert.spec, "mnli", "lora", outputs=3, seed=3))
-    return store.root
+    return location
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -75,10 +79,8 @@ def test_import_peft_publish_verify(root, capsys, tmp_path, tiny_bert, tiny_bert
     assert code == 0 and out.startswith("from-file: v1"), err
     code, out, _ = run(capsys, "verify", *bb)
     assert code == 0 and out.startswith("ok: 5 versions of 4 tasks")
-    info = Store(root).resolve("sst2")
-    blob = Store(root).blob_path(info.version)
-    blob.chmod(0o644)
-    blob.write_bytes(blob.read_bytes()[:-1] + b"\x01")
+    store = Store(root)
+    support.damage(store.catalog, store.resolve("sst2").version)
     code, out, _ = run(capsys, "verify", "--no-backbone", "--store", str(root))
     assert code == 1 and "sst2 v2" in out and "sha256" in out
 

@@ -85,7 +85,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     o.add_argument("--out", type=Path, help="write FILE.polyhead")
     o.add_argument("--task-id", help="task id (default: the preset name, else the --out file's stem)")
     o.add_argument("--publish", action="store_true", help="publish into the local store")
-    o.add_argument("--store", type=Path, help="store root (default $POLYHEAD_STORE or ./polyhead-store)")
+    o.add_argument("--store", help="store folder or postgresql:// URL "
+                   "(default $POLYHEAD_STORE or ./polyhead-store)")
     o.add_argument("--upload", metavar="HOST:PORT", help="upload to a running server")
     o.add_argument("--token", default=os.environ.get("POLYHEAD_TOKEN"), help="bearer token for --upload")
     p.set_defaults(func=run)

@@ -19,7 +19,7 @@ class OutputError(RuntimeError):
 class Targets:
     out: Path | None = None
     publish: bool = False
-    store: Path | None = None
+    store: str | None = None  # a folder or a postgresql:// URL
     upload: str | None = None  # HOST:PORT
     token: str | None = None
 
@@ -63,7 +63,7 @@ def deliver(data: bytes, targets: Targets, spec: BackboneSpec) -> list[str]:
         from store.errors import StoreError
 
         try:
-            info = Store(root=targets.store, spec=spec).publish(data)
+            info = Store(targets.store, spec=spec).publish(data)
         except StoreError as e:
             raise OutputError(f"publish to the store failed: {e}") from e
         lines.append(f"published {_describe(info)}")

@@ -34,7 +34,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
     INTERNAL is left for faults of the server itself, never for anything a client sent.
     """
-    from store import AmbiguousRefError, NotFoundError, StoreError
+    from store import AmbiguousRefError, NotFoundError, StoreError, StoreUnavailable
 
     if isinstance(exc, RequestError):
         return exc.code, str(exc)
@@ -48,6 +48,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, f"artifact check 'config' failed: {exc}"
     if isinstance(exc, AmbiguousRefError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, StoreUnavailable):  # the store's database is down: clients retry
+        return grpc.StatusCode.UNAVAILABLE, str(exc)
     if isinstance(exc, StoreError):
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log"

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 
 from polyhead.v1 import polyhead_pb2 as pb
 
 from server._private.errors import InvalidInput
-from store import Store, TaskInfo, VersionInfo, validate_task_id
+from store import Store, StoredArtifact, TaskInfo, VersionInfo, validate_task_id
 from store.names import alias_problem
 
 
@@ -63,13 +61,10 @@ def rollback(store: Store, request: pb.RollbackRequest) -> VersionInfo:
     return store.rollback(task_id, request.version)
 
 
-def import_peft(store: Store, request: pb.ImportPeftRequest) -> VersionInfo:
+def import_peft(store: Store, request: pb.ImportPeftRequest) -> StoredArtifact:
+    """The request's two files are parsed as they came (nothing written to disk)."""
     task_id = task_id_of(request.task_id)
     if not request.adapter_config or not request.adapter_model:
         raise InvalidInput("adapter_config and adapter_model: both files are required")
-    with tempfile.TemporaryDirectory(prefix="polyhead-peft-") as tmp:
-        folder = Path(tmp)
-        (folder / "adapter_config.json").write_bytes(request.adapter_config)
-        (folder / "adapter_model.safetensors").write_bytes(request.adapter_model)
-        labels = list(request.labels) or None
-        return store.import_peft(folder, task_id, labels=labels)
+    return store.import_peft_bytes(bytes(request.adapter_config), bytes(request.adapter_model),
+                                   task_id, labels=list(request.labels) or None)

@@ -38,12 +38,13 @@ from server._private.servicers import MalformedRequest
 from server._private.swap import Resolver
 from server.bank import AdapterBank, TaskMeta, VersionKey
 from server.config import MB, ServerConfig
-from store import NotFoundError, Store, VersionInfo
+from store import NotFoundError, Store, StoredArtifact, VersionInfo
 from store.names import is_task_id
 
 logger = logging.getLogger("ray.serve")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 T = TypeVar("T")
+WATCH_WAIT_S = 1.0  # the longest the watcher blocks on the feed before looking again
 
 
 @serve.deployment(name="Polyhead", max_ongoing_requests=2048, ray_actor_options={"num_cpus": 1})
@@ -205,20 +206,24 @@ class Polyhead:
 
     # -- Registry --------------------------------------------------------------------------
 
-    def _upload(self, request: pb.UploadRequest) -> VersionInfo:
+    def _upload(self, request: pb.UploadRequest) -> StoredArtifact:
         if not request.artifact:
             raise InvalidInput("artifact: empty")
-        return self.store.publish(bytes(request.artifact))
+        return self.store.ingest(bytes(request.artifact))
 
-    async def _publish(self, publish: Callable[[Any], VersionInfo], request: Any) -> pb.VersionInfo:
-        """Publish, then return once the new version is servable on this replica."""
+    async def _publish(self, publish: Callable[[Any], StoredArtifact], request: Any) -> pb.VersionInfo:
+        """Publish, then return once the new version is servable on this replica: the bank
+        takes the artifact the store validated and decoded (no second read or decode)."""
         t0 = time.perf_counter()
         try:
-            info = await self._admin(publish, request)
+            stored = await self._admin(publish, request)
         except Exception:
             self.metrics.uploads.inc(tags={"result": "rejected"})
             raise
-        await self._servable(info, t0, "local")
+        self.resolver.sync()
+        info = stored.info
+        self.bank.put(VersionKey(info.task_id, info.version), stored.artifact, _meta_of(stored))
+        self.metrics.swap_latency.observe((time.perf_counter() - t0) * 1000, tags={"origin": "local"})
         self.metrics.uploads.inc(tags={"result": "published"})
         return registry.version_pb(info)
 
@@ -248,10 +253,7 @@ class Polyhead:
 
     def _fetch(self, key: VersionKey) -> tuple[TaskArtifact, TaskMeta]:
         stored = self.store.get(key.task_id, key.version)
-        m = stored.manifest
-        meta = TaskMeta(number=stored.info.number, labels=tuple(m.labels or ()),
-                        regression=m.regression, inputs=m.inputs)
-        return stored.artifact, meta
+        return stored.artifact, _meta_of(stored)
 
     def _bank_event(self, event: str, key: VersionKey) -> None:
         self.metrics.bank_event(event)
@@ -260,17 +262,24 @@ class Polyhead:
             self.metrics.bank_bytes.set(self.bank.host_bytes, tags={"tier": "host"})
 
     async def _watch_store(self) -> None:
-        """Poll the store's generation; load new latest versions of the tasks held here,
-        drop deleted tasks."""
+        """Follow the store's change feed (pushed by PostgreSQL, polled on SQLite; the store
+        decides): load new latest versions of the tasks held here, drop deleted tasks."""
+        loop = asyncio.get_running_loop()
+        waiter = ThreadPoolExecutor(1, "polyhead-watch")  # the feed blocks in its own thread
+        feed = None
         while True:
-            await asyncio.sleep(self.config.watch_interval_s)
             try:
+                if feed is None:
+                    feed = await loop.run_in_executor(waiter, self.store.watch,
+                                                      self.config.watch_interval_s)
+                await loop.run_in_executor(waiter, feed.wait, WATCH_WAIT_S)
                 self.resolver.sync()
                 if self.resolver.generation != self._watched:
                     self._watched = self.resolver.generation
                     await self._follow_store(self.resolver.changed_at)
             except Exception:
                 logger.exception("store watch failed; retrying")
+                await asyncio.sleep(self.config.watch_interval_s)
 
     async def _follow_store(self, changed_at: float) -> None:
         tasks = self.bank.task_ids()
@@ -284,6 +293,12 @@ class Polyhead:
                 await self.bank.get(key)
                 ms = (time.perf_counter() - changed_at) * 1000
                 self.metrics.swap_latency.observe(ms, tags={"origin": "store"})
+
+
+def _meta_of(stored: StoredArtifact) -> TaskMeta:
+    m = stored.manifest
+    return TaskMeta(number=stored.info.number, labels=tuple(m.labels or ()),
+                    regression=m.regression, inputs=m.inputs)
 
 
 def _latest_of(store: Store, task_ids: set[str]) -> dict[str, VersionInfo | None]:
