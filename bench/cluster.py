@@ -1,0 +1,340 @@
+"""A real two-node Ray cluster on this machine, deployed with `serve deploy`, under faults.
+
+    flock /tmp/polyhead-ray.lock python -m bench.cluster --runs 3 --clients 4
+
+Each run: `ray start --head` and a second `ray start --address` node (each with its own
+ports, one replica's CPUs apiece), `serve deploy` of deploy/serve_config.yaml (the shipped
+file with a fresh store, free ports and two replicas, at most one per node), then:
+- deploy -> first answer: from `serve deploy` until Classify on the example task answers;
+- under load (``--clients`` threads of the retrying PolyheadClient, Classify in a loop),
+  the worker node's raylet is SIGKILLed, and a new worker node joins (as KubeRay restarts
+  the pod); requests lost = calls that raised after the client's retries;
+- replica back: kill -> two replicas (on two nodes) answering again.
+Prints one row per run and the medians. The cluster's processes are found by a marker in
+their environment and stopped, however the run ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from server.client import PolyheadClient, PolyheadError
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVE_CONFIG = ROOT / "deploy" / "serve_config.yaml"
+MARKER = "POLYHEAD_LOCAL_CLUSTER"  # env var set on every process of one LocalCluster
+BIN = Path(sys.executable).parent  # `ray` and `serve` next to this Python
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Node:
+    name: str
+    node_manager_port: int
+    log: Path
+
+
+@dataclass
+class LocalCluster:
+    """Ray nodes started with `ray start` in subprocesses, all on 127.0.0.1.
+
+    ``env`` is the environment of every `ray` and `serve` command (and so of every Ray
+    process): RAY_ADDRESS is set only there, never in this process, so an in-process
+    ``ray.init()`` elsewhere is not affected. ``stop()`` ends exactly this cluster's
+    processes (by the marker in their environment), never another Ray on the machine.
+    """
+
+    work: Path
+    env: dict[str, str]
+    cpus_per_node: int = 1
+    marker: str = field(default_factory=lambda: uuid.uuid4().hex)
+    nodes: list[Node] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Ray's unix sockets live under the temp dir: keep its path short.
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="phr-", dir="/tmp"))
+        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        self.env = {**self.env, MARKER: self.marker,
+                    "RAY_ADDRESS": f"127.0.0.1:{self.gcs_port}"}
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def _ports(self) -> tuple[int, list[str]]:
+        """Free ports for one node's components, none inside its worker port range."""
+        lo = free_port()  # a small range of worker ports starting at a free one
+        hi = min(lo + 64, 65535)
+        taken = set(range(lo, hi + 1))
+
+        def pick() -> int:
+            while (port := free_port()) in taken:
+                pass
+            taken.add(port)
+            return port
+
+        nm = pick()
+        args = [f"--node-manager-port={nm}", f"--object-manager-port={pick()}",
+                f"--dashboard-agent-listen-port={pick()}", f"--dashboard-agent-grpc-port={pick()}",
+                f"--metrics-export-port={pick()}", f"--runtime-env-agent-port={pick()}",
+                f"--min-worker-port={lo}", f"--max-worker-port={hi}"]
+        return nm, args
+
+    def start_head(self, resources: dict[str, float] | None = None) -> Node:
+        nm, ports = self._ports()
+        args = ["--head", f"--port={self.gcs_port}", f"--temp-dir={self.temp_dir}",
+                "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={self.dashboard_port}",
+                f"--ray-client-server-port={free_port()}", *ports]
+        return self._start("head", nm, args, resources)
+
+    def add_node(self, name: str, resources: dict[str, float] | None = None) -> Node:
+        nm, ports = self._ports()
+        return self._start(name, nm, [f"--address=127.0.0.1:{self.gcs_port}", *ports], resources)
+
+    def _start(self, name: str, nm: int, args: list[str], resources: dict[str, float] | None) -> Node:
+        log = self.work / f"ray-start-{name}-{len(self.nodes)}.log"
+        args += ["--node-ip-address=127.0.0.1", f"--num-cpus={self.cpus_per_node}", "--num-gpus=0",
+                 f"--object-store-memory={100 << 20}", "--disable-usage-stats"]
+        if resources:
+            args.append(f"--resources={json.dumps(resources)}")
+        node = Node(name, nm, log)
+        self.nodes.append(node)  # before it runs, so stop() looks for it even if it fails
+        self.run([str(BIN / "ray"), "start", *args], log, timeout=180)
+        return node
+
+    def run(self, cmd: list[str], log: Path, timeout: float) -> None:
+        with log.open("a") as f:
+            proc = subprocess.run(cmd, env=self.env, stdout=f, stderr=subprocess.STDOUT,
+                                  timeout=timeout, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd[:3])} failed ({proc.returncode}); see {log}:\n"
+                               + log.read_text()[-3000:])
+
+    def serve_deploy(self, config: Path) -> None:
+        self.run([str(BIN / "serve"), "deploy", str(config), "--address", self.dashboard],
+                 self.work / "serve-deploy.log", timeout=120)
+
+    def kill_raylet(self, node: Node) -> int:
+        """SIGKILL the node's raylet (its workers, replica and proxy die with it)."""
+        for proc in self.processes():
+            with contextlib.suppress(Exception):
+                cmd = proc.cmdline()
+                if "raylet" in proc.name() and f"--node_manager_port={node.node_manager_port}" in cmd:
+                    proc.send_signal(signal.SIGKILL)
+                    return int(proc.pid)
+        raise RuntimeError(f"no raylet found for node {node.name}")
+
+    def processes(self) -> list[Any]:
+        """This cluster's live processes: those carrying its marker in their environment."""
+        import psutil
+
+        mine = []
+        for proc in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if proc.environ().get(MARKER) == self.marker:
+                    mine.append(proc)
+        return mine
+
+    def stop(self) -> None:
+        """Stop this cluster's processes (SIGTERM, then SIGKILL what is left) and its files."""
+        import psutil
+
+        procs = self.processes()
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+        _, alive = psutil.wait_procs(procs, timeout=10)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(alive, timeout=10)
+        subprocess.run(["rm", "-rf", str(self.temp_dir)], check=False)
+
+
+@contextlib.contextmanager
+def local_cluster(work: Path, env: dict[str, str], cpus_per_node: int = 1) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(work, env, cpus_per_node)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def cluster_env(token: str) -> dict[str, str]:
+    """The environment of the Ray processes: this one, Serve's throughput settings, the
+    Registry token, Ray's token auth with a token of this cluster's own (as the RayService's
+    authOptions does; not ~/.ray/auth_token), and fast failure detection (a dead raylet is
+    noticed in ~3 s, not ~30)."""
+    from server.app import SERVE_ENV
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(SERVE_ENV)
+    env.update(POLYHEAD_TOKEN=token, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex,
+               RAY_health_check_period_ms="1000", RAY_health_check_timeout_ms="1000",
+               RAY_health_check_failure_threshold="3")
+    return env
+
+
+def serve_config(store: Path, grpc_port: int, http_port: int, *, replicas: int = 2,
+                 backbone: str | None = None, source: Path = SERVE_CONFIG) -> dict[str, Any]:
+    """deploy/serve_config.yaml with only what a test machine must change: the store, free
+    ports, and ``replicas`` replicas, at most one per node."""
+    config = yaml.safe_load(source.read_text())
+    config["grpc_options"]["port"] = grpc_port
+    config["http_options"]["port"] = http_port
+    app = config["applications"][0]
+    app["args"]["store"] = str(store)
+    if backbone is not None:
+        app["args"]["backbone"] = backbone
+    dep = app["deployments"][0]
+    dep["num_replicas"] = replicas
+    dep["max_replicas_per_node"] = 1
+    dep["ray_actor_options"]["num_cpus"] = 1
+    return config
+
+
+def wait_for(what: str, check: Callable[[], Any], deadline_s: float, every_s: float = 0.2) -> Any:
+    """Call ``check`` until it returns a truthy value; a generous deadline only stops waiting."""
+    end = time.monotonic() + deadline_s
+    last: BaseException | None = None
+    while time.monotonic() < end:
+        try:
+            value = check()
+            if value:
+                return value
+        except (PolyheadError, OSError) as e:
+            last = e
+        time.sleep(every_s)
+    raise TimeoutError(f"{what}: not after {deadline_s:.0f} s (last error: {last})")
+
+
+def replicas_answering(address: str, task: str, want: int, tries: int = 40) -> set[str]:
+    """Distinct replicas that answered Classify on ``task`` in up to ``tries`` calls, each on
+    a new connection. A connection pins to one node's proxy (they share the port, as pods
+    share a Service), and a proxy prefers the replica on its own node: new connections are
+    how clients reach every node."""
+    seen = set()
+    for _ in range(tries):
+        with PolyheadClient(address, retries=0, timeout_s=30.0) as client:
+            seen.add(client.classify_raw(task, "good").replica)
+        if len(seen) >= want:
+            break
+    return seen
+
+
+@dataclass
+class Load:
+    """``n`` threads calling Classify in a loop with retrying clients; counts what was lost."""
+
+    address: str
+    task: str
+    n: int
+    ok: int = 0
+    lost: list[str] = field(default_factory=list)
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(self.n)]
+        self._lock = threading.Lock()
+
+    def _loop(self) -> None:
+        with PolyheadClient(self.address, retries=10, max_backoff_s=2.0, timeout_s=60.0) as client:
+            while not self.stop_event.is_set():
+                try:
+                    client.classify(self.task, "a good film")
+                except PolyheadError as e:
+                    with self._lock:
+                        self.lost.append(str(e))
+                    continue
+                with self._lock:
+                    self.ok += 1
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(timeout=120)
+
+
+def one_run(work: Path, clients: int, task: str = "sentiment") -> dict[str, float]:
+    token = uuid.uuid4().hex
+    grpc_port = free_port()
+    address = f"127.0.0.1:{grpc_port}"
+    cfg = work / "serve_config.yaml"
+    cfg.write_text(yaml.safe_dump(serve_config(work / "store", grpc_port, free_port())))
+    with local_cluster(work, cluster_env(token)) as cluster:
+        cluster.start_head()
+        worker = cluster.add_node("worker")
+        client = PolyheadClient(address, token, retries=10, timeout_s=60.0)
+        t0 = time.perf_counter()
+        cluster.serve_deploy(cfg)
+        wait_for("first answer", lambda: client.classify(task, "good"), 600)
+        deploy_s = time.perf_counter() - t0
+        wait_for("two replicas", lambda: len(replicas_answering(address, task, 2)) == 2, 300)
+        time.sleep(2.0)
+        with Load(address, task, clients) as load:
+            time.sleep(3.0)
+            before = load.ok
+            t_kill = time.perf_counter()
+            cluster.kill_raylet(worker)
+            cluster.add_node("worker")
+            wait_for("replica back", lambda: len(replicas_answering(address, task, 2)) == 2, 600)
+            back_s = time.perf_counter() - t_kill
+            time.sleep(2.0)
+        client.close()
+        return {"deploy_s": deploy_s, "back_s": back_s, "lost": len(load.lost),
+                "ok_during": load.ok - before, "ok": load.ok}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--clients", type=int, default=4, help="load threads (retrying clients)")
+    args = ap.parse_args(argv)
+    rows = []
+    print("| run | deploy -> first answer s | requests ok under load | lost | kill -> replica back s "
+          "| load avg |\n|---:|---:|---:|---:|---:|---:|", flush=True)
+    for i in range(args.runs):
+        work = Path(tempfile.mkdtemp(prefix="polyhead-cluster-"))
+        r = one_run(work, args.clients)
+        rows.append(r)
+        print(f"| {i + 1} | {r['deploy_s']:.1f} | {r['ok']} | {r['lost']} | {r['back_s']:.1f} "
+              f"| {os.getloadavg()[0]:.2f} |", flush=True)
+    print(f"\nmedians over {args.runs} run(s): deploy -> first answer "
+          f"{statistics.median(r['deploy_s'] for r in rows):.1f} s, lost "
+          f"{sum(r['lost'] for r in rows)} of {sum(r['ok'] + r['lost'] for r in rows)} requests in all, "
+          f"replica back {statistics.median(r['back_s'] for r in rows):.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
