@@ -54,7 +54,10 @@ class PolyheadClient:
         self.timeout_s = timeout_s
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         opts = [("grpc.max_send_message_length", MAX_MESSAGE),
-                ("grpc.max_receive_message_length", MAX_MESSAGE)]
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                # a connection of its own: gRPC otherwise shares one per target across a
+                # process's channels, and every client would pin to the same server pod
+                ("grpc.use_local_subchannel_pool", 1)]
         if tls or ca is not None:
             creds = grpc.ssl_channel_credentials(root_certificates=read_ca(ca))
             self._channel = grpc.secure_channel(address, creds, options=opts)
