@@ -78,7 +78,7 @@ def check_port_free(port: int, flag: str, host: str = "") -> None:
         try:
             sock.bind((host or ("::" if sock.family == socket.AF_INET6 else ""), port))
         except OSError as e:
-            raise ConfigError(f"port {port} is in use ({e.strerror}); pick another with "
+            raise ConfigError(f"port {port} is not available ({e.strerror}); pick another with "
                               f"{flag} PORT") from e
 
 
