@@ -8,7 +8,10 @@ file with a fresh store, free ports and two replicas, at most one per node), the
 - deploy -> first answer: from `serve deploy` until Classify on the example task answers;
 - under load (``--clients`` threads of the retrying PolyheadClient, Classify in a loop),
   the worker node's raylet is SIGKILLed, and a new worker node joins (as KubeRay restarts
-  the pod); requests lost = calls that raised after the client's retries;
+  the pod); half the clients first connect through the worker node (their answers come
+  from its replica), half through the head. Failed attempts: calls that failed and were
+  retried; moved: clients of the killed node answered by another replica afterwards;
+  lost: calls that raised after the client's retries;
 - replica back: kill -> two replicas (on two nodes) answering again.
 Prints one row per run and the medians. The cluster's processes are found by a marker in
 their environment and stopped, however the run ends.
@@ -29,11 +32,12 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import yaml
 
 from server.client import PolyheadClient, PolyheadError
@@ -148,6 +152,21 @@ class LocalCluster:
                     return int(proc.pid)
         raise RuntimeError(f"no raylet found for node {node.name}")
 
+    def ray_list(self, what: str) -> list[dict[str, Any]]:
+        """`ray list WHAT` (Ray's state API) on this cluster, as JSON."""
+        out = subprocess.run([str(BIN / "ray"), "list", what, "--format", "json", "--limit", "1000"],
+                             env=self.env, capture_output=True, text=True, timeout=120, check=True)
+        return list(json.loads(out.stdout))
+
+    def replica_nodes(self, app: str = "polyhead", deployment: str = "Polyhead") -> dict[str, str]:
+        """Live Serve replicas of the deployment: replica id -> the node it runs on."""
+        prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+        return {a["name"][len(prefix):]: a["node_id"] for a in self.ray_list("actors")
+                if a["state"] == "ALIVE" and a.get("name", "").startswith(prefix)}
+
+    def head_node_id(self) -> str:
+        return next(n["node_id"] for n in self.ray_list("nodes") if n.get("is_head_node"))
+
     def processes(self) -> list[Any]:
         """This cluster's live processes: those carrying its marker in their environment."""
         import psutil
@@ -247,36 +266,84 @@ def replicas_answering(address: str, task: str, want: int, tries: int = 40) -> s
     return seen
 
 
+class CountingClient(PolyheadClient):
+    """A PolyheadClient that counts the Classify attempts that failed (each then retried,
+    or raised once the retries ran out)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.failed_attempts = 0
+        attempt = self._inference.Classify
+
+        def counted(request: Any, **call_kw: Any) -> Any:
+            try:
+                return attempt(request, **call_kw)
+            except grpc.RpcError:
+                self.failed_attempts += 1
+                raise
+
+        self._inference.Classify = counted  # type: ignore[method-assign]
+
+
 @dataclass
 class Load:
-    """``n`` threads calling Classify in a loop with retrying clients; counts what was lost."""
+    """``n`` threads calling Classify in a loop with retrying clients; counts what was lost.
+
+    ``spread_over``: replica ids; thread i reconnects until its answers come from replica
+    ``i % len``, so some load enters through every node (a proxy prefers its own node's
+    replica, so that replica tells which node a connection landed on). ``served[i]``: the
+    replicas that answered thread i, in order (repeats collapsed)."""
 
     address: str
     task: str
     n: int
+    spread_over: Sequence[str] = ()
     ok: int = 0
+    failed_attempts: int = 0
     lost: list[str] = field(default_factory=list)
     stop_event: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
-        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(self.n)]
+        self.served: list[list[str]] = [[] for _ in range(self.n)]
+        self.threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(self.n)]
         self._lock = threading.Lock()
+        self.pinned = threading.Barrier(self.n + 1)
 
-    def _loop(self) -> None:
-        with PolyheadClient(self.address, retries=10, max_backoff_s=2.0, timeout_s=60.0) as client:
+    def _client(self, i: int) -> CountingClient:
+        for _ in range(100):
+            client = CountingClient(self.address, retries=10, max_backoff_s=2.0, timeout_s=60.0)
+            want = self.spread_over[i % len(self.spread_over)] if self.spread_over else None
+            if want is None or client.classify_raw(self.task, "a good film").replica == want:
+                return client
+            client.close()
+        raise RuntimeError(f"no connection reached replica {want}")
+
+    def _loop(self, i: int) -> None:
+        try:
+            client = self._client(i)
+        except BaseException:
+            self.pinned.abort()
+            raise
+        with client:
+            self.pinned.wait(timeout=300)
             while not self.stop_event.is_set():
                 try:
-                    client.classify(self.task, "a good film")
+                    res = client.classify_raw(self.task, "a good film")
                 except PolyheadError as e:
                     with self._lock:
                         self.lost.append(str(e))
                     continue
                 with self._lock:
                     self.ok += 1
+                    if not self.served[i] or self.served[i][-1] != res.replica:
+                        self.served[i].append(res.replica)
+            with self._lock:
+                self.failed_attempts += client.failed_attempts
 
     def __enter__(self) -> Load:
         for t in self.threads:
             t.start()
+        self.pinned.wait(timeout=300)  # every thread connected where it should be
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -300,10 +367,12 @@ def one_run(work: Path, clients: int, task: str = "sentiment") -> dict[str, floa
         wait_for("first answer", lambda: client.classify(task, "good"), 600)
         deploy_s = time.perf_counter() - t0
         wait_for("two replicas", lambda: len(replicas_answering(address, task, 2)) == 2, 300)
-        time.sleep(2.0)
-        with Load(address, task, clients) as load:
+        head = cluster.head_node_id()
+        nodes = wait_for("two replica actors", lambda: len(n := cluster.replica_nodes()) == 2 and n, 120)
+        (on_worker,) = [r for r, node in nodes.items() if node != head]
+        (on_head,) = [r for r, node in nodes.items() if node == head]
+        with Load(address, task, clients, spread_over=[on_worker, on_head]) as load:
             time.sleep(3.0)
-            before = load.ok
             t_kill = time.perf_counter()
             cluster.kill_raylet(worker)
             cluster.add_node("worker")
@@ -311,8 +380,10 @@ def one_run(work: Path, clients: int, task: str = "sentiment") -> dict[str, floa
             back_s = time.perf_counter() - t_kill
             time.sleep(2.0)
         client.close()
-        return {"deploy_s": deploy_s, "back_s": back_s, "lost": len(load.lost),
-                "ok_during": load.ok - before, "ok": load.ok}
+        moved = sum(1 for s in load.served if s[0] == on_worker and len(s) > 1)
+        return {"deploy_s": deploy_s, "back_s": back_s, "lost": len(load.lost), "ok": load.ok,
+                "failed_attempts": load.failed_attempts, "moved": moved,
+                "on_worker": sum(1 for s in load.served if s[0] == on_worker)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,13 +392,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=4, help="load threads (retrying clients)")
     args = ap.parse_args(argv)
     rows = []
-    print("| run | deploy -> first answer s | requests ok under load | lost | kill -> replica back s "
-          "| load avg |\n|---:|---:|---:|---:|---:|---:|", flush=True)
+    print("| run | deploy -> first answer s | requests ok under load | failed attempts (retried) "
+          "| clients on the killed node -> moved | lost | kill -> replica back s | load avg |\n"
+          "|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
     for i in range(args.runs):
         work = Path(tempfile.mkdtemp(prefix="polyhead-cluster-"))
         r = one_run(work, args.clients)
         rows.append(r)
-        print(f"| {i + 1} | {r['deploy_s']:.1f} | {r['ok']} | {r['lost']} | {r['back_s']:.1f} "
+        print(f"| {i + 1} | {r['deploy_s']:.1f} | {r['ok']} | {r['failed_attempts']} "
+              f"| {r['on_worker']} -> {r['moved']} | {r['lost']} | {r['back_s']:.1f} "
               f"| {os.getloadavg()[0]:.2f} |", flush=True)
     print(f"\nmedians over {args.runs} run(s): deploy -> first answer "
           f"{statistics.median(r['deploy_s'] for r in rows):.1f} s, lost "

@@ -10,8 +10,6 @@ that starts Ray: flock /tmp/polyhead-ray.lock .venv/bin/python -m pytest tests/t
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +19,6 @@ import pytest
 import yaml
 
 from bench.cluster import (
-    BIN,
     Load,
     LocalCluster,
     Node,
@@ -67,24 +64,13 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         yield d
 
 
-def replica_nodes(cluster: LocalCluster) -> dict[str, str]:
-    """Live Serve replica actors of the app -> the node each runs on (Ray's state API)."""
-    out = subprocess.run(
-        [str(BIN / "ray"), "list", "actors", "--format", "json", "--limit", "1000",
-         "--filter", "state=ALIVE"],  # RAY_ADDRESS and the Ray token: in cluster.env
-        env=cluster.env, capture_output=True, text=True, timeout=120, check=True)
-    actors = json.loads(out.stdout)
-    return {a["name"]: a["node_id"] for a in actors
-            if a.get("class_name", "").startswith("ServeReplica:polyhead:Polyhead")}
-
-
 def test_two_replicas_on_two_nodes(deployed: Deployed) -> None:
-    nodes = wait_for("two replica actors", lambda: (n := replica_nodes(deployed.cluster)) and
-                     len(n) == 2 and n, 120)
-    assert len(set(nodes.values())) == 2  # one per node
+    nodes = wait_for("two replica actors", lambda: len(n := deployed.cluster.replica_nodes()) == 2 and n, 120)
+    assert len(set(nodes.values())) == 2  # one per node: the head and the worker
+    assert deployed.cluster.head_node_id() in nodes.values()
     answered = wait_for("both replicas answer", lambda: (r := replicas_answering(
         deployed.address, EXAMPLE, 2)) and len(r) == 2 and r, 120)
-    assert len(answered) == 2
+    assert answered == set(nodes)  # the replicas Ray placed are the ones answering
 
 
 def test_upload_is_seen_by_both_replicas(deployed: Deployed, real_backbone) -> None:
@@ -106,8 +92,12 @@ def test_upload_is_seen_by_both_replicas(deployed: Deployed, real_backbone) -> N
 
 def test_node_killed_the_other_answers_and_the_replica_comes_back(deployed: Deployed) -> None:
     cluster = deployed.cluster
-    before = replica_nodes(cluster)
-    with Load(deployed.address, EXAMPLE, n=2) as load:
+    head = cluster.head_node_id()
+    before = wait_for("two replica actors", lambda: len(n := cluster.replica_nodes()) == 2 and n, 120)
+    (on_worker,) = [r for r, node in before.items() if node != head]
+    (on_head,) = [r for r, node in before.items() if node == head]
+    # one client enters through each node (its answers come from that node's replica)
+    with Load(deployed.address, EXAMPLE, n=2, spread_over=[on_worker, on_head]) as load:
         wait_for("load running", lambda: load.ok >= 20, 120)
         cluster.kill_raylet(deployed.worker)
         ok_at_kill = load.ok
@@ -115,13 +105,14 @@ def test_node_killed_the_other_answers_and_the_replica_comes_back(deployed: Depl
         for _ in range(5):
             with PolyheadClient(deployed.address, retries=10, timeout_s=60) as c:
                 assert c.classify(EXAMPLE, "still there?")[0]["label"]
-        wait_for("Serve saw the replica die", lambda: len(replica_nodes(cluster)) == 1, 300)
+        wait_for("Serve saw the replica die", lambda: on_worker not in cluster.replica_nodes(), 300)
         cluster.add_node("worker")  # as KubeRay restarts the pod
-        after = wait_for("the replica restored", lambda: (n := replica_nodes(cluster)) and
-                         len(n) == 2 and n, 600)
+        after = wait_for("the replica restored", lambda: len(n := cluster.replica_nodes()) == 2 and n, 600)
         wait_for("both replicas answer again", lambda: len(replicas_answering(
             deployed.address, EXAMPLE, 2)) == 2, 300)
         time.sleep(1.0)
     assert load.lost == []  # the retrying clients lost nothing
     assert load.ok > ok_at_kill + 5
-    assert len(set(after.values())) == 2 and set(after) != set(before)  # a new replica, new node
+    # the client that came in through the killed node was answered elsewhere afterwards
+    assert load.served[0][0] == on_worker and len(load.served[0]) > 1, load.served
+    assert on_worker not in after and head in after.values() and len(set(after.values())) == 2
