@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install serve test lint proto bench clean
+.PHONY: install serve test lint proto bench clean image
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed"'
@@ -30,6 +30,15 @@ lint: install
 
 proto: install
 	$(PY) -m server._private.gen_proto
+
+# The cluster image (deploy/Dockerfile); push it where the RayService's pods pull from.
+# CUDA: make image RAY_PLATFORM=-gpu TORCH_INDEX=https://pypi.org/simple
+IMAGE ?= polyhead:0.1.0
+RAY_PLATFORM ?=
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+image:
+	docker build -f deploy/Dockerfile --build-arg RAY_PLATFORM=$(RAY_PLATFORM) \
+		--build-arg TORCH_INDEX=$(TORCH_INDEX) -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) build *.egg-info

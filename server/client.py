@@ -40,16 +40,30 @@ class PolyheadError(Exception):
 
 
 class PolyheadClient:
+    """``tls``: connect over TLS, checking the server's certificate against the system's
+    roots, or against ``ca`` (PEM bytes or a file; giving one implies TLS). Polyhead's
+    server speaks plaintext gRPC: TLS ends in front of it (a Gateway, an Ingress, a mesh
+    sidecar), so this is how a client outside the cluster keeps the token off the wire."""
+
     def __init__(self, address: str = "localhost:9000", token: str | None = None, *,
                  retries: int = 4, backoff_s: float = 0.1, max_backoff_s: float = 2.0,
-                 timeout_s: float = 60.0) -> None:
+                 timeout_s: float = 60.0, tls: bool = False, ca: bytes | str | Path | None = None
+                 ) -> None:
         self.address = address
         self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
         self.timeout_s = timeout_s
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         opts = [("grpc.max_send_message_length", MAX_MESSAGE),
-                ("grpc.max_receive_message_length", MAX_MESSAGE)]
-        self._channel = grpc.insecure_channel(address, options=opts)
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                # a connection of its own: gRPC otherwise shares one per target across a
+                # process's channels, and every client would pin to the same server pod
+                ("grpc.use_local_subchannel_pool", 1)]
+        if tls or ca is not None:
+            creds = grpc.ssl_channel_credentials(root_certificates=read_ca(ca))
+            self._channel = grpc.secure_channel(address, creds, options=opts)
+        else:
+            self._channel = grpc.insecure_channel(address, options=opts)
+        self.tls = tls or ca is not None
         self._inference = pb_grpc.InferenceStub(self._channel)
         self._registry = pb_grpc.RegistryStub(self._channel)
 
@@ -144,6 +158,20 @@ class PolyheadClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_ca(ca: bytes | str | Path | None) -> bytes | None:
+    """PEM CA certificates from bytes or a file (None: the system's roots); a file that is
+    missing or holds no certificate raises ValueError naming it."""
+    if ca is None or isinstance(ca, bytes):
+        return ca
+    try:
+        pem = Path(ca).read_bytes()
+    except OSError as e:
+        raise ValueError(f"CA file {ca}: cannot read it ({e.strerror})") from e
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise ValueError(f"CA file {ca}: no PEM certificate in it")
+    return pem
 
 
 def to_inputs(inputs: Sequence[TextInput] | TextInput) -> list[pb.Input]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import sys
@@ -72,13 +73,22 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", default="localhost:9000", help="HOST:PORT (default localhost:9000)")
     p.add_argument("--token", default=None, help=f"bearer token (default: ${TOKEN_ENV}, else the "
                    "token `polyhead serve` saved on this machine)")
+    p.add_argument("--tls", action="store_true",
+                   help="connect over TLS (to a Gateway/Ingress that terminates it), checking the "
+                   "server certificate against the system's CA roots")
+    p.add_argument("--ca", type=Path, default=None,
+                   help="PEM file of CA certificates to check the server against (implies --tls)")
 
 
 def _run(args: argparse.Namespace, verb: Callable[[PolyheadClient, argparse.Namespace], Any]) -> int:
     token = args.token or os.environ.get(TOKEN_ENV) or saved_token()
     prog = f"polyhead {args.verb}"
+    tls = args.tls or args.ca is not None
+    if token and not tls and not _is_loopback(args.server):
+        print(f"{prog}: warning: sending the token to {args.server} without TLS (see --tls)",
+              file=sys.stderr)
     try:
-        with PolyheadClient(args.server, token, timeout_s=120.0) as client:
+        with PolyheadClient(args.server, token, timeout_s=120.0, tls=tls, ca=args.ca) as client:
             verb(client, args)
     except PolyheadError as e:
         print(f"{prog}: {e.code.name}: {e.details}", file=sys.stderr)
@@ -87,6 +97,16 @@ def _run(args: argparse.Namespace, verb: Callable[[PolyheadClient, argparse.Name
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _is_loopback(server: str) -> bool:
+    host = server.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _classify(client: PolyheadClient, args: argparse.Namespace) -> None:

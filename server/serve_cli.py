@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -65,6 +66,24 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         seed_examples=not args.no_examples)
 
 
+def check_port_free(port: int, flag: str, host: str = "") -> None:
+    """Refuse a port another process listens on, before Ray starts (there, a taken port
+    ends in a traceback). No SO_REUSEPORT here, unlike Serve's proxy: a second server that
+    would silently share a port with a running one is refused too. ``host`` "": every
+    address, as Serve's gRPC proxy binds ([::], which also covers IPv4)."""
+    try:
+        sock = socket.socket(socket.AF_INET6 if not host else socket.AF_INET, socket.SOCK_STREAM)
+    except OSError:  # no IPv6 on this host
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "in use"
+        try:
+            sock.bind((host or ("::" if sock.family == socket.AF_INET6 else ""), port))
+        except OSError as e:
+            raise ConfigError(f"port {port} is not available ({e.strerror}); pick another with "
+                              f"{flag} PORT") from e
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         config = config_from(args)
@@ -74,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"polyhead: Registry token in {token_file()} (client commands read it)",
                   flush=True)
         config.check_auth()
+        check_port_free(args.port, "--port")
+        check_port_free(args.http_port, "--http-port", host="127.0.0.1")
     except (ConfigError, OSError) as e:
         print(f"polyhead serve: {e}", file=sys.stderr)
         return 2
