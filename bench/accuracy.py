@@ -12,8 +12,8 @@ from the file alone: mean ± sd over seeds, and each method's paired difference 
 
 Plans (in the issue's order):
   pilot-full    full (paper recipe) at --pilot-lrs, seed 0, RTE and MRPC, 3 epochs
-  pilot-frozen  pasta, prefix, lora, bitfit at their own 3 lrs, seed 0, RTE and MRPC,
-                --frozen-epochs epochs
+  pilot-pasta   pasta at its own 3 lrs, seed 0, RTE and MRPC, --frozen-epochs epochs
+  pilot-frozen  prefix, lora, bitfit the same way
   claims        seeds 0-2 on RTE, MRPC, STS-B, CoLA: full, child-d, child-f, dps, EH-FT
                 (full+pet:lora), pasta; SST-2 (8,000 training rows): full, pasta.
                 Whole-model methods share the lr the full pilot found; pasta its own.
@@ -83,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=Path("/work/shared/data/glue"))
     p.add_argument("--results", type=Path, required=True, help="JSONL results file (appended)")
     p.add_argument("--plan", action="append", default=[],
-                   choices=("pilot-full", "pilot-frozen", "claims", "servable", "guidance"),
+                   choices=("pilot-full", "pilot-pasta", "claims", "pilot-frozen", "servable",
+                            "guidance"),
                    help="runs to do, in order (repeatable)")
     p.add_argument("--pilot-lrs", default="2e-5,5e-5,1e-4", help="full's pilot learning rates")
     p.add_argument("--frozen-epochs", type=float, default=10.0,
@@ -122,16 +123,17 @@ def plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) -> 
     if name == "pilot-full":
         lrs = [float(x) for x in args.pilot_lrs.split(",")]
         return [Run(t, "full", lr=lr) for t in PILOT_TASKS for lr in lrs]
-    if name == "pilot-frozen":
+    if name in ("pilot-pasta", "pilot-frozen"):
+        methods = ["pasta"] if name == "pilot-pasta" else ["prefix", "lora", "bitfit"]
         return [Run(t, m, recipe="servable", lr=lr, epochs=fe)
-                for m, lrs in FROZEN_LRS.items() for t in PILOT_TASKS for lr in lrs]
+                for m in methods for t in PILOT_TASKS for lr in FROZEN_LRS[m]]
     lr = pilot_best(results, "full")
     if lr is None:
         raise SystemExit(f"plan {name!r} needs the full pilot first (--plan pilot-full)")
     if name == "claims":
         pasta_lr = pilot_best(results, "pasta")
         if pasta_lr is None:
-            raise SystemExit("plan 'claims' needs the pasta pilot first (--plan pilot-frozen)")
+            raise SystemExit("plan 'claims' needs the pasta pilot first (--plan pilot-pasta)")
         runs = []
         for seed in (0, 1, 2):
             for t in CLAIM_TASKS:
@@ -205,6 +207,8 @@ def run_one(args: argparse.Namespace, run: Run, backbone: Any, cache: dict[Any, 
     }
     if "sparsify" in t:
         out["dense_value"] = 100 * t["sparsify"]["dense_dev"][metric]
+    if "servable_cut" in t:
+        out["cut_value"] = 100 * t["servable_cut"]["dev"][metric]
     if "head_init_stage" in t:
         out["head_init"] = t["head_init_stage"]
     return out
@@ -318,14 +322,42 @@ def paired_table(results: list[dict[str, Any]]) -> str:
             d = [r["value"] - full[(t, r["seed"])] for r in claims
                  if r["name"] == name and r["task"] == t and (t, r["seed"]) in full]
             cells.append(_diff_cell(d))
-        per_seed = []
-        for s in sorted({r["seed"] for r in claims}):
-            d = [r["value"] - full[(r["task"], s)] for r in claims if r["name"] == name and
-                 r["seed"] == s and r["task"] in CLAIM_TASKS and (r["task"], s) in full]
-            if len(d) == len(CLAIM_TASKS):
-                per_seed.append(statistics.mean(d))
-        rows.append(f"| {name} | " + " | ".join(cells) + f" | {_diff_cell(per_seed)} |")
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {_diff_cell(avg_diffs(results, name))} |")
     return "\n".join(rows)
+
+
+def avg_diffs(results: list[dict[str, Any]], name: str) -> list[float]:
+    """Per seed: the 4-task mean of (name - full), for seeds where all 8 runs exist."""
+    claims = [r for r in results if not r["pilot"]]
+    full = {(r["task"], r["seed"]): r["value"] for r in claims if r["name"] == "full"}
+    out = []
+    for s in sorted({r["seed"] for r in claims}):
+        d = [r["value"] - full[(r["task"], s)] for r in claims if r["name"] == name and
+             r["seed"] == s and r["task"] in CLAIM_TASKS and (r["task"], s) in full]
+        if len(d) == len(CLAIM_TASKS):
+            out.append(statistics.mean(d))
+    return out
+
+
+CLAIMS = (("child-d", "child-d >= full (4-task average)", 0.0),
+          ("dps", "dps >= full (4-task average)", 0.0),
+          ("full+pet:lora", "EH-FT (pet:lora) >= full (4-task average)", 0.0),
+          ("pasta", "PASTA within 2 points of full (4-task average)", -2.0))
+
+
+def claims_lines(results: list[dict[str, Any]]) -> str:
+    """Each claim: yes if the 95 % interval's lower end clears the bar, no if its upper end
+    is below it, else not resolved."""
+    lines = []
+    for name, text, bar in CLAIMS:
+        ci = t_interval(avg_diffs(results, name))
+        if ci is None:
+            lines.append(f"{text}: not enough seeds yet")
+            continue
+        verdict = ("yes" if ci[1] >= bar else
+                   "no" if ci[2] < bar else "not resolved (the interval spans the bar)")
+        lines.append(f"{text}: {verdict}; {name} - full = {ci[0]:+.2f} [{ci[1]:+.2f}, {ci[2]:+.2f}]")
+    return "\n".join(lines)
 
 
 def _diff_cell(d: list[float]) -> str:
@@ -335,6 +367,18 @@ def _diff_cell(d: list[float]) -> str:
     if ci is None:
         return f"{d[0]:+.1f} (1 seed)"
     return f"{ci[0]:+.1f} [{ci[1]:+.1f}, {ci[2]:+.1f}]"
+
+
+def child_f_table(results: list[dict[str, Any]]) -> str:
+    """child-f: the paper (dense) score and the servable cut of the same run."""
+    rows = ["| task | child-f (dense) | servable cut (density 0.05) | cost |", "|---|---|---|---|"]
+    for t in TASKS:
+        rs = [r for r in results if r["name"] == "child-f" and r["task"] == t and "cut_value" in r]
+        if rs:
+            d = statistics.mean(r["value"] for r in rs)
+            c = statistics.mean(r["cut_value"] for r in rs)
+            rows.append(f"| {TASKS[t]} | {d:.1f} | {c:.1f} | {d - c:+.1f} |")
+    return "\n".join(rows)
 
 
 def floors(results: list[dict[str, Any]]) -> str:
@@ -364,6 +408,12 @@ def report(results: list[dict[str, Any]]) -> str:
         parts += ["", "Dev metric x100, last epoch, mean ± sd over seeds", "", main_table(results),
                   "", "Paired difference from full (same task and seed), mean [95 % t-interval]", "",
                   paired_table(results)]
+    if any(not r["pilot"] for r in results):
+        parts += ["", "The papers' claims on this backbone (95 % t-interval over seeds):", "",
+                  claims_lines(results)]
+    if any("cut_value" in r for r in results):
+        parts += ["", "child-f: the dense (paper) score and its servable cut, same runs", "",
+                  child_f_table(results)]
     parts += ["", "Floors (full):", floors(results)]
     return "\n".join(parts)
 

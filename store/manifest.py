@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
+import math
 import warnings
 from typing import Any
 
@@ -32,6 +33,10 @@ class Manifest:
     created_at: str  # ISO-8601 UTC
     tensors_sha256: str = ""  # filled in by encode_artifact
     schema_version: int = MANIFEST_SCHEMA_VERSION
+    # Regression trained on standardised targets: {"mean": m, "std": s} of the training
+    # targets. The trainer folds y = s z + m into the head's last layer, so served values
+    # are already on the task's scale; this records it. None (or absent): raw targets.
+    regression_scale: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -56,6 +61,7 @@ class Manifest:
             if name in kwargs and not _has_type(kwargs[name], want):
                 raise ArtifactError("manifest", f"{name} must be {want}, got {kwargs[name]!r:.80}")
         check_training(kwargs["training"])
+        check_regression_scale(kwargs.get("regression_scale"), kwargs["regression"])
         return cls(**kwargs)
 
 
@@ -76,6 +82,19 @@ def check_training(training: dict[str, Any]) -> None:
             training.get("hyperparameters"), dict):
         raise ArtifactError("manifest", "training must hold a 'method' string and a "
                             f"'hyperparameters' object, got {training!r:.80}")
+
+
+def check_regression_scale(scale: Any, regression: bool) -> None:
+    if scale is None:
+        return
+    ok = (isinstance(scale, dict) and set(scale) == {"mean", "std"}
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                  for v in scale.values()) and scale["std"] > 0)
+    if not ok:
+        raise ArtifactError("manifest", "regression_scale must be {\"mean\": finite number, "
+                            f"\"std\": positive finite number}}, got {scale!r:.80}")
+    if not regression:
+        raise ArtifactError("manifest", "regression_scale is set on a classification task")
 
 
 def validate_task_id(task_id: str) -> str:
@@ -112,13 +131,15 @@ def now_utc() -> str:
 def new_manifest(task_id: str, artifact: TaskArtifact, spec: BackboneSpec, *,
                  labels: list[str] | None, regression: bool = False,
                  training: dict[str, Any] | None = None,
-                 metrics: dict[str, Any] | None = None) -> Manifest:
+                 metrics: dict[str, Any] | None = None,
+                 regression_scale: dict[str, float] | None = None) -> Manifest:
     """A manifest for ``artifact`` trained on ``spec``'s backbone (the tensors are checked
     when the file is decoded or published)."""
     validate_task_id(task_id)
     check_labels(labels, regression, artifact.head)
     train = {"method": artifact.kind, "hyperparameters": {}, **(training or {})}
     check_training(train)
+    check_regression_scale(regression_scale, regression)
     return Manifest(
         task_id=task_id,
         kind=artifact.kind,
@@ -130,4 +151,5 @@ def new_manifest(task_id: str, artifact: TaskArtifact, spec: BackboneSpec, *,
         training=train,
         metrics=dict(metrics or {}),
         created_at=now_utc(),
+        regression_scale=dict(regression_scale) if regression_scale is not None else None,
     )

@@ -25,11 +25,10 @@ from torch import Tensor, nn
 from methods import Backbone, HeadConfig, TaskArtifact, TaskModule
 from methods.bitfit import BitfitConfig
 from methods.encoder import Encoder
-from methods.engine import forward_tasks
 from methods.heads import apply_head, init_head
-from methods.pasta import KEY as PASTA_KEY
-from methods.pasta import PastaConfig
+from methods.pasta import PastaConfig, PastaEffect
 from methods.prefix import PrefixConfig
+from methods.registry import TaskPart
 from methods.sparse import SparseConfig, from_dense
 from trainer.config import TrainConfig
 
@@ -160,12 +159,16 @@ class PetModel(Trainable):
         enc = self.module.encoder
         if not enc.training:
             return self.module(batch.ids, batch.mask, batch.types)
+        # Training: the serving forward plus dropout (the backbone's, BERT's classifier
+        # dropout, and PASTA's Dropout(E_l[k]) at each special position of each row).
         task = self.module.loaded()
-        if self.kind == "pasta":  # PASTA's code: Dropout(E_l[k]) at each special position
-            vecs = task.tensors[PASTA_KEY]
-            task = dataclasses.replace(task, tensors={PASTA_KEY: F.dropout(vecs, enc.hidden_dropout)})
-        rows = forward_tasks(enc, batch.ids, batch.mask, batch.types, [task] * batch.ids.shape[0])
-        return torch.stack(rows)
+        ctx = enc.context(batch.ids, batch.mask)
+        rows = torch.arange(batch.ids.shape[0], device=batch.ids.device)
+        effect = task.kind.effect([TaskPart(rows, task.tensors, task.config)], ctx)
+        if isinstance(effect, PastaEffect):
+            effect.vals = F.dropout(effect.vals, enc.hidden_dropout)
+        hidden = enc.forward(ctx, batch.types, [effect])
+        return _head_logits(dict(task.head_tensors), task.head, hidden[:, 0], enc.pooler, enc.hidden_dropout)
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         return _decay_groups(list(self.module.head_params.items()) +

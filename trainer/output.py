@@ -42,7 +42,9 @@ def encode(task_id: str, result: TrainResult, data: Dataset, spec: BackboneSpec)
     manifest = new_manifest(task_id, result.artifact, spec, labels=data.labels,
                             regression=data.regression,
                             training={**result.training, "inputs": data.inputs},
-                            metrics=result.metrics)
+                            metrics=result.metrics,
+                            regression_scale=(dataclasses.asdict(result.scale)
+                                              if result.scale is not None else None))
     return encode_artifact(manifest, result.artifact)
 
 

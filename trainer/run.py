@@ -100,6 +100,8 @@ def train(cfg: TrainConfig, backbone: Backbone, train_data: Dataset, dev_data: D
     metrics = evaluate(model, ctx, scale)
     if cfg.method == "child-f" and not cfg.paper:
         metrics = _sparsify(model, cfg, ctx, metrics, scale, training, log_fn)
+    elif cfg.method == "child-f":
+        _servable_cut(model, cfg, ctx, metrics, scale, training, log_fn)
     if isinstance(model, DenseModel) and isinstance(model.policy, masks.DpsMask):
         training["dps_stages_history"] = model.policy.history
     training["trainable_params"] = model.trainable_count()
@@ -117,8 +119,10 @@ def result_context(result: TrainResult) -> Context:
 def finish(result: TrainResult, ctx: Context) -> None:
     """Export the artifact and check that the engine reproduces the trained logits."""
     artifact = result.model.export()
+    if result.scale is not None:
+        artifact = fold_scale(artifact, result.scale)
     artifact.validate(ctx.backbone.spec)
-    result.parity = check_parity(result.model, artifact, ctx)
+    result.parity = check_parity(result.model, artifact, ctx, result.scale)
     result.artifact = artifact
     result.training.update(stored_params=stored_params(artifact), parity_max_abs=result.parity)
 
@@ -215,15 +219,50 @@ def _sparsify(model: Trainable, cfg: TrainConfig, ctx: Context, dense: dict[str,
     return sparse
 
 
+def fold_scale(artifact: TaskArtifact, scale: RegressionScale) -> TaskArtifact:
+    """Undo the target standardisation inside the head's last layer: y = std z + mean, so
+    the served value is on the task's own scale (W' = std W, b' = std b + mean)."""
+    last = "head.out." if "head.out.weight" in artifact.tensors else "head."
+    tensors = dict(artifact.tensors)
+    tensors[last + "weight"] = tensors[last + "weight"] * scale.std
+    tensors[last + "bias"] = tensors[last + "bias"] * scale.std + scale.mean
+    return dataclasses.replace(artifact, tensors=tensors)
+
+
+def _servable_cut(model: Trainable, cfg: TrainConfig, ctx: Context, dense: dict[str, float],
+                  scale: RegressionScale | None, training: dict[str, Any],
+                  log_fn: Callable[[str], None]) -> None:
+    """child-f (paper): the score of the servable cut of the same run, reported beside the
+    dense score: the top --density |diff| of the tunable weights kept, every other weight
+    (embeddings, pooler) back to the original; the dense model is restored afterwards."""
+    assert isinstance(model, DenseModel)
+    saved = model.state()
+    tunable = set(ctx.backbone.spec.tunable_params())
+    diffs = model.diffs()
+    cut = masks.sparsify({n: d for n, d in diffs.items() if n in tunable}, cfg.density)
+    model.set_diffs({n: cut.get(n, torch.zeros_like(d)) for n, d in diffs.items()})
+    sparse = evaluate(model, ctx, scale)
+    model.restore(saved)
+    cost = dense[ctx.metric] - sparse[ctx.metric]
+    training["servable_cut"] = {"rule": "global top-|diff| of the tunable weights to density, "
+                                "the rest original", "density": cfg.density, "dev": sparse,
+                                "metric_cost": cost}
+    log_fn(f"[child-f] servable cut to density {cfg.density}: {ctx.metric} "
+           f"{dense[ctx.metric]:.4f} -> {sparse[ctx.metric]:.4f} (cost {cost:+.4f})")
+
+
 @torch.no_grad()
-def check_parity(model: Trainable, artifact: TaskArtifact, ctx: Context, rows: int = 16) -> float:
-    """Max |engine logits from the artifact - the trainer's own logits| (fp32, eval mode)."""
+def check_parity(model: Trainable, artifact: TaskArtifact, ctx: Context,
+                 scale: RegressionScale | None = None, rows: int = 16) -> float:
+    """Max |engine outputs from the artifact - the trainer's own (scale undone)| (fp32, eval)."""
     engine = Engine(ctx.backbone)
     loaded = engine.load(artifact)
     model.set_training(False)
     sample = Encoded(ctx.dev.ids[:rows], ctx.dev.types[:rows], ctx.dev.targets[:rows], ctx.dev.regression)
     batch = next(batches(sample, rows, ctx.pad_id, ctx.device))
     mine = model.forward(batch).float()
+    if scale is not None:
+        mine = mine * scale.std + scale.mean
     theirs = torch.stack(forward_tasks(engine.encoder, batch.ids, batch.mask.bool(), batch.types,
                                        [loaded] * batch.ids.shape[0])).float()
     diff = float((mine - theirs).abs().max())
