@@ -130,6 +130,12 @@ def plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) -> 
     lr = pilot_best(results, "full")
     if lr is None:
         raise SystemExit(f"plan {name!r} needs the full pilot first (--plan pilot-full)")
+    best = {r["task"]: r["value"] for r in results
+            if r["pilot"] and r["name"] == "full" and r["config"]["lr"] == lr}
+    missed = [t for t in PILOT_TASKS if best.get(t, 0.0) < FLOORS[t]]
+    if missed:
+        raise SystemExit(f"the full pilot at lr {lr:g} misses the floor on {', '.join(missed)} "
+                         f"({best}); find out why before running plan {name!r}")
     if name == "claims":
         pasta_lr = pilot_best(results, "pasta")
         if pasta_lr is None:

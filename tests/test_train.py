@@ -204,3 +204,21 @@ def test_cli_errors_exit_2_without_traceback(tmp_path: Path, capsys: pytest.Capt
     assert rc == 2 and "--threads" in capsys.readouterr().err
     rc = cli("--method", "lora", "--train", str(bad), "--dev", str(bad))
     assert rc == 2 and "--out" in capsys.readouterr().err
+
+
+def test_cli_store_cap_still_writes_out_and_paper_recipe_says_why(
+        bert_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "s.tsv"
+    path.write_text("sentence\tlabel\n" + "".join(f"{t}\tpositive\n" for t in POS) +
+                    "".join(f"{t}\tnegative\n" for t in NEG))
+    common = ("--train", str(path), "--dev", str(path), "--text-col", "sentence", "--backbone",
+              str(bert_dir), "--epochs", "1", "--batch-size", "8", "--quiet", "--threads", "1")
+    out = tmp_path / "full.polyhead"
+    rc = cli("--method", "full", *common, "--out", str(out), "--publish", "--store",
+             str(tmp_path / "store"), "--max-upload-bytes", "1000")
+    err = capsys.readouterr().err
+    assert rc == 1 and out.is_file() and "cap of 1,000" in err and str(out) in err
+    rc = cli("--method", "full", "--recipe", "paper", *common, "--out", str(tmp_path / "p.polyhead"))
+    captured = capsys.readouterr()
+    assert rc == 1 and "dev accuracy" in captured.out and "embeddings" in captured.err
+    assert not (tmp_path / "p.polyhead").exists()

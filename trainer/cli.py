@@ -42,13 +42,12 @@ def method_help() -> str:
         "",
         "Dropout (the backbone's hidden/attention dropout, BERT's classifier dropout, PASTA's",
         "dropout on its vectors) is on while training and off in the stored artifact.",
-        "Regression targets are standardised on the training set; the scale is stored in the",
-        "manifest and undone when serving.",
+        "Regression targets are standardised on the training set; the scale is recorded in",
+        "the manifest and folded into the head, so served values are on the task's scale.",
         "",
-        "PROVISIONAL DEFAULTS: the learning rates, epochs and warm-ups above for "
-        + ", ".join(PROVISIONAL) + " are",
-        "placeholders until the accuracy study (bench/accuracy.py; BENCHMARKS.md 'Accuracy')",
-        "has measured them on this backbone. Pass --lr/--epochs/--warmup explicitly for now.",
+        "PROVISIONAL DEFAULTS: the learning rates, epochs and warm-ups above are placeholders",
+        "until the accuracy study (bench/accuracy.py; BENCHMARKS.md 'Accuracy') has measured",
+        "them on this backbone; still provisional: " + ", ".join(PROVISIONAL) + ".",
     ]
     return "\n".join(lines)
 

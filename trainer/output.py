@@ -70,7 +70,7 @@ def deliver(data: bytes, targets: Targets, spec: BackboneSpec) -> list[str]:
         from store.errors import StoreError
 
         try:
-            info = Store(root=targets.store, spec=spec).publish(data)
+            info = Store(root=targets.store, spec=spec, max_artifact_bytes=cap).publish(data)
         except StoreError as e:
             raise OutputError(f"publish to the store failed: {e}") from e
         lines.append(f"published {_describe(info)}")
