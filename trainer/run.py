@@ -181,7 +181,10 @@ def _head_stage(cfg: TrainConfig, ctx: Context, steps: int, scale: RegressionSca
     --head-init-lr; returns the head it learnt (the PET parameters are dropped)."""
     assert cfg.head_init is not None
     pet = cfg.head_init.split(":", 1)[1]
-    pet_cfg = dataclasses.replace(cfg, method=pet, lr=cfg.head_init_lr, head_init=None)
+    # EH-FT's stage 1: its own linear schedule with the run's warm-up share (10 % in the
+    # paper's scripts), the run's weight decay and dropout
+    pet_cfg = dataclasses.replace(cfg, method=pet, lr=cfg.head_init_lr, head_init=None,
+                                  warmup=cfg.warmup_frac)
     key = (pet_cfg.method, pet_cfg.lr, pet_cfg.seed, steps, pet_cfg.warmup_frac, pet_cfg.dropout,
            len(ctx.train), ctx.head, id(ctx.backbone), tuple(ctx.train.targets[:50]))
     if cache is not None and key in cache:
