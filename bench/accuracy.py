@@ -299,7 +299,7 @@ def main_table(results: list[dict[str, Any]]) -> str:
     tasks = [t for t in TASKS if any(r["task"] == t for r in claims)]
     names = list(dict.fromkeys(r["name"] for r in claims))
     rows = ["| method | " + " | ".join(f"{TASKS[t]} ({METRIC[t]})" for t in tasks) +
-            " | avg (claim tasks) | seeds |", "|" + "---|" * (len(tasks) + 3)]
+            " | avg (claim tasks) | seeds | tokens/s | min/run |", "|" + "---|" * (len(tasks) + 5)]
     for name in names:
         cells, means, seeds = [], [], set()
         for t in tasks:
@@ -309,7 +309,11 @@ def main_table(results: list[dict[str, Any]]) -> str:
             if vals and t in CLAIM_TASKS:
                 means.append(statistics.mean(vals))
         avg = f"{statistics.mean(means):.1f}" if len(means) == len(CLAIM_TASKS) else "—"
-        rows.append(f"| {name} | " + " | ".join(cells) + f" | {avg} | {len(seeds)} |")
+        mine = [r for r in claims if r["name"] == name]
+        tps = statistics.mean(r["tokens_per_s"] for r in mine)
+        mins = statistics.mean(r["seconds"] for r in mine) / 60
+        rows.append(f"| {name} | " + " | ".join(cells) +
+                    f" | {avg} | {len(seeds)} | {tps:.0f} | {mins:.1f} |")
     return "\n".join(rows)
 
 
