@@ -290,3 +290,27 @@ def test_regression_is_standardised_and_served_on_the_task_scale(
 
     assert Manifest.from_dict(old).regression_scale is None
     assert encode_artifact(manifest, art)  # re-encodes
+
+
+def test_pasta_dropout_acts_on_the_added_vectors_only() -> None:
+    from methods.encoder import Effect
+    from trainer.models import _DropAdded
+
+    class Add(Effect):  # adds v at (row 0, position 1) and (row 1, position 0), as PASTA does
+        acts_before_layers = True
+
+        def before_layer(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+            pos = (torch.tensor([0, 1]), torch.tensor([1, 0]))
+            return h.index_put(pos, torch.ones(2, 64), accumulate=True)
+
+    torch.manual_seed(0)
+    h = torch.randn(2, 3, 64)
+    out = _DropAdded(Add(), 0.5).before_layer(0, h)
+    added = out - h
+    off = torch.ones(2, 3, dtype=torch.bool)
+    off[0, 1] = off[1, 0] = False
+    assert bool((added[off].abs() < 1e-6).all())  # nothing added elsewhere
+    on = torch.stack([added[0, 1], added[1, 0]])
+    assert bool((torch.isclose(on, torch.zeros(1)) | torch.isclose(on, torch.full((1,), 2.0))).all())
+    assert 0.2 < float((on == 0).float().mean()) < 0.8  # per element of each row's vector
+    assert _DropAdded(Add(), 0.5).acts_before_layers  # the rest is delegated

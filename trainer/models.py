@@ -16,7 +16,8 @@ from __future__ import annotations
 import abc
 import copy
 import dataclasses
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -24,11 +25,10 @@ from torch import Tensor, nn
 
 from methods import Backbone, HeadConfig, TaskArtifact, TaskModule
 from methods.bitfit import BitfitConfig
-from methods.encoder import Encoder
+from methods.encoder import BatchContext, Effect, Encoder
 from methods.heads import apply_head, init_head
-from methods.pasta import PastaConfig, PastaEffect
+from methods.pasta import PastaConfig
 from methods.prefix import PrefixConfig
-from methods.registry import TaskPart
 from methods.sparse import SparseConfig, from_dense
 from trainer.config import TrainConfig
 
@@ -134,6 +134,37 @@ def _head_logits(head: dict[str, Tensor], cfg: HeadConfig, cls: Tensor, pooler: 
     return F.linear(F.dropout(cls, drop), head["head.weight"], head["head.bias"])
 
 
+class _DropAdded:
+    """An effect whose before-layer additions pass through dropout (PASTA's code:
+    ``Dropout(E_l[k])`` at each special position of each row); all else delegated."""
+
+    def __init__(self, effect: Effect, p: float) -> None:
+        self._effect, self._p = effect, p
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._effect, name)
+
+    def before_layer(self, layer: int, h: Tensor) -> Tensor:
+        added = self._effect.before_layer(layer, h) - h  # zero off the special positions
+        return h + F.dropout(added, self._p)
+
+
+class TrainEncoder(Encoder):
+    """The serving encoder for training the PET kinds: while ``training``, what an effect
+    adds before a layer gets dropout, and the last hidden states are kept for the head."""
+
+    last_hidden: Tensor | None = None
+
+    def forward(self, ctx: BatchContext, token_type_ids: Tensor,
+                effects: Sequence[Effect] = ()) -> Tensor:
+        if self.training:
+            effects = [cast(Effect, _DropAdded(e, self.hidden_dropout)) if e.acts_before_layers else e
+                       for e in effects]
+        h = super().forward(ctx, token_type_ids, effects)
+        self.last_hidden = h if self.training else None
+        return h
+
+
 class PetModel(Trainable):
     """pasta / prefix / bitfit through ``TaskModule`` (train-time == serve-time in eval)."""
 
@@ -146,6 +177,7 @@ class PetModel(Trainable):
         art = TaskArtifact.random(kind, backbone.spec, head.num_outputs, config=config,
                                   head_type=head.type, zero=kind == "bitfit", seed=cfg.seed)
         self.module = TaskModule(backbone, art)
+        self.module.encoder = TrainEncoder(backbone)
         self.kind = kind
         self.dropout = cfg.dropout
         if kind == "prefix":
@@ -156,19 +188,14 @@ class PetModel(Trainable):
         self.module.encoder.training = on and self.dropout
 
     def forward(self, batch: Batch) -> Tensor:
+        out = self.module(batch.ids, batch.mask, batch.types)
         enc = self.module.encoder
         if not enc.training:
-            return self.module(batch.ids, batch.mask, batch.types)
-        # Training: the serving forward plus dropout (the backbone's, BERT's classifier
-        # dropout, and PASTA's Dropout(E_l[k]) at each special position of each row).
-        task = self.module.loaded()
-        ctx = enc.context(batch.ids, batch.mask)
-        rows = torch.arange(batch.ids.shape[0], device=batch.ids.device)
-        effect = task.kind.effect([TaskPart(rows, task.tensors, task.config)], ctx)
-        if isinstance(effect, PastaEffect):
-            effect.vals = F.dropout(effect.vals, enc.hidden_dropout)
-        hidden = enc.forward(ctx, batch.types, [effect])
-        return _head_logits(dict(task.head_tensors), task.head, hidden[:, 0], enc.pooler, enc.hidden_dropout)
+            return out
+        # Training: the head again over the same hidden states, with BERT's classifier dropout
+        assert isinstance(enc, TrainEncoder) and enc.last_hidden is not None
+        head = {_name(k): v for k, v in self.module.head_params.items()}
+        return _head_logits(head, self.module.head, enc.last_hidden[:, 0], enc.pooler, enc.hidden_dropout)
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         return _decay_groups(list(self.module.head_params.items()) +
