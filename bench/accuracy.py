@@ -414,6 +414,11 @@ def report(results: list[dict[str, Any]]) -> str:
     if any(r["pilot"] for r in results):
         parts += ["", "Pilot (seed 0; dev metric x100 of the last epoch; best epoch in brackets)", "",
                   pilot_table(results)]
+        found = {m: pilot_best(results, m) for m in ("full", *FROZEN_LRS)}
+        parts += ["", "Learning rates the pilot found (mean of RTE and MRPC; trainer/table.py's "
+                  "defaults should follow): " + ", ".join(
+                      f"{m} {lr:g}" + (" (shared by child-d, child-f, dps, EH-FT)" if m == "full" else "")
+                      for m, lr in found.items() if lr is not None)]
     if any(not r["pilot"] for r in results):
         parts += ["", "Dev metric x100, last epoch, mean ± sd over seeds", "", main_table(results),
                   "", "Paired difference from full (same task and seed), mean [95 % t-interval]", "",
