@@ -90,6 +90,13 @@ def test_dps_paper_selects_in_every_linear_weight_only(bert: Backbone, sentiment
     assert names == linears | {"pooler.dense.weight", "head.weight"}
     assert not any("bias" in n or "LayerNorm" in n or "embeddings" in n for n in names)
     assert model.policy.stage_len == max(1, int(5 * 0.05))  # 20 rows / 4 = 5 steps
+    # run_trainer.py: DPS Dense trains without dropout below 2,000 steps
+    assert model.dropout is False
+    model.set_training(True)
+    assert model.encoder.training is False
+    servable = METHODS["dps"].build(TrainConfig(method="dps", epochs=1, batch_size=4),
+                                    context(bert, sentiment, cfg))
+    assert isinstance(servable, DenseModel) and servable.dropout is True
 
 
 # -- Child-Tuning_F -------------------------------------------------------------------------

@@ -93,6 +93,7 @@ def train(cfg: TrainConfig, backbone: Backbone, train_data: Dataset, dev_data: D
         head_tensors, training["head_init_stage"] = _head_stage(cfg, ctx, stage1, scale, head_cache, log_fn)
         ctx = dataclasses.replace(ctx, total_steps=steps)
     model = _build(cfg, ctx, head_tensors)
+    training["dropout_in_training"] = bool(getattr(model, "dropout", cfg.dropout))
     stats, history = _fit_and_select(cfg, model, ctx, steps, scale, log_fn)
     training.update(steps=len(stats.losses), dev_history=history, train_seconds=round(stats.seconds, 2),
                     train_tokens=stats.tokens, tokens_per_s=round(stats.tokens_per_s, 1),

@@ -68,7 +68,8 @@ _ENTRIES = (
            paper=_DENSE_PAPER, servable=Defaults(1e-4, 3, 0.1), build=child_f.build, dense=True),
     Method("dps", "sparse", "DPS Dense: stages of int(steps x --dps-update-ratio); I: dense "
            "+ squared-gradient accumulation, II: each Linear weight's own top "
-           "(1 - --dps-reserve-p) (servable: per-tensor quota --density)",
+           "(1 - --dps-reserve-p) (servable: per-tensor quota --density); paper: no dropout "
+           "under 2,000 steps, as its run_trainer.py",
            paper=_DENSE_PAPER, servable=Defaults(2e-4, 3, 0.1), build=dps.build, dense=True),
     Method("full", "sparse", "BASELINE: vanilla fine-tuning (paper: every parameter, "
            "embeddings and pooler included; servable: encoder layers, dense diff)",

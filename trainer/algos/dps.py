@@ -3,6 +3,10 @@
 Paper recipe (``DPSDense``, ``modeling_bert.py``): every nn.Linear weight (Q, K, V,
 attention output, FFN in/out, pooler, classifier); biases, LayerNorms and embeddings are
 always updated. Servable recipe: every tunable tensor with a per-tensor quota of --density.
+
+Dropout: the official ``script/run_trainer.py`` sets the hidden and attention dropout to 0
+for DPS Dense unless max_steps >= 2,000, so the paper recipe does the same (every GLUE run
+of the study is below 2,000 steps); the servable recipe keeps --dropout.
 """
 
 from __future__ import annotations
@@ -28,8 +32,13 @@ def stage_length(cfg: TrainConfig, total_steps: int) -> int:
     return max(1, int(total_steps * cfg.dps_update_ratio))
 
 
+DROPOUT_MIN_STEPS = 2000  # run_trainer.py: dropout back to 0.1 only from here
+
+
 def build(cfg: TrainConfig, ctx: Context) -> Trainable:
     model = DenseModel(ctx.backbone, cfg, ctx.head)
+    if cfg.paper and ctx.total_steps < DROPOUT_MIN_STEPS:
+        model.dropout = False
     us = stage_length(cfg, ctx.total_steps)
     if cfg.paper:
         model.policy = DpsMask(model.params, linear_weights(model), us, reserve_p=cfg.dps_reserve_p)
