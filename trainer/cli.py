@@ -84,7 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     t.add_argument("--head", dest="head_type", choices=HEAD_TYPES, default="pooler",
                    help="pooler: W tanh(P [CLS]) as BertForSequenceClassification (default)")
     t.add_argument("--density", type=float, default=0.05, help="servable sparse budget (default 0.05)")
-    t.add_argument("--child-f-p", type=float, default=0.2, help="child-f keep probability p_F")
+    t.add_argument("--child-f-p", type=float, default=0.3,
+                   help="child-f keep probability p_F (0.3: the official run.sh)")
     t.add_argument("--child-d-p", type=float, default=0.3, help="child-d (paper) kept share p_D")
     t.add_argument("--fisher-examples", type=int, help="cap on child-d's Fisher pass (default: all)")
     t.add_argument("--dps-reserve-p", type=float, default=0.3, help="dps: share of each matrix not updated")

@@ -35,7 +35,7 @@ class TrainConfig:
     head_type: str = "pooler"
     dropout: bool = True  # the backbone's hidden/attention dropout while training
     density: float = 0.05  # servable child-d/child-f/dps: changed weights / tunable weights
-    child_f_p: float = 0.2  # child-f: keep probability p_F of the Bernoulli gradient mask
+    child_f_p: float = 0.3  # child-f: keep probability p_F (the official run.sh's reserve_p)
     child_d_p: float = 0.3  # child-d (paper): the kept fraction p_D of the Fisher ranking
     fisher_examples: int | None = None  # child-d: examples for the Fisher pass (None: all)
     dps_reserve_p: float = 0.3  # dps: share of each matrix NOT updated in stage II
