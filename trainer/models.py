@@ -392,30 +392,17 @@ class DenseModel(Trainable):
                 p.copy_(self.original[n] + diffs[n].to(p.dtype))
 
     def export(self) -> TaskArtifact:
-        """The diff over the tunable weights; a trained pooler is folded into an ``mlp`` head
-        (W2 tanh(W1 h + b1) + b2 is exactly pooler + classifier)."""
+        """The diff over the tunable weights (encoder layers, embedding LayerNorm) + the head."""
         diffs = {n: d for n, d in self.diffs().items() if bool((d != 0).any())}
-        tunable = set(self.bb.spec.tunable_params())
-        pooler = {n for n in diffs if n.startswith("pooler.")}
-        other = sorted(set(diffs) - tunable - pooler)
+        other = sorted(set(diffs) - set(self.bb.spec.tunable_params()))
         if other:
             raise ExportError(
                 f"the trained model changed {', '.join(other)}, which a sparse artifact cannot "
                 "hold (it stores encoder-layer and embedding-LayerNorm diffs); train with the "
-                "servable recipe (frozen embeddings) to get a servable artifact")
-        head_cfg, head = self.head_cfg, self.head_tensors()
-        if pooler:
-            if head_cfg.type != "pooler":
-                raise ExportError(f"a trained pooler with a {head_cfg.type!r} head cannot be stored")
-            head_cfg = HeadConfig(num_outputs=head_cfg.num_outputs, type="mlp")
-            pw = self.backbone_params["pooler.dense.weight"]
-            pb = self.backbone_params["pooler.dense.bias"]
-            head = {"head.dense.weight": pw.detach().float().cpu().clone(),
-                    "head.dense.bias": pb.detach().float().cpu().clone(),
-                    "head.out.weight": head["head.weight"], "head.out.bias": head["head.bias"]}
-        tensors = {k: v.cpu() for k, v in from_dense({n: diffs[n] for n in diffs if n in tunable}).items()}
-        tensors.update(head)
-        return TaskArtifact("sparse", SparseConfig(density=self.density), head_cfg, tensors)
+                "servable recipe (frozen embeddings and pooler) to get a servable artifact")
+        tensors = {k: v.cpu() for k, v in from_dense(diffs).items()}
+        tensors.update(self.head_tensors())
+        return TaskArtifact("sparse", SparseConfig(density=self.density), self.head_cfg, tensors)
 
     def head_tensors(self) -> dict[str, Tensor]:
         return {_name(k): v.detach().float().cpu().clone() for k, v in self.head.items()}
