@@ -379,6 +379,26 @@ def _diff_cell(d: list[float]) -> str:
     return f"{ci[0]:+.1f} [{ci[1]:+.1f}, {ci[2]:+.1f}]"
 
 
+def servable_table(results: list[dict[str, Any]]) -> str:
+    """The servable recipe's cost: each servable run minus the paper recipe's run of the same
+    method, task and seed, mean [95 % t-interval]."""
+    claims = [r for r in results if not r["pilot"]]
+    paper = {(r["method"], r["task"], r["seed"]): r["value"] for r in claims
+             if r["recipe"] == "paper" and r["name"] == r["method"]}
+    names = list(dict.fromkeys(r["name"] for r in claims if r["recipe"] == "servable" and "@" in r["name"]))
+    tasks = [t for t in TASKS if any(r["task"] == t for r in claims)]
+    rows = ["| servable − paper | " + " | ".join(TASKS[t] for t in tasks) + " |",
+            "|" + "---|" * (len(tasks) + 1)]
+    for name in names:
+        cells = []
+        for t in tasks:
+            d = [r["value"] - paper[(r["method"], t, r["seed"])] for r in claims
+                 if r["name"] == name and r["task"] == t and (r["method"], t, r["seed"]) in paper]
+            cells.append(_diff_cell(d))
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def child_f_table(results: list[dict[str, Any]]) -> str:
     """child-f: the paper (dense) score and the servable cut of the same run."""
     rows = ["| task | child-f (dense) | servable cut (density 0.05) | cost |", "|---|---|---|---|"]
@@ -426,6 +446,9 @@ def report(results: list[dict[str, Any]]) -> str:
     if any(not r["pilot"] for r in results):
         parts += ["", "The papers' claims on this backbone (95 % t-interval over seeds):", "",
                   claims_lines(results)]
+    if any("@" in r["name"] for r in results):
+        parts += ["", "The servable recipe's cost against the paper recipe (same method, task, seed)",
+                  "", servable_table(results)]
     if any("cut_value" in r for r in results):
         parts += ["", "child-f: the dense (paper) score and its servable cut, same runs", "",
                   child_f_table(results)]
