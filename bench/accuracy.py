@@ -1,20 +1,39 @@
-"""Accuracy table for issue 4: every training method on five GLUE tasks, one seed.
+"""The accuracy study (issue 11): the papers' methods on GLUE dev sets, resumable.
 
-    .venv/bin/python -m bench.accuracy --data ../shared/data/glue --results /tmp/accuracy.json
+    nice -n 10 .venv/bin/python -m bench.accuracy --data /work/shared/data/glue \\
+        --results bench/results/accuracy.jsonl --plan pilot-full --threads 1
+    .venv/bin/python -m bench.accuracy --results bench/results/accuracy.jsonl --table-only
 
-Trains each method on a seeded subsample of each task's train set (CPU budget; see
---max-train), evaluates on a seeded dev subsample (--max-dev; the same rows for every
-method), and prints a markdown table: headline dev metric x100 per task, the average,
-trainable and stored parameter counts and artifact bytes. Results are appended to
---results as they finish, so an interrupted run resumes. The GLUE files are read where they are, never copied.
+Each finished run is appended to --results (one JSON object a line: commit, config, seed,
+metrics, seconds, training tokens/s, machine); a run whose key is already in the file is
+skipped, so an interrupted study resumes where it stopped. The tables are generated
+from the file alone: mean ± sd over seeds, and each method's paired difference from
+``full`` (same task, same seed) with a 95 % t-interval over seeds.
+
+Plans (in the issue's order):
+  pilot-full    full (paper recipe) at --pilot-lrs, seed 0, RTE and MRPC, 3 epochs
+  pilot-pasta   pasta at its own 3 lrs, seed 0, RTE and MRPC, --frozen-epochs epochs
+  pilot-frozen  prefix, lora, bitfit the same way
+  claims        seeds 0-2 on RTE, MRPC, STS-B, CoLA: full, child-d, child-f, dps, EH-FT
+                (full+pet:lora), pasta; SST-2 (8,000 training rows): full, pasta.
+                Whole-model methods share the lr the full pilot found; pasta its own.
+  servable      child-d and dps, servable recipe, density 0.05 (seeds 0-2) and 0.01 (seed 0)
+  guidance      seed 0: prefix, lora, bitfit, EH-FT with BitFit (full+pet:bitfit)
+Whole train and dev sets, max length 128, batch 16, --select last (the study reports the
+last epoch, as Child-Tuning and DPS do; each epoch's dev metrics are kept in the record).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime
 import json
+import math
 import os
+import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,88 +41,224 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-TASKS = (("sst2", "SST-2"), ("rte", "RTE"), ("mrpc", "MRPC"), ("cola", "CoLA"), ("stsb", "STS-B"))
-RUNS = ("pasta", "prefix", "lora", "bitfit", "child-d", "child-f", "dps", "full",
-        "child-d+pet:lora", "dps+pet:lora", "full+pet:lora")
+TASKS = {"rte": "RTE", "mrpc": "MRPC", "stsb": "STS-B", "cola": "CoLA", "sst2": "SST-2"}
+METRIC = {"rte": "accuracy", "mrpc": "f1", "stsb": "pearson", "cola": "mcc", "sst2": "accuracy"}
+FLOORS = {"rte": 58.0, "mrpc": 84.0, "cola": 20.0, "stsb": 80.0, "sst2": 86.0}
+CLAIM_TASKS = ("rte", "mrpc", "stsb", "cola")
+PILOT_TASKS = ("rte", "mrpc")
+DENSE = ("full", "child-d", "child-f", "dps")
+FROZEN_LRS = {"pasta": (1e-3, 3e-3, 1e-2), "prefix": (3e-3, 1e-2, 3e-2),
+              "lora": (3e-4, 1e-3, 3e-3), "bitfit": (1e-3, 3e-3, 1e-2)}
+SST2_ROWS = 8000
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    task: str
+    method: str
+    recipe: str = "paper"
+    lr: float = 5e-5
+    epochs: float = 3.0
+    seed: int = 0
+    head_init: str | None = None
+    density: float = 0.05
+    max_train: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The row label: method, EH-FT stage, servable density."""
+        name = self.method + (f"+{self.head_init}" if self.head_init else "")
+        if self.recipe == "servable" and self.method in ("child-d", "child-f", "dps"):
+            name += f"@{self.density:g}"
+        return name
+
+    @property
+    def key(self) -> str:
+        return (f"{self.task}|{self.name}|{self.recipe}|lr={self.lr:g}|ep={self.epochs:g}|"
+                f"seed={self.seed}|n={self.max_train}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=Path("../shared/data/glue"))
-    p.add_argument("--results", type=Path, default=Path("/tmp/accuracy.json"))
-    p.add_argument("--tasks", default=",".join(t for t, _ in TASKS))
-    p.add_argument("--runs", default=",".join(RUNS))
-    p.add_argument("--max-train", type=int, default=500)
-    p.add_argument("--max-dev", type=int, default=500,
-                   help="seeded dev subsample (the same rows for every method)")
-    p.add_argument("--epochs", type=float, default=2.0)
-    p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--density", type=float, default=0.05)
-    p.add_argument("--fisher-examples", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--order", choices=("method", "task"), default="method",
-                   help="method: each method on every task before the next method")
-    p.add_argument("--table-only", action="store_true", help="print the table from --results")
-    p.add_argument("--also", type=Path, nargs="*", default=[],
-                   help="results files of the same runs with other seeds: the table shows the "
-                        "mean (and spread) over every file that has a cell")
+    p.add_argument("--data", type=Path, default=Path("/work/shared/data/glue"))
+    p.add_argument("--results", type=Path, required=True, help="JSONL results file (appended)")
+    p.add_argument("--plan", action="append", default=[],
+                   choices=("pilot-full", "pilot-pasta", "claims", "pilot-frozen", "servable",
+                            "guidance"),
+                   help="runs to do, in order (repeatable)")
+    p.add_argument("--pilot-lrs", default="2e-5,5e-5,1e-4", help="full's pilot learning rates")
+    p.add_argument("--frozen-epochs", type=float, default=10.0,
+                   help="epochs of the frozen-backbone methods (pasta, prefix, lora, bitfit)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--limit", type=int, help="stop after this many new runs")
+    p.add_argument("--table-only", action="store_true", help="print the tables from --results")
     return p.parse_args(argv)
 
 
-# Method-major order, most informative first, so a run cut short still has whole rows
-# (every task) for the comparisons the issue asks about.
-PRIORITY = ("full", "pasta", "child-d", "dps", "full+pet:lora", "child-d+pet:lora", "dps+pet:lora",
-            "lora", "bitfit", "prefix", "child-f")
+# -- the plans ------------------------------------------------------------------------------
 
 
-def schedule(tasks: list[str], runs: list[str], order: str) -> list[tuple[str, str]]:
-    if order == "task":
-        return [(t, r) for t in tasks for r in runs]
-    ranked = sorted(runs, key=lambda r: PRIORITY.index(r) if r in PRIORITY else len(PRIORITY))
-    return [(t, r) for r in ranked for t in tasks]
+def load_results(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            out.append(json.loads(line))
+    return out
 
 
-def load_results(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+def pilot_best(results: list[dict[str, Any]], method: str) -> float | None:
+    """The lr with the best mean headline metric over the pilot tasks (None: pilot unfinished)."""
+    by_lr: dict[float, list[float]] = {}
+    for r in results:
+        if r["name"] == method and r["seed"] == 0 and r["task"] in PILOT_TASKS and r["pilot"]:
+            by_lr.setdefault(r["config"]["lr"], []).append(r["value"])
+    done = {lr: v for lr, v in by_lr.items() if len(v) == len(PILOT_TASKS)}
+    return max(done, key=lambda lr: statistics.mean(done[lr])) if done else None
 
 
-def run_one(args: argparse.Namespace, task: str, folder: str, run: str, backbone: Any,
-            cache: dict[Any, Any]) -> dict[str, Any]:
-    from store import encode_artifact, new_manifest
+def plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) -> list[Run]:
+    fe = args.frozen_epochs
+    if name == "pilot-full":
+        lrs = [float(x) for x in args.pilot_lrs.split(",")]
+        return [Run(t, "full", lr=lr) for t in PILOT_TASKS for lr in lrs]
+    if name in ("pilot-pasta", "pilot-frozen"):
+        methods = ["pasta"] if name == "pilot-pasta" else ["prefix", "lora", "bitfit"]
+        return [Run(t, m, recipe="servable", lr=lr, epochs=fe)
+                for m in methods for t in PILOT_TASKS for lr in FROZEN_LRS[m]]
+    lr = pilot_best(results, "full")
+    if lr is None:
+        raise SystemExit(f"plan {name!r} needs the full pilot first (--plan pilot-full)")
+    best = {r["task"]: r["value"] for r in results
+            if r["pilot"] and r["name"] == "full" and r["config"]["lr"] == lr}
+    missed = [t for t in PILOT_TASKS if best.get(t, 0.0) < FLOORS[t]]
+    if missed:
+        raise SystemExit(f"the full pilot at lr {lr:g} misses the floor on {', '.join(missed)} "
+                         f"({best}); find out why before running plan {name!r}")
+    if name == "claims":
+        pasta_lr = pilot_best(results, "pasta")
+        if pasta_lr is None:
+            raise SystemExit("plan 'claims' needs the pasta pilot first (--plan pilot-pasta)")
+        runs = []
+        for seed in (0, 1, 2):
+            for t in CLAIM_TASKS:
+                runs += [Run(t, m, lr=lr, seed=seed) for m in DENSE]
+                runs.append(Run(t, "full", lr=lr, seed=seed, head_init="pet:lora"))
+                runs.append(Run(t, "pasta", recipe="servable", lr=pasta_lr, epochs=fe, seed=seed))
+            runs.append(Run("sst2", "full", lr=lr, seed=seed, max_train=SST2_ROWS))
+            runs.append(Run("sst2", "pasta", recipe="servable", lr=pasta_lr, epochs=fe, seed=seed,
+                            max_train=SST2_ROWS))
+        return runs
+    if name == "servable":
+        runs = [Run(t, m, recipe="servable", lr=lr, seed=s, density=0.05)
+                for s in (0, 1, 2) for t in CLAIM_TASKS for m in ("child-d", "dps")]
+        return runs + [Run(t, m, recipe="servable", lr=lr, density=0.01)
+                       for t in CLAIM_TASKS for m in ("child-d", "dps")]
+    runs = []  # guidance
+    for m in ("prefix", "lora", "bitfit"):
+        mlr = pilot_best(results, m)
+        if mlr is not None:
+            runs += [Run(t, m, recipe="servable", lr=mlr, epochs=fe) for t in CLAIM_TASKS]
+    return runs + [Run(t, "full", lr=lr, head_init="pet:bitfit") for t in CLAIM_TASKS]
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+def commit_of(folder: Path) -> str:
+    """The code's git commit (+ '-dirty' when trainer/, methods/ or bench/ differ from it)."""
+    def git(*a: str) -> str:
+        return subprocess.run(["git", "-C", str(folder), *a], capture_output=True, text=True).stdout.strip()
+
+    sha = git("rev-parse", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "trainer", "methods", "bench/accuracy.py")
+    return sha + ("-dirty" if dirty else "")
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {"host": platform.node(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "load_avg": [round(x, 2) for x in os.getloadavg()],
+            "nice": os.nice(0)}
+
+
+def run_one(args: argparse.Namespace, run: Run, backbone: Any, cache: dict[Any, Any]) -> dict[str, Any]:
     from trainer.cli import load_data
     from trainer.config import TrainConfig
     from trainer.run import train
 
-    method, _, head_init = run.partition("+")
-    ns = argparse.Namespace(preset=task, train=args.data / folder / "train.tsv",
-                            dev=args.data / folder / "dev.tsv", metric=None)
+    folder = args.data / TASKS[run.task]
+    ns = argparse.Namespace(preset=run.task, train=folder / "train.tsv", dev=folder / "dev.tsv", metric=None)
     tr, dv, metric = load_data(ns)
-    dv = dv.subsample(args.max_dev, seed=12345)
-    cfg = TrainConfig(method=method, epochs=args.epochs, batch_size=args.batch_size,
-                      max_length=args.max_length, seed=args.seed, max_train=args.max_train,
-                      density=args.density, fisher_examples=args.fisher_examples,
-                      head_init=head_init or None)
+    cfg = TrainConfig(method=run.method, recipe=run.recipe, lr=run.lr, epochs=run.epochs,
+                      batch_size=16, max_length=128, seed=run.seed, max_train=run.max_train,
+                      density=run.density, head_init=run.head_init, select="last", device="cpu")
+    mach = machine()
     t0 = time.time()
-    res = train(cfg, backbone, tr, dv, metric, progress=False, head_cache=cache,
-                log_fn=lambda s: print(f"  {task} {s}", flush=True), eval_each_epoch=False)
-    manifest = new_manifest(task, res.artifact, backbone.spec, labels=tr.labels,
-                            regression=tr.regression, training=res.training, metrics=res.metrics)
-    nbytes = len(encode_artifact(manifest, res.artifact))
-    out = {"metric": metric, "value": res.metrics[metric], "metrics": res.metrics,
-           "trainable": res.training["trainable_params"], "stored": res.training["stored_params"],
-           "bytes": nbytes, "seconds": round(time.time() - t0, 1), "parity": res.parity,
-           "train_examples": res.training["train_examples"]}
-    if "sparsify" in res.training:
-        sp = res.training["sparsify"]
-        out["dense_value"] = sp["dense_dev"][metric]
-    if "head_init_stage" in res.training:
-        out["head_init_value"] = res.training["head_init_stage"]["dev"][metric]
+    res = train(cfg, backbone, tr, dv, metric, progress=False, head_cache=cache, export=False,
+                log_fn=lambda s: print(f"  {run.task} {s}", flush=True))
+    t = res.training
+    out: dict[str, Any] = {
+        "key": run.key, "task": run.task, "name": run.name, "method": run.method,
+        "recipe": run.recipe, "seed": run.seed, "pilot": False, "metric": metric,
+        "value": 100 * res.metrics[metric], "metrics": res.metrics, "config": cfg.to_dict(),
+        "dev_history": t["dev_history"], "seconds": round(time.time() - t0, 1),
+        "train_seconds": t["train_seconds"], "tokens_per_s": t["tokens_per_s"],
+        "padding_share": t["padding_share"], "steps": t["steps"],
+        "train_examples": t["train_examples"], "trainable_params": t["trainable_params"],
+        "commit": commit_of(Path(__file__).resolve().parent.parent), "machine": mach,
+        "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    if "sparsify" in t:
+        out["dense_value"] = 100 * t["sparsify"]["dense_dev"][metric]
+    if "servable_cut" in t:
+        out["cut_value"] = 100 * t["servable_cut"]["dev"][metric]
+    if "head_init_stage" in t:
+        out["head_init"] = t["head_init_stage"]
     return out
 
 
-def _values(seeds: list[dict[str, Any]], key: str, field: str = "value") -> list[float]:
-    return [100 * r[key][field] for r in seeds if key in r and field in r[key]]
+def execute(args: argparse.Namespace) -> None:
+    import torch
+
+    from methods import load_backbone
+
+    torch.set_num_threads(args.threads)
+    backbone = load_backbone()
+    caches: dict[str, dict[Any, Any]] = {}
+    done_new = 0
+    for name in args.plan:
+        results = load_results(args.results)
+        for run in plan(name, args, results):
+            if any(r["key"] == run.key for r in load_results(args.results)):
+                continue
+            print(f"== {run.key}", flush=True)
+            rec = run_one(args, run, backbone, caches.setdefault(run.task, {}))
+            rec["pilot"] = name.startswith("pilot")
+            args.results.parent.mkdir(parents=True, exist_ok=True)
+            with args.results.open("a") as f:
+                f.write(json.dumps(rec, sort_keys=True) + "\n")
+            print(f"   {run.key}: {rec['metric']} {rec['value']:.2f} in {rec['seconds']}s "
+                  f"({rec['tokens_per_s']:.0f} tokens/s)", flush=True)
+            done_new += 1
+            if args.limit is not None and done_new >= args.limit:
+                return
+
+
+# -- tables ----------------------------------------------------------------------------------
+
+
+def t_interval(diffs: list[float]) -> tuple[float, float, float] | None:
+    """(mean, low, high) of a 95 % t-interval, None for fewer than 2 values."""
+    if len(diffs) < 2:
+        return None
+    from scipy.stats import t
+
+    m, sd = statistics.mean(diffs), statistics.stdev(diffs)
+    h = float(t.ppf(0.975, len(diffs) - 1)) * sd / math.sqrt(len(diffs))
+    return m, m - h, m + h
 
 
 def _cell(vals: list[float]) -> str:
@@ -111,113 +266,204 @@ def _cell(vals: list[float]) -> str:
         return "—"
     if len(vals) == 1:
         return f"{vals[0]:.1f}"
-    return f"{statistics.mean(vals):.1f} ±{statistics.stdev(vals):.1f}"
+    return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}"
 
 
-def table(seeds: list[dict[str, Any]], tasks: list[str], runs: list[str]) -> str:
-    """Dev metric x100 per task and run: the mean over seeds (± their standard deviation)."""
-    names = dict(TASKS)
-    merged = {k: r for res in reversed(seeds) for k, r in res.items()}
-    metric_of = {t: next((r["metric"] for k, r in merged.items() if k.startswith(t + "/")), "?")
-                 for t in tasks}
-    head = ["method", *[f"{names[t]} ({_short(metric_of[t])})" for t in tasks], "avg",
-            "trainable", "stored", "bytes"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for run in runs:
-        cells, means = [], []
+def pilot_table(results: list[dict[str, Any]]) -> str:
+    rows = ["| method | lr | epochs | " + " | ".join(f"{TASKS[t]} ({METRIC[t]})" for t in PILOT_TASKS) +
+            " | mean | s/run | tokens/s |", "|" + "---|" * (len(PILOT_TASKS) + 6)]
+    keys = sorted({(r["name"], r["config"]["lr"], r["config"]["epochs"]) for r in results if r["pilot"]})
+    for name, lr, ep in keys:
+        rs = {r["task"]: r for r in results if r["pilot"] and r["name"] == name and r["config"]["lr"] == lr}
+        cells = [f"{rs[t]['value']:.1f} (best ep {_best_epoch(rs[t])})" if t in rs else "—"
+                 for t in PILOT_TASKS]
+        vals = [rs[t]["value"] for t in PILOT_TASKS if t in rs]
+        mean = f"{statistics.mean(vals):.1f}" if len(vals) == len(PILOT_TASKS) else "—"
+        secs = statistics.mean(r["seconds"] for r in rs.values())
+        tps = statistics.mean(r["tokens_per_s"] for r in rs.values())
+        rows.append(f"| {name} | {lr:g} | {ep:g} | " + " | ".join(cells) +
+                    f" | {mean} | {secs:.0f} | {tps:.0f} |")
+    return "\n".join(rows)
+
+
+def _best_epoch(r: dict[str, Any]) -> str:
+    hist = [h for h in r["dev_history"] if "epoch" in h and r["metric"] in h]
+    if not hist:
+        return "?"
+    best = max(hist, key=lambda h: h[r["metric"]])
+    return f"{best['epoch']}: {100 * best[r['metric']]:.1f}"
+
+
+def main_table(results: list[dict[str, Any]]) -> str:
+    claims = [r for r in results if not r["pilot"]]
+    tasks = [t for t in TASKS if any(r["task"] == t for r in claims)]
+    names = list(dict.fromkeys(r["name"] for r in claims))
+    rows = ["| method | " + " | ".join(f"{TASKS[t]} ({METRIC[t]})" for t in tasks) +
+            " | avg (claim tasks) | seeds | tokens/s | min/run |", "|" + "---|" * (len(tasks) + 5)]
+    for name in names:
+        cells, means, seeds = [], [], set()
         for t in tasks:
-            vals = _values(seeds, f"{t}/{run}")
+            vals = [r["value"] for r in claims if r["name"] == name and r["task"] == t]
+            seeds |= {r["seed"] for r in claims if r["name"] == name and r["task"] == t}
             cells.append(_cell(vals))
-            if vals:
+            if vals and t in CLAIM_TASKS:
                 means.append(statistics.mean(vals))
-        ref = merged.get(f"sst2/{run}") or next((merged[f"{t}/{run}"] for t in tasks
-                                                 if f"{t}/{run}" in merged), None)
-        avg = f"{statistics.mean(means):.1f}" if len(means) == len(tasks) else "—"
-        tail = ([f"{ref['trainable']:,}", f"{ref['stored']:,}", _bytes(ref["bytes"])] if ref
-                else ["—"] * 3)
-        lines.append("| " + " | ".join([run, *cells, avg, *tail]) + " |")
+        avg = f"{statistics.mean(means):.1f}" if len(means) == len(CLAIM_TASKS) else "—"
+        mine = [r for r in claims if r["name"] == name]
+        tps = statistics.mean(r["tokens_per_s"] for r in mine)
+        mins = statistics.mean(r["seconds"] for r in mine) / 60
+        rows.append(f"| {name} | " + " | ".join(cells) +
+                    f" | {avg} | {len(seeds)} | {tps:.0f} | {mins:.1f} |")
+    return "\n".join(rows)
+
+
+def paired_table(results: list[dict[str, Any]]) -> str:
+    """Each method minus full on the same task and seed: mean [95 % t-interval]."""
+    claims = [r for r in results if not r["pilot"]]
+    full = {(r["task"], r["seed"]): r["value"] for r in claims if r["name"] == "full"}
+    tasks = [t for t in TASKS if any(r["task"] == t for r in claims)]
+    rows = ["| method − full | " + " | ".join(TASKS[t] for t in tasks) + " | 4-task avg |",
+            "|" + "---|" * (len(tasks) + 2)]
+    for name in dict.fromkeys(r["name"] for r in claims):
+        if name == "full":
+            continue
+        cells = []
+        for t in tasks:
+            d = [r["value"] - full[(t, r["seed"])] for r in claims
+                 if r["name"] == name and r["task"] == t and (t, r["seed"]) in full]
+            cells.append(_diff_cell(d))
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {_diff_cell(avg_diffs(results, name))} |")
+    return "\n".join(rows)
+
+
+def avg_diffs(results: list[dict[str, Any]], name: str) -> list[float]:
+    """Per seed: the 4-task mean of (name - full), for seeds where all 8 runs exist."""
+    claims = [r for r in results if not r["pilot"]]
+    full = {(r["task"], r["seed"]): r["value"] for r in claims if r["name"] == "full"}
+    out = []
+    for s in sorted({r["seed"] for r in claims}):
+        d = [r["value"] - full[(r["task"], s)] for r in claims if r["name"] == name and
+             r["seed"] == s and r["task"] in CLAIM_TASKS and (r["task"], s) in full]
+        if len(d) == len(CLAIM_TASKS):
+            out.append(statistics.mean(d))
+    return out
+
+
+CLAIMS = (("child-d", "child-d >= full (4-task average)", 0.0),
+          ("dps", "dps >= full (4-task average)", 0.0),
+          ("full+pet:lora", "EH-FT (pet:lora) >= full (4-task average)", 0.0),
+          ("pasta", "PASTA within 2 points of full (4-task average)", -2.0))
+
+
+def claims_lines(results: list[dict[str, Any]]) -> str:
+    """Each claim: yes if the 95 % interval's lower end clears the bar, no if its upper end
+    is below it, else not resolved."""
+    lines = []
+    for name, text, bar in CLAIMS:
+        ci = t_interval(avg_diffs(results, name))
+        if ci is None:
+            lines.append(f"{text}: not enough seeds yet")
+            continue
+        verdict = ("yes" if ci[1] >= bar else
+                   "no" if ci[2] < bar else "not resolved (the interval spans the bar)")
+        lines.append(f"{text}: {verdict}; {name} - full = {ci[0]:+.2f} [{ci[1]:+.2f}, {ci[2]:+.2f}]")
     return "\n".join(lines)
 
 
-def seeds_line(seeds: list[dict[str, Any]], tasks: list[str], runs: list[str]) -> str:
-    names = dict(TASKS)
-    parts = []
-    for t in tasks:
-        counts = sorted({len(_values(seeds, f"{t}/{r}")) for r in runs} - {0})
-        if counts:
-            parts.append(f"{names[t]} {'/'.join(map(str, counts))}")
-    return "seeds per cell: " + ", ".join(parts)
+def _diff_cell(d: list[float]) -> str:
+    if not d:
+        return "—"
+    ci = t_interval(d)
+    if ci is None:
+        return f"{d[0]:+.1f} (1 seed)"
+    return f"{ci[0]:+.1f} [{ci[1]:+.1f}, {ci[2]:+.1f}]"
 
 
-def head_init_table(seeds: list[dict[str, Any]], tasks: list[str]) -> str:
-    """EH-FT: each method from a random head vs from the head trained jointly with LoRA."""
-    names = dict(TASKS)
-    rows = ["| method | " + " | ".join(names[t] for t in tasks) + " | mean change |",
-            "|" + "---|" * (len(tasks) + 2)]
-    for m in ("child-d", "dps", "full"):
-        cells, deltas = [], []
+def servable_table(results: list[dict[str, Any]]) -> str:
+    """The servable recipe's cost: each servable run minus the paper recipe's run of the same
+    method, task and seed, mean [95 % t-interval]."""
+    claims = [r for r in results if not r["pilot"]]
+    paper = {(r["method"], r["task"], r["seed"]): r["value"] for r in claims
+             if r["recipe"] == "paper" and r["name"] == r["method"]}
+    names = list(dict.fromkeys(r["name"] for r in claims if r["recipe"] == "servable" and "@" in r["name"]))
+    tasks = [t for t in TASKS if any(r["task"] == t for r in claims)]
+    rows = ["| servable − paper | " + " | ".join(TASKS[t] for t in tasks) + " |",
+            "|" + "---|" * (len(tasks) + 1)]
+    for name in names:
+        cells = []
         for t in tasks:
-            a, b = _values(seeds, f"{t}/{m}"), _values(seeds, f"{t}/{m}+pet:lora")
-            if a and b:
-                d = statistics.mean(b) - statistics.mean(a)
-                deltas.append(d)
-                cells.append(f"{statistics.mean(a):.1f} → {statistics.mean(b):.1f} ({d:+.1f})")
-            else:
-                cells.append("—")
-        mean = f"{statistics.mean(deltas):+.1f}" if len(deltas) == len(tasks) else "—"
-        rows.append(f"| {m} | " + " | ".join(cells) + f" | {mean} |")
+            d = [r["value"] - paper[(r["method"], t, r["seed"])] for r in claims
+                 if r["name"] == name and r["task"] == t and (r["method"], t, r["seed"]) in paper]
+            cells.append(_diff_cell(d))
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
-def child_f_table(seeds: list[dict[str, Any]], tasks: list[str]) -> str:
-    names = dict(TASKS)
-    rows = ["| task | child-f dense diff | after sparsifying to density | cost |", "|---|---|---|---|"]
-    for t in tasks:
-        dense, sparse = _values(seeds, f"{t}/child-f", "dense_value"), _values(seeds, f"{t}/child-f")
-        if dense and sparse:
-            d, s = statistics.mean(dense), statistics.mean(sparse)
-            rows.append(f"| {names[t]} | {d:.1f} | {s:.1f} | {d - s:+.1f} |")
+def child_f_table(results: list[dict[str, Any]]) -> str:
+    """child-f: the paper (dense) score and the servable cut of the same run."""
+    rows = ["| task | child-f (dense) | servable cut (density 0.05) | cost |", "|---|---|---|---|"]
+    for t in TASKS:
+        rs = [r for r in results if r["name"] == "child-f" and r["task"] == t and "cut_value" in r]
+        if rs:
+            d = statistics.mean(r["value"] for r in rs)
+            c = statistics.mean(r["cut_value"] for r in rs)
+            rows.append(f"| {TASKS[t]} | {d:.1f} | {c:.1f} | {d - c:+.1f} |")
     return "\n".join(rows)
 
 
-def _short(metric: str) -> str:
-    return {"accuracy": "acc", "pearson": "Pearson", "mcc": "MCC", "f1": "F1"}.get(metric, metric)
+def floors(results: list[dict[str, Any]]) -> str:
+    lines = []
+    for t, floor in FLOORS.items():
+        vals = [r["value"] for r in results if r["name"] == "full" and r["task"] == t and not r["pilot"]]
+        pilot = [r["value"] for r in results if r["name"] == "full" and r["task"] == t and r["pilot"]]
+        if vals:
+            m = statistics.mean(vals)
+            lines.append(f"{TASKS[t]}: full {m:.1f} (mean of {len(vals)}) vs floor {floor:g}: "
+                         f"{'met' if m >= floor else 'MISSED'}")
+        elif pilot:
+            lines.append(f"{TASKS[t]}: full pilot best {max(pilot):.1f} vs floor {floor:g}: "
+                         f"{'met' if max(pilot) >= floor else 'MISSED'}")
+    return "\n".join(lines)
 
 
-def _bytes(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+def report(results: list[dict[str, Any]]) -> str:
+    commits = sorted({r["commit"][:12] for r in results})
+    secs = [r["seconds"] for r in results]
+    parts = [f"{len(results)} runs; commits {', '.join(commits)}; "
+             f"{statistics.mean(secs) / 60:.1f} min per run on average" if results else "no runs yet"]
+    if any(r["pilot"] for r in results):
+        parts += ["", "Pilot (seed 0; dev metric x100 of the last epoch; best epoch in brackets)", "",
+                  pilot_table(results)]
+        found = {m: pilot_best(results, m) for m in ("full", *FROZEN_LRS)}
+        parts += ["", "Learning rates the pilot found (mean of RTE and MRPC; trainer/table.py's "
+                  "defaults should follow): " + ", ".join(
+                      f"{m} {lr:g}" + (" (shared by child-d, child-f, dps, EH-FT)" if m == "full" else "")
+                      for m, lr in found.items() if lr is not None)]
+    if any(not r["pilot"] for r in results):
+        parts += ["", "Dev metric x100, last epoch, mean ± sd over seeds", "", main_table(results),
+                  "", "Paired difference from full (same task and seed), mean [95 % t-interval]", "",
+                  paired_table(results)]
+    if any(not r["pilot"] for r in results):
+        parts += ["", "The papers' claims on this backbone (95 % t-interval over seeds):", "",
+                  claims_lines(results)]
+    if any("@" in r["name"] for r in results):
+        parts += ["", "The servable recipe's cost against the paper recipe (same method, task, seed)",
+                  "", servable_table(results)]
+    if any("cut_value" in r for r in results):
+        parts += ["", "child-f: the dense (paper) score and its servable cut, same runs", "",
+                  child_f_table(results)]
+    parts += ["", "Floors (full):", floors(results)]
+    return "\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    tasks, runs = args.tasks.split(","), args.runs.split(",")
-    results = load_results(args.results)
     if not args.table_only:
-        from methods import load_backbone
-
-        backbone = load_backbone()
-        folders = dict(TASKS)
-        caches: dict[str, dict[Any, Any]] = {t: {} for t in tasks}  # EH-FT head stage per task
-        for task, run in schedule(tasks, runs, args.order):
-            key = f"{task}/{run}"
-            if key in results:
-                continue
-            print(f"== {key}", flush=True)
-            results[key] = run_one(args, task, folders[task], run, backbone, caches[task])
-            r = results[key]
-            print(f"   {key}: {r['metric']} {100 * r['value']:.1f} in {r['seconds']}s", flush=True)
-            args.results.write_text(json.dumps(results, indent=1, sort_keys=True))
-    seeds = [results, *(load_results(p) for p in args.also)]
-    print(f"\nDev metric x100, seeds: {args.seed} (--results) and {len(args.also)} more file(s); "
-          f"train subsample {args.max_train} rows, {args.epochs:g} epochs, max length "
-          f"{args.max_length}, batch {args.batch_size}, density {args.density}; dev sets "
-          f"subsampled to at most {args.max_dev} rows. Cells: mean ±sd over seeds.\n")
-    print(seeds_line(seeds, tasks, runs) + "\n")
-    print(table(seeds, tasks, runs))
-    print("\nEH-FT: random head → head trained jointly with LoRA first (--head-init pet:lora)\n")
-    print(head_init_table(seeds, tasks))
-    print("\nchild-f: the accuracy cost of sparsifying its dense diff\n")
-    print(child_f_table(seeds, tasks))
+        if not args.plan:
+            print("bench.accuracy: error: give --plan (or --table-only)", file=sys.stderr)
+            return 2
+        execute(args)
+    print(report(load_results(args.results)))
     return 0
 
 

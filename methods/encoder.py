@@ -103,6 +103,11 @@ class Encoder:
         self.eps = self.cfg.layer_norm_eps
         self.roberta_positions = self.emb.position_embeddings.padding_idx is not None
         self.pooler: Any = getattr(m, "pooler", None)
+        # BERT's dropout, used only while ``training`` is set (by the trainer); serving
+        # never sets it, so eval forwards are unchanged.
+        self.training = False
+        self.hidden_dropout = float(getattr(self.cfg, "hidden_dropout_prob", 0.0))
+        self.attention_dropout = float(getattr(self.cfg, "attention_probs_dropout_prob", 0.0))
 
     def context(self, input_ids: Tensor, attention_mask: Tensor) -> BatchContext:
         spec = self.bb.spec
@@ -134,7 +139,10 @@ class Encoder:
             pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
         h = self.emb.word_embeddings(ids) + self.emb.position_embeddings(pos)
         h = h + self.emb.token_type_embeddings(token_type_ids)
-        return self._norm(EMBED_NORM, self.emb.LayerNorm, h, effects)
+        return self._drop(self._norm(EMBED_NORM, self.emb.LayerNorm, h, effects))
+
+    def _drop(self, x: Tensor) -> Tensor:
+        return F.dropout(x, self.hidden_dropout, training=True) if self.training else x
 
     def _layer(self, i: int, layer: Any, h: Tensor, ctx: BatchContext,
                effects: Sequence[Effect]) -> Tensor:
@@ -147,10 +155,10 @@ class Encoder:
         k = self._linear(p + "attention.self.key", att.self.key, h, effects)
         v = self._linear(p + "attention.self.value", att.self.value, h, effects)
         a = self._attend(i, q, k, v, ctx, effects)
-        a = self._linear(p + "attention.output.dense", att.output.dense, a, effects)
+        a = self._drop(self._linear(p + "attention.output.dense", att.output.dense, a, effects))
         h1 = self._norm(p + LAYER_NORMS[0], att.output.LayerNorm, a + h, effects)
         x = self.act(self._linear(p + "intermediate.dense", layer.intermediate.dense, h1, effects))
-        o = self._linear(p + "output.dense", layer.output.dense, x, effects)
+        o = self._drop(self._linear(p + "output.dense", layer.output.dense, x, effects))
         return self._norm(p + LAYER_NORMS[1], layer.output.LayerNorm, o + h1, effects)
 
     def _attend(self, i: int, q: Tensor, k: Tensor, v: Tensor, ctx: BatchContext,
@@ -176,7 +184,8 @@ class Encoder:
         B, T, d = q.shape
         H = self.bb.spec.num_heads
         q, k, v = (t.view(B, -1, H, d // H).transpose(1, 2) for t in (q, k, v))  # (B, H, T, dh)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        drop = self.attention_dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], dropout_p=drop)
         return out.transpose(1, 2).reshape(B, T, d)
 
     def _linear(self, name: str, mod: torch.nn.Linear, x: Tensor,

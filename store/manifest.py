@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
+import math
 import warnings
 from typing import Any
 
@@ -33,6 +34,10 @@ class Manifest:
     tensors_sha256: str = ""  # filled in by encode_artifact
     schema_version: int = MANIFEST_SCHEMA_VERSION
     inputs: str = "any"  # what Classify accepts: "single" texts, text "pair"s, or "any"
+    # Regression trained on standardised targets: {"mean": m, "std": s} of the training
+    # targets. The trainer folds y = s z + m into the head's last layer, so served values
+    # are already on the task's scale; this records it. None (or absent): raw targets.
+    regression_scale: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -60,6 +65,7 @@ class Manifest:
                 raise ArtifactError("manifest", f"{name} must be {want}, got {kwargs[name]!r:.80}")
         check_training(kwargs["training"])
         check_inputs(kwargs["inputs"])
+        check_regression_scale(kwargs.get("regression_scale"), kwargs["regression"])
         return cls(**kwargs)
 
 
@@ -93,6 +99,19 @@ def check_training(training: dict[str, Any]) -> None:
             training.get("hyperparameters"), dict):
         raise ArtifactError("manifest", "training must hold a 'method' string and a "
                             f"'hyperparameters' object, got {training!r:.80}")
+
+
+def check_regression_scale(scale: Any, regression: bool) -> None:
+    if scale is None:
+        return
+    ok = (isinstance(scale, dict) and set(scale) == {"mean", "std"}
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                  for v in scale.values()) and scale["std"] > 0)
+    if not ok:
+        raise ArtifactError("manifest", "regression_scale must be {\"mean\": finite number, "
+                            f"\"std\": positive finite number}}, got {scale!r:.80}")
+    if not regression:
+        raise ArtifactError("manifest", "regression_scale is set on a classification task")
 
 
 def validate_task_id(task_id: str) -> str:
@@ -129,7 +148,8 @@ def now_utc() -> str:
 def new_manifest(task_id: str, artifact: TaskArtifact, spec: BackboneSpec, *,
                  labels: list[str] | None, regression: bool = False,
                  training: dict[str, Any] | None = None,
-                 metrics: dict[str, Any] | None = None, inputs: str | None = None) -> Manifest:
+                 metrics: dict[str, Any] | None = None, inputs: str | None = None,
+                 regression_scale: dict[str, float] | None = None) -> Manifest:
     """A manifest for ``artifact`` trained on ``spec``'s backbone (the tensors are checked
     when the file is decoded or published)."""
     validate_task_id(task_id)
@@ -138,6 +158,7 @@ def new_manifest(task_id: str, artifact: TaskArtifact, spec: BackboneSpec, *,
     check_training(train)
     inputs = inputs if inputs is not None else inputs_of(train)
     check_inputs(inputs)
+    check_regression_scale(regression_scale, regression)
     return Manifest(
         task_id=task_id,
         kind=artifact.kind,
@@ -150,4 +171,5 @@ def new_manifest(task_id: str, artifact: TaskArtifact, spec: BackboneSpec, *,
         metrics=dict(metrics or {}),
         created_at=now_utc(),
         inputs=inputs,
+        regression_scale=dict(regression_scale) if regression_scale is not None else None,
     )

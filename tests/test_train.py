@@ -60,8 +60,9 @@ def sentiment() -> Dataset:
 
 
 def config(method: str, **kw: object) -> TrainConfig:
+    # dropout off: these tests check that loss falls and the artifact reproduces the model
     base = dict(method=method, epochs=6, lr=LR[method], batch_size=8, max_length=32, seed=0,
-                density=0.2, fisher_examples=16, warmup=0.0)
+                density=0.2, fisher_examples=16, warmup=0.0, dropout=False)
     return TrainConfig(**{**base, **kw})  # type: ignore[arg-type]
 
 
@@ -136,28 +137,13 @@ def test_child_f_records_sparsifying_cost(bert, sentiment: Dataset) -> None:
     assert res.metrics["accuracy"] == sp["sparse_dev"]["accuracy"]
 
 
-def test_dps_reselects_each_stage_within_the_union_budget(bert, sentiment: Dataset) -> None:
-    res = train(config("dps", epochs=3, density=0.1, dps_stages=3), bert, sentiment, sentiment,
-                "accuracy", progress=False, log_fn=lambda s: None)
+def test_dps_servable_reselects_within_each_tensors_quota(bert, sentiment: Dataset) -> None:
+    res = train(config("dps", epochs=3, density=0.1, dps_update_ratio=0.1), bert, sentiment,
+                sentiment, "accuracy", progress=False, log_fn=lambda s: None)
     hist = res.training["dps_stages_history"]
-    budget = int(0.1 * sum(int(np.prod(bert.spec.param_shapes[p]))
-                           for p in bert.spec.tunable_params()))
-    assert len(hist) == 3 and hist[0]["new"] == hist[0]["selected"] == budget // 2
-    assert hist[1]["new"] > 0 and all(h["union"] <= budget for h in hist)
-
-
-@pytest.mark.parametrize("pet", ["pet:lora", "pet:bitfit"])
-def test_head_init_starts_from_the_pet_head(bert, sentiment: Dataset, pet: str) -> None:
-    cache: dict = {}
-    res = train(config("child-d", epochs=2, head_init=pet), bert, sentiment, sentiment,
-                "accuracy", progress=False, log_fn=lambda s: None, head_cache=cache)
-    stage = res.training["head_init_stage"]
-    assert stage["method"] == pet.split(":")[1] and "accuracy" in stage["dev"]
-    ((head, _),) = cache.values()
-    zero = train(config("child-d", epochs=2, head_init=pet, lr=1e-12), bert, sentiment,
-                 sentiment, "accuracy", progress=False, log_fn=lambda s: None, head_cache=cache)
-    for k, v in zero.artifact.head_tensors().items():  # (nearly) untrained: still the PET head
-        torch.testing.assert_close(v, head[k], atol=1e-6, rtol=0)
+    budget = sum(int(0.1 * int(np.prod(bert.spec.param_shapes[p]))) for p in bert.spec.tunable_params())
+    assert len(hist) >= 3 and all(h["union"] <= budget for h in hist)
+    assert hist[1]["union"] > hist[0]["union"]  # the re-selection admitted new weights
 
 
 def test_seed_reproducibility(bert, sentiment: Dataset) -> None:
@@ -173,7 +159,8 @@ def test_regression_trains(bert) -> None:
                    None, "float")
     res = train(config("bitfit", epochs=4), bert, data, data, "pearson", progress=False,
                 log_fn=lambda s: None)
-    assert res.artifact.head.num_outputs == 1 and res.metrics["pearson"] > 0
+    assert res.artifact is not None and res.artifact.head.num_outputs == 1
+    assert res.metrics["pearson"] > 0
     assert np.mean(res.losses[-3:]) < np.mean(res.losses[:3])
 
 
@@ -211,5 +198,29 @@ def test_cli_errors_exit_2_without_traceback(tmp_path: Path, capsys: pytest.Capt
     rc = cli("--method", "full", "--train", str(bad), "--dev", str(bad), "--density", "2",
              "--out", str(tmp_path / "x.polyhead"))
     assert rc == 2 and "density" in capsys.readouterr().err
+    rc = cli("--method", "pasta", "--train", str(bad), "--dev", str(bad), "--head-init", "pet:lora",
+             "--out", str(tmp_path / "x.polyhead"))
+    assert rc == 2 and "--head-init" in capsys.readouterr().err
+    rc = cli("--method", "full", "--train", str(bad), "--dev", str(bad), "--threads", "0",
+             "--out", str(tmp_path / "x.polyhead"))
+    assert rc == 2 and "--threads" in capsys.readouterr().err
     rc = cli("--method", "lora", "--train", str(bad), "--dev", str(bad))
     assert rc == 2 and "--out" in capsys.readouterr().err
+
+
+def test_cli_store_cap_still_writes_out_and_paper_recipe_says_why(
+        bert_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "s.tsv"
+    path.write_text("sentence\tlabel\n" + "".join(f"{t}\tpositive\n" for t in POS) +
+                    "".join(f"{t}\tnegative\n" for t in NEG))
+    common = ("--train", str(path), "--dev", str(path), "--text-col", "sentence", "--backbone",
+              str(bert_dir), "--epochs", "1", "--batch-size", "8", "--quiet", "--threads", "1")
+    out = tmp_path / "full.polyhead"
+    rc = cli("--method", "full", *common, "--out", str(out), "--publish", "--store",
+             str(tmp_path / "store"), "--max-upload-bytes", "1000")
+    err = capsys.readouterr().err
+    assert rc == 1 and out.is_file() and "cap of 1,000" in err and str(out) in err
+    rc = cli("--method", "full", "--recipe", "paper", *common, "--out", str(tmp_path / "p.polyhead"))
+    captured = capsys.readouterr()
+    assert rc == 1 and "dev accuracy" in captured.out and "embeddings" in captured.err
+    assert not (tmp_path / "p.polyhead").exists()

@@ -8,46 +8,57 @@ import os
 import sys
 from pathlib import Path
 
-from trainer.config import DEFAULT_LR, HEAD_INITS, HEAD_TYPES, METHODS, TrainConfig, TrainConfigError
+from trainer.config import HEAD_INITS, HEAD_TYPES, RECIPES, SELECTS, TrainConfig, TrainConfigError
 from trainer.data import Column, Columns, DataError, Dataset, load_dataset
 from trainer.metrics import check_metric
 from trainer.presets import PRESETS, get_preset
+from trainer.table import METHODS, PROVISIONAL
 
-METHOD_HELP = """methods:
-  pasta    PASTA: one vector per layer and special token ([CLS], [SEP]s) + head
-  prefix   deep prefix (P-tuning v2, gates fixed at 1) + head
-  lora     LoRA on query/value through the peft library (classifier over the pooler)
-  bitfit   bias deltas + head
-  child-d  Child-Tuning_D: one Fisher pass (squared gradients; --fisher-examples caps it),
-           then a FIXED mask of the top --density of the tunable weights, chosen GLOBALLY
-           (one ranking over all encoder weights and the embedding LayerNorm, as the
-           paper's code; not a per-matrix quota)
-  child-f  Child-Tuning_F: a fresh Bernoulli(--child-f-p) gradient mask each step, kept
-           gradients scaled by 1/p; the final diff is cut to --density by global
-           magnitude (largest |trained - original| kept), and the dev metric before
-           and after the cut is printed and stored (the cost of sparsifying)
-  dps      DPS: --dps-stages stages; each updates a subnetwork re-selected from the
-           accumulated squared gradients of the previous stage (a Fisher pass for the
-           first); new weights join only while the union of updated weights fits --density
-  full     BASELINE: full fine-tuning of every encoder weight (embedding matrices
-           frozen); stored as a dense diff (~12 bytes per weight: 128 MB for MiniLM),
-           over the store's 64 MiB cap, so only --out can take it
 
-The sparse methods (child-d, child-f, dps, full) train a copy of the backbone's weights
-with no weight decay on them and frozen embeddings; the artifact stores exactly the
-changed weights (trained - original) and reproduces the trained model's logits.
-
---head-init pet:lora|pet:bitfit|pet:pasta (EH-FT): first trains that method jointly
-with the head for --head-init-frac x --epochs epochs, then starts --method from the head
-it learnt (extra epochs, not taken out of --epochs).
-"""
+def method_help() -> str:
+    lines = ["methods (kind; defaults lr/epochs/warm-up, servable recipe | paper recipe):"]
+    for m in METHODS.values():
+        s, p = m.servable, m.paper
+        lines.append(f"  {m.name:8s} {m.help}")
+        lines.append(f"  {'':8s} -> {m.kind}; {s.lr:g}/{s.epochs:g}/{s.warmup:g} | "
+                     f"{p.lr:g}/{p.epochs:g}/{p.warmup:g}")
+    lines += [
+        "",
+        "--recipe servable (default): what users upload stays tiny and exact. child-d, child-f",
+        "and dps change at most --density of the tunable weights (encoder layers and the",
+        "embedding LayerNorm); embeddings and the pooler stay frozen; no weight decay on",
+        "backbone weights. full stores a dense diff of the encoder layers (~128 MB for",
+        "MiniLM: over the store's cap, --out only).",
+        "--recipe paper: as the papers' official code (vanilla fine-tuning of EVERY parameter,",
+        "embeddings and pooler included, weight decay on all but biases/LayerNorms; Child-",
+        "Tuning_D p_D=0.3, Child-Tuning_F on every gradient, DPS Dense). The model is dense;",
+        "a model whose embeddings changed cannot be stored as an artifact of this version",
+        "(the sparse kind holds encoder-layer diffs), so it reports dev metrics only.",
+        "",
+        "--head-init pet:lora|pet:bitfit (EH-FT): the first --head-init-frac of the total steps",
+        "train LoRA (r 8, alpha 16, Q/K/V/O) or BitFit with a fresh head at --head-init-lr;",
+        "the PET parameters are dropped and the method trains from the original weights and",
+        "that head for the remaining steps (equal total steps to the method alone).",
+        "",
+        "Dropout (the backbone's hidden/attention dropout, BERT's classifier dropout, PASTA's",
+        "dropout on its vectors) is on while training and off in the stored artifact.",
+        "Regression targets are standardised on the training set; the scale is recorded in",
+        "the manifest and folded into the head, so served values are on the task's scale.",
+        "",
+        "PROVISIONAL DEFAULTS: the learning rates, epochs and warm-ups above are placeholders",
+        "until the accuracy study (bench/accuracy.py; BENCHMARKS.md 'Accuracy') has measured",
+        "them on this backbone; still provisional: " + ", ".join(PROVISIONAL) + ".",
+    ]
+    return "\n".join(lines)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser("train", help="train a task artifact on a dataset",
-                              description=__doc__, epilog=METHOD_HELP,
+                              description=__doc__, epilog=method_help(),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--method", required=True, choices=list(METHODS))
+    p.add_argument("--recipe", choices=RECIPES, default="servable",
+                   help="servable (default): tiny exact uploads; paper: the papers' official code")
     data = p.add_argument_group("data")
     data.add_argument("--train", required=True, type=Path, help="TSV, CSV or JSONL file")
     data.add_argument("--dev", required=True, type=Path, help="dev file, same format")
@@ -60,24 +71,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     data.add_argument("--metric", help="headline dev metric (accuracy, f1, mcc, pearson, spearman)")
     data.add_argument("--max-train", type=int, help="train on a seeded random subsample of N rows")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=float, default=3.0)
-    t.add_argument("--lr", type=float, help="learning rate (default per method: " +
-                   ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
-    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--epochs", type=float, help="default: the method's (see below)")
+    t.add_argument("--lr", type=float, help="learning rate (default: the method's, see below)")
+    t.add_argument("--warmup", type=float, help="warm-up share of the steps (default: the method's)")
+    t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--max-length", type=int, default=128)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--weight-decay", type=float, default=0.01)
+    t.add_argument("--select", choices=SELECTS, default="last",
+                   help="keep the last epoch (default, as Child-Tuning and DPS) or the best on dev")
+    t.add_argument("--no-dropout", action="store_true", help="train without dropout")
     t.add_argument("--head", dest="head_type", choices=HEAD_TYPES, default="pooler",
                    help="pooler: W tanh(P [CLS]) as BertForSequenceClassification (default)")
-    t.add_argument("--density", type=float, default=0.05, help="sparse budget (default 0.05)")
-    t.add_argument("--child-f-p", type=float, default=0.3, help="child-f keep probability")
-    t.add_argument("--fisher-examples", type=int, help="cap on the Fisher pass (default: all)")
-    t.add_argument("--dps-stages", type=int, default=3)
+    t.add_argument("--density", type=float, default=0.05, help="servable sparse budget (default 0.05)")
+    t.add_argument("--child-f-p", type=float, default=0.3,
+                   help="child-f keep probability p_F (0.3: the official run.sh)")
+    t.add_argument("--child-d-p", type=float, default=0.3, help="child-d (paper) kept share p_D")
+    t.add_argument("--fisher-examples", type=int, help="cap on child-d's Fisher pass (default: all)")
+    t.add_argument("--dps-reserve-p", type=float, default=0.3, help="dps: share of each matrix not updated")
+    t.add_argument("--dps-update-ratio", type=float, default=0.05, help="dps: stage length / total steps")
     t.add_argument("--num-prefix", type=int, default=16)
     t.add_argument("--lora-r", type=int, default=8)
     t.add_argument("--lora-alpha", type=float, default=16.0)
-    t.add_argument("--head-init", choices=HEAD_INITS, help="EH-FT: pre-train the head with a PET method")
-    t.add_argument("--head-init-frac", type=float, default=0.5)
+    t.add_argument("--head-init", choices=HEAD_INITS, help="EH-FT: train the head with a PET method first")
+    t.add_argument("--head-init-frac", type=float, default=0.1, help="EH-FT stage 1's share of the steps")
+    t.add_argument("--head-init-lr", type=float, default=5e-4, help="EH-FT stage 1's learning rate")
+    t.add_argument("--pool", type=int, default=50,
+                   help="length grouping: batches per shuffled pool sorted by length (1: off)")
+    t.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     t.add_argument("--device", default="auto", help="auto (CUDA when present, bf16 autocast), cpu, cuda")
     t.add_argument("--backbone", type=Path, help="local HF encoder folder (default: packaged MiniLM)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -87,6 +108,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     o.add_argument("--publish", action="store_true", help="publish into the local store")
     o.add_argument("--store", help="store folder or postgresql:// URL "
                    "(default $POLYHEAD_STORE or ./polyhead-store)")
+    o.add_argument("--max-upload-bytes", type=int,
+                   help="the store's size cap for --publish/--upload (default: the store's)")
     o.add_argument("--upload", metavar="HOST:PORT", help="upload to a running server")
     o.add_argument("--token", default=os.environ.get("POLYHEAD_TOKEN"), help="bearer token for --upload")
     p.set_defaults(func=run)
@@ -112,12 +135,15 @@ def _columns(args: argparse.Namespace) -> tuple[Columns, tuple[str, ...] | None,
 
 def _config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
-        method=args.method, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        max_length=args.max_length, seed=args.seed, max_train=args.max_train,
-        weight_decay=args.weight_decay, head_type=args.head_type, density=args.density,
-        child_f_p=args.child_f_p, fisher_examples=args.fisher_examples, dps_stages=args.dps_stages,
+        method=args.method, recipe=args.recipe, epochs=args.epochs, lr=args.lr, warmup=args.warmup,
+        batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
+        max_train=args.max_train, weight_decay=args.weight_decay, select=args.select,
+        head_type=args.head_type, dropout=not args.no_dropout, density=args.density,
+        child_f_p=args.child_f_p, child_d_p=args.child_d_p, fisher_examples=args.fisher_examples,
+        dps_reserve_p=args.dps_reserve_p, dps_update_ratio=args.dps_update_ratio,
         num_prefix=args.num_prefix, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
-        head_init=args.head_init, head_init_frac=args.head_init_frac, device=args.device)
+        head_init=args.head_init, head_init_frac=args.head_init_frac,
+        head_init_lr=args.head_init_lr, pool=args.pool, device=args.device)
 
 
 def _task_id(args: argparse.Namespace) -> str:
@@ -147,8 +173,10 @@ def run(args: argparse.Namespace) -> int:
         from trainer.output import Targets
 
         targets = Targets(out=args.out, publish=args.publish, store=args.store,
-                          upload=args.upload, token=args.token)
+                          upload=args.upload, token=args.token, max_bytes=args.max_upload_bytes)
         cfg = _config(args)
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         task_id = _task_id(args)
         from store.manifest import validate_task_id
 
@@ -169,27 +197,36 @@ def _train_and_deliver(args: argparse.Namespace, cfg: TrainConfig, task_id: str,
     import torch
 
     from methods import load_backbone
+    from trainer.models import ExportError
     from trainer.output import OutputError, Targets, deliver, encode
+    from trainer.run import finish, result_context
     from trainer.run import train as train_run
 
     assert isinstance(targets, Targets)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     backbone = load_backbone(args.backbone, device=cfg.device)
-    print(f"polyhead train: {cfg.method} on {len(train.examples)} examples "
+    print(f"polyhead train: {cfg.method} ({cfg.recipe} recipe) on {len(train.examples)} examples "
           f"({'regression' if train.regression else f'{train.num_outputs} labels'}), "
           f"device {backbone.device}{' (bf16 autocast)' if backbone.device.type == 'cuda' else ''}, "
           f"torch threads {torch.get_num_threads()}", file=sys.stderr)
     result = train_run(cfg, backbone, train, dev, metric, progress=not args.quiet,
-                       log_fn=lambda s: print(s, file=sys.stderr))
+                       log_fn=lambda s: print(s, file=sys.stderr), export=False)
+    m, tr = result.metrics, result.training
+    print(f"{task_id}: {cfg.method} ({cfg.recipe}), dev {metric} {m[metric]:.4f}; "
+          f"{tr['tokens_per_s']:,.0f} training tokens/s; trainable params {tr['trainable_params']:,}")
+    try:
+        finish(result, result_context(result))
+    except ExportError as e:
+        print(f"polyhead train: error: nothing written: {e}", file=sys.stderr)
+        return 1
     data = encode(task_id, result, train, backbone.spec)
     try:
         lines = deliver(data, targets, backbone.spec)
     except OutputError as e:
         print(f"polyhead train: error: {e}", file=sys.stderr)
         return 1
-    m = result.metrics
-    print(f"{task_id}: {cfg.method}, dev {metric} {m[metric]:.4f}; trainable params "
-          f"{result.training['trainable_params']:,}, stored params {result.training['stored_params']:,}, "
-          f"{len(data):,} bytes; engine parity {result.parity:.1e}")
+    print(f"stored params {tr['stored_params']:,}, {len(data):,} bytes; engine parity {result.parity:.1e}")
     for line in lines:
         print(line)
     return 0

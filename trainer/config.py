@@ -1,18 +1,18 @@
-"""Training hyperparameters, validated on construction and recorded in the manifest."""
+"""Training hyperparameters, validated on construction and recorded in the manifest.
+
+Per-method defaults (learning rate, epochs, warm-up) live in the method table
+(``trainer.table``); a ``None`` here means "the method's default for this recipe".
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-METHODS = ("pasta", "prefix", "lora", "bitfit", "child-d", "child-f", "dps", "full")
-SPARSE_METHODS = ("child-d", "child-f", "dps", "full")  # train backbone weights, store a diff
-HEAD_INITS = ("pet:lora", "pet:bitfit", "pet:pasta")
+RECIPES = ("servable", "paper")
+SELECTS = ("last", "best")
+HEAD_INITS = ("pet:lora", "pet:bitfit")
 HEAD_TYPES = ("pooler", "linear", "mlp")
-
-# Learning rates that worked for MiniLM-sized encoders with short schedules.
-DEFAULT_LR = {"pasta": 3e-2, "prefix": 2e-2, "lora": 5e-3, "bitfit": 5e-3,
-              "child-d": 2e-4, "child-f": 1e-4, "dps": 2e-4, "full": 1e-4}
 
 
 class TrainConfigError(ValueError):
@@ -22,63 +22,97 @@ class TrainConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     method: str
-    epochs: float = 3.0
-    lr: float | None = None  # None: DEFAULT_LR[method]
-    batch_size: int = 32
+    recipe: str = "servable"  # "paper": as the paper's official code; "servable": tiny uploads
+    epochs: float | None = None  # None: the method's default
+    lr: float | None = None  # None: the method's default
+    warmup: float | None = None  # fraction of steps with linear warm-up, then linear decay
+    batch_size: int = 16
     max_length: int = 128
     seed: int = 0
     max_train: int | None = None
-    weight_decay: float = 0.01  # never applied to backbone weights of the sparse methods
-    warmup: float = 0.06  # fraction of steps with a linear warm-up, then linear decay
+    weight_decay: float = 0.01
+    select: str = "last"  # "best": keep the best dev epoch; "last": the last one
     head_type: str = "pooler"
-    density: float = 0.05  # sparse methods: changed weights / tunable weights
-    child_f_p: float = 0.3  # child-f: keep probability of the Bernoulli gradient mask
-    fisher_examples: int | None = None  # child-d/dps: examples for the Fisher pass (None: all)
-    dps_stages: int = 3
+    dropout: bool = True  # the backbone's hidden/attention dropout while training
+    density: float = 0.05  # servable child-d/child-f/dps: changed weights / tunable weights
+    child_f_p: float = 0.3  # child-f: keep probability p_F (the official run.sh's reserve_p)
+    child_d_p: float = 0.3  # child-d (paper): the kept fraction p_D of the Fisher ranking
+    fisher_examples: int | None = None  # child-d: examples for the Fisher pass (None: all)
+    dps_reserve_p: float = 0.3  # dps: share of each matrix NOT updated in stage II
+    dps_update_ratio: float = 0.05  # dps: stage length = int(total steps x this)
     num_prefix: int = 16
     lora_r: int = 8
     lora_alpha: float = 16.0
-    head_init: str | None = None  # EH-FT: "pet:lora" | "pet:bitfit" | "pet:pasta"
-    head_init_frac: float = 0.5  # its epochs, as a fraction of ``epochs``
+    head_init: str | None = None  # EH-FT: "pet:lora" | "pet:bitfit"
+    head_init_frac: float = 0.1  # EH-FT: stage 1's share of the total steps
+    head_init_lr: float = 5e-4  # EH-FT: stage 1's learning rate
+    pool: int = 50  # length grouping: batches per shuffled pool sorted by length (1: off)
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        from trainer.table import METHODS
+
         def check(cond: bool, msg: str) -> None:
             if not cond:
                 raise TrainConfigError(msg)
 
         check(self.method in METHODS, f"method {self.method!r} is not one of {', '.join(METHODS)}")
-        check(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
+        check(self.recipe in RECIPES, f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        check(self.epochs is None or self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
         check(self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}")
+        check(self.warmup is None or 0 <= self.warmup < 1, f"warmup must be in [0, 1), got {self.warmup}")
         check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
         check(8 <= self.max_length <= 4096, f"max length must be in [8, 4096], got {self.max_length}")
         check(self.max_train is None or self.max_train >= 2, "max-train must be >= 2")
         check(self.weight_decay >= 0, "weight decay must be >= 0")
-        check(0 <= self.warmup < 1, "warmup must be in [0, 1)")
+        check(self.select in SELECTS, f"select must be one of {', '.join(SELECTS)}, got {self.select!r}")
         check(self.head_type in HEAD_TYPES, f"head type must be one of {', '.join(HEAD_TYPES)}")
         check(0 < self.density <= 1, f"density must be in (0, 1], got {self.density}")
         check(0 < self.child_f_p <= 1, f"child-f keep probability must be in (0, 1], got {self.child_f_p}")
+        check(0 < self.child_d_p <= 1, f"child-d keep fraction must be in (0, 1], got {self.child_d_p}")
         check(self.fisher_examples is None or self.fisher_examples >= 1, "fisher examples must be >= 1")
-        check(self.dps_stages >= 1, "dps stages must be >= 1")
+        check(0 <= self.dps_reserve_p < 1, f"dps reserve-p must be in [0, 1), got {self.dps_reserve_p}")
+        check(0 < self.dps_update_ratio <= 0.5,
+              f"dps update ratio must be in (0, 0.5], got {self.dps_update_ratio}")
+        check(1 <= self.num_prefix <= 256, "num-prefix must be in [1, 256]")
+        check(self.lora_r >= 1 and self.lora_alpha > 0, "lora r must be >= 1 and alpha > 0")
         check(self.head_init is None or self.head_init in HEAD_INITS,
               f"head init must be one of {', '.join(HEAD_INITS)}")
-        check(0 < self.head_init_frac <= 1, "head-init fraction must be in (0, 1]")
-        check(not (self.head_init == "pet:lora" and self.head_type != "pooler"),
-              "--head-init pet:lora gives a 'pooler' head (as PEFT's SEQ_CLS classifier); "
-              "use --head pooler")
+        check(self.head_init is None or METHODS[self.method].dense,
+              "--head-init (EH-FT) needs a method that trains the whole model (full, child-d, "
+              "child-f, dps)")
+        check(0 < self.head_init_frac < 1, "head-init fraction must be in (0, 1)")
+        check(self.head_init_lr > 0, "head-init lr must be > 0")
+        check(self.pool >= 1, f"pool must be >= 1, got {self.pool}")
+        check(not (self.head_init is not None and self.head_type != "pooler"),
+              "--head-init gives a 'pooler' head (as PEFT's SEQ_CLS classifier); use --head pooler")
         check(not (self.method == "lora" and self.head_type != "pooler"),
               "lora trains PEFT's SEQ_CLS classifier, a 'pooler' head; use --head pooler")
 
     @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+    def paper(self) -> bool:
+        return self.recipe == "paper"
 
     @property
-    def sparse(self) -> bool:
-        return self.method in SPARSE_METHODS
+    def learning_rate(self) -> float:
+        from trainer.table import METHODS
+
+        return self.lr if self.lr is not None else METHODS[self.method].defaults(self.recipe).lr
+
+    @property
+    def num_epochs(self) -> float:
+        from trainer.table import METHODS
+
+        return self.epochs if self.epochs is not None else METHODS[self.method].defaults(self.recipe).epochs
+
+    @property
+    def warmup_frac(self) -> float:
+        from trainer.table import METHODS
+
+        return self.warmup if self.warmup is not None else METHODS[self.method].defaults(self.recipe).warmup
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["lr"] = self.learning_rate
+        out.update(lr=self.learning_rate, epochs=self.num_epochs, warmup=self.warmup_frac)
         out.pop("device")
         return out

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import math
 import random
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -57,15 +58,31 @@ def collate(enc: Encoded, rows: Sequence[int], pad_id: int, device: torch.device
 
 
 def batches(enc: Encoded, batch_size: int, pad_id: int, device: torch.device, *,
-            shuffle_seed: int | None = None) -> Iterator[Batch]:
-    """Shuffled batches (seeded) for training; length-sorted ones for evaluation."""
+            shuffle_seed: int | None = None, pool: int = 1) -> Iterator[Batch]:
+    """Training (``shuffle_seed`` set): seeded shuffle, then length grouping: the order is cut
+    into pools of ``pool`` batches, each pool sorted by length and cut into batches, and the
+    batches shuffled (less padding, still random). Evaluation: sorted by length."""
+    for rows in batch_rows(enc, batch_size, shuffle_seed=shuffle_seed, pool=pool):
+        yield collate(enc, rows, pad_id, device)
+
+
+def batch_rows(enc: Encoded, batch_size: int, *, shuffle_seed: int | None = None,
+               pool: int = 1) -> list[list[int]]:
     order = list(range(len(enc)))
-    if shuffle_seed is not None:
-        random.Random(shuffle_seed).shuffle(order)
-    else:
+    if shuffle_seed is None:
         order.sort(key=lambda i: len(enc.ids[i]))
-    for s in range(0, len(order), batch_size):
-        yield collate(enc, order[s:s + batch_size], pad_id, device)
+        return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    rng = random.Random(shuffle_seed)
+    rng.shuffle(order)
+    if pool <= 1:
+        return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    size = pool * batch_size
+    out: list[list[int]] = []
+    for s in range(0, len(order), size):
+        chunk = sorted(order[s:s + size], key=lambda i: len(enc.ids[i]))
+        out += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+    rng.shuffle(out)
+    return out
 
 
 def loss_fn(logits: Tensor, targets: Tensor, regression: bool) -> Tensor:
@@ -83,76 +100,104 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
 
 @dataclasses.dataclass
 class FitSettings:
-    epochs: float
+    steps: int  # optimiser steps
     lr: float
     batch_size: int
     weight_decay: float
-    warmup: float
+    warmup: float  # fraction of ``steps``
     seed: int
+    pool: int = 1
     progress: bool = True
     desc: str = "train"
     max_grad_norm: float = 1.0
 
 
-EpochCallback = Callable[[int, float], dict[str, float]]  # (epoch, mean loss) -> dev metrics
+@dataclasses.dataclass
+class FitStats:
+    losses: list[float]  # the loss of every step
+    tokens: int  # non-padding training tokens seen
+    padded: int  # tokens including padding
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def total_steps(n: int, s: FitSettings) -> int:
-    return max(1, math.ceil(s.epochs * math.ceil(n / s.batch_size)))
+EpochCallback = Callable[[int, float], None]  # (epoch, mean loss)
+
+
+def steps_for(n: int, epochs: float, batch_size: int) -> int:
+    return max(1, math.ceil(epochs * math.ceil(n / batch_size)))
+
+
+def linear_schedule(steps: int, warmup: float) -> Callable[[int], float]:
+    """Linear warm-up over ``int(warmup x steps)`` steps, then linear decay to 0 (HF's
+    get_linear_schedule_with_warmup)."""
+    warm = int(warmup * steps)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return step / max(1, warm)
+        return max(0.0, (steps - step) / max(1, steps - warm))
+
+    return factor
 
 
 def fit(model: Trainable, train: Encoded, s: FitSettings, pad_id: int, device: torch.device,
-        on_epoch: EpochCallback | None = None) -> list[float]:
-    """Train ``model``; returns the loss of every step."""
-    steps = total_steps(len(train), s)
-    # fused: one kernel over all tensors (the per-tensor CPU path costs seconds a step
-    # for the ~11M weights of the sparse methods)
+        on_epoch: EpochCallback | None = None) -> FitStats:
+    """Train ``model`` for ``s.steps`` steps (epochs of shuffled, length-grouped batches)."""
+    # fused: one kernel over all tensors (the per-tensor CPU path costs seconds a step)
     opt = torch.optim.AdamW(model.param_groups(s.weight_decay), lr=s.lr, fused=True)
-    warm = int(s.warmup * steps)
-
-    def schedule(step: int) -> float:
-        if step < warm:
-            return (step + 1) / (warm + 1)
-        return max(0.0, (steps - step) / max(1, steps - warm))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    losses: list[float] = []
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(s.steps, s.warmup))
+    params = [p for g in opt.param_groups for p in g["params"]]
+    stats = FitStats([], 0, 0, 0.0)
     epoch = 0
-    while len(losses) < steps:
-        model.module.train()
-        bar = tqdm(batches(train, s.batch_size, pad_id, device, shuffle_seed=s.seed * 1000 + epoch),
-                   total=min(math.ceil(len(train) / s.batch_size), steps - len(losses)),
-                   desc=f"{s.desc} epoch {epoch + 1}", disable=not s.progress, leave=False)
-        epoch_losses = []
-        for batch in bar:
-            with autocast(device):
-                logits = model.forward(batch)
-            loss = loss_fn(logits, batch.targets, train.regression)
-            loss.backward()
-            model.after_backward()
-            params = [p for g in opt.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
-            opt.step()
+    while len(stats.losses) < s.steps:
+        model.set_training(True)
+        rows = batch_rows(train, s.batch_size, shuffle_seed=s.seed * 1000 + epoch, pool=s.pool)
+        rows = rows[:s.steps - len(stats.losses)]
+        bar = tqdm(rows, desc=f"{s.desc} epoch {epoch + 1}", disable=not s.progress, leave=False)
+        epoch_losses: list[float] = []
+        t0 = time.perf_counter()
+        for r in bar:
+            batch = collate(train, r, pad_id, device)
+            loss = _step(model, batch, train.regression, opt, params, s.max_grad_norm, device)
             sched.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            epoch_losses.append(loss.item())
-            model.after_step(opt, len(losses))
+            stats.losses.append(loss)
+            epoch_losses.append(loss)
+            stats.tokens += int(batch.mask.sum())
+            stats.padded += batch.mask.numel()
+            model.after_step(opt, len(stats.losses))
             bar.set_postfix(loss=f"{np.mean(epoch_losses[-20:]):.4f}")
-            if len(losses) >= steps:
-                break
         bar.close()
+        stats.seconds += time.perf_counter() - t0
         epoch += 1
+        model.set_training(False)
         if on_epoch is not None:
             on_epoch(epoch, float(np.mean(epoch_losses)))
-    return losses
+    return stats
+
+
+def _step(model: Trainable, batch: Batch, regression: bool, opt: torch.optim.Optimizer,
+          params: list[torch.nn.Parameter], max_grad_norm: float, device: torch.device) -> float:
+    with autocast(device):
+        logits = model.forward(batch)
+    loss = loss_fn(logits, batch.targets, regression)
+    loss.backward()
+    model.before_clip()
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    model.after_clip()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss.item())
 
 
 @torch.no_grad()
 def predict(model: Trainable, data: Encoded, batch_size: int, pad_id: int, device: torch.device,
             fp32: bool = False) -> np.ndarray:
     """(N, C) logits in the data's order."""
-    model.module.eval()
+    model.set_training(False)
     order = sorted(range(len(data)), key=lambda i: len(data.ids[i]))
     out: list[Tensor] = []
     for s in range(0, len(order), batch_size):

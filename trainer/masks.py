@@ -1,37 +1,37 @@
-"""Gradient-mask policies of the sparse methods, and the sparsification of a diff.
+"""Gradient-mask policies of Child-Tuning_D/F and DPS, and the sparsification of a diff.
 
-Scope of every selection: GLOBAL over the tunable weights (all encoder-layer weights and
-biases, and the embedding LayerNorm), one ranking across all matrices, as Child-Tuning's
-reference code takes one percentile over all parameters. A per-matrix quota would force
-the same density on every matrix and LayerNorm; global lets the Fisher information
-decide where the budget goes (it concentrates in a few matrices of the upper layers).
+Each policy follows the method's official code (``../shared/PAPERS.md``) in the paper
+recipe; the servable recipe keeps the same rule but confines it to the tunable weights
+(encoder layers and the embedding LayerNorm) and a density budget, so the stored diff is
+small and exact.
 
-- child-d (Child-Tuning_D): one pass over the training set (``--fisher-examples`` caps it)
-  accumulates squared batch gradients (empirical Fisher); the top ``density`` of the
-  tunable weights form a fixed mask; gradients outside it are zeroed.
-- child-f (Child-Tuning_F): each step a fresh Bernoulli(p) mask on the gradients, kept
-  ones rescaled by 1/p. Adam's moments then spread updates over every weight, so the
-  final diff is dense; it is sparsified by magnitude: the ``density`` largest |diff|
-  (global) are kept, the rest reset to the original weights. The trainer reports the dev
-  metric before and after this cut (the accuracy cost of sparsifying).
-- dps (DPS, Dynamic Parameter Selection): training is split into ``stages``; each stage
-  updates a subnetwork of ``budget // 2`` weights (the whole budget for one stage) chosen
-  by importance = accumulated squared gradients (a Fisher pass for the first stage, the
-  previous stage's full gradients after that). Weights already updated (the union U) may
-  be re-selected freely; new ones are admitted in importance order only while
-  |U| <= budget, so the stored diff never exceeds ``density``. At each re-selection Adam's
-  first moment is zeroed outside the new subnetwork, so weights left out stay exactly
-  where they are.
+- ``ChildDMask`` (Child-Tuning_D, ``ChildTuningD.calculate_fisher``): one pass over every
+  mini-batch of the training set; each tensor's gradient is clipped to the max norm on its
+  own and F += g^2 / N; one GLOBAL threshold keeps the top fraction (p_D, or --density);
+  the mask is fixed and multiplies the gradients after global clipping (in the
+  optimiser), without rescaling.
+- ``BernoulliMask`` (Child-Tuning_F): each step every gradient entry is kept with
+  probability p_F and kept ones are scaled by 1/p_F (after global clipping).
+- ``DpsMask`` (DPS Dense, ``DPSDense/grads_ops.py``): cycles of two stages of
+  ``us = int(total_steps x update_ratio)`` steps. Stage I: full gradients, squared
+  gradients accumulate per weight (reset when the stage starts). Stage II: each selected
+  matrix updates only its own top ceil((1 - reserve_p) |W|) entries by that accumulation,
+  chosen at the stage's first step (the mask acts on the gradient in backward, i.e.
+  before clipping). Servable: every tunable tensor gets a quota of --density of its
+  entries; Stage II updates the top half-quota by the accumulation, new weights admitted
+  only while the tensor's union of selected weights fits the quota; Stage I updates only
+  that union. The stored diff never exceeds the budget.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
-from trainer.models import MaskPolicy
+from trainer.models import MaskPolicy, mask_grads
 
 
 def _flat(tensors: dict[str, Tensor], names: list[str]) -> Tensor:
@@ -63,103 +63,129 @@ def select(importance: Tensor, union: Tensor, size: int, budget: int) -> Tensor:
     return out
 
 
+def top_fraction(values: Tensor, keep: float) -> Tensor:
+    """Bool mask of ``values >= t``, t the ceil(keep N)-th largest (ties may add a few)."""
+    k = max(1, math.ceil(keep * values.numel()))
+    threshold = torch.topk(values, k, sorted=False).values.min()
+    return values >= threshold
+
+
 def fisher(params: dict[str, nn.Parameter], batches: Iterable[object],
-           loss_of: Callable[[object], Tensor]) -> dict[str, Tensor]:
-    """Sum over batches of squared gradients of the batch loss (empirical Fisher)."""
+           loss_of: Callable[[object], Tensor], max_grad_norm: float) -> dict[str, Tensor]:
+    """Child-Tuning_D's Fisher: mean over mini-batches of each tensor's squared gradient,
+    every tensor's gradient clipped to ``max_grad_norm`` on its own first."""
     acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    n = 0
     for batch in batches:
         for p in params.values():
             p.grad = None
         loss_of(batch).backward()
-        for n, p in params.items():
+        for name, p in params.items():
             if p.grad is not None:
-                acc[n] += p.grad.float() ** 2
+                torch.nn.utils.clip_grad_norm_(p, max_grad_norm)
+                acc[name] += p.grad.float() ** 2
+        n += 1
     for p in params.values():
         p.grad = None
-    return acc
+    return {k: v / max(1, n) for k, v in acc.items()}
 
 
-class FixedMask(MaskPolicy):
-    """child-d: the top-``density`` Fisher weights, fixed for the whole run."""
+class ChildDMask(MaskPolicy):
+    """child-d: the global top ``keep`` of the Fisher, fixed for the whole run."""
 
-    def __init__(self, fisher_info: dict[str, Tensor], density: float) -> None:
+    def __init__(self, fisher_info: dict[str, Tensor], keep: float, limit_union: bool) -> None:
         names = sorted(fisher_info)
-        imp = _flat(fisher_info, names)
-        budget = budget_of(fisher_info, density)
-        chosen = select(imp, torch.zeros_like(imp, dtype=torch.bool), budget, budget)
+        chosen = top_fraction(_flat(fisher_info, names), keep)
+        if limit_union:  # servable: exactly the budget (ties broken by order)
+            imp = _flat(fisher_info, names)
+            budget = budget_of(fisher_info, keep)
+            chosen = select(imp, torch.zeros_like(chosen), budget, budget)
+        self.limit_union = limit_union
         self._masks = {n: m.to(fisher_info[n].dtype) for n, m in
                        _unflat(chosen, fisher_info, names).items()}
 
+    @property
     def masks(self) -> dict[str, Tensor]:
         return self._masks
 
-    def union(self) -> dict[str, Tensor]:
-        return self._masks
+    def union(self) -> dict[str, Tensor] | None:
+        return self._masks if self.limit_union else None
+
+    def after_clip(self, params: dict[str, nn.Parameter]) -> None:
+        mask_grads(params, self._masks)
 
 
 class BernoulliMask(MaskPolicy):
-    """child-f: a fresh Bernoulli(p) gradient mask each step, kept gradients scaled by 1/p."""
+    """child-f: a fresh Bernoulli(p) gradient mask each step on ``names``, kept ones x 1/p."""
 
-    def __init__(self, p: float, seed: int, device: torch.device) -> None:
+    def __init__(self, p: float, names: list[str], seed: int, device: torch.device) -> None:
         self.p = p
+        self.names = names
         self.gen = torch.Generator(device=device).manual_seed(seed)
 
-    def mask_grads(self, params: dict[str, nn.Parameter]) -> None:
-        for p in params.values():
-            if p.grad is not None:
-                keep = torch.rand(p.grad.shape, generator=self.gen, device=p.grad.device) < self.p
-                p.grad.mul_(keep.to(p.grad.dtype) / self.p)
+    def after_clip(self, params: dict[str, nn.Parameter]) -> None:
+        for n in self.names:
+            g = params[n].grad
+            if g is not None:
+                keep = torch.rand(g.shape, generator=self.gen, device=g.device) < self.p
+                g.mul_(keep.to(g.dtype) / self.p)
 
 
-class StagedMask(MaskPolicy):
-    """dps: subnetworks re-selected each stage from accumulated gradients; union <= budget."""
+class DpsMask(MaskPolicy):
+    """dps: alternating stages of ``stage_len`` steps (see the module docstring)."""
 
-    def __init__(self, fisher_info: dict[str, Tensor], density: float, stages: int,
-                 total_steps: int) -> None:
-        self.names = sorted(fisher_info)
-        self.like = fisher_info
-        self.budget = budget_of(fisher_info, density)
-        self.size = self.budget if stages == 1 else self.budget // 2
-        self.stage_len = max(1, total_steps // stages)
-        self.stages = stages
-        flat = _flat(fisher_info, self.names)
-        self._union = torch.zeros_like(flat, dtype=torch.bool)
+    def __init__(self, params: dict[str, nn.Parameter], names: list[str], stage_len: int, *,
+                 reserve_p: float = 0.3, density: float | None = None) -> None:
+        self.names = names
+        self.stage_len = max(1, stage_len)
+        self.reserve_p = reserve_p
+        self.density = density  # None: paper (no union limit); else a per-tensor quota
+        self.acc = {n: torch.zeros_like(params[n], dtype=torch.float32) for n in names}
+        self._current: dict[str, Tensor] = {}
+        self._union: dict[str, Tensor] | None = (
+            None if density is None else {n: torch.zeros_like(params[n], dtype=torch.bool) for n in names})
+        self.t = 0
         self.history: list[dict[str, int]] = []
-        self._current = self._reselect(flat)
-        self.importance = {n: torch.zeros_like(t) for n, t in fisher_info.items()}
 
-    def _reselect(self, importance: Tensor) -> dict[str, Tensor]:
-        chosen = select(importance, self._union, self.size, self.budget)
-        new = int((chosen & ~self._union).sum())
-        self._union |= chosen
-        self.history.append({"selected": int(chosen.sum()), "new": new, "union": int(self._union.sum())})
-        dtype = next(iter(self.like.values())).dtype
-        return {n: m.to(dtype) for n, m in _unflat(chosen, self.like, self.names).items()}
+    def phase(self, t: int) -> int:
+        return math.ceil(t / self.stage_len)
 
-    def masks(self) -> dict[str, Tensor]:
-        return self._current
+    def union(self) -> dict[str, Tensor] | None:
+        if self._union is None:
+            return None
+        return {n: m.float() for n, m in self._union.items()}
 
-    def union(self) -> dict[str, Tensor]:
-        dtype = next(iter(self.like.values())).dtype
-        return {n: m.to(dtype) for n, m in _unflat(self._union, self.like, self.names).items()}
-
-    def mask_grads(self, params: dict[str, nn.Parameter]) -> None:
-        for n, p in params.items():  # importance from the full gradients, before masking
-            if p.grad is not None:
-                self.importance[n] += p.grad.float() ** 2
-        super().mask_grads(params)
-
-    def after_step(self, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer,
-                   step: int) -> None:
-        if step % self.stage_len or len(self.history) >= self.stages:
+    def before_clip(self, params: dict[str, nn.Parameter]) -> None:
+        self.t += 1
+        t, stage_start = self.t, (self.t - 1) % self.stage_len == 0
+        if self.phase(t) % 2 == 1:  # Stage I: accumulate squared gradients
+            for n in self.names:
+                g = params[n].grad
+                if g is None:
+                    continue
+                if stage_start:
+                    self.acc[n].zero_()
+                self.acc[n] += g.float() ** 2
+            if self._union is not None:
+                mask_grads(params, {n: m.to(params[n].dtype) for n, m in self._union.items()})
             return
-        self._current = self._reselect(_flat(self.importance, self.names))
-        for t in self.importance.values():
-            t.zero_()
-        for n, p in params.items():  # frozen weights must not keep moving on momentum
-            state = optimizer.state.get(p)
-            if state and "exp_avg" in state:
-                state["exp_avg"].mul_(self._current[n].to(state["exp_avg"].dtype))
+        if stage_start:
+            self._current = {n: self._select(n).to(params[n].dtype) for n in self.names}
+            self.history.append({"step": t, "selected": int(sum(m.sum() for m in self._current.values())),
+                                 "union": -1 if self._union is None
+                                 else int(sum(m.sum() for m in self._union.values()))})
+        mask_grads(params, self._current)
+
+    def _select(self, n: str) -> Tensor:
+        imp = self.acc[n].reshape(-1)
+        if self._union is None:  # paper: this matrix's top (1 - reserve_p) of its entries
+            return top_fraction(imp, 1 - self.reserve_p).reshape(self.acc[n].shape)
+        assert self.density is not None
+        quota = int(self.density * imp.numel())
+        union = self._union[n].reshape(-1)
+        chosen = select(imp, union, max(1, quota // 2), quota)
+        union |= chosen
+        return chosen.reshape(self.acc[n].shape)
 
 
 def sparsify(diffs: dict[str, Tensor], density: float) -> dict[str, Tensor]:

@@ -1,13 +1,14 @@
 """What each method trains: one wrapper per family, all with the same small surface.
 
 - ``PetModel`` (pasta, prefix, bitfit): ``methods.TaskModule``, so the trained forward is
-  the serving forward; prefix gates stay frozen at 1 (exactly P-tuning v2).
+  the serving forward (plus dropout while training); prefix gates stay frozen at 1.
 - ``LoraModel`` (lora): a PEFT ``LoraConfig`` model over ``BertForSequenceClassification``
   with the classifier in ``modules_to_save``; exported with ``artifact_from_peft``.
-- ``DenseModel`` (child-d, child-f, dps, full): a trainable copy of the backbone's tunable
-  weights (encoder layers + embedding LayerNorm; embedding matrices and pooler frozen)
-  run by the serving encoder, with a gradient-mask policy from ``trainer.masks``; exported
-  as a ``sparse`` diff (trained - original) over the weights the policy allowed to change.
+- ``DenseModel`` (full, child-d, child-f, dps): a trainable copy of the backbone run by the
+  serving encoder, with a gradient-mask policy (``trainer.masks``). The paper recipe trains
+  every parameter (embeddings and pooler included, weight decay as Hugging Face's Trainer);
+  the servable recipe trains the encoder layers and the embedding LayerNorm with no decay.
+  Exported as a ``sparse`` diff (trained - original).
 """
 
 from __future__ import annotations
@@ -15,19 +16,25 @@ from __future__ import annotations
 import abc
 import copy
 import dataclasses
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from methods import Backbone, HeadConfig, TaskArtifact, TaskModule
 from methods.bitfit import BitfitConfig
-from methods.encoder import Encoder
+from methods.encoder import BatchContext, Effect, Encoder
 from methods.heads import apply_head, init_head
 from methods.pasta import PastaConfig
 from methods.prefix import PrefixConfig
 from methods.sparse import SparseConfig, from_dense
 from trainer.config import TrainConfig
+
+
+class ExportError(RuntimeError):
+    """The trained model cannot be stored exactly as an artifact."""
 
 
 @dataclasses.dataclass
@@ -71,14 +78,38 @@ class Trainable(abc.ABC):
     def load_head(self, tensors: dict[str, Tensor]) -> None:
         ...
 
-    def after_backward(self) -> None:  # noqa: B027  (optional hook)
-        """Hook between backward and the optimiser step (gradient masks)."""
+    def set_training(self, on: bool) -> None:
+        """Train mode (dropout on, if the config says so) or eval mode (exact serving forward)."""
+        self.module.train(on)
+
+    def before_clip(self) -> None:  # noqa: B027  (optional hook)
+        """Between backward and gradient clipping (DPS masks here, as its autograd hook)."""
+
+    def after_clip(self) -> None:  # noqa: B027
+        """Between clipping and the optimiser step (Child-Tuning masks here, in its optimiser)."""
 
     def after_step(self, optimizer: torch.optim.Optimizer, step: int) -> None:  # noqa: B027
-        """Hook after each optimiser step (staged re-selection)."""
+        """After each optimiser step (staged re-selection)."""
 
     def trainable_count(self) -> int:
         return sum(p.numel() for p in self.module.parameters() if p.requires_grad)
+
+    def state(self) -> dict[str, Tensor]:
+        """A copy of everything training changes (for --select best)."""
+        return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+
+    def restore(self, state: dict[str, Tensor]) -> None:
+        self.module.load_state_dict(state)
+
+
+def hf_decay_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
+    """Hugging Face Trainer's rule: decay on every parameter but biases and LayerNorm weights."""
+    def no_decay(n: str) -> bool:
+        return n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n
+
+    decay = [p for n, p in named if p.requires_grad and not no_decay(n)]
+    rest = [p for n, p in named if p.requires_grad and no_decay(n)]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
 def _decay_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
@@ -89,22 +120,82 @@ def _decay_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) ->
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
+def _head_logits(head: dict[str, Tensor], cfg: HeadConfig, cls: Tensor, pooler: Any,
+                 drop: float) -> Tensor:
+    """``apply_head``, with BertForSequenceClassification's dropout before the classifier
+    while training (``drop`` > 0)."""
+    if drop == 0.0:
+        return apply_head(head, cfg, cls, pooler)
+    if cfg.type == "mlp":
+        h = torch.tanh(F.linear(F.dropout(cls, drop), head["head.dense.weight"], head["head.dense.bias"]))
+        return F.linear(F.dropout(h, drop), head["head.out.weight"], head["head.out.bias"])
+    if cfg.type == "pooler":
+        cls = torch.tanh(F.linear(cls, pooler.dense.weight, pooler.dense.bias))
+    return F.linear(F.dropout(cls, drop), head["head.weight"], head["head.bias"])
+
+
+class _DropAdded:
+    """An effect whose before-layer additions pass through dropout (PASTA's code:
+    ``Dropout(E_l[k])`` at each special position of each row); all else delegated."""
+
+    def __init__(self, effect: Effect, p: float) -> None:
+        self._effect, self._p = effect, p
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._effect, name)
+
+    def before_layer(self, layer: int, h: Tensor) -> Tensor:
+        added = self._effect.before_layer(layer, h) - h  # zero off the special positions
+        return h + F.dropout(added, self._p)
+
+
+class TrainEncoder(Encoder):
+    """The serving encoder for training the PET kinds: while ``training``, what an effect
+    adds before a layer gets dropout, and the last hidden states are kept for the head."""
+
+    last_hidden: Tensor | None = None
+
+    def forward(self, ctx: BatchContext, token_type_ids: Tensor,
+                effects: Sequence[Effect] = ()) -> Tensor:
+        if self.training:
+            effects = [cast(Effect, _DropAdded(e, self.hidden_dropout)) if e.acts_before_layers else e
+                       for e in effects]
+        h = super().forward(ctx, token_type_ids, effects)
+        self.last_hidden = h if self.training else None
+        return h
+
+
 class PetModel(Trainable):
-    """pasta / prefix / bitfit through ``TaskModule`` (train-time == serve-time)."""
+    """pasta / prefix / bitfit through ``TaskModule`` (train-time == serve-time in eval)."""
 
     def __init__(self, backbone: Backbone, cfg: TrainConfig, head: HeadConfig) -> None:
         kind = cfg.method
         config: Any = {"pasta": PastaConfig(), "bitfit": BitfitConfig(),
                        "prefix": PrefixConfig(num_prefix=cfg.num_prefix)}[kind]
-        # pasta/bitfit start as an exact no-op; a prefix starts random (gate 1), as P-tuning v2
+        # pasta N(0, 0.02) as the paper's code (HF's init of a new embedding); a prefix
+        # starts random (gate 1) as P-tuning v2; bitfit starts as an exact no-op.
         art = TaskArtifact.random(kind, backbone.spec, head.num_outputs, config=config,
-                                  head_type=head.type, zero=kind != "prefix", seed=cfg.seed)
+                                  head_type=head.type, zero=kind == "bitfit", seed=cfg.seed)
         self.module = TaskModule(backbone, art)
+        self.module.encoder = TrainEncoder(backbone)
+        self.kind = kind
+        self.dropout = cfg.dropout
         if kind == "prefix":
             self.module.tensor_params[_key("prefix.gate")].requires_grad_(False)
 
+    def set_training(self, on: bool) -> None:
+        self.module.train(on)
+        self.module.encoder.training = on and self.dropout
+
     def forward(self, batch: Batch) -> Tensor:
-        return self.module(batch.ids, batch.mask, batch.types)
+        out = self.module(batch.ids, batch.mask, batch.types)
+        enc = self.module.encoder
+        if not enc.training:
+            return out
+        # Training: the head again over the same hidden states, with BERT's classifier dropout
+        assert isinstance(enc, TrainEncoder) and enc.last_hidden is not None
+        head = {_name(k): v for k, v in self.module.head_params.items()}
+        return _head_logits(head, self.module.head, enc.last_hidden[:, 0], enc.pooler, enc.hidden_dropout)
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         return _decay_groups(list(self.module.head_params.items()) +
@@ -129,20 +220,26 @@ def _copy_head(params: nn.ParameterDict, tensors: dict[str, Tensor]) -> None:
             p.copy_(tensors[_name(k)])
 
 
+LORA_QV = ["query", "value"]
+LORA_QKVO = r".*\.attention\.(self\.(query|key|value)|output\.dense)"  # EH-FT's Q, K, V, O
+
+
 class LoraModel(Trainable):
     """PEFT LoRA on ``AutoModelForSequenceClassification`` (classifier in modules_to_save)."""
 
-    def __init__(self, backbone: Backbone, cfg: TrainConfig, head: HeadConfig) -> None:
+    def __init__(self, backbone: Backbone, cfg: TrainConfig, head: HeadConfig,
+                 targets: list[str] | str | None = None) -> None:
         import peft
         from transformers import AutoModelForSequenceClassification
 
         self.spec = backbone.spec
         torch.manual_seed(cfg.seed)  # the classifier's init
+        drop = {} if cfg.dropout else {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
         base = AutoModelForSequenceClassification.from_pretrained(
-            backbone.path, num_labels=head.num_outputs, local_files_only=True)
+            backbone.path, num_labels=head.num_outputs, local_files_only=True, **drop)
         self.peft_config = peft.LoraConfig(
-            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.05,
-            target_modules=["query", "value"], modules_to_save=["classifier"], task_type="SEQ_CLS")
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.05 if cfg.dropout else 0.0,
+            target_modules=targets or LORA_QV, modules_to_save=["classifier"], task_type="SEQ_CLS")
         self.module = peft.get_peft_model(base, self.peft_config).to(backbone.device)
 
     def forward(self, batch: Batch) -> Tensor:
@@ -183,64 +280,92 @@ class LoraModel(Trainable):
 
 
 class MaskPolicy:
-    """Decides which backbone weights may change; the default lets all of them (full)."""
-
-    def masks(self) -> dict[str, Tensor] | None:
-        """Current gradient masks per parameter (None: no mask)."""
-        return None
+    """Decides which weights may change and how their gradients are masked; the default
+    lets every trainable weight change (full fine-tuning)."""
 
     def union(self) -> dict[str, Tensor] | None:
-        """Every weight allowed to change so far (None: all)."""
+        """Every backbone weight allowed to change so far (None: all)."""
         return None
 
-    def mask_grads(self, params: dict[str, nn.Parameter]) -> None:
-        masks = self.masks()
-        if masks is not None:
-            for n, p in params.items():
-                if p.grad is not None:
-                    p.grad.mul_(masks[n])
+    def before_clip(self, params: dict[str, nn.Parameter]) -> None:
+        ...
+
+    def after_clip(self, params: dict[str, nn.Parameter]) -> None:
+        ...
 
     def after_step(self, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer,
                    step: int) -> None:
         ...
 
 
-class DenseModel(Trainable):
-    """A trainable copy of the backbone's tunable weights, run by the serving encoder."""
+def mask_grads(params: dict[str, nn.Parameter], masks: dict[str, Tensor]) -> None:
+    for n, m in masks.items():
+        p = params[n]
+        if p.grad is not None:
+            p.grad.mul_(m)
 
-    def __init__(self, backbone: Backbone, cfg: TrainConfig, head: HeadConfig,
-                 policy: MaskPolicy | None = None) -> None:
+
+HEAD_PREFIX = "head."
+
+
+class DenseModel(Trainable):
+    """A trainable copy of the backbone, run by the serving encoder, plus the head.
+
+    ``params`` maps names to every trainable tensor: backbone names (HF) and ``head.*``.
+    """
+
+    def __init__(self, backbone: Backbone, cfg: TrainConfig, head: HeadConfig) -> None:
         model = copy.deepcopy(backbone.model)
         self.bb = dataclasses.replace(backbone, model=model)
         self.encoder = Encoder(self.bb)
         self.head_cfg = head
-        self.density = cfg.density if cfg.method != "full" else 1.0
-        self.names = self.bb.spec.tunable_params()
+        self.paper = cfg.paper
+        self.dropout = cfg.dropout
+        self.density = 1.0 if (cfg.method == "full" or cfg.paper) else cfg.density
         all_params = dict(model.named_parameters())
-        self.params = {n: all_params[n] for n in self.names}
-        for p in self.params.values():
+        self.names = sorted(all_params) if cfg.paper else self.bb.spec.tunable_params()
+        self.backbone_params = {n: all_params[n] for n in self.names}
+        for p in self.backbone_params.values():
             p.requires_grad_(True)
-        self.original = {n: p.detach().clone() for n, p in self.params.items()}
+        self.original = {n: p.detach().clone() for n, p in self.backbone_params.items()}
         g = torch.Generator().manual_seed(cfg.seed)
+        init = init_head(backbone.spec, head, g)
+        if cfg.paper:  # BertForSequenceClassification: N(0, initializer_range), zero bias
+            std = float(getattr(model.config, "initializer_range", 0.02))
+            init = {k: (torch.randn(v.shape, generator=g) * std if k.endswith("weight") else v)
+                    for k, v in init.items()}
         self.head = nn.ParameterDict({_key(k): nn.Parameter(v.to(backbone.device, backbone.dtype))
-                                      for k, v in init_head(backbone.spec, head, g).items()})
+                                      for k, v in init.items()})
         self.module = nn.ModuleDict({"backbone": model, "head": self.head})
-        self.policy = policy or MaskPolicy()
+        self.params: dict[str, nn.Parameter] = {**self.backbone_params,
+                                                **{_name(k): v for k, v in self.head.items()}}
+        self.policy = MaskPolicy()
+        self.weight_decay_backbone = cfg.paper
+
+    def set_training(self, on: bool) -> None:
+        self.module.train(on)
+        self.encoder.training = on and self.dropout
 
     def forward(self, batch: Batch) -> Tensor:
         ctx = self.encoder.context(batch.ids, batch.mask)
         hidden = self.encoder.forward(ctx, batch.types)  # (B, T, d)
         head = {_name(k): v for k, v in self.head.items()}
-        return apply_head(head, self.head_cfg, hidden[:, 0], self.encoder.pooler)
+        drop = self.encoder.hidden_dropout if self.encoder.training else 0.0
+        return _head_logits(head, self.head_cfg, hidden[:, 0], self.encoder.pooler, drop)
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        if self.weight_decay_backbone:  # the papers' code: HF Trainer groups over everything
+            return hf_decay_groups(list(self.params.items()), weight_decay)
         # No decay on backbone weights: decay outside the mask would make the diff dense.
         groups = _decay_groups(list(self.head.items()), weight_decay)
-        groups[1]["params"] = groups[1]["params"] + list(self.params.values())
+        groups[1]["params"] = groups[1]["params"] + list(self.backbone_params.values())
         return groups
 
-    def after_backward(self) -> None:
-        self.policy.mask_grads(self.params)
+    def before_clip(self) -> None:
+        self.policy.before_clip(self.params)
+
+    def after_clip(self) -> None:
+        self.policy.after_clip(self.params)
 
     def after_step(self, optimizer: torch.optim.Optimizer, step: int) -> None:
         self.policy.after_step(self.params, optimizer, step)
@@ -248,26 +373,34 @@ class DenseModel(Trainable):
     def trainable_count(self) -> int:
         union = self.policy.union()
         body = (sum(int(m.sum()) for m in union.values()) if union is not None
-                else sum(p.numel() for p in self.params.values()))
+                else sum(p.numel() for p in self.backbone_params.values()))
         return body + sum(p.numel() for p in self.head.values())
 
     def diffs(self) -> dict[str, Tensor]:
-        """trained - original per tunable parameter, zero outside the policy's union."""
+        """trained - original per backbone parameter, zero outside the policy's union."""
         union = self.policy.union()
         out = {}
-        for n, p in self.params.items():
+        for n, p in self.backbone_params.items():
             d = (p.detach() - self.original[n]).float()
-            out[n] = d * union[n] if union is not None else d
+            out[n] = d * union[n] if union is not None and n in union else d
         return out
 
     def set_diffs(self, diffs: dict[str, Tensor]) -> None:
         """Reset the weights to original + diffs (after sparsifying)."""
         with torch.no_grad():
-            for n, p in self.params.items():
+            for n, p in self.backbone_params.items():
                 p.copy_(self.original[n] + diffs[n].to(p.dtype))
 
     def export(self) -> TaskArtifact:
-        tensors = {f"{k}": v.cpu() for k, v in from_dense(self.diffs()).items()}
+        """The diff over the tunable weights (encoder layers, embedding LayerNorm) + the head."""
+        diffs = {n: d for n, d in self.diffs().items() if bool((d != 0).any())}
+        other = sorted(set(diffs) - set(self.bb.spec.tunable_params()))
+        if other:
+            raise ExportError(
+                f"the trained model changed {', '.join(other)}, which a sparse artifact cannot "
+                "hold (it stores encoder-layer and embedding-LayerNorm diffs); train with the "
+                "servable recipe (frozen embeddings and pooler) to get a servable artifact")
+        tensors = {k: v.cpu() for k, v in from_dense(diffs).items()}
         tensors.update(self.head_tensors())
         return TaskArtifact("sparse", SparseConfig(density=self.density), self.head_cfg, tensors)
 

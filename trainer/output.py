@@ -22,8 +22,11 @@ class Targets:
     store: str | None = None  # a folder or a postgresql:// URL
     upload: str | None = None  # HOST:PORT
     token: str | None = None
+    max_bytes: int | None = None  # the store's size cap (None: the store's default)
 
     def __post_init__(self) -> None:
+        if self.max_bytes is not None and self.max_bytes < 1:
+            raise ValueError(f"--max-upload-bytes must be >= 1, got {self.max_bytes}")
         if self.out is None and not self.publish and self.upload is None:
             raise ValueError("say where the artifact goes: --out FILE.polyhead, --publish "
                              "or --upload HOST:PORT")
@@ -39,7 +42,9 @@ def encode(task_id: str, result: TrainResult, data: Dataset, spec: BackboneSpec)
     manifest = new_manifest(task_id, result.artifact, spec, labels=data.labels,
                             regression=data.regression,
                             training={**result.training, "inputs": data.inputs},
-                            metrics=result.metrics)
+                            metrics=result.metrics,
+                            regression_scale=(dataclasses.asdict(result.scale)
+                                              if result.scale is not None else None))
     return encode_artifact(manifest, result.artifact)
 
 
@@ -54,16 +59,18 @@ def deliver(data: bytes, targets: Targets, spec: BackboneSpec) -> list[str]:
         targets.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(targets.out, data)
         lines.append(f"wrote {targets.out} ({len(data):,} bytes)")
-    if (targets.publish or targets.upload) and len(data) > DEFAULT_MAX_BYTES:
+    cap = targets.max_bytes if targets.max_bytes is not None else DEFAULT_MAX_BYTES
+    if (targets.publish or targets.upload) and len(data) > cap:
+        where = f" (written to {targets.out})" if targets.out is not None else ""
         raise OutputError(f"the artifact is {len(data):,} bytes, over the store's cap of "
-                          f"{DEFAULT_MAX_BYTES:,}; write it with --out instead (full fine-tuning "
-                          "diffs are this big; use a sparse method or a lower --density)")
+                          f"{cap:,}{where}; raise --max-upload-bytes (and the server's cap), or "
+                          "use a sparse method or a lower --density")
     if targets.publish:
         from store import Store
         from store.errors import StoreError
 
         try:
-            info = Store(targets.store, spec=spec).publish(data)
+            info = Store(targets.store, spec=spec, max_artifact_bytes=cap).publish(data)
         except StoreError as e:
             raise OutputError(f"publish to the store failed: {e}") from e
         lines.append(f"published {_describe(info)}")

@@ -1,11 +1,10 @@
-"""One training run: (EH-FT head stage) -> masks -> fit -> sparsify -> export -> parity check."""
+"""One training run: (EH-FT stage 1) -> build -> fit -> select -> (cut) -> export -> parity."""
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
-import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,23 +15,15 @@ from methods import Backbone, Engine, HeadConfig, TaskArtifact
 from methods.engine import forward_tasks
 from trainer import masks
 from trainer.config import TrainConfig
+from trainer.context import Context
 from trainer.data import Dataset
-from trainer.loop import Encoded, FitSettings, batches, encode, fit, loss_fn, predict, total_steps
+from trainer.loop import Encoded, FitSettings, FitStats, batches, encode, fit, predict, steps_for
 from trainer.metrics import compute_metrics
-from trainer.models import DenseModel, LoraModel, MaskPolicy, PetModel, Trainable
+from trainer.models import LORA_QKVO, DenseModel, LoraModel, PetModel, Trainable
+from trainer.table import METHODS
 
 log = logging.getLogger(__name__)
 
-METHOD_LABELS = {
-    "pasta": "PASTA (special-token vectors per layer)",
-    "prefix": "deep prefix (P-tuning v2)",
-    "lora": "LoRA via PEFT (query, value)",
-    "bitfit": "BitFit (bias deltas)",
-    "child-d": "Child-Tuning_D (Fisher mask, global top-density)",
-    "child-f": "Child-Tuning_F (Bernoulli gradient mask, diff sparsified by magnitude)",
-    "dps": "DPS (staged subnetworks from accumulated gradients)",
-    "full": "FULL FINE-TUNING BASELINE (dense diff of every tunable weight)",
-}
 PARITY_ATOL = 1e-4  # engine vs trainer logits, fp32; measured values are ~1e-6
 
 
@@ -40,32 +31,36 @@ class ParityError(RuntimeError):
     """The stored artifact does not reproduce the trained model's logits."""
 
 
+@dataclasses.dataclass(frozen=True)
+class RegressionScale:
+    """Training targets were standardised: the model predicts (y - mean) / std."""
+
+    mean: float
+    std: float
+
+    @classmethod
+    def of(cls, targets: list[float]) -> RegressionScale:
+        y = np.asarray(targets, dtype=np.float64)
+        std = float(y.std())
+        return cls(float(y.mean()), std if std > 0 else 1.0)
+
+    def apply(self, targets: list[float]) -> list[float]:
+        return [(t - self.mean) / self.std for t in targets]
+
+    def undo(self, outputs: np.ndarray) -> np.ndarray:
+        return outputs * self.std + self.mean
+
+
 @dataclasses.dataclass
 class TrainResult:
-    artifact: TaskArtifact
-    metrics: dict[str, float]  # dev metrics of the exported artifact
+    model: Trainable
+    metrics: dict[str, float]  # dev metrics of the selected (and, child-f servable, cut) model
     training: dict[str, Any]  # the manifest's training section
     losses: list[float]
-    parity: float  # max |engine logits - trainer logits| on dev rows
-    model: Trainable
-
-
-@dataclasses.dataclass
-class Context:
-    backbone: Backbone
-    train: Encoded
-    dev: Encoded
-    head: HeadConfig
-    metric: str
-    progress: bool
-
-    @property
-    def pad_id(self) -> int:
-        return self.backbone.tokenizer.pad_token_id or 0
-
-    @property
-    def device(self) -> torch.device:
-        return self.backbone.device
+    scale: RegressionScale | None  # regression: undo this on the model's outputs
+    artifact: TaskArtifact | None = None  # None when trained with export=False
+    parity: float | None = None  # max |engine logits - trainer logits| on dev rows
+    context: Context | None = None
 
 
 HeadCache = dict[tuple[Any, ...], tuple[dict[str, torch.Tensor], dict[str, Any]]]
@@ -73,152 +68,205 @@ HeadCache = dict[tuple[Any, ...], tuple[dict[str, torch.Tensor], dict[str, Any]]
 
 def train(cfg: TrainConfig, backbone: Backbone, train_data: Dataset, dev_data: Dataset,
           metric: str, *, progress: bool = True, head_cache: HeadCache | None = None,
-          log_fn: Callable[[str], None] = print, eval_each_epoch: bool = True) -> TrainResult:
-    """Train ``cfg.method`` on ``train_data``; dev metrics per epoch via ``log_fn``."""
+          log_fn: Callable[[str], None] = print, export: bool = True) -> TrainResult:
+    """Train ``cfg.method`` on ``train_data``; dev metrics after each epoch via ``log_fn``."""
     torch.manual_seed(cfg.seed)
     data = train_data.subsample(cfg.max_train, cfg.seed)
     tok = backbone.tokenizer
-    head = HeadConfig(num_outputs=data.num_outputs, type=cfg.head_type)
-    ctx = Context(backbone, encode(tok, data, cfg.max_length), encode(tok, dev_data, cfg.max_length),
-                  head, metric, progress)
-    training: dict[str, Any] = {"method": cfg.method, "method_label": METHOD_LABELS[cfg.method],
+    enc = encode(tok, data, cfg.max_length)
+    scale = RegressionScale.of(enc.targets) if data.regression else None  # type: ignore[arg-type]
+    if scale is not None:
+        enc = dataclasses.replace(enc, targets=scale.apply(enc.targets))  # type: ignore[arg-type]
+    total = steps_for(len(enc), cfg.num_epochs, cfg.batch_size)
+    ctx = Context(backbone, enc, encode(tok, dev_data, cfg.max_length),
+                  HeadConfig(num_outputs=data.num_outputs, type=cfg.head_type), metric, progress, total)
+    training: dict[str, Any] = {"method": cfg.method, "recipe": cfg.recipe,
+                                "method_label": METHODS[cfg.method].help,
                                 "hyperparameters": cfg.to_dict(), "train_examples": len(data.examples),
-                                "dev_examples": len(dev_data.examples)}
-    head_tensors = None
+                                "dev_examples": len(dev_data.examples), "total_steps": total}
+    if scale is not None:
+        training["regression_scale"] = dataclasses.asdict(scale)
+    head_tensors, steps = None, total
     if cfg.head_init is not None:
-        head_tensors, training["head_init_stage"] = _head_stage(cfg, ctx, head_cache, log_fn)
+        stage1 = max(1, round(cfg.head_init_frac * total))
+        steps = total - stage1
+        head_tensors, training["head_init_stage"] = _head_stage(cfg, ctx, stage1, scale, head_cache, log_fn)
+        ctx = dataclasses.replace(ctx, total_steps=steps)
     model = _build(cfg, ctx, head_tensors)
-    history: list[dict[str, Any]] = []
-    settings = _settings(cfg, cfg.epochs, cfg.method, ctx.progress)
-
-    last_epoch = math.ceil(total_steps(len(ctx.train), settings) / math.ceil(len(ctx.train) / cfg.batch_size))
-
-    def on_epoch(epoch: int, loss: float) -> dict[str, float]:
-        if not eval_each_epoch and epoch < last_epoch:
-            log_fn(f"[{cfg.method}] epoch {epoch}: train loss {loss:.4f}")
-            return {}
-        m = evaluate(model, ctx)
-        history.append({"epoch": epoch, "train_loss": round(loss, 5), **m})
-        log_fn(f"[{cfg.method}] epoch {epoch}: train loss {loss:.4f}, dev " + _fmt(m, metric))
-        return m
-
-    losses = fit(model, ctx.train, settings, ctx.pad_id, ctx.device, on_epoch)
-    training.update(steps=len(losses), dev_history=history)
-    metrics = history[-1].copy() if history else evaluate(model, ctx)
-    if cfg.method == "child-f":
-        metrics = _sparsify(model, cfg, ctx, metrics, training, log_fn)
-    if isinstance(model, DenseModel) and isinstance(model.policy, masks.StagedMask):
+    training["dropout_in_training"] = bool(getattr(model, "dropout", cfg.dropout))
+    stats, history = _fit_and_select(cfg, model, ctx, steps, scale, log_fn)
+    training.update(steps=len(stats.losses), dev_history=history, train_seconds=round(stats.seconds, 2),
+                    train_tokens=stats.tokens, tokens_per_s=round(stats.tokens_per_s, 1),
+                    padding_share=round(1 - stats.tokens / max(1, stats.padded), 4))
+    metrics = evaluate(model, ctx, scale)
+    if cfg.method == "child-f" and not cfg.paper:
+        metrics = _sparsify(model, cfg, ctx, metrics, scale, training, log_fn)
+    elif cfg.method == "child-f":
+        _servable_cut(model, cfg, ctx, metrics, scale, training, log_fn)
+    if isinstance(model, DenseModel) and isinstance(model.policy, masks.DpsMask):
         training["dps_stages_history"] = model.policy.history
-    artifact = model.export()
-    artifact.validate(backbone.spec)
-    parity = check_parity(model, artifact, ctx)
-    training.update(trainable_params=model.trainable_count(), stored_params=stored_params(artifact),
-                    parity_max_abs=parity)
-    final = {k: float(v) for k, v in metrics.items() if k not in ("epoch", "train_loss")}
-    return TrainResult(artifact, final, training, losses, parity, model)
+    training["trainable_params"] = model.trainable_count()
+    result = TrainResult(model, metrics, training, stats.losses, scale, context=ctx)
+    if export:
+        finish(result, ctx)
+    return result
+
+
+def result_context(result: TrainResult) -> Context:
+    assert result.context is not None
+    return result.context
+
+
+def finish(result: TrainResult, ctx: Context) -> None:
+    """Export the artifact and check that the engine reproduces the trained logits."""
+    artifact = result.model.export()
+    if result.scale is not None:
+        artifact = fold_scale(artifact, result.scale)
+    artifact.validate(ctx.backbone.spec)
+    result.parity = check_parity(result.model, artifact, ctx, result.scale)
+    result.artifact = artifact
+    result.training.update(stored_params=stored_params(artifact), parity_max_abs=result.parity)
+
+
+def _fit_and_select(cfg: TrainConfig, model: Trainable, ctx: Context, steps: int,
+                    scale: RegressionScale | None,
+                    log_fn: Callable[[str], None]) -> tuple[FitStats, list[dict[str, Any]]]:
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {}
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        m = evaluate(model, ctx, scale)
+        history.append({"epoch": epoch, "train_loss": round(loss, 5), **m})
+        log_fn(f"[{cfg.method}] epoch {epoch}: train loss {loss:.4f}, dev " + _fmt(m, ctx.metric))
+        if cfg.select == "best" and (not best or m[ctx.metric] > best["value"]):
+            best.update(value=m[ctx.metric], epoch=epoch, state=model.state())
+
+    stats = fit(model, ctx.train, _settings(cfg, steps, cfg.learning_rate, cfg.method, ctx.progress),
+                ctx.pad_id, ctx.device, on_epoch)
+    if cfg.select == "best" and best and best["epoch"] != history[-1]["epoch"]:
+        model.restore(best["state"])
+        log_fn(f"[{cfg.method}] --select best: epoch {best['epoch']} ({ctx.metric} {best['value']:.4f})")
+    if best:
+        history.append({"selected_epoch": best["epoch"]})
+    return stats, history
 
 
 def _fmt(m: dict[str, float], metric: str) -> str:
     return ", ".join(f"{k} {v:.4f}" + ("*" if k == metric else "") for k, v in m.items())
 
 
-def _settings(cfg: TrainConfig, epochs: float, desc: str, progress: bool = True) -> FitSettings:
-    return FitSettings(epochs=epochs, lr=cfg.learning_rate, batch_size=cfg.batch_size,
-                       weight_decay=cfg.weight_decay, warmup=cfg.warmup, seed=cfg.seed,
-                       progress=progress, desc=desc)
+def _settings(cfg: TrainConfig, steps: int, lr: float, desc: str, progress: bool = True) -> FitSettings:
+    return FitSettings(steps=steps, lr=lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
+                       warmup=cfg.warmup_frac, seed=cfg.seed, pool=cfg.pool, progress=progress, desc=desc)
 
 
-def evaluate(model: Trainable, ctx: Context) -> dict[str, float]:
+def evaluate(model: Trainable, ctx: Context, scale: RegressionScale | None = None) -> dict[str, float]:
     logits = predict(model, ctx.dev, 64, ctx.pad_id, ctx.device)
+    if scale is not None:
+        logits = scale.undo(logits)
     return compute_metrics(logits, ctx.dev.targets, ctx.dev.regression)
 
 
 def _build(cfg: TrainConfig, ctx: Context, head_tensors: dict[str, torch.Tensor] | None) -> Trainable:
-    bb = ctx.backbone
-    model: Trainable
-    if cfg.method in ("pasta", "prefix", "bitfit"):
-        model = PetModel(bb, cfg, ctx.head)
-    elif cfg.method == "lora":
-        model = LoraModel(bb, cfg, ctx.head)
-    else:
-        model = DenseModel(bb, cfg, ctx.head)
+    ctx = dataclasses.replace(ctx, head_tensors=head_tensors)
+    model = METHODS[cfg.method].build(cfg, ctx)
     if head_tensors is not None:
         model.load_head(head_tensors)
-    if isinstance(model, DenseModel):
-        model.policy = _policy(cfg, model, ctx)
     return model
 
 
-def _policy(cfg: TrainConfig, model: DenseModel, ctx: Context) -> MaskPolicy:
-    if cfg.method == "full":
-        return MaskPolicy()
-    if cfg.method == "child-f":
-        return masks.BernoulliMask(cfg.child_f_p, cfg.seed, ctx.device)
-    n = len(ctx.train) if cfg.fisher_examples is None else min(cfg.fisher_examples, len(ctx.train))
-    fisher_batches = itertools.islice(
-        batches(ctx.train, cfg.batch_size, ctx.pad_id, ctx.device, shuffle_seed=cfg.seed + 7),
-        math.ceil(n / cfg.batch_size))
-    model.module.train()
-
-    def loss_of(batch: Any) -> torch.Tensor:
-        return loss_fn(model.forward(batch), batch.targets, ctx.train.regression)
-
-    info = masks.fisher(model.params, fisher_batches, loss_of)
-    if cfg.method == "child-d":
-        return masks.FixedMask(info, cfg.density)
-    steps = total_steps(len(ctx.train), _settings(cfg, cfg.epochs, cfg.method))
-    return masks.StagedMask(info, cfg.density, cfg.dps_stages, steps)
-
-
-def _head_stage(cfg: TrainConfig, ctx: Context, cache: HeadCache | None,
+def _head_stage(cfg: TrainConfig, ctx: Context, steps: int, scale: RegressionScale | None,
+                cache: HeadCache | None,
                 log_fn: Callable[[str], None]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """EH-FT: train the PET method jointly with the head; return the head it learnt."""
+    """EH-FT stage 1: the PET method with a fresh head for ``steps`` steps at
+    --head-init-lr; returns the head it learnt (the PET parameters are dropped)."""
     assert cfg.head_init is not None
     pet = cfg.head_init.split(":", 1)[1]
-    pet_cfg = dataclasses.replace(cfg, method=pet, lr=None, head_init=None,
-                                  epochs=cfg.epochs * cfg.head_init_frac)
-    key = (pet_cfg, len(ctx.train), ctx.head, id(ctx.backbone), tuple(ctx.train.targets[:50]))
+    # EH-FT's stage 1: its own linear schedule with the run's warm-up share (10 % in the
+    # paper's scripts), the run's weight decay and dropout
+    pet_cfg = dataclasses.replace(cfg, method=pet, lr=cfg.head_init_lr, head_init=None,
+                                  warmup=cfg.warmup_frac)
+    key = (pet_cfg.method, pet_cfg.lr, pet_cfg.seed, steps, pet_cfg.warmup_frac, pet_cfg.dropout,
+           len(ctx.train), ctx.head, id(ctx.backbone), tuple(ctx.train.targets[:50]))
     if cache is not None and key in cache:
         return cache[key]
-    log_fn(f"[head-init {cfg.head_init}] {pet_cfg.epochs:g} epochs of {pet} with the head")
-    model = _build(pet_cfg, ctx, None)
-    fit(model, ctx.train, _settings(pet_cfg, pet_cfg.epochs, f"head-init {pet}", ctx.progress),
+    log_fn(f"[EH-FT stage 1] {steps} steps of {pet} (Q, K, V, O) with the head at lr {pet_cfg.lr:g}"
+           if pet == "lora" else f"[EH-FT stage 1] {steps} steps of {pet} with the head at lr {pet_cfg.lr:g}")
+    model: Trainable = (LoraModel(ctx.backbone, pet_cfg, ctx.head, targets=LORA_QKVO) if pet == "lora"
+                        else PetModel(ctx.backbone, pet_cfg, ctx.head))
+    t0 = time.perf_counter()
+    fit(model, ctx.train, _settings(pet_cfg, steps, pet_cfg.learning_rate, f"EH-FT {pet}", ctx.progress),
         ctx.pad_id, ctx.device)
-    m = evaluate(model, ctx)
-    log_fn(f"[head-init {cfg.head_init}] dev " + _fmt(m, ctx.metric))
-    result = (model.head_tensors(), {"method": pet, "epochs": pet_cfg.epochs,
-                                     "lr": pet_cfg.learning_rate, "dev": m})
+    m = evaluate(model, ctx, scale)
+    log_fn("[EH-FT stage 1] dev " + _fmt(m, ctx.metric))
+    result = (model.head_tensors(), {"method": pet, "steps": steps, "lr": pet_cfg.lr, "dev": m,
+                                     "seconds": round(time.perf_counter() - t0, 1)})
     if cache is not None:
         cache[key] = result
     return result
 
 
 def _sparsify(model: Trainable, cfg: TrainConfig, ctx: Context, dense: dict[str, float],
-              training: dict[str, Any], log_fn: Callable[[str], None]) -> dict[str, float]:
-    """child-f: cut the dense diff to the density budget by magnitude; report the cost."""
+              scale: RegressionScale | None, training: dict[str, Any],
+              log_fn: Callable[[str], None]) -> dict[str, float]:
+    """child-f (servable): cut the dense diff to the density budget by magnitude; report the cost."""
     assert isinstance(model, DenseModel)
     diffs = model.diffs()
     nonzero = sum(int((d != 0).sum()) for d in diffs.values())
     model.set_diffs(masks.sparsify(diffs, cfg.density))
-    sparse = evaluate(model, ctx)
+    sparse = evaluate(model, ctx, scale)
     cost = dense[ctx.metric] - sparse[ctx.metric]
     training["sparsify"] = {"rule": "global top-|diff| to density", "dense_nonzero": nonzero,
-                            "dense_dev": {k: v for k, v in dense.items() if k not in ("epoch", "train_loss")},
-                            "sparse_dev": sparse, "metric_cost": cost}
+                            "dense_dev": dense, "sparse_dev": sparse, "metric_cost": cost}
     log_fn(f"[child-f] sparsified {nonzero} changed weights to density {cfg.density}: "
            f"{ctx.metric} {dense[ctx.metric]:.4f} -> {sparse[ctx.metric]:.4f} (cost {cost:+.4f})")
     return sparse
 
 
+def fold_scale(artifact: TaskArtifact, scale: RegressionScale) -> TaskArtifact:
+    """Undo the target standardisation inside the head's last layer: y = std z + mean, so
+    the served value is on the task's own scale (W' = std W, b' = std b + mean)."""
+    last = "head.out." if "head.out.weight" in artifact.tensors else "head."
+    tensors = dict(artifact.tensors)
+    tensors[last + "weight"] = tensors[last + "weight"] * scale.std
+    tensors[last + "bias"] = tensors[last + "bias"] * scale.std + scale.mean
+    return dataclasses.replace(artifact, tensors=tensors)
+
+
+def _servable_cut(model: Trainable, cfg: TrainConfig, ctx: Context, dense: dict[str, float],
+                  scale: RegressionScale | None, training: dict[str, Any],
+                  log_fn: Callable[[str], None]) -> None:
+    """child-f (paper): the score of the servable cut of the same run, reported beside the
+    dense score: the top --density |diff| of the tunable weights kept, every other weight
+    (embeddings, pooler) back to the original; the dense model is restored afterwards."""
+    assert isinstance(model, DenseModel)
+    saved = model.state()
+    tunable = set(ctx.backbone.spec.tunable_params())
+    diffs = model.diffs()
+    cut = masks.sparsify({n: d for n, d in diffs.items() if n in tunable}, cfg.density)
+    model.set_diffs({n: cut.get(n, torch.zeros_like(d)) for n, d in diffs.items()})
+    sparse = evaluate(model, ctx, scale)
+    model.restore(saved)
+    cost = dense[ctx.metric] - sparse[ctx.metric]
+    training["servable_cut"] = {"rule": "global top-|diff| of the tunable weights to density, "
+                                "the rest original", "density": cfg.density, "dev": sparse,
+                                "metric_cost": cost}
+    log_fn(f"[child-f] servable cut to density {cfg.density}: {ctx.metric} "
+           f"{dense[ctx.metric]:.4f} -> {sparse[ctx.metric]:.4f} (cost {cost:+.4f})")
+
+
 @torch.no_grad()
-def check_parity(model: Trainable, artifact: TaskArtifact, ctx: Context, rows: int = 16) -> float:
-    """Max |engine logits from the artifact - the trainer's own logits| (fp32, eval mode)."""
+def check_parity(model: Trainable, artifact: TaskArtifact, ctx: Context,
+                 scale: RegressionScale | None = None, rows: int = 16) -> float:
+    """Max |engine outputs from the artifact - the trainer's own (scale undone)| (fp32, eval)."""
     engine = Engine(ctx.backbone)
     loaded = engine.load(artifact)
-    model.module.eval()
+    model.set_training(False)
     sample = Encoded(ctx.dev.ids[:rows], ctx.dev.types[:rows], ctx.dev.targets[:rows], ctx.dev.regression)
     batch = next(batches(sample, rows, ctx.pad_id, ctx.device))
     mine = model.forward(batch).float()
+    if scale is not None:
+        mine = mine * scale.std + scale.mean
     theirs = torch.stack(forward_tasks(engine.encoder, batch.ids, batch.mask.bool(), batch.types,
                                        [loaded] * batch.ids.shape[0])).float()
     diff = float((mine - theirs).abs().max())

@@ -1,0 +1,1 @@
+"""One file per training method: its builder (``build(cfg, ctx) -> Trainable``)."""

@@ -1,0 +1,80 @@
+"""The table of training methods: name -> artifact kind, help line, defaults, builder.
+
+A new method is one entry here and one file in ``trainer/algos/`` that defines its builder
+(``build(cfg, ctx) -> Trainable``). ``dense`` methods train the whole backbone (the paper
+recipe stores a dense diff, the servable one a sparse diff within --density); the others
+train small tensors over the frozen backbone.
+
+DEFAULTS ARE PROVISIONAL until the accuracy study (bench/accuracy.py, BENCHMARKS.md
+"Accuracy") has chosen them for this backbone; ``PROVISIONAL`` says which still are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from trainer.algos import bitfit, child_d, child_f, dps, full, lora, pasta, prefix
+
+if TYPE_CHECKING:
+    from trainer.config import TrainConfig
+    from trainer.context import Context
+    from trainer.models import Trainable
+
+
+@dataclasses.dataclass(frozen=True)
+class Defaults:
+    lr: float
+    epochs: float
+    warmup: float  # fraction of the steps
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str
+    kind: str  # the artifact kind it exports
+    help: str
+    paper: Defaults  # --recipe paper
+    servable: Defaults  # --recipe servable (the default recipe)
+    build: Callable[[TrainConfig, Context], Trainable]
+    dense: bool = False  # trains the backbone's own weights
+
+    def defaults(self, recipe: str) -> Defaults:
+        return self.paper if recipe == "paper" else self.servable
+
+
+# The papers' shared schedule for whole-model methods: 3 epochs, 10 % warm-up, one lr.
+_DENSE_PAPER = Defaults(lr=5e-5, epochs=3, warmup=0.1)
+
+_ENTRIES = (
+    Method("pasta", "pasta", "PASTA: one vector per layer and special token ([CLS], [SEP]s), "
+           "N(0, 0.02) init, dropout on the vectors; + head",
+           paper=Defaults(3e-3, 10, 0.0), servable=Defaults(3e-3, 10, 0.0), build=pasta.build),
+    Method("prefix", "prefix", "deep prefix (P-tuning v2, gates fixed at 1) + head",
+           paper=Defaults(1e-2, 10, 0.06), servable=Defaults(1e-2, 10, 0.06), build=prefix.build),
+    Method("lora", "lora", "LoRA r=--lora-r on query/value through the peft library "
+           "(classifier over the pooler)",
+           paper=Defaults(1e-3, 10, 0.06), servable=Defaults(1e-3, 10, 0.06), build=lora.build),
+    Method("bitfit", "bitfit", "BitFit: bias deltas + head",
+           paper=Defaults(3e-3, 10, 0.06), servable=Defaults(3e-3, 10, 0.06), build=bitfit.build),
+    Method("child-d", "sparse", "Child-Tuning_D: Fisher over every mini-batch (per-tensor "
+           "clipping), fixed global top mask (paper: p_D=--child-d-p of the encoder layers; "
+           "servable: --density of the tunable weights)",
+           paper=_DENSE_PAPER, servable=Defaults(2e-4, 3, 0.1), build=child_d.build, dense=True),
+    Method("child-f", "sparse", "Child-Tuning_F: Bernoulli(--child-f-p) gradient mask each "
+           "step, x 1/p (paper: every parameter, dense result; servable: the diff is then "
+           "cut to --density by magnitude, the cost reported)",
+           paper=_DENSE_PAPER, servable=Defaults(1e-4, 3, 0.1), build=child_f.build, dense=True),
+    Method("dps", "sparse", "DPS Dense: stages of int(steps x --dps-update-ratio); I: dense "
+           "+ squared-gradient accumulation, II: each Linear weight's own top "
+           "(1 - --dps-reserve-p) (servable: per-tensor quota --density); paper: no dropout "
+           "under 2,000 steps, as its run_trainer.py",
+           paper=_DENSE_PAPER, servable=Defaults(2e-4, 3, 0.1), build=dps.build, dense=True),
+    Method("full", "sparse", "BASELINE: vanilla fine-tuning (paper: every parameter, "
+           "embeddings and pooler included; servable: encoder layers, dense diff)",
+           paper=_DENSE_PAPER, servable=Defaults(1e-4, 3, 0.1), build=full.build, dense=True),
+)
+
+METHODS: dict[str, Method] = {m.name: m for m in _ENTRIES}
+PROVISIONAL = tuple(METHODS)  # names whose defaults the study has not yet confirmed
