@@ -21,6 +21,7 @@ BAD = ["the movie was bad", "i hated the film", "really terrible acting", "the p
        "very bad film", "a terrible movie", "i hated it", "the actors were terrible"]
 FIRST = ["he said", "she said", "they said", "we said"]
 LR = {"pasta": 0.1, "prefix": 0.05, "lora": 0.02, "bitfit": 0.05, "child-d": 3e-3}
+EPOCHS = {"child-d": 15}  # its mask applies after global clipping (as the official code): slower
 KIND = {"child-d": "sparse"}
 
 
@@ -49,8 +50,10 @@ def test_roberta_pairs_have_four_special_tokens(roberta: Backbone) -> None:
 @pytest.mark.parametrize("method", list(LR))
 def test_method_trains_on_roberta_pairs_and_engine_matches(roberta: Backbone, pairs: Dataset,
                                                            method: str) -> None:
-    cfg = TrainConfig(method=method, epochs=6, lr=LR[method], batch_size=8, max_length=60, seed=0,
-                      density=0.2, fisher_examples=16, warmup=0.0)
+    # dropout off: 12 steps on 32 rows measure learning, not dropout's noise (dropout in
+    # training has its own test in test_train)
+    cfg = TrainConfig(method=method, epochs=EPOCHS.get(method, 6), lr=LR[method], batch_size=8, max_length=60, seed=0,
+                      density=0.2, fisher_examples=16, warmup=0.0, dropout=False)
     res = train(cfg, roberta, pairs, pairs, "accuracy", progress=False, log_fn=lambda s: None)
     first, last = np.mean(res.losses[:3]), np.mean(res.losses[-3:])
     assert last < first - 0.05, f"{method}: loss {first:.3f} -> {last:.3f}"
