@@ -279,7 +279,7 @@ def test_regression_is_standardised_and_served_on_the_task_scale(
     blob = encode_result("sts", res, data, bert.spec)
     manifest, art = decode_artifact(blob, bert.spec)
     assert manifest.regression and manifest.regression_scale == {"mean": 35.0, "std": 5.0}
-    store = Store(root=tmp_path / "store", spec=bert.spec)
+    store = Store(tmp_path / "store", spec=bert.spec)
     info = store.publish(blob)
     stored = store.get("sts", info.version)
     eng = Engine(bert)
