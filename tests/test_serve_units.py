@@ -9,6 +9,7 @@ import time
 import grpc
 import pytest
 
+from methods.engine import Encoded
 from server._private import gen_proto
 from server._private.auth import Auth, bearer
 from server._private.errors import InvalidInput, PermissionDenied, Unauthenticated, status_for
@@ -302,37 +303,51 @@ def test_client_retry_policy() -> None:
         server.stop(None)
 
 
-def test_coalescer_merges_batches_that_queue_during_a_forward() -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from server._private.batcher import Coalescer
-    from server._private.inference import BatchItem, BatchStats
+def test_batcher_merges_requests_that_queue_during_a_forward() -> None:
+    from server._private.batcher import Batcher
+    from server._private.inference import BatchStats
 
     sizes: list[int] = []
+    threads: set[str] = set()
+
+    def tokenize(texts):
+        threads.add("tokenize:" + threading.current_thread().name)
+        return [Encoded([1] * len(t), [0] * len(t), False) for t in texts]
 
     def forward(items):
+        threads.add("forward:" + threading.current_thread().name)
         time.sleep(0.05)
-        if any(it.inputs == ["boom"] for it in items):
+        if any(len(it.enc[0].ids) == 4 for it in items):  # "boom"
             raise RuntimeError("engine fault")
         sizes.append(sum(len(it) for it in items))
         return [[([1.0], False)] * len(it) for it in items], BatchStats(0, 0, {}, 0, 0)
 
-    def item(n: int = 1) -> BatchItem:
-        return BatchItem(["x"] * n, None)  # type: ignore[arg-type]
+    async def run(b: Batcher, texts: list[str]):
+        return await b.run(await b.encode(texts), None)  # type: ignore[arg-type]
 
     async def main():
-        co = Coalescer(forward, ThreadPoolExecutor(1), max_rows=8, on_batch=lambda s: None)
-        first = asyncio.create_task(co.run([item()]))
-        await asyncio.sleep(0.01)  # the first forward is running
-        later = [asyncio.create_task(co.run([item(), item()])) for _ in range(6)]  # 12 rows
-        cancelled = asyncio.create_task(co.run([item()]))
-        await asyncio.sleep(0)
+        b = Batcher(tokenize, forward, max_rows=8, max_tokens=10_000, fill_wait_s=0,
+                    threads=1, on_batch=lambda s: None)
+        first = asyncio.create_task(run(b, ["x"]))
+        await asyncio.sleep(0.02)  # the first forward is running
+        later = [asyncio.create_task(run(b, ["x", "x"])) for _ in range(6)]  # 12 rows
+        cancelled = asyncio.create_task(run(b, ["x"]))
+        await asyncio.sleep(0.01)
         cancelled.cancel()
         assert len(await first) == 1
         assert all(len(r) == 2 for r in await asyncio.gather(*later))
         with pytest.raises(RuntimeError, match="engine fault"):
-            await co.run([BatchItem(["boom"], None)])  # type: ignore[arg-type]
-        assert len(await co.run([item(3)])) == 1  # still serving after a fault
+            await run(b, ["boom"])
+        assert len(await run(b, ["xyz"] * 3)) == 3  # still serving after a fault
+        # the token budget bounds a batch too: 3 requests of 5 tokens, budget 10
+        b.max_tokens = 10
+        blocker = asyncio.create_task(run(b, ["x"]))
+        await asyncio.sleep(0.02)
+        await asyncio.gather(blocker, *[run(b, ["xxxxx"]) for _ in range(3)])
+        b.close()
 
     asyncio.run(main())
-    assert sizes[0] == 1 and sizes[1:3] == [8, 4] and sizes[-1] == 3  # 12 queued rows: 2 forwards
+    assert sizes[0] == 1 and sizes[1:3] == [8, 4], sizes  # 12 queued rows: 2 forwards
+    assert sizes[3] == 3 and sizes[-2:] == [2, 1], sizes
+    assert {t.split(":")[0] for t in threads} == {"tokenize", "forward"}
+    assert not {t.split(":")[1] for t in threads} & {threading.current_thread().name}
