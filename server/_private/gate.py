@@ -44,6 +44,10 @@ def _fail(method: str, ctx: Any, e: Exception) -> str:
     return status.name
 
 
+class StreamAborted(Exception):
+    """Ends a stream whose status is already set on its context."""
+
+
 def _named(method: Any, fn: Any) -> Any:
     """``method`` under ``fn``'s name, keeping its own signature: Serve passes
     ``grpc_context`` only to a method whose signature names it (so no functools.wraps)."""
@@ -87,6 +91,9 @@ def rpc_stream(scope: str) -> Callable[[Callable[[Any, Any], AsyncIterator[Any]]
                     yield out
             except Exception as e:
                 code = _fail(name, grpc_context, e)
+                # A stream's status reaches the client only with an exception (Serve then
+                # sends the code set on the context); returning would end it OK.
+                raise StreamAborted(grpc_context.details()) from None
             finally:
                 self.metrics.request(name, "", code, (time.perf_counter() - t0) * 1000)
 
