@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -73,23 +74,62 @@ class PolyheadClient:
                  version: str | None = None) -> list[dict[str, Any]]:
         """One dict per input: label, label_index, scores {label: p} (or value for regression),
         truncated, and the version (and its number) that served it."""
-        res = self.classify_raw(task_id, inputs, version)
-        out = []
-        for p in res.predictions:
-            row: dict[str, Any] = {"truncated": p.truncated, "version": res.version,
-                                   "version_number": res.version_number}
-            if res.regression:
-                row["value"] = p.value
-            else:
-                row.update(label=p.label, label_index=p.label_index,
-                           scores=dict(zip(res.labels, p.scores, strict=True)))
-            out.append(row)
-        return out
+        return rows_of(self.classify_raw(task_id, inputs, version))
 
     def classify_raw(self, task_id: str, inputs: Sequence[TextInput] | TextInput,
                      version: str | None = None) -> pb.ClassifyResponse:
         req = pb.ClassifyRequest(task_id=task_id, version=version or "", inputs=to_inputs(inputs))
         return self._call(self._inference.Classify, req, retry=READ_RETRY_CODES)
+
+    def classify_stream(self, task_id: str, inputs: Iterable[TextInput],
+                        version: str | None = None, chunk: int = 32) -> Iterator[dict[str, Any]]:
+        """Any number of inputs over one ClassifyStream call, ``chunk`` per message: one dict
+        per input (as ``classify``), in order, as they come back. gRPC's flow control keeps
+        only a few messages in flight. Where the stream breaks with a status the retry
+        policy allows (a replica restarting), a new stream resends the messages not yet
+        answered: no input is lost or answered twice."""
+        pending: deque[pb.ClassifyRequest] = deque()  # sent, not yet answered
+        failed: list[Exception] = []  # the inputs' own error (a bad line): raised at the end
+
+        def chunks() -> Iterator[list[TextInput]]:
+            buf: list[TextInput] = []
+            try:
+                for x in inputs:
+                    buf.append(x)
+                    if len(buf) == chunk:
+                        yield buf
+                        buf = []
+            except Exception as e:  # end the stream; the inputs before it are still answered
+                failed.append(e)
+            if buf:
+                yield buf
+
+        source = chunks()
+
+        def requests() -> Iterator[pb.ClassifyRequest]:
+            yield from list(pending)
+            for c in source:
+                req = pb.ClassifyRequest(task_id=task_id, version=version or "",
+                                         inputs=to_inputs(c))
+                pending.append(req)
+                yield req
+
+        attempt = 0
+        while True:
+            try:
+                for res in self._inference.ClassifyStream(requests(), metadata=self._metadata):
+                    pending.popleft()
+                    attempt = 0
+                    yield from rows_of(res)
+                if failed:
+                    raise failed[0]
+                return
+            except grpc.RpcError as e:
+                code = e.code()
+                if code not in READ_RETRY_CODES or attempt >= self.retries:
+                    raise PolyheadError(code, e.details() or "") from None
+            time.sleep(random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2 ** attempt)))
+            attempt += 1
 
     def health(self) -> dict[str, Any]:
         return as_dict(self._call(self._inference.Health, pb.HealthRequest(),
@@ -172,6 +212,20 @@ def read_ca(ca: bytes | str | Path | None) -> bytes | None:
     if b"-----BEGIN CERTIFICATE-----" not in pem:
         raise ValueError(f"CA file {ca}: no PEM certificate in it")
     return pem
+
+
+def rows_of(res: pb.ClassifyResponse) -> list[dict[str, Any]]:
+    out = []
+    for p in res.predictions:
+        row: dict[str, Any] = {"truncated": p.truncated, "version": res.version,
+                               "version_number": res.version_number}
+        if res.regression:
+            row["value"] = p.value
+        else:
+            row.update(label=p.label, label_index=p.label_index,
+                       scores=dict(zip(res.labels, p.scores, strict=True)))
+        out.append(row)
+    return out
 
 
 def to_inputs(inputs: Sequence[TextInput] | TextInput) -> list[pb.Input]:

@@ -7,13 +7,13 @@ import ipaddress
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from server.client import PolyheadClient, PolyheadError
+from server.client import PolyheadClient, PolyheadError, TextInput
 from server.config import TOKEN_ENV, saved_token
 
 # Status codes that mean "the request was wrong" (exit 2) rather than "the server failed" (1).
@@ -27,9 +27,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.add_argument("--task", required=True, help="task id")
     p.add_argument("--version", help="version hash (prefix), vN, or alias (default: latest)")
-    p.add_argument("text", nargs="+", help="one or more texts")
+    p.add_argument("text", nargs="*", help="one or more texts")
     p.add_argument("--pair", help="second text of a pair (with exactly one text)")
     p.add_argument("--json", action="store_true", help="print the full JSON answer")
+    p.add_argument("--file", help="bulk: one text, or a tab-separated pair, per line ('-': "
+                   "stdin), streamed over ClassifyStream; writes one JSON line per input")
+    p.add_argument("--out", help="with --file: write the JSON lines here (default stdout)")
+    p.add_argument("--chunk", type=int, default=32,
+                   help="with --file: inputs per stream message (<= the server's max inputs)")
     p.set_defaults(func=lambda a: _run(a, _classify))
 
     p = sub.add_parser("upload", help="upload a .polyhead artifact (publish a new version)")
@@ -110,6 +115,13 @@ def _is_loopback(server: str) -> bool:
 
 
 def _classify(client: PolyheadClient, args: argparse.Namespace) -> None:
+    if args.file is not None:
+        if args.text or args.pair is not None:
+            raise ValueError("--file takes the inputs from the file: give no texts or --pair")
+        _classify_file(client, args)
+        return
+    if not args.text:
+        raise ValueError("give one or more texts, or --file")
     if args.pair is not None and len(args.text) != 1:
         raise ValueError("--pair goes with exactly one text")
     inputs = [(args.text[0], args.pair)] if args.pair is not None else list(args.text)
@@ -124,6 +136,46 @@ def _classify(client: PolyheadClient, args: argparse.Namespace) -> None:
         else:
             print(f"{row['label']}\t{row['scores'][row['label']]:.3f}\t{text}{cut}")
     print(f"# {args.task} v{res[0]['version_number']} ({res[0]['version'][:12]})", file=sys.stderr)
+
+
+def _classify_file(client: PolyheadClient, args: argparse.Namespace) -> None:
+    """Stream every line through ClassifyStream; a JSON line per input, in order."""
+    from tqdm import tqdm
+
+    src = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    total = None if args.file == "-" else _count_lines(Path(args.file))
+    dst = sys.stdout if args.out is None else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
+    n = 0
+    try:
+        with tqdm(total=total, unit="line", desc=args.task, file=sys.stderr,
+                  disable=None) as bar:
+            for n, row in enumerate(client.classify_stream(args.task, _lines(src), args.version,
+                                                            chunk=args.chunk),
+                                    start=1):
+                dst.write(json.dumps({"line": n, **row}) + "\n")
+                bar.update(1)
+    finally:
+        if src is not sys.stdin:
+            src.close()
+        if dst is not sys.stdout:
+            dst.close()
+    print(f"# {n} lines classified with {args.task}", file=sys.stderr)
+
+
+def _lines(src: Any) -> Iterator[TextInput]:
+    """Inputs from lines: "text" or "text<TAB>pair". An empty line is an error naming it
+    (skipping it would shift every answer after it)."""
+    for i, line in enumerate(src, start=1):
+        line = line.rstrip("\r\n")
+        text, tab, pair = line.partition("\t")
+        if not text.strip() or (tab and not pair.strip()):
+            raise ValueError(f"{getattr(src, 'name', 'input')}:{i}: empty text")
+        yield (text, pair) if tab else text
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
 def _upload(client: PolyheadClient, args: argparse.Namespace) -> None:

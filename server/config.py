@@ -39,8 +39,9 @@ class ServerConfig:
     token: Secret | None = None  # Registry bearer token; None: read $POLYHEAD_TOKEN
     inference_token: Secret | None = None  # Classify/Health token; None: $POLYHEAD_INFERENCE_TOKEN
     insecure: bool = False  # allow an open Registry when no token is configured
-    max_batch_rows: int = 64  # rows per @serve.batch call (one or more engine forwards)
-    batch_wait_ms: float = 2.0  # how long a batch waits to fill after its first request
+    max_batch_rows: int = 64  # rows per batch (one or more engine forwards)
+    max_batch_tokens: int = 8192  # tokens per batch (before padding)
+    batch_wait_ms: float = 2.0  # how long a batch waits to fill once the engine is free
     max_inputs: int = 64  # inputs per Classify request
     max_text_chars: int = 20_000  # per text; longer texts are rejected, not truncated
     device_budget_mb: float = 512.0  # device tier: resident versions' slot-table rows
@@ -51,7 +52,7 @@ class ServerConfig:
     watch_interval_s: float = 0.05  # store generation poll (prefetch of new versions)
 
     def __post_init__(self) -> None:
-        positive = ("max_batch_rows", "max_inputs", "max_text_chars", "device_budget_mb",
+        positive = ("max_batch_rows", "max_batch_tokens", "max_inputs", "max_text_chars", "device_budget_mb",
                     "host_budget_mb", "max_artifact_mb", "watch_interval_s")
         for name in positive:
             if not getattr(self, name) > 0:

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+from server.app_env import DEFAULT_INGRESS, INGRESS_ENV
 from server.config import (
     INFERENCE_TOKEN_ENV,
     TOKEN_ENV,
@@ -30,7 +31,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve every task in the store over gRPC (Ctrl-C stops)")
     p.add_argument("--port", type=int, default=9000, help="gRPC port (default 9000)")
-    p.add_argument("--http-port", type=int, default=8000, help="Serve's HTTP proxy port (unused)")
+    p.add_argument("--http-port", type=int, default=8000,
+                   help="HTTP port of POST /v1/classify (default 8000)")
     p.add_argument("--store", help="store folder or postgresql:// URL "
                    "(default $POLYHEAD_STORE or ./polyhead-store)")
     p.add_argument("--backbone", help="local HF encoder folder (default: packaged MiniLM)")
@@ -41,6 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     auth.add_argument("--insecure", action="store_true", help="run with the Registry open")
     p.add_argument("--inference-token", help=f"also require a token for Classify "
                    f"(default ${INFERENCE_TOKEN_ENV}; unset: open)")
+    p.add_argument("--ingress", choices=sorted(INGRESS_ENV), default=DEFAULT_INGRESS,
+                   help="how requests reach replicas: 'proxy' (Serve's gRPC/HTTP proxy), "
+                   "'direct' (each replica serves gRPC/HTTP itself; Serve's direct ingress), "
+                   "'haproxy' (direct ingress behind Serve's HAProxy on --port); default "
+                   f"{DEFAULT_INGRESS} (see BENCHMARKS.md, Serving)")
     p.add_argument("--replicas", type=int, default=1)
     p.add_argument("--cpus", type=float, default=0,
                    help="CPUs per replica (default: this machine's CPUs / replicas)")
@@ -105,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
 
     from server.app import APP_NAME, GRPC_SERVICERS, SERVE_ENV, app_for
 
-    for key, value in SERVE_ENV.items():  # before Ray starts; the caller's values win
-        os.environ.setdefault(key, value)
+    for key, value in {**SERVE_ENV, **INGRESS_ENV[args.ingress]}.items():
+        os.environ.setdefault(key, value)  # before Ray starts; the caller's values win
     machine_cpus = os.cpu_count() or 1
     cpus = args.cpus or max(1.0, machine_cpus / max(1, args.replicas))
     ray.init(address="local", num_cpus=max(machine_cpus, int(cpus * args.replicas + 0.999)),

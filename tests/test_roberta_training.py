@@ -52,8 +52,8 @@ def test_method_trains_on_roberta_pairs_and_engine_matches(roberta: Backbone, pa
                                                            method: str) -> None:
     # dropout off: 12 steps on 32 rows measure learning, not dropout's noise (dropout in
     # training has its own test in test_train)
-    cfg = TrainConfig(method=method, epochs=EPOCHS.get(method, 6), lr=LR[method], batch_size=8, max_length=60, seed=0,
-                      density=0.2, fisher_examples=16, warmup=0.0, dropout=False)
+    cfg = TrainConfig(method=method, epochs=EPOCHS.get(method, 6), lr=LR[method], batch_size=8,
+                      max_length=60, seed=0, density=0.2, fisher_examples=16, warmup=0.0, dropout=False)
     res = train(cfg, roberta, pairs, pairs, "accuracy", progress=False, log_fn=lambda s: None)
     first, last = np.mean(res.losses[:3]), np.mean(res.losses[-3:])
     assert last < first - 0.05, f"{method}: loss {first:.3f} -> {last:.3f}"

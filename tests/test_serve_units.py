@@ -9,6 +9,7 @@ import time
 import grpc
 import pytest
 
+from methods.engine import Encoded
 from server._private import gen_proto
 from server._private.auth import Auth, bearer
 from server._private.errors import InvalidInput, PermissionDenied, Unauthenticated, status_for
@@ -344,47 +345,74 @@ def test_client_retry_policy() -> None:
         server.stop(None)
 
 
-def test_coalescer_merges_batches_that_queue_during_a_forward() -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from server._private.batcher import Coalescer
-    from server._private.inference import BatchItem, BatchStats
+def test_batcher_merges_requests_that_queue_during_a_forward() -> None:
+    from server._private.batcher import Batcher
+    from server._private.inference import BatchStats
 
     sizes: list[int] = []
+    threads: set[str] = set()
     running, release = threading.Event(), threading.Event()
 
+    def tokenize(texts):
+        threads.add("tokenize:" + threading.current_thread().name)
+        return [Encoded([1] * len(t), [0] * len(t), False) for t in texts]
+
     def forward(items):
-        if not sizes:  # the first forward holds until the later batches have queued
+        threads.add("forward:" + threading.current_thread().name)
+        if not release.is_set():  # a held forward: later requests queue behind it
             running.set()
-            release.wait(60)  # a deadline only so that a broken coalescer cannot hang the suite
-        if any(it.inputs == ["boom"] for it in items):
+            release.wait(60)  # a deadline only so that a broken batcher cannot hang the suite
+        if any(len(it.enc[0].ids) == 4 for it in items):  # "boom"
             raise RuntimeError("engine fault")
         sizes.append(sum(len(it) for it in items))
         return [[([1.0], False)] * len(it) for it in items], BatchStats(0, 0, {}, 0, 0)
 
-    def item(n: int = 1) -> BatchItem:
-        return BatchItem(["x"] * n, None)  # type: ignore[arg-type]
+    async def run(b: Batcher, texts: list[str]):
+        return await b.run(await b.encode(texts), None)  # type: ignore[arg-type]
+
+    async def held(b: Batcher, queued) -> list:
+        """Hold a forward of one row while ``queued()``'s requests queue; then release."""
+        running.clear()
+        release.clear()
+        first = asyncio.create_task(run(b, ["x"]))
+        while not running.is_set():
+            await asyncio.sleep(0.001)
+        tasks = queued()
+        while b.queued_rows < sum(n for _, n in tasks):
+            await asyncio.sleep(0.001)
+        release.set()
+        assert len(await first) == 1
+        return await asyncio.gather(*[t for t, _ in tasks])
 
     async def main():
-        co = Coalescer(forward, ThreadPoolExecutor(1), max_rows=8, on_batch=lambda s: None)
-        first = asyncio.create_task(co.run([item()]))
-        while not running.is_set():  # the first forward is running
-            await asyncio.sleep(0.001)
-        later = [asyncio.create_task(co.run([item(), item()])) for _ in range(6)]  # 12 rows
-        cancelled = asyncio.create_task(co.run([item()]))
+        b = Batcher(tokenize, forward, max_rows=8, max_tokens=10_000, fill_wait_s=0,
+                    threads=1, on_batch=lambda s: None)
+
+        def twelve():
+            return [(asyncio.create_task(run(b, ["x", "x"])), 2) for _ in range(6)]
+
+        assert all(len(r) == 2 for r in await held(b, twelve))  # 12 queued rows: 8 + 4
+        cancelled = asyncio.create_task(run(b, ["x"]))
         await asyncio.sleep(0)
         cancelled.cancel()
         await asyncio.sleep(0)
-        release.set()
-        assert len(await first) == 1
-        assert all(len(r) == 2 for r in await asyncio.gather(*later))
         assert cancelled.cancelled()
         with pytest.raises(RuntimeError, match="engine fault"):
-            await co.run([BatchItem(["boom"], None)])  # type: ignore[arg-type]
-        assert len(await co.run([item(3)])) == 1  # still serving after a fault
+            await run(b, ["boom"])
+        assert len(await run(b, ["xyz"] * 3)) == 3  # still serving after a fault
+        b.max_tokens = 10  # the token budget bounds a batch too: 3 x 5 tokens -> 2 + 1
+
+        def fives():
+            return [(asyncio.create_task(run(b, ["xxxxx"])), 1) for _ in range(3)]
+
+        await held(b, fives)
+        b.close()
 
     try:
         asyncio.run(main())
     finally:
         release.set()
-    assert sizes == [1, 8, 4, 3]  # 12 queued rows: 2 forwards; the cancelled row in none
+    assert sizes == [1, 8, 4, 3, 1, 2, 1], sizes  # the cancelled row in none
+    assert {t.split(":")[0] for t in threads} == {"tokenize", "forward"}
+    assert not {t.split(":")[1] for t in threads} & {threading.current_thread().name}
+

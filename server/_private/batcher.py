@@ -1,79 +1,135 @@
-"""One engine forward at a time, each taking every batch that queued while the last ran.
+"""The one batching layer: requests' rows -> engine forwards, across tasks and kinds.
 
-Serve's ``@serve.batch`` forms the next batch as soon as it hands one over, not when the
-engine is free: under load it hands over many small batches (one ``batch_wait`` each).
-They wait here while a forward runs and go into the next forward together (up to
-``max_rows`` rows), so the batch size follows the load.
+A request is tokenized as it arrives, on the tokenizer thread (off the event loop and off
+the forward's thread), then queues. One forward runs at a time, on the forward thread.
+When the engine is free, the next batch takes the queued requests, oldest first, up to a
+row and a token budget; if that leaves room it waits up to ``fill_wait_s`` for more. So
+the next batch forms, already tokenized, while the engine runs, and is handed over the
+moment the engine is free; the batch size follows the load.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 
+import torch
+
+from methods import LoadedTask, TextInput
+from methods.engine import Encoded
 from server._private.inference import BatchItem, BatchStats, Row
 
+Tokenize = Callable[[Sequence[TextInput]], list[Encoded]]
 Forward = Callable[[Sequence[BatchItem]], tuple[list[list[Row]], BatchStats]]
-Waiting = tuple[list[BatchItem], "asyncio.Future[list[list[Row]]]"]
 
 
-def rows_of(items: Sequence[BatchItem]) -> int:
-    return sum(len(it) for it in items)
+@dataclasses.dataclass(eq=False)
+class _Pending:
+    item: BatchItem
+    tokens: int
+    future: asyncio.Future[list[Row]]
 
 
-class Coalescer:
-    def __init__(self, forward: Forward, executor: Executor, max_rows: int,
-                 on_batch: Callable[[BatchStats], None]) -> None:
-        self._forward, self._executor = forward, executor
-        self.max_rows = max_rows
+class Batcher:
+    def __init__(self, tokenize: Tokenize, forward: Forward, *, max_rows: int, max_tokens: int,
+                 fill_wait_s: float, threads: int, on_batch: Callable[[BatchStats], None]) -> None:
+        self._tokenize, self._run = tokenize, forward
+        self.max_rows, self.max_tokens, self.fill_wait_s = max_rows, max_tokens, fill_wait_s
         self._on_batch = on_batch
-        self._waiting: deque[Waiting] = deque()
-        self._busy = False
-        self._task: asyncio.Task[None] | None = None  # held: the loop keeps weak references
+        self._tokenizer = ThreadPoolExecutor(1, "polyhead-tokenize")
+        self._forward = ThreadPoolExecutor(1, "polyhead-forward", initializer=torch.set_num_threads,
+                                           initargs=(threads,))
+        self._queue: deque[_Pending] = deque()
+        self._rows = self._tokens = 0  # queued
+        self._wake: asyncio.Event | None = None
+        self._loop_task: asyncio.Task[None] | None = None  # held: the loop keeps weak references
 
-    async def run(self, items: list[BatchItem]) -> list[list[Row]]:
-        """Each item's rows, after the forward that took them."""
+    async def encode(self, inputs: Sequence[TextInput]) -> list[Encoded]:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._tokenizer, self._tokenize, inputs)
+
+    async def run(self, enc: list[Encoded], task: LoadedTask) -> list[Row]:
+        """These rows' logits, from the next forward that has room for them."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[list[list[Row]]] = loop.create_future()
-        self._waiting.append((items, fut))
-        if not self._busy:
-            self._busy = True
-            self._task = loop.create_task(self._drain())
-        return await fut
+        pending = _Pending(BatchItem(enc, task), sum(len(e.ids) for e in enc), loop.create_future())
+        self._queue.append(pending)
+        self._rows += len(enc)
+        self._tokens += pending.tokens
+        if self._loop_task is None or self._loop_task.done():
+            self._wake = asyncio.Event()
+            self._loop_task = loop.create_task(self._drain())
+        assert self._wake is not None
+        self._wake.set()
+        return await pending.future
+
+    @property
+    def queued_rows(self) -> int:
+        return self._rows
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            while self._waiting:
-                take = self._take()
-                if not take:
-                    continue
-                flat = [it for items, _ in take for it in items]
-                try:
-                    out, stats = await loop.run_in_executor(self._executor, self._forward, flat)
-                except Exception as e:  # a server fault: every request in the forward fails
-                    for _, fut in take:
-                        if not fut.done():
-                            fut.set_exception(e)
-                    continue
-                start = 0
-                for items, fut in take:
-                    if not fut.done():
-                        fut.set_result(out[start:start + len(items)])
-                    start += len(items)
-                self._on_batch(stats)
-        finally:
-            self._busy = False
+        assert self._wake is not None
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            await self._fill()
+            batch = self._take()
+            if not batch:
+                continue
+            try:
+                out, stats = await loop.run_in_executor(
+                    self._forward, self._run, [p.item for p in batch])
+            except Exception as e:  # a server fault: every request in the forward fails
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(e)
+                continue
+            for p, rows in zip(batch, out, strict=True):
+                if not p.future.done():
+                    p.future.set_result(rows)
+            self._on_batch(stats)
 
-    def _take(self) -> list[Waiting]:
-        """Queued batches, oldest first, up to max_rows rows (at least one batch)."""
-        take: list[Waiting] = []
-        rows = 0
-        while self._waiting and (not take or rows + rows_of(self._waiting[0][0]) <= self.max_rows):
-            items, fut = self._waiting.popleft()
-            if not fut.done():  # its requests were cancelled
-                take.append((items, fut))
-                rows += rows_of(items)
+    async def _fill(self) -> None:
+        """Wait up to fill_wait_s while the queue leaves room (clients of the last forward
+        are sending their next requests)."""
+        if self.fill_wait_s <= 0 or self._rows >= self.max_rows:
+            return
+        deadline = asyncio.get_running_loop().time() + self.fill_wait_s
+        assert self._wake is not None
+        while self._rows < self.max_rows and self._tokens < self.max_tokens:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[_Pending]:
+        """Queued requests, oldest first, within the row and token budgets (at least one)."""
+        take: list[_Pending] = []
+        rows = tokens = 0
+        while self._queue:
+            p = self._queue[0]
+            n = len(p.item)
+            if take and (rows + n > self.max_rows or tokens + p.tokens > self.max_tokens):
+                break
+            self._queue.popleft()
+            self._rows -= n
+            self._tokens -= p.tokens
+            if not p.future.done():  # its request was cancelled
+                take.append(p)
+                rows += n
+                tokens += p.tokens
         return take
+
+    def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        self._tokenizer.shutdown(wait=False)
+        self._forward.shutdown(wait=False)

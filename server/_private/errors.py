@@ -29,6 +29,14 @@ class PermissionDenied(RequestError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class InStream(Exception):
+    """An error in message ``index`` of a stream: the error's own status, the index named."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(index, error)
+        self.index, self.error = index, error
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """(code, details) for an exception raised while serving a request.
 
@@ -36,6 +44,9 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """
     from store import AmbiguousRefError, NotFoundError, StoreError, StoreUnavailable
 
+    if isinstance(exc, InStream):
+        code, details = status_for(exc.error)
+        return code, f"message {exc.index}: {details}"
     if isinstance(exc, RequestError):
         return exc.code, str(exc)
     if isinstance(exc, NotFoundError):

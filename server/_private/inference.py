@@ -10,20 +10,20 @@ from collections.abc import Sequence
 from polyhead.v1 import polyhead_pb2 as pb
 
 from methods import Engine, LoadedTask, TextInput
-from methods.engine import plan_buckets
+from methods.engine import Encoded, plan_buckets
 from server._private.errors import InvalidInput
 from server.bank import Resident, TaskMeta
 
 
 @dataclasses.dataclass(eq=False)
 class BatchItem:
-    """One Classify request's rows, all for one task version."""
+    """One Classify request's rows (tokenized), all for one task version."""
 
-    inputs: list[TextInput]
+    enc: list[Encoded]
     task: LoadedTask
 
     def __len__(self) -> int:
-        return len(self.inputs)
+        return len(self.enc)
 
 
 @dataclasses.dataclass
@@ -72,9 +72,8 @@ def check_form(inputs: Sequence[TextInput], task_id: str, meta: TaskMeta) -> Non
 def forward(engine: Engine, items: Sequence[BatchItem]) -> tuple[list[list[Row]], BatchStats]:
     """Every item's rows through one batched engine run (blocking; a worker thread)."""
     t0 = time.perf_counter()
-    texts = [x for it in items for x in it.inputs]
-    tasks = [it.task for it in items for _ in it.inputs]
-    enc = engine.tokenize(texts)
+    enc = [e for it in items for e in it.enc]
+    tasks = [it.task for it in items for _ in it.enc]
     logits = engine.run_encoded(enc, tasks)
     rows = [(lg.float().tolist(), e.truncated) for lg, e in zip(logits, enc, strict=True)]
     out, start = [], 0
@@ -87,7 +86,7 @@ def forward(engine: Engine, items: Sequence[BatchItem]) -> tuple[list[list[Row]]
     kinds: dict[str, int] = {}
     for t in tasks:
         kinds[t.kind.name] = kinds.get(t.kind.name, 0) + 1
-    stats = BatchStats(len(texts), len({id(t) for t in tasks}), kinds, sum(lengths), padded,
+    stats = BatchStats(len(enc), len({id(t) for t in tasks}), kinds, sum(lengths), padded,
                        time.perf_counter() - t0)
     return out, stats
 

@@ -1,5 +1,5 @@
-"""The ingress deployment: one replica holds the backbone, the engine and the adapter bank,
-and implements both gRPC services (its method names are the RPC names)."""
+"""The ingress deployment: the wiring of one replica (backbone, engine, bank, batcher, store
+watch) and the RPC methods Serve calls by name, which only delegate to the services."""
 
 from __future__ import annotations
 
@@ -7,43 +7,32 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import grpc
 import ray
 import torch
 from polyhead.v1 import polyhead_pb2 as pb
 from ray import serve
 
 from methods import ArtifactError, Engine, TaskArtifact, load_backbone
-from server._private import registry
 from server._private.auth import Auth
-from server._private.batcher import Coalescer, rows_of
-from server._private.errors import InvalidInput, status_for
-from server._private.inference import (
-    BatchItem,
-    BatchStats,
-    Row,
-    check_form,
-    forward,
-    parse_inputs,
-    response,
-)
+from server._private.batcher import Batcher
+from server._private.gate import rpc, rpc_stream
+from server._private.http import http_classify
+from server._private.inference import BatchStats, forward
 from server._private.metrics import ServerMetrics
-from server._private.servicers import MalformedRequest
+from server._private.services import InferenceService, Parts, RegistryService, meta_of
 from server._private.swap import Resolver
 from server.bank import AdapterBank, TaskMeta, VersionKey
 from server.config import MB, ServerConfig
-from store import NotFoundError, Store, StoredArtifact, VersionInfo
-from store.names import is_task_id
+from store import Store, VersionInfo
 
 logger = logging.getLogger("ray.serve")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-T = TypeVar("T")
 WATCH_WAIT_S = 1.0  # the longest the watcher blocks on the feed before looking again
 
 
@@ -51,136 +40,96 @@ WATCH_WAIT_S = 1.0  # the longest the watcher blocks on the feed before looking 
 class Polyhead:
     async def __init__(self, config: ServerConfig) -> None:  # type: ignore[misc]  # Ray awaits it
         config.check_auth()
-        self.config = config
-        self.threads = config.torch_threads or _assigned_cpus()
-        torch.set_num_threads(self.threads)  # Ray sets OMP_NUM_THREADS; be explicit
-        self.replica = _replica_name()
-        self.backbone = load_backbone(config.backbone, device=config.device)
-        self.engine = Engine(self.backbone, max_batch_size=config.max_batch_rows)
-        self.store = Store(config.store, self.engine.spec,
-                           max_artifact_bytes=int(config.max_artifact_mb * MB))
+        threads = config.torch_threads or _assigned_cpus()
+        torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS; be explicit
+        backbone = load_backbone(config.backbone, device=config.device)
+        engine = Engine(backbone, max_batch_size=config.max_batch_rows)
+        store = Store(config.store, engine.spec, max_artifact_bytes=int(config.max_artifact_mb * MB))
         self.metrics = ServerMetrics()
         self.auth = Auth(config.registry_token(), config.inference_token_value())
-        forward_pool = ThreadPoolExecutor(1, "polyhead-forward", initializer=torch.set_num_threads,
-                                          initargs=(self.threads,))
-        self.coalescer = Coalescer(partial(forward, self.engine), forward_pool,
-                                   config.max_batch_rows, self._record)
-        self._admin_pool = ThreadPoolExecutor(1, "polyhead-admin")
-        self.bank = AdapterBank(
-            self._fetch, self.engine.load, self.engine.unload,
-            device_budget=int(config.device_budget_mb * MB),
+        bank = AdapterBank(
+            self._fetch, engine.load, engine.unload, device_budget=int(config.device_budget_mb * MB),
             host_budget=int(config.host_budget_mb * MB),
             executor=ThreadPoolExecutor(2, "polyhead-load"), listener=self._bank_event)
-        self.resolver = Resolver(self.store)
-        self._run_batch.set_max_batch_size(config.max_batch_rows)  # type: ignore[attr-defined]
-        self._run_batch.set_batch_wait_timeout_s(  # type: ignore[attr-defined]
-            config.batch_wait_ms / 1000)
+        batcher = Batcher(engine.tokenize, partial(forward, engine), max_rows=config.max_batch_rows,
+                          max_tokens=config.max_batch_tokens,
+                          fill_wait_s=config.batch_wait_ms / 1000, threads=threads,
+                          on_batch=self._record)
+        resolver = Resolver(store, ThreadPoolExecutor(1, "polyhead-store"))
+        self.parts = Parts(config, _replica_name(), backbone.path.name, threads, engine, store,
+                           bank, resolver, batcher, self.metrics,
+                           ThreadPoolExecutor(1, "polyhead-admin"))
+        self.inference = InferenceService(self.parts)
+        self.registry = RegistryService(self.parts)
         if config.seed_examples:
-            seed_examples(self.store)
-        self.engine.run(["warm up"], [None])  # first forward pays lazy init, not a request
-        self._watched = -1
-        self.batches = self.batched_rows = 0
-        self.forward_s = 0.0
+            await self.parts.on_admin(seed_examples, store)
+        engine.run(["warm up"], [None])  # first forward pays lazy init, not a request
+        await resolver.refresh(wait=True)
+        self._watched = resolver.generation
         self._watcher = asyncio.get_running_loop().create_task(self._watch_store())
         logger.info("polyhead replica %s ready: backbone %s on %s, %d torch threads",
-                    self.replica, self.backbone.path.name, self.backbone.device, self.threads)
+                    self.parts.replica, backbone.path.name, backbone.device, threads)
 
     # -- Inference -------------------------------------------------------------------------
 
-    async def Classify(self, request: pb.ClassifyRequest, grpc_context: Any = None) -> Any:
-        return await self._serve("Classify", "inference", grpc_context, request, self._classify,
-                                 pb.ClassifyResponse())
+    @rpc("inference", pb.ClassifyResponse)
+    async def Classify(self, request: pb.ClassifyRequest) -> pb.ClassifyResponse:
+        return await self.inference.classify(request)
 
-    async def Health(self, request: pb.HealthRequest, grpc_context: Any = None) -> Any:
-        return await self._serve("Health", "inference", grpc_context, request, self._health,
-                                 pb.HealthResponse())
+    @rpc_stream("inference")
+    async def ClassifyStream(self, requests: Any) -> AsyncIterator[pb.ClassifyResponse]:
+        async for out in self.inference.classify_stream(requests):
+            yield out
+
+    @rpc("inference", pb.HealthResponse)
+    async def Health(self, request: pb.HealthRequest) -> pb.HealthResponse:
+        return await self.inference.health(request)
+
+    async def __call__(self, request: Any) -> Any:
+        """HTTP: ``POST /v1/classify`` with ClassifyRequest's fields as JSON."""
+        return await http_classify(self.Classify, request)
 
     # -- Registry --------------------------------------------------------------------------
 
-    async def Upload(self, request: pb.UploadRequest, grpc_context: Any = None) -> Any:
-        return await self._serve("Upload", "registry", grpc_context, request,
-                                 lambda r: self._publish(self._upload, r), pb.VersionInfo())
+    @rpc("registry", pb.VersionInfo)
+    async def Upload(self, request: pb.UploadRequest) -> pb.VersionInfo:
+        return await self.registry.upload(request)
 
-    async def ImportPeft(self, request: pb.ImportPeftRequest, grpc_context: Any = None) -> Any:
-        return await self._serve(
-            "ImportPeft", "registry", grpc_context, request,
-            lambda r: self._publish(lambda x: registry.import_peft(self.store, x), r),
-            pb.VersionInfo())
+    @rpc("registry", pb.VersionInfo)
+    async def ImportPeft(self, request: pb.ImportPeftRequest) -> pb.VersionInfo:
+        return await self.registry.import_peft(request)
 
-    async def ListTasks(self, request: pb.ListTasksRequest, grpc_context: Any = None) -> Any:
-        return await self._serve("ListTasks", "registry", grpc_context, request,
-                                 lambda _: self._admin(registry.list_tasks, self.store),
-                                 pb.ListTasksResponse())
+    @rpc("registry", pb.ListTasksResponse)
+    async def ListTasks(self, request: pb.ListTasksRequest) -> pb.ListTasksResponse:
+        return await self.registry.list_tasks(request)
 
-    async def GetTask(self, request: pb.GetTaskRequest, grpc_context: Any = None) -> Any:
-        return await self._serve("GetTask", "registry", grpc_context, request,
-                                 lambda r: self._admin(registry.get_task, self.store, r.task_id),
-                                 pb.TaskDetail())
+    @rpc("registry", pb.TaskDetail)
+    async def GetTask(self, request: pb.GetTaskRequest) -> pb.TaskDetail:
+        return await self.registry.get_task(request)
 
-    async def SetAlias(self, request: pb.SetAliasRequest, grpc_context: Any = None) -> Any:
-        return await self._serve("SetAlias", "registry", grpc_context, request,
-                                 lambda r: self._change(registry.set_alias, r), pb.VersionInfo())
+    @rpc("registry", pb.VersionInfo)
+    async def SetAlias(self, request: pb.SetAliasRequest) -> pb.VersionInfo:
+        return await self.registry.set_alias(request)
 
-    async def Rollback(self, request: pb.RollbackRequest, grpc_context: Any = None) -> Any:
-        return await self._serve("Rollback", "registry", grpc_context, request,
-                                 lambda r: self._change(registry.rollback, r), pb.VersionInfo())
+    @rpc("registry", pb.VersionInfo)
+    async def Rollback(self, request: pb.RollbackRequest) -> pb.VersionInfo:
+        return await self.registry.rollback(request)
 
-    async def DeleteTask(self, request: pb.DeleteTaskRequest, grpc_context: Any = None) -> Any:
-        return await self._serve("DeleteTask", "registry", grpc_context, request,
-                                 lambda r: self._delete(r.task_id), pb.DeleteTaskResponse())
+    @rpc("registry", pb.DeleteTaskResponse)
+    async def DeleteTask(self, request: pb.DeleteTaskRequest) -> pb.DeleteTaskResponse:
+        return await self.registry.delete(request)
 
     def check_health(self) -> None:
         if self._watcher.done():
             raise RuntimeError("the store watcher stopped")
 
-    # -- the one place where errors become status codes -----------------------------------
-
-    async def _serve(self, method: str, scope: str, ctx: Any, request: Any,
-                     call: Callable[[Any], Awaitable[Any]], empty: Any) -> Any:
-        t0, code, task = time.perf_counter(), "OK", ""
-        try:
-            self.auth.check(scope, ctx.invocation_metadata() if ctx is not None else ())
-            if isinstance(request, MalformedRequest):
-                raise InvalidInput(request.message)
-            out = await call(request)
-            task = getattr(out, "task_id", "")
-            return out
-        except Exception as e:
-            status, details = status_for(e)
-            code = status.name
-            if status is grpc.StatusCode.INTERNAL:
-                logger.exception("%s failed", method)
-            if ctx is None:
-                raise
-            ctx.set_code(status)
-            ctx.set_details(details)
-            return empty
-        finally:
-            self.metrics.request(method, task, code, (time.perf_counter() - t0) * 1000)
-
-    # -- Classify --------------------------------------------------------------------------
-
-    async def _classify(self, request: pb.ClassifyRequest) -> pb.ClassifyResponse:
-        inputs = parse_inputs(request, self.config.max_inputs, self.config.max_text_chars)
-        if not is_task_id(request.task_id):
-            raise InvalidInput(f"task_id: {request.task_id[:80]!r} is not a task id")
-        info = self.resolver.resolve(request.task_id, request.version or "latest")
-        async with self.bank.using(VersionKey(info.task_id, info.version)) as res:
-            check_form(inputs, info.task_id, res.meta)
-            rows = await self._run_batch(BatchItem(inputs, res.task))
-            return response(res, rows, self.replica)
-
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, max_concurrent_batches=32,
-                 batch_size_fn=rows_of)
-    async def _run_batch(self, items: list[BatchItem]) -> list[list[Row]]:
-        """Serve's batch of requests (any mix of tasks and kinds), merged by the coalescer
-        with the batches that queue while a forward runs."""
-        return await self.coalescer.run(items)
+    # -- batches, the bank's loader, the store watch -----------------------------------------
 
     def _record(self, stats: BatchStats) -> None:
-        self.batches += 1
-        self.batched_rows += stats.rows
-        self.forward_s += stats.seconds
+        c = self.parts.counters
+        c["batches"] += 1
+        c["rows"] += stats.rows
+        c["forward_s"] += stats.seconds
         m = self.metrics
         m.batch_rows.observe(stats.rows)
         m.batch_tasks.observe(stats.tasks)
@@ -188,127 +137,49 @@ class Polyhead:
             m.batch_kind_rows.inc(n, tags={"kind": kind})
         m.padding_efficiency.observe(stats.real_tokens / max(1, stats.padded_tokens))
 
-    async def _health(self, request: pb.HealthRequest) -> pb.HealthResponse:
-        self.resolver.sync()
-        out = pb.HealthResponse(
-            status="SERVING", backbone=str(self.backbone.path),
-            fingerprint=self.engine.spec.fingerprint, device=str(self.backbone.device),
-            replica=self.replica, store_generation=self.resolver.generation,
-            device_bytes=self.bank.device_bytes, device_budget_bytes=self.bank.device_budget,
-            host_bytes=self.bank.host_bytes, host_budget_bytes=self.bank.host_budget,
-            device_table_bytes=self.engine.tables.nbytes,
-            batches=self.batches, batched_rows=self.batched_rows, torch_threads=self.threads,
-            forward_s=self.forward_s)
-        for key, tier, nbytes, age in self.bank.resident():
-            out.resident.add(task_id=key.task_id, version=key.version, tier=tier, nbytes=nbytes,
-                             age_s=age)
-        return out
-
-    # -- Registry --------------------------------------------------------------------------
-
-    def _upload(self, request: pb.UploadRequest) -> StoredArtifact:
-        if not request.artifact:
-            raise InvalidInput("artifact: empty")
-        return self.store.ingest(bytes(request.artifact))
-
-    async def _publish(self, publish: Callable[[Any], StoredArtifact], request: Any) -> pb.VersionInfo:
-        """Publish, then return once the new version is servable on this replica: the bank
-        takes the artifact the store validated and decoded (no second read or decode)."""
-        t0 = time.perf_counter()
-        try:
-            stored = await self._admin(publish, request)
-        except Exception:
-            self.metrics.uploads.inc(tags={"result": "rejected"})
-            raise
-        self.resolver.sync()
-        info = stored.info
-        self.bank.put(VersionKey(info.task_id, info.version), stored.artifact, _meta_of(stored))
-        self.metrics.swap_latency.observe((time.perf_counter() - t0) * 1000, tags={"origin": "local"})
-        self.metrics.uploads.inc(tags={"result": "published"})
-        return registry.version_pb(info)
-
-    async def _change(self, op: Callable[[Store, Any], VersionInfo], request: Any) -> pb.VersionInfo:
-        t0 = time.perf_counter()
-        info = await self._admin(op, self.store, request)
-        latest = await self._admin(self.store.resolve, info.task_id, "latest")
-        await self._servable(latest, t0, "local")
-        return registry.version_pb(info)
-
-    async def _delete(self, task_id: str) -> pb.DeleteTaskResponse:
-        task_id = registry.task_id_of(task_id)
-        await self._admin(self.store.delete, task_id)
-        self.resolver.sync()
-        self.bank.discard(task_id)
-        return pb.DeleteTaskResponse(task_id=task_id)
-
-    async def _servable(self, info: VersionInfo, t0: float, origin: str) -> None:
-        self.resolver.sync()
-        await self.bank.get(VersionKey(info.task_id, info.version))
-        self.metrics.swap_latency.observe((time.perf_counter() - t0) * 1000, tags={"origin": origin})
-
-    async def _admin(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._admin_pool, fn, *args)
-
-    # -- the bank's loader and the store watch -----------------------------------------------
-
     def _fetch(self, key: VersionKey) -> tuple[TaskArtifact, TaskMeta]:
-        stored = self.store.get(key.task_id, key.version)
-        return stored.artifact, _meta_of(stored)
+        stored = self.parts.store.get(key.task_id, key.version)
+        return stored.artifact, meta_of(stored)
 
     def _bank_event(self, event: str, key: VersionKey) -> None:
         self.metrics.bank_event(event)
         if event != "hit":
-            self.metrics.bank_bytes.set(self.bank.device_bytes, tags={"tier": "device"})
-            self.metrics.bank_bytes.set(self.bank.host_bytes, tags={"tier": "host"})
+            bank = self.parts.bank
+            self.metrics.bank_bytes.set(bank.device_bytes, tags={"tier": "device"})
+            self.metrics.bank_bytes.set(bank.host_bytes, tags={"tier": "host"})
 
     async def _watch_store(self) -> None:
         """Follow the store's change feed (pushed by PostgreSQL, polled on SQLite; the store
         decides): load new latest versions of the tasks held here, drop deleted tasks."""
         loop = asyncio.get_running_loop()
         waiter = ThreadPoolExecutor(1, "polyhead-watch")  # the feed blocks in its own thread
+        resolver, interval = self.parts.resolver, self.parts.config.watch_interval_s
         feed = None
         while True:
             try:
                 if feed is None:
-                    feed = await loop.run_in_executor(waiter, self.store.watch,
-                                                      self.config.watch_interval_s)
+                    feed = await loop.run_in_executor(waiter, self.parts.store.watch, interval)
                 await loop.run_in_executor(waiter, feed.wait, WATCH_WAIT_S)
-                self.resolver.sync()
-                if self.resolver.generation != self._watched:
-                    self._watched = self.resolver.generation
-                    await self._follow_store(self.resolver.changed_at)
+                await resolver.refresh(wait=True)
+                if resolver.generation != self._watched:
+                    self._watched = resolver.generation
+                    await self._follow_store(resolver.changed_at)
             except Exception:
                 logger.exception("store watch failed; retrying")
-                await asyncio.sleep(self.config.watch_interval_s)
+                await asyncio.sleep(interval)
 
     async def _follow_store(self, changed_at: float) -> None:
-        tasks = self.bank.task_ids()
-        latest = await self._admin(_latest_of, self.store, tasks)
+        bank = self.parts.bank
+        latest = await self.parts.resolver.latest_of(bank.task_ids())
         for task_id, info in latest.items():
             if info is None:
-                self.bank.discard(task_id)
+                bank.discard(task_id)
                 continue
             key = VersionKey(task_id, info.version)
-            if self.bank.peek(key) is None:
-                await self.bank.get(key)
+            if bank.peek(key) is None:
+                await bank.get(key)
                 ms = (time.perf_counter() - changed_at) * 1000
                 self.metrics.swap_latency.observe(ms, tags={"origin": "store"})
-
-
-def _meta_of(stored: StoredArtifact) -> TaskMeta:
-    m = stored.manifest
-    return TaskMeta(number=stored.info.number, labels=tuple(m.labels or ()),
-                    regression=m.regression, inputs=m.inputs)
-
-
-def _latest_of(store: Store, task_ids: set[str]) -> dict[str, VersionInfo | None]:
-    out: dict[str, VersionInfo | None] = {}
-    for t in sorted(task_ids):
-        try:
-            out[t] = store.resolve(t, "latest")
-        except NotFoundError:
-            out[t] = None
-    return out
 
 
 def seed_examples(store: Store, folder: Path = EXAMPLES) -> list[VersionInfo]:

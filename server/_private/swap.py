@@ -1,62 +1,113 @@
 """Hot-swap: which version a (task, ref) names right now, following the store's generation.
 
-Every request checks the generation (one cheap read), so a replica never serves a version
-that stopped being current before the request arrived; a background watcher polls it too,
-to load new versions of the tasks it serves before requests ask for them.
+No store I/O runs on the event loop: every read goes to the store thread. A request
+resolves against a generation read that started after it arrived, so it never serves a
+version superseded before it was sent; concurrent requests share one read (at most one
+in flight, one queued behind it). If the store does not answer within ``probe_timeout_s``
+(another process holds the catalog's write lock: nothing new is committed yet), the
+request goes on with the last generation read, and the reads catch up when the lock goes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import TypeVar
 
 from store import NotFoundError, Store, VersionInfo
+
+T = TypeVar("T")
 
 
 class Resolver:
     """(task_id, ref) -> VersionInfo, cached until the store's generation moves."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, executor: Executor, probe_timeout_s: float = 0.05) -> None:
         self.store = store
         self.generation = -1
         self.changed_at = time.perf_counter()  # when this replica saw the generation move
+        self._executor = executor
+        self._timeout = probe_timeout_s
         self._cache: dict[tuple[str, str], VersionInfo] = {}
         self._missing: dict[tuple[str, str], str] = {}  # -> the NotFoundError's message
+        self._probe: asyncio.Future[int] | None = None  # the read in flight
+        self._queued: asyncio.Future[None] | None = None  # the read that starts after it
 
-    def sync(self) -> bool:
-        """Read the store's generation; True (and the cache cleared) if it moved."""
-        gen = self.store.generation()
-        if gen == self.generation:
-            return False
-        self.generation, self.changed_at = gen, time.perf_counter()
+    async def read(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` on the store thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def refresh(self, wait: bool = False) -> bool:
+        """Catch up with a generation read that starts now or later; True if it moved.
+        Gives up waiting after probe_timeout_s unless ``wait``."""
+        before = self.generation
+        fut: asyncio.Future[int] | asyncio.Future[None]
+        if self._probe is None:
+            fut = self._start()
+        else:
+            if self._queued is None:
+                self._queued = asyncio.get_running_loop().create_future()
+            fut = self._queued
+        with contextlib.suppress(TimeoutError):  # the store is locked: go on with what we had
+            await asyncio.wait_for(asyncio.shield(fut), None if wait else self._timeout)
+        return self.generation != before
+
+    def _start(self) -> asyncio.Future[int]:
+        probe = asyncio.ensure_future(self.read(self.store.generation))
+        self._probe = probe
+        probe.add_done_callback(self._probed)
+        return probe
+
+    def _probed(self, probe: asyncio.Future[int]) -> None:
+        self._probe = None
+        if not probe.cancelled() and probe.exception() is None:
+            self.apply(probe.result())
+        queued, self._queued = self._queued, None
+        if queued is not None:
+            nxt = self._start()
+            nxt.add_done_callback(lambda f: queued.done() or queued.set_result(None))
+
+    def apply(self, generation: int) -> None:
+        """Adopt a generation read from the store (clears the cache if it moved)."""
+        if generation == self.generation:
+            return
+        self.generation, self.changed_at = generation, time.perf_counter()
         self._cache.clear()
         self._missing.clear()
-        return True
 
-    def resolve(self, task_id: str, ref: str) -> VersionInfo:
+    async def resolve(self, task_id: str, ref: str) -> VersionInfo:
         """The version ``ref`` names now; raises NotFoundError (also cached per generation)."""
-        self.sync()
+        await self.refresh()
         key = (task_id, ref)
         info = self._cache.get(key)
         if info is not None:
             return info
         if key in self._missing:
             raise NotFoundError(self._missing[key])
+        generation = self.generation
         try:
-            info = self.store.resolve(task_id, ref)
+            info = await self.read(self.store.resolve, task_id, ref)
         except NotFoundError as e:
-            if len(self._missing) < 10_000:  # unknown ids from a misbehaving client stay cheap
-                self._missing[key] = str(e)
+            if len(self._missing) < 10_000 and generation == self.generation:
+                self._missing[key] = str(e)  # unknown ids from a misbehaving client stay cheap
             raise
-        self._cache[key] = info
+        if generation == self.generation:
+            self._cache[key] = info
         return info
 
-    def latest_of(self, task_ids: set[str]) -> dict[str, Any]:
-        """task id -> its latest VersionInfo, or None for deleted tasks."""
-        out: dict[str, Any] = {}
-        for t in task_ids:
-            try:
-                out[t] = self.resolve(t, "latest")
-            except NotFoundError:
-                out[t] = None
-        return out
+    async def latest_of(self, task_ids: set[str]) -> dict[str, VersionInfo | None]:
+        """task id -> its latest VersionInfo, or None for deleted tasks (one store read)."""
+        return await self.read(_latest_of, self.store, task_ids)
+
+
+def _latest_of(store: Store, task_ids: set[str]) -> dict[str, VersionInfo | None]:
+    out: dict[str, VersionInfo | None] = {}
+    for t in sorted(task_ids):
+        try:
+            out[t] = store.resolve(t, "latest")
+        except NotFoundError:
+            out[t] = None
+    return out

@@ -41,6 +41,11 @@ class InferenceStub:
                 request_serializer=polyhead_dot_v1_dot_polyhead__pb2.ClassifyRequest.SerializeToString,
                 response_deserializer=polyhead_dot_v1_dot_polyhead__pb2.ClassifyResponse.FromString,
                 _registered_method=True)
+        self.ClassifyStream = channel.stream_stream(
+                '/polyhead.v1.Inference/ClassifyStream',
+                request_serializer=polyhead_dot_v1_dot_polyhead__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=polyhead_dot_v1_dot_polyhead__pb2.ClassifyResponse.FromString,
+                _registered_method=True)
         self.Health = channel.unary_unary(
                 '/polyhead.v1.Inference/Health',
                 request_serializer=polyhead_dot_v1_dot_polyhead__pb2.HealthRequest.SerializeToString,
@@ -60,6 +65,15 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClassifyStream(self, request_iterator, context):
+        """Bulk work: any number of requests in, one response per request out, in order. The
+        server holds a few requests in flight (gRPC flow control holds back the rest); an
+        error ends the stream with the status of the first failing message, which it names.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Health(self, request, context):
         """Liveness plus what the answering replica serves: backbone, fingerprint, resident tasks.
         """
@@ -72,6 +86,11 @@ def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Classify': grpc.unary_unary_rpc_method_handler(
                     servicer.Classify,
+                    request_deserializer=polyhead_dot_v1_dot_polyhead__pb2.ClassifyRequest.FromString,
+                    response_serializer=polyhead_dot_v1_dot_polyhead__pb2.ClassifyResponse.SerializeToString,
+            ),
+            'ClassifyStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ClassifyStream,
                     request_deserializer=polyhead_dot_v1_dot_polyhead__pb2.ClassifyRequest.FromString,
                     response_serializer=polyhead_dot_v1_dot_polyhead__pb2.ClassifyResponse.SerializeToString,
             ),
@@ -108,6 +127,33 @@ class Inference:
             request,
             target,
             '/polyhead.v1.Inference/Classify',
+            polyhead_dot_v1_dot_polyhead__pb2.ClassifyRequest.SerializeToString,
+            polyhead_dot_v1_dot_polyhead__pb2.ClassifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClassifyStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/polyhead.v1.Inference/ClassifyStream',
             polyhead_dot_v1_dot_polyhead__pb2.ClassifyRequest.SerializeToString,
             polyhead_dot_v1_dot_polyhead__pb2.ClassifyResponse.FromString,
             options,

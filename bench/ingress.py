@@ -1,0 +1,222 @@
+"""The serving path against the in-process engine, per ingress mode, on one machine.
+
+    python -m bench.ingress --data /work/shared/data/glue/SST-2/dev.tsv
+
+For each ingress of `polyhead serve --ingress` (proxy: Serve's gRPC proxy; direct: each
+replica serves gRPC itself; haproxy: direct ingress behind Serve's HAProxy), one replica
+and one PASTA task: closed-loop Classify load at each concurrency with 1 and with 8 SST-2
+sentences per request. Each point's rows/s is divided by the in-process engine's rows/s
+at that point's mean batch size (from the replica's Health counters), measured right
+after the point with the server idle: e2e / engine at the same batch size. Then a
+ClassifyStream of --stream-rows sentences against the engine at batch 64. Server, load
+generator and the engine baseline share this machine's cores.
+
+Two clocks. Wall: rows per second, as a client sees them (on a shared, loaded machine the
+server's point and the engine's run see different neighbours). CPU: CPU seconds per row,
+the server's whole process tree (Ray, Serve's proxy, the replica: every CPU second the
+serving path costs) against the in-process engine's; the ratio engine / server is what
+the serving path would keep of the engine's throughput on CPUs of its own, and holds on a
+loaded machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+import torch
+from polyhead.v1 import polyhead_pb2 as pb
+from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
+
+from bench.engine import read_sst2
+from bench.serve import Server, health
+from methods import Engine, TaskArtifact, load_backbone
+from server.app_env import INGRESS_ENV
+from server.client import PolyheadClient
+from store import Store, encode_artifact, new_manifest
+
+
+def engine_rows_s(engine: Engine, task: Any, texts: Sequence[str], batch: float,
+                  seconds: float) -> tuple[float, float]:
+    """The in-process engine (tokenize + forward, as a replica does) at ``batch`` rows:
+    (rows per wall second, CPU ms per row)."""
+    rng = random.Random(0)
+    n = max(1, round(batch))
+    engine.run(texts[:n], [task] * n)  # warm-up
+    rows, t0, c0 = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - t0 < seconds:
+        engine.run(rng.sample(texts, n), [task] * n)
+        rows += n
+    return rows / (time.perf_counter() - t0), 1000 * (time.process_time() - c0) / rows
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and all its descendants, alive now."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
+async def closed_loop(address: str, texts: Sequence[str], per_request: int, concurrency: int,
+                      duration: float, warmup: float) -> dict[str, float]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        done = errors = 0
+        t_measure = time.perf_counter() + warmup
+        t_end = t_measure + duration
+
+        async def worker(w: int) -> None:
+            nonlocal done, errors
+            rng = random.Random(w)
+            while (now := time.perf_counter()) < t_end:
+                inputs = [pb.Input(text=t) for t in rng.sample(texts, per_request)]
+                try:
+                    await stub.Classify(pb.ClassifyRequest(task_id="one", inputs=inputs))
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                    continue
+                if now >= t_measure:
+                    done += 1
+
+        await asyncio.gather(*[worker(w) for w in range(concurrency)])
+    return {"rps": done / duration, "rows_s": done * per_request / duration, "errors": errors}
+
+
+def stream_rows_s(address: str, texts: Sequence[str], rows: int) -> float:
+    data = [texts[i % len(texts)] for i in range(rows)]
+    with PolyheadClient(address, timeout_s=600) as c:
+        t0 = time.perf_counter()
+        n = sum(1 for _ in c.classify_stream("one", iter(data), chunk=64))
+        assert n == rows, f"{n} answers for {rows} inputs"
+        return rows / (time.perf_counter() - t0)
+
+
+def run_mode(mode: str, store: Path, work: Path, engine: Engine, task: Any,
+             texts: Sequence[str], args: argparse.Namespace) -> dict[str, Any]:
+    env = dict(os.environ)
+    for key in ("RAY_SERVE_ENABLE_DIRECT_INGRESS", "RAY_SERVE_ENABLE_HA_PROXY"):
+        os.environ.pop(key, None)
+    os.environ.update(INGRESS_ENV[mode])
+    try:
+        server = Server(store, 1, work / f"serve-{mode}.log",
+                        ["--ingress", mode, "--batch-rows", "64", *args.server_args.split()])
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+    out: dict[str, Any] = {"startup_s": server.startup_s, "points": []}
+    try:
+        for per_request in args.inputs:
+            for c in args.concurrency:
+                h0, cpu0 = health(server.address), tree_cpu_s(server.proc.pid)
+                r = asyncio.run(closed_loop(server.address, texts, per_request, c,
+                                            args.duration, args.warmup))
+                h1, cpu1 = health(server.address), tree_cpu_s(server.proc.pid)
+                rows = h1.batched_rows - h0.batched_rows
+                r["mean_batch"] = rows / max(1, h1.batches - h0.batches)
+                r["server_cpu_ms_row"] = 1000 * (cpu1 - cpu0) / max(1, rows)
+                r["engine_rows_s"], r["engine_cpu_ms_row"] = engine_rows_s(
+                    engine, task, texts, r["mean_batch"], args.engine_seconds)
+                r.update(concurrency=c, per_request=per_request)
+                out["points"].append(r)
+                print(f"{mode:8s} c={c:3d} x{per_request}: {r['rows_s']:7.1f} rows/s, batch "
+                      f"{r['mean_batch']:5.1f}, engine {r['engine_rows_s']:6.1f} rows/s "
+                      f"(wall {r['rows_s'] / r['engine_rows_s']:.2f}); CPU ms/row server "
+                      f"{r['server_cpu_ms_row']:.2f}, engine {r['engine_cpu_ms_row']:.2f} "
+                      f"(cpu {r['engine_cpu_ms_row'] / r['server_cpu_ms_row']:.2f})  "
+                      f"errors {r['errors']}", flush=True)
+        if args.stream_rows:
+            cpu0 = tree_cpu_s(server.proc.pid)
+            out["stream_rows_s"] = stream_rows_s(server.address, texts, args.stream_rows)
+            out["stream_server_cpu_ms_row"] = (1000 * (tree_cpu_s(server.proc.pid) - cpu0)
+                                               / args.stream_rows)
+            out["stream_engine_rows_s"], out["stream_engine_cpu_ms_row"] = engine_rows_s(
+                engine, task, texts, 64, args.engine_seconds)
+            print(f"{mode:8s} stream {args.stream_rows}: {out['stream_rows_s']:.1f} rows/s, "
+                  f"engine b64 {out['stream_engine_rows_s']:.1f}; CPU ms/row server "
+                  f"{out['stream_server_cpu_ms_row']:.2f}, engine "
+                  f"{out['stream_engine_cpu_ms_row']:.2f}", flush=True)
+    finally:
+        server.stop()
+    return out
+
+
+def report(results: dict[str, Any]) -> None:
+    print(f"\nmachine: {results['machine']}; load average (1 min) at start/end: "
+          f"{results['load_start']:.1f} / {results['load_end']:.1f}")
+    print("\n| ingress | concurrency | inputs/request | mean batch | rows/s | engine rows/s "
+          "at that batch | e2e / engine, wall | server CPU ms/row | engine CPU ms/row "
+          "| e2e / engine, CPU | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for mode, res in results["modes"].items():
+        for p in res["points"]:
+            print(f"| {mode} | {p['concurrency']} | {p['per_request']} | {p['mean_batch']:.1f} | "
+                  f"{p['rows_s']:.1f} | {p['engine_rows_s']:.1f} | "
+                  f"{p['rows_s'] / p['engine_rows_s']:.2f} | {p['server_cpu_ms_row']:.2f} | "
+                  f"{p['engine_cpu_ms_row']:.2f} | "
+                  f"{p['engine_cpu_ms_row'] / p['server_cpu_ms_row']:.2f} | {p['errors']} |")
+    if any("stream_rows_s" in r for r in results["modes"].values()):
+        print("\n| ingress | ClassifyStream rows/s | engine rows/s (batch 64) | ratio, wall "
+              "| server CPU ms/row | engine CPU ms/row | ratio, CPU |\n|---|---:|---:|---:|---:|---:|---:|")
+        for mode, res in results["modes"].items():
+            if "stream_rows_s" in res:
+                print(f"| {mode} | {res['stream_rows_s']:.1f} | {res['stream_engine_rows_s']:.1f} "
+                      f"| {res['stream_rows_s'] / res['stream_engine_rows_s']:.2f} | "
+                      f"{res['stream_server_cpu_ms_row']:.2f} | "
+                      f"{res['stream_engine_cpu_ms_row']:.2f} | "
+                      f"{res['stream_engine_cpu_ms_row'] / res['stream_server_cpu_ms_row']:.2f} |")
+    print("\nstartup (spawn -> first Classify): " + ", ".join(
+        f"{m} {r['startup_s']:.1f} s" for m, r in results["modes"].items()))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="SST-2 dev.tsv (GLUE format)")
+    ap.add_argument("--modes", nargs="+", default=sorted(INGRESS_ENV), choices=sorted(INGRESS_ENV))
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[32, 128])
+    ap.add_argument("--inputs", type=int, nargs="+", default=[1, 8], help="inputs per request")
+    ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per point")
+    ap.add_argument("--warmup", type=float, default=3.0)
+    ap.add_argument("--engine-seconds", type=float, default=6.0)
+    ap.add_argument("--stream-rows", type=int, default=20_000, help="0: no stream point")
+    ap.add_argument("--server-args", default="", help="extra `polyhead serve` flags")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    texts = read_sst2(args.data, None)
+    bb = load_backbone()
+    engine = Engine(bb, max_batch_size=64)
+    art = TaskArtifact.random("pasta", bb.spec, 2, seed=0)
+    work = Path(tempfile.mkdtemp(prefix="polyhead-ingress-"))
+    Store(work / "store", bb.spec).publish(
+        encode_artifact(new_manifest("one", art, bb.spec, labels=["neg", "pos"]), art))
+    task = engine.load(art)
+    results: dict[str, Any] = {
+        "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} engine threads", "load_start": os.getloadavg()[0],
+        "modes": {}}
+    for mode in args.modes:
+        results["modes"][mode] = run_mode(mode, work / "store", work, engine, task, texts, args)
+    results["load_end"] = os.getloadavg()[0]
+    report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
