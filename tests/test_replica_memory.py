@@ -1,6 +1,6 @@
 """What the replica keeps per upload / classify / delete cycle, measured inside its own
 process: the Serve deployment's class run in-process (no Ray: its RPC methods called
-directly, Serve's request batching replaced by the coalescer it feeds), tiny backbone,
+directly), tiny backbone,
 bank budgets far below the 16 tasks so that eviction runs all along.
 
 After warm-up it counts the live objects that hold an artifact (TaskArtifact, LoadedTask,
@@ -44,11 +44,6 @@ async def in_process_replica(config: ServerConfig):
     cls = Polyhead.func_or_class
     replica = cls.__new__(cls)
     await replica.__init__(config)
-
-    async def run_batch(item):  # Serve's @serve.batch needs a Serve replica context
-        return (await replica.coalescer.run([item]))[0]
-
-    replica._run_batch = run_batch
     return replica
 
 
