@@ -195,3 +195,51 @@ def test_classify_answers_while_the_catalog_is_locked(app: App, task: str, tiny_
     with app.client() as c:  # and the store still works once the lock is gone
         v = c.upload(artifact(tiny_bert.spec, "after-lock", seed=9)[0])
         assert c.classify("after-lock", "x")[0]["version"] == v["version"]
+
+
+@pytest.mark.slow
+def test_cli_streams_100k_lines_in_bounded_memory(app: App, task: str, tmp_path: Path) -> None:
+    """100,000 lines through `polyhead classify --file`: every line answered once, in
+    order, and the replica's resident memory does not grow with the file."""
+
+    n = 100_000
+    src = tmp_path / "big.txt"
+    src.write_text("".join(f"line {i} of a long file about {TEXTS[i % 5]}\n" for i in range(n)))
+    out = tmp_path / "big.jsonl"
+    replica = _replica_process()
+    rss0 = replica.memory_info().rss
+    peak = [rss0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.5):
+            peak.append(replica.memory_info().rss)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        r = _cli("classify", "--server", app.address, "--token", READ_TOKEN, "--task", task,
+                 "--file", str(src), "--out", str(out), "--chunk", "16")
+    finally:
+        stop.set()
+        sampler.join()
+    assert r.returncode == 0, r.stderr
+    lines = 0
+    with out.open() as f:
+        for lines, row in enumerate(map(json.loads, f), start=1):
+            assert row["line"] == lines
+    assert lines == n
+    grew = max(peak) - rss0
+    print(f"\n100,000 lines: replica RSS {rss0 / 2**20:.0f} MiB at start, peak "
+          f"+{grew / 2**20:.1f} MiB")
+    assert grew < 64 * 2**20  # a server that buffered the stream would hold ~100k messages
+
+
+def _replica_process():
+    """This test session's replica: Ray's processes are children of the driver (pytest)."""
+    import psutil
+
+    for p in psutil.Process().children(recursive=True):
+        if any("ServeReplica" in part and "Polyhead" in part for part in p.cmdline()):
+            return p
+    raise AssertionError("no Polyhead replica process under this test session")
