@@ -49,8 +49,8 @@ def deployment_options(num_replicas: int | str | None = None, num_cpus: float = 
     overrides them).
 
     max_ongoing_requests must be well above the batch size, or batches never fill: Serve
-    stops routing to a replica once that many requests are in flight there (and warns
-    unless it is >= max_batch_size * max_concurrent_batches of ``_run_batch``).
+    stops routing to a replica once that many requests are in flight there (over it, a
+    replica behind direct ingress answers RESOURCE_EXHAUSTED, which clients retry).
     """
     opts: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus},
