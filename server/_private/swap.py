@@ -4,8 +4,10 @@ No store I/O runs on the event loop: every read goes to the store thread. A requ
 resolves against a generation read that started after it arrived, so it never serves a
 version superseded before it was sent; concurrent requests share one read (at most one
 in flight, one queued behind it). If the store does not answer within ``probe_timeout_s``
-(another process holds the catalog's write lock: nothing new is committed yet), the
-request goes on with the last generation read, and the reads catch up when the lock goes.
+(another process holds the catalog's write lock: nothing new is committed yet) or cannot
+be reached (the database is down: nothing can be published either), the request goes on
+with the last generation read; a version that must be read from the store then fails
+(UNAVAILABLE), a resident one keeps answering.
 """
 
 from __future__ import annotations
@@ -51,8 +53,11 @@ class Resolver:
             if self._queued is None:
                 self._queued = asyncio.get_running_loop().create_future()
             fut = self._queued
-        with contextlib.suppress(TimeoutError):  # the store is locked: go on with what we had
-            await asyncio.wait_for(asyncio.shield(fut), None if wait else self._timeout)
+        if wait:
+            await asyncio.shield(fut)
+        else:  # the store is locked or down: nothing new can be committed; go on with what we had
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(fut), self._timeout)
         return self.generation != before
 
     def _start(self) -> asyncio.Future[int]:
