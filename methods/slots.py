@@ -8,6 +8,10 @@ per row (-1: the row is not this kind's) and the kind gathers its rows by that i
 Tables start with ``capacity`` slots and double when full; a field's trailing dims grow
 (e.g. LoRA rank, prefix length, head outputs) to the largest task loaded, padded with the
 fill. Growth allocates new tensors, so readers that hold the old ones are unaffected.
+The adapter bank bounds the rows in use by its device budget; a table keeps its peak
+size (it never shrinks), so what is allocated can exceed the rows in use by the
+doubling's slack (Health reports both). ``put`` and ``free`` hold the table's lock; a
+forward reads a snapshot of the fields and only the slots of tasks it holds.
 """
 
 from __future__ import annotations
