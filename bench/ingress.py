@@ -115,7 +115,8 @@ def run_mode(mode: str, store: Path, work: Path, engine: Engine, task: Any,
     os.environ.update(INGRESS_ENV[mode])
     try:
         server = Server(store, 1, work / f"serve-{mode}.log",
-                        ["--ingress", mode, "--batch-rows", "64", *args.server_args.split()])
+                        ["--ingress", mode, "--batch-rows", "64", "--threads", str(args.threads),
+                         *args.server_args.split()])
     finally:
         os.environ.clear()
         os.environ.update(env)
@@ -194,10 +195,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--engine-seconds", type=float, default=6.0)
     ap.add_argument("--stream-rows", type=int, default=20_000, help="0: no stream point")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads of the replica and of the in-process engine (the same)")
     ap.add_argument("--server-args", default="", help="extra `polyhead serve` flags")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(args.threads)
     texts = read_sst2(args.data, None)
     bb = load_backbone()
     engine = Engine(bb, max_batch_size=64)
