@@ -285,9 +285,9 @@ def test_regression_is_standardised_and_served_on_the_task_scale(
     eng = Engine(bert)
     task = eng.load(stored.artifact)
     texts = [e.text for e in rows]
-    (out,), _ = forward(eng, [BatchItem(list(texts), task)])
+    (out,), _ = forward(eng, [BatchItem(eng.tokenize(texts), task)])
     meta = TaskMeta(number=1, labels=(), regression=True, inputs="single")
-    resp = response(Resident(VersionKey("sts", info.version), task, meta, stored.artifact), out, "r0")
+    resp = response(Resident(VersionKey("sts", info.version), task, meta), out, "r0")
     served = np.array([p.value for p in resp.predictions])
     np.testing.assert_allclose(served, want, atol=1e-4, rtol=0)
     # an artifact without the field (older files) loads as before
