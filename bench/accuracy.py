@@ -479,8 +479,8 @@ def report(results: list[dict[str, Any]], diag: list[dict[str, Any]] | None = No
         parts += ["", "Pilot (seed 0; dev metric x100 of the last epoch; best epoch in brackets)", "",
                   pilot_table(results)]
         found = {m: pilot_best(results, m) for m in ("full", *FROZEN_LRS)}
-        parts += ["", "Learning rates the pilot found (mean of RTE and MRPC; trainer/table.py's "
-                  "defaults should follow): " + ", ".join(
+        parts += ["", "Best learning rate so far (mean of RTE and MRPC, among the lrs run on both; "
+                  "trainer/table.py's defaults follow it once the pilot is complete): " + ", ".join(
                       f"{m} {lr:g}" + (" (shared by child-d, child-f, dps, EH-FT)" if m == "full" else "")
                       for m, lr in found.items() if lr is not None)]
     if any(not r["pilot"] for r in results):
