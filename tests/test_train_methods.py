@@ -321,3 +321,37 @@ def test_pasta_dropout_acts_on_the_added_vectors_only() -> None:
     assert bool((torch.isclose(on, torch.zeros(1)) | torch.isclose(on, torch.full((1,), 2.0))).all())
     assert 0.2 < float((on == 0).float().mean()) < 0.8  # per element of each row's vector
     assert _DropAdded(Add(), 0.5).acts_before_layers  # the rest is delegated
+
+
+def test_full_paper_recipe_is_bert_for_sequence_classification(bert: Backbone, sentiment: Dataset) -> None:
+    """The paper recipe's model and gradients equal Hugging Face's BertForSequenceClassification
+    (the papers' code) with the same weights, parameter for parameter (dropout off)."""
+    from transformers import AutoModelForSequenceClassification
+
+    cfg = TrainConfig(method="full", recipe="paper", batch_size=8)
+    ctx = context(bert, sentiment, cfg)
+    mine = METHODS["full"].build(cfg, ctx)
+    assert isinstance(mine, DenseModel)
+    hf = AutoModelForSequenceClassification.from_pretrained(bert.path, num_labels=2, local_files_only=True)
+    with torch.no_grad():
+        hf.classifier.weight.copy_(mine.params["head.weight"])
+        hf.classifier.bias.copy_(mine.params["head.bias"])
+    hf.eval()
+    mine.set_training(False)
+    batch = next(batches(ctx.train, 8, ctx.pad_id, ctx.device, shuffle_seed=0))
+    ours = mine.forward(batch)
+    theirs = hf(input_ids=batch.ids, attention_mask=batch.mask, token_type_ids=batch.types).logits
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+    loss_fn(ours, batch.targets, False).backward()
+    loss_fn(theirs, batch.targets, False).backward()
+    hf_params = dict(hf.named_parameters())
+    trained = set()
+    for name, p in mine.params.items():
+        ref = hf_params["classifier." + name[5:] if name.startswith("head.") else "bert." + name]
+        torch.testing.assert_close(p.grad, ref.grad, atol=1e-6, rtol=1e-3)
+        trained.add(name)
+    assert len(trained) == len(hf_params)  # every parameter of the HF model is trained
+    groups = mine.param_groups(0.01)  # HF Trainer: decay on all but biases and LayerNorm weights
+    no_decay = {id(p) for p in groups[1]["params"]}
+    for name, p in mine.params.items():
+        assert (id(p) in no_decay) == (name.endswith("bias") or "LayerNorm" in name), name
