@@ -64,9 +64,11 @@ class App:
 
 
 @contextlib.contextmanager
-def running_app(backbone: Path, store: Path, *, replicas: int = 1, **options: Any) -> Iterator[App]:
-    """Ray (2 CPUs, no dashboard) with Serve's throughput env, as `polyhead serve` runs it."""
-    with ray_session():
+def running_app(backbone: Path, store: Path, *, replicas: int = 1, env: dict[str, str] | None = None,
+                **options: Any) -> Iterator[App]:
+    """Ray (2 CPUs, no dashboard) with Serve's throughput env, as `polyhead serve` runs it
+    (``env`` over it)."""
+    with ray_session(env):
         app = App(backbone, store, free_port(), replicas, options)
         app.start()
         yield app
