@@ -394,6 +394,7 @@ def tail(p: dict[str, Any]) -> str:
 def report(r: dict[str, Any]) -> None:
     print(f"\nmachine: {r['machine']}; load average (1 min) at start/end: "
           f"{r['load_average_at_start'][0]:.1f} / {r['load_average_at_end'][0]:.1f}")
+    print(f"published {r['publish_s_per_task'] * 1000:.1f} ms per task into the store")
     if "startup_s" in r:
         print(f"startup (spawn -> first served Classify): {r['startup_s']:.1f} s")
     if "load" in r:
