@@ -107,8 +107,8 @@ async def closed_loop(address: str, pick: Pick, concurrency: int, duration: floa
 
         await asyncio.gather(*[worker(w) for w in range(concurrency)])
     lat.sort()
-    return {"rps": len(lat) / duration, "p50_ms": 1000 * lat[len(lat) // 2],
-            "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], "errors": errors}
+    return {"rps": len(lat) / duration, "n": len(lat), "p50_ms": 1000 * lat[len(lat) // 2],
+            "p99_ms": 1000 * pct(lat, 0.99), "max_ms": 1000 * lat[-1], "errors": errors}
 
 
 async def warm(address: str, task_ids: Sequence[str], text: str) -> None:
@@ -127,6 +127,66 @@ async def warm(address: str, task_ids: Sequence[str], text: str) -> None:
 def health(address: str) -> pb.HealthResponse:
     with grpc.insecure_channel(address) as channel:
         return pb_grpc.InferenceStub(channel).Health(pb.HealthRequest(), timeout=30)
+
+
+def serve_processes(server_pid: int) -> dict[str, Any]:
+    """The Serve proxy and Polyhead replica processes under `polyhead serve` (pid)."""
+    import psutil
+
+    out: dict[str, Any] = {}
+    for p in psutil.Process(server_pid).children(recursive=True):
+        try:
+            cmd = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+        if "ProxyActor" in cmd:
+            out["proxy"] = p
+        elif "ServeReplica:polyhead" in cmd:
+            out.setdefault("replica", p)
+    return out
+
+
+def cpu_s(p: Any) -> float:
+    t = p.cpu_times()
+    return t.user + t.system
+
+
+async def health_loop(address: str, concurrency: int, seconds: float) -> tuple[int, int]:
+    """Closed-loop Health calls for ``seconds``: (answered, errors)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        done = errors = 0
+        t_end = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal done, errors
+            while time.perf_counter() < t_end:
+                try:
+                    await stub.Health(pb.HealthRequest())
+                    done += 1
+                except grpc.aio.AioRpcError:
+                    errors += 1
+
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+    return done, errors
+
+
+def health_cost(server: Server, concurrency: int, seconds: float) -> dict[str, float]:
+    """Serve's own cost per request: closed-loop Health (no engine work) at ``concurrency``;
+    CPU seconds of the proxy, the replica and this (client) process over the run, per call."""
+    import psutil
+
+    procs = {**serve_processes(server.proc.pid), "client": psutil.Process()}
+    asyncio.run(health_loop(server.address, concurrency, 1.0))  # warm-up
+    before = {k: cpu_s(p) for k, p in procs.items()}
+    t0 = time.perf_counter()
+    done, errors = asyncio.run(health_loop(server.address, concurrency, seconds))
+    wall = time.perf_counter() - t0
+    out = {"concurrency": concurrency, "seconds": wall, "calls": done, "errors": errors,
+           "rps": done / wall, "load_average": os.getloadavg()[0]}
+    for k, p in procs.items():
+        out[f"{k}_cpu_ms_per_call"] = 1000 * (cpu_s(p) - before[k]) / max(1, done)
+    return out
 
 
 def free_port() -> int:
@@ -245,6 +305,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--swap-rounds", type=int, default=30)
     ap.add_argument("--only", nargs="*", help="scenario name prefixes to run")
     ap.add_argument("--server-args", default="", help="extra `polyhead serve` flags")
+    ap.add_argument("--parts", nargs="+", choices=("load", "swap", "health"),
+                    default=["load", "swap", "health"], help="what to measure (default: all)")
+    ap.add_argument("--health-seconds", type=float, default=5.0,
+                    help="closed-loop Health seconds for Serve's own cost per request")
+    ap.add_argument("--health-concurrency", type=int, default=32)
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -258,89 +323,128 @@ def main(argv: Sequence[str] | None = None) -> None:
     results: dict[str, Any] = {"machine": f"{os.cpu_count()} CPU cores, torch "
                                f"{torch.__version__}, {torch.get_num_threads()} threads",
                                "load_average_at_start": os.getloadavg()}
-    # -- in-process engine baselines (no server running)
-    loaded = {t: engine.load(a) for group in tasks.values() for t, _, a in group}
-    results["engine"] = {name: {str(b): engine_throughput(engine, loaded, pick, args.engine_rows, b)
-                                for b in (32, 64)} for name, (_, pick) in picks.items()}
-    print(f"engine rows/s: {json.dumps(results['engine'])}", flush=True)
-    del loaded
+    if "load" in args.parts:  # -- in-process engine baselines (no server running)
+        loaded = {t: engine.load(a) for group in tasks.values() for t, _, a in group}
+        results["engine"] = {name: {str(b): engine_throughput(engine, loaded, pick, args.engine_rows, b)
+                                    for b in (32, 64)} for name, (_, pick) in picks.items()}
+        print(f"engine rows/s: {json.dumps(results['engine'])}", flush=True)
+        del loaded
     work = Path(tempfile.mkdtemp(prefix="polyhead-bench-"))
     store = Store(work / "store", bb.spec)
+    published = [g for k, g in tasks.items() if "load" in args.parts or k == "one"]
     t0 = time.perf_counter()
-    for group in tasks.values():
+    for group in published:
         for _, data, _ in group:
             store.publish(data)
-    results["publish_s_per_task"] = (time.perf_counter() - t0) / sum(map(len, tasks.values()))
-    # -- one replica: startup, then the load points
-    server = Server(work / "store", 1, work / "serve1.log", args.server_args.split())
-    results["startup_s"] = server.startup_s
-    results["load"] = {}
-    try:
-        for name, (group, pick) in picks.items():
-            asyncio.run(warm(server.address, [t for t, _, _ in tasks[group]], texts[0]))
-            for c in args.concurrency:
-                h0 = health(server.address)
-                r = asyncio.run(closed_loop(server.address, pick, c, args.duration, args.warmup))
-                h1 = health(server.address)
-                fwd = h1.forward_s - h0.forward_s
-                r["replica_engine_rows_s"] = (h1.batched_rows - h0.batched_rows) / max(fwd, 1e-9)
-                r["engine_busy"] = fwd / (args.duration + args.warmup)
-                r["mean_batch_rows"] = ((h1.batched_rows - h0.batched_rows)
-                                        / max(1, h1.batches - h0.batches))
-                results["load"].setdefault(name, {})[str(c)] = r
-                print(f"{name:24s} c={c:2d}  {r['rps']:7.1f} req/s  p50 {r['p50_ms']:6.1f} ms  "
-                      f"p99 {r['p99_ms']:6.1f} ms  errors {r['errors']}  batch "
-                      f"{r['mean_batch_rows']:.1f}  engine busy {r['engine_busy']:.0%} at "
-                      f"{r['replica_engine_rows_s']:.0f} rows/s", flush=True)
-    finally:
-        server.stop()
-    # -- the engine again (machine load drifts): batch 32 after the load points
-    loaded = {t: engine.load(a) for group in tasks.values() for t, _, a in group}
-    for name, (_, pick) in picks.items():
-        results["engine"][name]["32_after"] = engine_throughput(engine, loaded, pick,
-                                                                args.engine_rows, 32)
-    del loaded
-    # -- two replicas: upload-to-servable
-    server = Server(work / "store", 2, work / "serve2.log", args.server_args.split())
-    try:
-        results["swap"] = swap_latency(server.address, bb.spec, args.swap_rounds)
-    finally:
-        server.stop()
+    results["publish_s_per_task"] = (time.perf_counter() - t0) / sum(map(len, published))
+    if {"load", "health"} & set(args.parts):  # -- one replica: startup, load points, Serve's cost
+        server = Server(work / "store", 1, work / "serve1.log", args.server_args.split())
+        results["startup_s"] = server.startup_s
+        try:
+            if "load" in args.parts:
+                results["load"] = load_points(server, args, tasks, picks, texts[0])
+            if "health" in args.parts:
+                results["health"] = health_cost(server, args.health_concurrency, args.health_seconds)
+        finally:
+            server.stop()
+    if "load" in args.parts:  # -- the engine again (machine load drifts): batch 32 after
+        loaded = {t: engine.load(a) for group in tasks.values() for t, _, a in group}
+        for name, (_, pick) in picks.items():
+            results["engine"][name]["32_after"] = engine_throughput(engine, loaded, pick,
+                                                                    args.engine_rows, 32)
+        del loaded
+    if "swap" in args.parts:  # -- two replicas: upload-to-servable
+        server = Server(work / "store", 2, work / "serve2.log", args.server_args.split())
+        try:
+            results["swap"] = swap_latency(server.address, bb.spec, args.swap_rounds)
+        finally:
+            server.stop()
     results["load_average_at_end"] = os.getloadavg()
     report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
 
+def load_points(server: Server, args: argparse.Namespace, tasks: dict[str, list],
+                picks: dict[str, tuple[str, Pick]], text: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, (group, pick) in picks.items():
+        asyncio.run(warm(server.address, [t for t, _, _ in tasks[group]], text))
+        for c in args.concurrency:
+            h0 = health(server.address)
+            r = asyncio.run(closed_loop(server.address, pick, c, args.duration, args.warmup))
+            h1 = health(server.address)
+            fwd = h1.forward_s - h0.forward_s
+            r["replica_engine_rows_s"] = (h1.batched_rows - h0.batched_rows) / max(fwd, 1e-9)
+            r["engine_busy"] = fwd / (args.duration + args.warmup)
+            r["mean_batch_rows"] = ((h1.batched_rows - h0.batched_rows)
+                                    / max(1, h1.batches - h0.batches))
+            out.setdefault(name, {})[str(c)] = r
+            print(f"{name:24s} c={c:2d}  {r['rps']:7.1f} req/s  p50 {r['p50_ms']:6.1f} ms  "
+                  f"{tail(r)} ms  errors {r['errors']}  batch {r['mean_batch_rows']:.1f}  engine "
+                  f"busy {r['engine_busy']:.0%} at {r['replica_engine_rows_s']:.0f} rows/s", flush=True)
+    return out
+
+
+def tail(p: dict[str, Any]) -> str:
+    """p99 where there are at least 100 samples, else what it would be: the maximum."""
+    return f"p99 {p['p99_ms']:.1f}" if p["n"] >= 100 else f"max of {p['n']} {p['max_ms']:.1f}"
+
+
 def report(r: dict[str, Any]) -> None:
     print(f"\nmachine: {r['machine']}; load average (1 min) at start/end: "
           f"{r['load_average_at_start'][0]:.1f} / {r['load_average_at_end'][0]:.1f}")
-    print(f"startup (spawn -> first served Classify): {r['startup_s']:.1f} s")
-    print("\n| scenario | conc. | req/s | p50 ms | p99 ms | mean batch | replica engine busy, rows/s "
-          "| in-process engine rows/s: b32 before, after; b64 | e2e / in-process b32 |\n"
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"published {r['publish_s_per_task'] * 1000:.1f} ms per task into the store")
+    if "startup_s" in r:
+        print(f"startup (spawn -> first served Classify): {r['startup_s']:.1f} s")
+    if "load" in r:
+        report_load(r)
+    if "swap" in r:
+        report_swap(r["swap"])
+    if "health" in r:
+        h = r["health"]
+        print(f"\nServe's own cost per request: closed-loop Health (no engine), concurrency "
+              f"{h['concurrency']}, {h['seconds']:.1f} s, load average {h['load_average']:.1f}\n"
+              "| Health req/s | proxy CPU ms/req | replica CPU ms/req | client CPU ms/req | errors |\n"
+              "|---:|---:|---:|---:|---:|\n"
+              f"| {h['rps']:.0f} | {h.get('proxy_cpu_ms_per_call', float('nan')):.2f} | "
+              f"{h.get('replica_cpu_ms_per_call', float('nan')):.2f} | "
+              f"{h['client_cpu_ms_per_call']:.2f} | {h['errors']} |")
+
+
+def report_load(r: dict[str, Any]) -> None:
+    print("\n| scenario | conc. | req/s | answers | p50 ms | p99 ms (max of n if n < 100) | mean batch "
+          "| replica engine busy, rows/s | in-process engine rows/s: b32 before, after; b64 "
+          "| e2e / in-process b32 before | e2e / in-process b32 after |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, points in r["load"].items():
         eng = r["engine"][name]
-        e32 = (eng["32"] + eng.get("32_after", eng["32"])) / 2
+        after = eng.get("32_after", float("nan"))
         for c, p in points.items():
-            print(f"| {name} | {c} | {p['rps']:.1f} | {p['p50_ms']:.1f} | {p['p99_ms']:.1f} | "
+            print(f"| {name} | {c} | {p['rps']:.1f} | {p['n']} | {p['p50_ms']:.1f} | {tail(p)} | "
                   f"{p['mean_batch_rows']:.1f} | {p['engine_busy']:.0%}, "
-                  f"{p['replica_engine_rows_s']:.0f} | "
-                  f"{eng['32']:.0f}, {eng.get('32_after', float('nan')):.0f}; {eng['64']:.0f} | "
-                  f"{p['rps'] / e32:.2f} |")
+                  f"{p['replica_engine_rows_s']:.0f} | {eng['32']:.0f}, {after:.0f}; {eng['64']:.0f} | "
+                  f"{p['rps'] / eng['32']:.2f} | {p['rps'] / after:.2f} |")
     load = r["load"]
     one, mixed = load.get("1 task", {}).get("32"), load.get("100 tasks, 5 kinds", {}).get("32")
     if one and mixed:
         print(f"\n100-task mixed / 1-task throughput at c=32: {mixed['rps'] / one['rps']:.2f}")
-    s = r["swap"]
-    for key, what in (("upload_rpc", "upload RPC (durable + servable on the receiving replica)"),
-                      ("all_replicas", "upload return -> both replicas have answered with it"),
-                      ("resident_other", "upload return -> resident on the other replica "
-                       "(its own clock, via Health ages)")):
-        print(f"{what}: p50 {1000 * statistics.median(s[key]):.0f} ms, "
-              f"p99 {1000 * pct(s[key], 0.99):.0f} ms, max {1000 * max(s[key]):.0f} ms")
+
+
+def report_swap(s: dict[str, list[float]]) -> None:
+    n = len(s["upload_rpc"])
+    print(f"\nupload-to-servable, {n} uploads, 2 replicas (ms):\n"
+          f"| measure | median | max of {n} |\n|---|---:|---:|")
+    for key, what in (("upload_rpc", "Upload RPC (durable + servable on the receiving replica)"),
+                      ("resident_other", "Upload return -> resident on the other replica "
+                       "(its own clock, via Health ages)"),
+                      ("all_replicas", "Upload return -> both replicas have answered with it")):
+        print(f"| {what} | {1000 * statistics.median(s[key]):.0f} | {1000 * max(s[key]):.0f} |")
+    later = [x for key in ("resident_other", "all_replicas") for x in s[key][1:]]
+    print(f"uploads 2-{n}: resident on the other replica and answered by both within "
+          f"{1000 * max(later):.0f} ms")
     print(f"stale answers (old version, request sent after Upload returned): {int(sum(s['stale']))} "
-          f"in {len(s['stale'])} uploads")
+          f"in {n} uploads")
 
 
 if __name__ == "__main__":

@@ -64,9 +64,11 @@ class App:
 
 
 @contextlib.contextmanager
-def running_app(backbone: Path, store: Path, *, replicas: int = 1, **options: Any) -> Iterator[App]:
-    """Ray (2 CPUs, no dashboard) with Serve's throughput env, as `polyhead serve` runs it."""
-    with ray_session():
+def running_app(backbone: Path, store: Path, *, replicas: int = 1, env: dict[str, str] | None = None,
+                **options: Any) -> Iterator[App]:
+    """Ray (2 CPUs, no dashboard) with Serve's throughput env, as `polyhead serve` runs it
+    (``env`` over it)."""
+    with ray_session(env):
         app = App(backbone, store, free_port(), replicas, options)
         app.start()
         yield app
@@ -110,15 +112,17 @@ class LoadResult:
     wrong: list[str]
 
     def buckets(self, t0: float, width_s: float) -> list[dict[str, float]]:
-        """Count, p50 and p99 (ms) per ``width_s`` window from ``t0``."""
+        """Count, p50 and p99 (ms) per ``width_s`` window from ``t0``; a window with fewer
+        than 100 calls has its maximum instead ("max_ms"), which is what its p99 would be."""
         groups: dict[int, list[float]] = {}
         for start, secs in self.calls:
             groups.setdefault(int((start - t0) // width_s), []).append(secs * 1000)
         out = []
         for i in sorted(groups):
             lat = sorted(groups[i])
+            tail = {"p99_ms": lat[int(len(lat) * 0.99)]} if len(lat) >= 100 else {"max_ms": lat[-1]}
             out.append({"window": i, "calls": len(lat), "rps": len(lat) / width_s,
-                        "p50_ms": lat[len(lat) // 2], "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))]})
+                        "p50_ms": lat[len(lat) // 2], **tail})
         return out
 
 

@@ -75,16 +75,17 @@ def served(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     env = {**s.env(), "POLYHEAD_STORE": str(s.store), "POLYHEAD_BACKBONE": str(tiny_bert_dir)}
     cmd = [*polyhead_command(), "serve", "--port", str(port), "--http-port", str(free_port()),
            "--replicas", "1", "--cpus", "1", "--inference-token", INFERENCE_TOKEN]
-    with log.open("w") as out:
-        s.proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT)
+    with log.open("w") as out:  # SIGINT as in a terminal, even if this process ignores it
+        s.proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT,
+                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_until_serving(s)
         yield s
     finally:
         if s.proc.poll() is None:
-            s.proc.send_signal(signal.SIGINT)
+            s.proc.terminate()  # SIGTERM: `polyhead serve` shuts Serve and Ray down on it too
             try:
-                s.proc.wait(120)
+                s.proc.wait(60)
             except subprocess.TimeoutExpired:
                 s.proc.kill()
                 s.proc.wait()

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import psutil
 import pytest
 import torch
@@ -50,14 +51,18 @@ METHODS = {"/polyhead.v1.Inference/" + m: cls for m, cls in
 FUZZ = settings(deadline=None, database=None, print_blob=True, suppress_health_check=list(HealthCheck),
                 max_examples=int(os.environ.get("POLYHEAD_FUZZ_EXAMPLES", "500")))  # per fuzz test
 ATOL = 1e-5
+LEAK_BOUND_KB = 4.0  # RSS per cycle after warm-up, slow variant
 FIRST_REPLICA: list[int] = []  # the replica's PID when the module's app started
 
 
 @pytest.fixture(scope="module")
 def app(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     store = tmp_path_factory.mktemp("reliability") / "store"
+    # Serve's throughput env buffers a replica's log records (1,000 at a time) and writes them
+    # when the buffer fills or at ERROR: a log check would read files that never received
+    # them. Unbuffered here, so that every record is on disk when the logs are read.
     with running_app(tiny_bert_dir, store, replicas=1, device_budget_mb=0.01, host_budget_mb=0.004,
-                     max_artifact_mb=1.0) as a:
+                     max_artifact_mb=1.0, env={"RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1"}) as a:
         (proc,) = replica_processes()
         FIRST_REPLICA.append(proc.pid)
         yield a
@@ -81,7 +86,8 @@ class Fuzz:
         self.want = engine.run(KNOWN_INPUTS, [engine.load(art)] * len(KNOWN_INPUTS))
         self.mutant = artifact(spec, MUTANT, seed=63)[0]
         self.codes: collections.Counter[str] = collections.Counter()
-        self.bad: list[str] = []
+        self.bad: list[str] = []  # of the example being run (each example starts clean)
+        self.all_bad: list[str] = []  # of every example, for the total
         self.checks = 0
 
     def known_call(self) -> grpc.Future:
@@ -103,10 +109,12 @@ class Fuzz:
         self.codes[code.name] += 1
         if code not in CLIENT_CODES:
             self.bad.append(f"{what}: {code.name} {fut.details()!r:.200}")
+            self.all_bad.append(self.bad[-1])
         return code
 
     def run(self, calls: list[tuple[str, grpc.Future]]) -> None:
         """Settle ``calls`` (already sent) and a known-task check sent alongside them."""
+        self.bad = []  # a failure is this example's, not one hypothesis ran before
         known = self.known_call()
         for what, fut in calls:
             self.settle(what, fut)
@@ -242,7 +250,7 @@ def test_fuzz_total(fuzz: Fuzz) -> None:
     if "POLYHEAD_FUZZ_EXAMPLES" not in os.environ:
         assert total >= 5000, fuzz.codes
     assert fuzz.checks >= 1000 or "POLYHEAD_FUZZ_EXAMPLES" in os.environ
-    assert not ({"INTERNAL", "UNKNOWN"} & set(fuzz.codes))
+    assert not ({"INTERNAL", "UNKNOWN"} & set(fuzz.codes)) and not fuzz.all_bad, fuzz.all_bad[:5]
 
 
 # -- the hostile artifact corpus ----------------------------------------------------------------
@@ -255,7 +263,7 @@ def test_artifact_corpus_refused_by_cli_and_upload(app: App, tiny_bert, tiny_ber
 
     spec = tiny_bert.spec
     cases = corpus(tiny_roberta.spec)
-    assert len(cases) >= 25 and len({c[0] for c in cases}) == len(cases)
+    assert len(cases) == 56 and len({c[0] for c in cases}) == len(cases)
     good = artifact(spec, "sst2", seed=71)[0]
     local = ["--store", str(tmp_path / "cli-store"), "--backbone", str(tiny_bert_dir)]
     (tmp_path / "good.polyhead").write_bytes(good)
@@ -328,14 +336,31 @@ def test_registry_auth_and_no_token_in_logs(app: App, tiny_bert) -> None:
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         inference = pb_grpc.InferenceStub(channel)  # Inference is open on this server
         assert inference.Health(pb.HealthRequest(), timeout=60).status == "SERVING"
-    time.sleep(2)  # let Ray's log writers flush
-    logs = session_logs()
-    files = [p for p in logs.rglob("*") if p.is_file()]
-    assert any("serve" in p.parts for p in files), "no Serve logs found"
-    leaks = [str(p) for p in files for secret in (TOKEN, wrong) if secret.encode() in p.read_bytes()]
+    files = settled_logs()
+    read = {p: p.read_bytes() for p in files}
+    replica_logs = [p for p in files if "serve" in p.parts and p.name.startswith("replica_")]
+    assert any(b"polyhead replica" in read[p] for p in replica_logs), "the replica's log was not read"
+    leaks = [str(p) for p, data in read.items() for secret in (TOKEN, wrong) if secret.encode() in data]
     assert not leaks, leaks
     print(f"\nauth: {len(calls) * len(refused)} refused calls; token absent from {len(files)} log files "
-          f"({sum(p.stat().st_size for p in files)} bytes) under {logs}")
+          f"({sum(map(len, read.values()))} bytes) under {session_logs()}")
+
+
+def settled_logs(quiet_s: float = 3.0, deadline_s: float = 120.0) -> list[Path]:
+    """This session's log files once their names and sizes have not changed for ``quiet_s``
+    (Ray's writers flush asynchronously); the deadline only stops the wait."""
+    logs = session_logs()
+
+    def state() -> dict[Path, int]:
+        return {p: p.stat().st_size for p in logs.rglob("*") if p.is_file()}
+
+    last, since, stop_at = state(), time.monotonic(), time.monotonic() + deadline_s
+    while time.monotonic() - since < quiet_s and time.monotonic() < stop_at:
+        time.sleep(0.5)
+        now = state()
+        if now != last:
+            last, since = now, time.monotonic()
+    return sorted(last)
 
 
 # -- leaks -----------------------------------------------------------------------------------
@@ -343,7 +368,8 @@ def test_registry_auth_and_no_token_in_logs(app: App, tiny_bert) -> None:
 def leak_cycles(app: App, spec, cycles: int, tasks: int = 16) -> dict[str, object]:
     """Upload a new version of one of ``tasks`` tasks, classify it, and delete the task every
     4th time round; the replica's RSS every ``cycles // 40`` cycles. The bank's budgets
-    (10 KB device, 4 KB host) are far below what ``tasks`` tasks take: evictions all along."""
+    (10 KB device, 4 KB host) are far below what ``tasks`` tasks take: evictions all along.
+    ``kb_per_cycle``: the least-squares slope of RSS over the cycles after warm-up (20 %)."""
     (proc,) = replica_processes()
     every = max(1, cycles // 40)
     samples: list[tuple[int, int]] = []
@@ -360,12 +386,12 @@ def leak_cycles(app: App, spec, cycles: int, tasks: int = 16) -> dict[str, objec
             if i % every == every - 1:
                 samples.append((i + 1, proc.memory_info().rss))
         health = c.health()
-    warm = samples[len(samples) // 5]  # warm-up: the first 20% of the cycles
-    end = samples[-1]
+    after = samples[len(samples) // 5:]
+    x = np.array(after, dtype=float)
     return {"cycles": cycles, "deleted": deleted, "seconds": time.perf_counter() - t0,
-            "rss_warm_mb": warm[1] / 2**20, "rss_end_mb": end[1] / 2**20, "warm_at": warm[0],
-            "rss_max_mb": max(r for _, r in samples[len(samples) // 5:]) / 2**20,
-            "growth": end[1] / warm[1] - 1, "resident": len(health["resident"]),
+            "kb_per_cycle": float(np.polyfit(x[:, 0], x[:, 1], 1)[0]) / 1024,
+            "rss_warm_mb": after[0][1] / 2**20, "rss_end_mb": after[-1][1] / 2**20,
+            "warm_at": after[0][0], "resident": len(health["resident"]),
             "device_bytes": health["device_bytes"], "samples_mb": [round(r / 2**20, 1) for _, r in samples]}
 
 
@@ -377,19 +403,28 @@ def _report(name: str, result: dict[str, object]) -> None:
         (Path(out) / f"{name}.json").write_text(json.dumps(result, indent=1))
 
 
-def test_upload_delete_evict_cycles_do_not_leak(app: App, tiny_bert) -> None:
+def test_upload_delete_evict_cycles_keep_the_bank_in_budget(app: App, tiny_bert) -> None:
+    """Through real Ray Serve: 400 cycles keep the bank within its budget with evictions all
+    along, every answer names the version just uploaded. The replica's RSS slope is reported;
+    400 cycles of RSS on a shared machine cannot bound a per-artifact leak (allocator steps
+    of tens of MB), test_replica_memory.py does (live objects and Python heap per cycle)."""
     r = leak_cycles(app, tiny_bert.spec, int(os.environ.get("POLYHEAD_LEAK_CI_CYCLES", "400")))
     _report("leak_ci", r)
-    assert r["growth"] < 0.05 and r["rss_max_mb"] / r["rss_warm_mb"] - 1 < 0.05, r
     assert r["device_bytes"] <= 0.01 * 2**20 + 4096  # the budget held (one entry may exceed it)
     assert r["resident"] < 16  # so evictions ran all along
 
 
 @pytest.mark.slow
 def test_10k_upload_delete_evict_cycles_do_not_leak(app: App, tiny_bert) -> None:
+    """RSS slope after warm-up over 10,000 cycles, under 4 KB per cycle. Through Ray Serve
+    this cycle drifted ~2 KB per cycle (BENCHMARKS, Reliability) while the replica's own
+    state stays flat (test_replica_memory.py); a replica that also kept each cycle's
+    artifact would add its objects and tensors on top (+3.5 KB of Python heap per cycle
+    alone). 10,000 cycles because shorter runs cannot resolve a few KB per call
+    (`python -m bench.replica_memory`: about ±3 KB per call at 600 calls)."""
     r = leak_cycles(app, tiny_bert.spec, int(os.environ.get("POLYHEAD_LEAK_CYCLES", "10000")))
     _report("leak_slow", r)
-    assert r["growth"] < 0.05 and r["rss_max_mb"] / r["rss_warm_mb"] - 1 < 0.05, r
+    assert r["kb_per_cycle"] < LEAK_BOUND_KB, r
 
 
 # -- load soak -------------------------------------------------------------------------------
@@ -443,6 +478,7 @@ def test_soak_10_minutes(app: App, tiny_bert) -> None:
     r = soak(app, tiny_bert.spec, float(os.environ.get("POLYHEAD_SOAK_S", "600")), 60.0)
     _report("soak_slow", r)
     assert r["errors"] == 0 and r["wrong"] == 0, r["first_errors"]
+    assert r["calls"] > 0
 
 
 def test_replica_lived_through_the_module(app: App) -> None:

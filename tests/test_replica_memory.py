@@ -5,9 +5,11 @@ bank budgets far below the 16 tasks so that eviction runs all along.
 
 After warm-up it counts the live objects that hold an artifact (TaskArtifact, LoadedTask,
 Resident, VersionKey, tensors) and samples the Python heap (tracemalloc). A replica that
-kept one artifact per cycle would add hundreds of each and ~1 KB of heap per cycle; the
-bounds below are one per task and 512 B per cycle. (RSS through real Ray Serve:
-test_reliability.py.)
+kept each fetched artifact (tried by appending it to a list in the bank) ends 400 cycles
+with 548 TaskArtifacts and +3.5 KB of heap per cycle; the bounds are one per task and
+1 KB per cycle (this code: 14 at most, +0.2 KB per cycle or less over 600 cycles). It
+prints the process's RSS slope too, not asserted (tracemalloc's own bookkeeping is in
+it); RSS through real Ray Serve: test_reliability.py and BENCHMARKS (Reliability).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from polyhead.v1 import polyhead_pb2 as pb
@@ -49,6 +52,8 @@ async def in_process_replica(config: ServerConfig):
 
 async def cycles(replica, spec, n: int, warm: int, every: int) -> dict[str, object]:
     heap: list[tuple[int, int]] = []
+    rss: list[tuple[int, int]] = []
+    me = psutil.Process()
     counts = {}
     for i in range(n):
         task = f"leak{i % TASKS}"
@@ -62,11 +67,16 @@ async def cycles(replica, spec, n: int, warm: int, every: int) -> dict[str, obje
         if i + 1 >= warm and (i + 1 - warm) % every == 0:
             gc.collect()
             heap.append((i + 1, tracemalloc.get_traced_memory()[0]))
+            rss.append((i + 1, me.memory_info().rss))
     counts["end"] = live()
-    x = np.array(heap, dtype=float)
-    slope = float(np.polyfit(x[:, 0], x[:, 1], 1)[0])
     health = await replica.Health(pb.HealthRequest())
-    return {"counts": counts, "heap_bytes_per_cycle": slope, "heap": heap, "health": health}
+    return {"counts": counts, "heap_bytes_per_cycle": slope(heap), "heap": heap,
+            "rss_bytes_per_cycle": slope(rss), "health": health}
+
+
+def slope(samples: list[tuple[int, int]]) -> float:
+    x = np.array(samples, dtype=float)
+    return float(np.polyfit(x[:, 0], x[:, 1], 1)[0])
 
 
 def test_cycles_retain_nothing_per_artifact(tiny_bert_dir: Path, tiny_bert, tmp_path: Path,
@@ -88,11 +98,11 @@ def test_cycles_retain_nothing_per_artifact(tiny_bert_dir: Path, tiny_bert, tmp_
     r = asyncio.run(main())
     warm, end = r["counts"]["warm"], r["counts"]["end"]
     print(f"\nreplica memory over {n} cycles: live objects after warm-up {dict(warm)}, at the end "
-          f"{dict(end)}; Python heap {r['heap_bytes_per_cycle']:+.1f} B/cycle (fit over "
-          f"{len(r['heap'])} samples)")
+          f"{dict(end)}; Python heap {r['heap_bytes_per_cycle']:+.1f} B/cycle, RSS "
+          f"{r['rss_bytes_per_cycle'] / 1024:+.2f} KB/cycle (fits over {len(r['heap'])} samples)")
     for name in ("TaskArtifact", "LoadedTask", "Resident", "VersionKey"):  # at most one per task
         assert end[name] <= TASKS + 2, (name, dict(warm), dict(end))
     assert end["Tensor"] <= warm["Tensor"] + 8 * TASKS, (dict(warm), dict(end))
-    assert r["heap_bytes_per_cycle"] < 512, r["heap"]
+    assert r["heap_bytes_per_cycle"] < 1024, r["heap"]
     h = r["health"]
     assert len(h.resident) < TASKS and h.device_bytes <= h.device_budget_bytes + 4096

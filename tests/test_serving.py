@@ -35,16 +35,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def ray_session() -> Iterator[None]:
+def ray_session(env: dict[str, str] | None = None) -> Iterator[None]:
     """A local Ray (2 CPUs, no dashboard) with Serve's throughput env, as `polyhead serve`
-    runs it (Ray's processes inherit the env); Serve and Ray shut down and the env restored."""
+    runs it (Ray's processes inherit the env), ``env`` over it; Serve and Ray shut down and
+    the env restored."""
     import ray
     from ray import serve
 
     from server.app import SERVE_ENV
 
     with pytest.MonkeyPatch.context() as mp:
-        for key, value in SERVE_ENV.items():
+        for key, value in {**SERVE_ENV, **(env or {})}.items():
             mp.setenv(key, value)
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
@@ -354,13 +355,19 @@ def test_cli(cluster: Cluster, tiny_bert, tmp_path: Path, capsys) -> None:
     path.write_bytes(artifact(tiny_bert.spec, "cli-task", seed=51)[0])
     common = ["--server", cluster.address, "--token", TOKEN]
     assert main(["upload", str(path), *common]) == 0
+    version = capsys.readouterr().out.split()[2]
     assert main(["tasks", "list", *common]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert any(line.startswith("cli-task\t") for line in lines)
+    assert any(line.startswith(f"cli-task\tpasta\tv1\t{version[:12]}\t1 versions") for line in lines), lines
     assert main(["classify", "--task", "cli-task", "the movie was good", *common]) == 0
-    assert capsys.readouterr().out.split("\t")[0] in ("neg", "pos")
+    label, score, text = capsys.readouterr().out.rstrip("\n").split("\t")
+    assert label in ("neg", "pos") and 0.5 <= float(score) <= 1 and text == "the movie was good"
     assert main(["tasks", "show", "cli-task", *common]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[0] == "cli-task  kind=pasta  versions=1  labels=neg,pos"
+    assert shown[1].startswith(f"  v1  {version[:12]}  ") and shown[1].endswith("<- latest")
     assert main(["classify", "--task", "cli-task", "a", "--pair", "b", *common[:2]]) == 0
+    assert capsys.readouterr().out.split("\t")[0] in ("neg", "pos")
     # bad input: a message naming it, exit 2, no traceback
     assert main(["classify", "--task", "missing-task", "x", *common]) == 2
     err = capsys.readouterr().err
@@ -369,6 +376,8 @@ def test_cli(cluster: Cluster, tiny_bert, tmp_path: Path, capsys) -> None:
     assert main(["tasks", "delete", "cli-task", "--server", cluster.address, "--token", "x"]) == 2
     assert "UNAUTHENTICATED" in capsys.readouterr().err
     assert main(["tasks", "delete", "cli-task", *common]) == 0
+    assert capsys.readouterr().out.strip() == "deleted cli-task"
+    assert main(["classify", "--task", "cli-task", "x", *common]) == 2
 
 
 def test_import_peft_serves_peft_logits(cluster: Cluster, tiny_bert, tiny_bert_dir, tmp_path: Path) -> None:
