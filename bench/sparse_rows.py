@@ -3,7 +3,7 @@ representation, against the base Linear on the same rows.
 
     python -m bench.sparse_rows --clock cpu
 
-n rows (default 13: a fifth of a 64-row batch, as in bench.engine's mix), each of its own
+n rows (default 13: about a fifth of a 64-row batch; bench.engine's mix has 12), each of its own
 task, T tokens each, MiniLM's Linear shapes (or --hidden/--intermediate), random entries
 at each density. Representations:
   csr-block  the engine's: all rows' entries as one block-diagonal CSR, one product
