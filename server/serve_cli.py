@@ -128,11 +128,9 @@ def run(args: argparse.Namespace) -> int:
           f"store {redact(config.store or '')}); ready in {time.perf_counter() - t0:.1f} s. Ctrl-C stops.",
           flush=True)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(1.0):
-            pass
-    except KeyboardInterrupt:
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second one while stopping changes nothing
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
         pass
     print("polyhead: stopping", flush=True)
     serve.shutdown()
