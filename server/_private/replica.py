@@ -29,7 +29,7 @@ from server._private.services import InferenceService, Parts, RegistryService, m
 from server._private.swap import Resolver
 from server.bank import AdapterBank, TaskMeta, VersionKey
 from server.config import MB, ServerConfig
-from store import Store, VersionInfo
+from store import NotFoundError, Store, VersionInfo
 
 logger = logging.getLogger("ray.serve")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -177,7 +177,10 @@ class Polyhead:
                 continue
             key = VersionKey(task_id, info.version)
             if bank.peek(key) is None:
-                await bank.get(key)
+                try:
+                    await bank.get(key)
+                except NotFoundError:  # deleted since it was read: the next change drops it
+                    continue
                 ms = (time.perf_counter() - changed_at) * 1000
                 self.metrics.swap_latency.observe(ms, tags={"origin": "store"})
 
