@@ -118,6 +118,12 @@ def run(args: argparse.Namespace) -> int:
     cpus = args.cpus or max(1.0, machine_cpus / max(1, args.replicas))
     ray.init(address="local", num_cpus=max(machine_cpus, int(cpus * args.replicas + 0.999)),
              include_dashboard=False, log_to_driver=False)
+    # From here on Ctrl-C or SIGTERM stops Serve and Ray in order, also while the app is
+    # still deploying (replicas may answer before serve.run returns); a second one while
+    # stopping changes nothing.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     serve.start(http_options={"host": "127.0.0.1", "port": args.http_port},
                 grpc_options=gRPCOptions(port=args.port, grpc_servicer_functions=GRPC_SERVICERS),
                 logging_config={"enable_access_log": args.access_log})
@@ -127,9 +133,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"polyhead: serving on localhost:{args.port} ({args.replicas} replica(s), "
           f"store {redact(config.store or '')}); ready in {time.perf_counter() - t0:.1f} s. Ctrl-C stops.",
           flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # a second one while stopping changes nothing
-        signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(1.0):
         pass
     print("polyhead: stopping", flush=True)

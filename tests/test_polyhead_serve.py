@@ -77,6 +77,7 @@ def served(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
            "--replicas", "1", "--cpus", "1", "--inference-token", INFERENCE_TOKEN]
     with log.open("w") as out:  # SIGINT as in a terminal, even if this process ignores it
         s.proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True,  # signals reach it only from the test
                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_until_serving(s)
