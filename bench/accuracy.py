@@ -22,6 +22,8 @@ Plans, in the order the study runs them (the whole-model claims first):
   pilot-frozen  prefix, lora, bitfit as pilot-pasta
   servable      child-d and dps, servable recipe, density 0.05 (seeds 0-2) and 0.01 (seed 0)
   guidance      seed 0: prefix, lora, bitfit at their pilots' lr; EH-FT with BitFit
+With --workers N, N processes (each --threads threads) share the results file; each run is
+claimed by a lock file in <results>.running/ so no two take the same one.
 Whole train and dev sets, max length 128, batch 16, --select last (the study reports the
 last epoch, as Child-Tuning and DPS do; each epoch's dev metrics are kept in the record).
 """
@@ -31,6 +33,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import fcntl
+import hashlib
 import json
 import math
 import os
@@ -95,6 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="epochs of the frozen-backbone methods (pasta, prefix, lora, bitfit)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--limit", type=int, help="stop after this many new runs")
+    p.add_argument("--workers", type=int, default=1,
+                   help="runs trained at once, each in its own process with --threads threads "
+                        "(processes share the results file and never take the same run)")
     p.add_argument("--table-only", action="store_true", help="print the tables from --results")
     return p.parse_args(argv)
 
@@ -249,7 +256,47 @@ def run_one(args: argparse.Namespace, run: Run, backbone: Any, cache: dict[Any, 
     return out
 
 
+def _claim(results: Path, key: str) -> Path | None:
+    """Take ``key`` for this process (a lock file beside the results, holding our pid);
+    None when a live process holds it. A dead holder's claim is taken over."""
+    folder = results.with_name(results.name + ".running")
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".pid")
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(lock.read_text() or 0), 0)
+                return None  # a live process trains it
+            except (ProcessLookupError, ValueError):
+                lock.unlink(missing_ok=True)  # its holder died: take it over
+                continue
+            except FileNotFoundError:
+                continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return lock
+    return None
+
+
+def _append(results: Path, rec: dict[str, Any]) -> None:
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with results.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # one whole line at a time, whichever worker writes
+        f.write(json.dumps(rec, sort_keys=True) + "\n")
+
+
 def execute(args: argparse.Namespace) -> None:
+    if args.workers > 1:  # each worker is this command with --workers 1; they share the file
+        cmd = [sys.executable, "-m", "bench.accuracy", *_worker_argv(sys.argv[1:])]
+        procs = [subprocess.Popen(cmd) for _ in range(args.workers)]
+        try:
+            sys.exit(max(p.wait() for p in procs))
+        except KeyboardInterrupt:
+            for p in procs:
+                p.terminate()
+            raise
     import torch
 
     from methods import load_backbone
@@ -268,18 +315,38 @@ def execute(args: argparse.Namespace) -> None:
             done = load_results(args.results) + load_results(args.results, diag=True)
             if any(r["key"] == run.key for r in done):
                 continue
-            print(f"== {run.key}", flush=True)
-            rec = run_one(args, run, backbone, caches.setdefault(run.task, {}))
-            rec["pilot"] = name.startswith("pilot")
-            rec["plan"] = "diag" if run.diag else ("claims" if name == "diag" else name)
-            args.results.parent.mkdir(parents=True, exist_ok=True)
-            with args.results.open("a") as f:
-                f.write(json.dumps(rec, sort_keys=True) + "\n")
+            lock = _claim(args.results, run.key)
+            if lock is None:
+                continue  # another worker trains it
+            try:
+                if any(r["key"] == run.key for r in load_results(args.results) +
+                       load_results(args.results, diag=True)):
+                    continue  # finished by another worker since the check above
+                print(f"== {run.key}", flush=True)
+                rec = run_one(args, run, backbone, caches.setdefault(run.task, {}))
+                rec["pilot"] = name.startswith("pilot")
+                rec["plan"] = "diag" if run.diag else ("claims" if name == "diag" else name)
+                _append(args.results, rec)
+            finally:
+                lock.unlink(missing_ok=True)
             print(f"   {run.key}: {rec['metric']} {rec['value']:.2f} in {rec['seconds']}s "
                   f"({rec['tokens_per_s']:.0f} tokens/s)", flush=True)
             done_new += 1
             if args.limit is not None and done_new >= args.limit:
                 return
+
+
+def _worker_argv(argv: list[str]) -> list[str]:
+    """``argv`` without its --workers option (a worker is one process)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--workers":
+            skip = True
+        elif not a.startswith("--workers="):
+            out.append(a)
+    return out
 
 
 # -- tables ----------------------------------------------------------------------------------

@@ -1,0 +1,41 @@
+"""The accuracy study's bookkeeping: runs claimed by one worker at a time, whole lines."""
+
+import json
+import os
+import subprocess
+import sys
+
+from bench import accuracy
+
+
+def test_claim_is_exclusive_and_released(tmp_path):
+    results = tmp_path / "acc.jsonl"
+    lock = accuracy._claim(results, "rte|full|paper|lr=0.0001")
+    assert lock is not None and lock.read_text() == str(os.getpid())
+    assert accuracy._claim(results, "rte|full|paper|lr=0.0001") is None  # we hold it, alive
+    assert accuracy._claim(results, "mrpc|full|paper|lr=0.0001") is not None  # another run
+    lock.unlink()
+    assert accuracy._claim(results, "rte|full|paper|lr=0.0001") is not None
+
+
+def test_dead_holders_claim_is_taken_over(tmp_path):
+    results = tmp_path / "acc.jsonl"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    lock = accuracy._claim(results, "k")
+    lock.write_text(dead)  # as if a worker that has exited held it
+    again = accuracy._claim(results, "k")
+    assert again is not None and again.read_text() == str(os.getpid())
+
+
+def test_append_writes_whole_lines(tmp_path):
+    results = tmp_path / "sub" / "acc.jsonl"
+    for i in range(3):
+        accuracy._append(results, {"key": f"k{i}", "pilot": False, "plan": "claims"})
+    assert [r["key"] for r in accuracy.load_results(results)] == ["k0", "k1", "k2"]
+    assert all(json.loads(line) for line in results.read_text().splitlines())
+
+
+def test_workers_are_the_same_command_without_workers():
+    argv = ["--results", "r.jsonl", "--workers", "2", "--plan", "claims", "--workers=3", "--threads", "1"]
+    assert accuracy._worker_argv(argv) == ["--results", "r.jsonl", "--plan", "claims", "--threads", "1"]
