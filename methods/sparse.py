@@ -51,12 +51,17 @@ def params_of(tensors: Mapping[str, Tensor]) -> list[str]:
     return sorted(k[len("sparse."):-len(IDX)] for k in tensors if k.endswith(IDX))
 
 
-def from_dense(diffs: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Artifact tensors for the nonzeros of each parameter's dense diff."""
+def from_dense(diffs: Mapping[str, Tensor], structure: str = "entries") -> dict[str, Tensor]:
+    """Artifact tensors for the nonzeros of each parameter's dense diff (under "columns":
+    every entry of each matrix column holding a nonzero, so columns stay whole)."""
     out: dict[str, Tensor] = {}
     for name, d in sorted(diffs.items()):
-        flat = d.detach().reshape(-1).float().cpu()
-        idx = torch.nonzero(flat, as_tuple=True)[0]
+        d = d.detach().float().cpu()
+        keep = d != 0
+        if structure == "columns" and d.dim() == 2:
+            keep = keep.any(0, keepdim=True).expand_as(d)
+        flat = d.reshape(-1)
+        idx = torch.nonzero(keep.reshape(-1), as_tuple=True)[0]
         if len(idx):
             out[f"sparse.{name}{IDX}"] = idx.to(torch.int64)
             out[f"sparse.{name}{VAL}"] = flat[idx].contiguous()

@@ -20,6 +20,7 @@ from methods.sparse import params_of, to_dense
 from store import Store, decode_artifact, encode_artifact, load_artifact, new_manifest
 from tests.tiny import WORDS
 from trainer import METHODS, Dataset, Example, TrainConfig, train
+from trainer.config import TrainConfigError
 from trainer.loop import encode, predict
 from trainer.run import DenseModel
 
@@ -125,6 +126,42 @@ def test_sparse_diff_is_within_budget_and_reproduces_the_model(bert, sentiment: 
     texts = POS[:4] + NEG[:4]
     torch.testing.assert_close(logits, torch.from_numpy(trainer_logits(res, bert, texts)),
                                atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["child-d", "child-f", "dps"])
+def test_column_masks_give_whole_columns_within_budget_served_as_columns(
+        bert, sentiment: Dataset, method: str) -> None:
+    """--mask-structure columns: every matrix diff is whole input columns, the budget holds,
+    the engine runs the task from a column table, and it serves the trained model."""
+    density = 0.1
+    res = train(config(method, density=density, epochs=2, mask_structure="columns"), bert,
+                sentiment, sentiment, "accuracy", progress=False, log_fn=lambda s: None)
+    spec, art = bert.spec, res.artifact
+    assert art.config.structure == "columns"
+    tunable = sum(int(np.prod(spec.param_shapes[p])) for p in spec.tunable_params())
+    entries = 0
+    for name in params_of(art.tensors):
+        idx = art.tensors[f"sparse.{name}.indices"]
+        entries += len(idx)
+        shape = spec.param_shapes[name]
+        if len(shape) == 2:  # the stored entries are whole columns
+            cols = torch.unique(idx % shape[1])
+            assert len(idx) == len(cols) * shape[0], f"{name}: partial columns"
+    assert 0.3 * density * tunable < entries <= density * tunable
+    _, stored = stored_roundtrip(res, sentiment, spec)
+    eng = Engine(bert)
+    task = eng.load(stored)
+    assert "/columns/" in task.table
+    texts = POS[:3] + NEG[:3]
+    served = torch.stack(eng.run(texts, [task] * len(texts))).numpy()
+    np.testing.assert_allclose(served, trainer_logits(res, bert, texts), atol=1e-5, rtol=0)
+
+
+def test_column_masks_only_for_the_servable_sparse_methods() -> None:
+    with pytest.raises(TrainConfigError, match="mask-structure columns"):
+        config("child-d", recipe="paper", mask_structure="columns")
+    with pytest.raises(TrainConfigError, match="mask-structure columns"):
+        config("lora", mask_structure="columns")
 
 
 def test_child_f_records_sparsifying_cost(bert, sentiment: Dataset) -> None:

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from trainer.config import HEAD_INITS, HEAD_TYPES, RECIPES, SELECTS, TrainConfig, TrainConfigError
+from trainer.config import HEAD_INITS, HEAD_TYPES, RECIPES, SELECTS, STRUCTURES, TrainConfig, TrainConfigError
 from trainer.data import Column, Columns, DataError, Dataset, load_dataset
 from trainer.metrics import check_metric
 from trainer.presets import PRESETS, get_preset
@@ -84,6 +84,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     t.add_argument("--head", dest="head_type", choices=HEAD_TYPES, default="pooler",
                    help="pooler: W tanh(P [CLS]) as BertForSequenceClassification (default)")
     t.add_argument("--density", type=float, default=0.05, help="servable sparse budget (default 0.05)")
+    t.add_argument("--mask-structure", choices=STRUCTURES, default="entries",
+                   help="servable child-d/child-f/dps: choose single weights (default), or whole "
+                        "input columns of each weight matrix, which serve as small dense products "
+                        "(sparse rows nearly free in mixed batches; see BENCHMARKS.md)")
     t.add_argument("--child-f-p", type=float, default=0.3,
                    help="child-f keep probability p_F (0.3: the official run.sh)")
     t.add_argument("--child-d-p", type=float, default=0.3, help="child-d (paper) kept share p_D")
@@ -139,6 +143,7 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
         max_train=args.max_train, weight_decay=args.weight_decay, select=args.select,
         head_type=args.head_type, dropout=not args.no_dropout, density=args.density,
+        mask_structure=args.mask_structure,
         child_f_p=args.child_f_p, child_d_p=args.child_d_p, fisher_examples=args.fisher_examples,
         dps_reserve_p=args.dps_reserve_p, dps_update_ratio=args.dps_update_ratio,
         num_prefix=args.num_prefix, lora_r=args.lora_r, lora_alpha=args.lora_alpha,

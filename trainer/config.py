@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from methods.sparse import STRUCTURES
+
 RECIPES = ("servable", "paper")
 SELECTS = ("last", "best")
 HEAD_INITS = ("pet:lora", "pet:bitfit")
@@ -35,6 +37,7 @@ class TrainConfig:
     head_type: str = "pooler"
     dropout: bool = True  # the backbone's hidden/attention dropout while training
     density: float = 0.05  # servable child-d/child-f/dps: changed weights / tunable weights
+    mask_structure: str = "entries"  # servable: "entries" or whole input "columns" of matrices
     child_f_p: float = 0.3  # child-f: keep probability p_F (the official run.sh's reserve_p)
     child_d_p: float = 0.3  # child-d (paper): the kept fraction p_D of the Fisher ranking
     fisher_examples: int | None = None  # child-d: examples for the Fisher pass (None: all)
@@ -68,6 +71,11 @@ class TrainConfig:
         check(self.select in SELECTS, f"select must be one of {', '.join(SELECTS)}, got {self.select!r}")
         check(self.head_type in HEAD_TYPES, f"head type must be one of {', '.join(HEAD_TYPES)}")
         check(0 < self.density <= 1, f"density must be in (0, 1], got {self.density}")
+        check(self.mask_structure in STRUCTURES,
+              f"mask structure must be one of {', '.join(STRUCTURES)}, got {self.mask_structure!r}")
+        check(self.mask_structure == "entries" or (self.recipe == "servable" and self.method in
+                                                   ("child-d", "child-f", "dps")),
+              "--mask-structure columns applies to the servable recipe of child-d, child-f and dps")
         check(0 < self.child_f_p <= 1, f"child-f keep probability must be in (0, 1], got {self.child_f_p}")
         check(0 < self.child_d_p <= 1, f"child-d keep fraction must be in (0, 1], got {self.child_d_p}")
         check(self.fisher_examples is None or self.fisher_examples >= 1, "fisher examples must be >= 1")

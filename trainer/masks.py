@@ -21,6 +21,11 @@ small and exact.
   entries; Stage II updates the top half-quota by the accumulation, new weights admitted
   only while the tensor's union of selected weights fits the quota; Stage I updates only
   that union. The stored diff never exceeds the budget.
+
+Structure (servable recipe, ``--mask-structure``): "entries" selects single weights as
+above; "columns" selects whole input columns of each matrix instead (a column scored by
+the mean of its entries' importance, and costing its height in the budget; vectors stay
+entries), which the engine runs as one small dense product per Linear.
 """
 
 from __future__ import annotations
@@ -44,6 +49,46 @@ def _unflat(flat: Tensor, like: dict[str, Tensor], names: list[str]) -> dict[str
         k = like[n].numel()
         out[n] = flat[i:i + k].reshape(like[n].shape)
         i += k
+    return out
+
+
+def _by_columns(shape: torch.Size | tuple[int, ...], structure: str) -> bool:
+    return structure == "columns" and len(shape) == 2
+
+
+def unit_scores(t: Tensor, structure: str) -> Tensor:
+    """Per selectable unit of a tensor: its entries, or (columns) each input column of a
+    matrix scored by the mean over it."""
+    return t.float().mean(0) if _by_columns(t.shape, structure) else t.reshape(-1)
+
+
+def unit_cost(shape: torch.Size | tuple[int, ...], structure: str) -> int:
+    """Weights one unit changes: 1, or a matrix's height for a column."""
+    return int(shape[0]) if _by_columns(shape, structure) else 1
+
+
+def unit_mask(chosen: Tensor, shape: torch.Size | tuple[int, ...], structure: str) -> Tensor:
+    """A unit selection (bool per unit) as the tensor's bool mask."""
+    if _by_columns(shape, structure):
+        return chosen[None, :].expand(tuple(shape)).clone()
+    return chosen.reshape(shape)
+
+
+def top_within(scores: dict[str, Tensor], budget: int, structure: str) -> dict[str, Tensor]:
+    """Bool masks: units in descending score, over every tensor, while their cost fits the
+    budget (with single entries: exactly the top ``budget`` weights)."""
+    names = sorted(scores)
+    shapes = {n: scores[n].shape for n in names}
+    units = [unit_scores(scores[n], structure) for n in names]
+    cost = torch.cat([torch.full((len(u),), unit_cost(shapes[n], structure), dtype=torch.long)
+                      for n, u in zip(names, units, strict=True)])
+    order = torch.argsort(torch.cat(units), descending=True)
+    keep = torch.zeros(len(cost), dtype=torch.bool)
+    keep[order[torch.cumsum(cost[order], 0) <= budget]] = True
+    out, i = {}, 0
+    for n, u in zip(names, units, strict=True):
+        out[n] = unit_mask(keep[i:i + len(u)], shapes[n], structure)
+        i += len(u)
     return out
 
 
@@ -93,16 +138,15 @@ def fisher(params: dict[str, nn.Parameter], batches: Iterable[object],
 class ChildDMask(MaskPolicy):
     """child-d: the global top ``keep`` of the Fisher, fixed for the whole run."""
 
-    def __init__(self, fisher_info: dict[str, Tensor], keep: float, limit_union: bool) -> None:
+    def __init__(self, fisher_info: dict[str, Tensor], keep: float, limit_union: bool,
+                 structure: str = "entries") -> None:
         names = sorted(fisher_info)
-        chosen = top_fraction(_flat(fisher_info, names), keep)
         if limit_union:  # servable: exactly the budget (ties broken by order)
-            imp = _flat(fisher_info, names)
-            budget = budget_of(fisher_info, keep)
-            chosen = select(imp, torch.zeros_like(chosen), budget, budget)
+            masks = top_within(fisher_info, budget_of(fisher_info, keep), structure)
+        else:
+            masks = _unflat(top_fraction(_flat(fisher_info, names), keep), fisher_info, names)
         self.limit_union = limit_union
-        self._masks = {n: m.to(fisher_info[n].dtype) for n, m in
-                       _unflat(chosen, fisher_info, names).items()}
+        self._masks = {n: m.to(fisher_info[n].dtype) for n, m in masks.items()}
 
     @property
     def masks(self) -> dict[str, Tensor]:
@@ -135,8 +179,10 @@ class DpsMask(MaskPolicy):
     """dps: alternating stages of ``stage_len`` steps (see the module docstring)."""
 
     def __init__(self, params: dict[str, nn.Parameter], names: list[str], stage_len: int, *,
-                 reserve_p: float = 0.3, density: float | None = None) -> None:
+                 reserve_p: float = 0.3, density: float | None = None,
+                 structure: str = "entries") -> None:
         self.names = names
+        self.structure = structure
         self.stage_len = max(1, stage_len)
         self.reserve_p = reserve_p
         self.density = density  # None: paper (no union limit); else a per-tensor quota
@@ -181,19 +227,20 @@ class DpsMask(MaskPolicy):
         if self._union is None:  # paper: this matrix's top (1 - reserve_p) of its entries
             return top_fraction(imp, 1 - self.reserve_p).reshape(self.acc[n].shape)
         assert self.density is not None
-        quota = int(self.density * imp.numel())
-        union = self._union[n].reshape(-1)
-        chosen = select(imp, union, max(1, quota // 2), quota)
+        shape, st = self.acc[n].shape, self.structure
+        cost = unit_cost(shape, st)  # a column costs its height: the quota counts weights
+        quota = int(self.density * imp.numel()) // cost
+        union = self._union[n]
+        union_units = union.any(0) if cost > 1 else union.reshape(-1)
+        chosen = unit_mask(select(unit_scores(self.acc[n], st), union_units, max(1, quota // 2),
+                                  quota), shape, st)
         union |= chosen
-        return chosen.reshape(self.acc[n].shape)
+        return chosen
 
 
-def sparsify(diffs: dict[str, Tensor], density: float) -> dict[str, Tensor]:
-    """Keep the ``density`` largest |diff| entries (global ranking); zero the rest."""
-    names = sorted(diffs)
-    flat = _flat(diffs, names)
-    k = budget_of(diffs, density)
-    keep = torch.zeros_like(flat, dtype=torch.bool)
-    if k > 0:
-        keep[torch.topk(flat.abs(), k).indices] = True
-    return _unflat(flat * keep, diffs, names)
+def sparsify(diffs: dict[str, Tensor], density: float,
+             structure: str = "entries") -> dict[str, Tensor]:
+    """Keep the ``density`` largest |diff| entries (global ranking), or under "columns"
+    the columns of largest mean |diff| within that budget; zero the rest."""
+    keep = top_within({n: d.abs() for n, d in diffs.items()}, budget_of(diffs, density), structure)
+    return {n: d * keep[n] for n, d in diffs.items()}

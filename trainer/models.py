@@ -322,6 +322,7 @@ class DenseModel(Trainable):
         self.paper = cfg.paper
         self.dropout = cfg.dropout
         self.density = 1.0 if (cfg.method == "full" or cfg.paper) else cfg.density
+        self.structure = "entries" if self.density == 1.0 else cfg.mask_structure
         all_params = dict(model.named_parameters())
         self.names = sorted(all_params) if cfg.paper else self.bb.spec.tunable_params()
         self.backbone_params = {n: all_params[n] for n in self.names}
@@ -400,9 +401,10 @@ class DenseModel(Trainable):
                 f"the trained model changed {', '.join(other)}, which a sparse artifact cannot "
                 "hold (it stores encoder-layer and embedding-LayerNorm diffs); train with the "
                 "servable recipe (frozen embeddings and pooler) to get a servable artifact")
-        tensors = {k: v.cpu() for k, v in from_dense(diffs).items()}
+        tensors = {k: v.cpu() for k, v in from_dense(diffs, self.structure).items()}
         tensors.update(self.head_tensors())
-        return TaskArtifact("sparse", SparseConfig(density=self.density), self.head_cfg, tensors)
+        return TaskArtifact("sparse", SparseConfig(density=self.density, structure=self.structure),
+                            self.head_cfg, tensors)
 
     def head_tensors(self) -> dict[str, Tensor]:
         return {_name(k): v.detach().float().cpu().clone() for k, v in self.head.items()}

@@ -213,10 +213,11 @@ def _sparsify(model: Trainable, cfg: TrainConfig, ctx: Context, dense: dict[str,
     assert isinstance(model, DenseModel)
     diffs = model.diffs()
     nonzero = sum(int((d != 0).sum()) for d in diffs.values())
-    model.set_diffs(masks.sparsify(diffs, cfg.density))
+    model.set_diffs(masks.sparsify(diffs, cfg.density, cfg.mask_structure))
     sparse = evaluate(model, ctx, scale)
     cost = dense[ctx.metric] - sparse[ctx.metric]
-    training["sparsify"] = {"rule": "global top-|diff| to density", "dense_nonzero": nonzero,
+    training["sparsify"] = {"rule": f"global top-|diff| to density ({cfg.mask_structure})",
+                            "dense_nonzero": nonzero,
                             "dense_dev": dense, "sparse_dev": sparse, "metric_cost": cost}
     log_fn(f"[child-f] sparsified {nonzero} changed weights to density {cfg.density}: "
            f"{ctx.metric} {dense[ctx.metric]:.4f} -> {sparse[ctx.metric]:.4f} (cost {cost:+.4f})")
@@ -243,7 +244,8 @@ def _servable_cut(model: Trainable, cfg: TrainConfig, ctx: Context, dense: dict[
     saved = model.state()
     tunable = set(ctx.backbone.spec.tunable_params())
     diffs = model.diffs()
-    cut = masks.sparsify({n: d for n, d in diffs.items() if n in tunable}, cfg.density)
+    cut = masks.sparsify({n: d for n, d in diffs.items() if n in tunable}, cfg.density,
+                          cfg.mask_structure)
     model.set_diffs({n: cut.get(n, torch.zeros_like(d)) for n, d in diffs.items()})
     sparse = evaluate(model, ctx, scale)
     model.restore(saved)

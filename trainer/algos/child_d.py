@@ -2,7 +2,8 @@
 
 Paper recipe (``ChildTuningD.calculate_fisher``): the encoder layers' tensors (names with
 'layer'), the global top ``--child-d-p``; embeddings, pooler and head update unmasked.
-Servable recipe: the tunable weights, exactly the top ``--density`` of them.
+Servable recipe: the tunable weights, exactly the top ``--density`` of them (or the top
+whole input columns within that budget, ``--mask-structure columns``).
 """
 
 from __future__ import annotations
@@ -38,5 +39,5 @@ def build(cfg: TrainConfig, ctx: Context) -> Trainable:
     for p in model.params.values():
         p.grad = None
     keep = cfg.child_d_p if cfg.paper else cfg.density
-    model.policy = ChildDMask(info, keep, limit_union=not cfg.paper)
+    model.policy = ChildDMask(info, keep, limit_union=not cfg.paper, structure=cfg.mask_structure)
     return model
