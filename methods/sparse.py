@@ -4,6 +4,15 @@ Stored per touched parameter as sorted flat indices and values. At serve time a 
 slot holds, per touched Linear weight, its entries in CSR order (per-output-row counts,
 input indices, values; padded to the table's longest); a batch adds every sparse row's
 x (dW)^T with one block-diagonal CSR product per Linear. Vector parameters are dense.
+
+A whole-model diff (``polyhead train --recipe paper``) also changes the embedding tables
+(word, position, token type). Their entries are stored the same way; at serve time a
+table's diff is row-sparse: its touched rows' delta vectors, packed, and a direct map from
+row id to packed position (-1: untouched). A batch gathers each token's delta by
+(slot, id) and adds it to the embedding sum before the embedding LayerNorm (no loop over
+tasks, no per-task vocab x hidden copy). The density budget applies to each part on its
+own: at most ``density`` of the encoder-layer weights (with the embedding LayerNorm), and
+at most ``density`` of the embedding tables' weights.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Mapping
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -21,7 +31,7 @@ from methods.encoder import BatchContext, Effect, add_rows
 from methods.errors import ArtifactError
 from methods.registry import Kind, check_float, register_kind
 from methods.slots import slot_rows
-from methods.spec import BackboneSpec
+from methods.spec import EMBED_TABLES, BackboneSpec
 
 IDX, VAL = ".indices", ".values"
 
@@ -74,25 +84,32 @@ class SparseMatrix:
 
 @dataclasses.dataclass(frozen=True)
 class SparseRows:
-    """A sparse artifact in serve-time form: the entries of each touched Linear weight, and
-    the vector parameters (Linear and LayerNorm biases, LayerNorm gains) as dense deltas."""
+    """A sparse artifact in serve-time form: the entries of each touched Linear weight, the
+    vector parameters (Linear and LayerNorm biases, LayerNorm gains) as dense deltas, and
+    each touched embedding table's rows."""
 
     matrices: dict[str, SparseMatrix]  # Linear path -> its weight's entries
     biases: Tensor | None  # (D,) every bias delta end to end (bitfit.offsets order), or None
     gains: Tensor | None  # (G,) every LayerNorm weight delta end to end, or None
+    # embedding table path (e.g. embeddings.word_embeddings) -> its touched rows
+    embeddings: dict[str, SparseEmbedding] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(cls, tensors: Mapping[str, Tensor], spec: BackboneSpec) -> SparseRows:
         dense = to_dense({k: v for k, v in tensors.items() if not _is_matrix(k, spec)}, spec)
-        mats = {}
+        mats, tables = {}, set(spec.embedding_params())
         for p in params_of(tensors):
-            if len(spec.param_shapes[p]) == 2:
+            if len(spec.param_shapes[p]) == 2 and p not in tables:
                 idx, val = tensors[f"sparse.{p}{IDX}"], tensors[f"sparse.{p}{VAL}"]
                 out, cols = spec.param_shapes[p]
                 counts = torch.bincount(idx // cols, minlength=out).to(torch.int32)
                 mats[p[:-len(".weight")]] = SparseMatrix(counts, (idx % cols).to(torch.int32), val)
+        embeddings = {p[:-len(".weight")]: SparseEmbedding.of(tensors[f"sparse.{p}{IDX}"],
+                                                             tensors[f"sparse.{p}{VAL}"],
+                                                             spec.param_shapes[p])
+                      for p in params_of(tensors) if p in tables}
         return cls(mats, _flat(dense, spec, spec.bias_params()),
-                   _flat(dense, spec, [n + ".weight" for n in spec.norm_names()]))
+                   _flat(dense, spec, [n + ".weight" for n in spec.norm_names()]), embeddings)
 
     def table_rows(self) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
@@ -102,10 +119,41 @@ class SparseRows:
             out[BIASES] = self.biases
         if self.gains is not None:
             out[GAINS] = self.gains
+        for name, emb in self.embeddings.items():
+            out[name + EMB_POS], out[name + EMB_VEC] = emb.positions(), emb.vectors
         return out
 
 
+@dataclasses.dataclass(frozen=True)
+class SparseEmbedding:
+    """An embedding table's diff, row-sparse: the touched rows' ids (sorted) and their delta
+    vectors. In the slot table, a direct map id -> packed row (-1: untouched), so that a
+    token's delta is two gathers by (slot, id): 4 bytes per table row per slot (the map)
+    instead of the d x 4 bytes per row that a dense diff would take, and O(1) per token."""
+
+    ids: Tensor  # (R,) int64, strictly increasing
+    vectors: Tensor  # (R, d) float: row ids[r]'s delta
+    num_rows: int  # the table's rows (vocabulary, positions or token types)
+
+    @classmethod
+    def of(cls, idx: Tensor, values: Tensor, shape: tuple[int, ...]) -> SparseEmbedding:
+        """From a table's flat sorted entries (as stored in the artifact)."""
+        rows, cols = shape
+        row = idx // cols
+        ids = torch.unique_consecutive(row)
+        vectors = values.new_zeros(len(ids), cols)
+        vectors[torch.searchsorted(ids, row), idx % cols] = values
+        return cls(ids, vectors, rows)
+
+    def positions(self) -> Tensor:
+        """(num_rows,) int32: row id -> its place in ``vectors``, -1 where untouched."""
+        pos = torch.full((self.num_rows,), -1, dtype=torch.int32)
+        pos[self.ids] = torch.arange(len(self.ids), dtype=torch.int32)
+        return pos
+
+
 BIASES, GAINS = "sparse.biases", "sparse.gains"
+EMB_POS, EMB_VEC = ".rowpos", ".rowvec"  # embedding table fields: id -> packed row, rows
 
 
 def _is_matrix(key: str, spec: BackboneSpec) -> bool:
@@ -185,11 +233,37 @@ class SparseEffect(Effect):
         return add_rows(y, self.rows, d)
 
 
+class SparseEmbedEffect(SparseEffect):
+    """SparseEffect plus the embedding tables' deltas: each row's tokens gather their
+    deltas from the row's slot, for every table present (at most 3), in one pass."""
+
+    embeds = True
+
+    def __init__(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> None:
+        super().__init__(tables, slots, ctx)
+        self.embed_rows, self.embed_slots = slot_rows(slots)
+        self.embed_tables = [n for n in EMBED_TABLES if n + EMB_POS in tables]
+
+    def embed(self, lookups: Mapping[str, Tensor], h: Tensor) -> Tensor:
+        rows, slot = self.embed_rows, self.embed_slots[:, None]  # (n,), (n, 1)
+        delta = h.new_zeros(len(rows), *h.shape[1:])  # (n, T, d)
+        for name in self.embed_tables:
+            pos = self.tables[name + EMB_POS][slot, lookups[name][rows]]  # (n, T): -1 untouched
+            vec = self.tables[name + EMB_VEC][slot, pos.clamp(min=0)].to(h.dtype)  # (n, T, d)
+            delta = delta + torch.where(pos[..., None] >= 0, vec, 0.0)
+        return add_rows(h, rows, delta)
+
+
+def has_embeddings(tables: Mapping[str, Tensor]) -> bool:
+    return any(n + EMB_POS in tables for n in EMBED_TABLES)
+
+
 class Sparse(Kind):
     name = "sparse"
     config_cls = SparseConfig
     prefix = "sparse."
     trainable = False  # trained as masked full weights by the trainer, then diffed
+    fills: ClassVar[dict[str, float]] = {n + EMB_POS: -1.0 for n in EMBED_TABLES}  # no row touched
 
     def shapes(self, spec: BackboneSpec, cfg: SparseConfig) -> dict[str, tuple[int, ...]]:
         raise NotImplementedError("sparse artifacts have data-dependent shapes; use validate()")
@@ -209,26 +283,26 @@ class Sparse(Kind):
         return from_dense(diffs)
 
     def validate(self, tensors: Mapping[str, Tensor], spec: BackboneSpec, cfg: SparseConfig) -> None:
-        tunable = set(spec.tunable_params())
+        tunable, tables = set(spec.tunable_params()), set(spec.embedding_params())
         for key in tensors:
             if not (key.startswith("sparse.") and key.endswith((IDX, VAL))):
                 raise ArtifactError("tensor_names", f"sparse: unexpected tensor {key!r}")
-        total = 0
+        entries = {"layers": 0, "embeddings": 0}
         for p in params_of(tensors):
-            if p not in tunable:
-                raise ArtifactError("tensor_names", f"sparse: {p!r} is not a tunable backbone parameter")
+            if p not in tunable | tables:
+                raise ArtifactError("tensor_names", f"sparse: {p!r} is not a backbone parameter a "
+                                    "sparse diff may touch (encoder layers, embedding LayerNorm, "
+                                    "embedding tables)")
             idx, val = tensors[f"sparse.{p}{IDX}"], tensors.get(f"sparse.{p}{VAL}")
             if val is None:
                 raise ArtifactError("tensor_names", f"sparse: {p}{IDX} has no {p}{VAL}")
             _check_entries(p, idx, val, spec)
-            total += len(idx)
+            entries["embeddings" if p in tables else "layers"] += len(idx)
         for key in tensors:
             if key.endswith(VAL) and key[:-len(VAL)] + IDX not in tensors:
                 raise ArtifactError("tensor_names", f"sparse: {key} has no indices")
-        budget = sum(_numel(spec.param_shapes[p]) for p in tunable)
-        if total > cfg.density * budget + 1:
-            raise ArtifactError("density", f"sparse: {total} entries exceed the density "
-                                f"budget {cfg.density} of {budget} tunable weights")
+        _check_budget(entries["layers"], tunable, "tunable encoder-layer", spec, cfg)
+        _check_budget(entries["embeddings"], tables, "embedding-table", spec, cfg)
 
     def rows(self, tensors: Mapping[str, Tensor], spec: BackboneSpec,
              cfg: SparseConfig) -> dict[str, Tensor]:
@@ -238,10 +312,12 @@ class Sparse(Kind):
         """Tasks go to tables by size class (total entries, rounded up to a power of 2): a
         table pads every slot to its largest task, so a 1 % task never pays for a 5 % one's
         entries (a batch runs one product per class present, not per task)."""
-        total = sum(len(v) for k, v in rows.items() if k.endswith(".val"))
+        total = sum(v.numel() for k, v in rows.items() if k.endswith((".val", EMB_VEC)))
         return f"{self.name}/{1 << max(0, total - 1).bit_length()}"
 
     def effect(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> Effect:
+        if has_embeddings(tables):
+            return SparseEmbedEffect(tables, slots, ctx)
         return SparseEffect(tables, slots, ctx)
 
 
@@ -250,6 +326,15 @@ def _numel(shape: tuple[int, ...]) -> int:
     for s in shape:
         n *= s
     return n
+
+
+def _check_budget(total: int, params: set[str], what: str, spec: BackboneSpec,
+                  cfg: SparseConfig) -> None:
+    """Each part (encoder layers, embedding tables) within ``density`` of its own weights."""
+    budget = sum(_numel(spec.param_shapes[p]) for p in params)
+    if total > cfg.density * budget + 1:
+        raise ArtifactError("density", f"sparse: {total} entries exceed the density "
+                            f"budget {cfg.density} of {budget} {what} weights")
 
 
 def _check_entries(p: str, idx: Tensor, val: Tensor, spec: BackboneSpec) -> None:
