@@ -4,15 +4,6 @@ Stored per touched parameter as sorted flat indices and values. At serve time a 
 slot holds, per touched Linear weight, its entries in CSR order (per-output-row counts,
 input indices, values; padded to the table's longest); a batch adds every sparse row's
 x (dW)^T with one block-diagonal CSR product per Linear. Vector parameters are dense.
-
-A whole-model diff (``polyhead train --recipe paper``) also changes the embedding tables
-(word, position, token type). Their entries are stored the same way; at serve time a
-table's diff is row-sparse: its touched rows' delta vectors, packed, and a direct map from
-row id to packed position (-1: untouched). A batch gathers each token's delta by
-(slot, id) and adds it to the embedding sum before the embedding LayerNorm (no loop over
-tasks, no per-task vocab x hidden copy). The density budget applies to each part on its
-own: at most ``density`` of the encoder-layer weights (with the embedding LayerNorm), and
-at most ``density`` of the embedding tables' weights.
 """
 
 from __future__ import annotations
@@ -20,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Mapping
-from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -31,7 +21,7 @@ from methods.encoder import BatchContext, Effect, add_rows
 from methods.errors import ArtifactError
 from methods.registry import Kind, check_float, register_kind
 from methods.slots import slot_rows
-from methods.spec import EMBED_TABLES, BackboneSpec
+from methods.spec import BackboneSpec
 
 IDX, VAL = ".indices", ".values"
 
@@ -109,7 +99,8 @@ class SparseRows:
                                                              spec.param_shapes[p])
                       for p in params_of(tensors) if p in tables}
         return cls(mats, _flat(dense, spec, spec.bias_params()),
-                   _flat(dense, spec, [n + ".weight" for n in spec.norm_names()]), embeddings)
+                   _flat(dense, spec, [n + ".weight" for n in spec.norm_names()]),
+                   embeddings=embeddings)
 
     def table_rows(self) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
@@ -126,10 +117,13 @@ class SparseRows:
 
 @dataclasses.dataclass(frozen=True)
 class SparseEmbedding:
-    """An embedding table's diff, row-sparse: the touched rows' ids (sorted) and their delta
-    vectors. In the slot table, a direct map id -> packed row (-1: untouched), so that a
-    token's delta is two gathers by (slot, id): 4 bytes per table row per slot (the map)
-    instead of the d x 4 bytes per row that a dense diff would take, and O(1) per token."""
+    """An embedding table's diff (word, position or token type; a whole-model diff from
+    ``polyhead train --recipe paper`` has them), row-sparse: the touched rows' ids (sorted)
+    and their delta vectors. Stored in the artifact as any parameter's entries. In the slot
+    table: the packed vectors and a direct map id -> 1 + packed row (0: untouched), so that a
+    batch gathers each token's delta by (slot, id) and adds it to the embedding sum before
+    the embedding LayerNorm: O(1) per token, no loop over tasks, no per-task vocab x d copy;
+    the map costs 4 bytes per table row per slot."""
 
     ids: Tensor  # (R,) int64, strictly increasing
     vectors: Tensor  # (R, d) float: row ids[r]'s delta
@@ -146,14 +140,15 @@ class SparseEmbedding:
         return cls(ids, vectors, rows)
 
     def positions(self) -> Tensor:
-        """(num_rows,) int32: row id -> its place in ``vectors``, -1 where untouched."""
-        pos = torch.full((self.num_rows,), -1, dtype=torch.int32)
-        pos[self.ids] = torch.arange(len(self.ids), dtype=torch.int32)
+        """(num_rows,) int32: row id -> 1 + its place in ``vectors``; 0 where untouched (the
+        slot tables' fill, so a slot without this table, or a freed one, touches nothing)."""
+        pos = torch.zeros(self.num_rows, dtype=torch.int32)
+        pos[self.ids] = torch.arange(1, len(self.ids) + 1, dtype=torch.int32)
         return pos
 
 
 BIASES, GAINS = "sparse.biases", "sparse.gains"
-EMB_POS, EMB_VEC = ".rowpos", ".rowvec"  # embedding table fields: id -> packed row, rows
+EMB_POS, EMB_VEC = ".rowpos", ".rowvec"  # embedding table fields: id -> 1 + packed row, rows
 
 
 def _is_matrix(key: str, spec: BackboneSpec) -> bool:
@@ -241,21 +236,25 @@ class SparseEmbedEffect(SparseEffect):
 
     def __init__(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> None:
         super().__init__(tables, slots, ctx)
-        self.embed_rows, self.embed_slots = slot_rows(slots)
-        self.embed_tables = [n for n in EMBED_TABLES if n + EMB_POS in tables]
+        self.embed_rows = torch.nonzero(slots >= 0, as_tuple=True)[0]  # (n,)
+        self.embed_slots = slots[self.embed_rows]  # (n,)
+        self.embed_tables = [p[:-len(".weight")] for p in ctx.spec.embedding_params()
+                             if p[:-len(".weight")] + EMB_POS in tables]
 
     def embed(self, lookups: Mapping[str, Tensor], h: Tensor) -> Tensor:
         rows, slot = self.embed_rows, self.embed_slots[:, None]  # (n,), (n, 1)
         delta = h.new_zeros(len(rows), *h.shape[1:])  # (n, T, d)
         for name in self.embed_tables:
-            pos = self.tables[name + EMB_POS][slot, lookups[name][rows]]  # (n, T): -1 untouched
-            vec = self.tables[name + EMB_VEC][slot, pos.clamp(min=0)].to(h.dtype)  # (n, T, d)
-            delta = delta + torch.where(pos[..., None] >= 0, vec, 0.0)
-        return add_rows(h, rows, delta)
+            pos = self.tables[name + EMB_POS][slot, lookups[name][rows]]  # (n, T): 0 untouched
+            vec = self.tables[name + EMB_VEC][slot, (pos - 1).clamp(min=0)].to(h.dtype)  # (n, T, d)
+            delta = delta + torch.where(pos[..., None] > 0, vec, 0.0)
+        if torch.is_grad_enabled():
+            return h.index_add(0, rows, delta)
+        return h.index_add_(0, rows, delta)
 
 
 def has_embeddings(tables: Mapping[str, Tensor]) -> bool:
-    return any(n + EMB_POS in tables for n in EMBED_TABLES)
+    return any(k.endswith(EMB_POS) for k in tables)
 
 
 class Sparse(Kind):
@@ -263,7 +262,6 @@ class Sparse(Kind):
     config_cls = SparseConfig
     prefix = "sparse."
     trainable = False  # trained as masked full weights by the trainer, then diffed
-    fills: ClassVar[dict[str, float]] = {n + EMB_POS: -1.0 for n in EMBED_TABLES}  # no row touched
 
     def shapes(self, spec: BackboneSpec, cfg: SparseConfig) -> dict[str, tuple[int, ...]]:
         raise NotImplementedError("sparse artifacts have data-dependent shapes; use validate()")
@@ -330,7 +328,10 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 def _check_budget(total: int, params: set[str], what: str, spec: BackboneSpec,
                   cfg: SparseConfig) -> None:
-    """Each part (encoder layers, embedding tables) within ``density`` of its own weights."""
+    """The density budget holds for each part on its own: at most ``density`` of the
+    encoder-layer weights (with the embedding LayerNorm), and at most ``density`` of the
+    embedding tables' weights (a servable artifact, with frozen embeddings, has none; a
+    whole-model one has density 1)."""
     budget = sum(_numel(spec.param_shapes[p]) for p in params)
     if total > cfg.density * budget + 1:
         raise ArtifactError("density", f"sparse: {total} entries exceed the density "
