@@ -5,7 +5,8 @@
 
 Mixed batches (section "mix"): (a) bare HF backbone, dataset order, naive padding (b) bare
 HF backbone on the engine's length buckets (c) the engine, 64 tasks of all kinds in every
-batch, sparse at 1 % (c5: the same with sparse at 5 %; c': without the sparse tasks)
+batch, sparse at 1 % (c5: the same with sparse at 5 %; cc: sparse at 1 % in whole input
+columns, a column-structured mask; c': without the sparse tasks)
 (d) PEFT PeftModel with 32 LoRA adapters, adapter_names= mixed batches, same buckets
 (e) the engine on PEFT's own 32 adapters.
 Distinct tasks ("kinds"): per kind, every row of that kind, 64 different tasks in each
@@ -116,6 +117,9 @@ def mix_runs(bb: Backbone, enc: list[Encoded], buckets: list[list[int]]) -> Runs
     eng5 = Engine(bb, max_batch_size=64)
     kinds5 = [*KINDS[:4], ("sparse", SparseConfig(density=0.05))]
     row_task5 = spread(load_tasks(eng5, kinds5, 64), buckets, len(enc))
+    eng_col = Engine(bb, max_batch_size=64)
+    kinds_col = [*KINDS[:4], ("sparse", SparseConfig(density=0.01, structure="columns"))]
+    row_col = spread(load_tasks(eng_col, kinds_col, 64), buckets, len(enc))
     eng_dense = Engine(bb, max_batch_size=64)
     row_dense = spread(load_tasks(eng_dense, KINDS[:4], 51), buckets, len(enc))
     pm = peft_model(str(bb.path), 32).to(bb.device, bb.dtype)
@@ -139,6 +143,7 @@ def mix_runs(bb: Backbone, enc: list[Encoded], buckets: list[list[int]]) -> Runs
         "b': engine, no task": lambda: engine.run_encoded(enc, [None] * len(enc)),
         "c: engine, 64 mixed tasks/batch, sparse 1 %": lambda: engine.run_encoded(enc, row_task),
         "c5: the same, sparse 5 %": lambda: eng5.run_encoded(enc, row_task5),
+        "cc: the same, sparse 1 % in whole columns": lambda: eng_col.run_encoded(enc, row_col),
         "c': engine, 51 tasks/batch, no sparse": lambda: eng_dense.run_encoded(enc, row_dense),
         "d: PEFT, 32 LoRA, adapter_names": peft_mixed,
         "e: engine, the same 32 LoRA": lambda: engine.run_encoded(enc, row_lora),
@@ -147,13 +152,14 @@ def mix_runs(bb: Backbone, enc: list[Encoded], buckets: list[list[int]]) -> Runs
 
 def kind_runs(bb: Backbone, enc: list[Encoded], buckets: list[list[int]]) -> Runs:
     runs: Runs = {}
-    for kind in KINDS:
+    for label, kind in [*((k[0], k) for k in KINDS),
+                        ("sparse columns", ("sparse", SparseConfig(density=0.01, structure="columns")))]:
         engine = Engine(bb, max_batch_size=64)
         tasks = load_tasks(engine, [kind], 64, seed=100)
         many = spread(tasks, buckets, len(enc))
         one = [tasks[0]] * len(enc)
-        runs[f"{kind[0]}: 64 tasks/batch"] = lambda e=engine, t=many: e.run_encoded(enc, t)
-        runs[f"{kind[0]}: 1 task"] = lambda e=engine, t=one: e.run_encoded(enc, t)
+        runs[f"{label}: 64 tasks/batch"] = lambda e=engine, t=many: e.run_encoded(enc, t)
+        runs[f"{label}: 1 task"] = lambda e=engine, t=one: e.run_encoded(enc, t)
     return runs
 
 
@@ -201,11 +207,12 @@ def print_ratios(tput: dict[str, float]) -> None:
 
     if any(k.startswith("c:") for k in tput):
         b, c, c5, c2, d = get("b:"), get("c:"), get("c5:"), get("c':"), get("d:")
-        b2 = get("b':")
+        b2, cc = get("b':"), get("cc:")
         print(f"\nc/b = {c / b:.3f} (target >= 0.95)   c5/b = {c5 / b:.3f} (sparse 5 %, reported)"
+              f"   cc/b = {cc / b:.3f} (sparse 1 % in whole columns)"
               f"   c'/b = {c2 / b:.3f}   c/d = {c / d:.2f}   e/d = {get('e:') / d:.2f}"
               f"   b'/b = {b2 / b:.3f}")
-    for kind, _ in KINDS:
+    for kind in [k for k, _ in KINDS] + ["sparse columns"]:
         if f"{kind}: 1 task" in tput:
             r = tput[f"{kind}: 64 tasks/batch"] / tput[f"{kind}: 1 task"]
             print(f"{kind}: 64 different tasks / 1 task = {r:.3f} (target within 0.95-1.05)")

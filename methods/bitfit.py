@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 
 from methods.config import BaseConfig
-from methods.encoder import BatchContext, Effect, add_, batch_rows
+from methods.encoder import BatchContext, Effect, Normed
 from methods.registry import Kind, register_kind
-from methods.slots import slot_rows
+from methods.slots import Rows
 from methods.spec import BackboneSpec
 
 FLAT = "bitfit.flat"
@@ -38,21 +38,20 @@ def offsets(spec: BackboneSpec) -> dict[str, tuple[int, int]]:
 
 class BitfitEffect(Effect):
     def __init__(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> None:
-        self.rows, sel = slot_rows(slots)
-        self.batch = len(slots)
+        self.rows, sel = Rows.of(slots)
         self.flat = tables[FLAT][sel].to(ctx.dtype)  # (n, D)
         self.offsets = offsets(ctx.spec)
         self.linear_names = frozenset(ctx.spec.linear_names())
         self.norm_names = frozenset(ctx.spec.norm_names())
 
     def _add(self, name: str, y: Tensor) -> Tensor:
-        a, b = self.offsets[name]  # the module's deltas on its rows, zeros on the others
-        return add_(y, batch_rows(self.rows, self.flat[:, a:b], self.batch)[:, None, :])
+        a, b = self.offsets[name]  # the module's deltas, on its rows only
+        return self.rows.add(y, self.flat[:, None, a:b])
 
     def linear(self, name: str, x: Tensor, y: Tensor) -> Tensor:
         return self._add(name, y)
 
-    def norm(self, name: str, normed: Tensor | None, y: Tensor) -> Tensor:
+    def norm(self, name: str, normed: Normed, y: Tensor) -> Tensor:
         return self._add(name, y)
 
 

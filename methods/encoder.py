@@ -17,6 +17,7 @@ from torch import Tensor
 from transformers.activations import ACT2FN
 
 from methods.backbone import Backbone
+from methods.slots import Rows
 from methods.spec import EMBED_NORM, EMBED_TABLES, LAYER_NORMS, BackboneSpec
 
 
@@ -32,22 +33,17 @@ class BatchContext:
     spec: BackboneSpec
 
 
-def add_rows(y: Tensor, rows: Tensor, delta: Tensor) -> Tensor:
-    """y[rows] += delta: in place when serving, out of place when autograd records."""
-    if torch.is_grad_enabled():
-        return y.index_add(0, rows, delta)
-    return y.index_add_(0, rows, delta)
+@dataclasses.dataclass(frozen=True)
+class Normed:
+    """A LayerNorm's input, normalised without its affine for the rows an effect asks for
+    (an effect that changes the gain pays for its own rows only)."""
 
+    x: Tensor
+    shape: tuple[int, ...]
+    eps: float
 
-def batch_rows(rows: Tensor, values: Tensor, batch: int) -> Tensor:
-    """(batch, *values.shape[1:]): ``values`` on ``rows``, zeros elsewhere (differentiable)."""
-    out = values.new_zeros((batch, *values.shape[1:]))
-    return out.index_copy(0, rows, values)
-
-
-def add_(y: Tensor, delta: Tensor) -> Tensor:
-    """y + delta (broadcast), in place when serving."""
-    return y + delta if torch.is_grad_enabled() else y.add_(delta)
+    def rows(self, rows: Rows) -> Tensor:
+        return F.layer_norm(rows.take(self.x), self.shape, None, None, self.eps)
 
 
 class Effect:
@@ -55,7 +51,6 @@ class Effect:
 
     linear_names: frozenset[str] = frozenset()  # Linear paths whose outputs it changes
     norm_names: frozenset[str] = frozenset()  # LayerNorm paths whose outputs it changes
-    needs_normed: bool = False  # norm() reads the normalised input (else gets None)
     acts_before_layers: bool = False
     has_prefix: bool = False
     embeds: bool = False  # embed() changes the embedding sum
@@ -71,11 +66,13 @@ class Effect:
     def linear(self, name: str, x: Tensor, y: Tensor) -> Tensor:
         return y
 
-    def norm(self, name: str, normed: Tensor | None, y: Tensor) -> Tensor:
+    def norm(self, name: str, normed: Normed, y: Tensor) -> Tensor:
+        """y: the LayerNorm's output for the whole batch; normed: its input, normalised
+        on demand."""
         return y
 
-    def prefix(self, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Rows (n,) with prefixes, their keys (n, P, d), values (n, P, d), and an additive
+    def prefix(self, layer: int) -> tuple[Rows, Tensor, Tensor, Tensor]:
+        """Rows with prefixes, their keys (n, P, d), values (n, P, d), and an additive
         attention bias (n, P): log gate for a prefix key, -inf for one the row must not see."""
         raise NotImplementedError
 
@@ -87,13 +84,6 @@ def special_index(input_ids: Tensor, special_ids: frozenset[int], num_special: i
     order = torch.cumsum(is_special.long(), dim=1) - 1
     order = order.clamp(max=num_special - 1)
     return torch.where(is_special, order, torch.full_like(order, -1))
-
-
-def _inverse(rows: Tensor) -> Tensor:
-    """Permutation p with p[rows] = arange: out[p] puts rows' results back in batch order."""
-    inv = torch.empty_like(rows)
-    inv[rows] = torch.arange(len(rows), device=rows.device)
-    return inv
 
 
 class Encoder:
@@ -181,14 +171,21 @@ class Encoder:
             return self._sdpa(q, k, v, ctx.attention_mask)
         rows, pk, pv, pbias = pre[0].prefix(i)
         # Only the prefix rows pay for the extra keys; the other rows attend as usual.
-        keep = ctx.attention_mask[rows]
+        keep = rows.take(ctx.attention_mask)
         mask = torch.cat([pbias.to(q.dtype),
                           torch.zeros_like(keep, dtype=q.dtype).masked_fill(~keep, float("-inf"))], 1)
-        with_prefix = self._sdpa(q[rows], torch.cat([pk, k[rows]], 1), torch.cat([pv, v[rows]], 1), mask)
-        if len(rows) == q.shape[0]:
-            return with_prefix[_inverse(rows)]
+        with_prefix = self._sdpa(rows.take(q), torch.cat([pk, rows.take(k)], 1),
+                                 torch.cat([pv, rows.take(v)], 1), mask)
+        B = q.shape[0]
+        if len(rows) == B:
+            return with_prefix
+        span = rows.span
+        if span is not None and span.stop == B:  # the engine puts prefix rows last
+            a = span.start
+            rest = self._sdpa(q[:a], k[:a], v[:a], ctx.attention_mask[:a])
+            return torch.cat([rest, with_prefix])
         out = self._sdpa(q, k, v, ctx.attention_mask)
-        return out.index_copy(0, rows, with_prefix)
+        return out.index_copy(0, rows.index, with_prefix)
 
     def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         """Multi-head attention; mask (B, Tk), bool (True = attend) or additive float."""
@@ -209,13 +206,10 @@ class Encoder:
 
     def _norm(self, name: str, mod: torch.nn.LayerNorm, x: Tensor,
               effects: Sequence[Effect]) -> Tensor:
+        y = F.layer_norm(x, mod.normalized_shape, mod.weight, mod.bias, self.eps)
         touching = [e for e in effects if name in e.norm_names]
-        if not any(e.needs_normed for e in touching):
-            y = F.layer_norm(x, mod.normalized_shape, mod.weight, mod.bias, self.eps)
-            normed = None
-        else:
-            normed = F.layer_norm(x, mod.normalized_shape, None, None, self.eps)
-            y = normed * mod.weight + mod.bias
-        for e in touching:
-            y = e.norm(name, normed, y)
+        if touching:
+            normed = Normed(x, tuple(mod.normalized_shape), self.eps)
+            for e in touching:
+                y = e.norm(name, normed, y)
         return y

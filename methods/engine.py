@@ -199,8 +199,30 @@ class Engine:
 
 def forward_tasks(encoder: Encoder, ids: Tensor, mask: Tensor, types: Tensor,
                   tasks: Sequence[LoadedTask | None]) -> list[Tensor]:
-    """Rows' logits (or [CLS] states for rows with no task) after one encoder forward."""
-    return forward_slots(encoder, ids, mask, types, group_rows(tasks, ids.device))
+    """Rows' logits (or [CLS] states for rows with no task) after one encoder forward,
+    run with each table's rows adjacent (``row_order``) and returned in the given order."""
+    order = row_order(tasks)
+    if order is None:
+        return forward_slots(encoder, ids, mask, types, group_rows(tasks, ids.device))
+    idx = torch.tensor(order, device=ids.device)
+    res = forward_slots(encoder, ids[idx], mask[idx], types[idx],
+                        group_rows([tasks[i] for i in order], ids.device))
+    out: list[Tensor] = [res[0]] * len(order)
+    for j, i in enumerate(order):
+        out[i] = res[j]
+    return out
+
+
+def row_order(tasks: Sequence[LoadedTask | None]) -> list[int] | None:
+    """A batch order in which the rows of each table are adjacent (rows without a task
+    first, kinds with ``rows_last`` last), so that every effect reads and writes its rows
+    as one slice; None when ``tasks`` is already in such an order."""
+    def key(i: int) -> tuple[int, str]:
+        t = tasks[i]
+        return (0, "") if t is None else (2 if t.kind.rows_last else 1, t.table)
+
+    order = sorted(range(len(tasks)), key=key)  # stable: rows of one table keep their order
+    return None if order == list(range(len(tasks))) else order
 
 
 def forward_slots(encoder: Encoder, ids: Tensor, mask: Tensor, types: Tensor,

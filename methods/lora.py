@@ -10,9 +10,9 @@ import torch
 from torch import Tensor
 
 from methods.config import BaseConfig, require
-from methods.encoder import BatchContext, Effect, add_rows
+from methods.encoder import BatchContext, Effect
 from methods.registry import Kind, register_kind
-from methods.slots import slot_rows
+from methods.slots import Rows
 from methods.spec import LAYER_LINEARS, BackboneSpec
 
 SCALE = "lora.scale"
@@ -48,16 +48,16 @@ class LoraEffect(Effect):
 
     def __init__(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> None:
         self.tables, self.dtype = tables, ctx.dtype
-        self.rows, self.sel = slot_rows(slots)
+        self.rows, self.sel = Rows.of(slots)
         self.scale = tables[SCALE][self.sel].to(ctx.dtype)[:, None, None]
         self.linear_names = frozenset(k[len("lora."):-2] for k in tables if k.endswith(".A"))
 
     def linear(self, name: str, x: Tensor, y: Tensor) -> Tensor:
         A = self.tables[f"lora.{name}.A"][self.sel].to(self.dtype)  # (n, r, in)
         B = self.tables[f"lora.{name}.B"][self.sel].to(self.dtype)  # (n, out, r)
-        h = torch.bmm(x[self.rows], A.transpose(1, 2))  # (n, T, r)
+        h = torch.bmm(self.rows.take(x), A.transpose(1, 2))  # (n, T, r)
         delta = torch.bmm(h, B.transpose(1, 2)) * self.scale  # (n, T, out)
-        return add_rows(y, self.rows, delta)
+        return self.rows.add(y, delta)
 
 
 class Lora(Kind):

@@ -19,7 +19,7 @@ from methods.config import BaseConfig, require
 from methods.encoder import BatchContext, Effect
 from methods.errors import ArtifactError
 from methods.registry import Kind, register_kind
-from methods.slots import slot_rows
+from methods.slots import Rows
 from methods.spec import BackboneSpec
 
 KV, GATE = "prefix.kv", "prefix.gate"
@@ -42,12 +42,12 @@ class PrefixEffect(Effect):
     has_prefix = True
 
     def __init__(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> None:
-        self.rows, sel = slot_rows(slots)
+        self.rows, sel = Rows.of(slots)
         P = int(tables[LEN][sel].max()) if len(sel) else 0
         self.kv = tables[KV][:, :, :, :P][sel].to(ctx.dtype)  # (n, L, 2, P, d)
         self.bias = tables[BIAS][:, :, :P][sel].to(ctx.dtype)  # (n, L, P)
 
-    def prefix(self, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def prefix(self, layer: int) -> tuple[Rows, Tensor, Tensor, Tensor]:
         return self.rows, self.kv[:, layer, 0], self.kv[:, layer, 1], self.bias[:, layer]
 
 
@@ -55,6 +55,7 @@ class Prefix(Kind):
     name = "prefix"
     config_cls = PrefixConfig
     prefix = "prefix."
+    rows_last = True  # the rows without a prefix then attend as one slice
     fills: ClassVar[dict[str, float]] = {BIAS: float("-inf")}  # a padded prefix key gets no attention
 
     def shapes(self, spec: BackboneSpec, cfg: PrefixConfig) -> dict[str, tuple[int, ...]]:

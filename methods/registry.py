@@ -26,6 +26,7 @@ class Kind(abc.ABC):
     prefix: ClassVar[str]  # every tensor name of the kind starts with this
     trainable: ClassVar[bool] = True  # tensors can be optimised through attach()
     fills: ClassVar[dict[str, float]] = {}  # table field -> padding value, if not 0
+    rows_last: ClassVar[bool] = False  # the engine puts this kind's rows at a batch's end
 
     @abc.abstractmethod
     def shapes(self, spec: BackboneSpec, cfg: Any) -> dict[str, tuple[int, ...]]:

@@ -120,3 +120,43 @@ def slot_rows(slots: Tensor) -> tuple[Tensor, Tensor]:
     """(rows, sel): the batch rows with a slot (>= 0) and their slots."""
     rows = torch.nonzero(slots >= 0, as_tuple=True)[0]
     return rows, slots[rows]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rows:
+    """The batch rows one table acts on. The engine orders a batch so that each table's
+    rows are adjacent (``span``): then reading them is a view and adding to them is an
+    in-place add on a slice, with no gather and no scatter."""
+
+    index: Tensor  # (n,) ascending batch rows
+    span: slice | None  # the same rows as a slice, when they are contiguous
+
+    @classmethod
+    def of(cls, slots: Tensor) -> tuple[Rows, Tensor]:
+        """(rows, sel): the rows with a slot (>= 0) and their slots."""
+        index, sel = slot_rows(slots)
+        n, span = len(index), None
+        if n:
+            first, last = (int(v) for v in index[[0, -1]].tolist())
+            if last - first + 1 == n:
+                span = slice(first, last + 1)
+        return cls(index, span), sel
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def take(self, x: Tensor) -> Tensor:
+        """x's rows (a view when contiguous)."""
+        return x[self.span] if self.span is not None else x[self.index]
+
+    def add(self, y: Tensor, delta: Tensor) -> Tensor:
+        """y[rows] += delta (broadcast over y's other dims): in place when serving, out of
+        place when autograd records."""
+        if delta.shape[1:] != y.shape[1:] and (self.span is None or torch.is_grad_enabled()):
+            delta = delta.expand(len(self.index), *y.shape[1:])
+        if torch.is_grad_enabled():
+            return y.index_add(0, self.index, delta)
+        if self.span is not None:
+            y[self.span] += delta
+            return y
+        return y.index_add_(0, self.index, delta)

@@ -1,9 +1,12 @@
 """Sparse diffs over backbone weights (Child-Tuning_D/F and DPS artifacts).
 
 Stored per touched parameter as sorted flat indices and values. At serve time a task's
-slot holds, per touched Linear weight, its entries in CSR order (per-output-row counts,
-input indices, values; padded to the table's longest); a batch adds every sparse row's
-x (dW)^T with one block-diagonal CSR product per Linear. Vector parameters are dense.
+slot holds, per touched Linear weight, its entries in CSR order (row starts, input
+indices, values; padded to the table's longest); a batch adds every sparse row's
+x (dW)^T with one block-diagonal CSR product per Linear. A task whose Linear entries are
+whole input columns (``structure='columns'``, or any artifact that happens to be) is
+kept as those columns instead and runs as one small dense batched product per Linear
+on the rows' gathered input features. Vector parameters are dense.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ from torch import Tensor
 
 from methods.bitfit import offsets as bitfit_offsets
 from methods.config import BaseConfig, require
-from methods.encoder import BatchContext, Effect, add_rows
+from methods.encoder import BatchContext, Effect, Normed
 from methods.errors import ArtifactError
 from methods.registry import Kind, check_float, register_kind
-from methods.slots import slot_rows
+from methods.slots import Rows
 from methods.spec import BackboneSpec
 
 IDX, VAL = ".indices", ".values"
@@ -29,10 +32,18 @@ IDX, VAL = ".indices", ".values"
 @dataclasses.dataclass(frozen=True)
 class SparseConfig(BaseConfig):
     density: float = 0.01  # budget: changed weights / tunable weights
+    # "entries": any weights; "columns": each Linear weight's entries are whole input
+    # columns (a structured mask), which batches run as small dense products
+    structure: str = "entries"
 
     def __post_init__(self) -> None:
         require(isinstance(self.density, (int, float)) and 0 < self.density <= 1,
                 "SparseConfig", f"density must be in (0, 1], got {self.density!r}")
+        require(self.structure in STRUCTURES, "SparseConfig",
+                f"structure must be one of {list(STRUCTURES)}, got {self.structure!r}")
+
+
+STRUCTURES = ("entries", "columns")
 
 
 def params_of(tensors: Mapping[str, Tensor]) -> list[str]:
@@ -73,12 +84,39 @@ class SparseMatrix:
 
 
 @dataclasses.dataclass(frozen=True)
+class ColumnMatrix:
+    """A Linear weight diff confined to whole input columns (a column-structured mask):
+    dW[:, cols[j]] = block[j]. A batch runs it as one small dense batched product on the
+    rows' gathered input features: no transposes, no sparse kernel."""
+
+    cols: Tensor  # (k,) int64 input indices
+    block: Tensor  # (k, out) float
+
+
+COLUMN_FILL = 0.9  # entries filling >= this share of the columns they touch: column form
+
+
+def _column_form(idx: Tensor, val: Tensor, shape: tuple[int, ...]) -> ColumnMatrix | None:
+    """The entries as whole columns (missing ones as zeros), or None when they are not
+    column-structured (they fill less than COLUMN_FILL of the columns they touch)."""
+    out, n_in = shape
+    cols = torch.unique(idx % n_in)
+    if len(idx) < COLUMN_FILL * len(cols) * out:
+        return None
+    dense = torch.zeros(out * n_in, dtype=val.dtype)
+    dense[idx] = val
+    return ColumnMatrix(cols, dense.view(out, n_in)[:, cols].T.contiguous())
+
+
+@dataclasses.dataclass(frozen=True)
 class SparseRows:
-    """A sparse artifact in serve-time form: the entries of each touched Linear weight, the
+    """A sparse artifact in serve-time form: the entries of each touched Linear weight (in
+    CSR order, or as whole columns when every touched weight is column-structured), the
     vector parameters (Linear and LayerNorm biases, LayerNorm gains) as dense deltas, and
     each touched embedding table's rows."""
 
-    matrices: dict[str, SparseMatrix]  # Linear path -> its weight's entries
+    matrices: dict[str, SparseMatrix]  # Linear path -> its weight's entries (CSR form)
+    columns: dict[str, ColumnMatrix]  # Linear path -> its weight's columns (column form)
     biases: Tensor | None  # (D,) every bias delta end to end (bitfit.offsets order), or None
     gains: Tensor | None  # (G,) every LayerNorm weight delta end to end, or None
     # embedding table path (e.g. embeddings.word_embeddings) -> its touched rows
@@ -87,25 +125,30 @@ class SparseRows:
     @classmethod
     def of(cls, tensors: Mapping[str, Tensor], spec: BackboneSpec) -> SparseRows:
         dense = to_dense({k: v for k, v in tensors.items() if not _is_matrix(k, spec)}, spec)
-        mats, tables = {}, set(spec.embedding_params())
-        for p in params_of(tensors):
-            if len(spec.param_shapes[p]) == 2 and p not in tables:
-                idx, val = tensors[f"sparse.{p}{IDX}"], tensors[f"sparse.{p}{VAL}"]
-                out, cols = spec.param_shapes[p]
-                counts = torch.bincount(idx // cols, minlength=out).to(torch.int32)
-                mats[p[:-len(".weight")]] = SparseMatrix(counts, (idx % cols).to(torch.int32), val)
-        embeddings = {p[:-len(".weight")]: SparseEmbedding.of(tensors[f"sparse.{p}{IDX}"],
-                                                             tensors[f"sparse.{p}{VAL}"],
-                                                             spec.param_shapes[p])
-                      for p in params_of(tensors) if p in tables}
-        return cls(mats, _flat(dense, spec, spec.bias_params()),
+        tables = set(spec.embedding_params())
+        weights = {p[:-len(".weight")]: (tensors[f"sparse.{p}{IDX}"], tensors[f"sparse.{p}{VAL}"],
+                                         spec.param_shapes[p])
+                   for p in params_of(tensors) if len(spec.param_shapes[p]) == 2 and p not in tables}
+        cols = {m: _column_form(*w) for m, w in weights.items()}
+        mats: dict[str, SparseMatrix] = {}
+        if not all(c is not None for c in cols.values()):  # one form per task: CSR
+            cols = {}
+            for m, (idx, val, (out, n_in)) in weights.items():
+                counts = torch.bincount(idx // n_in, minlength=out).to(torch.int32)
+                mats[m] = SparseMatrix(counts, (idx % n_in).to(torch.int32), val)
+        return cls(mats, {m: c for m, c in cols.items() if c is not None},
+                   _flat(dense, spec, spec.bias_params()),
                    _flat(dense, spec, [n + ".weight" for n in spec.norm_names()]),
-                   embeddings=embeddings)
+                   embeddings={p[:-len(".weight")]: SparseEmbedding.of(
+                       tensors[f"sparse.{p}{IDX}"], tensors[f"sparse.{p}{VAL}"], spec.param_shapes[p])
+                       for p in params_of(tensors) if p in tables})
 
     def table_rows(self) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         for m, e in self.matrices.items():
-            out[f"{m}.count"], out[f"{m}.in"], out[f"{m}.val"] = e.counts, e.in_idx, e.values
+            out[f"{m}.crow"], out[f"{m}.in"], out[f"{m}.val"] = _crow(e.counts), e.in_idx, e.values
+        for m, c in self.columns.items():
+            out[f"{m}.cols"], out[f"{m}.block"] = c.cols, c.block
         if self.biases is not None:
             out[BIASES] = self.biases
         if self.gains is not None:
@@ -151,6 +194,14 @@ BIASES, GAINS = "sparse.biases", "sparse.gains"
 EMB_POS, EMB_VEC = ".rowpos", ".rowvec"  # embedding table fields: id -> 1 + packed row, rows
 
 
+def _crow(counts: Tensor) -> Tensor:
+    """(out + 1,) int32: where each output row's entries start, and where they end (the
+    slot's padding entries, if any, come after: the effect's extra row takes them)."""
+    crow = counts.new_zeros(len(counts) + 1, dtype=torch.int32)
+    torch.cumsum(counts, 0, dtype=torch.int32, out=crow[1:])
+    return crow
+
+
 def _is_matrix(key: str, spec: BackboneSpec) -> bool:
     name = key[len("sparse."):].rsplit(".", 1)[0]
     return len(spec.param_shapes.get(name, ())) == 2
@@ -165,67 +216,82 @@ def _flat(dense: Mapping[str, Tensor], spec: BackboneSpec, names: list[str]) -> 
 
 class SparseEffect(Effect):
     """All sparse rows of a batch as one block-diagonal CSR matrix per Linear (row r's
-    block is its slot's entries), applied with one sparse product: no loop over tasks."""
+    block is its slot's entries), applied with one sparse product: no loop over tasks.
+    Rows are adjacent when the engine ordered the batch (``Rows.span``): then x's rows
+    are a view and the deltas are added into y's slice in place."""
 
     def __init__(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> None:
         self.tables, self.dtype = tables, ctx.dtype
-        self.rows, self.sel = slot_rows(slots)
+        self.rows, self.sel = Rows.of(slots)
         spec = ctx.spec
         self.offsets = bitfit_offsets(spec)
         self.gain_offsets = {n: (i * spec.hidden, (i + 1) * spec.hidden)
                              for i, n in enumerate(spec.norm_names())}
         self.biases = tables[BIASES][self.sel].to(ctx.dtype) if BIASES in tables else None
         self.gains = tables[GAINS][self.sel].to(ctx.dtype) if GAINS in tables else None
-        mats = frozenset(k[:-len(".val")] for k in tables if k.endswith(".val"))
-        self.matrices = mats
-        self.linear_names = frozenset(spec.linear_names()) if self.biases is not None else mats
+        self.matrices = frozenset(k[:-len(".val")] for k in tables if k.endswith(".val"))
+        self.columns = frozenset(k[:-len(".block")] for k in tables if k.endswith(".block"))
+        self.linear_names = (frozenset(spec.linear_names()) if self.biases is not None
+                             else self.matrices | self.columns)
         self.norm_names = frozenset(spec.norm_names()) if (
             self.biases is not None or self.gains is not None) else frozenset()
-        self.needs_normed = self.gains is not None
 
     def _block_csr(self, name: str, n_in: int) -> Tensor:
         """(n (out + 1), n in) CSR: the n rows' weight diffs of Linear ``name`` on the
         diagonal. Each block has one extra output row that takes the slot's padding
         entries (zeros), so that the padded rows of the table are used as they are."""
         t, sel, n = self.tables, self.sel, len(self.sel)
-        ins = t[f"{name}.in"][sel]  # (n, E)
-        counts = t[f"{name}.count"][sel]  # (n, out)
-        pad = ins.shape[1] - counts.sum(1, keepdim=True, dtype=torch.int32)
-        per_row = torch.cat([counts, pad], 1).reshape(-1)
-        crow = per_row.new_zeros(len(per_row) + 1)
-        torch.cumsum(per_row, 0, dtype=torch.int32, out=crow[1:])
-        base = torch.arange(n, device=sel.device, dtype=torch.int32)[:, None] * n_in
-        col = (ins + base).reshape(-1)
-        val = t[f"{name}.val"][sel].reshape(-1).to(self.dtype)
+        ins = t[f"{name}.in"].index_select(0, sel)  # (n, E)
+        E = ins.shape[1]
+        blocks = torch.arange(n, device=sel.device, dtype=torch.int32)[:, None]
+        crow = (t[f"{name}.crow"].index_select(0, sel) + blocks * E).reshape(-1)  # (n (out + 1),)
+        crow = torch.cat([crow, crow.new_full((1,), n * E)])
+        col = (ins + blocks * n_in).reshape(-1)
+        val = t[f"{name}.val"].index_select(0, sel).reshape(-1).to(self.dtype)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
-            return torch.sparse_csr_tensor(crow, col, val, (len(per_row), n * n_in),
+            return torch.sparse_csr_tensor(crow, col, val, (len(crow) - 1, n * n_in),
                                            check_invariants=False)
 
     def linear(self, name: str, x: Tensor, y: Tensor) -> Tensor:
         n, T, out = len(self.rows), y.shape[1], y.shape[2]
-        delta = None
-        if name in self.matrices:
-            xt = x[self.rows].transpose(1, 2).reshape(n * x.shape[2], T)  # (n in, T)
-            d = self._block_csr(name, x.shape[2]) @ xt  # (n (out + 1), T)
-            delta = d.view(n, out + 1, T)[:, :out].transpose(1, 2)  # (n, T, out)
+        bias = None
+        if self.biases is not None:
+            a, b = self.offsets[name]
+            bias = self.biases[:, a:b]  # (n, out)
+        if name in self.columns:
+            return self._column_linear(name, x, y, bias)
+        if name not in self.matrices:
+            return y if bias is None else self.rows.add(y, bias[:, None, :])
+        xt = self.rows.take(x).transpose(1, 2).reshape(n * x.shape[2], T)  # (n in, T)
+        d = (self._block_csr(name, x.shape[2]) @ xt).view(n, out + 1, T)[:, :out]  # (n, out, T)
+        if bias is not None:
+            d = d + bias[:, :, None] if torch.is_grad_enabled() else d.add_(bias[:, :, None])
+        return self.rows.add(y, d.transpose(1, 2))
+
+    def _column_linear(self, name: str, x: Tensor, y: Tensor, bias: Tensor | None) -> Tensor:
+        """Column form: the rows' input features at their slot's columns, times its block."""
+        n, T = len(self.rows), x.shape[1]
+        cols = self.tables[f"{name}.cols"].index_select(0, self.sel)  # (n, k)
+        block = self.tables[f"{name}.block"].index_select(0, self.sel).to(self.dtype)  # (n, k, out)
+        feats = torch.gather(self.rows.take(x), 2, cols[:, None, :].expand(n, T, cols.shape[1]))
+        span = self.rows.span
+        if span is not None and not torch.is_grad_enabled():
+            y[span].baddbmm_(feats, block)  # in place on the rows' slice
+        else:
+            y = self.rows.add(y, torch.bmm(feats, block))
+        return y if bias is None else self.rows.add(y, bias[:, None, :])
+
+    def norm(self, name: str, normed: Normed, y: Tensor) -> Tensor:
+        d = None
+        if self.gains is not None:
+            a, b = self.gain_offsets[name]
+            d = normed.rows(self.rows) * self.gains[:, None, a:b]
         if self.biases is not None:
             a, b = self.offsets[name]
             bias = self.biases[:, None, a:b]
-            delta = bias.expand(n, T, out) if delta is None else delta + bias
-        return y if delta is None else add_rows(y, self.rows, delta)
-
-    def norm(self, name: str, normed: Tensor | None, y: Tensor) -> Tensor:
-        n = len(self.rows)
-        d = y.new_zeros(n, *y.shape[1:])
-        if self.gains is not None:
-            assert normed is not None
-            a, b = self.gain_offsets[name]
-            d = d + normed[self.rows] * self.gains[:, None, a:b]
-        if self.biases is not None:
-            a, b = self.offsets[name]
-            d = d + self.biases[:, None, a:b]
-        return add_rows(y, self.rows, d)
+            d = bias if d is None else d + bias
+        return y if d is None else self.rows.add(y, d)
 
 
 class SparseEmbedEffect(SparseEffect):
@@ -236,21 +302,19 @@ class SparseEmbedEffect(SparseEffect):
 
     def __init__(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> None:
         super().__init__(tables, slots, ctx)
-        self.embed_rows = torch.nonzero(slots >= 0, as_tuple=True)[0]  # (n,)
-        self.embed_slots = slots[self.embed_rows]  # (n,)
         self.embed_tables = [p[:-len(".weight")] for p in ctx.spec.embedding_params()
                              if p[:-len(".weight")] + EMB_POS in tables]
 
     def embed(self, lookups: Mapping[str, Tensor], h: Tensor) -> Tensor:
-        rows, slot = self.embed_rows, self.embed_slots[:, None]  # (n,), (n, 1)
-        delta = h.new_zeros(len(rows), *h.shape[1:])  # (n, T, d)
+        slot = self.sel[:, None]  # (n, 1)
+        delta = None
         for name in self.embed_tables:
-            pos = self.tables[name + EMB_POS][slot, lookups[name][rows]]  # (n, T): 0 untouched
+            ids = self.rows.take(lookups[name])  # (n, T)
+            pos = self.tables[name + EMB_POS][slot, ids]  # (n, T): 0 untouched
             vec = self.tables[name + EMB_VEC][slot, (pos - 1).clamp(min=0)].to(h.dtype)  # (n, T, d)
-            delta = delta + torch.where(pos[..., None] > 0, vec, 0.0)
-        if torch.is_grad_enabled():
-            return h.index_add(0, rows, delta)
-        return h.index_add_(0, rows, delta)
+            d = torch.where(pos[..., None] > 0, vec, 0.0)
+            delta = d if delta is None else delta + d
+        return h if delta is None else self.rows.add(h, delta)
 
 
 def has_embeddings(tables: Mapping[str, Tensor]) -> bool:
@@ -268,16 +332,24 @@ class Sparse(Kind):
 
     def init(self, spec: BackboneSpec, cfg: SparseConfig, *, zero: bool,
              generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Zero: no entries. Random: every tunable parameter at the config's density."""
+        """Zero: no entries. Random: every tunable parameter at the config's density (whole
+        random input columns of each Linear weight under ``structure='columns'``)."""
         if zero:
             return {}
         diffs = {}
         for name in spec.tunable_params():
-            n = _numel(spec.param_shapes[name])
+            shape = spec.param_shapes[name]
+            if cfg.structure == "columns" and len(shape) == 2:
+                d = torch.zeros(shape)
+                cols = torch.randperm(shape[1], generator=generator)[: int(cfg.density * shape[1])]
+                d[:, cols] = torch.randn(shape[0], len(cols), generator=generator) * 0.02
+                diffs[name] = d
+                continue
+            n = _numel(shape)
             flat = torch.zeros(n)
             idx = torch.randperm(n, generator=generator)[: int(cfg.density * n)]
             flat[idx] = torch.randn(len(idx), generator=generator) * 0.02
-            diffs[name] = flat.reshape(spec.param_shapes[name])
+            diffs[name] = flat.reshape(shape)
         return from_dense(diffs)
 
     def validate(self, tensors: Mapping[str, Tensor], spec: BackboneSpec, cfg: SparseConfig) -> None:
@@ -295,6 +367,11 @@ class Sparse(Kind):
             if val is None:
                 raise ArtifactError("tensor_names", f"sparse: {p}{IDX} has no {p}{VAL}")
             _check_entries(p, idx, val, spec)
+            shape = spec.param_shapes[p]
+            if (cfg.structure == "columns" and len(shape) == 2 and p in tunable
+                    and _column_form(idx, val, shape) is None):
+                raise ArtifactError("structure", f"sparse: {p} is not column-structured (its "
+                                    f"entries fill < {COLUMN_FILL:.0%} of the columns they touch)")
             entries["embeddings" if p in tables else "layers"] += len(idx)
         for key in tensors:
             if key.endswith(VAL) and key[:-len(VAL)] + IDX not in tensors:
@@ -307,11 +384,13 @@ class Sparse(Kind):
         return SparseRows.of(tensors, spec).table_rows()
 
     def table_key(self, rows: Mapping[str, Tensor]) -> str:
-        """Tasks go to tables by size class (total entries, rounded up to a power of 2): a
-        table pads every slot to its largest task, so a 1 % task never pays for a 5 % one's
-        entries (a batch runs one product per class present, not per task)."""
-        total = sum(v.numel() for k, v in rows.items() if k.endswith((".val", EMB_VEC)))
-        return f"{self.name}/{1 << max(0, total - 1).bit_length()}"
+        """Tasks go to tables by form (CSR or columns) and size class (total entries,
+        rounded up to a power of 2): a table pads every slot to its largest task, so a 1 %
+        task never pays for a 5 % one's entries (a batch runs one product per table
+        present, not per task)."""
+        total = sum(v.numel() for k, v in rows.items() if k.endswith((".val", ".block", EMB_VEC)))
+        form = "/columns" if any(k.endswith(".block") for k in rows) else ""
+        return f"{self.name}{form}/{1 << max(0, total - 1).bit_length()}"
 
     def effect(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> Effect:
         if has_embeddings(tables):

@@ -12,7 +12,7 @@ import torch
 
 from methods import Engine, TaskArtifact, TaskModule, get_kind, kind_names
 from methods.encoder import special_index
-from methods.engine import effects_for, group_rows, plan_buckets
+from methods.engine import effects_for, forward_slots, group_rows, plan_buckets, row_order
 from methods.lora import LoraConfig
 from methods.prefix import PrefixConfig
 from methods.sparse import SparseConfig, to_dense
@@ -35,6 +35,8 @@ TASKS = [
                                                  "output.dense")), "mlp", 5),
     ("sparse", SparseConfig(density=0.05), "linear", 2),
     ("sparse", SparseConfig(density=0.2), "pooler", 4),
+    ("sparse", SparseConfig(density=0.05, structure="columns"), "linear", 2),
+    ("sparse", SparseConfig(density=0.1, structure="columns"), "mlp", 3),
     ("bitfit", None, "linear", 3),
     ("bitfit", None, "mlp", 1),
 ]
@@ -85,6 +87,30 @@ def test_mixed_batch_equals_alone_equals_train_time(backbone: str, request) -> N
                 torch.testing.assert_close(got, alone[i], atol=ATOL, rtol=0)
                 torch.testing.assert_close(got, train_time[i], atol=ATOL, rtol=0)
         assert alone[0].shape == (art.head.num_outputs,)
+
+
+def test_scattered_rows_equal_the_engine_order(tiny_bert) -> None:
+    """The engine runs each table's rows as one slice; the gather/scatter path (rows in any
+    order, as attach() and autograd use it) gives the same logits."""
+    eng = Engine(tiny_bert, max_batch_size=64)
+    loaded = [eng.load(a) for a in artifacts(tiny_bert.spec)]
+    rows = [(i, t) for i in range(len(INPUTS)) for t in [*range(len(loaded)), None]]
+    perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(1)).tolist()
+    rows = [rows[p] for p in perm]
+    tasks = [None if t is None else loaded[t] for _, t in rows]
+    order = row_order(tasks)
+    assert order is not None and sorted(order) == list(range(len(rows)))
+    tables = [tasks[i].table if tasks[i] is not None else None for i in order]
+    runs = [k for j, k in enumerate(tables) if j == 0 or k != tables[j - 1]]
+    assert len(runs) == len(set(runs))  # each table's rows adjacent
+    assert tables[0] is None and all(tasks[i].kind.name == "prefix" for i in order[-2 * len(INPUTS):])
+    ordered = eng.run([INPUTS[i] for i, _ in rows], tasks)
+    ids, mask, types = eng.pad(eng.tokenize([INPUTS[i] for i, _ in rows]))
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            scattered = forward_slots(eng.encoder, ids, mask, types, group_rows(tasks, ids.device))
+        for a, b in zip(ordered, scattered, strict=True):
+            torch.testing.assert_close(b.detach(), a, atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("kind_index", range(len(TASKS)))

@@ -4,11 +4,13 @@ rows, and a batch after load/unload churn equals each task alone in a fresh engi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 import torch
 
 from methods import Engine, TaskArtifact
+from methods.errors import ArtifactError
 from methods.heads import apply_head
 from methods.lora import LoraConfig
 from methods.prefix import PrefixConfig
@@ -26,12 +28,15 @@ BIG_SMALL = {
              (LoraConfig(r=2, alpha=4.0), "linear", 2)),
     "prefix": ((PrefixConfig(num_prefix=8), "mlp", 6), (PrefixConfig(num_prefix=2), "linear", 2)),
     "sparse": ((SparseConfig(density=0.3), "mlp", 5), (SparseConfig(density=0.02), "pooler", 2)),
+    "sparse-columns": ((SparseConfig(density=0.3, structure="columns"), "mlp", 5),
+                       (SparseConfig(density=0.05, structure="columns"), "pooler", 2)),
 }
 
 
 def art(spec, kind: str, which: int, seed: int, zero: bool = False) -> TaskArtifact:
     cfg, head, c = BIG_SMALL[kind][which]
-    return TaskArtifact.random(kind, spec, c, config=cfg, head_type=head, seed=seed, zero=zero)
+    return TaskArtifact.random(kind.split("-")[0], spec, c, config=cfg, head_type=head, seed=seed,
+                               zero=zero)
 
 
 def alone(bb, artifact: TaskArtifact) -> list[torch.Tensor]:
@@ -145,6 +150,26 @@ def test_sparse_tasks_share_a_table_only_within_a_size_class(tiny_bert) -> None:
     for i, (g, t) in enumerate(zip(got, tasks, strict=True)):
         torch.testing.assert_close(g, alone(tiny_bert, arts[[big, small, big2].index(t)])[i],
                                    atol=ATOL, rtol=0)
+
+
+def test_column_structured_tasks_run_as_columns(tiny_bert) -> None:
+    """Whole-column entries go to a column table (and a declared column artifact that is
+    not column-structured is refused); CSR and column rows in one batch equal alone."""
+    eng = Engine(tiny_bert)
+    cols = art(tiny_bert.spec, "sparse-columns", 0, seed=30)
+    entries = art(tiny_bert.spec, "sparse", 0, seed=31)
+    tc, te = eng.load(cols), eng.load(entries)
+    assert "/columns/" in tc.table and "/columns/" not in te.table
+    fields = eng.tables.kinds[tc.table].fields
+    assert any(k.endswith(".block") for k in fields) and not any(k.endswith(".val") for k in fields)
+    tasks = [tc, te, None, tc]
+    got = eng.run(TEXTS, tasks)
+    for i, (g, a) in enumerate(zip(got, [cols, entries, None, cols], strict=True)):
+        if a is not None:
+            torch.testing.assert_close(g, alone(tiny_bert, a)[i], atol=ATOL, rtol=0)
+    bad = dataclasses.replace(entries, config=SparseConfig(density=0.3, structure="columns"))
+    with pytest.raises(ArtifactError, match="not column-structured"):
+        eng.load(bad)
 
 
 def test_peft_parity_in_a_reused_slot(tiny_bert, tiny_bert_dir) -> None:
