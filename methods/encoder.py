@@ -1,14 +1,14 @@
 """One forward of the frozen encoder, with per-row effects from any mix of artifact kinds.
 
 The backbone's own modules hold the weights; this file only re-states BERT's forward so
-that kinds can act at four points: before each layer, after each Linear, after each
-LayerNorm, and as extra attention keys/values (prefixes).
+that kinds can act at five points: on the embedding sum, before each layer, after each
+Linear, after each LayerNorm, and as extra attention keys/values (prefixes).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,7 +18,7 @@ from transformers.activations import ACT2FN
 
 from methods.backbone import Backbone
 from methods.slots import Rows
-from methods.spec import EMBED_NORM, LAYER_NORMS, BackboneSpec
+from methods.spec import EMBED_NORM, EMBED_TABLES, LAYER_NORMS, BackboneSpec
 
 
 @dataclasses.dataclass
@@ -53,6 +53,12 @@ class Effect:
     norm_names: frozenset[str] = frozenset()  # LayerNorm paths whose outputs it changes
     acts_before_layers: bool = False
     has_prefix: bool = False
+    embeds: bool = False  # embed() changes the embedding sum
+
+    def embed(self, lookups: Mapping[str, Tensor], h: Tensor) -> Tensor:
+        """h (B, T, d): the sum of the embedding lookups, before the embedding LayerNorm;
+        lookups: embedding table path (spec.EMBED_TABLES) -> the (B, T) ids it looked up."""
+        return h
 
     def before_layer(self, layer: int, h: Tensor) -> Tensor:
         return h
@@ -129,6 +135,11 @@ class Encoder:
             pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
         h = self.emb.word_embeddings(ids) + self.emb.position_embeddings(pos)
         h = h + self.emb.token_type_embeddings(token_type_ids)
+        if any(e.embeds for e in effects):
+            lookups = dict(zip(EMBED_TABLES, (ids, pos, token_type_ids), strict=True))
+            for e in effects:
+                if e.embeds:
+                    h = e.embed(lookups, h)
         return self._drop(self._norm(EMBED_NORM, self.emb.LayerNorm, h, effects))
 
     def _drop(self, x: Tensor) -> Tensor:

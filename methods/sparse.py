@@ -116,20 +116,24 @@ def _column_form(idx: Tensor, val: Tensor, shape: tuple[int, ...]) -> ColumnMatr
 @dataclasses.dataclass(frozen=True)
 class SparseRows:
     """A sparse artifact in serve-time form: the entries of each touched Linear weight (in
-    CSR order, or as whole columns when every touched weight is column-structured), and
-    the vector parameters (Linear and LayerNorm biases, LayerNorm gains) as dense deltas."""
+    CSR order, or as whole columns when every touched weight is column-structured), the
+    vector parameters (Linear and LayerNorm biases, LayerNorm gains) as dense deltas, and
+    each touched embedding table's rows."""
 
     matrices: dict[str, SparseMatrix]  # Linear path -> its weight's entries (CSR form)
     columns: dict[str, ColumnMatrix]  # Linear path -> its weight's columns (column form)
     biases: Tensor | None  # (D,) every bias delta end to end (bitfit.offsets order), or None
     gains: Tensor | None  # (G,) every LayerNorm weight delta end to end, or None
+    # embedding table path (e.g. embeddings.word_embeddings) -> its touched rows
+    embeddings: dict[str, SparseEmbedding] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(cls, tensors: Mapping[str, Tensor], spec: BackboneSpec) -> SparseRows:
         dense = to_dense({k: v for k, v in tensors.items() if not _is_matrix(k, spec)}, spec)
+        tables = set(spec.embedding_params())
         weights = {p[:-len(".weight")]: (tensors[f"sparse.{p}{IDX}"], tensors[f"sparse.{p}{VAL}"],
                                          spec.param_shapes[p])
-                   for p in params_of(tensors) if len(spec.param_shapes[p]) == 2}
+                   for p in params_of(tensors) if len(spec.param_shapes[p]) == 2 and p not in tables}
         cols = {m: _column_form(*w) for m, w in weights.items()}
         mats: dict[str, SparseMatrix] = {}
         if not all(c is not None for c in cols.values()):  # one form per task: CSR
@@ -139,7 +143,10 @@ class SparseRows:
                 mats[m] = SparseMatrix(counts, (idx % n_in).to(torch.int32), val)
         return cls(mats, {m: c for m, c in cols.items() if c is not None},
                    _flat(dense, spec, spec.bias_params()),
-                   _flat(dense, spec, [n + ".weight" for n in spec.norm_names()]))
+                   _flat(dense, spec, [n + ".weight" for n in spec.norm_names()]),
+                   embeddings={p[:-len(".weight")]: SparseEmbedding.of(
+                       tensors[f"sparse.{p}{IDX}"], tensors[f"sparse.{p}{VAL}"], spec.param_shapes[p])
+                       for p in params_of(tensors) if p in tables})
 
     def table_rows(self) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
@@ -151,10 +158,45 @@ class SparseRows:
             out[BIASES] = self.biases
         if self.gains is not None:
             out[GAINS] = self.gains
+        for name, emb in self.embeddings.items():
+            out[name + EMB_POS], out[name + EMB_VEC] = emb.positions(), emb.vectors
         return out
 
 
+@dataclasses.dataclass(frozen=True)
+class SparseEmbedding:
+    """An embedding table's diff (word, position or token type; a whole-model diff from
+    ``polyhead train --recipe paper`` has them), row-sparse: the touched rows' ids (sorted)
+    and their delta vectors. Stored in the artifact as any parameter's entries. In the slot
+    table: the packed vectors and a direct map id -> 1 + packed row (0: untouched), so that a
+    batch gathers each token's delta by (slot, id) and adds it to the embedding sum before
+    the embedding LayerNorm: O(1) per token, no loop over tasks, no per-task vocab x d copy;
+    the map costs 4 bytes per table row per slot."""
+
+    ids: Tensor  # (R,) int64, strictly increasing
+    vectors: Tensor  # (R, d) float: row ids[r]'s delta
+    num_rows: int  # the table's rows (vocabulary, positions or token types)
+
+    @classmethod
+    def of(cls, idx: Tensor, values: Tensor, shape: tuple[int, ...]) -> SparseEmbedding:
+        """From a table's flat sorted entries (as stored in the artifact)."""
+        rows, cols = shape
+        row = idx // cols
+        ids = torch.unique_consecutive(row)
+        vectors = values.new_zeros(len(ids), cols)
+        vectors[torch.searchsorted(ids, row), idx % cols] = values
+        return cls(ids, vectors, rows)
+
+    def positions(self) -> Tensor:
+        """(num_rows,) int32: row id -> 1 + its place in ``vectors``; 0 where untouched (the
+        slot tables' fill, so a slot without this table, or a freed one, touches nothing)."""
+        pos = torch.zeros(self.num_rows, dtype=torch.int32)
+        pos[self.ids] = torch.arange(1, len(self.ids) + 1, dtype=torch.int32)
+        return pos
+
+
 BIASES, GAINS = "sparse.biases", "sparse.gains"
+EMB_POS, EMB_VEC = ".rowpos", ".rowvec"  # embedding table fields: id -> 1 + packed row, rows
 
 
 def _crow(counts: Tensor) -> Tensor:
@@ -257,6 +299,33 @@ class SparseEffect(Effect):
         return y if d is None else self.rows.add(y, d)
 
 
+class SparseEmbedEffect(SparseEffect):
+    """SparseEffect plus the embedding tables' deltas: each row's tokens gather their
+    deltas from the row's slot, for every table present (at most 3), in one pass."""
+
+    embeds = True
+
+    def __init__(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> None:
+        super().__init__(tables, slots, ctx)
+        self.embed_tables = [p[:-len(".weight")] for p in ctx.spec.embedding_params()
+                             if p[:-len(".weight")] + EMB_POS in tables]
+
+    def embed(self, lookups: Mapping[str, Tensor], h: Tensor) -> Tensor:
+        slot = self.sel[:, None]  # (n, 1)
+        delta = None
+        for name in self.embed_tables:
+            ids = self.rows.take(lookups[name])  # (n, T)
+            pos = self.tables[name + EMB_POS][slot, ids]  # (n, T): 0 untouched
+            vec = self.tables[name + EMB_VEC][slot, (pos - 1).clamp(min=0)].to(h.dtype)  # (n, T, d)
+            d = torch.where(pos[..., None] > 0, vec, 0.0)
+            delta = d if delta is None else delta + d
+        return h if delta is None else self.rows.add(h, delta)
+
+
+def has_embeddings(tables: Mapping[str, Tensor]) -> bool:
+    return any(k.endswith(EMB_POS) for k in tables)
+
+
 class Sparse(Kind):
     name = "sparse"
     config_cls = SparseConfig
@@ -289,30 +358,31 @@ class Sparse(Kind):
         return from_dense(diffs)
 
     def validate(self, tensors: Mapping[str, Tensor], spec: BackboneSpec, cfg: SparseConfig) -> None:
-        tunable = set(spec.tunable_params())
+        tunable, tables = set(spec.tunable_params()), set(spec.embedding_params())
         for key in tensors:
             if not (key.startswith("sparse.") and key.endswith((IDX, VAL))):
                 raise ArtifactError("tensor_names", f"sparse: unexpected tensor {key!r}")
-        total = 0
+        entries = {"layers": 0, "embeddings": 0}
         for p in params_of(tensors):
-            if p not in tunable:
-                raise ArtifactError("tensor_names", f"sparse: {p!r} is not a tunable backbone parameter")
+            if p not in tunable | tables:
+                raise ArtifactError("tensor_names", f"sparse: {p!r} is not a backbone parameter a "
+                                    "sparse diff may touch (encoder layers, embedding LayerNorm, "
+                                    "embedding tables)")
             idx, val = tensors[f"sparse.{p}{IDX}"], tensors.get(f"sparse.{p}{VAL}")
             if val is None:
                 raise ArtifactError("tensor_names", f"sparse: {p}{IDX} has no {p}{VAL}")
             _check_entries(p, idx, val, spec)
             shape = spec.param_shapes[p]
-            if cfg.structure == "columns" and len(shape) == 2 and _column_form(idx, val, shape) is None:
+            if (cfg.structure == "columns" and len(shape) == 2 and p in tunable
+                    and _column_form(idx, val, shape) is None):
                 raise ArtifactError("structure", f"sparse: {p} is not column-structured (its "
                                     f"entries fill < {COLUMN_FILL:.0%} of the columns they touch)")
-            total += len(idx)
+            entries["embeddings" if p in tables else "layers"] += len(idx)
         for key in tensors:
             if key.endswith(VAL) and key[:-len(VAL)] + IDX not in tensors:
                 raise ArtifactError("tensor_names", f"sparse: {key} has no indices")
-        budget = sum(_numel(spec.param_shapes[p]) for p in tunable)
-        if total > cfg.density * budget + 1:
-            raise ArtifactError("density", f"sparse: {total} entries exceed the density "
-                                f"budget {cfg.density} of {budget} tunable weights")
+        _check_budget(entries["layers"], tunable, "tunable encoder-layer", spec, cfg)
+        _check_budget(entries["embeddings"], tables, "embedding-table", spec, cfg)
 
     def rows(self, tensors: Mapping[str, Tensor], spec: BackboneSpec,
              cfg: SparseConfig) -> dict[str, Tensor]:
@@ -323,11 +393,13 @@ class Sparse(Kind):
         rounded up to a power of 2): a table pads every slot to its largest task, so a 1 %
         task never pays for a 5 % one's entries (a batch runs one product per table
         present, not per task)."""
-        total = sum(v.numel() for k, v in rows.items() if k.endswith((".val", ".block")))
+        total = sum(v.numel() for k, v in rows.items() if k.endswith((".val", ".block", EMB_VEC)))
         form = "/columns" if any(k.endswith(".block") for k in rows) else ""
         return f"{self.name}{form}/{1 << max(0, total - 1).bit_length()}"
 
     def effect(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> Effect:
+        if has_embeddings(tables):
+            return SparseEmbedEffect(tables, slots, ctx)
         return SparseEffect(tables, slots, ctx)
 
 
@@ -336,6 +408,18 @@ def _numel(shape: tuple[int, ...]) -> int:
     for s in shape:
         n *= s
     return n
+
+
+def _check_budget(total: int, params: set[str], what: str, spec: BackboneSpec,
+                  cfg: SparseConfig) -> None:
+    """The density budget holds for each part on its own: at most ``density`` of the
+    encoder-layer weights (with the embedding LayerNorm), and at most ``density`` of the
+    embedding tables' weights (a servable artifact, with frozen embeddings, has none; a
+    whole-model one has density 1)."""
+    budget = sum(_numel(spec.param_shapes[p]) for p in params)
+    if total > cfg.density * budget + 1:
+        raise ArtifactError("density", f"sparse: {total} entries exceed the density "
+                            f"budget {cfg.density} of {budget} {what} weights")
 
 
 def _check_entries(p: str, idx: Tensor, val: Tensor, spec: BackboneSpec) -> None:

@@ -16,6 +16,12 @@ LAYER_LINEARS = (
 )
 LAYER_NORMS = ("attention.output.LayerNorm", "output.LayerNorm")
 EMBED_NORM = "embeddings.LayerNorm"
+# Embedding tables, each looked up by its own ids (tokens, positions, token types).
+EMBED_TABLES = (
+    "embeddings.word_embeddings",
+    "embeddings.position_embeddings",
+    "embeddings.token_type_embeddings",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +64,10 @@ class BackboneSpec:
             n for n in self.param_shapes
             if n.startswith("encoder.layer.") or n.startswith(EMBED_NORM + ".")
         ]
+
+    def embedding_params(self) -> list[str]:
+        """The embedding tables' weights, which a whole-model sparse diff may also touch."""
+        return [n + ".weight" for n in EMBED_TABLES if n + ".weight" in self.param_shapes]
 
     def bias_params(self) -> list[str]:
         """BitFit's parameters: every Linear bias and LayerNorm bias that the encoder uses."""

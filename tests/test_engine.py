@@ -229,3 +229,56 @@ def test_plan_buckets_cover_every_row_once_and_cut_padding() -> None:
 def test_run_rejects_mismatched_lengths(tiny_engine) -> None:
     with pytest.raises(ValueError, match="2 inputs but 1 tasks"):
         tiny_engine.run(["a", "b"], [None])
+
+
+@pytest.mark.parametrize("backbone", ["tiny_bert", "tiny_roberta"])
+def test_embedding_diffs_equal_a_patched_model(backbone: str, request: pytest.FixtureRequest) -> None:
+    """A sparse artifact with word, position and token-type embedding deltas (and encoder
+    entries) equals the HF model with the diff added to its weights, rows of it mixed with
+    rows of an embedding-free sparse task and of no task."""
+    from tests.test_slots import embedding_art
+
+    bb = request.getfixturevalue(backbone)
+    art = embedding_art(bb.spec, 20, 400, seed=7)
+    patched = copy.deepcopy(bb.model)
+    with torch.no_grad():
+        for name, d in to_dense(art.kind_tensors(), bb.spec).items():
+            patched.get_parameter(name).add_(d)
+    eng = Engine(bb)
+    ids, mask, types = eng.pad(eng.tokenize(INPUTS))
+    with torch.no_grad():
+        cls = patched(input_ids=ids, attention_mask=mask.long(), token_type_ids=types).last_hidden_state[:, 0]
+    ref = cls @ art.tensors["head.weight"].T + art.tensors["head.bias"]
+    other = TaskArtifact.random("sparse", bb.spec, 2, config=SparseConfig(density=0.05), seed=8)
+    tasks = [eng.load(art), eng.load(other), None]
+    got = eng.run(INPUTS, [tasks[i % 3] for i in range(len(INPUTS))])
+    for i in range(0, len(INPUTS), 3):
+        torch.testing.assert_close(got[i], ref[i], atol=ATOL, rtol=0)
+    alone = eng.run(INPUTS, [tasks[1]] * len(INPUTS))
+    for i in range(1, len(INPUTS), 3):
+        torch.testing.assert_close(got[i], alone[i], atol=ATOL, rtol=0)
+
+
+def test_sparse_embedding_entries_are_validated_by_name(tiny_bert) -> None:
+    from methods import ArtifactError
+    from tests.test_slots import embedding_art
+
+    spec = tiny_bert.spec
+    art = embedding_art(spec, 5, 10, seed=9)
+    word = "sparse.embeddings.word_embeddings.weight"
+    bad = dict(art.tensors)
+    bad[word + ".indices"] = bad[word + ".indices"].flip(0)
+    with pytest.raises(ArtifactError, match=r"word_embeddings\.weight\.indices must be strictly"):
+        TaskArtifact(art.kind, art.config, art.head, bad).validate(spec)
+    bad = dict(art.tensors)
+    bad[word + ".indices"] = bad[word + ".indices"] + spec.param_shapes[word[7:]][0] * spec.hidden
+    with pytest.raises(ArtifactError, match=r"word_embeddings\.weight\.indices out of range"):
+        TaskArtifact(art.kind, art.config, art.head, bad).validate(spec)
+    bad = {**art.tensors, "sparse.pooler.dense.weight.indices": torch.tensor([0]),
+           "sparse.pooler.dense.weight.values": torch.tensor([1.0])}
+    with pytest.raises(ArtifactError, match=r"'pooler\.dense\.weight' is not a backbone parameter"):
+        TaskArtifact(art.kind, art.config, art.head, bad).validate(spec)
+    # the budget: each part within density of its own weights (here 0.1 of the embedding
+    # tables, though the encoder layers have room to spare)
+    with pytest.raises(ArtifactError, match="embedding-table weights"):
+        TaskArtifact(art.kind, SparseConfig(density=0.1), art.head, art.tensors).validate(spec)

@@ -194,3 +194,51 @@ def test_peft_parity_in_a_reused_slot(tiny_bert, tiny_bert_dir) -> None:
         with torch.no_grad():
             ref = model(**tiny_bert.tokenizer(*args, return_tensors="pt")).logits[0]
         torch.testing.assert_close(g, ref, atol=ATOL, rtol=0)
+
+
+def embedding_art(spec, word_rows: int, encoder_entries: int, seed: int) -> TaskArtifact:
+    """A whole-model-style sparse artifact: deltas on the first ``word_rows`` rows of the word
+    embeddings (and, when it has any, every position and token-type row) plus
+    ``encoder_entries`` random entries of the encoder's Linear weights."""
+    from methods.heads import HeadConfig, init_head
+    from methods.sparse import from_dense
+
+    g = torch.Generator().manual_seed(seed)
+    diffs = {}
+    for name in spec.embedding_params():
+        d = torch.zeros(spec.param_shapes[name])
+        rows = word_rows if "word" in name else (len(d) if word_rows else 0)
+        d[:rows] = torch.randn(rows, d.shape[1], generator=g) * 0.5
+        diffs[name] = d
+    weights = [n + ".weight" for n in spec.linear_names()]
+    sizes = [spec.param_shapes[w][0] * spec.param_shapes[w][1] for w in weights]
+    flat = torch.zeros(sum(sizes))
+    flat[torch.randperm(len(flat), generator=g)[:encoder_entries]] = 0.1
+    for w, part in zip(weights, flat.split(sizes), strict=True):
+        diffs[w] = part.reshape(spec.param_shapes[w])
+    head = HeadConfig(num_outputs=2, type="linear")
+    return TaskArtifact("sparse", SparseConfig(density=1.0), head,
+                        {**from_dense(diffs), **init_head(spec, head, g)})
+
+
+@pytest.mark.parametrize("second", ["fewer-rows", "no-embeddings"])
+def test_a_reused_slot_never_leaks_embedding_deltas(tiny_bert, second: str) -> None:
+    """A task with deltas on every embedding row leaves its slot; the next task in the very
+    same slot of the same table (fewer touched rows, or none) gets none of them."""
+    spec = tiny_bert.spec
+    vocab = spec.param_shapes["embeddings.word_embeddings.weight"][0]
+    eng = Engine(tiny_bert, capacity=1)
+    big = eng.load(embedding_art(spec, vocab, 300, seed=1))
+    where = (big.table, big.slot)
+    eng.run(TEXTS, [big] * len(TEXTS))
+    eng.unload(big)
+    small_art = (embedding_art(spec, 4, 2500, seed=2) if second == "fewer-rows"
+                 else embedding_art(spec, 0, 6000, seed=3))
+    small = eng.load(small_art)
+    assert (small.table, small.slot) == where  # the very rows big used
+    got = eng.run(TEXTS, [small] * len(TEXTS))
+    for g, ref in zip(got, alone(tiny_bert, small_art), strict=True):
+        torch.testing.assert_close(g, ref, atol=ATOL, rtol=0)
+    fields = eng.tables.kinds[small.table].fields
+    touched = int((fields["embeddings.word_embeddings.rowpos"][small.slot] > 0).sum())
+    assert touched == (4 if second == "fewer-rows" else 0)

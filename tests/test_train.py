@@ -246,7 +246,7 @@ def test_cli_errors_exit_2_without_traceback(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_cli_store_cap_still_writes_out_and_paper_recipe_says_why(
-        bert_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        bert_dir: Path, bert, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "s.tsv"
     path.write_text("sentence\tlabel\n" + "".join(f"{t}\tpositive\n" for t in POS) +
                     "".join(f"{t}\tnegative\n" for t in NEG))
@@ -257,7 +257,19 @@ def test_cli_store_cap_still_writes_out_and_paper_recipe_says_why(
              str(tmp_path / "store"), "--max-upload-bytes", "1000")
     err = capsys.readouterr().err
     assert rc == 1 and out.is_file() and "cap of 1,000" in err and str(out) in err
-    rc = cli("--method", "full", "--recipe", "paper", *common, "--out", str(tmp_path / "p.polyhead"))
+    # the paper recipe: the whole model (embeddings included) goes to --out; over the cap it
+    # is not published, and the CLI says why
+    paper = tmp_path / "p.polyhead"
+    rc = cli("--method", "full", "--recipe", "paper", *common, "--out", str(paper), "--publish",
+             "--store", str(tmp_path / "store"), "--max-upload-bytes", "1000")
     captured = capsys.readouterr()
-    assert rc == 1 and "dev accuracy" in captured.out and "embeddings" in captured.err
-    assert not (tmp_path / "p.polyhead").exists()
+    assert rc == 1 and "dev accuracy" in captured.out and paper.is_file()
+    assert "not published" in captured.err and "cap of 1,000" in captured.err
+    assert "--recipe paper" in captured.err and str(paper) in captured.err
+    manifest, art = load_artifact(paper, bert.spec)
+    assert manifest.training["recipe"] == "paper" and art.kind == "sparse"
+    touched = set(params_of(art.tensors))
+    assert set(bert.spec.embedding_params()) <= touched and art.head.type == "mlp"
+    assert Store(tmp_path / "store", bert.spec).list_tasks() == []  # nothing published
+    rc = cli("--method", "full", "--recipe", "paper", *common, "--out", str(paper))
+    assert rc == 0 and f"wrote {paper}" in capsys.readouterr().out  # --out alone: no cap

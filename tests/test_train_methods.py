@@ -22,7 +22,7 @@ from trainer.algos import dps as dps_algo
 from trainer.context import Context
 from trainer.loop import batches, encode, loss_fn, steps_for
 from trainer.masks import BernoulliMask, ChildDMask, DpsMask, fisher
-from trainer.models import DenseModel, PetModel
+from trainer.models import Batch, DenseModel, PetModel
 from trainer.output import encode as encode_result
 from trainer.table import METHODS
 
@@ -355,3 +355,47 @@ def test_full_paper_recipe_is_bert_for_sequence_classification(bert: Backbone, s
     no_decay = {id(p) for p in groups[1]["params"]}
     for name, p in mine.params.items():
         assert (id(p) in no_decay) == (name.endswith("bias") or "LayerNorm" in name), name
+
+
+# -- the paper recipe's artifact ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method,head_init", [("full", None), ("dps", None), ("full", "pet:bitfit")],
+                         ids=["full", "dps", "eh-ft"])
+def test_paper_artifact_in_a_mixed_batch_gives_the_trained_logits(
+        bert: Backbone, sentiment: Dataset, method: str, head_init: str | None) -> None:
+    """A whole-model (paper recipe) result, through the file format, run in one batch with
+    every other kind: its rows give the trained model's eval logits. The file holds the
+    embedding tables' diffs, and the trained pooler as the first layer of an mlp head."""
+    from methods import TaskArtifact
+    from tests.test_engine import INPUTS, artifacts
+
+    cfg = TrainConfig(method=method, recipe="paper", epochs=2, batch_size=4, lr=1e-3,
+                      head_init=head_init)
+    res = train(cfg, bert, sentiment, sentiment, "accuracy", **QUIET)
+    _, art = decode_artifact(encode_result("paper", res, sentiment, bert.spec), bert.spec)
+    touched = {k[len("sparse."):-len(".indices")] for k in art.tensors if k.endswith(".indices")}
+    assert set(bert.spec.embedding_params()) <= touched
+    assert art.head.type == "mlp" and not any("pooler" in p for p in touched)
+    eng = Engine(bert)
+    others = [eng.load(a) for a in artifacts(bert.spec)]
+    paper = eng.load(art)
+    rows = [(x, t) for x in range(len(INPUTS)) for t in range(len(others) + 1)]
+    perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(1)).tolist()
+    rows = [rows[p] for p in perm]
+    got = eng.run([INPUTS[x] for x, _ in rows], [others[t] if t < len(others) else paper
+                                                for _, t in rows])
+    ids, mask, types = eng.pad(eng.tokenize(INPUTS))
+    res.model.set_training(False)
+    with torch.no_grad():
+        want = res.model.forward(Batch(ids, mask, types, torch.zeros(len(INPUTS), dtype=torch.long)))
+    seen = 0
+    for (x, t), g in zip(rows, got, strict=True):
+        if t == len(others):
+            torch.testing.assert_close(g, want[x], atol=1e-5, rtol=0)
+            seen += 1
+    assert seen == len(INPUTS)
+    bare = TaskArtifact(art.kind, art.config, art.head, {k: v for k, v in art.tensors.items()
+                                                         if "_embeddings." not in k})
+    without = torch.stack(eng.run(INPUTS, [eng.load(bare)] * len(INPUTS)))
+    assert float((without - want).abs().max()) > 1e-3  # the embedding diffs matter

@@ -31,9 +31,12 @@ def method_help() -> str:
         "MiniLM: over the store's cap, --out only).",
         "--recipe paper: as the papers' official code (vanilla fine-tuning of EVERY parameter,",
         "embeddings and pooler included, weight decay on all but biases/LayerNorms; Child-",
-        "Tuning_D p_D=0.3, Child-Tuning_F on every gradient, DPS Dense). The model is dense;",
-        "a model whose embeddings changed cannot be stored as an artifact of this version",
-        "(the sparse kind holds encoder-layer diffs), so it reports dev metrics only.",
+        "Tuning_D p_D=0.3, Child-Tuning_F on every gradient, DPS Dense). The model is dense:",
+        "--out gets a sparse artifact with every changed weight (encoder layers, embedding",
+        "tables; a trained pooler goes into an mlp head), exact in the engine. At ~271 MB",
+        "for MiniLM it is far over the store's default cap (64 MiB): --publish/--upload need",
+        "a raised --max-upload-bytes (and server cap); over the cap, --out is still written",
+        "and the CLI says why nothing was published (exit 1).",
         "",
         "--head-init pet:lora|pet:bitfit (EH-FT): the first --head-init-frac of the total steps",
         "train LoRA (r 8, alpha 16, Q/K/V/O) or BitFit with a fresh head at --head-init-lr;",
@@ -50,6 +53,10 @@ def method_help() -> str:
         "them on this backbone; still provisional: " + ", ".join(PROVISIONAL) + ".",
     ]
     return "\n".join(lines)
+
+
+PAPER_HINT = ("a --recipe paper artifact holds every changed weight of the model, embeddings "
+              "included; --recipe servable keeps the upload within --density")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -226,8 +233,10 @@ def _train_and_deliver(args: argparse.Namespace, cfg: TrainConfig, task_id: str,
         print(f"polyhead train: error: nothing written: {e}", file=sys.stderr)
         return 1
     data = encode(task_id, result, train, backbone.spec)
+    hint = (PAPER_HINT if cfg.paper else
+            "use a sparse method or a lower --density")
     try:
-        lines = deliver(data, targets, backbone.spec)
+        lines = deliver(data, targets, backbone.spec, hint)
     except OutputError as e:
         print(f"polyhead train: error: {e}", file=sys.stderr)
         return 1

@@ -306,6 +306,7 @@ def mask_grads(params: dict[str, nn.Parameter], masks: dict[str, Tensor]) -> Non
 
 
 HEAD_PREFIX = "head."
+POOLER = "pooler.dense."  # a trained pooler is exported as an mlp head
 
 
 class DenseModel(Trainable):
@@ -393,18 +394,37 @@ class DenseModel(Trainable):
                 p.copy_(self.original[n] + diffs[n].to(p.dtype))
 
     def export(self) -> TaskArtifact:
-        """The diff over the tunable weights (encoder layers, embedding LayerNorm) + the head."""
+        """Every changed backbone weight as a sparse diff, plus the head. The servable
+        recipe changes only the encoder layers and the embedding LayerNorm; the paper recipe
+        changes every weight: the embedding tables go into the diff as well, and a trained
+        pooler into the head (W tanh(P' h + b') is an ``mlp`` head with P' as its first
+        layer, so the frozen pooler that other tasks read stays as it is)."""
         diffs = {n: d for n, d in self.diffs().items() if bool((d != 0).any())}
-        other = sorted(set(diffs) - set(self.bb.spec.tunable_params()))
+        head_cfg, head = self.head_cfg, self.head_tensors()
+        if any(n.startswith(POOLER) for n in diffs):
+            head_cfg, head = self._pooler_head()
+            diffs = {n: d for n, d in diffs.items() if not n.startswith(POOLER)}
+        spec = self.bb.spec
+        other = sorted(set(diffs) - set(spec.tunable_params()) - set(spec.embedding_params()))
         if other:
-            raise ExportError(
-                f"the trained model changed {', '.join(other)}, which a sparse artifact cannot "
-                "hold (it stores encoder-layer and embedding-LayerNorm diffs); train with the "
-                "servable recipe (frozen embeddings and pooler) to get a servable artifact")
+            raise ExportError(f"the trained model changed {', '.join(other)}, which a sparse "
+                              "artifact cannot hold (it stores encoder-layer, embedding and "
+                              "embedding-LayerNorm diffs)")
         tensors = {k: v.cpu() for k, v in from_dense(diffs, self.structure).items()}
-        tensors.update(self.head_tensors())
+        tensors.update(head)
         return TaskArtifact("sparse", SparseConfig(density=self.density, structure=self.structure),
-                            self.head_cfg, tensors)
+                            head_cfg, tensors)
+
+    def _pooler_head(self) -> tuple[HeadConfig, dict[str, Tensor]]:
+        """The trained pooler and the classifier as an ``mlp`` head (the same logits)."""
+        if self.head_cfg.type != "pooler":
+            raise ExportError(f"the trained model changed the pooler, which its "
+                              f"{self.head_cfg.type!r} head does not read")
+        p, head = self.backbone_params, self.head_tensors()
+        tensors = {"head.dense.weight": p[POOLER + "weight"], "head.dense.bias": p[POOLER + "bias"],
+                   "head.out.weight": head["head.weight"], "head.out.bias": head["head.bias"]}
+        return (HeadConfig(num_outputs=self.head_cfg.num_outputs, type="mlp"),
+                {k: v.detach().float().cpu().clone() for k, v in tensors.items()})
 
     def head_tensors(self) -> dict[str, Tensor]:
         return {_name(k): v.detach().float().cpu().clone() for k, v in self.head.items()}

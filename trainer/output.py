@@ -48,8 +48,11 @@ def encode(task_id: str, result: TrainResult, data: Dataset, spec: BackboneSpec)
     return encode_artifact(manifest, result.artifact)
 
 
-def deliver(data: bytes, targets: Targets, spec: BackboneSpec) -> list[str]:
-    """Write/publish/upload ``data``; one line per destination for the user."""
+def deliver(data: bytes, targets: Targets, spec: BackboneSpec,
+            hint: str = "use a sparse method or a lower --density") -> list[str]:
+    """Write/publish/upload ``data``; one line per destination for the user. --out is
+    written first, whatever its size; the store's cap decides only whether the artifact
+    may be published or uploaded (``hint``: what to do when it is over)."""
     from store.header import DEFAULT_MAX_BYTES
 
     lines = []
@@ -62,9 +65,9 @@ def deliver(data: bytes, targets: Targets, spec: BackboneSpec) -> list[str]:
     cap = targets.max_bytes if targets.max_bytes is not None else DEFAULT_MAX_BYTES
     if (targets.publish or targets.upload) and len(data) > cap:
         where = f" (written to {targets.out})" if targets.out is not None else ""
-        raise OutputError(f"the artifact is {len(data):,} bytes, over the store's cap of "
-                          f"{cap:,}{where}; raise --max-upload-bytes (and the server's cap), or "
-                          "use a sparse method or a lower --density")
+        raise OutputError(f"not published: the artifact is {len(data):,} bytes, over the "
+                          f"store's cap of {cap:,}{where}; raise --max-upload-bytes (and the "
+                          f"server's cap), or {hint}")
     if targets.publish:
         from store import Store
         from store.errors import StoreError
