@@ -7,10 +7,18 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# One intra-op thread: the tests' models are tiny, and on a 2-core machine shared with other
+# work (a training study, another suite) a second OpenMP thread spins waiting for a core
+# and makes every forward ~100x slower. Processes the tests start inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch
 
 from methods import Engine, load_backbone
 from tests.test_store_support import pg_server  # noqa: F401  (one PostgreSQL for the session)
 from tests.tiny import make_bert, make_roberta
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
