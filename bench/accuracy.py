@@ -22,6 +22,8 @@ Plans, in the order the study runs them (the whole-model claims first):
   pilot-frozen  prefix, lora, bitfit as pilot-pasta
   servable      child-d and dps, servable recipe, density 0.05 (seeds 0-2) and 0.01 (seed 0)
   guidance      seed 0: prefix, lora, bitfit at their pilots' lr; EH-FT with BitFit
+  structure     seed 0, RTE and MRPC: child-d and dps, servable at density 0.01, single
+                weights against whole input columns (--mask-structure columns)
 With --workers N, N processes (each --threads threads) share the results file; each run is
 claimed by a lock file in <results>.running/ so no two take the same one.
 Whole train and dev sets, max length 128, batch 16, --select last (the study reports the
@@ -70,6 +72,7 @@ class Run:
     head_init: str | None = None
     density: float = 0.05
     max_train: int | None = None
+    structure: str = "entries"  # servable sparse masks: single weights or whole columns
     diag: bool = False  # a diagnostic run, outside the protocol (kept out of the tables)
 
     @property
@@ -77,7 +80,7 @@ class Run:
         """The row label: method, EH-FT stage, servable density."""
         name = self.method + (f"+{self.head_init}" if self.head_init else "")
         if self.recipe == "servable" and self.method in ("child-d", "child-f", "dps"):
-            name += f"@{self.density:g}"
+            name += f"@{self.density:g}" + ("/columns" if self.structure == "columns" else "")
         return name
 
     @property
@@ -92,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, required=True, help="JSONL results file (appended)")
     p.add_argument("--plan", action="append", default=[],
                    choices=("pilot-full", "diag", "claims", "pilot-pasta", "claims-pasta",
-                            "pilot-frozen", "servable", "guidance"),
+                            "pilot-frozen", "servable", "guidance", "structure"),
                    help="runs to do, in order (repeatable)")
     p.add_argument("--pilot-lrs", default="2e-5,5e-5,1e-4", help="full's pilot learning rates")
     p.add_argument("--frozen-epochs", type=float, default=10.0,
@@ -191,6 +194,9 @@ def plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) -> 
                 for s in (0, 1, 2) for t in CLAIM_TASKS for m in ("child-d", "dps")]
         return runs + [Run(t, m, recipe="servable", lr=lr, density=0.01)
                        for t in CLAIM_TASKS for m in ("child-d", "dps")]
+    if name == "structure":  # what column-structured masks cost against single weights
+        return [Run(t, m, recipe="servable", lr=lr, density=0.01, structure=st)
+                for t in PILOT_TASKS for m in ("child-d", "dps") for st in ("entries", "columns")]
     runs = []  # guidance
     for m in ("prefix", "lora", "bitfit"):
         mlr = pilot_best(results, m)
@@ -230,7 +236,8 @@ def run_one(args: argparse.Namespace, run: Run, backbone: Any, cache: dict[Any, 
     tr, dv, metric = load_data(ns)
     cfg = TrainConfig(method=run.method, recipe=run.recipe, lr=run.lr, epochs=run.epochs,
                       batch_size=16, max_length=128, seed=run.seed, max_train=run.max_train,
-                      density=run.density, head_init=run.head_init, select="last", device="cpu")
+                      density=run.density, head_init=run.head_init, select="last", device="cpu",
+                      mask_structure=run.structure)
     mach = machine()
     t0 = time.time()
     res = train(cfg, backbone, tr, dv, metric, progress=False, head_cache=cache, export=False,
@@ -352,6 +359,15 @@ def _worker_argv(argv: list[str]) -> list[str]:
 # -- tables ----------------------------------------------------------------------------------
 
 
+def claim_runs(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs of the claims' protocol: every non-pilot run, and the full pilot's run at
+    the shared lr (seed 0, 3 epochs), which is the claims' own seed-0 full run (same key)."""
+    lr = pilot_best(results, "full")
+    return [r for r in results if not r["pilot"] or (
+        r["name"] == "full" and r["seed"] == 0 and r["config"]["lr"] == lr
+        and r["config"]["epochs"] == 3)]
+
+
 def t_interval(diffs: list[float]) -> tuple[float, float, float] | None:
     """(mean, low, high) of a 95 % t-interval, None for fewer than 2 values."""
     if len(diffs) < 2:
@@ -397,7 +413,7 @@ def _best_epoch(r: dict[str, Any]) -> str:
 
 
 def main_table(results: list[dict[str, Any]]) -> str:
-    claims = [r for r in results if not r["pilot"]]
+    claims = claim_runs(results)
     tasks = [t for t in TASKS if any(r["task"] == t for r in claims)]
     names = list(dict.fromkeys(r["name"] for r in claims))
     rows = ["| method | " + " | ".join(f"{TASKS[t]} ({METRIC[t]})" for t in tasks) +
@@ -421,7 +437,7 @@ def main_table(results: list[dict[str, Any]]) -> str:
 
 def paired_table(results: list[dict[str, Any]]) -> str:
     """Each method minus full on the same task and seed: mean [95 % t-interval]."""
-    claims = [r for r in results if not r["pilot"]]
+    claims = claim_runs(results)
     full = {(r["task"], r["seed"]): r["value"] for r in claims if r["name"] == "full"}
     tasks = [t for t in TASKS if any(r["task"] == t for r in claims)]
     rows = ["| method − full | " + " | ".join(TASKS[t] for t in tasks) + " | 4-task avg |",
@@ -440,7 +456,7 @@ def paired_table(results: list[dict[str, Any]]) -> str:
 
 def avg_diffs(results: list[dict[str, Any]], name: str) -> list[float]:
     """Per seed: the 4-task mean of (name - full), for seeds where all 8 runs exist."""
-    claims = [r for r in results if not r["pilot"]]
+    claims = claim_runs(results)
     full = {(r["task"], r["seed"]): r["value"] for r in claims if r["name"] == "full"}
     out = []
     for s in sorted({r["seed"] for r in claims}):
@@ -484,7 +500,7 @@ def _diff_cell(d: list[float]) -> str:
 def servable_table(results: list[dict[str, Any]]) -> str:
     """The servable recipe's cost: each servable run minus the paper recipe's run of the same
     method, task and seed, mean [95 % t-interval]."""
-    claims = [r for r in results if not r["pilot"]]
+    claims = claim_runs(results)
     paper = {(r["method"], r["task"], r["seed"]): r["value"] for r in claims
              if r["recipe"] == "paper" and r["name"] == r["method"]}
     names = list(dict.fromkeys(r["name"] for r in claims if r["recipe"] == "servable" and "@" in r["name"]))
@@ -498,6 +514,21 @@ def servable_table(results: list[dict[str, Any]]) -> str:
                  if r["name"] == name and r["task"] == t and (r["method"], t, r["seed"]) in paper]
             cells.append(_diff_cell(d))
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def structure_table(results: list[dict[str, Any]]) -> str:
+    """Whole-column masks against single weights at the same density, method, task, seed."""
+    runs = {(r["method"], r["task"], r["seed"], r["config"]["density"],
+             r["config"].get("mask_structure", "entries")): r["value"]
+            for r in results if r["recipe"] == "servable" and not r["pilot"]}
+    rows = ["| method @ density | task | seeds | single weights | whole columns | columns − single |",
+            "|---|---|---|---|---|---|"]
+    for (m, t, s, d, st), v in sorted(runs.items()):
+        if st != "columns" or (m, t, s, d, "entries") not in runs:
+            continue
+        e = runs[(m, t, s, d, "entries")]
+        rows.append(f"| {m} @ {d:g} | {TASKS[t]} | {s} | {e:.1f} | {v:.1f} | {v - e:+.1f} |")
     return "\n".join(rows)
 
 
@@ -525,7 +556,7 @@ def diag_table(diag: list[dict[str, Any]]) -> str:
 def floors(results: list[dict[str, Any]]) -> str:
     lines = []
     for t, floor in FLOORS.items():
-        vals = [r["value"] for r in results if r["name"] == "full" and r["task"] == t and not r["pilot"]]
+        vals = [r["value"] for r in claim_runs(results) if r["name"] == "full" and r["task"] == t]
         pilot = [r["value"] for r in results if r["name"] == "full" and r["task"] == t and r["pilot"]]
         if vals:
             m = statistics.mean(vals)
@@ -560,6 +591,9 @@ def report(results: list[dict[str, Any]], diag: list[dict[str, Any]] | None = No
     if any("@" in r["name"] for r in results):
         parts += ["", "The servable recipe's cost against the paper recipe (same method, task, seed)",
                   "", servable_table(results)]
+    if any(r["config"].get("mask_structure") == "columns" for r in results):
+        parts += ["", "Column-structured masks against single weights (servable, same seed)", "",
+                  structure_table(results)]
     if any("cut_value" in r for r in results):
         parts += ["", "child-f: the dense (paper) score and its servable cut, same runs", "",
                   child_f_table(results)]

@@ -39,3 +39,18 @@ def test_append_writes_whole_lines(tmp_path):
 def test_workers_are_the_same_command_without_workers():
     argv = ["--results", "r.jsonl", "--workers", "2", "--plan", "claims", "--workers=3", "--threads", "1"]
     assert accuracy._worker_argv(argv) == ["--results", "r.jsonl", "--plan", "claims", "--threads", "1"]
+
+
+def _rec(task, name, lr, value, pilot, seed=0, epochs=3):
+    return {"task": task, "name": name, "method": name, "seed": seed, "pilot": pilot,
+            "value": value, "config": {"lr": lr, "epochs": epochs}, "recipe": "paper"}
+
+
+def test_the_full_pilot_run_at_the_shared_lr_is_the_claims_seed_0_run():
+    results = [_rec(t, "full", lr, v, True) for t in ("rte", "mrpc")
+               for lr, v in ((1e-4, 60.0), (2e-5, 50.0))]
+    results += [_rec("rte", "child-d", 1e-4, 61.0, False), _rec("rte", "full", 1e-4, 58.0, False, seed=1)]
+    got = accuracy.claim_runs(results)
+    assert sorted((r["task"], r["name"], r["config"]["lr"], r["seed"]) for r in got) == [
+        ("mrpc", "full", 1e-4, 0), ("rte", "child-d", 1e-4, 0), ("rte", "full", 1e-4, 0),
+        ("rte", "full", 1e-4, 1)]
