@@ -10,8 +10,12 @@ at each density. Representations:
   csr-loop   one CSR product per task (the engine before slot tables)
   dense-bmm  a densified tier: each task's dense dW, gathered by slot, one batched product
   dense-loop a densified tier: each task's dense dW, one product per task
-Bytes per task and Linear: CSR int32 index + value per entry and a count per output row;
-dense: out x in values.
+  columns    the engine's column form (a column-structured mask, --mask-structure
+             columns): each task's k = density x in whole input columns; the rows'
+             features at those columns gathered, times each task's (k, out) block, one
+             batched product (its own random columns, floor(entries / out) of them)
+Bytes per task and Linear: CSR int32 index + value per entry and a row start per output
+row; columns: an int64 index per column + its out values; dense: out x in values.
 """
 
 from __future__ import annotations
@@ -70,8 +74,17 @@ def representations(x: Tensor, out: int, ents: list[tuple[Tensor, Tensor, Tensor
         m = torch.sparse_csr_tensor(crow, col, vals[sel].reshape(-1), (n * out, n * inp))
         return (m @ x.transpose(1, 2).reshape(n * inp, T)).view(n, out, T).transpose(1, 2)
 
+    k = max(1, len(ents[0][0]) // out)  # whole columns holding as many entries
+    col_idx = torch.stack([torch.randperm(inp)[:k] for _ in range(n)])
+    blocks = torch.randn(n, k, out)
+
+    def columns() -> Tensor:
+        feats = torch.gather(x, 2, col_idx[sel][:, None, :].expand(n, T, k))
+        return torch.bmm(feats, blocks[sel])
+
     return {
         "csr-block": csr_block,
+        "columns": columns,
         "csr-loop": lambda: [torch.sparse.mm(csrs[s], x[s].t()).t() for s in range(n)],
         "dense-bmm": lambda: torch.bmm(x, dense[sel].transpose(1, 2)),
         "dense-loop": lambda: [F.linear(x[s], dense[s]) for s in range(n)],
@@ -96,8 +109,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     d, m = args.hidden, args.intermediate
     print(f"rows={args.rows} tokens={args.tokens} clock={args.clock} threads=1 fp32; "
           "cost: % of the base Linear on the same rows; bytes per task and Linear")
-    print("| Linear (out x in) | density | base ms | csr-block | csr-loop | dense-bmm | dense-loop "
-          "| CSR bytes | dense bytes |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| Linear (out x in) | density | base ms | csr-block | columns | csr-loop | dense-bmm "
+          "| dense-loop | CSR bytes | columns bytes | dense bytes |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for out, inp in ((d, d), (m, d), (d, m)):
         for density in (float(s) for s in args.densities.split(",")):
             x = torch.randn(args.rows, args.tokens, inp, generator=g)
@@ -108,7 +122,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             e = int(density * out * inp)
             print(f"| {out} x {inp} | {density:.0%} | {base:.2f} | "
                   + " | ".join(f"{v:.0f} %" for v in cost.values())
-                  + f" | {8 * e + 4 * out:,} | {4 * out * inp:,} |")
+                  + f" | {8 * e + 4 * out:,} | {(8 + 4 * out) * max(1, e // out):,} "
+                  f"| {4 * out * inp:,} |")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from methods.attach import TaskModule
     from methods.backbone import Backbone, BackboneError, load_backbone
     from methods.engine import Engine, LoadedTask, TextInput
-    from methods.errors import ArtifactError, ConfigError
+    from methods.errors import ArtifactError, ConfigError, SlotsExhausted
     from methods.heads import HeadConfig
     from methods.registry import Kind, get_kind, kind_names
     from methods.spec import BackboneSpec
@@ -25,13 +25,14 @@ _WHERE = {
     "load_backbone": "methods.backbone", "Engine": "methods.engine",
     "LoadedTask": "methods.engine", "TextInput": "methods.engine",
     "ArtifactError": "methods.errors", "ConfigError": "methods.errors",
+    "SlotsExhausted": "methods.errors",
     "HeadConfig": "methods.heads", "Kind": "methods.registry", "get_kind": "methods.registry",
     "kind_names": "methods.registry", "BackboneSpec": "methods.spec",
 }
 __all__ = [
     "ArtifactError", "Backbone", "BackboneError", "BackboneSpec", "ConfigError", "Engine",
-    "HeadConfig", "Kind", "LoadedTask", "TaskArtifact", "TaskModule", "TextInput", "get_kind",
-    "kind_names", "load_backbone",
+    "HeadConfig", "Kind", "LoadedTask", "SlotsExhausted", "TaskArtifact", "TaskModule",
+    "TextInput", "get_kind", "kind_names", "load_backbone",
 ]
 
 

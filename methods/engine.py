@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,9 +13,10 @@ from torch import Tensor
 from methods.artifact import TaskArtifact
 from methods.backbone import Backbone
 from methods.encoder import BatchContext, Effect, Encoder
+from methods.errors import SlotsExhausted
 from methods.heads import HeadConfig, apply_heads, head_layout, head_rows, mlp_layout
 from methods.registry import Kind
-from methods.slots import SlotTable, slot_rows
+from methods.slots import Field, SlotTable, slot_rows
 from methods.spec import BackboneSpec
 
 TextInput = str | tuple[str, str]
@@ -32,8 +34,18 @@ class LoadedTask:
     slot: int  # its row in that table
     head_slot: int  # its row in the head table
     mlp_slot: int  # its row in the mlp-head table, -1 unless the head is an mlp
-    nbytes: int  # device bytes of those rows
     tables: SlotTables
+
+    @property
+    def nbytes(self) -> int:
+        """Device bytes of its slots: whole table rows at the tables' present widths (every
+        field of the table, and a table that widens for a later task makes every row in
+        it cost more); 0 once unloaded."""
+        if self.slot < 0:
+            return 0
+        t = self.tables
+        return (t.kinds[self.table].row_bytes() + t.heads.row_bytes()
+                + (t.mlps.row_bytes() if self.mlp_slot >= 0 else 0))
 
 
 @dataclasses.dataclass
@@ -48,46 +60,102 @@ class BatchSlots:
 
 
 class SlotTables:
-    """One engine's tables: one per kind, the head table and the mlp-head table."""
+    """One engine's tables: one per kind (and size class), the head table and the mlp-head
+    table. Allocated within ``budget`` device bytes (None: unbounded): a full table doubles
+    (starting at ``capacity`` slots) as far as the budget allows; when even one more slot
+    does not fit, every table gives its trailing free slots back (an empty table goes),
+    and then ``SlotsExhausted`` says to unload tasks first. A task that alone exceeds the
+    budget still loads into otherwise empty tables (as the bank keeps its newest entry)."""
 
     def __init__(self, spec: BackboneSpec, device: torch.device, dtype: torch.dtype,
-                 capacity: int = 16) -> None:
+                 capacity: int = 16, budget: int | None = None) -> None:
         self.spec, self.device, self.dtype, self.capacity = spec, device, dtype, capacity
+        self.budget = budget
         self.kinds: dict[str, SlotTable] = {}  # by table key (Kind.table_key)
-        self.heads = SlotTable("head", device, dtype, capacity)
-        self.mlps = SlotTable("mlp", device, dtype, capacity)
+        self.heads = SlotTable("head", device, dtype, 0)
+        self.mlps = SlotTable("mlp", device, dtype, 0)
+        self._lock = threading.Lock()  # loads and unloads, one at a time
 
     @property
     def nbytes(self) -> int:
+        """Device bytes allocated, free slots included."""
         return sum(t.nbytes for t in (*self.kinds.values(), self.heads, self.mlps))
+
+    @property
+    def used_bytes(self) -> int:
+        """Device bytes of the slots in use."""
+        return sum(t.used * t.row_bytes() for t in (*self.kinds.values(), self.heads, self.mlps)
+                   if t.fields)
 
     def load(self, artifact: TaskArtifact) -> LoadedTask:
         """Write a validated artifact's rows into free slots of the tables."""
         kind, cfg, spec = artifact.kind_impl, artifact.config, self.spec
         rows = kind.rows(artifact.kind_tensors(), spec, cfg)
         key = kind.table_key(rows)
-        table = self.kinds.setdefault(key, SlotTable(key, self.device, self.dtype, self.capacity))
         layout = kind.layout(rows)
-        slot = table.put(layout, rows)
-        mlp_slot = -1
-        if artifact.head.type == "mlp":
-            _, mlp_row = head_rows(artifact.head_tensors(), artifact.head, 0)
-            mlp_slot = self.mlps.put(mlp_layout(spec), mlp_row)
-        head_row, _ = head_rows(artifact.head_tensors(), artifact.head, mlp_slot)
-        head_slot = self.heads.put(head_layout(spec, artifact.head), head_row)
-        nbytes = (table.row_bytes(list(layout)) + self.heads.row_bytes()
-                  + (self.mlps.row_bytes() if mlp_slot >= 0 else 0))
-        return LoadedTask(kind, cfg, artifact.head, key, slot, head_slot, mlp_slot, nbytes, self)
+        with self._lock:
+            alone = self.used_bytes == 0
+            table = self.kinds.get(key) or SlotTable(key, self.device, self.dtype, 0)
+            slot = self._put(table, layout, rows, alone)
+            self.kinds[key] = table
+            taken = [(table, slot)]
+            try:
+                mlp_slot = -1
+                if artifact.head.type == "mlp":
+                    _, mlp_row = head_rows(artifact.head_tensors(), artifact.head, 0)
+                    mlp_slot = self._put(self.mlps, mlp_layout(spec), mlp_row, alone)
+                    taken.append((self.mlps, mlp_slot))
+                head_row, _ = head_rows(artifact.head_tensors(), artifact.head, mlp_slot)
+                head_slot = self._put(self.heads, head_layout(spec, artifact.head), head_row, alone)
+            except SlotsExhausted:
+                for t, s in taken:
+                    t.free(s)
+                raise
+        return LoadedTask(kind, cfg, artifact.head, key, slot, head_slot, mlp_slot, self)
 
     def unload(self, task: LoadedTask) -> None:
         """Free the task's slots (cleared). No batch may still be using the task."""
         if task.slot < 0:
             return
-        self.kinds[task.table].free(task.slot)
-        self.heads.free(task.head_slot)
-        if task.mlp_slot >= 0:
-            self.mlps.free(task.mlp_slot)
-        task.slot = task.head_slot = task.mlp_slot = -1
+        with self._lock:
+            self.kinds[task.table].free(task.slot)
+            self.heads.free(task.head_slot)
+            if task.mlp_slot >= 0:
+                self.mlps.free(task.mlp_slot)
+            task.slot = task.head_slot = task.mlp_slot = -1
+
+    def trim(self) -> int:
+        """Give every table's trailing free slots back; drop kind tables left empty."""
+        freed = sum(t.trim() for t in (*self.kinds.values(), self.heads, self.mlps))
+        for key in [k for k, t in self.kinds.items() if t.capacity == 0]:
+            del self.kinds[key]
+        return freed
+
+    def _put(self, table: SlotTable, layout: Mapping[str, Field], rows: Mapping[str, Tensor],
+             alone: bool) -> int:
+        grow = self._room(table, layout)
+        if grow is None:
+            self.trim()
+            grow = self._room(table, layout)
+        if grow is None and alone:  # the only task: one slot per table, over budget
+            grow = table.capacity if table.free_slots else table.capacity + 1
+        if grow is None:
+            assert self.budget is not None
+            raise SlotsExhausted(
+                f"no room for a {table.name!r} slot ({table.row_bytes_after(layout)} bytes) in the "
+                f"device budget of {self.budget} bytes ({self.used_bytes} in use)")
+        return table.put(layout, rows, grow_to=grow)
+
+    def _room(self, table: SlotTable, layout: Mapping[str, Field]) -> int | None:
+        """The capacity ``table`` may have after taking one more task (None: no room)."""
+        want = table.capacity if table.free_slots else max(self.capacity, 2 * table.capacity)
+        if self.budget is None:
+            return want
+        row = table.row_bytes_after(layout)
+        others = self.nbytes - table.nbytes
+        fit = (self.budget - others) // row if row else want
+        need = table.capacity if table.free_slots else table.capacity + 1
+        return min(want, fit) if min(want, fit) >= need else None
 
     def batch(self, tasks: Sequence[LoadedTask | None], device: torch.device) -> BatchSlots:
         """Each row's slots (one pass over the rows; tensors, not per-task copies)."""
@@ -117,11 +185,14 @@ class Encoded:
 
 
 class Engine:
-    def __init__(self, backbone: Backbone, max_batch_size: int = 64, capacity: int = 16) -> None:
-        """capacity: slots each table starts with (tables double when full)."""
+    def __init__(self, backbone: Backbone, max_batch_size: int = 64, capacity: int = 16,
+                 device_budget: int | None = None) -> None:
+        """capacity: slots a table starts with (tables double when full); device_budget:
+        bytes the tables may allocate on the device (None: unbounded)."""
         self.backbone = backbone
         self.encoder = Encoder(backbone)
-        self.tables = SlotTables(backbone.spec, backbone.device, backbone.dtype, capacity)
+        self.tables = SlotTables(backbone.spec, backbone.device, backbone.dtype, capacity,
+                                 device_budget)
         self.max_batch_size = max_batch_size
         self.pad_id = backbone.tokenizer.pad_token_id or 0
 

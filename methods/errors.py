@@ -20,3 +20,8 @@ class ArtifactError(ValueError):
 class UnknownKindError(ArtifactError):
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__("unknown_kind", f"kind {name!r} is not one of {', '.join(known)}")
+
+
+class SlotsExhausted(RuntimeError):
+    """The device budget has no room for a task's rows, even after the slot tables gave
+    their free slots back: the caller (the adapter bank) unloads tasks and tries again."""

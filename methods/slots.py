@@ -5,18 +5,20 @@ task writes its rows into a free slot (padding the rest of the row with the fiel
 so a reused slot never shows the previous task's values); a batch carries one slot index
 per row (-1: the row is not this kind's) and the kind gathers its rows by that index.
 
-Tables start with ``capacity`` slots and double when full; a field's trailing dims grow
-(e.g. LoRA rank, prefix length, head outputs) to the largest task loaded, padded with the
-fill. Growth allocates new tensors, so readers that hold the old ones are unaffected.
-The adapter bank bounds the rows in use by its device budget; a table keeps its peak
-size (it never shrinks), so what is allocated can exceed the rows in use by the
-doubling's slack (Health reports both). ``put`` and ``free`` hold the table's lock; a
-forward reads a snapshot of the fields and only the slots of tasks it holds.
+Tables grow to the capacity their owner gives (the engine's tables double, within the
+device budget: ``methods.engine.SlotTables``); a field's trailing dims grow (e.g. LoRA
+rank, prefix length, head outputs) to the largest task loaded, padded with the fill.
+Growth allocates new tensors, so readers that hold the old ones are unaffected. Free
+slots are handed out lowest first, so the used ones stay packed low and ``trim`` can give
+the free ones above them back to the device. ``put``, ``free`` and ``trim`` hold the
+table's lock; a forward reads a snapshot of the fields and only the slots of tasks it holds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import math
 import threading
 from collections.abc import Mapping
 
@@ -43,12 +45,16 @@ class SlotTable:
         self.capacity = capacity
         self.fields: dict[str, Tensor] = {}
         self.fills: dict[str, float] = {}
-        self._free = list(range(capacity - 1, -1, -1))
+        self._free = list(range(capacity))  # a min-heap: the lowest free slot goes first
         self._lock = threading.Lock()
 
     @property
     def used(self) -> int:
         return self.capacity - len(self._free)
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
 
     @property
     def nbytes(self) -> int:
@@ -59,16 +65,33 @@ class SlotTable:
         names = list(self.fields) if names is None else names
         return sum(self.fields[n][0].numel() * self.fields[n].element_size() for n in names)
 
-    def put(self, layout: Mapping[str, Field], rows: Mapping[str, Tensor]) -> int:
+    def row_bytes_after(self, layout: Mapping[str, Field]) -> int:
+        """Bytes of one slot once ``layout`` is in (its fields widened as ``put`` would)."""
+        total = 0
+        for name in {*self.fields, *layout}:
+            old, f = self.fields.get(name), layout.get(name)
+            if old is None:
+                assert f is not None
+                shape, size = f.shape, torch.empty((), dtype=f.dtype or self.dtype).element_size()
+            else:
+                have = tuple(old.shape[1:])
+                shape = have if f is None else tuple(max(a, b) for a, b in zip(have, f.shape, strict=True))
+                size = old.element_size()
+            total += math.prod(shape) * size
+        return total
+
+    def put(self, layout: Mapping[str, Field], rows: Mapping[str, Tensor],
+            grow_to: int | None = None) -> int:
         """Write one task's rows into a free slot and return it. Every field of ``layout``
         is made present and large enough first; the slot's other fields and the rest of
-        each row are set to the fill, so nothing of a previous occupant remains."""
+        each row are set to the fill, so nothing of a previous occupant remains. Without a
+        free slot the table grows to ``grow_to`` slots (default: double)."""
         with self._lock:
             for name, f in layout.items():
                 self._ensure_field(name, f)
             if not self._free:
-                self._grow(self.capacity * 2)
-            slot = self._free.pop()
+                self._grow(max(self.capacity + 1, grow_to or 2 * self.capacity))
+            slot = heapq.heappop(self._free)
             for name, t in self.fields.items():
                 t[slot].fill_(self.fills[name])
                 src = rows.get(name)
@@ -81,7 +104,23 @@ class SlotTable:
         with self._lock:
             for name, t in self.fields.items():
                 t[slot].fill_(self.fills[name])
-            self._free.append(slot)
+            heapq.heappush(self._free, slot)
+
+    def trim(self) -> int:
+        """Give the free slots above the highest used one back to the device; the bytes
+        freed."""
+        with self._lock:
+            free = set(self._free)
+            cap = self.capacity
+            while cap > 0 and cap - 1 in free:
+                cap -= 1
+            if cap == self.capacity:
+                return 0
+            before = self.nbytes
+            self.fields = {n: t[:cap].clone() for n, t in self.fields.items()}
+            self._free = sorted(s for s in free if s < cap)
+            self.capacity = cap
+            return before - self.nbytes
 
     def _ensure_field(self, name: str, f: Field) -> None:
         dtype = f.dtype or self.dtype
@@ -101,7 +140,8 @@ class SlotTable:
     def _grow(self, capacity: int) -> None:
         for name, t in self.fields.items():
             self.fields[name] = _padded(t, (capacity, *t.shape[1:]), self.fills[name])
-        self._free = list(range(capacity - 1, self.capacity - 1, -1)) + self._free
+        for s in range(self.capacity, capacity):
+            heapq.heappush(self._free, s)
         self.capacity = capacity
 
 

@@ -8,7 +8,10 @@ Two tiers, each an LRU under its own budget:
 beyond the host budget a host copy is dropped (a device entry without one is dropped when
 it is evicted) and the next miss reads the version from the store.
 Eviction frees the version's slots, at once or, while a request still holds the version
-(``using``), when the last one lets go.
+(``using``), when the last one lets go. The engine allocates its slot tables within the
+same device budget; when a load finds no room there (``SlotsExhausted``: the tables'
+slack, or a table that widened), the least recently used versions that no request holds
+are evicted until it fits.
 A miss loads in a worker thread: other tasks' requests keep being served meanwhile.
 Concurrent misses on one version load it once (a lock per version, second check inside).
 The bank is used from one asyncio event loop; only the load itself runs elsewhere.
@@ -25,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 
-from methods import LoadedTask, TaskArtifact
+from methods import LoadedTask, SlotsExhausted, TaskArtifact
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +55,7 @@ class Resident:
     loaded_at: float = 0.0  # time.monotonic() when it became resident on the device
     pins: int = 0  # requests using it now
     evicted: bool = False  # left the device tier; slots freed when pins reach 0
+    nbytes: int = 0  # device bytes counted for it when admitted (subtracted when it leaves)
 
     @property
     def slot(self) -> int:
@@ -95,7 +99,13 @@ class AdapterBank:
             loop = asyncio.get_running_loop()
             artifact, meta = host if host is not None else await loop.run_in_executor(
                 self._executor, self._fetch, key)
-            task = await loop.run_in_executor(self._executor, self._prepare, artifact)
+            while True:
+                try:
+                    task = await loop.run_in_executor(self._executor, self._prepare, artifact)
+                    break
+                except SlotsExhausted:
+                    if not self._evict_unheld():
+                        raise
             return self._admit(Resident(key, task, meta), artifact)
 
     @contextlib.asynccontextmanager
@@ -114,7 +124,14 @@ class AdapterBank:
         """Make a version resident from an artifact already decoded (blocking; small)."""
         res = self._touch(key)
         if res is None:
-            res = self._admit(Resident(key, self._prepare(artifact), meta), artifact)
+            while True:
+                try:
+                    task = self._prepare(artifact)
+                    break
+                except SlotsExhausted:
+                    if not self._evict_unheld():
+                        raise
+            res = self._admit(Resident(key, task, meta), artifact)
         return res
 
     def peek(self, key: VersionKey) -> Resident | None:
@@ -154,8 +171,9 @@ class AdapterBank:
 
     def _admit(self, res: Resident, artifact: TaskArtifact) -> Resident:
         res.loaded_at = time.monotonic()
+        res.nbytes = res.task.nbytes
         self._device[res.key] = res
-        self.device_bytes += res.task.nbytes
+        self.device_bytes += res.nbytes
         self._keep_host(res.key, artifact, res.meta)
         # The newest entry stays even when it alone exceeds the budget.
         while self.device_bytes > self.device_budget and len(self._device) > 1:
@@ -179,9 +197,18 @@ class AdapterBank:
         if host is not None:
             self.host_bytes -= host[0].nbytes
 
+    def _evict_unheld(self) -> bool:
+        """Evict the least recently used device version no request holds (False: none)."""
+        key = next((k for k, r in self._device.items() if r.pins == 0), None)
+        if key is None:
+            return False
+        self._release(self._device.pop(key))
+        self._emit("evict_device", key)
+        return True
+
     def _release(self, res: Resident) -> None:
         """Off the device tier; its slots are freed now, or when the last user lets go."""
-        self.device_bytes -= res.task.nbytes
+        self.device_bytes -= res.nbytes
         res.evicted = True
         if res.pins == 0:
             self._release_task(res.task)

@@ -44,7 +44,7 @@ class ServerConfig:
     batch_wait_ms: float = 2.0  # how long a batch waits to fill once the engine is free
     max_inputs: int = 64  # inputs per Classify request
     max_text_chars: int = 20_000  # per text; longer texts are rejected, not truncated
-    device_budget_mb: float = 512.0  # device tier: resident versions' slot-table rows
+    device_budget_mb: float = 512.0  # device tier: the slot tables allocate within it
     host_budget_mb: float = 2048.0  # host tier: decoded artifacts (device entries' copies too)
     max_artifact_mb: float = 256.0  # largest artifact Upload accepts
     torch_threads: int = 0  # intra-op threads; 0: the replica's CPUs

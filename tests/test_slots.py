@@ -114,10 +114,12 @@ def test_bank_eviction_frees_slots_for_the_next_version(tiny_bert) -> None:
     eng = Engine(tiny_bert, capacity=2)
     arts = {t: TaskArtifact.random("pasta", tiny_bert.spec, 2, seed=i) for i, t in enumerate("abcdef")}
     meta = TaskMeta(number=1, labels=("x", "y"), regression=False, inputs="any")
-    per_task = eng.load(arts["a"])
-    eng.unload(per_task)
+    first = eng.load(arts["a"])
+    per_task = first.nbytes
+    eng.unload(first)
+    assert first.nbytes == 0  # unloaded: it holds no device bytes
     bank = AdapterBank(lambda key: (arts[key.task_id], meta), eng.load, eng.unload,
-                       device_budget=2 * per_task.nbytes, host_budget=0)
+                       device_budget=2 * per_task, host_budget=0)
 
     async def main() -> None:
         for t in "abcdef":
@@ -125,7 +127,7 @@ def test_bank_eviction_frees_slots_for_the_next_version(tiny_bert) -> None:
                 got = eng.run(TEXTS, [res.task] * len(TEXTS))
                 for g, ref in zip(got, alone(tiny_bert, arts[t]), strict=True):
                     torch.testing.assert_close(g, ref, atol=ATOL, rtol=0)
-        assert bank.device_bytes == 2 * per_task.nbytes
+        assert bank.device_bytes == 2 * per_task
 
     asyncio.run(main())
     # a version loads before the oldest is evicted: 3 slots at the peak, never 6
@@ -242,3 +244,69 @@ def test_a_reused_slot_never_leaks_embedding_deltas(tiny_bert, second: str) -> N
     fields = eng.tables.kinds[small.table].fields
     touched = int((fields["embeddings.word_embeddings.rowpos"][small.slot] > 0).sum())
     assert touched == (4 if second == "fewer-rows" else 0)
+
+
+def test_tables_stay_within_the_device_budget(tiny_bert) -> None:
+    """The tables never allocate past the budget: growth is clipped to it, trailing free
+    slots (and emptied tables) go back when another table needs room, and a load that
+    still does not fit says so; what loads serves exactly."""
+    from methods import SlotsExhausted
+
+    spec = tiny_bert.spec
+    probe = Engine(tiny_bert)
+    row = probe.load(TaskArtifact.random("pasta", spec, 2)).nbytes
+    budget = 10 * row
+    eng = Engine(tiny_bert, device_budget=budget)
+    pasta = [TaskArtifact.random("pasta", spec, 2, seed=i) for i in range(12)]
+    loaded = []
+    with pytest.raises(SlotsExhausted, match="device budget"):
+        for a in pasta:
+            loaded.append(eng.load(a))
+            assert eng.tables.nbytes <= budget
+    assert 5 <= len(loaded) <= 10 and eng.tables.nbytes <= budget
+    for t in loaded[2:]:  # the highest slots free up: they can go back to the device
+        eng.unload(t)
+    bitfit = TaskArtifact.random("bitfit", spec, 2, seed=99)
+    b = eng.load(bitfit)  # fits only once pasta's free slots are given back
+    assert eng.tables.nbytes <= budget and eng.tables.kinds["pasta"].capacity == 2
+    got = eng.run(TEXTS, [loaded[0], b, loaded[1], b])
+    want = [alone(tiny_bert, pasta[0])[0], alone(tiny_bert, bitfit)[1],
+            alone(tiny_bert, pasta[1])[2], alone(tiny_bert, bitfit)[3]]
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=ATOL, rtol=0)
+
+
+def test_a_task_costs_its_rows_at_the_tables_present_width(tiny_bert) -> None:
+    eng = Engine(tiny_bert)
+    small = eng.load(art(tiny_bert.spec, "lora", 1, seed=40))  # r=2 on q, v
+    before = small.nbytes
+    eng.load(art(tiny_bert.spec, "lora", 0, seed=41))  # r=8 on 4 targets: the table widens
+    assert small.nbytes > before
+    assert small.nbytes == eng.tables.kinds[small.table].row_bytes() + eng.tables.heads.row_bytes()
+
+
+def test_bank_evicts_unheld_versions_when_the_tables_are_full(tiny_bert) -> None:
+    from methods import SlotsExhausted
+    from server.bank import AdapterBank, TaskMeta, VersionKey
+
+    spec = tiny_bert.spec
+    arts = {t: TaskArtifact.random("pasta", spec, 2, seed=i) for i, t in enumerate("abcd")}
+    row = Engine(tiny_bert).load(arts["a"]).nbytes
+    eng = Engine(tiny_bert, device_budget=2 * row + row // 2)  # tables fit 2 tasks
+    meta = TaskMeta(number=1, labels=("x", "y"), regression=False, inputs="any")
+    bank = AdapterBank(lambda key: (arts[key.task_id], meta), eng.load, eng.unload,
+                       device_budget=100 * row, host_budget=0)  # the bank alone would keep all
+
+    async def main() -> None:
+        async with bank.using(VersionKey("a", "v")), bank.using(VersionKey("b", "v")):
+            with pytest.raises(SlotsExhausted):  # both slots held by requests in flight
+                await bank.get(VersionKey("c", "v"))
+        for t in "cd":  # nothing held now: the oldest version gives its slots up
+            async with bank.using(VersionKey(t, "v")) as res:
+                got = eng.run(TEXTS, [res.task] * len(TEXTS))
+                for g, ref in zip(got, alone(tiny_bert, arts[t]), strict=True):
+                    torch.testing.assert_close(g, ref, atol=ATOL, rtol=0)
+        assert [k.task_id for k, tier, *_ in bank.resident() if tier == "device"] == ["c", "d"]
+
+    asyncio.run(main())
+    assert eng.tables.nbytes <= 2 * row + row // 2

@@ -43,7 +43,10 @@ class Polyhead:
         threads = config.torch_threads or _assigned_cpus()
         torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS; be explicit
         backbone = load_backbone(config.backbone, device=config.device)
-        engine = Engine(backbone, max_batch_size=config.max_batch_rows)
+        # the slot tables are allocated within the device tier's budget (the bank evicts
+        # versions when they are full); the bank counts the rows in use against the same
+        engine = Engine(backbone, max_batch_size=config.max_batch_rows,
+                        device_budget=int(config.device_budget_mb * MB))
         store = Store(config.store, engine.spec, max_artifact_bytes=int(config.max_artifact_mb * MB))
         self.metrics = ServerMetrics()
         self.auth = Auth(config.registry_token(), config.inference_token_value())
