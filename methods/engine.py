@@ -52,7 +52,7 @@ class LoadedTask:
 class BatchSlots:
     """What one forward reads: per kind table, its fields and each row's slot (-1: none)."""
 
-    kinds: dict[str, tuple[Kind, Mapping[str, Tensor], Tensor]]  # table key -> ...
+    kinds: Mapping[str, tuple[Kind, Mapping[str, Tensor], Tensor]]  # table key -> ...
     heads: Mapping[str, Tensor]
     mlps: Mapping[str, Tensor]
     head_slots: Tensor  # (B,)

@@ -73,7 +73,7 @@ class Resolver:
         queued, self._queued = self._queued, None
         if queued is not None:
             nxt = self._start()
-            nxt.add_done_callback(lambda f: queued.done() or queued.set_result(None))
+            nxt.add_done_callback(lambda f: _settle(queued))
 
     def apply(self, generation: int) -> None:
         """Adopt a generation read from the store (clears the cache if it moved)."""
@@ -116,3 +116,9 @@ def _latest_of(store: Store, task_ids: set[str]) -> dict[str, VersionInfo | None
         except NotFoundError:
             out[t] = None
     return out
+
+
+def _settle(fut: asyncio.Future[None]) -> None:
+    """Resolve ``fut`` unless it already is (cancelled by its waiter, say)."""
+    if not fut.done():
+        fut.set_result(None)
