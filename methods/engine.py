@@ -65,7 +65,9 @@ class SlotTables:
     (starting at ``capacity`` slots) as far as the budget allows; when even one more slot
     does not fit, every table gives its trailing free slots back (an empty table goes),
     and then ``SlotsExhausted`` says to unload tasks first. A task that alone exceeds the
-    budget still loads into otherwise empty tables (as the bank keeps its newest entry)."""
+    budget still loads into otherwise empty tables (as the bank keeps its newest entry),
+    and ``over_budget`` loads one anyway (the bank's last resort while every slot is held
+    by requests in flight); a free slot already allocated is always used."""
 
     def __init__(self, spec: BackboneSpec, device: torch.device, dtype: torch.dtype,
                  capacity: int = 16, budget: int | None = None) -> None:
@@ -87,14 +89,14 @@ class SlotTables:
         return sum(t.used * t.row_bytes() for t in (*self.kinds.values(), self.heads, self.mlps)
                    if t.fields)
 
-    def load(self, artifact: TaskArtifact) -> LoadedTask:
+    def load(self, artifact: TaskArtifact, over_budget: bool = False) -> LoadedTask:
         """Write a validated artifact's rows into free slots of the tables."""
         kind, cfg, spec = artifact.kind_impl, artifact.config, self.spec
         rows = kind.rows(artifact.kind_tensors(), spec, cfg)
         key = kind.table_key(rows)
         layout = kind.layout(rows)
         with self._lock:
-            alone = self.used_bytes == 0
+            alone = over_budget or self.used_bytes == 0
             table = self.kinds.get(key) or SlotTable(key, self.device, self.dtype, 0)
             slot = self._put(table, layout, rows, alone)
             self.kinds[key] = table
@@ -137,7 +139,7 @@ class SlotTables:
         if grow is None:
             self.trim()
             grow = self._room(table, layout)
-        if grow is None and alone:  # the only task: one slot per table, over budget
+        if grow is None and alone:  # the only task (or told to): one more slot, over budget
             grow = table.capacity if table.free_slots else table.capacity + 1
         if grow is None:
             assert self.budget is not None
@@ -147,11 +149,15 @@ class SlotTables:
         return table.put(layout, rows, grow_to=grow)
 
     def _room(self, table: SlotTable, layout: Mapping[str, Field]) -> int | None:
-        """The capacity ``table`` may have after taking one more task (None: no room)."""
+        """The capacity ``table`` may have after taking one more task (None: no room). A
+        free slot at the present width costs nothing new; growth and widening must fit."""
+        row = table.row_bytes_after(layout)
+        widens = bool(table.fields) and row != table.row_bytes()
+        if table.free_slots and not widens:
+            return table.capacity
         want = table.capacity if table.free_slots else max(self.capacity, 2 * table.capacity)
         if self.budget is None:
             return want
-        row = table.row_bytes_after(layout)
         others = self.nbytes - table.nbytes
         fit = (self.budget - others) // row if row else want
         need = table.capacity if table.free_slots else table.capacity + 1
@@ -200,10 +206,11 @@ class Engine:
     def spec(self) -> BackboneSpec:
         return self.backbone.spec
 
-    def load(self, artifact: TaskArtifact) -> LoadedTask:
-        """Validate an artifact and write it into free slots of the engine's tables."""
+    def load(self, artifact: TaskArtifact, over_budget: bool = False) -> LoadedTask:
+        """Validate an artifact and write it into free slots of the engine's tables
+        (``over_budget``: even where the device budget has no room; see SlotTables)."""
         artifact.validate(self.spec)
-        return self.tables.load(artifact)
+        return self.tables.load(artifact, over_budget)
 
     def unload(self, task: LoadedTask) -> None:
         """Free a task's slots; the caller guarantees no batch in flight still uses it."""

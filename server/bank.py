@@ -11,7 +11,9 @@ Eviction frees the version's slots, at once or, while a request still holds the 
 (``using``), when the last one lets go. The engine allocates its slot tables within the
 same device budget; when a load finds no room there (``SlotsExhausted``: the tables'
 slack, or a table that widened), the least recently used versions that no request holds
-are evicted until it fits.
+are evicted until it fits. When every slot is held by requests in flight, the version
+loads over the budget rather than failing the request; the tables come back within it
+as those versions leave and later loads reuse or give back their slots.
 A miss loads in a worker thread: other tasks' requests keep being served meanwhile.
 Concurrent misses on one version load it once (a lock per version, second check inside).
 The bank is used from one asyncio event loop; only the load itself runs elsewhere.
@@ -27,6 +29,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
+from functools import partial
 
 from methods import LoadedTask, SlotsExhausted, TaskArtifact
 
@@ -63,7 +66,7 @@ class Resident:
 
 
 Fetch = Callable[[VersionKey], tuple[TaskArtifact, TaskMeta]]
-Prepare = Callable[[TaskArtifact], LoadedTask]
+Prepare = Callable[..., LoadedTask]  # (artifact, over_budget=False)
 Release = Callable[[LoadedTask], None]
 Listener = Callable[[str, VersionKey], None]  # event: hit, miss, evict_device, evict_host
 
@@ -100,12 +103,17 @@ class AdapterBank:
             artifact, meta = host if host is not None else await loop.run_in_executor(
                 self._executor, self._fetch, key)
             while True:
+                over = False
                 try:
                     task = await loop.run_in_executor(self._executor, self._prepare, artifact)
                     break
                 except SlotsExhausted:
-                    if not self._evict_unheld():
-                        raise
+                    if not self._evict_unheld():  # every slot held by requests in flight
+                        over = True
+                if over:
+                    task = await loop.run_in_executor(
+                        self._executor, partial(self._prepare, artifact, over_budget=True))
+                    break
             return self._admit(Resident(key, task, meta), artifact)
 
     @contextlib.asynccontextmanager
@@ -129,8 +137,9 @@ class AdapterBank:
                     task = self._prepare(artifact)
                     break
                 except SlotsExhausted:
-                    if not self._evict_unheld():
-                        raise
+                    if not self._evict_unheld():  # every slot held by requests in flight
+                        task = self._prepare(artifact, over_budget=True)
+                        break
             res = self._admit(Resident(key, task, meta), artifact)
         return res
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from methods.errors import ArtifactError, ConfigError, SlotsExhausted
+from methods.errors import ArtifactError, ConfigError
 
 # Artifact checks that reject a well-formed artifact because it does not fit this server
 # (another backbone, a newer format): FAILED_PRECONDITION. Every other check: INVALID_ARGUMENT.
@@ -57,8 +57,6 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return code, f"artifact check {exc.check!r} failed: {exc.message}"
     if isinstance(exc, ConfigError):  # a kind or head config a client sent
         return grpc.StatusCode.INVALID_ARGUMENT, f"artifact check 'config' failed: {exc}"
-    if isinstance(exc, SlotsExhausted):  # every device slot is held by requests in flight
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, f"device slot tables are full: {exc}"
     if isinstance(exc, AmbiguousRefError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, StoreUnavailable):  # the store's database is down: clients retry
