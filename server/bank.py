@@ -12,8 +12,8 @@ Eviction frees the version's slots, at once or, while a request still holds the 
 same device budget; when a load finds no room there (``SlotsExhausted``: the tables'
 slack, or a table that widened), the least recently used versions that no request holds
 are evicted until it fits. When every slot is held by requests in flight, the version
-loads over the budget rather than failing the request; the tables come back within it
-as those versions leave and later loads reuse or give back their slots.
+loads over the budget rather than failing the request; later loads reuse that slot, and
+it goes back to the device once it is a trailing free one.
 A miss loads in a worker thread: other tasks' requests keep being served meanwhile.
 Concurrent misses on one version load it once (a lock per version, second check inside).
 The bank is used from one asyncio event loop; only the load itself runs elsewhere.
