@@ -96,19 +96,20 @@ class SlotTables:
         key = kind.table_key(rows)
         layout = kind.layout(rows)
         with self._lock:
-            alone = over_budget or self.used_bytes == 0
+            may_exceed = over_budget or self.used_bytes == 0
             table = self.kinds.get(key) or SlotTable(key, self.device, self.dtype, 0)
-            slot = self._put(table, layout, rows, alone)
+            slot = self._put(table, layout, rows, may_exceed)
             self.kinds[key] = table
             taken = [(table, slot)]
             try:
                 mlp_slot = -1
                 if artifact.head.type == "mlp":
                     _, mlp_row = head_rows(artifact.head_tensors(), artifact.head, 0)
-                    mlp_slot = self._put(self.mlps, mlp_layout(spec), mlp_row, alone)
+                    mlp_slot = self._put(self.mlps, mlp_layout(spec), mlp_row, may_exceed)
                     taken.append((self.mlps, mlp_slot))
                 head_row, _ = head_rows(artifact.head_tensors(), artifact.head, mlp_slot)
-                head_slot = self._put(self.heads, head_layout(spec, artifact.head), head_row, alone)
+                head_slot = self._put(self.heads, head_layout(spec, artifact.head), head_row,
+                                      may_exceed)
             except SlotsExhausted:
                 for t, s in taken:
                     t.free(s)
@@ -134,12 +135,12 @@ class SlotTables:
         return freed
 
     def _put(self, table: SlotTable, layout: Mapping[str, Field], rows: Mapping[str, Tensor],
-             alone: bool) -> int:
+             may_exceed: bool) -> int:
         grow = self._room(table, layout)
         if grow is None:
             self.trim()
             grow = self._room(table, layout)
-        if grow is None and alone:  # the only task (or told to): one more slot, over budget
+        if grow is None and may_exceed:  # the only task (or told to): one more slot, over budget
             grow = table.capacity if table.free_slots else table.capacity + 1
         if grow is None:
             assert self.budget is not None

@@ -101,13 +101,17 @@ class ColumnMatrix:
 COLUMN_FILL = 0.9  # entries filling >= this share of the columns they touch: column form
 
 
-def _column_form(idx: Tensor, val: Tensor, shape: tuple[int, ...]) -> ColumnMatrix | None:
-    """The entries as whole columns (missing ones as zeros), or None when they are not
-    column-structured (they fill less than COLUMN_FILL of the columns they touch)."""
+def _column_ids(idx: Tensor, shape: tuple[int, ...]) -> Tensor | None:
+    """The input columns a Linear's entries touch, or None when they are not
+    column-structured (they fill less than COLUMN_FILL of those columns)."""
     out, n_in = shape
     cols = torch.unique(idx % n_in)
-    if len(idx) < COLUMN_FILL * len(cols) * out:
-        return None
+    return None if len(idx) < COLUMN_FILL * len(cols) * out else cols
+
+
+def _column_form(idx: Tensor, val: Tensor, shape: tuple[int, ...], cols: Tensor) -> ColumnMatrix:
+    """The entries as whole ``cols`` (entries missing from them as zeros)."""
+    out, n_in = shape
     dense = torch.zeros(out * n_in, dtype=val.dtype)
     dense[idx] = val
     return ColumnMatrix(cols, dense.view(out, n_in)[:, cols].T.contiguous())
@@ -134,14 +138,17 @@ class SparseRows:
         weights = {p[:-len(".weight")]: (tensors[f"sparse.{p}{IDX}"], tensors[f"sparse.{p}{VAL}"],
                                          spec.param_shapes[p])
                    for p in params_of(tensors) if len(spec.param_shapes[p]) == 2 and p not in tables}
-        cols = {m: _column_form(*w) for m, w in weights.items()}
+        ids = {m: _column_ids(idx, shape) for m, (idx, _, shape) in weights.items()}
+        found = {m: c for m, c in ids.items() if c is not None}
+        columns: dict[str, ColumnMatrix] = {}
         mats: dict[str, SparseMatrix] = {}
-        if not all(c is not None for c in cols.values()):  # one form per task: CSR
-            cols = {}
+        if len(found) == len(weights):  # one form per task: columns, else CSR
+            columns = {m: _column_form(*weights[m], c) for m, c in found.items()}
+        else:
             for m, (idx, val, (out, n_in)) in weights.items():
                 counts = torch.bincount(idx // n_in, minlength=out).to(torch.int32)
                 mats[m] = SparseMatrix(counts, (idx % n_in).to(torch.int32), val)
-        return cls(mats, {m: c for m, c in cols.items() if c is not None},
+        return cls(mats, columns,
                    _flat(dense, spec, spec.bias_params()),
                    _flat(dense, spec, [n + ".weight" for n in spec.norm_names()]),
                    embeddings={p[:-len(".weight")]: SparseEmbedding.of(
@@ -374,7 +381,7 @@ class Sparse(Kind):
             _check_entries(p, idx, val, spec)
             shape = spec.param_shapes[p]
             if (cfg.structure == "columns" and len(shape) == 2 and p in tunable
-                    and _column_form(idx, val, shape) is None):
+                    and _column_ids(idx, shape) is None):
                 raise ArtifactError("structure", f"sparse: {p} is not column-structured (its "
                                     f"entries fill < {COLUMN_FILL:.0%} of the columns they touch)")
             entries["embeddings" if p in tables else "layers"] += len(idx)

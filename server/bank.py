@@ -102,18 +102,14 @@ class AdapterBank:
             loop = asyncio.get_running_loop()
             artifact, meta = host if host is not None else await loop.run_in_executor(
                 self._executor, self._fetch, key)
-            while True:
-                over = False
+            task = None
+            while task is None:
                 try:
                     task = await loop.run_in_executor(self._executor, self._prepare, artifact)
-                    break
                 except SlotsExhausted:
                     if not self._evict_unheld():  # every slot held by requests in flight
-                        over = True
-                if over:
-                    task = await loop.run_in_executor(
-                        self._executor, partial(self._prepare, artifact, over_budget=True))
-                    break
+                        task = await loop.run_in_executor(
+                            self._executor, partial(self._prepare, artifact, over_budget=True))
             return self._admit(Resident(key, task, meta), artifact)
 
     @contextlib.asynccontextmanager
@@ -132,14 +128,13 @@ class AdapterBank:
         """Make a version resident from an artifact already decoded (blocking; small)."""
         res = self._touch(key)
         if res is None:
-            while True:
+            task = None
+            while task is None:
                 try:
                     task = self._prepare(artifact)
-                    break
                 except SlotsExhausted:
                     if not self._evict_unheld():  # every slot held by requests in flight
                         task = self._prepare(artifact, over_budget=True)
-                        break
             res = self._admit(Resident(key, task, meta), artifact)
         return res
 

@@ -231,7 +231,7 @@ class DpsMask(MaskPolicy):
         cost = unit_cost(shape, st)  # a column costs its height: the quota counts weights
         quota = int(self.density * imp.numel()) // cost
         union = self._union[n]
-        union_units = union.any(0) if cost > 1 else union.reshape(-1)
+        union_units = union.any(0) if _by_columns(shape, st) else union.reshape(-1)
         chosen = unit_mask(select(unit_scores(self.acc[n], st), union_units, max(1, quota // 2),
                                   quota), shape, st)
         union |= chosen
