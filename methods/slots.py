@@ -62,8 +62,9 @@ class SlotTable:
         return sum(t.numel() * t.element_size() for t in self.fields.values())
 
     def row_bytes(self, names: list[str] | None = None) -> int:
+        # from the shape, not row 0: a table trimmed to no slots keeps its fields
         names = list(self.fields) if names is None else names
-        return sum(self.fields[n][0].numel() * self.fields[n].element_size() for n in names)
+        return sum(math.prod(self.fields[n].shape[1:]) * self.fields[n].element_size() for n in names)
 
     def row_bytes_after(self, layout: Mapping[str, Field]) -> int:
         """Bytes of one slot once ``layout`` is in (its fields widened as ``put`` would)."""

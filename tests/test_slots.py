@@ -317,3 +317,19 @@ def test_bank_evicts_unheld_versions_when_the_tables_are_full(tiny_bert) -> None
 
     asyncio.run(main())
     assert eng.tables.kinds["pasta"].capacity == 3  # the one extra slot, reused, not more
+
+
+def test_a_table_trimmed_to_no_rows_takes_tasks_again(tiny_bert) -> None:
+    """Every table emptied and given back to the device (the heads' too, which keep their
+    fields at no rows), then a load of another kind that needs that room: it loads and
+    serves exactly (it once failed measuring a row of a table with none)."""
+    spec = tiny_bert.spec
+    pasta, bitfit = TaskArtifact.random("pasta", spec, 2), TaskArtifact.random("bitfit", spec, 2)
+    probe = Engine(tiny_bert)
+    budget = max(probe.load(pasta).nbytes, probe.load(bitfit).nbytes)
+    eng = Engine(tiny_bert, capacity=1, device_budget=budget)
+    eng.unload(eng.load(pasta))
+    b = eng.load(bitfit)  # only fits once pasta's table (and the heads' row) are given back
+    assert eng.tables.heads.capacity == 1 and eng.tables.nbytes <= budget
+    for g, ref in zip(eng.run(TEXTS, [b] * len(TEXTS)), alone(tiny_bert, bitfit), strict=True):
+        torch.testing.assert_close(g, ref, atol=ATOL, rtol=0)
