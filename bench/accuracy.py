@@ -20,6 +20,10 @@ Plans, in the order the study runs them (the whole-model claims first):
   pilot-pasta   pasta at its own 3 lrs, seed 0, RTE and MRPC, --frozen-epochs epochs
   claims-pasta  the claims' seeds and tasks (SST-2 included) for pasta at its pilot's lr
   pilot-frozen  prefix, lora, bitfit as pilot-pasta
+  pilot-servable  child-d, servable recipe at density 0.05, at its own 4 lrs (as many as
+                full's search), seed 0, RTE and MRPC: the servable recipe updates a few
+                weights and learns little at the whole-model lr. Its best serves child-d,
+                child-f and dps in the servable recipe (plans servable and structure)
   servable      child-d and dps, servable recipe, density 0.05 (seeds 0-2) and 0.01 (seed 0)
   guidance      seed 0: prefix, lora, bitfit at their pilots' lr; EH-FT with BitFit
   structure     seed 0, RTE and MRPC: child-d and dps, servable at density 0.01, single
@@ -58,6 +62,8 @@ PILOT_TASKS = ("rte", "mrpc")
 DENSE = ("full", "child-d", "child-f", "dps")
 FROZEN_LRS = {"pasta": (1e-3, 3e-3, 1e-2), "prefix": (3e-3, 1e-2, 3e-2),
               "lora": (3e-4, 1e-3, 3e-3), "bitfit": (1e-3, 3e-3, 1e-2)}
+SERVABLE_LRS = (1e-4, 3e-4, 1e-3, 3e-3)
+SERVABLE_PILOT = "child-d@0.05"  # the servable pilot's row name (method @ density)
 SST2_ROWS = 8000
 
 
@@ -95,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, required=True, help="JSONL results file (appended)")
     p.add_argument("--plan", action="append", default=[],
                    choices=("pilot-full", "diag", "claims", "pilot-pasta", "claims-pasta",
-                            "pilot-frozen", "servable", "guidance", "structure"),
+                            "pilot-frozen", "pilot-servable", "servable", "guidance", "structure"),
                    help="runs to do, in order (repeatable)")
     p.add_argument("--pilot-lrs", default="2e-5,5e-5,1e-4", help="full's pilot learning rates")
     p.add_argument("--frozen-epochs", type=float, default=10.0,
@@ -167,6 +173,20 @@ def plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) -> 
         methods = ["pasta"] if name == "pilot-pasta" else ["prefix", "lora", "bitfit"]
         return [Run(t, m, recipe="servable", lr=lr, epochs=fe)
                 for m in methods for t in PILOT_TASKS for lr in FROZEN_LRS[m]]
+    if name == "pilot-servable":
+        return [Run(t, "child-d", recipe="servable", lr=lr, density=0.05)
+                for t in PILOT_TASKS for lr in SERVABLE_LRS]
+    if name in ("servable", "structure"):
+        slr = pilot_best(results, SERVABLE_PILOT)
+        if slr is None:
+            raise PlanRefused(f"plan {name!r} needs the servable pilot first (--plan pilot-servable)")
+        if name == "structure":  # what column-structured masks cost against single weights
+            return [Run(t, m, recipe="servable", lr=slr, density=0.01, structure=st)
+                    for t in PILOT_TASKS for m in ("child-d", "dps") for st in ("entries", "columns")]
+        runs = [Run(t, m, recipe="servable", lr=slr, seed=s, density=0.05)
+                for s in (0, 1, 2) for t in CLAIM_TASKS for m in ("child-d", "dps")]
+        return runs + [Run(t, m, recipe="servable", lr=slr, density=0.01)
+                       for t in CLAIM_TASKS for m in ("child-d", "dps")]
     lr = pilot_best(results, "full")
     if lr is None:
         raise PlanRefused(f"plan {name!r} needs the full pilot first (--plan pilot-full)")
@@ -189,14 +209,6 @@ def plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) -> 
         return [Run(t, "pasta", recipe="servable", lr=pasta_lr, epochs=fe, seed=seed,
                     max_train=SST2_ROWS if t == "sst2" else None)
                 for seed in (0, 1, 2) for t in (*CLAIM_TASKS, "sst2")]
-    if name == "servable":
-        runs = [Run(t, m, recipe="servable", lr=lr, seed=s, density=0.05)
-                for s in (0, 1, 2) for t in CLAIM_TASKS for m in ("child-d", "dps")]
-        return runs + [Run(t, m, recipe="servable", lr=lr, density=0.01)
-                       for t in CLAIM_TASKS for m in ("child-d", "dps")]
-    if name == "structure":  # what column-structured masks cost against single weights
-        return [Run(t, m, recipe="servable", lr=lr, density=0.01, structure=st)
-                for t in PILOT_TASKS for m in ("child-d", "dps") for st in ("entries", "columns")]
     runs = []  # guidance
     for m in ("prefix", "lora", "bitfit"):
         mlr = pilot_best(results, m)
@@ -360,12 +372,16 @@ def _worker_argv(argv: list[str]) -> list[str]:
 
 
 def claim_runs(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The runs of the claims' protocol: every non-pilot run, and the full pilot's run at
-    the shared lr (seed 0, 3 epochs), which is the claims' own seed-0 full run (same key)."""
-    lr = pilot_best(results, "full")
-    return [r for r in results if not r["pilot"] or (
-        r["name"] == "full" and r["seed"] == 0 and r["config"]["lr"] == lr
-        and r["config"]["epochs"] == 3)]
+    """The runs of the protocol: every non-pilot run, and each pilot's run at the lr it
+    chose (seed 0), which is the later plans' own seed-0 run of that row (the same key, so
+    it was never run again): full's for the claims, pasta's for claims-pasta, the servable
+    pilot's for plan servable, the frozen methods' for guidance. Once the servable pilot
+    has chosen, servable sparse runs at another lr (run before it) are left out."""
+    best = {name: pilot_best(results, name) for name in {r["name"] for r in results if r["pilot"]}}
+    slr = best.get(SERVABLE_PILOT)
+    return [r for r in results if (not r["pilot"] or (
+        r["seed"] == 0 and r["config"]["lr"] == best[r["name"]])) and not (
+        slr is not None and "@" in r["name"] and r["config"]["lr"] != slr)]
 
 
 def t_interval(diffs: list[float]) -> tuple[float, float, float] | None:
@@ -519,16 +535,16 @@ def servable_table(results: list[dict[str, Any]]) -> str:
 
 def structure_table(results: list[dict[str, Any]]) -> str:
     """Whole-column masks against single weights at the same density, method, task, seed."""
-    runs = {(r["method"], r["task"], r["seed"], r["config"]["density"],
+    runs = {(r["method"], r["task"], r["config"]["lr"], r["seed"], r["config"]["density"],
              r["config"].get("mask_structure", "entries")): r["value"]
             for r in results if r["recipe"] == "servable" and not r["pilot"]}
-    rows = ["| method @ density | task | seeds | single weights | whole columns | columns − single |",
-            "|---|---|---|---|---|---|"]
-    for (m, t, s, d, st), v in sorted(runs.items()):
-        if st != "columns" or (m, t, s, d, "entries") not in runs:
+    rows = ["| method @ density | task | lr | seed | single weights | whole columns | columns − single |",
+            "|---|---|---|---|---|---|---|"]
+    for (m, t, lr, s, d, st), v in sorted(runs.items()):
+        if st != "columns" or (m, t, lr, s, d, "entries") not in runs:
             continue
-        e = runs[(m, t, s, d, "entries")]
-        rows.append(f"| {m} @ {d:g} | {TASKS[t]} | {s} | {e:.1f} | {v:.1f} | {v - e:+.1f} |")
+        e = runs[(m, t, lr, s, d, "entries")]
+        rows.append(f"| {m} @ {d:g} | {TASKS[t]} | {lr:g} | {s} | {e:.1f} | {v:.1f} | {v - e:+.1f} |")
     return "\n".join(rows)
 
 
@@ -576,10 +592,12 @@ def report(results: list[dict[str, Any]], diag: list[dict[str, Any]] | None = No
     if any(r["pilot"] for r in results):
         parts += ["", "Pilot (seed 0; dev metric x100 of the last epoch; best epoch in brackets)", "",
                   pilot_table(results)]
-        found = {m: pilot_best(results, m) for m in ("full", *FROZEN_LRS)}
+        found = {m: pilot_best(results, m) for m in ("full", *FROZEN_LRS, SERVABLE_PILOT)}
         parts += ["", "Best learning rate so far (mean of RTE and MRPC, among the lrs run on both; "
                   "trainer/table.py's defaults follow it once the pilot is complete): " + ", ".join(
-                      f"{m} {lr:g}" + (" (shared by child-d, child-f, dps, EH-FT)" if m == "full" else "")
+                      f"{m} {lr:g}" + (" (shared by child-d, child-f, dps, EH-FT)" if m == "full" else
+                                       " (servable recipe: child-d, child-f, dps)" if m == SERVABLE_PILOT
+                                       else "")
                       for m, lr in found.items() if lr is not None)]
     if any(not r["pilot"] for r in results):
         parts += ["", "Dev metric x100, last epoch, mean ± sd over seeds", "", main_table(results),

@@ -54,3 +54,50 @@ def test_the_full_pilot_run_at_the_shared_lr_is_the_claims_seed_0_run():
     assert sorted((r["task"], r["name"], r["config"]["lr"], r["seed"]) for r in got) == [
         ("mrpc", "full", 1e-4, 0), ("rte", "child-d", 1e-4, 0), ("rte", "full", 1e-4, 0),
         ("rte", "full", 1e-4, 1)]
+
+
+def test_each_pilots_run_at_its_chosen_lr_is_its_seed_0_run():
+    """pasta's and the servable pilot's runs at the lr they chose count as seed 0 of the
+    plans that use that lr (the same key, never run again); their other lrs do not."""
+    results = [_rec(t, "full", 1e-4, 60.0, True) for t in ("rte", "mrpc")]
+    results += [_rec(t, "pasta", lr, v, True) for t in ("rte", "mrpc")
+                for lr, v in ((1e-3, 55.0), (3e-3, 57.0))]
+    results += [_rec(t, "child-d@0.05", lr, v, True) for t in ("rte", "mrpc")
+                for lr, v in ((1e-4, 48.0), (1e-3, 58.0))]
+    got = sorted((r["task"], r["name"], r["config"]["lr"]) for r in accuracy.claim_runs(results))
+    assert got == [("mrpc", "child-d@0.05", 1e-3), ("mrpc", "full", 1e-4), ("mrpc", "pasta", 3e-3),
+                   ("rte", "child-d@0.05", 1e-3), ("rte", "full", 1e-4), ("rte", "pasta", 3e-3)]
+
+
+def test_servable_plans_wait_for_and_use_the_servable_pilots_lr():
+    import argparse
+
+    import pytest
+
+    args = argparse.Namespace(frozen_epochs=10.0, pilot_lrs="1e-4")
+    results = [_rec(t, "full", 1e-4, 90.0, True) for t in ("rte", "mrpc")]
+    pilot = accuracy.plan("pilot-servable", args, results)
+    assert {(r.task, r.method, r.recipe, r.density) for r in pilot} == {
+        (t, "child-d", "servable", 0.05) for t in ("rte", "mrpc")}
+    assert sorted({r.lr for r in pilot}) == sorted(accuracy.SERVABLE_LRS)
+    assert all(r.name == accuracy.SERVABLE_PILOT for r in pilot)
+    for name in ("servable", "structure"):
+        with pytest.raises(accuracy.PlanRefused, match="servable pilot"):
+            accuracy.plan(name, args, results)
+    results += [_rec(t, "child-d@0.05", lr, v, True) for t in ("rte", "mrpc")
+                for lr, v in ((1e-4, 48.0), (1e-3, 58.0), (3e-3, 52.0))]
+    for name in ("servable", "structure"):
+        runs = accuracy.plan(name, args, results)
+        assert runs and {r.lr for r in runs} == {1e-3} and {r.recipe for r in runs} == {"servable"}
+    seed0 = [r for r in accuracy.plan("servable", args, results) if r.seed == 0 and r.density == 0.05]
+    assert {r.key for r in seed0} >= {r.key for r in pilot if r.lr == 1e-3}  # its pilot run
+
+
+def test_servable_runs_before_the_servable_pilot_chose_are_left_out():
+    results = [_rec(t, "child-d@0.05", lr, v, True) for t in ("rte", "mrpc")
+               for lr, v in ((1e-4, 48.0), (1e-3, 58.0))]
+    old = _rec("rte", "child-d@0.01", 1e-4, 47.0, False)
+    assert old in accuracy.claim_runs([*results[:1], old])  # no choice yet: it counts
+    new = _rec("rte", "child-d@0.01", 1e-3, 55.0, False)
+    got = accuracy.claim_runs([*results, old, new])
+    assert new in got and old not in got
