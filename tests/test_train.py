@@ -117,8 +117,15 @@ def test_sparse_diff_is_within_budget_and_reproduces_the_model(bert, sentiment: 
             model.get_parameter(name).add_(diff)
     patched = Encoder(dataclasses.replace(bert, model=model))
     assert isinstance(res.model, DenseModel)
-    for name, p in model.named_parameters():  # weights outside the diff are untouched
-        torch.testing.assert_close(p, res.model.bb.model.get_parameter(name), atol=1e-6, rtol=0)
+    trained = res.model.bb.model
+    for name, p in model.named_parameters():  # weights outside the diff are untouched,
+        if not name.startswith("pooler."):  # but the pooler, which trained into the head
+            torch.testing.assert_close(p, trained.get_parameter(name), atol=1e-6, rtol=0)
+    head = art.head_tensors()
+    assert art.head.type == "mlp"
+    assert not torch.equal(head["head.dense.weight"], bert.model.pooler.dense.weight)
+    torch.testing.assert_close(head["head.dense.weight"], trained.pooler.dense.weight, atol=0, rtol=0)
+    torch.testing.assert_close(model.pooler.dense.weight, bert.model.pooler.dense.weight, atol=0, rtol=0)
     enc = bert.tokenizer(POS[:4] + NEG[:4], padding=True, return_tensors="pt")
     ctx = patched.context(enc["input_ids"], enc["attention_mask"])
     hidden = patched.forward(ctx, enc["token_type_ids"])
@@ -126,6 +133,31 @@ def test_sparse_diff_is_within_budget_and_reproduces_the_model(bert, sentiment: 
     texts = POS[:4] + NEG[:4]
     torch.testing.assert_close(logits, torch.from_numpy(trainer_logits(res, bert, texts)),
                                atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", SPARSE)
+def test_pooler_frozen_keeps_the_backbones_pooler_head(bert, sentiment: Dataset, method: str) -> None:
+    """--pooler frozen: the head reads the shared pooler (a 'pooler' head), which the run
+    never changed; the engine serves the trained model."""
+    res = train(config(method, density=1.0 if method == "full" else 0.1, epochs=2, pooler="frozen"),
+                bert, sentiment, sentiment, "accuracy", progress=False, log_fn=lambda s: None)
+    assert res.artifact.head.type == "pooler" and res.parity < 1e-5
+    assert isinstance(res.model, DenseModel)
+    torch.testing.assert_close(res.model.bb.model.pooler.dense.weight, bert.model.pooler.dense.weight,
+                               atol=0, rtol=0)
+
+
+def test_pooler_option_is_for_the_servable_dense_methods() -> None:
+    for bad in (dict(method="pasta", pooler="train"), dict(method="full", recipe="paper", pooler="frozen"),
+                dict(method="child-d", head_type="linear", pooler="frozen")):
+        with pytest.raises(TrainConfigError, match="--pooler applies"):
+            TrainConfig(**bad)  # type: ignore[arg-type]
+    with pytest.raises(TrainConfigError, match="pooler must be one of"):
+        TrainConfig(method="dps", pooler="yes")
+    assert TrainConfig(method="dps").trains_pooler
+    assert not TrainConfig(method="dps", pooler="frozen").trains_pooler
+    assert TrainConfig(method="full", recipe="paper").trains_pooler
+    assert not TrainConfig(method="pasta").trains_pooler
 
 
 @pytest.mark.parametrize("method", ["child-d", "child-f", "dps"])

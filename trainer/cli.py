@@ -8,7 +8,16 @@ import os
 import sys
 from pathlib import Path
 
-from trainer.config import HEAD_INITS, HEAD_TYPES, RECIPES, SELECTS, STRUCTURES, TrainConfig, TrainConfigError
+from trainer.config import (
+    HEAD_INITS,
+    HEAD_TYPES,
+    POOLERS,
+    RECIPES,
+    SELECTS,
+    STRUCTURES,
+    TrainConfig,
+    TrainConfigError,
+)
 from trainer.data import Column, Columns, DataError, Dataset, load_dataset
 from trainer.metrics import check_metric
 from trainer.presets import PRESETS, get_preset
@@ -26,9 +35,13 @@ def method_help() -> str:
         "",
         "--recipe servable (default): what users upload stays tiny and exact. child-d, child-f",
         "and dps change at most --density of the tunable weights (encoder layers and the",
-        "embedding LayerNorm); embeddings and the pooler stay frozen; no weight decay on",
-        "backbone weights. full stores a dense diff of the encoder layers (~128 MB for",
-        "MiniLM: over the store's cap, --out only).",
+        "embedding LayerNorm); the embeddings stay frozen; no weight decay on backbone",
+        "weights. The pooler trains with the head and is stored in it (an mlp head,",
+        "hidden^2 + hidden floats; --pooler frozen keeps the backbone's): the packaged",
+        "MiniLM's pooler was never trained (zero bias; its weights are a small random",
+        "matrix, singular values 0 to 0.35), so a frozen one hands the classifier a",
+        "shrunken random projection of [CLS]. full stores a dense diff of the encoder",
+        "layers (~128 MB for MiniLM: over the store's cap, --out only).",
         "--recipe paper: as the papers' official code (vanilla fine-tuning of EVERY parameter,",
         "embeddings and pooler included, weight decay on all but biases/LayerNorms; Child-",
         "Tuning_D p_D=0.3, Child-Tuning_F on every gradient, DPS Dense). The model is dense:",
@@ -90,6 +103,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     t.add_argument("--no-dropout", action="store_true", help="train without dropout")
     t.add_argument("--head", dest="head_type", choices=HEAD_TYPES, default="pooler",
                    help="pooler: W tanh(P [CLS]) as BertForSequenceClassification (default)")
+    t.add_argument("--pooler", choices=POOLERS,
+                   help="servable full/child-d/child-f/dps with --head pooler: train the pooler "
+                        "as part of the head (default) or keep the backbone's frozen")
     t.add_argument("--density", type=float, default=0.05, help="servable sparse budget (default 0.05)")
     t.add_argument("--mask-structure", choices=STRUCTURES, default="entries",
                    help="servable child-d/child-f/dps: choose single weights (default), or whole "
@@ -149,7 +165,7 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         method=args.method, recipe=args.recipe, epochs=args.epochs, lr=args.lr, warmup=args.warmup,
         batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
         max_train=args.max_train, weight_decay=args.weight_decay, select=args.select,
-        head_type=args.head_type, dropout=not args.no_dropout, density=args.density,
+        head_type=args.head_type, pooler=args.pooler, dropout=not args.no_dropout, density=args.density,
         mask_structure=args.mask_structure,
         child_f_p=args.child_f_p, child_d_p=args.child_d_p, fisher_examples=args.fisher_examples,
         dps_reserve_p=args.dps_reserve_p, dps_update_ratio=args.dps_update_ratio,

@@ -15,6 +15,7 @@ RECIPES = ("servable", "paper")
 SELECTS = ("last", "best")
 HEAD_INITS = ("pet:lora", "pet:bitfit")
 HEAD_TYPES = ("pooler", "linear", "mlp")
+POOLERS = ("train", "frozen")
 
 
 class TrainConfigError(ValueError):
@@ -35,6 +36,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     select: str = "last"  # "best": keep the best dev epoch; "last": the last one
     head_type: str = "pooler"
+    pooler: str | None = None  # servable full/child-d/child-f/dps: "train" (None) or "frozen"
     dropout: bool = True  # the backbone's hidden/attention dropout while training
     density: float = 0.05  # servable child-d/child-f/dps: changed weights / tunable weights
     mask_structure: str = "entries"  # servable: "entries" or whole input "columns" of matrices
@@ -94,12 +96,28 @@ class TrainConfig:
         check(self.pool >= 1, f"pool must be >= 1, got {self.pool}")
         check(not (self.head_init is not None and self.head_type != "pooler"),
               "--head-init gives a 'pooler' head (as PEFT's SEQ_CLS classifier); use --head pooler")
+        check(self.pooler is None or self.pooler in POOLERS,
+              f"pooler must be one of {', '.join(POOLERS)}, got {self.pooler!r}")
+        check(self.pooler is None or (METHODS[self.method].dense and not self.paper
+                                      and self.head_type == "pooler"),
+              "--pooler applies to the servable recipe of full, child-d, child-f and dps with "
+              "--head pooler (the paper recipe trains every parameter; the PET methods keep "
+              "the pooler frozen, as their papers do)")
         check(not (self.method == "lora" and self.head_type != "pooler"),
               "lora trains PEFT's SEQ_CLS classifier, a 'pooler' head; use --head pooler")
 
     @property
     def paper(self) -> bool:
         return self.recipe == "paper"
+
+    @property
+    def trains_pooler(self) -> bool:
+        """A dense method with a pooler head trains the pooler (as part of its head, exported
+        as an ``mlp`` head) unless --pooler frozen."""
+        from trainer.table import METHODS
+
+        return METHODS[self.method].dense and self.head_type == "pooler" and (
+            self.paper or self.pooler != "frozen")
 
     @property
     def learning_rate(self) -> float:

@@ -7,8 +7,9 @@
 - ``DenseModel`` (full, child-d, child-f, dps): a trainable copy of the backbone run by the
   serving encoder, with a gradient-mask policy (``trainer.masks``). The paper recipe trains
   every parameter (embeddings and pooler included, weight decay as Hugging Face's Trainer);
-  the servable recipe trains the encoder layers and the embedding LayerNorm with no decay.
-  Exported as a ``sparse`` diff (trained - original).
+  the servable recipe trains the encoder layers and the embedding LayerNorm with no decay,
+  and the pooler as part of the head (``TrainConfig.trains_pooler``). Exported as a
+  ``sparse`` diff (trained - original); a trained pooler goes into an ``mlp`` head.
 """
 
 from __future__ import annotations
@@ -325,7 +326,11 @@ class DenseModel(Trainable):
         self.density = 1.0 if (cfg.method == "full" or cfg.paper) else cfg.density
         self.structure = "entries" if self.density == 1.0 else cfg.mask_structure
         all_params = dict(model.named_parameters())
-        self.names = sorted(all_params) if cfg.paper else self.bb.spec.tunable_params()
+        pooler = [n for n in (POOLER + "weight", POOLER + "bias") if n in all_params]
+        # sparse_names: what the servable density budget covers; the pooler is the head's
+        self.sparse_names = sorted(all_params) if cfg.paper else self.bb.spec.tunable_params()
+        self.pooler_names = pooler if cfg.trains_pooler else []
+        self.names = sorted(all_params) if cfg.paper else self.sparse_names + self.pooler_names
         self.backbone_params = {n: all_params[n] for n in self.names}
         for p in self.backbone_params.values():
             p.requires_grad_(True)
@@ -359,8 +364,10 @@ class DenseModel(Trainable):
         if self.weight_decay_backbone:  # the papers' code: HF Trainer groups over everything
             return hf_decay_groups(list(self.params.items()), weight_decay)
         # No decay on backbone weights: decay outside the mask would make the diff dense.
-        groups = _decay_groups(list(self.head.items()), weight_decay)
-        groups[1]["params"] = groups[1]["params"] + list(self.backbone_params.values())
+        # The pooler is the head's (dense, decayed as head matrices are).
+        head = [*self.head.items(), *((n, self.backbone_params[n]) for n in self.pooler_names)]
+        groups = _decay_groups(head, weight_decay)
+        groups[1]["params"] = groups[1]["params"] + [self.backbone_params[n] for n in self.sparse_names]
         return groups
 
     def before_clip(self) -> None:
@@ -373,9 +380,9 @@ class DenseModel(Trainable):
         self.policy.after_step(self.params, optimizer, step)
 
     def trainable_count(self) -> int:
-        union = self.policy.union()
-        body = (sum(int(m.sum()) for m in union.values()) if union is not None
-                else sum(p.numel() for p in self.backbone_params.values()))
+        union = self.policy.union() or {}
+        body = sum(int(union[n].sum()) if n in union else p.numel()
+                   for n, p in self.backbone_params.items())
         return body + sum(p.numel() for p in self.head.values())
 
     def diffs(self) -> dict[str, Tensor]:

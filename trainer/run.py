@@ -213,7 +213,8 @@ def _sparsify(model: Trainable, cfg: TrainConfig, ctx: Context, dense: dict[str,
     assert isinstance(model, DenseModel)
     diffs = model.diffs()
     nonzero = sum(int((d != 0).sum()) for d in diffs.values())
-    model.set_diffs(masks.sparsify(diffs, cfg.density, cfg.mask_structure))
+    cut = masks.sparsify({n: diffs[n] for n in model.sparse_names}, cfg.density, cfg.mask_structure)
+    model.set_diffs({**diffs, **cut})  # the pooler (the head's) stays as trained
     sparse = evaluate(model, ctx, scale)
     cost = dense[ctx.metric] - sparse[ctx.metric]
     training["sparsify"] = {"rule": f"global top-|diff| to density ({cfg.mask_structure})",
@@ -238,20 +239,23 @@ def _servable_cut(model: Trainable, cfg: TrainConfig, ctx: Context, dense: dict[
                   scale: RegressionScale | None, training: dict[str, Any],
                   log_fn: Callable[[str], None]) -> None:
     """child-f (paper): the score of the servable cut of the same run, reported beside the
-    dense score: the top --density |diff| of the tunable weights kept, every other weight
-    (embeddings, pooler) back to the original; the dense model is restored afterwards."""
+    dense score: the top --density |diff| of the tunable weights kept, the pooler as trained
+    (the servable recipe's head holds it), every other weight (the embedding tables) back
+    to the original; the dense model is restored afterwards."""
     assert isinstance(model, DenseModel)
     saved = model.state()
     tunable = set(ctx.backbone.spec.tunable_params())
     diffs = model.diffs()
     cut = masks.sparsify({n: d for n, d in diffs.items() if n in tunable}, cfg.density,
                           cfg.mask_structure)
-    model.set_diffs({n: cut.get(n, torch.zeros_like(d)) for n, d in diffs.items()})
+    kept = {**{n: diffs[n] for n in model.pooler_names if n in diffs}, **cut}
+    model.set_diffs({n: kept.get(n, torch.zeros_like(d)) for n, d in diffs.items()})
     sparse = evaluate(model, ctx, scale)
     model.restore(saved)
     cost = dense[ctx.metric] - sparse[ctx.metric]
     training["servable_cut"] = {"rule": "global top-|diff| of the tunable weights to density, "
-                                "the rest original", "density": cfg.density, "dev": sparse,
+                                "the pooler as trained, the rest original", "density": cfg.density,
+                                "dev": sparse,
                                 "metric_cost": cost}
     log_fn(f"[child-f] servable cut to density {cfg.density}: {ctx.metric} "
            f"{dense[ctx.metric]:.4f} -> {sparse[ctx.metric]:.4f} (cost {cost:+.4f})")

@@ -24,7 +24,7 @@ def build(cfg: TrainConfig, ctx: Context) -> Trainable:
     if ctx.head_tensors is not None:  # EH-FT: the Fisher under the stage-1 head
         model.load_head(ctx.head_tensors)
     names = ([n for n in model.backbone_params if n.startswith("encoder.layer.")] if cfg.paper
-             else list(model.backbone_params))
+             else list(model.sparse_names))
     n = len(ctx.train) if cfg.fisher_examples is None else min(cfg.fisher_examples, len(ctx.train))
     rows = math.ceil(n / cfg.batch_size)
     data = batches(ctx.train, cfg.batch_size, ctx.pad_id, ctx.device, shuffle_seed=cfg.seed + 7)

@@ -43,6 +43,6 @@ def build(cfg: TrainConfig, ctx: Context) -> Trainable:
     if cfg.paper:
         model.policy = DpsMask(model.params, linear_weights(model), us, reserve_p=cfg.dps_reserve_p)
     else:
-        model.policy = DpsMask(model.params, list(model.backbone_params), us, density=cfg.density,
+        model.policy = DpsMask(model.params, list(model.sparse_names), us, density=cfg.density,
                                structure=cfg.mask_structure)
     return model
