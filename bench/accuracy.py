@@ -23,7 +23,9 @@ Plans, in the order the study runs them (the whole-model claims first):
   pilot-servable  child-d, servable recipe at density 0.05, at its own 4 lrs (as many as
                 full's search), seed 0, RTE and MRPC: the servable recipe updates a few
                 weights and learns little at the whole-model lr. Its best serves child-d,
-                child-f and dps in the servable recipe (plans servable and structure)
+                child-f and dps in the servable recipe (plans servable and structure).
+                Beside it, the same with the backbone's (untrained) pooler frozen at 2 of
+                those lrs: what training the pooler into the head is worth
   servable      child-d and dps, servable recipe, density 0.05 (seeds 0-2) and 0.01 (seed 0)
   guidance      seed 0: prefix, lora, bitfit at their pilots' lr; EH-FT with BitFit
   structure     seed 0, RTE and MRPC: child-d and dps, servable at density 0.01, single
@@ -79,6 +81,7 @@ class Run:
     density: float = 0.05
     max_train: int | None = None
     structure: str = "entries"  # servable sparse masks: single weights or whole columns
+    pooler: str | None = None  # servable dense methods: None (trained with the head) or "frozen"
     diag: bool = False  # a diagnostic run, outside the protocol (kept out of the tables)
 
     @property
@@ -87,7 +90,7 @@ class Run:
         name = self.method + (f"+{self.head_init}" if self.head_init else "")
         if self.recipe == "servable" and self.method in ("child-d", "child-f", "dps"):
             name += f"@{self.density:g}" + ("/columns" if self.structure == "columns" else "")
-        return name
+        return name + ("/frozen-pooler" if self.pooler == "frozen" else "")
 
     @property
     def key(self) -> str:
@@ -175,7 +178,9 @@ def plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) -> 
                 for m in methods for t in PILOT_TASKS for lr in FROZEN_LRS[m]]
     if name == "pilot-servable":
         return [Run(t, "child-d", recipe="servable", lr=lr, density=0.05)
-                for t in PILOT_TASKS for lr in SERVABLE_LRS]
+                for t in PILOT_TASKS for lr in SERVABLE_LRS] + [  # and what the trained pooler does
+            Run(t, "child-d", recipe="servable", lr=lr, density=0.05, pooler="frozen")
+            for t in PILOT_TASKS for lr in SERVABLE_LRS[::2]]
     if name in ("servable", "structure"):
         slr = pilot_best(results, SERVABLE_PILOT)
         if slr is None:
@@ -249,7 +254,7 @@ def run_one(args: argparse.Namespace, run: Run, backbone: Any, cache: dict[Any, 
     cfg = TrainConfig(method=run.method, recipe=run.recipe, lr=run.lr, epochs=run.epochs,
                       batch_size=16, max_length=128, seed=run.seed, max_train=run.max_train,
                       density=run.density, head_init=run.head_init, select="last", device="cpu",
-                      mask_structure=run.structure)
+                      mask_structure=run.structure, pooler=run.pooler)
     mach = machine()
     t0 = time.time()
     res = train(cfg, backbone, tr, dv, metric, progress=False, head_cache=cache, export=False,
@@ -375,12 +380,13 @@ def claim_runs(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The runs of the protocol: every non-pilot run, and each pilot's run at the lr it
     chose (seed 0), which is the later plans' own seed-0 run of that row (the same key, so
     it was never run again): full's for the claims, pasta's for claims-pasta, the servable
-    pilot's for plan servable, the frozen methods' for guidance. Once the servable pilot
+    pilot's for plan servable, the frozen methods' for guidance (the servable pilot's
+    frozen-pooler rows are an ablation, pilot only). Once the servable pilot
     has chosen, servable sparse runs at another lr (run before it) are left out."""
-    best = {name: pilot_best(results, name) for name in {r["name"] for r in results if r["pilot"]}}
+    best = {name: pilot_best(results, name) for name in ("full", *FROZEN_LRS, SERVABLE_PILOT)}
     slr = best.get(SERVABLE_PILOT)
     return [r for r in results if (not r["pilot"] or (
-        r["seed"] == 0 and r["config"]["lr"] == best[r["name"]])) and not (
+        r["seed"] == 0 and r["config"]["lr"] == best.get(r["name"]))) and not (
         slr is not None and "@" in r["name"] and r["config"]["lr"] != slr)]
 
 

@@ -64,6 +64,7 @@ def test_each_pilots_run_at_its_chosen_lr_is_its_seed_0_run():
                 for lr, v in ((1e-3, 55.0), (3e-3, 57.0))]
     results += [_rec(t, "child-d@0.05", lr, v, True) for t in ("rte", "mrpc")
                 for lr, v in ((1e-4, 48.0), (1e-3, 58.0))]
+    results += [_rec(t, "child-d@0.05/frozen-pooler", 1e-3, 50.0, True) for t in ("rte", "mrpc")]
     got = sorted((r["task"], r["name"], r["config"]["lr"]) for r in accuracy.claim_runs(results))
     assert got == [("mrpc", "child-d@0.05", 1e-3), ("mrpc", "full", 1e-4), ("mrpc", "pasta", 3e-3),
                    ("rte", "child-d@0.05", 1e-3), ("rte", "full", 1e-4), ("rte", "pasta", 3e-3)]
@@ -76,11 +77,14 @@ def test_servable_plans_wait_for_and_use_the_servable_pilots_lr():
 
     args = argparse.Namespace(frozen_epochs=10.0, pilot_lrs="1e-4")
     results = [_rec(t, "full", 1e-4, 90.0, True) for t in ("rte", "mrpc")]
-    pilot = accuracy.plan("pilot-servable", args, results)
-    assert {(r.task, r.method, r.recipe, r.density) for r in pilot} == {
+    every = accuracy.plan("pilot-servable", args, results)
+    pilot = [r for r in every if r.pooler is None]
+    assert {(r.task, r.method, r.recipe, r.density) for r in every} == {
         (t, "child-d", "servable", 0.05) for t in ("rte", "mrpc")}
     assert sorted({r.lr for r in pilot}) == sorted(accuracy.SERVABLE_LRS)
     assert all(r.name == accuracy.SERVABLE_PILOT for r in pilot)
+    frozen = [r for r in every if r.pooler is not None]  # the ablation: its own row name
+    assert frozen and {r.name for r in frozen} == {accuracy.SERVABLE_PILOT + "/frozen-pooler"}
     for name in ("servable", "structure"):
         with pytest.raises(accuracy.PlanRefused, match="servable pilot"):
             accuracy.plan(name, args, results)
