@@ -275,6 +275,7 @@ def run_one(args: argparse.Namespace, run: Run, backbone: Any, cache: dict[Any, 
         out["dense_value"] = 100 * t["sparsify"]["dense_dev"][metric]
     if "servable_cut" in t:
         out["cut_value"] = 100 * t["servable_cut"]["dev"][metric]
+        out["cut_rule"] = t["servable_cut"]["rule"]
     if "head_init_stage" in t:
         out["head_init"] = t["head_init_stage"]
     return out
@@ -555,14 +556,19 @@ def structure_table(results: list[dict[str, Any]]) -> str:
 
 
 def child_f_table(results: list[dict[str, Any]]) -> str:
-    """child-f: the paper (dense) score and the servable cut of the same run."""
-    rows = ["| task | child-f (dense) | servable cut (density 0.05) | cost |", "|---|---|---|---|"]
+    """child-f: the paper (dense) score and the servable cut of the same run. Runs before the
+    cut kept the trained pooler (no ``cut_rule``) reverted it to the backbone's."""
+    rows = ["| task | pooler in the cut | runs | child-f (dense) | servable cut (density 0.05) | cost |",
+            "|---|---|---|---|---|---|"]
     for t in TASKS:
-        rs = [r for r in results if r["name"] == "child-f" and r["task"] == t and "cut_value" in r]
-        if rs:
-            d = statistics.mean(r["value"] for r in rs)
-            c = statistics.mean(r["cut_value"] for r in rs)
-            rows.append(f"| {TASKS[t]} | {d:.1f} | {c:.1f} | {d - c:+.1f} |")
+        for kept in (False, True):
+            rs = [r for r in results if r["name"] == "child-f" and r["task"] == t and "cut_value" in r
+                  and ("pooler as trained" in r.get("cut_rule", "")) == kept]
+            if rs:
+                d = statistics.mean(r["value"] for r in rs)
+                c = statistics.mean(r["cut_value"] for r in rs)
+                rows.append(f"| {TASKS[t]} | {'trained' if kept else 'reverted'} | {len(rs)} | "
+                            f"{d:.1f} | {c:.1f} | {d - c:+.1f} |")
     return "\n".join(rows)
 
 
