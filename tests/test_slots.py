@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 import torch
 
-from methods import Engine, TaskArtifact
+from methods import Engine, LoadedTask, TaskArtifact
 from methods.errors import ArtifactError
 from methods.heads import apply_head
 from methods.lora import LoraConfig
@@ -333,3 +333,46 @@ def test_a_table_trimmed_to_no_rows_takes_tasks_again(tiny_bert) -> None:
     assert eng.tables.heads.capacity == 1 and eng.tables.nbytes <= budget
     for g, ref in zip(eng.run(TEXTS, [b] * len(TEXTS)), alone(tiny_bert, bitfit), strict=True):
         torch.testing.assert_close(g, ref, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_churn_under_a_budget_keeps_every_task_exact(tiny_bert, seed: int) -> None:
+    """Random loads and unloads of every kind and head type in tables that fit a few tasks,
+    now and then all unloaded (where the tables say there is no room, the oldest task
+    goes first, as the bank does):
+    the tables never pass the budget, and every mixed batch equals each task alone."""
+    from methods import SlotsExhausted
+
+    spec, rng = tiny_bert.spec, torch.Generator().manual_seed(seed)
+    kinds = sorted(BIG_SMALL)
+    probe = Engine(tiny_bert)
+    budget = 3 * max(probe.load(art(spec, k, 0, seed=0)).nbytes for k in kinds)
+    eng = Engine(tiny_bert, capacity=1, device_budget=budget)
+    loaded: list[tuple[LoadedTask, int]] = []  # (task, the step that made it)
+    refs: dict[int, list[torch.Tensor]] = {}  # each step's artifact alone
+    for step in range(40):
+        roll = int(torch.randint(8, (1,), generator=rng))
+        if roll == 0:  # everything goes: the next loads find every table trimmable
+            while loaded:
+                eng.unload(loaded.pop()[0])
+        elif loaded and roll < 3:
+            task, _ = loaded.pop(int(torch.randint(len(loaded), (1,), generator=rng)))
+            eng.unload(task)
+        else:
+            k = kinds[int(torch.randint(len(kinds), (1,), generator=rng))]
+            a = art(spec, k, int(torch.randint(2, (1,), generator=rng)), seed=100 * seed + step)
+            refs[step] = alone(tiny_bert, a)
+            while True:
+                try:
+                    loaded.append((eng.load(a), step))
+                    break
+                except SlotsExhausted:
+                    assert loaded, "one task alone always loads"
+                    eng.unload(loaded.pop(0)[0])
+        assert eng.tables.nbytes <= budget or len(loaded) == 1
+        assert eng.tables.used_bytes == sum(t.nbytes for t, _ in loaded)
+        tasks = [t for t, _ in loaded for _ in TEXTS]
+        got = eng.run(TEXTS * len(loaded), tasks)
+        for i, (_, made) in enumerate(loaded):
+            for g, w in zip(got[i * len(TEXTS):(i + 1) * len(TEXTS)], refs[made], strict=True):
+                torch.testing.assert_close(g, w, atol=ATOL, rtol=0)
