@@ -305,3 +305,18 @@ def test_cli_store_cap_still_writes_out_and_paper_recipe_says_why(
     assert Store(tmp_path / "store", bert.spec).list_tasks() == []  # nothing published
     rc = cli("--method", "full", "--recipe", "paper", *common, "--out", str(paper))
     assert rc == 0 and f"wrote {paper}" in capsys.readouterr().out  # --out alone: no cap
+
+
+def test_help_marks_the_defaults_the_study_chose_and_names_the_rest_provisional() -> None:
+    from trainer.cli import method_help
+    from trainer.table import PROVISIONAL
+
+    text = method_help()
+    for m in METHODS.values():
+        for recipe in ("servable", "paper"):
+            d = m.defaults(recipe)
+            assert (f"{m.name} ({recipe})" in PROVISIONAL) == (not d.evidence)
+            if d.evidence:
+                assert d.evidence in text
+    assert ("PROVISIONAL" in text) == bool(PROVISIONAL)
+    assert ", ".join(PROVISIONAL) in text.replace("\n", " ")

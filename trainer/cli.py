@@ -21,7 +21,7 @@ from trainer.config import (
 from trainer.data import Column, Columns, DataError, Dataset, load_dataset
 from trainer.metrics import check_metric
 from trainer.presets import PRESETS, get_preset
-from trainer.table import METHODS, PROVISIONAL
+from trainer.table import METHODS, PROVISIONAL, Defaults
 
 
 def method_help() -> str:
@@ -29,8 +29,8 @@ def method_help() -> str:
     for m in METHODS.values():
         s, p = m.servable, m.paper
         lines.append(f"  {m.name:8s} {m.help}")
-        lines.append(f"  {'':8s} -> {m.kind}; {s.lr:g}/{s.epochs:g}/{s.warmup:g} | "
-                     f"{p.lr:g}/{p.epochs:g}/{p.warmup:g}")
+        lines.append(f"  {'':8s} -> {m.kind}; {s.lr:g}/{s.epochs:g}/{s.warmup:g}{_mark(s)} | "
+                     f"{p.lr:g}/{p.epochs:g}/{p.warmup:g}{_mark(p)}")
     lines += [
         "",
         "--recipe servable (default): what users upload stays tiny and exact. child-d, child-f",
@@ -61,11 +61,21 @@ def method_help() -> str:
         "Regression targets are standardised on the training set; the scale is recorded in",
         "the manifest and folded into the head, so served values are on the task's scale.",
         "",
-        "PROVISIONAL DEFAULTS: the learning rates, epochs and warm-ups above are placeholders",
-        "until the accuracy study (bench/accuracy.py; BENCHMARKS.md 'Accuracy') has measured",
-        "them on this backbone; still provisional: " + ", ".join(PROVISIONAL) + ".",
+        "Defaults marked * were chosen by the accuracy study on this backbone (bench/",
+        "accuracy.py; BENCHMARKS.md 'Accuracy'): " + "; ".join(sorted(_evidence())) + ".",
     ]
+    if PROVISIONAL:
+        lines.append("The others are PROVISIONAL (placeholders the study has not yet measured): "
+                     + ", ".join(PROVISIONAL) + ".")
     return "\n".join(lines)
+
+
+def _mark(d: Defaults) -> str:
+    return "*" if d.evidence else ""
+
+
+def _evidence() -> set[str]:
+    return {d.evidence for m in METHODS.values() for d in (m.servable, m.paper) if d.evidence}
 
 
 PAPER_HINT = ("a --recipe paper artifact holds every changed weight of the model, embeddings "

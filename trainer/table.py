@@ -5,8 +5,8 @@ A new method is one entry here and one file in ``trainer/algos/`` that defines i
 recipe stores a dense diff, the servable one a sparse diff within --density); the others
 train small tensors over the frozen backbone.
 
-DEFAULTS ARE PROVISIONAL until the accuracy study (bench/accuracy.py, BENCHMARKS.md
-"Accuracy") has chosen them for this backbone; ``PROVISIONAL`` says which still are.
+Each recipe's defaults name the accuracy study's evidence for them (bench/accuracy.py,
+BENCHMARKS.md "Accuracy"); defaults without evidence are provisional (``PROVISIONAL``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class Defaults:
     lr: float
     epochs: float
     warmup: float  # fraction of the steps
+    evidence: str = ""  # the study's runs that chose the lr ("": provisional)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +45,11 @@ class Method:
         return self.paper if recipe == "paper" else self.servable
 
 
-# The papers' shared schedule for whole-model methods: 3 epochs, 10 % warm-up, one lr.
-# lr: the best of the full pilot on RTE and MRPC (2e-5 / 5e-5 / 1e-4: mean 68.9 / 71.2 /
-# 72.8; bench/results/accuracy.jsonl; RTE at 2e-4: 53.4, MRPC at 2e-4 still running).
-_DENSE_PAPER = Defaults(lr=1e-4, epochs=3, warmup=0.1)
+# The papers' shared schedule for whole-model methods: 3 epochs, 10 % warm-up, one lr:
+# the best of the full pilot on RTE and MRPC (mean of the two: 68.9 / 71.2 / 72.8 / 69.2 at
+# 2e-5 / 5e-5 / 1e-4 / 2e-4; bench/results/accuracy.jsonl).
+_DENSE_PAPER = Defaults(lr=1e-4, epochs=3, warmup=0.1,
+                        evidence="full pilot: 1e-4 best of 2e-5, 5e-5, 1e-4, 2e-4 on RTE+MRPC")
 
 _ENTRIES = (
     Method("pasta", "pasta", "PASTA: one vector per layer and special token ([CLS], [SEP]s), "
@@ -79,4 +81,6 @@ _ENTRIES = (
 )
 
 METHODS: dict[str, Method] = {m.name: m for m in _ENTRIES}
-PROVISIONAL = tuple(METHODS)  # names whose defaults the study has not yet confirmed
+# "method (recipe)" for every default the study has not chosen yet
+PROVISIONAL = tuple(f"{m.name} ({r})" for m in METHODS.values() for r in ("servable", "paper")
+                    if not m.defaults(r).evidence)
