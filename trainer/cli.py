@@ -244,7 +244,10 @@ def _train_and_deliver(args: argparse.Namespace, cfg: TrainConfig, task_id: str,
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     backbone = load_backbone(args.backbone, device=cfg.device)
-    print(f"polyhead train: {cfg.method} ({cfg.recipe} recipe) on {len(train.examples)} examples "
+    n = len(train.examples)
+    sub = cfg.max_train is not None and cfg.max_train < n
+    rows = f"{cfg.max_train:,} of {n:,}" if sub else f"{n:,}"
+    print(f"polyhead train: {cfg.method} ({cfg.recipe} recipe) on {rows} examples "
           f"({'regression' if train.regression else f'{train.num_outputs} labels'}), "
           f"device {backbone.device}{' (bf16 autocast)' if backbone.device.type == 'cuda' else ''}, "
           f"torch threads {torch.get_num_threads()}", file=sys.stderr)
