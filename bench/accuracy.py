@@ -17,11 +17,9 @@ Plans, in the order the study runs them (the whole-model claims first):
   claims        seeds 0-2 on RTE, MRPC, STS-B, CoLA: full, child-d, child-f, dps, EH-FT
                 (full+pet:lora); SST-2 (8,000 training rows): full. One shared lr, the
                 full pilot's best; refused while full's mean misses an RTE/MRPC floor
-  pilot-pasta   pasta at its own 3 lrs, seed 0, RTE and MRPC, --frozen-epochs epochs; and at
-                the middle lr with a trained mlp head instead of the papers' classifier over
-                the frozen pooler (which the packaged MiniLM never trained): an ablation row
+  pilot-pasta   pasta at its own 3 lrs, seed 0, RTE and MRPC, --frozen-epochs epochs
   claims-pasta  the claims' seeds and tasks (SST-2 included) for pasta at its pilot's lr
-  pilot-frozen  prefix, lora, bitfit as pilot-pasta (lora without the ablation: PEFT's head)
+  pilot-frozen  prefix, lora, bitfit as pilot-pasta
   pilot-servable  child-d, servable recipe at density 0.05, at its own 4 lrs (as many as
                 full's search), seed 0, RTE and MRPC: the servable recipe updates a few
                 weights and learns little at the whole-model lr. Its best serves child-d,
@@ -84,7 +82,6 @@ class Run:
     max_train: int | None = None
     structure: str = "entries"  # servable sparse masks: single weights or whole columns
     pooler: str | None = None  # servable dense methods: None (trained with the head) or "frozen"
-    head: str = "pooler"  # the head type (the frozen methods' ablation: "mlp")
     diag: bool = False  # a diagnostic run, outside the protocol (kept out of the tables)
 
     @property
@@ -93,8 +90,7 @@ class Run:
         name = self.method + (f"+{self.head_init}" if self.head_init else "")
         if self.recipe == "servable" and self.method in ("child-d", "child-f", "dps"):
             name += f"@{self.density:g}" + ("/columns" if self.structure == "columns" else "")
-        return (name + ("/frozen-pooler" if self.pooler == "frozen" else "")
-                + ("" if self.head == "pooler" else f"/{self.head}-head"))
+        return name + ("/frozen-pooler" if self.pooler == "frozen" else "")
 
     @property
     def key(self) -> str:
@@ -179,10 +175,7 @@ def plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) -> 
     if name in ("pilot-pasta", "pilot-frozen"):
         methods = ["pasta"] if name == "pilot-pasta" else ["prefix", "lora", "bitfit"]
         return [Run(t, m, recipe="servable", lr=lr, epochs=fe)
-                for m in methods for t in PILOT_TASKS for lr in FROZEN_LRS[m]] + [
-            # ablation: the papers' frozen pooler is untrained here; a trained mlp head instead
-            Run(t, m, recipe="servable", lr=FROZEN_LRS[m][1], epochs=fe, head="mlp")
-            for m in methods if m != "lora" for t in PILOT_TASKS]
+                for m in methods for t in PILOT_TASKS for lr in FROZEN_LRS[m]]
     if name == "pilot-servable":
         return [Run(t, "child-d", recipe="servable", lr=lr, density=0.05)
                 for t in PILOT_TASKS for lr in SERVABLE_LRS] + [  # and what the trained pooler does
@@ -261,7 +254,7 @@ def run_one(args: argparse.Namespace, run: Run, backbone: Any, cache: dict[Any, 
     cfg = TrainConfig(method=run.method, recipe=run.recipe, lr=run.lr, epochs=run.epochs,
                       batch_size=16, max_length=128, seed=run.seed, max_train=run.max_train,
                       density=run.density, head_init=run.head_init, select="last", device="cpu",
-                      mask_structure=run.structure, pooler=run.pooler, head_type=run.head)
+                      mask_structure=run.structure, pooler=run.pooler)
     mach = machine()
     t0 = time.time()
     res = train(cfg, backbone, tr, dv, metric, progress=False, head_cache=cache, export=False,

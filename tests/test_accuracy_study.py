@@ -105,15 +105,3 @@ def test_servable_runs_before_the_servable_pilot_chose_are_left_out():
     new = _rec("rte", "child-d@0.01", 1e-3, 55.0, False)
     got = accuracy.claim_runs([*results, old, new])
     assert new in got and old not in got
-
-
-def test_frozen_pilots_carry_an_mlp_head_ablation_outside_the_protocol():
-    import argparse
-
-    args = argparse.Namespace(frozen_epochs=10.0, pilot_lrs="1e-4")
-    runs = accuracy.plan("pilot-pasta", args, []) + accuracy.plan("pilot-frozen", args, [])
-    ablation = [r for r in runs if r.head == "mlp"]
-    assert {r.name for r in ablation} == {"pasta/mlp-head", "prefix/mlp-head", "bitfit/mlp-head"}
-    assert len({r.key for r in runs}) == len(runs)
-    results = [_rec(t, r.name, r.lr, 50.0, True) for r in runs for t in (r.task,)]
-    assert not any("/" in r["name"] for r in accuracy.claim_runs(results))
