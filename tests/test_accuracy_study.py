@@ -105,3 +105,20 @@ def test_servable_runs_before_the_servable_pilot_chose_are_left_out():
     new = _rec("rte", "child-d@0.01", 1e-3, 55.0, False)
     got = accuracy.claim_runs([*results, old, new])
     assert new in got and old not in got
+
+
+def test_the_trainers_defaults_are_the_committed_studys_choices():
+    """Every default that names the study as its evidence is the lr the committed results
+    choose (a pilot that completes later makes no default by itself: see --help)."""
+    from pathlib import Path
+
+    from trainer.table import METHODS
+
+    results = accuracy.load_results(Path(__file__).parent.parent / "bench/results/accuracy.jsonl")
+    chooser = {("paper", m): "full" for m in accuracy.DENSE}
+    chooser |= {("servable", m): accuracy.SERVABLE_PILOT for m in ("child-d", "child-f", "dps")}
+    chooser |= {(r, m): m for m in accuracy.FROZEN_LRS for r in ("servable", "paper")}
+    for (recipe, m), pilot in chooser.items():
+        d, best = METHODS[m].defaults(recipe), accuracy.pilot_best(results, pilot)
+        if d.evidence:
+            assert best is not None and d.lr == best, (m, recipe, d.lr, best)
