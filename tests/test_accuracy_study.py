@@ -122,3 +122,27 @@ def test_the_trainers_defaults_are_the_committed_studys_choices():
         d, best = METHODS[m].defaults(recipe), accuracy.pilot_best(results, pilot)
         if d.evidence:
             assert best is not None and d.lr == best, (m, recipe, d.lr, best)
+
+
+def test_full_runs_its_seeds_first_and_a_missed_floor_stops_the_claims():
+    import argparse
+
+    import pytest
+
+    args = argparse.Namespace(frozen_epochs=10.0, pilot_lrs="1e-4")
+    results = [_rec(t, "full", 1e-4, v, True) for t, v in (("rte", 59.6), ("mrpc", 86.1))]
+    first = accuracy.plan("claims-full", args, results)
+    assert {r.method for r in first} == {"full"} and len(first) == 15
+    assert [r.seed for r in first] == sorted(r.seed for r in first)
+    assert {r.max_train for r in first if r.task == "sst2"} == {accuracy.SST2_ROWS}
+    assert accuracy.plan("diag", args, results) == []  # seed 0 meets RTE's floor
+    results.append(_rec("rte", "full", 1e-4, 54.5, False, seed=1))  # mean 57.05 < 58
+    assert accuracy.missed_floors(results, 1e-4) == ["rte"]
+    for name in ("claims", "claims-pasta", "guidance"):
+        with pytest.raises(accuracy.PlanRefused, match="misses the floor on rte"):
+            accuracy.plan(name, args, results)
+    diag = accuracy.plan("diag", args, results)
+    assert {(r.task, r.seed, r.epochs, r.diag) for r in diag} == {
+        ("rte", 1, 3.0, False), ("rte", 2, 3.0, False), ("rte", 0, 10, True)}
+    results.append(_rec("rte", "full", 1e-4, 61.0, False, seed=2))  # mean 58.4
+    assert accuracy.missed_floors(results, 1e-4) == [] and accuracy.plan("claims", args, results)
