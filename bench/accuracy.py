@@ -13,8 +13,8 @@ from the file alone: mean ± sd over seeds, and each method's paired difference 
 Plans, in the order the study runs them (the whole-model claims first):
   pilot-full    full (paper recipe) at --pilot-lrs, seed 0, RTE and MRPC, 3 epochs
   diag          only where full's mean over its seeds so far at the shared lr misses a
-                floor: seeds 1 and 2 (recorded as claims runs) and a 10-epoch run (kept
-                out of the tables). Run it again after claims-full
+                floor: seeds 1 and 2 (recorded as claims runs) and 10-epoch runs of the
+                3 seeds (kept out of the tables). Run it again after claims-full
   claims-full   full at the shared lr, seeds 0-2, on the claims' tasks and SST-2 (recorded as
                 claims runs): the floors are on full's mean of seeds, so it comes first
   claims        seeds 0-2 on RTE, MRPC, STS-B, CoLA: full, child-d, child-f, dps, EH-FT
@@ -183,7 +183,8 @@ def plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) -> 
         missed = missed_floors(results, lr)
         # (the seed runs are the claims' own full runs: recorded under "claims")
         return [Run(t, "full", lr=lr, seed=s, max_train=_rows(t)) for t in missed for s in (1, 2)] + [
-            Run(t, "full", lr=lr, epochs=10, max_train=_rows(t), diag=True) for t in missed]
+            Run(t, "full", lr=lr, epochs=10, seed=s, max_train=_rows(t), diag=True)
+            for t in missed for s in (0, 1, 2)]
     if name in ("pilot-pasta", "pilot-frozen"):
         methods = ["pasta"] if name == "pilot-pasta" else ["prefix", "lora", "bitfit"]
         return [Run(t, m, recipe="servable", lr=lr, epochs=fe)
@@ -588,11 +589,13 @@ def child_f_table(results: list[dict[str, Any]]) -> str:
 
 
 def diag_table(diag: list[dict[str, Any]]) -> str:
-    rows = ["| task | lr | epochs | seed | last | every epoch |", "|---|---|---|---|---|---|"]
+    rows = ["| task | lr | epochs | seed | last | dev, every epoch | train loss, every epoch |",
+            "|---|---|---|---|---|---|---|"]
     for r in diag:
         hist = ", ".join(f"{100 * h[r['metric']]:.1f}" for h in r["dev_history"] if "epoch" in h)
+        loss = ", ".join(f"{h['train_loss']:.2f}" for h in r["dev_history"] if "train_loss" in h)
         rows.append(f"| {TASKS[r['task']]} | {r['config']['lr']:g} | {r['config']['epochs']:g} | "
-                    f"{r['seed']} | {r['value']:.1f} | {hist} |")
+                    f"{r['seed']} | {r['value']:.1f} | {hist} | {loss} |")
     return "\n".join(rows)
 
 

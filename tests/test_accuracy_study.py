@@ -143,6 +143,7 @@ def test_full_runs_its_seeds_first_and_a_missed_floor_stops_the_claims():
             accuracy.plan(name, args, results)
     diag = accuracy.plan("diag", args, results)
     assert {(r.task, r.seed, r.epochs, r.diag) for r in diag} == {
-        ("rte", 1, 3.0, False), ("rte", 2, 3.0, False), ("rte", 0, 10, True)}
+        ("rte", 1, 3.0, False), ("rte", 2, 3.0, False), ("rte", 0, 10, True), ("rte", 1, 10, True),
+        ("rte", 2, 10, True)}
     results.append(_rec("rte", "full", 1e-4, 61.0, False, seed=2))  # mean 58.4
     assert accuracy.missed_floors(results, 1e-4) == [] and accuracy.plan("claims", args, results)
