@@ -228,7 +228,7 @@ def plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) -> 
         if pasta_lr is None:
             raise PlanRefused("plan 'claims-pasta' needs the pasta pilot first (--plan pilot-pasta)")
         return [Run(t, "pasta", recipe="servable", lr=pasta_lr, epochs=fe, seed=seed,
-                    max_train=SST2_ROWS if t == "sst2" else None)
+                    max_train=_rows(t))
                 for seed in (0, 1, 2) for t in (*CLAIM_TASKS, "sst2")]
     runs = []  # guidance
     for m in ("prefix", "lora", "bitfit"):
