@@ -147,3 +147,50 @@ def test_full_runs_its_seeds_first_and_a_missed_floor_stops_the_claims():
         ("rte", 2, 10, True)}
     results.append(_rec("rte", "full", 1e-4, 61.0, False, seed=2))  # mean 58.4
     assert accuracy.missed_floors(results, 1e-4) == [] and accuracy.plan("claims", args, results)
+
+
+def test_a_missed_floor_is_accepted_only_explicitly_and_after_diag(tmp_path):
+    """--accept-missed-floor lets the gated plans run with a floor missed, but only once
+    plan diag's runs on that task are in the results; other missed floors still refuse."""
+    import argparse
+
+    import pytest
+
+    path = tmp_path / "acc.jsonl"
+    args = argparse.Namespace(frozen_epochs=10.0, pilot_lrs="1e-4", results=path, accept_missed_floor=["rte"])
+    results = [_rec(t, "full", 1e-4, v, True) for t, v in (("rte", 59.6), ("mrpc", 86.1))]
+    results += [_rec("rte", "full", 1e-4, v, False, seed=s) for s, v in ((1, 54.5), (2, 52.7))]
+    for r in results:
+        accuracy._append(path, {**r, "plan": "pilot-full" if r["pilot"] else "claims"})
+    with pytest.raises(accuracy.PlanRefused, match="diag's runs on it"):
+        accuracy.plan("claims", args, results)
+    for s in (0, 1):
+        accuracy._append(path, {**_rec("rte", "full", 1e-4, 55.0, False, seed=s, epochs=10), "plan": "diag"})
+    with pytest.raises(accuracy.PlanRefused, match="diag's runs on it"):  # seed 2's is missing
+        accuracy.plan("claims", args, results)
+    accuracy._append(path, {**_rec("rte", "full", 1e-4, 55.0, False, seed=2, epochs=10), "plan": "diag"})
+    assert accuracy.plan("claims", args, results)
+    assert accuracy.floor_gate("claims", args, results, 1e-4) == ["rte"]
+    without = argparse.Namespace(**{**vars(args), "accept_missed_floor": []})
+    with pytest.raises(accuracy.PlanRefused, match="misses the floor on rte"):
+        accuracy.plan("claims", without, results)
+    results.append(_rec("mrpc", "full", 1e-4, 70.0, False, seed=1))  # a second floor, not accepted
+    with pytest.raises(accuracy.PlanRefused, match="misses the floor on mrpc"):
+        accuracy.plan("guidance", args, results)
+
+
+def test_claims_are_also_answered_over_the_tasks_whose_floor_full_meets():
+    full = {"rte": (59.6, 54.5, 52.7), "mrpc": (86, 86, 86), "stsb": (86, 86, 86), "cola": (25, 24, 26)}
+    results = [_rec(t, "full", 1e-4, v, s == 0 and t in ("rte", "mrpc"), seed=s)
+               for t, vs in full.items() for s, v in enumerate(vs)]
+    results += [_rec(t, "full", 2e-5, 10.0, True) for t in ("rte", "mrpc")]
+    gain = {"rte": -9.0, "mrpc": 1.0, "stsb": 1.0, "cola": 1.0}  # child-d: worse only on RTE
+    results += [_rec(t, "child-d", 1e-4, v + gain[t] + 0.1 * s, False, seed=s)
+                for t, vs in full.items() for s, v in enumerate(vs)]
+    lines = accuracy.claims_lines(results).splitlines()
+    assert lines[0].startswith("child-d >= full (4-task average): no;")
+    assert lines[1].startswith("  over the tasks where full meets its floor (MRPC, STS-B, CoLA): yes;")
+    for r in results:  # every floor met: one line a claim
+        r["value"] += 10.0 if r["task"] == "rte" else 0.0
+    assert accuracy.missed_floors(results, 1e-4) == []
+    assert not any("over the tasks" in line for line in accuracy.claims_lines(results).splitlines())
