@@ -232,3 +232,15 @@ def test_polyhead_train_with_its_defaults_trains_the_studys_runs():
         assert {k: got[k] for k in keep} == {k: c[k] for k in keep}, r["key"]
         checked += 1
     assert checked >= 10  # the claims' paper runs and the servable pilot's chosen run
+
+
+def test_the_seed_table_shows_each_runs_dev_and_last_train_loss():
+    results = [_rec(t, "full", 1e-4, v, True) for t, v in (("rte", 59.6), ("mrpc", 86.1))]
+    results += [_rec("rte", "full", 1e-4, 52.7, False, seed=2), _rec("rte", "dps", 1e-4, 57.4, False)]
+    for r, losses in zip(results, ([0.69, 0.37], [], [0.69, 0.69], [0.69, 0.22]), strict=True):
+        r["dev_history"] = [{"epoch": i + 1, "train_loss": x} for i, x in enumerate(losses)]
+        r |= {"commit": "c0ffee", "seconds": 60.0, "tokens_per_s": 900.0, "metric": "accuracy"}
+    lines = accuracy.seeds_table(results, "rte").splitlines()
+    assert lines[0] == "| method | seed 0: dev (last train loss) | seed 2: dev (last train loss) |"
+    assert lines[2:] == ["| full | 59.6 (0.37) | 52.7 (0.69) |", "| dps | 57.4 (0.22) | — |"]
+    assert "where full misses its floor" in accuracy.report(results)
