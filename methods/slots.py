@@ -192,7 +192,9 @@ class Rows:
 
     def add(self, y: Tensor, delta: Tensor) -> Tensor:
         """y[rows] += delta (broadcast over y's other dims): in place when serving, out of
-        place when autograd records."""
+        place when autograd records. ``delta`` takes y's dtype (under autocast y is bf16)."""
+        if delta.dtype != y.dtype:
+            delta = delta.to(y.dtype)
         if delta.shape[1:] != y.shape[1:] and (self.span is None or torch.is_grad_enabled()):
             delta = delta.expand(len(self.index), *y.shape[1:])
         if torch.is_grad_enabled():

@@ -61,9 +61,10 @@ def sentiment() -> Dataset:
 
 
 def config(method: str, **kw: object) -> TrainConfig:
-    # dropout off: these tests check that loss falls and the artifact reproduces the model
+    # dropout off: these tests check that loss falls and the artifact reproduces the model;
+    # fp32 unless a test asks for bf16 ("auto" would depend on the CPU running the tests)
     base = dict(method=method, epochs=6, lr=LR[method], batch_size=8, max_length=32, seed=0,
-                density=0.2, fisher_examples=16, warmup=0.0, dropout=False)
+                density=0.2, fisher_examples=16, warmup=0.0, dropout=False, precision="fp32")
     return TrainConfig(**{**base, **kw})  # type: ignore[arg-type]
 
 
@@ -79,10 +80,15 @@ def trainer_logits(result, backbone, texts: list[str]) -> np.ndarray:
                    backbone.tokenizer.pad_token_id, backbone.device, fp32=True)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("method", METHODS)
-def test_method_trains_and_engine_matches(bert, sentiment: Dataset, method: str) -> None:
-    res = train(config(method), bert, sentiment, sentiment, "accuracy", progress=False,
-                log_fn=lambda s: None)
+def test_method_trains_and_engine_matches(bert, sentiment: Dataset, method: str, precision: str) -> None:
+    """bf16: autocast in training only; the artifact is fp32 and the engine still gives
+    the trained model's fp32 logits."""
+    res = train(config(method, precision=precision), bert, sentiment, sentiment, "accuracy",
+                progress=False, log_fn=lambda s: None)
+    assert res.training["precision"] == {"fp32": "fp32", "bf16": "bf16 autocast"}[precision]
+    assert all(t.dtype == torch.float32 for t in res.artifact.tensors.values() if t.is_floating_point())
     first, last = np.mean(res.losses[:3]), np.mean(res.losses[-3:])
     assert last < first - 0.05, f"{method}: loss {first:.3f} -> {last:.3f}"
     manifest, art = stored_roundtrip(res, sentiment, bert.spec)
@@ -320,3 +326,51 @@ def test_help_marks_the_defaults_the_study_chose_and_names_the_rest_provisional(
                 assert d.evidence in text
     assert ("PROVISIONAL" in text) == bool(PROVISIONAL)
     assert ", ".join(PROVISIONAL) in text.replace("\n", " ")
+
+
+def test_precision_autocasts_training_forwards_only(bert, sentiment: Dataset, monkeypatch) -> None:
+    """bf16: every training forward (and child-d's Fisher pass) runs under bf16 autocast;
+    dev scoring on the CPU stays fp32, as the engine serves. fp32: no autocast anywhere."""
+    import trainer.algos.child_d as child_d
+    import trainer.loop as loop
+
+    seen: list[tuple[str, torch.dtype]] = []
+    real_loss = loop.loss_fn
+
+    def spy(where: str):
+        def loss_fn(logits, targets, regression):
+            seen.append((where, logits.dtype))
+            return real_loss(logits, targets, regression)
+        return loss_fn
+
+    monkeypatch.setattr(loop, "loss_fn", spy("step"))
+    monkeypatch.setattr(child_d, "loss_fn", spy("fisher"))
+    real_forward = DenseModel.forward
+
+    def forward(self, batch):
+        out = real_forward(self, batch)
+        if not torch.is_grad_enabled():  # scoring the dev set (and the parity check)
+            seen.append(("dev", out.dtype))
+        return out
+
+    monkeypatch.setattr(DenseModel, "forward", forward)
+    for precision, want in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        seen.clear()
+        train(config("child-d", precision=precision, epochs=1), bert, sentiment, sentiment, "accuracy",
+              progress=False, log_fn=lambda s: None)
+        assert {w for w, _ in seen} == {"step", "fisher", "dev"}
+        assert {d for w, d in seen if w in ("step", "fisher")} == {want}, precision
+        assert {d for w, d in seen if w == "dev"} == {torch.float32}
+
+
+def test_precision_auto_is_bf16_where_native() -> None:
+    from trainer.config import cpu_has_bf16
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert TrainConfig(method="full").precision == "auto"
+    assert TrainConfig(method="full").autocast_dtype(cpu) == (torch.bfloat16 if cpu_has_bf16() else None)
+    assert TrainConfig(method="full").autocast_dtype(cuda) == torch.bfloat16
+    assert TrainConfig(method="full", precision="fp32").autocast_dtype(cuda) is None
+    assert TrainConfig(method="full", precision="bf16").autocast_dtype(cpu) == torch.bfloat16
+    with pytest.raises(TrainConfigError, match="precision must be one of"):
+        TrainConfig(method="full", precision="fp16")

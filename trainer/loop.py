@@ -91,11 +91,11 @@ def loss_fn(logits: Tensor, targets: Tensor, regression: bool) -> Tensor:
     return F.cross_entropy(logits.float(), targets)
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
-    """bf16 autocast on CUDA; fp32 on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[object]:
+    """Autocast to ``dtype`` on ``device`` (None: fp32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 @dataclasses.dataclass
@@ -110,6 +110,7 @@ class FitSettings:
     progress: bool = True
     desc: str = "train"
     max_grad_norm: float = 1.0
+    amp: torch.dtype | None = None  # autocast dtype of the training forward passes (None: fp32)
 
 
 @dataclasses.dataclass
@@ -162,7 +163,7 @@ def fit(model: Trainable, train: Encoded, s: FitSettings, pad_id: int, device: t
         t0 = time.perf_counter()
         for r in bar:
             batch = collate(train, r, pad_id, device)
-            loss = _step(model, batch, train.regression, opt, params, s.max_grad_norm, device)
+            loss = _step(model, batch, train.regression, opt, params, s.max_grad_norm, device, s.amp)
             sched.step()
             stats.losses.append(loss)
             epoch_losses.append(loss)
@@ -180,8 +181,9 @@ def fit(model: Trainable, train: Encoded, s: FitSettings, pad_id: int, device: t
 
 
 def _step(model: Trainable, batch: Batch, regression: bool, opt: torch.optim.Optimizer,
-          params: list[torch.nn.Parameter], max_grad_norm: float, device: torch.device) -> float:
-    with autocast(device):
+          params: list[torch.nn.Parameter], max_grad_norm: float, device: torch.device,
+          amp: torch.dtype | None) -> float:
+    with autocast(device, amp):
         logits = model.forward(batch)
     loss = loss_fn(logits, batch.targets, regression)
     loss.backward()
@@ -196,13 +198,14 @@ def _step(model: Trainable, batch: Batch, regression: bool, opt: torch.optim.Opt
 @torch.no_grad()
 def predict(model: Trainable, data: Encoded, batch_size: int, pad_id: int, device: torch.device,
             fp32: bool = False) -> np.ndarray:
-    """(N, C) logits in the data's order."""
+    """(N, C) logits in the data's order: bf16 autocast on CUDA unless ``fp32``; fp32 on the
+    CPU, as the engine serves there."""
     model.set_training(False)
     order = sorted(range(len(data)), key=lambda i: len(data.ids[i]))
     out: list[Tensor] = []
     for s in range(0, len(order), batch_size):
         batch = collate(data, order[s:s + batch_size], pad_id, device)
-        with contextlib.nullcontext() if fp32 else autocast(device):
+        with autocast(device, None if fp32 or device.type != "cuda" else torch.bfloat16):
             out.append(model.forward(batch).float().cpu())
     logits = torch.cat(out)
     result = torch.empty_like(logits)

@@ -94,6 +94,7 @@ def train(cfg: TrainConfig, backbone: Backbone, train_data: Dataset, dev_data: D
         ctx = dataclasses.replace(ctx, total_steps=steps)
     model = _build(cfg, ctx, head_tensors)
     training["dropout_in_training"] = bool(getattr(model, "dropout", cfg.dropout))
+    training["precision"] = "bf16 autocast" if cfg.autocast_dtype(ctx.device) is not None else "fp32"
     stats, history = _fit_and_select(cfg, model, ctx, steps, scale, log_fn)
     training.update(steps=len(stats.losses), dev_history=history, train_seconds=round(stats.seconds, 2),
                     train_tokens=stats.tokens, tokens_per_s=round(stats.tokens_per_s, 1),
@@ -141,7 +142,7 @@ def _fit_and_select(cfg: TrainConfig, model: Trainable, ctx: Context, steps: int
         if cfg.select == "best" and (not best or m[ctx.metric] > best["value"]):
             best.update(value=m[ctx.metric], epoch=epoch, state=model.state())
 
-    stats = fit(model, ctx.train, _settings(cfg, steps, cfg.learning_rate, cfg.method, ctx.progress),
+    stats = fit(model, ctx.train, _settings(cfg, ctx, steps, cfg.learning_rate, cfg.method),
                 ctx.pad_id, ctx.device, on_epoch)
     if cfg.select == "best" and best and best["epoch"] != history[-1]["epoch"]:
         model.restore(best["state"])
@@ -155,9 +156,10 @@ def _fmt(m: dict[str, float], metric: str) -> str:
     return ", ".join(f"{k} {v:.4f}" + ("*" if k == metric else "") for k, v in m.items())
 
 
-def _settings(cfg: TrainConfig, steps: int, lr: float, desc: str, progress: bool = True) -> FitSettings:
+def _settings(cfg: TrainConfig, ctx: Context, steps: int, lr: float, desc: str) -> FitSettings:
     return FitSettings(steps=steps, lr=lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
-                       warmup=cfg.warmup_frac, seed=cfg.seed, pool=cfg.pool, progress=progress, desc=desc)
+                       warmup=cfg.warmup_frac, seed=cfg.seed, pool=cfg.pool, progress=ctx.progress,
+                       desc=desc, amp=cfg.autocast_dtype(ctx.device))
 
 
 def evaluate(model: Trainable, ctx: Context, scale: RegressionScale | None = None) -> dict[str, float]:
@@ -187,6 +189,7 @@ def _head_stage(cfg: TrainConfig, ctx: Context, steps: int, scale: RegressionSca
     pet_cfg = dataclasses.replace(cfg, method=pet, lr=cfg.head_init_lr, head_init=None,
                                   warmup=cfg.warmup_frac)
     key = (pet_cfg.method, pet_cfg.lr, pet_cfg.seed, steps, pet_cfg.warmup_frac, pet_cfg.dropout,
+           pet_cfg.precision,
            len(ctx.train), ctx.head, id(ctx.backbone), tuple(ctx.train.targets[:50]))
     if cache is not None and key in cache:
         return cache[key]
@@ -195,7 +198,7 @@ def _head_stage(cfg: TrainConfig, ctx: Context, steps: int, scale: RegressionSca
     model: Trainable = (LoraModel(ctx.backbone, pet_cfg, ctx.head, targets=LORA_QKVO) if pet == "lora"
                         else PetModel(ctx.backbone, pet_cfg, ctx.head))
     t0 = time.perf_counter()
-    fit(model, ctx.train, _settings(pet_cfg, steps, pet_cfg.learning_rate, f"EH-FT {pet}", ctx.progress),
+    fit(model, ctx.train, _settings(pet_cfg, ctx, steps, pet_cfg.learning_rate, f"EH-FT {pet}"),
         ctx.pad_id, ctx.device)
     m = evaluate(model, ctx, scale)
     log_fn("[EH-FT stage 1] dev " + _fmt(m, ctx.metric))

@@ -12,7 +12,7 @@ import math
 
 from trainer.config import TrainConfig
 from trainer.context import Context
-from trainer.loop import batches, loss_fn
+from trainer.loop import autocast, batches, loss_fn
 from trainer.masks import ChildDMask, fisher
 from trainer.models import Batch, DenseModel, Trainable
 
@@ -30,9 +30,13 @@ def build(cfg: TrainConfig, ctx: Context) -> Trainable:
     data = batches(ctx.train, cfg.batch_size, ctx.pad_id, ctx.device, shuffle_seed=cfg.seed + 7)
     model.set_training(True)  # the official pass runs in train mode (dropout on)
 
+    amp = cfg.autocast_dtype(ctx.device)  # the Fisher pass runs as training does
+
     def loss_of(batch: object) -> object:
         assert isinstance(batch, Batch)
-        return loss_fn(model.forward(batch), batch.targets, ctx.train.regression)
+        with autocast(ctx.device, amp):
+            logits = model.forward(batch)
+        return loss_fn(logits, batch.targets, ctx.train.regression)
 
     limited = (b for i, b in enumerate(data) if i < rows)
     info = fisher({k: model.params[k] for k in names}, limited, loss_of, MAX_GRAD_NORM)  # type: ignore[arg-type]
