@@ -38,6 +38,10 @@ Plans, in the order the study runs them (the whole-model claims first):
   guidance      seed 0: prefix, lora, bitfit at their pilots' lr; EH-FT with BitFit
   structure     seed 0, RTE and MRPC: child-d and dps, servable at density 0.01, single
                 weights against whole input columns (--mask-structure columns)
+--precision bf16 (the default) trains under bf16 autocast, as `polyhead train` does on CPUs
+with native bf16; --precision fp32 is the study as first run. Each precision is a study of
+its own (its pilots choose its lrs; its floors gate its claims); --table-only prints the
+tables of --precision and a table of every run made in both (bf16 - fp32, and speed).
 With --workers N, N processes (each --threads threads) share the results file; each run is
 claimed by a lock file in <results>.running/ so no two take the same one.
 Whole train and dev sets, max length 128, batch 16, --select last (the study reports the
@@ -92,6 +96,7 @@ class Run:
     structure: str = "entries"  # servable sparse masks: single weights or whole columns
     pooler: str | None = None  # servable dense methods: None (trained with the head) or "frozen"
     diag: bool = False  # a diagnostic run, outside the protocol (kept out of the tables)
+    precision: str = "fp32"  # training forwards: fp32, or bf16 autocast (weights stay fp32)
 
     @property
     def name(self) -> str:
@@ -104,7 +109,8 @@ class Run:
     @property
     def key(self) -> str:
         return (f"{self.task}|{self.name}|{self.recipe}|lr={self.lr:g}|ep={self.epochs:g}|"
-                f"seed={self.seed}|n={self.max_train}")
+                f"seed={self.seed}|n={self.max_train}" + ("" if self.precision == "fp32" else
+                                                          f"|{self.precision}"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -118,6 +124,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pilot-lrs", default="2e-5,5e-5,1e-4", help="full's pilot learning rates")
     p.add_argument("--frozen-epochs", type=float, default=10.0,
                    help="epochs of the frozen-backbone methods (pasta, prefix, lora, bitfit)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
+                   help="the study's training precision (bf16: autocast, the trainer's default on this "
+                        "CPU); each precision is a study of its own: plans, tables and floors use only "
+                        "its runs, and the report compares the two on the runs both made")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--limit", type=int, help="stop after this many new runs")
     p.add_argument("--workers", type=int, default=1,
@@ -137,9 +147,14 @@ class PlanRefused(Exception):
     """A plan whose preconditions (a finished pilot, the floors) are not met yet."""
 
 
-def load_results(path: Path, diag: bool = False) -> list[dict[str, Any]]:
-    """The study's records (``diag``: the diagnostic runs instead). Records written before
-    the ``plan`` field came from the full pilot."""
+def precision_of(r: dict[str, Any]) -> str:
+    """A record's training precision (records before the field trained in fp32)."""
+    return str(r.get("config", {}).get("precision", "fp32"))
+
+
+def load_results(path: Path, diag: bool = False, precision: str | None = None) -> list[dict[str, Any]]:
+    """The study's records (``diag``: the diagnostic runs instead), of one ``precision``
+    (None: all). Records written before the ``plan`` field came from the full pilot."""
     if not path.is_file():
         return []
     out = []
@@ -147,7 +162,7 @@ def load_results(path: Path, diag: bool = False) -> list[dict[str, Any]]:
         if line.strip():
             r = json.loads(line)
             r.setdefault("plan", "pilot-full" if r["pilot"] else "claims")
-            if (r["plan"] == "diag") == diag:
+            if (r["plan"] == "diag") == diag and precision in (None, precision_of(r)):
                 out.append(r)
     return out
 
@@ -182,7 +197,8 @@ def floor_gate(name: str, args: argparse.Namespace, results: list[dict[str, Any]
     missed = missed_floors(results, lr)
     accepted = set(getattr(args, "accept_missed_floor", []) or [])
     if diag is None:
-        diag = load_results(args.results, diag=True) if getattr(args, "results", None) else []
+        diag = (load_results(args.results, diag=True, precision=getattr(args, "precision", "fp32"))
+                if getattr(args, "results", None) else [])
     refused = [t for t in missed if t not in accepted]
     if refused:
         raise PlanRefused(f"full's mean of seeds at lr {lr:g} misses the floor on {', '.join(refused)}; "
@@ -201,6 +217,12 @@ def _rows(task: str) -> int | None:
 
 
 def plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) -> list[Run]:
+    """Plan ``name``'s runs, given ``results`` of the study's precision."""
+    precision = getattr(args, "precision", "fp32")
+    return [dataclasses.replace(r, precision=precision) for r in _plan(name, args, results)]
+
+
+def _plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) -> list[Run]:
     fe = args.frozen_epochs
     if name == "pilot-full":
         lrs = [float(x) for x in args.pilot_lrs.split(",")]
@@ -296,7 +318,7 @@ def run_one(args: argparse.Namespace, run: Run, backbone: Any, cache: dict[Any, 
     cfg = TrainConfig(method=run.method, recipe=run.recipe, lr=run.lr, epochs=run.epochs,
                       batch_size=16, max_length=128, seed=run.seed, max_train=run.max_train,
                       density=run.density, head_init=run.head_init, select="last", device="cpu",
-                      mask_structure=run.structure, pooler=run.pooler)
+                      mask_structure=run.structure, pooler=run.pooler, precision=run.precision)
     mach = machine()
     t0 = time.time()
     res = train(cfg, backbone, tr, dv, metric, progress=False, head_cache=cache, export=False,
@@ -374,7 +396,7 @@ def execute(args: argparse.Namespace) -> None:
     done_new = 0
     for name in args.plan:
         try:
-            results = load_results(args.results)
+            results = load_results(args.results, precision=args.precision)
             runs = plan(name, args, results)
             lr = pilot_best(results, "full")
             accepted = floor_gate(name, args, results, lr) if name in GATED and lr is not None else []
@@ -731,8 +753,36 @@ def main(argv: list[str] | None = None) -> int:
             print("bench.accuracy: error: give --plan (or --table-only)", file=sys.stderr)
             return 2
         execute(args)
-    print(report(load_results(args.results), load_results(args.results, diag=True)))
+    p = args.precision
+    print(f"Precision: {p}" + (" (bf16 autocast in training)" if p == "bf16" else "") + "\n")
+    print(report(load_results(args.results, precision=p), load_results(args.results, diag=True, precision=p)))
+    both = load_results(args.results) + load_results(args.results, diag=True)
+    if len({precision_of(r) for r in both}) > 1:
+        print("\nbf16 autocast against fp32: the same run (task, method, lr, epochs, seed) in both "
+              "precisions; dev metric x100, mean [95 % t-interval] of bf16 - fp32\n")
+        print(precision_table(both))
     return 0
+
+
+def precision_table(results: list[dict[str, Any]]) -> str:
+    """Each run made in both precisions: bf16 - fp32 per (task, row), and the training speed."""
+    fp32 = {r["key"]: r for r in results if precision_of(r) == "fp32"}
+    pairs: dict[tuple[str, str], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for r in results:
+        base = r["key"].removesuffix("|bf16")
+        if precision_of(r) == "bf16" and base in fp32:
+            name = r["name"] + (" (10 epochs, diag)" if r.get("plan") == "diag" else "")
+            pairs.setdefault((r["task"], name), []).append((fp32[base], r))
+    rows = ["| task | method | runs | fp32 | bf16 | bf16 − fp32 | tokens/s fp32 → bf16 |",
+            "|---|---|---|---|---|---|---|"]
+    for (t, name), ps in sorted(pairs.items()):
+        a, b = [x["value"] for x, _ in ps], [y["value"] for _, y in ps]
+        ta = statistics.mean(x["tokens_per_s"] for x, _ in ps)
+        tb = statistics.mean(y["tokens_per_s"] for _, y in ps)
+        diff = _diff_cell([y - x for x, y in zip(a, b, strict=True)])
+        rows.append(f"| {TASKS[t]} | {name} | {len(ps)} | {statistics.mean(a):.1f} | "
+                    f"{statistics.mean(b):.1f} | {diff} | {ta:.0f} → {tb:.0f} ({tb / ta:.2f}x) |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from bench import accuracy
 
 
@@ -112,9 +114,10 @@ def test_the_trainers_defaults_are_the_committed_studys_choices():
     choose (a pilot that completes later makes no default by itself: see --help)."""
     from pathlib import Path
 
-    from trainer.table import METHODS
+    from trainer.table import METHODS, STUDY_PRECISION
 
-    results = accuracy.load_results(Path(__file__).parent.parent / "bench/results/accuracy.jsonl")
+    results = accuracy.load_results(Path(__file__).parent.parent / "bench/results/accuracy.jsonl",
+                                    precision=STUDY_PRECISION)
     chooser = {("paper", m): "full" for m in accuracy.DENSE}
     chooser |= {("servable", m): accuracy.SERVABLE_PILOT for m in ("child-d", "child-f", "dps")}
     chooser |= {(r, m): m for m in accuracy.FROZEN_LRS for r in ("servable", "paper")}
@@ -209,11 +212,12 @@ def test_polyhead_train_with_its_defaults_trains_the_studys_runs():
     from pathlib import Path
 
     from trainer.cli import _config, register
-    from trainer.table import METHODS
+    from trainer.table import METHODS, STUDY_PRECISION
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    results = accuracy.load_results(Path(__file__).parent.parent / "bench/results/accuracy.jsonl")
+    results = accuracy.load_results(Path(__file__).parent.parent / "bench/results/accuracy.jsonl",
+                                    precision=STUDY_PRECISION)
     checked = 0
     for r in accuracy.claim_runs(results):
         c = r["config"]
@@ -226,7 +230,8 @@ def test_polyhead_train_with_its_defaults_trains_the_studys_runs():
         if c["head_init"]:
             argv += ["--head-init", c["head_init"]]
         got = _config(parser.parse_args(argv)).to_dict()
-        keep = {k for k in c if k in got and k not in ("seed", "max_train", "device") and all(
+        # (precision: the CLI's "auto" resolves by machine; the study names its own)
+        keep = {k for k in c if k in got and k not in ("seed", "max_train", "device", "precision") and all(
             not k.startswith(p) or c["method"] == m or (m == "eh-ft" and c["head_init"])
             for p, m in KNOBS.items())}  # another method's knobs do nothing here
         assert {k: got[k] for k in keep} == {k: c[k] for k in keep}, r["key"]
@@ -244,3 +249,30 @@ def test_the_seed_table_shows_each_runs_dev_and_last_train_loss():
     assert lines[0] == "| method | seed 0: dev (last train loss) | seed 2: dev (last train loss) |"
     assert lines[2:] == ["| full | 59.6 (0.37) | 52.7 (0.69) |", "| dps | 57.4 (0.22) | — |"]
     assert "where full misses its floor" in accuracy.report(results)
+
+
+def test_each_precision_is_a_study_of_its_own(tmp_path):
+    """bf16 runs have keys of their own (an fp32 run never stands in for one), plans see only
+    their precision's results, and the report pairs the two precisions run by run."""
+    import argparse
+
+    path = tmp_path / "acc.jsonl"
+    args = argparse.Namespace(frozen_epochs=10.0, pilot_lrs="1e-4,2e-5", results=path, precision="bf16")
+    fp32 = [_rec(t, "full", lr, v, True) for t in ("rte", "mrpc") for lr, v in ((1e-4, 60.0), (2e-5, 50.0))]
+    for r in fp32:
+        accuracy._append(path, {**r, "key": accuracy.Run(r["task"], "full", lr=r["config"]["lr"]).key,
+                                "plan": "pilot-full", "tokens_per_s": 500.0})
+    runs = accuracy.plan("pilot-full", args, accuracy.load_results(path, precision="bf16"))
+    assert {r.precision for r in runs} == {"bf16"} and all(r.key.endswith("|bf16") for r in runs)
+    assert not {r.key for r in runs} & {r["key"] for r in accuracy.load_results(path)}
+    with pytest.raises(accuracy.PlanRefused, match="full pilot first"):  # fp32's pilot is not bf16's
+        accuracy.plan("claims-full", args, accuracy.load_results(path, precision="bf16"))
+    for run, v in zip(runs, (59.0, 52.0, 61.0, 49.0), strict=True):
+        bf16 = {"lr": run.lr, "epochs": 3, "precision": "bf16"}
+        accuracy._append(path, {**_rec(run.task, "full", run.lr, v, True), "key": run.key,
+                                "plan": "pilot-full", "config": bf16, "tokens_per_s": 1000.0})
+    assert len(accuracy.load_results(path, precision="bf16")) == 4
+    assert len(accuracy.load_results(path, precision="fp32")) == 4 and len(accuracy.load_results(path)) == 8
+    table = accuracy.precision_table(accuracy.load_results(path)).splitlines()
+    assert table[2:] == ["| MRPC | full | 2 | 55.0 | 55.0 | +0.0 [-12.7, +12.7] | 500 → 1000 (2.00x) |",
+                         "| RTE | full | 2 | 55.0 | 55.5 | +0.5 [-18.6, +19.6] | 500 → 1000 (2.00x) |"]

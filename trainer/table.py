@@ -23,6 +23,12 @@ if TYPE_CHECKING:
     from trainer.models import Trainable
 
 
+# The precision of the study runs the evidence below names (bench/accuracy.py --precision):
+# fp32 so far; the study reruns in bf16 autocast, the trainer's default on CPUs with native
+# bf16, and the defaults move to its choices when its pilots are in.
+STUDY_PRECISION = "fp32"
+
+
 @dataclasses.dataclass(frozen=True)
 class Defaults:
     lr: float
