@@ -213,6 +213,10 @@ def run(args: argparse.Namespace) -> int:
     from methods.config import ConfigError
 
     logging.basicConfig(level=logging.WARNING)
+    if args.quiet:  # transformers' own "Loading weights" bars too
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         from trainer.output import Targets
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import copy
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -236,12 +237,21 @@ class LoraModel(Trainable):
         self.spec = backbone.spec
         torch.manual_seed(cfg.seed)  # the classifier's init
         drop = {} if cfg.dropout else {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-        base = AutoModelForSequenceClassification.from_pretrained(
-            backbone.path, num_labels=head.num_outputs, local_files_only=True, **drop)
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # not its report that the classifier is new: it is meant to be
+        try:
+            base = AutoModelForSequenceClassification.from_pretrained(
+                backbone.path, num_labels=head.num_outputs, local_files_only=True, **drop)
+        finally:
+            hf_logging.set_verbosity(level)
         self.peft_config = peft.LoraConfig(
             r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.05 if cfg.dropout else 0.0,
             target_modules=targets or LORA_QV, modules_to_save=["classifier"], task_type="SEQ_CLS")
-        self.module = peft.get_peft_model(base, self.peft_config).to(backbone.device)
+        with warnings.catch_warnings():  # peft calls a transformers method deprecated for v6
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            self.module = peft.get_peft_model(base, self.peft_config).to(backbone.device)
 
     def forward(self, batch: Batch) -> Tensor:
         return self.module(input_ids=batch.ids, attention_mask=batch.mask,
