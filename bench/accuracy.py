@@ -345,28 +345,64 @@ def run_one(args: argparse.Namespace, run: Run, backbone: Any, cache: dict[Any, 
     return out
 
 
-def _claim(results: Path, key: str) -> Path | None:
-    """Take ``key`` for this process (a lock file beside the results, holding our pid);
-    None when a live process holds it. A dead holder's claim is taken over."""
-    folder = results.with_name(results.name + ".running")
+# Plans whose runs depend on the results of others (a pilot's choice, full's floors): a
+# worker reaching one waits while another worker still trains a run of those.
+DEPENDS = {"claims-full": ("pilot-full",), "diag": ("pilot-full", "claims-full"),
+           "claims": ("pilot-full", "claims-full", "diag"),
+           "claims-pasta": ("pilot-full", "claims-full", "diag", "pilot-pasta"),
+           "guidance": ("pilot-full", "claims-full", "diag", "pilot-frozen"),
+           "servable": ("pilot-servable",), "structure": ("pilot-servable",)}
+
+
+def _running(results: Path) -> Path:
+    return results.with_name(results.name + ".running")
+
+
+def _holder(lock: Path) -> tuple[int, str] | None:
+    """(pid, plan) of a claim whose holder is alive; None for a dead or vanished one."""
+    try:
+        pid, _, plan = lock.read_text().partition(" ")
+        os.kill(int(pid or 0), 0)
+        return int(pid), plan
+    except (ProcessLookupError, ValueError, FileNotFoundError):
+        return None
+
+
+def _claim(results: Path, key: str, plan: str = "") -> Path | None:
+    """Take ``key`` for this process (a lock file beside the results, holding our pid and
+    the plan); None when a live process holds it. A dead holder's claim is taken over."""
+    folder = _running(results)
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".pid")
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            try:
-                os.kill(int(lock.read_text() or 0), 0)
+            if _holder(lock) is not None:
                 return None  # a live process trains it
-            except (ProcessLookupError, ValueError):
-                lock.unlink(missing_ok=True)  # its holder died: take it over
-                continue
-            except FileNotFoundError:
-                continue
-        os.write(fd, str(os.getpid()).encode())
+            lock.unlink(missing_ok=True)  # its holder died: take it over
+            continue
+        os.write(fd, f"{os.getpid()} {plan}".encode())
         os.close(fd)
         return lock
     return None
+
+
+def busy_plans(results: Path) -> set[str]:
+    """The plans of the runs other live processes are training now."""
+    folder = _running(results)
+    held = (_holder(lock) for lock in folder.glob("*.pid")) if folder.is_dir() else ()
+    return {h[1] for h in held if h is not None and h[0] != os.getpid()}
+
+
+def _wait_for(name: str, results: Path, poll: float = 20.0) -> None:
+    """Block while another worker trains a run plan ``name`` depends on."""
+    said = False
+    while busy := busy_plans(results) & set(DEPENDS.get(name, ())):
+        if not said:
+            print(f"== plan {name!r} waits for the runs of {', '.join(sorted(busy))} in flight", flush=True)
+            said = True
+        time.sleep(poll)
 
 
 def _append(results: Path, rec: dict[str, Any]) -> None:
@@ -395,6 +431,7 @@ def execute(args: argparse.Namespace) -> None:
     caches: dict[str, dict[Any, Any]] = {}
     done_new = 0
     for name in args.plan:
+        _wait_for(name, args.results)
         try:
             results = load_results(args.results, precision=args.precision)
             runs = plan(name, args, results)
@@ -410,7 +447,7 @@ def execute(args: argparse.Namespace) -> None:
             done = load_results(args.results) + load_results(args.results, diag=True)
             if any(r["key"] == run.key for r in done):
                 continue
-            lock = _claim(args.results, run.key)
+            lock = _claim(args.results, run.key, name)
             if lock is None:
                 continue  # another worker trains it
             try:

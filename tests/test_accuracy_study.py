@@ -13,7 +13,7 @@ from bench import accuracy
 def test_claim_is_exclusive_and_released(tmp_path):
     results = tmp_path / "acc.jsonl"
     lock = accuracy._claim(results, "rte|full|paper|lr=0.0001")
-    assert lock is not None and lock.read_text() == str(os.getpid())
+    assert lock is not None and lock.read_text() == f"{os.getpid()} "
     assert accuracy._claim(results, "rte|full|paper|lr=0.0001") is None  # we hold it, alive
     assert accuracy._claim(results, "mrpc|full|paper|lr=0.0001") is not None  # another run
     lock.unlink()
@@ -27,7 +27,7 @@ def test_dead_holders_claim_is_taken_over(tmp_path):
     lock = accuracy._claim(results, "k")
     lock.write_text(dead)  # as if a worker that has exited held it
     again = accuracy._claim(results, "k")
-    assert again is not None and again.read_text() == str(os.getpid())
+    assert again is not None and again.read_text() == f"{os.getpid()} "
 
 
 def test_append_writes_whole_lines(tmp_path):
@@ -276,3 +276,35 @@ def test_each_precision_is_a_study_of_its_own(tmp_path):
     table = accuracy.precision_table(accuracy.load_results(path)).splitlines()
     assert table[2:] == ["| MRPC | full | 2 | 55.0 | 55.0 | +0.0 [-12.7, +12.7] | 500 → 1000 (2.00x) |",
                          "| RTE | full | 2 | 55.0 | 55.5 | +0.5 [-18.6, +19.6] | 500 → 1000 (2.00x) |"]
+
+
+def test_a_plan_waits_for_the_runs_it_depends_on_in_another_worker(tmp_path):
+    """A worker that reaches claims-full while another still trains a pilot run waits for
+    it (the pilot's choice is not made yet); runs of unrelated plans do not hold it."""
+    import threading
+
+    results = tmp_path / "acc.jsonl"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        folder = accuracy._running(results)
+        folder.mkdir(parents=True)
+        lock = folder / "a.pid"
+        lock.write_text(f"{other.pid} pilot-full")
+        (folder / "b.pid").write_text(f"{other.pid} pilot-frozen")
+        assert accuracy.busy_plans(results) == {"pilot-full", "pilot-frozen"}
+        accuracy._wait_for("servable", results, poll=0.01)  # depends on neither: no wait
+        done = threading.Event()
+        def wait() -> None:
+            accuracy._wait_for("claims-full", results, poll=0.01)
+            done.set()
+
+        t = threading.Thread(target=wait)
+        t.start()
+        assert not done.wait(0.3)  # held by the pilot run in flight
+        lock.unlink()  # the pilot run finished
+        assert done.wait(10)
+        t.join()
+    finally:
+        other.kill()
+        other.wait()
+    assert accuracy.busy_plans(results) == set()  # its holder is dead now
