@@ -631,12 +631,12 @@ def _verdict(diffs: list[float], name: str, bar: float) -> str:
     return f"{verdict}; {name} - full = {ci[0]:+.2f} [{ci[1]:+.2f}, {ci[2]:+.2f}]"
 
 
-def _diff_cell(d: list[float]) -> str:
+def _diff_cell(d: list[float], unit: str = "seed") -> str:
     if not d:
         return "—"
     ci = t_interval(d)
     if ci is None:
-        return f"{d[0]:+.1f} (1 seed)"
+        return f"{d[0]:+.1f} (1 {unit})"
     return f"{ci[0]:+.1f} [{ci[1]:+.1f}, {ci[2]:+.1f}]"
 
 
@@ -796,7 +796,9 @@ def main(argv: list[str] | None = None) -> int:
     both = load_results(args.results) + load_results(args.results, diag=True)
     if len({precision_of(r) for r in both}) > 1:
         print("\nbf16 autocast against fp32: the same run (task, method, lr, epochs, seed) in both "
-              "precisions; dev metric x100, mean [95 % t-interval] of bf16 - fp32\n")
+              "precisions; dev metric x100, mean [95 % t-interval] of bf16 - fp32 over the runs (a "
+              "pilot's lrs are runs too). tokens/s as each run measured it, under its day's load: "
+              "bench.train_speed measures the ratio in one run\n")
         print(precision_table(both))
     return 0
 
@@ -816,7 +818,7 @@ def precision_table(results: list[dict[str, Any]]) -> str:
         a, b = [x["value"] for x, _ in ps], [y["value"] for _, y in ps]
         ta = statistics.mean(x["tokens_per_s"] for x, _ in ps)
         tb = statistics.mean(y["tokens_per_s"] for _, y in ps)
-        diff = _diff_cell([y - x for x, y in zip(a, b, strict=True)])
+        diff = _diff_cell([y - x for x, y in zip(a, b, strict=True)], unit="run")
         rows.append(f"| {TASKS[t]} | {name} | {len(ps)} | {statistics.mean(a):.1f} | "
                     f"{statistics.mean(b):.1f} | {diff} | {ta:.0f} → {tb:.0f} ({tb / ta:.2f}x) |")
     return "\n".join(rows)
