@@ -190,15 +190,13 @@ def missed_floors(results: list[dict[str, Any]], lr: float) -> list[str]:
     return out
 
 
-def floor_gate(name: str, args: argparse.Namespace, results: list[dict[str, Any]], lr: float,
-               diag: list[dict[str, Any]] | None = None) -> list[str]:
+def floor_gate(name: str, args: argparse.Namespace, results: list[dict[str, Any]], lr: float) -> list[str]:
     """The missed floors plan ``name`` runs with (each accepted by --accept-missed-floor,
     with plan diag's runs on it done); PlanRefused for any other missed floor."""
     missed = missed_floors(results, lr)
     accepted = set(getattr(args, "accept_missed_floor", []) or [])
-    if diag is None:
-        diag = (load_results(args.results, diag=True, precision=getattr(args, "precision", "fp32"))
-                if getattr(args, "results", None) else [])
+    diag = (load_results(args.results, diag=True, precision=getattr(args, "precision", "fp32"))
+            if missed and getattr(args, "results", None) else [])
     refused = [t for t in missed if t not in accepted]
     if refused:
         raise PlanRefused(f"full's mean of seeds at lr {lr:g} misses the floor on {', '.join(refused)}; "
@@ -434,12 +432,12 @@ def execute(args: argparse.Namespace) -> None:
         _wait_for(name, args.results)
         try:
             results = load_results(args.results, precision=args.precision)
-            runs = plan(name, args, results)
-            lr = pilot_best(results, "full")
-            accepted = floor_gate(name, args, results, lr) if name in GATED and lr is not None else []
+            runs = plan(name, args, results)  # a gated plan refuses any floor missed and not accepted
         except PlanRefused as e:
             print(f"== plan {name!r} skipped: {e}", flush=True)
             continue
+        lr = pilot_best(results, "full")
+        accepted = missed_floors(results, lr) if name in GATED and lr is not None else []
         if accepted:
             print(f"== plan {name!r} runs with full under its floor on {', '.join(accepted)} "
                   f"(--accept-missed-floor)", flush=True)
@@ -458,7 +456,7 @@ def execute(args: argparse.Namespace) -> None:
                 rec = run_one(args, run, backbone, caches.setdefault(run.task, {}))
                 rec["pilot"] = name.startswith("pilot")
                 rec["plan"] = "diag" if run.diag else ("claims" if name in ("diag", "claims-full") else name)
-                if name in GATED and accepted:
+                if accepted:
                     rec["accepted_missed_floors"] = accepted
                 _append(args.results, rec)
             finally:
@@ -791,9 +789,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         execute(args)
     p = args.precision
+    runs, diag = load_results(args.results), load_results(args.results, diag=True)
     print(f"Precision: {p}" + (" (bf16 autocast in training)" if p == "bf16" else "") + "\n")
-    print(report(load_results(args.results, precision=p), load_results(args.results, diag=True, precision=p)))
-    both = load_results(args.results) + load_results(args.results, diag=True)
+    print(report([r for r in runs if precision_of(r) == p], [r for r in diag if precision_of(r) == p]))
+    both = runs + diag
     if len({precision_of(r) for r in both}) > 1:
         print("\nbf16 autocast against fp32: the same run (task, method, lr, epochs, seed) in both "
               "precisions; dev metric x100, mean [95 % t-interval] of bf16 - fp32 over the runs (a "
