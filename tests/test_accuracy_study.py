@@ -199,6 +199,25 @@ def test_claims_are_also_answered_over_the_tasks_whose_floor_full_meets():
     assert not any("over the tasks" in line for line in accuracy.claims_lines(results).splitlines())
 
 
+def test_a_claim_says_whether_the_papers_size_of_gain_is_ruled_out():
+    """Against its reference over seeds; the paper's reported gain is placed against the
+    interval, and DPS is compared with child-d too."""
+    full = {"rte": (58, 59, 60), "mrpc": (86, 85, 87), "stsb": (86, 86, 87), "cola": (25, 24, 26)}
+    results = [_rec(t, "full", 1e-4, v, s == 0 and t in ("rte", "mrpc"), seed=s)
+               for t, vs in full.items() for s, v in enumerate(vs)]
+    results += [_rec(t, "full", 2e-5, 10.0, True) for t in ("rte", "mrpc")]
+    for name, gain in (("child-d", 0.5), ("dps", 3.0)):  # child-d: +0.5, well under the paper's +1.5
+        results += [_rec(t, name, 1e-4, v + gain + 0.1 * (s - 1), False, seed=s)
+                    for t, vs in full.items() for s, v in enumerate(vs)]
+    lines = accuracy.claims_lines(results).splitlines()
+    child_d = next(line for line in lines if line.startswith("child-d >= full"))
+    assert child_d.startswith("child-d >= full (4-task average): yes; child-d - full = +0.50")
+    assert "the paper's +1.5" in child_d and "above the interval: a gain that large is ruled out" in child_d
+    dps = next(line for line in lines if line.startswith("dps >= child-d"))
+    assert "yes; dps - child-d = +2.50" in dps
+    assert "not enough seeds yet" in next(line for line in lines if line.startswith("EH-FT"))
+
+
 KNOBS = {"child_f_": "child-f", "child_d_": "child-d", "fisher_": "child-d", "dps_": "dps",
          "num_prefix": "prefix", "lora_": "lora", "head_init_": "eh-ft"}
 
