@@ -114,15 +114,16 @@ def test_the_trainers_defaults_are_the_committed_studys_choices():
     choose (a pilot that completes later makes no default by itself: see --help)."""
     from pathlib import Path
 
-    from trainer.table import METHODS, STUDY_PRECISION
+    from trainer.table import METHODS
 
-    results = accuracy.load_results(Path(__file__).parent.parent / "bench/results/accuracy.jsonl",
-                                    precision=STUDY_PRECISION)
+    path = Path(__file__).parent.parent / "bench/results/accuracy.jsonl"
+    results = {p: accuracy.load_results(path, precision=p) for p in ("fp32", "bf16")}
     chooser = {("paper", m): "full" for m in accuracy.DENSE}
     chooser |= {("servable", m): accuracy.SERVABLE_PILOT for m in ("child-d", "child-f", "dps")}
     chooser |= {(r, m): m for m in accuracy.FROZEN_LRS for r in ("servable", "paper")}
     for (recipe, m), pilot in chooser.items():
-        d, best = METHODS[m].defaults(recipe), accuracy.pilot_best(results, pilot)
+        d = METHODS[m].defaults(recipe)
+        best = accuracy.pilot_best(results[d.precision], pilot)
         if d.evidence:
             assert best is not None and d.lr == best, (m, recipe, d.lr, best)
 
@@ -231,16 +232,18 @@ def test_polyhead_train_with_its_defaults_trains_the_studys_runs():
     from pathlib import Path
 
     from trainer.cli import _config, register
-    from trainer.table import METHODS, STUDY_PRECISION
+    from trainer.table import METHODS
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    results = accuracy.load_results(Path(__file__).parent.parent / "bench/results/accuracy.jsonl",
-                                    precision=STUDY_PRECISION)
+    path = Path(__file__).parent.parent / "bench/results/accuracy.jsonl"
+    runs = [r for p in ("fp32", "bf16")
+            for r in accuracy.claim_runs(accuracy.load_results(path, precision=p))]
     checked = 0
-    for r in accuracy.claim_runs(results):
+    for r in runs:
         c = r["config"]
-        if not METHODS[c["method"]].defaults(c["recipe"]).evidence or c["density"] != 0.05:
+        d = METHODS[c["method"]].defaults(c["recipe"])
+        if not d.evidence or d.precision != accuracy.precision_of(r) or c["density"] != 0.05:
             continue
         if c.get("pooler") or c.get("mask_structure", "entries") != "entries":
             continue  # ablations, set by hand

@@ -76,7 +76,8 @@ def _mark(d: Defaults) -> str:
 
 
 def _evidence() -> set[str]:
-    return {d.evidence for m in METHODS.values() for d in (m.servable, m.paper) if d.evidence}
+    return {f"{d.evidence} ({d.precision} study)" for m in METHODS.values() for d in (m.servable, m.paper)
+            if d.evidence}
 
 
 PAPER_HINT = ("a --recipe paper artifact holds every changed weight of the model, embeddings "
