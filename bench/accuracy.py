@@ -786,7 +786,7 @@ def report(results: list[dict[str, Any]], diag: list[dict[str, Any]] | None = No
     if any(not r["pilot"] for r in results):
         parts += ["", "The papers' claims on this backbone (95 % t-interval over seeds):", "",
                   claims_lines(results)]
-    if any("@" in r["name"] for r in results):
+    if any("@" in r["name"] for r in claim_runs(results)):  # (not a pilot still choosing)
         parts += ["", "The servable recipe's cost against the paper recipe (same method, task, seed)",
                   "", servable_table(results)]
     if any(r["config"].get("mask_structure") == "columns" for r in results):

@@ -273,6 +273,22 @@ def test_the_seed_table_shows_each_runs_dev_and_last_train_loss():
     assert "where full misses its floor" in accuracy.report(results)
 
 
+def test_the_servable_cost_table_waits_for_the_servable_pilots_choice():
+    """No servable - paper table from a servable pilot still choosing its lr (an empty
+    table before); once it has chosen, its seed-0 run is compared with the paper run."""
+    results = [_rec(t, "full", 1e-4, 60.0, True) for t in ("rte", "mrpc")]
+    results += [_rec(t, "child-d", 1e-4, 61.0, False) for t in ("rte", "mrpc")]
+    servable = {"method": "child-d", "recipe": "servable"}
+    results.append({**_rec("rte", "child-d@0.05", 1e-3, 58.0, True), **servable})
+    for r in results:
+        r |= {"commit": "c0ffee", "seconds": 60.0, "tokens_per_s": 900.0, "metric": "accuracy",
+              "dev_history": []}
+    assert "servable recipe's cost" not in accuracy.report(results)
+    results.append({**results[-1], "task": "mrpc", "value": 59.0})
+    text = accuracy.report(results)
+    assert "servable recipe's cost" in text and "| child-d@0.05 | -3.0 (1 seed) | -2.0 (1 seed) |" in text
+
+
 def test_each_precision_is_a_study_of_its_own(tmp_path):
     """bf16 runs have keys of their own (an fp32 run never stands in for one), plans see only
     their precision's results, and the report pairs the two precisions run by run."""
