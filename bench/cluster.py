@@ -80,7 +80,10 @@ class LocalCluster:
     def __post_init__(self) -> None:
         # Ray's unix sockets live under the temp dir: keep its path short.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="phr-", dir="/tmp"))
-        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        # Every port handed to any node of this cluster (all on 127.0.0.1), worker ranges
+        # included: a port free now may be a worker's later, so none is chosen twice.
+        self._taken: set[int] = set()
+        self.gcs_port, self.dashboard_port = self.port(), self.port()
         self.env = {**self.env, MARKER: self.marker,
                     "RAY_ADDRESS": f"127.0.0.1:{self.gcs_port}"}
 
@@ -88,18 +91,24 @@ class LocalCluster:
     def dashboard(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
+    def port(self) -> int:
+        """A free port no component of this cluster has been given (for what runs on it, such
+        as Serve's proxies, too: a port inside a node's worker range may be a worker's later)."""
+        while (port := free_port()) in self._taken:
+            pass
+        self._taken.add(port)
+        return port
+
     def _ports(self) -> tuple[int, list[str]]:
-        """Free ports for one node's components, none inside its worker port range."""
-        lo = free_port()  # a small range of worker ports starting at a free one
-        hi = min(lo + 64, 65535)
-        taken = set(range(lo, hi + 1))
-
-        def pick() -> int:
-            while (port := free_port()) in taken:
-                pass
-            taken.add(port)
-            return port
-
+        """Free ports for one node's components; its worker port range (64 ports from a free
+        one) overlaps no port of the cluster's, and none is chosen inside it later."""
+        while True:
+            lo = free_port()
+            hi = min(lo + 64, 65535)
+            if self._taken.isdisjoint(range(lo, hi + 1)):
+                break
+        self._taken |= set(range(lo, hi + 1))
+        pick = self.port
         nm = pick()
         args = [f"--node-manager-port={nm}", f"--object-manager-port={pick()}",
                 f"--dashboard-agent-listen-port={pick()}", f"--dashboard-agent-grpc-port={pick()}",
@@ -112,7 +121,7 @@ class LocalCluster:
         args = ["--head", f"--port={self.gcs_port}", f"--temp-dir={self.temp_dir}",
                 "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                 f"--dashboard-port={self.dashboard_port}",
-                f"--ray-client-server-port={free_port()}", *ports]
+                f"--ray-client-server-port={self.port()}", *ports]
         return self._start("head", nm, args, resources)
 
     def add_node(self, name: str, resources: dict[str, float] | None = None) -> Node:
@@ -354,11 +363,11 @@ class Load:
 
 def one_run(work: Path, clients: int, task: str = "sentiment") -> dict[str, float]:
     token = uuid.uuid4().hex
-    grpc_port = free_port()
-    address = f"127.0.0.1:{grpc_port}"
     cfg = work / "serve_config.yaml"
-    cfg.write_text(yaml.safe_dump(serve_config(work / "store", grpc_port, free_port())))
     with local_cluster(work, cluster_env(token)) as cluster:
+        grpc_port = cluster.port()
+        address = f"127.0.0.1:{grpc_port}"
+        cfg.write_text(yaml.safe_dump(serve_config(work / "store", grpc_port, cluster.port())))
         cluster.start_head()
         worker = cluster.add_node("worker")
         client = PolyheadClient(address, token, retries=10, timeout_s=60.0)

@@ -23,7 +23,6 @@ from bench.cluster import (
     LocalCluster,
     Node,
     cluster_env,
-    free_port,
     local_cluster,
     replicas_answering,
     serve_config,
@@ -35,6 +34,23 @@ from store import encode_artifact, new_manifest
 
 pytestmark = pytest.mark.integration
 EXAMPLE = "sentiment"  # published by the shipped config's seed_examples into the empty store
+
+
+def test_no_port_of_the_cluster_falls_in_a_nodes_worker_port_range(tmp_path):
+    """Every port the cluster hands out (GCS, dashboard, Serve's, each node's components)
+    lies outside every node's worker range, and no port is given twice (a port free when
+    chosen may be a worker's later: Ray refuses to start on such a clash)."""
+    cluster = LocalCluster(tmp_path, {})
+    serve_ports = [cluster.port(), cluster.port()]
+    ranges, given = [], [cluster.gcs_port, cluster.dashboard_port, *serve_ports]
+    for _ in range(3):
+        _nm, args = cluster._ports()
+        opts = dict(a[2:].split("=") for a in args)
+        ranges.append(range(int(opts.pop("min-worker-port")), int(opts.pop("max-worker-port")) + 1))
+        given += [int(v) for v in opts.values()]
+    assert len(set(given)) == len(given)
+    assert not any(p in r for p in given for r in ranges)
+    assert all(a.isdisjoint(b) for i, a in enumerate(map(set, ranges)) for b in map(set, ranges[i + 1:]))
 
 
 @dataclass
@@ -51,10 +67,11 @@ class Deployed:
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     work = tmp_path_factory.mktemp("cluster")
-    token, grpc_port = uuid.uuid4().hex, free_port()
+    token = uuid.uuid4().hex
     config = work / "serve_config.yaml"
-    config.write_text(yaml.safe_dump(serve_config(work / "store", grpc_port, free_port())))
     with local_cluster(work, cluster_env(token)) as cluster:
+        grpc_port = cluster.port()  # (none inside a node's worker port range)
+        config.write_text(yaml.safe_dump(serve_config(work / "store", grpc_port, cluster.port())))
         cluster.start_head()
         worker = cluster.add_node("worker")
         cluster.serve_deploy(config)
