@@ -34,6 +34,10 @@ Plans, in the order the study runs them (the whole-model claims first):
                 child-f and dps in the servable recipe (plans servable and structure).
                 Beside it, the same with the backbone's (untrained) pooler frozen at 2 of
                 those lrs: what training the pooler into the head is worth
+  pilot-full-servable  full's servable recipe (encoder layers trained, embeddings frozen,
+                a dense diff) at --pilot-lrs, seed 0, RTE and MRPC: the evidence for
+                `polyhead train --method full`'s default lr; its runs are paired with
+                the paper recipe's in the servable-cost table
   servable      child-d and dps, servable recipe, density 0.05 (seeds 0-2) and 0.01 (seed 0)
   guidance      seed 0: prefix, lora, bitfit at their pilots' lr; EH-FT with BitFit
   structure     seed 0, RTE and MRPC: child-d and dps, servable at density 0.01, single
@@ -78,6 +82,8 @@ FROZEN_LRS = {"pasta": (1e-3, 3e-3, 1e-2), "prefix": (3e-3, 1e-2, 3e-2),
               "lora": (3e-4, 1e-3, 3e-3), "bitfit": (1e-3, 3e-3, 1e-2)}
 SERVABLE_LRS = (1e-4, 3e-4, 1e-3, 3e-3)
 SERVABLE_PILOT = "child-d@0.05"  # the servable pilot's row name (method @ density)
+FULL_SERVABLE = "full/servable"  # full's servable recipe (encoder layers, dense diff)
+PILOTS = ("full", *FROZEN_LRS, SERVABLE_PILOT, FULL_SERVABLE)  # each row a pilot chooses an lr for
 SST2_ROWS = 8000
 GATED = ("claims", "claims-pasta", "guidance")  # plans that wait for full's floors
 
@@ -104,6 +110,8 @@ class Run:
         name = self.method + (f"+{self.head_init}" if self.head_init else "")
         if self.recipe == "servable" and self.method in ("child-d", "child-f", "dps"):
             name += f"@{self.density:g}" + ("/columns" if self.structure == "columns" else "")
+        elif self.recipe == "servable" and self.method == "full":
+            name += "/servable"
         return name + ("/frozen-pooler" if self.pooler == "frozen" else "")
 
     @property
@@ -119,7 +127,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, required=True, help="JSONL results file (appended)")
     p.add_argument("--plan", action="append", default=[],
                    choices=("pilot-full", "diag", "claims-full", "claims", "pilot-pasta", "claims-pasta",
-                            "pilot-frozen", "pilot-servable", "servable", "guidance", "structure"),
+                            "pilot-frozen", "pilot-servable", "pilot-full-servable", "servable", "guidance",
+                            "structure"),
                    help="runs to do, in order (repeatable)")
     p.add_argument("--pilot-lrs", default="2e-5,5e-5,1e-4", help="full's pilot learning rates")
     p.add_argument("--frozen-epochs", type=float, default=10.0,
@@ -238,6 +247,9 @@ def _plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) ->
         methods = ["pasta"] if name == "pilot-pasta" else ["prefix", "lora", "bitfit"]
         return [Run(t, m, recipe="servable", lr=lr, epochs=fe)
                 for m in methods for t in PILOT_TASKS for lr in FROZEN_LRS[m]]
+    if name == "pilot-full-servable":  # full's servable recipe, on full's own search
+        return [Run(t, "full", recipe="servable", lr=float(lr)) for t in PILOT_TASKS
+                for lr in args.pilot_lrs.split(",")]
     if name == "pilot-servable":
         return [Run(t, "child-d", recipe="servable", lr=lr, density=0.05)
                 for t in PILOT_TASKS for lr in SERVABLE_LRS] + [  # and what the trained pooler does
@@ -491,7 +503,7 @@ def claim_runs(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     pilot's for plan servable, the frozen methods' for guidance (the servable pilot's
     frozen-pooler rows are an ablation, pilot only). Once the servable pilot
     has chosen, servable sparse runs at another lr (run before it) are left out."""
-    best = {name: pilot_best(results, name) for name in ("full", *FROZEN_LRS, SERVABLE_PILOT)}
+    best = {name: pilot_best(results, name) for name in PILOTS}
     slr = best.get(SERVABLE_PILOT)
     return [r for r in results if (not r["pilot"] or (
         r["seed"] == 0 and r["config"]["lr"] == best.get(r["name"]))) and not (
@@ -669,7 +681,8 @@ def servable_table(results: list[dict[str, Any]]) -> str:
     claims = claim_runs(results)
     paper = {(r["method"], r["task"], r["seed"]): r["value"] for r in claims
              if r["recipe"] == "paper" and r["name"] == r["method"]}
-    names = list(dict.fromkeys(r["name"] for r in claims if r["recipe"] == "servable" and "@" in r["name"]))
+    names = list(dict.fromkeys(r["name"] for r in claims
+                               if r["recipe"] == "servable" and r["method"] in DENSE))
     tasks = [t for t in TASKS if any(r["task"] == t for r in claims)]
     rows = ["| servable − paper | " + " | ".join(TASKS[t] for t in tasks) + " |",
             "|" + "---|" * (len(tasks) + 1)]
@@ -772,7 +785,7 @@ def report(results: list[dict[str, Any]], diag: list[dict[str, Any]] | None = No
     if any(r["pilot"] for r in results):
         parts += ["", "Pilot (seed 0; dev metric x100 of the last epoch; best epoch in brackets)", "",
                   pilot_table(results)]
-        found = {m: pilot_best(results, m) for m in ("full", *FROZEN_LRS, SERVABLE_PILOT)}
+        found = {m: pilot_best(results, m) for m in PILOTS}
         parts += ["", "Best learning rate so far (mean of RTE and MRPC, among the lrs run on both; "
                   "trainer/table.py's defaults follow it once the pilot is complete): " + ", ".join(
                       f"{m} {lr:g}" + (" (shared by child-d, child-f, dps, EH-FT)" if m == "full" else
@@ -786,7 +799,8 @@ def report(results: list[dict[str, Any]], diag: list[dict[str, Any]] | None = No
     if any(not r["pilot"] for r in results):
         parts += ["", "The papers' claims on this backbone (95 % t-interval over seeds):", "",
                   claims_lines(results)]
-    if any("@" in r["name"] for r in claim_runs(results)):  # (not a pilot still choosing)
+    if any(r["recipe"] == "servable" and r["method"] in DENSE  # (not a pilot still choosing)
+           for r in claim_runs(results)):
         parts += ["", "The servable recipe's cost against the paper recipe (same method, task, seed)",
                   "", servable_table(results)]
     if any(r["config"].get("mask_structure") == "columns" for r in results):

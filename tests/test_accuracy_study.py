@@ -99,6 +99,31 @@ def test_servable_plans_wait_for_and_use_the_servable_pilots_lr():
     assert {r.key for r in seed0} >= {r.key for r in pilot if r.lr == 1e-3}  # its pilot run
 
 
+def test_fulls_servable_pilot_is_a_row_of_its_own_paired_with_the_paper_recipe():
+    """full's servable recipe searches full's lrs under its own row name: it never moves the
+    shared lr of the paper recipe, and its chosen run is paired with full's paper run."""
+    import argparse
+
+    args = argparse.Namespace(frozen_epochs=10.0, pilot_lrs="5e-5,1e-4")
+    runs = accuracy.plan("pilot-full-servable", args, [])
+    assert sorted((r.task, r.lr) for r in runs) == [
+        ("mrpc", 5e-5), ("mrpc", 1e-4), ("rte", 5e-5), ("rte", 1e-4)]
+    assert {(r.method, r.recipe, r.name) for r in runs} == {("full", "servable", accuracy.FULL_SERVABLE)}
+    assert len({r.key for r in runs} | {accuracy.Run(r.task, "full", lr=r.lr).key for r in runs}) == 8
+
+    def rec(task, lr, value, recipe):
+        name = accuracy.FULL_SERVABLE if recipe == "servable" else "full"
+        return {**_rec(task, name, lr, value, True), "method": "full", "recipe": recipe}
+
+    results = [rec(t, 1e-4, v, "paper") for t, v in (("rte", 60.0), ("mrpc", 85.0))]
+    results += [rec(t, lr, v, "servable") for t in ("rte", "mrpc") for lr, v in ((5e-5, 90.0), (1e-4, 70.0))]
+    results += [rec(t, 5e-5, 10.0, "paper") for t in ("rte", "mrpc")]
+    assert accuracy.pilot_best(results, "full") == 1e-4  # the servable runs' 90s do not count
+    assert accuracy.pilot_best(results, accuracy.FULL_SERVABLE) == 5e-5
+    table = accuracy.servable_table(results)
+    assert "| full/servable | +30.0 (1 seed) | +5.0 (1 seed) |" in table, table
+
+
 def test_servable_runs_before_the_servable_pilot_chose_are_left_out():
     results = [_rec(t, "child-d@0.05", lr, v, True) for t in ("rte", "mrpc")
                for lr, v in ((1e-4, 48.0), (1e-3, 58.0))]
@@ -121,6 +146,7 @@ def test_the_trainers_defaults_are_the_committed_studys_choices():
     chooser = {("paper", m): "full" for m in accuracy.DENSE}
     chooser |= {("servable", m): accuracy.SERVABLE_PILOT for m in ("child-d", "child-f", "dps")}
     chooser |= {(r, m): m for m in accuracy.FROZEN_LRS for r in ("servable", "paper")}
+    chooser[("servable", "full")] = accuracy.FULL_SERVABLE
     for (recipe, m), pilot in chooser.items():
         d = METHODS[m].defaults(recipe)
         best = accuracy.pilot_best(results[d.precision], pilot)
