@@ -26,6 +26,7 @@ Plans, in the order the study runs them (the whole-model claims first):
                 made so says so in its record, and the claims are also reported over the
                 tasks whose floor full meets
   pilot-pasta   pasta at its own 3 lrs, seed 0, RTE and MRPC, --frozen-epochs epochs
+                (when the best of the 3 is an end, one more lr past it, then the best of 4)
   claims-pasta  the claims' seeds and tasks (SST-2 included) for pasta at its pilot's lr
   pilot-frozen  prefix, lora, bitfit as pilot-pasta
   pilot-servable  child-d, servable recipe at density 0.05, at its own 4 lrs (as many as
@@ -80,6 +81,11 @@ PILOT_TASKS = ("rte", "mrpc")
 DENSE = ("full", "child-d", "child-f", "dps")
 FROZEN_LRS = {"pasta": (1e-3, 3e-3, 1e-2), "prefix": (3e-3, 1e-2, 3e-2),
               "lora": (3e-4, 1e-3, 3e-3), "bitfit": (1e-3, 3e-3, 1e-2)}
+# A frozen method's pilot whose best lr is an end of its 3 points gets one more point past
+# that end (the next half-decade step), so no default is chosen at the edge of a search
+# unexamined beyond it; 4 points at most, as full's and the servable pilot's searches.
+FROZEN_EDGES = {"pasta": (3e-4, 3e-2), "prefix": (1e-3, 1e-1), "lora": (1e-4, 1e-2),
+                "bitfit": (3e-4, 3e-2)}
 SERVABLE_LRS = (1e-4, 3e-4, 1e-3, 3e-3)
 SERVABLE_PILOT = "child-d@0.05"  # the servable pilot's row name (method @ density)
 FULL_SERVABLE = "full/servable"  # full's servable recipe (encoder layers, dense diff)
@@ -177,13 +183,44 @@ def load_results(path: Path, diag: bool = False, precision: str | None = None) -
 
 
 def pilot_best(results: list[dict[str, Any]], method: str) -> float | None:
-    """The lr with the best mean headline metric over the pilot tasks (None: pilot unfinished)."""
+    """The lr with the best mean headline metric over the pilot tasks (None: pilot unfinished;
+    a frozen method's is unfinished until the point past an end, when due, is in too)."""
+    if method in FROZEN_LRS:
+        grid = frozen_grid(results, method)
+        if len(grid) > len(FROZEN_LRS[method]) and grid != _done_lrs(results, method, grid):
+            return None
+    return _best_of(results, method)
+
+
+def _done_lrs(results: list[dict[str, Any]], method: str, grid: tuple[float, ...]) -> tuple[float, ...]:
+    """The lrs of ``grid`` whose pilot runs are in on every pilot task."""
+    return tuple(lr for lr in grid if {r["task"] for r in results if r["name"] == method and r["pilot"]
+                                       and r["seed"] == 0 and r["config"]["lr"] == lr} >= set(PILOT_TASKS))
+
+
+def _best_of(results: list[dict[str, Any]], method: str) -> float | None:
     by_lr: dict[float, list[float]] = {}
     for r in results:
         if r["name"] == method and r["seed"] == 0 and r["task"] in PILOT_TASKS and r["pilot"]:
             by_lr.setdefault(r["config"]["lr"], []).append(r["value"])
     done = {lr: v for lr, v in by_lr.items() if len(v) == len(PILOT_TASKS)}
     return max(done, key=lambda lr: statistics.mean(done[lr])) if done else None
+
+
+def frozen_grid(results: list[dict[str, Any]], method: str) -> tuple[float, ...]:
+    """The pilot lrs of frozen method ``method``: its 3 points, and once all 3 are in and
+    the best is an end, the point past that end (FROZEN_EDGES)."""
+    grid = FROZEN_LRS[method]
+    if _done_lrs(results, method, grid) != grid:
+        return grid
+    # (the best among the 3, not the 4: the extension is decided once)
+    best = _best_of([r for r in results if r["config"]["lr"] in grid], method)
+    low, high = FROZEN_EDGES[method]
+    if best == grid[0]:
+        return (low, *grid)
+    if best == grid[-1]:
+        return (*grid, high)
+    return grid
 
 
 def missed_floors(results: list[dict[str, Any]], lr: float) -> list[str]:
@@ -246,7 +283,7 @@ def _plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) ->
     if name in ("pilot-pasta", "pilot-frozen"):
         methods = ["pasta"] if name == "pilot-pasta" else ["prefix", "lora", "bitfit"]
         return [Run(t, m, recipe="servable", lr=lr, epochs=fe)
-                for m in methods for t in PILOT_TASKS for lr in FROZEN_LRS[m]]
+                for m in methods for t in PILOT_TASKS for lr in frozen_grid(results, m)]
     if name == "pilot-full-servable":  # full's servable recipe, on full's own search
         return [Run(t, "full", recipe="servable", lr=float(lr)) for t in PILOT_TASKS
                 for lr in args.pilot_lrs.split(",")]
@@ -357,6 +394,7 @@ def run_one(args: argparse.Namespace, run: Run, backbone: Any, cache: dict[Any, 
 
 # Plans whose runs depend on the results of others (a pilot's choice, full's floors): a
 # worker reaching one waits while another worker still trains a run of those.
+EXTENDING = ("pilot-pasta", "pilot-frozen")  # pilots whose search may grow (frozen_grid)
 DEPENDS = {"claims-full": ("pilot-full",), "diag": ("pilot-full", "claims-full"),
            "claims": ("pilot-full", "claims-full", "diag"),
            "claims-pasta": ("pilot-full", "claims-full", "diag", "pilot-pasta"),
@@ -405,10 +443,11 @@ def busy_plans(results: Path) -> set[str]:
     return {h[1] for h in held if h is not None and h[0] != os.getpid()}
 
 
-def _wait_for(name: str, results: Path, poll: float = 20.0) -> None:
-    """Block while another worker trains a run plan ``name`` depends on."""
+def _wait_for(name: str, results: Path, poll: float = 20.0, on_itself: bool = False) -> None:
+    """Block while another worker trains a run plan ``name`` depends on (``on_itself``:
+    or a run of ``name`` itself)."""
     said = False
-    while busy := busy_plans(results) & set(DEPENDS.get(name, ())):
+    while busy := busy_plans(results) & {*DEPENDS.get(name, ()), *((name,) if on_itself else ())}:
         if not said:
             print(f"== plan {name!r} waits for the runs of {', '.join(sorted(busy))} in flight", flush=True)
             said = True
@@ -440,8 +479,11 @@ def execute(args: argparse.Namespace) -> None:
     backbone = load_backbone()
     caches: dict[str, dict[Any, Any]] = {}
     done_new = 0
-    for name in args.plan:
-        _wait_for(name, args.results)
+    for name, again in [(p, again) for p in args.plan
+                        for again in ((False, True) if p in EXTENDING else (False,))]:
+        # (a pilot that can extend its search runs twice: the second time, once every
+        # worker's runs of it are in, it plans the point past an end its best landed on)
+        _wait_for(name, args.results, on_itself=again)
         try:
             results = load_results(args.results, precision=args.precision)
             runs = plan(name, args, results)  # a gated plan refuses any floor missed and not accepted

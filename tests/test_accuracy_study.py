@@ -124,6 +124,29 @@ def test_fulls_servable_pilot_is_a_row_of_its_own_paired_with_the_paper_recipe()
     assert "| full/servable | +30.0 (1 seed) | +5.0 (1 seed) |" in table, table
 
 
+def test_a_frozen_pilot_whose_best_is_an_end_searches_one_point_past_it():
+    import argparse
+
+    args = argparse.Namespace(frozen_epochs=10.0)
+    lrs = {"pasta": (55.0, 60.0, 50.0), "lora": (60.0, 55.0, 50.0), "prefix": (50.0, 55.0, 60.0)}
+    results = [_rec(t, m, lr, v, True, epochs=10) for m, vs in lrs.items() for t in ("rte", "mrpc")
+               for lr, v in zip(accuracy.FROZEN_LRS[m], vs, strict=True)]
+    partial = [r for r in results if not (r["name"] == "prefix" and r["config"]["lr"] == 3e-2)]
+    assert accuracy.frozen_grid(partial, "prefix") == accuracy.FROZEN_LRS["prefix"]  # 3 not in yet
+    assert accuracy.frozen_grid(results, "pasta") == accuracy.FROZEN_LRS["pasta"]  # interior
+    assert accuracy.pilot_best(results, "pasta") == 3e-3
+    assert accuracy.frozen_grid(results, "lora") == (1e-4, 3e-4, 1e-3, 3e-3)
+    assert accuracy.frozen_grid(results, "prefix") == (3e-3, 1e-2, 3e-2, 1e-1)
+    planned = {(r.method, r.lr) for r in accuracy.plan("pilot-frozen", args, results)}
+    assert {("lora", 1e-4), ("prefix", 1e-1)} <= planned and ("bitfit", 3e-2) not in planned
+    assert accuracy.pilot_best(results, "lora") is None  # its 4th point is due
+    results += [_rec(t, "lora", 1e-4, 58.0, True, epochs=10) for t in ("rte", "mrpc")]
+    assert accuracy.pilot_best(results, "lora") == 3e-4  # the 4th point came in lower
+    results += [_rec(t, "prefix", 1e-1, 70.0, True, epochs=10) for t in ("rte", "mrpc")]
+    assert accuracy.pilot_best(results, "prefix") == 1e-1
+    assert accuracy.frozen_grid(results, "prefix") == (3e-3, 1e-2, 3e-2, 1e-1)  # no 5th point
+
+
 def test_servable_runs_before_the_servable_pilot_chose_are_left_out():
     results = [_rec(t, "child-d@0.05", lr, v, True) for t in ("rte", "mrpc")
                for lr, v in ((1e-4, 48.0), (1e-3, 58.0))]
