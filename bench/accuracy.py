@@ -256,6 +256,11 @@ def floor_gate(name: str, args: argparse.Namespace, results: list[dict[str, Any]
     return missed
 
 
+def _pilot_lrs(args: argparse.Namespace) -> list[float]:
+    """full's search (--pilot-lrs), shared by both its recipes' pilots."""
+    return [float(x) for x in args.pilot_lrs.split(",")]
+
+
 def _rows(task: str) -> int | None:
     return SST2_ROWS if task == "sst2" else None
 
@@ -269,8 +274,7 @@ def plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) -> 
 def _plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) -> list[Run]:
     fe = args.frozen_epochs
     if name == "pilot-full":
-        lrs = [float(x) for x in args.pilot_lrs.split(",")]
-        return [Run(t, "full", lr=lr) for t in PILOT_TASKS for lr in lrs]
+        return [Run(t, "full", lr=lr) for t in PILOT_TASKS for lr in _pilot_lrs(args)]
     if name == "diag":  # why full misses a floor: the seeds' spread, and a longer schedule
         lr = pilot_best(results, "full")
         if lr is None:
@@ -285,8 +289,7 @@ def _plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) ->
         return [Run(t, m, recipe="servable", lr=lr, epochs=fe)
                 for m in methods for t in PILOT_TASKS for lr in frozen_grid(results, m)]
     if name == "pilot-full-servable":  # full's servable recipe, on full's own search
-        return [Run(t, "full", recipe="servable", lr=float(lr)) for t in PILOT_TASKS
-                for lr in args.pilot_lrs.split(",")]
+        return [Run(t, "full", recipe="servable", lr=lr) for t in PILOT_TASKS for lr in _pilot_lrs(args)]
     if name == "pilot-servable":
         return [Run(t, "child-d", recipe="servable", lr=lr, density=0.05)
                 for t in PILOT_TASKS for lr in SERVABLE_LRS] + [  # and what the trained pooler does
