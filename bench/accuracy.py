@@ -40,6 +40,9 @@ Plans, in the order the study runs them (the whole-model claims first):
                 `polyhead train --method full`'s default lr; its runs are paired with
                 the paper recipe's in the servable-cost table
   servable      child-d and dps, servable recipe, density 0.05 (seeds 0-2) and 0.01 (seed 0)
+  servable-diag only on a task where child-d or dps at density 0.05 loses more than 10
+                points (mean of its 3 seeds) to its paper recipe: both at --frozen-epochs
+                epochs, seed 0 (kept out of the tables): is the 3-epoch schedule the cause?
   guidance      seed 0: prefix, lora, bitfit at their pilots' lr; EH-FT with BitFit
   structure     seed 0, RTE and MRPC: child-d and dps, servable at density 0.01, single
                 weights against whole input columns (--mask-structure columns)
@@ -90,6 +93,10 @@ SERVABLE_LRS = (1e-4, 3e-4, 1e-3, 3e-3)
 SERVABLE_PILOT = "child-d@0.05"  # the servable pilot's row name (method @ density)
 FULL_SERVABLE = "full/servable"  # full's servable recipe (encoder layers, dense diff)
 PILOTS = ("full", *FROZEN_LRS, SERVABLE_PILOT, FULL_SERVABLE)  # each row a pilot chooses an lr for
+SPARSE = ("child-d", "dps")  # the servable recipe's sparse methods (plans servable, structure)
+# A sparse servable row losing more than this (mean of 3 seeds) to its paper recipe on a task
+# gets plan servable-diag there: the frozen-backbone methods' longer schedule, one seed.
+SERVABLE_COLLAPSE = 10.0
 SST2_ROWS = 8000
 GATED = ("claims", "claims-pasta", "guidance")  # plans that wait for full's floors
 
@@ -133,8 +140,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, required=True, help="JSONL results file (appended)")
     p.add_argument("--plan", action="append", default=[],
                    choices=("pilot-full", "diag", "claims-full", "claims", "pilot-pasta", "claims-pasta",
-                            "pilot-frozen", "pilot-servable", "pilot-full-servable", "servable", "guidance",
-                            "structure"),
+                            "pilot-frozen", "pilot-servable", "pilot-full-servable", "servable",
+                            "servable-diag", "guidance", "structure"),
                    help="runs to do, in order (repeatable)")
     p.add_argument("--pilot-lrs", default="2e-5,5e-5,1e-4", help="full's pilot learning rates")
     p.add_argument("--frozen-epochs", type=float, default=10.0,
@@ -301,11 +308,17 @@ def _plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) ->
             raise PlanRefused(f"plan {name!r} needs the servable pilot first (--plan pilot-servable)")
         if name == "structure":  # what column-structured masks cost against single weights
             return [Run(t, m, recipe="servable", lr=slr, density=0.01, structure=st)
-                    for t in PILOT_TASKS for m in ("child-d", "dps") for st in ("entries", "columns")]
+                    for t in PILOT_TASKS for m in SPARSE for st in ("entries", "columns")]
         runs = [Run(t, m, recipe="servable", lr=slr, seed=s, density=0.05)
-                for s in (0, 1, 2) for t in CLAIM_TASKS for m in ("child-d", "dps")]
+                for s in (0, 1, 2) for t in CLAIM_TASKS for m in SPARSE]
         return runs + [Run(t, m, recipe="servable", lr=slr, density=0.01)
-                       for t in CLAIM_TASKS for m in ("child-d", "dps")]
+                       for t in CLAIM_TASKS for m in SPARSE]
+    if name == "servable-diag":  # where the servable recipe collapses: is it the schedule?
+        slr = pilot_best(results, SERVABLE_PILOT)
+        if slr is None:
+            raise PlanRefused("plan 'servable-diag' needs the servable pilot first (--plan pilot-servable)")
+        return [Run(t, m, recipe="servable", lr=slr, epochs=args.frozen_epochs, density=0.05, diag=True)
+                for t in servable_collapses(results) for m in SPARSE]
     lr = pilot_best(results, "full")
     if lr is None:
         raise PlanRefused(f"plan {name!r} needs the full pilot first (--plan pilot-full)")
@@ -402,7 +415,8 @@ DEPENDS = {"claims-full": ("pilot-full",), "diag": ("pilot-full", "claims-full")
            "claims": ("pilot-full", "claims-full", "diag"),
            "claims-pasta": ("pilot-full", "claims-full", "diag", "pilot-pasta"),
            "guidance": ("pilot-full", "claims-full", "diag", "pilot-frozen"),
-           "servable": ("pilot-servable",), "structure": ("pilot-servable",)}
+           "servable": ("pilot-servable",), "structure": ("pilot-servable",),
+           "servable-diag": ("pilot-servable", "servable")}
 
 
 def _running(results: Path) -> Path:
@@ -720,25 +734,42 @@ def _diff_cell(d: list[float], unit: str = "seed") -> str:
     return f"{ci[0]:+.1f} [{ci[1]:+.1f}, {ci[2]:+.1f}]"
 
 
-def servable_table(results: list[dict[str, Any]]) -> str:
-    """The servable recipe's cost: each servable run minus the paper recipe's run of the same
-    method, task and seed, mean [95 % t-interval]."""
+def servable_costs(results: list[dict[str, Any]]) -> dict[tuple[str, str], list[float]]:
+    """Each servable row's cost on each task: its runs minus the paper recipe's run of the
+    same method, task and seed (a list over the seeds both have), by (row name, task)."""
     claims = claim_runs(results)
     paper = {(r["method"], r["task"], r["seed"]): r["value"] for r in claims
              if r["recipe"] == "paper" and r["name"] == r["method"]}
+    out: dict[tuple[str, str], list[float]] = {}
+    for r in claims:
+        base = paper.get((r["method"], r["task"], r["seed"]))
+        if r["recipe"] == "servable" and r["method"] in DENSE and base is not None:
+            out.setdefault((r["name"], r["task"]), []).append(r["value"] - base)
+    return out
+
+
+def servable_table(results: list[dict[str, Any]]) -> str:
+    """The servable recipe's cost: each servable run minus the paper recipe's run of the same
+    method, task and seed, mean [95 % t-interval]."""
+    costs = servable_costs(results)
+    claims = claim_runs(results)
     names = list(dict.fromkeys(r["name"] for r in claims
                                if r["recipe"] == "servable" and r["method"] in DENSE))
     tasks = [t for t in TASKS if any(r["task"] == t for r in claims)]
     rows = ["| servable − paper | " + " | ".join(TASKS[t] for t in tasks) + " |",
             "|" + "---|" * (len(tasks) + 1)]
     for name in names:
-        cells = []
-        for t in tasks:
-            d = [r["value"] - paper[(r["method"], t, r["seed"])] for r in claims
-                 if r["name"] == name and r["task"] == t and (r["method"], t, r["seed"]) in paper]
-            cells.append(_diff_cell(d))
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+        rows.append(f"| {name} | " + " | ".join(_diff_cell(costs.get((name, t), [])) for t in tasks) + " |")
     return "\n".join(rows)
+
+
+def servable_collapses(results: list[dict[str, Any]]) -> list[str]:
+    """Tasks where a sparse servable row at density 0.05, over its 3 seeds, loses more than
+    SERVABLE_COLLAPSE points to its paper recipe (plan servable-diag looks at why)."""
+    costs = servable_costs(results)
+    return [t for t in CLAIM_TASKS if any(
+        len(d) == 3 and statistics.mean(d) < -SERVABLE_COLLAPSE
+        for d in (costs.get((f"{m}@0.05", t), []) for m in SPARSE))]
 
 
 def structure_table(results: list[dict[str, Any]]) -> str:
@@ -794,12 +825,13 @@ def seeds_table(results: list[dict[str, Any]], task: str) -> str:
 
 
 def diag_table(diag: list[dict[str, Any]]) -> str:
-    rows = ["| task | lr | epochs | seed | last | dev, every epoch | train loss, every epoch |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| row | task | lr | epochs | seed | last | dev, every epoch | train loss, every epoch |",
+            "|---|---|---|---|---|---|---|---|"]
     for r in diag:
         hist = ", ".join(f"{100 * h[r['metric']]:.1f}" for h in r["dev_history"] if "epoch" in h)
         loss = ", ".join(f"{h['train_loss']:.2f}" for h in r["dev_history"] if "train_loss" in h)
-        rows.append(f"| {TASKS[r['task']]} | {r['config']['lr']:g} | {r['config']['epochs']:g} | "
+        c = r["config"]
+        rows.append(f"| {r['name']} | {TASKS[r['task']]} | {c['lr']:g} | {c['epochs']:g} | "
                     f"{r['seed']} | {r['value']:.1f} | {hist} | {loss} |")
     return "\n".join(rows)
 
@@ -860,8 +892,8 @@ def report(results: list[dict[str, Any]], diag: list[dict[str, Any]] | None = No
         parts += ["", f"{TASKS[t]}, where full misses its floor: every run of the claims, seed by seed", "",
                   seeds_table(results, t)]
     if diag:
-        parts += ["", "Diagnostic runs of full (not in the tables above; dev metric x100)", "",
-                  diag_table(diag)]
+        parts += ["", "Diagnostic runs (plans diag and servable-diag; not in the tables above; "
+                  "dev metric x100)", "", diag_table(diag)]
     return "\n".join(parts)
 
 

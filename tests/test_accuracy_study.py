@@ -395,3 +395,29 @@ def test_a_plan_waits_for_the_runs_it_depends_on_in_another_worker(tmp_path):
         other.kill()
         other.wait()
     assert accuracy.busy_plans(results) == set()  # its holder is dead now
+
+
+def test_servable_diag_runs_only_where_a_sparse_row_collapses_over_three_seeds():
+    """plan servable-diag: child-d and dps at density 0.05, the longer schedule, seed 0, as
+    diagnostic runs, on the tasks where one of them loses more than SERVABLE_COLLAPSE points
+    to its paper recipe over 3 seeds; nothing while that is short of 3 seeds or under it."""
+    import argparse
+
+    args = argparse.Namespace(frozen_epochs=10.0, pilot_lrs="1e-4")
+    results = [_rec(t, "full", 1e-4, 90.0, True) for t in ("rte", "mrpc")]
+    results += [_rec(t, "child-d@0.05", 1e-3, 58.0, True) for t in ("rte", "mrpc")]
+    for s in (0, 1, 2):
+        for t in ("stsb", "cola"):
+            for m in ("child-d", "dps"):
+                results.append(_rec(t, m, 1e-4, 30.0, False, seed=s))
+                servable = _rec(t, f"{m}@0.05", 1e-3, 30.0 - (12.0 if (t, m) == ("cola", "dps") else 9.0),
+                                False, seed=s)
+                servable["method"], servable["recipe"] = m, "servable"
+                results.append(servable)
+    runs = accuracy.plan("servable-diag", args, results)
+    assert sorted((r.task, r.method, r.density, r.epochs, r.seed, r.lr, r.diag) for r in runs) == [
+        ("cola", "child-d", 0.05, 10.0, 0, 1e-3, True), ("cola", "dps", 0.05, 10.0, 0, 1e-3, True)]
+    assert accuracy.servable_collapses(results) == ["cola"]
+    assert accuracy.servable_collapses([r for r in results if r["seed"] != 2]) == []  # 2 seeds
+    shallow = [dict(r, value=r["value"] + 3.0) if r["recipe"] == "servable" else r for r in results]
+    assert accuracy.servable_collapses(shallow) == []  # -9 on cola: under the bar
