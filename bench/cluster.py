@@ -99,6 +99,13 @@ class LocalCluster:
         self._taken.add(port)
         return port
 
+    def write_serve_config(self, path: Path, store: Path) -> int:
+        """Write deploy/serve_config.yaml to ``path`` with ``store`` and Serve's gRPC and
+        HTTP ports chosen by ``port()``; returns the gRPC port."""
+        grpc_port = self.port()
+        path.write_text(yaml.safe_dump(serve_config(store, grpc_port, self.port())))
+        return grpc_port
+
     def _ports(self) -> tuple[int, list[str]]:
         """Free ports for one node's components; its worker port range (64 ports from a free
         one) overlaps no port of the cluster's, and none is chosen inside it later."""
@@ -365,9 +372,7 @@ def one_run(work: Path, clients: int, task: str = "sentiment") -> dict[str, floa
     token = uuid.uuid4().hex
     cfg = work / "serve_config.yaml"
     with local_cluster(work, cluster_env(token)) as cluster:
-        grpc_port = cluster.port()
-        address = f"127.0.0.1:{grpc_port}"
-        cfg.write_text(yaml.safe_dump(serve_config(work / "store", grpc_port, cluster.port())))
+        address = f"127.0.0.1:{cluster.write_serve_config(cfg, work / 'store')}"
         cluster.start_head()
         worker = cluster.add_node("worker")
         client = PolyheadClient(address, token, retries=10, timeout_s=60.0)

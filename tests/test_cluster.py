@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-import yaml
 
 from bench.cluster import (
     Load,
@@ -25,7 +24,6 @@ from bench.cluster import (
     cluster_env,
     local_cluster,
     replicas_answering,
-    serve_config,
     wait_for,
 )
 from methods import TaskArtifact
@@ -70,8 +68,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     token = uuid.uuid4().hex
     config = work / "serve_config.yaml"
     with local_cluster(work, cluster_env(token)) as cluster:
-        grpc_port = cluster.port()  # (none inside a node's worker port range)
-        config.write_text(yaml.safe_dump(serve_config(work / "store", grpc_port, cluster.port())))
+        grpc_port = cluster.write_serve_config(config, work / "store")  # (ports outside every worker range)
         cluster.start_head()
         worker = cluster.add_node("worker")
         cluster.serve_deploy(config)
