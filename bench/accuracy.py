@@ -43,6 +43,8 @@ Plans, in the order the study runs them (the whole-model claims first):
   servable-diag only on a task where child-d or dps at density 0.05 loses more than 10
                 points (mean of its 3 seeds) to its paper recipe: both at --frozen-epochs
                 epochs, seed 0 (kept out of the tables): is the 3-epoch schedule the cause?
+                And dps (which runs at child-d's servable lr) at the servable pilot's other
+                lrs, seed 0, RTE and MRPC (kept out of the tables): is the lr the cause?
   guidance      seed 0: prefix, lora, bitfit at their pilots' lr; EH-FT with BitFit
   structure     seed 0, RTE and MRPC: child-d and dps, servable at density 0.01, single
                 weights against whole input columns (--mask-structure columns)
@@ -317,8 +319,12 @@ def _plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) ->
         slr = pilot_best(results, SERVABLE_PILOT)
         if slr is None:
             raise PlanRefused("plan 'servable-diag' needs the servable pilot first (--plan pilot-servable)")
-        return [Run(t, m, recipe="servable", lr=slr, epochs=args.frozen_epochs, density=0.05, diag=True)
-                for t in servable_collapses(results) for m in SPARSE]
+        collapsed = servable_collapses(results)
+        runs = [Run(t, m, recipe="servable", lr=slr, epochs=args.frozen_epochs, density=0.05, diag=True)
+                for t in collapsed for m in SPARSE]
+        # and dps, which serves at child-d's pilot's lr, at that pilot's other points
+        return runs + [Run(t, "dps", recipe="servable", lr=lr, density=0.05, diag=True)
+                       for t in PILOT_TASKS for lr in SERVABLE_LRS if lr != slr and collapsed]
     lr = pilot_best(results, "full")
     if lr is None:
         raise PlanRefused(f"plan {name!r} needs the full pilot first (--plan pilot-full)")

@@ -400,7 +400,8 @@ def test_a_plan_waits_for_the_runs_it_depends_on_in_another_worker(tmp_path):
 def test_servable_diag_runs_only_where_a_sparse_row_collapses_over_three_seeds():
     """plan servable-diag: child-d and dps at density 0.05, the longer schedule, seed 0, as
     diagnostic runs, on the tasks where one of them loses more than SERVABLE_COLLAPSE points
-    to its paper recipe over 3 seeds; nothing while that is short of 3 seeds or under it."""
+    to its paper recipe over 3 seeds, and dps at the servable pilot's other lrs; nothing
+    while that is short of 3 seeds or under it."""
     import argparse
 
     args = argparse.Namespace(frozen_epochs=10.0, pilot_lrs="1e-4")
@@ -415,9 +416,17 @@ def test_servable_diag_runs_only_where_a_sparse_row_collapses_over_three_seeds()
                 servable["method"], servable["recipe"] = m, "servable"
                 results.append(servable)
     runs = accuracy.plan("servable-diag", args, results)
-    assert sorted((r.task, r.method, r.density, r.epochs, r.seed, r.lr, r.diag) for r in runs) == [
-        ("cola", "child-d", 0.05, 10.0, 0, 1e-3, True), ("cola", "dps", 0.05, 10.0, 0, 1e-3, True)]
+    longer = [r for r in runs if r.epochs == 10.0]
+    assert sorted((r.task, r.method, r.density, r.seed, r.lr, r.diag) for r in longer) == [
+        ("cola", "child-d", 0.05, 0, 1e-3, True), ("cola", "dps", 0.05, 0, 1e-3, True)]
+    # and dps at the servable pilot's other lrs (it serves at child-d's choice), RTE and MRPC
+    searched = [r for r in runs if r.epochs != 10.0]
+    assert sorted((r.task, r.lr) for r in searched) == sorted(
+        (t, lr) for t in ("rte", "mrpc") for lr in accuracy.SERVABLE_LRS if lr != 1e-3)
+    assert {(r.method, r.density, r.seed, r.diag, r.epochs) for r in searched} == {
+        ("dps", 0.05, 0, True, 3.0)}
     assert accuracy.servable_collapses(results) == ["cola"]
     assert accuracy.servable_collapses([r for r in results if r["seed"] != 2]) == []  # 2 seeds
     shallow = [dict(r, value=r["value"] + 3.0) if r["recipe"] == "servable" else r for r in results]
     assert accuracy.servable_collapses(shallow) == []  # -9 on cola: under the bar
+    assert accuracy.plan("servable-diag", args, shallow) == []
