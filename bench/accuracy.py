@@ -216,6 +216,24 @@ def _best_of(results: list[dict[str, Any]], method: str) -> float | None:
     return max(done, key=lambda lr: statistics.mean(done[lr])) if done else None
 
 
+DPS_SERVABLE = "dps@0.05"  # dps's servable row: its own lr search is plan servable-diag's
+
+
+def servable_search_best(results: list[dict[str, Any]], diag: list[dict[str, Any]],
+                         name: str = DPS_SERVABLE) -> float | None:
+    """The best lr of ``name``'s own search over SERVABLE_LRS (mean of the pilot tasks, seed
+    0, 3 epochs): its run at the servable pilot's lr (a claims run) and plan servable-diag's
+    at the others; None until every point is in on every pilot task."""
+    by_lr: dict[float, dict[str, float]] = {}
+    for r in [*results, *diag]:
+        if (r["name"] == name and r["seed"] == 0 and r["task"] in PILOT_TASKS
+                and r["config"]["epochs"] == 3):
+            by_lr.setdefault(r["config"]["lr"], {})[r["task"]] = r["value"]
+    if not set(SERVABLE_LRS) <= set(by_lr) or any(len(by_lr[lr]) < len(PILOT_TASKS) for lr in SERVABLE_LRS):
+        return None
+    return max(SERVABLE_LRS, key=lambda lr: statistics.mean(by_lr[lr].values()))
+
+
 def frozen_grid(results: list[dict[str, Any]], method: str) -> tuple[float, ...]:
     """The pilot lrs of frozen method ``method``: its 3 points, and once all 3 are in and
     the best is an end, the point past that end (FROZEN_EDGES)."""
@@ -900,6 +918,11 @@ def report(results: list[dict[str, Any]], diag: list[dict[str, Any]] | None = No
     if diag:
         parts += ["", "Diagnostic runs (plans diag and servable-diag; not in the tables above; "
                   "dev metric x100)", "", diag_table(diag)]
+        best = servable_search_best(results, diag)
+        if best is not None:
+            parts += ["", f"{DPS_SERVABLE}'s own lr search over the servable pilot's points (seed 0, "
+                      f"RTE and MRPC; its run at the shared lr and servable-diag's): best {best:g}, "
+                      "trainer/table.py's default for dps's servable recipe"]
     return "\n".join(parts)
 
 

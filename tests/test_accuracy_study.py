@@ -167,7 +167,7 @@ def test_the_trainers_defaults_are_the_committed_studys_choices():
     path = Path(__file__).parent.parent / "bench/results/accuracy.jsonl"
     results = {p: accuracy.load_results(path, precision=p) for p in ("fp32", "bf16")}
     chooser = {("paper", m): "full" for m in accuracy.DENSE}
-    chooser |= {("servable", m): accuracy.SERVABLE_PILOT for m in ("child-d", "child-f", "dps")}
+    chooser |= {("servable", m): accuracy.SERVABLE_PILOT for m in ("child-d", "child-f")}
     chooser |= {(r, m): m for m in accuracy.FROZEN_LRS for r in ("servable", "paper")}
     chooser[("servable", "full")] = accuracy.FULL_SERVABLE
     for (recipe, m), pilot in chooser.items():
@@ -175,6 +175,12 @@ def test_the_trainers_defaults_are_the_committed_studys_choices():
         best = accuracy.pilot_best(results[d.precision], pilot)
         if d.evidence:
             assert best is not None and d.lr == best, (m, recipe, d.lr, best)
+    # dps's servable lr: its own search (plan servable-diag), not the servable pilot's
+    d = METHODS["dps"].defaults("servable")
+    diag = accuracy.load_results(path, diag=True, precision=d.precision)
+    best = accuracy.servable_search_best(results[d.precision], diag)
+    assert d.evidence and best is not None and d.lr == best != accuracy.pilot_best(
+        results[d.precision], accuracy.SERVABLE_PILOT)
 
 
 def test_full_runs_its_seeds_first_and_a_missed_floor_stops_the_claims():
@@ -288,12 +294,19 @@ def test_polyhead_train_with_its_defaults_trains_the_studys_runs():
     path = Path(__file__).parent.parent / "bench/results/accuracy.jsonl"
     runs = [r for p in ("fp32", "bf16")
             for r in accuracy.claim_runs(accuracy.load_results(path, precision=p))]
+    # dps's servable default is its own search's choice: that search's run at it (a diag run)
+    dps = METHODS["dps"].defaults("servable")
+    searched = [r for r in accuracy.load_results(path, diag=True, precision=dps.precision)
+                if r["name"] == accuracy.DPS_SERVABLE and r["config"]["lr"] == dps.lr]
+    assert searched
     checked = 0
-    for r in runs:
+    for r in [*runs, *searched]:
         c = r["config"]
         d = METHODS[c["method"]].defaults(c["recipe"])
         if not d.evidence or d.precision != accuracy.precision_of(r) or c["density"] != 0.05:
             continue
+        if r["name"] == accuracy.DPS_SERVABLE and r.get("plan") != "diag":
+            continue  # dps's servable seeds ran at the shared servable lr, before its own search
         if c.get("pooler") or c.get("mask_structure", "entries") != "entries":
             continue  # ablations, set by hand
         argv = ["train", "--method", c["method"], "--recipe", c["recipe"], "--preset", r["task"],
