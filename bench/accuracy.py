@@ -45,6 +45,7 @@ Plans, in the order the study runs them (the whole-model claims first):
                 epochs, seed 0 (kept out of the tables): is the 3-epoch schedule the cause?
                 And dps (which runs at child-d's servable lr) at the servable pilot's other
                 lrs, seed 0, RTE and MRPC (kept out of the tables): is the lr the cause?
+                Where that search chooses another lr, dps at it on STS-B and CoLA, seed 0
   guidance      seed 0: prefix, lora, bitfit at their pilots' lr; EH-FT with BitFit
   structure     seed 0, RTE and MRPC: child-d and dps, servable at density 0.01, single
                 weights against whole input columns (--mask-structure columns)
@@ -341,8 +342,14 @@ def _plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) ->
         runs = [Run(t, m, recipe="servable", lr=slr, epochs=args.frozen_epochs, density=0.05, diag=True)
                 for t in collapsed for m in SPARSE]
         # and dps, which serves at child-d's pilot's lr, at that pilot's other points
-        return runs + [Run(t, "dps", recipe="servable", lr=lr, density=0.05, diag=True)
-                       for t in PILOT_TASKS for lr in SERVABLE_LRS if lr != slr and collapsed]
+        runs += [Run(t, "dps", recipe="servable", lr=lr, density=0.05, diag=True)
+                 for t in PILOT_TASKS for lr in SERVABLE_LRS if lr != slr and collapsed]
+        # then, where that search chose another lr, dps at it on the other claim tasks (seed 0)
+        diag = (load_results(args.results, diag=True, precision=getattr(args, "precision", "fp32"))
+                if getattr(args, "results", None) else [])
+        best = servable_search_best(results, diag)
+        return runs + [Run(t, "dps", recipe="servable", lr=best, density=0.05, diag=True)
+                       for t in CLAIM_TASKS if t not in PILOT_TASKS and best not in (None, slr)]
     lr = pilot_best(results, "full")
     if lr is None:
         raise PlanRefused(f"plan {name!r} needs the full pilot first (--plan pilot-full)")
