@@ -443,3 +443,34 @@ def test_servable_diag_runs_only_where_a_sparse_row_collapses_over_three_seeds()
     shallow = [dict(r, value=r["value"] + 3.0) if r["recipe"] == "servable" else r for r in results]
     assert accuracy.servable_collapses(shallow) == []  # -9 on cola: under the bar
     assert accuracy.plan("servable-diag", args, shallow) == []
+
+
+def test_servable_diag_runs_dps_at_its_own_choice_on_the_other_tasks(tmp_path):
+    """Once dps's own search (its run at the shared servable lr and servable-diag's at the
+    other points) is complete and chose another lr, servable-diag adds dps at that lr on
+    STS-B and CoLA; before that, or when it chose the shared lr, nothing."""
+    import argparse
+
+    results = [_rec(t, "full", 1e-4, 90.0, True) for t in ("rte", "mrpc")]
+    results += [_rec(t, "child-d@0.05", 1e-3, 58.0, True) for t in ("rte", "mrpc")]
+    for s in (0, 1, 2):
+        for t in ("rte", "mrpc", "stsb", "cola"):
+            results.append(_rec(t, "dps", 1e-4, 30.0, False, seed=s))
+            servable = _rec(t, "dps@0.05", 1e-3, 15.0, False, seed=s)
+            servable["method"], servable["recipe"] = "dps", "servable"
+            results.append(servable)
+    path = tmp_path / "acc.jsonl"
+    args = argparse.Namespace(frozen_epochs=10.0, pilot_lrs="1e-4", results=path, precision="fp32")
+
+    def own(lrs_values):
+        path.write_text("")
+        for lr, v in lrs_values:
+            for t in ("rte", "mrpc"):
+                accuracy._append(path, {**_rec(t, "dps@0.05", lr, v, False), "plan": "diag",
+                                        "method": "dps", "recipe": "servable"})
+        runs = accuracy.plan("servable-diag", args, results)
+        return [(r.task, r.lr) for r in runs if r.task in ("stsb", "cola") and r.epochs == 3.0]
+
+    assert own([(1e-4, 10.0), (3e-4, 40.0)]) == []  # 3e-3 not in yet
+    assert own([(1e-4, 10.0), (3e-4, 40.0), (3e-3, 5.0)]) == [("stsb", 3e-4), ("cola", 3e-4)]
+    assert own([(1e-4, 10.0), (3e-4, 12.0), (3e-3, 5.0)]) == []  # the shared 1e-3 (15.0) is best
