@@ -264,13 +264,19 @@ def missed_floors(results: list[dict[str, Any]], lr: float) -> list[str]:
     return out
 
 
+def _diag_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The diagnostic runs in --results, of the study's precision ([] without a file)."""
+    if not getattr(args, "results", None):
+        return []
+    return load_results(args.results, diag=True, precision=getattr(args, "precision", "fp32"))
+
+
 def floor_gate(name: str, args: argparse.Namespace, results: list[dict[str, Any]], lr: float) -> list[str]:
     """The missed floors plan ``name`` runs with (each accepted by --accept-missed-floor,
     with plan diag's runs on it done); PlanRefused for any other missed floor."""
     missed = missed_floors(results, lr)
     accepted = set(getattr(args, "accept_missed_floor", []) or [])
-    diag = (load_results(args.results, diag=True, precision=getattr(args, "precision", "fp32"))
-            if missed and getattr(args, "results", None) else [])
+    diag = _diag_runs(args) if missed else []
     refused = [t for t in missed if t not in accepted]
     if refused:
         raise PlanRefused(f"full's mean of seeds at lr {lr:g} misses the floor on {', '.join(refused)}; "
@@ -345,9 +351,7 @@ def _plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) ->
         runs += [Run(t, "dps", recipe="servable", lr=lr, density=0.05, diag=True)
                  for t in PILOT_TASKS for lr in SERVABLE_LRS if lr != slr and collapsed]
         # then, where that search chose another lr, dps at it on the other claim tasks (seed 0)
-        diag = (load_results(args.results, diag=True, precision=getattr(args, "precision", "fp32"))
-                if getattr(args, "results", None) else [])
-        best = servable_search_best(results, diag)
+        best = servable_search_best(results, _diag_runs(args))
         return runs + [Run(t, "dps", recipe="servable", lr=best, density=0.05, diag=True)
                        for t in CLAIM_TASKS if t not in PILOT_TASKS and best not in (None, slr)]
     lr = pilot_best(results, "full")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import math
 import tempfile
 from pathlib import Path
 
@@ -38,14 +39,7 @@ def stored_numbers(path: Path) -> int:
     """Every number in the artifact's tensors (sparse indices included)."""
     with safe_open(str(path), "pt") as f:
         names = f.keys()  # (a safe_open handle is not iterable)
-        return sum(_numel(f.get_slice(k).get_shape()) for k in names)
-
-
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in names)
 
 
 def main(argv: list[str] | None = None) -> int:
