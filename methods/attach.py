@@ -59,7 +59,7 @@ class TaskModule(nn.Module):
         head_row, mlp_row = head_rows(head, self.head, 0 if mlp else -1)
         zeros = torch.zeros(batch, dtype=torch.long, device=dev)
         kinds = {kind.name: (kind, single_row(kind.rows(tensors, spec, self.config)), zeros)}
-        return BatchSlots(kinds, single_row(head_row), single_row(mlp_row), zeros,
+        return BatchSlots(kinds, {"head": (single_row(head_row), zeros)}, single_row(mlp_row),
                           [self.head.num_outputs] * batch)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor,

@@ -14,13 +14,14 @@ from methods.artifact import TaskArtifact
 from methods.backbone import Backbone
 from methods.encoder import BatchContext, Effect, Encoder
 from methods.errors import SlotsExhausted
-from methods.heads import HeadConfig, apply_heads, head_layout, head_rows, mlp_layout
+from methods.heads import HeadConfig, apply_heads, head_layout, head_rows, head_table_key, mlp_layout
 from methods.registry import Kind
 from methods.slots import Field, SlotTable, slot_rows
 from methods.spec import BackboneSpec
 
 TextInput = str | tuple[str, str]
 PAD_COST = 512  # a forward's fixed cost, in padded tokens, when planning buckets
+GROW_BYTES = 4 << 20  # a table grows by at most this much (or one slot) at a time
 
 
 @dataclasses.dataclass(eq=False)
@@ -32,19 +33,20 @@ class LoadedTask:
     head: HeadConfig
     table: str  # which of the kind's tables holds it (Kind.table_key)
     slot: int  # its row in that table
-    head_slot: int  # its row in the head table
+    head_slot: int  # its row in its head table
     mlp_slot: int  # its row in the mlp-head table, -1 unless the head is an mlp
     tables: SlotTables
+    head_table: str = "head"  # which head table holds it (heads.head_table_key)
 
     @property
     def nbytes(self) -> int:
         """Device bytes of its slots: whole table rows at the tables' present widths (every
-        field of the table, and a table that widens for a later task makes every row in
-        it cost more); 0 once unloaded."""
+        field of the table; a table widens only for tasks of its own size class); 0 once
+        unloaded."""
         if self.slot < 0:
             return 0
         t = self.tables
-        return (t.kinds[self.table].row_bytes() + t.heads.row_bytes()
+        return (t.kinds[self.table].row_bytes() + t.head_tables[self.head_table].row_bytes()
                 + (t.mlps.row_bytes() if self.mlp_slot >= 0 else 0))
 
 
@@ -53,41 +55,52 @@ class BatchSlots:
     """What one forward reads: per kind table, its fields and each row's slot (-1: none)."""
 
     kinds: Mapping[str, tuple[Kind, Mapping[str, Tensor], Tensor]]  # table key -> ...
-    heads: Mapping[str, Tensor]
+    heads: Mapping[str, tuple[Mapping[str, Tensor], Tensor]]  # head table -> fields, (B,) slots
     mlps: Mapping[str, Tensor]
-    head_slots: Tensor  # (B,)
     widths: list[int]  # each row's output count (0: no task, the row returns [CLS])
 
 
 class SlotTables:
-    """One engine's tables: one per kind (and size class), the head table and the mlp-head
-    table. Allocated within ``budget`` device bytes (None: unbounded): a full table doubles
-    (starting at ``capacity`` slots) as far as the budget allows; when even one more slot
-    does not fit, every table gives its trailing free slots back (an empty table goes),
-    and then ``SlotsExhausted`` says to unload tasks first. A task that alone exceeds the
-    budget still loads into otherwise empty tables (as the bank keeps its newest entry),
-    and ``over_budget`` loads one anyway (the bank's last resort while every slot is held
-    by requests in flight); a free slot already allocated is always used."""
+    """One engine's tables: one per kind (and size class), one per head size class and the
+    mlp-head table. When a task leaves, a table it leaves empty is given back at once if it
+    holds more than ``shrink_bytes``, and trailing free slots worth more than that are
+    trimmed: a wide task costs its own rows only, and only while it is resident. Allocated
+    within ``budget`` device bytes (None: unbounded): a full table doubles (starting at
+    ``capacity`` slots, by at most ``GROW_BYTES`` at a time) as far as the budget allows;
+    when even one more slot does not fit, every table gives its trailing free slots back
+    (an empty table goes), and then ``SlotsExhausted`` says to unload tasks first. A task
+    that alone exceeds the budget still loads into otherwise empty tables (as the bank
+    keeps its newest entry), and ``over_budget`` loads one anyway (the bank's last resort
+    while every slot is held by requests in flight); a free slot already allocated is
+    always used."""
 
     def __init__(self, spec: BackboneSpec, device: torch.device, dtype: torch.dtype,
                  capacity: int = 16, budget: int | None = None) -> None:
         self.spec, self.device, self.dtype, self.capacity = spec, device, dtype, capacity
         self.budget = budget
+        self.shrink_bytes = GROW_BYTES
         self.kinds: dict[str, SlotTable] = {}  # by table key (Kind.table_key)
-        self.heads = SlotTable("head", device, dtype, 0)
+        self.head_tables: dict[str, SlotTable] = {"head": SlotTable("head", device, dtype, 0)}
         self.mlps = SlotTable("mlp", device, dtype, 0)
         self._lock = threading.Lock()  # loads and unloads, one at a time
 
     @property
+    def heads(self) -> SlotTable:
+        """The base head table (heads of up to ``heads.BASE_OUTPUTS`` outputs)."""
+        return self.head_tables["head"]
+
+    def all_tables(self) -> list[SlotTable]:
+        return [*self.kinds.values(), *self.head_tables.values(), self.mlps]
+
+    @property
     def nbytes(self) -> int:
         """Device bytes allocated, free slots included."""
-        return sum(t.nbytes for t in (*self.kinds.values(), self.heads, self.mlps))
+        return sum(t.nbytes for t in self.all_tables())
 
     @property
     def used_bytes(self) -> int:
         """Device bytes of the slots in use."""
-        return sum(t.used * t.row_bytes() for t in (*self.kinds.values(), self.heads, self.mlps)
-                   if t.fields)
+        return sum(t.used * t.row_bytes() for t in self.all_tables() if t.fields)
 
     def load(self, artifact: TaskArtifact, over_budget: bool = False) -> LoadedTask:
         """Write a validated artifact's rows into free slots of the tables."""
@@ -108,13 +121,16 @@ class SlotTables:
                     mlp_slot = self._put(self.mlps, mlp_layout(spec), mlp_row, may_exceed)
                     taken.append((self.mlps, mlp_slot))
                 head_row, _ = head_rows(artifact.head_tensors(), artifact.head, mlp_slot)
-                head_slot = self._put(self.heads, head_layout(spec, artifact.head), head_row,
-                                      may_exceed)
+                hkey = head_table_key(artifact.head)
+                heads = self.head_tables.get(hkey) or SlotTable(hkey, self.device, self.dtype, 0)
+                head_slot = self._put(heads, head_layout(spec, artifact.head), head_row, may_exceed)
+                self.head_tables[hkey] = heads
             except SlotsExhausted:
                 for t, s in taken:
                     t.free(s)
+                self._shrink(self.kinds, key)
                 raise
-        return LoadedTask(kind, cfg, artifact.head, key, slot, head_slot, mlp_slot, self)
+        return LoadedTask(kind, cfg, artifact.head, key, slot, head_slot, mlp_slot, self, hkey)
 
     def unload(self, task: LoadedTask) -> None:
         """Free the task's slots (cleared). No batch may still be using the task."""
@@ -122,17 +138,28 @@ class SlotTables:
             return
         with self._lock:
             self.kinds[task.table].free(task.slot)
-            self.heads.free(task.head_slot)
+            self.head_tables[task.head_table].free(task.head_slot)
             if task.mlp_slot >= 0:
                 self.mlps.free(task.mlp_slot)
+            self._shrink(self.kinds, task.table)
+            self._shrink(self.head_tables, task.head_table)
             task.slot = task.head_slot = task.mlp_slot = -1
 
     def trim(self) -> int:
         """Give every table's trailing free slots back; drop kind tables left empty."""
-        freed = sum(t.trim() for t in (*self.kinds.values(), self.heads, self.mlps))
+        freed = sum(t.trim() for t in self.all_tables())
         for key in [k for k, t in self.kinds.items() if t.capacity == 0]:
             del self.kinds[key]
         return freed
+
+    def _shrink(self, tables: dict[str, SlotTable], key: str) -> None:
+        """After a task left ``tables[key]``: drop it when empty and large (the base head
+        table stays), or trim its trailing free slots when they hold a lot."""
+        t = tables[key]
+        if t.used == 0 and t.nbytes > self.shrink_bytes and t is not self.heads:
+            del tables[key]
+        elif t.free_slots * t.row_bytes() > self.shrink_bytes:
+            t.trim()
 
     def _put(self, table: SlotTable, layout: Mapping[str, Field], rows: Mapping[str, Tensor],
              may_exceed: bool) -> int:
@@ -157,6 +184,7 @@ class SlotTables:
         if table.free_slots and not widens:
             return table.capacity
         want = table.capacity if table.free_slots else max(self.capacity, 2 * table.capacity)
+        want = min(want, table.capacity + max(1, GROW_BYTES // max(row, 1)))  # wide rows: few
         if self.budget is None:
             return want
         others = self.nbytes - table.nbytes
@@ -168,20 +196,23 @@ class SlotTables:
         """Each row's slots (one pass over the rows; tensors, not per-task copies)."""
         B = len(tasks)
         kind_slots: dict[str, list[int]] = {}
+        head_slots: dict[str, list[int]] = {}
         kinds_of: dict[str, Kind] = {}
-        head, widths = [-1] * B, [0] * B
+        widths = [0] * B
         for i, t in enumerate(tasks):
             if t is None:
                 continue
             if t.tables is not self or t.slot < 0:
                 raise ValueError(f"row {i}: task is not loaded in this engine's tables")
             kind_slots.setdefault(t.table, [-1] * B)[i] = t.slot
-            head[i], widths[i] = t.head_slot, t.head.num_outputs
+            head_slots.setdefault(t.head_table, [-1] * B)[i] = t.head_slot
+            widths[i] = t.head.num_outputs
             kinds_of[t.table] = t.kind
         kinds = {n: (kinds_of[n], dict(self.kinds[n].fields), torch.tensor(s, device=device))
                  for n, s in kind_slots.items()}
-        return BatchSlots(kinds, dict(self.heads.fields), dict(self.mlps.fields),
-                          torch.tensor(head, device=device), widths)
+        heads = {n: (dict(self.head_tables[n].fields), torch.tensor(s, device=device))
+                 for n, s in head_slots.items()}
+        return BatchSlots(kinds, heads, dict(self.mlps.fields), widths)
 
 
 @dataclasses.dataclass
@@ -310,11 +341,14 @@ def forward_slots(encoder: Encoder, ids: Tensor, mask: Tensor, types: Tensor,
     hidden = encoder.forward(ctx, types, effects_for(batch, ctx))
     cls = hidden[:, 0]  # (B, d)
     out: list[Tensor] = list(cls)
-    rows, sel = slot_rows(batch.head_slots)
-    if len(rows):
-        width = max(batch.widths)
-        logits = apply_heads(batch.heads, batch.mlps, rows, sel, cls, encoder.pooler, width)
-        for j, r in enumerate(rows.tolist()):
+    for fields, slots in batch.heads.values():  # one product per head table present
+        rows, sel = slot_rows(slots)
+        if not len(rows):
+            continue
+        index = rows.tolist()
+        width = max(batch.widths[r] for r in index)
+        logits = apply_heads(fields, batch.mlps, rows, sel, cls, encoder.pooler, width)
+        for j, r in enumerate(index):
             out[r] = logits[j, :batch.widths[r]]
     return out
 
@@ -323,8 +357,7 @@ def group_rows(tasks: Sequence[LoadedTask | None], device: torch.device) -> Batc
     """The batch's slots, from the tasks of its rows (all of one engine)."""
     owner = next((t.tables for t in tasks if t is not None), None)
     if owner is None:
-        empty = torch.full((len(tasks),), -1, dtype=torch.long, device=device)
-        return BatchSlots({}, {}, {}, empty, [0] * len(tasks))
+        return BatchSlots({}, {}, {}, [0] * len(tasks))
     return owner.batch(tasks, device)
 
 

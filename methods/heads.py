@@ -75,6 +75,17 @@ def head_layout(spec: BackboneSpec, cfg: HeadConfig) -> dict[str, Field]:
             MLP_SLOT: Field((), torch.int64, fill=-1)}
 
 
+BASE_OUTPUTS = 16  # heads up to this many outputs share the base table; wider ones go by class
+
+
+def head_table_key(cfg: HeadConfig) -> str:
+    """Which head table a head goes to: "head" up to ``BASE_OUTPUTS`` outputs, else its size
+    class (outputs rounded up to a power of 2): a table pads every row to its widest head,
+    so a 10,000-label head never widens the rows of 2-label ones."""
+    c = cfg.num_outputs
+    return "head" if c <= BASE_OUTPUTS else f"head/{1 << (c - 1).bit_length()}"
+
+
 def mlp_layout(spec: BackboneSpec) -> dict[str, Field]:
     return {MLP_W: Field((spec.hidden, spec.hidden)), MLP_B: Field((spec.hidden,))}
 

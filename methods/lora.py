@@ -16,6 +16,7 @@ from methods.slots import Rows
 from methods.spec import LAYER_LINEARS, BackboneSpec
 
 SCALE = "lora.scale"
+BASE_RANK = 16  # ranks up to this share one table; higher ones go by size class
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +88,12 @@ class Lora(Kind):
              cfg: LoraConfig) -> dict[str, Tensor]:
         dev = next(iter(tensors.values())).device
         return {**tensors, SCALE: torch.tensor(cfg.scale, device=dev)}
+
+    def table_key(self, rows: Mapping[str, Tensor]) -> str:
+        """Ranks up to ``BASE_RANK`` share the "lora" table; higher ranks go by size class
+        (rank rounded up to a power of 2), so a rank-512 task never pads rank-8 rows."""
+        r = next(v.shape[0] for k, v in rows.items() if k.endswith(".A"))
+        return self.name if r <= BASE_RANK else f"{self.name}/r{1 << (r - 1).bit_length()}"
 
     def effect(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> Effect:
         return LoraEffect(tables, slots, ctx)
