@@ -39,6 +39,10 @@ class TaskArtifact:
         kind.validate(self.kind_tensors(), spec, self.config)
         validate_head(self.head_tensors(), spec, self.head)
 
+    def measures(self) -> dict[str, float]:
+        """Sizes a store may limit: head outputs and the kind's own (rank, density)."""
+        return {"outputs": self.head.num_outputs, **self.kind_impl.measures(self.config)}
+
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())

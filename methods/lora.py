@@ -89,6 +89,9 @@ class Lora(Kind):
         dev = next(iter(tensors.values())).device
         return {**tensors, SCALE: torch.tensor(cfg.scale, device=dev)}
 
+    def measures(self, cfg: LoraConfig) -> dict[str, float]:
+        return {"lora_rank": cfg.r}
+
     def table_key(self, rows: Mapping[str, Tensor]) -> str:
         """Ranks up to ``BASE_RANK`` share the "lora" table; higher ranks go by size class
         (rank rounded up to a power of 2), so a rank-512 task never pads rank-8 rows."""

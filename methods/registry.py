@@ -59,6 +59,10 @@ class Kind(abc.ABC):
         Differentiable, so that train time runs the very rows serving writes."""
         return dict(tensors)
 
+    def measures(self, cfg: Any) -> dict[str, float]:
+        """Sizes a store may limit (``store.Limits``: ``max_<name>``), from the config."""
+        return {}
+
     def table_key(self, rows: Mapping[str, Tensor]) -> str:
         """Which of the kind's tables a task's rows go to (default: one table per kind)."""
         return self.name

@@ -395,6 +395,9 @@ class Sparse(Kind):
              cfg: SparseConfig) -> dict[str, Tensor]:
         return SparseRows.of(tensors, spec).table_rows()
 
+    def measures(self, cfg: SparseConfig) -> dict[str, float]:
+        return {"sparse_density": cfg.density}
+
     def table_key(self, rows: Mapping[str, Tensor]) -> str:
         """Tasks go to tables by form (CSR or columns) and size class (total entries,
         rounded up to a power of 2): a table pads every slot to its largest task, so a 1 %

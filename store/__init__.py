@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 _WHERE = {
     "Catalog": "store.catalog", "open_catalog": "store.catalog",
     "TaskInfo": "store.sql", "VersionInfo": "store.sql",
-    "AmbiguousRefError": "store.errors", "NotFoundError": "store.errors", "StoreError": "store.errors",
+    "AmbiguousRefError": "store.errors", "KindChangeError": "store.errors",
+    "NotFoundError": "store.errors", "StoreError": "store.errors",
     "StoreUnavailable": "store.errors",
     "decode_artifact": "store.fileformat", "encode_artifact": "store.fileformat",
     "load_artifact": "store.fileformat", "save_artifact": "store.fileformat",
@@ -42,7 +43,8 @@ _WHERE = {
     "Store": "store.store", "StoredArtifact": "store.store",
 }
 __all__ = [
-    "DEFAULT_MAX_BYTES", "AmbiguousRefError", "Catalog", "Manifest", "NotFoundError", "Store",
+    "DEFAULT_MAX_BYTES", "AmbiguousRefError", "Catalog", "KindChangeError", "Manifest",
+    "NotFoundError", "Store",
     "StoreError", "StoreUnavailable", "StoredArtifact", "TaskInfo", "VersionInfo", "decode_artifact",
     "encode_artifact",
     "load_artifact", "new_manifest", "open_catalog", "save_artifact", "validate_task_id",

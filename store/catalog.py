@@ -16,8 +16,10 @@ the place the bytes live, and its change feed. Invariants, on both:
 from __future__ import annotations
 
 import abc
+import dataclasses
 import datetime
 import hashlib
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from store import sql
-from store.errors import NotFoundError, StoreError
+from store.errors import KindChangeError, NotFoundError, StoreError
 from store.names import LATEST, alias_problem
 from store.sql import Conn, TaskInfo, VersionInfo
 
@@ -41,6 +43,17 @@ __all__ = ["JOURNAL_MODES", "PG_SCHEMES", "Catalog", "ChangeFeed", "PollingFeed"
 # rollback journal, for a store on a network filesystem that several hosts mount at once;
 # it relies on the filesystem's POSIX locks.
 JOURNAL_MODES = ("wal", "delete")
+DEFAULT_RETENTION_S = 7 * 86400.0  # how long a deleted task can be restored
+
+
+@dataclasses.dataclass(frozen=True)
+class DeletedTask:
+    """A deleted task kept for its retention period: restorable until ``expires_at``."""
+
+    task_id: str
+    deleted_at: str  # ISO-8601 UTC
+    expires_at: str  # after this, `gc` purges it (rows and bytes)
+    num_versions: int
 
 
 def journal_mode(mode: str | None = None) -> str:
@@ -180,15 +193,27 @@ class Catalog(abc.ABC):
         """Close this thread's connection."""
 
     def gc(self) -> list[str]:
-        """Remove bytes no version refers to (and a backend's stale temp files)."""
-        return self._writing(self._collect)
+        """Purge deleted tasks whose retention ended, then remove bytes no version (live or
+        deleted) refers to (and a backend's stale temp files); what went."""
+        return self._writing(lambda c: self._purge(c) + self._collect(c))
+
+    def _purge(self, c: Conn) -> list[str]:
+        expired = c.execute("SELECT task_id, deleted_at FROM deleted_tasks WHERE expires_at <= ?",
+                            (_now_us(),)).fetchall()
+        for task_id, deleted_at in expired:
+            for table in ("deleted_versions", "deleted_tasks"):
+                c.execute(f"DELETE FROM {table} WHERE task_id = ? AND deleted_at = ?",
+                          (task_id, deleted_at))
+        return [f"deleted task {t} (deleted at {d})" for t, d in expired]
 
     # -- writes ----------------------------------------------------------------------------
 
     def add_version(self, task_id: str, data: bytes, kind: str,
-                    created_at: str | None = None) -> VersionInfo:
+                    created_at: str | None = None, *, replace_kind: bool = False) -> VersionInfo:
         """Store ``data`` (already validated) as a version of ``task_id`` and point ``latest``
-        at it. Identical bytes give the existing version. ``created_at``: kept by a copy."""
+        at it. Identical bytes give the existing version. ``created_at``: kept by a copy.
+        A task whose latest version is of another kind changes kind only with
+        ``replace_kind`` (else KindChangeError)."""
         version = _sha256(data)
         self._stage_blob(version, data)  # the slow part, outside the lock where it can be
 
@@ -198,6 +223,7 @@ class Catalog(abc.ABC):
                 raise StoreError(f"version {version[:12]} belongs to task {row[0]!r}")
             changed = row is None
             if row is None:
+                _check_kind(c, task_id, kind, replace_kind)
                 when = created_at or _now()
                 c.execute("INSERT INTO tasks (task_id, created_at) VALUES (?, ?) "
                           "ON CONFLICT (task_id) DO NOTHING", (task_id, when))
@@ -244,16 +270,65 @@ class Catalog(abc.ABC):
 
         self._writing(body)
 
-    def delete(self, task_id: str) -> None:
-        """The task stops resolving at once; bytes no longer referenced are collected."""
-        def body(c: Conn) -> None:
+    def delete(self, task_id: str, retention_s: float = DEFAULT_RETENTION_S) -> DeletedTask:
+        """The task stops resolving at once; its versions, aliases and bytes are kept for
+        ``retention_s`` seconds (``restore`` brings them back), then ``gc`` purges them."""
+        if not retention_s >= 0:
+            raise StoreError(f"retention must be >= 0 seconds, got {retention_s!r}")
+
+        def body(c: Conn) -> DeletedTask:
             sql.require_task(c, task_id)
+            now = datetime.datetime.now(datetime.UTC)
+            when, until = _now_us(now), _now_us(now + datetime.timedelta(seconds=retention_s))
+            (created,) = c.execute("SELECT created_at FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+            aliases = dict(c.execute("SELECT alias, version FROM aliases WHERE task_id = ?", (task_id,)))
+            c.execute("INSERT INTO deleted_tasks (task_id, deleted_at, expires_at, created_at, aliases) "
+                      "VALUES (?, ?, ?, ?, ?)", (task_id, when, until, created, json.dumps(aliases)))
+            n = c.execute("INSERT INTO deleted_versions (task_id, deleted_at, version, number, kind, "
+                          "nbytes, created_at) SELECT task_id, ?, version, number, kind, nbytes, "
+                          "created_at FROM versions WHERE task_id = ?", (when, task_id)).rowcount
             for table in ("aliases", "versions", "tasks"):
                 c.execute(f"DELETE FROM {table} WHERE task_id = ?", (task_id,))
             self._changed(c)
+            return DeletedTask(task_id, when, until, n)
 
-        self._writing(body)
-        self.gc()
+        out = self._writing(body)
+        self.gc()  # what earlier deletes kept past their retention goes now
+        return out
+
+    def restore(self, task_id: str) -> VersionInfo:
+        """Bring back the task's latest delete, within its retention: every version and
+        alias as they were. Refused while a task of that id exists; its latest version."""
+        def body(c: Conn) -> VersionInfo:
+            row = c.execute("SELECT deleted_at, expires_at, created_at, aliases FROM deleted_tasks "
+                            "WHERE task_id = ? ORDER BY deleted_at DESC LIMIT 1", (task_id,)).fetchone()
+            if row is None or row[1] <= _now_us():
+                raise NotFoundError(f"no deleted task {task_id!r:.80} to restore (never deleted, "
+                                    "or its retention ended)")
+            when, _, created, aliases = row
+            if c.execute("SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone() is not None:
+                raise StoreError(f"task {task_id!r} exists (published again since its delete): "
+                                 "delete it first to restore the deleted one")
+            versions = c.execute("SELECT version, number, kind, nbytes, created_at FROM deleted_versions "
+                                 "WHERE task_id = ? AND deleted_at = ?", (task_id, when)).fetchall()
+            _restore_rows(c, task_id, created, versions, json.loads(aliases))
+            for table in ("deleted_versions", "deleted_tasks"):
+                c.execute(f"DELETE FROM {table} WHERE task_id = ? AND deleted_at = ?", (task_id, when))
+            self._changed(c)
+            return sql.info(c, sql.resolve(c, task_id, LATEST))
+
+        return self._writing(body)
+
+    def deleted(self) -> list[DeletedTask]:
+        """Deleted tasks not yet purged, newest delete first."""
+        def body(c: Conn) -> list[DeletedTask]:
+            rows = c.execute("SELECT t.task_id, t.deleted_at, t.expires_at, COUNT(v.version) "
+                             "FROM deleted_tasks t LEFT JOIN deleted_versions v ON v.task_id = t.task_id "
+                             "AND v.deleted_at = t.deleted_at GROUP BY t.task_id, t.deleted_at, "
+                             "t.expires_at ORDER BY t.deleted_at DESC").fetchall()
+            return [DeletedTask(t, d, e, int(n)) for t, d, e, n in rows]
+
+        return self._reading(body)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -357,7 +432,8 @@ def iter_copy(src: Catalog, dst: Catalog) -> Iterator[tuple[VersionInfo, bool]]:
                 dst.resolve(task.task_id, info.version)
                 new = False
             except NotFoundError:
-                dst.add_version(task.task_id, data, info.kind, created_at=info.created_at)
+                dst.add_version(task.task_id, data, info.kind, created_at=info.created_at,
+                                replace_kind=True)
                 new = True
             back, _ = dst.read_bytes(task.task_id, info.version)
             if back.nbytes != info.nbytes:
@@ -368,9 +444,33 @@ def iter_copy(src: Catalog, dst: Catalog) -> Iterator[tuple[VersionInfo, bool]]:
             dst.set_alias(task.task_id, alias, version)
 
 
+def _check_kind(c: Conn, task_id: str, kind: str, replace_kind: bool) -> None:
+    row = c.execute("SELECT v.kind FROM aliases a JOIN versions v ON v.version = a.version "
+                    "WHERE a.task_id = ? AND a.alias = ?", (task_id, LATEST)).fetchone()
+    if row is not None and row[0] != kind and not replace_kind:
+        raise KindChangeError(f"task {task_id!r} is a {row[0]!r} task: publishing a {kind!r} "
+                              "version onto it needs replace_kind (--replace-kind)")
+
+
+def _restore_rows(c: Conn, task_id: str, created: str, versions: list[tuple[str, int, str, int, str]],
+                  aliases: dict[str, str]) -> None:
+    """The deleted rows back (a version's bytes name its task, so no other task holds them)."""
+    c.execute("INSERT INTO tasks (task_id, created_at) VALUES (?, ?)", (task_id, created))
+    for version, number, kind, nbytes, when in versions:
+        c.execute("INSERT INTO versions (version, task_id, number, kind, nbytes, created_at) "
+                  "VALUES (?, ?, ?, ?, ?, ?)", (version, task_id, number, kind, nbytes, when))
+    for alias, version in sorted(aliases.items()):
+        sql.point(c, task_id, alias, version)
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+
+
+def _now_us(when: datetime.datetime | None = None) -> str:
+    """Delete and expiry times: microseconds, so that they compare as strings."""
+    return (when or datetime.datetime.now(datetime.UTC)).isoformat(timespec="microseconds")

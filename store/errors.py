@@ -11,6 +11,10 @@ class NotFoundError(StoreError):
     """An unknown task, version or alias."""
 
 
+class KindChangeError(StoreError):
+    """A publish that would change a task's kind without an explicit ``replace_kind``."""
+
+
 class AmbiguousRefError(StoreError):
     """A version prefix that matches more than one version of the task."""
 

@@ -173,6 +173,10 @@ class PgCatalog(Catalog):
                     for stmt in sql.PG_SCHEMA:
                         conn.execute(stmt)
             found = sql.schema_version(_Tx(conn))
+            if found < sql.CATALOG_SCHEMA:  # an older store: upgraded in place, once
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                    sql.upgrade(_Tx(conn), sql.PG_UPGRADE)
         except psycopg.Error as e:
             raise StoreError(f"cannot set up the store in {self.location}: {_line(e)}") from e
         if found > sql.CATALOG_SCHEMA:
@@ -182,7 +186,9 @@ class PgCatalog(Catalog):
     # -- bytes -------------------------------------------------------------------------------
 
     def _keep_blob(self, c: Conn, version: str, data: bytes) -> None:
-        c.execute("INSERT INTO blobs (version, data) VALUES (?, ?)", (version, data))
+        # the bytes may be there already: kept for a deleted task's version
+        c.execute("INSERT INTO blobs (version, data) VALUES (?, ?) ON CONFLICT (version) DO NOTHING",
+                  (version, data))
 
     def _load_blob(self, info: VersionInfo, *, cached: bool = True) -> bytes | None:
         cache = self.cache if cached else None
@@ -204,10 +210,12 @@ class PgCatalog(Catalog):
         return data
 
     def _collect(self, c: Conn) -> list[str]:
-        return []  # bytes are deleted with their version (ON DELETE CASCADE)
-
-    def gc(self) -> list[str]:
-        return []  # nothing to collect, so no transaction to take
+        live = sql.referenced_versions(c)
+        stored = [v for (v,) in c.execute("SELECT version FROM blobs")]
+        gone = [v for v in stored if v not in live]
+        for v in gone:
+            c.execute("DELETE FROM blobs WHERE version = ?", (v,))
+        return [f"blob {v}" for v in gone]
 
     # -- changes -----------------------------------------------------------------------------
 

@@ -8,13 +8,13 @@ backend rewrites them), so that both backends number, resolve and check alike.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from store.errors import AmbiguousRefError, NotFoundError
 from store.names import hex_prefix, is_task_id, version_number_ref
 
-CATALOG_SCHEMA = 1  # both backends; a catalog with a larger number is refused
+CATALOG_SCHEMA = 2  # both backends; a catalog with a larger number is refused, a smaller upgraded
 
 
 class Cursor(Protocol):
@@ -38,7 +38,7 @@ PRAGMAS = (
     "PRAGMA synchronous = FULL",  # a returned publish survives power loss too
     "PRAGMA foreign_keys = ON",
 )
-SCHEMA = (  # SQLite
+SCHEMA: tuple[str, ...] = (  # SQLite
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS tasks (task_id TEXT PRIMARY KEY, created_at TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS versions (
@@ -57,6 +57,28 @@ SCHEMA = (  # SQLite
     "INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', 0)",
     f"INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', {CATALOG_SCHEMA})",
 )
+# Schema 2: deleted tasks, kept (rows and bytes) until their retention ends. The task's
+# catalog rows move here on delete and back on restore; gc purges the expired ones.
+DELETED = (
+    """CREATE TABLE IF NOT EXISTS deleted_tasks (
+        task_id TEXT NOT NULL,
+        deleted_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        aliases TEXT NOT NULL,
+        PRIMARY KEY (task_id, deleted_at))""",
+    """CREATE TABLE IF NOT EXISTS deleted_versions (
+        task_id TEXT NOT NULL,
+        deleted_at TEXT NOT NULL,
+        version TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        nbytes BIGINT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (task_id, deleted_at, version))""",
+)
+SCHEMA = SCHEMA + DELETED
+UPGRADE = {1: DELETED}  # SQLite: from schema N to N + 1
 
 PG_SCHEMA_NAME = "polyhead"  # every table lives in this PostgreSQL schema (namespace)
 PG_SCHEMA = (  # PostgreSQL: the same tables, byte order ("C") for ids, plus the bytes
@@ -77,12 +99,16 @@ PG_SCHEMA = (  # PostgreSQL: the same tables, byte order ("C") for ids, plus the
         version TEXT COLLATE "C" NOT NULL REFERENCES versions(version) ON DELETE CASCADE,
         PRIMARY KEY (task_id, alias))""",
     """CREATE TABLE IF NOT EXISTS blobs (
-        version TEXT COLLATE "C" PRIMARY KEY REFERENCES versions(version) ON DELETE CASCADE,
-        data BYTEA NOT NULL)""",
+        version TEXT COLLATE "C" PRIMARY KEY,
+        data BYTEA NOT NULL)""",  # gc removes bytes no version, live or deleted, refers to
     "ALTER TABLE blobs ALTER COLUMN data SET STORAGE EXTERNAL",  # float tensors do not compress
     "INSERT INTO meta (key, value) VALUES ('generation', 0) ON CONFLICT DO NOTHING",
     f"INSERT INTO meta (key, value) VALUES ('schema', {CATALOG_SCHEMA}) ON CONFLICT DO NOTHING",
+    *DELETED,
 )
+PG_UPGRADE = {  # PostgreSQL: from schema N to N + 1
+    1: ("ALTER TABLE blobs DROP CONSTRAINT IF EXISTS blobs_version_fkey", *DELETED),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +145,23 @@ def generation(c: Conn) -> int:
 
 def schema_version(c: Conn) -> int:
     return int(c.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0])
+
+
+def referenced_versions(c: Conn) -> set[str]:
+    """Versions whose bytes must stay: live ones and those of deleted tasks not yet purged."""
+    return {v for (v,) in c.execute("SELECT version FROM versions UNION "
+                                    "SELECT version FROM deleted_versions")}
+
+
+def upgrade(c: Conn, steps: Mapping[int, tuple[str, ...]]) -> int:
+    """Bring an older catalog up to CATALOG_SCHEMA in place (inside the caller's write
+    transaction); the schema it had."""
+    found = schema_version(c)
+    for n in range(found, CATALOG_SCHEMA):
+        for stmt in steps[n]:
+            c.execute(stmt)
+        c.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (n + 1,))
+    return found
 
 
 def point(c: Conn, task_id: str, alias: str, version: str) -> bool:

@@ -113,6 +113,8 @@ class SqliteCatalog(Catalog):
         if row[0] > sql.CATALOG_SCHEMA:
             raise StoreError(f"{self.db_path}: catalog schema {row[0]} is newer than this polyhead "
                              f"({sql.CATALOG_SCHEMA}); upgrade polyhead to use this store")
+        if row[0] < sql.CATALOG_SCHEMA:  # an older store: upgraded in place, once
+            self._writing(lambda c: sql.upgrade(c, sql.UPGRADE))
 
     def close(self) -> None:
         """Close this thread's connection (others close when their threads' objects go)."""
@@ -150,7 +152,7 @@ class SqliteCatalog(Catalog):
 
     def _collect(self, c: Conn, stale_tmp_s: float = STALE_TMP_S) -> list[str]:
         removed = []
-        live = {v for (v,) in c.execute("SELECT version FROM versions")}
+        live = sql.referenced_versions(c)
         for path in self.blob_dir.glob("*/*"):
             if VERSION_RE.fullmatch(path.name) and path.name not in live:
                 path.unlink(missing_ok=True)
@@ -164,9 +166,10 @@ class SqliteCatalog(Catalog):
         return removed
 
     def gc(self, stale_tmp_s: float = STALE_TMP_S) -> list[str]:
-        """Remove blobs no version refers to, and temp files older than ``stale_tmp_s``
-        (those of live publishers are younger); return the paths removed."""
-        return self._writing(lambda c: self._collect(c, stale_tmp_s))
+        """Purge deleted tasks whose retention ended; remove blobs no version (live or
+        deleted) refers to, and temp files older than ``stale_tmp_s`` (those of live
+        publishers are younger); what was purged and the paths removed."""
+        return self._writing(lambda c: self._purge(c) + self._collect(c, stale_tmp_s))
 
     # -- reads ---------------------------------------------------------------------------
 

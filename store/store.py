@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,46 @@ from methods.artifact import TaskArtifact
 from methods.errors import ArtifactError
 from methods.peft_io import artifact_from_peft
 from methods.spec import BackboneSpec
-from store.catalog import ChangeFeed, TaskInfo, VersionInfo, open_catalog
+from store.catalog import (
+    DEFAULT_RETENTION_S,
+    ChangeFeed,
+    DeletedTask,
+    TaskInfo,
+    VersionInfo,
+    open_catalog,
+)
 from store.errors import StoreError
 from store.fileformat import decode_artifact, encode_artifact
 from store.header import DEFAULT_MAX_BYTES
 from store.manifest import Manifest, new_manifest, validate_task_id
 from store.names import LATEST
 from store.peft_folder import check_modules, parse_peft, read_peft_folder, training_record
+
+Probe = Callable[[TaskArtifact], None]  # raises ArtifactError for an artifact not to publish
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """The largest artifacts a store publishes (each at most the format's own ceiling):
+    head outputs, LoRA rank, sparse density. Refusals name the limit and its value."""
+
+    max_outputs: int = 10_000
+    max_lora_rank: int = 512
+    max_sparse_density: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name, top in (("max_outputs", 10_000), ("max_lora_rank", 512), ("max_sparse_density", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= top:
+                raise StoreError(f"{name} must be in (0, {top}], got {value!r}")
+
+    def check(self, measures: Mapping[str, float]) -> None:
+        """Raise ArtifactError (check ``max_<name>``) for a measure above its limit."""
+        for name, value in measures.items():
+            limit = getattr(self, f"max_{name}", None)
+            if limit is not None and value > limit:
+                raise ArtifactError(f"max_{name}", f"{name.replace('_', ' ')} {value:g} exceeds this "
+                                    f"server's limit max_{name} = {limit:g}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,14 +68,21 @@ class Store:
     """Versions of task artifacts in the catalog at ``location`` (a folder or a
     ``postgresql://`` URL; see ``store.catalog.open_catalog``). With ``spec``, every artifact
     published or read is checked against that backbone (shapes and fingerprint); without,
-    structure only."""
+    structure only. Every publish is checked against ``limits`` and, with ``probe``, run
+    by it (a forward on the backbone) before it goes in; a delete is restorable for
+    ``retention_s`` seconds."""
 
     def __init__(self, location: str | os.PathLike[str] | None = None, spec: BackboneSpec | None = None,
                  *, max_artifact_bytes: int = DEFAULT_MAX_BYTES, journal: str | None = None,
-                 cache: str | os.PathLike[str] | None = None, create: bool = True) -> None:
+                 cache: str | os.PathLike[str] | None = None, create: bool = True,
+                 limits: Limits | None = None, probe: Probe | None = None,
+                 retention_s: float = DEFAULT_RETENTION_S) -> None:
         self.catalog = open_catalog(location, journal=journal, create=create, cache=cache)
         self.spec = spec
         self.max_artifact_bytes = max_artifact_bytes
+        self.limits = limits or Limits()
+        self.probe = probe
+        self.retention_s = retention_s
 
     @property
     def location(self) -> str:
@@ -49,38 +90,44 @@ class Store:
 
     # -- in: validated once, decoded once ---------------------------------------------------
 
-    def ingest(self, data: bytes) -> StoredArtifact:
-        """Validate, atomically add a version and move the task's ``latest`` to it; the
-        decoded artifact comes back with its version (a server loads it without a re-read)."""
+    def ingest(self, data: bytes, *, replace_kind: bool = False) -> StoredArtifact:
+        """Validate (limits and probe too), atomically add a version and move the task's
+        ``latest`` to it; the decoded artifact comes back with its version (a server loads
+        it without a re-read). A task changes kind only with ``replace_kind``."""
         manifest, artifact = decode_artifact(data, self.spec, max_bytes=self.max_artifact_bytes)
-        info = self.catalog.add_version(manifest.task_id, data, manifest.kind)
+        self.limits.check(artifact.measures())
+        if self.probe is not None:
+            self.probe(artifact)
+        info = self.catalog.add_version(manifest.task_id, data, manifest.kind,
+                                        replace_kind=replace_kind)
         return StoredArtifact(info, manifest, artifact)
 
-    def publish(self, data: bytes) -> VersionInfo:
+    def publish(self, data: bytes, *, replace_kind: bool = False) -> VersionInfo:
         """``ingest`` for callers that need only the version."""
-        return self.ingest(data).info
+        return self.ingest(data, replace_kind=replace_kind).info
 
     def publish_artifact(self, manifest: Manifest, artifact: TaskArtifact) -> VersionInfo:
         return self.publish(encode_artifact(manifest, artifact))
 
     def import_peft(self, folder: str | os.PathLike[str], task_id: str,
-                    labels: list[str] | None = None) -> VersionInfo:
+                    labels: list[str] | None = None, *, replace_kind: bool = False) -> VersionInfo:
         """Publish a PEFT LoRA folder as a ``lora`` artifact (see ``import_peft_bytes``)."""
         self._need_spec()
         state, config = read_peft_folder(Path(folder), self.max_artifact_bytes)
-        return self._import_peft(state, config, task_id, labels).info
+        return self._import_peft(state, config, task_id, labels, replace_kind).info
 
     def import_peft_bytes(self, adapter_config: bytes, adapter_model: bytes, task_id: str,
-                          labels: list[str] | None = None) -> StoredArtifact:
+                          labels: list[str] | None = None, *,
+                          replace_kind: bool = False) -> StoredArtifact:
         """Publish a PEFT adapter given as its two files' bytes (adapter_config.json,
         adapter_model.safetensors). Without ``labels``, a 1-output classifier is a
         regression task (as in transformers), else labels are LABEL_<i>."""
         self._need_spec()
         state, config = parse_peft(adapter_config, adapter_model, self.max_artifact_bytes)
-        return self._import_peft(state, config, task_id, labels)
+        return self._import_peft(state, config, task_id, labels, replace_kind)
 
     def _import_peft(self, state: dict[str, Tensor], config: dict[str, Any], task_id: str,
-                     labels: list[str] | None) -> StoredArtifact:
+                     labels: list[str] | None, replace_kind: bool) -> StoredArtifact:
         spec = self._need_spec()
         validate_task_id(task_id)
         check_modules(state, spec)
@@ -91,7 +138,7 @@ class Store:
             labels = [f"LABEL_{i}" for i in range(outputs)]
         manifest = new_manifest(task_id, artifact, spec, labels=labels, regression=regression,
                                 training=training_record(config))
-        return self.ingest(encode_artifact(manifest, artifact))
+        return self.ingest(encode_artifact(manifest, artifact), replace_kind=replace_kind)
 
     def _need_spec(self) -> BackboneSpec:
         if self.spec is None:
@@ -158,8 +205,15 @@ class Store:
     def remove_alias(self, task_id: str, alias: str) -> None:
         self.catalog.remove_alias(task_id, alias)
 
-    def delete(self, task_id: str) -> None:
-        self.catalog.delete(task_id)
+    def delete(self, task_id: str) -> DeletedTask:
+        """Restorable (``restore``) for the store's ``retention_s``; ``gc`` purges it after."""
+        return self.catalog.delete(task_id, self.retention_s)
+
+    def restore(self, task_id: str) -> VersionInfo:
+        return self.catalog.restore(task_id)
+
+    def deleted(self) -> list[DeletedTask]:
+        return self.catalog.deleted()
 
     def gc(self) -> list[str]:
         return self.catalog.gc()

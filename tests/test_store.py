@@ -133,6 +133,7 @@ def test_list_and_delete_collects_blobs(store, tiny_bert) -> None:
                                                                       ("b-task", "pasta", 1)]
     a_blobs = {v.version for v in store.history("a-task")}
     g = store.generation()
+    store.retention_s = 0  # final at once (test_store_retention: the restorable default)
     store.delete("a-task")
     assert store.generation() > g
     assert [t.task_id for t in store.list_tasks()] == ["b-task"]
