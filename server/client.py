@@ -137,15 +137,15 @@ class PolyheadClient:
 
     # -- Registry --------------------------------------------------------------------------
 
-    def upload(self, data: bytes) -> dict[str, Any]:
-        return as_dict(self._call(self._registry.Upload, pb.UploadRequest(artifact=data),
-                                  retry=RETRY_CODES))
+    def upload(self, data: bytes, replace_kind: bool = False) -> dict[str, Any]:
+        req = pb.UploadRequest(artifact=data, replace_kind=replace_kind)
+        return as_dict(self._call(self._registry.Upload, req, retry=RETRY_CODES))
 
     def import_peft(self, folder: str | Path, task_id: str,
-                    labels: Sequence[str] | None = None) -> dict[str, Any]:
+                    labels: Sequence[str] | None = None, replace_kind: bool = False) -> dict[str, Any]:
         folder = Path(folder)
         req = pb.ImportPeftRequest(
-            task_id=task_id, labels=list(labels or ()),
+            task_id=task_id, labels=list(labels or ()), replace_kind=replace_kind,
             adapter_config=(folder / "adapter_config.json").read_bytes(),
             adapter_model=(folder / "adapter_model.safetensors").read_bytes())
         return as_dict(self._call(self._registry.ImportPeft, req, retry=frozenset()))
@@ -170,6 +170,11 @@ class PolyheadClient:
     def delete(self, task_id: str) -> dict[str, Any]:
         req = pb.DeleteTaskRequest(task_id=task_id)
         return as_dict(self._call(self._registry.DeleteTask, req, retry=frozenset()))
+
+    def restore(self, task_id: str) -> dict[str, Any]:
+        """Bring back a deleted task within its retention; its latest version."""
+        req = pb.RestoreTaskRequest(task_id=task_id)
+        return as_dict(self._call(self._registry.RestoreTask, req, retry=frozenset()))
 
     # -- plumbing --------------------------------------------------------------------------
 

@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("upload", help="upload a .polyhead artifact (publish a new version)")
     _common(p)
     p.add_argument("file", type=Path)
+    p.add_argument("--replace-kind", action="store_true",
+                   help="allow a version of another kind than the task's latest")
     p.set_defaults(func=lambda a: _run(a, _upload))
 
     tasks = sub.add_parser("tasks", help="list, show, roll back or delete served tasks")
@@ -71,7 +73,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("folder", type=Path)
     t.add_argument("--task", required=True)
     t.add_argument("--labels", nargs="+", help="label names in the classifier's output order")
+    t.add_argument("--replace-kind", action="store_true",
+                   help="allow it onto a task whose latest version is of another kind")
     t.set_defaults(func=lambda a: _run(a, _import_peft))
+    t = tsub.add_parser("restore", help="bring back a deleted task (within its retention)")
+    _common(t)
+    t.add_argument("task")
+    t.set_defaults(func=lambda a: _run(a, _restore))
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -179,7 +187,7 @@ def _count_lines(path: Path) -> int:
 
 
 def _upload(client: PolyheadClient, args: argparse.Namespace) -> None:
-    v = client.upload(args.file.read_bytes())
+    v = client.upload(args.file.read_bytes(), replace_kind=args.replace_kind)
     print(f"{v['task_id']} v{v['number']} {v['version']} ({v['kind']}, {v['nbytes']} bytes)")
 
 
@@ -221,5 +229,10 @@ def _delete(client: PolyheadClient, args: argparse.Namespace) -> None:
 
 
 def _import_peft(client: PolyheadClient, args: argparse.Namespace) -> None:
-    v = client.import_peft(args.folder, args.task, args.labels)
+    v = client.import_peft(args.folder, args.task, args.labels, replace_kind=args.replace_kind)
     print(f"{v['task_id']} v{v['number']} {v['version']} ({v['kind']})")
+
+
+def _restore(client: PolyheadClient, args: argparse.Namespace) -> None:
+    v = client.restore(args.task)
+    print(f"restored {v['task_id']}: latest is v{v['number']} {v['version']}")

@@ -12,6 +12,7 @@ from typing import Any
 from methods.errors import ConfigError  # the one configuration error type (re-exported)
 from store.catalog import journal_mode
 from store.errors import StoreError
+from store.limits import Limits
 
 TOKEN_ENV = "POLYHEAD_TOKEN"
 TOKEN_FILE_ENV = "POLYHEAD_TOKEN_FILE"
@@ -50,6 +51,10 @@ class ServerConfig:
     torch_threads: int = 0  # intra-op threads; 0: the replica's CPUs
     seed_examples: bool = True  # publish server/examples/*.polyhead into an empty store
     watch_interval_s: float = 0.05  # store generation poll (prefetch of new versions)
+    max_outputs: int = 10_000  # largest head (labels) a publish may have
+    max_lora_rank: int = 512  # largest LoRA rank a publish may have
+    max_sparse_density: float = 1.0  # largest sparse density a publish may have
+    delete_retention_days: float = 7.0  # a deleted task stays restorable this long
 
     def __post_init__(self) -> None:
         positive = ("max_batch_rows", "max_batch_tokens", "max_inputs", "max_text_chars", "device_budget_mb",
@@ -62,6 +67,9 @@ class ServerConfig:
                               f"({self.max_batch_rows}): a request never spans batches")
         if self.batch_wait_ms < 0 or self.torch_threads < 0:
             raise ConfigError("batch_wait_ms and torch_threads must be >= 0")
+        if not self.delete_retention_days >= 0:
+            raise ConfigError(f"delete_retention_days must be >= 0, got {self.delete_retention_days!r}")
+        self.limits()
         try:  # refused here, not by every replica that later opens the store
             journal_mode()
         except StoreError as e:
@@ -79,6 +87,13 @@ class ServerConfig:
             if isinstance(kw.get(name), str):
                 kw[name] = Secret(kw[name]) if kw[name] else None
         return cls(**kw)
+
+    def limits(self) -> Limits:
+        """The store's publish limits (ConfigError for a bad one)."""
+        try:
+            return Limits(self.max_outputs, self.max_lora_rank, self.max_sparse_density)
+        except StoreError as e:
+            raise ConfigError(str(e)) from e
 
     def registry_token(self) -> str | None:
         return _token(self.token, TOKEN_ENV)

@@ -57,6 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--access-log", action="store_true", help="log every request (costs CPU)")
     p.add_argument("--no-examples", action="store_true",
                    help="do not publish the shipped examples into an empty store")
+    limits = p.add_argument_group("publish limits and deletes")
+    limits.add_argument("--max-outputs", type=int, default=10_000, help="largest head (labels)")
+    limits.add_argument("--max-lora-rank", type=int, default=512, help="largest LoRA rank")
+    limits.add_argument("--max-sparse-density", type=float, default=1.0, help="largest sparse density")
+    limits.add_argument("--delete-retention-days", type=float, default=7.0,
+                        help="a deleted task stays restorable this long (`polyhead tasks restore`)")
     p.set_defaults(func=run)
 
 
@@ -70,7 +76,9 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         inference_token=Secret(args.inference_token) if args.inference_token else None,
         max_batch_rows=args.batch_rows, max_inputs=min(64, args.batch_rows),
         batch_wait_ms=args.batch_wait_ms, torch_threads=args.threads,
-        seed_examples=not args.no_examples)
+        seed_examples=not args.no_examples, max_outputs=args.max_outputs,
+        max_lora_rank=args.max_lora_rank, max_sparse_density=args.max_sparse_density,
+        delete_retention_days=args.delete_retention_days)
 
 
 def check_port_free(port: int, flag: str, host: str = "") -> None:

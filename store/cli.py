@@ -1,9 +1,10 @@
 """`polyhead store ...`: inspect and change the local artifact store.
 
 The store is a folder (SQLite + blob files) or a postgresql:// URL (rows and bytes in
-PostgreSQL), from --store or $POLYHEAD_STORE. list/show/history/rollback/alias/delete/copy
-touch only the catalog and never import torch; import-peft, publish and verify load the
-backbone to check tensors against it.
+PostgreSQL), from --store or $POLYHEAD_STORE. list/show/history/rollback/alias/delete/
+restore/deleted/gc/copy touch only the catalog and never import torch; import-peft, publish
+and verify load the backbone to check tensors against it (publishes also run the probe
+forward: logits on fixed inputs must be finite).
 """
 
 from __future__ import annotations
@@ -16,13 +17,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from store.catalog import Catalog, VersionInfo, default_location, iter_copy, open_catalog
+from store.catalog import (
+    DEFAULT_RETENTION_S,
+    Catalog,
+    VersionInfo,
+    default_location,
+    iter_copy,
+    open_catalog,
+)
 from store.errors import StoreError
 from store.header import read_manifest_json
 from store.names import LATEST
 
 if TYPE_CHECKING:
-    from methods.spec import BackboneSpec
+    from methods.backbone import Backbone
     from store.store import Store
 
 Command = Callable[[argparse.Namespace], int]
@@ -64,16 +72,27 @@ def register(subparsers: Any) -> None:
     p.add_argument("task_id")
     p.add_argument("alias")
     p.add_argument("ref", help="alias, version (prefix) or vN")
-    p = add("delete", _delete, "delete a task and every version no longer referenced")
+    p = add("delete", _delete, "delete a task: restorable (`restore`) for --retention-days, "
+            "then `gc` purges it")
     p.add_argument("task_id")
+    p.add_argument("--retention-days", type=float, default=DEFAULT_RETENTION_S / 86400,
+                   help="how long it stays restorable (default 7; 0: gone at the next gc)")
+    p = add("restore", _restore, "bring back a deleted task (its latest delete, within retention)")
+    p.add_argument("task_id")
+    add("deleted", _deleted, "deleted tasks still restorable, and until when")
+    add("gc", _gc, "purge deleted tasks past their retention and bytes nothing refers to")
     p = add("import-peft", _import_peft, "publish a PEFT LoRA adapter folder as a lora artifact",
             [backbone])
     p.add_argument("folder", type=Path, help="holds adapter_config.json + adapter_model.safetensors")
     p.add_argument("task_id")
     p.add_argument("--labels", default=None,
                    help="comma-separated label names (default: LABEL_0..; 1 output: regression)")
+    p.add_argument("--replace-kind", action="store_true",
+                   help="allow it onto a task whose latest version is of another kind")
     p = add("publish", _publish, "validate and publish a .polyhead file", [backbone])
     p.add_argument("file", type=Path)
+    p.add_argument("--replace-kind", action="store_true",
+                   help="allow a version of another kind than the task's latest")
     p = add("copy", _copy, "copy every task, version and alias from one store into another "
             "(idempotent, hashes checked; e.g. a folder into postgresql://...)")
     p.add_argument("src", help="the store to read: folder or postgresql:// URL")
@@ -104,18 +123,27 @@ def _catalog(args: argparse.Namespace) -> Catalog:
 
 
 def _store(args: argparse.Namespace, *, spec: bool, create: bool = False) -> Store:
+    """With ``spec``: the backbone loaded, every publish checked against it and probed."""
+    from functools import partial
+
     from store.store import Store  # torch and the backbone: only for commands that need them
 
-    return Store(_location(args), _spec(args) if spec else None, create=create)
+    if not spec:
+        return Store(_location(args), None, create=create)
+    from methods.probe import probe_forward
+
+    backbone = _backbone(args)
+    return Store(_location(args), backbone.spec, create=create,
+                 probe=partial(probe_forward, backbone))
 
 
-def _spec(args: argparse.Namespace) -> BackboneSpec:
+def _backbone(args: argparse.Namespace) -> Backbone:
     from transformers.utils import logging as hf_logging
 
     from methods import load_backbone
 
     hf_logging.disable_progress_bar()  # keep stderr for our one-line errors
-    return load_backbone(args.backbone).spec
+    return load_backbone(args.backbone)
 
 
 def _line(info: VersionInfo) -> str:
@@ -170,8 +198,30 @@ def _alias(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    _catalog(args).delete(args.task_id)
-    print(f"deleted {args.task_id}")
+    gone = _catalog(args).delete(args.task_id, args.retention_days * 86400)
+    print(f"deleted {args.task_id} ({gone.num_versions} versions); restorable until {gone.expires_at} "
+          f"(`polyhead store restore {args.task_id}`)")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    info = _catalog(args).restore(args.task_id)
+    print(f"restored {args.task_id}: latest -> v{info.number} ({info.short})")
+    return 0
+
+
+def _deleted(args: argparse.Namespace) -> int:
+    for d in _catalog(args).deleted():
+        print(f"{d.task_id}\t{d.num_versions} versions\tdeleted {d.deleted_at}\t"
+              f"restorable until {d.expires_at}")
+    return 0
+
+
+def _gc(args: argparse.Namespace) -> int:
+    gone = _catalog(args).gc()
+    for item in gone:
+        print(item)
+    print(f"gc: {len(gone)} item(s) removed from {_catalog(args).location}")
     return 0
 
 
@@ -180,14 +230,14 @@ def _import_peft(args: argparse.Namespace) -> int:
     if not args.folder.is_dir():  # before the slow backbone load
         raise StoreError(f"{args.folder}: not a folder")
     store = _store(args, spec=True, create=True)
-    info = store.import_peft(args.folder, args.task_id, labels=labels)
+    info = store.import_peft(args.folder, args.task_id, labels=labels, replace_kind=args.replace_kind)
     print(f"{info.task_id}: v{info.number} ({info.short}) published from {args.folder}")
     return 0
 
 
 def _publish(args: argparse.Namespace) -> int:
     data = args.file.read_bytes()
-    info = _store(args, spec=True, create=True).publish(data)
+    info = _store(args, spec=True, create=True).publish(data, replace_kind=args.replace_kind)
     print(f"{info.task_id}: v{info.number} ({info.short}) published from {args.file}")
     return 0
 

@@ -67,4 +67,5 @@ def import_peft(store: Store, request: pb.ImportPeftRequest) -> StoredArtifact:
     if not request.adapter_config or not request.adapter_model:
         raise InvalidInput("adapter_config and adapter_model: both files are required")
     return store.import_peft_bytes(bytes(request.adapter_config), bytes(request.adapter_model),
-                                   task_id, labels=list(request.labels) or None)
+                                   task_id, labels=list(request.labels) or None,
+                                   replace_kind=request.replace_kind)

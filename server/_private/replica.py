@@ -19,6 +19,7 @@ from polyhead.v1 import polyhead_pb2 as pb
 from ray import serve
 
 from methods import ArtifactError, Engine, TaskArtifact, load_backbone
+from methods.probe import probe_forward
 from server._private.auth import Auth
 from server._private.batcher import Batcher
 from server._private.gate import rpc, rpc_stream
@@ -47,7 +48,9 @@ class Polyhead:
         # versions when they are full); the bank counts the rows in use against the same
         engine = Engine(backbone, max_batch_size=config.max_batch_rows,
                         device_budget=int(config.device_budget_mb * MB))
-        store = Store(config.store, engine.spec, max_artifact_bytes=int(config.max_artifact_mb * MB))
+        store = Store(config.store, engine.spec, max_artifact_bytes=int(config.max_artifact_mb * MB),
+                      limits=config.limits(), probe=partial(probe_forward, backbone),
+                      retention_s=config.delete_retention_days * 86400)
         self.metrics = ServerMetrics()
         self.auth = Auth(config.registry_token(), config.inference_token_value())
         bank = AdapterBank(
@@ -121,6 +124,10 @@ class Polyhead:
     @rpc("registry", pb.DeleteTaskResponse)
     async def DeleteTask(self, request: pb.DeleteTaskRequest) -> pb.DeleteTaskResponse:
         return await self.registry.delete(request)
+
+    @rpc("registry", pb.VersionInfo)
+    async def RestoreTask(self, request: pb.RestoreTaskRequest) -> pb.VersionInfo:
+        return await self.registry.restore(request)
 
     def check_health(self) -> None:
         if self._watcher.done():

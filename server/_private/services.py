@@ -12,6 +12,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, TypeVar
 
 from polyhead.v1 import polyhead_pb2 as pb
@@ -122,7 +123,8 @@ class RegistryService:
     async def upload(self, request: pb.UploadRequest) -> pb.VersionInfo:
         if not request.artifact:
             raise InvalidInput("artifact: empty")
-        return await self._publish(self.p.store.ingest, bytes(request.artifact))
+        return await self._publish(partial(self.p.store.ingest, replace_kind=request.replace_kind),
+                                   bytes(request.artifact))
 
     async def import_peft(self, request: pb.ImportPeftRequest) -> pb.VersionInfo:
         return await self._publish(registry.import_peft, self.p.store, request)
@@ -142,10 +144,17 @@ class RegistryService:
     async def delete(self, request: pb.DeleteTaskRequest) -> pb.DeleteTaskResponse:
         p = self.p
         task_id = registry.task_id_of(request.task_id)
-        await p.on_admin(p.store.delete, task_id)
+        gone = await p.on_admin(p.store.delete, task_id)
         await p.resolver.refresh(wait=True)
         p.bank.discard(task_id)
-        return pb.DeleteTaskResponse(task_id=task_id)
+        return pb.DeleteTaskResponse(task_id=task_id, expires_at=gone.expires_at)
+
+    async def restore(self, request: pb.RestoreTaskRequest) -> pb.VersionInfo:
+        task_id = registry.task_id_of(request.task_id)
+        t0 = time.perf_counter()
+        info = await self.p.on_admin(self.p.store.restore, task_id)
+        await self._servable(info, t0)
+        return registry.version_pb(info)
 
     async def _publish(self, publish: Callable[..., StoredArtifact], *args: Any) -> pb.VersionInfo:
         """Publish, then return once the new version is servable on this replica: the bank

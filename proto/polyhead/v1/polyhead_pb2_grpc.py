@@ -241,6 +241,11 @@ class RegistryStub:
                 request_serializer=polyhead_dot_v1_dot_polyhead__pb2.DeleteTaskRequest.SerializeToString,
                 response_deserializer=polyhead_dot_v1_dot_polyhead__pb2.DeleteTaskResponse.FromString,
                 _registered_method=True)
+        self.RestoreTask = channel.unary_unary(
+                '/polyhead.v1.Registry/RestoreTask',
+                request_serializer=polyhead_dot_v1_dot_polyhead__pb2.RestoreTaskRequest.SerializeToString,
+                response_deserializer=polyhead_dot_v1_dot_polyhead__pb2.VersionInfo.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -290,7 +295,15 @@ class RegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteTask(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The task stops resolving; its versions stay restorable for the retention period.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreTask(self, request, context):
+        """Bring back a deleted task (its latest delete, within retention): versions and aliases.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -332,6 +345,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.DeleteTask,
                     request_deserializer=polyhead_dot_v1_dot_polyhead__pb2.DeleteTaskRequest.FromString,
                     response_serializer=polyhead_dot_v1_dot_polyhead__pb2.DeleteTaskResponse.SerializeToString,
+            ),
+            'RestoreTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreTask,
+                    request_deserializer=polyhead_dot_v1_dot_polyhead__pb2.RestoreTaskRequest.FromString,
+                    response_serializer=polyhead_dot_v1_dot_polyhead__pb2.VersionInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -526,6 +544,33 @@ class Registry:
             '/polyhead.v1.Registry/DeleteTask',
             polyhead_dot_v1_dot_polyhead__pb2.DeleteTaskRequest.SerializeToString,
             polyhead_dot_v1_dot_polyhead__pb2.DeleteTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/polyhead.v1.Registry/RestoreTask',
+            polyhead_dot_v1_dot_polyhead__pb2.RestoreTaskRequest.SerializeToString,
+            polyhead_dot_v1_dot_polyhead__pb2.VersionInfo.FromString,
             options,
             channel_credentials,
             insecure,
