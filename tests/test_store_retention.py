@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from functools import partial
 
 import pytest
@@ -20,7 +21,7 @@ from methods.lora import LoraConfig
 from methods.probe import probe_forward
 from methods.sparse import SparseConfig
 from store import KindChangeError, NotFoundError, Store, StoreError, encode_artifact, new_manifest
-from store.store import Limits
+from store.limits import Limits
 from tests import test_store_support as support
 from tests.test_store_support import is_pg, labels_for, make_file, stored_blobs
 
@@ -223,3 +224,44 @@ def test_the_probe_refuses_peft_imports_that_overflow(tmp_path, tiny_bert, tiny_
         store.import_peft_bytes(huge, model, "nli")
     assert store.list_tasks() == []
     assert store.import_peft_bytes(json.dumps(config).encode(), model, "nli").info.number == 1
+
+
+# -- the store CLI ----------------------------------------------------------------------------
+
+def test_store_cli_delete_restore_gc_and_replace_kind(tmp_path, tiny_bert, tiny_bert_dir,
+                                                      capsys) -> None:
+    from server.cli import main
+
+    spec, root = tiny_bert.spec, str(tmp_path / "store")
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(["store", *argv, "--store", root])
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err
+        return code, out, err
+
+    pasta, lora, bad = tmp_path / "pasta.polyhead", tmp_path / "lora.polyhead", tmp_path / "bad.polyhead"
+    pasta.write_bytes(make_file(spec, seed=1))
+    lora.write_bytes(make_file(spec, kind="lora", seed=2))
+    bad.write_bytes(file_of(spec, overflowing(spec)))
+    back = ("--backbone", str(tiny_bert_dir))
+    assert run("publish", str(pasta), *back)[0] == 0
+    code, _, err = run("publish", str(lora), *back)
+    assert code == 2 and "needs replace_kind (--replace-kind)" in err
+    code, _, err = run("publish", str(bad), "--replace-kind", *back)
+    assert code == 2 and "probe_forward" in err  # the CLI path probes too
+    assert run("publish", str(lora), "--replace-kind", *back)[0] == 0
+    code, out, _ = run("delete", "sst2")
+    assert code == 0 and "restorable until" in out and "store restore sst2" in out
+    code, out, _ = run("deleted")
+    assert out.startswith("sst2\t2 versions")
+    code, out, _ = run("restore", "sst2")
+    assert code == 0 and "latest -> v2" in out and Store(root).resolve("sst2").kind == "lora"
+    assert run("delete", "sst2", "--retention-days", "0.00001")[0] == 0  # 0.864 s
+    assert run("deleted")[1].startswith("sst2")
+    time.sleep(1.0)
+    code, out, _ = run("gc")
+    assert code == 0 and "deleted task sst2" in out
+    code, _, err = run("restore", "sst2")
+    assert code == 2 and "no deleted task 'sst2'" in err
+    assert run("deleted")[1] == "" and stored_blobs(Store(root).catalog) == set()
