@@ -21,7 +21,8 @@ from methods.spec import BackboneSpec
 
 TextInput = str | tuple[str, str]
 PAD_COST = 512  # a forward's fixed cost, in padded tokens, when planning buckets
-GROW_BYTES = 4 << 20  # a table grows by at most this much (or one slot) at a time
+GROW_BYTES = 16 << 20  # a table grows by at most this much (or one slot) at a time
+SHRINK_BYTES = 4 << 20  # an emptied table, or free slack, larger than this goes back at unload
 
 
 @dataclasses.dataclass(eq=False)
@@ -78,7 +79,7 @@ class SlotTables:
                  capacity: int = 16, budget: int | None = None) -> None:
         self.spec, self.device, self.dtype, self.capacity = spec, device, dtype, capacity
         self.budget = budget
-        self.shrink_bytes = GROW_BYTES
+        self.shrink_bytes = SHRINK_BYTES
         self.kinds: dict[str, SlotTable] = {}  # by table key (Kind.table_key)
         self.head_tables: dict[str, SlotTable] = {"head": SlotTable("head", device, dtype, 0)}
         self.mlps = SlotTable("mlp", device, dtype, 0)
