@@ -30,7 +30,8 @@ RAIN = [pb.Input(text="rain")]
 
 
 def config(tmp_path: Path, tiny_bert_dir: Path, **kw: Any) -> ServerConfig:
-    return ServerConfig(store=str(tmp_path / "store"), backbone=str(tiny_bert_dir), insecure=True,
+    kw.setdefault("insecure", "token" not in kw)
+    return ServerConfig(store=str(tmp_path / "store"), backbone=str(tiny_bert_dir),
                         seed_examples=False, torch_threads=1, max_inputs=16, max_batch_rows=32, **kw)
 
 
@@ -120,5 +121,16 @@ def test_import_peft_b5_alpha_1e30_is_refused(no_ray, tmp_path, tiny_bert_dir, t
         assert code == grpc.StatusCode.INVALID_ARGUMENT, details
         listed = await r.ListTasks(pb.ListTasksRequest())
         assert [t.task_id for t in listed.tasks] == []
+
+    asyncio.run(main())
+
+
+def test_restore_task_needs_the_registry_token(no_ray, tmp_path, tiny_bert_dir) -> None:
+    from server.config import Secret
+
+    async def main() -> None:
+        r = await in_process_replica(config(tmp_path, tiny_bert_dir, token=Secret("registry-secret")))
+        code, _ = await status(r.RestoreTask(pb.RestoreTaskRequest(task_id="sst2")))
+        assert code == grpc.StatusCode.UNAUTHENTICATED
 
     asyncio.run(main())

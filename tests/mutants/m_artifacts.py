@@ -63,4 +63,9 @@ MUTANTS: list[Mutant] = [
            "            self._writing(lambda c: sql.upgrade(c, sql.UPGRADE))", "            pass",
            (f"{RETENTION}::test_a_sqlite_catalog_from_before_is_upgraded",),
            "an existing store left at schema 1: every delete fails on the missing tables"),
+    Mutant("artifacts-restore-open", "server/_private/replica.py",
+           '@rpc("registry", pb.VersionInfo)\n    async def RestoreTask',
+           '@rpc("inference", pb.VersionInfo)\n    async def RestoreTask',
+           (f"{RPCS}::test_restore_task_needs_the_registry_token",),
+           "RestoreTask callable without the Registry token"),
 ]
