@@ -22,6 +22,7 @@ from methods.lora import LoraConfig
 from server._private.errors import status_for
 from server.config import ServerConfig
 from store import encode_artifact, new_manifest
+from store.limits import Limits
 from tests.test_replica_memory import in_process_replica
 from tests.test_serving import artifact
 from tests.test_store_retention import overflowing
@@ -134,3 +135,22 @@ def test_restore_task_needs_the_registry_token(no_ray, tmp_path, tiny_bert_dir) 
         assert code == grpc.StatusCode.UNAUTHENTICATED
 
     asyncio.run(main())
+
+
+def test_limits_and_retention_come_from_serve_flags() -> None:
+    from methods.errors import ConfigError
+    from server.cli import build_parser
+    from server.serve_cli import config_from
+
+    args = build_parser("serve").parse_args(
+        ["serve", "--insecure", "--max-outputs", "100", "--max-lora-rank", "64",
+         "--max-sparse-density", "0.05", "--delete-retention-days", "1.5"])
+    cfg = config_from(args)
+    assert (cfg.limits().max_outputs, cfg.limits().max_lora_rank, cfg.limits().max_sparse_density,
+            cfg.delete_retention_days) == (100, 64, 0.05, 1.5)
+    defaults = config_from(build_parser("serve").parse_args(["serve", "--insecure"]))
+    assert defaults.limits() == Limits() and defaults.delete_retention_days == 7.0
+    for bad, name in (({"max_lora_rank": 1024}, "max_lora_rank"), ({"max_outputs": 0}, "max_outputs"),
+                      ({"delete_retention_days": -1.0}, "delete_retention_days")):
+        with pytest.raises(ConfigError, match=name):
+            ServerConfig(insecure=True, **bad)
