@@ -200,6 +200,12 @@ class PolyheadClient:
         self.close()
 
 
+def describe_version(v: dict[str, Any]) -> str:
+    """One line for a published version (a VersionInfo as ``as_dict`` gives it), as
+    ``polyhead upload`` and ``polyhead train --upload`` both print it."""
+    return f"{v['task_id']} v{v['number']} {v['version']} ({v['kind']}, {v['nbytes']:,} bytes)"
+
+
 def read_ca(ca: bytes | str | Path | None) -> bytes | None:
     """PEM CA certificates from bytes or a file (None: the system's roots); a file that is
     missing or holds no certificate raises ValueError naming it."""

@@ -251,7 +251,7 @@ def test_cli_trains_writes_and_publishes(bert_dir: Path, tmp_path: Path, bert) -
                     "".join(f"{t}\tnegative\n" for t in NEG))
     out = tmp_path / "sentiment.polyhead"
     store = tmp_path / "store"
-    rc = cli("--method", "pasta", "--train", str(path), "--dev", str(path), "--text-col", "sentence",
+    rc = cli("--method", "pasta", "--train", str(path), "--dev", str(path),  # `sentence`: no flag (D1)
              "--out", str(out), "--publish", "--store", str(store), "--task-id", "sentiment",
              "--backbone", str(bert_dir), "--epochs", "1", "--batch-size", "8", "--quiet")
     assert rc == 0
