@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from server.app_env import DEFAULT_INGRESS, INGRESS_ENV
 from server.config import (
@@ -91,6 +93,37 @@ def check_port_free(port: int, flag: str, host: str = "") -> None:
                               f"{flag} PORT") from e
 
 
+# Lines Ray prints on every start and stop that say nothing is wrong: serve.run() after our
+# serve.start() (which set the ports) "connects to the existing Serve app"; and the
+# controller, whose tasks retry forever, exits at the end of its own graceful_shutdown, which
+# Ray reports as that task failing although the shutdown is complete.
+NOISE = ("Connecting to existing Serve app", "ServeController.graceful_shutdown failed")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(NOISE[0])
+
+
+def quiet_ray() -> None:
+    """Drop the NOISE lines: a filter on Serve's logger, and on the driver's printer of the
+    cluster's error messages (the "(raylet)" lines; a private Ray function, kept if absent)."""
+    from ray._private import worker
+
+    logging.getLogger("ray.serve").addFilter(_DropNoise())
+    printer = getattr(worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "polyhead_quiet", False):
+        return
+
+    def print_to_stdstream(data: dict[str, Any], ignore_prefix: bool) -> None:
+        lines = [x for x in data.get("lines", []) if NOISE[1] not in x]
+        if lines:
+            printer({**data, "lines": lines}, ignore_prefix)
+
+    print_to_stdstream.polyhead_quiet = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = print_to_stdstream
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         config = config_from(args)
@@ -112,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
     from server.app import APP_NAME, GRPC_SERVICERS, SERVE_ENV, app_for
 
+    quiet_ray()
     for key, value in {**SERVE_ENV, **INGRESS_ENV[args.ingress]}.items():
         os.environ.setdefault(key, value)  # before Ray starts; the caller's values win
     machine_cpus = os.cpu_count() or 1

@@ -389,3 +389,80 @@ def test_a_bare_version_number_reads_as_vN(ref: str, number: int | None) -> None
     from store.names import version_number_ref
 
     assert version_number_ref(ref) == number
+
+
+# -- a quiet install, start, training and stop -------------------------------------------------
+
+def test_pyproject_builds_without_setuptools_warnings() -> None:
+    """project.license as an SPDX string (a TOML table is deprecated), and the examples'
+    folder listed as the package its data ships in (setuptools warns about it otherwise)."""
+    import tomllib
+
+    root = Path(__file__).parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "Apache-2.0"
+    packages = project["tool"]["setuptools"]["packages"]
+    data = project["tool"]["setuptools"]["package-data"]
+    assert "server.examples" in packages and data["server.examples"] == ["*.polyhead"]
+    assert all(pkg in packages for pkg in data)
+
+
+def test_readme_artifacts_are_ignored_but_not_the_shipped_example() -> None:
+    root = Path(__file__).parent.parent
+
+    def ignored(path: str) -> bool:
+        return subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=root).returncode == 0
+
+    assert ignored("sentiment.polyhead") and ignored("out/sst2.polyhead")
+    assert not ignored("server/examples/sentiment.polyhead")
+
+
+def test_serve_drops_rays_noise_lines_only(monkeypatch, capsys) -> None:
+    """D12 and a quiet start: the two lines Ray prints on every start/stop are dropped;
+    anything else it reports is still printed."""
+    import logging
+
+    from ray._private import worker
+
+    from server.serve_cli import quiet_ray
+
+    monkeypatch.setattr(worker, "print_to_stdstream", worker.print_to_stdstream)  # restored after
+    serve_log = logging.getLogger("ray.serve")
+    monkeypatch.setattr(serve_log, "filters", list(serve_log.filters))
+    quiet_ray()
+    quiet_ray()  # twice: still one wrapper
+    noise = ("Task ServeController.graceful_shutdown failed. There are infinite retries "
+             "remaining, so the task will be retried. Error: The actor died")
+    worker.print_to_stdstream({"lines": [noise, "a real problem"], "pid": "raylet", "is_err": False},
+                              ignore_prefix=False)
+    worker.print_to_stdstream({"lines": [noise], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    out = capsys.readouterr().out
+    assert "a real problem" in out and "graceful_shutdown" not in out
+    record = logging.LogRecord("ray.serve", logging.INFO, "api.py", 1, 'Connecting to existing Serve '
+                               'app in namespace "serve". New http_options will not be applied.', None, None)
+    assert not serve_log.filter(record)
+    other = logging.LogRecord("ray.serve", logging.INFO, "api.py", 1, "Started Serve", None, None)
+    assert serve_log.filter(other)
+
+
+def test_lora_training_shows_one_loading_bar(tiny_bert, monkeypatch) -> None:
+    """The backbone's load shows transformers' "Loading weights" bar; LoRA's own model load
+    (peft wraps a fresh AutoModelForSequenceClassification) does not show a second one."""
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    from methods import HeadConfig
+    from trainer.config import TrainConfig
+    from trainer.models import LoraModel
+
+    seen: list[bool] = []
+    original = transformers.AutoModelForSequenceClassification.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.append(hf_logging.is_progress_bar_enabled())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", spy)
+    hf_logging.enable_progress_bar()
+    LoraModel(tiny_bert, TrainConfig(method="lora"), HeadConfig(2, "pooler"))
+    assert seen == [False] and hf_logging.is_progress_bar_enabled()
