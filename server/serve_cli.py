@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve every task in the store over gRPC (Ctrl-C stops)")
     p.add_argument("--port", type=int, default=9000, help="gRPC port (default 9000)")
     p.add_argument("--http-port", type=int, default=8000,
-                   help="HTTP port of POST /v1/classify (default 8000)")
+                   help="HTTP port of POST /v1/classify and GET /v1/health (default 8000)")
     p.add_argument("--store", help="store folder or postgresql:// URL "
                    "(default $POLYHEAD_STORE or ./polyhead-store)")
     p.add_argument("--backbone", help="local HF encoder folder (default: packaged MiniLM)")

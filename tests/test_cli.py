@@ -347,11 +347,15 @@ def test_delete_asks_unless_yes(fake, capsys, monkeypatch) -> None:
 
 
 def test_upload_prints_one_tidy_line(fake, capsys, tmp_path) -> None:
-    """D10: `upload` and `train --upload` print this same line (describe_version)."""
+    """D10: `upload` and `train --upload` print the same line (not a raw dict)."""
+    from trainer.output import Targets, deliver
+
     path = tmp_path / "a.polyhead"
     path.write_bytes(b"x")
     rc, out, _ = polyhead(fake, capsys, "upload", str(path))
     assert rc == 0 and out == f"uploaded t v3 {'3' * 64} (pasta, 1,234 bytes) to {fake.address}\n"
+    lines = deliver(b"x", Targets(upload=fake.address, token="x"), spec=None)  # type: ignore[arg-type]
+    assert lines == [out.rstrip("\n")]
 
 
 # -- the server side of the same fixes ---------------------------------------------------------

@@ -169,6 +169,8 @@ def test_http_classify(app: App, task: str) -> None:
     status, out = app.post(json.dumps({"task_id": task, "color": "red"}).encode())
     assert status == 400 and "color" in out["message"]
     assert app.post(body, path="/v1/other")[0] == 404
+    status, out = app.post(None, path="/v1/health")  # type: ignore[arg-type]  # no body: a GET
+    assert status == 200 and out["status"] == "SERVING" and out["fingerprint"]
 
 
 def test_classify_answers_while_the_catalog_is_locked(app: App, task: str, tiny_bert) -> None:
