@@ -275,7 +275,9 @@ def as_dict(msg: Message) -> dict[str, Any]:
     for field in msg.DESCRIPTOR.fields:
         value = getattr(msg, field.name)
         is_msg = field.message_type is not None
-        if _is_repeated(field):
+        if is_msg and field.message_type.GetOptions().map_entry:  # a map of scalars
+            out[field.name] = dict(value)
+        elif _is_repeated(field):
             out[field.name] = [as_dict(v) if is_msg else v for v in value]
         else:
             out[field.name] = as_dict(value) if is_msg else value

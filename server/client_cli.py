@@ -257,18 +257,16 @@ def _health(client: PolyheadClient, args: argparse.Namespace) -> None:
           f"({h['fingerprint'][:12]}) on {h['device']}; resident tasks: {resident}")
 
 
-def _aliases(versions: list[dict[str, Any]]) -> str:
+def _aliases(numbers: dict[str, int]) -> str:
     """Every alias with the version it points at: "latest->v2,stable->v1"."""
-    pairs = sorted((a, v["number"]) for v in versions for a in v["aliases"])
-    return ",".join(f"{a}->v{n}" for a, n in pairs) or "-"
+    return ",".join(f"{a}->v{n}" for a, n in sorted(numbers.items())) or "-"
 
 
 def _list(client: PolyheadClient, args: argparse.Namespace) -> None:
     for t in client.list_tasks():
         latest = t["latest"]
-        versions = client.get_task(t["task_id"])["versions"]  # where each alias points
         print(f"{t['task_id']}\t{t['kind']}\tv{latest['number']}\t{latest['version'][:12]}\t"
-              f"{t['num_versions']} versions\taliases {_aliases(versions)}")
+              f"{t['num_versions']} versions\taliases {_aliases(t['alias_numbers'])}")
 
 
 def _show(client: PolyheadClient, args: argparse.Namespace) -> None:

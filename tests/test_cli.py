@@ -157,7 +157,8 @@ class FakeServer:
         class Registry(pb_grpc.RegistryServicer):
             def ListTasks(self, request, context):
                 info = pb.TaskInfo(task_id="t", kind="lora", latest=version(2, "lora", ["latest"]),
-                                   num_versions=2, aliases=["latest", "stable"])
+                                   num_versions=2, aliases=["latest", "stable"],
+                                   alias_numbers={"latest": 2, "stable": 1})
                 return pb.ListTasksResponse(tasks=[info])
 
             def GetTask(self, request, context):
@@ -470,3 +471,18 @@ def test_lora_training_shows_one_loading_bar(tiny_bert, monkeypatch) -> None:
     hf_logging.enable_progress_bar()
     LoraModel(tiny_bert, TrainConfig(method="lora"), HeadConfig(2, "pooler"))
     assert seen == [False] and hf_logging.is_progress_bar_enabled()
+
+
+def test_registry_lists_where_each_alias_points(tiny_bert, tmp_path) -> None:
+    """D9's server side: ListTasks (and GetTask) say which version each alias names."""
+    from server._private import registry
+    from store import Store
+    from tests.test_serving import artifact
+
+    store = Store(tmp_path / "store", tiny_bert.spec)
+    for seed in (1, 2):
+        store.publish(artifact(tiny_bert.spec, "t", seed=seed)[0])
+    store.set_alias("t", "stable", "v1")
+    (info,) = registry.list_tasks(store).tasks
+    assert dict(info.alias_numbers) == {"latest": 2, "stable": 1}
+    assert dict(registry.get_task(store, "t").info.alias_numbers) == {"latest": 2, "stable": 1}
