@@ -9,8 +9,11 @@ from typing import Any, ClassVar, Self
 
 from methods.errors import ConfigError
 
+# sparse artifacts: which weights a mask may choose (single entries, or whole input columns)
+STRUCTURES = ("entries", "columns")
+
 CONFIG_SCHEMA_VERSION = 1
-__all__ = ["CONFIG_SCHEMA_VERSION", "BaseConfig", "ConfigError", "require"]
+__all__ = ["CONFIG_SCHEMA_VERSION", "STRUCTURES", "BaseConfig", "ConfigError", "require"]
 
 
 @dataclasses.dataclass(frozen=True)

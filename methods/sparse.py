@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from methods.bitfit import offsets as bitfit_offsets
-from methods.config import BaseConfig, require
+from methods.config import STRUCTURES, BaseConfig, require
 from methods.encoder import BatchContext, Effect, Normed
 from methods.errors import ArtifactError
 from methods.registry import Kind, check_float, register_kind
@@ -41,9 +41,6 @@ class SparseConfig(BaseConfig):
                 "SparseConfig", f"density must be in (0, 1], got {self.density!r}")
         require(self.structure in STRUCTURES, "SparseConfig",
                 f"structure must be one of {list(STRUCTURES)}, got {self.structure!r}")
-
-
-STRUCTURES = ("entries", "columns")
 
 
 def params_of(tensors: Mapping[str, Tensor]) -> list[str]:

@@ -16,6 +16,7 @@ VERBS = {
     "classify": "server.client_cli",
     "upload": "server.client_cli",
     "tasks": "server.client_cli",
+    "health": "server.client_cli",
     "serve": "server.serve_cli",
 }
 

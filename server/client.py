@@ -14,6 +14,7 @@ PolyheadError at once.
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,11 +34,17 @@ TextInput = str | tuple[str, str]
 
 
 class PolyheadError(Exception):
-    """A call failed with a gRPC status; ``code`` is the grpc.StatusCode."""
+    """A call failed with a gRPC status; ``code`` is the grpc.StatusCode. ``input_index``:
+    in ``classify_stream``, the 0-based index (among all the inputs) of the input the server
+    refused, whose problem ``details`` then gives (e.g. "text: 20001 characters; ...")."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    def __init__(self, code: grpc.StatusCode, details: str, input_index: int | None = None) -> None:
         super().__init__(f"{code.name}: {details}")
-        self.code, self.details = code, details
+        self.code, self.details, self.input_index = code, details, input_index
+
+
+# A stream error naming one input: "message 9: inputs[11].text: empty text"
+_STREAM_INPUT = re.compile(r"message \d+: inputs\[(\d+)\](?:\.|: )?(.*)", re.DOTALL)
 
 
 class PolyheadClient:
@@ -71,23 +78,28 @@ class PolyheadClient:
     # -- Inference -------------------------------------------------------------------------
 
     def classify(self, task_id: str, inputs: Sequence[TextInput] | TextInput,
-                 version: str | None = None) -> list[dict[str, Any]]:
+                 version: str | None = None, truncate: bool = False) -> list[dict[str, Any]]:
         """One dict per input: label, label_index, scores {label: p} (or value for regression),
-        truncated, and the version (and its number) that served it."""
-        return rows_of(self.classify_raw(task_id, inputs, version))
+        truncated, and the version (and its number) that served it. ``truncate``: cut texts
+        over the server's character limit (marked truncated) instead of failing."""
+        return rows_of(self.classify_raw(task_id, inputs, version, truncate))
 
     def classify_raw(self, task_id: str, inputs: Sequence[TextInput] | TextInput,
-                     version: str | None = None) -> pb.ClassifyResponse:
-        req = pb.ClassifyRequest(task_id=task_id, version=version or "", inputs=to_inputs(inputs))
+                     version: str | None = None, truncate: bool = False) -> pb.ClassifyResponse:
+        req = pb.ClassifyRequest(task_id=task_id, version=version or "", inputs=to_inputs(inputs),
+                                 truncate=truncate)
         return self._call(self._inference.Classify, req, retry=READ_RETRY_CODES)
 
     def classify_stream(self, task_id: str, inputs: Iterable[TextInput],
-                        version: str | None = None, chunk: int = 32) -> Iterator[dict[str, Any]]:
+                        version: str | None = None, chunk: int = 32,
+                        truncate: bool = False) -> Iterator[dict[str, Any]]:
         """Any number of inputs over one ClassifyStream call, ``chunk`` per message: one dict
         per input (as ``classify``), in order, as they come back. gRPC's flow control keeps
         only a few messages in flight. Where the stream breaks with a status the retry
         policy allows (a replica restarting), a new stream resends the messages not yet
-        answered: no input is lost or answered twice."""
+        answered: no input is lost or answered twice. Where the server refuses an input, the
+        inputs before it in its message are still answered, then PolyheadError says which
+        input (``input_index``)."""
         pending: deque[pb.ClassifyRequest] = deque()  # sent, not yet answered
         failed: list[Exception] = []  # the inputs' own error (a bad line): raised at the end
 
@@ -110,26 +122,38 @@ class PolyheadClient:
             yield from list(pending)
             for c in source:
                 req = pb.ClassifyRequest(task_id=task_id, version=version or "",
-                                         inputs=to_inputs(c))
+                                         inputs=to_inputs(c), truncate=truncate)
                 pending.append(req)
                 yield req
 
-        attempt = 0
+        attempt = answered = 0
         while True:
             try:
                 for res in self._inference.ClassifyStream(requests(), metadata=self._metadata):
                     pending.popleft()
                     attempt = 0
+                    answered += len(res.predictions)
                     yield from rows_of(res)
                 if failed:
                     raise failed[0]
                 return
             except grpc.RpcError as e:
-                code = e.code()
+                code, details = e.code(), e.details() or ""
+                if (m := _STREAM_INPUT.fullmatch(details)) and pending:
+                    yield from self._before(pending[0], int(m.group(1)))
+                    raise PolyheadError(code, m.group(2),
+                                        answered + int(m.group(1))) from None
                 if code not in READ_RETRY_CODES or attempt >= self.retries:
-                    raise PolyheadError(code, e.details() or "") from None
+                    raise PolyheadError(code, details) from None
             time.sleep(random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2 ** attempt)))
             attempt += 1
+
+    def _before(self, request: pb.ClassifyRequest, bad: int) -> Iterator[dict[str, Any]]:
+        """The answers to a refused message's inputs before its bad one (a unary call)."""
+        if bad > 0:
+            req = pb.ClassifyRequest(task_id=request.task_id, version=request.version,
+                                     inputs=request.inputs[:bad], truncate=request.truncate)
+            yield from rows_of(self._call(self._inference.Classify, req, retry=READ_RETRY_CODES))
 
     def health(self) -> dict[str, Any]:
         return as_dict(self._call(self._inference.Health, pb.HealthRequest(),
@@ -205,6 +229,12 @@ class PolyheadClient:
         self.close()
 
 
+def describe_version(v: dict[str, Any]) -> str:
+    """One line for a published version (a VersionInfo as ``as_dict`` gives it), as
+    ``polyhead upload`` and ``polyhead train --upload`` both print it."""
+    return f"{v['task_id']} v{v['number']} {v['version']} ({v['kind']}, {v['nbytes']:,} bytes)"
+
+
 def read_ca(ca: bytes | str | Path | None) -> bytes | None:
     """PEM CA certificates from bytes or a file (None: the system's roots); a file that is
     missing or holds no certificate raises ValueError naming it."""
@@ -250,7 +280,9 @@ def as_dict(msg: Message) -> dict[str, Any]:
     for field in msg.DESCRIPTOR.fields:
         value = getattr(msg, field.name)
         is_msg = field.message_type is not None
-        if _is_repeated(field):
+        if is_msg and field.message_type.GetOptions().map_entry:  # a map of scalars
+            out[field.name] = dict(value)
+        elif _is_repeated(field):
             out[field.name] = [as_dict(v) if is_msg else v for v in value]
         else:
             out[field.name] = as_dict(value) if is_msg else value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from server.app_env import DEFAULT_INGRESS, INGRESS_ENV
 from server.config import (
@@ -32,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve every task in the store over gRPC (Ctrl-C stops)")
     p.add_argument("--port", type=int, default=9000, help="gRPC port (default 9000)")
     p.add_argument("--http-port", type=int, default=8000,
-                   help="HTTP port of POST /v1/classify (default 8000)")
+                   help="HTTP port of POST /v1/classify and GET /v1/health (default 8000)")
     p.add_argument("--store", help="store folder or postgresql:// URL "
                    "(default $POLYHEAD_STORE or ./polyhead-store)")
     p.add_argument("--backbone", help="local HF encoder folder (default: packaged MiniLM)")
@@ -99,6 +101,37 @@ def check_port_free(port: int, flag: str, host: str = "") -> None:
                               f"{flag} PORT") from e
 
 
+# Lines Ray prints on every start and stop that say nothing is wrong: serve.run() after our
+# serve.start() (which set the ports) "connects to the existing Serve app"; and the
+# controller, whose tasks retry forever, exits at the end of its own graceful_shutdown, which
+# Ray reports as that task failing although the shutdown is complete.
+NOISE = ("Connecting to existing Serve app", "ServeController.graceful_shutdown failed")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(NOISE[0])
+
+
+def quiet_ray() -> None:
+    """Drop the NOISE lines: a filter on Serve's logger, and on the driver's printer of the
+    cluster's error messages (the "(raylet)" lines; a private Ray function, kept if absent)."""
+    from ray._private import worker
+
+    logging.getLogger("ray.serve").addFilter(_DropNoise())
+    printer = getattr(worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "polyhead_quiet", False):
+        return
+
+    def print_to_stdstream(data: dict[str, Any], ignore_prefix: bool) -> None:
+        lines = [x for x in data.get("lines", []) if NOISE[1] not in x]
+        if lines:
+            printer({**data, "lines": lines}, ignore_prefix)
+
+    print_to_stdstream.polyhead_quiet = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = print_to_stdstream
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         config = config_from(args)
@@ -120,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
 
     from server.app import APP_NAME, GRPC_SERVICERS, SERVE_ENV, app_for
 
+    quiet_ray()
     for key, value in {**SERVE_ENV, **INGRESS_ENV[args.ingress]}.items():
         os.environ.setdefault(key, value)  # before Ray starts; the caller's values win
     machine_cpus = os.cpu_count() or 1

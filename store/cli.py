@@ -158,9 +158,10 @@ def _list(args: argparse.Namespace) -> int:
         print(json.dumps([dataclasses.asdict(t) for t in tasks], indent=2))
         return 0
     for t in tasks:
-        others = ",".join(a for a in t.aliases if a != LATEST)
+        numbers = {v.version: v.number for v in catalog.history(t.task_id)}
+        aliases = ",".join(f"{a}->v{numbers[v]}" for a, v in sorted(t.aliases.items()))
         print(f"{t.task_id}  {t.kind}  v{t.latest.number}/{t.num_versions}  {t.latest.short}  "
-              f"{t.latest.created_at}  {others}".rstrip())
+              f"{t.latest.created_at}  aliases {aliases}")  # as they point (as `tasks list`)
     if not tasks:
         print(f"no tasks in {catalog.location}", file=sys.stderr)
     return 0

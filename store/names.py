@@ -10,7 +10,8 @@ LATEST = "latest"
 VERSION_RE = re.compile(r"[0-9a-f]{64}")
 MIN_PREFIX = 8
 _HEXLIKE = re.compile(r"[0-9a-f]{8,}")
-_NUMBER_REF = re.compile(r"v([1-9][0-9]{0,8})")
+# v3, or a bare 3 (up to 7 digits: 8 or more read as a hash prefix; aliases start with a letter)
+_NUMBER_REF = re.compile(r"v([1-9][0-9]{0,8})|([1-9][0-9]{0,6})")
 
 
 def is_task_id(task_id: object) -> bool:
@@ -28,9 +29,9 @@ def alias_problem(alias: object) -> str | None:
 
 
 def version_number_ref(ref: str) -> int | None:
-    """``v3`` -> 3 (a version by its 1-based number), else None."""
+    """``v3`` or ``3`` -> 3 (a version by its 1-based number), else None."""
     m = _NUMBER_REF.fullmatch(ref)
-    return int(m.group(1)) if m else None
+    return int(m.group(1) or m.group(2)) if m else None
 
 
 def hex_prefix(ref: str) -> str | None:

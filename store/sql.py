@@ -196,7 +196,8 @@ def resolve(c: Conn, task_id: str, ref: str) -> str:
             raise AmbiguousRefError(f"task {task_id!r}: {ref!r} matches several versions")
         row = rows[0] if rows else None
     if row is None:
-        raise NotFoundError(f"task {task_id!r} has no version or alias {ref!r:.80}")
+        raise NotFoundError(f"task {task_id!r} has no version or alias {ref!r:.80} (a version is "
+                            "a number such as v1, or a hash prefix of >= 8 hex digits)")
     return str(row[0])
 
 

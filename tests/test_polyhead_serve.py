@@ -156,27 +156,33 @@ def test_client_commands_read_the_saved_token(served: Served, user_home: Path, t
     run = subprocess.run([*polyhead_command(), "upload", str(first), *srv], env=served.env(),
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    v1 = run.stdout.split()[2]
-    assert run.stdout.startswith("cli-task v1 ") and len(v1) == 64
+    v1 = run.stdout.split()[3]
+    assert run.stdout.startswith("uploaded cli-task v1 ") and len(v1) == 64
+    assert run.stdout.rstrip().endswith(f" to {served.address}")
     assert main(["upload", str(second), *srv]) == 0
-    v2 = capsys.readouterr().out.split()[2]
+    v2 = capsys.readouterr().out.split()[3]
 
     def classify(*extra: str) -> dict:
         assert main(["classify", "--task", "cli-task", "the movie was good", "--json", *extra, *srv]) == 0
-        (row,) = json.loads(capsys.readouterr().out)
-        return row
+        res = json.loads(capsys.readouterr().out)  # ClassifyResponse, as the HTTP route answers
+        (row,) = res["predictions"]
+        return {**row, "version": res["version"], "labels": res["labels"]}
 
     assert classify()["version"] == v2
     assert classify("--version", "v1")["version"] == v1
+    assert classify("--version", "1")["version"] == v1  # D8: a bare number is vN
     assert main(["tasks", "alias", "cli-task", "stable", "v1", *srv]) == 0
     assert capsys.readouterr().out.strip() == f"cli-task stable -> v1 {v1}"
     assert classify("--version", "stable")["version"] == v1
     assert main(["tasks", "rollback", "cli-task", v1[:12], *srv]) == 0
     assert capsys.readouterr().out.strip() == f"cli-task latest is now v1 {v1}"
     row = classify()
-    assert row["version"] == v1 and row["label"] in ("neg", "pos") and set(row["scores"]) == {"neg", "pos"}
+    assert row["version"] == v1 and row["label"] in ("neg", "pos") and row["labels"] == ["neg", "pos"]
+    assert len(row["scores"]) == 2
     assert main(["classify", "--task", "cli-task", "x", "--version", "v9", *srv]) == 2
     assert "NOT_FOUND" in capsys.readouterr().err
+    assert main(["health", *srv]) == 0
+    assert capsys.readouterr().out.startswith(f"SERVING: {served.address}, replica ")
 
 
 def test_import_peft_through_the_cli(served: Served, user_home: Path, tiny_bert, tiny_bert_dir: Path,
@@ -206,11 +212,13 @@ def test_train_upload_through_the_server(served: Served, user_home: Path, tiny_b
     rows = [("the movie was good", "positive"), ("i loved the film", "positive"),
             ("the movie was bad", "negative"), ("i hated the film", "negative")] * 4
     data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{lab}\n" for t, lab in rows))
-    rc = main(["train", "--method", "pasta", "--train", str(data), "--dev", str(data),
-               "--text-col", "sentence", "--task-id", "trained-up", "--backbone", str(tiny_bert_dir),
+    rc = main(["train", "--method", "pasta", "--train", str(data), "--dev", str(data),  # no --text-col
+               "--task-id", "trained-up", "--backbone", str(tiny_bert_dir),
                "--epochs", "1", "--batch-size", "8", "--quiet", "--upload", served.address])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
+    last = captured.out.splitlines()[-1]  # D10: `upload`'s own line
+    assert last.startswith("uploaded trained-up v1 ") and last.endswith(f" bytes) to {served.address}")
     with PolyheadClient(served.address, saved(served)) as c:
         detail = c.get_task("trained-up")
         assert detail["labels"] == ["negative", "positive"] and len(detail["versions"]) == 1
@@ -223,4 +231,6 @@ def test_train_upload_through_the_server(served: Served, user_home: Path, tiny_b
 def test_ctrl_c_stops_the_server(served: Served) -> None:
     served.proc.send_signal(signal.SIGINT)
     assert served.proc.wait(120) == 0
-    assert "polyhead: stopping" in served.output()
+    out = served.output()
+    assert "polyhead: stopping" in out
+    assert "graceful_shutdown failed" not in out and "Connecting to existing Serve app" not in out

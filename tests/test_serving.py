@@ -355,7 +355,7 @@ def test_cli(cluster: Cluster, tiny_bert, tmp_path: Path, capsys) -> None:
     path.write_bytes(artifact(tiny_bert.spec, "cli-task", seed=51)[0])
     common = ["--server", cluster.address, "--token", TOKEN]
     assert main(["upload", str(path), *common]) == 0
-    version = capsys.readouterr().out.split()[2]
+    version = capsys.readouterr().out.split()[3]  # "uploaded cli-task v1 HASH (...) to ..."
     assert main(["tasks", "list", *common]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith(f"cli-task\tpasta\tv1\t{version[:12]}\t1 versions") for line in lines), lines
@@ -364,18 +364,19 @@ def test_cli(cluster: Cluster, tiny_bert, tmp_path: Path, capsys) -> None:
     assert label in ("neg", "pos") and 0.5 <= float(score) <= 1 and text == "the movie was good"
     assert main(["tasks", "show", "cli-task", *common]) == 0
     shown = capsys.readouterr().out.splitlines()
-    assert shown[0] == "cli-task  kind=pasta  versions=1  labels=neg,pos"
-    assert shown[1].startswith(f"  v1  {version[:12]}  ") and shown[1].endswith("<- latest")
+    assert shown[0].startswith("cli-task  1 versions  labels: neg, pos  inputs: ")
+    assert shown[1].split()[:3] == ["v1", version[:12], "pasta"] and shown[1].endswith("latest")
     assert main(["classify", "--task", "cli-task", "a", "--pair", "b", *common[:2]]) == 0
-    assert capsys.readouterr().out.split("\t")[0] in ("neg", "pos")
+    label, _, text, pair = capsys.readouterr().out.rstrip("\n").split("\t")
+    assert label in ("neg", "pos") and (text, pair) == ("a", "b")
     # bad input: a message naming it, exit 2, no traceback
     assert main(["classify", "--task", "missing-task", "x", *common]) == 2
     err = capsys.readouterr().err
     assert "NOT_FOUND" in err and "missing-task" in err and "Traceback" not in err
     assert main(["upload", str(tmp_path / "absent.polyhead"), *common]) == 2
-    assert main(["tasks", "delete", "cli-task", "--server", cluster.address, "--token", "x"]) == 2
+    assert main(["tasks", "delete", "cli-task", "--yes", "--server", cluster.address, "--token", "x"]) == 2
     assert "UNAUTHENTICATED" in capsys.readouterr().err
-    assert main(["tasks", "delete", "cli-task", *common]) == 0
+    assert main(["tasks", "delete", "cli-task", "--yes", *common]) == 0
     assert capsys.readouterr().out.strip() == "deleted cli-task"
     assert main(["classify", "--task", "cli-task", "x", *common]) == 2
 

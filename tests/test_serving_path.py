@@ -134,11 +134,20 @@ def test_cli_classify_file(app: App, task: str, tmp_path: Path) -> None:
              "--file", "-", stdin="one text\nanother text\n")
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.splitlines()) == 2
-    src.write_text("first\n\nthird\n")
+    src.write_text("first\n\nthird\n")  # a blank line is skipped (and counted)
     r = _cli("classify", "--server", app.address, "--token", READ_TOKEN, "--task", task,
              "--file", str(src))
-    assert r.returncode == 2 and f"{src}:2: empty text" in r.stderr
+    assert r.returncode == 0 and "1 blank line(s) skipped" in r.stderr
+    assert [(row["line"], row["text"]) for row in map(json.loads, r.stdout.splitlines())] == [
+        (1, "first"), (3, "third")]
+    src.write_text("first\n" + "y" * 20_001 + "\nthird\n")  # over the server's 20,000 characters
+    args = ("classify", "--server", app.address, "--token", READ_TOKEN, "--task", task, "--file", str(src))
+    r = _cli(*args)
+    assert r.returncode == 2 and f"{src}:2: text: 20001 characters; the limit is 20000" in r.stderr
     assert len(r.stdout.splitlines()) == 1  # the line before the bad one was answered
+    r = _cli(*args, "--truncate")
+    assert r.returncode == 0, r.stderr
+    assert [row["truncated"] for row in map(json.loads, r.stdout.splitlines())] == [False, True, False]
 
 
 def test_http_classify(app: App, task: str) -> None:
@@ -160,6 +169,8 @@ def test_http_classify(app: App, task: str) -> None:
     status, out = app.post(json.dumps({"task_id": task, "color": "red"}).encode())
     assert status == 400 and "color" in out["message"]
     assert app.post(body, path="/v1/other")[0] == 404
+    status, out = app.post(None, path="/v1/health")  # type: ignore[arg-type]  # no body: a GET
+    assert status == 200 and out["status"] == "SERVING" and out["fingerprint"]
 
 
 def test_classify_answers_while_the_catalog_is_locked(app: App, task: str, tiny_bert) -> None:

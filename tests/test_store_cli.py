@@ -66,6 +66,16 @@ def test_rollback_alias_delete(root, capsys, monkeypatch) -> None:
     assert [x.split()[0] for x in out.splitlines()] == ["sst2"]
 
 
+def test_list_shows_every_alias_where_it_points(root, capsys) -> None:
+    """D9: `latest` is listed, and `stable` beside the version it names (as `tasks list`);
+    D8: a bare version number reads as vN."""
+    assert run(capsys, "alias", "sst2", "stable", "v1", "--store", str(root))[0] == 0
+    code, out, _ = run(capsys, "list", "--store", str(root))
+    assert code == 0 and out.splitlines()[1].endswith("aliases latest->v2,stable->v1")
+    code, out, _ = run(capsys, "show", "sst2", "1", "--store", str(root))
+    assert code == 0 and "version    v1 " in out
+
+
 def test_import_peft_publish_verify(root, capsys, tmp_path, tiny_bert, tiny_bert_dir) -> None:
     folder = tmp_path / "adapter"
     save_peft(tiny_bert_dir, folder, num_labels=2)

@@ -251,7 +251,7 @@ def test_cli_trains_writes_and_publishes(bert_dir: Path, tmp_path: Path, bert) -
                     "".join(f"{t}\tnegative\n" for t in NEG))
     out = tmp_path / "sentiment.polyhead"
     store = tmp_path / "store"
-    rc = cli("--method", "pasta", "--train", str(path), "--dev", str(path), "--text-col", "sentence",
+    rc = cli("--method", "pasta", "--train", str(path), "--dev", str(path),  # `sentence`: no flag (D1)
              "--out", str(out), "--publish", "--store", str(store), "--task-id", "sentiment",
              "--backbone", str(bert_dir), "--epochs", "1", "--batch-size", "8", "--quiet")
     assert rc == 0
@@ -314,18 +314,23 @@ def test_cli_store_cap_still_writes_out_and_paper_recipe_says_why(
 
 
 def test_help_marks_the_defaults_the_study_chose_and_names_the_rest_provisional() -> None:
-    from trainer.cli import method_help
+    """`train --help` marks each chosen default (*) and points at `train --defaults`, which
+    names the runs behind each default, or calls it PROVISIONAL."""
+    from trainer.cli import defaults_record, method_help
     from trainer.table import PROVISIONAL
 
-    text = method_help()
+    text, record = method_help(), defaults_record()
+    assert "polyhead train --defaults" in text
     for m in METHODS.values():
         for recipe in ("servable", "paper"):
             d = m.defaults(recipe)
             assert (f"{m.name} ({recipe})" in PROVISIONAL) == (not d.evidence)
-            if d.evidence:
-                assert d.evidence in text
-    assert ("PROVISIONAL" in text) == bool(PROVISIONAL)
-    assert ", ".join(PROVISIONAL) in text.replace("\n", " ")
+            row = next(x for x in record.splitlines() if x.split()[:2] == [m.name, recipe])
+            assert (d.evidence in row) if d.evidence else ("PROVISIONAL" in row)
+        s, p = m.servable, m.paper
+        assert (f"-> {m.kind}; {s.lr:g}/{s.epochs:g}/{s.warmup:g}{'*' if s.evidence else ''} | "
+                f"{p.lr:g}/{p.epochs:g}/{p.warmup:g}{'*' if p.evidence else ''}") in text
+    assert ("PROVISIONAL" in record) == bool(PROVISIONAL)
 
 
 def test_precision_autocasts_training_forwards_only(bert, sentiment: Dataset, monkeypatch) -> None:

@@ -1,9 +1,37 @@
-"""Offline training: datasets, the methods' training rules, metrics and `polyhead train`."""
+"""Offline training: datasets, the methods' training rules, metrics and `polyhead train`.
 
-from trainer.config import TrainConfig, TrainConfigError
-from trainer.data import Columns, DataError, Dataset, Example, load_dataset
-from trainer.run import TrainResult, train
-from trainer.table import METHODS
+Names load on first use (as in ``methods``), so that `polyhead train --help` and the
+checks of its arguments run without importing torch.
+"""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trainer.config import TrainConfig, TrainConfigError
+    from trainer.data import Columns, DataError, Dataset, Example, load_dataset
+    from trainer.run import TrainResult, train
+    from trainer.table import METHODS
+
+_WHERE = {
+    "TrainConfig": "trainer.config", "TrainConfigError": "trainer.config",
+    "Columns": "trainer.data", "DataError": "trainer.data", "Dataset": "trainer.data",
+    "Example": "trainer.data", "load_dataset": "trainer.data",
+    "TrainResult": "trainer.run", "train": "trainer.run", "METHODS": "trainer.table",
+}
 __all__ = ["METHODS", "Columns", "DataError", "Dataset", "Example", "TrainConfig",
            "TrainConfigError", "TrainResult", "load_dataset", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'trainer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -19,65 +19,81 @@ from trainer.config import (
     TrainConfig,
     TrainConfigError,
 )
-from trainer.data import Column, Columns, DataError, Dataset, load_dataset
-from trainer.metrics import check_metric
-from trainer.presets import PRESETS, get_preset
-from trainer.table import METHODS, PROVISIONAL, Defaults
+from trainer.data import Column, Columns, DataError, Dataset, default_text_column, load_dataset
+from trainer.presets import PRESETS, Preset, get_preset
+from trainer.table import METHODS, Defaults
 
 
 def method_help() -> str:
+    """The help's epilog: each method, its kind and defaults; the record is in --defaults."""
     lines = ["methods (kind; defaults lr/epochs/warm-up, servable recipe | paper recipe):"]
     for m in METHODS.values():
         s, p = m.servable, m.paper
         lines.append(f"  {m.name:8s} {m.help}")
         lines.append(f"  {'':8s} -> {m.kind}; {s.lr:g}/{s.epochs:g}/{s.warmup:g}{_mark(s)} | "
                      f"{p.lr:g}/{p.epochs:g}/{p.warmup:g}{_mark(p)}")
-    lines += [
-        "",
-        "--recipe servable (default): what users upload stays tiny and exact. child-d, child-f",
-        "and dps change at most --density of the tunable weights (encoder layers and the",
-        "embedding LayerNorm); the embeddings stay frozen; no weight decay on backbone",
-        "weights. The pooler trains with the head and is stored in it (an mlp head,",
-        "hidden^2 + hidden floats, as the paper recipe trains it; --pooler frozen keeps",
-        "the backbone's, a smaller upload). The packaged MiniLM's pooler was never trained",
-        "(zero bias, a small random matrix), yet the servable pilot scored the same with it",
-        "frozen (BENCHMARKS.md 'Accuracy'). full stores a dense diff of the encoder layers",
-        "(~128 MB for MiniLM: over the store's cap, --out only).",
-        "--recipe paper: as the papers' official code (vanilla fine-tuning of EVERY parameter,",
-        "embeddings and pooler included, weight decay on all but biases/LayerNorms; Child-",
-        "Tuning_D p_D=0.3, Child-Tuning_F on every gradient, DPS Dense). The model is dense:",
-        "--out gets a sparse artifact with every changed weight (encoder layers, embedding",
-        "tables; a trained pooler goes into an mlp head), exact in the engine. At ~271 MB",
-        "for MiniLM it is far over the store's default cap (64 MiB): --publish/--upload need",
-        "a raised --max-upload-bytes (and server cap); over the cap, --out is still written",
-        "and the CLI says why nothing was published (exit 1).",
-        "",
-        "--head-init pet:lora|pet:bitfit (EH-FT): the first --head-init-frac of the total steps",
-        "train LoRA (r 8, alpha 16, Q/K/V/O) or BitFit with a fresh head at --head-init-lr;",
-        "the PET parameters are dropped and the method trains from the original weights and",
-        "that head for the remaining steps (equal total steps to the method alone).",
-        "",
-        "Dropout (the backbone's hidden/attention dropout, BERT's classifier dropout, PASTA's",
-        "dropout on its vectors) is on while training and off in the stored artifact.",
-        "Regression targets are standardised on the training set; the scale is recorded in",
-        "the manifest and folded into the head, so served values are on the task's scale.",
-        "",
-        "Defaults marked * were chosen by the accuracy study on this backbone (bench/",
-        "accuracy.py; BENCHMARKS.md 'Accuracy'): " + "; ".join(sorted(_evidence())) + ".",
-    ]
-    if PROVISIONAL:
-        lines.append("The others are PROVISIONAL (placeholders the study has not yet measured): "
-                     + ", ".join(PROVISIONAL) + ".")
+    lines += ["", "Defaults marked * were chosen by the accuracy study on this backbone; "
+              "`polyhead train --defaults`", "prints the runs that chose each one and what "
+              "the two recipes, --head-init, dropout and", "regression do."]
     return "\n".join(lines)
+
+
+def defaults_record() -> str:
+    """`polyhead train --defaults`: the study's runs behind every default, and the recipes."""
+    lines = ["Every default and the runs that chose it (bench/accuracy.py; BENCHMARKS.md 'Accuracy'):"]
+    for m in METHODS.values():
+        for recipe in ("servable", "paper"):
+            d = m.defaults(recipe)
+            why = f"{d.evidence} ({d.precision} study)" if d.evidence else "PROVISIONAL (not yet measured)"
+            lines.append(f"  {m.name:8s} {recipe:8s} lr {d.lr:g}, {d.epochs:g} epochs, warm-up "
+                         f"{d.warmup:g}: {why}")
+    return "\n".join([*lines, "", RECIPES_TEXT])
+
+
+RECIPES_TEXT = """\
+--recipe servable (default): what users upload stays tiny and exact. child-d, child-f
+and dps change at most --density of the tunable weights (encoder layers and the
+embedding LayerNorm); the embeddings stay frozen; no weight decay on backbone
+weights. The pooler trains with the head and is stored in it (an mlp head,
+hidden^2 + hidden floats, as the paper recipe trains it; --pooler frozen keeps
+the backbone's, a smaller upload). The packaged MiniLM's pooler was never trained
+(zero bias, a small random matrix), yet the servable pilot scored the same with it
+frozen (BENCHMARKS.md 'Accuracy'). full stores a dense diff of the encoder layers
+(~128 MB for MiniLM: over the store's cap, --out only).
+--recipe paper: as the papers' official code (vanilla fine-tuning of EVERY parameter,
+embeddings and pooler included, weight decay on all but biases/LayerNorms; Child-
+Tuning_D p_D=0.3, Child-Tuning_F on every gradient, DPS Dense). The model is dense:
+--out gets a sparse artifact with every changed weight (encoder layers, embedding
+tables; a trained pooler goes into an mlp head), exact in the engine. At ~271 MB
+for MiniLM it is far over the store's default cap (64 MiB): --publish/--upload need
+a raised --max-upload-bytes (and server cap); over the cap, --out is still written
+and the CLI says why nothing was published (exit 1).
+
+--head-init pet:lora|pet:bitfit (EH-FT): the first --head-init-frac of the total steps
+train LoRA (r 8, alpha 16, Q/K/V/O) or BitFit with a fresh head at --head-init-lr;
+the PET parameters are dropped and the method trains from the original weights and
+that head for the remaining steps (equal total steps to the method alone).
+
+Dropout (the backbone's hidden/attention dropout, BERT's classifier dropout, PASTA's
+dropout on its vectors) is on while training and off in the stored artifact.
+Regression targets are standardised on the training set; the scale is recorded in
+the manifest and folded into the head, so served values are on the task's scale."""
+
+
+class _PrintDefaults(argparse.Action):
+    """--defaults: print the record and exit, as --help does (no other option needed)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print every default with the runs that chose it, and the recipes")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(defaults_record())
+        parser.exit()
 
 
 def _mark(d: Defaults) -> str:
     return "*" if d.evidence else ""
-
-
-def _evidence() -> set[str]:
-    return {f"{d.evidence} ({d.precision} study)" for m in METHODS.values() for d in (m.servable, m.paper)
-            if d.evidence}
 
 
 PAPER_HINT = ("a --recipe paper artifact holds every changed weight of the model, embeddings "
@@ -86,8 +102,11 @@ PAPER_HINT = ("a --recipe paper artifact holds every changed weight of the model
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser("train", help="train a task artifact on a dataset",
+                              usage="polyhead train --method METHOD --train FILE --dev FILE "
+                                    "(--out FILE | --publish | --upload HOST:PORT) [options]",
                               description=__doc__, epilog=method_help(),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--defaults", action=_PrintDefaults)
     p.add_argument("--method", required=True, choices=list(METHODS))
     p.add_argument("--recipe", choices=RECIPES, default="servable",
                    help="servable (default): tiny exact uploads; paper: the papers' official code")
@@ -95,7 +114,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     data.add_argument("--train", required=True, type=Path, help="TSV, CSV or JSONL file")
     data.add_argument("--dev", required=True, type=Path, help="dev file, same format")
     data.add_argument("--preset", choices=sorted(PRESETS), help="GLUE column/label/metric mapping")
-    data.add_argument("--text-col", help="text column: header name, or 0-based index (default: text)")
+    data.add_argument("--text-col", help="text column: header name, or 0-based index (default: "
+                      "'text', else 'sentence' when the header has it)")
     data.add_argument("--pair-col", help="second-text column, for sentence pairs")
     data.add_argument("--label-col", help="label column (default: label)")
     data.add_argument("--no-header", action="store_true", help="TSV/CSV without a header row")
@@ -165,11 +185,12 @@ def _column(value: str | None, default: str | None) -> Column | None:
     return int(v) if v.isdigit() else v
 
 
-def _columns(args: argparse.Namespace) -> tuple[Columns, tuple[str, ...] | None, str]:
+def _columns(args: argparse.Namespace) -> tuple[Columns, Preset | None, str]:
     if args.preset:
         preset = get_preset(args.preset)
-        return preset.columns, preset.labels, args.metric or preset.metric
-    cols = Columns(text=_column(args.text_col, "text"),  # type: ignore[arg-type]
+        return preset.columns, preset, args.metric or preset.metric
+    text = args.text_col if args.text_col is not None else default_text_column(args.train)
+    cols = Columns(text=_column(text, None),  # type: ignore[arg-type]
                    label=_column(args.label_col, "label"),  # type: ignore[arg-type]
                    pair=_column(args.pair_col, None), header=not args.no_header,
                    regression=args.regression)
@@ -202,14 +223,31 @@ def _task_id(args: argparse.Namespace) -> str:
 
 
 def load_data(args: argparse.Namespace) -> tuple[Dataset, Dataset, str]:
-    columns, labels, metric = _columns(args)
-    train = load_dataset(args.train, columns, labels)
+    """Train and dev sets (a preset's label names applied) and the checked metric."""
+    from trainer.metrics import check_metric
+
+    columns, preset, metric = _columns(args)
+    train = load_dataset(args.train, columns, preset.labels if preset else None)
     dev = load_dataset(args.dev, columns, train.labels)
+    if preset is not None and preset.names is not None:
+        train, dev = train.renamed(preset.names), dev.renamed(preset.names)
     return train, dev, check_metric(metric, train.regression)
+
+
+def _check_files(args: argparse.Namespace) -> None:
+    """A missing data file is named at once, before the trainer (torch) is imported."""
+    for flag, path in (("--train", args.train), ("--dev", args.dev)):
+        if not path.is_file():
+            raise DataError(path, None, f"no such file (given as {flag})")
 
 
 def run(args: argparse.Namespace) -> int:
     """The verb: exit 0 on success, 2 on bad input (no traceback), 1 on other failures."""
+    try:
+        _check_files(args)
+    except DataError as e:
+        print(f"polyhead train: error: {e}", file=sys.stderr)
+        return 2
     from methods import ArtifactError, BackboneError
     from methods.config import ConfigError
 

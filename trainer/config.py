@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from methods.sparse import STRUCTURES
+from methods.config import STRUCTURES
 
 RECIPES = ("servable", "paper")
 SELECTS = ("last", "best")

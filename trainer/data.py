@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 Column = str | int  # a header name, or a 0-based index for header-less files
+# The text column when none is named: the first of these the file's header has (the
+# README's own example data has `sentence`; GLUE's single-sentence tasks do too).
+TEXT_NAMES = ("text", "sentence")
 
 
 class DataError(ValueError):
@@ -75,6 +78,14 @@ class Dataset:
         index = {name: i for i, name in enumerate(self.labels)}
         return [index[str(e.label)] for e in self.examples]
 
+    def renamed(self, names: Sequence[str]) -> Dataset:
+        """The same rows with labels[i] called names[i] (e.g. SST-2's 0/1 -> negative/positive)."""
+        if self.labels is None or len(names) != len(self.labels):
+            raise ValueError(f"{len(names)} label names for labels {self.labels}")
+        name = dict(zip(self.labels, names, strict=True))
+        rows = [dataclasses.replace(e, label=name[str(e.label)]) for e in self.examples]
+        return Dataset(rows, list(names), "str")
+
     def subsample(self, n: int | None, seed: int) -> Dataset:
         """A seeded random subset of n examples (all of them when n is None or larger)."""
         if n is None or n >= len(self.examples):
@@ -113,6 +124,29 @@ def infer_label_type(labels: Sequence[str], types: set[str]) -> str:
     if all(x.lower() in ("true", "false") for x in labels):
         return "bool"
     return "str"
+
+
+def default_text_column(path: str | Path) -> str:
+    """The text column for a file when none is named: the first of TEXT_NAMES in its header
+    (TSV/CSV) or first JSON object; else "text", which the load then reports missing."""
+    names = _first_names(Path(path))
+    return next((n for n in TEXT_NAMES if n in names), TEXT_NAMES[0])
+
+
+def _first_names(path: Path) -> list[str]:
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            first = next((line for line in f if line.strip()), "")
+    except (OSError, UnicodeDecodeError):
+        return []  # the load names the problem
+    if path.suffix.lower() in (".jsonl", ".json"):
+        try:
+            row = json.loads(first)
+        except json.JSONDecodeError:
+            return []
+        return list(row) if isinstance(row, dict) else []
+    cells = next(csv.reader([first])) if path.suffix.lower() == ".csv" else first.split("\t")
+    return [c.strip() for c in cells]
 
 
 def read_rows(path: Path, columns: Columns) -> Iterator[tuple[int, dict[Column, Any]]]:

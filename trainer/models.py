@@ -239,13 +239,16 @@ class LoraModel(Trainable):
         drop = {} if cfg.dropout else {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
         from transformers.utils import logging as hf_logging
 
-        level = hf_logging.get_verbosity()
+        level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()  # not its report that the classifier is new: it is meant to be
+        hf_logging.disable_progress_bar()  # nor a second "Loading weights" bar (the backbone showed one)
         try:
             base = AutoModelForSequenceClassification.from_pretrained(
                 backbone.path, num_labels=head.num_outputs, local_files_only=True, **drop)
         finally:
             hf_logging.set_verbosity(level)
+            if bars:
+                hf_logging.enable_progress_bar()
         self.peft_config = peft.LoraConfig(
             r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.05 if cfg.dropout else 0.0,
             target_modules=targets or LORA_QV, modules_to_save=["classifier"], task_type="SEQ_CLS")

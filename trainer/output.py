@@ -78,7 +78,7 @@ def deliver(data: bytes, targets: Targets, spec: BackboneSpec,
             raise OutputError(f"publish to the store failed: {e}") from e
         lines.append(f"published {_describe(info)}")
     if targets.upload is not None:
-        from server.client import PolyheadClient, PolyheadError
+        from server.client import PolyheadClient, PolyheadError, describe_version
         from server.config import saved_token
 
         try:  # the token as every client command finds it: --token, $POLYHEAD_TOKEN, saved
@@ -86,7 +86,7 @@ def deliver(data: bytes, targets: Targets, spec: BackboneSpec,
                 reply = client.upload(data)
         except PolyheadError as e:
             raise OutputError(f"upload to {targets.upload} failed: {e}") from e
-        lines.append(f"uploaded to {targets.upload}: {reply}")
+        lines.append(f"uploaded {describe_version(reply)} to {targets.upload}")
     return lines
 
 

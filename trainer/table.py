@@ -12,10 +12,8 @@ BENCHMARKS.md "Accuracy"); defaults without evidence are provisional (``PROVISIO
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import importlib
 from typing import TYPE_CHECKING
-
-from trainer.algos import bitfit, child_d, child_f, dps, full, lora, pasta, prefix
 
 if TYPE_CHECKING:
     from trainer.config import TrainConfig
@@ -41,11 +39,16 @@ class Method:
     help: str
     paper: Defaults  # --recipe paper
     servable: Defaults  # --recipe servable (the default recipe)
-    build: Callable[[TrainConfig, Context], Trainable]
+    algo: str  # its module in trainer/algos/, imported on first build (the table stays torch-free)
     dense: bool = False  # trains the backbone's own weights
 
     def defaults(self, recipe: str) -> Defaults:
         return self.paper if recipe == "paper" else self.servable
+
+    def build(self, cfg: TrainConfig, ctx: Context) -> Trainable:
+        module = importlib.import_module(f"trainer.algos.{self.algo}")
+        model: Trainable = module.build(cfg, ctx)
+        return model
 
 
 # The papers' shared schedule for whole-model methods: 3 epochs, 10 % warm-up, one lr:
@@ -98,30 +101,30 @@ _LORA = Defaults(lr=3e-4, epochs=10, warmup=0.06, precision="bf16",
 _ENTRIES = (
     Method("pasta", "pasta", "PASTA: one vector per layer and special token ([CLS], [SEP]s), "
            "N(0, 0.02) init, dropout on the vectors; + head",
-           paper=_PASTA, servable=_PASTA, build=pasta.build),
+           paper=_PASTA, servable=_PASTA, algo="pasta"),
     Method("prefix", "prefix", "deep prefix (P-tuning v2, gates fixed at 1) + head",
-           paper=_PREFIX, servable=_PREFIX, build=prefix.build),
+           paper=_PREFIX, servable=_PREFIX, algo="prefix"),
     Method("lora", "lora", "LoRA r=--lora-r on query/value through the peft library "
            "(classifier over the pooler)",
-           paper=_LORA, servable=_LORA, build=lora.build),
+           paper=_LORA, servable=_LORA, algo="lora"),
     Method("bitfit", "bitfit", "BitFit: bias deltas + head",
-           paper=_BITFIT, servable=_BITFIT, build=bitfit.build),
+           paper=_BITFIT, servable=_BITFIT, algo="bitfit"),
     Method("child-d", "sparse", "Child-Tuning_D: Fisher over every mini-batch (per-tensor "
            "clipping), fixed global top mask (paper: p_D=--child-d-p of the encoder layers; "
            "servable: --density of the tunable weights)",
-           paper=_DENSE_PAPER, servable=_SPARSE_SERVABLE, build=child_d.build, dense=True),
+           paper=_DENSE_PAPER, servable=_SPARSE_SERVABLE, algo="child_d", dense=True),
     Method("child-f", "sparse", "Child-Tuning_F: Bernoulli(--child-f-p) gradient mask each "
            "step, x 1/p (paper: every parameter, dense result; servable: the diff is then "
            "cut to --density by magnitude, the cost reported)",
-           paper=_DENSE_PAPER, servable=_SPARSE_SERVABLE, build=child_f.build, dense=True),
+           paper=_DENSE_PAPER, servable=_SPARSE_SERVABLE, algo="child_f", dense=True),
     Method("dps", "sparse", "DPS Dense: stages of int(steps x --dps-update-ratio); I: dense "
            "+ squared-gradient accumulation, II: each Linear weight's own top "
            "(1 - --dps-reserve-p) (servable: per-tensor quota --density); paper: no dropout "
            "under 2,000 steps, as its run_trainer.py",
-           paper=_DENSE_PAPER, servable=_DPS_SERVABLE, build=dps.build, dense=True),
+           paper=_DENSE_PAPER, servable=_DPS_SERVABLE, algo="dps", dense=True),
     Method("full", "sparse", "BASELINE: vanilla fine-tuning (paper: every parameter, "
            "embeddings and pooler included; servable: encoder layers, dense diff)",
-           paper=_DENSE_PAPER, servable=_FULL_SERVABLE, build=full.build, dense=True),
+           paper=_DENSE_PAPER, servable=_FULL_SERVABLE, algo="full", dense=True),
 )
 
 METHODS: dict[str, Method] = {m.name: m for m in _ENTRIES}

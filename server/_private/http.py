@@ -17,6 +17,7 @@ from polyhead.v1 import polyhead_pb2 as pb
 from starlette.responses import JSONResponse
 
 ROUTE = "/v1/classify"
+HEALTH_ROUTE = "/v1/health"  # GET: HealthResponse as JSON (auth as the gRPC Health)
 HTTP_STATUS = {  # as google.rpc's HTTP mapping
     grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.FAILED_PRECONDITION: 400, grpc.StatusCode.OUT_OF_RANGE: 400,
@@ -65,6 +66,20 @@ async def http_classify(classify: Callable[[Any, Any], Awaitable[pb.ClassifyResp
         return error(grpc.StatusCode.INVALID_ARGUMENT, f"body: not a ClassifyRequest as JSON: {e}")
     ctx = HttpContext(request.headers)
     out = await classify(message, ctx)
+    if ctx.code is not grpc.StatusCode.OK:
+        return error(ctx.code, ctx.details)
+    return JSONResponse(json_format.MessageToDict(
+        out, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
+
+
+async def http_health(health: Callable[[Any, Any], Awaitable[pb.HealthResponse]],
+                      request: Any) -> JSONResponse:
+    """``GET /v1/health``: the answering replica's Health, through the same RPC method."""
+    if request.method != "GET":
+        return JSONResponse({"code": "METHOD_NOT_ALLOWED", "message": f"{HEALTH_ROUTE} takes GET"},
+                            status_code=405, headers={"Allow": "GET"})
+    ctx = HttpContext(request.headers)
+    out = await health(pb.HealthRequest(), ctx)
     if ctx.code is not grpc.StatusCode.OK:
         return error(ctx.code, ctx.details)
     return JSONResponse(json_format.MessageToDict(

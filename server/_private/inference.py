@@ -40,6 +40,8 @@ Row = tuple[list[float], bool]  # a row's logits (C,), and whether its input was
 
 
 def parse_inputs(request: pb.ClassifyRequest, max_inputs: int, max_chars: int) -> list[TextInput]:
+    """The request's inputs, checked; with ``truncate`` a text over ``max_chars`` is cut to it
+    (``cut_inputs`` says which), else it is refused."""
     n = len(request.inputs)
     if n == 0:
         raise InvalidInput("inputs: a Classify request needs at least one input")
@@ -51,11 +53,17 @@ def parse_inputs(request: pb.ClassifyRequest, max_inputs: int, max_chars: int) -
         for name, t in zip(("text", "pair"), texts, strict=False):
             if not t.strip():
                 raise InvalidInput(f"inputs[{i}].{name}: empty text")
-            if len(t) > max_chars:
+            if len(t) > max_chars and not request.truncate:
                 raise InvalidInput(f"inputs[{i}].{name}: {len(t)} characters; the limit is "
-                                   f"{max_chars}")
+                                   f"{max_chars} (set `truncate` to cut longer texts)")
+        texts = tuple(t[:max_chars] for t in texts)
         out.append(texts[0] if len(texts) == 1 else (texts[0], texts[1]))
     return out
+
+
+def cut_inputs(request: pb.ClassifyRequest, max_chars: int) -> list[bool]:
+    """Per input: whether ``parse_inputs`` cut its text or pair to ``max_chars``."""
+    return [max(len(x.text), len(x.pair)) > max_chars for x in request.inputs]
 
 
 def check_form(inputs: Sequence[TextInput], task_id: str, meta: TaskMeta) -> None:

@@ -17,9 +17,12 @@ def version_pb(v: VersionInfo) -> pb.VersionInfo:
                           aliases=sorted(v.aliases))
 
 
-def task_pb(t: TaskInfo) -> pb.TaskInfo:
+def task_pb(t: TaskInfo, numbers: dict[tuple[str, str], int]) -> pb.TaskInfo:
+    """``numbers``: (task id, version) -> version number, for where each alias points (0: a
+    version deleted since the task was read)."""
     return pb.TaskInfo(task_id=t.task_id, kind=t.kind, latest=version_pb(t.latest),
-                       num_versions=t.num_versions, aliases=sorted(t.aliases))
+                       num_versions=t.num_versions, aliases=sorted(t.aliases),
+                       alias_numbers={a: numbers.get((t.task_id, v), 0) for a, v in t.aliases.items()})
 
 
 def task_id_of(text: str) -> str:
@@ -30,16 +33,19 @@ def task_id_of(text: str) -> str:
 
 
 def list_tasks(store: Store) -> pb.ListTasksResponse:
-    return pb.ListTasksResponse(tasks=[task_pb(t) for t in store.list_tasks()])
+    tasks = store.list_tasks()
+    numbers = {(v.task_id, v.version): v.number for v in store.versions()}
+    return pb.ListTasksResponse(tasks=[task_pb(t, numbers) for t in tasks])
 
 
 def get_task(store: Store, task_id: str) -> pb.TaskDetail:
     task_id = task_id_of(task_id)
     stored = store.get(task_id, "latest")
     info = next(t for t in store.list_tasks() if t.task_id == task_id)
+    history = store.history(task_id)
     m = stored.manifest
-    return pb.TaskDetail(info=task_pb(info),
-                         versions=[version_pb(v) for v in store.history(task_id)],
+    return pb.TaskDetail(info=task_pb(info, {(v.task_id, v.version): v.number for v in history}),
+                         versions=[version_pb(v) for v in history],
                          labels=m.labels or [], regression=m.regression,
                          manifest_json=json.dumps(m.to_dict(), sort_keys=True, default=str))
 

@@ -23,7 +23,7 @@ from methods.probe import probe_forward
 from server._private.auth import Auth
 from server._private.batcher import Batcher
 from server._private.gate import rpc, rpc_stream
-from server._private.http import http_classify
+from server._private.http import HEALTH_ROUTE, http_classify, http_health
 from server._private.inference import BatchStats, forward
 from server._private.metrics import ServerMetrics
 from server._private.services import InferenceService, Parts, RegistryService, meta_of
@@ -92,7 +92,9 @@ class Polyhead:
         return await self.inference.health(request)
 
     async def __call__(self, request: Any) -> Any:
-        """HTTP: ``POST /v1/classify`` with ClassifyRequest's fields as JSON."""
+        """HTTP: ``POST /v1/classify`` with ClassifyRequest's fields as JSON; ``GET /v1/health``."""
+        if request.url.path.rstrip("/") == HEALTH_ROUTE:
+            return await http_health(self.Health, request)
         return await http_classify(self.Classify, request)
 
     # -- Registry --------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from methods import Engine
 from server._private import registry
 from server._private.batcher import Batcher
 from server._private.errors import InStream, InvalidInput
-from server._private.inference import check_form, parse_inputs, response
+from server._private.inference import check_form, cut_inputs, parse_inputs, response
 from server._private.metrics import ServerMetrics
 from server._private.servicers import MalformedRequest
 from server._private.swap import Resolver
@@ -72,6 +72,8 @@ class InferenceService:
             check_form(inputs, info.task_id, res.meta)
             enc = await p.batcher.encode(inputs)
             rows = await p.batcher.run(enc, res.task)
+            cut = cut_inputs(request, p.config.max_text_chars)
+            rows = [(logits, was or c) for (logits, was), c in zip(rows, cut, strict=True)]
             return response(res, rows, p.replica)
 
     async def classify_stream(self, requests: AsyncIterator[Any]) -> AsyncIterator[pb.ClassifyResponse]:

@@ -1,0 +1,488 @@
+"""The `polyhead` command line as a newcomer meets it (issue 31): help without torch, the
+README's columns, preset label names, and the client verbs against an in-process gRPC
+server whose answers the test controls (no Ray, no backbone)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.cli import build_parser
+from trainer.cli import load_data
+
+HEAVY = ("torch", "transformers", "ray")
+
+
+def imports_after(argv: list[str]) -> tuple[int, str, list[str]]:
+    """(exit code, stderr, heavy modules imported) of `polyhead ARGV` in a fresh interpreter."""
+    code = ("import sys\nfrom server.cli import main\n"
+            f"try:\n    rc = main({argv!r})\nexcept SystemExit as e:\n    rc = e.code\n"
+            f"print([m for m in {HEAVY!r} if m in sys.modules])\nprint(rc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).parent.parent, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    lines = out.stdout.strip().splitlines()
+    return int(lines[-1]), out.stderr, json.loads(lines[-2].replace("'", '"'))
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train", "--defaults"]])
+def test_help_imports_no_torch(argv: list[str]) -> None:
+    rc, _, heavy = imports_after(argv)
+    assert rc == 0 and heavy == []
+
+
+def test_missing_train_file_is_named_before_the_trainer_loads(tmp_path: Path) -> None:
+    rc, err, heavy = imports_after(["train", "--method", "lora", "--train", str(tmp_path / "no.tsv"),
+                                    "--dev", str(tmp_path / "no.tsv"), "--out", "x.polyhead"])
+    assert rc == 2 and f"{tmp_path / 'no.tsv'}: no such file (given as --train)" in err
+    assert heavy == []
+
+
+def test_train_help_is_short_and_points_at_the_defaults_record(capsys) -> None:
+    with pytest.raises(SystemExit):
+        build_parser("train").parse_args(["train", "--help"])
+    help_text = capsys.readouterr().out
+    assert len(help_text.splitlines()) <= 125 and "polyhead train --defaults" in help_text
+    # lora's defaults, each marked as chosen by the study
+    assert "-> lora; 0.0003/10/0.06* | 0.0003/10/0.06*" in help_text
+    assert "best of" not in help_text  # the search record lives in --defaults
+    with pytest.raises(SystemExit):
+        build_parser("train").parse_args(["train", "--defaults"])
+    record = capsys.readouterr().out
+    assert "lora     servable lr 0.0003, 10 epochs, warm-up 0.06: lora pilot: 3e-4 best of" in record
+    assert "--recipe paper:" in record
+
+
+def train_args(*argv: str) -> argparse.Namespace:
+    return build_parser("train").parse_args(["train", "--method", "lora", "--out", "x.polyhead", *argv])
+
+
+@pytest.mark.parametrize("suffix,text", [
+    (".tsv", "sentence\tlabel\ngood film\tpositive\nbad film\tnegative\n"),
+    (".csv", "label,sentence\npositive,good film\nnegative,bad film\n"),
+    (".jsonl", '{"sentence": "good film", "label": "positive"}\n'
+               '{"sentence": "bad film", "label": "negative"}\n'),
+])
+def test_sentence_label_files_need_no_column_flags(tmp_path: Path, suffix: str, text: str) -> None:
+    """D1: the README's `sentence`/`label` columns train with no --text-col."""
+    path = tmp_path / f"data{suffix}"
+    path.write_text(text)
+    train, _, metric = load_data(train_args("--train", str(path), "--dev", str(path)))
+    assert [e.text for e in train.examples] == ["good film", "bad film"] and metric == "accuracy"
+    assert train.labels == ["negative", "positive"]
+
+
+def test_a_text_column_still_wins_and_a_missing_one_is_named(tmp_path: Path) -> None:
+    both = tmp_path / "both.tsv"
+    both.write_text("sentence\ttext\tlabel\nignored\tused\t1\n")
+    train, _, _ = load_data(train_args("--train", str(both), "--dev", str(both)))
+    assert train.examples[0].text == "used"
+    neither = tmp_path / "neither.tsv"
+    neither.write_text("review\tlabel\nfine\t1\n")
+    with pytest.raises(ValueError, match="no column 'text' in header"):
+        load_data(train_args("--train", str(neither), "--dev", str(neither)))
+
+
+def test_glue_presets_name_their_labels(tmp_path: Path) -> None:
+    """SST-2's 0/1 are stored (and so answered) as negative/positive; order is kept."""
+    path = tmp_path / "train.tsv"
+    path.write_text("sentence\tlabel\na fine film\t1\na dull movie\t0\n")
+    train, dev, _ = load_data(train_args("--preset", "sst2", "--train", str(path), "--dev", str(path)))
+    assert train.labels == ["negative", "positive"] and dev.labels == train.labels
+    assert [e.label for e in train.examples] == ["positive", "negative"] and train.targets() == [1, 0]
+
+
+# -- the client verbs, against a fake server ---------------------------------------------------
+
+class FakeServer:
+    """Inference and Registry answering as the real servicer does for a single-text task
+    `t` (labels negative/positive; any other task takes pairs): a text "BAD", or a pair for
+    `t`, is refused, naming the input."""
+
+    def __init__(self) -> None:
+        import grpc
+        from polyhead.v1 import polyhead_pb2 as pb
+        from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
+
+        self.requests: list = []
+        self.deleted: list[str] = []
+        fake = self
+
+        def refusal(req) -> str | None:
+            for i, x in enumerate(req.inputs):
+                if x.text == "BAD":
+                    return f"inputs[{i}].text: no BAD texts"
+                if x.HasField("pair") and req.task_id == "t":
+                    return f"inputs[{i}]: task 't' takes a single text (no `pair`)"
+            return None
+
+        def answer(req) -> pb.ClassifyResponse:
+            res = pb.ClassifyResponse(task_id="t", version="ab" * 32, version_number=2,
+                                      labels=["negative", "positive"])
+            for x in req.inputs:
+                p = 0.9 if "good" in x.text else 0.2
+                res.predictions.add(label="positive" if p > 0.5 else "negative", label_index=int(p > 0.5),
+                                    scores=[1 - p, p], truncated=req.truncate and len(x.text) > 20)
+            return res
+
+        class Inference(pb_grpc.InferenceServicer):
+            def Classify(self, request, context):
+                fake.requests.append(request)
+                if (why := refusal(request)) is not None:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, why)
+                return answer(request)
+
+            def ClassifyStream(self, request_iterator, context):
+                for index, request in enumerate(request_iterator):
+                    fake.requests.append(request)
+                    if (why := refusal(request)) is not None:
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"message {index}: {why}")
+                    yield answer(request)
+
+            def Health(self, request, context):
+                res = pb.HealthResponse(status="SERVING", backbone="minilm", fingerprint="f" * 64,
+                                        device="cpu", replica="r1")
+                res.resident.add(task_id="t", version="ab" * 32, tier="device")
+                return res
+
+        def version(number: int, kind: str, aliases: list[str]) -> pb.VersionInfo:
+            return pb.VersionInfo(task_id="t", version=f"{number}" * 64, number=number, kind=kind,
+                                  nbytes=1234, created_at=f"2026-12-0{number}", aliases=aliases)
+
+        class Registry(pb_grpc.RegistryServicer):
+            def ListTasks(self, request, context):
+                info = pb.TaskInfo(task_id="t", kind="lora", latest=version(2, "lora", ["latest"]),
+                                   num_versions=2, aliases=["latest", "stable"],
+                                   alias_numbers={"latest": 2, "stable": 1})
+                return pb.ListTasksResponse(tasks=[info])
+
+            def GetTask(self, request, context):
+                if request.task_id != "t":
+                    context.abort(grpc.StatusCode.NOT_FOUND, f"no task {request.task_id!r}")
+                info = pb.TaskInfo(task_id="t", kind="lora", latest=version(2, "lora", ["latest"]),
+                                   num_versions=2, aliases=["latest", "stable"])
+                manifest = {"inputs": "single", "kind": "lora", "labels": ["negative", "positive"]}
+                return pb.TaskDetail(info=info, labels=["negative", "positive"],
+                                     versions=[version(1, "pasta", ["stable"]),
+                                               version(2, "lora", ["latest"])],
+                                     manifest_json=json.dumps(manifest))
+
+            def DeleteTask(self, request, context):
+                fake.deleted.append(request.task_id)
+                return pb.DeleteTaskResponse(task_id=request.task_id)
+
+            def Upload(self, request, context):
+                return version(3, "pasta", ["latest"])
+
+        from concurrent import futures
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(4))
+        pb_grpc.add_InferenceServicer_to_server(Inference(), self.server)
+        pb_grpc.add_RegistryServicer_to_server(Registry(), self.server)
+        self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.server.start()
+
+
+@pytest.fixture(scope="module")
+def fake():
+    s = FakeServer()
+    yield s
+    s.server.stop(None)
+
+
+def polyhead(fake: FakeServer, capsys, *argv: str) -> tuple[int, str, str]:
+    from server.cli import main
+
+    verb, rest = argv[0], argv[1:]
+    head = [verb, rest[0]] if verb == "tasks" else [verb]
+    rc = main([*head, "--server", fake.address, "--token", "x", *rest[len(head) - 1:]])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_file_keeps_every_answer_before_a_refused_line_and_names_it(fake, capsys, tmp_path) -> None:
+    """D3: line 30 of 40 is refused in the middle of a message: lines 1-29 are all written
+    (none of its message lost) and the error names the file's line, not the message."""
+    path = tmp_path / "in.txt"
+    lines = [f"text {i}" for i in range(1, 41)]
+    lines[29] = "BAD"
+    path.write_text("\n".join(lines) + "\n")
+    rc, out, err = polyhead(fake, capsys, "classify", "--task", "t", "--file", str(path), "--chunk", "8")
+    answers = [json.loads(x) for x in out.splitlines()]
+    assert rc == 2 and [a["line"] for a in answers] == list(range(1, 30))
+    assert [a["text"] for a in answers] == lines[:29]
+    assert f"{path}:30: text: no BAD texts" in err and "message" not in err
+    assert "# 29 lines classified" in err
+
+
+def test_blank_lines_are_skipped_and_counted(fake, capsys, monkeypatch) -> None:
+    """D4: a trailing (or inner) blank line no longer aborts a run; lines keep their numbers."""
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("good film\n\n  \nbad film\n\n"))
+    rc, out, err = polyhead(fake, capsys, "classify", "--task", "t", "--file", "-")
+    answers = [json.loads(x) for x in out.splitlines()]
+    assert rc == 0 and [(a["line"], a["text"], a["label"]) for a in answers] == [
+        (1, "good film", "positive"), (4, "bad film", "negative")]
+    assert "# 2 lines classified with t; 3 blank line(s) skipped" in err
+
+
+def test_a_tab_line_for_a_single_text_task_is_refused_by_line(fake, capsys, tmp_path) -> None:
+    """D6: `a<TAB>b` is sent as a pair, and a single-text task refuses it, naming the line."""
+    path = tmp_path / "in.txt"
+    path.write_text("good film\nfine\tfilm\n")
+    rc, out, err = polyhead(fake, capsys, "classify", "--task", "t", "--file", str(path))
+    assert rc == 2 and len(out.splitlines()) == 1
+    assert f"{path}:2: task 't' takes a single text" in err
+
+
+def test_truncate_is_asked_for_and_shown(fake, capsys) -> None:
+    long = "good " * 10
+    rc, out, _ = polyhead(fake, capsys, "classify", "--task", "t", "--truncate", long)
+    assert rc == 0 and fake.requests[-1].truncate and out.rstrip().endswith("(truncated)")
+    rc, out, _ = polyhead(fake, capsys, "classify", "--task", "t", long)
+    assert rc == 0 and not fake.requests[-1].truncate and "(truncated)" not in out
+
+
+def test_pair_output_shows_both_texts(fake, capsys) -> None:
+    rc, out, _ = polyhead(fake, capsys, "classify", "--task", "p", "good premise", "--pair", "a hypothesis")
+    assert rc == 0 and out == "positive\t0.900\tgood premise\ta hypothesis\n"
+    rc, out, _ = polyhead(fake, capsys, "classify", "--task", "t", "good one", "bad two")
+    assert rc == 0 and out.splitlines() == ["positive\t0.900\tgood one", "negative\t0.800\tbad two"]
+
+
+def test_pair_line_shows_the_pair() -> None:
+    from server.client_cli import row_json
+
+    row = {"label": "positive", "label_index": 1, "scores": {"negative": 0.1, "positive": 0.9},
+           "truncated": False, "version": "v", "version_number": 1}
+    assert row_json(3, ("a", "b"), row) == {
+        "line": 3, "text": "a", "pair": "b", "label": "positive", "label_index": 1,
+        "labels": ["negative", "positive"], "scores": [0.1, 0.9], "truncated": False,
+        "version": "v", "version_number": 1}
+
+
+class FakeRequest:
+    def __init__(self, path: str, method: str, body: bytes = b"") -> None:
+        self.url = argparse.Namespace(path=path)
+        self.method, self._body, self.headers = method, body, {}
+
+    async def body(self) -> bytes:
+        return self._body
+
+
+def test_one_json_shape_for_scores_in_the_cli_and_http(fake, capsys) -> None:
+    """`classify --json` prints what POST /v1/classify answers for the same response."""
+    import asyncio
+
+    from server._private.http import http_classify
+
+    rc, out, _ = polyhead(fake, capsys, "classify", "--task", "t", "--json", "good film", "dull")
+    cli = json.loads(out)
+    assert rc == 0 and cli["labels"] == ["negative", "positive"]
+    assert [p["scores"] for p in cli["predictions"]] == [pytest.approx([0.1, 0.9]), pytest.approx([0.8, 0.2])]
+    answered = fake.requests[-1]
+
+    async def classify(request, ctx):  # the same fake answer, through the HTTP route
+        from server.client import PolyheadClient
+
+        with PolyheadClient(fake.address) as c:
+            return c.classify_raw(request.task_id, [x.text for x in request.inputs])
+
+    body = json.dumps({"task_id": "t", "inputs": [{"text": x.text} for x in answered.inputs]}).encode()
+    http = asyncio.run(http_classify(classify, FakeRequest("/v1/classify", "POST", body)))
+    assert json.loads(http.body) == cli
+
+
+def test_health_verb_and_http_route(fake, capsys) -> None:
+    import asyncio
+
+    from polyhead.v1 import polyhead_pb2 as pb
+
+    from server._private.http import http_health
+
+    rc, out, _ = polyhead(fake, capsys, "health")
+    assert rc == 0 and out.startswith(f"SERVING: {fake.address}, replica r1, backbone minilm")
+    assert "resident tasks: t (device)" in out
+
+    async def health(request, ctx):
+        return pb.HealthResponse(status="SERVING", replica="r9")
+
+    res = asyncio.run(http_health(health, FakeRequest("/v1/health", "GET")))
+    assert res.status_code == 200 and json.loads(res.body)["replica"] == "r9"
+    res = asyncio.run(http_health(health, FakeRequest("/v1/health", "POST")))
+    assert res.status_code == 405
+
+
+def test_tasks_show_and_list_give_kinds_and_aliases_as_they_point(fake, capsys) -> None:
+    """D7, D9: a kind per version; aliases beside the version they point at, once."""
+    rc, out, _ = polyhead(fake, capsys, "tasks", "show", "t")
+    lines = out.splitlines()
+    assert rc == 0 and lines[0] == "t  2 versions  labels: negative, positive  inputs: single"
+    assert lines[1].split() == ["v1", "1" * 12, "pasta", "1,234", "B", "2026-12-01", "stable"]
+    assert lines[2].split() == ["v2", "2" * 12, "lora", "1,234", "B", "2026-12-02", "latest"]
+    assert lines[3] == "manifest of v2 (latest):" and json.loads("\n".join(lines[4:]))["kind"] == "lora"
+    assert "<- latest" not in out
+    rc, out, _ = polyhead(fake, capsys, "tasks", "list")
+    assert rc == 0 and out.rstrip().endswith("aliases latest->v2,stable->v1")
+
+
+def test_delete_asks_unless_yes(fake, capsys, monkeypatch) -> None:
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # no terminal: refused without --yes
+    rc, _, err = polyhead(fake, capsys, "tasks", "delete", "t")
+    assert rc == 2 and "add --yes" in err and fake.deleted == []
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda q: "n")
+    rc, out, _ = polyhead(fake, capsys, "tasks", "delete", "t")
+    assert rc == 0 and out.strip() == "kept t" and fake.deleted == []
+    monkeypatch.setattr("builtins.input", lambda q: "y")
+    assert polyhead(fake, capsys, "tasks", "delete", "t")[0] == 0 and fake.deleted == ["t"]
+    assert polyhead(fake, capsys, "tasks", "delete", "t", "--yes")[0] == 0 and fake.deleted == ["t", "t"]
+
+
+def test_upload_prints_one_tidy_line(fake, capsys, tmp_path) -> None:
+    """D10: `upload` and `train --upload` print the same line (not a raw dict)."""
+    from trainer.output import Targets, deliver
+
+    path = tmp_path / "a.polyhead"
+    path.write_bytes(b"x")
+    rc, out, _ = polyhead(fake, capsys, "upload", str(path))
+    assert rc == 0 and out == f"uploaded t v3 {'3' * 64} (pasta, 1,234 bytes) to {fake.address}\n"
+    lines = deliver(b"x", Targets(upload=fake.address, token="x"), spec=None)  # type: ignore[arg-type]
+    assert lines == [out.rstrip("\n")]
+
+
+# -- the server side of the same fixes ---------------------------------------------------------
+
+def test_truncate_cuts_long_texts_and_marks_them() -> None:
+    """D3: without `truncate` a text over the limit is refused (the message says how to cut
+    it); with it the text is cut to the limit and its prediction marked truncated."""
+    from polyhead.v1 import polyhead_pb2 as pb
+
+    from server._private.errors import InvalidInput
+    from server._private.inference import cut_inputs, parse_inputs
+
+    inputs = [pb.Input(text="a" * 30), pb.Input(text="b", pair="c" * 12), pb.Input(text="d")]
+    with pytest.raises(InvalidInput, match=r"inputs\[0\].text: 30 characters; the limit is 10 "
+                                           r"\(set `truncate`"):
+        parse_inputs(pb.ClassifyRequest(task_id="t", inputs=inputs), 4, 10)
+    req = pb.ClassifyRequest(task_id="t", inputs=inputs, truncate=True)
+    assert parse_inputs(req, 4, 10) == ["a" * 10, ("b", "c" * 10), "d"]
+    assert cut_inputs(req, 10) == [True, True, False]
+
+
+def test_the_shipped_example_takes_single_texts() -> None:
+    """D6: its manifest says `inputs: single`, so a pair for it is refused as for trained tasks."""
+    from server._private.replica import EXAMPLES
+    from store.header import read_manifest_json
+
+    data = (EXAMPLES / "sentiment.polyhead").read_bytes()
+    assert read_manifest_json(data, max_bytes=len(data))["inputs"] == "single"
+
+
+@pytest.mark.parametrize("ref,number", [("v1", 1), ("1", 1), ("12", 12), ("1234567", 1234567),
+                                        ("12345678", None), ("v0", None), ("0", None), ("stable", None)])
+def test_a_bare_version_number_reads_as_vN(ref: str, number: int | None) -> None:
+    """D8: `--version 1` is v1 (8 or more digits stay a hash prefix; aliases start with a letter)."""
+    from store.names import version_number_ref
+
+    assert version_number_ref(ref) == number
+
+
+# -- a quiet install, start, training and stop -------------------------------------------------
+
+def test_pyproject_builds_without_setuptools_warnings() -> None:
+    """project.license as an SPDX string (a TOML table is deprecated), and the examples'
+    folder listed as the package its data ships in (setuptools warns about it otherwise)."""
+    import tomllib
+
+    root = Path(__file__).parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "Apache-2.0"
+    packages = project["tool"]["setuptools"]["packages"]
+    data = project["tool"]["setuptools"]["package-data"]
+    assert "server.examples" in packages and data["server.examples"] == ["*.polyhead"]
+    assert all(pkg in packages for pkg in data)
+
+
+def test_readme_artifacts_are_ignored_but_not_the_shipped_example() -> None:
+    root = Path(__file__).parent.parent
+
+    def ignored(path: str) -> bool:
+        return subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=root).returncode == 0
+
+    assert ignored("sentiment.polyhead") and ignored("out/sst2.polyhead")
+    assert not ignored("server/examples/sentiment.polyhead")
+
+
+def test_serve_drops_rays_noise_lines_only(monkeypatch, capsys) -> None:
+    """D12 and a quiet start: the two lines Ray prints on every start/stop are dropped;
+    anything else it reports is still printed."""
+    import logging
+
+    from ray._private import worker
+
+    from server.serve_cli import quiet_ray
+
+    monkeypatch.setattr(worker, "print_to_stdstream", worker.print_to_stdstream)  # restored after
+    serve_log = logging.getLogger("ray.serve")
+    monkeypatch.setattr(serve_log, "filters", list(serve_log.filters))
+    quiet_ray()
+    quiet_ray()  # twice: still one wrapper
+    noise = ("Task ServeController.graceful_shutdown failed. There are infinite retries "
+             "remaining, so the task will be retried. Error: The actor died")
+    worker.print_to_stdstream({"lines": [noise, "a real problem"], "pid": "raylet", "is_err": False},
+                              ignore_prefix=False)
+    worker.print_to_stdstream({"lines": [noise], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    out = capsys.readouterr().out
+    assert "a real problem" in out and "graceful_shutdown" not in out
+    record = logging.LogRecord("ray.serve", logging.INFO, "api.py", 1, 'Connecting to existing Serve '
+                               'app in namespace "serve". New http_options will not be applied.', None, None)
+    assert not serve_log.filter(record)
+    other = logging.LogRecord("ray.serve", logging.INFO, "api.py", 1, "Started Serve", None, None)
+    assert serve_log.filter(other)
+
+
+def test_lora_training_shows_one_loading_bar(tiny_bert, monkeypatch) -> None:
+    """The backbone's load shows transformers' "Loading weights" bar; LoRA's own model load
+    (peft wraps a fresh AutoModelForSequenceClassification) does not show a second one."""
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    from methods import HeadConfig
+    from trainer.config import TrainConfig
+    from trainer.models import LoraModel
+
+    seen: list[bool] = []
+    original = transformers.AutoModelForSequenceClassification.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.append(hf_logging.is_progress_bar_enabled())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", spy)
+    hf_logging.enable_progress_bar()
+    LoraModel(tiny_bert, TrainConfig(method="lora"), HeadConfig(2, "pooler"))
+    assert seen == [False] and hf_logging.is_progress_bar_enabled()
+
+
+def test_registry_lists_where_each_alias_points(tiny_bert, tmp_path) -> None:
+    """D9's server side: ListTasks (and GetTask) say which version each alias names."""
+    from server._private import registry
+    from store import Store
+    from tests.test_serving import artifact
+
+    store = Store(tmp_path / "store", tiny_bert.spec)
+    for seed in (1, 2):
+        store.publish(artifact(tiny_bert.spec, "t", seed=seed)[0])
+    store.set_alias("t", "stable", "v1")
+    (info,) = registry.list_tasks(store).tasks
+    assert dict(info.alias_numbers) == {"latest": 2, "stable": 1}
+    assert dict(registry.get_task(store, "t").info.alias_numbers) == {"latest": 2, "stable": 1}
