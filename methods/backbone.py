@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from methods.precision import Int8Linears, PrecisionError, dtype_for
 from methods.spec import BackboneSpec
 
 SUPPORTED_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
@@ -38,6 +39,8 @@ class Backbone:
     path: Path
     device: torch.device
     dtype: torch.dtype
+    precision: str = "fp32"  # "fp32", "int8" (Linear weights quantized), "bf16"
+    int8: Int8Linears | None = None  # the quantized Linears under "int8"
 
     def param(self, name: str) -> torch.Tensor:
         return self._params[name]
@@ -56,14 +59,24 @@ def load_backbone(
     path: str | Path | None = None,
     device: str | torch.device | None = "cpu",
     dtype: torch.dtype = torch.float32,
+    precision: str | None = None,
 ) -> Backbone:
-    """Load a frozen encoder from a local folder (default: the packaged MiniLM)."""
+    """Load a frozen encoder from a local folder (default: the packaged MiniLM).
+
+    ``precision`` ("fp32", "int8", "bf16"; methods.precision) sets the dtype and, for
+    int8, quantizes the Linear weights; without it, ``dtype`` is used as given."""
     folder = Path(path) if path is not None else default_backbone_path()
     if not (folder / "config.json").is_file():
         raise BackboneError(f"{folder}: not a Hugging Face model folder (no config.json)")
     dev = pick_device(device)
-    if dev.type == "cpu" and dtype != torch.float32:
-        raise BackboneError(f"dtype {dtype} is only supported on CUDA; use float32 on CPU")
+    if precision is not None:
+        try:
+            dtype = dtype_for(precision, dev)
+        except PrecisionError as e:
+            raise BackboneError(str(e)) from e
+    elif dev.type == "cpu" and dtype != torch.float32:
+        raise BackboneError(f"dtype {dtype} on the CPU: choose precision='bf16' (checked "
+                            "against the CPU) or float32")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         model = AutoModel.from_pretrained(folder, local_files_only=True, add_pooling_layer=True)
@@ -77,7 +90,9 @@ def load_backbone(
     fingerprint = fingerprint_of(model)  # over the weights as stored, before any cast
     model.eval().requires_grad_(False).to(device=dev, dtype=dtype)
     spec = _spec_of(model, tokenizer, fingerprint)
-    return Backbone(model, tokenizer, spec, _special_ids(tokenizer), folder, dev, dtype)
+    int8 = Int8Linears(model) if precision == "int8" else None
+    name = precision or {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
+    return Backbone(model, tokenizer, spec, _special_ids(tokenizer), folder, dev, dtype, name, int8)
 
 
 def fingerprint_of(model: torch.nn.Module) -> str:
