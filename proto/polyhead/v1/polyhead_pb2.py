@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apolyhead/v1/polyhead.proto\x12\x0bpolyhead.v1\"1\n\x05Input\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\x04pair\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x07\n\x05_pair\"W\n\x0f\x43lassifyRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\"\n\x06inputs\x18\x03 \x03(\x0b\x32\x12.polyhead.v1.Input\"b\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0blabel_index\x18\x02 \x01(\x05\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12\r\n\x05value\x18\x04 \x01(\x02\x12\x11\n\ttruncated\x18\x05 \x01(\x08\"\xaf\x01\n\x10\x43lassifyResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x16\n\x0eversion_number\x18\x03 \x01(\x05\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x12\n\nregression\x18\x05 \x01(\x08\x12,\n\x0bpredictions\x18\x06 \x03(\x0b\x32\x17.polyhead.v1.Prediction\x12\x0f\n\x07replica\x18\x07 \x01(\t\"\x0f\n\rHealthRequest\"]\n\x0cResidentTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04tier\x18\x03 \x01(\t\x12\x0e\n\x06nbytes\x18\x04 \x01(\x03\x12\r\n\x05\x61ge_s\x18\x05 \x01(\x01\"\xfe\x02\n\x0eHealthResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61\x63kbone\x18\x02 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x0f\n\x07replica\x18\x05 \x01(\t\x12\x18\n\x10store_generation\x18\x06 \x01(\x03\x12+\n\x08resident\x18\x07 \x03(\x0b\x32\x19.polyhead.v1.ResidentTask\x12\x14\n\x0c\x64\x65vice_bytes\x18\x08 \x01(\x03\x12\x1b\n\x13\x64\x65vice_budget_bytes\x18\t \x01(\x03\x12\x0f\n\x07\x62\x61tches\x18\n \x01(\x03\x12\x14\n\x0c\x62\x61tched_rows\x18\x0b \x01(\x03\x12\x15\n\rtorch_threads\x18\x0c \x01(\x05\x12\x11\n\tforward_s\x18\r \x01(\x01\x12\x12\n\nhost_bytes\x18\x0e \x01(\x03\x12\x19\n\x11host_budget_bytes\x18\x0f \x01(\x03\x12\x1a\n\x12\x64\x65vice_table_bytes\x18\x10 \x01(\x03\"\x82\x01\n\x0bVersionInfo\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06number\x18\x03 \x01(\x05\x12\x12\n\ncreated_at\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x0e\n\x06nbytes\x18\x06 \x01(\x03\x12\x0f\n\x07\x61liases\x18\x07 \x03(\t\"z\n\x08TaskInfo\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12(\n\x06latest\x18\x03 \x01(\x0b\x32\x18.polyhead.v1.VersionInfo\x12\x14\n\x0cnum_versions\x18\x04 \x01(\x05\x12\x0f\n\x07\x61liases\x18\x05 \x03(\t\"!\n\rUploadRequest\x12\x10\n\x08\x61rtifact\x18\x01 \x01(\x0c\"c\n\x11ImportPeftRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x64\x61pter_config\x18\x02 \x01(\x0c\x12\x15\n\radapter_model\x18\x03 \x01(\x0c\x12\x0e\n\x06labels\x18\x04 \x03(\t\"\x12\n\x10ListTasksRequest\"9\n\x11ListTasksResponse\x12$\n\x05tasks\x18\x01 \x03(\x0b\x32\x15.polyhead.v1.TaskInfo\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\x98\x01\n\nTaskDetail\x12#\n\x04info\x18\x01 \x01(\x0b\x32\x15.polyhead.v1.TaskInfo\x12*\n\x08versions\x18\x02 \x03(\x0b\x32\x18.polyhead.v1.VersionInfo\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x12\n\nregression\x18\x04 \x01(\x08\x12\x15\n\rmanifest_json\x18\x05 \x01(\t\"B\n\x0fSetAliasRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\"3\n\x0fRollbackRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"$\n\x11\x44\x65leteTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"%\n\x12\x44\x65leteTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t2\xea\x01\n\tInference\x12G\n\x08\x43lassify\x12\x1c.polyhead.v1.ClassifyRequest\x1a\x1d.polyhead.v1.ClassifyResponse\x12Q\n\x0e\x43lassifyStream\x12\x1c.polyhead.v1.ClassifyRequest\x1a\x1d.polyhead.v1.ClassifyResponse(\x01\x30\x01\x12\x41\n\x06Health\x12\x1a.polyhead.v1.HealthRequest\x1a\x1b.polyhead.v1.HealthResponse2\xf6\x03\n\x08Registry\x12>\n\x06Upload\x12\x1a.polyhead.v1.UploadRequest\x1a\x18.polyhead.v1.VersionInfo\x12\x46\n\nImportPeft\x12\x1e.polyhead.v1.ImportPeftRequest\x1a\x18.polyhead.v1.VersionInfo\x12J\n\tListTasks\x12\x1d.polyhead.v1.ListTasksRequest\x1a\x1e.polyhead.v1.ListTasksResponse\x12?\n\x07GetTask\x12\x1b.polyhead.v1.GetTaskRequest\x1a\x17.polyhead.v1.TaskDetail\x12\x42\n\x08SetAlias\x12\x1c.polyhead.v1.SetAliasRequest\x1a\x18.polyhead.v1.VersionInfo\x12\x42\n\x08Rollback\x12\x1c.polyhead.v1.RollbackRequest\x1a\x18.polyhead.v1.VersionInfo\x12M\n\nDeleteTask\x12\x1e.polyhead.v1.DeleteTaskRequest\x1a\x1f.polyhead.v1.DeleteTaskResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apolyhead/v1/polyhead.proto\x12\x0bpolyhead.v1\"1\n\x05Input\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\x04pair\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x07\n\x05_pair\"W\n\x0f\x43lassifyRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\"\n\x06inputs\x18\x03 \x03(\x0b\x32\x12.polyhead.v1.Input\"b\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0blabel_index\x18\x02 \x01(\x05\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12\r\n\x05value\x18\x04 \x01(\x02\x12\x11\n\ttruncated\x18\x05 \x01(\x08\"\xaf\x01\n\x10\x43lassifyResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x16\n\x0eversion_number\x18\x03 \x01(\x05\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x12\n\nregression\x18\x05 \x01(\x08\x12,\n\x0bpredictions\x18\x06 \x03(\x0b\x32\x17.polyhead.v1.Prediction\x12\x0f\n\x07replica\x18\x07 \x01(\t\"\x0f\n\rHealthRequest\"]\n\x0cResidentTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04tier\x18\x03 \x01(\t\x12\x0e\n\x06nbytes\x18\x04 \x01(\x03\x12\r\n\x05\x61ge_s\x18\x05 \x01(\x01\"\x91\x03\n\x0eHealthResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61\x63kbone\x18\x02 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x0f\n\x07replica\x18\x05 \x01(\t\x12\x18\n\x10store_generation\x18\x06 \x01(\x03\x12+\n\x08resident\x18\x07 \x03(\x0b\x32\x19.polyhead.v1.ResidentTask\x12\x14\n\x0c\x64\x65vice_bytes\x18\x08 \x01(\x03\x12\x1b\n\x13\x64\x65vice_budget_bytes\x18\t \x01(\x03\x12\x0f\n\x07\x62\x61tches\x18\n \x01(\x03\x12\x14\n\x0c\x62\x61tched_rows\x18\x0b \x01(\x03\x12\x15\n\rtorch_threads\x18\x0c \x01(\x05\x12\x11\n\tforward_s\x18\r \x01(\x01\x12\x12\n\nhost_bytes\x18\x0e \x01(\x03\x12\x19\n\x11host_budget_bytes\x18\x0f \x01(\x03\x12\x1a\n\x12\x64\x65vice_table_bytes\x18\x10 \x01(\x03\x12\x11\n\tprecision\x18\x11 \x01(\t\"\x82\x01\n\x0bVersionInfo\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06number\x18\x03 \x01(\x05\x12\x12\n\ncreated_at\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x0e\n\x06nbytes\x18\x06 \x01(\x03\x12\x0f\n\x07\x61liases\x18\x07 \x03(\t\"z\n\x08TaskInfo\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12(\n\x06latest\x18\x03 \x01(\x0b\x32\x18.polyhead.v1.VersionInfo\x12\x14\n\x0cnum_versions\x18\x04 \x01(\x05\x12\x0f\n\x07\x61liases\x18\x05 \x03(\t\"!\n\rUploadRequest\x12\x10\n\x08\x61rtifact\x18\x01 \x01(\x0c\"c\n\x11ImportPeftRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x64\x61pter_config\x18\x02 \x01(\x0c\x12\x15\n\radapter_model\x18\x03 \x01(\x0c\x12\x0e\n\x06labels\x18\x04 \x03(\t\"\x12\n\x10ListTasksRequest\"9\n\x11ListTasksResponse\x12$\n\x05tasks\x18\x01 \x03(\x0b\x32\x15.polyhead.v1.TaskInfo\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\x98\x01\n\nTaskDetail\x12#\n\x04info\x18\x01 \x01(\x0b\x32\x15.polyhead.v1.TaskInfo\x12*\n\x08versions\x18\x02 \x03(\x0b\x32\x18.polyhead.v1.VersionInfo\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x12\n\nregression\x18\x04 \x01(\x08\x12\x15\n\rmanifest_json\x18\x05 \x01(\t\"B\n\x0fSetAliasRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\"3\n\x0fRollbackRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"$\n\x11\x44\x65leteTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"%\n\x12\x44\x65leteTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t2\xea\x01\n\tInference\x12G\n\x08\x43lassify\x12\x1c.polyhead.v1.ClassifyRequest\x1a\x1d.polyhead.v1.ClassifyResponse\x12Q\n\x0e\x43lassifyStream\x12\x1c.polyhead.v1.ClassifyRequest\x1a\x1d.polyhead.v1.ClassifyResponse(\x01\x30\x01\x12\x41\n\x06Health\x12\x1a.polyhead.v1.HealthRequest\x1a\x1b.polyhead.v1.HealthResponse2\xf6\x03\n\x08Registry\x12>\n\x06Upload\x12\x1a.polyhead.v1.UploadRequest\x1a\x18.polyhead.v1.VersionInfo\x12\x46\n\nImportPeft\x12\x1e.polyhead.v1.ImportPeftRequest\x1a\x18.polyhead.v1.VersionInfo\x12J\n\tListTasks\x12\x1d.polyhead.v1.ListTasksRequest\x1a\x1e.polyhead.v1.ListTasksResponse\x12?\n\x07GetTask\x12\x1b.polyhead.v1.GetTaskRequest\x1a\x17.polyhead.v1.TaskDetail\x12\x42\n\x08SetAlias\x12\x1c.polyhead.v1.SetAliasRequest\x1a\x18.polyhead.v1.VersionInfo\x12\x42\n\x08Rollback\x12\x1c.polyhead.v1.RollbackRequest\x1a\x18.polyhead.v1.VersionInfo\x12M\n\nDeleteTask\x12\x1e.polyhead.v1.DeleteTaskRequest\x1a\x1f.polyhead.v1.DeleteTaskResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,33 +44,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESIDENTTASK']._serialized_start=478
   _globals['_RESIDENTTASK']._serialized_end=571
   _globals['_HEALTHRESPONSE']._serialized_start=574
-  _globals['_HEALTHRESPONSE']._serialized_end=956
-  _globals['_VERSIONINFO']._serialized_start=959
-  _globals['_VERSIONINFO']._serialized_end=1089
-  _globals['_TASKINFO']._serialized_start=1091
-  _globals['_TASKINFO']._serialized_end=1213
-  _globals['_UPLOADREQUEST']._serialized_start=1215
-  _globals['_UPLOADREQUEST']._serialized_end=1248
-  _globals['_IMPORTPEFTREQUEST']._serialized_start=1250
-  _globals['_IMPORTPEFTREQUEST']._serialized_end=1349
-  _globals['_LISTTASKSREQUEST']._serialized_start=1351
-  _globals['_LISTTASKSREQUEST']._serialized_end=1369
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1371
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1428
-  _globals['_GETTASKREQUEST']._serialized_start=1430
-  _globals['_GETTASKREQUEST']._serialized_end=1463
-  _globals['_TASKDETAIL']._serialized_start=1466
-  _globals['_TASKDETAIL']._serialized_end=1618
-  _globals['_SETALIASREQUEST']._serialized_start=1620
-  _globals['_SETALIASREQUEST']._serialized_end=1686
-  _globals['_ROLLBACKREQUEST']._serialized_start=1688
-  _globals['_ROLLBACKREQUEST']._serialized_end=1739
-  _globals['_DELETETASKREQUEST']._serialized_start=1741
-  _globals['_DELETETASKREQUEST']._serialized_end=1777
-  _globals['_DELETETASKRESPONSE']._serialized_start=1779
-  _globals['_DELETETASKRESPONSE']._serialized_end=1816
-  _globals['_INFERENCE']._serialized_start=1819
-  _globals['_INFERENCE']._serialized_end=2053
-  _globals['_REGISTRY']._serialized_start=2056
-  _globals['_REGISTRY']._serialized_end=2558
+  _globals['_HEALTHRESPONSE']._serialized_end=975
+  _globals['_VERSIONINFO']._serialized_start=978
+  _globals['_VERSIONINFO']._serialized_end=1108
+  _globals['_TASKINFO']._serialized_start=1110
+  _globals['_TASKINFO']._serialized_end=1232
+  _globals['_UPLOADREQUEST']._serialized_start=1234
+  _globals['_UPLOADREQUEST']._serialized_end=1267
+  _globals['_IMPORTPEFTREQUEST']._serialized_start=1269
+  _globals['_IMPORTPEFTREQUEST']._serialized_end=1368
+  _globals['_LISTTASKSREQUEST']._serialized_start=1370
+  _globals['_LISTTASKSREQUEST']._serialized_end=1388
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1390
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1447
+  _globals['_GETTASKREQUEST']._serialized_start=1449
+  _globals['_GETTASKREQUEST']._serialized_end=1482
+  _globals['_TASKDETAIL']._serialized_start=1485
+  _globals['_TASKDETAIL']._serialized_end=1637
+  _globals['_SETALIASREQUEST']._serialized_start=1639
+  _globals['_SETALIASREQUEST']._serialized_end=1705
+  _globals['_ROLLBACKREQUEST']._serialized_start=1707
+  _globals['_ROLLBACKREQUEST']._serialized_end=1758
+  _globals['_DELETETASKREQUEST']._serialized_start=1760
+  _globals['_DELETETASKREQUEST']._serialized_end=1796
+  _globals['_DELETETASKRESPONSE']._serialized_start=1798
+  _globals['_DELETETASKRESPONSE']._serialized_end=1835
+  _globals['_INFERENCE']._serialized_start=1838
+  _globals['_INFERENCE']._serialized_end=2072
+  _globals['_REGISTRY']._serialized_start=2075
+  _globals['_REGISTRY']._serialized_end=2577
 # @@protoc_insertion_point(module_scope)
