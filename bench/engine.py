@@ -8,7 +8,8 @@ HF backbone on the engine's length buckets (c) the engine, 64 tasks of all kinds
 batch, sparse at 1 % (c5: the same with sparse at 5 %; cc: sparse at 1 % in whole input
 columns, a column-structured mask; c': without the sparse tasks)
 (d) PEFT PeftModel with 32 LoRA adapters, adapter_names= mixed batches, same buckets
-(e) the engine on PEFT's own 32 adapters. (b8, c8) b' and c with the backbone in int8
+(e) the engine on PEFT's own 32 adapters. The engine runs as `polyhead serve` does: fp32 with
+its Linears prepacked (oneDNN) on a CPU; b'e is b' with eager F.linear instead. (b8, c8) b' and c with the backbone in int8
 (--precision int8: Linear weights int8, every task fp32). With onnxruntime installed
 (`--ort on`, the default then): ONNX Runtime on the same bucketed batches, the bare backbone
 exported, fp32 (ort) and ORT's dynamic int8 (ort8), each round in a process of its own
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import random
 import statistics
 import tempfile
@@ -56,7 +58,10 @@ def read_sst2(path: str, limit: int | None) -> list[str]:
 
 
 def make_backbone(args: argparse.Namespace, tmp: Path) -> Backbone:
+    """The backbone as `polyhead serve` loads it: fp32 with its Linears prepacked on a CPU."""
     if args.geometry == "minilm":
+        if args.dtype == "fp32":
+            return load_backbone(args.backbone, device=args.device, precision="fp32")
         return load_backbone(args.backbone, device=args.device, dtype=DTYPES[args.dtype])
     from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -120,6 +125,7 @@ def mix_runs(bb: Backbone, enc: list[Encoded], buckets: list[list[int]],
     naive = [list(range(i, min(i + 64, len(enc)))) for i in range(0, len(enc), 64)]
     row_task = spread(load_tasks(engine, KINDS, 64), buckets, len(enc))
     int8 = int8_runs(bb8, enc, buckets) if bb8 is not None else {}
+    eager = Engine(dataclasses.replace(bb, linears=None), max_batch_size=64)
     # separate engines: a table pads every slot to its largest task (5 % entries here)
     eng5 = Engine(bb, max_batch_size=64)
     kinds5 = [*KINDS[:4], ("sparse", SparseConfig(density=0.05))]
@@ -148,6 +154,8 @@ def mix_runs(bb: Backbone, enc: list[Encoded], buckets: list[list[int]],
         "a: bare backbone, naive padding": lambda: bare(naive),
         "b: bare backbone, engine buckets": lambda: bare(buckets),
         "b': engine, no task": lambda: engine.run_encoded(enc, [None] * len(enc)),
+        "b'e: engine, no task, eager F.linear (not prepacked)":
+            lambda: eager.run_encoded(enc, [None] * len(enc)),
         "c: engine, 64 mixed tasks/batch, sparse 1 %": lambda: engine.run_encoded(enc, row_task),
         "c5: the same, sparse 5 %": lambda: eng5.run_encoded(enc, row_task5),
         "cc: the same, sparse 1 % in whole columns": lambda: eng_col.run_encoded(enc, row_col),

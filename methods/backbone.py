@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from methods.precision import Int8Linears, PrecisionError, dtype_for
+from methods.precision import Linears, PrecisionError, dtype_for, serving_linears
 from methods.spec import BackboneSpec
 
 SUPPORTED_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
@@ -40,7 +40,9 @@ class Backbone:
     device: torch.device
     dtype: torch.dtype
     precision: str = "fp32"  # "fp32", "int8" (Linear weights quantized), "bf16"
-    int8: Int8Linears | None = None  # the quantized Linears under "int8"
+    # serve-time kernels for the encoder's Linears (methods.precision): int8 under "int8",
+    # prepacked fp32 on a CPU under an explicit "fp32"; None: F.linear on the weights
+    linears: Linears | None = None
 
     def param(self, name: str) -> torch.Tensor:
         return self._params[name]
@@ -63,8 +65,9 @@ def load_backbone(
 ) -> Backbone:
     """Load a frozen encoder from a local folder (default: the packaged MiniLM).
 
-    ``precision`` ("fp32", "int8", "bf16"; methods.precision) sets the dtype and, for
-    int8, quantizes the Linear weights; without it, ``dtype`` is used as given."""
+    ``precision`` ("fp32", "int8", "bf16"; methods.precision) sets the dtype and the
+    serve-time Linear kernels (int8 weights; prepacked fp32 on a CPU); without it,
+    ``dtype`` is used as given and Linears run F.linear (what training needs)."""
     folder = Path(path) if path is not None else default_backbone_path()
     if not (folder / "config.json").is_file():
         raise BackboneError(f"{folder}: not a Hugging Face model folder (no config.json)")
@@ -90,9 +93,9 @@ def load_backbone(
     fingerprint = fingerprint_of(model)  # over the weights as stored, before any cast
     model.eval().requires_grad_(False).to(device=dev, dtype=dtype)
     spec = _spec_of(model, tokenizer, fingerprint)
-    int8 = Int8Linears(model) if precision == "int8" else None
+    linears = serving_linears(model, precision, dev) if precision else None
     name = precision or {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
-    return Backbone(model, tokenizer, spec, _special_ids(tokenizer), folder, dev, dtype, name, int8)
+    return Backbone(model, tokenizer, spec, _special_ids(tokenizer), folder, dev, dtype, name, linears)
 
 
 def fingerprint_of(model: torch.nn.Module) -> str:

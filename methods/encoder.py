@@ -99,7 +99,7 @@ class Encoder:
         self.eps = self.cfg.layer_norm_eps
         self.roberta_positions = self.emb.position_embeddings.padding_idx is not None
         self.pooler: Any = getattr(m, "pooler", None)
-        self.int8 = backbone.int8  # the quantized Linears under precision int8, else None
+        self.linears = backbone.linears  # serve-time Linear kernels (methods.precision), or None
         # BERT's dropout, used only while ``training`` is set (by the trainer); serving
         # never sets it, so eval forwards are unchanged.
         self.training = False
@@ -199,10 +199,10 @@ class Encoder:
 
     def _linear(self, name: str, mod: torch.nn.Linear, x: Tensor,
                 effects: Sequence[Effect]) -> Tensor:
-        if self.int8 is not None and name in self.int8:
-            if self.training:
-                raise RuntimeError("an int8 backbone serves only; train on fp32 (or bf16)")
-            y = self.int8(name, x)
+        if self.linears is not None and name in self.linears and not self.training:
+            y = self.linears(name, x)
+        elif self.training and self.bb.precision == "int8":
+            raise RuntimeError("an int8 backbone serves only; train on fp32 (or bf16)")
         else:
             y = F.linear(x, mod.weight, mod.bias)
         for e in effects:

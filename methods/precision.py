@@ -11,11 +11,22 @@ embeddings, LayerNorms, attention and the pooler stay fp32.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 PRECISIONS = ("fp32", "int8", "bf16")
+
+
+def serving_linears(model: torch.nn.Module, precision: str, device: torch.device) -> Linears | None:
+    """The serve-time Linear kernels for a precision: int8, prepacked fp32 on a CPU, or
+    None (F.linear on the module's own weights: bf16, GPUs)."""
+    if precision == "int8":
+        return Int8Linears(model)
+    if precision == "fp32" and PackedLinears.available(device):
+        return PackedLinears(model)
+    return None
 
 
 class PrecisionError(ValueError):
@@ -57,6 +68,43 @@ def dtype_for(precision: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+class Linears(Protocol):
+    """Serve-time kernels for the encoder layers' frozen Linears, by path in the model."""
+
+    def __call__(self, name: str, x: Tensor) -> Tensor: ...
+
+    def __contains__(self, name: str) -> bool: ...
+
+
+def encoder_linears(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
+    """The Linears of the encoder's layers (the pooler, which heads apply, is left alone)."""
+    return {name: mod for name, mod in model.named_modules()
+            if isinstance(mod, torch.nn.Linear) and name.startswith("encoder.")}
+
+
+class PackedLinears:
+    """fp32 Linears with their weights prepacked once in oneDNN's blocked layout (the
+    layout inductor's CPU freezing uses): the same product as F.linear to within fp32
+    rounding (summation order), about a third faster per call on the CPUs measured
+    (BENCHMARKS "Engine"). Serving only: training runs F.linear, which autograd knows."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.weights = {name: (torch.ops.mkldnn._reorder_linear_weight(mod.weight.detach(), None),
+                               None if mod.bias is None else mod.bias.detach())
+                        for name, mod in encoder_linears(model).items()}
+
+    def __call__(self, name: str, x: Tensor) -> Tensor:
+        packed, bias = self.weights[name]
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.weights
+
+    @staticmethod
+    def available(device: torch.device) -> bool:
+        return device.type == "cpu" and torch.backends.mkldnn.is_available()
+
+
 class Int8Linears:
     """Every frozen Linear of the encoder's layers as int8 weights, per output channel (the
     pooler, which heads apply, stays fp32).
@@ -69,8 +117,7 @@ class Int8Linears:
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.weights = {name: _quantize(mod) for name, mod in model.named_modules()
-                        if isinstance(mod, torch.nn.Linear) and name.startswith("encoder.")}
+        self.weights = {name: _quantize(mod) for name, mod in encoder_linears(model).items()}
 
     def __call__(self, name: str, x: Tensor) -> Tensor:
         w_t, w_scale, bias = self.weights[name]  # (in, out) int8, (out,), (out,) or None

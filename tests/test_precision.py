@@ -12,7 +12,7 @@ from methods import Engine, TaskArtifact, load_backbone
 from methods.backbone import BackboneError
 from methods.encoder import Encoder
 from methods.lora import LoraConfig
-from methods.precision import Int8Linears, PrecisionError, dtype_for
+from methods.precision import Int8Linears, PackedLinears, PrecisionError, dtype_for
 from methods.prefix import PrefixConfig
 from methods.sparse import SparseConfig
 from server.config import ConfigError, ServerConfig
@@ -80,13 +80,28 @@ def test_int8_rows_do_not_share_a_scale(tiny_bert) -> None:
     assert torch.equal(q(name, small)[0], q(name, torch.cat([small, big]))[0])
 
 
+def test_prepacked_fp32_equals_eager_for_every_kind(real_backbone) -> None:
+    """Serving's fp32 (oneDNN-prepacked Linears) == F.linear's at atol 1e-5, mixed and alone."""
+    packed = load_backbone(real_backbone.path, precision="fp32")
+    assert isinstance(packed.linears, PackedLinears) and real_backbone.linears is None
+    ee, ep = Engine(real_backbone), Engine(packed)
+    te = [ee.load(a) for a in arts(real_backbone.spec)]
+    tp = [ep.load(a) for a in arts(real_backbone.spec)]
+    inputs, rows_e = mixed(ee, te)
+    _, rows_p = mixed(ep, tp)
+    for a, b in zip(ee.run(inputs, rows_e), ep.run(inputs, rows_p), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    for x, te_, tp_ in zip(inputs[:4], rows_e, rows_p, strict=False):
+        torch.testing.assert_close(ep.run([x], [tp_])[0], ee.run([x], [te_])[0], atol=1e-5, rtol=0)
+
+
 def test_int8_tasks_stay_fp32(int8_backbone) -> None:
     eq = Engine(int8_backbone)
     task = eq.load(TaskArtifact.random("lora", int8_backbone.spec, 2, seed=3))
     assert task is not None
     assert all(t.dtype == torch.float32 for t in _table_tensors(eq))
     # only the encoder's Linears are int8; embeddings, LayerNorms and the pooler are not
-    names = set(int8_backbone.int8.weights)
+    names = set(int8_backbone.linears.weights)
     assert names and all(n.startswith("encoder.layer.") for n in names)
     assert int8_backbone.model.embeddings.word_embeddings.weight.dtype == torch.float32
 

@@ -14,10 +14,18 @@ MUTANTS = [
     Mutant(
         id="int8-path-ignored",
         file="methods/encoder.py",
-        old="if self.int8 is not None and name in self.int8:",
+        old="if self.linears is not None and name in self.linears and not self.training:",
         new="if False:",
         tests=("tests/test_precision.py::test_int8_every_kind_mixed_within_bound_of_fp32",
                "tests/test_precision.py::test_int8_backbone_refuses_training"),
         why="--precision int8 accepted and reported while the backbone still runs fp32",
+    ),
+    Mutant(
+        id="packed-fp32-drops-bias",
+        file="methods/precision.py",
+        old='return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")',
+        new='return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")',
+        tests=("tests/test_precision.py::test_prepacked_fp32_equals_eager_for_every_kind",),
+        why="the prepacked serving kernel diverging from the eager (training-time) Linear",
     ),
 ]
