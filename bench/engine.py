@@ -8,9 +8,10 @@ HF backbone on the engine's length buckets (c) the engine, 64 tasks of all kinds
 batch, sparse at 1 % (c5: the same with sparse at 5 %; cc: sparse at 1 % in whole input
 columns, a column-structured mask; c': without the sparse tasks)
 (d) PEFT PeftModel with 32 LoRA adapters, adapter_names= mixed batches, same buckets
-(e) the engine on PEFT's own 32 adapters. The engine runs as `polyhead serve` does: fp32 with
-its Linears prepacked (oneDNN) on a CPU; b'e is b' with eager F.linear instead. (b8, c8) b' and c with the backbone in int8
-(--precision int8: Linear weights int8, every task fp32). With onnxruntime installed
+(e) the engine on PEFT's own 32 adapters. The engine runs as `polyhead serve` does: fp32
+with its Linears prepacked (oneDNN) on a CPU; b'e is b' with eager F.linear instead.
+(b8, c8) b' and c with the backbone in int8 (--precision int8: Linear weights int8, every
+task fp32). With onnxruntime installed
 (`--ort on`, the default then): ONNX Runtime on the same bucketed batches, the bare backbone
 exported, fp32 (ort) and ORT's dynamic int8 (ort8), each round in a process of its own
 (bench.ort_peer); every row is also shown as a ratio to ORT fp32.
