@@ -8,7 +8,13 @@ HF backbone on the engine's length buckets (c) the engine, 64 tasks of all kinds
 batch, sparse at 1 % (c5: the same with sparse at 5 %; cc: sparse at 1 % in whole input
 columns, a column-structured mask; c': without the sparse tasks)
 (d) PEFT PeftModel with 32 LoRA adapters, adapter_names= mixed batches, same buckets
-(e) the engine on PEFT's own 32 adapters.
+(e) the engine on PEFT's own 32 adapters. The engine runs as `polyhead serve` does: fp32
+with its Linears prepacked (oneDNN) on a CPU; b'e is b' with eager F.linear instead.
+(b8, c8) b' and c with the backbone in int8 (--precision int8: Linear weights int8, every
+task fp32). With onnxruntime installed
+(`--ort on`, the default then): ONNX Runtime on the same bucketed batches, the bare backbone
+exported, fp32 (ort) and ORT's dynamic int8 (ort8), each round in a process of its own
+(bench.ort_peer); every row is also shown as a ratio to ORT fp32.
 Distinct tasks ("kinds"): per kind, every row of that kind, 64 different tasks in each
 batch of 64 against all rows of one task. Many tasks ("many"): 10,000 PASTA tasks resident,
 rows of tasks drawn from all 10,000 against from 10; and the table bytes per task.
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import random
 import statistics
 import tempfile
@@ -42,6 +49,7 @@ KINDS = [("pasta", None), ("prefix", PrefixConfig(num_prefix=16)), ("lora", Lora
          ("bitfit", None), ("sparse", SparseConfig(density=0.01))]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 Runs = dict[str, Callable[[], object]]
+Peers = dict[str, Callable[[], float]]  # one round in another process -> rows/s
 
 
 def read_sst2(path: str, limit: int | None) -> list[str]:
@@ -51,7 +59,10 @@ def read_sst2(path: str, limit: int | None) -> list[str]:
 
 
 def make_backbone(args: argparse.Namespace, tmp: Path) -> Backbone:
+    """The backbone as `polyhead serve` loads it: fp32 with its Linears prepacked on a CPU."""
     if args.geometry == "minilm":
+        if args.dtype == "fp32":
+            return load_backbone(args.backbone, device=args.device, precision="fp32")
         return load_backbone(args.backbone, device=args.device, dtype=DTYPES[args.dtype])
     from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -109,10 +120,13 @@ def hf_batch(enc: Sequence[Encoded], engine: Engine) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask.long(), "token_type_ids": types}
 
 
-def mix_runs(bb: Backbone, enc: list[Encoded], buckets: list[list[int]]) -> Runs:
+def mix_runs(bb: Backbone, enc: list[Encoded], buckets: list[list[int]],
+             bb8: Backbone | None = None) -> Runs:
     engine = Engine(bb, max_batch_size=64)
     naive = [list(range(i, min(i + 64, len(enc)))) for i in range(0, len(enc), 64)]
     row_task = spread(load_tasks(engine, KINDS, 64), buckets, len(enc))
+    int8 = int8_runs(bb8, enc, buckets) if bb8 is not None else {}
+    eager = Engine(dataclasses.replace(bb, linears=None), max_batch_size=64)
     # separate engines: a table pads every slot to its largest task (5 % entries here)
     eng5 = Engine(bb, max_batch_size=64)
     kinds5 = [*KINDS[:4], ("sparse", SparseConfig(density=0.05))]
@@ -141,13 +155,45 @@ def mix_runs(bb: Backbone, enc: list[Encoded], buckets: list[list[int]]) -> Runs
         "a: bare backbone, naive padding": lambda: bare(naive),
         "b: bare backbone, engine buckets": lambda: bare(buckets),
         "b': engine, no task": lambda: engine.run_encoded(enc, [None] * len(enc)),
+        "b'e: engine, no task, eager F.linear (not prepacked)":
+            lambda: eager.run_encoded(enc, [None] * len(enc)),
         "c: engine, 64 mixed tasks/batch, sparse 1 %": lambda: engine.run_encoded(enc, row_task),
         "c5: the same, sparse 5 %": lambda: eng5.run_encoded(enc, row_task5),
         "cc: the same, sparse 1 % in whole columns": lambda: eng_col.run_encoded(enc, row_col),
         "c': engine, 51 tasks/batch, no sparse": lambda: eng_dense.run_encoded(enc, row_dense),
         "d: PEFT, 32 LoRA, adapter_names": peft_mixed,
         "e: engine, the same 32 LoRA": lambda: engine.run_encoded(enc, row_lora),
+        **int8,
     }
+
+
+def int8_runs(bb8: Backbone, enc: list[Encoded], buckets: list[list[int]]) -> Runs:
+    eng8 = Engine(bb8, max_batch_size=64)
+    rows8 = spread(load_tasks(eng8, KINDS, 64), buckets, len(enc))
+    return {"b8: engine int8, no task": lambda: eng8.run_encoded(enc, [None] * len(enc)),
+            "c8: engine int8, 64 mixed tasks/batch, sparse 1 %": lambda: eng8.run_encoded(enc, rows8)}
+
+
+def ort_peers(bb: Backbone, enc: list[Encoded], buckets: list[list[int]], clock: str,
+              tmp: Path, report: list[str]) -> Peers:
+    """ONNX Runtime fp32 and int8 on the engine's batches, each round in its own process."""
+    from bench import ort_peer
+
+    engine = Engine(bb)
+    batches = [{k: v.numpy() for k, v in hf_batch([enc[i] for i in g], engine).items()} for g in buckets]
+    data = ort_peer.save_batches(batches, tmp / "batches.npz")
+    fp32 = ort_peer.export(bb.model, tmp / "backbone.onnx")
+    int8 = ort_peer.quantize(fp32, tmp / "backbone.int8.onnx")
+    with torch.inference_mode():
+        ref = bb.model(**hf_batch([enc[i] for i in buckets[0]], engine)).last_hidden_state[:, 0]
+    for name, model in (("fp32", fp32), ("int8", int8)):
+        cls = torch.tensor(ort_peer.measure(model, data, "wall", 0)["cls"])
+        report.append(f"ORT {name} [CLS] vs torch fp32, first batch: max |diff| "
+                      f"{(cls - ref).abs().max().item():.2e}")
+    return {"ort: ONNX Runtime fp32, bare backbone":
+            lambda: float(ort_peer.measure(fp32, data, clock)["rows_per_s"]),
+            "ort8: ONNX Runtime dynamic int8, bare backbone":
+            lambda: float(ort_peer.measure(int8, data, clock)["rows_per_s"])}
 
 
 def kind_runs(bb: Backbone, enc: list[Encoded], buckets: list[list[int]]) -> Runs:
@@ -183,8 +229,9 @@ def many_runs(bb: Backbone, enc: list[Encoded], n: int, report: list[str]) -> Ru
 
 
 def measure(runs: Runs, rounds: int, clock: Callable[[], float], sync: Callable[[], None],
-            rows: int) -> dict[str, float]:
-    """rows/s per run: median over rounds, runs interleaved within each round."""
+            rows: int, peers: Peers | None = None) -> dict[str, float]:
+    """rows/s per run: median over rounds, runs (and peers, in their own processes)
+    interleaved within each round."""
     def timed(fn: Callable[[], object]) -> float:
         sync()
         t0 = clock()
@@ -195,10 +242,14 @@ def measure(runs: Runs, rounds: int, clock: Callable[[], float], sync: Callable[
     for fn in runs.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {k: [] for k in runs}
+    peer_rates: dict[str, list[float]] = {k: [] for k in peers or {}}
     for _ in range(rounds):
         for k, fn in runs.items():
             times[k].append(timed(fn))
-    return {k: rows / statistics.median(v) for k, v in times.items()}
+        for k, peer in (peers or {}).items():
+            peer_rates[k].append(peer())
+    out = {k: rows / statistics.median(v) for k, v in times.items()}
+    return out | {k: statistics.median(v) for k, v in peer_rates.items()}
 
 
 def print_ratios(tput: dict[str, float]) -> None:
@@ -212,6 +263,19 @@ def print_ratios(tput: dict[str, float]) -> None:
               f"   cc/b = {cc / b:.3f} (sparse 1 % in whole columns)"
               f"   c'/b = {c2 / b:.3f}   c/d = {c / d:.2f}   e/d = {get('e:') / d:.2f}"
               f"   b'/b = {b2 / b:.3f}")
+    if any(k.startswith("c8:") for k in tput):
+        b8, c8, bare_engine = get("b8:"), get("c8:"), get("b':")
+        print(f"int8: b8/b' = {b8 / bare_engine:.3f}   c8/c = {c8 / get('c:'):.3f}   "
+              f"c8/b8 = {c8 / b8:.3f}")
+    if any(k.startswith("ort8:") for k in tput):
+        ort, ort8 = get("ort:"), get("ort8:")
+        c = [v for k, v in tput.items() if k.startswith("c:")]
+        line = f"ORT: ort8/ort = {ort8 / ort:.3f}"
+        if c:
+            line += f"   c/ort = {c[0] / ort:.3f} (target >= 1.0)"
+        if any(k.startswith("c8:") for k in tput):
+            line += f"   c8/ort8 = {get('c8:') / ort8:.3f} (target >= 1.0)"
+        print(line)
     for kind in [k for k, _ in KINDS] + ["sparse columns"]:
         if f"{kind}: 1 task" in tput:
             r = tput[f"{kind}: 64 tasks/batch"] / tput[f"{kind}: 1 task"]
@@ -220,6 +284,16 @@ def print_ratios(tput: dict[str, float]) -> None:
     if wide:
         r = tput[wide[0]] / tput["pasta: rows over 10 tasks"]
         print(f"{wide[0]} / over 10 tasks = {r:.3f} (target >= 0.95)")
+
+
+def want_ort(flag: str | None) -> bool:
+    if flag is not None:
+        return flag == "on"
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -235,6 +309,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--sections", default="mix,kinds,many", help="any of mix, kinds, many")
     ap.add_argument("--many", type=int, default=10_000, help="PASTA tasks resident in 'many'")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                    help="int8: add the engine with an int8 backbone (rows b8, c8) beside fp32")
+    ap.add_argument("--ort", choices=("on", "off"), default=None,
+                    help="ONNX Runtime peers (default: on where onnxruntime is installed)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: this thread's CPU time with 1 torch thread -- the work done, "
                          "robust to other jobs on a shared machine (CPU runs only)")
@@ -253,13 +331,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         sections = set(args.sections.split(","))
         runs: Runs = {}
         report: list[str] = []
+        peers: Peers = {}
+        bb8 = load_backbone(args.backbone, precision="int8") if args.precision == "int8" else None
         if "mix" in sections:
-            runs.update(mix_runs(bb, enc, buckets))
+            runs.update(mix_runs(bb, enc, buckets, bb8))
+        if "mix" in sections and want_ort(args.ort) and not cuda:
+            peers = ort_peers(bb, enc, buckets, args.clock, Path(tmp), report)
         if "kinds" in sections:
             runs.update(kind_runs(bb, enc, buckets))
         if "many" in sections:
             runs.update(many_runs(bb, enc, args.many, report))
-        tput = measure(runs, args.rounds, clock, sync, len(enc))
+        tput = measure(runs, args.rounds, clock, sync, len(enc), peers)
     pad_bucket = sum(len(g) * max(len(enc[i].ids) for i in g) for g in buckets)
     real = sum(len(e.ids) for e in enc)
     dev = torch.cuda.get_device_name() if cuda else "cpu"
@@ -267,9 +349,10 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"backbone={args.geometry}:{bb.spec.num_layers}x{bb.spec.hidden} rounds={args.rounds} "
           f"clock={args.clock}")
     print(f"padding efficiency of the buckets {real / pad_bucket:.2f} ({len(buckets)} forwards)")
-    print("| run | seq/s |\n|---|---:|")
+    ort = next((v for k, v in tput.items() if k.startswith("ort:")), None)
+    print("| run | seq/s | x ORT fp32 |\n|---|---:|---:|")
     for k, v in tput.items():
-        print(f"| {k} | {v:.1f} |")
+        print(f"| {k} | {v:.1f} | {f'{v / ort:.3f}' if ort else '-'} |")
     print_ratios(tput)
     for line in report:
         print(line)

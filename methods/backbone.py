@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from methods.precision import Linears, PrecisionError, dtype_for, serving_linears
 from methods.spec import BackboneSpec
 
 SUPPORTED_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
@@ -38,6 +39,10 @@ class Backbone:
     path: Path
     device: torch.device
     dtype: torch.dtype
+    precision: str = "fp32"  # "fp32", "int8" (Linear weights quantized), "bf16"
+    # serve-time kernels for the encoder's Linears (methods.precision): int8 under "int8",
+    # prepacked fp32 on a CPU under an explicit "fp32"; None: F.linear on the weights
+    linears: Linears | None = None
 
     def param(self, name: str) -> torch.Tensor:
         return self._params[name]
@@ -56,14 +61,25 @@ def load_backbone(
     path: str | Path | None = None,
     device: str | torch.device | None = "cpu",
     dtype: torch.dtype = torch.float32,
+    precision: str | None = None,
 ) -> Backbone:
-    """Load a frozen encoder from a local folder (default: the packaged MiniLM)."""
+    """Load a frozen encoder from a local folder (default: the packaged MiniLM).
+
+    ``precision`` ("fp32", "int8", "bf16"; methods.precision) sets the dtype and the
+    serve-time Linear kernels (int8 weights; prepacked fp32 on a CPU); without it,
+    ``dtype`` is used as given and Linears run F.linear (what training needs)."""
     folder = Path(path) if path is not None else default_backbone_path()
     if not (folder / "config.json").is_file():
         raise BackboneError(f"{folder}: not a Hugging Face model folder (no config.json)")
     dev = pick_device(device)
-    if dev.type == "cpu" and dtype != torch.float32:
-        raise BackboneError(f"dtype {dtype} is only supported on CUDA; use float32 on CPU")
+    if precision is not None:
+        try:
+            dtype = dtype_for(precision, dev)
+        except PrecisionError as e:
+            raise BackboneError(str(e)) from e
+    elif dev.type == "cpu" and dtype != torch.float32:
+        raise BackboneError(f"dtype {dtype} on the CPU: choose precision='bf16' (checked "
+                            "against the CPU) or float32")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         model = AutoModel.from_pretrained(folder, local_files_only=True, add_pooling_layer=True)
@@ -77,7 +93,9 @@ def load_backbone(
     fingerprint = fingerprint_of(model)  # over the weights as stored, before any cast
     model.eval().requires_grad_(False).to(device=dev, dtype=dtype)
     spec = _spec_of(model, tokenizer, fingerprint)
-    return Backbone(model, tokenizer, spec, _special_ids(tokenizer), folder, dev, dtype)
+    linears = serving_linears(model, precision, dev) if precision else None
+    name = precision or {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
+    return Backbone(model, tokenizer, spec, _special_ids(tokenizer), folder, dev, dtype, name, linears)
 
 
 def fingerprint_of(model: torch.nn.Module) -> str:

@@ -99,6 +99,7 @@ class Encoder:
         self.eps = self.cfg.layer_norm_eps
         self.roberta_positions = self.emb.position_embeddings.padding_idx is not None
         self.pooler: Any = getattr(m, "pooler", None)
+        self.linears = backbone.linears  # serve-time Linear kernels (methods.precision), or None
         # BERT's dropout, used only while ``training`` is set (by the trainer); serving
         # never sets it, so eval forwards are unchanged.
         self.training = False
@@ -198,7 +199,12 @@ class Encoder:
 
     def _linear(self, name: str, mod: torch.nn.Linear, x: Tensor,
                 effects: Sequence[Effect]) -> Tensor:
-        y = F.linear(x, mod.weight, mod.bias)
+        if self.linears is not None and name in self.linears and not self.training:
+            y = self.linears(name, x)
+        elif self.training and self.bb.precision == "int8":
+            raise RuntimeError("an int8 backbone serves only; train on fp32 (or bf16)")
+        else:
+            y = F.linear(x, mod.weight, mod.bias)
         for e in effects:
             if name in e.linear_names:
                 y = e.linear(name, x, y)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from methods.errors import ConfigError  # the one configuration error type (re-exported)
+from methods.precision import PRECISIONS
 from store.catalog import journal_mode
 from store.errors import StoreError
 from store.limits import Limits
@@ -37,6 +38,9 @@ class ServerConfig:
     store: str | None = None  # store root; None: $POLYHEAD_STORE or ./polyhead-store
     backbone: str | None = None  # local HF folder; None: the packaged all-MiniLM-L6-v2
     device: str = "cpu"  # "cpu", "cuda", "auto"
+    # the backbone's arithmetic (methods.precision): fp32 (exact), int8 (its Linear weights;
+    # every task stays fp32), bf16 (where the device multiplies it natively)
+    precision: str = "fp32"
     token: Secret | None = None  # Registry bearer token; None: read $POLYHEAD_TOKEN
     inference_token: Secret | None = None  # Classify/Health token; None: $POLYHEAD_INFERENCE_TOKEN
     insecure: bool = False  # allow an open Registry when no token is configured
@@ -65,6 +69,8 @@ class ServerConfig:
         if self.max_inputs > self.max_batch_rows:
             raise ConfigError(f"max_inputs ({self.max_inputs}) must be <= max_batch_rows "
                               f"({self.max_batch_rows}): a request never spans batches")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.batch_wait_ms < 0 or self.torch_threads < 0:
             raise ConfigError("batch_wait_ms and torch_threads must be >= 0")
         if not self.delete_retention_days >= 0:

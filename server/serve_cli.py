@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default $POLYHEAD_STORE or ./polyhead-store)")
     p.add_argument("--backbone", help="local HF encoder folder (default: packaged MiniLM)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "int8", "bf16"),
+                   help="the backbone's arithmetic: fp32 (exact), int8 (its Linear weights int8, "
+                        "every task fp32; CPU), bf16 (CUDA, or a CPU with AVX512-BF16/AMX)")
     auth = p.add_mutually_exclusive_group()
     auth.add_argument("--token", help=f"Registry bearer token (default ${TOKEN_ENV}, else one "
                       f"generated into {token_file()} (mode 0600), where client commands find it)")
@@ -73,7 +76,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         store=absolute(store),  # a folder made absolute: replicas may run elsewhere
         backbone=str(Path(args.backbone).resolve()) if args.backbone else None,
-        device=args.device, insecure=args.insecure,
+        device=args.device, precision=args.precision, insecure=args.insecure,
         token=Secret(args.token) if args.token else None,
         inference_token=Secret(args.inference_token) if args.inference_token else None,
         max_batch_rows=args.batch_rows, max_inputs=min(64, args.batch_rows),
@@ -81,6 +84,17 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         seed_examples=not args.no_examples, max_outputs=args.max_outputs,
         max_lora_rank=args.max_lora_rank, max_sparse_density=args.max_sparse_density,
         delete_retention_days=args.delete_retention_days)
+
+
+def check_precision(config: ServerConfig) -> None:
+    """Refuse a precision this machine cannot run before Ray starts (ConfigError)."""
+    from methods.backbone import pick_device
+    from methods.precision import PrecisionError, dtype_for
+
+    try:
+        dtype_for(config.precision, pick_device(config.device))
+    except PrecisionError as e:
+        raise ConfigError(str(e)) from e
 
 
 def check_port_free(port: int, flag: str, host: str = "") -> None:
@@ -141,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"polyhead: Registry token in {token_file()} (client commands read it)",
                   flush=True)
         config.check_auth()
+        check_precision(config)
         check_port_free(args.port, "--port")
         check_port_free(args.http_port, "--http-port", host="127.0.0.1")
     except (ConfigError, OSError) as e:

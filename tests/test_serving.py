@@ -337,6 +337,7 @@ def test_health_and_listing(cluster: Cluster, tiny_bert) -> None:
         c.classify("listed", "rain")
         h = c.health()
         assert h["status"] == "SERVING" and h["fingerprint"] == tiny_bert.spec.fingerprint
+        assert h["precision"] == "fp32"
         # both tiers report use and budget; the served version's table rows are on the
         # device, its decoded copy on the host; the tables hold at least those rows
         assert 0 < h["device_bytes"] <= h["device_table_bytes"]

@@ -43,7 +43,7 @@ class Polyhead:
         config.check_auth()
         threads = config.torch_threads or _assigned_cpus()
         torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS; be explicit
-        backbone = load_backbone(config.backbone, device=config.device)
+        backbone = load_backbone(config.backbone, device=config.device, precision=config.precision)
         # the slot tables are allocated within the device tier's budget (the bank evicts
         # versions when they are full); the bank counts the rows in use against the same
         engine = Engine(backbone, max_batch_size=config.max_batch_rows,

@@ -105,7 +105,8 @@ class InferenceService:
         await p.resolver.refresh()
         out = pb.HealthResponse(
             status="SERVING", backbone=p.backbone_name, fingerprint=p.engine.spec.fingerprint,
-            device=str(p.engine.backbone.device), replica=p.replica,
+            device=str(p.engine.backbone.device), precision=p.engine.backbone.precision,
+            replica=p.replica,
             store_generation=p.resolver.generation, device_bytes=p.bank.device_bytes,
             device_budget_bytes=p.bank.device_budget, host_bytes=p.bank.host_bytes,
             host_budget_bytes=p.bank.host_budget, device_table_bytes=p.engine.tables.nbytes,

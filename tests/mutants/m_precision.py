@@ -1,0 +1,31 @@
+"""Planted bugs in --precision (issue 29)."""
+
+from tests.mutants import Mutant
+
+MUTANTS = [
+    Mutant(
+        id="int8-one-scale-per-batch",
+        file="methods/precision.py",
+        old="x_scale = x2.abs().amax(1, keepdim=True).div_(127).clamp_(min=1e-12)  # (N, 1)",
+        new="x_scale = x2.abs().amax().div(127).clamp(min=1e-12).expand(x2.shape[0], 1)  # (N, 1)",
+        tests=("tests/test_precision.py::test_int8_rows_do_not_share_a_scale",),
+        why="a per-batch activation scale makes a row's answer depend on its batchmates",
+    ),
+    Mutant(
+        id="int8-path-ignored",
+        file="methods/encoder.py",
+        old="if self.linears is not None and name in self.linears and not self.training:",
+        new="if False:",
+        tests=("tests/test_precision.py::test_int8_every_kind_mixed_within_bound_of_fp32",
+               "tests/test_precision.py::test_int8_backbone_refuses_training"),
+        why="--precision int8 accepted and reported while the backbone still runs fp32",
+    ),
+    Mutant(
+        id="packed-fp32-drops-bias",
+        file="methods/precision.py",
+        old='return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")',
+        new='return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")',
+        tests=("tests/test_precision.py::test_prepacked_fp32_equals_eager_for_every_kind",),
+        why="the prepacked serving kernel diverging from the eager (training-time) Linear",
+    ),
+]
