@@ -149,9 +149,15 @@ def test_pasta_acts_only_on_special_positions(tiny_bert) -> None:
     assert torch.equal(idx.ge(0), is_cls_sep)
     pair_rows = [i for i, x in enumerate(INPUTS) if not isinstance(x, str)]
     assert all(int(idx[i].max()) == 2 for i in pair_rows)  # [CLS], [SEP], [SEP]
-    # Reference: the HF model with pre-hooks adding the vectors at [CLS]/[SEP] only.
+    # Reference: the HF model with pre-hooks adding the vectors at [CLS]/[SEP] only, the
+    # k-th special token of a row found here from the tokenizer's ids (not special_index).
     hooks = []
-    onehot = torch.nn.functional.one_hot(idx.clamp(min=0), vec.shape[1]) * idx.ge(0)[..., None]
+    onehot = torch.zeros(*ids.shape, vec.shape[1])
+    for r, row in enumerate(ids.tolist()):
+        found = [t for t, x in enumerate(row) if x in (tok.cls_token_id, tok.sep_token_id)]
+        assert len(found) == (3 if r in pair_rows else 2)
+        for k, t in enumerate(found):
+            onehot[r, t, k] = 1.0
     for layer_i, layer in enumerate(tiny_bert.model.encoder.layer):
         def pre(mod, args, kwargs, li=layer_i):
             add = onehot.float() @ vec[li]  # (B, T, d): zero off the special positions
