@@ -313,19 +313,31 @@ def test_cli_store_cap_still_writes_out_and_paper_recipe_says_why(
     assert rc == 0 and f"wrote {paper}" in capsys.readouterr().out  # --out alone: no cap
 
 
-def test_help_marks_the_defaults_the_study_chose_and_names_the_rest_provisional() -> None:
+def test_help_marks_the_defaults_the_study_chose_and_names_the_rest_provisional(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import trainer.cli as cli_mod
     from trainer.cli import method_help
     from trainer.table import PROVISIONAL
 
     text = method_help()
+    lines = text.splitlines()
     for m in METHODS.values():
+        marks = []
         for recipe in ("servable", "paper"):
             d = m.defaults(recipe)
             assert (f"{m.name} ({recipe})" in PROVISIONAL) == (not d.evidence)
             if d.evidence:
                 assert d.evidence in text
-    assert ("PROVISIONAL" in text) == bool(PROVISIONAL)
-    assert ", ".join(PROVISIONAL) in text.replace("\n", " ")
+            marks.append("*" if d.evidence else "")
+        row = lines[lines.index(f"  {m.name:8s} {m.help}") + 1]  # "-> kind; s | p"
+        servable, paper = row.split("; ", 1)[1].split(" | ")
+        assert [servable.endswith("*"), paper.endswith("*")] == [bool(x) for x in marks], row
+    # both branches of the provisional sentence, whatever the table holds today
+    monkeypatch.setattr(cli_mod, "PROVISIONAL", ("lora (paper)", "dps (servable)"))
+    flat = method_help().replace("\n", " ")
+    assert "PROVISIONAL" in flat and "lora (paper), dps (servable)." in flat
+    monkeypatch.setattr(cli_mod, "PROVISIONAL", ())
+    assert "PROVISIONAL" not in method_help()
 
 
 def test_precision_autocasts_training_forwards_only(bert, sentiment: Dataset, monkeypatch) -> None:
@@ -363,12 +375,16 @@ def test_precision_autocasts_training_forwards_only(bert, sentiment: Dataset, mo
         assert {d for w, d in seen if w == "dev"} == {torch.float32}
 
 
-def test_precision_auto_is_bf16_where_native() -> None:
-    from trainer.config import cpu_has_bf16
+def test_precision_auto_is_bf16_where_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    import trainer.config as config_mod
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert TrainConfig(method="full").precision == "auto"
-    assert TrainConfig(method="full").autocast_dtype(cpu) == (torch.bfloat16 if cpu_has_bf16() else None)
+    for native, want in ((True, torch.bfloat16), (False, None)):  # both kinds of CPU
+        monkeypatch.setattr(config_mod, "cpu_has_bf16", lambda native=native: native)
+        assert TrainConfig(method="full").autocast_dtype(cpu) == want
+        assert TrainConfig(method="full").autocast_dtype(cuda) == torch.bfloat16
+    monkeypatch.undo()
     assert TrainConfig(method="full").autocast_dtype(cuda) == torch.bfloat16
     assert TrainConfig(method="full", precision="fp32").autocast_dtype(cuda) is None
     assert TrainConfig(method="full", precision="bf16").autocast_dtype(cpu) == torch.bfloat16
