@@ -506,3 +506,76 @@ def test_batcher_hands_each_request_its_own_rows() -> None:
     finally:
         release.set()
     assert batches == [[1], [1, 3, 2, 1]]  # the four requests shared one forward
+
+
+def test_classify_stream_holds_at_most_its_window_and_answers_in_order() -> None:
+    """A client streams 500 messages at a slow fake batcher that answers the newest
+    request first: the service pulls a message only when fewer than its window are
+    pending (so a fast client is held back, not buffered), and still answers in order."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from polyhead.v1 import polyhead_pb2 as pb
+
+    from server._private.services import STREAM_WINDOW, InferenceService
+
+    n = 500
+    sent = answered = 0
+    most_pending = most_in_batcher = 0
+    waiting: list[tuple[str, asyncio.Future]] = []
+
+    class SlowBatcher:
+        async def encode(self, inputs):
+            return list(inputs)
+
+        async def run(self, enc, task):
+            nonlocal most_in_batcher
+            fut = asyncio.get_running_loop().create_future()
+            waiting.append((enc[0], fut))
+            most_in_batcher = max(most_in_batcher, len(waiting))
+            return await fut
+
+    async def driver(stop: asyncio.Event) -> None:
+        idle = 0
+        while not stop.is_set():
+            await asyncio.sleep(0)
+            idle += 1
+            if waiting and (len(waiting) >= STREAM_WINDOW or idle > 20):
+                text, fut = waiting.pop()  # newest first: out of order on purpose
+                fut.set_result([([float(text[1:]), 0.0], False)])
+                idle = 0
+
+    @contextlib.asynccontextmanager
+    async def using(key):
+        yield SimpleNamespace(key=key, meta=TaskMeta(1, (), True, "any"), task=None)  # regression
+
+    async def resolve(task_id, ref):
+        return SimpleNamespace(task_id=task_id, version="v1")
+
+    parts = SimpleNamespace(config=SimpleNamespace(max_inputs=4, max_text_chars=100),
+                            resolver=SimpleNamespace(resolve=resolve),
+                            bank=SimpleNamespace(using=using), batcher=SlowBatcher(), replica="r0")
+
+    async def requests():
+        nonlocal sent, most_pending
+        for i in range(n):
+            sent += 1
+            most_pending = max(most_pending, sent - answered)
+            yield pb.ClassifyRequest(task_id="t", inputs=[pb.Input(text=f"m{i}")])
+
+    async def main() -> list[float]:
+        nonlocal answered
+        stop = asyncio.Event()
+        drive = asyncio.create_task(driver(stop))
+        got = []
+        async for r in InferenceService(parts).classify_stream(requests()):  # type: ignore[arg-type]
+            answered += 1
+            got.append(r.predictions[0].value)
+        stop.set()
+        await drive
+        return got
+
+    got = asyncio.run(main())
+    assert sent == answered == n
+    assert got == [float(i) for i in range(n)]  # message i's value is i: in order
+    assert most_pending == most_in_batcher == STREAM_WINDOW

@@ -147,6 +147,11 @@ MUTANTS: list[Mutant] = [
            "best = min(range(len(probs)), key=probs.__getitem__)",
            (f"{UNITS}::test_softmax_and_response_keep_label_order",),
            "the predicted label is the least likely one"),
+    Mutant("stream-window-overrun", "server/_private/services.py",
+           "if len(window) >= STREAM_WINDOW:",
+           "if len(window) > STREAM_WINDOW:",
+           (f"{UNITS}::test_classify_stream_holds_at_most_its_window_and_answers_in_order",),
+           "ClassifyStream keeps one message more than its window pending"),
     # -- trainer ---------------------------------------------------------------------------
     Mutant("dps-reserve-inverted", "trainer/algos/dps.py",
            "reserve_p=cfg.dps_reserve_p)",
