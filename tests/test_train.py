@@ -102,6 +102,38 @@ def test_method_trains_and_engine_matches(bert, sentiment: Dataset, method: str,
     assert res.parity < 1e-5
 
 
+@pytest.mark.parametrize("method", ["pasta", "prefix", "bitfit"])
+def test_trained_pet_model_equals_a_hugging_face_reference(bert, sentiment: Dataset,
+                                                           method: str) -> None:
+    """The trainer's forward for the PET kinds (the engine's effects, through TaskModule)
+    against a reference that shares none of them: the Hugging Face model's own modules in
+    float64 (tests/test_reference_parity.py: PASTA vectors added at the special tokens the
+    tokenizer's ids mark, prefix keys/values in a restated attention, BitFit's biases
+    patched into a copy of the model), on the tensors training produced."""
+    from tests.test_reference_parity import reference_logits
+
+    res = train(config(method, epochs=2), bert, sentiment, sentiment, "accuracy",
+                progress=False, log_fn=lambda s: None)
+    art = res.artifact
+    moved = max(float(v.abs().max()) for k, v in art.kind_tensors().items() if not k.endswith("gate"))
+    assert moved > 1e-3  # training changed the kind's tensors: the parity below is not the bare model's
+    from trainer.models import Batch
+
+    texts = POS[:3] + NEG[:3] + ["the cat sat on the mat", "rain today , sun tomorrow"]
+    refs = np.stack([reference_logits(bert, art, t).numpy() for t in texts])
+    # the training forward as a step runs it (train mode, autograd recording; dropout off)
+    enc = bert.tokenizer(texts, padding=True, return_tensors="pt", return_token_type_ids=True)
+    res.model.set_training(True)
+    with torch.enable_grad():
+        logits = res.model.forward(Batch(enc["input_ids"], enc["attention_mask"],
+                                         enc["token_type_ids"], torch.zeros(len(texts), dtype=torch.long)))
+    assert logits.requires_grad
+    res.model.set_training(False)
+    for name, mine in (("training step", logits.detach().numpy()),
+                       ("evaluation", trainer_logits(res, bert, texts))):
+        np.testing.assert_allclose(mine, refs, atol=1e-5, rtol=0, err_msg=f"{method}, {name}")
+
+
 @pytest.mark.parametrize("method", SPARSE)
 def test_sparse_diff_is_within_budget_and_reproduces_the_model(bert, sentiment: Dataset,
                                                                method: str) -> None:

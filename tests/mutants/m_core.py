@@ -153,6 +153,12 @@ MUTANTS: list[Mutant] = [
            (f"{UNITS}::test_classify_stream_holds_at_most_its_window_and_answers_in_order",),
            "ClassifyStream keeps one message more than its window pending"),
     # -- trainer ---------------------------------------------------------------------------
+    Mutant("pasta-training-overwrites", "methods/pasta.py",
+           "return h.index_put(self.pos, self.vals[layer], accumulate=True)",
+           "return h.index_put(self.pos, self.vals[layer], accumulate=False)",
+           ("tests/test_train.py::test_trained_pet_model_equals_a_hugging_face_reference[pasta]",),
+           "while training, PASTA's vectors replace the special tokens' states instead of adding"),
+    # -- trainer: every method's options --------------------------------------------------
     Mutant("dps-reserve-inverted", "trainer/algos/dps.py",
            "reserve_p=cfg.dps_reserve_p)",
            "reserve_p=1 - cfg.dps_reserve_p)",
