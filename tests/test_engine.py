@@ -230,6 +230,10 @@ def test_plan_buckets_cover_every_row_once_and_cut_padding() -> None:
     padded = sum(len(b) * max(lengths[i] for i in b) for b in buckets)
     naive = sum(64 * max(lengths[i:i + 64]) for i in range(0, 300, 64))
     assert padded < naive
+    # equal lengths: every forward costs its rows plus a fixed cost, so the plan takes as
+    # few forwards as it may, and none over the limit (130 rows: 3 forwards, not 2 of 65)
+    same = plan_buckets([50] * 130, 64)
+    assert len(same) == 3 and max(len(b) for b in same) <= 64
 
 
 def test_run_rejects_mismatched_lengths(tiny_engine) -> None:

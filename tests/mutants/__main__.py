@@ -30,7 +30,9 @@ edit, run pytest, compare exit codes — about 150 lines.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import multiprocessing
 import os
 import pkgutil
 import shutil
@@ -43,13 +45,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.mutants import Mutant
+from tests.mutants import Mutant, child
 
 ROOT = Path(__file__).resolve().parents[2]
 SKIP = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache",
                               ".mypy_cache", "*.egg-info", "polyhead-store", "build", "dist")
 TIMEOUT_S = 300  # one mutant's tests; a hang is an error, not a kill
 GUARD_EXIT = 99  # tests/mutants/guard.py: a module was imported from outside the copy
+# Forked from a server with torch & co. loaded (tests/mutants/child.py); --spawn: a fresh
+# python per run instead (~2x the CPU time)
+FORKSERVER = multiprocessing.get_context("forkserver")
+SPAWN = False
 
 
 @dataclass
@@ -91,20 +97,31 @@ def copy_tree(dest: Path) -> Path:
 
 def pytest_in(tree: Path, tests: Sequence[str]) -> tuple[int, str]:
     """Run ``tests`` with this venv's python from ``tree``: (exit code, output tail)."""
-    env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{tree / 'proto'}",
-           "POLYHEAD_MUTANT_TREE": str(tree), "OMP_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {"PYTHONPATH": f"{tree}{os.pathsep}{tree / 'proto'}",  # for processes tests start
+           "POLYHEAD_MUTANT_TREE": str(tree)}
     # -x: the first failure kills the mutant; the anyio and hypothesis plugins cost 1.3 s of
     # start-up per run and no mutant's tests need them (hypothesis runs without its plugin)
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-           "-p", "no:anyio", "-p", "no:hypothesispytest", "-p", "tests.mutants.guard",
-           "--durations=0", "--durations-min=1000", *tests]
-    try:
-        p = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True,
-                           timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return -1, f"timed out after {TIMEOUT_S} s"
-    return p.returncode, (p.stdout + p.stderr)[-3000:]
+    args = ["-x", "-q", "-p", "no:cacheprovider", "-p", "no:anyio", "-p", "no:hypothesispytest",
+            "-p", "tests.mutants.guard", "--durations=0", "--durations-min=1000", *tests]
+    log = tree.parent / "pytest.log"
+    if SPAWN:
+        with log.open("w") as out:
+            try:
+                rc = subprocess.run([sys.executable, "-m", "pytest", *args], cwd=tree,
+                                    env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+                                    timeout=TIMEOUT_S).returncode
+            except subprocess.TimeoutExpired:
+                rc = -1
+    else:
+        proc = FORKSERVER.Process(target=child.run, args=(str(tree), args, env, str(log)))
+        proc.start()
+        proc.join(TIMEOUT_S)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        rc = -1 if proc.exitcode is None or proc.exitcode < 0 else proc.exitcode
+    out = log.read_text(errors="replace") if log.exists() else ""
+    return rc, (out if rc != -1 else f"timed out after {TIMEOUT_S} s\n{out}")[-3000:]
 
 
 def first_failure(output: str) -> str:
@@ -149,7 +166,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("-j", "--jobs", type=int, default=2, help="mutants at a time (default 2)")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
     ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated run")
+    ap.add_argument("--spawn", action="store_true",
+                    help="a fresh python per run instead of forks of a preloaded server")
     args = ap.parse_args(argv)
+    global SPAWN
+    SPAWN = args.spawn
+    # before the forkserver starts: its imports (torch, transformers) read these
+    os.environ.update({"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    FORKSERVER.set_forkserver_preload([*child.PRELOAD, "tests.mutants.child"])
     mutants = [m for m in load_mutants() if not args.ids or m.id.startswith(tuple(args.ids))]
     if args.list:
         for m in mutants:
@@ -167,7 +191,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if base is not None and (b := base.result()) is not None:
         bad.append(b)
     outcomes += bad
-    return summary(outcomes, time.monotonic() - t0)
+    return summary(outcomes, time.monotonic() - t0, cpu_seconds())
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """(user, system) CPU seconds of this check: this process, the runs it waited for,
+    and the forkserver with the runs forked from it (read before it stops)."""
+    import resource
+    from multiprocessing import forkserver
+
+    import psutil
+
+    user = sys_ = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        r = resource.getrusage(who)
+        user, sys_ = user + r.ru_utime, sys_ + r.ru_stime
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if pid is not None:
+        with contextlib.suppress(psutil.Error):
+            t = psutil.Process(pid).cpu_times()
+            user += t.user + t.children_user
+            sys_ += t.system + t.children_system
+    return user, sys_
 
 
 def report(o: Outcome) -> Outcome:
@@ -176,10 +221,11 @@ def report(o: Outcome) -> Outcome:
     return o
 
 
-def summary(outcomes: Sequence[Outcome], seconds: float) -> int:
+def summary(outcomes: Sequence[Outcome], seconds: float, cpu: tuple[float, float]) -> int:
     killed = sum(o.verdict == "killed" for o in outcomes)
     failed = [o for o in outcomes if o.verdict != "killed"]
-    print(f"\nmutation check: {killed} of {len(outcomes)} killed in {seconds:.0f} s")
+    print(f"\nmutation check: {killed} of {len(outcomes)} killed in {seconds:.0f} s wall, "
+          f"{cpu[0]:.0f} s user + {cpu[1]:.0f} s system CPU")
     for o in failed:
         print(f"\n{o.verdict.upper()}: {o.mutant.id} ({o.mutant.file}) {o.mutant.why}\n"
               f"  tests: {' '.join(o.mutant.tests)}\n  {o.detail}")
