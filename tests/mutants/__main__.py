@@ -7,8 +7,11 @@
 For each mutant the tree (without .git and .venv) is copied to a temporary directory, the
 mutant's edit is applied there (its ``old`` text must occur exactly once, or the check
 fails naming it) and ``python -m pytest <its tests>`` runs in the copy with this venv's
-python. The copy's own modules are the ones imported: pytest runs from the copy with the
-copy (and its ``proto/``) first on PYTHONPATH, and a guard plugin (``-p
+python. To save start-up, each run is a process forked from a forkserver that has the heavy
+third-party libraries (torch, transformers, scikit-learn...) loaded, never this tree's own
+packages (``tests/mutants/child.py``; ``--spawn``: a fresh python per run, twice the CPU).
+The copy's own modules are the ones imported: pytest runs from the copy with the copy (and
+its ``proto/``) first on ``sys.path`` and PYTHONPATH, and a guard plugin (``-p
 tests.mutants.guard``, loaded from the copy) stops the run with exit code 99 unless
 ``methods``, ``server``, ``store``, ``trainer``, ``bench`` and ``polyhead`` all come from
 the copy. A mutant is killed when its tests fail (exit 1, or 2 for an error while
@@ -17,14 +20,15 @@ not exist, the guard, a timeout) is an error. First, the same tests run once on 
 unmutated copy and must pass, so that a test which fails anyway (e.g. only in a copy)
 cannot count as a kill. The check exits 1 naming every mutant that survived or erred.
 
-Why a small harness and not mutmut: mutmut generates its own operator mutants (thousands
-for this tree, each run against the whole suite or its coverage-mapped tests) and rewrites
-the source in place (mutmut 3 into a ``mutants/`` tree it imports through its own
-trampolines). Here the mutants are chosen by hand as realistic bugs (the probe's fifteen
+Why a small harness and not mutmut: mutmut generates its own operator mutants for every
+line it can (for ~9,400 lines of methods/, server/, store/ and trainer/, thousands, each
+run against the tests that cover it: hours here, not minutes) and runs them through its own
+rewritten copy of the source; its equivalent and trivial mutants would need triage on every
+change. Here the mutants are chosen by hand as realistic bugs (the probe's fifteen
 and the ones fixed since), each with the tests that must catch it, so that all of them run
 in CI within minutes on two cores; a kept list also makes "every bug fixed adds its
 mutant" a one-line change that review can read. What is needed from a tool is only: copy,
-edit, run pytest, compare exit codes — about 150 lines.
+edit, run pytest, compare exit codes — about 300 lines with the forkserver and the guard.
 """
 
 from __future__ import annotations
