@@ -20,9 +20,11 @@ install: $(VENV)/.installed
 serve: install
 	$(VENV)/bin/polyhead serve $(SERVE_ARGS)
 
+# pytest, then the mutation check (tests/mutants: every planted bug must be caught)
 test: install
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m tests.mutants $(MUTANTS_ARGS)
 
 lint: install
 	$(PY) -m ruff check .

@@ -4,6 +4,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+import types
 
 import pytest
 
@@ -378,7 +380,7 @@ def test_each_precision_is_a_study_of_its_own(tmp_path):
                          "| RTE | full | 2 | 55.0 | 55.5 | +0.5 [-18.6, +19.6] | 500 → 1000 (2.00x) |"]
 
 
-def test_a_plan_waits_for_the_runs_it_depends_on_in_another_worker(tmp_path):
+def test_a_plan_waits_for_the_runs_it_depends_on_in_another_worker(tmp_path, monkeypatch):
     """A worker that reaches claims-full while another still trains a pilot run waits for
     it (the pilot's choice is not made yet); runs of unrelated plans do not hold it."""
     import threading
@@ -392,18 +394,34 @@ def test_a_plan_waits_for_the_runs_it_depends_on_in_another_worker(tmp_path):
         lock.write_text(f"{other.pid} pilot-full")
         (folder / "b.pid").write_text(f"{other.pid} pilot-frozen")
         assert accuracy.busy_plans(results) == {"pilot-full", "pilot-frozen"}
-        accuracy._wait_for("servable", results, poll=0.01)  # depends on neither: no wait
+        polls: list[str] = []
+        polled = threading.Event()
+
+        def sleep(s: float) -> None:  # each poll of _wait_for: it is held
+            polls.append(threading.current_thread().name)
+            polled.set()
+            time.sleep(s)
+
+        fake_time = types.SimpleNamespace(**{k: getattr(time, k) for k in ("time", "monotonic",
+                                                                           "perf_counter")},
+                                          sleep=sleep)
+        monkeypatch.setattr(accuracy, "time", fake_time)
+        accuracy._wait_for("servable", results, poll=0.01)  # depends on neither
+        assert polls == []  # returned without a single poll
         done = threading.Event()
+
         def wait() -> None:
             accuracy._wait_for("claims-full", results, poll=0.01)
             done.set()
 
-        t = threading.Thread(target=wait)
+        t = threading.Thread(target=wait, name="claims-full")
         t.start()
-        assert not done.wait(0.3)  # held by the pilot run in flight
+        assert polled.wait(30)  # it polls: held by the pilot run in flight
+        assert not done.is_set() and lock.exists()
         lock.unlink()  # the pilot run finished
-        assert done.wait(10)
+        assert done.wait(30)
         t.join()
+        assert set(polls) == {"claims-full"}
     finally:
         other.kill()
         other.wait()

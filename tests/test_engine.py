@@ -149,9 +149,15 @@ def test_pasta_acts_only_on_special_positions(tiny_bert) -> None:
     assert torch.equal(idx.ge(0), is_cls_sep)
     pair_rows = [i for i, x in enumerate(INPUTS) if not isinstance(x, str)]
     assert all(int(idx[i].max()) == 2 for i in pair_rows)  # [CLS], [SEP], [SEP]
-    # Reference: the HF model with pre-hooks adding the vectors at [CLS]/[SEP] only.
+    # Reference: the HF model with pre-hooks adding the vectors at [CLS]/[SEP] only, the
+    # k-th special token of a row found here from the tokenizer's ids (not special_index).
     hooks = []
-    onehot = torch.nn.functional.one_hot(idx.clamp(min=0), vec.shape[1]) * idx.ge(0)[..., None]
+    onehot = torch.zeros(*ids.shape, vec.shape[1])
+    for r, row in enumerate(ids.tolist()):
+        found = [t for t, x in enumerate(row) if x in (tok.cls_token_id, tok.sep_token_id)]
+        assert len(found) == (3 if r in pair_rows else 2)
+        for k, t in enumerate(found):
+            onehot[r, t, k] = 1.0
     for layer_i, layer in enumerate(tiny_bert.model.encoder.layer):
         def pre(mod, args, kwargs, li=layer_i):
             add = onehot.float() @ vec[li]  # (B, T, d): zero off the special positions
@@ -224,6 +230,10 @@ def test_plan_buckets_cover_every_row_once_and_cut_padding() -> None:
     padded = sum(len(b) * max(lengths[i] for i in b) for b in buckets)
     naive = sum(64 * max(lengths[i:i + 64]) for i in range(0, 300, 64))
     assert padded < naive
+    # equal lengths: every forward costs its rows plus a fixed cost, so the plan takes as
+    # few forwards as it may, and none over the limit (130 rows: 3 forwards, not 2 of 65)
+    same = plan_buckets([50] * 130, 64)
+    assert len(same) == 3 and max(len(b) for b in same) <= 64
 
 
 def test_run_rejects_mismatched_lengths(tiny_engine) -> None:

@@ -62,6 +62,11 @@ def make_artifact(spec, i: int, *, zero: bool = False) -> TaskArtifact:
             art.tensors[k] = v * SCALE.get(kind, 1.0)
     if gates is not None and not zero:
         art.tensors["prefix.gate"] = torch.tensor(gates[:spec.num_layers])
+    g = torch.Generator().manual_seed(100 + i)
+    for k, v in art.head_tensors().items():  # init_head zeroes biases: a dropped one would hide
+        if k.endswith("bias"):
+            art.tensors[k] = torch.randn(v.shape, generator=g) + torch.where(
+                torch.rand(v.shape, generator=g) < 0.5, -1.0, 1.0)
     return art
 
 

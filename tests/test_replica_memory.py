@@ -91,9 +91,10 @@ def test_cycles_retain_nothing_per_artifact(tiny_bert_dir: Path, tiny_bert, tmp_
         replica = await in_process_replica(config)
         tracemalloc.start(1)
         try:
-            return await cycles(replica, tiny_bert.spec, n, warm=n // 4, every=max(1, n // 16))
+            out = await cycles(replica, tiny_bert.spec, n, warm=n // 4, every=max(1, n // 16))
         finally:
             tracemalloc.stop()
+        return {**out, "held": retained(replica)}
 
     r = asyncio.run(main())
     warm, end = r["counts"]["warm"], r["counts"]["end"]
@@ -106,3 +107,19 @@ def test_cycles_retain_nothing_per_artifact(tiny_bert_dir: Path, tiny_bert, tmp_
     assert r["heap_bytes_per_cycle"] < 1024, r["heap"]
     h = r["health"]
     assert len(h.resident) < TASKS and h.device_bytes <= h.device_budget_bytes + 4096
+    held = r["held"]  # every container the replica keeps across requests: bounded by tasks
+    print(f"replica containers after {n} cycles: {held}")
+    assert held["resolver_refs"] <= 2 * TASKS and held["bank_locks"] <= TASKS, held
+    assert held["bank_device"] + held["bank_host"] <= 2 * TASKS, held
+    assert held["queued_rows"] == 0 and held["kind_tables"] <= 2, held
+    assert held["table_slots"] <= 4 * TASKS, held  # slot tables trimmed, not grown per cycle
+
+
+def retained(replica) -> dict[str, int]:
+    p = replica.parts
+    tables = p.engine.tables
+    return {"resolver_refs": len(p.resolver._cache) + len(p.resolver._missing),
+            "bank_device": len(p.bank._device), "bank_host": len(p.bank._host),
+            "bank_locks": len(p.bank._locks), "queued_rows": p.batcher.queued_rows,
+            "kind_tables": len(tables.kinds),
+            "table_slots": sum(t.capacity for t in (*tables.kinds.values(), tables.heads, tables.mlps))}

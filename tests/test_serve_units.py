@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 
@@ -235,6 +236,31 @@ def test_input_checks() -> None:
     assert softmax([0.0, 0.0]) == [0.5, 0.5]
 
 
+def test_softmax_and_response_keep_label_order() -> None:
+    """Asymmetric logits: each score is its own label's, the argmax names the right label,
+    and the scores are exactly softmax's (a reversed or shifted list would show)."""
+    from types import SimpleNamespace
+
+    from server._private.inference import response
+
+    logits = [2.0, -1.0, 0.5]
+    e = [math.exp(x) for x in logits]
+    want = [x / sum(e) for x in e]
+    assert softmax(logits) == pytest.approx(want, rel=1e-12)
+    assert softmax([1000.0, 999.0]) == pytest.approx([1 / (1 + math.exp(-1)), 1 / (1 + math.e)])
+    meta = TaskMeta(number=3, labels=("neg", "neu", "pos"), regression=False, inputs="any")
+    res = SimpleNamespace(key=VersionKey("t", "v1"), meta=meta)
+    out = response(res, [(logits, False), ([-3.0, 0.0, 4.0], True), ([0.0, 5.0, 1.0], False)],  # type: ignore[arg-type]
+                   "r0")
+    assert list(out.labels) == ["neg", "neu", "pos"] and out.version_number == 3
+    assert [(p.label, p.label_index, p.truncated) for p in out.predictions] == [
+        ("neg", 0, False), ("pos", 2, True), ("neu", 1, False)]
+    assert list(out.predictions[0].scores) == pytest.approx(want, rel=1e-6)  # float32 on the wire
+    reg = SimpleNamespace(key=VersionKey("t", "v2"), meta=TaskMeta(1, (), True, "any"))
+    got = response(reg, [([0.25], False), ([-1.5], False)], "r0")  # type: ignore[arg-type]
+    assert [(p.label_index, p.value) for p in got.predictions] == [(-1, 0.25), (-1, -1.5)]
+
+
 def test_generated_code_is_fresh() -> None:
     assert gen_proto.stale_files() == []
 
@@ -416,3 +442,140 @@ def test_batcher_merges_requests_that_queue_during_a_forward() -> None:
     assert {t.split(":")[0] for t in threads} == {"tokenize", "forward"}
     assert not {t.split(":")[1] for t in threads} & {threading.current_thread().name}
 
+
+
+def test_batcher_hands_each_request_its_own_rows() -> None:
+    """Requests of 1, 3 and 2 rows queue behind a held forward and run as one batch through
+    ``inference.forward`` (its split into requests included) over a fake engine whose
+    logits name their row: every request gets exactly its rows, in its order."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from server._private import inference
+    from server._private.batcher import Batcher
+
+    running, release = threading.Event(), threading.Event()
+    batches: list[list[int]] = []
+
+    class Engine:
+        max_batch_size = 4  # the 7 rows take two engine buckets
+
+        def run_encoded(self, enc, tasks):
+            assert len(enc) == len(tasks)
+            return [torch.tensor([float(e.ids[0]), float(t.n), -float(e.ids[0])]) for e, t in
+                    zip(enc, tasks, strict=True)]
+
+    def forward(items):
+        if not release.is_set():
+            running.set()
+            release.wait(60)  # a deadline only so that a broken batcher cannot hang the suite
+        batches.append([len(it) for it in items])
+        return inference.forward(Engine(), items)  # type: ignore[arg-type]
+
+    def tokenize(texts):  # "12" -> ids [12, 12, ...]: lengths differ by request
+        return [Encoded([int(t)] * (1 + int(t) % 5), [0] * (1 + int(t) % 5), int(t) % 2 == 1)
+                for t in texts]
+
+    def task(n: int):
+        return SimpleNamespace(n=n, kind=SimpleNamespace(name="k"))
+
+    async def main():
+        b = Batcher(tokenize, forward, max_rows=16, max_tokens=10_000, fill_wait_s=0,
+                    threads=1, on_batch=lambda s: None)
+
+        async def ask(texts: list[str], n: int):
+            return await b.run(await b.encode(texts), task(n))  # type: ignore[arg-type]
+
+        first = asyncio.create_task(ask(["1"], 0))
+        while not running.is_set():
+            await asyncio.sleep(0.001)
+        reqs = {1: ["10"], 2: ["20", "21", "22"], 3: ["30", "31"], 4: ["40"]}
+        tasks = {n: asyncio.create_task(ask(t, n)) for n, t in reqs.items()}
+        while b.queued_rows < 7:
+            await asyncio.sleep(0.001)
+        release.set()
+        assert await first == [([1.0, 0.0, -1.0], True)]
+        for n, t in reqs.items():
+            want = [([float(x), float(n), -float(x)], int(x) % 2 == 1) for x in t]
+            assert await tasks[n] == want, (n, await tasks[n])
+        b.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
+    assert batches == [[1], [1, 3, 2, 1]]  # the four requests shared one forward
+
+
+def test_classify_stream_holds_at_most_its_window_and_answers_in_order() -> None:
+    """A client streams 500 messages at a slow fake batcher that answers the newest
+    request first: the service pulls a message only when fewer than its window are
+    pending (so a fast client is held back, not buffered), and still answers in order."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from polyhead.v1 import polyhead_pb2 as pb
+
+    from server._private.services import STREAM_WINDOW, InferenceService
+
+    n = 500
+    sent = answered = 0
+    most_pending = most_in_batcher = 0
+    waiting: list[tuple[str, asyncio.Future]] = []
+
+    class SlowBatcher:
+        async def encode(self, inputs):
+            return list(inputs)
+
+        async def run(self, enc, task):
+            nonlocal most_in_batcher
+            fut = asyncio.get_running_loop().create_future()
+            waiting.append((enc[0], fut))
+            most_in_batcher = max(most_in_batcher, len(waiting))
+            return await fut
+
+    async def driver(stop: asyncio.Event) -> None:
+        idle = 0
+        while not stop.is_set():
+            await asyncio.sleep(0)
+            idle += 1
+            if waiting and (len(waiting) >= STREAM_WINDOW or idle > 20):
+                text, fut = waiting.pop()  # newest first: out of order on purpose
+                fut.set_result([([float(text[1:]), 0.0], False)])
+                idle = 0
+
+    @contextlib.asynccontextmanager
+    async def using(key):
+        yield SimpleNamespace(key=key, meta=TaskMeta(1, (), True, "any"), task=None)  # regression
+
+    async def resolve(task_id, ref):
+        return SimpleNamespace(task_id=task_id, version="v1")
+
+    parts = SimpleNamespace(config=SimpleNamespace(max_inputs=4, max_text_chars=100),
+                            resolver=SimpleNamespace(resolve=resolve),
+                            bank=SimpleNamespace(using=using), batcher=SlowBatcher(), replica="r0")
+
+    async def requests():
+        nonlocal sent, most_pending
+        for i in range(n):
+            sent += 1
+            most_pending = max(most_pending, sent - answered)
+            yield pb.ClassifyRequest(task_id="t", inputs=[pb.Input(text=f"m{i}")])
+
+    async def main() -> list[float]:
+        nonlocal answered
+        stop = asyncio.Event()
+        drive = asyncio.create_task(driver(stop))
+        got = []
+        async for r in InferenceService(parts).classify_stream(requests()):  # type: ignore[arg-type]
+            answered += 1
+            got.append(r.predictions[0].value)
+        stop.set()
+        await drive
+        return got
+
+    got = asyncio.run(main())
+    assert sent == answered == n
+    assert got == [float(i) for i in range(n)]  # message i's value is i: in order
+    assert most_pending == most_in_batcher == STREAM_WINDOW

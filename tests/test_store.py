@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, BertConfig, BertModel
 
 from methods.errors import ArtifactError
-from store import AmbiguousRefError, NotFoundError, Store, StoreError, open_catalog
+from store import AmbiguousRefError, NotFoundError, Store, StoreError
 from store.sqlite import SqliteCatalog, _set_journal
 from tests import test_store_support as support
 from tests.test_store_format import BAD, TEXTS
@@ -218,20 +218,16 @@ def test_gc_between_blob_write_and_commit(sqlite_store, tiny_bert, monkeypatch) 
     assert raced == [info.version] and store.verify() == [] and store.get("sst2").info == info
 
 
-def _open_catalog(place: str, results) -> None:  # in a forked child: catalog only, no torch
-    try:
-        open_catalog(place).generation()
-        results.put("ok")
-    except Exception as e:
-        results.put(repr(e))
-
-
 def test_processes_creating_one_store_at_once(tmp_path, pg_server) -> None:
-    ctx = multiprocessing.get_context("fork")
+    from tests.store_children import open_catalog_child
+
+    # forks of a clean forkserver, not of this (threaded) process: see tests/store_children.py
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["tests.store_children"])
     places = [str(tmp_path / f"s{i}") for i in range(8)] + [new_database(pg_server) for _ in range(2)]
     for place in places:
         results = ctx.Queue()
-        procs = [ctx.Process(target=_open_catalog, args=(place, results)) for _ in range(4)]
+        procs = [ctx.Process(target=open_catalog_child, args=(place, results)) for _ in range(4)]
         for p in procs:
             p.start()
         for p in procs:

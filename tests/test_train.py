@@ -102,6 +102,38 @@ def test_method_trains_and_engine_matches(bert, sentiment: Dataset, method: str,
     assert res.parity < 1e-5
 
 
+@pytest.mark.parametrize("method", ["pasta", "prefix", "bitfit"])
+def test_trained_pet_model_equals_a_hugging_face_reference(bert, sentiment: Dataset,
+                                                           method: str) -> None:
+    """The trainer's forward for the PET kinds (the engine's effects, through TaskModule)
+    against a reference that shares none of them: the Hugging Face model's own modules in
+    float64 (tests/test_reference_parity.py: PASTA vectors added at the special tokens the
+    tokenizer's ids mark, prefix keys/values in a restated attention, BitFit's biases
+    patched into a copy of the model), on the tensors training produced."""
+    from tests.test_reference_parity import reference_logits
+
+    res = train(config(method, epochs=2), bert, sentiment, sentiment, "accuracy",
+                progress=False, log_fn=lambda s: None)
+    art = res.artifact
+    moved = max(float(v.abs().max()) for k, v in art.kind_tensors().items() if not k.endswith("gate"))
+    assert moved > 1e-3  # training changed the kind's tensors: the parity below is not the bare model's
+    from trainer.models import Batch
+
+    texts = POS[:3] + NEG[:3] + ["the cat sat on the mat", "rain today , sun tomorrow"]
+    refs = np.stack([reference_logits(bert, art, t).numpy() for t in texts])
+    # the training forward as a step runs it (train mode, autograd recording; dropout off)
+    enc = bert.tokenizer(texts, padding=True, return_tensors="pt", return_token_type_ids=True)
+    res.model.set_training(True)
+    with torch.enable_grad():
+        logits = res.model.forward(Batch(enc["input_ids"], enc["attention_mask"],
+                                         enc["token_type_ids"], torch.zeros(len(texts), dtype=torch.long)))
+    assert logits.requires_grad
+    res.model.set_training(False)
+    for name, mine in (("training step", logits.detach().numpy()),
+                       ("evaluation", trainer_logits(res, bert, texts))):
+        np.testing.assert_allclose(mine, refs, atol=1e-5, rtol=0, err_msg=f"{method}, {name}")
+
+
 @pytest.mark.parametrize("method", SPARSE)
 def test_sparse_diff_is_within_budget_and_reproduces_the_model(bert, sentiment: Dataset,
                                                                method: str) -> None:
@@ -313,9 +345,12 @@ def test_cli_store_cap_still_writes_out_and_paper_recipe_says_why(
     assert rc == 0 and f"wrote {paper}" in capsys.readouterr().out  # --out alone: no cap
 
 
-def test_help_marks_the_defaults_the_study_chose_and_names_the_rest_provisional() -> None:
+def test_help_marks_the_defaults_the_study_chose_and_names_the_rest_provisional(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """`train --help` marks each chosen default (*) and points at `train --defaults`, which
     names the runs behind each default, or calls it PROVISIONAL."""
+    import dataclasses
+
     from trainer.cli import defaults_record, method_help
     from trainer.table import PROVISIONAL
 
@@ -331,6 +366,14 @@ def test_help_marks_the_defaults_the_study_chose_and_names_the_rest_provisional(
         assert (f"-> {m.kind}; {s.lr:g}/{s.epochs:g}/{s.warmup:g}{'*' if s.evidence else ''} | "
                 f"{p.lr:g}/{p.epochs:g}/{p.warmup:g}{'*' if p.evidence else ''}") in text
     assert ("PROVISIONAL" in record) == bool(PROVISIONAL)
+    # the other branch, whatever the table holds today: a default without evidence is
+    # PROVISIONAL in the record and unmarked in the help
+    name, first = next(iter(METHODS.items()))
+    m = dataclasses.replace(first, servable=dataclasses.replace(first.servable, evidence=""))
+    monkeypatch.setitem(METHODS, name, m)
+    row = next(x for x in defaults_record().splitlines() if x.split()[:2] == [m.name, "servable"])
+    assert "PROVISIONAL" in row
+    assert f"{m.servable.warmup:g} | " in method_help().split(f"-> {m.kind}; ", 1)[1].splitlines()[0]
 
 
 def test_precision_autocasts_training_forwards_only(bert, sentiment: Dataset, monkeypatch) -> None:
@@ -368,12 +411,16 @@ def test_precision_autocasts_training_forwards_only(bert, sentiment: Dataset, mo
         assert {d for w, d in seen if w == "dev"} == {torch.float32}
 
 
-def test_precision_auto_is_bf16_where_native() -> None:
-    from trainer.config import cpu_has_bf16
+def test_precision_auto_is_bf16_where_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    import trainer.config as config_mod
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert TrainConfig(method="full").precision == "auto"
-    assert TrainConfig(method="full").autocast_dtype(cpu) == (torch.bfloat16 if cpu_has_bf16() else None)
+    for native, want in ((True, torch.bfloat16), (False, None)):  # both kinds of CPU
+        monkeypatch.setattr(config_mod, "cpu_has_bf16", lambda native=native: native)
+        assert TrainConfig(method="full").autocast_dtype(cpu) == want
+        assert TrainConfig(method="full").autocast_dtype(cuda) == torch.bfloat16
+    monkeypatch.undo()
     assert TrainConfig(method="full").autocast_dtype(cuda) == torch.bfloat16
     assert TrainConfig(method="full", precision="fp32").autocast_dtype(cuda) is None
     assert TrainConfig(method="full", precision="bf16").autocast_dtype(cpu) == torch.bfloat16

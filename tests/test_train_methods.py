@@ -111,13 +111,16 @@ def test_child_f_keeps_p_of_each_tensor_and_rescales(bert: Backbone, sentiment: 
             "pooler.dense.weight"} <= names and names == set(model.params)
     params = {n: model.params[n] for n in ("embeddings.word_embeddings.weight", "head.weight",
                                            "encoder.layer.0.attention.self.query.weight")}
-    policy = BernoulliMask(0.3, list(params), seed=1, device=torch.device("cpu"))
+    policy = model.policy  # the built model's own mask: it must read cfg.child_f_p as p
+    assert policy.p == 0.3
     kept = {n: 0 for n in params}
     steps = 40
     for _ in range(steps):
+        for p in model.params.values():
+            p.grad = None
         for p in params.values():
             p.grad = torch.ones_like(p)
-        policy.after_clip(params)
+        policy.after_clip(model.params)
         for n, p in params.items():
             dropped, kept_x = p.grad == 0, torch.isclose(p.grad, torch.tensor(1 / 0.3))
             assert bool((dropped | kept_x).all())  # dropped, or kept x 1/p_F
@@ -127,6 +130,66 @@ def test_child_f_keeps_p_of_each_tensor_and_rescales(bert: Backbone, sentiment: 
         assert abs(frac - 0.3) < 4 * math.sqrt(0.3 * 0.7 / (steps * p.numel())) + 1e-3, (n, frac)
     for p in model.params.values():
         p.grad = None
+
+
+# -- every method's options, read on the built model ---------------------------------------
+
+
+def test_child_d_keeps_its_fraction_on_the_built_model(bert: Backbone, sentiment: Dataset) -> None:
+    """Paper: the global top child_d_p of the Fisher; servable: exactly --density of the
+    tunable weights. Values away from 0.5 so that keep and 1 - keep differ."""
+    for recipe, keep, opts in (("paper", 0.2, {"child_d_p": 0.2}),
+                               ("servable", 0.1, {"density": 0.1})):
+        cfg = TrainConfig(method="child-d", recipe=recipe, batch_size=8, dropout=False, **opts)  # type: ignore[arg-type]
+        model = METHODS["child-d"].build(cfg, context(bert, sentiment, cfg))
+        assert isinstance(model.policy, ChildDMask)
+        masks = model.policy.masks
+        total = sum(m.numel() for m in masks.values())
+        kept = sum(int(m.sum()) for m in masks.values())
+        assert abs(kept - keep * total) < 1, (recipe, kept, total)  # ceil or floor of the share
+
+
+def test_dps_reads_its_reserve_ratio_and_stage_length(bert: Backbone, sentiment: Dataset) -> None:
+    cfg = TrainConfig(method="dps", recipe="paper", epochs=3, batch_size=4, dps_reserve_p=0.2,
+                      dps_update_ratio=0.15)
+    ctx = context(bert, sentiment, cfg)
+    model = METHODS["dps"].build(cfg, ctx)
+    assert isinstance(model.policy, DpsMask)
+    # steps, not examples: 20 examples / 4 x 3 epochs = 15 steps, int(15 x 0.15) = 2
+    assert ctx.total_steps == 15 and model.policy.stage_len == 2
+    assert model.policy.reserve_p == 0.2
+    # stage II on the built policy keeps each matrix's top 1 - reserve_p of the accumulation
+    params = model.params
+    torch.manual_seed(1)
+    grads = {n: torch.rand_like(p) for n, p in params.items()}
+    for _ in range(1, 5):  # steps 1-2 stage I, 3-4 stage II
+        for n, p in params.items():
+            p.grad = grads[n].clone()
+        model.policy.before_clip(params)
+    w = "encoder.layer.0.attention.self.query.weight"
+    share = float((params[w].grad != 0).float().mean())
+    assert abs(share - 0.8) < 0.01, share
+    for p in params.values():
+        p.grad = None
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_dropout_follows_the_config_for_every_method(bert: Backbone, sentiment: Dataset,
+                                                     method: str) -> None:
+    """--no-dropout trains deterministically; with dropout the train-mode forward draws
+    (every method; DPS's paper recipe turns it off below 2,000 steps, tested above)."""
+    outs = {}
+    for dropout in (False, True):
+        cfg = TrainConfig(method=method, recipe="servable", batch_size=8, dropout=dropout,
+                          fisher_examples=8)
+        ctx = context(bert, sentiment, cfg)
+        model = METHODS[method].build(cfg, ctx)
+        batch = next(batches(ctx.train, 8, ctx.pad_id, ctx.device))
+        model.set_training(True)
+        with torch.no_grad():
+            outs[dropout] = (model.forward(batch), model.forward(batch))
+    torch.testing.assert_close(*outs[False], atol=0, rtol=0)
+    assert not torch.equal(*outs[True])
 
 
 # -- Child-Tuning_D -------------------------------------------------------------------------
