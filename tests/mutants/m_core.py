@@ -125,8 +125,8 @@ MUTANTS: list[Mutant] = [
            "an artifact holding Inf accepted (only NaN checked)"),
     # -- server ----------------------------------------------------------------------------
     Mutant("text-limit-off-by-one", "server/_private/inference.py",
-           "if len(t) > max_chars:",
-           "if len(t) > max_chars + 1:",
+           "if len(t) > max_chars and not request.truncate:",
+           "if len(t) > max_chars + 1 and not request.truncate:",
            (f"{UNITS}::test_input_checks",),
            "a text one character over the limit accepted"),
     Mutant("bank-evicts-most-recent", "server/bank.py",
