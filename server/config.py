@@ -50,10 +50,14 @@ class ServerConfig:
     torch_threads: int = 0  # intra-op threads; 0: the replica's CPUs
     seed_examples: bool = True  # publish server/examples/*.polyhead into an empty store
     watch_interval_s: float = 0.05  # store generation poll (prefetch of new versions)
+    max_request_mb: float = 8.0  # an HTTP body (checked before it is parsed)
+    stream_idle_s: float = 60.0  # a ClassifyStream with no message for this long is closed
+    max_streams_per_client: int = 64  # ClassifyStream calls one client address holds open
 
     def __post_init__(self) -> None:
         positive = ("max_batch_rows", "max_batch_tokens", "max_inputs", "max_text_chars", "device_budget_mb",
-                    "host_budget_mb", "max_artifact_mb", "watch_interval_s")
+                    "host_budget_mb", "max_artifact_mb", "watch_interval_s", "max_request_mb",
+                    "stream_idle_s", "max_streams_per_client")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")

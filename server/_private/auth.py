@@ -33,6 +33,15 @@ class Auth:
             raise Unauthenticated(f"wrong token for {scope} RPCs")
 
 
+    def allows(self, scope: str, metadata: Iterable[tuple[str, str | bytes]]) -> bool:
+        """Whether ``metadata`` carries what ``scope`` needs (never raises)."""
+        try:
+            self.check(scope, metadata)
+        except (Unauthenticated, PermissionDenied):
+            return False
+        return True
+
+
 def bearer(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
     for key, value in metadata:
         if key.lower() == "authorization":

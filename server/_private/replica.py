@@ -21,11 +21,12 @@ from ray import serve
 from methods import ArtifactError, Engine, TaskArtifact, load_backbone
 from server._private.auth import Auth
 from server._private.batcher import Batcher
-from server._private.gate import rpc, rpc_stream
+from server._private.gate import StreamAborted, rpc, rpc_stream
 from server._private.http import http_classify
 from server._private.inference import BatchStats, forward
 from server._private.metrics import ServerMetrics
 from server._private.services import InferenceService, Parts, RegistryService, meta_of
+from server._private.streams import OneLineAborts, StreamLimits
 from server._private.swap import Resolver
 from server.bank import AdapterBank, TaskMeta, VersionKey
 from server.config import MB, ServerConfig
@@ -50,6 +51,8 @@ class Polyhead:
         store = Store(config.store, engine.spec, max_artifact_bytes=int(config.max_artifact_mb * MB))
         self.metrics = ServerMetrics()
         self.auth = Auth(config.registry_token(), config.inference_token_value())
+        self.streams = StreamLimits(config.stream_idle_s, config.max_streams_per_client)
+        logger.addFilter(OneLineAborts(StreamAborted))
         bank = AdapterBank(
             self._fetch, engine.load, engine.unload, device_budget=int(config.device_budget_mb * MB),
             host_budget=int(config.host_budget_mb * MB),
@@ -84,13 +87,15 @@ class Polyhead:
         async for out in self.inference.classify_stream(requests):
             yield out
 
-    @rpc("inference", pb.HealthResponse)
-    async def Health(self, request: pb.HealthRequest) -> pb.HealthResponse:
-        return await self.inference.health(request)
+    @rpc("inference", pb.HealthResponse, admin_view=True)
+    async def Health(self, request: pb.HealthRequest, admin: bool = False) -> pb.HealthResponse:
+        return await self.inference.health(request, show_tasks=admin)
 
     async def __call__(self, request: Any) -> Any:
         """HTTP: ``POST /v1/classify`` with ClassifyRequest's fields as JSON."""
-        return await http_classify(self.Classify, request)
+        return await http_classify(
+            self.Classify, request, lambda ctx: self.auth.check("inference", ctx.invocation_metadata()),
+            max_body=int(self.parts.config.max_request_mb * MB))
 
     # -- Registry --------------------------------------------------------------------------
 
