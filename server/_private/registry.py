@@ -60,12 +60,14 @@ def set_alias(store: Store, request: pb.SetAliasRequest) -> VersionInfo:
     problem = alias_problem(request.alias)
     if problem:
         raise InvalidInput(f"alias: {problem}")
-    return store.set_alias(task_id, request.alias, ref_of(request.version))
+    ref = ref_of(request.version)
+    return store.set_alias(task_id, request.alias, ref)
 
 
 def rollback(store: Store, request: pb.RollbackRequest) -> VersionInfo:
     task_id = task_id_of(request.task_id)
-    return store.rollback(task_id, ref_of(request.version))
+    ref = ref_of(request.version)
+    return store.rollback(task_id, ref)
 
 
 def import_peft(store: Store, request: pb.ImportPeftRequest) -> StoredArtifact:
