@@ -516,8 +516,8 @@ def test_stream_idle_timeout_and_per_client_cap() -> None:
             pass
         return out
 
-    ctx = Context()
-    assert asyncio.run(drain(silent(), ctx)) == []
+    ctx = Context()  # (the 10 s bound only keeps a server without the timeout from hanging)
+    assert asyncio.run(asyncio.wait_for(drain(silent(), ctx), 10)) == []
     assert ctx.code == grpc.StatusCode.DEADLINE_EXCEEDED and "no message" in ctx.details()
     assert replica.streams.open == {}  # closed streams are not counted
 
