@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from server._private.bind import HOST_ENV
+from server._private.servicers import PROXY_AUTH_ENV, PROXY_INFERENCE_ENV, PROXY_REGISTRY_ENV
 from server.app_env import DEFAULT_INGRESS, INGRESS_ENV
 from server.config import (
     INFERENCE_TOKEN_ENV,
@@ -129,6 +130,18 @@ def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def tell_proxy_tokens(config: ServerConfig) -> None:
+    """Ray's workers (Serve's gRPC proxy among them) inherit this environment: the proxy
+    then refuses calls without the right token before it reads their messages."""
+    os.environ[PROXY_AUTH_ENV] = "1"
+    for env, token in ((PROXY_REGISTRY_ENV, config.registry_token()),
+                       (PROXY_INFERENCE_ENV, config.inference_token_value())):
+        if token:
+            os.environ[env] = token
+        else:
+            os.environ.pop(env, None)
+
+
 def private_ray_token(path: Path | None = None) -> Path | None:
     """Ray (token auth on by default) writes ~/.ray/auth_token with the umask's mode: made
     here first, 0600 in a 0700 folder, so Ray reads it instead; an existing one is made
@@ -171,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
     for key, value in {**SERVE_ENV, **INGRESS_ENV[args.ingress]}.items():
         os.environ.setdefault(key, value)  # before Ray starts; the caller's values win
     os.environ[HOST_ENV] = args.host  # Serve's gRPC proxy binds here (server._private.bind)
+    tell_proxy_tokens(config)
     private_ray_token()
     machine_cpus = os.cpu_count() or 1
     cpus = args.cpus or max(1.0, machine_cpus / max(1, args.replicas))

@@ -610,3 +610,54 @@ def test_store_files_are_private(tiny_bert, tmp_path: Path) -> None:
     assert stat.S_IMODE(blob.stat().st_mode) & 0o077 == 0
     for f in root.glob("catalog.sqlite*"):
         assert stat.S_IMODE(f.stat().st_mode) & 0o077 == 0, f
+
+
+def test_proxy_refuses_a_call_by_its_metadata_before_reading_its_message(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The servicer functions Serve's proxy loads, on a plain grpc.aio server: told the tokens,
+    a call without the right one is refused when its handler is looked up. Its 5 MB message
+    is over this server's 4 MB receive limit, so an answer other than UNAUTHENTICATED (i.e.
+    RESOURCE_EXHAUSTED) would mean it was read."""
+    from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
+
+    from server._private import servicers
+
+    seen: list[Any] = []
+
+    class Servicer(pb_grpc.InferenceServicer):
+        async def Classify(self, request: Any, context: Any) -> pb.ClassifyResponse:
+            seen.append(request)
+            return pb.ClassifyResponse(task_id="answered")
+
+    big = pb.ClassifyRequest(task_id="t", inputs=[pb.Input(text="x" * (5 << 20))])
+    small = pb.ClassifyRequest(task_id="t", inputs=[pb.Input(text="x")])
+    md = (("authorization", f"Bearer {READ}"),)
+
+    async def calls() -> list[str]:
+        server = grpc.aio.server()
+        servicers.add_InferenceServicer_to_server(Servicer(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        out = []
+        try:
+            async with grpc.aio.insecure_channel(
+                    f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
+                stub = pb_grpc.InferenceStub(ch)
+                for request, metadata in ((big, ()), (big, (("authorization", "Bearer wrong"),)),
+                                          (small, md), (big, md)):
+                    try:
+                        out.append((await stub.Classify(request, metadata=metadata, timeout=30)).task_id)
+                    except grpc.aio.AioRpcError as e:
+                        out.append(e.code().name)
+        finally:
+            await server.stop(None)
+        return out
+
+    monkeypatch.setenv(servicers.PROXY_AUTH_ENV, "1")
+    monkeypatch.setenv(servicers.PROXY_REGISTRY_ENV, ADMIN)
+    monkeypatch.setenv(servicers.PROXY_INFERENCE_ENV, READ)
+    assert asyncio.run(calls()) == ["UNAUTHENTICATED", "UNAUTHENTICATED", "answered",
+                                    "RESOURCE_EXHAUSTED"]
+    assert len(seen) == 1 and isinstance(seen[0], Unparsed)
+    monkeypatch.delenv(servicers.PROXY_AUTH_ENV)  # not told the tokens: the replica decides
+    assert asyncio.run(calls())[:3] == ["RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED", "answered"]
