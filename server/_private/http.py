@@ -38,6 +38,10 @@ class BodyTooLarge(Exception):
     pass
 
 
+class InvalidBody(Exception):
+    pass
+
+
 class HttpContext:
     """The part of a gRPC servicer context the RPC methods use, over an HTTP request."""
 
@@ -92,10 +96,6 @@ def parse_body(raw: bytes) -> pb.ClassifyRequest:
     except _NOT_A_BODY as e:
         reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:200]
         raise InvalidBody(f"body: not a ClassifyRequest as JSON: {reason}") from None
-
-
-class InvalidBody(Exception):
-    pass
 
 
 async def http_classify(classify: Callable[[Any, Any], Awaitable[pb.ClassifyResponse]],
