@@ -553,9 +553,12 @@ def test_failed_stream_authentication_logs_one_line() -> None:
     logger.addHandler(handler)
     logger.addFilter(OneLineAborts(StreamAborted))
     try:
-        try:
-            raise StreamAborted("inference RPCs need `authorization: Bearer <token>` metadata")
-        except StreamAborted:
+        try:  # as Serve logs it: its own error, raised from the gate's
+            try:
+                raise StreamAborted("inference RPCs need `authorization: Bearer <token>` metadata")
+            except StreamAborted as e:
+                raise RuntimeError(str(e)) from e
+        except RuntimeError:
             logger.exception("Request failed.")
     finally:
         logger.removeHandler(handler)

@@ -78,6 +78,10 @@ class OneLineAborts(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
+        for _ in range(4):  # Serve logs its own error, raised from ours
+            if exc is None or isinstance(exc, self.aborted):
+                break
+            exc = exc.__cause__ or exc.__context__
         if isinstance(exc, self.aborted):
             record.msg, record.args = "stream refused: %s", (str(exc)[:200],)
             record.exc_info, record.exc_text = None, None
