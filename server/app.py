@@ -11,6 +11,7 @@ from typing import Any
 from ray.serve import Application
 
 from server._private.replica import Polyhead
+from server._private.servicers import DEFAULT_UPLOAD_BYTES
 from server.config import ConfigError, ServerConfig
 
 APP_NAME = "polyhead"
@@ -29,9 +30,12 @@ SERVE_ENV = {
     "RAY_SERVE_LOG_TO_STDERR": "0",
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
     "RAY_SERVE_FREEZE_GC_ON_STARTUP": "1",
-    # The proxy -> replica gRPC hop (USE_GRPC_BY_DEFAULT) caps messages at 4 MB unless told
-    # otherwise: an Upload over 4 MB failed INTERNAL. The same 2 GiB cap as Serve's proxy.
-    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "2147483647",
+    # The largest message gRPC takes at all, at Serve's proxy (2 GiB by default: a 200 MB
+    # message was read whole before its token was looked at) and on the proxy -> replica
+    # hop (4 MB by default: an Upload over 4 MB failed INTERNAL): the largest Upload. Each
+    # method's own limit is enforced below that (server._private.servicers).
+    "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(DEFAULT_UPLOAD_BYTES),
+    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(DEFAULT_UPLOAD_BYTES),
     # Serve gives a new proxy 5 s to answer its readiness check, 3 times, then kills it and
     # starts over; on a busy 2-core host its imports alone take longer, and `serve.start`
     # failed after 60 s. A longer check delays nothing when the proxy is quick.

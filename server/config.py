@@ -59,10 +59,14 @@ class ServerConfig:
     max_lora_rank: int = 512  # largest LoRA rank a publish may have
     max_sparse_density: float = 1.0  # largest sparse density a publish may have
     delete_retention_days: float = 7.0  # a deleted task stays restorable this long
+    max_request_mb: float = 8.0  # an HTTP body (checked before it is parsed)
+    stream_idle_s: float = 60.0  # a ClassifyStream with no message for this long is closed
+    max_streams_per_client: int = 64  # ClassifyStream calls one client address holds open
 
     def __post_init__(self) -> None:
         positive = ("max_batch_rows", "max_batch_tokens", "max_inputs", "max_text_chars", "device_budget_mb",
-                    "host_budget_mb", "max_artifact_mb", "watch_interval_s")
+                    "host_budget_mb", "max_artifact_mb", "watch_interval_s", "max_request_mb",
+                    "stream_idle_s", "max_streams_per_client")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")

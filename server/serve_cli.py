@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -14,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from server._private.bind import HOST_ENV
+from server._private.servicers import PROXY_AUTH_ENV, PROXY_INFERENCE_ENV, PROXY_REGISTRY_ENV
 from server.app_env import DEFAULT_INGRESS, INGRESS_ENV
 from server.config import (
     INFERENCE_TOKEN_ENV,
@@ -26,12 +29,16 @@ from server.config import (
 )
 from store.catalog import absolute, redact
 
+DEFAULT_HOST = "127.0.0.1"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve every task in the store over gRPC (Ctrl-C stops)")
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help=f"address gRPC and HTTP listen on (default {DEFAULT_HOST}, this machine "
+                   "only; 0.0.0.0 or :: to serve other hosts)")
     p.add_argument("--port", type=int, default=9000, help="gRPC port (default 9000)")
     p.add_argument("--http-port", type=int, default=8000,
                    help="HTTP port of POST /v1/classify and GET /v1/health (default 8000)")
@@ -43,11 +50,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the backbone's arithmetic: fp32 (exact), int8 (its Linear weights int8, "
                         "every task fp32; CPU), bf16 (CUDA, or a CPU with AVX512-BF16/AMX)")
     auth = p.add_mutually_exclusive_group()
-    auth.add_argument("--token", help=f"Registry bearer token (default ${TOKEN_ENV}, else one "
-                      f"generated into {token_file()} (mode 0600), where client commands find it)")
+    auth.add_argument("--token-file", type=Path, help=f"file holding the Registry bearer token "
+                      f"(default ${TOKEN_ENV}, else one generated into {token_file()} (mode "
+                      "0600), where client commands find it)")
+    auth.add_argument("--token", help=argparse.SUPPRESS)  # deprecated: visible in `ps`
     auth.add_argument("--insecure", action="store_true", help="run with the Registry open")
-    p.add_argument("--inference-token", help=f"also require a token for Classify "
-                   f"(default ${INFERENCE_TOKEN_ENV}; unset: open)")
+    inference = p.add_mutually_exclusive_group()
+    inference.add_argument("--inference-token-file", type=Path, help="file holding a token "
+                           f"Classify then requires (default ${INFERENCE_TOKEN_ENV}; unset: open)")
+    inference.add_argument("--inference-token", help="deprecated (visible in `ps`): use "
+                           f"${INFERENCE_TOKEN_ENV} or --inference-token-file")
     p.add_argument("--ingress", choices=sorted(INGRESS_ENV), default=DEFAULT_INGRESS,
                    help="how requests reach replicas: 'proxy' (Serve's gRPC/HTTP proxy), "
                    "'direct' (each replica serves gRPC/HTTP itself; Serve's direct ingress), "
@@ -71,14 +83,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def read_token(path: Path, flag: str) -> Secret:
+    try:
+        text = path.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: {e.strerror or e}") from e
+    if not text:
+        raise ConfigError(f"{flag} {path}: the file is empty")
+    return Secret(text)
+
+
+def _token_arg(value: str | None, path: Path | None, flag: str, env: str) -> Secret | None:
+    """A token from its file flag, else from the deprecated argv flag (with a warning)."""
+    if path is not None:
+        return read_token(path, f"{flag}-file")
+    if value:
+        print(f"polyhead serve: warning: {flag} is deprecated (the token shows in `ps`); set "
+              f"${env} or use {flag}-file", file=sys.stderr, flush=True)
+        return Secret(value)
+    return None
+
+
 def config_from(args: argparse.Namespace) -> ServerConfig:
     store = args.store or os.environ.get("POLYHEAD_STORE") or "polyhead-store"
     return ServerConfig(
         store=absolute(store),  # a folder made absolute: replicas may run elsewhere
         backbone=str(Path(args.backbone).resolve()) if args.backbone else None,
         device=args.device, precision=args.precision, insecure=args.insecure,
-        token=Secret(args.token) if args.token else None,
-        inference_token=Secret(args.inference_token) if args.inference_token else None,
+        token=_token_arg(args.token, args.token_file, "--token", TOKEN_ENV),
+        inference_token=_token_arg(args.inference_token, args.inference_token_file,
+                                   "--inference-token", INFERENCE_TOKEN_ENV),
         max_batch_rows=args.batch_rows, max_inputs=min(64, args.batch_rows),
         batch_wait_ms=args.batch_wait_ms, torch_threads=args.threads,
         seed_examples=not args.no_examples, max_outputs=args.max_outputs,
@@ -100,10 +134,11 @@ def check_precision(config: ServerConfig) -> None:
 def check_port_free(port: int, flag: str, host: str = "") -> None:
     """Refuse a port another process listens on, before Ray starts (there, a taken port
     ends in a traceback). No SO_REUSEPORT here, unlike Serve's proxy: a second server that
-    would silently share a port with a running one is refused too. ``host`` "": every
-    address, as Serve's gRPC proxy binds ([::], which also covers IPv4)."""
+    would silently share a port with a running one is refused too. ``host`` "" or "::":
+    every address ([::], which also covers IPv4)."""
+    family = socket.AF_INET6 if not host or ":" in host else socket.AF_INET
     try:
-        sock = socket.socket(socket.AF_INET6 if not host else socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(family, socket.SOCK_STREAM)
     except OSError:  # no IPv6 on this host
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     with sock:
@@ -146,6 +181,40 @@ def quiet_ray() -> None:
     worker.print_to_stdstream = print_to_stdstream
 
 
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def tell_proxy_tokens(config: ServerConfig) -> None:
+    """Ray's workers (Serve's gRPC proxy among them) inherit this environment: the proxy
+    then refuses calls without the right token before it reads their messages."""
+    os.environ[PROXY_AUTH_ENV] = "1"
+    for env, token in ((PROXY_REGISTRY_ENV, config.registry_token()),
+                       (PROXY_INFERENCE_ENV, config.inference_token_value())):
+        if token:
+            os.environ[env] = token
+        else:
+            os.environ.pop(env, None)
+
+
+def private_ray_token(path: Path | None = None) -> Path | None:
+    """Ray (token auth on by default) writes ~/.ray/auth_token with the umask's mode: made
+    here first, 0600 in a 0700 folder, so Ray reads it instead; an existing one is made
+    0600. Nothing when the token comes from Ray's environment variables."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return None
+    path = path or Path.home() / ".ray" / "auth_token"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        os.chmod(path, 0o600)
+        return path
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))  # as Ray's own generator
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         config = config_from(args)
@@ -156,8 +225,8 @@ def run(args: argparse.Namespace) -> int:
                   flush=True)
         config.check_auth()
         check_precision(config)
-        check_port_free(args.port, "--port")
-        check_port_free(args.http_port, "--http-port", host="127.0.0.1")
+        check_port_free(args.port, "--port", host=args.host)
+        check_port_free(args.http_port, "--http-port", host=args.host)
     except (ConfigError, OSError) as e:
         print(f"polyhead serve: {e}", file=sys.stderr)
         return 2
@@ -171,23 +240,28 @@ def run(args: argparse.Namespace) -> int:
     quiet_ray()
     for key, value in {**SERVE_ENV, **INGRESS_ENV[args.ingress]}.items():
         os.environ.setdefault(key, value)  # before Ray starts; the caller's values win
+    os.environ[HOST_ENV] = args.host  # Serve's gRPC proxy binds here (server._private.bind)
+    tell_proxy_tokens(config)
+    private_ray_token()
     machine_cpus = os.cpu_count() or 1
     cpus = args.cpus or max(1.0, machine_cpus / max(1, args.replicas))
     ray.init(address="local", num_cpus=max(machine_cpus, int(cpus * args.replicas + 0.999)),
-             include_dashboard=False, log_to_driver=False)
+             include_dashboard=False, log_to_driver=False,
+             runtime_env={"worker_process_setup_hook": "server._private.bind.setup"})
     # From here on Ctrl-C or SIGTERM stops Serve and Ray in order, also while the app is
     # still deploying (replicas may answer before serve.run returns); a second one while
     # stopping changes nothing.
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    serve.start(http_options={"host": "127.0.0.1", "port": args.http_port},
+    serve.start(http_options={"host": args.host, "port": args.http_port},
                 grpc_options=gRPCOptions(port=args.port, grpc_servicer_functions=GRPC_SERVICERS),
                 logging_config={"enable_access_log": args.access_log})
     serve.run(app_for(config, num_replicas=args.replicas, num_cpus=cpus,
                       num_gpus=1 if args.device == "cuda" else 0, access_log=args.access_log),
               name=APP_NAME, route_prefix="/")
-    print(f"polyhead: serving on localhost:{args.port} ({args.replicas} replica(s), "
+    print(f"polyhead: serving gRPC on {_hostport(args.host, args.port)} and HTTP on "
+          f"{_hostport(args.host, args.http_port)} ({args.replicas} replica(s), "
           f"store {redact(config.store or '')}); ready in {time.perf_counter() - t0:.1f} s. Ctrl-C stops.",
           flush=True)
     while not stop.wait(1.0):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from store.errors import StoreError
 from store.names import VERSION_RE
-from store.paths import atomic_write
+from store.paths import BLOB_MODE, atomic_write, private_dir
 
 DEFAULT_CAPACITY_MB = 4096.0
 OFF = ("off", "none", "0")
@@ -30,7 +30,8 @@ class BlobCache:
         self.capacity = capacity
         self.tmp_dir = self.folder / "tmp"
         try:
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.folder, parents=True)
+            private_dir(self.tmp_dir)
         except OSError as e:
             raise StoreError(f"cannot create the store cache at {self.folder}: {e} "
                              "(set $POLYHEAD_STORE_CACHE to a writable folder, or to 'off')") from e
@@ -71,8 +72,8 @@ class BlobCache:
         """Keep ``data`` (already hash-checked by the caller); a full disk only skips it."""
         path = self.path(version)
         try:
-            path.parent.mkdir(exist_ok=True)
-            atomic_write(path, data, tmp_dir=self.tmp_dir, mode=0o444)
+            private_dir(path.parent)
+            atomic_write(path, data, tmp_dir=self.tmp_dir, mode=BLOB_MODE)
         except OSError:
             return
         self._trim(keep=path)

@@ -17,6 +17,11 @@ from store.names import TASK_ID_RE, is_task_id
 
 MANIFEST_SCHEMA_VERSION = 1
 MAX_LABEL_CHARS = 256
+# Free text a manifest carries, as the most characters each may hold (printable only: no
+# NUL, newlines or other control characters, which would forge lines in logs and listings).
+# (task_id, kind and inputs have their own checks.)
+TEXT_LIMITS = {"backbone_fingerprint": 128, "created_at": 64, "tensors_sha256": 64}
+TRAINING_TEXT_LIMITS = {"method": 128, "base_model": 512}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +68,7 @@ class Manifest:
         for name, want in _TYPES.items():
             if name in kwargs and not _has_type(kwargs[name], want):
                 raise ArtifactError("manifest", f"{name} must be {want}, got {kwargs[name]!r:.80}")
+        check_text(kwargs)
         check_training(kwargs["training"])
         check_inputs(kwargs["inputs"])
         check_regression_scale(kwargs.get("regression_scale"), kwargs["regression"])
@@ -94,11 +100,33 @@ def _has_type(value: Any, want: str) -> bool:
     return any(value is None if w == "None" else isinstance(value, kinds[w]) for w in want.split("|"))
 
 
+def text_problem(value: str, limit: int) -> str | None:
+    """Why ``value`` is not short printable text, or None."""
+    if len(value) > limit:
+        return f"{len(value)} characters; the limit is {limit}"
+    if not value.isprintable():
+        return f"holds control characters: {value!r:.80}"
+    return None
+
+
+def check_text(fields: dict[str, Any]) -> None:
+    for name, limit in TEXT_LIMITS.items():
+        value = fields.get(name)
+        if isinstance(value, str) and (why := text_problem(value, limit)):
+            raise ArtifactError("manifest", f"{name}: {why}")
+
+
 def check_training(training: dict[str, Any]) -> None:
     if not isinstance(training.get("method"), str) or not isinstance(
             training.get("hyperparameters"), dict):
         raise ArtifactError("manifest", "training must hold a 'method' string and a "
                             f"'hyperparameters' object, got {training!r:.80}")
+    for name, limit in TRAINING_TEXT_LIMITS.items():
+        value = training.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ArtifactError("manifest", f"training.{name} must be a string, got {value!r:.80}")
+        if value is not None and (why := text_problem(value, limit)):
+            raise ArtifactError("manifest", f"training.{name}: {why}")
 
 
 def check_regression_scale(scale: Any, regression: bool) -> None:
@@ -132,10 +160,12 @@ def check_labels(labels: list[str] | None, regression: bool, head: HeadConfig) -
         raise ArtifactError("labels", "a classification task needs a label list")
     if len(labels) != head.num_outputs:
         raise ArtifactError("labels", f"{len(labels)} labels for a head of {head.num_outputs} outputs")
-    bad = [x for x in labels if not isinstance(x, str) or not x or len(x) > MAX_LABEL_CHARS]
+    bad = [x for x in labels if not isinstance(x, str) or not x or len(x) > MAX_LABEL_CHARS
+           or not x.isprintable()]
     if bad:
-        raise ArtifactError("labels", f"labels must be non-empty strings of at most "
-                            f"{MAX_LABEL_CHARS} characters, got {bad[0]!r:.80}")
+        raise ArtifactError("labels", f"labels must be non-empty printable strings of at most "
+                            f"{MAX_LABEL_CHARS} characters (no NUL, newline or other control "
+                            f"character), got {bad[0]!r:.80}")
     dups = sorted(x for x, n in collections.Counter(labels).items() if n > 1)
     if dups:
         raise ArtifactError("duplicate_labels", f"label names repeat: {dups[:5]}")

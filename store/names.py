@@ -12,6 +12,20 @@ MIN_PREFIX = 8
 _HEXLIKE = re.compile(r"[0-9a-f]{8,}")
 # v3, or a bare 3 (up to 7 digits: 8 or more read as a hash prefix; aliases start with a letter)
 _NUMBER_REF = re.compile(r"v([1-9][0-9]{0,8})|([1-9][0-9]{0,6})")
+# Anything a version reference can be (an alias, "latest", "v3", a hex version or prefix):
+# a string outside this is refused before any lookup, and never cached.
+REF_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+ECHO_CHARS = 80  # the most of a client's string an error message repeats
+
+
+def clip(text: object, n: int = ECHO_CHARS) -> str:
+    """``repr(text)`` cut to about ``n`` characters, saying how long it was: error messages
+    echo what a client sent without echoing a megabyte of it."""
+    r = repr(text)
+    if len(r) <= n:
+        return r
+    size = f"{len(text)} characters" if isinstance(text, str) else f"{len(r)} characters as text"
+    return f"{r[:n]}... ({size})"
 
 
 def is_task_id(task_id: object) -> bool:
@@ -19,12 +33,17 @@ def is_task_id(task_id: object) -> bool:
     return isinstance(task_id, str) and TASK_ID_RE.fullmatch(task_id) is not None
 
 
+def is_ref(ref: object) -> bool:
+    """True for a string that could name a version (see REF_RE); says nothing of existence."""
+    return isinstance(ref, str) and REF_RE.fullmatch(ref) is not None
+
+
 def alias_problem(alias: object) -> str | None:
     """Why ``alias`` cannot name an alias, or None when it can."""
     if not isinstance(alias, str) or ALIAS_RE.fullmatch(alias) is None:
-        return f"alias {alias!r} must match {ALIAS_RE.pattern}"
+        return f"alias {clip(alias)} must match {ALIAS_RE.pattern}"
     if _HEXLIKE.fullmatch(alias) or _NUMBER_REF.fullmatch(alias):
-        return f"alias {alias!r} would read as a version reference"
+        return f"alias {clip(alias)} would read as a version reference"
     return None
 
 

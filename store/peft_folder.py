@@ -17,6 +17,8 @@ from methods.spec import BackboneSpec
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 _MODULE = re.compile(r"(encoder\.layer\.\d+\.[\w.]+?)\.lora_[AB]\b")
+MAX_CONFIG_BYTES = 64 << 10  # adapter_config.json: PEFT's own files are ~1 KB
+MAX_BASE_MODEL_CHARS = 512
 _HYPERPARAMETERS = ("r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora",
                     "modules_to_save", "task_type", "init_lora_weights")
 
@@ -43,6 +45,9 @@ def parse_peft(config: bytes, weights: bytes, max_bytes: int,
     """The adapter's state dict and config from the two files' bytes (as an upload sends them)."""
     if len(weights) > max_bytes:
         raise ArtifactError("too_large", f"{where}{WEIGHTS_FILE}: more than {max_bytes} bytes")
+    if len(config) > MAX_CONFIG_BYTES:
+        raise ArtifactError("peft_config", f"{where}{CONFIG_FILE}: {len(config)} bytes; the "
+                            f"limit is {MAX_CONFIG_BYTES}")
     try:
         parsed = json.loads(config.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
@@ -69,5 +74,14 @@ def check_modules(state: dict[str, Tensor], spec: BackboneSpec) -> None:
 def training_record(config: dict[str, Any]) -> dict[str, Any]:
     """The manifest's ``training`` for an imported adapter."""
     hyper = {k: config[k] for k in _HYPERPARAMETERS if k in config}
-    return {"method": "peft-lora", "hyperparameters": json.loads(json.dumps(hyper, default=str)),
-            "base_model": str(config.get("base_model_name_or_path") or "")}
+    base = config.get("base_model_name_or_path") or ""
+    if not isinstance(base, str) or len(base) > MAX_BASE_MODEL_CHARS or not base.isprintable():
+        raise ArtifactError("peft_config", f"{CONFIG_FILE}: base_model_name_or_path must be a "
+                            f"printable string of at most {MAX_BASE_MODEL_CHARS} characters, "
+                            f"got {base!r:.80}")
+    try:
+        plain = json.loads(json.dumps(hyper, default=str))
+    except (ValueError, RecursionError) as e:
+        raise ArtifactError("peft_config", f"{CONFIG_FILE}: hyperparameters do not round-trip "
+                            f"as JSON: {e}") from e
+    return {"method": "peft-lora", "hyperparameters": plain, "base_model": base}

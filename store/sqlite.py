@@ -23,7 +23,7 @@ from store import sql
 from store.catalog import Catalog, ChangeFeed, PollingFeed, journal_mode
 from store.errors import StoreError
 from store.names import VERSION_RE
-from store.paths import atomic_write, fsync_dir, sha256_file
+from store.paths import BLOB_MODE, atomic_write, fsync_dir, private_dir, private_file, sha256_file
 from store.sql import Conn, VersionInfo
 
 T = TypeVar("T")
@@ -47,8 +47,10 @@ class SqliteCatalog(Catalog):
         if not create and not self.db_path.is_file():
             raise StoreError(f"no store at {self.root} (pass --store PATH or set $POLYHEAD_STORE)")
         try:
-            for d in (self.root, self.blob_dir, self.tmp_dir):
-                d.mkdir(parents=True, exist_ok=True)
+            private_dir(self.root, parents=True)
+            for d in (self.blob_dir, self.tmp_dir):
+                private_dir(d)
+            private_file(self.db_path)
         except OSError as e:
             raise StoreError(f"cannot create the store at {self.root}: {e}") from e
         self._local = threading.local()
@@ -133,9 +135,9 @@ class SqliteCatalog(Catalog):
         if path.is_file() and sha256_file(path) == version:
             return
         if not path.parent.is_dir():
-            path.parent.mkdir(exist_ok=True)
+            private_dir(path.parent)
             fsync_dir(self.blob_dir)
-        atomic_write(path, data, tmp_dir=self.tmp_dir, mode=0o444)
+        atomic_write(path, data, tmp_dir=self.tmp_dir, mode=BLOB_MODE)
 
     def _stage_blob(self, version: str, data: bytes) -> None:
         self._put_blob(version, data)

@@ -1,6 +1,6 @@
 """`polyhead serve` itself, as a user runs it: a real subprocess (its own Ray, Serve's gRPC
 proxy, one replica) with a temporary HOME, the store and backbone from the environment, no
-token configured (so it generates one into ~/.polyhead/token) and `--inference-token`.
+token configured (so it generates one into ~/.polyhead/token) and `--inference-token-file`.
 Then the README's client commands against it, reading the saved token: upload, tasks
 alias / rollback / import-peft, classify --version / --json, train --upload; Ctrl-C stops."""
 
@@ -34,6 +34,7 @@ TOKEN_VARS = ("POLYHEAD_TOKEN", "POLYHEAD_TOKEN_FILE", "POLYHEAD_INFERENCE_TOKEN
 @dataclasses.dataclass
 class Served:
     address: str
+    http: int
     home: Path
     store: Path
     proc: subprocess.Popen
@@ -70,11 +71,13 @@ def served(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     root = tmp_path_factory.mktemp("polyhead-serve")
     home, log = root / "home", root / "serve.log"
     home.mkdir()
-    port = free_port()
-    s = Served(f"127.0.0.1:{port}", home, root / "store", None, log)  # type: ignore[arg-type]
+    port, http = free_port(), free_port()
+    s = Served(f"127.0.0.1:{port}", http, home, root / "store", None, log)  # type: ignore[arg-type]
     env = {**s.env(), "POLYHEAD_STORE": str(s.store), "POLYHEAD_BACKBONE": str(tiny_bert_dir)}
-    cmd = [*polyhead_command(), "serve", "--port", str(port), "--http-port", str(free_port()),
-           "--replicas", "1", "--cpus", "1", "--inference-token", INFERENCE_TOKEN]
+    token_file = root / "inference-token"
+    token_file.write_text(INFERENCE_TOKEN + "\n")
+    cmd = [*polyhead_command(), "serve", "--port", str(port), "--http-port", str(http),
+           "--replicas", "1", "--cpus", "1", "--inference-token-file", str(token_file)]
     with log.open("w") as out:  # SIGINT as in a terminal, even if this process ignores it
         s.proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT,
                                   start_new_session=True,  # signals reach it only from the test
@@ -226,6 +229,48 @@ def test_train_upload_through_the_server(served: Served, user_home: Path, tiny_b
         assert manifest["training"]["method"] == "pasta"
         row = c.classify("trained-up", "the movie was good")[0]
     assert row["version"] == detail["versions"][0]["version"]
+
+
+def test_serve_is_hardened_on_its_host(served: Served) -> None:
+    """Issue 30 through a real `polyhead serve`: both ports on 127.0.0.1 only (Serve binds its
+    gRPC proxy to every interface by itself), and the startup line says so; private files;
+    a body a client got wrong is a 400; a message over Classify's limit is refused, after
+    the token."""
+    import urllib.error
+    import urllib.request
+
+    import psutil
+    from polyhead.v1 import polyhead_pb2 as pb
+    from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
+
+    port = int(served.address.rsplit(":", 1)[1])
+    assert f"serving gRPC on 127.0.0.1:{port} and HTTP on 127.0.0.1:{served.http}" in served.output()
+    listening = {(c.laddr.ip.removeprefix("::ffff:"), c.laddr.port)  # gRPC: IPv4 on an IPv6 socket
+                 for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port in (port, served.http)}
+    assert listening == {("127.0.0.1", port), ("127.0.0.1", served.http)}, listening
+    ray_token = served.home / ".ray" / "auth_token"
+    if ray_token.exists():  # Ray's token auth (on by default) reads the file made for it
+        assert stat.S_IMODE(ray_token.stat().st_mode) == 0o600
+        assert stat.S_IMODE(ray_token.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(served.store.stat().st_mode) == 0o700
+    assert stat.S_IMODE((served.store / "catalog.sqlite").stat().st_mode) == 0o600
+    request = urllib.request.Request(f"http://127.0.0.1:{served.http}/v1/classify", data=b"null",
+                                     headers={"Authorization": f"Bearer {INFERENCE_TOKEN}"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(request, timeout=60)
+    assert e.value.code == 400 and b"INVALID_ARGUMENT" in e.value.read()
+    big = pb.ClassifyRequest(task_id="guarded", inputs=[pb.Input(text="x" * (7 << 20))])
+    with grpc.insecure_channel(served.address, options=[
+            ("grpc.max_send_message_length", 64 << 20)]) as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        for md, code in (((), grpc.StatusCode.UNAUTHENTICATED),
+                         ((("authorization", f"Bearer {INFERENCE_TOKEN}"),),
+                          grpc.StatusCode.RESOURCE_EXHAUSTED)):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Classify(big, metadata=md, timeout=60)
+            assert err.value.code() == code, err.value.details()
+    assert "Traceback" not in served.output()
 
 
 def test_ctrl_c_stops_the_server(served: Served) -> None:

@@ -6,6 +6,10 @@ When the engine is free, the next batch takes the queued requests, oldest first,
 row and a token budget; if that leaves room it waits up to ``fill_wait_s`` for more. So
 the next batch forms, already tokenized, while the engine runs, and is handed over the
 moment the engine is free; the batch size follows the load.
+
+A request whose caller went away (the call was cancelled, its deadline passed: Serve then
+cancels the handler) leaves the queue at once, and a batch drops it if it was taken but
+not yet started: the engine never computes rows nobody waits for.
 """
 
 from __future__ import annotations
@@ -63,7 +67,20 @@ class Batcher:
             self._loop_task = loop.create_task(self._drain())
         assert self._wake is not None
         self._wake.set()
-        return await pending.future
+        try:
+            return await pending.future
+        except asyncio.CancelledError:
+            self._drop(pending)
+            raise
+
+    def _drop(self, pending: _Pending) -> None:
+        """Take a cancelled request out of the queue (a no-op once a batch took it)."""
+        try:
+            self._queue.remove(pending)
+        except ValueError:
+            return
+        self._rows -= len(pending.item)
+        self._tokens -= pending.tokens
 
     @property
     def queued_rows(self) -> int:
@@ -81,17 +98,27 @@ class Batcher:
             if not batch:
                 continue
             try:
-                out, stats = await loop.run_in_executor(
-                    self._forward, self._run, [p.item for p in batch])
+                ran = await loop.run_in_executor(self._forward, self._start, batch)
             except Exception as e:  # a server fault: every request in the forward fails
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(e)
                 continue
-            for p, rows in zip(batch, out, strict=True):
+            if ran is None:  # every request of the batch was cancelled before it started
+                continue
+            live, out, stats = ran
+            for p, rows in zip(live, out, strict=True):
                 if not p.future.done():
                     p.future.set_result(rows)
             self._on_batch(stats)
+
+    def _start(self, batch: list[_Pending]) -> tuple[list[_Pending], list[list[Row]], BatchStats] | None:
+        """The forward of the batch's requests still awaited (on the forward thread)."""
+        live = [p for p in batch if not p.future.done()]
+        if not live:
+            return None
+        out, stats = self._run([p.item for p in live])
+        return live, out, stats
 
     async def _fill(self) -> None:
         """Wait up to fill_wait_s while the queue leaves room (clients of the last forward

@@ -21,6 +21,10 @@ class InvalidInput(RequestError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class TooLarge(RequestError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class Unauthenticated(RequestError):
     code = grpc.StatusCode.UNAUTHENTICATED
 

@@ -16,9 +16,10 @@ from typing import Any, Protocol
 import grpc
 
 from server._private.auth import Auth
-from server._private.errors import InvalidInput, status_for
+from server._private.errors import InvalidInput, RequestError, TooLarge, status_for
 from server._private.metrics import ServerMetrics
-from server._private.servicers import MalformedRequest
+from server._private.servicers import MalformedRequest, materialize
+from server._private.streams import StreamLimits, client_of
 
 logger = logging.getLogger("ray.serve")
 
@@ -26,6 +27,7 @@ logger = logging.getLogger("ray.serve")
 class Gated(Protocol):
     auth: Auth
     metrics: ServerMetrics
+    streams: StreamLimits
 
 
 def metadata_of(ctx: Any) -> Iterable[tuple[str, str | bytes]]:
@@ -44,6 +46,20 @@ def _fail(method: str, ctx: Any, e: Exception) -> str:
     return status.name
 
 
+def message_of(request: Any) -> Any:
+    """The parsed request (call after the token check); raises for one refused unparsed."""
+    request = materialize(request)
+    if isinstance(request, MalformedRequest):
+        raise refusal(request)
+    return request
+
+
+def refusal(request: MalformedRequest) -> RequestError:
+    if request.code == "RESOURCE_EXHAUSTED":
+        return TooLarge(request.message)
+    return InvalidInput(request.message)
+
+
 class StreamAborted(Exception):
     """Ends a stream whose status is already set on its context."""
 
@@ -55,17 +71,20 @@ def _named(method: Any, fn: Any) -> Any:
     return method
 
 
-def rpc(scope: str, empty: type) -> Callable[[Callable[[Any, Any], Awaitable[Any]]], Any]:
-    def wrap(fn: Callable[[Any, Any], Awaitable[Any]]) -> Any:
+def rpc(scope: str, empty: type, admin_view: bool = False) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
+    """``admin_view``: ``fn(self, request, admin)``, ``admin`` whether the caller holds the
+    Registry (admin) token, for answers that show more to it."""
+    def wrap(fn: Callable[..., Awaitable[Any]]) -> Any:
         name = fn.__name__
 
         async def method(self: Gated, request: Any, grpc_context: Any = None) -> Any:
             t0, code, task = time.perf_counter(), "OK", ""
             try:
-                self.auth.check(scope, metadata_of(grpc_context))
-                if isinstance(request, MalformedRequest):
-                    raise InvalidInput(request.message)
-                out = await fn(self, request)
+                md = list(metadata_of(grpc_context))
+                self.auth.check(scope, md)
+                request = message_of(request)
+                out = await (fn(self, request, self.auth.allows("registry", md)) if admin_view
+                             else fn(self, request))
                 task = getattr(out, "task_id", "")
                 return out
             except Exception as e:
@@ -87,8 +106,9 @@ def rpc_stream(scope: str) -> Callable[[Callable[[Any, Any], AsyncIterator[Any]]
             t0, code = time.perf_counter(), "OK"
             try:
                 self.auth.check(scope, metadata_of(grpc_context))
-                async for out in fn(self, requests):
-                    yield out
+                with self.streams.holding(client_of(grpc_context)):
+                    async for out in fn(self, self.streams.messages(requests)):
+                        yield out
             except Exception as e:
                 code = _fail(name, grpc_context, e)
                 # A stream's status reaches the client only with an exception (Serve then

@@ -3,6 +3,9 @@
 The body has ClassifyRequest's fields (``{"task_id": ..., "inputs": [{"text": ...}]}``);
 the answer is ClassifyResponse as JSON. It goes through the same RPC method as gRPC (auth
 from the ``Authorization`` header, the same checks); a gRPC status becomes an HTTP status.
+Work is done in the order of its cost: the token (from the header) before the body is read,
+the body's size (Content-Length, then a capped read) before it is parsed; any body that is
+not a ClassifyRequest as JSON is a 400, never a 500.
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ from google.protobuf import json_format
 from polyhead.v1 import polyhead_pb2 as pb
 from starlette.responses import JSONResponse
 
+from server._private.errors import RequestError
+
 ROUTE = "/v1/classify"
 HEALTH_ROUTE = "/v1/health"  # GET: HealthResponse as JSON (auth as the gRPC Health)
+MAX_BODY_BYTES = 8 << 20  # a full request (64 inputs x 20,000 characters) fits, JSON-escaped
 HTTP_STATUS = {  # as google.rpc's HTTP mapping
     grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.FAILED_PRECONDITION: 400, grpc.StatusCode.OUT_OF_RANGE: 400,
@@ -26,6 +32,15 @@ HTTP_STATUS = {  # as google.rpc's HTTP mapping
     grpc.StatusCode.CANCELLED: 499, grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
+_NOT_A_BODY = (ValueError, TypeError, AttributeError, RecursionError, json_format.ParseError)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class InvalidBody(Exception):
+    pass
 
 
 class HttpContext:
@@ -52,19 +67,59 @@ def error(code: grpc.StatusCode, message: str) -> JSONResponse:
                         status_code=HTTP_STATUS.get(code, 500))
 
 
+def too_large(what: str, limit: int) -> JSONResponse:
+    return JSONResponse({"code": "PAYLOAD_TOO_LARGE",
+                         "message": f"{what}; the limit is {limit} bytes"}, status_code=413)
+
+
+async def read_body(request: Any, limit: int) -> bytes:
+    """The body, refused (BodyTooLarge) by its Content-Length or once ``limit`` bytes were
+    read: a client's claim is never trusted, and nothing past the limit is held."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"Content-Length {int(declared)}")
+    chunks, n = [], 0
+    async for chunk in request.stream():
+        n += len(chunk)
+        if n > limit:
+            raise BodyTooLarge(f"body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_body(raw: bytes) -> pb.ClassifyRequest:
+    """ClassifyRequest from JSON; InvalidBody for anything else (null, 123, deep nesting)."""
+    try:
+        body = json.loads(raw)
+        if not isinstance(body, dict):
+            raise ValueError(f"a JSON object is needed, got {type(body).__name__}")
+        return json_format.ParseDict(body, pb.ClassifyRequest())
+    except _NOT_A_BODY as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:200]
+        raise InvalidBody(f"body: not a ClassifyRequest as JSON: {reason}") from None
+
+
 async def http_classify(classify: Callable[[Any, Any], Awaitable[pb.ClassifyResponse]],
-                        request: Any) -> JSONResponse:
+                        request: Any, authorize: Callable[[Any], None] | None = None,
+                        max_body: int = MAX_BODY_BYTES) -> JSONResponse:
+    """``authorize(ctx)`` raises (a RequestError) unless the header's token may classify."""
     if request.url.path.rstrip("/") != ROUTE:
-        return error(grpc.StatusCode.NOT_FOUND, f"no route {request.url.path}; POST {ROUTE}")
+        return error(grpc.StatusCode.NOT_FOUND, f"no route {request.url.path[:200]}; POST {ROUTE}")
     if request.method != "POST":
         return JSONResponse({"code": "METHOD_NOT_ALLOWED", "message": f"{ROUTE} takes POST"},
                             status_code=405, headers={"Allow": "POST"})
-    try:
-        body = json.loads(await request.body())
-        message = json_format.ParseDict(body, pb.ClassifyRequest())
-    except (ValueError, json_format.ParseError) as e:
-        return error(grpc.StatusCode.INVALID_ARGUMENT, f"body: not a ClassifyRequest as JSON: {e}")
     ctx = HttpContext(request.headers)
+    if authorize is not None:
+        try:
+            authorize(ctx)
+        except RequestError as e:
+            return error(e.code, str(e))
+    try:
+        message = parse_body(await read_body(request, max_body))
+    except BodyTooLarge as e:
+        return too_large(str(e), max_body)
+    except InvalidBody as e:
+        return error(grpc.StatusCode.INVALID_ARGUMENT, str(e))
     out = await classify(message, ctx)
     if ctx.code is not grpc.StatusCode.OK:
         return error(ctx.code, ctx.details)

@@ -8,7 +8,7 @@ from polyhead.v1 import polyhead_pb2 as pb
 
 from server._private.errors import InvalidInput
 from store import Store, StoredArtifact, TaskInfo, VersionInfo, validate_task_id
-from store.names import alias_problem
+from store.names import REF_RE, alias_problem, clip, is_ref
 
 
 def version_pb(v: VersionInfo) -> pb.VersionInfo:
@@ -29,6 +29,17 @@ def task_id_of(text: str) -> str:
     if not text:
         raise InvalidInput("task_id: required")
     validate_task_id(text)
+    return text
+
+
+def ref_of(text: str, field: str = "version") -> str:
+    """A version reference as a client sent it, refused before any lookup unless it could
+    name a version (an alias, a version or its prefix, ``v3``)."""
+    if not text:
+        raise InvalidInput(f"{field}: required")
+    if not is_ref(text):
+        raise InvalidInput(f"{field}: {clip(text)} is not a version, prefix or alias "
+                           f"(they match {REF_RE.pattern})")
     return text
 
 
@@ -55,16 +66,14 @@ def set_alias(store: Store, request: pb.SetAliasRequest) -> VersionInfo:
     problem = alias_problem(request.alias)
     if problem:
         raise InvalidInput(f"alias: {problem}")
-    if not request.version:
-        raise InvalidInput("version: required")
-    return store.set_alias(task_id, request.alias, request.version)
+    ref = ref_of(request.version)
+    return store.set_alias(task_id, request.alias, ref)
 
 
 def rollback(store: Store, request: pb.RollbackRequest) -> VersionInfo:
     task_id = task_id_of(request.task_id)
-    if not request.version:
-        raise InvalidInput("version: required")
-    return store.rollback(task_id, request.version)
+    ref = ref_of(request.version)
+    return store.rollback(task_id, ref)
 
 
 def import_peft(store: Store, request: pb.ImportPeftRequest) -> StoredArtifact:

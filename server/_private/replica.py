@@ -22,11 +22,12 @@ from methods import ArtifactError, Engine, TaskArtifact, load_backbone
 from methods.probe import probe_forward
 from server._private.auth import Auth
 from server._private.batcher import Batcher
-from server._private.gate import rpc, rpc_stream
+from server._private.gate import StreamAborted, rpc, rpc_stream
 from server._private.http import HEALTH_ROUTE, http_classify, http_health
 from server._private.inference import BatchStats, forward
 from server._private.metrics import ServerMetrics
 from server._private.services import InferenceService, Parts, RegistryService, meta_of
+from server._private.streams import OneLineAborts, StreamLimits
 from server._private.swap import Resolver
 from server.bank import AdapterBank, TaskMeta, VersionKey
 from server.config import MB, ServerConfig
@@ -53,6 +54,8 @@ class Polyhead:
                       retention_s=config.delete_retention_days * 86400)
         self.metrics = ServerMetrics()
         self.auth = Auth(config.registry_token(), config.inference_token_value())
+        self.streams = StreamLimits(config.stream_idle_s, config.max_streams_per_client)
+        logger.addFilter(OneLineAborts(StreamAborted))
         bank = AdapterBank(
             self._fetch, engine.load, engine.unload, device_budget=int(config.device_budget_mb * MB),
             host_budget=int(config.host_budget_mb * MB),
@@ -87,15 +90,17 @@ class Polyhead:
         async for out in self.inference.classify_stream(requests):
             yield out
 
-    @rpc("inference", pb.HealthResponse)
-    async def Health(self, request: pb.HealthRequest) -> pb.HealthResponse:
-        return await self.inference.health(request)
+    @rpc("inference", pb.HealthResponse, admin_view=True)
+    async def Health(self, request: pb.HealthRequest, admin: bool = False) -> pb.HealthResponse:
+        return await self.inference.health(request, show_tasks=admin)
 
     async def __call__(self, request: Any) -> Any:
         """HTTP: ``POST /v1/classify`` with ClassifyRequest's fields as JSON; ``GET /v1/health``."""
         if request.url.path.rstrip("/") == HEALTH_ROUTE:
             return await http_health(self.Health, request)
-        return await http_classify(self.Classify, request)
+        return await http_classify(
+            self.Classify, request, lambda ctx: self.auth.check("inference", ctx.invocation_metadata()),
+            max_body=int(self.parts.config.max_request_mb * MB))
 
     # -- Registry --------------------------------------------------------------------------
 

@@ -21,14 +21,14 @@ from methods import Engine
 from server._private import registry
 from server._private.batcher import Batcher
 from server._private.errors import InStream, InvalidInput
+from server._private.gate import message_of
 from server._private.inference import check_form, cut_inputs, parse_inputs, response
 from server._private.metrics import ServerMetrics
-from server._private.servicers import MalformedRequest
 from server._private.swap import Resolver
 from server.bank import AdapterBank, TaskMeta, VersionKey
 from server.config import ServerConfig
 from store import Store, StoredArtifact, VersionInfo
-from store.names import is_task_id
+from store.names import clip, is_task_id
 
 T = TypeVar("T")
 STREAM_WINDOW = 8  # stream messages in flight per ClassifyStream call
@@ -62,12 +62,12 @@ class InferenceService:
 
     async def classify(self, request: pb.ClassifyRequest) -> pb.ClassifyResponse:
         p = self.p
-        if isinstance(request, MalformedRequest):
-            raise InvalidInput(request.message)
+        request = message_of(request)  # a stream's messages arrive unparsed
         inputs = parse_inputs(request, p.config.max_inputs, p.config.max_text_chars)
         if not is_task_id(request.task_id):
-            raise InvalidInput(f"task_id: {request.task_id[:80]!r} is not a task id")
-        info = await p.resolver.resolve(request.task_id, request.version or "latest")
+            raise InvalidInput(f"task_id: {clip(request.task_id)} is not a task id")
+        ref = registry.ref_of(request.version) if request.version else "latest"
+        info = await p.resolver.resolve(request.task_id, ref)
         async with p.bank.using(VersionKey(info.task_id, info.version)) as res:
             check_form(inputs, info.task_id, res.meta)
             enc = await p.batcher.encode(inputs)
@@ -100,7 +100,9 @@ class InferenceService:
         except Exception as e:
             raise InStream(index, e) from e
 
-    async def health(self, request: pb.HealthRequest) -> pb.HealthResponse:
+    async def health(self, request: pb.HealthRequest, show_tasks: bool = True) -> pb.HealthResponse:
+        """The replica's state; its resident task ids only when ``show_tasks`` (the caller
+        holds the Registry token): they name every tenant's tasks."""
         p = self.p
         await p.resolver.refresh()
         out = pb.HealthResponse(
@@ -113,7 +115,7 @@ class InferenceService:
             batches=int(p.counters["batches"]),
             batched_rows=int(p.counters["rows"]), torch_threads=p.threads,
             forward_s=p.counters["forward_s"])
-        for key, tier, nbytes, age in p.bank.resident():
+        for key, tier, nbytes, age in p.bank.resident() if show_tasks else ():
             out.resident.add(task_id=key.task_id, version=key.version, tier=tier, nbytes=nbytes,
                              age_s=age)
         return out

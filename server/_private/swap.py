@@ -15,13 +15,68 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from store import NotFoundError, Store, VersionInfo
 
 T = TypeVar("T")
+V = TypeVar("V")
+Key = tuple[str, str]
+CACHE_ENTRIES = 10_000  # per cache (known and unknown refs)
+CACHE_BYTES = 4 << 20  # per cache, counted as the characters its keys and values hold
+
+
+class BoundedCache(Generic[V]):
+    """An LRU map bounded in entries and in bytes (``size(key, value)``): a client sending
+    many distinct or long refs evicts its own entries, never grows the replica."""
+
+    def __init__(self, size: Callable[[Key, V], int], max_entries: int = CACHE_ENTRIES,
+                 max_bytes: int = CACHE_BYTES) -> None:
+        self._size, self.max_entries, self.max_bytes = size, max_entries, max_bytes
+        self._items: OrderedDict[Key, tuple[V, int]] = OrderedDict()
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Key) -> V | None:
+        hit = self._items.get(key)
+        if hit is None:
+            return None
+        self._items.move_to_end(key)
+        return hit[0]
+
+    def put(self, key: Key, value: V) -> None:
+        n = self._size(key, value)
+        if n > self.max_bytes:
+            return
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.nbytes -= old[1]
+        self._items[key] = (value, n)
+        self.nbytes += n
+        while len(self._items) > self.max_entries or self.nbytes > self.max_bytes:
+            _, (_, gone) = self._items.popitem(last=False)
+            self.nbytes -= gone
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.nbytes = 0
+
+
+def _key_chars(key: Key) -> int:
+    return len(key[0]) + len(key[1]) + 64  # + the tuple's and entry's own overhead, roughly
+
+
+def _info_size(key: Key, info: VersionInfo) -> int:
+    return _key_chars(key) + 512  # a VersionInfo: ids, a hash, a few aliases
+
+
+def _message_size(key: Key, message: str) -> int:
+    return _key_chars(key) + len(message)
 
 
 class Resolver:
@@ -33,8 +88,8 @@ class Resolver:
         self.changed_at = time.perf_counter()  # when this replica saw the generation move
         self._executor = executor
         self._timeout = probe_timeout_s
-        self._cache: dict[tuple[str, str], VersionInfo] = {}
-        self._missing: dict[tuple[str, str], str] = {}  # -> the NotFoundError's message
+        self._cache: BoundedCache[VersionInfo] = BoundedCache(_info_size)
+        self._missing: BoundedCache[str] = BoundedCache(_message_size)  # -> NotFoundError's text
         self._probe: asyncio.Future[int] | None = None  # the read in flight
         self._queued: asyncio.Future[None] | None = None  # the read that starts after it
 
@@ -90,17 +145,18 @@ class Resolver:
         info = self._cache.get(key)
         if info is not None:
             return info
-        if key in self._missing:
-            raise NotFoundError(self._missing[key])
+        missing = self._missing.get(key)
+        if missing is not None:
+            raise NotFoundError(missing)
         generation = self.generation
         try:
             info = await self.read(self.store.resolve, task_id, ref)
         except NotFoundError as e:
-            if len(self._missing) < 10_000 and generation == self.generation:
-                self._missing[key] = str(e)  # unknown ids from a misbehaving client stay cheap
+            if generation == self.generation:
+                self._missing.put(key, str(e))  # unknown ids from a misbehaving client stay cheap
             raise
         if generation == self.generation:
-            self._cache[key] = info
+            self._cache.put(key, info)
         return info
 
     async def latest_of(self, task_ids: set[str]) -> dict[str, VersionInfo | None]:

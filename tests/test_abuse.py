@@ -1,0 +1,666 @@
+"""Issue 30: what a client sends costs no more than it should, and no client mistake is a
+500 / INTERNAL or a traceback. In process: the HTTP handler, the gate and the services over
+stub parts, the store; the probe's cases come from tests/abuse_corpus.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import stat
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import safetensors.torch
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from polyhead.v1 import polyhead_pb2 as pb
+from starlette.requests import Request
+
+from methods.engine import Encoded
+from methods.errors import ArtifactError
+from server._private import registry
+from server._private.auth import Auth
+from server._private.errors import status_for
+from server._private.gate import StreamAborted, rpc, rpc_stream
+from server._private.http import http_classify
+from server._private.servicers import MalformedRequest, Unparsed, _lenient, limit_for
+from server._private.services import InferenceService, Parts
+from server._private.streams import OneLineAborts, StreamLimits, client_of
+from server._private.swap import BoundedCache, Resolver
+from server.config import ServerConfig
+from store import NotFoundError, Store
+from store.manifest import Manifest
+from tests import abuse_corpus as corpus
+from tests.test_store_support import good_parts
+
+READ = "read-token"
+ADMIN = "admin-token"
+
+
+# -- stubs: a replica's gate and Classify over a store that counts its lookups ----------------
+
+class CountingStore:
+    def __init__(self) -> None:
+        self.resolved: list[tuple[str, str]] = []
+
+    def generation(self) -> int:
+        return 0
+
+    def resolve(self, task_id: str, ref: str) -> Any:
+        self.resolved.append((task_id, ref))
+        raise NotFoundError(f"task {task_id!r:.80} has no version or alias {ref!r:.80}")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.codes: list[str] = []
+
+    def request(self, method: str, task: str, code: str, ms: float) -> None:
+        self.codes.append(code)
+
+
+class Replica:
+    """The gate and the Inference service as a replica wires them, minus the engine."""
+
+    def __init__(self, inference_token: str | None = READ, registry_token: str | None = ADMIN,
+                 idle_s: float = 30.0, per_client: int = 2) -> None:
+        self.store = CountingStore()
+        self.auth = Auth(registry_token, inference_token)
+        self.metrics = Metrics()
+        self.streams = StreamLimits(idle_s, per_client)
+        self.resolver = Resolver(self.store, ThreadPoolExecutor(1))  # type: ignore[arg-type]
+        parts = Parts(ServerConfig(insecure=True), "stub", "tiny", 1, None, self.store,  # type: ignore[arg-type]
+                      None, self.resolver, None, self.metrics, None)  # type: ignore[arg-type]
+        self.inference = InferenceService(parts)
+
+    @rpc("inference", pb.ClassifyResponse)
+    async def Classify(self, request: pb.ClassifyRequest) -> pb.ClassifyResponse:
+        return await self.inference.classify(request)
+
+    @rpc("inference", pb.HealthResponse, admin_view=True)
+    async def Health(self, request: pb.HealthRequest, admin: bool = False) -> pb.HealthResponse:
+        return pb.HealthResponse(status="SERVING", replica="admin" if admin else "public")
+
+    @rpc_stream("inference")
+    async def ClassifyStream(self, requests: Any) -> Any:
+        async for r in requests:
+            yield pb.ClassifyResponse(task_id=r.task_id)
+
+    async def http(self, request: Request) -> Any:
+        return await http_classify(
+            self.Classify, request, lambda ctx: self.auth.check("inference", ctx.invocation_metadata()),
+            max_body=1 << 20)
+
+
+class Context:
+    """The part of grpc's servicer context the gate uses."""
+
+    def __init__(self, token: str | None = READ, peer: str = "ipv4:127.0.0.1:5000") -> None:
+        self.md = [("authorization", f"Bearer {token}")] if token else []
+        self._peer, self.code, self._details = peer, grpc.StatusCode.OK, ""
+
+    def invocation_metadata(self) -> list[tuple[str, str]]:
+        return self.md
+
+    def peer(self) -> str:
+        return self._peer
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self._details = details
+
+    def details(self) -> str:
+        return self._details
+
+
+def http_request(body: bytes = b"", token: str | None = READ, chunks: list[bytes] | None = None,
+                 length: int | None = None) -> tuple[Request, list[int]]:
+    """A starlette request; the list it returns counts the body's reads."""
+    headers = [(b"content-type", b"application/json")]
+    if token:
+        headers.append((b"authorization", f"Bearer {token}".encode()))
+    if length is not None:
+        headers.append((b"content-length", str(length).encode()))
+    scope = {"type": "http", "method": "POST", "path": "/v1/classify", "headers": headers,
+             "query_string": b"", "scheme": "http", "server": ("test", 80), "root_path": ""}
+    parts, reads = list(chunks if chunks is not None else [body]), []
+
+    async def receive() -> dict[str, Any]:
+        reads.append(1)
+        chunk = parts.pop(0) if parts else b""
+        return {"type": "http.request", "body": chunk, "more_body": bool(parts)}
+
+    return Request(scope, receive), reads
+
+
+class LogRecords(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def tracebacks(self) -> list[str]:
+        fmt = logging.Formatter()
+        return [fmt.format(r) for r in self.records if r.exc_info or "Traceback" in r.getMessage()]
+
+
+@pytest.fixture
+def logs() -> Iterator[LogRecords]:
+    handler, root = LogRecords(), logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+
+
+def post(replica: Replica, body: bytes, token: str | None = READ) -> tuple[int, dict[str, Any]]:
+    request, _ = http_request(body, token)
+    response = asyncio.run(replica.http(request))
+    return response.status_code, json.loads(response.body)
+
+
+# -- B1: HTTP bodies ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "body"), corpus.HTTP_BODIES, ids=[c[0] for c in corpus.HTTP_BODIES])
+def test_http_body_a_client_got_wrong_is_a_400(name: str, body: bytes, logs: LogRecords) -> None:
+    replica = Replica()
+    status, out = post(replica, body)
+    assert status == 400, (name, status, out)
+    assert out["code"] == "INVALID_ARGUMENT" and len(out["message"]) < 400
+    assert not logs.tracebacks()
+    assert replica.store.resolved == []  # refused before any lookup
+
+
+def test_http_token_is_checked_before_the_body_is_read() -> None:
+    replica = Replica()
+    for token, code in ((None, 401), ("wrong", 401)):
+        request, reads = http_request(b"null" * 1000, token)
+        response = asyncio.run(replica.http(request))
+        assert response.status_code == code
+        assert reads == []  # not one chunk of the body was received
+
+
+def test_http_body_over_the_limit_is_refused_before_it_is_read_or_parsed() -> None:
+    replica = Replica()
+    request, reads = http_request(length=(1 << 20) + 1)  # Content-Length alone decides
+    response = asyncio.run(replica.http(request))
+    assert response.status_code == 413 and reads == []
+    chunk = b" " * (256 << 10)  # no Content-Length: the read stops at the limit
+    request, reads = http_request(chunks=[chunk] * 64)
+    response = asyncio.run(replica.http(request))
+    assert response.status_code == 413 and "limit" in json.loads(response.body)["message"]
+    assert len(reads) <= 5  # 4 chunks fill the 1 MB limit, the 5th passes it; 59 never read
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=20)
+FIELDS = st.sampled_from(["task_id", "version", "inputs", "text", "pair"])
+
+
+@st.composite
+def classify_like(draw: st.DrawFn) -> Any:
+    """JSON values, often shaped like a ClassifyRequest with wrong types inside."""
+    if draw(st.booleans()):
+        return draw(JSON)
+    body = draw(st.dictionaries(FIELDS, JSON, max_size=4))
+    if draw(st.booleans()):
+        body["inputs"] = draw(st.lists(st.dictionaries(FIELDS, JSON, max_size=3), max_size=3))
+    return body
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=classify_like(), depth=st.sampled_from([0, 0, 0, 2000, 100_000]))
+def test_http_fuzz_any_json_is_4xx_and_never_a_traceback(body: Any, depth: int,
+                                                        logs: LogRecords) -> None:
+    raw = ("[" * depth + json.dumps(body) + "]" * depth).encode()
+    status, out = post(Replica(), raw)
+    assert 400 <= status < 500, (status, out)
+    assert not logs.tracebacks()
+
+
+# -- B2: version strings and the resolver's caches --------------------------------------------
+
+@pytest.mark.parametrize(("name", "version"), corpus.BAD_VERSIONS, ids=[c[0] for c in corpus.BAD_VERSIONS])
+def test_a_version_that_cannot_be_one_is_refused_before_lookup(name: str, version: str) -> None:
+    replica = Replica()
+    ctx = Context()
+    request = pb.ClassifyRequest(task_id="sentiment", version=version, inputs=[pb.Input(text="x")])
+    asyncio.run(replica.Classify(request, ctx))
+    assert ctx.code == grpc.StatusCode.INVALID_ARGUMENT, (ctx.code, ctx.details())
+    assert ctx.details().startswith("version: ") and len(ctx.details()) < 300
+    assert replica.store.resolved == []
+
+
+def test_unknown_refs_are_cached_within_entries_and_bytes() -> None:
+    """The issue's B2: 100 unknown refs kept +91 MB (each cached by its whole length). Now
+    refs are at most 64 characters and both caches are bounded anyway."""
+    replica = Replica()
+    resolver = replica.resolver
+    resolver._missing.max_entries = 50
+
+    async def lookups() -> None:
+        for i in range(200):
+            with pytest.raises(NotFoundError):
+                await resolver.resolve("sentiment", f"v{i + 1}")
+        with pytest.raises(NotFoundError):  # a hit: the store is not asked again
+            await resolver.resolve("sentiment", "v200")
+
+    asyncio.run(lookups())
+    assert len(resolver._missing) == 50 and len(replica.store.resolved) == 200
+    cache: BoundedCache[str] = BoundedCache(lambda k, v: len(v), max_entries=100, max_bytes=1000)
+    for i in range(30):
+        cache.put(("t", str(i)), "x" * 100)
+    assert cache.nbytes <= 1000 and len(cache) == 10
+    assert cache.get(("t", "29")) is not None and cache.get(("t", "0")) is None
+    cache.put(("t", "big"), "x" * 5000)  # larger than the whole cache: not kept
+    assert cache.get(("t", "big")) is None and cache.nbytes <= 1000
+
+
+# -- B3 (and B5 at import): PEFT configs --------------------------------------------------------
+
+def adapter_weights(spec: Any, r: int = 4, labels: int = 2) -> bytes:
+    g = torch.Generator().manual_seed(0)
+    t: dict[str, torch.Tensor] = {}
+    for i in range(spec.num_layers):
+        for lin in ("attention.self.query", "attention.self.value"):
+            m = spec.layer_prefix(i) + lin
+            out, inp = spec.linear_shape(m)
+            t[f"base_model.model.bert.{m}.lora_A.weight"] = torch.randn(r, inp, generator=g) * 0.1
+            t[f"base_model.model.bert.{m}.lora_B.weight"] = torch.randn(out, r, generator=g) * 0.1
+    t["base_model.model.classifier.modules_to_save.default.weight"] = torch.randn(
+        labels, spec.hidden, generator=g) * 0.1
+    t["base_model.model.classifier.modules_to_save.default.bias"] = torch.zeros(labels)
+    return safetensors.torch.save(t)
+
+
+@pytest.fixture(scope="module")
+def peft_store(tiny_bert, tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, bytes]:
+    return Store(tmp_path_factory.mktemp("abuse") / "store", tiny_bert.spec), adapter_weights(tiny_bert.spec)
+
+
+def test_good_adapter_config_imports(peft_store: tuple[Store, bytes]) -> None:
+    store, weights = peft_store
+    stored = store.import_peft_bytes(corpus.peft_config(), weights, "good")
+    assert stored.artifact.config.r == 4 and stored.artifact.config.alpha == 8.0
+
+
+@pytest.mark.parametrize(("name", "extra", "field"), corpus.PEFT_CONFIGS,
+                         ids=[c[0] for c in corpus.PEFT_CONFIGS])
+def test_badly_typed_or_meaningless_peft_config_names_the_field(
+        peft_store: tuple[Store, bytes], name: str, extra: str, field: str, logs: LogRecords) -> None:
+    store, weights = peft_store
+    with pytest.raises(ArtifactError) as e:
+        store.import_peft_bytes(corpus.peft_config(extra), weights, f"p-{name.replace('_', '-')}")
+    code, details = status_for(e.value)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert field in details and len(details) < 400
+    assert not logs.tracebacks()
+
+
+PEFT_FIELDS = ["r", "lora_alpha", "use_rslora", "target_modules", "peft_type", "bias",
+               "base_model_name_or_path", "lora_dropout", "use_dora"]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(PEFT_FIELDS), value=JSON | st.sampled_from([1e400, -1e400, 8.7, 1e30]))
+def test_peft_fuzz_any_json_per_field_is_invalid_argument(
+        peft_store: tuple[Store, bytes], field: str, value: Any, logs: LogRecords) -> None:
+    store, weights = peft_store
+    extra = f'"{field}": {json.dumps(value)}'  # 1e400 -> Infinity: JSON's parser takes both
+    try:
+        store.import_peft_bytes(corpus.peft_config(extra), weights, "fuzz")
+    except Exception as e:
+        code, details = status_for(e)
+        assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION), (
+            type(e).__name__, details)
+    assert not logs.tracebacks()
+
+
+# -- B6: strings at entry, and what errors echo -------------------------------------------------
+
+@pytest.mark.parametrize(("name", "alias"), corpus.BAD_ALIASES, ids=[c[0] for c in corpus.BAD_ALIASES])
+def test_set_alias_with_a_bad_alias_is_a_short_invalid_argument(name: str, alias: str) -> None:
+    request = pb.SetAliasRequest(task_id="sentiment", alias=alias, version="v1")
+    with pytest.raises(Exception) as e:
+        registry.set_alias(None, request)  # type: ignore[arg-type]  # refused before the store
+    code, details = status_for(e.value)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("alias: ")
+    assert len(details) < 300
+
+
+def test_set_alias_and_rollback_refuse_a_version_that_cannot_be_one() -> None:
+    for request, op in ((pb.SetAliasRequest(task_id="t", alias="prod", version="x" * 100_000),
+                         registry.set_alias),
+                        (pb.RollbackRequest(task_id="t", version="v1\n"), registry.rollback)):
+        with pytest.raises(Exception) as e:
+            op(None, request)  # type: ignore[operator]
+        code, details = status_for(e.value)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and len(details) < 300
+
+
+@pytest.mark.parametrize(("name", "labels"), corpus.BAD_LABELS, ids=[c[0] for c in corpus.BAD_LABELS])
+def test_labels_with_control_characters_are_refused(tiny_bert, name: str, labels: list[str],
+                                                    tmp_path: Path) -> None:
+    manifest, tensors = good_parts(tiny_bert.spec)
+    from tests.test_store_support import craft
+    data = craft({**manifest, "labels": labels}, tensors)
+    with pytest.raises(ArtifactError) as e:
+        Store(tmp_path / "s", tiny_bert.spec).publish(data)
+    assert e.value.check == "labels" and len(str(e.value)) < 400
+
+
+@pytest.mark.parametrize(("name", "field", "value"), corpus.BAD_MANIFEST_TEXT,
+                         ids=[c[0] for c in corpus.BAD_MANIFEST_TEXT])
+def test_manifest_free_text_is_bounded_and_printable(tiny_bert, name: str, field: str,
+                                                     value: str) -> None:
+    manifest, _ = good_parts(tiny_bert.spec)
+    data = json.loads(json.dumps(manifest))
+    if field.startswith("training."):
+        data["training"][field.split(".", 1)[1]] = value
+    else:
+        data[field] = value
+    with pytest.raises(ArtifactError) as e:
+        Manifest.from_dict(data)
+    assert e.value.check == "manifest" and field.split(".")[-1] in str(e.value)
+    assert len(str(e.value)) < 400
+
+
+# -- limits before work on gRPC: the proxy's deserializer, then the gate ------------------------
+
+class CountingType:
+    """A message type whose parses are counted."""
+
+    parsed = 0
+
+    @classmethod
+    def FromString(cls, data: bytes) -> pb.ClassifyRequest:
+        cls.parsed += 1
+        return pb.ClassifyRequest.FromString(data)
+
+
+def test_proxy_measures_messages_and_the_replica_parses_after_the_token() -> None:
+    handler = grpc.unary_unary_rpc_method_handler(lambda r, c: r,
+                                                  request_deserializer=CountingType.FromString)
+    classify = _lenient("/polyhead.v1.Inference/Classify", handler).request_deserializer
+    assert limit_for("Classify") == 6 << 20 and limit_for("/polyhead.v1.Registry/Upload") == 257 << 20
+    big = classify(b"\x0a" + b"x" * (7 << 20))  # a 7 MB message: dropped in the proxy, unparsed
+    assert isinstance(big, MalformedRequest) and big.code == "RESOURCE_EXHAUSTED"
+    message = pb.ClassifyRequest(task_id="sentiment", inputs=[pb.Input(text="x")])
+    small = classify(message.SerializeToString())
+    assert isinstance(small, Unparsed) and CountingType.parsed == 0
+    replica = Replica()
+    for request, token, code in ((small, None, grpc.StatusCode.UNAUTHENTICATED),
+                                 (big, None, grpc.StatusCode.UNAUTHENTICATED),
+                                 (big, READ, grpc.StatusCode.RESOURCE_EXHAUSTED),
+                                 (Unparsed(b"\xff\xff", CountingType), READ,
+                                  grpc.StatusCode.INVALID_ARGUMENT)):
+        ctx = Context(token)
+        asyncio.run(replica.Classify(request, ctx))
+        assert ctx.code == code, (ctx.code, ctx.details())
+    assert CountingType.parsed == 1  # only the authenticated, small, broken one
+    ctx = Context(READ)
+    asyncio.run(replica.Classify(small, ctx))
+    assert ctx.code == grpc.StatusCode.NOT_FOUND and CountingType.parsed == 2
+
+
+def test_health_shows_task_ids_only_to_the_registry_token() -> None:
+    replica = Replica()
+    assert asyncio.run(replica.Health(pb.HealthRequest(), Context(READ))).replica == "public"
+    assert asyncio.run(replica.Health(pb.HealthRequest(), Context(ADMIN))).replica == "admin"
+    open_replica = Replica(inference_token=None)  # no inference token: anyone reads Health
+    assert asyncio.run(open_replica.Health(pb.HealthRequest(), Context(None))).replica == "public"
+
+
+# -- cancellation: a request whose client went away is never forwarded -------------------------
+
+def test_cancelled_request_leaves_the_queue_and_is_never_forwarded() -> None:
+    from server._private.batcher import Batcher
+    from server._private.inference import BatchStats
+
+    forwarded: list[list[str]] = []
+    running, release = threading.Event(), threading.Event()
+
+    def tokenize(texts: list[str]) -> list[Encoded]:
+        return [Encoded([ord(c) for c in t], [0] * len(t), False) for t in texts]
+
+    def forward(items: Any) -> Any:
+        forwarded.append(["".join(map(chr, it.enc[0].ids)) for it in items])
+        if not release.is_set():
+            running.set()
+            release.wait(60)  # a bound only so that a broken batcher cannot hang the suite
+        return [[([1.0], False)] * len(it) for it in items], BatchStats(0, 0, {}, 0, 0)
+
+    async def main() -> None:
+        b = Batcher(tokenize, forward, max_rows=8, max_tokens=10_000, fill_wait_s=0,
+                    threads=1, on_batch=lambda s: None)
+
+        async def run(text: str) -> Any:
+            return await b.run(await b.encode([text]), None)  # type: ignore[arg-type]
+
+        first = asyncio.create_task(run("held"))
+        while not running.is_set():
+            await asyncio.sleep(0.001)
+        queued = {t: asyncio.create_task(run(t)) for t in ("a", "gone", "b")}
+        while b.queued_rows < 3:
+            await asyncio.sleep(0.001)
+        queued["gone"].cancel()  # its client went away while it queued
+        await asyncio.sleep(0)
+        assert b.queued_rows == 2  # out of the queue at once, not when a batch reaches it
+        release.set()
+        await first
+        assert [len(await queued[t]) for t in ("a", "b")] == [1, 1]
+        b.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
+    assert forwarded == [["held"], ["a", "b"]]
+
+
+def test_a_batch_drops_a_request_cancelled_after_it_was_taken() -> None:
+    from server._private.batcher import Batcher, _Pending
+    from server._private.inference import BatchItem, BatchStats
+
+    seen: list[int] = []
+
+    def forward(items: Any) -> Any:
+        seen.append(len(items))
+        return [[([1.0], False)] for _ in items], BatchStats(0, 0, {}, 0, 0)
+
+    async def main() -> None:
+        b = Batcher(lambda t: [], forward, max_rows=8, max_tokens=100, fill_wait_s=0, threads=1,
+                    on_batch=lambda s: None)
+        loop = asyncio.get_running_loop()
+        live, gone = (_Pending(BatchItem([Encoded([1], [0], False)], None), 1,  # type: ignore[arg-type]
+                               loop.create_future()) for _ in range(2))
+        gone.future.cancel()
+        ran = b._start([live, gone])
+        assert ran is not None and ran[0] == [live]
+        assert b._start([gone]) is None
+        b.close()
+
+    asyncio.run(main())
+    assert seen == [1]
+
+
+# -- streams: idle timeout, per-client cap, one log line for a refused stream -------------------
+
+def test_stream_idle_timeout_and_per_client_cap() -> None:
+    replica = Replica(idle_s=0.05, per_client=2)
+
+    async def silent() -> Any:
+        await asyncio.Event().wait()  # a client that opens a stream and sends nothing
+        yield None
+
+    async def drain(requests: Any, ctx: Context) -> list[Any]:
+        out = []
+        try:
+            async for r in replica.ClassifyStream(requests, ctx):
+                out.append(r)
+        except StreamAborted:
+            pass
+        return out
+
+    ctx = Context()  # (the 10 s bound only keeps a server without the timeout from hanging)
+    assert asyncio.run(asyncio.wait_for(drain(silent(), ctx), 10)) == []
+    assert ctx.code == grpc.StatusCode.DEADLINE_EXCEEDED and "no message" in ctx.details()
+    assert replica.streams.open == {}  # closed streams are not counted
+
+    async def three_at_once() -> list[Context]:
+        ctxs = [Context(peer=f"ipv4:10.0.0.1:{5000 + i}") for i in range(3)]
+        other = Context(peer="ipv4:10.0.0.2:6000")
+        held = asyncio.Event()
+
+        async def waiting() -> Any:
+            await held.wait()
+            return
+            yield
+
+        tasks = [asyncio.create_task(drain(waiting(), c)) for c in ctxs[:2]]
+        await asyncio.sleep(0.01)
+        await drain(waiting(), ctxs[2])  # the third stream of 10.0.0.1: refused at once
+        other_task = asyncio.create_task(drain(waiting(), other))  # another client: fine
+        await asyncio.sleep(0.01)
+        held.set()
+        await asyncio.gather(*tasks, other_task)
+        return [*ctxs, other]
+
+    replica.streams.idle_s = 30.0
+    ctxs = asyncio.run(three_at_once())
+    assert [c.code for c in ctxs] == [grpc.StatusCode.OK, grpc.StatusCode.OK,
+                                      grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OK]
+    assert client_of(Context(peer="ipv6:[::1]:5000")) == "ipv6:[::1]"
+
+
+def test_failed_stream_authentication_logs_one_line() -> None:
+    logger = logging.getLogger("test.abuse.serve")
+    handler = LogRecords()
+    logger.addHandler(handler)
+    logger.addFilter(OneLineAborts(StreamAborted))
+    try:
+        try:  # as Serve logs it: its own error, raised from the gate's
+            try:
+                raise StreamAborted("inference RPCs need `authorization: Bearer <token>` metadata")
+            except StreamAborted as e:
+                raise RuntimeError(str(e)) from e
+        except RuntimeError:
+            logger.exception("Request failed.")
+    finally:
+        logger.removeHandler(handler)
+    (record,) = handler.records
+    text = logging.Formatter().format(record)
+    assert "Traceback" not in text and "\n" not in text and "authorization" in text
+
+
+# -- safe defaults on a host ---------------------------------------------------------------------
+
+def test_serve_binds_loopback_and_takes_tokens_from_files(tmp_path: Path, capsys) -> None:
+    import argparse
+
+    from server._private.bind import address_for
+    from server.serve_cli import config_from, private_ray_token, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["serve"])
+    assert args.host == "127.0.0.1"
+    assert address_for("[::]:9000", "127.0.0.1") == "127.0.0.1:9000"
+    assert address_for("[::]:9000", "::1") == "[::1]:9000"
+    assert address_for("[::]:9000", None) == "[::]:9000"
+    token = tmp_path / "token"
+    token.write_text("from-a-file\n")
+    args = parser.parse_args(["serve", "--token-file", str(token), "--inference-token-file",
+                              str(token)])
+    config = config_from(args)
+    assert config.registry_token() == config.inference_token_value() == "from-a-file"
+    assert "deprecated" not in capsys.readouterr().err
+    config = config_from(parser.parse_args(["serve", "--inference-token", "in-argv"]))
+    assert config.inference_token_value() == "in-argv"
+    assert "--inference-token is deprecated" in capsys.readouterr().err
+    path = private_ray_token(tmp_path / "ray" / "auth_token")
+    assert path is not None
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    path.chmod(0o644)
+    private_ray_token(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_store_files_are_private(tiny_bert, tmp_path: Path) -> None:
+    from tests.test_store_support import make_file
+
+    store = Store(tmp_path / "store", tiny_bert.spec)
+    info = store.publish(make_file(tiny_bert.spec))
+    root = tmp_path / "store"
+    blob = root / "blobs" / info.version[:2] / info.version
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert stat.S_IMODE(blob.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(blob.stat().st_mode) & 0o077 == 0
+    for f in root.glob("catalog.sqlite*"):
+        assert stat.S_IMODE(f.stat().st_mode) & 0o077 == 0, f
+
+
+def test_proxy_refuses_a_call_by_its_metadata_before_reading_its_message(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The servicer functions Serve's proxy loads, on a plain grpc.aio server: told the tokens,
+    a call without the right one is refused when its handler is looked up. Its 5 MB message
+    is over this server's 4 MB receive limit, so an answer other than UNAUTHENTICATED (i.e.
+    RESOURCE_EXHAUSTED) would mean it was read."""
+    from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
+
+    from server._private import servicers
+
+    seen: list[Any] = []
+
+    class Servicer(pb_grpc.InferenceServicer):
+        async def Classify(self, request: Any, context: Any) -> pb.ClassifyResponse:
+            seen.append(request)
+            return pb.ClassifyResponse(task_id="answered")
+
+    big = pb.ClassifyRequest(task_id="t", inputs=[pb.Input(text="x" * (5 << 20))])
+    small = pb.ClassifyRequest(task_id="t", inputs=[pb.Input(text="x")])
+    md = (("authorization", f"Bearer {READ}"),)
+
+    async def calls() -> list[str]:
+        server = grpc.aio.server()
+        servicers.add_InferenceServicer_to_server(Servicer(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        out = []
+        try:
+            async with grpc.aio.insecure_channel(
+                    f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
+                stub = pb_grpc.InferenceStub(ch)
+                for request, metadata in ((big, ()), (big, (("authorization", "Bearer wrong"),)),
+                                          (small, md), (big, md)):
+                    try:
+                        out.append((await stub.Classify(request, metadata=metadata, timeout=30)).task_id)
+                    except grpc.aio.AioRpcError as e:
+                        out.append(e.code().name)
+        finally:
+            await server.stop(None)
+        return out
+
+    monkeypatch.setenv(servicers.PROXY_AUTH_ENV, "1")
+    monkeypatch.setenv(servicers.PROXY_REGISTRY_ENV, ADMIN)
+    monkeypatch.setenv(servicers.PROXY_INFERENCE_ENV, READ)
+    assert asyncio.run(calls()) == ["UNAUTHENTICATED", "UNAUTHENTICATED", "answered",
+                                    "RESOURCE_EXHAUSTED"]
+    assert len(seen) == 1 and isinstance(seen[0], Unparsed)
+    monkeypatch.delenv(servicers.PROXY_AUTH_ENV)  # not told the tokens: the replica decides
+    assert asyncio.run(calls())[:3] == ["RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED", "answered"]
