@@ -11,9 +11,11 @@ from methods.errors import ConfigError
 
 # sparse artifacts: which weights a mask may choose (single entries, or whole input columns)
 STRUCTURES = ("entries", "columns")
+# the backbone's arithmetic when serving (methods.precision, which needs torch)
+PRECISIONS = ("fp32", "int8", "bf16")
 
 CONFIG_SCHEMA_VERSION = 1
-__all__ = ["CONFIG_SCHEMA_VERSION", "STRUCTURES", "BaseConfig", "ConfigError", "require"]
+__all__ = ["CONFIG_SCHEMA_VERSION", "PRECISIONS", "STRUCTURES", "BaseConfig", "ConfigError", "require"]
 
 
 @dataclasses.dataclass(frozen=True)

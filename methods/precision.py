@@ -16,7 +16,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-PRECISIONS = ("fp32", "int8", "bf16")
+from methods.config import PRECISIONS
 
 
 def serving_linears(model: torch.nn.Module, precision: str, device: torch.device) -> Linears | None:

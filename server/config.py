@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from methods.config import PRECISIONS  # torch-free: `polyhead --help` imports this module
 from methods.errors import ConfigError  # the one configuration error type (re-exported)
-from methods.precision import PRECISIONS
 from store.catalog import journal_mode
 from store.errors import StoreError
 from store.limits import Limits

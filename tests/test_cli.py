@@ -275,6 +275,9 @@ class FakeRequest:
     async def body(self) -> bytes:
         return self._body
 
+    async def stream(self):  # as Starlette's Request.stream(): the body in chunks
+        yield self._body
+
 
 def test_one_json_shape_for_scores_in_the_cli_and_http(fake, capsys) -> None:
     """`classify --json` prints what POST /v1/classify answers for the same response."""
