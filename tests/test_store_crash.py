@@ -41,16 +41,19 @@ for r in range(rounds):
         i = 0
         while True:
             data = files[(r * 13 + i) % len(files)].read_bytes()
-            os.write(ack, (store.publish(data).version + "\\n").encode())  # one small append
+            # kinds vary among the files: every publish may change the task's kind
+            version = store.publish(data, replace_kind=True).version
+            os.write(ack, (version + "\\n").encode())  # one small append
             os.write(done_w, b"p")
             i += 1
+    os.close(done_w)  # the child's end only: a publisher that dies early shows as end of file
     for _ in range(1 + rng.randint(0, 3)):
-        os.read(done_r, 1)
+        if not os.read(done_r, 1):
+            sys.exit(f"round {r}: the publisher died before it was killed (its traceback is above)")
     time.sleep(rng.uniform(0, 0.004))
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     os.close(done_r)
-    os.close(done_w)
 print("done", flush=True)
 """
 
