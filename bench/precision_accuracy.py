@@ -49,7 +49,7 @@ def evaluate(path: Path, glue: Path, engines: dict[str, Engine]) -> list[str]:
     texts = [e.text if e.pair is None else (e.text, e.pair) for e in data.examples]
     logits = {p: dev_logits(eng, artifact, texts) for p, eng in engines.items()}
     metric = preset.metric
-    scores = {p: 100 * compute_metrics(lg, data.targets, data.regression)[metric]
+    scores = {p: 100 * compute_metrics(lg, data.targets(), data.regression)[metric]
               for p, lg in logits.items()}
     rows = []
     for p in engines:
