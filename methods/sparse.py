@@ -231,6 +231,10 @@ class SparseEffect(Effect):
 
     def __init__(self, tables: Mapping[str, Tensor], slots: Tensor, ctx: BatchContext) -> None:
         self.tables, self.dtype = tables, ctx.dtype
+        # the CPU's sparse CSR product has no bf16 kernel: there it runs in fp32 (and its
+        # deltas are added to the bf16 outputs in their dtype)
+        bf16_cpu = ctx.device.type == "cpu" and ctx.dtype == torch.bfloat16
+        self.csr_dtype = torch.float32 if bf16_cpu else ctx.dtype
         self.rows, self.sel = Rows.of(slots)
         spec = ctx.spec
         self.offsets = bitfit_offsets(spec)
@@ -256,7 +260,7 @@ class SparseEffect(Effect):
         crow = (t[f"{name}.crow"].index_select(0, sel) + blocks * E).reshape(-1)  # (n (out + 1),)
         crow = torch.cat([crow, crow.new_full((1,), n * E)])
         col = (ins + blocks * n_in).reshape(-1)
-        val = t[f"{name}.val"].index_select(0, sel).reshape(-1).to(self.dtype)
+        val = t[f"{name}.val"].index_select(0, sel).reshape(-1).to(self.csr_dtype)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
             return torch.sparse_csr_tensor(crow, col, val, (len(crow) - 1, n * n_in),
@@ -272,7 +276,7 @@ class SparseEffect(Effect):
             return self._column_linear(name, x, y, bias)
         if name not in self.matrices:
             return y if bias is None else self.rows.add(y, bias[:, None, :])
-        xt = self.rows.take(x).transpose(1, 2).reshape(n * x.shape[2], T)  # (n in, T)
+        xt = self.rows.take(x).transpose(1, 2).reshape(n * x.shape[2], T).to(self.csr_dtype)  # (n in, T)
         d = (self._block_csr(name, x.shape[2]) @ xt).view(n, out + 1, T)[:, :out]  # (n, out, T)
         if bias is not None:
             d = d + bias[:, :, None] if torch.is_grad_enabled() else d.add_(bias[:, :, None])

@@ -95,6 +95,20 @@ def test_prepacked_fp32_equals_eager_for_every_kind(real_backbone) -> None:
         torch.testing.assert_close(ep.run([x], [tp_])[0], ee.run([x], [te_])[0], atol=1e-5, rtol=0)
 
 
+def test_bf16_serves_every_kind_mixed_near_fp32(real_backbone, monkeypatch) -> None:
+    """bf16 (where the CPU multiplies it natively; forced here, so that every CPU runs the
+    path) serves every kind in a mixed batch, the sparse CSR product included."""
+    import methods.precision as precision
+
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx512_bf16"})
+    bf = load_backbone(real_backbone.path, precision="bf16")
+    ef, eb = Engine(real_backbone), Engine(bf)
+    inputs, rows_f = mixed(ef, [ef.load(a) for a in arts(real_backbone.spec)])
+    _, rows_b = mixed(eb, [eb.load(a) for a in arts(real_backbone.spec)])
+    for a, b in zip(ef.run(inputs, rows_f), eb.run(inputs, rows_b), strict=True):
+        assert torch.isfinite(b).all() and (a - b.float()).abs().max().item() <= INT8_LOGIT_BOUND
+
+
 def test_int8_tasks_stay_fp32(int8_backbone) -> None:
     eq = Engine(int8_backbone)
     task = eq.load(TaskArtifact.random("lora", int8_backbone.spec, 2, seed=3))

@@ -28,4 +28,12 @@ MUTANTS = [
         tests=("tests/test_precision.py::test_prepacked_fp32_equals_eager_for_every_kind",),
         why="the prepacked serving kernel diverging from the eager (training-time) Linear",
     ),
+    Mutant(
+        id="bf16-sparse-csr-on-cpu",
+        file="methods/sparse.py",
+        old="self.csr_dtype = torch.float32 if bf16_cpu else ctx.dtype",
+        new="self.csr_dtype = ctx.dtype",
+        tests=("tests/test_precision.py::test_bf16_serves_every_kind_mixed_near_fp32",),
+        why="--precision bf16 on a CPU crashed on any sparse task (no bf16 CSR product there)",
+    ),
 ]
