@@ -46,6 +46,11 @@ Plans, in the order the study runs them (the whole-model claims first):
                 And dps (which runs at child-d's servable lr) at the servable pilot's other
                 lrs, seed 0, RTE and MRPC (kept out of the tables): is the lr the cause?
                 Where that search chooses another lr, dps at it on STS-B and CoLA, seed 0
+  servable-defaults  (issue 28) the servable defaults no run had shown: child-f at the servable
+                pilot's lr, seeds 0-2 on the claim tasks (never run before); dps at its own
+                search's lr, seeds 1-2 (seed 0 is servable-diag's); child-d on CoLA at
+                --frozen-epochs epochs in every seed (at 3 it sits at the majority answer).
+                Cheapest and most telling first: each method's first seed, then the rest
   guidance      seed 0: prefix, lora, bitfit at their pilots' lr; EH-FT with BitFit
   structure     seed 0, RTE and MRPC: child-d and dps, servable at density 0.01, single
                 weights against whole input columns (--mask-structure columns)
@@ -144,7 +149,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plan", action="append", default=[],
                    choices=("pilot-full", "diag", "claims-full", "claims", "pilot-pasta", "claims-pasta",
                             "pilot-frozen", "pilot-servable", "pilot-full-servable", "servable",
-                            "servable-diag", "guidance", "structure"),
+                            "servable-diag", "guidance", "structure", "servable-defaults"),
                    help="runs to do, in order (repeatable)")
     p.add_argument("--pilot-lrs", default="2e-5,5e-5,1e-4", help="full's pilot learning rates")
     p.add_argument("--frozen-epochs", type=float, default=10.0,
@@ -354,6 +359,8 @@ def _plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) ->
         best = servable_search_best(results, _diag_runs(args))
         return runs + [Run(t, "dps", recipe="servable", lr=best, density=0.05, diag=True)
                        for t in CLAIM_TASKS if t not in PILOT_TASKS and best not in (None, slr)]
+    if name == "servable-defaults":
+        return servable_default_runs(args, results)
     lr = pilot_best(results, "full")
     if lr is None:
         raise PlanRefused(f"plan {name!r} needs the full pilot first (--plan pilot-full)")
@@ -382,6 +389,23 @@ def _plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) ->
         if mlr is not None:
             runs += [Run(t, m, recipe="servable", lr=mlr, epochs=fe) for t in CLAIM_TASKS]
     return runs + [Run(t, "full", lr=lr, head_init="pet:bitfit") for t in CLAIM_TASKS]
+
+
+def servable_default_runs(args: argparse.Namespace, results: list[dict[str, Any]]) -> list[Run]:
+    """Plan servable-defaults: each servable default at the lr trainer/table.py gives it, in
+    3 seeds. Per seed: child-f (never run) and dps on the claim tasks, then child-d on CoLA
+    at the longer schedule (its 3-epoch default stays at the majority answer there)."""
+    slr = pilot_best(results, SERVABLE_PILOT)
+    dlr = servable_search_best(results, _diag_runs(args))
+    if slr is None or dlr is None:
+        raise PlanRefused("plan 'servable-defaults' needs the servable pilot and dps's own search "
+                          "(--plan pilot-servable, --plan servable-diag)")
+    runs = []
+    for s in (0, 1, 2):  # (dps's seed 0 and child-d's 10-epoch seed 0 are servable-diag's runs)
+        runs += [Run(t, "child-f", recipe="servable", lr=slr, seed=s) for t in CLAIM_TASKS]
+        runs += [Run(t, "dps", recipe="servable", lr=dlr, seed=s) for t in CLAIM_TASKS if s > 0]
+        runs.append(Run("cola", "child-d", recipe="servable", lr=slr, epochs=args.frozen_epochs, seed=s))
+    return runs
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -451,7 +475,8 @@ DEPENDS = {"claims-full": ("pilot-full",), "diag": ("pilot-full", "claims-full")
            "claims-pasta": ("pilot-full", "claims-full", "diag", "pilot-pasta"),
            "guidance": ("pilot-full", "claims-full", "diag", "pilot-frozen"),
            "servable": ("pilot-servable",), "structure": ("pilot-servable",),
-           "servable-diag": ("pilot-servable", "servable")}
+           "servable-diag": ("pilot-servable", "servable"),
+           "servable-defaults": ("pilot-servable", "servable-diag")}
 
 
 def _running(results: Path) -> Path:

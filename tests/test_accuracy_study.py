@@ -474,3 +474,32 @@ def test_servable_diag_runs_dps_at_its_own_choice_on_the_other_tasks(tmp_path):
     assert own([(1e-4, 10.0), (3e-4, 40.0)]) == []  # 3e-3 not in yet
     assert own([(1e-4, 10.0), (3e-4, 40.0), (3e-3, 5.0)]) == [("stsb", 3e-4), ("cola", 3e-4)]
     assert own([(1e-4, 10.0), (3e-4, 12.0), (3e-3, 5.0)]) == []  # the shared 1e-3 (15.0) is best
+
+
+def test_servable_defaults_runs_each_servable_default_in_three_seeds(tmp_path):
+    """plan servable-defaults (issue 28): child-f at the servable pilot's lr in seeds 0-2 on
+    the claim tasks, dps at its own search's lr in seeds 1-2 (seed 0 is servable-diag's run,
+    the same key), child-d on CoLA at the longer schedule in every seed; refused until both
+    searches are complete; each seed's runs before the next seed's."""
+    import argparse
+
+    path = tmp_path / "acc.jsonl"
+    args = argparse.Namespace(frozen_epochs=10.0, pilot_lrs="1e-4", results=path, precision="fp32")
+    results = [_rec(t, "child-d@0.05", lr, v, True) for t in ("rte", "mrpc")
+               for lr, v in ((1e-4, 48.0), (1e-3, 58.0))]
+    with pytest.raises(accuracy.PlanRefused, match="dps's own search"):
+        accuracy.plan("servable-defaults", args, results)
+    for lr, v in ((1e-4, 10.0), (3e-4, 40.0), (1e-3, 12.0), (3e-3, 5.0)):
+        for t in ("rte", "mrpc"):
+            accuracy._append(path, {**_rec(t, "dps@0.05", lr, v, False), "plan": "diag",
+                                    "method": "dps", "recipe": "servable"})
+    runs = accuracy.plan("servable-defaults", args, results)
+    got = [(r.method, r.task, r.lr, r.epochs, r.seed) for r in runs]
+    tasks = accuracy.CLAIM_TASKS
+    assert sorted(got) == sorted(
+        [("child-f", t, 1e-3, 3.0, s) for t in tasks for s in (0, 1, 2)]
+        + [("dps", t, 3e-4, 3.0, s) for t in tasks for s in (1, 2)]
+        + [("child-d", "cola", 1e-3, 10.0, s) for s in (0, 1, 2)])
+    assert [r.seed for r in runs] == sorted(r.seed for r in runs)
+    assert {(r.recipe, r.density) for r in runs} == {("servable", 0.05)}
+    assert runs[0].name == "child-f@0.05"
