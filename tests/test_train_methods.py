@@ -43,7 +43,7 @@ def sentiment() -> Dataset:
 def context(bert: Backbone, data: Dataset, cfg: TrainConfig) -> Context:
     enc = encode(bert.tokenizer, data, cfg.max_length)
     return Context(bert, enc, enc, HeadConfig(num_outputs=2, type="pooler"), "accuracy", False,
-                   steps_for(len(enc), cfg.num_epochs, cfg.batch_size))
+                   steps_for(len(enc), cfg.num_epochs, cfg.batch))
 
 
 # -- DPS ------------------------------------------------------------------------------------

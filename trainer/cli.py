@@ -106,10 +106,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     t.add_argument("--epochs", type=float, help="default: the method's (see below)")
     t.add_argument("--lr", type=float, help="learning rate (default: the method's, see below)")
     t.add_argument("--warmup", type=float, help="warm-up share of the steps (default: the method's)")
-    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--batch-size", type=int, help="default: the method's (16; pasta/eh-ft paper: 32)")
     t.add_argument("--max-length", type=int, default=128)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--weight-decay", type=float, default=0.01)
+    t.add_argument("--weight-decay", type=float, help="default: the method's (0.01; pasta paper: 0)")
     t.add_argument("--select", choices=SELECTS, default="last",
                    help="keep the last epoch (default, as Child-Tuning and DPS) or the best on dev")
     t.add_argument("--no-dropout", action="store_true", help="train without dropout")
