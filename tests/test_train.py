@@ -81,7 +81,7 @@ def trainer_logits(result, backbone, texts: list[str]) -> np.ndarray:
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [m for m in METHODS if METHODS[m].exports])
 def test_method_trains_and_engine_matches(bert, sentiment: Dataset, method: str, precision: str) -> None:
     """bf16: autocast in training only; the artifact is fp32 and the engine still gives
     the trained model's fp32 logits."""
@@ -319,7 +319,7 @@ def test_help_marks_the_defaults_the_study_chose_and_names_the_rest_provisional(
 
     text = method_help()
     for m in METHODS.values():
-        for recipe in ("servable", "paper"):
+        for recipe in m.recipes:
             d = m.defaults(recipe)
             assert (f"{m.name} ({recipe})" in PROVISIONAL) == (not d.evidence)
             if d.evidence:

@@ -132,3 +132,159 @@ def test_checkpoints_refuse_the_dense_methods(bert: Backbone, sentiment: Dataset
     with pytest.raises(ValueError, match="mask policies"):
         train(TrainConfig(method="child-d", epochs=1, batch_size=8), bert, sentiment, sentiment,
               "accuracy", export=False, checkpoint=tmp_path / "x.pt", **QUIET)
+
+
+# -- EH-FT as published -----------------------------------------------------------------------
+
+
+def _ctx(bert: Backbone, data: Dataset, cfg: TrainConfig):  # type: ignore[no-untyped-def]
+    from methods import HeadConfig
+    from trainer.context import Context
+    from trainer.loop import encode, steps_for
+
+    enc = encode(bert.tokenizer, data, cfg.max_length)
+    return Context(bert, enc, enc, HeadConfig(num_outputs=2, type="pooler"), "accuracy", False,
+                   steps_for(len(enc), cfg.num_epochs, cfg.batch))
+
+
+def test_eh_ft_recipe_is_the_papers_optimiser_in_both_stages(
+        bert: Backbone, sentiment: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AdamW (0.9, 0.98), eps 1e-6, weight decay 0.01 and clipping 0.1 in stage 1 and stage 2,
+    batch 32, 10 % warm-up each; only the paper recipe exists."""
+    cfg = TrainConfig(method="eh-ft", recipe="paper")
+    d = cfg.to_dict()
+    assert (d["batch_size"], d["adam_betas"], d["adam_eps"], d["weight_decay"], d["max_grad_norm"],
+            d["warmup"]) == (32, [0.9, 0.98], 1e-6, 0.01, 0.1, 0.1)
+    from trainer.config import TrainConfigError
+
+    with pytest.raises(TrainConfigError, match="only the paper recipe"):
+        TrainConfig(method="eh-ft")
+    with pytest.raises(TrainConfigError, match="head-init-epochs"):
+        TrainConfig(method="full", recipe="paper", head_init="pet:lora", head_init_epochs=2)
+    made: list[dict] = []
+    clips: list[float] = []
+    real_adamw, real_clip = torch.optim.AdamW, torch.nn.utils.clip_grad_norm_
+
+    def adamw(groups, **kw):  # type: ignore[no-untyped-def]
+        made.append(kw)
+        return real_adamw(groups, **kw)
+
+    def clip(params, max_norm, *a, **k):  # type: ignore[no-untyped-def]
+        clips.append(max_norm)
+        return real_clip(params, max_norm, *a, **k)
+
+    monkeypatch.setattr(loop_mod.torch.optim, "AdamW", adamw)
+    monkeypatch.setattr(loop_mod.torch.nn.utils, "clip_grad_norm_", clip)
+    run = TrainConfig(method="eh-ft", recipe="paper", epochs=1, head_init="pet:lora", head_init_epochs=1,
+                      batch_size=8)
+    res = train(run, bert, sentiment, sentiment, "accuracy", export=False, **QUIET)
+    assert [(k["betas"], k["eps"], k["lr"]) for k in made] == [((0.9, 0.98), 1e-6, 5e-4),
+                                                              ((0.9, 0.98), 1e-6, 1e-4)]
+    assert clips and set(clips) == {0.1}
+    assert res.training["head_init_stage"]["lr"] == 5e-4
+
+
+def test_eh_ft_head_is_a_2048_relu_mlp_on_the_first_token(bert: Backbone, sentiment: Dataset) -> None:
+    from trainer.algos.eh_ft import EhFtModel
+    from trainer.loop import batches
+
+    cfg = TrainConfig(method="eh-ft", recipe="paper", seed=4)
+    ctx = _ctx(bert, sentiment, cfg)
+    model = EhFtModel(bert, cfg, ctx.head)
+    h = model.head_tensors()
+    g = torch.Generator().manual_seed(4)
+    exact = {"atol": 0, "rtol": 0}
+    torch.testing.assert_close(h["head.dense.weight"], torch.randn(2048, 32, generator=g) * 0.005, **exact)
+    torch.testing.assert_close(h["head.out.weight"], torch.randn(2, 2048, generator=g) * 0.005, **exact)
+    assert not h["head.dense.bias"].any() and not h["head.out.bias"].any()
+    model.set_training(False)
+    batch = next(batches(ctx.dev, 8, ctx.pad_id, ctx.device))
+    with torch.no_grad():
+        cls = bert.model(input_ids=batch.ids, attention_mask=batch.mask,
+                         token_type_ids=batch.types).last_hidden_state[:, 0]
+        want = torch.relu(cls @ h["head.dense.weight"].T + h["head.dense.bias"]) @ h["head.out.weight"].T
+        torch.testing.assert_close(model.forward(batch), want + h["head.out.bias"], atol=1e-5, rtol=0)
+    from trainer.models import ExportError
+
+    with pytest.raises(ExportError, match="not a head the engine serves"):
+        model.export()
+
+
+@pytest.mark.parametrize("pet", ["pet:lora", "pet:bitfit"])
+def test_eh_ft_stage_one_trains_the_pet_and_head_and_stage_two_starts_from_them(
+        bert: Backbone, sentiment: Dataset, pet: str) -> None:
+    """Stage 1: only LoRA on Q, K, V, O (or the encoder biases) and the head train, for
+    --head-init-epochs at batch 32; stage 2 starts from the original weights and that head
+    (BitFit's path: its weights, biases zero), with no PET parameter left."""
+    from trainer.algos import eh_ft
+    from trainer.loop import steps_for
+
+    cfg = TrainConfig(method="eh-ft", recipe="paper", head_init=pet, head_init_epochs=3, batch_size=4,
+                      seed=2, lr=1e-12)
+    ctx = _ctx(bert, sentiment, cfg)
+    first = eh_ft.EhFtModel(bert, cfg, ctx.head, pet=pet.split(":")[1])
+    trained = {n for n, p in first.params.items() if p.requires_grad}
+    if pet == "pet:lora":
+        kinds = {n.rsplit(".", 2)[-2] + "." + n[-1] for n in trained if n.startswith("lora.")}
+        assert kinds == {"query.A", "query.B", "key.A", "key.B", "value.A", "value.B", "dense.A", "dense.B"}
+        assert sum(n.startswith("lora.") for n in trained) == 2 * 4 * 2  # 2 layers x QKVO x (A, B)
+        assert all("attention" in n for n in trained if n.startswith("lora."))
+    else:
+        body = {n for n in trained if not n.startswith("head.")}
+        assert body and all(n.startswith("encoder.layer.") and n.endswith(".bias") for n in body)
+        assert any("LayerNorm.bias" in n for n in body) and any("intermediate" in n for n in body)
+    assert {n for n in trained if n.startswith("head.")} == {
+        "head.dense.weight", "head.dense.bias", "head.out.weight", "head.out.bias"}
+    torch.manual_seed(cfg.seed)  # as train() seeds the run
+    head, info = eh_ft.stage_one(cfg, ctx)
+    assert info["steps"] == steps_for(len(sentiment.examples), 3, 4) and info["epochs"] == 3
+    res = train(cfg, bert, sentiment, sentiment, "accuracy", export=False, **QUIET)
+    assert res.training["head_init_stage"]["steps"] == info["steps"]
+    assert res.training["steps"] == steps_for(len(sentiment.examples), cfg.num_epochs, 4)  # stage 2: --epochs
+    model = res.model
+    for k, v in model.head_tensors().items():
+        want = torch.zeros_like(v) if (pet == "pet:bitfit" and k.endswith("bias")) else head[k]
+        torch.testing.assert_close(v, want, atol=1e-6, rtol=0)
+    if pet == "pet:lora":
+        assert head["head.out.bias"].any()  # (so the bias rule above is a real difference)
+    original = dict(bert.model.named_parameters())
+    assert isinstance(model, eh_ft.EhFtModel)
+    for n, p in model.backbone_params.items():
+        torch.testing.assert_close(p.detach(), original[n], atol=1e-6, rtol=0)
+    names = [n for n, _ in model.module.named_parameters()]
+    assert not any("lora" in n or "parametrizations" in n for n in names)
+    assert all(p.requires_grad for p in model.backbone_params.values())  # stage 2: every weight
+
+
+def test_eh_ft_lora_starts_as_a_no_op_and_adds_scale_b_a(bert: Backbone, sentiment: Dataset) -> None:
+    from trainer.algos.eh_ft import EhFtModel
+    from trainer.loop import batches
+
+    cfg = TrainConfig(method="eh-ft", recipe="paper", seed=5, dropout=False)
+    ctx = _ctx(bert, sentiment, cfg)
+    plain, lora = EhFtModel(bert, cfg, ctx.head), EhFtModel(bert, cfg, ctx.head, pet="lora")
+    batch = next(batches(ctx.dev, 8, ctx.pad_id, ctx.device))
+    for m in (plain, lora):
+        m.set_training(False)
+    with torch.no_grad():
+        torch.testing.assert_close(lora.forward(batch), plain.forward(batch), atol=0, rtol=0)
+        a, b = lora.params["lora.encoder.layer.0.attention.self.query.A"], \
+            lora.params["lora.encoder.layer.0.attention.self.query.B"]
+        b.normal_()
+        q = lora.bb.model.encoder.layer[0].attention.self.query
+        w0 = plain.bb.model.encoder.layer[0].attention.self.query.weight
+        torch.testing.assert_close(q.weight, w0 + (16 / 8) * b @ a)
+
+
+def test_eh_ft_without_head_init_is_the_fair_baseline(bert: Backbone, sentiment: Dataset) -> None:
+    """The same head, randomly initialised, and stage 2 alone on the same budget."""
+    from trainer.loop import steps_for
+
+    cfg = TrainConfig(method="eh-ft", recipe="paper", epochs=2, batch_size=4, seed=1)
+    res = train(cfg, bert, sentiment, sentiment, "accuracy", export=False, **QUIET)
+    assert "head_init_stage" not in res.training
+    assert res.training["steps"] == steps_for(len(sentiment.examples), 2, 4)
+    with_head = TrainConfig(method="eh-ft", recipe="paper", epochs=2, batch_size=4, seed=1,
+                            head_init="pet:bitfit", head_init_epochs=1)
+    res2 = train(with_head, bert, sentiment, sentiment, "accuracy", export=False, **QUIET)
+    assert res2.training["steps"] == res.training["steps"]  # the same stage-2 budget

@@ -30,8 +30,8 @@ def method_help() -> str:
     for m in METHODS.values():
         s, p = m.servable, m.paper
         lines.append(f"  {m.name:8s} {m.help}")
-        lines.append(f"  {'':8s} -> {m.kind}; {s.lr:g}/{s.epochs:g}/{s.warmup:g}{_mark(s)} | "
-                     f"{p.lr:g}/{p.epochs:g}/{p.warmup:g}{_mark(p)}")
+        servable = f"{s.lr:g}/{s.epochs:g}/{s.warmup:g}{_mark(s)}" if "servable" in m.recipes else "-"
+        lines.append(f"  {'':8s} -> {m.kind}; {servable} | {p.lr:g}/{p.epochs:g}/{p.warmup:g}{_mark(p)}")
     lines += [
         "",
         "--recipe servable (default): what users upload stays tiny and exact. child-d, child-f",
@@ -135,6 +135,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     t.add_argument("--head-init", choices=HEAD_INITS, help="EH-FT: train the head with a PET method first")
     t.add_argument("--head-init-frac", type=float, default=0.1, help="EH-FT stage 1's share of the steps")
     t.add_argument("--head-init-lr", type=float, default=5e-4, help="EH-FT stage 1's learning rate")
+    t.add_argument("--head-init-epochs", type=float,
+                   help="eh-ft: stage 1's epochs (default 6, the paper's RTE/MRPC schedule; 2 elsewhere)")
     t.add_argument("--pool", type=int, default=50,
                    help="length grouping: batches per shuffled pool sorted by length (1: off)")
     t.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
@@ -187,7 +189,8 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         dps_reserve_p=args.dps_reserve_p, dps_update_ratio=args.dps_update_ratio,
         num_prefix=args.num_prefix, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
         head_init=args.head_init, head_init_frac=args.head_init_frac,
-        head_init_lr=args.head_init_lr, pool=args.pool, device=args.device,
+        head_init_lr=args.head_init_lr, head_init_epochs=args.head_init_epochs, pool=args.pool,
+        device=args.device,
         precision=args.precision)
 
 

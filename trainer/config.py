@@ -66,6 +66,7 @@ class TrainConfig:
     head_init: str | None = None  # EH-FT: "pet:lora" | "pet:bitfit"
     head_init_frac: float = 0.1  # EH-FT: stage 1's share of the total steps
     head_init_lr: float = 5e-4  # EH-FT: stage 1's learning rate
+    head_init_epochs: float | None = None  # eh-ft: stage 1's epochs (None: the paper's RTE/MRPC 6)
     pool: int = 50  # length grouping: batches per shuffled pool sorted by length (1: off)
     device: str = "auto"
     precision: str = "auto"  # training matmuls: "auto" = bf16 autocast where native (CUDA, bf16 CPUs)
@@ -108,6 +109,12 @@ class TrainConfig:
         check(self.head_init is None or METHODS[self.method].dense,
               "--head-init (EH-FT) needs a method that trains the whole model (full, child-d, "
               "child-f, dps)")
+        check(self.recipe in METHODS[self.method].recipes,
+              f"{self.method} has only the {' and '.join(METHODS[self.method].recipes)} recipe "
+              f"(give --recipe {METHODS[self.method].recipes[0]})")
+        check(self.head_init_epochs is None or (
+            self.head_init_epochs > 0 and METHODS[self.method].own_head_init),
+              "--head-init-epochs (> 0) is eh-ft's stage 1 length (the other methods: --head-init-frac)")
         check(0 < self.head_init_frac < 1, "head-init fraction must be in (0, 1)")
         check(self.head_init_lr > 0, "head-init lr must be > 0")
         check(self.pool >= 1, f"pool must be >= 1, got {self.pool}")

@@ -59,6 +59,7 @@ class Trainable(abc.ABC):
     """A model being trained for one task; ``export`` gives the artifact the engine serves."""
 
     module: nn.Module
+    stage_info: dict[str, Any] | None = None  # a stage run before this model (eh-ft's stage 1)
 
     @abc.abstractmethod
     def forward(self, batch: Batch) -> Tensor:

@@ -106,12 +106,14 @@ def train(cfg: TrainConfig, backbone: Backbone, train_data: Dataset, dev_data: D
     if scale is not None:
         training["regression_scale"] = dataclasses.asdict(scale)
     head_tensors, steps = None, total
-    if cfg.head_init is not None:
+    if cfg.head_init is not None and not METHODS[cfg.method].own_head_init:
         stage1 = max(1, round(cfg.head_init_frac * total))
         steps = total - stage1
         head_tensors, training["head_init_stage"] = _head_stage(cfg, ctx, stage1, scale, head_cache, log_fn)
         ctx = dataclasses.replace(ctx, total_steps=steps)
     model = _build(cfg, ctx, head_tensors)
+    if model.stage_info is not None:  # a method that ran its own stage 1 (eh-ft)
+        training["head_init_stage"] = model.stage_info
     training["dropout_in_training"] = bool(getattr(model, "dropout", cfg.dropout))
     training["precision"] = "bf16 autocast" if cfg.autocast_dtype(ctx.device) is not None else "fp32"
     stats, history = _fit_and_select(cfg, model, ctx, steps, scale, log_fn, checkpoint)
