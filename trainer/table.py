@@ -69,6 +69,11 @@ class Method:
 # 71.2 / 72.8 / 69.2; bench/results/accuracy.jsonl).
 _DENSE_PAPER = Defaults(lr=1e-4, epochs=3, warmup=0.1, precision="bf16",
                         evidence="full pilot: 1e-4 best of 2e-5, 5e-5, 1e-4, 2e-4 on RTE+MRPC")
+# Child-Tuning's paper recipe as its code runs: ChildTuningD.py and ChildTuningF.py build their
+# own scheduler from warmup_steps (0), so run.sh's --warmup_ratio 0.1 never applies: no
+# warm-up. (The claims of issue 11 ran them at 10 %, the records say so.) The lr is still the
+# shared one until plan pilot-own-lr chooses each method's own.
+_CHILD_PAPER = dataclasses.replace(_DENSE_PAPER, warmup=0.0)
 # The servable recipe of the sparse methods: the same schedule at the best lr of the
 # servable pilot (child-d at density 0.05, pooler trained with the head), in bf16 (mean of
 # RTE and MRPC: 67.4 / 70.2 / 70.8 / 68.4 at 1e-4 / 3e-4 / 1e-3 / 3e-3; the fp32 pilot
@@ -136,11 +141,11 @@ _ENTRIES = (
     Method("child-d", "sparse", "Child-Tuning_D: Fisher over every mini-batch (per-tensor "
            "clipping), fixed global top mask (paper: p_D=--child-d-p of the encoder layers; "
            "servable: --density of the tunable weights)",
-           paper=_DENSE_PAPER, servable=_SPARSE_SERVABLE, build=child_d.build, dense=True),
+           paper=_CHILD_PAPER, servable=_SPARSE_SERVABLE, build=child_d.build, dense=True),
     Method("child-f", "sparse", "Child-Tuning_F: Bernoulli(--child-f-p) gradient mask each "
            "step, x 1/p (paper: every parameter, dense result; servable: the diff is then "
            "cut to --density by magnitude, the cost reported)",
-           paper=_DENSE_PAPER, servable=_SPARSE_SERVABLE, build=child_f.build, dense=True),
+           paper=_CHILD_PAPER, servable=_SPARSE_SERVABLE, build=child_f.build, dense=True),
     Method("dps", "sparse", "DPS Dense: stages of int(steps x --dps-update-ratio); I: dense "
            "+ squared-gradient accumulation, II: each Linear weight's own top "
            "(1 - --dps-reserve-p) (servable: per-tensor quota --density); paper: no dropout "

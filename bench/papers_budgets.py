@@ -1,0 +1,133 @@
+"""Issue 28's tables: the papers at their own budgets, from the accuracy study's records.
+
+Each table reads the runs its plan names by key, so a run made earlier under the same key
+(full's claims at 1e-4, dps's servable seed 0 from servable-diag) counts where it belongs.
+Intervals are 95 % t-intervals over seeds, with their degrees of freedom.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from typing import Any
+
+from bench import accuracy as acc
+
+Record = dict[str, Any]
+
+
+def _found(name: str, args: argparse.Namespace, results: list[Record],
+           everything: list[Record]) -> list[tuple[acc.Run, Record]]:
+    """(run, its record) for each run of plan ``name`` that is done."""
+    try:
+        runs = acc.plan(name, args, results)
+    except acc.PlanRefused:
+        return []
+    done = {r["key"]: r for r in everything}
+    return [(run, done[run.key]) for run in runs if run.key in done]
+
+
+def interval(d: list[float]) -> str:
+    """mean [95 % t-interval] (df), or the single value."""
+    if not d:
+        return "—"
+    ci = acc.t_interval(d)
+    if ci is None:
+        return f"{d[0]:+.2f} (1 seed)"
+    return f"{ci[0]:+.2f} [{ci[1]:+.2f}, {ci[2]:+.2f}] (df {len(d) - 1})"
+
+
+def _cell(vals: list[float]) -> str:
+    if not vals:
+        return "—"
+    if len(vals) == 1:
+        return f"{vals[0]:.1f} (1)"
+    return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f} ({len(vals)})"
+
+
+def servable_defaults_table(found: list[tuple[acc.Run, Record]]) -> str:
+    """Each servable default's runs: mean ± sd (seeds) per task, each seed's value."""
+    rows = ["| row | lr | epochs | task | mean ± sd (seeds) | seed by seed |", "|---|---|---|---|---|---|"]
+    groups: dict[tuple[str, float, float, str], dict[int, float]] = {}
+    for run, r in found:
+        groups.setdefault((run.name, run.lr, run.epochs, run.task), {})[run.seed] = r["value"]
+    for (name, lr, ep, task), by_seed in groups.items():
+        seeds = ", ".join(f"{s}: {v:.1f}" for s, v in sorted(by_seed.items()))
+        rows.append(f"| {name} | {lr:g} | {ep:g} | {acc.TASKS[task]} | {_cell(list(by_seed.values()))} | "
+                    f"{seeds} |")
+    return "\n".join(rows)
+
+
+def own_lr_pilot_table(found: list[tuple[acc.Run, Record]]) -> str:
+    rows = ["| method | lr | RTE | MRPC | mean |", "|---|---|---|---|---|"]
+    cells: dict[tuple[str, float], dict[str, float]] = {}
+    for run, r in found:
+        cells.setdefault((run.method, run.lr), {})[run.task] = r["value"]
+    for (m, lr), v in cells.items():
+        mean = f"{statistics.mean(v.values()):.1f}" if len(v) == len(acc.PILOT_TASKS) else "—"
+        rows.append(f"| {m} | {lr:g} | " + " | ".join(
+            f"{v[t]:.1f}" if t in v else "—" for t in acc.PILOT_TASKS) + f" | {mean} |")
+    return "\n".join(rows)
+
+
+def paired_table(found: list[tuple[acc.Run, Record]], label: Any, ref: str) -> str:
+    """Rows by ``label(run)``: mean ± sd per claim task, and the paired difference from row
+    ``ref`` (same task and seed) per task and on the 4-task average (per seed)."""
+    vals: dict[str, dict[tuple[str, int], float]] = {}
+    for run, r in found:
+        vals.setdefault(label(run), {})[(run.task, run.seed)] = r["value"]
+    tasks = acc.CLAIM_TASKS
+    rows = ["| row | " + " | ".join(acc.TASKS[t] for t in tasks) + f" | − {ref}, 4-task avg |",
+            "|" + "---|" * (len(tasks) + 2)]
+    base = vals.get(ref, {})
+    for name, v in vals.items():
+        cells = [_cell([x for (t, _), x in v.items() if t == task]) for task in tasks]
+        seeds = sorted({s for (_, s) in v})
+        d = [statistics.mean(v[(t, s)] - base[(t, s)] for t in tasks) for s in seeds
+             if all((t, s) in v and (t, s) in base for t in tasks)]
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {'—' if name == ref else interval(d)} |")
+    return "\n".join(rows)
+
+
+def pasta_table(found: list[tuple[acc.Run, Record]], every: int = 10) -> str:
+    """PASTA at 150 epochs: the last epoch and the best dev epoch (as its code keeps), and
+    the dev curve every ``every`` epochs."""
+    rows = [f"| task | epochs | last | best (epoch) | dev every {every} epochs |", "|---|---|---|---|---|"]
+    for run, r in found:
+        hist = [h for h in r["dev_history"] if "epoch" in h]
+        curve = ", ".join(f"{h['epoch']}: {100 * h[r['metric']]:.1f}" for h in hist
+                          if h["epoch"] % every == 0 or h["epoch"] == 1)
+        best = acc._best_dev(r)
+        rows.append(f"| {acc.TASKS[run.task]} | {len(hist)} | {r['value']:.1f} | "
+                    + (f"{best[1]:.1f} ({best[0]})" if best else "—") + f" | {curve} |")
+    return "\n".join(rows)
+
+
+def report(results: list[Record], args: argparse.Namespace) -> str:
+    """Issue 28's section of the study's report ('' when none of its runs is in)."""
+    def got(name: str) -> list[tuple[acc.Run, Record]]:
+        return _found(name, args, results, results)
+
+    parts: list[str] = []
+    if sd := got("servable-defaults"):
+        parts += ["Servable defaults (plan servable-defaults): dev metric x100", "",
+                  servable_defaults_table(sd)]
+    if pilot := got("pilot-own-lr"):
+        best = {m: acc.own_lr_best(results, m) for m in acc.DENSE}
+        parts += ["", f"Each dense method's own lr search (seed {acc.PILOT_SEED}, no claim uses it; "
+                  "Child-Tuning without warm-up): best " + ", ".join(
+                      f"{m} {lr:g}" for m, lr in best.items() if lr is not None), "",
+                  own_lr_pilot_table(pilot)]
+    if claims := got("claims-own-lr"):
+        parts += ["", "The claims at each method's own lr (seeds 0-2)", "",
+                  paired_table(claims, lambda r: f"{r.method} @ {r.lr:g}", _full_label(claims))]
+    if eh := got("eh-ft"):
+        parts += ["", "EH-FT as published against its fair baseline (the same MLP head, random; the "
+                  "same stage 2)", "", paired_table(eh, lambda r: r.name, "eh-ft")]
+    if pasta := got("pasta-paper"):
+        parts += ["", "PASTA at its recipe (batch 32, up to 150 epochs, seed 0)", "", pasta_table(pasta)]
+    return "\n".join(parts).strip()
+
+
+def _full_label(found: list[tuple[acc.Run, Record]]) -> str:
+    return next((f"full @ {run.lr:g}" for run, _ in found if run.method == "full"), "full")
