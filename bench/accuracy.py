@@ -173,6 +173,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="runs trained at once, each in its own process with --threads threads "
                         "(processes share the results file and never take the same run)")
     p.add_argument("--table-only", action="store_true", help="print the tables from --results")
+    p.add_argument("--curves", type=Path, help="with --table-only: write plan pasta-paper's dev "
+                   "curves (dev metric against epoch, one panel a task) to this SVG file")
     p.add_argument("--accept-missed-floor", action="append", default=[], choices=tuple(FLOORS),
                    metavar="TASK", help="run claims, claims-pasta and guidance although full misses "
                    "TASK's floor (repeatable; needs plan diag's runs on TASK; recorded in each run)")
@@ -1086,6 +1088,9 @@ def main(argv: list[str] | None = None) -> int:
     extra = papers_budgets.report(mine + mine_diag, args)
     if extra:
         print("\nIssue 28: the papers at their own budgets\n\n" + extra)
+    if getattr(args, "curves", None) is not None:
+        n = papers_budgets.write_curves(args.curves, mine, args)
+        print(f"\n{args.curves}: the dev curves of {n} pasta-paper runs")
     both = runs + diag
     if len({precision_of(r) for r in both}) > 1:
         print("\nbf16 autocast against fp32: the same run (task, method, lr, epochs, seed) in both "

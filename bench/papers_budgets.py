@@ -131,3 +131,38 @@ def report(results: list[Record], args: argparse.Namespace) -> str:
 
 def _full_label(found: list[tuple[acc.Run, Record]]) -> str:
     return next((f"full @ {run.lr:g}" for run, _ in found if run.method == "full"), "full")
+
+
+def curves_svg(found: list[tuple[acc.Run, Record]], width: int = 640, height: int = 220) -> str:
+    """Dev metric x100 against epoch, one panel per run (PASTA's curves), as a standalone
+    SVG (no plotting library on this machine): each panel's y axis spans its own range."""
+    panels = []
+    for i, (run, r) in enumerate(found):
+        pts = [(h["epoch"], 100 * h[r["metric"]]) for h in r["dev_history"] if "epoch" in h]
+        if not pts:
+            continue
+        top = i * (height + 30)
+        lo, hi = min(v for _, v in pts), max(v for _, v in pts)
+        span, last = (hi - lo) or 1.0, max(e for e, _ in pts)
+        xy = " ".join(f"{40 + (width - 60) * (e - 1) / max(1, last - 1):.1f},"
+                      f"{top + 20 + (height - 40) * (hi - v) / span:.1f}" for e, v in pts)
+        best = acc._best_dev(r)
+        title = (f"{acc.TASKS[run.task]} ({r['metric']}), {len(pts)} epochs: last {pts[-1][1]:.1f}"
+                 + (f", best {best[1]:.1f} at epoch {best[0]}" if best else ""))
+        panels.append(
+            f'<text x="40" y="{top + 14}" font-size="12">{title}</text>'
+            f'<text x="2" y="{top + 24}" font-size="10">{hi:.1f}</text>'
+            f'<text x="2" y="{top + height - 16}" font-size="10">{lo:.1f}</text>'
+            f'<rect x="40" y="{top + 20}" width="{width - 60}" height="{height - 40}" '
+            'fill="none" stroke="#ccc"/>'
+            f'<polyline points="{xy}" fill="none" stroke="#1f77b4" stroke-width="1.5"/>')
+    total = max(1, len(panels)) * (height + 30)
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{total}">'
+            + "".join(panels) + "</svg>\n")
+
+
+def write_curves(path: Any, results: list[Record], args: argparse.Namespace) -> int:
+    """Write plan pasta-paper's curves to ``path``; the number of runs drawn."""
+    found = _found("pasta-paper", args, results, results)
+    path.write_text(curves_svg(found))
+    return len(found)

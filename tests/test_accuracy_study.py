@@ -631,3 +631,18 @@ def test_issue_28_tables_give_each_interval_its_degrees_of_freedom():
     row = next(line for line in table.splitlines() if line.startswith("| eh-ft+pet:lora"))
     assert "+2.00 [" in row and "(df 2)" in row  # per seed: +2, +1, +3
     assert "52.0 ± 0.0 (1)" not in row and "(3)" in row
+
+
+def test_pasta_curves_draw_each_runs_dev_metric_against_epoch():
+    import xml.etree.ElementTree as ET
+
+    from bench import papers_budgets
+
+    hist = [{"epoch": e, "accuracy": a} for e, a in ((1, 0.5), (2, 0.6), (3, 0.55))]
+    run = accuracy.Run("rte", "pasta", recipe="paper", epochs=150, batch=32)
+    svg = papers_budgets.curves_svg([(run, {"metric": "accuracy", "dev_history": hist, "value": 55.0})])
+    root = ET.fromstring(svg)
+    (line,) = [e for e in root.iter() if e.tag.endswith("polyline")]
+    ys = [float(p.split(",")[1]) for p in line.get("points").split()]
+    assert len(ys) == 3 and ys[1] < ys[2] < ys[0]  # 60 highest (smallest y), then 55, then 50
+    assert "best 60.0 at epoch 2" in svg and "last 55.0" in svg
