@@ -70,6 +70,7 @@ import argparse
 import dataclasses
 import datetime
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -494,8 +495,14 @@ ISSUE28 = ("servable-defaults", *ISSUE28_PLANS)
 # -- running ---------------------------------------------------------------------------------
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+@functools.cache
 def commit_of(folder: Path) -> str:
-    """The code's git commit (+ '-dirty' when trainer/, methods/ or bench/ differ from it)."""
+    """The code's git commit (+ '-dirty' when trainer/, methods/ or bench/ differ from it),
+    read once per process (``execute`` reads it when it has imported the code): a worker's
+    records name the code it runs, whatever is merged into the worktree meanwhile."""
     def git(*a: str) -> str:
         return subprocess.run(["git", "-C", str(folder), *a], capture_output=True, text=True).stdout.strip()
 
@@ -538,7 +545,7 @@ def run_one(args: argparse.Namespace, run: Run, backbone: Any, cache: dict[Any, 
         "train_seconds": t["train_seconds"], "tokens_per_s": t["tokens_per_s"],
         "padding_share": t["padding_share"], "steps": t["steps"],
         "train_examples": t["train_examples"], "trainable_params": t["trainable_params"],
-        "commit": commit_of(Path(__file__).resolve().parent.parent), "machine": mach,
+        "commit": commit_of(REPO), "machine": mach,
         "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     if "sparsify" in t:
@@ -658,9 +665,11 @@ def execute(args: argparse.Namespace) -> None:
             raise
     import torch
 
+    import trainer.run  # noqa: F401  (the code this process runs, before its commit is read)
     from methods import load_backbone
 
     torch.set_num_threads(args.threads)
+    commit_of(REPO)
     backbone = load_backbone()
     caches: dict[str, dict[Any, Any]] = {}
     done_new = 0

@@ -646,3 +646,19 @@ def test_pasta_curves_draw_each_runs_dev_metric_against_epoch():
     ys = [float(p.split(",")[1]) for p in line.get("points").split()]
     assert len(ys) == 3 and ys[1] < ys[2] < ys[0]  # 60 highest (smallest y), then 55, then 50
     assert "best 60.0 at epoch 2" in svg and "last 55.0" in svg
+
+
+def test_a_workers_records_name_the_commit_it_started_on(tmp_path):
+    """A commit merged into the worktree while a worker runs is not the code it runs: the
+    commit is read once per process."""
+    def git(*a):
+        subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "f").write_text("1")
+    git("add", "f")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    first = accuracy.commit_of(tmp_path)
+    (tmp_path / "f").write_text("2")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "two")
+    assert accuracy.commit_of(tmp_path) == first and len(first) == 40

@@ -38,4 +38,8 @@ MUTANTS = [
     Mutant("pilot-seed-is-a-claim-seed", "bench/accuracy.py", "PILOT_SEED = 3", "PILOT_SEED = 0",
            (A + "test_each_dense_method_searches_its_own_lr_on_a_seed_no_claim_uses",),
            "full's pilot winner served as its seed 0 claim (a winner's curse)"),
+    Mutant("commit-read-per-record", "bench/accuracy.py", "@functools.cache\ndef commit_of(",
+           "def commit_of(",
+           (A + "test_a_workers_records_name_the_commit_it_started_on",),
+           "a worker's records named whatever was merged while it ran, not the code it ran"),
 ]
