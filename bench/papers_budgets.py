@@ -45,17 +45,27 @@ def _cell(vals: list[float]) -> str:
     return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f} ({len(vals)})"
 
 
-def servable_defaults_table(found: list[tuple[acc.Run, Record]]) -> str:
-    """Each servable default's runs: mean ± sd (seeds) per task, each seed's value."""
-    rows = ["| row | lr | epochs | task | mean ± sd (seeds) | seed by seed |", "|---|---|---|---|---|---|"]
-    groups: dict[tuple[str, float, float, str], dict[int, float]] = {}
+def servable_defaults_table(found: list[tuple[acc.Run, Record]],
+                            paper: dict[tuple[str, str, int], float]) -> str:
+    """Each servable default's runs: mean ± sd (seeds) per task, each seed's value, and the
+    paired difference from the same method's paper recipe (``paper``: by method, task, seed)."""
+    rows = ["| row | lr | epochs | task | mean ± sd (seeds) | seed by seed | − paper recipe, same seeds |",
+            "|---|---|---|---|---|---|---|"]
+    groups: dict[tuple[str, str, float, float, str], dict[int, float]] = {}
     for run, r in found:
-        groups.setdefault((run.name, run.lr, run.epochs, run.task), {})[run.seed] = r["value"]
-    for (name, lr, ep, task), by_seed in groups.items():
+        groups.setdefault((run.name, run.method, run.lr, run.epochs, run.task), {})[run.seed] = r["value"]
+    for (name, method, lr, ep, task), by_seed in groups.items():
         seeds = ", ".join(f"{s}: {v:.1f}" for s, v in sorted(by_seed.items()))
+        d = [v - paper[(method, task, s)] for s, v in sorted(by_seed.items()) if (method, task, s) in paper]
         rows.append(f"| {name} | {lr:g} | {ep:g} | {acc.TASKS[task]} | {_cell(list(by_seed.values()))} | "
-                    f"{seeds} |")
+                    f"{seeds} | {interval(d)} |")
     return "\n".join(rows)
+
+
+def paper_values(results: list[Record]) -> dict[tuple[str, str, int], float]:
+    """Issue 11's paper-recipe claims runs, by (method, task, seed)."""
+    return {(r["method"], r["task"], r["seed"]): r["value"] for r in acc.claim_runs(results)
+            if r["recipe"] == "paper" and r["name"] == r["method"]}
 
 
 def own_lr_pilot_table(found: list[tuple[acc.Run, Record]]) -> str:
@@ -111,7 +121,7 @@ def report(results: list[Record], args: argparse.Namespace) -> str:
     parts: list[str] = []
     if sd := got("servable-defaults"):
         parts += ["Servable defaults (plan servable-defaults): dev metric x100", "",
-                  servable_defaults_table(sd)]
+                  servable_defaults_table(sd, paper_values(results))]
     if pilot := got("pilot-own-lr"):
         best = {m: acc.own_lr_best(results, m) for m in acc.DENSE}
         parts += ["", f"Each dense method's own lr search (seed {acc.PILOT_SEED}, no claim uses it; "

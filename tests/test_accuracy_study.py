@@ -662,3 +662,23 @@ def test_a_workers_records_name_the_commit_it_started_on(tmp_path):
     (tmp_path / "f").write_text("2")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "two")
     assert accuracy.commit_of(tmp_path) == first and len(first) == 40
+
+
+def test_issue_28_servable_pilot_and_pasta_tables():
+    from bench import papers_budgets
+
+    found = [(accuracy.Run("cola", "child-d", recipe="servable", lr=1e-3, epochs=10, seed=s), {"value": v})
+             for s, v in ((0, 23.0), (1, 20.0), (2, 26.0))]
+    paper = {("child-d", "cola", s): 25.0 for s in (0, 1, 2)}
+    (row,) = papers_budgets.servable_defaults_table(found, paper).splitlines()[2:]
+    assert "| child-d@0.05 | 0.001 | 10 | CoLA | 23.0 ± 3.0 (3) | 0: 23.0, 1: 20.0, 2: 26.0 |" in row
+    assert "-2.00 [" in row and "(df 2)" in row
+    pilot = [(accuracy._dense(t, "dps", lr, 3), {"value": v}) for t, lr, v in
+             (("rte", 1e-4, 50.0), ("mrpc", 1e-4, 80.0), ("rte", 2e-4, 55.0))]
+    table = papers_budgets.own_lr_pilot_table(pilot)
+    assert "| dps | 0.0001 | 50.0 | 80.0 | 65.0 |" in table and "| dps | 0.0002 | 55.0 | — | — |" in table
+    hist = [{"epoch": e, "f1": 0.8 + e / 1000} for e in range(1, 31)] + [{"selected_epoch": 30}]
+    run = accuracy.Run("mrpc", "pasta", recipe="paper", epochs=150, batch=32)
+    (line,) = papers_budgets.pasta_table([(run, {"metric": "f1", "dev_history": hist, "value": 83.0})]
+                                         ).splitlines()[2:]
+    assert line.startswith("| MRPC | 30 | 83.0 | 83.0 (30) | 1: 80.1, 10: 81.0, 20: 82.0, 30: 83.0 |")
