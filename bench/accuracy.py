@@ -51,6 +51,14 @@ Plans, in the order the study runs them (the whole-model claims first):
                 search's lr, seeds 0-2 (seed 0 is servable-diag's run); child-d on CoLA at
                 --frozen-epochs epochs in every seed (at 3 it sits at the majority answer).
                 Cheapest and most telling first: each method's first seed, then the rest
+  pilot-own-lr  (issue 28) full, child-d, child-f, dps each at OWN_LRS (full's 4 points), seed 3
+                (no claim uses it), RTE and MRPC; Child-Tuning without warm-up, as its code
+  claims-own-lr seeds 0-2 on the claim tasks, each dense method at its own search's best
+  eh-ft         EH-FT as published (trainer/algos/eh_ft.py) with LoRA and with BitFit, and its
+                fair baseline (the same MLP head, random; the same stage 2): 3 seeds x 4 tasks
+  pasta-paper   PASTA's paper recipe (batch 32, 150 epochs, every epoch's dev metric, the best
+                epoch recorded beside the last), seed 0, the claim tasks; each epoch is
+                checkpointed beside the results, and a stopped run resumes there
   guidance      seed 0: prefix, lora, bitfit at their pilots' lr; EH-FT with BitFit
   structure     seed 0, RTE and MRPC: child-d and dps, servable at density 0.01, single
                 weights against whole input columns (--mask-structure columns)
@@ -488,7 +496,7 @@ def pasta_paper_runs(args: argparse.Namespace, results: list[dict[str, Any]]) ->
 
 ISSUE28_PLANS = {"pilot-own-lr": pilot_own_lr_runs, "claims-own-lr": claims_own_lr_runs,
                  "eh-ft": eh_ft_runs, "pasta-paper": pasta_paper_runs}
-# the plans whose records stay out of issue 11's tables (they have their own: issue28_report)
+# the plans whose records stay out of issue 11's tables (bench/papers_budgets.py prints theirs)
 ISSUE28 = ("servable-defaults", *ISSUE28_PLANS)
 
 
