@@ -90,8 +90,10 @@ class EhFtModel(DenseModel):
         for p in self.backbone_params.values():
             p.requires_grad_(False)
         if pet == "bitfit":
-            return {n: p.requires_grad_(True) for n, p in self.backbone_params.items()
-                    if re.fullmatch(BITFIT, n)}
+            biases = {n: p for n, p in self.backbone_params.items() if re.fullmatch(BITFIT, n)}
+            for p in biases.values():
+                p.requires_grad_(True)
+            return biases
         out: dict[str, nn.Parameter] = {}
         for name, mod in list(self.bb.model.named_modules()):
             if isinstance(mod, nn.Linear) and re.fullmatch(LORA_QKVO, "." + name):
