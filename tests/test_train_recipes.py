@@ -286,5 +286,8 @@ def test_eh_ft_without_head_init_is_the_fair_baseline(bert: Backbone, sentiment:
     assert res.training["steps"] == steps_for(len(sentiment.examples), 2, 4)
     with_head = TrainConfig(method="eh-ft", recipe="paper", epochs=2, batch_size=4, seed=1,
                             head_init="pet:bitfit", head_init_epochs=1)
-    res2 = train(with_head, bert, sentiment, sentiment, "accuracy", export=False, **QUIET)
+    said: list[str] = []
+    res2 = train(with_head, bert, sentiment, sentiment, "accuracy", export=False, progress=False,
+                 log_fn=said.append)
     assert res2.training["steps"] == res.training["steps"]  # the same stage-2 budget
+    assert any(s.startswith("[EH-FT stage 1] 5 steps of bitfit") for s in said)  # 20 rows, batch 4

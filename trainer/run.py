@@ -113,7 +113,9 @@ def train(cfg: TrainConfig, backbone: Backbone, train_data: Dataset, dev_data: D
         ctx = dataclasses.replace(ctx, total_steps=steps)
     model = _build(cfg, ctx, head_tensors)
     if model.stage_info is not None:  # a method that ran its own stage 1 (eh-ft)
-        training["head_init_stage"] = model.stage_info
+        training["head_init_stage"] = info = model.stage_info
+        log_fn(f"[EH-FT stage 1] {info['steps']} steps of {info['method']} with the head at lr "
+               f"{info['lr']:g}: dev " + _fmt(info["dev"], ctx.metric))
     training["dropout_in_training"] = bool(getattr(model, "dropout", cfg.dropout))
     training["precision"] = "bf16 autocast" if cfg.autocast_dtype(ctx.device) is not None else "fp32"
     stats, history = _fit_and_select(cfg, model, ctx, steps, scale, log_fn, checkpoint)
