@@ -46,6 +46,20 @@ Plans, in the order the study runs them (the whole-model claims first):
                 And dps (which runs at child-d's servable lr) at the servable pilot's other
                 lrs, seed 0, RTE and MRPC (kept out of the tables): is the lr the cause?
                 Where that search chooses another lr, dps at it on STS-B and CoLA, seed 0
+  servable-defaults  (issue 28) the servable defaults no run had shown: child-f at the servable
+                pilot's lr, seeds 0-2 on the claim tasks (never run before); dps at its own
+                search's lr, seeds 0-2 (seed 0 is servable-diag's run); child-d on CoLA at
+                --frozen-epochs epochs in every seed (at 3 it sits at the majority answer);
+                then child-f's own servable lr search (seed 3, RTE and MRPC: full's servable
+                points and the servable pilot's), then child-f's 3 seeds at its choice
+  pilot-own-lr  (issue 28) full, child-d, child-f, dps each at OWN_LRS (full's 4 points), seed 3
+                (no claim uses it), RTE and MRPC; Child-Tuning without warm-up, as its code
+  claims-own-lr seeds 0-2 on the claim tasks, each dense method at its own search's best
+  eh-ft         EH-FT as published (trainer/algos/eh_ft.py) with LoRA and with BitFit, and its
+                fair baseline (the same MLP head, random; the same stage 2): 3 seeds x 4 tasks
+  pasta-paper   PASTA's paper recipe (batch 32, 150 epochs, every epoch's dev metric, the best
+                epoch recorded beside the last), seed 0, the claim tasks; each epoch is
+                checkpointed beside the results, and a stopped run resumes there
   guidance      seed 0: prefix, lora, bitfit at their pilots' lr; EH-FT with BitFit
   structure     seed 0, RTE and MRPC: child-d and dps, servable at density 0.01, single
                 weights against whole input columns (--mask-structure columns)
@@ -65,6 +79,7 @@ import argparse
 import dataclasses
 import datetime
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -119,6 +134,9 @@ class Run:
     pooler: str | None = None  # servable dense methods: None (trained with the head) or "frozen"
     diag: bool = False  # a diagnostic run, outside the protocol (kept out of the tables)
     precision: str = "fp32"  # training forwards: fp32, or bf16 autocast (weights stay fp32)
+    batch: int = 16
+    warmup: float | None = None  # None: the method's (trainer/table.py)
+    head_init_epochs: float | None = None  # eh-ft: stage 1's epochs
 
     @property
     def name(self) -> str:
@@ -132,9 +150,14 @@ class Run:
 
     @property
     def key(self) -> str:
+        """The run's identity. Settings added after the first runs appear only when they
+        differ from what those runs used (batch 16, the protocol's 10 % warm-up)."""
+        extra = "" if self.batch == 16 else f"|bs={self.batch}"
+        extra += "" if self.warmup in (None, 0.1) else f"|wu={self.warmup:g}"
+        extra += "" if self.head_init_epochs is None else f"|s1={self.head_init_epochs:g}"
         return (f"{self.task}|{self.name}|{self.recipe}|lr={self.lr:g}|ep={self.epochs:g}|"
-                f"seed={self.seed}|n={self.max_train}" + ("" if self.precision == "fp32" else
-                                                          f"|{self.precision}"))
+                f"seed={self.seed}|n={self.max_train}" + extra + ("" if self.precision == "fp32" else
+                                                                  f"|{self.precision}"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -144,7 +167,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plan", action="append", default=[],
                    choices=("pilot-full", "diag", "claims-full", "claims", "pilot-pasta", "claims-pasta",
                             "pilot-frozen", "pilot-servable", "pilot-full-servable", "servable",
-                            "servable-diag", "guidance", "structure"),
+                            "servable-diag", "guidance", "structure", "servable-defaults",
+                            "pilot-own-lr", "claims-own-lr", "eh-ft", "pasta-paper"),
                    help="runs to do, in order (repeatable)")
     p.add_argument("--pilot-lrs", default="2e-5,5e-5,1e-4", help="full's pilot learning rates")
     p.add_argument("--frozen-epochs", type=float, default=10.0,
@@ -159,6 +183,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="runs trained at once, each in its own process with --threads threads "
                         "(processes share the results file and never take the same run)")
     p.add_argument("--table-only", action="store_true", help="print the tables from --results")
+    p.add_argument("--curves", type=Path, help="with --table-only: write plan pasta-paper's dev "
+                   "curves (dev metric against epoch, one panel a task) to this SVG file")
     p.add_argument("--accept-missed-floor", action="append", default=[], choices=tuple(FLOORS),
                    metavar="TASK", help="run claims, claims-pasta and guidance although full misses "
                    "TASK's floor (repeatable; needs plan diag's runs on TASK; recorded in each run)")
@@ -258,7 +284,7 @@ def missed_floors(results: list[dict[str, Any]], lr: float) -> list[str]:
     out = []
     for task, floor in FLOORS.items():
         vals = [r["value"] for r in results if r["name"] == "full" and r["task"] == task
-                and r["config"]["lr"] == lr and r["config"]["epochs"] == 3]
+                and r["config"]["lr"] == lr and r["config"]["epochs"] == 3 and r.get("plan") not in ISSUE28]
         if vals and statistics.mean(vals) < floor:
             out.append(task)
     return out
@@ -354,6 +380,10 @@ def _plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) ->
         best = servable_search_best(results, _diag_runs(args))
         return runs + [Run(t, "dps", recipe="servable", lr=best, density=0.05, diag=True)
                        for t in CLAIM_TASKS if t not in PILOT_TASKS and best not in (None, slr)]
+    if name == "servable-defaults":
+        return servable_default_runs(args, results)
+    if name in ISSUE28_PLANS:
+        return ISSUE28_PLANS[name](args, results)
     lr = pilot_best(results, "full")
     if lr is None:
         raise PlanRefused(f"plan {name!r} needs the full pilot first (--plan pilot-full)")
@@ -365,7 +395,9 @@ def _plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) ->
         runs = []
         for seed in (0, 1, 2):
             for t in CLAIM_TASKS:
-                runs += [Run(t, m, lr=lr, seed=seed) for m in DENSE]
+                # (Child-Tuning at the 10 % warm-up these claims ran with; its paper
+                # recipe is now without: plan claims-own-lr)
+                runs += [Run(t, m, lr=lr, seed=seed, warmup=0.1) for m in DENSE]
                 runs.append(Run(t, "full", lr=lr, seed=seed, head_init="pet:lora"))
             runs.append(Run("sst2", "full", lr=lr, seed=seed, max_train=SST2_ROWS))
         return runs
@@ -384,11 +416,127 @@ def _plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) ->
     return runs + [Run(t, "full", lr=lr, head_init="pet:bitfit") for t in CLAIM_TASKS]
 
 
+def servable_default_runs(args: argparse.Namespace, results: list[dict[str, Any]]) -> list[Run]:
+    """Plan servable-defaults: each servable default in 3 seeds: child-f's first seed at the
+    servable pilot's lr (never run before), dps on the claim tasks, child-d on CoLA at the
+    longer schedule (its 3-epoch default stays at the majority answer there); then child-f's
+    own lr search on the pilot seed and, once it has chosen, child-f's 3 seeds there."""
+    slr = pilot_best(results, SERVABLE_PILOT)
+    dlr = servable_search_best(results, _diag_runs(args))
+    if slr is None or dlr is None:
+        raise PlanRefused("plan 'servable-defaults' needs the servable pilot and dps's own search "
+                          "(--plan pilot-servable, --plan servable-diag)")
+    # (dps's seed 0 and child-d's 10-epoch seed 0: servable-diag's runs, done)
+    runs = [Run(t, "child-f", recipe="servable", lr=slr) for t in CLAIM_TASKS]
+    runs += [Run(t, "dps", recipe="servable", lr=dlr, seed=s) for s in (0, 1, 2) for t in CLAIM_TASKS]
+    runs += [Run("cola", "child-d", recipe="servable", lr=slr, epochs=args.frozen_epochs, seed=s)
+             for s in (0, 1, 2)]
+    # child-f trains densely before its cut: its own search (full's servable points and the
+    # servable pilot's), on the pilot seed
+    runs += [Run(t, "child-f", recipe="servable", lr=lr, seed=PILOT_SEED)
+             for lr in (*CHILD_F_SERVABLE_LRS, slr) for t in PILOT_TASKS]
+    best = child_f_servable_best(results)  # then its 3 seeds at its own choice, once made
+    return runs + ([] if best is None else [Run(t, "child-f", recipe="servable", lr=best, seed=s)
+                                            for s in (0, 1, 2) for t in CLAIM_TASKS])
+
+
+# child-f's servable search: full's servable points (it trains every tunable weight densely
+# before the cut, as full's servable recipe does; at child-d's 1e-3 its dense model stayed at
+# chance on RTE, seed 0)
+CHILD_F_SERVABLE_LRS = (2e-5, 5e-5, 1e-4, 2e-4)
+
+
+def child_f_servable_best(results: list[dict[str, Any]]) -> float | None:
+    """The best lr of child-f's servable search (seed PILOT_SEED, mean of RTE and MRPC, the
+    default's run included); None until every point is in on both."""
+    by_lr: dict[float, dict[str, float]] = {}
+    for r in results:
+        if r.get("plan") == "servable-defaults" and r["name"] == "child-f@0.05" and r["seed"] == PILOT_SEED:
+            by_lr.setdefault(r["config"]["lr"], {})[r["task"]] = r["value"]
+    if len(by_lr) <= len(CHILD_F_SERVABLE_LRS) or any(len(v) < len(PILOT_TASKS) for v in by_lr.values()):
+        return None
+    return max(by_lr, key=lambda lr: statistics.mean(by_lr[lr].values()))
+
+
+# -- issue 28: the papers at their own budgets -----------------------------------------------
+
+PILOT_SEED = 3  # the own-lr searches' seed: no claim uses it, so no run is pilot and claim
+OWN_LRS = (2e-5, 5e-5, 1e-4, 2e-4)  # full's search; around Child-Tuning's 4e-5 and DPS's 2e-5
+CHILD = ("child-d", "child-f")  # Child-Tuning's code runs without warm-up
+EHFT_LR = 1e-4  # eh-ft's stage 2 (trainer/table.py; the whole-model methods' lr)
+EHFT_ROWS = (None, "pet:lora", "pet:bitfit")  # the fair baseline, then EH-FT with each PET
+PASTA_TASKS = ("cola", "rte", "mrpc", "stsb")  # cheapest first (CoLA's sentences are short)
+
+
+def _dense(task: str, method: str, lr: float, seed: int) -> Run:
+    """A dense method's paper recipe as its code runs it (Child-Tuning without warm-up)."""
+    return Run(task, method, lr=lr, seed=seed, warmup=0.0 if method in CHILD else None)
+
+
+def pilot_own_lr_runs(args: argparse.Namespace, results: list[dict[str, Any]]) -> list[Run]:
+    """Each dense method's own search, full's included (re-run off the claims' seeds):
+    OWN_LRS, seed PILOT_SEED, RTE and MRPC."""
+    return [_dense(t, m, lr, PILOT_SEED) for m in DENSE for lr in OWN_LRS for t in PILOT_TASKS]
+
+
+def own_lr_best(results: list[dict[str, Any]], method: str) -> float | None:
+    """The best lr of ``method``'s own search (plan pilot-own-lr; mean of RTE and MRPC);
+    None until every point is in on both."""
+    by_lr: dict[float, dict[str, float]] = {}
+    for r in results:
+        if r.get("plan") == "pilot-own-lr" and r["name"] == method and r["seed"] == PILOT_SEED:
+            by_lr.setdefault(r["config"]["lr"], {})[r["task"]] = r["value"]
+    if any(len(by_lr.get(lr, {})) < len(PILOT_TASKS) for lr in OWN_LRS):
+        return None
+    return max(OWN_LRS, key=lambda lr: statistics.mean(by_lr[lr].values()))
+
+
+def claims_own_lr_runs(args: argparse.Namespace, results: list[dict[str, Any]]) -> list[Run]:
+    """Seeds 0-2 on the claim tasks, each dense method at its own search's best lr (a
+    method whose search is not complete waits)."""
+    best = {m: own_lr_best(results, m) for m in DENSE}
+    if all(lr is None for lr in best.values()):
+        raise PlanRefused("plan 'claims-own-lr' needs plan pilot-own-lr's searches first")
+    return [_dense(t, m, lr, s) for s in (0, 1, 2) for t in CLAIM_TASKS
+            for m, lr in best.items() if lr is not None]
+
+
+def eh_ft_runs(args: argparse.Namespace, results: list[dict[str, Any]]) -> list[Run]:
+    """EH-FT as published against its fair baseline (the same MLP head, random; the same
+    stage 2), 3 seeds, the claim tasks; stage 1 at the paper's epochs for the task."""
+    from trainer.algos.eh_ft import stage1_epochs
+
+    return [Run(t, "eh-ft", recipe="paper", lr=EHFT_LR, seed=s, batch=32, head_init=h,
+                head_init_epochs=None if h is None else stage1_epochs(t))
+            for s in (0, 1, 2) for t in CLAIM_TASKS for h in EHFT_ROWS]
+
+
+def pasta_paper_runs(args: argparse.Namespace, results: list[dict[str, Any]]) -> list[Run]:
+    """PASTA's paper recipe (150 epochs, batch 32, every epoch's dev metric) at its pilot's
+    lr, seed 0, the claim tasks (checkpointed each epoch: a stopped run resumes)."""
+    lr = pilot_best(results, "pasta")
+    if lr is None:
+        raise PlanRefused("plan 'pasta-paper' needs the pasta pilot first (--plan pilot-pasta)")
+    return [Run(t, "pasta", recipe="paper", lr=lr, epochs=150, batch=32) for t in PASTA_TASKS]
+
+
+ISSUE28_PLANS = {"pilot-own-lr": pilot_own_lr_runs, "claims-own-lr": claims_own_lr_runs,
+                 "eh-ft": eh_ft_runs, "pasta-paper": pasta_paper_runs}
+# the plans whose records stay out of issue 11's tables (bench/papers_budgets.py prints theirs)
+ISSUE28 = ("servable-defaults", *ISSUE28_PLANS)
+
+
 # -- running ---------------------------------------------------------------------------------
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+@functools.cache
 def commit_of(folder: Path) -> str:
-    """The code's git commit (+ '-dirty' when trainer/, methods/ or bench/ differ from it)."""
+    """The code's git commit (+ '-dirty' when trainer/, methods/ or bench/ differ from it),
+    read once per process (``execute`` reads it when it has imported the code): a worker's
+    records name the code it runs, whatever is merged into the worktree meanwhile."""
     def git(*a: str) -> str:
         return subprocess.run(["git", "-C", str(folder), *a], capture_output=True, text=True).stdout.strip()
 
@@ -414,13 +562,14 @@ def run_one(args: argparse.Namespace, run: Run, backbone: Any, cache: dict[Any, 
     ns = argparse.Namespace(preset=run.task, train=folder / "train.tsv", dev=folder / "dev.tsv", metric=None)
     tr, dv, metric = load_data(ns)
     cfg = TrainConfig(method=run.method, recipe=run.recipe, lr=run.lr, epochs=run.epochs,
-                      batch_size=16, max_length=128, seed=run.seed, max_train=run.max_train,
+                      batch_size=run.batch, max_length=128, seed=run.seed, max_train=run.max_train,
                       density=run.density, head_init=run.head_init, select="last", device="cpu",
-                      mask_structure=run.structure, pooler=run.pooler, precision=run.precision)
+                      mask_structure=run.structure, pooler=run.pooler, precision=run.precision,
+                      warmup=run.warmup, head_init_epochs=run.head_init_epochs)
     mach = machine()
     t0 = time.time()
     res = train(cfg, backbone, tr, dv, metric, progress=False, head_cache=cache, export=False,
-                log_fn=lambda s: print(f"  {run.task} {s}", flush=True))
+                log_fn=lambda s: print(f"  {run.task} {s}", flush=True), checkpoint=checkpoint_of(args, run))
     t = res.training
     out: dict[str, Any] = {
         "key": run.key, "task": run.task, "name": run.name, "method": run.method,
@@ -430,7 +579,7 @@ def run_one(args: argparse.Namespace, run: Run, backbone: Any, cache: dict[Any, 
         "train_seconds": t["train_seconds"], "tokens_per_s": t["tokens_per_s"],
         "padding_share": t["padding_share"], "steps": t["steps"],
         "train_examples": t["train_examples"], "trainable_params": t["trainable_params"],
-        "commit": commit_of(Path(__file__).resolve().parent.parent), "machine": mach,
+        "commit": commit_of(REPO), "machine": mach,
         "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     if "sparsify" in t:
@@ -440,7 +589,30 @@ def run_one(args: argparse.Namespace, run: Run, backbone: Any, cache: dict[Any, 
         out["cut_rule"] = t["servable_cut"]["rule"]
     if "head_init_stage" in t:
         out["head_init"] = t["head_init_stage"]
+    best = _best_dev(out)
+    if best is not None:  # the best dev epoch, as PASTA's code keeps (the value is the last's)
+        out["best_epoch"], out["best_value"] = best
     return out
+
+
+def _best_dev(rec: dict[str, Any]) -> tuple[int, float] | None:
+    hist = [h for h in rec["dev_history"] if "epoch" in h and rec["metric"] in h]
+    if not hist:
+        return None
+    top = max(hist, key=lambda h: h[rec["metric"]])  # (the first of equals)
+    return int(top["epoch"]), 100 * float(top[rec["metric"]])
+
+
+LONG_EPOCHS = 20  # a frozen-backbone run this long keeps an epoch checkpoint
+
+
+def checkpoint_of(args: argparse.Namespace, run: Run) -> Path | None:
+    """Where a long frozen-backbone run (PASTA's 150 epochs) keeps its epoch checkpoint,
+    beside the results (None for the others: their runs take minutes)."""
+    if run.epochs <= LONG_EPOCHS or run.method not in FROZEN_LRS:
+        return None
+    name = hashlib.sha1(run.key.encode()).hexdigest()[:16] + ".pt"
+    return args.results.with_name(args.results.name + ".checkpoints") / name
 
 
 # Plans whose runs depend on the results of others (a pilot's choice, full's floors): a
@@ -451,7 +623,9 @@ DEPENDS = {"claims-full": ("pilot-full",), "diag": ("pilot-full", "claims-full")
            "claims-pasta": ("pilot-full", "claims-full", "diag", "pilot-pasta"),
            "guidance": ("pilot-full", "claims-full", "diag", "pilot-frozen"),
            "servable": ("pilot-servable",), "structure": ("pilot-servable",),
-           "servable-diag": ("pilot-servable", "servable")}
+           "servable-diag": ("pilot-servable", "servable"),
+           "servable-defaults": ("pilot-servable", "servable-diag"),
+           "claims-own-lr": ("pilot-own-lr",), "pasta-paper": ("pilot-pasta",)}
 
 
 def _running(results: Path) -> Path:
@@ -525,9 +699,11 @@ def execute(args: argparse.Namespace) -> None:
             raise
     import torch
 
+    import trainer.run  # noqa: F401  (the code this process runs, before its commit is read)
     from methods import load_backbone
 
     torch.set_num_threads(args.threads)
+    commit_of(REPO)
     backbone = load_backbone()
     caches: dict[str, dict[Any, Any]] = {}
     done_new = 0
@@ -599,7 +775,7 @@ def claim_runs(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     has chosen, servable sparse runs at another lr (run before it) are left out."""
     best = {name: pilot_best(results, name) for name in PILOTS}
     slr = best.get(SERVABLE_PILOT)
-    return [r for r in results if (not r["pilot"] or (
+    return [r for r in results if r.get("plan") not in ISSUE28 and (not r["pilot"] or (
         r["seed"] == 0 and r["config"]["lr"] == best.get(r["name"]))) and not (
         slr is not None and "@" in r["name"] and r["config"]["lr"] != slr)]
 
@@ -947,7 +1123,17 @@ def main(argv: list[str] | None = None) -> int:
     p = args.precision
     runs, diag = load_results(args.results), load_results(args.results, diag=True)
     print(f"Precision: {p}" + (" (bf16 autocast in training)" if p == "bf16" else "") + "\n")
-    print(report([r for r in runs if precision_of(r) == p], [r for r in diag if precision_of(r) == p]))
+    mine = [r for r in runs if precision_of(r) == p]
+    mine_diag = [r for r in diag if precision_of(r) == p]
+    print(report([r for r in mine if r.get("plan") not in ISSUE28], mine_diag))
+    from bench import papers_budgets
+
+    extra = papers_budgets.report(mine + mine_diag, args)
+    if extra:
+        print("\nIssue 28: the papers at their own budgets\n\n" + extra)
+    if getattr(args, "curves", None) is not None:
+        n = papers_budgets.write_curves(args.curves, mine, args)
+        print(f"\n{args.curves}: the dev curves of {n} pasta-paper runs")
     both = runs + diag
     if len({precision_of(r) for r in both}) > 1:
         print("\nbf16 autocast against fp32: the same run (task, method, lr, epochs, seed) in both "

@@ -311,6 +311,8 @@ def test_polyhead_train_with_its_defaults_trains_the_studys_runs():
             continue  # dps's servable seeds ran at the shared servable lr, before its own search
         if c.get("pooler") or c.get("mask_structure", "entries") != "entries":
             continue  # ablations, set by hand
+        if c["method"] in ("child-d", "child-f") and c["recipe"] == "paper" and c["warmup"] != d.warmup:
+            continue  # issue 11's claims ran Child-Tuning at 10 % warm-up; its code has none (the default)
         argv = ["train", "--method", c["method"], "--recipe", c["recipe"], "--preset", r["task"],
                 "--train", "t.tsv", "--dev", "d.tsv", "--out", "x.polyhead"]
         if c["head_init"]:
@@ -492,3 +494,234 @@ def test_servable_diag_runs_dps_at_its_own_choice_on_the_other_tasks(tmp_path):
     assert own([(1e-4, 10.0), (3e-4, 40.0)]) == []  # 3e-3 not in yet
     assert own([(1e-4, 10.0), (3e-4, 40.0), (3e-3, 5.0)]) == [("stsb", 3e-4), ("cola", 3e-4)]
     assert own([(1e-4, 10.0), (3e-4, 12.0), (3e-3, 5.0)]) == []  # the shared 1e-3 (15.0) is best
+
+
+def test_servable_defaults_runs_each_servable_default_in_three_seeds(tmp_path):
+    """plan servable-defaults (issue 28): child-f at the servable pilot's lr in seeds 0-2 on
+    the claim tasks, dps at its own search's lr in seeds 0-2 (seed 0 is servable-diag's run,
+    the same key), child-d on CoLA at the longer schedule in every seed; refused until both
+    searches are complete; each seed's runs before the next seed's."""
+    import argparse
+
+    path = tmp_path / "acc.jsonl"
+    args = argparse.Namespace(frozen_epochs=10.0, pilot_lrs="1e-4", results=path, precision="fp32")
+    results = [_rec(t, "child-d@0.05", lr, v, True) for t in ("rte", "mrpc")
+               for lr, v in ((1e-4, 48.0), (1e-3, 58.0))]
+    with pytest.raises(accuracy.PlanRefused, match="dps's own search"):
+        accuracy.plan("servable-defaults", args, results)
+    for lr, v in ((1e-4, 10.0), (3e-4, 40.0), (1e-3, 12.0), (3e-3, 5.0)):
+        for t in ("rte", "mrpc"):
+            accuracy._append(path, {**_rec(t, "dps@0.05", lr, v, False), "plan": "diag",
+                                    "method": "dps", "recipe": "servable"})
+    runs = accuracy.plan("servable-defaults", args, results)
+    got = [(r.method, r.task, r.lr, r.epochs, r.seed) for r in runs]
+    tasks = accuracy.CLAIM_TASKS
+    search = [("child-f", t, lr, 3.0, 3) for lr in (*accuracy.CHILD_F_SERVABLE_LRS, 1e-3)
+              for t in ("rte", "mrpc")]
+    assert sorted(got) == sorted(
+        [("child-f", t, 1e-3, 3.0, 0) for t in tasks]
+        + [("dps", t, 3e-4, 3.0, s) for t in tasks for s in (0, 1, 2)]
+        + [("child-d", "cola", 1e-3, 10.0, s) for s in (0, 1, 2)] + search)
+    assert got[:4] == [("child-f", t, 1e-3, 3.0, 0) for t in tasks]  # never run before: first
+    assert got[-10:] == search  # child-f's own search (seed 3, no claim's), last
+    for lr, v in (((2e-5, 50.0), (5e-5, 70.0), (1e-4, 60.0), (2e-4, 55.0), (1e-3, 40.0))):
+        for t in ("rte", "mrpc"):
+            accuracy._append(path, {**_rec(t, "child-f@0.05", lr, v, False, seed=3),
+                                    "plan": "servable-defaults", "method": "child-f", "recipe": "servable"})
+    chosen = accuracy.plan("servable-defaults", args, accuracy.load_results(path) + results)
+    # once it has chosen: child-f's 3 seeds at its own lr
+    assert [(r.method, r.task, r.lr, r.seed) for r in chosen[-12:]] == [
+        ("child-f", t, 5e-5, s) for s in (0, 1, 2) for t in tasks]
+    assert {(r.recipe, r.density) for r in runs} == {("servable", 0.05)}
+    assert runs[0].name == "child-f@0.05"
+
+
+def test_child_f_servable_search_chooses_on_the_pilot_seed_once_complete():
+    def rec(t, lr, v, seed=3):
+        return {**_rec(t, "child-f@0.05", lr, v, False, seed=seed), "plan": "servable-defaults"}
+
+    done = [rec(t, lr, 60.0 + 1e4 * lr if lr < 1e-3 else 50.0)
+            for lr in (*accuracy.CHILD_F_SERVABLE_LRS, 1e-3) for t in ("rte", "mrpc")]
+    assert accuracy.child_f_servable_best(done) == 2e-4
+    assert accuracy.child_f_servable_best(done[:-1]) is None  # the default's MRPC run not in
+    assert accuracy.child_f_servable_best([*done[:-1], rec("mrpc", 1e-3, 99.0, seed=0)]) is None
+
+
+# -- issue 28: the papers at their own budgets ------------------------------------------------
+
+
+def test_keys_of_the_runs_made_before_issue_28_are_unchanged():
+    """Batch 16 and the protocol's 10 % warm-up leave a key as it was; anything else shows."""
+    base = "rte|child-d|paper|lr=0.0001|ep=3|seed=0|n=None"
+    assert accuracy.Run("rte", "child-d", lr=1e-4).key == base
+    assert accuracy.Run("rte", "child-d", lr=1e-4, warmup=0.1).key == base
+    assert accuracy.Run("rte", "child-d", lr=1e-4, warmup=0.0).key == base + "|wu=0"
+    assert accuracy.Run("rte", "eh-ft", recipe="paper", lr=1e-4, batch=32, head_init="pet:lora",
+                        head_init_epochs=6, precision="bf16").key == (
+        "rte|eh-ft+pet:lora|paper|lr=0.0001|ep=3|seed=0|n=None|bs=32|s1=6|bf16")
+
+
+def test_issue_11s_claims_keep_child_tuning_at_the_warm_up_they_ran_with():
+    """Child-Tuning's paper recipe is now without warm-up (its code); the claims plan that ran
+    it at 10 % keeps saying so, under its old keys."""
+    import argparse
+
+    from trainer.table import METHODS
+
+    assert METHODS["child-d"].paper.warmup == METHODS["child-f"].paper.warmup == 0.0
+    assert METHODS["dps"].paper.warmup == METHODS["full"].paper.warmup == 0.1
+    args = argparse.Namespace(frozen_epochs=10.0, pilot_lrs="1e-4", accept_missed_floor=[])
+    results = [_rec(t, "full", 1e-4, 90.0, True) for t in ("rte", "mrpc")]
+    runs = accuracy.plan("claims", args, results)
+    child = [r for r in runs if r.method in ("child-d", "child-f")]
+    assert child and {r.warmup for r in child} == {0.1} and not any("wu=" in r.key for r in child)
+
+
+def _pilot_rec(task, method, lr, value):
+    run = accuracy._dense(task, method, lr, accuracy.PILOT_SEED)
+    return {**_rec(task, method, lr, value, True, seed=accuracy.PILOT_SEED), "plan": "pilot-own-lr",
+            "key": run.key}
+
+
+def test_each_dense_method_searches_its_own_lr_on_a_seed_no_claim_uses():
+    import argparse
+
+    args = argparse.Namespace(frozen_epochs=10.0, pilot_lrs="1e-4")
+    pilot = accuracy.plan("pilot-own-lr", args, [])
+    assert len(pilot) == 4 * len(accuracy.OWN_LRS) * 2 == 32
+    assert {r.seed for r in pilot} == {accuracy.PILOT_SEED} and {r.task for r in pilot} == {"rte", "mrpc"}
+    for m in accuracy.DENSE:  # the same size as full's search, around each paper's lr (4e-5, 2e-5)
+        lrs = sorted(r.lr for r in pilot if r.method == m and r.task == "rte")
+        assert lrs == sorted(accuracy.OWN_LRS) and lrs[0] <= 2e-5 < 4e-5 < lrs[-1]
+    assert {(r.method, r.warmup) for r in pilot} == {("full", None), ("dps", None), ("child-d", 0.0),
+                                                     ("child-f", 0.0)}
+    with pytest.raises(accuracy.PlanRefused, match="pilot-own-lr"):
+        accuracy.plan("claims-own-lr", args, [])
+    means = {"full": 2e-4, "child-d": 5e-5, "child-f": 1e-4}  # each method's peak (dps incomplete)
+    results = [_pilot_rec(t, m, lr, 80.0 - abs(lr - peak) * 1e4)
+               for m, peak in means.items() for lr in accuracy.OWN_LRS for t in ("rte", "mrpc")]
+    results += [_pilot_rec("rte", "dps", lr, 70.0) for lr in accuracy.OWN_LRS]  # MRPC not in yet
+    assert {m: accuracy.own_lr_best(results, m) for m in accuracy.DENSE} == {**means, "dps": None}
+    claims = accuracy.plan("claims-own-lr", args, results)
+    assert {(r.method, r.lr) for r in claims} == set(means.items())
+    assert {r.seed for r in claims} == {0, 1, 2} and {r.task for r in claims} == set(accuracy.CLAIM_TASKS)
+    assert not {r.key for r in claims} & {r.key for r in pilot}  # no run is both a pilot and a claim
+    full_claims = {r.key for r in claims if r.method == "full"}
+    assert "rte|full|paper|lr=0.0002|ep=3|seed=0|n=None" in full_claims  # full: issue 11's keys
+
+
+def test_eh_ft_plan_pairs_each_pet_with_the_random_head_baseline():
+    import argparse
+
+    runs = accuracy.plan("eh-ft", argparse.Namespace(frozen_epochs=10.0, pilot_lrs="1e-4"), [])
+    assert len(runs) == 36 and len({r.key for r in runs}) == 36
+    assert {r.name for r in runs} == {"eh-ft", "eh-ft+pet:lora", "eh-ft+pet:bitfit"}
+    assert {(r.task, r.head_init_epochs) for r in runs if r.head_init} == {
+        ("rte", 6.0), ("mrpc", 6.0), ("stsb", 2.0), ("cola", 2.0)}  # the paper's stage-1 epochs
+    assert {(r.recipe, r.batch, r.lr, r.epochs) for r in runs} == {("paper", 32, accuracy.EHFT_LR, 3.0)}
+    assert all(r.head_init_epochs is None for r in runs if r.head_init is None)
+
+
+def test_pasta_paper_plan_runs_150_epochs_with_a_checkpoint(tmp_path):
+    import argparse
+
+    args = argparse.Namespace(frozen_epochs=10.0, pilot_lrs="1e-4", results=tmp_path / "acc.jsonl")
+    with pytest.raises(accuracy.PlanRefused, match="pasta pilot"):
+        accuracy.plan("pasta-paper", args, [])
+    results = [_rec(t, "pasta", lr, v, True, epochs=10) for t in ("rte", "mrpc")
+               for lr, v in ((1e-3, 50.0), (3e-3, 60.0), (1e-2, 55.0))]
+    runs = accuracy.plan("pasta-paper", args, results)
+    assert [(r.task, r.epochs, r.batch, r.lr, r.seed) for r in runs] == [
+        (t, 150, 32, 3e-3, 0) for t in ("cola", "rte", "mrpc", "stsb")]
+    paths = {accuracy.checkpoint_of(args, r) for r in runs}
+    assert len(paths) == 4 and all(p.parent == tmp_path / "acc.jsonl.checkpoints" for p in paths)
+    assert accuracy.checkpoint_of(args, accuracy.Run("rte", "pasta", recipe="servable", epochs=10)) is None
+    assert accuracy.checkpoint_of(args, accuracy.Run("rte", "full", epochs=150)) is None
+
+
+def test_issue_28_runs_stay_out_of_issue_11s_tables():
+    results = [_rec(t, "full", 1e-4, 90.0, True) for t in ("rte", "mrpc")]
+    results.append({**_rec("rte", "child-d", 1e-4, 61.0, False), "plan": "claims"})
+    new = {**_rec("rte", "child-d", 5e-5, 70.0, False), "plan": "claims-own-lr"}
+    assert new not in accuracy.claim_runs([*results, new])
+    assert accuracy.missed_floors([*results, {**_rec("mrpc", "full", 1e-4, 10.0, False),
+                                              "plan": "claims-own-lr"}], 1e-4) == []
+
+
+def test_best_dev_epoch_is_recorded_beside_the_last():
+    rec = {"metric": "accuracy", "dev_history": [
+        {"epoch": 1, "accuracy": 0.5}, {"epoch": 2, "accuracy": 0.7}, {"epoch": 3, "accuracy": 0.7},
+        {"epoch": 4, "accuracy": 0.6}, {"selected_epoch": 2}]}
+    assert accuracy._best_dev(rec) == (2, 70.0)
+    assert accuracy._best_dev({"metric": "f1", "dev_history": []}) is None
+
+
+def test_issue_28_tables_give_each_interval_its_degrees_of_freedom():
+    from bench import papers_budgets
+
+    assert papers_budgets.interval([1.0, 2.0, 3.0]).endswith("(df 2)")
+    assert papers_budgets.interval([1.0]) == "+1.00 (1 seed)"
+    found = []
+    for s, (base, lora) in enumerate(((50.0, 52.0), (60.0, 61.0), (55.0, 58.0))):
+        for t in accuracy.CLAIM_TASKS:
+            for h, v in ((None, base), ("pet:lora", lora)):
+                run = accuracy.Run(t, "eh-ft", recipe="paper", seed=s, batch=32, head_init=h)
+                found.append((run, {"value": v}))
+    table = papers_budgets.paired_table(found, lambda r: r.name, "eh-ft")
+    row = next(line for line in table.splitlines() if line.startswith("| eh-ft+pet:lora"))
+    assert "+2.00 [" in row and "(df 2)" in row  # per seed: +2, +1, +3
+    assert "52.0 ± 0.0 (1)" not in row and "(3)" in row
+
+
+def test_pasta_curves_draw_each_runs_dev_metric_against_epoch():
+    import xml.etree.ElementTree as ET
+
+    from bench import papers_budgets
+
+    hist = [{"epoch": e, "accuracy": a} for e, a in ((1, 0.5), (2, 0.6), (3, 0.55))]
+    run = accuracy.Run("rte", "pasta", recipe="paper", epochs=150, batch=32)
+    svg = papers_budgets.curves_svg([(run, {"metric": "accuracy", "dev_history": hist, "value": 55.0})])
+    root = ET.fromstring(svg)
+    (line,) = [e for e in root.iter() if e.tag.endswith("polyline")]
+    ys = [float(p.split(",")[1]) for p in line.get("points").split()]
+    assert len(ys) == 3 and ys[1] < ys[2] < ys[0]  # 60 highest (smallest y), then 55, then 50
+    assert "best 60.0 at epoch 2" in svg and "last 55.0" in svg
+
+
+def test_a_workers_records_name_the_commit_it_started_on(tmp_path):
+    """A commit merged into the worktree while a worker runs is not the code it runs: the
+    commit is read once per process."""
+    def git(*a):
+        subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "f").write_text("1")
+    git("add", "f")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    first = accuracy.commit_of(tmp_path)
+    (tmp_path / "f").write_text("2")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "two")
+    assert accuracy.commit_of(tmp_path) == first and len(first) == 40
+
+
+def test_issue_28_servable_pilot_and_pasta_tables():
+    from bench import papers_budgets
+
+    found = [(accuracy.Run("cola", "child-d", recipe="servable", lr=1e-3, epochs=10, seed=s), {"value": v})
+             for s, v in ((0, 23.0), (1, 20.0), (2, 26.0))]
+    paper = {("child-d", "cola", s): 25.0 for s in (0, 1, 2)}
+    pilot_run = accuracy.Run("cola", "child-d", recipe="servable", lr=1e-3, epochs=10, seed=3)
+    found.append((pilot_run, {"value": 1.0}))
+    row, search = papers_budgets.servable_defaults_table(found, paper).splitlines()[2:]
+    assert search.startswith("| child-d@0.05 (search) | 0.001 | 10 | CoLA | 1.0 (1) | 3: 1.0 |")
+    assert "| child-d@0.05 | 0.001 | 10 | CoLA | 23.0 ± 3.0 (3) | 0: 23.0, 1: 20.0, 2: 26.0 |" in row
+    assert "-2.00 [" in row and "(df 2)" in row
+    pilot = [(accuracy._dense(t, "dps", lr, 3), {"value": v}) for t, lr, v in
+             (("rte", 1e-4, 50.0), ("mrpc", 1e-4, 80.0), ("rte", 2e-4, 55.0))]
+    table = papers_budgets.own_lr_pilot_table(pilot)
+    assert "| dps | 0.0001 | 50.0 | 80.0 | 65.0 |" in table and "| dps | 0.0002 | 55.0 | — | — |" in table
+    hist = [{"epoch": e, "f1": 0.8 + e / 1000} for e in range(1, 31)] + [{"selected_epoch": 30}]
+    run = accuracy.Run("mrpc", "pasta", recipe="paper", epochs=150, batch=32)
+    (line,) = papers_budgets.pasta_table([(run, {"metric": "f1", "dev_history": hist, "value": 83.0})]
+                                         ).splitlines()[2:]
+    assert line.startswith("| MRPC | 30 | 83.0 | 83.0 (30) | 1: 80.1, 10: 81.0, 20: 82.0, 30: 83.0 |")

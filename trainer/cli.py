@@ -30,8 +30,8 @@ def method_help() -> str:
     for m in METHODS.values():
         s, p = m.servable, m.paper
         lines.append(f"  {m.name:8s} {m.help}")
-        lines.append(f"  {'':8s} -> {m.kind}; {s.lr:g}/{s.epochs:g}/{s.warmup:g}{_mark(s)} | "
-                     f"{p.lr:g}/{p.epochs:g}/{p.warmup:g}{_mark(p)}")
+        servable = f"{s.lr:g}/{s.epochs:g}/{s.warmup:g}{_mark(s)}" if "servable" in m.recipes else "-"
+        lines.append(f"  {'':8s} -> {m.kind}; {servable} | {p.lr:g}/{p.epochs:g}/{p.warmup:g}{_mark(p)}")
     lines += ["", "Defaults marked * were chosen by the accuracy study on this backbone; "
               "`polyhead train --defaults`", "prints the runs that chose each one and what "
               "the two recipes, --head-init, dropout and", "regression do."]
@@ -42,7 +42,7 @@ def defaults_record() -> str:
     """`polyhead train --defaults`: the study's runs behind every default, and the recipes."""
     lines = ["Every default and the runs that chose it (bench/accuracy.py; BENCHMARKS.md 'Accuracy'):"]
     for m in METHODS.values():
-        for recipe in ("servable", "paper"):
+        for recipe in m.recipes:
             d = m.defaults(recipe)
             why = f"{d.evidence} ({d.precision} study)" if d.evidence else "PROVISIONAL (not yet measured)"
             lines.append(f"  {m.name:8s} {recipe:8s} lr {d.lr:g}, {d.epochs:g} epochs, warm-up "
@@ -126,10 +126,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     t.add_argument("--epochs", type=float, help="default: the method's (see below)")
     t.add_argument("--lr", type=float, help="learning rate (default: the method's, see below)")
     t.add_argument("--warmup", type=float, help="warm-up share of the steps (default: the method's)")
-    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--batch-size", type=int, help="default: the method's (16; pasta/eh-ft paper: 32)")
     t.add_argument("--max-length", type=int, default=128)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--weight-decay", type=float, default=0.01)
+    t.add_argument("--weight-decay", type=float, help="default: the method's (0.01; pasta paper: 0)")
     t.add_argument("--select", choices=SELECTS, default="last",
                    help="keep the last epoch (default, as Child-Tuning and DPS) or the best on dev")
     t.add_argument("--no-dropout", action="store_true", help="train without dropout")
@@ -155,6 +155,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     t.add_argument("--head-init", choices=HEAD_INITS, help="EH-FT: train the head with a PET method first")
     t.add_argument("--head-init-frac", type=float, default=0.1, help="EH-FT stage 1's share of the steps")
     t.add_argument("--head-init-lr", type=float, default=5e-4, help="EH-FT stage 1's learning rate")
+    t.add_argument("--head-init-epochs", type=float,
+                   help="eh-ft: stage 1's epochs (default 6, the paper's RTE/MRPC schedule; 2 elsewhere)")
     t.add_argument("--pool", type=int, default=50,
                    help="length grouping: batches per shuffled pool sorted by length (1: off)")
     t.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
@@ -208,7 +210,8 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         dps_reserve_p=args.dps_reserve_p, dps_update_ratio=args.dps_update_ratio,
         num_prefix=args.num_prefix, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
         head_init=args.head_init, head_init_frac=args.head_init_frac,
-        head_init_lr=args.head_init_lr, pool=args.pool, device=args.device,
+        head_init_lr=args.head_init_lr, head_init_epochs=args.head_init_epochs, pool=args.pool,
+        device=args.device,
         precision=args.precision)
 
 

@@ -7,9 +7,12 @@ Per-method defaults (learning rate, epochs, warm-up) live in the method table
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from methods.config import STRUCTURES
+
+if TYPE_CHECKING:
+    from trainer.table import Defaults
 
 RECIPES = ("servable", "paper")
 SELECTS = ("last", "best")
@@ -41,11 +44,11 @@ class TrainConfig:
     epochs: float | None = None  # None: the method's default
     lr: float | None = None  # None: the method's default
     warmup: float | None = None  # fraction of steps with linear warm-up, then linear decay
-    batch_size: int = 16
+    batch_size: int | None = None  # None: the method's (16, or its paper's)
     max_length: int = 128
     seed: int = 0
     max_train: int | None = None
-    weight_decay: float = 0.01
+    weight_decay: float | None = None  # None: the method's (0.01, or its paper's)
     select: str = "last"  # "best": keep the best dev epoch; "last": the last one
     head_type: str = "pooler"
     pooler: str | None = None  # servable full/child-d/child-f/dps: "train" (None) or "frozen"
@@ -63,6 +66,7 @@ class TrainConfig:
     head_init: str | None = None  # EH-FT: "pet:lora" | "pet:bitfit"
     head_init_frac: float = 0.1  # EH-FT: stage 1's share of the total steps
     head_init_lr: float = 5e-4  # EH-FT: stage 1's learning rate
+    head_init_epochs: float | None = None  # eh-ft: stage 1's epochs (None: the paper's RTE/MRPC 6)
     pool: int = 50  # length grouping: batches per shuffled pool sorted by length (1: off)
     device: str = "auto"
     precision: str = "auto"  # training matmuls: "auto" = bf16 autocast where native (CUDA, bf16 CPUs)
@@ -79,10 +83,11 @@ class TrainConfig:
         check(self.epochs is None or self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
         check(self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}")
         check(self.warmup is None or 0 <= self.warmup < 1, f"warmup must be in [0, 1), got {self.warmup}")
-        check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+        check(self.batch_size is None or self.batch_size >= 1,
+              f"batch size must be >= 1, got {self.batch_size}")
         check(8 <= self.max_length <= 4096, f"max length must be in [8, 4096], got {self.max_length}")
         check(self.max_train is None or self.max_train >= 2, "max-train must be >= 2")
-        check(self.weight_decay >= 0, "weight decay must be >= 0")
+        check(self.weight_decay is None or self.weight_decay >= 0, "weight decay must be >= 0")
         check(self.select in SELECTS, f"select must be one of {', '.join(SELECTS)}, got {self.select!r}")
         check(self.head_type in HEAD_TYPES, f"head type must be one of {', '.join(HEAD_TYPES)}")
         check(0 < self.density <= 1, f"density must be in (0, 1], got {self.density}")
@@ -104,6 +109,12 @@ class TrainConfig:
         check(self.head_init is None or METHODS[self.method].dense,
               "--head-init (EH-FT) needs a method that trains the whole model (full, child-d, "
               "child-f, dps)")
+        check(self.recipe in METHODS[self.method].recipes,
+              f"{self.method} has only the {' and '.join(METHODS[self.method].recipes)} recipe "
+              f"(give --recipe {METHODS[self.method].recipes[0]})")
+        check(self.head_init_epochs is None or (
+            self.head_init_epochs > 0 and METHODS[self.method].own_head_init),
+              "--head-init-epochs (> 0) is eh-ft's stage 1 length (the other methods: --head-init-frac)")
         check(0 < self.head_init_frac < 1, "head-init fraction must be in (0, 1)")
         check(self.head_init_lr > 0, "head-init lr must be > 0")
         check(self.pool >= 1, f"pool must be >= 1, got {self.pool}")
@@ -152,6 +163,21 @@ class TrainConfig:
 
         return self.warmup if self.warmup is not None else METHODS[self.method].defaults(self.recipe).warmup
 
+    @property
+    def batch(self) -> int:
+        return self.batch_size if self.batch_size is not None else self.defaults.batch_size
+
+    @property
+    def decay(self) -> float:
+        return self.weight_decay if self.weight_decay is not None else self.defaults.weight_decay
+
+    @property
+    def defaults(self) -> Defaults:
+        """The method's defaults for this recipe (trainer.table)."""
+        from trainer.table import METHODS
+
+        return METHODS[self.method].defaults(self.recipe)
+
     def autocast_dtype(self, device: Any) -> Any:
         """The dtype training runs its forward passes in under autocast (None: fp32). Weights,
         gradients and optimiser state stay fp32 either way; dev scores and exports are fp32
@@ -166,6 +192,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out.update(lr=self.learning_rate, epochs=self.num_epochs, warmup=self.warmup_frac)
+        d = self.defaults
+        out.update(lr=self.learning_rate, epochs=self.num_epochs, warmup=self.warmup_frac,
+                   batch_size=self.batch, weight_decay=self.decay, adam_betas=list(d.betas),
+                   adam_eps=d.eps, max_grad_norm=d.clip)
         out.pop("device")
         return out

@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,8 +112,10 @@ class FitSettings:
     pool: int = 1
     progress: bool = True
     desc: str = "train"
-    max_grad_norm: float = 1.0
+    max_grad_norm: float | None = 1.0  # None: no clipping (PASTA's code)
     amp: torch.dtype | None = None  # autocast dtype of the training forward passes (None: fp32)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW's
+    eps: float = 1e-8
 
 
 @dataclasses.dataclass
@@ -146,14 +151,19 @@ def linear_schedule(steps: int, warmup: float) -> Callable[[int], float]:
 
 
 def fit(model: Trainable, train: Encoded, s: FitSettings, pad_id: int, device: torch.device,
-        on_epoch: EpochCallback | None = None) -> FitStats:
-    """Train ``model`` for ``s.steps`` steps (epochs of shuffled, length-grouped batches)."""
+        on_epoch: EpochCallback | None = None, checkpoint: EpochCheckpoint | None = None) -> FitStats:
+    """Train ``model`` for ``s.steps`` steps (epochs of shuffled, length-grouped batches).
+    With ``checkpoint``, each epoch's end is saved there, and a run that finds one resumes
+    after that epoch (the same batches, schedule and dropout draws as an unbroken run)."""
     # fused: one kernel over all tensors (the per-tensor CPU path costs seconds a step)
-    opt = torch.optim.AdamW(model.param_groups(s.weight_decay), lr=s.lr, fused=True)
+    opt = torch.optim.AdamW(model.param_groups(s.weight_decay), lr=s.lr, betas=s.betas, eps=s.eps,
+                            fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(s.steps, s.warmup))
     params = [p for g in opt.param_groups for p in g["params"]]
     stats = FitStats([], 0, 0, 0.0)
     epoch = 0
+    if checkpoint is not None and (saved := checkpoint.load()) is not None:
+        epoch, stats = checkpoint.resume(saved, model, opt, sched)
     while len(stats.losses) < s.steps:
         model.set_training(True)
         rows = batch_rows(train, s.batch_size, shuffle_seed=s.seed * 1000 + epoch, pool=s.pool)
@@ -177,18 +187,62 @@ def fit(model: Trainable, train: Encoded, s: FitSettings, pad_id: int, device: t
         model.set_training(False)
         if on_epoch is not None:
             on_epoch(epoch, float(np.mean(epoch_losses)))
+        if checkpoint is not None:
+            checkpoint.save(epoch, stats, model, opt, sched)
     return stats
 
 
+@dataclasses.dataclass
+class EpochCheckpoint:
+    """One file holding a run's state at its last finished epoch: the model, AdamW's moments,
+    the schedule, the step statistics, torch's RNG (dropout) and the caller's own state
+    (``extra``: e.g. the dev history), tagged with ``tag`` (a run's identity: a file of
+    another run is not resumed from)."""
+
+    path: Path
+    tag: str
+    extra: Callable[[], dict[str, Any]] = dict  # the caller's state to save each epoch
+    on_resume: Callable[[dict[str, Any]], None] = lambda _: None  # gets that state back
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.is_file():
+            return None
+        saved = torch.load(self.path, weights_only=False)
+        return saved if saved.get("tag") == self.tag else None
+
+    def save(self, epoch: int, stats: FitStats, model: Trainable, opt: torch.optim.Optimizer,
+             sched: torch.optim.lr_scheduler.LRScheduler) -> None:
+        state = {"tag": self.tag, "epoch": epoch, "stats": dataclasses.asdict(stats),
+                 "model": model.state(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                 "rng": torch.get_rng_state(), "extra": self.extra()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)  # whole or not at all, whenever the run is stopped
+
+    def resume(self, saved: dict[str, Any], model: Trainable, opt: torch.optim.Optimizer,
+               sched: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, FitStats]:
+        model.restore(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        torch.set_rng_state(saved["rng"])
+        self.on_resume(saved["extra"])
+        return int(saved["epoch"]), FitStats(**saved["stats"])
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def _step(model: Trainable, batch: Batch, regression: bool, opt: torch.optim.Optimizer,
-          params: list[torch.nn.Parameter], max_grad_norm: float, device: torch.device,
+          params: list[torch.nn.Parameter], max_grad_norm: float | None, device: torch.device,
           amp: torch.dtype | None) -> float:
     with autocast(device, amp):
         logits = model.forward(batch)
     loss = loss_fn(logits, batch.targets, regression)
     loss.backward()
     model.before_clip()
-    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     model.after_clip()
     opt.step()
     opt.zero_grad(set_to_none=True)

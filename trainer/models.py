@@ -59,6 +59,7 @@ class Trainable(abc.ABC):
     """A model being trained for one task; ``export`` gives the artifact the engine serves."""
 
     module: nn.Module
+    stage_info: dict[str, Any] | None = None  # a stage run before this model (eh-ft's stage 1)
 
     @abc.abstractmethod
     def forward(self, batch: Batch) -> Tensor:
@@ -178,6 +179,9 @@ class PetModel(Trainable):
         # starts random (gate 1) as P-tuning v2; bitfit starts as an exact no-op.
         art = TaskArtifact.random(kind, backbone.spec, head.num_outputs, config=config,
                                   head_type=head.type, zero=kind == "bitfit", seed=cfg.seed)
+        if cfg.paper and kind == "pasta":  # its code: BertForSequenceClassification's classifier
+            head_init = _hf_head(art.tensors, backbone, cfg.seed)
+            art = dataclasses.replace(art, tensors={**art.tensors, **head_init})
         self.module = TaskModule(backbone, art)
         self.module.encoder = TrainEncoder(backbone)
         self.kind = kind
@@ -211,6 +215,14 @@ class PetModel(Trainable):
 
     def load_head(self, tensors: dict[str, Tensor]) -> None:
         _copy_head(self.module.head_params, tensors)
+
+
+def _hf_head(tensors: dict[str, Tensor], backbone: Backbone, seed: int) -> dict[str, Tensor]:
+    """Hugging Face's init of a new classifier: weights N(0, initializer_range), biases zero."""
+    std = float(getattr(backbone.model.config, "initializer_range", 0.02))
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(v.shape, generator=g) * std if k.endswith("weight") else torch.zeros_like(v)
+            for k, v in tensors.items() if k.startswith("head.")}
 
 
 def _copy_head(params: nn.ParameterDict, tensors: dict[str, Tensor]) -> None:

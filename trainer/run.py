@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +20,17 @@ from trainer import masks
 from trainer.config import TrainConfig
 from trainer.context import Context
 from trainer.data import Dataset
-from trainer.loop import Encoded, FitSettings, FitStats, batches, encode, fit, predict, steps_for
+from trainer.loop import (
+    Encoded,
+    EpochCheckpoint,
+    FitSettings,
+    FitStats,
+    batches,
+    encode,
+    fit,
+    predict,
+    steps_for,
+)
 from trainer.metrics import compute_metrics
 from trainer.models import LORA_QKVO, DenseModel, LoraModel, PetModel, Trainable
 from trainer.table import METHODS
@@ -68,8 +81,14 @@ HeadCache = dict[tuple[Any, ...], tuple[dict[str, torch.Tensor], dict[str, Any]]
 
 def train(cfg: TrainConfig, backbone: Backbone, train_data: Dataset, dev_data: Dataset,
           metric: str, *, progress: bool = True, head_cache: HeadCache | None = None,
-          log_fn: Callable[[str], None] = print, export: bool = True) -> TrainResult:
-    """Train ``cfg.method`` on ``train_data``; dev metrics after each epoch via ``log_fn``."""
+          log_fn: Callable[[str], None] = print, export: bool = True,
+          checkpoint: Path | None = None) -> TrainResult:
+    """Train ``cfg.method`` on ``train_data``; dev metrics after each epoch via ``log_fn``.
+    ``checkpoint``: a file that holds the run's state after each epoch; a run that finds
+    its own there resumes from it (removed when the run ends)."""
+    if checkpoint is not None and (METHODS[cfg.method].dense or cfg.head_init is not None):
+        raise ValueError("epoch checkpoints cover the frozen-backbone methods (their state is the "
+                         "model and the optimiser); the dense methods' mask policies are not saved")
     torch.manual_seed(cfg.seed)
     data = train_data.subsample(cfg.max_train, cfg.seed)
     tok = backbone.tokenizer
@@ -77,7 +96,7 @@ def train(cfg: TrainConfig, backbone: Backbone, train_data: Dataset, dev_data: D
     scale = RegressionScale.of(enc.targets) if data.regression else None  # type: ignore[arg-type]
     if scale is not None:
         enc = dataclasses.replace(enc, targets=scale.apply(enc.targets))  # type: ignore[arg-type]
-    total = steps_for(len(enc), cfg.num_epochs, cfg.batch_size)
+    total = steps_for(len(enc), cfg.num_epochs, cfg.batch)
     ctx = Context(backbone, enc, encode(tok, dev_data, cfg.max_length),
                   HeadConfig(num_outputs=data.num_outputs, type=cfg.head_type), metric, progress, total)
     training: dict[str, Any] = {"method": cfg.method, "recipe": cfg.recipe,
@@ -87,15 +106,19 @@ def train(cfg: TrainConfig, backbone: Backbone, train_data: Dataset, dev_data: D
     if scale is not None:
         training["regression_scale"] = dataclasses.asdict(scale)
     head_tensors, steps = None, total
-    if cfg.head_init is not None:
+    if cfg.head_init is not None and not METHODS[cfg.method].own_head_init:
         stage1 = max(1, round(cfg.head_init_frac * total))
         steps = total - stage1
         head_tensors, training["head_init_stage"] = _head_stage(cfg, ctx, stage1, scale, head_cache, log_fn)
         ctx = dataclasses.replace(ctx, total_steps=steps)
     model = _build(cfg, ctx, head_tensors)
+    if model.stage_info is not None:  # a method that ran its own stage 1 (eh-ft)
+        training["head_init_stage"] = info = model.stage_info
+        log_fn(f"[EH-FT stage 1] {info['steps']} steps of {info['method']} with the head at lr "
+               f"{info['lr']:g}: dev " + _fmt(info["dev"], ctx.metric))
     training["dropout_in_training"] = bool(getattr(model, "dropout", cfg.dropout))
     training["precision"] = "bf16 autocast" if cfg.autocast_dtype(ctx.device) is not None else "fp32"
-    stats, history = _fit_and_select(cfg, model, ctx, steps, scale, log_fn)
+    stats, history = _fit_and_select(cfg, model, ctx, steps, scale, log_fn, checkpoint)
     training.update(steps=len(stats.losses), dev_history=history, train_seconds=round(stats.seconds, 2),
                     train_tokens=stats.tokens, tokens_per_s=round(stats.tokens_per_s, 1),
                     padding_share=round(1 - stats.tokens / max(1, stats.padded), 4))
@@ -130,10 +153,19 @@ def finish(result: TrainResult, ctx: Context) -> None:
 
 
 def _fit_and_select(cfg: TrainConfig, model: Trainable, ctx: Context, steps: int,
-                    scale: RegressionScale | None,
-                    log_fn: Callable[[str], None]) -> tuple[FitStats, list[dict[str, Any]]]:
+                    scale: RegressionScale | None, log_fn: Callable[[str], None],
+                    checkpoint: Path | None = None) -> tuple[FitStats, list[dict[str, Any]]]:
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {}
+
+    def resumed(extra: dict[str, Any]) -> None:
+        history[:], best_ = extra["history"], extra["best"]
+        best.clear()
+        best.update(best_)
+        log_fn(f"[{cfg.method}] resumed after epoch {len(history)} from {checkpoint}")
+
+    ckpt = None if checkpoint is None else EpochCheckpoint(
+        checkpoint, _run_tag(cfg, ctx), lambda: {"history": list(history), "best": dict(best)}, resumed)
 
     def on_epoch(epoch: int, loss: float) -> None:
         m = evaluate(model, ctx, scale)
@@ -143,7 +175,9 @@ def _fit_and_select(cfg: TrainConfig, model: Trainable, ctx: Context, steps: int
             best.update(value=m[ctx.metric], epoch=epoch, state=model.state())
 
     stats = fit(model, ctx.train, _settings(cfg, ctx, steps, cfg.learning_rate, cfg.method),
-                ctx.pad_id, ctx.device, on_epoch)
+                ctx.pad_id, ctx.device, on_epoch, ckpt)
+    if ckpt is not None:
+        ckpt.remove()
     if cfg.select == "best" and best and best["epoch"] != history[-1]["epoch"]:
         model.restore(best["state"])
         log_fn(f"[{cfg.method}] --select best: epoch {best['epoch']} ({ctx.metric} {best['value']:.4f})")
@@ -152,14 +186,23 @@ def _fit_and_select(cfg: TrainConfig, model: Trainable, ctx: Context, steps: int
     return stats, history
 
 
+def _run_tag(cfg: TrainConfig, ctx: Context) -> str:
+    """A run's identity for its checkpoint: its settings and its data."""
+    data = json.dumps([cfg.to_dict(), ctx.train.ids[:20], ctx.train.targets[:20], len(ctx.train)],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
 def _fmt(m: dict[str, float], metric: str) -> str:
     return ", ".join(f"{k} {v:.4f}" + ("*" if k == metric else "") for k, v in m.items())
 
 
 def _settings(cfg: TrainConfig, ctx: Context, steps: int, lr: float, desc: str) -> FitSettings:
-    return FitSettings(steps=steps, lr=lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
+    d = cfg.defaults
+    return FitSettings(steps=steps, lr=lr, batch_size=cfg.batch, weight_decay=cfg.decay,
                        warmup=cfg.warmup_frac, seed=cfg.seed, pool=cfg.pool, progress=ctx.progress,
-                       desc=desc, amp=cfg.autocast_dtype(ctx.device))
+                       desc=desc, amp=cfg.autocast_dtype(ctx.device), max_grad_norm=d.clip,
+                       betas=d.betas, eps=d.eps)
 
 
 def evaluate(model: Trainable, ctx: Context, scale: RegressionScale | None = None) -> dict[str, float]:

@@ -26,8 +26,8 @@ def build(cfg: TrainConfig, ctx: Context) -> Trainable:
     names = ([n for n in model.backbone_params if n.startswith("encoder.layer.")] if cfg.paper
              else list(model.sparse_names))
     n = len(ctx.train) if cfg.fisher_examples is None else min(cfg.fisher_examples, len(ctx.train))
-    rows = math.ceil(n / cfg.batch_size)
-    data = batches(ctx.train, cfg.batch_size, ctx.pad_id, ctx.device, shuffle_seed=cfg.seed + 7)
+    rows = math.ceil(n / cfg.batch)
+    data = batches(ctx.train, cfg.batch, ctx.pad_id, ctx.device, shuffle_seed=cfg.seed + 7)
     model.set_training(True)  # the official pass runs in train mode (dropout on)
 
     amp = cfg.autocast_dtype(ctx.device)  # the Fisher pass runs as training does
