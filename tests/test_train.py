@@ -295,6 +295,34 @@ def test_cli_trains_writes_and_publishes(bert_dir: Path, tmp_path: Path, bert) -
     assert published.number == 1 and published.version == hashlib.sha256(out.read_bytes()).hexdigest()
 
 
+def test_cli_publish_probes_and_needs_replace_kind_for_another_kind(
+        bert_dir: Path, tmp_path: Path, bert, capsys, monkeypatch) -> None:
+    """`train --publish` goes through the same gate as Upload: the probe forward runs on the
+    trained artifact, and a new kind onto an existing task needs --replace-kind."""
+    import methods.probe
+
+    probed = []
+    real = methods.probe.probe_forward
+    def spy(backbone, artifact) -> None:
+        probed.append(artifact.kind)
+        real(backbone, artifact)
+
+    monkeypatch.setattr(methods.probe, "probe_forward", spy)
+    path = tmp_path / "s.tsv"
+    path.write_text("sentence\tlabel\n" + "".join(f"{t}\tpositive\n" for t in POS) +
+                    "".join(f"{t}\tnegative\n" for t in NEG))
+    store = tmp_path / "store"
+    common = ("--train", str(path), "--dev", str(path), "--publish", "--store", str(store),
+              "--task-id", "sentiment", "--backbone", str(bert_dir), "--epochs", "1",
+              "--batch-size", "8", "--quiet")
+    assert cli("--method", "pasta", *common) == 0 and probed == ["pasta"]
+    assert cli("--method", "bitfit", *common) == 1
+    assert "--replace-kind" in capsys.readouterr().err
+    assert cli("--method", "bitfit", *common, "--replace-kind") == 0
+    assert probed == ["pasta", "bitfit", "bitfit"]
+    assert Store(store, bert.spec).get("sentiment").info.number == 2
+
+
 def test_cli_errors_exit_2_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.tsv"
     bad.write_text("sentence\tlabel\ngood\tpositive\nbad\n")

@@ -176,6 +176,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     o.add_argument("--max-upload-bytes", type=int,
                    help="the store's size cap for --publish/--upload (default: the store's)")
     o.add_argument("--upload", metavar="HOST:PORT", help="upload to a running server")
+    o.add_argument("--replace-kind", action="store_true",
+                   help="publish/upload even when the task's latest version is another kind")
     o.add_argument("--token", default=os.environ.get("POLYHEAD_TOKEN"), help="bearer token for --upload")
     p.set_defaults(func=run)
 
@@ -263,7 +265,8 @@ def run(args: argparse.Namespace) -> int:
         from trainer.output import Targets
 
         targets = Targets(out=args.out, publish=args.publish, store=args.store,
-                          upload=args.upload, token=args.token, max_bytes=args.max_upload_bytes)
+                          upload=args.upload, token=args.token, max_bytes=args.max_upload_bytes,
+                          replace_kind=args.replace_kind)
         cfg = _config(args)
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -317,7 +320,11 @@ def _train_and_deliver(args: argparse.Namespace, cfg: TrainConfig, task_id: str,
     hint = (PAPER_HINT if cfg.paper else
             "use a sparse method or a lower --density")
     try:
-        lines = deliver(data, targets, backbone.spec, hint)
+        from functools import partial
+
+        from methods.probe import probe_forward
+
+        lines = deliver(data, targets, backbone.spec, hint, probe=partial(probe_forward, backbone))
     except OutputError as e:
         print(f"polyhead train: error: {e}", file=sys.stderr)
         return 1

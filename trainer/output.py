@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from methods import BackboneSpec
+from methods import BackboneSpec, TaskArtifact
 from trainer.data import Dataset
 from trainer.run import TrainResult
 
@@ -23,6 +24,7 @@ class Targets:
     upload: str | None = None  # HOST:PORT
     token: str | None = None
     max_bytes: int | None = None  # the store's size cap (None: the store's default)
+    replace_kind: bool = False  # publish even when the task's latest version is another kind
 
     def __post_init__(self) -> None:
         if self.max_bytes is not None and self.max_bytes < 1:
@@ -49,7 +51,8 @@ def encode(task_id: str, result: TrainResult, data: Dataset, spec: BackboneSpec)
 
 
 def deliver(data: bytes, targets: Targets, spec: BackboneSpec,
-            hint: str = "use a sparse method or a lower --density") -> list[str]:
+            hint: str = "use a sparse method or a lower --density",
+            probe: Callable[[TaskArtifact], None] | None = None) -> list[str]:
     """Write/publish/upload ``data``; one line per destination for the user. --out is
     written first, whatever its size; the store's cap decides only whether the artifact
     may be published or uploaded (``hint``: what to do when it is over)."""
@@ -73,7 +76,8 @@ def deliver(data: bytes, targets: Targets, spec: BackboneSpec,
         from store.errors import StoreError
 
         try:
-            info = Store(targets.store, spec=spec, max_artifact_bytes=cap).publish(data)
+            store = Store(targets.store, spec=spec, max_artifact_bytes=cap, probe=probe)
+            info = store.publish(data, replace_kind=targets.replace_kind)
         except StoreError as e:
             raise OutputError(f"publish to the store failed: {e}") from e
         lines.append(f"published {_describe(info)}")
@@ -83,7 +87,7 @@ def deliver(data: bytes, targets: Targets, spec: BackboneSpec,
 
         try:  # the token as every client command finds it: --token, $POLYHEAD_TOKEN, saved
             with PolyheadClient(targets.upload, token=targets.token or saved_token()) as client:
-                reply = client.upload(data)
+                reply = client.upload(data, replace_kind=targets.replace_kind)
         except PolyheadError as e:
             raise OutputError(f"upload to {targets.upload} failed: {e}") from e
         lines.append(f"uploaded {describe_version(reply)} to {targets.upload}")
