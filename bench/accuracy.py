@@ -49,8 +49,9 @@ Plans, in the order the study runs them (the whole-model claims first):
   servable-defaults  (issue 28) the servable defaults no run had shown: child-f at the servable
                 pilot's lr, seeds 0-2 on the claim tasks (never run before); dps at its own
                 search's lr, seeds 0-2 (seed 0 is servable-diag's run); child-d on CoLA at
-                --frozen-epochs epochs in every seed (at 3 it sits at the majority answer).
-                Cheapest and most telling first: each method's first seed, then the rest
+                --frozen-epochs epochs in every seed (at 3 it sits at the majority answer);
+                then child-f's own servable lr search (seed 3, RTE and MRPC: full's servable
+                points and the default), then child-f's seeds 1-2 at the default
   pilot-own-lr  (issue 28) full, child-d, child-f, dps each at OWN_LRS (full's 4 points), seed 3
                 (no claim uses it), RTE and MRPC; Child-Tuning without warm-up, as its code
   claims-own-lr seeds 0-2 on the claim tasks, each dense method at its own search's best
@@ -417,19 +418,42 @@ def _plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) ->
 
 def servable_default_runs(args: argparse.Namespace, results: list[dict[str, Any]]) -> list[Run]:
     """Plan servable-defaults: each servable default at the lr trainer/table.py gives it, in
-    3 seeds. Per seed: child-f (never run) and dps on the claim tasks, then child-d on CoLA
-    at the longer schedule (its 3-epoch default stays at the majority answer there)."""
+    3 seeds: child-f's first seed (never run before), dps on the claim tasks, child-d on CoLA
+    at the longer schedule (its 3-epoch default stays at the majority answer there); then
+    child-f's own lr search on the pilot seed, and its other seeds."""
     slr = pilot_best(results, SERVABLE_PILOT)
     dlr = servable_search_best(results, _diag_runs(args))
     if slr is None or dlr is None:
         raise PlanRefused("plan 'servable-defaults' needs the servable pilot and dps's own search "
                           "(--plan pilot-servable, --plan servable-diag)")
-    runs = []
-    for s in (0, 1, 2):  # (dps's seed 0 and child-d's 10-epoch seed 0: servable-diag's runs, done)
-        runs += [Run(t, "child-f", recipe="servable", lr=slr, seed=s) for t in CLAIM_TASKS]
-        runs += [Run(t, "dps", recipe="servable", lr=dlr, seed=s) for t in CLAIM_TASKS]
-        runs.append(Run("cola", "child-d", recipe="servable", lr=slr, epochs=args.frozen_epochs, seed=s))
-    return runs
+    # (dps's seed 0 and child-d's 10-epoch seed 0: servable-diag's runs, done)
+    runs = [Run(t, "child-f", recipe="servable", lr=slr) for t in CLAIM_TASKS]
+    runs += [Run(t, "dps", recipe="servable", lr=dlr, seed=s) for s in (0, 1, 2) for t in CLAIM_TASKS]
+    runs += [Run("cola", "child-d", recipe="servable", lr=slr, epochs=args.frozen_epochs, seed=s)
+             for s in (0, 1, 2)]
+    # child-f trains densely before its cut: its own search (full's servable points and the
+    # default), on the pilot seed, before its other seeds at the default
+    runs += [Run(t, "child-f", recipe="servable", lr=lr, seed=PILOT_SEED)
+             for lr in (*CHILD_F_SERVABLE_LRS, slr) for t in PILOT_TASKS]
+    return runs + [Run(t, "child-f", recipe="servable", lr=slr, seed=s) for s in (1, 2) for t in CLAIM_TASKS]
+
+
+# child-f's servable search: full's servable points (it trains every tunable weight densely
+# before the cut, as full's servable recipe does; at child-d's 1e-3 its dense model stayed at
+# chance on RTE, seed 0)
+CHILD_F_SERVABLE_LRS = (2e-5, 5e-5, 1e-4, 2e-4)
+
+
+def child_f_servable_best(results: list[dict[str, Any]]) -> float | None:
+    """The best lr of child-f's servable search (seed PILOT_SEED, mean of RTE and MRPC, the
+    default's run included); None until every point is in on both."""
+    by_lr: dict[float, dict[str, float]] = {}
+    for r in results:
+        if r.get("plan") == "servable-defaults" and r["name"] == "child-f@0.05" and r["seed"] == PILOT_SEED:
+            by_lr.setdefault(r["config"]["lr"], {})[r["task"]] = r["value"]
+    if len(by_lr) <= len(CHILD_F_SERVABLE_LRS) or any(len(v) < len(PILOT_TASKS) for v in by_lr.values()):
+        return None
+    return max(by_lr, key=lambda lr: statistics.mean(by_lr[lr].values()))
 
 
 # -- issue 28: the papers at their own budgets -----------------------------------------------

@@ -52,8 +52,9 @@ def servable_defaults_table(found: list[tuple[acc.Run, Record]],
     rows = ["| row | lr | epochs | task | mean ± sd (seeds) | seed by seed | − paper recipe, same seeds |",
             "|---|---|---|---|---|---|---|"]
     groups: dict[tuple[str, str, float, float, str], dict[int, float]] = {}
-    for run, r in found:
-        groups.setdefault((run.name, run.method, run.lr, run.epochs, run.task), {})[run.seed] = r["value"]
+    for run, r in found:  # (a search's runs, on the pilot seed, are a row of their own)
+        name = run.name + (" (search)" if run.seed == acc.PILOT_SEED else "")
+        groups.setdefault((name, run.method, run.lr, run.epochs, run.task), {})[run.seed] = r["value"]
     for (name, method, lr, ep, task), by_seed in groups.items():
         seeds = ", ".join(f"{s}: {v:.1f}" for s, v in sorted(by_seed.items()))
         d = [v - paper[(method, task, s)] for s, v in sorted(by_seed.items()) if (method, task, s) in paper]
@@ -122,6 +123,10 @@ def report(results: list[Record], args: argparse.Namespace) -> str:
     if sd := got("servable-defaults"):
         parts += ["Servable defaults (plan servable-defaults): dev metric x100", "",
                   servable_defaults_table(sd, paper_values(results))]
+        best = acc.child_f_servable_best(results)
+        if best is not None:
+            parts += ["", f"child-f's servable search (seed {acc.PILOT_SEED}, mean of RTE and MRPC): "
+                      f"best {best:g}"]
     if pilot := got("pilot-own-lr"):
         best = {m: acc.own_lr_best(results, m) for m in acc.DENSE}
         parts += ["", f"Each dense method's own lr search (seed {acc.PILOT_SEED}, no claim uses it; "

@@ -498,13 +498,29 @@ def test_servable_defaults_runs_each_servable_default_in_three_seeds(tmp_path):
     runs = accuracy.plan("servable-defaults", args, results)
     got = [(r.method, r.task, r.lr, r.epochs, r.seed) for r in runs]
     tasks = accuracy.CLAIM_TASKS
+    search = [("child-f", t, lr, 3.0, 3) for lr in (*accuracy.CHILD_F_SERVABLE_LRS, 1e-3)
+              for t in ("rte", "mrpc")]
     assert sorted(got) == sorted(
         [("child-f", t, 1e-3, 3.0, s) for t in tasks for s in (0, 1, 2)]
         + [("dps", t, 3e-4, 3.0, s) for t in tasks for s in (0, 1, 2)]
-        + [("child-d", "cola", 1e-3, 10.0, s) for s in (0, 1, 2)])
-    assert [r.seed for r in runs] == sorted(r.seed for r in runs)
+        + [("child-d", "cola", 1e-3, 10.0, s) for s in (0, 1, 2)] + search)
+    assert got[:4] == [("child-f", t, 1e-3, 3.0, 0) for t in tasks]  # never run before: first
+    # child-f's own search (seed 3, no claim's) before its other seeds at the default
+    assert got[-8:] == [("child-f", t, 1e-3, 3.0, s) for s in (1, 2) for t in tasks]
+    assert got[-18:-8] == search
     assert {(r.recipe, r.density) for r in runs} == {("servable", 0.05)}
     assert runs[0].name == "child-f@0.05"
+
+
+def test_child_f_servable_search_chooses_on_the_pilot_seed_once_complete():
+    def rec(t, lr, v, seed=3):
+        return {**_rec(t, "child-f@0.05", lr, v, False, seed=seed), "plan": "servable-defaults"}
+
+    done = [rec(t, lr, 60.0 + 1e4 * lr if lr < 1e-3 else 50.0)
+            for lr in (*accuracy.CHILD_F_SERVABLE_LRS, 1e-3) for t in ("rte", "mrpc")]
+    assert accuracy.child_f_servable_best(done) == 2e-4
+    assert accuracy.child_f_servable_best(done[:-1]) is None  # the default's MRPC run not in
+    assert accuracy.child_f_servable_best([*done[:-1], rec("mrpc", 1e-3, 99.0, seed=0)]) is None
 
 
 # -- issue 28: the papers at their own budgets ------------------------------------------------
@@ -670,7 +686,10 @@ def test_issue_28_servable_pilot_and_pasta_tables():
     found = [(accuracy.Run("cola", "child-d", recipe="servable", lr=1e-3, epochs=10, seed=s), {"value": v})
              for s, v in ((0, 23.0), (1, 20.0), (2, 26.0))]
     paper = {("child-d", "cola", s): 25.0 for s in (0, 1, 2)}
-    (row,) = papers_budgets.servable_defaults_table(found, paper).splitlines()[2:]
+    pilot_run = accuracy.Run("cola", "child-d", recipe="servable", lr=1e-3, epochs=10, seed=3)
+    found.append((pilot_run, {"value": 1.0}))
+    row, search = papers_budgets.servable_defaults_table(found, paper).splitlines()[2:]
+    assert search.startswith("| child-d@0.05 (search) | 0.001 | 10 | CoLA | 1.0 (1) | 3: 1.0 |")
     assert "| child-d@0.05 | 0.001 | 10 | CoLA | 23.0 ± 3.0 (3) | 0: 23.0, 1: 20.0, 2: 26.0 |" in row
     assert "-2.00 [" in row and "(df 2)" in row
     pilot = [(accuracy._dense(t, "dps", lr, 3), {"value": v}) for t, lr, v in
