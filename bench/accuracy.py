@@ -51,7 +51,7 @@ Plans, in the order the study runs them (the whole-model claims first):
                 search's lr, seeds 0-2 (seed 0 is servable-diag's run); child-d on CoLA at
                 --frozen-epochs epochs in every seed (at 3 it sits at the majority answer);
                 then child-f's own servable lr search (seed 3, RTE and MRPC: full's servable
-                points and the default), then child-f's seeds 1-2 at the default
+                points and the servable pilot's), then child-f's 3 seeds at its choice
   pilot-own-lr  (issue 28) full, child-d, child-f, dps each at OWN_LRS (full's 4 points), seed 3
                 (no claim uses it), RTE and MRPC; Child-Tuning without warm-up, as its code
   claims-own-lr seeds 0-2 on the claim tasks, each dense method at its own search's best
@@ -417,10 +417,10 @@ def _plan(name: str, args: argparse.Namespace, results: list[dict[str, Any]]) ->
 
 
 def servable_default_runs(args: argparse.Namespace, results: list[dict[str, Any]]) -> list[Run]:
-    """Plan servable-defaults: each servable default at the lr trainer/table.py gives it, in
-    3 seeds: child-f's first seed (never run before), dps on the claim tasks, child-d on CoLA
-    at the longer schedule (its 3-epoch default stays at the majority answer there); then
-    child-f's own lr search on the pilot seed, and its other seeds."""
+    """Plan servable-defaults: each servable default in 3 seeds: child-f's first seed at the
+    servable pilot's lr (never run before), dps on the claim tasks, child-d on CoLA at the
+    longer schedule (its 3-epoch default stays at the majority answer there); then child-f's
+    own lr search on the pilot seed and, once it has chosen, child-f's 3 seeds there."""
     slr = pilot_best(results, SERVABLE_PILOT)
     dlr = servable_search_best(results, _diag_runs(args))
     if slr is None or dlr is None:
@@ -432,10 +432,12 @@ def servable_default_runs(args: argparse.Namespace, results: list[dict[str, Any]
     runs += [Run("cola", "child-d", recipe="servable", lr=slr, epochs=args.frozen_epochs, seed=s)
              for s in (0, 1, 2)]
     # child-f trains densely before its cut: its own search (full's servable points and the
-    # default), on the pilot seed, before its other seeds at the default
+    # servable pilot's), on the pilot seed
     runs += [Run(t, "child-f", recipe="servable", lr=lr, seed=PILOT_SEED)
              for lr in (*CHILD_F_SERVABLE_LRS, slr) for t in PILOT_TASKS]
-    return runs + [Run(t, "child-f", recipe="servable", lr=slr, seed=s) for s in (1, 2) for t in CLAIM_TASKS]
+    best = child_f_servable_best(results)  # then its 3 seeds at its own choice, once made
+    return runs + ([] if best is None else [Run(t, "child-f", recipe="servable", lr=best, seed=s)
+                                            for s in (0, 1, 2) for t in CLAIM_TASKS])
 
 
 # child-f's servable search: full's servable points (it trains every tunable weight densely

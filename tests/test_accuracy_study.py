@@ -501,13 +501,19 @@ def test_servable_defaults_runs_each_servable_default_in_three_seeds(tmp_path):
     search = [("child-f", t, lr, 3.0, 3) for lr in (*accuracy.CHILD_F_SERVABLE_LRS, 1e-3)
               for t in ("rte", "mrpc")]
     assert sorted(got) == sorted(
-        [("child-f", t, 1e-3, 3.0, s) for t in tasks for s in (0, 1, 2)]
+        [("child-f", t, 1e-3, 3.0, 0) for t in tasks]
         + [("dps", t, 3e-4, 3.0, s) for t in tasks for s in (0, 1, 2)]
         + [("child-d", "cola", 1e-3, 10.0, s) for s in (0, 1, 2)] + search)
     assert got[:4] == [("child-f", t, 1e-3, 3.0, 0) for t in tasks]  # never run before: first
-    # child-f's own search (seed 3, no claim's) before its other seeds at the default
-    assert got[-8:] == [("child-f", t, 1e-3, 3.0, s) for s in (1, 2) for t in tasks]
-    assert got[-18:-8] == search
+    assert got[-10:] == search  # child-f's own search (seed 3, no claim's), last
+    for lr, v in (((2e-5, 50.0), (5e-5, 70.0), (1e-4, 60.0), (2e-4, 55.0), (1e-3, 40.0))):
+        for t in ("rte", "mrpc"):
+            accuracy._append(path, {**_rec(t, "child-f@0.05", lr, v, False, seed=3),
+                                    "plan": "servable-defaults", "method": "child-f", "recipe": "servable"})
+    chosen = accuracy.plan("servable-defaults", args, accuracy.load_results(path) + results)
+    # once it has chosen: child-f's 3 seeds at its own lr
+    assert [(r.method, r.task, r.lr, r.seed) for r in chosen[-12:]] == [
+        ("child-f", t, 5e-5, s) for s in (0, 1, 2) for t in tasks]
     assert {(r.recipe, r.density) for r in runs} == {("servable", 0.05)}
     assert runs[0].name == "child-f@0.05"
 
