@@ -38,11 +38,8 @@ def interval(d: list[float]) -> str:
 
 
 def _cell(vals: list[float]) -> str:
-    if not vals:
-        return "—"
-    if len(vals) == 1:
-        return f"{vals[0]:.1f} (1)"
-    return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f} ({len(vals)})"
+    """bench.accuracy's cell (mean ± sd, or the one value) with the number of seeds."""
+    return f"{acc._cell(vals)} ({len(vals)})" if vals else acc._cell(vals)
 
 
 def servable_defaults_table(found: list[tuple[acc.Run, Record]],
