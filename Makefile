@@ -31,7 +31,7 @@ lint: install
 	$(PY) -m mypy
 
 proto: install
-	$(PY) -m server._private.gen_proto
+	$(PY) -m polyhead.server._private.gen_proto
 
 # The cluster image (deploy/Dockerfile); push it where the RayService's pods pull from.
 # CUDA: make image RAY_PLATFORM=-gpu TORCH_INDEX=https://pypi.org/simple

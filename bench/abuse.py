@@ -37,6 +37,7 @@ from pathlib import Path
 
 import grpc
 import psutil
+
 from polyhead.v1 import polyhead_pb2 as pb
 from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
 

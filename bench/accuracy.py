@@ -55,7 +55,7 @@ Plans, in the order the study runs them (the whole-model claims first):
   pilot-own-lr  (issue 28) full, child-d, child-f, dps each at OWN_LRS (full's 4 points), seed 3
                 (no claim uses it), RTE and MRPC; Child-Tuning without warm-up, as its code
   claims-own-lr seeds 0-2 on the claim tasks, each dense method at its own search's best
-  eh-ft         EH-FT as published (trainer/algos/eh_ft.py) with LoRA and with BitFit, and its
+  eh-ft         EH-FT as published (polyhead/trainer/algos/eh_ft.py) with LoRA and with BitFit, and its
                 fair baseline (the same MLP head, random; the same stage 2): 3 seeds x 4 tasks
   pasta-paper   PASTA's paper recipe (batch 32, 150 epochs, every epoch's dev metric, the best
                 epoch recorded beside the last), seed 0, the claim tasks; each epoch is
@@ -135,7 +135,7 @@ class Run:
     diag: bool = False  # a diagnostic run, outside the protocol (kept out of the tables)
     precision: str = "fp32"  # training forwards: fp32, or bf16 autocast (weights stay fp32)
     batch: int = 16
-    warmup: float | None = None  # None: the method's (trainer/table.py)
+    warmup: float | None = None  # None: the method's (polyhead/trainer/table.py)
     head_init_epochs: float | None = None  # eh-ft: stage 1's epochs
 
     @property
@@ -463,7 +463,7 @@ def child_f_servable_best(results: list[dict[str, Any]]) -> float | None:
 PILOT_SEED = 3  # the own-lr searches' seed: no claim uses it, so no run is pilot and claim
 OWN_LRS = (2e-5, 5e-5, 1e-4, 2e-4)  # full's search; around Child-Tuning's 4e-5 and DPS's 2e-5
 CHILD = ("child-d", "child-f")  # Child-Tuning's code runs without warm-up
-EHFT_LR = 1e-4  # eh-ft's stage 2 (trainer/table.py; the whole-model methods' lr)
+EHFT_LR = 1e-4  # eh-ft's stage 2 (polyhead/trainer/table.py; the whole-model methods' lr)
 EHFT_ROWS = (None, "pet:lora", "pet:bitfit")  # the fair baseline, then EH-FT with each PET
 PASTA_TASKS = ("cola", "rte", "mrpc", "stsb")  # cheapest first (CoLA's sentences are short)
 
@@ -504,7 +504,7 @@ def claims_own_lr_runs(args: argparse.Namespace, results: list[dict[str, Any]]) 
 def eh_ft_runs(args: argparse.Namespace, results: list[dict[str, Any]]) -> list[Run]:
     """EH-FT as published against its fair baseline (the same MLP head, random; the same
     stage 2), 3 seeds, the claim tasks; stage 1 at the paper's epochs for the task."""
-    from trainer.algos.eh_ft import stage1_epochs
+    from polyhead.trainer.algos.eh_ft import stage1_epochs
 
     return [Run(t, "eh-ft", recipe="paper", lr=EHFT_LR, seed=s, batch=32, head_init=h,
                 head_init_epochs=None if h is None else stage1_epochs(t))
@@ -534,14 +534,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 @functools.cache
 def commit_of(folder: Path) -> str:
-    """The code's git commit (+ '-dirty' when trainer/, methods/ or bench/ differ from it),
+    """The code's git commit (+ '-dirty' when polyhead/trainer/, polyhead/engine/ or bench/ differ from it),
     read once per process (``execute`` reads it when it has imported the code): a worker's
     records name the code it runs, whatever is merged into the worktree meanwhile."""
     def git(*a: str) -> str:
         return subprocess.run(["git", "-C", str(folder), *a], capture_output=True, text=True).stdout.strip()
 
     sha = git("rev-parse", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--", "trainer", "methods", "bench/accuracy.py")
+    dirty = git("status", "--porcelain", "--", "polyhead/trainer", "polyhead/engine", "bench/accuracy.py")
     return sha + ("-dirty" if dirty else "")
 
 
@@ -554,9 +554,9 @@ def machine() -> dict[str, Any]:
 
 
 def run_one(args: argparse.Namespace, run: Run, backbone: Any, cache: dict[Any, Any]) -> dict[str, Any]:
-    from trainer.cli import load_data
-    from trainer.config import TrainConfig
-    from trainer.run import train
+    from polyhead.trainer.cli import load_data
+    from polyhead.trainer.config import TrainConfig
+    from polyhead.trainer.run import train
 
     folder = args.data / TASKS[run.task]
     ns = argparse.Namespace(preset=run.task, train=folder / "train.tsv", dev=folder / "dev.tsv", metric=None)
@@ -699,8 +699,8 @@ def execute(args: argparse.Namespace) -> None:
             raise
     import torch
 
-    import trainer.run  # noqa: F401  (the code this process runs, before its commit is read)
-    from methods import load_backbone
+    import polyhead.trainer.run  # noqa: F401  (the code this process runs, before its commit is read)
+    from polyhead.engine import load_backbone
 
     torch.set_num_threads(args.threads)
     commit_of(REPO)
@@ -1075,7 +1075,7 @@ def report(results: list[dict[str, Any]], diag: list[dict[str, Any]] | None = No
                   pilot_table(results)]
         found = {m: pilot_best(results, m) for m in PILOTS}
         parts += ["", "Best learning rate so far (mean of RTE and MRPC, among the lrs run on both; "
-                  "trainer/table.py's defaults follow it once the pilot is complete): " + ", ".join(
+                  "polyhead/trainer/table.py's defaults follow it once the pilot is complete): " + ", ".join(
                       f"{m} {lr:g}" + (" (shared by child-d, child-f, dps, EH-FT)" if m == "full" else
                                        " (servable recipe: child-d, child-f, dps)" if m == SERVABLE_PILOT
                                        else "")
@@ -1109,7 +1109,7 @@ def report(results: list[dict[str, Any]], diag: list[dict[str, Any]] | None = No
         if best is not None:
             parts += ["", f"{DPS_SERVABLE}'s own lr search over the servable pilot's points (seed 0, "
                       f"RTE and MRPC; its run at the shared lr and servable-diag's): best {best:g}, "
-                      "trainer/table.py's default for dps's servable recipe"]
+                      "polyhead/trainer/table.py's default for dps's servable recipe"]
     return "\n".join(parts)
 
 

@@ -7,7 +7,7 @@ file's bytes and the numbers it stores.
 Size does not depend on what is learned, so each run is 30 steps (10 epochs, batch 2) over
 six sentences written here (no dataset is read): enough for DPS to pick its masks (a
 1-step run stores no encoder entries: its first stage only accumulates). The table also
-gives each file against the store's default size cap (``store.header.DEFAULT_MAX_BYTES``;
+gives each file against the store's default size cap (``polyhead.store.header.DEFAULT_MAX_BYTES``;
 `--max-upload-bytes` moves it).
 """
 
@@ -22,8 +22,8 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from server.cli import main as polyhead
-from store.header import DEFAULT_MAX_BYTES
+from polyhead.cli import main as polyhead
+from polyhead.store.header import DEFAULT_MAX_BYTES
 
 SENTENCES = ("a warm and lovely film", "the plot was dull and tired", "bright clever writing",
              "i want those two hours back", "the cast shines in every scene", "a flat lifeless mess")

@@ -4,7 +4,7 @@
 
 For each command (`polyhead --help`, `polyhead train --help`, and `polyhead train` with a
 missing --train file, which must fail at once) it starts `TREE/.venv/bin/python -m
-server.cli ...` in TREE `--runs` times and prints the median and the worst wall time
+polyhead.cli ...` in TREE `--runs` times and prints the median and the worst wall time
 (time.perf_counter around the whole process: interpreter start, imports, exit).
 """
 
@@ -28,7 +28,7 @@ COMMANDS = {
 def wall(tree: Path, argv: list[str]) -> float:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     t0 = time.perf_counter()
-    subprocess.run([str(tree / ".venv/bin/python"), "-m", "server.cli", *argv], cwd=tree, env=env,
+    subprocess.run([str(tree / ".venv/bin/python"), "-m", "polyhead.cli", *argv], cwd=tree, env=env,
                    capture_output=True, timeout=300)
     return time.perf_counter() - t0
 

@@ -40,7 +40,7 @@ from typing import Any
 import grpc
 import yaml
 
-from server.client import PolyheadClient, PolyheadError
+from polyhead.client import PolyheadClient, PolyheadError
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_CONFIG = ROOT / "deploy" / "serve_config.yaml"
@@ -224,7 +224,7 @@ def cluster_env(token: str) -> dict[str, str]:
     Registry token, Ray's token auth with a token of this cluster's own (as the RayService's
     authOptions does; not ~/.ray/auth_token), and fast failure detection (a dead raylet is
     noticed in ~3 s, not ~30)."""
-    from server.app import SERVE_ENV
+    from polyhead.server.app import SERVE_ENV
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(SERVE_ENV)

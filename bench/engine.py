@@ -38,12 +38,12 @@ from pathlib import Path
 
 import torch
 
-from methods import Backbone, Engine, LoadedTask, TaskArtifact, load_backbone
-from methods.backbone import default_backbone_path
-from methods.engine import Encoded, plan_buckets
-from methods.lora import LoraConfig
-from methods.prefix import PrefixConfig
-from methods.sparse import SparseConfig
+from polyhead.engine import Backbone, Engine, LoadedTask, TaskArtifact, load_backbone
+from polyhead.engine.backbone import default_backbone_path
+from polyhead.engine.engine import Encoded, plan_buckets
+from polyhead.engine.lora import LoraConfig
+from polyhead.engine.prefix import PrefixConfig
+from polyhead.engine.sparse import SparseConfig
 
 KINDS = [("pasta", None), ("prefix", PrefixConfig(num_prefix=16)), ("lora", LoraConfig(r=8)),
          ("bitfit", None), ("sparse", SparseConfig(density=0.01))]
@@ -109,7 +109,7 @@ def peft_artifacts(model, spec, n: int) -> list[TaskArtifact]:
     """The PEFT model's adapters as polyhead artifacts (same weights, same logits)."""
     import peft
 
-    from methods.peft_io import artifact_from_peft
+    from polyhead.engine.peft_io import artifact_from_peft
 
     return [artifact_from_peft(peft.get_peft_model_state_dict(model, adapter_name=f"a{i}"),
                                model.peft_config[f"a{i}"].to_dict(), spec) for i in range(n)]

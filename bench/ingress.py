@@ -35,15 +35,15 @@ from typing import Any
 import grpc
 import psutil
 import torch
-from polyhead.v1 import polyhead_pb2 as pb
-from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
 
 from bench.engine import read_sst2
 from bench.serve import Server, health
-from methods import Engine, TaskArtifact, load_backbone
-from server.app_env import INGRESS_ENV
-from server.client import PolyheadClient
-from store import Store, encode_artifact, new_manifest
+from polyhead.client import PolyheadClient
+from polyhead.engine import Engine, TaskArtifact, load_backbone
+from polyhead.server.app_env import INGRESS_ENV
+from polyhead.store import Store, encode_artifact, new_manifest
+from polyhead.v1 import polyhead_pb2 as pb
+from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
 
 
 def engine_rows_s(engine: Engine, task: Any, texts: Sequence[str], batch: float,

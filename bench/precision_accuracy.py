@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from methods import Engine, load_backbone
-from methods.precision import PrecisionError, dtype_for
-from store.fileformat import load_artifact
-from trainer.data import load_dataset
-from trainer.metrics import compute_metrics
-from trainer.presets import get_preset
+from polyhead.engine import Engine, load_backbone
+from polyhead.engine.precision import PrecisionError, dtype_for
+from polyhead.store.fileformat import load_artifact
+from polyhead.trainer.data import load_dataset
+from polyhead.trainer.metrics import compute_metrics
+from polyhead.trainer.presets import get_preset
 
 DEV_FILES = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "stsb": "STS-B", "cola": "CoLA", "qnli": "QNLI"}
 TARGET_POINTS = 0.3

@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from methods import load_backbone
+    from polyhead.engine import load_backbone
     from tests.reliability_support import replica_processes, running_app
     from tests.test_serving import artifact
     from tests.tiny import make_bert

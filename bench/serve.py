@@ -30,12 +30,12 @@ from typing import Any
 
 import grpc
 import torch
-from polyhead.v1 import polyhead_pb2 as pb
-from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
 
 from bench.engine import KINDS, read_sst2
-from methods import Engine, TaskArtifact, load_backbone
-from store import Store, encode_artifact, new_manifest
+from polyhead.engine import Engine, TaskArtifact, load_backbone
+from polyhead.store import Store, encode_artifact, new_manifest
+from polyhead.v1 import polyhead_pb2 as pb
+from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
 
 Pick = Callable[[random.Random], tuple[str, str]]  # -> (task id, sentence)
 
@@ -202,7 +202,7 @@ class Server:
                  probe_task: str = "one", examples: bool = False, timeout_s: float = 300) -> None:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "server.cli", "serve", "--insecure",
+        cmd = [sys.executable, "-m", "polyhead.cli", "serve", "--insecure",
                "--port", str(self.port), "--http-port", str(free_port()), "--store", str(store),
                "--replicas", str(replicas), *([] if examples else ["--no-examples"]), *extra]
         t0 = time.perf_counter()

@@ -33,11 +33,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from methods import TaskArtifact, load_backbone
-from methods.lora import LoraConfig
-from methods.sparse import SparseConfig
-from methods.spec import BackboneSpec
-from store import Store, encode_artifact, new_manifest
+from polyhead.engine import TaskArtifact, load_backbone
+from polyhead.engine.lora import LoraConfig
+from polyhead.engine.sparse import SparseConfig
+from polyhead.engine.spec import BackboneSpec
+from polyhead.store import Store, encode_artifact, new_manifest
 
 KINDS: list[tuple[str, str, object]] = [
     ("pasta", "pasta", None),
@@ -141,6 +141,7 @@ def other_replica_ms(address: str, spec: BackboneSpec, rounds: int) -> list[floa
     """Upload ``rounds`` versions of a task both replicas hold; for each, ms from Upload's
     return until the later of the two replicas had it loaded (resident since, by its Health)."""
     import grpc
+
     from polyhead.v1 import polyhead_pb2 as pb
     from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
 

@@ -35,11 +35,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from methods import load_backbone
-    from trainer.cli import load_data
-    from trainer.config import TrainConfig, cpu_has_bf16
-    from trainer.data import Dataset
-    from trainer.run import train
+    from polyhead.engine import load_backbone
+    from polyhead.trainer.cli import load_data
+    from polyhead.trainer.config import TrainConfig, cpu_has_bf16
+    from polyhead.trainer.data import Dataset
+    from polyhead.trainer.run import train
 
     torch.set_num_threads(1)
     folder = args.data / "RTE"

@@ -26,9 +26,9 @@ PASTA, LORA = 64, 32
 
 
 def run(budget_mb: float) -> list[tuple[str, ...]]:
-    from methods import Engine, TaskArtifact, load_backbone
-    from methods.lora import LoraConfig
-    from server.bank import AdapterBank, TaskMeta, VersionKey
+    from polyhead.engine import Engine, TaskArtifact, load_backbone
+    from polyhead.engine.lora import LoraConfig
+    from polyhead.server.bank import AdapterBank, TaskMeta, VersionKey
 
     bb = load_backbone()
     spec = bb.spec
@@ -57,7 +57,7 @@ def run(budget_mb: float) -> list[tuple[str, ...]]:
 
 def touch_all(bank: Any, arts: dict[str, Any], meta: Any) -> None:
     """Request every ordinary task in turn (a miss loads it, evicting the LRU one)."""
-    from server.bank import VersionKey
+    from polyhead.server.bank import VersionKey
 
     for t in arts:
         bank.put(VersionKey(t, "v"), arts[t], meta)
@@ -83,13 +83,13 @@ def _kb(nbytes: int | None) -> str:
 
 
 def probe_times(repeats: int = 5) -> list[tuple[str, str]]:
-    """Median wall time of the publish probe (methods.probe) per artifact, on the same backbone."""
+    """Median wall time of the publish probe (polyhead.engine.probe) per artifact, on the same backbone."""
     import statistics
     import time
 
-    from methods import TaskArtifact, load_backbone
-    from methods.lora import LoraConfig
-    from methods.probe import probe_forward
+    from polyhead.engine import TaskArtifact, load_backbone
+    from polyhead.engine.lora import LoraConfig
+    from polyhead.engine.probe import probe_forward
 
     bb = load_backbone()
     out = []
@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget-mb", type=float, default=512.0, help="device budget (serve's default)")
     ap.add_argument("--probe", action="store_true",
-                    help="also time the publish probe per artifact (needs this code's methods.probe)")
+                    help="also time the publish probe per artifact (needs this code's polyhead.engine.probe)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch

@@ -14,7 +14,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch
 
-from methods import Engine, load_backbone
+from polyhead.engine import Engine, load_backbone
 from tests.test_store_support import pg_server  # noqa: F401  (one PostgreSQL for the session)
 from tests.tiny import make_bert, make_roberta
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import torch
 
-from methods.spec import BackboneSpec
-from store.header import DEFAULT_MAX_BYTES, METADATA_KEY
+from polyhead.engine.spec import BackboneSpec
+from polyhead.store.header import DEFAULT_MAX_BYTES, METADATA_KEY
 from tests.test_store_format import BAD
 from tests.test_store_support import craft, good_parts, make_file
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import psutil
 
-from server.client import PolyheadClient
-from server.config import Secret, ServerConfig
+from polyhead.client import PolyheadClient
+from polyhead.server.config import Secret, ServerConfig
 from tests.test_serving import free_port, ray_session
 
 # Distinctive, so that a grep of the logs cannot miss it (or match something else).
@@ -46,7 +46,7 @@ class App:
         from ray import serve
         from ray.serve.config import gRPCOptions
 
-        from server.app import APP_NAME, GRPC_SERVICERS, app_for
+        from polyhead.server.app import APP_NAME, GRPC_SERVICERS, app_for
 
         serve.start(http_options={"host": "127.0.0.1", "port": free_port()},
                     grpc_options=gRPCOptions(port=self.port, grpc_servicer_functions=GRPC_SERVICERS))

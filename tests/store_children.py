@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from store import open_catalog
+from polyhead.store import open_catalog
 
 
 def open_catalog_child(place: str, results: Any) -> None:

@@ -20,23 +20,23 @@ import safetensors.torch
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from polyhead.v1 import polyhead_pb2 as pb
 from starlette.requests import Request
 
-from methods.engine import Encoded
-from methods.errors import ArtifactError
-from server._private import registry
-from server._private.auth import Auth
-from server._private.errors import status_for
-from server._private.gate import StreamAborted, rpc, rpc_stream
-from server._private.http import http_classify
-from server._private.servicers import MalformedRequest, Unparsed, _lenient, limit_for
-from server._private.services import InferenceService, Parts
-from server._private.streams import OneLineAborts, StreamLimits, client_of
-from server._private.swap import BoundedCache, Resolver
-from server.config import ServerConfig
-from store import NotFoundError, Store
-from store.manifest import Manifest
+from polyhead.engine.engine import Encoded
+from polyhead.engine.errors import ArtifactError
+from polyhead.server._private import registry_rpcs as registry
+from polyhead.server._private.auth import Auth
+from polyhead.server._private.decoders import MalformedRequest, Unparsed, _lenient, limit_for
+from polyhead.server._private.errors import status_for
+from polyhead.server._private.gate import StreamAborted, rpc, rpc_stream
+from polyhead.server._private.http import http_classify
+from polyhead.server._private.resolver import BoundedCache, Resolver
+from polyhead.server._private.services import InferenceService, Parts
+from polyhead.server._private.streams import OneLineAborts, StreamLimits, client_of
+from polyhead.server.config import ServerConfig
+from polyhead.store import NotFoundError, Store
+from polyhead.store.manifest import Manifest
+from polyhead.v1 import polyhead_pb2 as pb
 from tests import abuse_corpus as corpus
 from tests.test_store_support import good_parts
 
@@ -428,8 +428,8 @@ def test_health_shows_task_ids_only_to_the_registry_token() -> None:
 # -- cancellation: a request whose client went away is never forwarded -------------------------
 
 def test_cancelled_request_leaves_the_queue_and_is_never_forwarded() -> None:
-    from server._private.batcher import Batcher
-    from server._private.inference import BatchStats
+    from polyhead.server._private.batcher import Batcher
+    from polyhead.server._private.inference import BatchStats
 
     forwarded: list[list[str]] = []
     running, release = threading.Event(), threading.Event()
@@ -473,8 +473,8 @@ def test_cancelled_request_leaves_the_queue_and_is_never_forwarded() -> None:
 
 
 def test_a_batch_drops_a_request_cancelled_after_it_was_taken() -> None:
-    from server._private.batcher import Batcher, _Pending
-    from server._private.inference import BatchItem, BatchStats
+    from polyhead.server._private.batcher import Batcher, _Pending
+    from polyhead.server._private.inference import BatchItem, BatchStats
 
     seen: list[int] = []
 
@@ -572,8 +572,8 @@ def test_failed_stream_authentication_logs_one_line() -> None:
 def test_serve_binds_loopback_and_takes_tokens_from_files(tmp_path: Path, capsys) -> None:
     import argparse
 
-    from server._private.bind import address_for
-    from server.serve_cli import config_from, private_ray_token, register
+    from polyhead.server._private.bind import address_for
+    from polyhead.server.serve_cli import config_from, private_ray_token, register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
@@ -621,9 +621,8 @@ def test_proxy_refuses_a_call_by_its_metadata_before_reading_its_message(
     a call without the right one is refused when its handler is looked up. Its 5 MB message
     is over this server's 4 MB receive limit, so an answer other than UNAUTHENTICATED (i.e.
     RESOURCE_EXHAUSTED) would mean it was read."""
+    from polyhead.server._private import decoders as servicers
     from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
-
-    from server._private import servicers
 
     seen: list[Any] = []
 

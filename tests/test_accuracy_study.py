@@ -164,7 +164,7 @@ def test_the_trainers_defaults_are_the_committed_studys_choices():
     choose (a pilot that completes later makes no default by itself: see --help)."""
     from pathlib import Path
 
-    from trainer.table import METHODS
+    from polyhead.trainer.table import METHODS
 
     path = Path(__file__).parent.parent / "bench/results/accuracy.jsonl"
     results = {p: accuracy.load_results(path, precision=p) for p in ("fp32", "bf16")}
@@ -288,8 +288,8 @@ def test_polyhead_train_with_its_defaults_trains_the_studys_runs():
     import argparse
     from pathlib import Path
 
-    from trainer.cli import _config, register
-    from trainer.table import METHODS
+    from polyhead.trainer.cli import _config, register
+    from polyhead.trainer.table import METHODS
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
@@ -566,7 +566,7 @@ def test_issue_11s_claims_keep_child_tuning_at_the_warm_up_they_ran_with():
     it at 10 % keeps saying so, under its old keys."""
     import argparse
 
-    from trainer.table import METHODS
+    from polyhead.trainer.table import METHODS
 
     assert METHODS["child-d"].paper.warmup == METHODS["child-f"].paper.warmup == 0.0
     assert METHODS["dps"].paper.warmup == METHODS["full"].paper.warmup == 0.1

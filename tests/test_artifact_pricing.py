@@ -10,9 +10,9 @@ import asyncio
 import pytest
 import torch
 
-from methods import Engine, TaskArtifact
-from methods.lora import LoraConfig
-from methods.prefix import PrefixConfig
+from polyhead.engine import Engine, TaskArtifact
+from polyhead.engine.lora import LoraConfig
+from polyhead.engine.prefix import PrefixConfig
 
 ATOL = 1e-5
 TEXTS = ["the movie was good", ("the man walks", "he walks in the park"), "rain"]
@@ -64,7 +64,7 @@ def test_a_wide_task_costs_its_own_rows_only(real_backbone, wide: str) -> None:
 def test_deleted_and_evicted_wide_tasks_give_their_tables_back(real_backbone) -> None:
     """Through the adapter bank: DeleteTask's discard and LRU eviction both free the wide
     table, not only an explicit unload."""
-    from server.bank import AdapterBank, TaskMeta, VersionKey
+    from polyhead.server.bank import AdapterBank, TaskMeta, VersionKey
 
     spec = real_backbone.spec
     arts = {"small": TaskArtifact.random("pasta", spec, 2, seed=1),

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import build_parser
-from trainer.cli import load_data
+from polyhead.cli import build_parser
+from polyhead.trainer.cli import load_data
 
 HEAVY = ("torch", "transformers", "ray")
 
 
 def imports_after(argv: list[str]) -> tuple[int, str, list[str]]:
     """(exit code, stderr, heavy modules imported) of `polyhead ARGV` in a fresh interpreter."""
-    code = ("import sys\nfrom server.cli import main\n"
+    code = ("import sys\nfrom polyhead.cli import main\n"
             f"try:\n    rc = main({argv!r})\nexcept SystemExit as e:\n    rc = e.code\n"
             f"print([m for m in {HEAVY!r} if m in sys.modules])\nprint(rc)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
@@ -108,6 +108,7 @@ class FakeServer:
 
     def __init__(self) -> None:
         import grpc
+
         from polyhead.v1 import polyhead_pb2 as pb
         from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
 
@@ -198,7 +199,7 @@ def fake():
 
 
 def polyhead(fake: FakeServer, capsys, *argv: str) -> tuple[int, str, str]:
-    from server.cli import main
+    from polyhead.cli import main
 
     verb, rest = argv[0], argv[1:]
     head = [verb, rest[0]] if verb == "tasks" else [verb]
@@ -259,7 +260,7 @@ def test_pair_output_shows_both_texts(fake, capsys) -> None:
 
 
 def test_pair_line_shows_the_pair() -> None:
-    from server.client_cli import row_json
+    from polyhead.client_cli import row_json
 
     row = {"label": "positive", "label_index": 1, "scores": {"negative": 0.1, "positive": 0.9},
            "truncated": False, "version": "v", "version_number": 1}
@@ -285,7 +286,7 @@ def test_one_json_shape_for_scores_in_the_cli_and_http(fake, capsys) -> None:
     """`classify --json` prints what POST /v1/classify answers for the same response."""
     import asyncio
 
-    from server._private.http import http_classify
+    from polyhead.server._private.http import http_classify
 
     rc, out, _ = polyhead(fake, capsys, "classify", "--task", "t", "--json", "good film", "dull")
     cli = json.loads(out)
@@ -294,7 +295,7 @@ def test_one_json_shape_for_scores_in_the_cli_and_http(fake, capsys) -> None:
     answered = fake.requests[-1]
 
     async def classify(request, ctx):  # the same fake answer, through the HTTP route
-        from server.client import PolyheadClient
+        from polyhead.client import PolyheadClient
 
         with PolyheadClient(fake.address) as c:
             return c.classify_raw(request.task_id, [x.text for x in request.inputs])
@@ -307,9 +308,8 @@ def test_one_json_shape_for_scores_in_the_cli_and_http(fake, capsys) -> None:
 def test_health_verb_and_http_route(fake, capsys) -> None:
     import asyncio
 
+    from polyhead.server._private.http import http_health
     from polyhead.v1 import polyhead_pb2 as pb
-
-    from server._private.http import http_health
 
     rc, out, _ = polyhead(fake, capsys, "health")
     assert rc == 0 and out.startswith(f"SERVING: {fake.address}, replica r1, backbone minilm")
@@ -354,7 +354,7 @@ def test_delete_asks_unless_yes(fake, capsys, monkeypatch) -> None:
 
 def test_upload_prints_one_tidy_line(fake, capsys, tmp_path) -> None:
     """D10: `upload` and `train --upload` print the same line (not a raw dict)."""
-    from trainer.output import Targets, deliver
+    from polyhead.trainer.output import Targets, deliver
 
     path = tmp_path / "a.polyhead"
     path.write_bytes(b"x")
@@ -369,10 +369,9 @@ def test_upload_prints_one_tidy_line(fake, capsys, tmp_path) -> None:
 def test_truncate_cuts_long_texts_and_marks_them() -> None:
     """D3: without `truncate` a text over the limit is refused (the message says how to cut
     it); with it the text is cut to the limit and its prediction marked truncated."""
+    from polyhead.server._private.errors import InvalidInput
+    from polyhead.server._private.inference import cut_inputs, parse_inputs
     from polyhead.v1 import polyhead_pb2 as pb
-
-    from server._private.errors import InvalidInput
-    from server._private.inference import cut_inputs, parse_inputs
 
     inputs = [pb.Input(text="a" * 30), pb.Input(text="b", pair="c" * 12), pb.Input(text="d")]
     with pytest.raises(InvalidInput, match=r"inputs\[0\].text: 30 characters; the limit is 10 "
@@ -385,8 +384,8 @@ def test_truncate_cuts_long_texts_and_marks_them() -> None:
 
 def test_the_shipped_example_takes_single_texts() -> None:
     """D6: its manifest says `inputs: single`, so a pair for it is refused as for trained tasks."""
-    from server._private.replica import EXAMPLES
-    from store.header import read_manifest_json
+    from polyhead.server._private.replica import EXAMPLES
+    from polyhead.store.header import read_manifest_json
 
     data = (EXAMPLES / "sentiment.polyhead").read_bytes()
     assert read_manifest_json(data, max_bytes=len(data))["inputs"] == "single"
@@ -396,25 +395,29 @@ def test_the_shipped_example_takes_single_texts() -> None:
                                         ("12345678", None), ("v0", None), ("0", None), ("stable", None)])
 def test_a_bare_version_number_reads_as_vN(ref: str, number: int | None) -> None:
     """D8: `--version 1` is v1 (8 or more digits stay a hash prefix; aliases start with a letter)."""
-    from store.names import version_number_ref
+    from polyhead.store.names import version_number_ref
 
     assert version_number_ref(ref) == number
 
 
 # -- a quiet install, start, training and stop -------------------------------------------------
 
-def test_pyproject_builds_without_setuptools_warnings() -> None:
-    """project.license as an SPDX string (a TOML table is deprecated), and the examples'
-    folder listed as the package its data ships in (setuptools warns about it otherwise)."""
+def test_pyproject_installs_one_namespace_with_its_data() -> None:
+    """project.license as an SPDX string (a TOML table is deprecated); the packages found are
+    `polyhead` and its subpackages only (no top-level `server`, `store`, `bench`...), and the
+    examples' folder, whose data ships, is one of them."""
     import tomllib
+
+    from setuptools import find_namespace_packages
 
     root = Path(__file__).parent.parent
     project = tomllib.loads((root / "pyproject.toml").read_text())
     assert project["project"]["license"] == "Apache-2.0"
-    packages = project["tool"]["setuptools"]["packages"]
+    found = set(find_namespace_packages(str(root), **project["tool"]["setuptools"]["packages"]["find"]))
+    assert {p.split(".")[0] for p in found} == {"polyhead"}
+    assert {"polyhead.server.examples", "polyhead.v1", "polyhead.server._private"} <= found
     data = project["tool"]["setuptools"]["package-data"]
-    assert "server.examples" in packages and data["server.examples"] == ["*.polyhead"]
-    assert all(pkg in packages for pkg in data)
+    assert data["polyhead.server.examples"] == ["*.polyhead"] and set(data) <= found
 
 
 def test_readme_artifacts_are_ignored_but_not_the_shipped_example(tmp_path: Path) -> None:
@@ -427,7 +430,7 @@ def test_readme_artifacts_are_ignored_but_not_the_shipped_example(tmp_path: Path
         return subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=tmp_path).returncode == 0
 
     assert ignored("sentiment.polyhead") and ignored("out/sst2.polyhead")
-    assert not ignored("server/examples/sentiment.polyhead")
+    assert not ignored("polyhead/server/examples/sentiment.polyhead")
 
 
 def test_serve_drops_rays_noise_lines_only(monkeypatch, capsys) -> None:
@@ -437,7 +440,7 @@ def test_serve_drops_rays_noise_lines_only(monkeypatch, capsys) -> None:
 
     from ray._private import worker
 
-    from server.serve_cli import quiet_ray
+    from polyhead.server.serve_cli import quiet_ray
 
     monkeypatch.setattr(worker, "print_to_stdstream", worker.print_to_stdstream)  # restored after
     serve_log = logging.getLogger("ray.serve")
@@ -464,9 +467,9 @@ def test_lora_training_shows_one_loading_bar(tiny_bert, monkeypatch) -> None:
     import transformers
     from transformers.utils import logging as hf_logging
 
-    from methods import HeadConfig
-    from trainer.config import TrainConfig
-    from trainer.models import LoraModel
+    from polyhead.engine import HeadConfig
+    from polyhead.trainer.config import TrainConfig
+    from polyhead.trainer.models import LoraModel
 
     seen: list[bool] = []
     original = transformers.AutoModelForSequenceClassification.from_pretrained
@@ -483,8 +486,8 @@ def test_lora_training_shows_one_loading_bar(tiny_bert, monkeypatch) -> None:
 
 def test_registry_lists_where_each_alias_points(tiny_bert, tmp_path) -> None:
     """D9's server side: ListTasks (and GetTask) say which version each alias names."""
-    from server._private import registry
-    from store import Store
+    from polyhead.server._private import registry_rpcs as registry
+    from polyhead.store import Store
     from tests.test_serving import artifact
 
     store = Store(tmp_path / "store", tiny_bert.spec)

@@ -17,12 +17,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from polyhead.cli import main
+from polyhead.client import PolyheadClient, PolyheadError
+from polyhead.client_cli import _is_loopback
 from polyhead.v1 import polyhead_pb2 as pb
 from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
-
-from server.cli import main
-from server.client import PolyheadClient, PolyheadError
-from server.client_cli import _is_loopback
 
 TOKEN = "tls-test-token"
 

@@ -26,9 +26,9 @@ from bench.cluster import (
     replicas_answering,
     wait_for,
 )
-from methods import TaskArtifact
-from server.client import PolyheadClient
-from store import encode_artifact, new_manifest
+from polyhead.client import PolyheadClient
+from polyhead.engine import TaskArtifact
+from polyhead.store import encode_artifact, new_manifest
 
 pytestmark = pytest.mark.integration
 EXAMPLE = "sentiment"  # published by the shipped config's seed_examples into the empty store

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from methods import HeadConfig, get_kind, kind_names
-from methods.config import ConfigError
-from methods.lora import LoraConfig
-from methods.prefix import PrefixConfig
-from methods.registry import register_kind
-from methods.sparse import SparseConfig
+from polyhead.engine import HeadConfig, get_kind, kind_names
+from polyhead.engine.config import ConfigError
+from polyhead.engine.kinds import register_kind
+from polyhead.engine.lora import LoraConfig
+from polyhead.engine.prefix import PrefixConfig
+from polyhead.engine.sparse import SparseConfig
 
 
 @pytest.mark.parametrize("name", kind_names())

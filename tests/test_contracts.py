@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from methods import ArtifactError, ConfigError, TaskArtifact
-from methods.prefix import PrefixConfig
-from store import decode_artifact, encode_artifact, new_manifest
-from store.header import parse_header
-from store.manifest import Manifest
+from polyhead.engine import ArtifactError, ConfigError, TaskArtifact
+from polyhead.engine.prefix import PrefixConfig
+from polyhead.store import decode_artifact, encode_artifact, new_manifest
+from polyhead.store.header import parse_header
+from polyhead.store.manifest import Manifest
 
 
 def manifest(tiny_bert, **kw) -> Manifest:
@@ -39,8 +39,8 @@ def test_manifests_without_the_field_still_load(tiny_bert) -> None:
 
 
 def test_one_error_type_each() -> None:
-    from methods.config import ConfigError as KindConfigError
-    from server.config import ConfigError as ServerConfigError
+    from polyhead.engine.config import ConfigError as KindConfigError
+    from polyhead.server.config import ConfigError as ServerConfigError
 
     assert ServerConfigError is ConfigError is KindConfigError
     with pytest.raises(ConfigError, match="num_prefix"):

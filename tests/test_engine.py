@@ -10,12 +10,12 @@ import pytest
 import safetensors.torch
 import torch
 
-from methods import Engine, TaskArtifact, TaskModule, get_kind, kind_names
-from methods.encoder import special_index
-from methods.engine import effects_for, forward_slots, group_rows, plan_buckets, row_order
-from methods.lora import LoraConfig
-from methods.prefix import PrefixConfig
-from methods.sparse import SparseConfig, to_dense
+from polyhead.engine import Engine, TaskArtifact, TaskModule, get_kind, kind_names
+from polyhead.engine.encoder import special_index
+from polyhead.engine.engine import effects_for, forward_slots, group_rows, plan_buckets, row_order
+from polyhead.engine.lora import LoraConfig
+from polyhead.engine.prefix import PrefixConfig
+from polyhead.engine.sparse import SparseConfig, to_dense
 
 ATOL = 1e-5
 SINGLES = ["the movie was good", "i hated the plot", "a cat sat on the mat !",
@@ -270,7 +270,7 @@ def test_embedding_diffs_equal_a_patched_model(backbone: str, request: pytest.Fi
 
 
 def test_sparse_embedding_entries_are_validated_by_name(tiny_bert) -> None:
-    from methods import ArtifactError
+    from polyhead.engine import ArtifactError
     from tests.test_slots import embedding_art
 
     spec = tiny_bert.spec

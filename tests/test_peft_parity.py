@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from methods import Engine
-from methods.peft_io import artifact_from_peft
+from polyhead.engine import Engine
+from polyhead.engine.peft_io import artifact_from_peft
 
 TEXTS = ["the movie was good", ("the man walks", "he walks in the park"), "i hated the plot !"]
 
@@ -59,7 +59,7 @@ def test_lora_parity_real_backbone(real_backbone) -> None:
 def test_peft_import_rejects_other_adapters(tiny_bert, tiny_bert_dir) -> None:
     model, cfg = peft_model(tiny_bert_dir, 2, seed=1)
     state = peft.get_peft_model_state_dict(model)
-    from methods.errors import ArtifactError
+    from polyhead.engine.errors import ArtifactError
 
     with pytest.raises(ArtifactError, match="use_dora"):
         artifact_from_peft(state, {**cfg.to_dict(), "use_dora": True}, tiny_bert.spec)

@@ -22,8 +22,8 @@ import grpc
 import pytest
 import torch
 
-from server.client import PolyheadClient, PolyheadError
-from store import Store
+from polyhead.client import PolyheadClient, PolyheadError
+from polyhead.store import Store
 from tests.test_serving import artifact, free_port
 
 pytestmark = pytest.mark.integration
@@ -50,7 +50,7 @@ class Served:
 
 def polyhead_command() -> list[str]:
     script = Path(sys.executable).parent / "polyhead"  # the installed entry point
-    return [str(script)] if script.exists() else [sys.executable, "-m", "server.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "polyhead.cli"]
 
 
 def wait_until_serving(s: Served, deadline_s: float = 300) -> None:
@@ -149,7 +149,7 @@ def test_inference_token_protects_classify_only(served: Served, tiny_bert) -> No
 
 def test_client_commands_read_the_saved_token(served: Served, user_home: Path, tiny_bert,
                                               tiny_bert_dir: Path, tmp_path: Path, capsys) -> None:
-    from server.cli import main
+    from polyhead.cli import main
 
     spec, srv = tiny_bert.spec, ["--server", served.address]
     first, second = tmp_path / "v1.polyhead", tmp_path / "v2.polyhead"
@@ -190,7 +190,7 @@ def test_client_commands_read_the_saved_token(served: Served, user_home: Path, t
 
 def test_import_peft_through_the_cli(served: Served, user_home: Path, tiny_bert, tiny_bert_dir: Path,
                                      tmp_path: Path, capsys) -> None:
-    from server.cli import main
+    from polyhead.cli import main
     from tests.test_peft_parity import TEXTS, peft_model
 
     model, _ = peft_model(tiny_bert_dir, 3, seed=0)
@@ -209,7 +209,7 @@ def test_import_peft_through_the_cli(served: Served, user_home: Path, tiny_bert,
 
 def test_train_upload_through_the_server(served: Served, user_home: Path, tiny_bert_dir: Path,
                                          tmp_path: Path, capsys) -> None:
-    from server.cli import main
+    from polyhead.cli import main
 
     data = tmp_path / "s.tsv"
     rows = [("the movie was good", "positive"), ("i loved the film", "positive"),
@@ -240,6 +240,7 @@ def test_serve_is_hardened_on_its_host(served: Served) -> None:
     import urllib.request
 
     import psutil
+
     from polyhead.v1 import polyhead_pb2 as pb
     from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
 

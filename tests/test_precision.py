@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from methods import Engine, TaskArtifact, load_backbone
-from methods.backbone import BackboneError
-from methods.encoder import Encoder
-from methods.lora import LoraConfig
-from methods.precision import Int8Linears, PackedLinears, PrecisionError, dtype_for
-from methods.prefix import PrefixConfig
-from methods.sparse import SparseConfig
-from server.config import ConfigError, ServerConfig
+from polyhead.engine import Engine, TaskArtifact, load_backbone
+from polyhead.engine.backbone import BackboneError
+from polyhead.engine.encoder import Encoder
+from polyhead.engine.lora import LoraConfig
+from polyhead.engine.precision import Int8Linears, PackedLinears, PrecisionError, dtype_for
+from polyhead.engine.prefix import PrefixConfig
+from polyhead.engine.sparse import SparseConfig
+from polyhead.server.config import ConfigError, ServerConfig
 
 # The stated bound (README "Precision", BENCHMARKS "Engine"): on the packaged MiniLM, for
 # every kind and head in a mixed batch, int8 logits are within 0.1 of fp32 and softmax
@@ -98,7 +98,7 @@ def test_prepacked_fp32_equals_eager_for_every_kind(real_backbone) -> None:
 def test_bf16_serves_every_kind_mixed_near_fp32(real_backbone, monkeypatch) -> None:
     """bf16 (where the CPU multiplies it natively; forced here, so that every CPU runs the
     path) serves every kind in a mixed batch, the sparse CSR product included."""
-    import methods.precision as precision
+    import polyhead.engine.precision as precision
 
     monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx512_bf16"})
     bf = load_backbone(real_backbone.path, precision="bf16")
@@ -156,7 +156,7 @@ def test_int8_backbone_refuses_training(tiny_bert_dir) -> None:
 
 
 def test_precisions_the_device_cannot_run_are_refused(monkeypatch, tiny_bert_dir) -> None:
-    import methods.precision as precision
+    import polyhead.engine.precision as precision
 
     with pytest.raises(PrecisionError, match="--precision 'fp16': choose one of fp32, int8, bf16"):
         dtype_for("fp16", torch.device("cpu"))
@@ -175,8 +175,8 @@ def test_precisions_the_device_cannot_run_are_refused(monkeypatch, tiny_bert_dir
 
 
 def test_serve_refuses_bf16_before_ray_starts(monkeypatch, capsys, tmp_path) -> None:
-    import methods.precision as precision
-    from server import cli
+    import polyhead.engine.precision as precision
+    from polyhead import cli
 
     monkeypatch.setattr(precision, "_cpu_flags", lambda: set())
     monkeypatch.setenv("HOME", str(tmp_path))

@@ -15,14 +15,14 @@ from typing import Any
 import grpc
 import pytest
 import torch
-from polyhead.v1 import polyhead_pb2 as pb
 
-from methods import TaskArtifact
-from methods.lora import LoraConfig
-from server._private.errors import status_for
-from server.config import ServerConfig
-from store import encode_artifact, new_manifest
-from store.limits import Limits
+from polyhead.engine import TaskArtifact
+from polyhead.engine.lora import LoraConfig
+from polyhead.server._private.errors import status_for
+from polyhead.server.config import ServerConfig
+from polyhead.store import encode_artifact, new_manifest
+from polyhead.store.limits import Limits
+from polyhead.v1 import polyhead_pb2 as pb
 from tests.test_replica_memory import in_process_replica
 from tests.test_serving import artifact
 from tests.test_store_retention import overflowing
@@ -127,7 +127,7 @@ def test_import_peft_b5_alpha_1e30_is_refused(no_ray, tmp_path, tiny_bert_dir, t
 
 
 def test_restore_task_needs_the_registry_token(no_ray, tmp_path, tiny_bert_dir) -> None:
-    from server.config import Secret
+    from polyhead.server.config import Secret
 
     async def main() -> None:
         r = await in_process_replica(config(tmp_path, tiny_bert_dir, token=Secret("registry-secret")))
@@ -138,9 +138,9 @@ def test_restore_task_needs_the_registry_token(no_ray, tmp_path, tiny_bert_dir) 
 
 
 def test_limits_and_retention_come_from_serve_flags() -> None:
-    from methods.errors import ConfigError
-    from server.cli import build_parser
-    from server.serve_cli import config_from
+    from polyhead.cli import build_parser
+    from polyhead.engine.errors import ConfigError
+    from polyhead.server.serve_cli import config_from
 
     args = build_parser("serve").parse_args(
         ["serve", "--insecure", "--max-outputs", "100", "--max-lora-rank", "64",

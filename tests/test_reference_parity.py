@@ -19,10 +19,10 @@ import pytest
 import torch
 from torch import Tensor
 
-from methods import Engine, TaskArtifact
-from methods.lora import LoraConfig
-from methods.prefix import PrefixConfig
-from methods.sparse import SparseConfig
+from polyhead.engine import Engine, TaskArtifact
+from polyhead.engine.lora import LoraConfig
+from polyhead.engine.prefix import PrefixConfig
+from polyhead.engine.sparse import SparseConfig
 
 ATOL = 1e-5
 INPUTS: list[str | tuple[str, str]] = [

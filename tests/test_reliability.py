@@ -24,11 +24,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from polyhead.client import PolyheadClient, PolyheadError
+from polyhead.engine import Engine
 from polyhead.v1 import polyhead_pb2 as pb
 from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
-
-from methods import Engine
-from server.client import PolyheadClient, PolyheadError
 from tests.reliability_corpus import corpus
 from tests.reliability_support import TOKEN, App, closed_loop, replica_processes, running_app, session_logs
 from tests.test_serving import artifact
@@ -259,7 +259,7 @@ def test_artifact_corpus_refused_by_cli_and_upload(app: App, tiny_bert, tiny_ber
                                                    tmp_path: Path, capsys) -> None:
     """Every hostile file is refused by name by `polyhead store publish`, `polyhead upload`
     and the Upload RPC; the good version keeps serving (server) and stays latest (local store)."""
-    from server.cli import main
+    from polyhead.cli import main
 
     spec = tiny_bert.spec
     cases = corpus(tiny_roberta.spec)
@@ -432,7 +432,7 @@ def test_10k_upload_delete_evict_cycles_do_not_leak(app: App, tiny_bert) -> None
 def soak(app: App, spec, seconds: float, window_s: float, threads: int = 16) -> dict[str, object]:
     """Closed-loop Classify from ``threads`` clients over 4 tasks of 3 kinds (with the client's
     retry policy); every answer checked against the first one for its input."""
-    from methods.lora import LoraConfig
+    from polyhead.engine.lora import LoraConfig
 
     tasks = {"soak-pasta": artifact(spec, "soak-pasta", seed=91)[0],
              "soak-lora": artifact(spec, "soak-lora", "lora", ("a", "b", "c"), seed=92,

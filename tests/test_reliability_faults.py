@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from methods.lora import LoraConfig
-from server.client import PolyheadClient
-from store import Store
+from polyhead.client import PolyheadClient
+from polyhead.engine.lora import LoraConfig
+from polyhead.store import Store
 from tests.reliability_support import App, closed_loop, running_app, wait_for_replicas
 from tests.test_serving import artifact
 

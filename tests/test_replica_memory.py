@@ -25,11 +25,11 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from polyhead.v1 import polyhead_pb2 as pb
 
-from methods import LoadedTask, TaskArtifact
-from server.bank import Resident, VersionKey
-from server.config import ServerConfig
+from polyhead.engine import LoadedTask, TaskArtifact
+from polyhead.server.bank import Resident, VersionKey
+from polyhead.server.config import ServerConfig
+from polyhead.v1 import polyhead_pb2 as pb
 from tests.test_serving import artifact
 
 TASKS = 16
@@ -42,7 +42,7 @@ def live() -> collections.Counter[str]:
 
 
 async def in_process_replica(config: ServerConfig):
-    from server._private.replica import Polyhead
+    from polyhead.server._private.replica import Polyhead
 
     cls = Polyhead.func_or_class
     replica = cls.__new__(cls)

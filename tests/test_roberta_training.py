@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from methods import Backbone, Engine, load_backbone
-from store import decode_artifact, encode_artifact, new_manifest
+from polyhead.engine import Backbone, Engine, load_backbone
+from polyhead.store import decode_artifact, encode_artifact, new_manifest
+from polyhead.trainer import Dataset, Example, TrainConfig, train
+from polyhead.trainer.loop import encode, predict
 from tests.tiny import make_roberta
-from trainer import Dataset, Example, TrainConfig, train
-from trainer.loop import encode, predict
 
 GOOD = ["the movie was good", "i loved the film", "really great acting", "the plot is fun",
         "very good film", "a great movie", "i loved it", "the actors were good"]

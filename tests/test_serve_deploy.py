@@ -26,8 +26,8 @@ from packaging.version import Version
 from ray.serve.config import gRPCOptions
 from ray.serve.schema import ServeDeploySchema
 
-from server.app import DEPLOYMENT_KEYS, GRPC_SERVICERS, SERVE_ENV, build_app
-from server.config import ServerConfig
+from polyhead.server.app import DEPLOYMENT_KEYS, GRPC_SERVICERS, SERVE_ENV, build_app
+from polyhead.server.config import ServerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -76,7 +76,7 @@ def test_serve_config_names_the_app(name: str, config: dict[str, Any]) -> None:
     opts = gRPCOptions(**schema.grpc_options.model_dump(exclude_unset=True))
     assert all(callable(fn) for fn in opts.grpc_servicer_func_callable)  # importable
     (app,) = schema.applications
-    assert app.import_path == "server.app:build_app"
+    assert app.import_path == "polyhead.server.app:build_app"
     args = dict(app.args)
     for k in DEPLOYMENT_KEYS:
         args.pop(k, None)
@@ -316,19 +316,19 @@ def test_image_install_has_the_servicers_and_entry_point(tmp_path: Path) -> None
                     str(ctx)], check=True, timeout=300)
     (wheel,) = (tmp_path / "dist").glob("polyhead-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"server/_private/servicers.py", "polyhead/v1/polyhead_pb2.py",
-            "server/examples/sentiment.polyhead"} <= names
+    assert {"polyhead/server/_private/decoders.py", "polyhead/v1/polyhead_pb2.py",
+            "polyhead/server/examples/sentiment.polyhead"} <= names
     entry = configparser.ConfigParser()
     entry.read_string(zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt")))
                       .decode())
-    assert entry["console_scripts"]["polyhead"] == "server.cli:main"
+    assert entry["console_scripts"]["polyhead"] == "polyhead.cli:main"
     target = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True,
                    timeout=300)
-    code = ("import server, server.cli, server.app; from ray.serve.config import gRPCOptions; "
-            "o = gRPCOptions(grpc_servicer_functions=server.app.GRPC_SERVICERS); "
+    code = ("import polyhead, polyhead.cli, polyhead.server.app; from ray.serve.config import gRPCOptions; "
+            "o = gRPCOptions(grpc_servicer_functions=polyhead.server.app.GRPC_SERVICERS); "
             "assert all(callable(f) for f in o.grpc_servicer_func_callable); "
-            "assert callable(server.cli.main); print(server.__file__)")
+            "assert callable(polyhead.cli.main); print(polyhead.__file__)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
                          timeout=300)
@@ -346,7 +346,7 @@ def test_busy_port_is_one_line(tmp_path: Path, flag: str) -> None:
         port = busy.getsockname()[1]
         other = ["--http-port", "0"] if flag == "--port" else ["--port", "0"]
         out = subprocess.run(
-            [sys.executable, "-m", "server.cli", "serve", flag, str(port), *other, "--insecure",
+            [sys.executable, "-m", "polyhead.cli", "serve", flag, str(port), *other, "--insecure",
              "--store", str(tmp_path / "store")],
             capture_output=True, text=True, timeout=120, cwd=tmp_path,
             env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)})

@@ -10,14 +10,14 @@ import time
 import grpc
 import pytest
 
-from methods.engine import Encoded
-from server._private import gen_proto
-from server._private.auth import Auth, bearer
-from server._private.errors import InvalidInput, PermissionDenied, Unauthenticated, status_for
-from server._private.inference import check_form, parse_inputs, softmax
-from server.bank import AdapterBank, TaskMeta, VersionKey
-from server.config import ConfigError, Secret, ServerConfig
-from server.serve_cli import register as register_serve
+from polyhead.engine.engine import Encoded
+from polyhead.server._private import gen_proto
+from polyhead.server._private.auth import Auth, bearer
+from polyhead.server._private.errors import InvalidInput, PermissionDenied, Unauthenticated, status_for
+from polyhead.server._private.inference import check_form, parse_inputs, softmax
+from polyhead.server.bank import AdapterBank, TaskMeta, VersionKey
+from polyhead.server.config import ConfigError, Secret, ServerConfig
+from polyhead.server.serve_cli import register as register_serve
 
 META = TaskMeta(number=1, labels=("a", "b"), regression=False, inputs="any")
 
@@ -185,7 +185,7 @@ def test_serve_cli_never_opens_the_registry(monkeypatch: pytest.MonkeyPatch, tmp
     import argparse
     import stat
 
-    from server.config import generated_token, saved_token, token_file
+    from polyhead.server.config import generated_token, saved_token, token_file
 
     monkeypatch.delenv("POLYHEAD_TOKEN", raising=False)
     monkeypatch.setenv("POLYHEAD_TOKEN_FILE", str(tmp_path / "dir" / "token"))
@@ -201,8 +201,8 @@ def test_serve_cli_never_opens_the_registry(monkeypatch: pytest.MonkeyPatch, tmp
 
 
 def test_status_codes_for_errors() -> None:
-    from methods.errors import ArtifactError
-    from store import AmbiguousRefError, NotFoundError, StoreError
+    from polyhead.engine.errors import ArtifactError
+    from polyhead.store import AmbiguousRefError, NotFoundError, StoreError
 
     cases = [
         (InvalidInput("x"), grpc.StatusCode.INVALID_ARGUMENT),
@@ -241,7 +241,7 @@ def test_softmax_and_response_keep_label_order() -> None:
     and the scores are exactly softmax's (a reversed or shifted list would show)."""
     from types import SimpleNamespace
 
-    from server._private.inference import response
+    from polyhead.server._private.inference import response
 
     logits = [2.0, -1.0, 0.5]
     e = [math.exp(x) for x in logits]
@@ -268,9 +268,9 @@ def test_generated_code_is_fresh() -> None:
 def test_seed_examples_only_into_an_empty_store(tiny_bert, tiny_roberta, tmp_path) -> None:
     """Examples go into an empty store only; one for another backbone is skipped, a broken
     one stops the replica with its file named (never a server that silently serves nothing)."""
-    from methods import ArtifactError, TaskArtifact
-    from server._private.replica import seed_examples
-    from store import Store, encode_artifact, new_manifest
+    from polyhead.engine import ArtifactError, TaskArtifact
+    from polyhead.server._private.replica import seed_examples
+    from polyhead.store import Store, encode_artifact, new_manifest
 
     examples = tmp_path / "examples"
     examples.mkdir()
@@ -292,9 +292,9 @@ def test_seed_examples_only_into_an_empty_store(tiny_bert, tiny_roberta, tmp_pat
 def test_shipped_example_serves_on_the_packaged_backbone(real_backbone, tmp_path) -> None:
     """The README's first command: `make serve` publishes `sentiment`, and it answers the
     README's sentences (the examples README's plain cases) on the packaged MiniLM."""
-    from methods import Engine
-    from server._private.replica import EXAMPLES, seed_examples
-    from store import Store
+    from polyhead.engine import Engine
+    from polyhead.server._private.replica import EXAMPLES, seed_examples
+    from polyhead.store import Store
 
     store = Store(tmp_path / "store", real_backbone.spec)
     assert [v.task_id for v in seed_examples(store, EXAMPLES)] == ["sentiment"]
@@ -311,10 +311,9 @@ def test_client_retry_policy() -> None:
     DeleteTask and client errors never."""
     from concurrent import futures
 
+    from polyhead.client import PolyheadClient, PolyheadError
     from polyhead.v1 import polyhead_pb2 as pb
     from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
-
-    from server.client import PolyheadClient, PolyheadError
 
     calls: dict[str, int] = {}
     plan: dict[str, list[grpc.StatusCode]] = {}
@@ -372,8 +371,8 @@ def test_client_retry_policy() -> None:
 
 
 def test_batcher_merges_requests_that_queue_during_a_forward() -> None:
-    from server._private.batcher import Batcher
-    from server._private.inference import BatchStats
+    from polyhead.server._private.batcher import Batcher
+    from polyhead.server._private.inference import BatchStats
 
     sizes: list[int] = []
     threads: set[str] = set()
@@ -452,8 +451,8 @@ def test_batcher_hands_each_request_its_own_rows() -> None:
 
     import torch
 
-    from server._private import inference
-    from server._private.batcher import Batcher
+    from polyhead.server._private import inference
+    from polyhead.server._private.batcher import Batcher
 
     running, release = threading.Event(), threading.Event()
     batches: list[list[int]] = []
@@ -515,9 +514,8 @@ def test_classify_stream_holds_at_most_its_window_and_answers_in_order() -> None
     import contextlib
     from types import SimpleNamespace
 
+    from polyhead.server._private.services import STREAM_WINDOW, InferenceService
     from polyhead.v1 import polyhead_pb2 as pb
-
-    from server._private.services import STREAM_WINDOW, InferenceService
 
     n = 500
     sent = answered = 0

@@ -14,12 +14,12 @@ import grpc
 import pytest
 import torch
 
-from methods import Engine, TaskArtifact
-from methods.lora import LoraConfig
-from methods.sparse import SparseConfig
-from server.client import PolyheadClient, PolyheadError
-from server.config import Secret, ServerConfig
-from store import encode_artifact, new_manifest
+from polyhead.client import PolyheadClient, PolyheadError
+from polyhead.engine import Engine, TaskArtifact
+from polyhead.engine.lora import LoraConfig
+from polyhead.engine.sparse import SparseConfig
+from polyhead.server.config import Secret, ServerConfig
+from polyhead.store import encode_artifact, new_manifest
 
 pytestmark = pytest.mark.integration
 TOKEN = "test-registry-token"
@@ -42,7 +42,7 @@ def ray_session(env: dict[str, str] | None = None) -> Iterator[None]:
     import ray
     from ray import serve
 
-    from server.app import SERVE_ENV
+    from polyhead.server.app import SERVE_ENV
 
     with pytest.MonkeyPatch.context() as mp:
         for key, value in {**SERVE_ENV, **(env or {})}.items():
@@ -76,7 +76,7 @@ def cluster(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     from ray import serve
     from ray.serve.config import gRPCOptions
 
-    from server.app import APP_NAME, GRPC_SERVICERS, app_for
+    from polyhead.server.app import APP_NAME, GRPC_SERVICERS, app_for
 
     store = tmp_path_factory.mktemp("served") / "store"
     port = free_port()
@@ -350,7 +350,7 @@ def test_health_and_listing(cluster: Cluster, tiny_bert) -> None:
 
 
 def test_cli(cluster: Cluster, tiny_bert, tmp_path: Path, capsys) -> None:
-    from server.cli import main
+    from polyhead.cli import main
 
     path = tmp_path / "cli.polyhead"
     path.write_bytes(artifact(tiny_bert.spec, "cli-task", seed=51)[0])

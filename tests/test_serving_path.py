@@ -15,11 +15,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+
+from polyhead.client import PolyheadClient
+from polyhead.server.config import Secret, ServerConfig
 from polyhead.v1 import polyhead_pb2 as pb
 from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
-
-from server.client import PolyheadClient
-from server.config import Secret, ServerConfig
 from tests.test_serving import artifact, free_port, ray_session
 
 pytestmark = pytest.mark.integration
@@ -52,7 +52,7 @@ def app(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     from ray import serve
     from ray.serve.config import gRPCOptions
 
-    from server.app import APP_NAME, GRPC_SERVICERS, app_for
+    from polyhead.server.app import APP_NAME, GRPC_SERVICERS, app_for
 
     store = tmp_path_factory.mktemp("path") / "store"
     grpc_port, http_port = free_port(), free_port()
@@ -113,7 +113,7 @@ def test_stream_error_names_the_message(app: App, task: str) -> None:
 
 
 def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "server.cli", *args], input=stdin,
+    return subprocess.run([sys.executable, "-m", "polyhead.cli", *args], input=stdin,
                           capture_output=True, text=True, timeout=300)
 
 

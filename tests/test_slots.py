@@ -9,12 +9,12 @@ import dataclasses
 import pytest
 import torch
 
-from methods import Engine, LoadedTask, TaskArtifact
-from methods.errors import ArtifactError
-from methods.heads import apply_head
-from methods.lora import LoraConfig
-from methods.prefix import PrefixConfig
-from methods.sparse import SparseConfig
+from polyhead.engine import Engine, LoadedTask, TaskArtifact
+from polyhead.engine.errors import ArtifactError
+from polyhead.engine.heads import apply_head
+from polyhead.engine.lora import LoraConfig
+from polyhead.engine.prefix import PrefixConfig
+from polyhead.engine.sparse import SparseConfig
 
 ATOL = 1e-5
 TEXTS = ["the movie was good", ("the man walks", "he walks in the park"), "rain",
@@ -109,7 +109,7 @@ def test_task_bytes_are_its_table_rows(tiny_bert) -> None:
 def test_bank_eviction_frees_slots_for_the_next_version(tiny_bert) -> None:
     """The bank on a real engine: evicted versions give their slots back, and what the
     reused slots serve is the new version's logits."""
-    from server.bank import AdapterBank, TaskMeta, VersionKey
+    from polyhead.server.bank import AdapterBank, TaskMeta, VersionKey
 
     eng = Engine(tiny_bert, capacity=2)
     arts = {t: TaskArtifact.random("pasta", tiny_bert.spec, 2, seed=i) for i, t in enumerate("abcdef")}
@@ -178,7 +178,7 @@ def test_peft_parity_in_a_reused_slot(tiny_bert, tiny_bert_dir) -> None:
     """A PEFT adapter imported into the slot a larger LoRA task left gives PeftModel's logits."""
     import peft
 
-    from methods.peft_io import artifact_from_peft
+    from polyhead.engine.peft_io import artifact_from_peft
     from tests.test_peft_parity import TEXTS as PEFT_TEXTS
     from tests.test_peft_parity import peft_model
 
@@ -202,8 +202,8 @@ def embedding_art(spec, word_rows: int, encoder_entries: int, seed: int) -> Task
     """A whole-model-style sparse artifact: deltas on the first ``word_rows`` rows of the word
     embeddings (and, when it has any, every position and token-type row) plus
     ``encoder_entries`` random entries of the encoder's Linear weights."""
-    from methods.heads import HeadConfig, init_head
-    from methods.sparse import from_dense
+    from polyhead.engine.heads import HeadConfig, init_head
+    from polyhead.engine.sparse import from_dense
 
     g = torch.Generator().manual_seed(seed)
     diffs = {}
@@ -250,7 +250,7 @@ def test_tables_stay_within_the_device_budget(tiny_bert) -> None:
     """The tables never allocate past the budget: growth is clipped to it, trailing free
     slots (and emptied tables) go back when another table needs room, and a load that
     still does not fit says so; what loads serves exactly."""
-    from methods import SlotsExhausted
+    from polyhead.engine import SlotsExhausted
 
     spec = tiny_bert.spec
     probe = Engine(tiny_bert)
@@ -289,7 +289,7 @@ def test_bank_evicts_unheld_versions_when_the_tables_are_full(tiny_bert) -> None
     """Tables that fit 2 tasks: a third version evicts the oldest one no request holds;
     while every slot is held it loads over the budget rather than failing the request,
     and the tables hold no more than that one extra slot afterwards."""
-    from server.bank import AdapterBank, TaskMeta, VersionKey
+    from polyhead.server.bank import AdapterBank, TaskMeta, VersionKey
 
     spec = tiny_bert.spec
     arts = {t: TaskArtifact.random("pasta", spec, 2, seed=i) for i, t in enumerate("abcde")}
@@ -341,7 +341,7 @@ def test_random_churn_under_a_budget_keeps_every_task_exact(tiny_bert, seed: int
     now and then all unloaded (where the tables say there is no room, the oldest task
     goes first, as the bank does):
     the tables never pass the budget, and every mixed batch equals each task alone."""
-    from methods import SlotsExhausted
+    from polyhead.engine import SlotsExhausted
 
     spec, rng = tiny_bert.spec, torch.Generator().manual_seed(seed)
     kinds = sorted(BIG_SMALL)

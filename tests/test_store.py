@@ -19,9 +19,9 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, BertConfig, BertModel
 
-from methods.errors import ArtifactError
-from store import AmbiguousRefError, NotFoundError, Store, StoreError
-from store.sqlite import SqliteCatalog, _set_journal
+from polyhead.engine.errors import ArtifactError
+from polyhead.store import AmbiguousRefError, NotFoundError, Store, StoreError
+from polyhead.store.sqlite import SqliteCatalog, _set_journal
 from tests import test_store_support as support
 from tests.test_store_format import BAD, TEXTS
 from tests.test_store_support import (
@@ -271,7 +271,7 @@ def test_threads_share_a_store(store, tiny_bert) -> None:
 def test_engine_logits_from_the_store(location, tiny_engine) -> None:
     spec = tiny_engine.spec
     store = Store(location, spec)
-    from store import encode_artifact, new_manifest
+    from polyhead.store import encode_artifact, new_manifest
 
     for i, (kind, config, head_type, outputs, regression) in enumerate(KINDS):
         art = make_artifact(spec, kind, seed=i, config=config, head_type=head_type, outputs=outputs)
@@ -287,10 +287,10 @@ def test_engine_logits_from_the_store(location, tiny_engine) -> None:
 
 @pytest.mark.integration
 def test_real_backbone_logits_from_the_store(tmp_path, real_backbone) -> None:
-    from methods import Engine, TaskArtifact
-    from methods.lora import LoraConfig
-    from methods.sparse import SparseConfig
-    from store import encode_artifact, new_manifest
+    from polyhead.engine import Engine, TaskArtifact
+    from polyhead.engine.lora import LoraConfig
+    from polyhead.engine.sparse import SparseConfig
+    from polyhead.store import encode_artifact, new_manifest
 
     spec, eng = real_backbone.spec, Engine(real_backbone)
     store = Store(tmp_path / "store", spec)
@@ -308,7 +308,7 @@ def test_real_backbone_logits_from_the_store(tmp_path, real_backbone) -> None:
 CHILD = """
 import sys
 from pathlib import Path
-from store import Store
+from polyhead.store import Store
 store = Store(sys.argv[1])
 files = sorted(Path(sys.argv[2]).iterdir())
 print("ready", flush=True)
@@ -417,7 +417,7 @@ def test_import_peft_folder(tmp_path, tiny_bert, tiny_bert_dir) -> None:
     assert info.kind == "lora" and got.manifest.labels == ["entail", "neutral", "contra"]
     assert got.manifest.training["method"] == "peft-lora"
     assert got.manifest.training["hyperparameters"]["r"] == 4
-    from methods import Engine
+    from polyhead.engine import Engine
 
     eng = Engine(tiny_bert)
     logits = eng.run(TEXTS, [eng.load(got.artifact)] * len(TEXTS))
@@ -465,7 +465,7 @@ def test_import_peft_refuses_pickles_and_missing_files(tmp_path, tiny_bert) -> N
 
 def test_ingest_decodes_once_and_returns_the_artifact(sqlite_store, tiny_bert, monkeypatch) -> None:
     """An upload is validated and decoded once; the server's bank takes what ``ingest`` returns."""
-    import store.store as store_module
+    import polyhead.store.store as store_module
 
     calls = []
     original = store_module.decode_artifact

@@ -1,4 +1,4 @@
-"""`polyhead store ...` through the real entry point (server.cli.main)."""
+"""`polyhead store ...` through the real entry point (polyhead.cli.main)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import main
-from store import Store
+from polyhead.cli import main
+from polyhead.store import Store
 from tests import test_store_support as support
 from tests.test_store import save_peft
 from tests.test_store_support import make_file
@@ -129,8 +129,8 @@ def test_bad_files_and_missing_store(root, capsys, tmp_path, tiny_bert_dir) -> N
 def test_catalog_commands_do_not_import_torch(root) -> None:
     code = (
         "import argparse, sys\n"
-        "import store.cli\n"
-        "p = argparse.ArgumentParser(); store.cli.register(p.add_subparsers())\n"
+        "import polyhead.store.cli\n"
+        "p = argparse.ArgumentParser(); polyhead.store.cli.register(p.add_subparsers())\n"
         "for argv in (['list'], ['history', 'sst2'], ['show', 'sst2']):\n"
         f"    a = p.parse_args(['store', '--store', {str(root)!r}, *argv])\n"
         "    assert a.func(a) == 0\n"

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from store import Store
+from polyhead.store import Store
 from tests import test_store_support as support
 from tests.test_store_support import make_file
 
@@ -26,7 +26,7 @@ ROUNDS = {"sqlite": 60, "postgresql": 30}  # a PostgreSQL kill lands in a transa
 HELPER = """
 import os, random, signal, sys, time
 from pathlib import Path
-from store import Store, decode_artifact
+from polyhead.store import Store, decode_artifact
 root, folder, rounds, acks = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 files = sorted(folder.iterdir())
 decode_artifact(files[0].read_bytes())  # warm up once, not in every child

@@ -11,10 +11,10 @@ import pytest
 import safetensors
 import torch
 
-from methods.errors import ArtifactError
-from methods.spec import BackboneSpec
-from store import decode_artifact, encode_artifact, load_artifact, new_manifest, save_artifact
-from store.header import MAX_HEADER_BYTES, METADATA_KEY
+from polyhead.engine.errors import ArtifactError
+from polyhead.engine.spec import BackboneSpec
+from polyhead.store import decode_artifact, encode_artifact, load_artifact, new_manifest, save_artifact
+from polyhead.store.header import MAX_HEADER_BYTES, METADATA_KEY
 from tests.test_store_support import KINDS, craft, good_parts, labels_for, make_artifact, make_file
 
 TEXTS = ["the movie was good", ("the man walks", "he walks in the park"), "i hated the plot !"]

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from server.cli import main
-from store import NotFoundError, Store, StoreError, StoreUnavailable, open_catalog
+from polyhead.cli import main
+from polyhead.store import NotFoundError, Store, StoreError, StoreUnavailable, open_catalog
 from tests import test_store_support as support
 from tests.test_store_support import make_file, new_database
 

@@ -15,8 +15,8 @@ from typing import Any
 import grpc
 import pytest
 
-from server.client import PolyheadClient, PolyheadError
-from store import Store
+from polyhead.client import PolyheadClient, PolyheadError
+from polyhead.store import Store
 from tests import test_store_support as support
 from tests.reliability_support import App, running_app
 from tests.test_serving import artifact, both_replicas

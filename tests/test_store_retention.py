@@ -15,13 +15,13 @@ from functools import partial
 import pytest
 import torch
 
-from methods import TaskArtifact
-from methods.errors import ArtifactError, ConfigError
-from methods.lora import LoraConfig
-from methods.probe import probe_forward
-from methods.sparse import SparseConfig
-from store import KindChangeError, NotFoundError, Store, StoreError, encode_artifact, new_manifest
-from store.limits import Limits
+from polyhead.engine import TaskArtifact
+from polyhead.engine.errors import ArtifactError, ConfigError
+from polyhead.engine.lora import LoraConfig
+from polyhead.engine.probe import probe_forward
+from polyhead.engine.sparse import SparseConfig
+from polyhead.store import KindChangeError, NotFoundError, Store, StoreError, encode_artifact, new_manifest
+from polyhead.store.limits import Limits
 from tests import test_store_support as support
 from tests.test_store_support import is_pg, labels_for, make_file, stored_blobs
 
@@ -230,7 +230,7 @@ def test_the_probe_refuses_peft_imports_that_overflow(tmp_path, tiny_bert, tiny_
 
 def test_store_cli_delete_restore_gc_and_replace_kind(tmp_path, tiny_bert, tiny_bert_dir,
                                                       capsys) -> None:
-    from server.cli import main
+    from polyhead.cli import main
 
     spec, root = tiny_bert.spec, str(tmp_path / "store")
 

@@ -17,12 +17,12 @@ import pytest
 import safetensors.torch
 import torch
 
-from methods import TaskArtifact
-from methods.lora import LoraConfig
-from methods.sparse import SparseConfig
-from methods.spec import BackboneSpec
-from store import Manifest, encode_artifact, new_manifest
-from store.header import METADATA_KEY, tensors_digest
+from polyhead.engine import TaskArtifact
+from polyhead.engine.lora import LoraConfig
+from polyhead.engine.sparse import SparseConfig
+from polyhead.engine.spec import BackboneSpec
+from polyhead.store import Manifest, encode_artifact, new_manifest
+from polyhead.store.header import METADATA_KEY, tensors_digest
 
 ST_NAMES = {torch.float32: "F32", torch.int64: "I64", torch.float16: "F16", torch.float64: "F64",
             torch.int32: "I32"}
@@ -77,7 +77,7 @@ def craft(manifest: dict[str, Any] | None, tensors: dict[str, torch.Tensor], *,
 
 
 def manifest_of(data: bytes) -> Manifest:
-    from store.fileformat import decode_artifact
+    from polyhead.store.fileformat import decode_artifact
 
     return decode_artifact(data)[0]
 

@@ -13,16 +13,16 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
-from methods import Backbone, Engine, load_backbone
-from methods.encoder import Encoder
-from methods.heads import apply_head
-from methods.sparse import params_of, to_dense
-from store import Store, decode_artifact, encode_artifact, load_artifact, new_manifest
+from polyhead.engine import Backbone, Engine, load_backbone
+from polyhead.engine.encoder import Encoder
+from polyhead.engine.heads import apply_head
+from polyhead.engine.sparse import params_of, to_dense
+from polyhead.store import Store, decode_artifact, encode_artifact, load_artifact, new_manifest
+from polyhead.trainer import METHODS, Dataset, Example, TrainConfig, train
+from polyhead.trainer.config import TrainConfigError
+from polyhead.trainer.loop import encode, predict
+from polyhead.trainer.run import DenseModel
 from tests.tiny import WORDS
-from trainer import METHODS, Dataset, Example, TrainConfig, train
-from trainer.config import TrainConfigError
-from trainer.loop import encode, predict
-from trainer.run import DenseModel
 
 POS = ["the movie was good", "i loved the film", "really great acting", "the plot is fun",
        "very good film", "a great movie", "i loved it", "good acting and a fun plot",
@@ -117,7 +117,7 @@ def test_trained_pet_model_equals_a_hugging_face_reference(bert, sentiment: Data
     art = res.artifact
     moved = max(float(v.abs().max()) for k, v in art.kind_tensors().items() if not k.endswith("gate"))
     assert moved > 1e-3  # training changed the kind's tensors: the parity below is not the bare model's
-    from trainer.models import Batch
+    from polyhead.trainer.models import Batch
 
     texts = POS[:3] + NEG[:3] + ["the cat sat on the mat", "rain today , sun tomorrow"]
     refs = np.stack([reference_logits(bert, art, t).numpy() for t in texts])
@@ -272,7 +272,7 @@ def test_regression_trains(bert) -> None:
 
 
 def cli(*args: str) -> int:
-    from server.cli import main
+    from polyhead.cli import main
 
     return main(["train", *args])
 
@@ -299,15 +299,15 @@ def test_cli_publish_probes_and_needs_replace_kind_for_another_kind(
         bert_dir: Path, tmp_path: Path, bert, capsys, monkeypatch) -> None:
     """`train --publish` goes through the same gate as Upload: the probe forward runs on the
     trained artifact, and a new kind onto an existing task needs --replace-kind."""
-    import methods.probe
+    import polyhead.engine.probe
 
     probed = []
-    real = methods.probe.probe_forward
+    real = polyhead.engine.probe.probe_forward
     def spy(backbone, artifact) -> None:
         probed.append(artifact.kind)
         real(backbone, artifact)
 
-    monkeypatch.setattr(methods.probe, "probe_forward", spy)
+    monkeypatch.setattr(polyhead.engine.probe, "probe_forward", spy)
     path = tmp_path / "s.tsv"
     path.write_text("sentence\tlabel\n" + "".join(f"{t}\tpositive\n" for t in POS) +
                     "".join(f"{t}\tnegative\n" for t in NEG))
@@ -379,8 +379,8 @@ def test_help_marks_the_defaults_the_study_chose_and_names_the_rest_provisional(
     names the runs behind each default, or calls it PROVISIONAL."""
     import dataclasses
 
-    from trainer.cli import defaults_record, method_help
-    from trainer.table import PROVISIONAL
+    from polyhead.trainer.cli import defaults_record, method_help
+    from polyhead.trainer.table import PROVISIONAL
 
     text, record = method_help(), defaults_record()
     assert "polyhead train --defaults" in text
@@ -409,8 +409,8 @@ def test_help_marks_the_defaults_the_study_chose_and_names_the_rest_provisional(
 def test_precision_autocasts_training_forwards_only(bert, sentiment: Dataset, monkeypatch) -> None:
     """bf16: every training forward (and child-d's Fisher pass) runs under bf16 autocast;
     dev scoring on the CPU stays fp32, as the engine serves. fp32: no autocast anywhere."""
-    import trainer.algos.child_d as child_d
-    import trainer.loop as loop
+    import polyhead.trainer.algos.child_d as child_d
+    import polyhead.trainer.loop as loop
 
     seen: list[tuple[str, torch.dtype]] = []
     real_loss = loop.loss_fn
@@ -442,7 +442,7 @@ def test_precision_autocasts_training_forwards_only(bert, sentiment: Dataset, mo
 
 
 def test_precision_auto_is_bf16_where_native(monkeypatch: pytest.MonkeyPatch) -> None:
-    import trainer.config as config_mod
+    import polyhead.trainer.config as config_mod
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert TrainConfig(method="full").precision == "auto"

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.data import Columns, DataError, load_dataset
-from trainer.masks import select, sparsify
-from trainer.metrics import check_metric, compute_metrics
-from trainer.presets import get_preset
+from polyhead.trainer.data import Columns, DataError, load_dataset
+from polyhead.trainer.masks import select, sparsify
+from polyhead.trainer.metrics import check_metric, compute_metrics
+from polyhead.trainer.presets import get_preset
 
 
 def write(path: Path, text: str, bom: bool = False) -> Path:

@@ -13,18 +13,18 @@ import pytest
 import torch
 from torch import nn
 
-from methods import Backbone, Engine, HeadConfig, load_backbone
-from store import Store, decode_artifact, encode_artifact
+from polyhead.engine import Backbone, Engine, HeadConfig, load_backbone
+from polyhead.store import Store, decode_artifact, encode_artifact
+from polyhead.trainer import Dataset, Example, TrainConfig, train
+from polyhead.trainer.algos import dps as dps_algo
+from polyhead.trainer.context import Context
+from polyhead.trainer.loop import batches, encode, loss_fn, steps_for
+from polyhead.trainer.masks import BernoulliMask, ChildDMask, DpsMask, fisher
+from polyhead.trainer.models import Batch, DenseModel, PetModel
+from polyhead.trainer.output import encode as encode_result
+from polyhead.trainer.table import METHODS
 from tests.test_train import NEG, POS
 from tests.tiny import make_bert
-from trainer import Dataset, Example, TrainConfig, train
-from trainer.algos import dps as dps_algo
-from trainer.context import Context
-from trainer.loop import batches, encode, loss_fn, steps_for
-from trainer.masks import BernoulliMask, ChildDMask, DpsMask, fisher
-from trainer.models import Batch, DenseModel, PetModel
-from trainer.output import encode as encode_result
-from trainer.table import METHODS
 
 QUIET = {"progress": False, "log_fn": lambda s: None}
 
@@ -308,7 +308,7 @@ def test_dropout_in_training_only(bert: Backbone, sentiment: Dataset, method: st
     texts = POS[:4] + NEG[:4]
     served = torch.stack(eng.run(texts, [eng.load(art)] * 8))
     enc = bert.tokenizer(texts, padding=True, return_tensors="pt", return_token_type_ids=True)
-    from trainer.models import Batch
+    from polyhead.trainer.models import Batch
 
     mine = model.forward(Batch(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"],
                                torch.zeros(8, dtype=torch.long)))
@@ -320,8 +320,8 @@ def test_dropout_in_training_only(bert: Backbone, sentiment: Dataset, method: st
 
 def test_regression_is_standardised_and_served_on_the_task_scale(
         bert: Backbone, tmp_path: Path) -> None:
-    from server._private.inference import BatchItem, forward, response
-    from server.bank import Resident, TaskMeta, VersionKey
+    from polyhead.server._private.inference import BatchItem, forward, response
+    from polyhead.server.bank import Resident, TaskMeta, VersionKey
 
     rows = [Example(t, None, 40.0) for t in POS] + [Example(t, None, 30.0) for t in NEG]
     data = Dataset(rows, None, "float")
@@ -333,7 +333,7 @@ def test_regression_is_standardised_and_served_on_the_task_scale(
     assert res.metrics["pearson"] > 0.5
     # the trainer's own predictions, on the task's scale
     dev = encode(bert.tokenizer, data, 32)
-    from trainer.loop import predict
+    from polyhead.trainer.loop import predict
 
     z = predict(res.model, dev, 8, bert.tokenizer.pad_token_id, bert.device, fp32=True)[:, 0]
     want = z * 5.0 + 35.0
@@ -357,15 +357,15 @@ def test_regression_is_standardised_and_served_on_the_task_scale(
     # an artifact without the field (older files) loads as before
     old = manifest.to_dict()
     old.pop("regression_scale")
-    from store.manifest import Manifest
+    from polyhead.store.manifest import Manifest
 
     assert Manifest.from_dict(old).regression_scale is None
     assert encode_artifact(manifest, art)  # re-encodes
 
 
 def test_pasta_dropout_acts_on_the_added_vectors_only() -> None:
-    from methods.encoder import Effect
-    from trainer.models import _DropAdded
+    from polyhead.engine.encoder import Effect
+    from polyhead.trainer.models import _DropAdded
 
     class Add(Effect):  # adds v at (row 0, position 1) and (row 1, position 0), as PASTA does
         acts_before_layers = True
@@ -431,7 +431,7 @@ def test_paper_artifact_in_a_mixed_batch_gives_the_trained_logits(
     """A whole-model (paper recipe) result, through the file format, run in one batch with
     every other kind: its rows give the trained model's eval logits. The file holds the
     embedding tables' diffs, and the trained pooler as the first layer of an mlp head."""
-    from methods import TaskArtifact
+    from polyhead.engine import TaskArtifact
     from tests.test_engine import INPUTS, artifacts
 
     cfg = TrainConfig(method=method, recipe="paper", epochs=2, batch_size=4, lr=1e-3,

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from methods import Backbone, load_backbone
+from polyhead.engine import Backbone, load_backbone
+from polyhead.trainer import Dataset, Example, TrainConfig, train
+from polyhead.trainer import loop as loop_mod
+from polyhead.trainer.models import PetModel
+from polyhead.trainer.table import METHODS
 from tests.test_train import NEG, POS
 from tests.tiny import make_bert
-from trainer import Dataset, Example, TrainConfig, train
-from trainer import loop as loop_mod
-from trainer.models import PetModel
-from trainer.table import METHODS
 
 QUIET = {"progress": False, "log_fn": lambda s: None}
 
@@ -45,7 +45,7 @@ def test_pasta_paper_recipe_is_its_codes_optimiser_and_schedule() -> None:
 
 def test_pasta_paper_classifier_is_hf_normal_init(bert: Backbone) -> None:
     """The classifier starts as BertForSequenceClassification's: N(0, 0.02), zero bias."""
-    from methods import HeadConfig
+    from polyhead.engine import HeadConfig
 
     head = HeadConfig(num_outputs=2, type="pooler")
     model = PetModel(bert, TrainConfig(method="pasta", recipe="paper", seed=3), head)
@@ -138,9 +138,9 @@ def test_checkpoints_refuse_the_dense_methods(bert: Backbone, sentiment: Dataset
 
 
 def _ctx(bert: Backbone, data: Dataset, cfg: TrainConfig):  # type: ignore[no-untyped-def]
-    from methods import HeadConfig
-    from trainer.context import Context
-    from trainer.loop import encode, steps_for
+    from polyhead.engine import HeadConfig
+    from polyhead.trainer.context import Context
+    from polyhead.trainer.loop import encode, steps_for
 
     enc = encode(bert.tokenizer, data, cfg.max_length)
     return Context(bert, enc, enc, HeadConfig(num_outputs=2, type="pooler"), "accuracy", False,
@@ -155,7 +155,7 @@ def test_eh_ft_recipe_is_the_papers_optimiser_in_both_stages(
     d = cfg.to_dict()
     assert (d["batch_size"], d["adam_betas"], d["adam_eps"], d["weight_decay"], d["max_grad_norm"],
             d["warmup"]) == (32, [0.9, 0.98], 1e-6, 0.01, 0.1, 0.1)
-    from trainer.config import TrainConfigError
+    from polyhead.trainer.config import TrainConfigError
 
     with pytest.raises(TrainConfigError, match="only the paper recipe"):
         TrainConfig(method="eh-ft")
@@ -185,8 +185,8 @@ def test_eh_ft_recipe_is_the_papers_optimiser_in_both_stages(
 
 
 def test_eh_ft_head_is_a_2048_relu_mlp_on_the_first_token(bert: Backbone, sentiment: Dataset) -> None:
-    from trainer.algos.eh_ft import EhFtModel
-    from trainer.loop import batches
+    from polyhead.trainer.algos.eh_ft import EhFtModel
+    from polyhead.trainer.loop import batches
 
     cfg = TrainConfig(method="eh-ft", recipe="paper", seed=4)
     ctx = _ctx(bert, sentiment, cfg)
@@ -204,7 +204,7 @@ def test_eh_ft_head_is_a_2048_relu_mlp_on_the_first_token(bert: Backbone, sentim
                          token_type_ids=batch.types).last_hidden_state[:, 0]
         want = torch.relu(cls @ h["head.dense.weight"].T + h["head.dense.bias"]) @ h["head.out.weight"].T
         torch.testing.assert_close(model.forward(batch), want + h["head.out.bias"], atol=1e-5, rtol=0)
-    from trainer.models import ExportError
+    from polyhead.trainer.models import ExportError
 
     with pytest.raises(ExportError, match="not a head the engine serves"):
         model.export()
@@ -216,8 +216,8 @@ def test_eh_ft_stage_one_trains_the_pet_and_head_and_stage_two_starts_from_them(
     """Stage 1: only LoRA on Q, K, V, O (or the encoder biases) and the head train, for
     --head-init-epochs at batch 32; stage 2 starts from the original weights and that head
     (BitFit's path: its weights, biases zero), with no PET parameter left."""
-    from trainer.algos import eh_ft
-    from trainer.loop import steps_for
+    from polyhead.trainer.algos import eh_ft
+    from polyhead.trainer.loop import steps_for
 
     cfg = TrainConfig(method="eh-ft", recipe="paper", head_init=pet, head_init_epochs=3, batch_size=4,
                       seed=2, lr=1e-12)
@@ -257,8 +257,8 @@ def test_eh_ft_stage_one_trains_the_pet_and_head_and_stage_two_starts_from_them(
 
 
 def test_eh_ft_lora_starts_as_a_no_op_and_adds_scale_b_a(bert: Backbone, sentiment: Dataset) -> None:
-    from trainer.algos.eh_ft import EhFtModel
-    from trainer.loop import batches
+    from polyhead.trainer.algos.eh_ft import EhFtModel
+    from polyhead.trainer.loop import batches
 
     cfg = TrainConfig(method="eh-ft", recipe="paper", seed=5, dropout=False)
     ctx = _ctx(bert, sentiment, cfg)
@@ -278,7 +278,7 @@ def test_eh_ft_lora_starts_as_a_no_op_and_adds_scale_b_a(bert: Backbone, sentime
 
 def test_eh_ft_without_head_init_is_the_fair_baseline(bert: Backbone, sentiment: Dataset) -> None:
     """The same head, randomly initialised, and stage 2 alone on the same budget."""
-    from trainer.loop import steps_for
+    from polyhead.trainer.loop import steps_for
 
     cfg = TrainConfig(method="eh-ft", recipe="paper", epochs=2, batch_size=4, seed=1)
     res = train(cfg, bert, sentiment, sentiment, "accuracy", export=False, **QUIET)

@@ -10,18 +10,17 @@ fails naming it) and ``python -m pytest <its tests>`` runs in the copy with this
 python. To save start-up, each run is a process forked from a forkserver that has the heavy
 third-party libraries (torch, transformers, scikit-learn...) loaded, never this tree's own
 packages (``tests/mutants/child.py``; ``--spawn``: a fresh python per run, twice the CPU).
-The copy's own modules are the ones imported: pytest runs from the copy with the copy (and
-its ``proto/``) first on ``sys.path`` and PYTHONPATH, and a guard plugin (``-p
-tests.mutants.guard``, loaded from the copy) stops the run with exit code 99 unless
-``methods``, ``server``, ``store``, ``trainer``, ``bench`` and ``polyhead`` all come from
-the copy. A mutant is killed when its tests fail (exit 1, or 2 for an error while
+The copy's own modules are the ones imported: pytest runs from the copy with the copy
+first on ``sys.path`` and PYTHONPATH, and a guard plugin (``-p tests.mutants.guard``,
+loaded from the copy) stops the run with exit code 99 unless ``polyhead`` (and its
+subpackages), ``bench`` and ``tests`` all come from the copy. A mutant is killed when its tests fail (exit 1, or 2 for an error while
 collecting); it survived when they pass (exit 0); any other outcome (a test id that does
 not exist, the guard, a timeout) is an error. First, the same tests run once on an
 unmutated copy and must pass, so that a test which fails anyway (e.g. only in a copy)
 cannot count as a kill. The check exits 1 naming every mutant that survived or erred.
 
 Why a small harness and not mutmut: mutmut generates its own operator mutants for every
-line it can (for ~9,400 lines of methods/, server/, store/ and trainer/, thousands, each
+line it can (for ~9,400 lines of polyhead/, thousands, each
 run against the tests that cover it: hours here, not minutes) and runs them through its own
 rewritten copy of the source; its equivalent and trivial mutants would need triage on every
 change. Here the mutants are chosen by hand as realistic bugs (the probe's fifteen
@@ -101,7 +100,7 @@ def copy_tree(dest: Path) -> Path:
 
 def pytest_in(tree: Path, tests: Sequence[str]) -> tuple[int, str]:
     """Run ``tests`` with this venv's python from ``tree``: (exit code, output tail)."""
-    env = {"PYTHONPATH": f"{tree}{os.pathsep}{tree / 'proto'}",  # for processes tests start
+    env = {"PYTHONPATH": str(tree),  # for processes tests start
            "POLYHEAD_MUTANT_TREE": str(tree)}
     # -x: the first failure kills the mutant; the anyio and hypothesis plugins cost 1.3 s of
     # start-up per run and no mutant's tests need them (hypothesis runs without its plugin)

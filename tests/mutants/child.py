@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-OURS = ("methods", "server", "store", "trainer", "bench", "polyhead", "tests")
+OURS = ("polyhead", "bench", "tests")
 PRELOAD = ("torch", "numpy", "scipy.optimize", "scipy.stats", "sklearn.metrics",
            "transformers", "transformers.activations", "transformers.modeling_utils",
            "transformers.loss.loss_utils", "transformers.models.bert.modeling_bert",
@@ -28,9 +28,7 @@ def run(tree: str, args: Sequence[str], env: dict[str, str], log: str) -> None:
     for name in [m for m in sys.modules if m.split(".")[0] in OURS]:
         del sys.modules[name]
     roots = {os.path.realpath(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))}
-    roots |= {os.path.join(r, "proto") for r in roots}
-    sys.path[:] = [tree, os.path.join(tree, "proto"),
-                   *(p for p in sys.path if os.path.realpath(p or os.getcwd()) not in roots)]
+    sys.path[:] = [tree, *(p for p in sys.path if os.path.realpath(p or os.getcwd()) not in roots)]
     importlib.invalidate_caches()
     os.chdir(tree)
     os.environ.update(env)

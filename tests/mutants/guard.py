@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-PACKAGES = ("methods", "server", "store", "trainer", "bench", "polyhead", "tests")
+PACKAGES = ("polyhead", "polyhead.engine", "polyhead.server", "polyhead.store", "polyhead.trainer",
+            "bench", "tests")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -5,7 +5,7 @@ from tests.mutants import Mutant
 MUTANTS = [
     Mutant(
         id="int8-one-scale-per-batch",
-        file="methods/precision.py",
+        file="polyhead/engine/precision.py",
         old="x_scale = x2.abs().amax(1, keepdim=True).div_(127).clamp_(min=1e-12)  # (N, 1)",
         new="x_scale = x2.abs().amax().div(127).clamp(min=1e-12).expand(x2.shape[0], 1)  # (N, 1)",
         tests=("tests/test_precision.py::test_int8_rows_do_not_share_a_scale",),
@@ -13,7 +13,7 @@ MUTANTS = [
     ),
     Mutant(
         id="int8-path-ignored",
-        file="methods/encoder.py",
+        file="polyhead/engine/encoder.py",
         old="if self.linears is not None and name in self.linears and not self.training:",
         new="if False:",
         tests=("tests/test_precision.py::test_int8_every_kind_mixed_within_bound_of_fp32",
@@ -22,7 +22,7 @@ MUTANTS = [
     ),
     Mutant(
         id="packed-fp32-drops-bias",
-        file="methods/precision.py",
+        file="polyhead/engine/precision.py",
         old='return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")',
         new='return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")',
         tests=("tests/test_precision.py::test_prepacked_fp32_equals_eager_for_every_kind",),
@@ -30,7 +30,7 @@ MUTANTS = [
     ),
     Mutant(
         id="bf16-sparse-csr-on-cpu",
-        file="methods/sparse.py",
+        file="polyhead/engine/sparse.py",
         old="self.csr_dtype = torch.float32 if bf16_cpu else ctx.dtype",
         new="self.csr_dtype = ctx.dtype",
         tests=("tests/test_precision.py::test_bf16_serves_every_kind_mixed_near_fp32",),

@@ -1,0 +1,141 @@
+"""The HTTP/JSON route for clients without gRPC: ``POST /v1/classify``.
+
+The body has ClassifyRequest's fields (``{"task_id": ..., "inputs": [{"text": ...}]}``);
+the answer is ClassifyResponse as JSON. It goes through the same RPC method as gRPC (auth
+from the ``Authorization`` header, the same checks); a gRPC status becomes an HTTP status.
+Work is done in the order of its cost: the token (from the header) before the body is read,
+the body's size (Content-Length, then a capped read) before it is parsed; any body that is
+not a ClassifyRequest as JSON is a 400, never a 500.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from starlette.responses import JSONResponse
+
+from polyhead.server._private.errors import RequestError
+from polyhead.v1 import polyhead_pb2 as pb
+
+ROUTE = "/v1/classify"
+HEALTH_ROUTE = "/v1/health"  # GET: HealthResponse as JSON (auth as the gRPC Health)
+MAX_BODY_BYTES = 8 << 20  # a full request (64 inputs x 20,000 characters) fits, JSON-escaped
+HTTP_STATUS = {  # as google.rpc's HTTP mapping
+    grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400, grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499, grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+_NOT_A_BODY = (ValueError, TypeError, AttributeError, RecursionError, json_format.ParseError)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class InvalidBody(Exception):
+    pass
+
+
+class HttpContext:
+    """The part of a gRPC servicer context the RPC methods use, over an HTTP request."""
+
+    def __init__(self, headers: Any) -> None:
+        auth = headers.get("authorization")
+        self._metadata = [("authorization", auth)] if auth else []
+        self.code: grpc.StatusCode = grpc.StatusCode.OK
+        self.details = ""
+
+    def invocation_metadata(self) -> list[tuple[str, str]]:
+        return self._metadata
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+
+def error(code: grpc.StatusCode, message: str) -> JSONResponse:
+    return JSONResponse({"code": code.name, "message": message},
+                        status_code=HTTP_STATUS.get(code, 500))
+
+
+def too_large(what: str, limit: int) -> JSONResponse:
+    return JSONResponse({"code": "PAYLOAD_TOO_LARGE",
+                         "message": f"{what}; the limit is {limit} bytes"}, status_code=413)
+
+
+async def read_body(request: Any, limit: int) -> bytes:
+    """The body, refused (BodyTooLarge) by its Content-Length or once ``limit`` bytes were
+    read: a client's claim is never trusted, and nothing past the limit is held."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"Content-Length {int(declared)}")
+    chunks, n = [], 0
+    async for chunk in request.stream():
+        n += len(chunk)
+        if n > limit:
+            raise BodyTooLarge(f"body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_body(raw: bytes) -> pb.ClassifyRequest:
+    """ClassifyRequest from JSON; InvalidBody for anything else (null, 123, deep nesting)."""
+    try:
+        body = json.loads(raw)
+        if not isinstance(body, dict):
+            raise ValueError(f"a JSON object is needed, got {type(body).__name__}")
+        return json_format.ParseDict(body, pb.ClassifyRequest())
+    except _NOT_A_BODY as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:200]
+        raise InvalidBody(f"body: not a ClassifyRequest as JSON: {reason}") from None
+
+
+async def http_classify(classify: Callable[[Any, Any], Awaitable[pb.ClassifyResponse]],
+                        request: Any, authorize: Callable[[Any], None] | None = None,
+                        max_body: int = MAX_BODY_BYTES) -> JSONResponse:
+    """``authorize(ctx)`` raises (a RequestError) unless the header's token may classify."""
+    if request.url.path.rstrip("/") != ROUTE:
+        return error(grpc.StatusCode.NOT_FOUND, f"no route {request.url.path[:200]}; POST {ROUTE}")
+    if request.method != "POST":
+        return JSONResponse({"code": "METHOD_NOT_ALLOWED", "message": f"{ROUTE} takes POST"},
+                            status_code=405, headers={"Allow": "POST"})
+    ctx = HttpContext(request.headers)
+    if authorize is not None:
+        try:
+            authorize(ctx)
+        except RequestError as e:
+            return error(e.code, str(e))
+    try:
+        message = parse_body(await read_body(request, max_body))
+    except BodyTooLarge as e:
+        return too_large(str(e), max_body)
+    except InvalidBody as e:
+        return error(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+    out = await classify(message, ctx)
+    if ctx.code is not grpc.StatusCode.OK:
+        return error(ctx.code, ctx.details)
+    return JSONResponse(json_format.MessageToDict(
+        out, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
+
+
+async def http_health(health: Callable[[Any, Any], Awaitable[pb.HealthResponse]],
+                      request: Any) -> JSONResponse:
+    """``GET /v1/health``: the answering replica's Health, through the same RPC method."""
+    if request.method != "GET":
+        return JSONResponse({"code": "METHOD_NOT_ALLOWED", "message": f"{HEALTH_ROUTE} takes GET"},
+                            status_code=405, headers={"Allow": "GET"})
+    ctx = HttpContext(request.headers)
+    out = await health(pb.HealthRequest(), ctx)
+    if ctx.code is not grpc.StatusCode.OK:
+        return error(ctx.code, ctx.details)
+    return JSONResponse(json_format.MessageToDict(
+        out, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))

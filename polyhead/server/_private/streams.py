@@ -1,0 +1,88 @@
+"""Bounds on ClassifyStream calls: an idle timeout between a client's messages, and a cap on
+the streams one client (its address) holds open at once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+
+from polyhead.server._private.errors import RequestError
+
+UNKNOWN_CLIENT = "unknown"
+
+
+class StreamIdle(RequestError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class TooManyStreams(RequestError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class StreamLimits:
+    def __init__(self, idle_s: float, per_client: int) -> None:
+        self.idle_s, self.per_client = idle_s, per_client
+        self.open: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def holding(self, client: str) -> Iterator[None]:
+        """One open stream of ``client`` for the block; TooManyStreams over the cap."""
+        if self.open[client] >= self.per_client:
+            raise TooManyStreams(f"{self.open[client]} streams of this client are open; the "
+                                 f"limit is {self.per_client} (close one, or send on it)")
+        self.open[client] += 1
+        try:
+            yield
+        finally:
+            self.open[client] -= 1
+            if not self.open[client]:
+                del self.open[client]
+
+    async def messages(self, requests: Any) -> AsyncIterator[Any]:
+        """``requests``, ended with StreamIdle when no message comes within ``idle_s``."""
+        it = aiter(requests)
+        while True:
+            try:
+                message = await asyncio.wait_for(anext(it), self.idle_s)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise StreamIdle(f"no message for {self.idle_s:g} s; the stream is closed "
+                                 "(open a new one when there is work)") from None
+            yield message
+
+
+def client_of(ctx: Any) -> str:
+    """The client's host as gRPC saw it ("ipv4:127.0.0.1:5123" -> "ipv4:127.0.0.1")."""
+    try:
+        peer = str(ctx.peer()) if ctx is not None else ""
+    except Exception:
+        peer = ""
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else (peer or UNKNOWN_CLIENT)
+
+
+class OneLineAborts(logging.Filter):
+    """Serve logs every exception that ends a stream with its traceback ("Request
+    failed."); a stream the gate refused (a bad token, a bad message) is the client's
+    doing and gets one line, without the traceback."""
+
+    def __init__(self, aborted: type[BaseException]) -> None:
+        super().__init__()
+        self.aborted = aborted
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        for _ in range(4):  # Serve logs its own error, raised from ours
+            if exc is None or isinstance(exc, self.aborted):
+                break
+            exc = exc.__cause__ or exc.__context__
+        if isinstance(exc, self.aborted):
+            record.msg, record.args = "stream refused: %s", (str(exc)[:200],)
+            record.exc_info, record.exc_text = None, None
+        return True

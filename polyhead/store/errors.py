@@ -1,0 +1,23 @@
+"""Store errors. Problems with an artifact's content are ``polyhead.engine.errors.ArtifactError``."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked (corrupt blob, bad alias, missing backbone spec)."""
+
+
+class NotFoundError(StoreError):
+    """An unknown task, version or alias."""
+
+
+class KindChangeError(StoreError):
+    """A publish that would change a task's kind without an explicit ``replace_kind``."""
+
+
+class AmbiguousRefError(StoreError):
+    """A version prefix that matches more than one version of the task."""
+
+
+class StoreUnavailable(StoreError):
+    """The store's database cannot be reached now (down, restarting, network); try again."""

@@ -1,0 +1,11 @@
+"""Deep prefix tuning (P-tuning v2): random prefix keys/values per layer, gates fixed at 1."""
+
+from __future__ import annotations
+
+from polyhead.trainer.config import TrainConfig
+from polyhead.trainer.context import Context
+from polyhead.trainer.models import PetModel, Trainable
+
+
+def build(cfg: TrainConfig, ctx: Context) -> Trainable:
+    return PetModel(ctx.backbone, cfg, ctx.head)

@@ -1,0 +1,34 @@
+"""GLUE presets: columns, label names and metric for the original GLUE TSV files."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from polyhead.trainer.data import Columns
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    columns: Columns
+    labels: tuple[str, ...] | None  # the files' label values in output order; None: regression
+    metric: str  # the task's headline dev metric
+    names: tuple[str, ...] | None = None  # what labels[i] is called in artifacts and answers
+
+
+PRESETS: dict[str, Preset] = {
+    "sst2": Preset(Columns("sentence", "label"), ("0", "1"), "accuracy", ("negative", "positive")),
+    # CoLA has no header: source, label, original label, sentence
+    "cola": Preset(Columns(3, 1, header=False), ("0", "1"), "mcc", ("unacceptable", "acceptable")),
+    "mrpc": Preset(Columns("#1 String", "Quality", "#2 String"), ("0", "1"), "f1",
+                   ("not_equivalent", "equivalent")),
+    "rte": Preset(Columns("sentence1", "label", "sentence2"), ("entailment", "not_entailment"), "accuracy"),
+    "stsb": Preset(Columns("sentence1", "score", "sentence2", regression=True), None, "pearson"),
+    "qnli": Preset(Columns("question", "label", "sentence"), ("entailment", "not_entailment"), "accuracy"),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
