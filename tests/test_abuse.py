@@ -65,6 +65,12 @@ class Metrics:
     def request(self, method: str, task: str, code: str, ms: float) -> None:
         self.codes.append(code)
 
+    def tenant_request(self, tenant: str, code: str, rows: int, ms: float) -> None:
+        pass
+
+    def tenant_rejected(self, tenant: str, quota: str) -> None:
+        pass
+
 
 class Replica:
     """The gate and the Inference service as a replica wires them, minus the engine."""

@@ -515,7 +515,9 @@ def test_classify_stream_holds_at_most_its_window_and_answers_in_order() -> None
     from types import SimpleNamespace
 
     from polyhead.server._private.services import STREAM_WINDOW, InferenceService
+    from polyhead.server._private.tenancy import Tenants
     from polyhead.v1 import polyhead_pb2 as pb
+    from tests.test_fair_share import TenantMetrics
 
     n = 500
     sent = answered = 0
@@ -526,7 +528,7 @@ def test_classify_stream_holds_at_most_its_window_and_answers_in_order() -> None
         async def encode(self, inputs):
             return list(inputs)
 
-        async def run(self, enc, task):
+        async def run(self, enc, task, tenant):
             nonlocal most_in_batcher
             fut = asyncio.get_running_loop().create_future()
             waiting.append((enc[0], fut))
@@ -552,7 +554,8 @@ def test_classify_stream_holds_at_most_its_window_and_answers_in_order() -> None
 
     parts = SimpleNamespace(config=SimpleNamespace(max_inputs=4, max_text_chars=100),
                             resolver=SimpleNamespace(resolve=resolve),
-                            bank=SimpleNamespace(using=using), batcher=SlowBatcher(), replica="r0")
+                            bank=SimpleNamespace(using=using), batcher=SlowBatcher(), replica="r0",
+                            tenants=Tenants(), metrics=TenantMetrics())
 
     async def requests():
         nonlocal sent, most_pending

@@ -19,6 +19,7 @@ TOKEN_ENV = "POLYHEAD_TOKEN"
 TOKEN_FILE_ENV = "POLYHEAD_TOKEN_FILE"
 INFERENCE_TOKEN_ENV = "POLYHEAD_INFERENCE_TOKEN"
 MB = 1 << 20
+BATCH_ORDERS = ("fair", "fifo")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,12 @@ class ServerConfig:
     max_batch_rows: int = 64  # rows per batch (one or more engine forwards)
     max_batch_tokens: int = 8192  # tokens per batch (before padding)
     batch_wait_ms: float = 2.0  # how long a batch waits to fill once the engine is free
+    # the order batches take requests in: "fair" (weighted fair sharing of tokens between
+    # tenants; one tenant alone is served in arrival order) or "fifo" (arrival order)
+    batch_order: str = "fair"
+    # rows per batch while two or more tenants wait ("fair" only): the longest a tenant
+    # waits behind another's rows is one such batch; a lone tenant's use max_batch_rows
+    fair_batch_rows: int = 16
     max_inputs: int = 64  # inputs per Classify request
     max_text_chars: int = 20_000  # per text; longer texts are rejected, not truncated
     device_budget_mb: float = 512.0  # device tier: the slot tables allocate within it
@@ -64,7 +71,8 @@ class ServerConfig:
     max_streams_per_client: int = 64  # ClassifyStream calls one client address holds open
 
     def __post_init__(self) -> None:
-        positive = ("max_batch_rows", "max_batch_tokens", "max_inputs", "max_text_chars", "device_budget_mb",
+        positive = ("max_batch_rows", "max_batch_tokens", "fair_batch_rows", "max_inputs",
+                    "max_text_chars", "device_budget_mb",
                     "host_budget_mb", "max_artifact_mb", "watch_interval_s", "max_request_mb",
                     "stream_idle_s", "max_streams_per_client")
         for name in positive:
@@ -73,6 +81,9 @@ class ServerConfig:
         if self.max_inputs > self.max_batch_rows:
             raise ConfigError(f"max_inputs ({self.max_inputs}) must be <= max_batch_rows "
                               f"({self.max_batch_rows}): a request never spans batches")
+        if self.batch_order not in BATCH_ORDERS:
+            raise ConfigError(f"batch_order {self.batch_order!r}: choose one of "
+                              f"{', '.join(BATCH_ORDERS)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.batch_wait_ms < 0 or self.torch_threads < 0:

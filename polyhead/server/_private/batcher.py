@@ -2,8 +2,9 @@
 
 A request is tokenized as it arrives, on the tokenizer thread (off the event loop and off
 the forward's thread), then queues. One forward runs at a time, on the forward thread.
-When the engine is free, the next batch takes the queued requests, oldest first, up to a
-row and a token budget; if that leaves room it waits up to ``fill_wait_s`` for more. So
+When the engine is free, the next batch takes queued requests up to a row and a token
+budget, in the queue's order (``fairqueue``: fair sharing between tenants, or arrival
+order); if that leaves room it waits up to ``fill_wait_s`` for more. So
 the next batch forms, already tokenized, while the engine runs, and is handed over the
 moment the engine is free; the batch size follows the load.
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,6 +24,7 @@ import torch
 
 from polyhead.engine import LoadedTask, TextInput
 from polyhead.engine.engine import Encoded
+from polyhead.server._private.fairqueue import DEFAULT_TENANT, FairQueue, FifoQueue, Queue
 from polyhead.server._private.inference import BatchItem, BatchStats, Row
 
 Tokenize = Callable[[Sequence[TextInput]], list[Encoded]]
@@ -35,19 +36,34 @@ class _Pending:
     item: BatchItem
     tokens: int
     future: asyncio.Future[list[Row]]
+    tenant: str = DEFAULT_TENANT
+
+    @property
+    def rows(self) -> int:
+        return len(self.item)
+
+
+def batch_queue(order: str, weight: Callable[[str], float],
+                contended_rows: int | None) -> Queue[_Pending]:
+    """The queue for ``order`` ("fair" or "fifo"; ServerConfig.batch_order)."""
+    if order == "fifo":
+        return FifoQueue()
+    return FairQueue(weight, contended_rows)
 
 
 class Batcher:
     def __init__(self, tokenize: Tokenize, forward: Forward, *, max_rows: int, max_tokens: int,
-                 fill_wait_s: float, threads: int, on_batch: Callable[[BatchStats], None]) -> None:
+                 fill_wait_s: float, threads: int, on_batch: Callable[[BatchStats], None],
+                 queue: Queue[_Pending] | None = None) -> None:
+        """``queue``: the order batches take requests in; default fair sharing with equal
+        weights (for one tenant, arrival order)."""
         self._tokenize, self._run = tokenize, forward
         self.max_rows, self.max_tokens, self.fill_wait_s = max_rows, max_tokens, fill_wait_s
         self._on_batch = on_batch
         self._tokenizer = ThreadPoolExecutor(1, "polyhead-tokenize")
         self._forward = ThreadPoolExecutor(1, "polyhead-forward", initializer=torch.set_num_threads,
                                            initargs=(threads,))
-        self._queue: deque[_Pending] = deque()
-        self._rows = self._tokens = 0  # queued
+        self._queue: Queue[_Pending] = queue if queue is not None else FairQueue()
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None  # held: the loop keeps weak references
 
@@ -55,13 +71,14 @@ class Batcher:
         return await asyncio.get_running_loop().run_in_executor(
             self._tokenizer, self._tokenize, inputs)
 
-    async def run(self, enc: list[Encoded], task: LoadedTask) -> list[Row]:
-        """These rows' logits, from the next forward that has room for them."""
+    async def run(self, enc: list[Encoded], task: LoadedTask,
+                  tenant: str = DEFAULT_TENANT) -> list[Row]:
+        """These rows' logits, from the next forward that has room for them and serves
+        ``tenant`` in its turn."""
         loop = asyncio.get_running_loop()
-        pending = _Pending(BatchItem(enc, task), sum(len(e.ids) for e in enc), loop.create_future())
-        self._queue.append(pending)
-        self._rows += len(enc)
-        self._tokens += pending.tokens
+        pending = _Pending(BatchItem(enc, task), sum(len(e.ids) for e in enc), loop.create_future(),
+                           tenant)
+        self._queue.push(pending)
         if self._loop_task is None or self._loop_task.done():
             self._wake = asyncio.Event()
             self._loop_task = loop.create_task(self._drain())
@@ -70,21 +87,12 @@ class Batcher:
         try:
             return await pending.future
         except asyncio.CancelledError:
-            self._drop(pending)
+            self._queue.remove(pending)  # a no-op once a batch took it
             raise
-
-    def _drop(self, pending: _Pending) -> None:
-        """Take a cancelled request out of the queue (a no-op once a batch took it)."""
-        try:
-            self._queue.remove(pending)
-        except ValueError:
-            return
-        self._rows -= len(pending.item)
-        self._tokens -= pending.tokens
 
     @property
     def queued_rows(self) -> int:
-        return self._rows
+        return self._queue.rows
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -123,11 +131,12 @@ class Batcher:
     async def _fill(self) -> None:
         """Wait up to fill_wait_s while the queue leaves room (clients of the last forward
         are sending their next requests)."""
-        if self.fill_wait_s <= 0 or self._rows >= self.max_rows:
+        q = self._queue
+        if self.fill_wait_s <= 0 or q.rows >= self.max_rows:
             return
         deadline = asyncio.get_running_loop().time() + self.fill_wait_s
         assert self._wake is not None
-        while self._rows < self.max_rows and self._tokens < self.max_tokens:
+        while q.rows < self.max_rows and q.tokens < self.max_tokens:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 return
@@ -138,22 +147,9 @@ class Batcher:
                 return
 
     def _take(self) -> list[_Pending]:
-        """Queued requests, oldest first, within the row and token budgets (at least one)."""
-        take: list[_Pending] = []
-        rows = tokens = 0
-        while self._queue:
-            p = self._queue[0]
-            n = len(p.item)
-            if take and (rows + n > self.max_rows or tokens + p.tokens > self.max_tokens):
-                break
-            self._queue.popleft()
-            self._rows -= n
-            self._tokens -= p.tokens
-            if not p.future.done():  # its request was cancelled
-                take.append(p)
-                rows += n
-                tokens += p.tokens
-        return take
+        """Queued requests in the queue's order, within the row and token budgets."""
+        return [p for p in self._queue.take(self.max_rows, self.max_tokens)
+                if not p.future.done()]  # not one whose request was cancelled
 
     def close(self) -> None:
         if self._loop_task is not None:

@@ -25,6 +25,16 @@ class TooLarge(RequestError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class QuotaExceeded(RequestError):
+    """A tenant over one of its quotas; the message names the quota and its value."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, tenant: str, quota: str, limit: int, detail: str) -> None:
+        super().__init__(f"tenant {tenant!r:.80} is over its {quota} quota of {limit} ({detail})")
+        self.tenant, self.quota, self.limit = tenant, quota, limit
+
+
 class Unauthenticated(RequestError):
     code = grpc.StatusCode.UNAUTHENTICATED
 

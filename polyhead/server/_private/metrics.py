@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from ray.util import metrics
 
+from polyhead.server._private.tenancy import TenantLabels
+
 _LATENCY_MS = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0]
 _SIZES = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]
 _RATIO = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
+MAX_TENANT_LABELS = 1000  # tenants named in metrics; the rest share one label
 
 
 class ServerMetrics:
-    """Every metric a replica records; tags are bounded (task ids, kinds, status codes)."""
+    """Every metric a replica records; tags are bounded (task ids, kinds, status codes,
+    tenants up to MAX_TENANT_LABELS)."""
 
     def __init__(self) -> None:
         self.requests = metrics.Counter(
@@ -38,10 +42,32 @@ class ServerMetrics:
             "polyhead_swap_latency_ms",
             "store change to servable on this replica (local: this replica published it)",
             boundaries=_LATENCY_MS, tag_keys=("origin",))
+        self._tenant = TenantLabels(MAX_TENANT_LABELS)
+        self.tenant_requests = metrics.Counter(
+            "polyhead_tenant_requests", "Classify requests (stream messages too), by tenant and "
+            "status code", tag_keys=("tenant", "code"))
+        self.tenant_rows = metrics.Counter(
+            "polyhead_tenant_rows", "rows classified, by tenant", tag_keys=("tenant",))
+        self.tenant_latency = metrics.Histogram(
+            "polyhead_tenant_latency_ms", "Classify latency inside the replica, by tenant",
+            boundaries=_LATENCY_MS, tag_keys=("tenant",))
+        self.tenant_rejections = metrics.Counter(
+            "polyhead_tenant_rejections", "Classify requests refused over a tenant quota, by "
+            "tenant and quota", tag_keys=("tenant", "quota"))
 
     def request(self, method: str, task: str, code: str, ms: float) -> None:
         self.requests.inc(tags={"method": method, "task": task, "code": code})
         self.latency.observe(ms, tags={"method": method, "task": task})
+
+    def tenant_request(self, tenant: str, code: str, rows: int, ms: float) -> None:
+        label = self._tenant(tenant)
+        self.tenant_requests.inc(tags={"tenant": label, "code": code})
+        if rows:
+            self.tenant_rows.inc(rows, tags={"tenant": label})
+        self.tenant_latency.observe(ms, tags={"tenant": label})
+
+    def tenant_rejected(self, tenant: str, quota: str) -> None:
+        self.tenant_rejections.inc(tags={"tenant": self._tenant(tenant), "quota": quota})
 
     def bank_event(self, event: str) -> None:
         self.bank_events.inc(tags={"event": event})

@@ -20,7 +20,7 @@ from ray import serve
 from polyhead.engine import ArtifactError, Engine, TaskArtifact, load_backbone
 from polyhead.engine.probe import probe_forward
 from polyhead.server._private.auth import Auth
-from polyhead.server._private.batcher import Batcher
+from polyhead.server._private.batcher import Batcher, batch_queue
 from polyhead.server._private.gate import StreamAborted, rpc, rpc_stream
 from polyhead.server._private.http import HEALTH_ROUTE, http_classify, http_health
 from polyhead.server._private.inference import BatchStats, forward
@@ -28,6 +28,7 @@ from polyhead.server._private.metrics import ServerMetrics
 from polyhead.server._private.resolver import Resolver
 from polyhead.server._private.services import InferenceService, Parts, RegistryService, meta_of
 from polyhead.server._private.streams import OneLineAborts, StreamLimits
+from polyhead.server._private.tenancy import Tenants
 from polyhead.server.bank import AdapterBank, TaskMeta, VersionKey
 from polyhead.server.config import MB, ServerConfig
 from polyhead.store import NotFoundError, Store, VersionInfo
@@ -60,14 +61,16 @@ class Polyhead:
             self._fetch, engine.load, engine.unload, device_budget=int(config.device_budget_mb * MB),
             host_budget=int(config.host_budget_mb * MB),
             executor=ThreadPoolExecutor(2, "polyhead-load"), listener=self._bank_event)
+        tenants = Tenants()  # the tenants store's terms replace these when it is wired in
         batcher = Batcher(engine.tokenize, partial(forward, engine), max_rows=config.max_batch_rows,
                           max_tokens=config.max_batch_tokens,
                           fill_wait_s=config.batch_wait_ms / 1000, threads=threads,
-                          on_batch=self._record)
+                          on_batch=self._record, queue=batch_queue(config.batch_order, tenants.weight,
+                                                                 config.fair_batch_rows))
         resolver = Resolver(store, ThreadPoolExecutor(1, "polyhead-store"))
         self.parts = Parts(config, _replica_name(), backbone.path.name, threads, engine, store,
                            bank, resolver, batcher, self.metrics,
-                           ThreadPoolExecutor(1, "polyhead-admin"))
+                           ThreadPoolExecutor(1, "polyhead-admin"), tenants=tenants)
         self.inference = InferenceService(self.parts)
         self.registry = RegistryService(self.parts)
         if config.seed_examples:

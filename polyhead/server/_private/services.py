@@ -18,11 +18,13 @@ from typing import Any, TypeVar
 from polyhead.engine import Engine
 from polyhead.server._private import registry_rpcs
 from polyhead.server._private.batcher import Batcher
-from polyhead.server._private.errors import InStream, InvalidInput
+from polyhead.server._private.errors import InStream, InvalidInput, QuotaExceeded, status_for
+from polyhead.server._private.fairqueue import DEFAULT_TENANT
 from polyhead.server._private.gate import message_of
 from polyhead.server._private.inference import check_form, cut_inputs, parse_inputs, response
 from polyhead.server._private.metrics import ServerMetrics
 from polyhead.server._private.resolver import Resolver
+from polyhead.server._private.tenancy import Tenants
 from polyhead.server.bank import AdapterBank, TaskMeta, VersionKey
 from polyhead.server.config import ServerConfig
 from polyhead.store import Store, StoredArtifact, VersionInfo
@@ -50,6 +52,7 @@ class Parts:
     admin: ThreadPoolExecutor  # store writes, one at a time
     counters: dict[str, float] = dataclasses.field(
         default_factory=lambda: {"batches": 0, "rows": 0, "forward_s": 0.0})
+    tenants: Tenants = dataclasses.field(default_factory=Tenants)  # terms, rows in flight
 
     async def on_admin(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.admin, fn, *args)
@@ -59,23 +62,42 @@ class InferenceService:
     def __init__(self, parts: Parts) -> None:
         self.p = parts
 
-    async def classify(self, request: pb.ClassifyRequest) -> pb.ClassifyResponse:
+    async def classify(self, request: pb.ClassifyRequest,
+                       tenant: str = DEFAULT_TENANT) -> pb.ClassifyResponse:
+        """``tenant``: the caller's, as the gate resolved it from the key; it decides the
+        quota that admits the request, the share of batches it gets, and its metrics."""
+        t0, code, rows = time.perf_counter(), "OK", 0
+        try:
+            out = await self._classify(request, tenant)
+            rows = len(out.predictions)
+            return out
+        except Exception as e:
+            code = status_for(e)[0].name
+            if isinstance(e, QuotaExceeded):
+                self.p.metrics.tenant_rejected(tenant, e.quota)
+            raise
+        finally:
+            self.p.metrics.tenant_request(tenant, code, rows, (time.perf_counter() - t0) * 1000)
+
+    async def _classify(self, request: pb.ClassifyRequest, tenant: str) -> pb.ClassifyResponse:
         p = self.p
         request = message_of(request)  # a stream's messages arrive unparsed
         inputs = parse_inputs(request, p.config.max_inputs, p.config.max_text_chars)
         if not is_task_id(request.task_id):
             raise InvalidInput(f"task_id: {clip(request.task_id)} is not a task id")
-        ref = registry_rpcs.ref_of(request.version) if request.version else "latest"
-        info = await p.resolver.resolve(request.task_id, ref)
-        async with p.bank.using(VersionKey(info.task_id, info.version)) as res:
-            check_form(inputs, info.task_id, res.meta)
-            enc = await p.batcher.encode(inputs)
-            rows = await p.batcher.run(enc, res.task)
-            cut = cut_inputs(request, p.config.max_text_chars)
-            rows = [(logits, was or c) for (logits, was), c in zip(rows, cut, strict=True)]
-            return response(res, rows, p.replica)
+        with p.tenants.admit(tenant, len(inputs)):
+            ref = registry_rpcs.ref_of(request.version) if request.version else "latest"
+            info = await p.resolver.resolve(request.task_id, ref)
+            async with p.bank.using(VersionKey(info.task_id, info.version)) as res:
+                check_form(inputs, info.task_id, res.meta)
+                enc = await p.batcher.encode(inputs)
+                rows = await p.batcher.run(enc, res.task, tenant)
+                cut = cut_inputs(request, p.config.max_text_chars)
+                rows = [(logits, was or c) for (logits, was), c in zip(rows, cut, strict=True)]
+                return response(res, rows, p.replica)
 
-    async def classify_stream(self, requests: AsyncIterator[Any]) -> AsyncIterator[pb.ClassifyResponse]:
+    async def classify_stream(self, requests: AsyncIterator[Any],
+                              tenant: str = DEFAULT_TENANT) -> AsyncIterator[pb.ClassifyResponse]:
         """One response per request message, in order; at most STREAM_WINDOW messages in
         flight, so a client sending faster than the engine runs is held back by gRPC flow
         control, not buffered here. An error ends the stream, naming the message."""
@@ -83,7 +105,7 @@ class InferenceService:
         try:
             index = 0
             async for request in requests:
-                window.append(asyncio.ensure_future(self._message(index, request)))
+                window.append(asyncio.ensure_future(self._message(index, request, tenant)))
                 index += 1
                 if len(window) >= STREAM_WINDOW:
                     yield await window.popleft()
@@ -93,9 +115,9 @@ class InferenceService:
             for fut in window:
                 fut.cancel()
 
-    async def _message(self, index: int, request: Any) -> pb.ClassifyResponse:
+    async def _message(self, index: int, request: Any, tenant: str) -> pb.ClassifyResponse:
         try:
-            return await self.classify(request)
+            return await self.classify(request, tenant)
         except Exception as e:
             raise InStream(index, e) from e
 

@@ -1,0 +1,303 @@
+"""Fair sharing between tenants: the queue on its own (deterministic), and the in-process
+Classify path with two tenants (order of batches, the rows-in-flight quota, metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import random
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+import grpc
+import pytest
+
+from polyhead.engine.engine import Encoded
+from polyhead.server._private.errors import status_for
+from polyhead.server._private.fairqueue import FairQueue, FifoQueue
+from polyhead.server._private.tenancy import OTHER_TENANTS, TenantLabels, Tenants, TenantTerms
+from polyhead.server.bank import TaskMeta
+from polyhead.v1 import polyhead_pb2 as pb
+
+
+@dataclasses.dataclass(eq=False)
+class Req:
+    tenant: str
+    rows: int = 1
+    tokens: int = 10
+
+
+def served_tokens(batches: list[list[Req]], tenant: str) -> int:
+    return sum(r.tokens for b in batches for r in b if r.tenant == tenant)
+
+
+def drain(q: Any, batches: int, max_rows: int = 4, max_tokens: int = 10_000) -> list[list[Req]]:
+    return [q.take(max_rows, max_tokens) for _ in range(batches)]
+
+
+# -- the queue on its own ------------------------------------------------------------------------
+
+def test_a_backlog_from_a_cannot_delay_b_beyond_its_share() -> None:
+    """A queued 200 requests before B's first; B's first goes in the very next batch, and
+    from then on each holds half the tokens served, within one request."""
+    q: FairQueue[Req] = FairQueue()
+    for _ in range(200):
+        q.push(Req("A"))
+    b_reqs = [Req("B") for _ in range(100)]
+    for r in b_reqs:
+        q.push(r)
+    batches = drain(q, 20)
+    assert b_reqs[0] in batches[0]
+    for n in range(1, 21):
+        a, b = served_tokens(batches[:n], "A"), served_tokens(batches[:n], "B")
+        assert abs(a - b) <= 10, (n, a, b)
+    fifo: FifoQueue[Req] = FifoQueue()  # today's order: B waits behind all of A's 200
+    for r in [Req("A") for _ in range(200)] + [Req("B")]:
+        fifo.push(r)
+    assert served_tokens(drain(fifo, 20), "B") == 0
+
+
+def test_shares_are_of_tokens_not_requests() -> None:
+    """A's requests are 4x B's in tokens: B gets 4 requests through for each of A's."""
+    q: FairQueue[Req] = FairQueue()
+    for _ in range(50):
+        q.push(Req("A", tokens=40))
+        q.push(Req("B", tokens=10))
+    batches = drain(q, 10, max_rows=5)
+    a, b = served_tokens(batches, "A"), served_tokens(batches, "B")
+    assert abs(a - b) <= 40, (a, b)
+    assert sum(r.tenant == "B" for bt in batches for r in bt) >= 3 * sum(
+        r.tenant == "A" for bt in batches for r in bt)
+
+
+def test_weights_are_respected() -> None:
+    weights = {"A": 3.0, "B": 1.0}
+    q: FairQueue[Req] = FairQueue(weights.__getitem__)
+    for _ in range(200):
+        q.push(Req("A"))
+        q.push(Req("B"))
+    batches = drain(q, 25)
+    a, b = served_tokens(batches, "A"), served_tokens(batches, "B")
+    assert a + b == 1000
+    assert abs(a / 3 - b) <= 10, (a, b)  # A's counter moves a third as fast
+
+
+def test_a_lone_tenant_is_never_held_back() -> None:
+    """Alone, a tenant's batches are FIFO's exactly: full row and token budgets, even with a
+    contended-batch cap, and even after it used far more than anybody else."""
+    rng = random.Random(0)
+    reqs = [Req("A", rng.randint(1, 6), rng.randint(1, 300)) for _ in range(300)]
+    fair: FairQueue[Req] = FairQueue(contended_rows=2)
+    fifo: FifoQueue[Req] = FifoQueue()
+    for r in reqs:
+        fair.push(r)
+        fifo.push(r)
+    while len(fifo):
+        want = fifo.take(16, 1000)
+        assert fair.take(16, 1000) == want
+        assert fair.rows == fifo.rows and fair.tokens == fifo.tokens
+    assert len(fair) == 0
+    later = Req("B")
+    fair.push(later)  # another tenant alone after A's 300 requests: served at once
+    assert fair.take(16, 1000) == [later]
+
+
+def test_an_idle_tenant_banks_no_credit() -> None:
+    """B was idle while A was served 1,000 tokens; when B comes back with a backlog it
+    shares equally from then on, it does not take 1,000 tokens in a row."""
+    q: FairQueue[Req] = FairQueue()
+    for _ in range(100):
+        q.push(Req("A"))
+    drain(q, 25)  # A alone: 100 requests, 1,000 tokens
+    for _ in range(100):
+        q.push(Req("A"))
+        q.push(Req("B"))
+    batches = drain(q, 10)
+    assert served_tokens(batches, "A") == served_tokens(batches, "B") == 200
+
+
+def test_a_contended_batch_is_capped_and_a_lone_one_is_not() -> None:
+    q: FairQueue[Req] = FairQueue(contended_rows=4)
+    for _ in range(20):
+        q.push(Req("A"))
+    assert len(q.take(16, 1000)) == 16
+    q.push(Req("B"))
+    assert [r.tenant for r in q.take(16, 1000)] == ["A", "B", "A", "A"]
+
+
+def test_removing_a_request_takes_it_out_of_the_queue() -> None:
+    q: FairQueue[Req] = FairQueue()
+    a, b1, b2 = Req("A", rows=2), Req("B", tokens=5), Req("B", rows=3)
+    for r in (a, b1, b2):
+        q.push(r)
+    assert (q.rows, q.tokens, q.tenants_waiting) == (6, 25, 2)
+    assert q.remove(b1) and not q.remove(b1)
+    assert q.remove(b2)
+    assert (q.rows, q.tokens, q.tenants_waiting) == (2, 10, 1)
+    assert q.take(16, 1000) == [a]
+    assert not q.remove(a) and q.take(16, 1000) == []
+
+
+# -- the in-process Classify path, two tenants ------------------------------------------------------
+
+class TenantMetrics:
+    """What InferenceService records per tenant."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, int]] = []
+        self.rejected: list[tuple[str, str]] = []
+
+    def tenant_request(self, tenant: str, code: str, rows: int, ms: float) -> None:
+        self.requests.append((tenant, code, rows))
+
+    def tenant_rejected(self, tenant: str, quota: str) -> None:
+        self.rejected.append((tenant, quota))
+
+
+class Path:
+    """InferenceService over a real Batcher (with the queue under test) and inference.forward
+    over a fake engine whose forward can be held; the store and bank are stubs."""
+
+    def __init__(self, queue: Any, tenants: Tenants | None = None) -> None:
+        from polyhead.server._private.batcher import Batcher
+        from polyhead.server._private.inference import forward
+        from polyhead.server._private.services import InferenceService
+
+        self.running, self.release = threading.Event(), threading.Event()
+        self.batches: list[list[str]] = []  # each forward's texts, in batch order
+
+        def run(items: Any) -> Any:
+            self.batches.append([self.text(e.ids) for it in items for e in it.enc])
+            if not self.release.is_set():
+                self.running.set()
+                self.release.wait(60)  # a bound only so that a broken batcher cannot hang the suite
+            return forward(FakeEngine(), items)  # type: ignore[arg-type]
+
+        self.batcher = Batcher(self.tokenize, run, max_rows=64, max_tokens=10_000, fill_wait_s=0,
+                               threads=1, on_batch=lambda s: None, queue=queue)
+        self.metrics, self.tenants = TenantMetrics(), tenants or Tenants()
+
+        @contextlib.asynccontextmanager
+        async def using(key: Any) -> Any:
+            yield SimpleNamespace(key=key, meta=TaskMeta(1, ("neg", "pos"), False, "any"),
+                                  task=SimpleNamespace(kind=SimpleNamespace(name="k")))
+
+        async def resolve(task_id: str, ref: str) -> Any:
+            return SimpleNamespace(task_id=task_id, version="v1")
+
+        parts = SimpleNamespace(config=SimpleNamespace(max_inputs=8, max_text_chars=100),
+                                resolver=SimpleNamespace(resolve=resolve),
+                                bank=SimpleNamespace(using=using), batcher=self.batcher,
+                                replica="r0", tenants=self.tenants, metrics=self.metrics)
+        self.service = InferenceService(parts)  # type: ignore[arg-type]
+
+    @staticmethod
+    def tokenize(texts: Any) -> list[Encoded]:
+        return [Encoded([ord(c) for c in t], [0] * len(t), False) for t in texts]
+
+    @staticmethod
+    def text(ids: list[int]) -> str:
+        return "".join(map(chr, ids))
+
+    async def classify(self, tenant: str, *texts: str) -> pb.ClassifyResponse:
+        req = pb.ClassifyRequest(task_id="t", inputs=[pb.Input(text=t) for t in texts])
+        return await self.service.classify(req, tenant)
+
+    async def hold(self) -> asyncio.Task[pb.ClassifyResponse]:
+        """A forward of one row (tenant C's), held until ``release``."""
+        self.running.clear()
+        self.release.clear()
+        first = asyncio.create_task(self.classify("C", "held"))
+        while not self.running.is_set():
+            await asyncio.sleep(0.001)
+        return first
+
+    async def queued(self, rows: int) -> None:
+        while self.batcher.queued_rows < rows:
+            await asyncio.sleep(0.001)
+
+
+class FakeEngine:
+    max_batch_size = 64
+
+    def run_encoded(self, enc: Any, tasks: Any) -> Any:
+        import torch
+        return [torch.tensor([0.0, float(len(e.ids))]) for e in enc]
+
+
+@pytest.mark.parametrize("order", ["fair", "fifo"])
+def test_two_tenants_through_classify(order: str) -> None:
+    """A floods (20 requests) before B's one while the engine is busy: with fair sharing B's
+    request is in the next batch (its second row), with FIFO it comes last of the 21."""
+    queue = FairQueue(contended_rows=None) if order == "fair" else FifoQueue()
+    path = Path(queue)
+
+    async def main() -> None:
+        first = await path.hold()
+        flood = [asyncio.create_task(path.classify("A", f"a{i:02d}")) for i in range(20)]
+        await path.queued(20)
+        b = asyncio.create_task(path.classify("B", "b"))
+        await path.queued(21)
+        path.release.set()
+        await first
+        out = await asyncio.gather(b, *flood)
+        assert [len(r.predictions) for r in out] == [1] * 21
+        assert out[0].predictions[0].scores[1] > 0.5  # the fake's logits reached B's response
+        path.batcher.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        path.release.set()
+    assert path.batches[0] == ["held"]
+    want = 1 if order == "fair" else 20
+    assert path.batches[1].index("b") == want, path.batches[1]
+    assert sorted(path.metrics.requests) == sorted(
+        [("C", "OK", 1), ("B", "OK", 1)] + [("A", "OK", 1)] * 20)
+
+
+def test_rows_in_flight_quota_refuses_over_it_and_frees_on_answer() -> None:
+    tenants = Tenants({"A": TenantTerms(max_rows_in_flight=3)})
+    path = Path(FairQueue(), tenants)
+
+    async def main() -> None:
+        first = await path.hold()
+        a = asyncio.create_task(path.classify("A", "a1", "a2"))
+        await path.queued(2)
+        with pytest.raises(Exception) as refused:
+            await path.classify("A", "a3", "a4")  # 2 + 2 > 3
+        code, details = status_for(refused.value)
+        assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "rows_in_flight quota of 3" in details and "'A'" in details, details
+        b = asyncio.create_task(path.classify("B", "b1", "b2", "b3", "b4"))  # B has no quota
+        await path.queued(6)
+        assert tenants.in_flight("A") == 2 and tenants.in_flight("B") == 4
+        path.release.set()
+        await asyncio.gather(first, a, b)
+        assert tenants.in_flight("A") == 0
+        assert len((await path.classify("A", "x", "y", "z")).predictions) == 3  # freed
+        path.batcher.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        path.release.set()
+    assert path.metrics.rejected == [("A", "rows_in_flight")]
+    assert ("A", "RESOURCE_EXHAUSTED", 0) in path.metrics.requests
+    assert ("B", "OK", 4) in path.metrics.requests
+
+
+def test_tenant_terms_refuse_bad_values() -> None:
+    from polyhead.engine.errors import ConfigError
+    with pytest.raises(ConfigError, match="weight"):
+        TenantTerms(weight=0)
+    with pytest.raises(ConfigError, match="max_rows_in_flight"):
+        TenantTerms(max_rows_in_flight=0)
+
+
+def test_tenant_labels_are_bounded() -> None:
+    labels = TenantLabels(2)
+    assert [labels(t) for t in ("a", "b", "c", "a", "d", "b")] == [
+        "a", "b", OTHER_TENANTS, "a", OTHER_TENANTS, "b"]
