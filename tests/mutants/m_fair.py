@@ -1,0 +1,80 @@
+"""Planted bugs in fair sharing between tenants, its quota and its metrics (issue 24)."""
+
+from tests.mutants import Mutant
+
+T = "tests/test_fair_share.py::"
+
+MUTANTS = [
+    Mutant(
+        id="fair-idle-tenant-banks-credit",
+        file="polyhead/server/_private/fairqueue.py",
+        old="self._served[e.tenant] = max(self._served.get(e.tenant, 0.0), lowest)",
+        new="self._served.setdefault(e.tenant, 0.0)",
+        tests=(T + "test_an_idle_tenant_banks_no_credit",),
+        why="a tenant back from idle takes the engine for as long as it was away",
+    ),
+    Mutant(
+        id="fair-ignores-weights",
+        file="polyhead/server/_private/fairqueue.py",
+        old="self._served[tenant] += e.tokens / self._weight(tenant)",
+        new="self._served[tenant] += e.tokens",
+        tests=(T + "test_weights_are_respected",),
+        why="per-tenant weights accepted and never applied",
+    ),
+    Mutant(
+        id="fair-counts-requests-not-tokens",
+        file="polyhead/server/_private/fairqueue.py",
+        old="self._served[tenant] += e.tokens / self._weight(tenant)",
+        new="self._served[tenant] += 1 / self._weight(tenant)",
+        tests=(T + "test_shares_are_of_tokens_not_requests",),
+        why="long requests buy a bigger share of the engine than short ones",
+    ),
+    Mutant(
+        id="fair-caps-a-lone-tenant",
+        file="polyhead/server/_private/fairqueue.py",
+        old="if self.contended_rows is not None and len(self._waiting) > 1:",
+        new="if self.contended_rows is not None and len(self._waiting) >= 1:",
+        tests=(T + "test_a_lone_tenant_is_never_held_back",),
+        why="a tenant alone loses throughput to the cap meant for contention",
+    ),
+    Mutant(
+        id="fair-remove-keeps-empty-tenant",
+        file="polyhead/server/_private/fairqueue.py",
+        old="        if not q:\n            del self._waiting[e.tenant]\n",
+        new="",
+        tests=(T + "test_removing_a_request_takes_it_out_of_the_queue",),
+        why="a cancelled request leaves its tenant counted as waiting (and an empty queue read)",
+    ),
+    Mutant(
+        id="batcher-drops-the-tenant",
+        file="polyhead/server/_private/batcher.py",
+        old="loop.create_future(),\n                           tenant)",
+        new="loop.create_future())",
+        tests=(T + "test_two_tenants_through_classify[fair]",),
+        why="every request queues as the default tenant: fair sharing silently becomes FIFO",
+    ),
+    Mutant(
+        id="classify-drops-the-tenant",
+        file="polyhead/server/_private/services.py",
+        old="await p.batcher.run(enc, res.task, tenant)",
+        new="await p.batcher.run(enc, res.task)",
+        tests=(T + "test_two_tenants_through_classify[fair]",),
+        why="the gate's tenant never reaches the batcher",
+    ),
+    Mutant(
+        id="quota-never-released",
+        file="polyhead/server/_private/tenancy.py",
+        old="left = self._in_flight[tenant] - rows",
+        new="left = self._in_flight[tenant]",
+        tests=(T + "test_rows_in_flight_quota_refuses_over_it_and_frees_on_answer",),
+        why="answered rows stay counted: a tenant is locked out after its quota's worth",
+    ),
+    Mutant(
+        id="quota-off-by-one",
+        file="polyhead/server/_private/tenancy.py",
+        old="if limit is not None and now + rows > limit:",
+        new="if limit is not None and now + rows >= limit:",
+        tests=(T + "test_rows_in_flight_quota_refuses_over_it_and_frees_on_answer",),
+        why="a request that fits the quota exactly is refused",
+    ),
+]
