@@ -160,7 +160,7 @@ class Path:
     """InferenceService over a real Batcher (with the queue under test) and inference.forward
     over a fake engine whose forward can be held; the store and bank are stubs."""
 
-    def __init__(self, queue: Any, tenants: Tenants | None = None) -> None:
+    def __init__(self, queue: Any, tenants: Tenants | None = None, max_rows: int = 64) -> None:
         from polyhead.server._private.batcher import Batcher
         from polyhead.server._private.inference import forward
         from polyhead.server._private.services import InferenceService
@@ -175,7 +175,8 @@ class Path:
                 self.release.wait(60)  # a bound only so that a broken batcher cannot hang the suite
             return forward(FakeEngine(), items)  # type: ignore[arg-type]
 
-        self.batcher = Batcher(self.tokenize, run, max_rows=64, max_tokens=10_000, fill_wait_s=0,
+        self.batcher = Batcher(self.tokenize, run, max_rows=max_rows, max_tokens=10_000,
+                               fill_wait_s=0,
                                threads=1, on_batch=lambda s: None, queue=queue)
         self.metrics, self.tenants = TenantMetrics(), tenants or Tenants()
 
@@ -205,11 +206,11 @@ class Path:
         req = pb.ClassifyRequest(task_id="t", inputs=[pb.Input(text=t) for t in texts])
         return await self.service.classify(req, tenant)
 
-    async def hold(self) -> asyncio.Task[pb.ClassifyResponse]:
-        """A forward of one row (tenant C's), held until ``release``."""
+    async def hold(self, tenant: str = "C") -> asyncio.Task[pb.ClassifyResponse]:
+        """A forward of one row, held until ``release``."""
         self.running.clear()
         self.release.clear()
-        first = asyncio.create_task(self.classify("C", "held"))
+        first = asyncio.create_task(self.classify(tenant, "held"))
         while not self.running.is_set():
             await asyncio.sleep(0.001)
         return first
@@ -256,6 +257,58 @@ def test_two_tenants_through_classify(order: str) -> None:
     assert path.batches[1].index("b") == want, path.batches[1]
     assert sorted(path.metrics.requests) == sorted(
         [("C", "OK", 1), ("B", "OK", 1)] + [("A", "OK", 1)] * 20)
+
+
+def test_a_closed_loop_tenant_makes_the_next_batch() -> None:
+    """B sends its next request only when its last is answered. The next batch forms when
+    the engine is free, with A's backlog ready: the fill wait holds it for B's next request
+    (A's backlog fills the batch, so only the queue's ``expecting`` holds it; the wait's
+    bound is long, so without it B's request would come a batch later)."""
+    path = Path(FairQueue(contended_rows=4), max_rows=4)
+
+    async def main() -> None:
+        first = await path.hold("A")
+        path.batcher.fill_wait_s = 60  # from the next batch on
+        flood = [asyncio.create_task(path.classify("A", f"a{i}")) for i in range(8)]
+        await path.queued(8)
+
+        async def b_loop() -> None:
+            await path.classify("B", "b1")
+            await path.classify("B", "b2")
+
+        b = asyncio.create_task(b_loop())
+        await path.queued(9)
+        path.release.set()
+        await asyncio.gather(first, b, *flood[:6])
+        path.batcher.close()  # a6 and a7 wait in the queue; the fill wait is not the test's
+        for t in flood[6:]:
+            t.cancel()
+
+    try:
+        asyncio.run(main())
+    finally:
+        path.release.set()
+    assert path.batches[1:] == [["a0", "b1", "a1", "a2"], ["a3", "b2", "a4", "a5"]]
+
+
+def test_expecting_only_while_tenants_share() -> None:
+    q: FairQueue[Req] = FairQueue()
+    for _ in range(3):
+        q.push(Req("A"))
+    q.take(2, 1000)
+    assert not q.expecting()  # alone, A's next requests are the fill wait's business
+    q.push(Req("B"))
+    q.take(2, 1000)  # A's last, B's
+    assert q.expecting()  # both served, neither has sent its next yet
+    q.push(Req("A"))
+    assert q.expecting()
+    q.push(Req("B"))
+    assert not q.expecting()
+    fifo: FifoQueue[Req] = FifoQueue()
+    fifo.push(Req("B"))
+    fifo.push(Req("A"))
+    fifo.take(2, 1000)
+    assert not fifo.expecting()
 
 
 def test_rows_in_flight_quota_refuses_over_it_and_frees_on_answer() -> None:

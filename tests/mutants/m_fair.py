@@ -78,3 +78,30 @@ MUTANTS = [
         why="a request that fits the quota exactly is refused",
     ),
 ]
+MUTANTS += [
+    Mutant(
+        id="fair-never-expecting",
+        file="polyhead/server/_private/fairqueue.py",
+        old="return any(len(self._waiting.get(t, ())) < n for t, n in self._answered.items())",
+        new="return False",
+        tests=(T + "test_a_closed_loop_tenant_makes_the_next_batch",
+               T + "test_expecting_only_while_tenants_share"),
+        why="a closed-loop tenant always misses the next batch and waits a forward more",
+    ),
+    Mutant(
+        id="fill-ignores-expecting",
+        file="polyhead/server/_private/batcher.py",
+        old="if self.fill_wait_s <= 0 or (q.rows >= self.max_rows and not q.expecting()):",
+        new="if self.fill_wait_s <= 0 or q.rows >= self.max_rows:",
+        tests=(T + "test_a_closed_loop_tenant_makes_the_next_batch",),
+        why="the batcher forms the next batch before the tenant it just answered is back",
+    ),
+    Mutant(
+        id="expecting-while-alone",
+        file="polyhead/server/_private/fairqueue.py",
+        old="if len(self._answered.keys() | self._waiting.keys()) < 2:",
+        new="if len(self._answered.keys() | self._waiting.keys()) < 1:",
+        tests=(T + "test_expecting_only_while_tenants_share",),
+        why="a lone tenant's batches would wait on it where today's do not",
+    ),
+]

@@ -129,14 +129,15 @@ class Batcher:
         return live, out, stats
 
     async def _fill(self) -> None:
-        """Wait up to fill_wait_s while the queue leaves room (clients of the last forward
-        are sending their next requests)."""
+        """Wait up to fill_wait_s while the queue leaves room, or while it expects a tenant
+        the last forward served (clients of the last forward are sending their next
+        requests)."""
         q = self._queue
-        if self.fill_wait_s <= 0 or q.rows >= self.max_rows:
+        if self.fill_wait_s <= 0 or (q.rows >= self.max_rows and not q.expecting()):
             return
         deadline = asyncio.get_running_loop().time() + self.fill_wait_s
         assert self._wake is not None
-        while q.rows < self.max_rows and q.tokens < self.max_tokens:
+        while (q.rows < self.max_rows and q.tokens < self.max_tokens) or q.expecting():
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 return

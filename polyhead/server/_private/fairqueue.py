@@ -8,10 +8,14 @@ lowest counter of those already waiting (to the last one served when none wait),
 spent idle banks no credit. Counters are charged when a batch takes a request.
 
 Both orders are work-conserving: ``take`` returns at least one request whenever any waits,
-so the engine never idles with work queued, and a lone tenant is served exactly as FIFO
-serves it. While two or more tenants wait, a batch holds at most ``contended_rows`` rows:
-the engine runs one forward at a time and cannot be interrupted, so the longest a tenant
-waits behind another's rows is one such batch, not one of ``max_rows``.
+so the engine never idles with work queued beyond the batcher's fill wait, and a lone
+tenant is served exactly as FIFO serves it. While two or more tenants wait, a batch holds
+at most ``contended_rows`` rows: the engine runs one forward at a time and cannot be
+interrupted, so the longest a tenant waits behind another's rows is one such batch, not
+one of ``max_rows``. And while tenants share the engine, ``expecting`` tells the batcher's
+fill wait (bounded by it) that a tenant answered by the last batch has not sent its next
+requests yet: a closed-loop client would otherwise always miss the next batch, which forms
+the moment the engine is free, and wait one more forward behind the other tenant.
 """
 
 from __future__ import annotations
@@ -63,6 +67,10 @@ class FifoQueue(Generic[E]):
         self.tokens -= e.tokens
         return True
 
+    def expecting(self) -> bool:
+        """Never: arrival order has nobody to wait for."""
+        return False
+
     def take(self, max_rows: int, max_tokens: int) -> list[E]:
         """The oldest requests within the budgets (at least one, when any waits)."""
         out: list[E] = []
@@ -90,6 +98,7 @@ class FairQueue(Generic[E]):
         self._served: dict[str, float] = {}  # tenant -> tokens served / weight
         self._floor = 0.0  # the counter of the tenant served last
         self._arrivals = itertools.count()
+        self._answered: dict[str, int] = {}  # tenant -> its requests in the last batch
         self.rows = self.tokens = 0  # queued
 
     def __len__(self) -> int:
@@ -102,6 +111,13 @@ class FairQueue(Generic[E]):
     @property
     def tenants_waiting(self) -> int:
         return len(self._waiting)
+
+    def expecting(self) -> bool:
+        """While tenants share the engine: whether one the last batch served has fewer
+        requests waiting than that batch took from it (its next ones are on their way)."""
+        if len(self._answered.keys() | self._waiting.keys()) < 2:
+            return False
+        return any(len(self._waiting.get(t, ())) < n for t, n in self._answered.items())
 
     def push(self, e: E) -> None:
         q = self._waiting.get(e.tenant)
@@ -133,12 +149,14 @@ class FairQueue(Generic[E]):
             max_rows = min(max_rows, self.contended_rows)
         out: list[E] = []
         rows = tokens = 0
+        self._answered = {}
         while self._waiting:
             tenant = min(self._waiting, key=self._rank)
             e = self._waiting[tenant][0][1]
             if out and (rows + e.rows > max_rows or tokens + e.tokens > max_tokens):
                 break
             self._pop(tenant)
+            self._answered[tenant] = self._answered.get(tenant, 0) + 1
             rows += e.rows
             tokens += e.tokens
             out.append(e)
