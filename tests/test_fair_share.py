@@ -354,3 +354,20 @@ def test_tenant_labels_are_bounded() -> None:
     labels = TenantLabels(2)
     assert [labels(t) for t in ("a", "b", "c", "a", "d", "b")] == [
         "a", "b", OTHER_TENANTS, "a", OTHER_TENANTS, "b"]
+
+
+def test_batch_order_is_a_server_option() -> None:
+    from polyhead.cli import build_parser
+    from polyhead.engine.errors import ConfigError
+    from polyhead.server._private.batcher import batch_queue
+    from polyhead.server.config import ServerConfig
+    from polyhead.server.serve_cli import config_from
+
+    cfg = config_from(build_parser("serve").parse_args(
+        ["serve", "--insecure", "--batch-order", "fifo", "--fair-batch-rows", "4"]))
+    assert (cfg.batch_order, cfg.fair_batch_rows) == ("fifo", 4)
+    assert isinstance(batch_queue(cfg.batch_order, lambda t: 1.0, 4), FifoQueue)
+    fair = batch_queue(ServerConfig(insecure=True).batch_order, lambda t: 1.0, 4)
+    assert isinstance(fair, FairQueue) and fair.contended_rows == 4
+    with pytest.raises(ConfigError, match="batch_order 'lifo': choose one of fair, fifo"):
+        ServerConfig(insecure=True, batch_order="lifo")

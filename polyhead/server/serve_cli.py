@@ -19,6 +19,7 @@ from polyhead.server._private.bind import HOST_ENV
 from polyhead.server._private.decoders import PROXY_AUTH_ENV, PROXY_INFERENCE_ENV, PROXY_REGISTRY_ENV
 from polyhead.server.app_env import DEFAULT_INGRESS, INGRESS_ENV
 from polyhead.server.config import (
+    BATCH_ORDERS,
     INFERENCE_TOKEN_ENV,
     TOKEN_ENV,
     ConfigError,
@@ -71,6 +72,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads per replica (default: its CPUs)")
     p.add_argument("--batch-rows", type=int, default=64, help="rows per batch")
     p.add_argument("--batch-wait-ms", type=float, default=2.0, help="batch fill wait")
+    p.add_argument("--batch-order", choices=BATCH_ORDERS, default="fair",
+                   help="'fair': tenants with requests waiting share batches by weighted fair "
+                   "queueing on tokens (one tenant alone: arrival order); 'fifo': arrival order")
+    p.add_argument("--fair-batch-rows", type=int, default=ServerConfig.fair_batch_rows,
+                   help="rows per batch while two or more tenants wait (fair order)")
     p.add_argument("--access-log", action="store_true", help="log every request (costs CPU)")
     p.add_argument("--no-examples", action="store_true",
                    help="do not publish the shipped examples into an empty store")
@@ -114,7 +120,8 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         inference_token=_token_arg(args.inference_token, args.inference_token_file,
                                    "--inference-token", INFERENCE_TOKEN_ENV),
         max_batch_rows=args.batch_rows, max_inputs=min(64, args.batch_rows),
-        batch_wait_ms=args.batch_wait_ms, torch_threads=args.threads,
+        batch_wait_ms=args.batch_wait_ms, batch_order=args.batch_order,
+        fair_batch_rows=args.fair_batch_rows, torch_threads=args.threads,
         seed_examples=not args.no_examples, max_outputs=args.max_outputs,
         max_lora_rank=args.max_lora_rank, max_sparse_density=args.max_sparse_density,
         delete_retention_days=args.delete_retention_days)
