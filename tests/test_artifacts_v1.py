@@ -43,3 +43,32 @@ def test_v1_artifact_serves_its_recorded_logits(engine: Engine, stem: str) -> No
     assert len(logits) == len(want)
     for got, row in zip(logits, want, strict=True):
         torch.testing.assert_close(got.float(), torch.tensor(row), rtol=1e-5, atol=1e-6)
+
+
+def test_decoded_artifact_is_checked_once(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """decode_artifact checks against the backbone and says so in its type; the engine
+    loads that without a second check, and checks whatever else it is given."""
+    import dataclasses
+
+    from polyhead.engine import ArtifactError, TaskArtifact, ValidArtifact
+
+    data = (FIXTURE / "lora_mlp.polyhead").read_bytes()
+    _, artifact = decode_artifact(data, engine.spec)
+    assert isinstance(artifact, ValidArtifact) and artifact.fingerprint == engine.spec.fingerprint
+    _, unchecked = decode_artifact(data)
+    assert not isinstance(unchecked, ValidArtifact)
+    calls: list[str] = []
+    real = TaskArtifact.validate
+    monkeypatch.setattr(TaskArtifact, "validate",
+                        lambda self, spec: calls.append(self.kind) or real(self, spec))
+    engine.unload(engine.load(artifact))
+    assert calls == []  # checked by decode_artifact, not again
+    engine.unload(engine.load(unchecked))
+    assert calls == ["lora"]
+    bad = {**unchecked.tensors}
+    bad.pop(next(k for k in bad if k.startswith("lora.")))
+    with pytest.raises(ArtifactError, match="missing tensors"):
+        engine.load(dataclasses.replace(unchecked, tensors=bad))
+    other = dataclasses.replace(artifact, tensors=bad, fingerprint="another backbone")
+    with pytest.raises(ArtifactError, match="missing tensors"):  # checked for another backbone
+        engine.load(other)

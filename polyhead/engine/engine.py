@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from polyhead.engine.artifact import TaskArtifact
+from polyhead.engine.artifact import TaskArtifact, ValidArtifact
 from polyhead.engine.backbone import Backbone
 from polyhead.engine.encoder import BatchContext, Effect, Encoder
 from polyhead.engine.errors import SlotsExhausted
@@ -103,8 +103,8 @@ class SlotTables:
         """Device bytes of the slots in use."""
         return sum(t.used * t.row_bytes() for t in self.all_tables() if t.fields)
 
-    def load(self, artifact: TaskArtifact, over_budget: bool = False) -> LoadedTask:
-        """Write a validated artifact's rows into free slots of the tables."""
+    def load(self, artifact: ValidArtifact, over_budget: bool = False) -> LoadedTask:
+        """Write a checked artifact's rows into free slots of the tables."""
         kind, cfg, spec = artifact.kind_impl, artifact.config, self.spec
         rows = kind.rows(artifact.kind_tensors(), spec, cfg)
         key = kind.table_key(rows)
@@ -240,10 +240,11 @@ class Engine:
         return self.backbone.spec
 
     def load(self, artifact: TaskArtifact, over_budget: bool = False) -> LoadedTask:
-        """Validate an artifact and write it into free slots of the engine's tables
-        (``over_budget``: even where the device budget has no room; see SlotTables)."""
-        artifact.validate(self.spec)
-        return self.tables.load(artifact, over_budget)
+        """Write an artifact into free slots of the engine's tables (``over_budget``: even
+        where the device budget has no room; see SlotTables). It is checked against the
+        backbone here unless it already was: a ValidArtifact for this backbone (what
+        ``decode_artifact`` returns) is not checked twice."""
+        return self.tables.load(artifact.checked(self.spec), over_budget)
 
     def unload(self, task: LoadedTask) -> None:
         """Free a task's slots; the caller guarantees no batch in flight still uses it."""
