@@ -131,7 +131,9 @@ class AdapterBank:
                 return hit
             if given is None:
                 self._emit(BankEvent.MISS, key)
-                given = self._host.get(key) or await self._off_loop(self._source, key)
+                given = self._host.get(key)
+            if given is None:
+                given = await self._off_loop(self._source, key)
             artifact, meta = given
             return self._admit(Resident(key, await self._load(artifact), meta), artifact)
 
