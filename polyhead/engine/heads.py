@@ -11,13 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from polyhead.engine.config import BaseConfig, require
+from polyhead.engine.config import HEAD_TYPES, BaseConfig, require
 from polyhead.engine.errors import ArtifactError
 from polyhead.engine.kinds import check_exact
 from polyhead.engine.slots import Field, single_row
 from polyhead.engine.spec import BackboneSpec
-
-HEAD_TYPES = ("linear", "mlp", "pooler")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,10 +114,12 @@ def apply_heads(heads: Mapping[str, Tensor], mlps: Mapping[str, Tensor], rows: T
     if len(mrows):
         m = ms[mrows]
         zm = _dropout(z[mrows], drop)[:, :, None]  # (n_mlp, d, 1)
-        h = torch.bmm(mlps[MLP_W][m].to(z.dtype), zm)[..., 0]
-        z = z.index_copy(0, mrows, torch.tanh(h + mlps[MLP_B][m].to(z.dtype)))
-    w, b = heads[OUT_W][:, :width][sel].to(z.dtype), heads[OUT_B][:, :width][sel].to(z.dtype)
-    return torch.bmm(w, _dropout(z, drop)[:, :, None])[..., 0] + b
+        h = torch.bmm(mlps[MLP_W][m].to(z.dtype), zm)[..., 0]  # bf16 under autocast
+        h = torch.tanh(h + mlps[MLP_B][m].to(h.dtype))
+        z = z.index_copy(0, mrows, h.to(z.dtype))
+    w, b = heads[OUT_W][:, :width][sel].to(z.dtype), heads[OUT_B][:, :width][sel]
+    out = torch.bmm(w, _dropout(z, drop)[:, :, None])[..., 0]  # (n, width)
+    return out + b.to(out.dtype)
 
 
 def apply_head(t: Mapping[str, Tensor], cfg: HeadConfig, cls: Tensor, pooler: Any,

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polyhead.engine import Backbone, HeadConfig, TaskArtifact, TaskModule
+from polyhead.engine.attach import param_key as _key
+from polyhead.engine.attach import tensor_name as _name
 from polyhead.engine.bitfit import BitfitConfig
 from polyhead.engine.encoder import BatchContext, Effect, Encoder
 from polyhead.engine.heads import apply_head, init_head
@@ -45,14 +47,6 @@ class Batch:
     mask: Tensor  # (B, T)
     types: Tensor  # (B, T)
     targets: Tensor  # (B,) long class indices, or (B,) float scores
-
-
-def _key(name: str) -> str:
-    return name.replace(".", "__")
-
-
-def _name(key: str) -> str:
-    return key.replace("__", ".")
 
 
 class Trainable(abc.ABC):
@@ -320,7 +314,6 @@ def mask_grads(params: dict[str, nn.Parameter], masks: dict[str, Tensor]) -> Non
             p.grad.mul_(m)
 
 
-HEAD_PREFIX = "head."
 POOLER = "pooler.dense."  # a trained pooler is exported as an mlp head
 
 
