@@ -20,9 +20,9 @@ install: $(VENV)/.installed
 serve: install
 	$(VENV)/bin/polyhead serve $(SERVE_ARGS)
 
-# pytest, then the mutation check (tests/mutants: every planted bug must be caught)
-test: install
-	$(PY) -m ruff check .
+# lint (ruff, mypy over polyhead/), pytest, then the mutation check (tests/mutants: every
+# planted bug must be caught)
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 	$(PY) -m tests.mutants $(MUTANTS_ARGS)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from polyhead.engine.config import STRUCTURES
+from polyhead.engine.config import HEAD_TYPES, STRUCTURES
 
 if TYPE_CHECKING:
     from polyhead.trainer.table import Defaults
@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 RECIPES = ("servable", "paper")
 SELECTS = ("last", "best")
 HEAD_INITS = ("pet:lora", "pet:bitfit")
-HEAD_TYPES = ("pooler", "linear", "mlp")
 POOLERS = ("train", "frozen")
 PRECISIONS = ("auto", "fp32", "bf16")
 

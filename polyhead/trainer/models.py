@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polyhead.engine import Backbone, HeadConfig, TaskArtifact, TaskModule
+from polyhead.engine.attach import param_key as _key
+from polyhead.engine.attach import tensor_name as _name
 from polyhead.engine.bitfit import BitfitConfig
 from polyhead.engine.encoder import BatchContext, Effect, Encoder
 from polyhead.engine.heads import apply_head, init_head
@@ -45,14 +47,6 @@ class Batch:
     mask: Tensor  # (B, T)
     types: Tensor  # (B, T)
     targets: Tensor  # (B,) long class indices, or (B,) float scores
-
-
-def _key(name: str) -> str:
-    return name.replace(".", "__")
-
-
-def _name(key: str) -> str:
-    return key.replace("__", ".")
 
 
 class Trainable(abc.ABC):
@@ -123,20 +117,6 @@ def _decay_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) ->
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def _head_logits(head: dict[str, Tensor], cfg: HeadConfig, cls: Tensor, pooler: Any,
-                 drop: float) -> Tensor:
-    """``apply_head``, with BertForSequenceClassification's dropout before the classifier
-    while training (``drop`` > 0)."""
-    if drop == 0.0:
-        return apply_head(head, cfg, cls, pooler)
-    if cfg.type == "mlp":
-        h = torch.tanh(F.linear(F.dropout(cls, drop), head["head.dense.weight"], head["head.dense.bias"]))
-        return F.linear(F.dropout(h, drop), head["head.out.weight"], head["head.out.bias"])
-    if cfg.type == "pooler":
-        cls = torch.tanh(F.linear(cls, pooler.dense.weight, pooler.dense.bias))
-    return F.linear(F.dropout(cls, drop), head["head.weight"], head["head.bias"])
-
-
 class _DropAdded:
     """An effect whose before-layer additions pass through dropout (PASTA's code:
     ``Dropout(E_l[k])`` at each special position of each row); all else delegated."""
@@ -171,6 +151,8 @@ class TrainEncoder(Encoder):
 class PetModel(Trainable):
     """pasta / prefix / bitfit through ``TaskModule`` (train-time == serve-time in eval)."""
 
+    module: TaskModule
+
     def __init__(self, backbone: Backbone, cfg: TrainConfig, head: HeadConfig) -> None:
         kind = cfg.method
         config: Any = {"pasta": PastaConfig(), "bitfit": BitfitConfig(),
@@ -201,7 +183,7 @@ class PetModel(Trainable):
         # Training: the head again over the same hidden states, with BERT's classifier dropout
         assert isinstance(enc, TrainEncoder) and enc.last_hidden is not None
         head = {_name(k): v for k, v in self.module.head_params.items()}
-        return _head_logits(head, self.module.head, enc.last_hidden[:, 0], enc.pooler, enc.hidden_dropout)
+        return apply_head(head, self.module.head, enc.last_hidden[:, 0], enc.pooler, enc.hidden_dropout)
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         return _decay_groups(list(self.module.head_params.items()) +
@@ -262,7 +244,8 @@ class LoraModel(Trainable):
             if bars:
                 hf_logging.enable_progress_bar()
         self.peft_config = peft.LoraConfig(
-            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.05 if cfg.dropout else 0.0,
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]  # peft annotates int; a float alpha works
+            lora_dropout=0.05 if cfg.dropout else 0.0,
             target_modules=targets or LORA_QV, modules_to_save=["classifier"], task_type="SEQ_CLS")
         with warnings.catch_warnings():  # peft calls a transformers method deprecated for v6
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -281,7 +264,7 @@ class LoraModel(Trainable):
         return groups
 
     def _classifier(self) -> nn.Module:
-        return self.module.base_model.model.classifier.modules_to_save["default"]
+        return self.module.get_submodule("base_model.model.classifier.modules_to_save.default")
 
     def export(self) -> TaskArtifact:
         import peft
@@ -293,16 +276,16 @@ class LoraModel(Trainable):
 
     def head_tensors(self) -> dict[str, Tensor]:
         c = self._classifier()
-        return {"head.weight": c.weight.detach().float().cpu().clone(),
-                "head.bias": c.bias.detach().float().cpu().clone()}
+        return {f"head.{n}": c.get_parameter(n).detach().float().cpu().clone()
+                for n in ("weight", "bias")}
 
     def load_head(self, tensors: dict[str, Tensor]) -> None:
         c = self._classifier()
         if set(tensors) != {"head.weight", "head.bias"}:
             raise ValueError(f"lora needs a pooler head (head.weight, head.bias), got {sorted(tensors)}")
         with torch.no_grad():
-            c.weight.copy_(tensors["head.weight"])
-            c.bias.copy_(tensors["head.bias"])
+            for n in ("weight", "bias"):
+                c.get_parameter(n).copy_(tensors[f"head.{n}"])
 
 
 class MaskPolicy:
@@ -331,7 +314,6 @@ def mask_grads(params: dict[str, nn.Parameter], masks: dict[str, Tensor]) -> Non
             p.grad.mul_(m)
 
 
-HEAD_PREFIX = "head."
 POOLER = "pooler.dense."  # a trained pooler is exported as an mlp head
 
 
@@ -383,7 +365,7 @@ class DenseModel(Trainable):
         hidden = self.encoder.forward(ctx, batch.types)  # (B, T, d)
         head = {_name(k): v for k, v in self.head.items()}
         drop = self.encoder.hidden_dropout if self.encoder.training else 0.0
-        return _head_logits(head, self.head_cfg, hidden[:, 0], self.encoder.pooler, drop)
+        return apply_head(head, self.head_cfg, hidden[:, 0], self.encoder.pooler, drop)
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         if self.weight_decay_backbone:  # the papers' code: HF Trainer groups over everything

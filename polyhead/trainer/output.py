@@ -41,13 +41,16 @@ class Targets:
 def encode(task_id: str, result: TrainResult, data: Dataset, spec: BackboneSpec) -> bytes:
     from polyhead.store import encode_artifact, new_manifest
 
-    manifest = new_manifest(task_id, result.artifact, spec, labels=data.labels,
+    artifact = result.artifact
+    if artifact is None:
+        raise ValueError("this run was trained with export=False: it has no artifact to encode")
+    manifest = new_manifest(task_id, artifact, spec, labels=data.labels,
                             regression=data.regression,
                             training={**result.training, "inputs": data.inputs},
                             metrics=result.metrics,
                             regression_scale=(dataclasses.asdict(result.scale)
                                               if result.scale is not None else None))
-    return encode_artifact(manifest, result.artifact)
+    return encode_artifact(manifest, artifact)
 
 
 def deliver(data: bytes, targets: Targets, spec: BackboneSpec,

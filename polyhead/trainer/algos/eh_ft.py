@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from polyhead.engine import Backbone, HeadConfig, TaskArtifact
+from polyhead.engine.attach import tensor_name
 from polyhead.trainer.config import TrainConfig
 from polyhead.trainer.context import Context
 from polyhead.trainer.loop import FitSettings, fit, predict, steps_for
@@ -83,7 +84,7 @@ class EhFtModel(DenseModel):
         self.module = nn.ModuleDict({"backbone": self.bb.model, "head": self.head,
                                      "pet": nn.ParameterDict({_key(k): v for k, v in extra.items()})})
         trained = {n: p for n, p in self.backbone_params.items() if p.requires_grad}
-        self.params = {**trained, **extra, **{k.replace("__", "."): v for k, v in self.head.items()}}
+        self.params = {**trained, **extra, **{tensor_name(k): v for k, v in self.head.items()}}
 
     def _add_pet(self, pet: str, cfg: TrainConfig, g: torch.Generator) -> dict[str, nn.Parameter]:
         """Freeze the backbone; return the PET parameters stage 1 trains."""
