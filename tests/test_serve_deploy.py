@@ -261,7 +261,7 @@ def test_image_pins_agree_with_the_project() -> None:
     base = r"^FROM rayproject/ray:\$\{RAY_VERSION\}-\$\{PYTHON_TAG\}\$\{RAY_PLATFORM\}$"
     assert re.search(base, text, re.M)
     ray_pin = args["RAY_VERSION"]
-    ray_req = next(d for d in PYPROJECT["project"]["dependencies"] if d.startswith("ray["))
+    ray_req = next(d for d in PYPROJECT["project"]["optional-dependencies"]["server"] if d.startswith("ray["))
     assert Version(ray_pin) in SpecifierSet(ray_req.split("]", 1)[1])
     assert ray_pin == ray.__version__, "the image must run the Ray the tests ran on"
     assert rayservice()["spec"]["rayClusterConfig"]["rayVersion"] == ray_pin
