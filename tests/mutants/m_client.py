@@ -69,4 +69,10 @@ MUTANTS: list[Mutant] = [
            "",
            (A + "test_each_extra_holds_what_its_part_imports",),
            "each extra must hold what its part of polyhead/ imports"),
+    Mutant("image-without-the-package", "deploy/Dockerfile",
+           "COPY --chown=1000:100 polyhead ./polyhead\n",
+           "",
+           ("tests/test_serve_deploy.py::test_image_copies_every_package",),
+           "the check read [tool.setuptools] packages as a list and failed on packages.find "
+           "since 0400301, so an image missing the package went unnoticed"),
 ]
