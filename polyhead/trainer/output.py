@@ -85,11 +85,10 @@ def deliver(data: bytes, targets: Targets, spec: BackboneSpec,
             raise OutputError(f"publish to the store failed: {e}") from e
         lines.append(f"published {_describe(info)}")
     if targets.upload is not None:
-        from polyhead.client import PolyheadClient, PolyheadError, describe_version
-        from polyhead.server.config import saved_token
+        from polyhead.client import Client, PolyheadError, describe_version, find_token
 
         try:  # the token as every client command finds it: --token, $POLYHEAD_TOKEN, saved
-            with PolyheadClient(targets.upload, token=targets.token or saved_token()) as client:
+            with Client(targets.upload, token=find_token(targets.token)) as client:
                 reply = client.upload(data, replace_kind=targets.replace_kind)
         except PolyheadError as e:
             raise OutputError(f"upload to {targets.upload} failed: {e}") from e
