@@ -41,9 +41,10 @@ class Targets:
 def encode(task_id: str, result: TrainResult, data: Dataset, spec: BackboneSpec) -> bytes:
     from polyhead.store import encode_artifact, new_manifest
 
+    assert result.artifact is not None, "encode a result after finish() exported it"
     manifest = new_manifest(task_id, result.artifact, spec, labels=data.labels,
                             regression=data.regression,
-                            training={**result.training, "inputs": data.inputs},
+                            training={**result.training.to_json(), "inputs": data.inputs},
                             metrics=result.metrics,
                             regression_scale=(dataclasses.asdict(result.scale)
                                               if result.scale is not None else None))
