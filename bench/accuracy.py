@@ -561,16 +561,16 @@ def run_one(args: argparse.Namespace, run: Run, backbone: Any, cache: dict[Any, 
     folder = args.data / TASKS[run.task]
     ns = argparse.Namespace(preset=run.task, train=folder / "train.tsv", dev=folder / "dev.tsv", metric=None)
     tr, dv, metric = load_data(ns)
-    cfg = TrainConfig(method=run.method, recipe=run.recipe, lr=run.lr, epochs=run.epochs,
-                      batch_size=run.batch, max_length=128, seed=run.seed, max_train=run.max_train,
-                      density=run.density, head_init=run.head_init, select="last", device="cpu",
-                      mask_structure=run.structure, pooler=run.pooler, precision=run.precision,
-                      warmup=run.warmup, head_init_epochs=run.head_init_epochs)
+    cfg = TrainConfig.flat(method=run.method, recipe=run.recipe, lr=run.lr, epochs=run.epochs,
+                           batch_size=run.batch, max_length=128, seed=run.seed, max_train=run.max_train,
+                           density=run.density, head_init=run.head_init, select="last", device="cpu",
+                           mask_structure=run.structure, pooler=run.pooler, precision=run.precision,
+                           warmup=run.warmup, head_init_epochs=run.head_init_epochs)
     mach = machine()
     t0 = time.time()
     res = train(cfg, backbone, tr, dv, metric, progress=False, head_cache=cache, export=False,
                 log_fn=lambda s: print(f"  {run.task} {s}", flush=True), checkpoint=checkpoint_of(args, run))
-    t = res.training
+    t = res.training.to_json()
     out: dict[str, Any] = {
         "key": run.key, "task": run.task, "name": run.name, "method": run.method,
         "recipe": run.recipe, "seed": run.seed, "pilot": False, "metric": metric,

@@ -56,12 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         speed: dict[str, list[float]] = {"fp32": [], "bf16": []}
         for _ in range(args.repeats):
             for precision in ("fp32", "bf16"):
-                cfg = TrainConfig(method=method, recipe=recipe, epochs=1, max_train=args.rows,
-                                  precision=precision, device="cpu", fisher_examples=args.rows)
+                fisher = {"fisher_examples": args.rows} if method == "child-d" else {}
+                cfg = TrainConfig.flat(method=method, recipe=recipe, epochs=1, max_train=args.rows,
+                                       precision=precision, device="cpu", **fisher)
                 t0 = time.process_time()
                 res = train(cfg, backbone, tr, dev, metric, progress=False, export=False,
                             log_fn=lambda s: None)
-                speed[precision].append(res.training["train_tokens"] / (time.process_time() - t0))
+                speed[precision].append(res.training.train_tokens / (time.process_time() - t0))
         a, b = statistics.median(speed["fp32"]), statistics.median(speed["bf16"])
         print(f"| {method} | {recipe} | {a:.0f} | {b:.0f} | {b / a:.2f}x |", flush=True)
     return 0

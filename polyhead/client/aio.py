@@ -70,12 +70,12 @@ class AsyncClient:
                 yield req
             try:
                 async for x in _each(source, stop=bool(s.failed)):
-                    if (req := s.add(x)) is not None:
-                        yield req
+                    if (full := s.add(x)) is not None:
+                        yield full
             except Exception as e:  # end the stream; the inputs before it are still answered
                 s.failed.append(e)
-            if (req := s.flush()) is not None:
-                yield req
+            if (rest := s.flush()) is not None:
+                yield rest
 
         while True:
             call = self._stubs["inference"].ClassifyStream(requests(), metadata=self._metadata)

@@ -28,13 +28,12 @@ from torch import Tensor, nn
 from polyhead.engine import Backbone, HeadConfig, TaskArtifact, TaskModule
 from polyhead.engine.attach import param_key as _key
 from polyhead.engine.attach import tensor_name as _name
-from polyhead.engine.bitfit import BitfitConfig
+from polyhead.engine.config import BaseConfig
 from polyhead.engine.encoder import BatchContext, Effect, Encoder
 from polyhead.engine.heads import apply_head, init_head
-from polyhead.engine.pasta import PastaConfig
-from polyhead.engine.prefix import PrefixConfig
 from polyhead.engine.sparse import SparseConfig, from_dense
 from polyhead.trainer.config import TrainConfig
+from polyhead.trainer.record import StageInfo
 
 
 class ExportError(RuntimeError):
@@ -53,7 +52,7 @@ class Trainable(abc.ABC):
     """A model being trained for one task; ``export`` gives the artifact the engine serves."""
 
     module: nn.Module
-    stage_info: dict[str, Any] | None = None  # a stage run before this model (eh-ft's stage 1)
+    stage_info: StageInfo | None = None  # a stage run before this model (eh-ft's stage 1)
 
     @abc.abstractmethod
     def forward(self, batch: Batch) -> Tensor:
@@ -153,23 +152,24 @@ class PetModel(Trainable):
 
     module: TaskModule
 
-    def __init__(self, backbone: Backbone, cfg: TrainConfig, head: HeadConfig) -> None:
-        kind = cfg.method
-        config: Any = {"pasta": PastaConfig(), "bitfit": BitfitConfig(),
-                       "prefix": PrefixConfig(num_prefix=cfg.num_prefix)}[kind]
-        # pasta N(0, 0.02) as the paper's code (HF's init of a new embedding); a prefix
-        # starts random (gate 1) as P-tuning v2; bitfit starts as an exact no-op.
+    def __init__(self, backbone: Backbone, cfg: TrainConfig, head: HeadConfig, config: BaseConfig, *,
+                 zero: bool = False, hf_head: bool = False, frozen: tuple[str, ...] = ()) -> None:
+        """``config``: the kind's; ``zero``: start as an exact no-op; ``hf_head``: Hugging
+        Face's init of a new classifier; ``frozen``: kind tensors that stay as initialised."""
+        from polyhead.trainer.table import METHODS
+
+        kind = METHODS[cfg.method].kind
         art = TaskArtifact.random(kind, backbone.spec, head.num_outputs, config=config,
-                                  head_type=head.type, zero=kind == "bitfit", seed=cfg.seed)
-        if cfg.paper and kind == "pasta":  # its code: BertForSequenceClassification's classifier
+                                  head_type=head.type, zero=zero, seed=cfg.seed)
+        if hf_head:
             head_init = _hf_head(art.tensors, backbone, cfg.seed)
             art = dataclasses.replace(art, tensors={**art.tensors, **head_init})
         self.module = TaskModule(backbone, art)
         self.module.encoder = TrainEncoder(backbone)
         self.kind = kind
         self.dropout = cfg.dropout
-        if kind == "prefix":
-            self.module.tensor_params[_key("prefix.gate")].requires_grad_(False)
+        for name in frozen:
+            self.module.tensor_params[_key(name)].requires_grad_(False)
 
     def set_training(self, on: bool) -> None:
         self.module.train(on)
@@ -223,14 +223,20 @@ LORA_QKVO = r".*\.attention\.(self\.(query|key|value)|output\.dense)"  # EH-FT's
 class LoraModel(Trainable):
     """PEFT LoRA on ``AutoModelForSequenceClassification`` (classifier in modules_to_save)."""
 
+    module: Any  # peft's PeftModel
+
     def __init__(self, backbone: Backbone, cfg: TrainConfig, head: HeadConfig,
                  targets: list[str] | str | None = None) -> None:
         import peft
         from transformers import AutoModelForSequenceClassification
 
+        from polyhead.trainer.algos.lora import LoraOptions
+
+        opts = cfg.options_as(LoraOptions)
         self.spec = backbone.spec
         torch.manual_seed(cfg.seed)  # the classifier's init
-        drop = {} if cfg.dropout else {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+        drop: dict[str, Any] = ({} if cfg.dropout else
+                                {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
         from transformers.utils import logging as hf_logging
 
         level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
@@ -244,7 +250,7 @@ class LoraModel(Trainable):
             if bars:
                 hf_logging.enable_progress_bar()
         self.peft_config = peft.LoraConfig(
-            r=cfg.lora_r, lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]  # peft annotates int; a float alpha works
+            r=opts.lora_r, lora_alpha=opts.lora_alpha,  # type: ignore[arg-type]  # peft: int
             lora_dropout=0.05 if cfg.dropout else 0.0,
             target_modules=targets or LORA_QV, modules_to_save=["classifier"], task_type="SEQ_CLS")
         with warnings.catch_warnings():  # peft calls a transformers method deprecated for v6
@@ -323,15 +329,17 @@ class DenseModel(Trainable):
     ``params`` maps names to every trainable tensor: backbone names (HF) and ``head.*``.
     """
 
-    def __init__(self, backbone: Backbone, cfg: TrainConfig, head: HeadConfig) -> None:
+    def __init__(self, backbone: Backbone, cfg: TrainConfig, head: HeadConfig, *,
+                 density: float = 1.0, structure: str = "entries") -> None:
+        """``density``/``structure``: the stored diff's (a sparse method's servable budget)."""
         model = copy.deepcopy(backbone.model)
         self.bb = dataclasses.replace(backbone, model=model)
         self.encoder = Encoder(self.bb)
         self.head_cfg = head
         self.paper = cfg.paper
         self.dropout = cfg.dropout
-        self.density = 1.0 if (cfg.method == "full" or cfg.paper) else cfg.density
-        self.structure = "entries" if self.density == 1.0 else cfg.mask_structure
+        self.density = density
+        self.structure = "entries" if density == 1.0 else structure
         all_params = dict(model.named_parameters())
         pooler = [n for n in (POOLER + "weight", POOLER + "bias") if n in all_params]
         # sparse_names: what the servable density budget covers; the pooler is the head's

@@ -46,7 +46,7 @@ def encode(task_id: str, result: TrainResult, data: Dataset, spec: BackboneSpec)
         raise ValueError("this run was trained with export=False: it has no artifact to encode")
     manifest = new_manifest(task_id, artifact, spec, labels=data.labels,
                             regression=data.regression,
-                            training={**result.training, "inputs": data.inputs},
+                            training={**result.training.to_json(), "inputs": data.inputs},
                             metrics=result.metrics,
                             regression_scale=(dataclasses.asdict(result.scale)
                                               if result.scale is not None else None))
