@@ -6,10 +6,11 @@ import subprocess
 import sys
 import time
 import types
+from pathlib import Path
 
 import pytest
 
-from bench.study import choices, plans, records, report, runner
+from bench.study import choices, evidence, plans, records, report, runner
 from bench.study.runs import (
     CLAIM_TASKS,
     DENSE,
@@ -23,6 +24,8 @@ from bench.study.runs import (
     checkpoint_of,
     dense_run,
 )
+
+COMMITTED = Path(__file__).parent.parent / "bench/results/accuracy.jsonl"  # the study's own results
 
 
 def test_claim_is_exclusive_and_released(tmp_path):
@@ -175,28 +178,48 @@ def test_servable_runs_before_the_servable_pilot_chose_are_left_out():
 def test_the_trainers_defaults_are_the_committed_studys_choices():
     """Every default that names the study as its evidence is the lr the committed results
     choose (a pilot that completes later makes no default by itself: see --help)."""
-    from pathlib import Path
-
-    from polyhead.trainer.table import METHODS
-
-    path = Path(__file__).parent.parent / "bench/results/accuracy.jsonl"
-    results = {p: records.load_results(path, precision=p) for p in ("fp32", "bf16")}
-    chooser = {("paper", m): "full" for m in DENSE}
-    chooser |= {("servable", m): SERVABLE_PILOT for m in ("child-d", "child-f")}
-    chooser |= {(r, m): m for m in choices.FROZEN_LRS for r in ("servable", "paper")}
-    chooser[("servable", "full")] = FULL_SERVABLE
-    for (recipe, m), pilot in chooser.items():
-        d = METHODS[m].defaults(recipe)
-        best = choices.pilot_best(results[d.precision], pilot)
-        if d.evidence:
-            assert best is not None and d.lr == best, (m, recipe, d.lr, best)
+    assert evidence.mismatches(COMMITTED) == []
     # dps's servable lr: its own search (plan servable-diag), not the servable pilot's
-    d = METHODS["dps"].defaults("servable")
-    diag = records.load_results(path, diag=True, precision=d.precision)
-    best = choices.servable_search_best(results[d.precision], diag)
-    assert d.evidence and best is not None and d.lr == best != choices.pilot_best(
-        results[d.precision], SERVABLE_PILOT)
+    bf16 = records.load_results(COMMITTED, precision="bf16")
+    diag = records.load_results(COMMITTED, diag=True, precision="bf16")
+    assert evidence.chosen_lr("dps", "servable", bf16, diag) != choices.pilot_best(bf16, SERVABLE_PILOT)
 
+
+def test_a_default_its_search_did_not_choose_is_named(tmp_path, monkeypatch):
+    """mismatches() names each evidenced default whose lr is not its search's choice (or
+    whose search is not complete, or which no search chooses)."""
+    path = tmp_path / "acc.jsonl"
+    for t in ("rte", "mrpc"):
+        for lr, v in ((5e-5, 70.0), (1e-4, 60.0)):  # full's bf16 pilot chooses 5e-5, not 1e-4
+            records.append(path, {**_rec(t, "full", lr, v, True), "plan": "pilot-full",
+                                  "config": {"lr": lr, "epochs": 3, "precision": "bf16"}})
+    lines = evidence.mismatches(path)
+    assert "full (paper): default lr 0.0001, the bf16 study chose 5e-05" in lines
+    assert "dps (paper): default lr 0.0001, the bf16 study chose 5e-05" in lines
+    assert "lora (servable): default lr 0.0003, the bf16 study chose nothing yet" in lines
+    assert not any(line.startswith(("eh-ft", "child-f (servable)")) for line in lines)  # provisional
+    monkeypatch.delitem(evidence.CHOOSERS, ("full", "paper"))
+    assert ("full (paper): default lr 0.0001, the bf16 study chose nothing yet (no search chooses it)"
+            in evidence.mismatches(path))
+
+
+def test_each_default_follows_its_own_search():
+    """child-f's servable lr is its own search's, dps's servable lr plan servable-diag's
+    search, child-d's the servable pilot's, the dense paper recipes full's pilot's."""
+    results = [_rec(t, "full", lr, v, True) for t in ("rte", "mrpc")
+               for lr, v in ((1e-4, 60.0), (2e-5, 50.0))]
+    results += [_rec(t, SERVABLE_PILOT, lr, v, True) for t in ("rte", "mrpc")
+                for lr, v in ((1e-4, 48.0), (1e-3, 58.0))]
+    results += [{**_rec(t, "child-f@0.05", lr, 60.0 + 1e4 * lr if lr < 1e-3 else 50.0, False, seed=3),
+                 "plan": "servable-defaults"} for lr in (*choices.CHILD_F_SERVABLE_LRS, 1e-3)
+                for t in ("rte", "mrpc")]
+    diag = [{**_rec(t, DPS_SERVABLE, lr, v, False), "plan": "diag"} for t in ("rte", "mrpc")
+            for lr, v in ((1e-4, 10.0), (3e-4, 40.0), (1e-3, 12.0), (3e-3, 5.0))]
+    got = {(m, r): evidence.chosen_lr(m, r, results, diag) for m, r in (
+        ("full", "paper"), ("dps", "paper"), ("child-d", "servable"), ("child-f", "servable"),
+        ("dps", "servable"), ("eh-ft", "paper"))}
+    assert got == {("full", "paper"): 1e-4, ("dps", "paper"): 1e-4, ("child-d", "servable"): 1e-3,
+                   ("child-f", "servable"): 2e-4, ("dps", "servable"): 3e-4, ("eh-ft", "paper"): None}
 
 def test_full_runs_its_seeds_first_and_a_missed_floor_stops_the_claims():
     import argparse
@@ -299,33 +322,17 @@ def test_polyhead_train_with_its_defaults_trains_the_studys_runs():
     the seed, the SST-2 row cap and the device), so a user training a GLUE task with the
     defaults trains what the study measured."""
     import argparse
-    from pathlib import Path
 
     from polyhead.trainer.cli import _config, register
-    from polyhead.trainer.table import METHODS
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    path = Path(__file__).parent.parent / "bench/results/accuracy.jsonl"
-    runs = [r for p in ("fp32", "bf16")
-            for r in choices.claim_runs(records.load_results(path, precision=p))]
-    # dps's servable default is its own search's choice: that search's run at it (a diag run)
-    dps = METHODS["dps"].defaults("servable")
-    searched = [r for r in records.load_results(path, diag=True, precision=dps.precision)
-                if r["name"] == DPS_SERVABLE and r["config"]["lr"] == dps.lr]
-    assert searched
     checked = 0
-    for r in [*runs, *searched]:
+    cited = evidence.cited_runs(COMMITTED)
+    # dps's servable default is its own search's choice: that search's run at it (a diag run)
+    assert any(r["name"] == DPS_SERVABLE and r["plan"] == "diag" for r in cited)
+    for r in cited:
         c = r["config"]
-        d = METHODS[c["method"]].defaults(c["recipe"])
-        if not d.evidence or d.precision != records.precision_of(r) or c["density"] != 0.05:
-            continue
-        if r["name"] == DPS_SERVABLE and r.get("plan") != "diag":
-            continue  # dps's servable seeds ran at the shared servable lr, before its own search
-        if c.get("pooler") or c.get("mask_structure", "entries") != "entries":
-            continue  # ablations, set by hand
-        if c["method"] in ("child-d", "child-f") and c["recipe"] == "paper" and c["warmup"] != d.warmup:
-            continue  # issue 11's claims ran Child-Tuning at 10 % warm-up; its code has none (the default)
         argv = ["train", "--method", c["method"], "--recipe", c["recipe"], "--preset", r["task"],
                 "--train", "t.tsv", "--dev", "d.tsv", "--out", "x.polyhead"]
         if c["head_init"]:
