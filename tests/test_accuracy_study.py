@@ -61,6 +61,70 @@ def test_workers_are_the_same_command_without_workers():
     assert runner.worker_argv(argv) == ["--results", "r.jsonl", "--plan", "claims", "--threads", "1"]
 
 
+
+def _runner_args(results, plan_lrs="1e-4"):
+    import argparse
+
+    return argparse.Namespace(results=results, precision="fp32", pilot_lrs=plan_lrs, frozen_epochs=10.0)
+
+
+def _trained(run):
+    return {"key": run.key, "task": run.task, "name": run.name, "method": run.method, "value": 1.0}
+
+
+def test_a_run_is_trained_once_recorded_with_its_plan_and_released(tmp_path):
+    args = _runner_args(tmp_path / "acc.jsonl")
+    run = Run("rte", "full", lr=1e-4, epochs=10, diag=True)
+    rec = runner.run_claimed(args, "diag", run, [], _trained)
+    assert rec is not None and (rec["plan"], rec["pilot"]) == ("diag", False)
+    assert [r["key"] for r in records.load_results(args.results, diag=True)] == [run.key]
+    assert not list(runner.running_dir(args.results).glob("*.pid"))  # the claim is released
+    pilot = Run("rte", "full", lr=1e-4)
+    rec = runner.run_claimed(args, "pilot-full", pilot, [], _trained)
+    assert (rec["plan"], rec["pilot"]) == ("pilot-full", True)
+    claims = Run("mrpc", "full", lr=1e-4, seed=1)
+    assert runner.run_claimed(args, "claims-full", claims, ["rte"], _trained)["plan"] == "claims"
+    assert records.load_results(args.results)[-1]["accepted_missed_floors"] == ["rte"]
+
+
+def test_a_resumed_study_never_trains_a_finished_run_again(tmp_path):
+    """Every run in the results file, diagnostic ones included, is skipped on resume."""
+    args = _runner_args(tmp_path / "acc.jsonl")
+    done = [Run("rte", "full", lr=1e-4, epochs=10, diag=True), Run("rte", "full", lr=1e-4)]
+    for run, name in zip(done, ("diag", "pilot-full"), strict=True):
+        runner.run_claimed(args, name, run, [], _trained)
+
+    def again(run):
+        raise AssertionError(f"{run.key} trained twice")
+
+    for run, name in zip(done, ("diag", "pilot-full"), strict=True):
+        assert runner.run_claimed(args, name, run, [], again) is None
+    assert len(records.load_results(args.results) + records.load_results(args.results, diag=True)) == 2
+
+
+def test_a_run_a_live_worker_holds_is_left_to_it(tmp_path):
+    args = _runner_args(tmp_path / "acc.jsonl")
+    run = Run("rte", "full", lr=1e-4)
+    lock = runner.claim(args.results, run.key, "pilot-full")  # this process: alive
+    assert runner.run_claimed(args, "pilot-full", run, [], _trained) is None
+    assert lock.exists() and records.load_results(args.results) == []
+
+
+def test_paired_differences_pair_each_seed_with_the_same_seeds_reference():
+    """The difference is taken within (task, seed): a seed-to-seed spread the two methods
+    share cancels; an unpaired difference (against the reference's mean) would not."""
+    full = {("rte", 0): 50.0, ("rte", 1): 70.0, ("rte", 2): 60.0}
+    child = [(("rte", 0), 51.0), (("rte", 1), 71.0), (("rte", 2), 61.0), (("rte", 3), 99.0)]
+    from bench.study import stats
+
+    assert stats.paired(child, full) == [1.0, 1.0, 1.0]  # seed 3: no reference, left out
+    assert stats.diff_cell(stats.paired(child, full)) == "+1.0 [+1.0, +1.0]"
+    two = [((t, s), v + 2.0 * (t == "mrpc")) for (_, s), v in child if s < 3 for t in ("rte", "mrpc")]
+    base = {(t, s): v for (_, s), v in full.items() for t in ("rte", "mrpc")}
+    assert stats.per_seed_means(two, base, ("rte", "mrpc"), (0, 1, 2, 3)) == [2.0, 2.0, 2.0]
+    assert stats.per_seed_means(two[:-1], base, ("rte", "mrpc"), (0, 1, 2)) == [2.0, 2.0]  # seed 2: RTE only
+    assert stats.cell([50.0, 70.0, 60.0]) == "60.0 ± 10.0" and stats.cell([1.0]) == "1.0"
+
 def _rec(task, name, lr, value, pilot, seed=0, epochs=3):
     return {"task": task, "name": name, "method": name, "seed": seed, "pilot": pilot,
             "value": value, "config": {"lr": lr, "epochs": epochs}, "recipe": "paper"}
