@@ -1,5 +1,6 @@
 """The accuracy study's bookkeeping: runs claimed by one worker at a time, whole lines."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -51,9 +52,24 @@ def test_dead_holders_claim_is_taken_over(tmp_path):
 def test_append_writes_whole_lines(tmp_path):
     results = tmp_path / "sub" / "acc.jsonl"
     for i in range(3):
-        records.append(results, {"key": f"k{i}", "pilot": False, "plan": "claims"})
-    assert [r["key"] for r in records.load_results(results)] == ["k0", "k1", "k2"]
+        records.append(results, _line(_rec("rte", "full", 1e-4, 50.0, False, key=f"k{i}")))
+    assert [r.key for r in records.load_results(results)] == ["k0", "k1", "k2"]
     assert all(json.loads(line) for line in results.read_text().splitlines())
+
+
+def test_a_line_from_before_the_plan_and_precision_fields_reads_back_as_written_then(tmp_path):
+    """The study's first lines have no ``plan`` (the full pilot's runs, then the claims') and
+    no ``precision`` (they trained in fp32): a resumed study reads them as those plans'."""
+    path = tmp_path / "acc.jsonl"
+    for pilot, seed in ((True, 0), (False, 1)):
+        line = _line(_rec("rte", "full", 1e-4, 60.0, pilot, seed=seed, key=f"k{seed}"))
+        del line["plan"], line["config"]["precision"]
+        records.append(path, line)
+    got = records.load_results(path, precision="fp32")
+    assert [(r.key, r.plan, r.precision) for r in got] == [("k0", "pilot-full", "fp32"),
+                                                           ("k1", "claims", "fp32")]
+    assert records.load_results(path, precision="bf16") == [] and records.load_results(path, diag=True) == []
+    assert got[0].config == {"lr": 1e-4, "epochs": 3}  # the whole configuration, as recorded
 
 
 def test_workers_are_the_same_command_without_workers():
@@ -69,7 +85,8 @@ def _runner_args(results, plan_lrs="1e-4"):
 
 
 def _trained(run):
-    return {"key": run.key, "task": run.task, "name": run.name, "method": run.method, "value": 1.0}
+    return _line(_rec(run.task, run.name, run.lr, 1.0, False, seed=run.seed, epochs=run.epochs,
+                      method=run.method, recipe=run.recipe, key=run.key))
 
 
 def test_a_run_is_trained_once_recorded_with_its_plan_and_released(tmp_path):
@@ -77,14 +94,14 @@ def test_a_run_is_trained_once_recorded_with_its_plan_and_released(tmp_path):
     run = Run("rte", "full", lr=1e-4, epochs=10, diag=True)
     rec = runner.run_claimed(args, "diag", run, [], _trained)
     assert rec is not None and (rec["plan"], rec["pilot"]) == ("diag", False)
-    assert [r["key"] for r in records.load_results(args.results, diag=True)] == [run.key]
+    assert [r.key for r in records.load_results(args.results, diag=True)] == [run.key]
     assert not list(runner.running_dir(args.results).glob("*.pid"))  # the claim is released
     pilot = Run("rte", "full", lr=1e-4)
     rec = runner.run_claimed(args, "pilot-full", pilot, [], _trained)
     assert (rec["plan"], rec["pilot"]) == ("pilot-full", True)
     claims = Run("mrpc", "full", lr=1e-4, seed=1)
     assert runner.run_claimed(args, "claims-full", claims, ["rte"], _trained)["plan"] == "claims"
-    assert records.load_results(args.results)[-1]["accepted_missed_floors"] == ["rte"]
+    assert records.load_results(args.results)[-1].accepted_missed_floors == ("rte",)
 
 
 def test_a_resumed_study_never_trains_a_finished_run_again(tmp_path):
@@ -125,9 +142,26 @@ def test_paired_differences_pair_each_seed_with_the_same_seeds_reference():
     assert stats.per_seed_means(two[:-1], base, ("rte", "mrpc"), (0, 1, 2)) == [2.0, 2.0]  # seed 2: RTE only
     assert stats.cell([50.0, 70.0, 60.0]) == "60.0 ± 10.0" and stats.cell([1.0]) == "1.0"
 
-def _rec(task, name, lr, value, pilot, seed=0, epochs=3):
-    return {"task": task, "name": name, "method": name, "seed": seed, "pilot": pilot,
-            "value": value, "config": {"lr": lr, "epochs": epochs}, "recipe": "paper"}
+def _rec(task, name, lr, value, pilot, seed=0, epochs=3, **fields):
+    """A result as the plans and tables read it: row ``name``'s run (method ``name``, the
+    paper recipe, unless ``fields`` say otherwise)."""
+    fields = {"method": name, "recipe": "paper", **fields}
+    return records.Result(task=task, name=name, seed=seed, pilot=pilot, value=value, lr=lr,
+                          epochs=epochs, **fields)
+
+
+def _of(run, value, **fields):
+    """The result of ``run`` (its dev metric ``value``)."""
+    return _rec(run.task, run.name, run.lr, value, False, seed=run.seed, epochs=run.epochs,
+                method=run.method, recipe=run.recipe, key=run.key, **fields)
+
+
+def _line(r, **fields):
+    """``r`` as a results-file line (``fields`` over it)."""
+    return {"key": r.key, "task": r.task, "name": r.name, "method": r.method, "recipe": r.recipe,
+            "seed": r.seed, "pilot": r.pilot, "value": r.value, "plan": r.plan, "metric": r.metric,
+            "tokens_per_s": r.tokens_per_s, "dev_history": list(r.dev_history),
+            "config": {"lr": r.lr, "epochs": r.epochs, "precision": r.precision}, **fields}
 
 
 def test_the_full_pilot_run_at_the_shared_lr_is_the_claims_seed_0_run():
@@ -135,7 +169,7 @@ def test_the_full_pilot_run_at_the_shared_lr_is_the_claims_seed_0_run():
                for lr, v in ((1e-4, 60.0), (2e-5, 50.0))]
     results += [_rec("rte", "child-d", 1e-4, 61.0, False), _rec("rte", "full", 1e-4, 58.0, False, seed=1)]
     got = choices.claim_runs(results)
-    assert sorted((r["task"], r["name"], r["config"]["lr"], r["seed"]) for r in got) == [
+    assert sorted((r.task, r.name, r.lr, r.seed) for r in got) == [
         ("mrpc", "full", 1e-4, 0), ("rte", "child-d", 1e-4, 0), ("rte", "full", 1e-4, 0),
         ("rte", "full", 1e-4, 1)]
 
@@ -149,7 +183,7 @@ def test_each_pilots_run_at_its_chosen_lr_is_its_seed_0_run():
     results += [_rec(t, "child-d@0.05", lr, v, True) for t in ("rte", "mrpc")
                 for lr, v in ((1e-4, 48.0), (1e-3, 58.0))]
     results += [_rec(t, "child-d@0.05/frozen-pooler", 1e-3, 50.0, True) for t in ("rte", "mrpc")]
-    got = sorted((r["task"], r["name"], r["config"]["lr"]) for r in choices.claim_runs(results))
+    got = sorted((r.task, r.name, r.lr) for r in choices.claim_runs(results))
     assert got == [("mrpc", "child-d@0.05", 1e-3), ("mrpc", "full", 1e-4), ("mrpc", "pasta", 3e-3),
                    ("rte", "child-d@0.05", 1e-3), ("rte", "full", 1e-4), ("rte", "pasta", 3e-3)]
 
@@ -195,7 +229,7 @@ def test_fulls_servable_pilot_is_a_row_of_its_own_paired_with_the_paper_recipe()
 
     def rec(task, lr, value, recipe):
         name = FULL_SERVABLE if recipe == "servable" else "full"
-        return {**_rec(task, name, lr, value, True), "method": "full", "recipe": recipe}
+        return _rec(task, name, lr, value, True, method="full", recipe=recipe)
 
     results = [rec(t, 1e-4, v, "paper") for t, v in (("rte", 60.0), ("mrpc", 85.0))]
     results += [rec(t, lr, v, "servable") for t in ("rte", "mrpc") for lr, v in ((5e-5, 90.0), (1e-4, 70.0))]
@@ -213,7 +247,7 @@ def test_a_frozen_pilot_whose_best_is_an_end_searches_one_point_past_it():
     lrs = {"pasta": (55.0, 60.0, 50.0), "lora": (60.0, 55.0, 50.0), "prefix": (50.0, 55.0, 60.0)}
     results = [_rec(t, m, lr, v, True, epochs=10) for m, vs in lrs.items() for t in ("rte", "mrpc")
                for lr, v in zip(choices.FROZEN_LRS[m], vs, strict=True)]
-    partial = [r for r in results if not (r["name"] == "prefix" and r["config"]["lr"] == 3e-2)]
+    partial = [r for r in results if not (r.name == "prefix" and r.lr == 3e-2)]
     assert choices.frozen_grid(partial, "prefix") == choices.FROZEN_LRS["prefix"]  # 3 not in yet
     assert choices.frozen_grid(results, "pasta") == choices.FROZEN_LRS["pasta"]  # interior
     assert choices.pilot_best(results, "pasta") == 3e-3
@@ -255,8 +289,7 @@ def test_a_default_its_search_did_not_choose_is_named(tmp_path, monkeypatch):
     path = tmp_path / "acc.jsonl"
     for t in ("rte", "mrpc"):
         for lr, v in ((5e-5, 70.0), (1e-4, 60.0)):  # full's bf16 pilot chooses 5e-5, not 1e-4
-            records.append(path, {**_rec(t, "full", lr, v, True), "plan": "pilot-full",
-                                  "config": {"lr": lr, "epochs": 3, "precision": "bf16"}})
+            records.append(path, _line(_rec(t, "full", lr, v, True, plan="pilot-full", precision="bf16")))
     lines = evidence.mismatches(path)
     assert "full (paper): default lr 0.0001, the bf16 study chose 5e-05" in lines
     assert "dps (paper): default lr 0.0001, the bf16 study chose 5e-05" in lines
@@ -274,10 +307,10 @@ def test_each_default_follows_its_own_search():
                for lr, v in ((1e-4, 60.0), (2e-5, 50.0))]
     results += [_rec(t, SERVABLE_PILOT, lr, v, True) for t in ("rte", "mrpc")
                 for lr, v in ((1e-4, 48.0), (1e-3, 58.0))]
-    results += [{**_rec(t, "child-f@0.05", lr, 60.0 + 1e4 * lr if lr < 1e-3 else 50.0, False, seed=3),
-                 "plan": "servable-defaults"} for lr in (*choices.CHILD_F_SERVABLE_LRS, 1e-3)
+    results += [_rec(t, "child-f@0.05", lr, 60.0 + 1e4 * lr if lr < 1e-3 else 50.0, False, seed=3,
+                     plan="servable-defaults") for lr in (*choices.CHILD_F_SERVABLE_LRS, 1e-3)
                 for t in ("rte", "mrpc")]
-    diag = [{**_rec(t, DPS_SERVABLE, lr, v, False), "plan": "diag"} for t in ("rte", "mrpc")
+    diag = [_rec(t, DPS_SERVABLE, lr, v, False, plan="diag") for t in ("rte", "mrpc")
             for lr, v in ((1e-4, 10.0), (3e-4, 40.0), (1e-3, 12.0), (3e-3, 5.0))]
     got = {(m, r): evidence.chosen_lr(m, r, results, diag) for m, r in (
         ("full", "paper"), ("dps", "paper"), ("child-d", "servable"), ("child-f", "servable"),
@@ -322,14 +355,14 @@ def test_a_missed_floor_is_accepted_only_explicitly_and_after_diag(tmp_path):
     results = [_rec(t, "full", 1e-4, v, True) for t, v in (("rte", 59.6), ("mrpc", 86.1))]
     results += [_rec("rte", "full", 1e-4, v, False, seed=s) for s, v in ((1, 54.5), (2, 52.7))]
     for r in results:
-        records.append(path, {**r, "plan": "pilot-full" if r["pilot"] else "claims"})
+        records.append(path, _line(r, plan="pilot-full" if r.pilot else "claims"))
     with pytest.raises(plans.PlanRefused, match="diag's runs on it"):
         plans.plan("claims", args, results)
     for s in (0, 1):
-        records.append(path, {**_rec("rte", "full", 1e-4, 55.0, False, seed=s, epochs=10), "plan": "diag"})
+        records.append(path, _line(_rec("rte", "full", 1e-4, 55.0, False, seed=s, epochs=10, plan="diag")))
     with pytest.raises(plans.PlanRefused, match="diag's runs on it"):  # seed 2's is missing
         plans.plan("claims", args, results)
-    records.append(path, {**_rec("rte", "full", 1e-4, 55.0, False, seed=2, epochs=10), "plan": "diag"})
+    records.append(path, _line(_rec("rte", "full", 1e-4, 55.0, False, seed=2, epochs=10, plan="diag")))
     assert plans.plan("claims", args, results)
     assert plans.floor_gate("claims", args, results, 1e-4) == ["rte"]
     without = argparse.Namespace(**{**vars(args), "accept_missed_floor": []})
@@ -351,8 +384,8 @@ def test_claims_are_also_answered_over_the_tasks_whose_floor_full_meets():
     lines = report.claims_lines(results).splitlines()
     assert lines[0].startswith("child-d >= full (4-task average): no;")
     assert lines[1].startswith("  over the tasks where full meets its floor (MRPC, STS-B, CoLA): yes;")
-    for r in results:  # every floor met: one line a claim
-        r["value"] += 10.0 if r["task"] == "rte" else 0.0
+    # every floor met: one line a claim
+    results = [dataclasses.replace(r, value=r.value + (10.0 if r.task == "rte" else 0.0)) for r in results]
     assert choices.missed_floors(results, 1e-4) == []
     assert not any("over the tasks" in line for line in report.claims_lines(results).splitlines())
 
@@ -394,10 +427,10 @@ def test_polyhead_train_with_its_defaults_trains_the_studys_runs():
     checked = 0
     cited = evidence.cited_runs(COMMITTED)
     # dps's servable default is its own search's choice: that search's run at it (a diag run)
-    assert any(r["name"] == DPS_SERVABLE and r["plan"] == "diag" for r in cited)
+    assert any(r.name == DPS_SERVABLE and r.plan == "diag" for r in cited)
     for r in cited:
-        c = r["config"]
-        argv = ["train", "--method", c["method"], "--recipe", c["recipe"], "--preset", r["task"],
+        c = r.config
+        argv = ["train", "--method", c["method"], "--recipe", c["recipe"], "--preset", r.task,
                 "--train", "t.tsv", "--dev", "d.tsv", "--out", "x.polyhead"]
         if c["head_init"]:
             argv += ["--head-init", c["head_init"]]
@@ -406,7 +439,7 @@ def test_polyhead_train_with_its_defaults_trains_the_studys_runs():
         keep = {k for k in c if k in got and k not in ("seed", "max_train", "device", "precision") and all(
             not k.startswith(p) or c["method"] == m or (m == "eh-ft" and c["head_init"])
             for p, m in KNOBS.items())}  # another method's knobs do nothing here
-        assert {k: got[k] for k in keep} == {k: c[k] for k in keep}, r["key"]
+        assert {k: got[k] for k in keep} == {k: c[k] for k in keep}, r.key
         checked += 1
     assert checked >= 10  # the claims' paper runs and the servable pilot's chosen run
 
@@ -414,9 +447,10 @@ def test_polyhead_train_with_its_defaults_trains_the_studys_runs():
 def test_the_seed_table_shows_each_runs_dev_and_last_train_loss():
     results = [_rec(t, "full", 1e-4, v, True) for t, v in (("rte", 59.6), ("mrpc", 86.1))]
     results += [_rec("rte", "full", 1e-4, 52.7, False, seed=2), _rec("rte", "dps", 1e-4, 57.4, False)]
-    for r, losses in zip(results, ([0.69, 0.37], [], [0.69, 0.69], [0.69, 0.22]), strict=True):
-        r["dev_history"] = [{"epoch": i + 1, "train_loss": x} for i, x in enumerate(losses)]
-        r |= {"commit": "c0ffee", "seconds": 60.0, "tokens_per_s": 900.0, "metric": "accuracy"}
+    results = [dataclasses.replace(r, dev_history=tuple({"epoch": i + 1, "train_loss": x}
+                                                        for i, x in enumerate(losses)),
+                                   commit="c0ffee", seconds=60.0, tokens_per_s=900.0, metric="accuracy")
+               for r, losses in zip(results, ([0.69, 0.37], [], [0.69, 0.69], [0.69, 0.22]), strict=True)]
     lines = report.seeds_table(results, "rte").splitlines()
     assert lines[0] == "| method | seed 0: dev (last train loss) | seed 2: dev (last train loss) |"
     assert lines[2:] == ["| full | 59.6 (0.37) | 52.7 (0.69) |", "| dps | 57.4 (0.22) | — |"]
@@ -428,13 +462,11 @@ def test_the_servable_cost_table_waits_for_the_servable_pilots_choice():
     table before); once it has chosen, its seed-0 run is compared with the paper run."""
     results = [_rec(t, "full", 1e-4, 60.0, True) for t in ("rte", "mrpc")]
     results += [_rec(t, "child-d", 1e-4, 61.0, False) for t in ("rte", "mrpc")]
-    servable = {"method": "child-d", "recipe": "servable"}
-    results.append({**_rec("rte", "child-d@0.05", 1e-3, 58.0, True), **servable})
-    for r in results:
-        r |= {"commit": "c0ffee", "seconds": 60.0, "tokens_per_s": 900.0, "metric": "accuracy",
-              "dev_history": []}
+    results.append(_rec("rte", "child-d@0.05", 1e-3, 58.0, True, method="child-d", recipe="servable"))
+    results = [dataclasses.replace(r, commit="c0ffee", seconds=60.0, tokens_per_s=900.0, metric="accuracy")
+               for r in results]
     assert "servable recipe's cost" not in report.report(results)
-    results.append({**results[-1], "task": "mrpc", "value": 59.0})
+    results.append(dataclasses.replace(results[-1], task="mrpc", value=59.0))
     text = report.report(results)
     assert "servable recipe's cost" in text and "| child-d@0.05 | -3.0 (1 seed) | -2.0 (1 seed) |" in text
 
@@ -448,17 +480,16 @@ def test_each_precision_is_a_study_of_its_own(tmp_path):
     args = argparse.Namespace(frozen_epochs=10.0, pilot_lrs="1e-4,2e-5", results=path, precision="bf16")
     fp32 = [_rec(t, "full", lr, v, True) for t in ("rte", "mrpc") for lr, v in ((1e-4, 60.0), (2e-5, 50.0))]
     for r in fp32:
-        records.append(path, {**r, "key": Run(r["task"], "full", lr=r["config"]["lr"]).key,
-                                "plan": "pilot-full", "tokens_per_s": 500.0})
+        records.append(path, _line(r, key=Run(r.task, "full", lr=r.lr).key, plan="pilot-full",
+                                   tokens_per_s=500.0))
     runs = plans.plan("pilot-full", args, records.load_results(path, precision="bf16"))
     assert {r.precision for r in runs} == {"bf16"} and all(r.key.endswith("|bf16") for r in runs)
-    assert not {r.key for r in runs} & {r["key"] for r in records.load_results(path)}
+    assert not {r.key for r in runs} & {r.key for r in records.load_results(path)}
     with pytest.raises(plans.PlanRefused, match="full pilot first"):  # fp32's pilot is not bf16's
         plans.plan("claims-full", args, records.load_results(path, precision="bf16"))
     for run, v in zip(runs, (59.0, 52.0, 61.0, 49.0), strict=True):
-        bf16 = {"lr": run.lr, "epochs": 3, "precision": "bf16"}
-        records.append(path, {**_rec(run.task, "full", run.lr, v, True), "key": run.key,
-                                "plan": "pilot-full", "config": bf16, "tokens_per_s": 1000.0})
+        records.append(path, _line(_rec(run.task, "full", run.lr, v, True, key=run.key, plan="pilot-full",
+                                        precision="bf16", tokens_per_s=1000.0)))
     assert len(records.load_results(path, precision="bf16")) == 4
     assert len(records.load_results(path, precision="fp32")) == 4 and len(records.load_results(path)) == 8
     table = report.precision_table(records.load_results(path)).splitlines()
@@ -529,8 +560,7 @@ def test_servable_diag_runs_only_where_a_sparse_row_collapses_over_three_seeds()
             for m in ("child-d", "dps"):
                 results.append(_rec(t, m, 1e-4, 30.0, False, seed=s))
                 servable = _rec(t, f"{m}@0.05", 1e-3, 30.0 - (12.0 if (t, m) == ("cola", "dps") else 9.0),
-                                False, seed=s)
-                servable["method"], servable["recipe"] = m, "servable"
+                                False, seed=s, method=m, recipe="servable")
                 results.append(servable)
     runs = plans.plan("servable-diag", args, results)
     longer = [r for r in runs if r.epochs == 10.0]
@@ -543,8 +573,8 @@ def test_servable_diag_runs_only_where_a_sparse_row_collapses_over_three_seeds()
     assert {(r.method, r.density, r.seed, r.diag, r.epochs) for r in searched} == {
         ("dps", 0.05, 0, True, 3.0)}
     assert choices.servable_collapses(results) == ["cola"]
-    assert choices.servable_collapses([r for r in results if r["seed"] != 2]) == []  # 2 seeds
-    shallow = [dict(r, value=r["value"] + 3.0) if r["recipe"] == "servable" else r for r in results]
+    assert choices.servable_collapses([r for r in results if r.seed != 2]) == []  # 2 seeds
+    shallow = [dataclasses.replace(r, value=r.value + 3.0) if r.recipe == "servable" else r for r in results]
     assert choices.servable_collapses(shallow) == []  # -9 on cola: under the bar
     assert plans.plan("servable-diag", args, shallow) == []
 
@@ -560,8 +590,7 @@ def test_servable_diag_runs_dps_at_its_own_choice_on_the_other_tasks(tmp_path):
     for s in (0, 1, 2):
         for t in ("rte", "mrpc", "stsb", "cola"):
             results.append(_rec(t, "dps", 1e-4, 30.0, False, seed=s))
-            servable = _rec(t, "dps@0.05", 1e-3, 15.0, False, seed=s)
-            servable["method"], servable["recipe"] = "dps", "servable"
+            servable = _rec(t, "dps@0.05", 1e-3, 15.0, False, seed=s, method="dps", recipe="servable")
             results.append(servable)
     path = tmp_path / "acc.jsonl"
     args = argparse.Namespace(frozen_epochs=10.0, pilot_lrs="1e-4", results=path, precision="fp32")
@@ -570,8 +599,8 @@ def test_servable_diag_runs_dps_at_its_own_choice_on_the_other_tasks(tmp_path):
         path.write_text("")
         for lr, v in lrs_values:
             for t in ("rte", "mrpc"):
-                records.append(path, {**_rec(t, "dps@0.05", lr, v, False), "plan": "diag",
-                                        "method": "dps", "recipe": "servable"})
+                records.append(path, _line(_rec(t, "dps@0.05", lr, v, False, plan="diag", method="dps",
+                                                recipe="servable")))
         runs = plans.plan("servable-diag", args, results)
         return [(r.task, r.lr) for r in runs if r.task in ("stsb", "cola") and r.epochs == 3.0]
 
@@ -595,8 +624,8 @@ def test_servable_defaults_runs_each_servable_default_in_three_seeds(tmp_path):
         plans.plan("servable-defaults", args, results)
     for lr, v in ((1e-4, 10.0), (3e-4, 40.0), (1e-3, 12.0), (3e-3, 5.0)):
         for t in ("rte", "mrpc"):
-            records.append(path, {**_rec(t, "dps@0.05", lr, v, False), "plan": "diag",
-                                    "method": "dps", "recipe": "servable"})
+            records.append(path, _line(_rec(t, "dps@0.05", lr, v, False, plan="diag", method="dps",
+                                            recipe="servable")))
     runs = plans.plan("servable-defaults", args, results)
     got = [(r.method, r.task, r.lr, r.epochs, r.seed) for r in runs]
     tasks = CLAIM_TASKS
@@ -610,8 +639,8 @@ def test_servable_defaults_runs_each_servable_default_in_three_seeds(tmp_path):
     assert got[-10:] == search  # child-f's own search (seed 3, no claim's), last
     for lr, v in (((2e-5, 50.0), (5e-5, 70.0), (1e-4, 60.0), (2e-4, 55.0), (1e-3, 40.0))):
         for t in ("rte", "mrpc"):
-            records.append(path, {**_rec(t, "child-f@0.05", lr, v, False, seed=3),
-                                    "plan": "servable-defaults", "method": "child-f", "recipe": "servable"})
+            records.append(path, _line(_rec(t, "child-f@0.05", lr, v, False, seed=3, plan="servable-defaults",
+                                            method="child-f", recipe="servable")))
     chosen = plans.plan("servable-defaults", args, records.load_results(path) + results)
     # once it has chosen: child-f's 3 seeds at its own lr
     assert [(r.method, r.task, r.lr, r.seed) for r in chosen[-12:]] == [
@@ -622,7 +651,7 @@ def test_servable_defaults_runs_each_servable_default_in_three_seeds(tmp_path):
 
 def test_child_f_servable_search_chooses_on_the_pilot_seed_once_complete():
     def rec(t, lr, v, seed=3):
-        return {**_rec(t, "child-f@0.05", lr, v, False, seed=seed), "plan": "servable-defaults"}
+        return _rec(t, "child-f@0.05", lr, v, False, seed=seed, plan="servable-defaults")
 
     done = [rec(t, lr, 60.0 + 1e4 * lr if lr < 1e-3 else 50.0)
             for lr in (*choices.CHILD_F_SERVABLE_LRS, 1e-3) for t in ("rte", "mrpc")]
@@ -663,8 +692,7 @@ def test_issue_11s_claims_keep_child_tuning_at_the_warm_up_they_ran_with():
 
 def _pilot_rec(task, method, lr, value):
     run = dense_run(task, method, lr, PILOT_SEED)
-    return {**_rec(task, method, lr, value, True, seed=PILOT_SEED), "plan": "pilot-own-lr",
-            "key": run.key}
+    return _rec(task, method, lr, value, True, seed=PILOT_SEED, plan="pilot-own-lr", key=run.key)
 
 
 def test_each_dense_method_searches_its_own_lr_on_a_seed_no_claim_uses():
@@ -725,19 +753,18 @@ def test_pasta_paper_plan_runs_150_epochs_with_a_checkpoint(tmp_path):
 
 def test_issue_28_runs_stay_out_of_issue_11s_tables():
     results = [_rec(t, "full", 1e-4, 90.0, True) for t in ("rte", "mrpc")]
-    results.append({**_rec("rte", "child-d", 1e-4, 61.0, False), "plan": "claims"})
-    new = {**_rec("rte", "child-d", 5e-5, 70.0, False), "plan": "claims-own-lr"}
+    results.append(_rec("rte", "child-d", 1e-4, 61.0, False, plan="claims"))
+    new = _rec("rte", "child-d", 5e-5, 70.0, False, plan="claims-own-lr")
     assert new not in choices.claim_runs([*results, new])
-    assert choices.missed_floors([*results, {**_rec("mrpc", "full", 1e-4, 10.0, False),
-                                              "plan": "claims-own-lr"}], 1e-4) == []
+    assert choices.missed_floors([*results, _rec("mrpc", "full", 1e-4, 10.0, False, plan="claims-own-lr")],
+                                 1e-4) == []
 
 
 def test_best_dev_epoch_is_recorded_beside_the_last():
-    rec = {"metric": "accuracy", "dev_history": [
-        {"epoch": 1, "accuracy": 0.5}, {"epoch": 2, "accuracy": 0.7}, {"epoch": 3, "accuracy": 0.7},
-        {"epoch": 4, "accuracy": 0.6}, {"selected_epoch": 2}]}
-    assert best_dev(rec) == (2, 70.0)
-    assert best_dev({"metric": "f1", "dev_history": []}) is None
+    hist = [{"epoch": 1, "accuracy": 0.5}, {"epoch": 2, "accuracy": 0.7}, {"epoch": 3, "accuracy": 0.7},
+            {"epoch": 4, "accuracy": 0.6}, {"selected_epoch": 2}]
+    assert best_dev(hist, "accuracy") == (2, 70.0)
+    assert best_dev([], "f1") is None
 
 
 def test_issue_28_tables_give_each_interval_its_degrees_of_freedom():
@@ -750,7 +777,7 @@ def test_issue_28_tables_give_each_interval_its_degrees_of_freedom():
         for t in CLAIM_TASKS:
             for h, v in ((None, base), ("pet:lora", lora)):
                 run = Run(t, "eh-ft", recipe="paper", seed=s, batch=32, head_init=h)
-                found.append((run, {"value": v}))
+                found.append((run, _of(run, v)))
     table = papers_budgets.paired_table(found, lambda r: r.name, "eh-ft")
     row = next(line for line in table.splitlines() if line.startswith("| eh-ft+pet:lora"))
     assert "+2.00 [" in row and "(df 2)" in row  # per seed: +2, +1, +3
@@ -764,7 +791,7 @@ def test_pasta_curves_draw_each_runs_dev_metric_against_epoch():
 
     hist = [{"epoch": e, "accuracy": a} for e, a in ((1, 0.5), (2, 0.6), (3, 0.55))]
     run = Run("rte", "pasta", recipe="paper", epochs=150, batch=32)
-    svg = papers_budgets.curves_svg([(run, {"metric": "accuracy", "dev_history": hist, "value": 55.0})])
+    svg = papers_budgets.curves_svg([(run, _of(run, 55.0, metric="accuracy", dev_history=tuple(hist)))])
     root = ET.fromstring(svg)
     (line,) = [e for e in root.iter() if e.tag.endswith("polyline")]
     ys = [float(p.split(",")[1]) for p in line.get("points").split()]
@@ -791,21 +818,22 @@ def test_a_workers_records_name_the_commit_it_started_on(tmp_path):
 def test_issue_28_servable_pilot_and_pasta_tables():
     from bench import papers_budgets
 
-    found = [(Run("cola", "child-d", recipe="servable", lr=1e-3, epochs=10, seed=s), {"value": v})
-             for s, v in ((0, 23.0), (1, 20.0), (2, 26.0))]
+    found = [(run, _of(run, v)) for run, v in (
+        (Run("cola", "child-d", recipe="servable", lr=1e-3, epochs=10, seed=s), v)
+        for s, v in ((0, 23.0), (1, 20.0), (2, 26.0)))]
     paper = {("child-d", "cola", s): 25.0 for s in (0, 1, 2)}
     pilot_run = Run("cola", "child-d", recipe="servable", lr=1e-3, epochs=10, seed=3)
-    found.append((pilot_run, {"value": 1.0}))
+    found.append((pilot_run, _of(pilot_run, 1.0)))
     row, search = papers_budgets.servable_defaults_table(found, paper).splitlines()[2:]
     assert search.startswith("| child-d@0.05 (search) | 0.001 | 10 | CoLA | 1.0 (1) | 3: 1.0 |")
     assert "| child-d@0.05 | 0.001 | 10 | CoLA | 23.0 ± 3.0 (3) | 0: 23.0, 1: 20.0, 2: 26.0 |" in row
     assert "-2.00 [" in row and "(df 2)" in row
-    pilot = [(dense_run(t, "dps", lr, 3), {"value": v}) for t, lr, v in
-             (("rte", 1e-4, 50.0), ("mrpc", 1e-4, 80.0), ("rte", 2e-4, 55.0))]
+    pilot = [(run, _of(run, v)) for run, v in ((dense_run(t, "dps", lr, 3), v) for t, lr, v in
+             (("rte", 1e-4, 50.0), ("mrpc", 1e-4, 80.0), ("rte", 2e-4, 55.0)))]
     table = papers_budgets.own_lr_pilot_table(pilot)
     assert "| dps | 0.0001 | 50.0 | 80.0 | 65.0 |" in table and "| dps | 0.0002 | 55.0 | — | — |" in table
     hist = [{"epoch": e, "f1": 0.8 + e / 1000} for e in range(1, 31)] + [{"selected_epoch": 30}]
     run = Run("mrpc", "pasta", recipe="paper", epochs=150, batch=32)
-    (line,) = papers_budgets.pasta_table([(run, {"metric": "f1", "dev_history": hist, "value": 83.0})]
+    (line,) = papers_budgets.pasta_table([(run, _of(run, 83.0, metric="f1", dev_history=tuple(hist)))]
                                          ).splitlines()[2:]
     assert line.startswith("| MRPC | 30 | 83.0 | 83.0 (30) | 1: 80.1, 10: 81.0, 20: 82.0, 30: 83.0 |")

@@ -18,7 +18,7 @@ from bench.study.choices import (
     pilot_best,
     servable_search_best,
 )
-from bench.study.records import Record, load_results, precision_of
+from bench.study.records import Result, load_results
 from bench.study.runs import DENSE, DPS_SERVABLE, FULL_SERVABLE, SERVABLE_PILOT
 
 DPS_SEARCH = "dps servable search"  # plan servable-diag's search (servable_search_best)
@@ -34,7 +34,7 @@ CHOOSERS: dict[tuple[str, str], str] = {
 }
 
 
-def chosen_lr(method: str, recipe: str, runs: list[Record], diag: list[Record]) -> float | None:
+def chosen_lr(method: str, recipe: str, runs: list[Result], diag: list[Result]) -> float | None:
     """The lr the study chose for ``method``'s ``recipe`` (``runs`` and ``diag`` of one
     precision); None while its search is incomplete or when no search chooses it."""
     chooser = CHOOSERS.get((method, recipe))
@@ -65,7 +65,7 @@ def mismatches(path: Path) -> list[str]:
     return out
 
 
-def cited_runs(path: Path) -> list[Record]:
+def cited_runs(path: Path) -> list[Result]:
     """The runs in ``path`` that trained a default's configuration: the protocol's runs
     (and dps's servable search run at its default lr) whose method has an evidenced default
     for their recipe and precision, at density 0.05, without the ablations set by hand (a
@@ -76,14 +76,14 @@ def cited_runs(path: Path) -> list[Record]:
     runs = [r for p in ("fp32", "bf16") for r in claim_runs(load_results(path, precision=p))]
     dps = METHODS["dps"].defaults("servable")
     searched = [r for r in load_results(path, diag=True, precision=dps.precision)
-                if r["name"] == DPS_SERVABLE and r["config"]["lr"] == dps.lr]
+                if r.name == DPS_SERVABLE and r.lr == dps.lr]
     out = []
     for r in [*runs, *searched]:
-        c = r["config"]
+        c = r.config
         d = METHODS[c["method"]].defaults(c["recipe"])
-        if not d.evidence or d.precision != precision_of(r) or c["density"] != 0.05:
+        if not d.evidence or d.precision != r.precision or c["density"] != 0.05:
             continue
-        if r["name"] == DPS_SERVABLE and r.get("plan") != "diag":
+        if r.name == DPS_SERVABLE and r.plan != "diag":
             continue  # dps's servable seeds ran at the shared servable lr, before its own search
         if c.get("pooler") or c.get("mask_structure", "entries") != "entries":
             continue  # ablations, set by hand

@@ -25,7 +25,7 @@ from bench.study.choices import (
     servable_collapses,
     servable_search_best,
 )
-from bench.study.records import Record, load_results
+from bench.study.records import Result, load_results
 from bench.study.runs import (
     CLAIM_TASKS,
     DENSE,
@@ -43,7 +43,7 @@ EHFT_LR = 1e-4  # eh-ft's stage 2 (polyhead/trainer/table.py; the whole-model me
 EHFT_ROWS = (None, "pet:lora", "pet:bitfit")  # the fair baseline, then EH-FT with each PET
 PASTA_TASKS = ("cola", "rte", "mrpc", "stsb")  # cheapest first (CoLA's sentences are short)
 
-PlanFn = Callable[[argparse.Namespace, list[Record]], list[Run]]
+PlanFn = Callable[[argparse.Namespace, list[Result]], list[Run]]
 
 
 class PlanRefused(Exception):
@@ -58,7 +58,7 @@ class Plan:
     gated: bool = False  # waits for full's floors (floor_gate)
 
 
-def plan(name: str, args: argparse.Namespace, results: list[Record]) -> list[Run]:
+def plan(name: str, args: argparse.Namespace, results: list[Result]) -> list[Run]:
     """Plan ``name``'s runs, given ``results`` of the study's precision."""
     precision = getattr(args, "precision", "fp32")
     entry = PLANS[name]
@@ -67,28 +67,28 @@ def plan(name: str, args: argparse.Namespace, results: list[Record]) -> list[Run
     return [dataclasses.replace(r, precision=precision) for r in entry.runs(args, results)]
 
 
-def _full_lr(name: str, results: list[Record]) -> float:
+def _full_lr(name: str, results: list[Result]) -> float:
     lr = pilot_best(results, "full")
     if lr is None:
         raise PlanRefused(f"plan {name!r} needs the full pilot first (--plan pilot-full)")
     return lr
 
 
-def _servable_lr(name: str, results: list[Record]) -> float:
+def _servable_lr(name: str, results: list[Result]) -> float:
     slr = pilot_best(results, SERVABLE_PILOT)
     if slr is None:
         raise PlanRefused(f"plan {name!r} needs the servable pilot first (--plan pilot-servable)")
     return slr
 
 
-def diag_runs(args: argparse.Namespace) -> list[Record]:
+def diag_runs(args: argparse.Namespace) -> list[Result]:
     """The diagnostic runs in --results, of the study's precision ([] without a file)."""
     if not getattr(args, "results", None):
         return []
     return load_results(args.results, diag=True, precision=getattr(args, "precision", "fp32"))
 
 
-def floor_gate(name: str, args: argparse.Namespace, results: list[Record], lr: float) -> list[str]:
+def floor_gate(name: str, args: argparse.Namespace, results: list[Result], lr: float) -> list[str]:
     """The missed floors plan ``name`` runs with (each accepted by --accept-missed-floor,
     with plan diag's runs on it done); PlanRefused for any other missed floor."""
     missed = missed_floors(results, lr)
@@ -99,8 +99,8 @@ def floor_gate(name: str, args: argparse.Namespace, results: list[Record], lr: f
         raise PlanRefused(f"full's mean of seeds at lr {lr:g} misses the floor on {', '.join(refused)}; "
                           f"find out why (--plan diag) before running plan {name!r}, or run it with "
                           f"--accept-missed-floor once the why is on record")
-    undiagnosed = [t for t in missed if {r["seed"] for r in diag if r["task"] == t and r["name"] == "full"
-                                         and r["config"]["lr"] == lr} != {0, 1, 2}]
+    undiagnosed = [t for t in missed if {r.seed for r in diag if r.task == t and r.name == "full"
+                                         and r.lr == lr} != {0, 1, 2}]
     if undiagnosed:
         raise PlanRefused(f"--accept-missed-floor {' '.join(undiagnosed)}: plan diag's runs on it "
                           f"(10 epochs, seeds 0-2) are not all in the results yet; run --plan diag first")
@@ -115,11 +115,11 @@ def _pilot_lrs(args: argparse.Namespace) -> list[float]:
 # -- issue 11: the claims ------------------------------------------------------------------
 
 
-def pilot_full(args: argparse.Namespace, results: list[Record]) -> list[Run]:
+def pilot_full(args: argparse.Namespace, results: list[Result]) -> list[Run]:
     return [Run(t, "full", lr=lr) for t in PILOT_TASKS for lr in _pilot_lrs(args)]
 
 
-def diag(args: argparse.Namespace, results: list[Record]) -> list[Run]:
+def diag(args: argparse.Namespace, results: list[Result]) -> list[Run]:
     """Why full misses a floor: the seeds' spread, and a longer schedule."""
     lr = pilot_best(results, "full")
     if lr is None:
@@ -131,14 +131,14 @@ def diag(args: argparse.Namespace, results: list[Record]) -> list[Run]:
         for t in missed for s in (0, 1, 2)]
 
 
-def claims_full(args: argparse.Namespace, results: list[Record]) -> list[Run]:
+def claims_full(args: argparse.Namespace, results: list[Result]) -> list[Run]:
     """full's seeds first: the floors are on their mean."""
     lr = _full_lr("claims-full", results)
     return [Run(t, "full", lr=lr, seed=s, max_train=rows(t))
             for s in (0, 1, 2) for t in (*CLAIM_TASKS, "sst2")]
 
 
-def claims(args: argparse.Namespace, results: list[Record]) -> list[Run]:
+def claims(args: argparse.Namespace, results: list[Result]) -> list[Run]:
     lr = _full_lr("claims", results)
     runs = []
     for seed in (0, 1, 2):
@@ -152,13 +152,13 @@ def claims(args: argparse.Namespace, results: list[Record]) -> list[Run]:
 
 
 def _frozen_pilot(methods: tuple[str, ...]) -> PlanFn:
-    def runs(args: argparse.Namespace, results: list[Record]) -> list[Run]:
+    def runs(args: argparse.Namespace, results: list[Result]) -> list[Run]:
         return [Run(t, m, recipe="servable", lr=lr, epochs=args.frozen_epochs)
                 for m in methods for t in PILOT_TASKS for lr in frozen_grid(results, m)]
     return runs
 
 
-def claims_pasta(args: argparse.Namespace, results: list[Record]) -> list[Run]:
+def claims_pasta(args: argparse.Namespace, results: list[Result]) -> list[Run]:
     pasta_lr = pilot_best(results, "pasta")
     if pasta_lr is None:
         raise PlanRefused("plan 'claims-pasta' needs the pasta pilot first (--plan pilot-pasta)")
@@ -166,7 +166,7 @@ def claims_pasta(args: argparse.Namespace, results: list[Record]) -> list[Run]:
                 max_train=rows(t)) for seed in (0, 1, 2) for t in (*CLAIM_TASKS, "sst2")]
 
 
-def guidance(args: argparse.Namespace, results: list[Record]) -> list[Run]:
+def guidance(args: argparse.Namespace, results: list[Result]) -> list[Run]:
     lr = _full_lr("guidance", results)
     runs = []
     for m in ("prefix", "lora", "bitfit"):
@@ -179,33 +179,33 @@ def guidance(args: argparse.Namespace, results: list[Record]) -> list[Run]:
 # -- the servable recipe -------------------------------------------------------------------
 
 
-def pilot_full_servable(args: argparse.Namespace, results: list[Record]) -> list[Run]:
+def pilot_full_servable(args: argparse.Namespace, results: list[Result]) -> list[Run]:
     """full's servable recipe, on full's own search."""
     return [Run(t, "full", recipe="servable", lr=lr) for t in PILOT_TASKS for lr in _pilot_lrs(args)]
 
 
-def pilot_servable(args: argparse.Namespace, results: list[Record]) -> list[Run]:
+def pilot_servable(args: argparse.Namespace, results: list[Result]) -> list[Run]:
     return [Run(t, "child-d", recipe="servable", lr=lr, density=0.05)
             for t in PILOT_TASKS for lr in SERVABLE_LRS] + [  # and what the trained pooler does
         Run(t, "child-d", recipe="servable", lr=lr, density=0.05, pooler="frozen")
         for t in PILOT_TASKS for lr in SERVABLE_LRS[::2]]
 
 
-def servable(args: argparse.Namespace, results: list[Record]) -> list[Run]:
+def servable(args: argparse.Namespace, results: list[Result]) -> list[Run]:
     slr = _servable_lr("servable", results)
     runs = [Run(t, m, recipe="servable", lr=slr, seed=s, density=0.05)
             for s in (0, 1, 2) for t in CLAIM_TASKS for m in SPARSE]
     return runs + [Run(t, m, recipe="servable", lr=slr, density=0.01) for t in CLAIM_TASKS for m in SPARSE]
 
 
-def structure(args: argparse.Namespace, results: list[Record]) -> list[Run]:
+def structure(args: argparse.Namespace, results: list[Result]) -> list[Run]:
     """What column-structured masks cost against single weights."""
     slr = _servable_lr("structure", results)
     return [Run(t, m, recipe="servable", lr=slr, density=0.01, structure=st)
             for t in PILOT_TASKS for m in SPARSE for st in ("entries", "columns")]
 
 
-def servable_diag(args: argparse.Namespace, results: list[Record]) -> list[Run]:
+def servable_diag(args: argparse.Namespace, results: list[Result]) -> list[Run]:
     """Where the servable recipe collapses: is it the schedule? Is it the lr?"""
     slr = _servable_lr("servable-diag", results)
     collapsed = servable_collapses(results)
@@ -220,7 +220,7 @@ def servable_diag(args: argparse.Namespace, results: list[Record]) -> list[Run]:
                    for t in CLAIM_TASKS if t not in PILOT_TASKS and best not in (None, slr)]
 
 
-def servable_defaults(args: argparse.Namespace, results: list[Record]) -> list[Run]:
+def servable_defaults(args: argparse.Namespace, results: list[Result]) -> list[Run]:
     """Each servable default in 3 seeds: child-f's first seed at the servable pilot's lr
     (never run before), dps on the claim tasks, child-d on CoLA at the longer schedule (its
     3-epoch default stays at the majority answer there); then child-f's own lr search on the
@@ -247,13 +247,13 @@ def servable_defaults(args: argparse.Namespace, results: list[Record]) -> list[R
 # -- issue 28: the papers at their own budgets ---------------------------------------------
 
 
-def pilot_own_lr(args: argparse.Namespace, results: list[Record]) -> list[Run]:
+def pilot_own_lr(args: argparse.Namespace, results: list[Result]) -> list[Run]:
     """Each dense method's own search, full's included (re-run off the claims' seeds):
     OWN_LRS, seed PILOT_SEED, RTE and MRPC."""
     return [dense_run(t, m, lr, PILOT_SEED) for m in DENSE for lr in OWN_LRS for t in PILOT_TASKS]
 
 
-def claims_own_lr(args: argparse.Namespace, results: list[Record]) -> list[Run]:
+def claims_own_lr(args: argparse.Namespace, results: list[Result]) -> list[Run]:
     """Seeds 0-2 on the claim tasks, each dense method at its own search's best lr (a
     method whose search is not complete waits)."""
     best = {m: own_lr_best(results, m) for m in DENSE}
@@ -263,7 +263,7 @@ def claims_own_lr(args: argparse.Namespace, results: list[Record]) -> list[Run]:
             for m, lr in best.items() if lr is not None]
 
 
-def eh_ft(args: argparse.Namespace, results: list[Record]) -> list[Run]:
+def eh_ft(args: argparse.Namespace, results: list[Result]) -> list[Run]:
     """EH-FT as published against its fair baseline (the same MLP head, random; the same
     stage 2), 3 seeds, the claim tasks; stage 1 at the paper's epochs for the task."""
     from polyhead.trainer.algos.eh_ft import stage1_epochs
@@ -273,7 +273,7 @@ def eh_ft(args: argparse.Namespace, results: list[Record]) -> list[Run]:
             for s in (0, 1, 2) for t in CLAIM_TASKS for h in EHFT_ROWS]
 
 
-def pasta_paper(args: argparse.Namespace, results: list[Record]) -> list[Run]:
+def pasta_paper(args: argparse.Namespace, results: list[Result]) -> list[Run]:
     """PASTA's paper recipe (150 epochs, batch 32, every epoch's dev metric) at its pilot's
     lr, seed 0, the claim tasks (checkpointed each epoch: a stopped run resumes)."""
     lr = pilot_best(results, "pasta")

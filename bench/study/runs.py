@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -118,19 +119,19 @@ def record_of(run: Run, cfg: TrainConfig, res: TrainResult, metric: str, seconds
         out["cut_rule"] = t["servable_cut"]["rule"]
     if "head_init_stage" in t:
         out["head_init"] = t["head_init_stage"]
-    best = best_dev(out)
+    best = best_dev(out["dev_history"], metric)
     if best is not None:  # the best dev epoch, as PASTA's code keeps (the value is the last's)
         out["best_epoch"], out["best_value"] = best
     return out
 
 
-def best_dev(rec: dict[str, Any]) -> tuple[int, float] | None:
-    """(epoch, dev metric x100) of a record's best dev epoch, the first of equals."""
-    hist = [h for h in rec["dev_history"] if "epoch" in h and rec["metric"] in h]
+def best_dev(dev_history: Sequence[Mapping[str, float]], metric: str) -> tuple[int, float] | None:
+    """(epoch, ``metric`` x100) of a run's best dev epoch, the first of equals."""
+    hist = [h for h in dev_history if "epoch" in h and metric in h]
     if not hist:
         return None
-    top = max(hist, key=lambda h: h[rec["metric"]])  # (the first of equals)
-    return int(top["epoch"]), 100 * float(top[rec["metric"]])
+    top = max(hist, key=lambda h: h[metric])  # (the first of equals)
+    return int(top["epoch"]), 100 * float(top[metric])
 
 
 def checkpoint_of(results: Path, run: Run) -> Path | None:
