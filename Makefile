@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[server,train,test]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -20,9 +20,9 @@ install: $(VENV)/.installed
 serve: install
 	$(VENV)/bin/polyhead serve $(SERVE_ARGS)
 
-# pytest, then the mutation check (tests/mutants: every planted bug must be caught)
-test: install
-	$(PY) -m ruff check .
+# lint (ruff, mypy over polyhead/), pytest, then the mutation check (tests/mutants: every
+# planted bug must be caught)
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 	$(PY) -m tests.mutants $(MUTANTS_ARGS)
 

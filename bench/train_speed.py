@@ -36,15 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from polyhead.engine import load_backbone
-    from polyhead.trainer.cli import load_data
     from polyhead.trainer.config import TrainConfig, cpu_has_bf16
     from polyhead.trainer.data import Dataset
+    from polyhead.trainer.presets import load_preset
     from polyhead.trainer.run import train
 
     torch.set_num_threads(1)
     folder = args.data / "RTE"
-    ns = argparse.Namespace(preset="rte", train=folder / "train.tsv", dev=folder / "dev.tsv", metric=None)
-    tr, dv, metric = load_data(ns)
+    tr, dv, metric = load_preset("rte", folder / "train.tsv", folder / "dev.tsv")
     dev = Dataset(dv.examples[:16], dv.labels, dv.label_type)
     backbone = load_backbone()
     print(f"torch {torch.__version__}, 1 thread, CPU native bf16: {cpu_has_bf16()}, load average "
@@ -56,12 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         speed: dict[str, list[float]] = {"fp32": [], "bf16": []}
         for _ in range(args.repeats):
             for precision in ("fp32", "bf16"):
-                cfg = TrainConfig(method=method, recipe=recipe, epochs=1, max_train=args.rows,
-                                  precision=precision, device="cpu", fisher_examples=args.rows)
+                fisher = {"fisher_examples": args.rows} if method == "child-d" else {}
+                cfg = TrainConfig.flat(method=method, recipe=recipe, epochs=1, max_train=args.rows,
+                                       precision=precision, device="cpu", **fisher)
                 t0 = time.process_time()
                 res = train(cfg, backbone, tr, dev, metric, progress=False, export=False,
                             log_fn=lambda s: None)
-                speed[precision].append(res.training["train_tokens"] / (time.process_time() - t0))
+                speed[precision].append(res.training.train_tokens / (time.process_time() - t0))
         a, b = statistics.median(speed["fp32"]), statistics.median(speed["bf16"])
         print(f"| {method} | {recipe} | {a:.0f} | {b:.0f} | {b / a:.2f}x |", flush=True)
     return 0

@@ -17,6 +17,7 @@ ordinary tasks are resident at the end.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -41,12 +42,12 @@ def run(budget_mb: float) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for name, art in wide.items():
         engine = Engine(bb, device_budget=int(budget_mb * MB))
-        bank = AdapterBank(lambda key: (arts[key.task_id], meta), engine.load, engine.unload,
+        bank = AdapterBank(lambda key: (arts[key.task_id], meta), engine,
                            device_budget=int(budget_mb * MB), host_budget=1 << 40)
 
         touch_all(bank, arts, meta)
         rows.append(row("ordinary tasks only", bank, engine, arts, None))
-        wide_bytes = bank.put(VersionKey("wide", "v"), art, meta).task.nbytes
+        wide_bytes = asyncio.run(bank.put(VersionKey("wide", "v"), art, meta)).task.nbytes
         touch_all(bank, arts, meta)
         rows.append(row(f"+ a {name}", bank, engine, arts, wide_bytes))
         bank.discard("wide")
@@ -59,8 +60,11 @@ def touch_all(bank: Any, arts: dict[str, Any], meta: Any) -> None:
     """Request every ordinary task in turn (a miss loads it, evicting the LRU one)."""
     from polyhead.server.bank import VersionKey
 
-    for t in arts:
-        bank.put(VersionKey(t, "v"), arts[t], meta)
+    async def each() -> None:
+        for t in arts:
+            await bank.put(VersionKey(t, "v"), arts[t], meta)
+
+    asyncio.run(each())
 
 
 def row(what: str, bank: Any, engine: Any, arts: dict[str, Any],

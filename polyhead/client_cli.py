@@ -7,7 +7,6 @@ import collections
 import dataclasses
 import ipaddress
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,8 +15,9 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from polyhead.client import PolyheadClient, PolyheadError, TextInput, describe_version, rows_of
-from polyhead.server.config import TOKEN_ENV, saved_token
+from polyhead.client._common import PolyheadError, TextInput, describe_version, rows_of
+from polyhead.client.sync import Client
+from polyhead.client.tokens import TOKEN_ENV, find_token
 from polyhead.v1 import polyhead_pb2 as pb
 
 # Status codes that mean "the request was wrong" (exit 2) rather than "the server failed" (1).
@@ -109,15 +109,15 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="PEM file of CA certificates to check the server against (implies --tls)")
 
 
-def _run(args: argparse.Namespace, verb: Callable[[PolyheadClient, argparse.Namespace], Any]) -> int:
-    token = args.token or os.environ.get(TOKEN_ENV) or saved_token()
+def _run(args: argparse.Namespace, verb: Callable[[Client, argparse.Namespace], Any]) -> int:
+    token = find_token(args.token)
     prog = f"polyhead {args.verb}"
     tls = args.tls or args.ca is not None
     if token and not tls and not _is_loopback(args.server):
         print(f"{prog}: warning: sending the token to {args.server} without TLS (see --tls)",
               file=sys.stderr)
     try:
-        with PolyheadClient(args.server, token, timeout_s=120.0, tls=tls, ca=args.ca) as client:
+        with Client(args.server, token, timeout_s=120.0, tls=tls, ca=args.ca) as client:
             verb(client, args)
     except PolyheadError as e:
         print(f"{prog}: {e.code.name}: {e.details}", file=sys.stderr)
@@ -138,7 +138,7 @@ def _is_loopback(server: str) -> bool:
         return False
 
 
-def _classify(client: PolyheadClient, args: argparse.Namespace) -> None:
+def _classify(client: Client, args: argparse.Namespace) -> None:
     if args.file is not None:
         if args.text or args.pair is not None:
             raise ValueError("--file takes the inputs from the file: give no texts or --pair")
@@ -215,18 +215,16 @@ class FileInputs:
         return self.lines.popleft()
 
 
-def _classify_file(client: PolyheadClient, args: argparse.Namespace) -> None:
+def _classify_file(client: Client, args: argparse.Namespace) -> None:
     """Stream every line through ClassifyStream; a JSON line per input, in order. A refused
     input stops the run after every answer before it is written, naming its line."""
-    from tqdm import tqdm
-
     src = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
     total = None if args.file == "-" else _count_lines(Path(args.file))
     dst = sys.stdout if args.out is None else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
     inputs = FileInputs(src, "<stdin>" if args.file == "-" else args.file)
     n = 0
     try:
-        with tqdm(total=total, unit="line", desc=args.task, file=sys.stderr, disable=None) as bar:
+        with _progress(total, args.task) as bar:
             rows = client.classify_stream(args.task, inputs, args.version, chunk=args.chunk,
                                           truncate=args.truncate)
             for row in rows:
@@ -246,17 +244,39 @@ def _classify_file(client: PolyheadClient, args: argparse.Namespace) -> None:
         print(f"# {n} lines classified with {args.task}{skipped}", file=sys.stderr)
 
 
+class _NoBar:
+    """No progress bar without tqdm (a client-only install): the closing count remains."""
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        return None
+
+
+def _progress(total: int | None, desc: str) -> Any:
+    """tqdm's bar on stderr (on a terminal) where tqdm is installed, else none."""
+    try:
+        from tqdm import tqdm
+    except ModuleNotFoundError:
+        return _NoBar()
+    return tqdm(total=total, unit="line", desc=desc, file=sys.stderr, disable=None)
+
+
 def _count_lines(path: Path) -> int:
     with path.open("rb") as f:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
-def _upload(client: PolyheadClient, args: argparse.Namespace) -> None:
+def _upload(client: Client, args: argparse.Namespace) -> None:
     v = client.upload(args.file.read_bytes(), replace_kind=args.replace_kind)
     print(f"uploaded {describe_version(v)} to {args.server}")
 
 
-def _health(client: PolyheadClient, args: argparse.Namespace) -> None:
+def _health(client: Client, args: argparse.Namespace) -> None:
     h = client.health()
     if args.json:
         print(json.dumps(h, indent=2))
@@ -271,14 +291,14 @@ def _aliases(numbers: dict[str, int]) -> str:
     return ",".join(f"{a}->v{n}" for a, n in sorted(numbers.items())) or "-"
 
 
-def _list(client: PolyheadClient, args: argparse.Namespace) -> None:
+def _list(client: Client, args: argparse.Namespace) -> None:
     for t in client.list_tasks():
         latest = t["latest"]
         print(f"{t['task_id']}\t{t['kind']}\tv{latest['number']}\t{latest['version'][:12]}\t"
               f"{t['num_versions']} versions\taliases {_aliases(t['alias_numbers'])}")
 
 
-def _show(client: PolyheadClient, args: argparse.Namespace) -> None:
+def _show(client: Client, args: argparse.Namespace) -> None:
     """Each version with its own kind and aliases, the labels, then the latest's manifest."""
     d = client.get_task(args.task)
     info = d["info"]
@@ -293,17 +313,17 @@ def _show(client: PolyheadClient, args: argparse.Namespace) -> None:
     print(json.dumps(manifest, indent=2, sort_keys=True))
 
 
-def _rollback(client: PolyheadClient, args: argparse.Namespace) -> None:
+def _rollback(client: Client, args: argparse.Namespace) -> None:
     v = client.rollback(args.task, args.version)
     print(f"{v['task_id']} latest is now v{v['number']} {v['version']}")
 
 
-def _alias(client: PolyheadClient, args: argparse.Namespace) -> None:
+def _alias(client: Client, args: argparse.Namespace) -> None:
     v = client.set_alias(args.task, args.alias, args.version)
     print(f"{v['task_id']} {args.alias} -> v{v['number']} {v['version']}")
 
 
-def _delete(client: PolyheadClient, args: argparse.Namespace) -> None:
+def _delete(client: Client, args: argparse.Namespace) -> None:
     if not args.yes:
         n = client.get_task(args.task)["info"]["num_versions"]  # NOT_FOUND before asking
         question = f"delete task {args.task!r} and its {n} version(s)? [y/N] "
@@ -316,11 +336,11 @@ def _delete(client: PolyheadClient, args: argparse.Namespace) -> None:
     print(f"deleted {args.task}")
 
 
-def _import_peft(client: PolyheadClient, args: argparse.Namespace) -> None:
+def _import_peft(client: Client, args: argparse.Namespace) -> None:
     v = client.import_peft(args.folder, args.task, args.labels, replace_kind=args.replace_kind)
     print(f"{v['task_id']} v{v['number']} {v['version']} ({v['kind']})")
 
 
-def _restore(client: PolyheadClient, args: argparse.Namespace) -> None:
+def _restore(client: Client, args: argparse.Namespace) -> None:
     v = client.restore(args.task)
     print(f"restored {v['task_id']}: latest is v{v['number']} {v['version']}")

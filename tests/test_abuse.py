@@ -339,10 +339,12 @@ def test_peft_fuzz_any_json_per_field_is_invalid_argument(
 # -- B6: strings at entry, and what errors echo -------------------------------------------------
 
 @pytest.mark.parametrize(("name", "alias"), corpus.BAD_ALIASES, ids=[c[0] for c in corpus.BAD_ALIASES])
-def test_set_alias_with_a_bad_alias_is_a_short_invalid_argument(name: str, alias: str) -> None:
+def test_set_alias_with_a_bad_alias_is_a_short_invalid_argument(name: str, alias: str,
+                                                                 tmp_path: Path) -> None:
+    """The store's one alias check, through the RPC: refused before any lookup."""
     request = pb.SetAliasRequest(task_id="sentiment", alias=alias, version="v1")
     with pytest.raises(Exception) as e:
-        registry.set_alias(None, request)  # type: ignore[arg-type]  # refused before the store
+        registry.set_alias(Store(tmp_path / "store"), request)
     code, details = status_for(e.value)
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("alias: ")
     assert len(details) < 300

@@ -74,7 +74,7 @@ def test_deleted_and_evicted_wide_tasks_give_their_tables_back(real_backbone) ->
     eng = Engine(real_backbone)
     small_only = Engine(real_backbone)
     small_only.load(arts["small"])
-    bank = AdapterBank(lambda key: (arts[key.task_id], meta), eng.load, eng.unload,
+    bank = AdapterBank(lambda key: (arts[key.task_id], meta), eng,
                        device_budget=1 << 30, host_budget=0)
 
     async def main() -> None:

@@ -132,7 +132,7 @@ def test_inference_token_protects_classify_only(served: Served, tiny_bert) -> No
         assert admin.classify("guarded", "rain")[0]["version"] == v  # the admin token opens both
     assert Store(served.store).resolve("guarded", "latest").version == v  # $POLYHEAD_STORE
     for token, call, want in [
-        (None, "classify", UN), ("wrong", "classify", UN), (None, "health", UN),
+        ("", "classify", UN), ("wrong", "classify", UN), ("", "health", UN),
         (INFERENCE_TOKEN, "upload", PD), (INFERENCE_TOKEN, "list_tasks", PD),
     ]:
         with PolyheadClient(served.address, token, retries=0) as c, pytest.raises(PolyheadError) as e:

@@ -5,13 +5,15 @@ RoBERTa classifier: test_peft_parity.)"""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from polyhead.engine import Backbone, Engine, load_backbone
 from polyhead.store import decode_artifact, encode_artifact, new_manifest
-from polyhead.trainer import Dataset, Example, TrainConfig, train
+from polyhead.trainer import METHODS, Dataset, Example, TrainConfig, train
 from polyhead.trainer.loop import encode, predict
 from tests.tiny import make_roberta
 
@@ -52,13 +54,15 @@ def test_method_trains_on_roberta_pairs_and_engine_matches(roberta: Backbone, pa
                                                            method: str) -> None:
     # dropout off: 12 steps on 32 rows measure learning, not dropout's noise (dropout in
     # training has its own test in test_train)
-    cfg = TrainConfig(method=method, epochs=EPOCHS.get(method, 6), lr=LR[method], batch_size=8,
-                      max_length=60, seed=0, density=0.2, fisher_examples=16, warmup=0.0, dropout=False)
+    mine = {f.name for f in dataclasses.fields(METHODS[method].options)}
+    opts = {k: v for k, v in dict(density=0.2, fisher_examples=16).items() if k in mine}
+    cfg = TrainConfig.flat(method=method, epochs=EPOCHS.get(method, 6), lr=LR[method], batch_size=8,
+                           max_length=60, seed=0, warmup=0.0, dropout=False, **opts)
     res = train(cfg, roberta, pairs, pairs, "accuracy", progress=False, log_fn=lambda s: None)
     first, last = np.mean(res.losses[:3]), np.mean(res.losses[-3:])
     assert last < first - 0.05, f"{method}: loss {first:.3f} -> {last:.3f}"
     manifest = new_manifest("pairs", res.artifact, roberta.spec, labels=pairs.labels,
-                            training=res.training, metrics=res.metrics)
+                            training=res.training.to_json(), metrics=res.metrics)
     manifest, art = decode_artifact(encode_artifact(manifest, res.artifact), roberta.spec)
     assert art.kind == KIND.get(method, method)
     if method == "pasta":  # the doubled separator and the last one each have their own vector

@@ -32,7 +32,23 @@ class Art:
         self.nbytes = nbytes
 
 
-def make_bank(device_budget: int, host_budget: int, size: int = 100, delay: float = 0.0):
+class FakeLoader:
+    """Loads by recording the thread it ran on; ``unload`` records the task."""
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+        self.released: list[object] = []
+
+    def load(self, artifact, over_budget: bool = False):
+        self.threads.append(threading.current_thread().name)
+        return FakeTask(artifact.nbytes)
+
+    def unload(self, task) -> None:
+        self.released.append(task)
+
+
+def make_bank(device_budget: int, host_budget: int, size: int = 100, delay: float = 0.0,
+              loader: FakeLoader | None = None):
     fetched: list[VersionKey] = []
     events: list[tuple[str, str]] = []
     lock = threading.Lock()
@@ -43,10 +59,29 @@ def make_bank(device_budget: int, host_budget: int, size: int = 100, delay: floa
             fetched.append(key)
         return Art(size), META
 
-    bank = AdapterBank(fetch, lambda a: FakeTask(a.nbytes), device_budget=device_budget,  # type: ignore[arg-type, return-value]
+    bank = AdapterBank(fetch, loader or FakeLoader(), device_budget=device_budget,  # type: ignore[arg-type]
                        host_budget=host_budget,
-                       listener=lambda e, k: events.append((e, k.task_id)))
+                       listener=lambda e, k: events.append((e.value, k.task_id)))
     return bank, fetched, events
+
+
+def test_bank_loads_every_version_off_the_event_loop() -> None:
+    """A miss and a publish (``put``) take the one load path: the table write runs on the
+    executor, never on the event loop's thread."""
+    loader = FakeLoader()
+    bank, fetched, events = make_bank(10_000, 10_000, loader=loader)
+
+    async def main() -> str:
+        await bank.get(VersionKey("miss", "v"))
+        res = await bank.put(VersionKey("published", "v"), Art(50), META)  # type: ignore[arg-type]
+        assert bank.peek(VersionKey("published", "v")) is res and res.nbytes == 50
+        assert await bank.put(VersionKey("published", "v"), Art(50), META) is res  # type: ignore[arg-type]
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(main())
+    assert len(loader.threads) == 2 and loop_thread not in loader.threads
+    assert fetched == [VersionKey("miss", "v")]  # a publish is not read back from the store
+    assert events == [("miss", "miss"), ("hit", "published")]
 
 
 def test_bank_loads_once_under_concurrent_misses() -> None:
@@ -71,14 +106,14 @@ def test_bank_miss_does_not_block_other_tasks() -> None:
     async def main():
         hot = VersionKey("hot", "v")
         await bank.get(hot)
-        fetch = bank._fetch
+        fetch = bank._source
 
         def held(key):
             inside.set()
             release.wait(60)  # a deadline only so that a broken bank cannot hang the suite
             return fetch(key)
 
-        bank._fetch = held
+        bank._source = held
         miss = asyncio.create_task(bank.get(VersionKey("cold", "v")))
         while not inside.is_set():
             await asyncio.sleep(0.001)
@@ -117,9 +152,10 @@ def test_bank_lru_evicts_to_host_then_drops() -> None:
 
 
 def test_bank_frees_a_used_version_only_when_its_last_user_lets_go() -> None:
-    released: list[object] = []
-    bank = AdapterBank(lambda key: (Art(100), META), lambda a: FakeTask(a.nbytes),  # type: ignore[arg-type, return-value]
-                       released.append, device_budget=150, host_budget=0)
+    loader = FakeLoader()
+    released = loader.released
+    bank = AdapterBank(lambda key: (Art(100), META), loader,  # type: ignore[arg-type]
+                       device_budget=150, host_budget=0)
 
     async def main():
         async with bank.using(VersionKey("a", "v")) as a:
@@ -498,6 +534,8 @@ def test_batcher_hands_each_request_its_own_rows() -> None:
         for n, t in reqs.items():
             want = [([float(x), float(n), -float(x)], int(x) % 2 == 1) for x in t]
             assert await tasks[n] == want, (n, await tasks[n])
+        await asyncio.sleep(0)  # the batch's counters are added after its results are set
+        assert (b.counters.batches, b.counters.rows) == (2, 8)  # what Health reports
         b.close()
 
     try:

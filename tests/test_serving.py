@@ -67,7 +67,7 @@ class Cluster:
     def __init__(self, address: str, store: Path) -> None:
         self.address, self.store = address, store
 
-    def client(self, token: str | None = TOKEN, **kw) -> PolyheadClient:
+    def client(self, token: str | None = TOKEN, **kw) -> PolyheadClient:  # "": no token
         return PolyheadClient(self.address, token, **kw)
 
 
@@ -232,7 +232,7 @@ def test_error_codes(cluster: Cluster, tiny_bert, tiny_roberta) -> None:
 def test_auth(cluster: Cluster, tiny_bert) -> None:
     data, _ = artifact(tiny_bert.spec, "auth", seed=21)
     UN = grpc.StatusCode.UNAUTHENTICATED
-    with cluster.client(token=None) as anon, cluster.client(token="wrong") as wrong:
+    with cluster.client(token="") as anon, cluster.client(token="wrong") as wrong:
         assert code_of(lambda: anon.upload(data))[0] == UN
         assert code_of(lambda: wrong.upload(data))[0] == UN
         assert code_of(lambda: anon.list_tasks())[0] == UN
@@ -276,7 +276,7 @@ def test_50_swaps_under_load(cluster: Cluster, tiny_bert) -> None:
     stop = threading.Event()
 
     def stream() -> None:
-        with cluster.client(token=None) as c:
+        with cluster.client(token="") as c:
             while not stop.is_set():
                 s = time.perf_counter()
                 try:

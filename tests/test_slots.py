@@ -118,7 +118,7 @@ def test_bank_eviction_frees_slots_for_the_next_version(tiny_bert) -> None:
     per_task = first.nbytes
     eng.unload(first)
     assert first.nbytes == 0  # unloaded: it holds no device bytes
-    bank = AdapterBank(lambda key: (arts[key.task_id], meta), eng.load, eng.unload,
+    bank = AdapterBank(lambda key: (arts[key.task_id], meta), eng,
                        device_budget=2 * per_task, host_budget=0)
 
     async def main() -> None:
@@ -297,7 +297,7 @@ def test_bank_evicts_unheld_versions_when_the_tables_are_full(tiny_bert) -> None
     budget = 2 * row + row // 2
     eng = Engine(tiny_bert, device_budget=budget)  # the tables fit 2 tasks
     meta = TaskMeta(number=1, labels=("x", "y"), regression=False, inputs="any")
-    bank = AdapterBank(lambda key: (arts[key.task_id], meta), eng.load, eng.unload,
+    bank = AdapterBank(lambda key: (arts[key.task_id], meta), eng,
                        device_budget=100 * row, host_budget=0)  # the bank alone would keep all
 
     async def check(t: str) -> None:

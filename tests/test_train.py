@@ -21,7 +21,7 @@ from polyhead.store import Store, decode_artifact, encode_artifact, load_artifac
 from polyhead.trainer import METHODS, Dataset, Example, TrainConfig, train
 from polyhead.trainer.config import TrainConfigError
 from polyhead.trainer.loop import encode, predict
-from polyhead.trainer.run import DenseModel
+from polyhead.trainer.models import DenseModel
 from tests.tiny import WORDS
 
 POS = ["the movie was good", "i loved the film", "really great acting", "the plot is fun",
@@ -64,13 +64,16 @@ def config(method: str, **kw: object) -> TrainConfig:
     # dropout off: these tests check that loss falls and the artifact reproduces the model;
     # fp32 unless a test asks for bf16 ("auto" would depend on the CPU running the tests)
     base = dict(method=method, epochs=6, lr=LR[method], batch_size=8, max_length=32, seed=0,
-                density=0.2, fisher_examples=16, warmup=0.0, dropout=False, precision="fp32")
-    return TrainConfig(**{**base, **kw})  # type: ignore[arg-type]
+                warmup=0.0, dropout=False, precision="fp32")
+    # the sparse methods' budget and child-d's Fisher pass, for the methods that have them
+    mine = {f.name for f in dataclasses.fields(METHODS[method].options)}
+    opts = {k: v for k, v in dict(density=0.2, fisher_examples=16).items() if k in mine}
+    return TrainConfig.flat(**{**base, **opts, **kw})
 
 
 def stored_roundtrip(result, data: Dataset, spec):
     manifest = new_manifest("sentiment", result.artifact, spec, labels=data.labels,
-                            training=result.training, metrics=result.metrics)
+                            training=result.training.to_json(), metrics=result.metrics)
     return decode_artifact(encode_artifact(manifest, result.artifact), spec)
 
 
@@ -87,7 +90,7 @@ def test_method_trains_and_engine_matches(bert, sentiment: Dataset, method: str,
     the trained model's fp32 logits."""
     res = train(config(method, precision=precision), bert, sentiment, sentiment, "accuracy",
                 progress=False, log_fn=lambda s: None)
-    assert res.training["precision"] == {"fp32": "fp32", "bf16": "bf16 autocast"}[precision]
+    assert res.training.precision == {"fp32": "fp32", "bf16": "bf16 autocast"}[precision]
     assert all(t.dtype == torch.float32 for t in res.artifact.tensors.values() if t.is_floating_point())
     first, last = np.mean(res.losses[:3]), np.mean(res.losses[-3:])
     assert last < first - 0.05, f"{method}: loss {first:.3f} -> {last:.3f}"
@@ -137,8 +140,9 @@ def test_trained_pet_model_equals_a_hugging_face_reference(bert, sentiment: Data
 @pytest.mark.parametrize("method", SPARSE)
 def test_sparse_diff_is_within_budget_and_reproduces_the_model(bert, sentiment: Dataset,
                                                                method: str) -> None:
-    density = 1.0 if method == "full" else 0.1
-    res = train(config(method, density=density, epochs=3), bert, sentiment, sentiment,
+    density = 1.0 if method == "full" else 0.1  # full has no budget: every weight
+    budget = {} if method == "full" else {"density": density}
+    res = train(config(method, epochs=3, **budget), bert, sentiment, sentiment,
                 "accuracy", progress=False, log_fn=lambda s: None)
     spec = bert.spec
     art = res.artifact
@@ -177,7 +181,8 @@ def test_sparse_diff_is_within_budget_and_reproduces_the_model(bert, sentiment: 
 def test_pooler_frozen_keeps_the_backbones_pooler_head(bert, sentiment: Dataset, method: str) -> None:
     """--pooler frozen: the head reads the shared pooler (a 'pooler' head), which the run
     never changed; the engine serves the trained model."""
-    res = train(config(method, density=1.0 if method == "full" else 0.1, epochs=2, pooler="frozen"),
+    budget = {} if method == "full" else {"density": 0.1}
+    res = train(config(method, epochs=2, pooler="frozen", **budget),
                 bert, sentiment, sentiment, "accuracy", progress=False, log_fn=lambda s: None)
     assert res.artifact.head.type == "pooler" and res.parity < 1e-5
     assert isinstance(res.model, DenseModel)
@@ -230,14 +235,14 @@ def test_column_masks_give_whole_columns_within_budget_served_as_columns(
 def test_column_masks_only_for_the_servable_sparse_methods() -> None:
     with pytest.raises(TrainConfigError, match="mask-structure columns"):
         config("child-d", recipe="paper", mask_structure="columns")
-    with pytest.raises(TrainConfigError, match="mask-structure columns"):
+    with pytest.raises(TrainConfigError, match="--mask-structure applies to --method child-d"):
         config("lora", mask_structure="columns")
 
 
 def test_child_f_records_sparsifying_cost(bert, sentiment: Dataset) -> None:
     res = train(config("child-f", epochs=2, density=0.05), bert, sentiment, sentiment,
                 "accuracy", progress=False, log_fn=lambda s: None)
-    sp = res.training["sparsify"]
+    sp = res.training.sections["sparsify"]
     assert sp["dense_nonzero"] > 0.5 * sum(int(np.prod(bert.spec.param_shapes[p]))
                                            for p in bert.spec.tunable_params())
     assert sp["metric_cost"] == pytest.approx(sp["dense_dev"]["accuracy"] - sp["sparse_dev"]["accuracy"])
@@ -247,7 +252,7 @@ def test_child_f_records_sparsifying_cost(bert, sentiment: Dataset) -> None:
 def test_dps_servable_reselects_within_each_tensors_quota(bert, sentiment: Dataset) -> None:
     res = train(config("dps", epochs=3, density=0.1, dps_update_ratio=0.1), bert, sentiment,
                 sentiment, "accuracy", progress=False, log_fn=lambda s: None)
-    hist = res.training["dps_stages_history"]
+    hist = res.training.sections["dps_stages_history"]
     budget = sum(int(0.1 * int(np.prod(bert.spec.param_shapes[p]))) for p in bert.spec.tunable_params())
     assert len(hist) >= 3 and all(h["union"] <= budget for h in hist)
     assert hist[1]["union"] > hist[0]["union"]  # the re-selection admitted new weights
@@ -258,7 +263,7 @@ def test_seed_reproducibility(bert, sentiment: Dataset) -> None:
                   "accuracy", progress=False, log_fn=lambda s: None) for _ in range(2)]
     assert runs[0].losses == runs[1].losses
     torch.testing.assert_close(runs[0].artifact.tensors, runs[1].artifact.tensors, atol=0, rtol=0)
-    assert runs[0].training["train_examples"] == 12
+    assert runs[0].training.train_examples == 12
 
 
 def test_regression_trains(bert) -> None:
@@ -409,20 +414,26 @@ def test_help_marks_the_defaults_the_study_chose_and_names_the_rest_provisional(
 def test_precision_autocasts_training_forwards_only(bert, sentiment: Dataset, monkeypatch) -> None:
     """bf16: every training forward (and child-d's Fisher pass) runs under bf16 autocast;
     dev scoring on the CPU stays fp32, as the engine serves. fp32: no autocast anywhere."""
-    import polyhead.trainer.algos.child_d as child_d
     import polyhead.trainer.loop as loop
+    import polyhead.trainer.masks as masks
 
     seen: list[tuple[str, torch.dtype]] = []
-    real_loss = loop.loss_fn
+    where = ["step"]  # "fisher" while child-d's Fisher pass runs
+    real_loss, real_fisher = loop.loss_fn, masks.fisher
 
-    def spy(where: str):
-        def loss_fn(logits, targets, regression):
-            seen.append((where, logits.dtype))
-            return real_loss(logits, targets, regression)
-        return loss_fn
+    def loss_fn(logits, targets, regression):
+        seen.append((where[0], logits.dtype))
+        return real_loss(logits, targets, regression)
 
-    monkeypatch.setattr(loop, "loss_fn", spy("step"))
-    monkeypatch.setattr(child_d, "loss_fn", spy("fisher"))
+    def fisher(*args, **kwargs):
+        where[0] = "fisher"
+        try:
+            return real_fisher(*args, **kwargs)
+        finally:
+            where[0] = "step"
+
+    monkeypatch.setattr(loop, "loss_fn", loss_fn)
+    monkeypatch.setattr(masks, "fisher", fisher)
     real_forward = DenseModel.forward
 
     def forward(self, batch):

@@ -17,6 +17,8 @@ from polyhead.engine import Backbone, Engine, HeadConfig, load_backbone
 from polyhead.store import Store, decode_artifact, encode_artifact
 from polyhead.trainer import Dataset, Example, TrainConfig, train
 from polyhead.trainer.algos import dps as dps_algo
+from polyhead.trainer.algos.child_d import ChildDOptions
+from polyhead.trainer.algos.child_f import ChildFOptions
 from polyhead.trainer.context import Context
 from polyhead.trainer.loop import batches, encode, loss_fn, steps_for
 from polyhead.trainer.masks import BernoulliMask, ChildDMask, DpsMask, fisher
@@ -103,7 +105,7 @@ def test_dps_paper_selects_in_every_linear_weight_only(bert: Backbone, sentiment
 
 
 def test_child_f_keeps_p_of_each_tensor_and_rescales(bert: Backbone, sentiment: Dataset) -> None:
-    cfg = TrainConfig(method="child-f", recipe="paper", child_f_p=0.3)
+    cfg = TrainConfig(method="child-f", recipe="paper", options=ChildFOptions(child_f_p=0.3))
     model = METHODS["child-f"].build(cfg, context(bert, sentiment, cfg))
     assert isinstance(model, DenseModel) and isinstance(model.policy, BernoulliMask)
     names = set(model.policy.names)
@@ -138,9 +140,9 @@ def test_child_f_keeps_p_of_each_tensor_and_rescales(bert: Backbone, sentiment: 
 def test_child_d_keeps_its_fraction_on_the_built_model(bert: Backbone, sentiment: Dataset) -> None:
     """Paper: the global top child_d_p of the Fisher; servable: exactly --density of the
     tunable weights. Values away from 0.5 so that keep and 1 - keep differ."""
-    for recipe, keep, opts in (("paper", 0.2, {"child_d_p": 0.2}),
-                               ("servable", 0.1, {"density": 0.1})):
-        cfg = TrainConfig(method="child-d", recipe=recipe, batch_size=8, dropout=False, **opts)  # type: ignore[arg-type]
+    for recipe, keep, opts in (("paper", 0.2, ChildDOptions(child_d_p=0.2)),
+                               ("servable", 0.1, ChildDOptions(density=0.1))):
+        cfg = TrainConfig(method="child-d", recipe=recipe, batch_size=8, dropout=False, options=opts)
         model = METHODS["child-d"].build(cfg, context(bert, sentiment, cfg))
         assert isinstance(model.policy, ChildDMask)
         masks = model.policy.masks
@@ -150,8 +152,8 @@ def test_child_d_keeps_its_fraction_on_the_built_model(bert: Backbone, sentiment
 
 
 def test_dps_reads_its_reserve_ratio_and_stage_length(bert: Backbone, sentiment: Dataset) -> None:
-    cfg = TrainConfig(method="dps", recipe="paper", epochs=3, batch_size=4, dps_reserve_p=0.2,
-                      dps_update_ratio=0.15)
+    cfg = TrainConfig(method="dps", recipe="paper", epochs=3, batch_size=4,
+                      options=dps_algo.DpsOptions(dps_reserve_p=0.2, dps_update_ratio=0.15))
     ctx = context(bert, sentiment, cfg)
     model = METHODS["dps"].build(cfg, ctx)
     assert isinstance(model.policy, DpsMask)
@@ -181,8 +183,8 @@ def test_dropout_follows_the_config_for_every_method(bert: Backbone, sentiment: 
     outs = {}
     for dropout in (False, True):
         recipe = "servable" if "servable" in METHODS[method].recipes else "paper"
-        cfg = TrainConfig(method=method, recipe=recipe, batch_size=8, dropout=dropout,
-                          fisher_examples=8)
+        fisher = {"fisher_examples": 8} if method == "child-d" else {}
+        cfg = TrainConfig.flat(method=method, recipe=recipe, batch_size=8, dropout=dropout, **fisher)
         ctx = context(bert, sentiment, cfg)
         model = METHODS[method].build(cfg, ctx)
         batch = next(batches(ctx.train, 8, ctx.pad_id, ctx.device))
@@ -262,9 +264,9 @@ def test_eh_ft_stage_split_and_stage_two_start(bert: Backbone, sentiment: Datase
                       head_init_frac=0.1, dropout=False, seed=2)
     res = train(cfg, bert, sentiment, sentiment, "accuracy", head_cache=cache, export=False, **QUIET)
     total = steps_for(len(sentiment.examples), 4, 4)  # 20 steps
-    stage1 = res.training["head_init_stage"]
-    assert stage1["steps"] == round(0.1 * total) == 2 and res.training["steps"] == total - 2
-    assert stage1["method"] == pet.split(":")[1] and stage1["lr"] == 5e-4
+    stage1 = res.training.head_init_stage
+    assert stage1 is not None and stage1.steps == round(0.1 * total) == 2 and res.training.steps == total - 2
+    assert stage1.method == pet.split(":")[1] and stage1.lr == 5e-4
     ((head, _),) = cache.values()
     # stage 2 with a vanishing lr: the model is the original backbone + the stage-1 head
     frozen = TrainConfig(method="full", recipe="paper", epochs=4, batch_size=4, head_init=pet,
@@ -329,7 +331,7 @@ def test_regression_is_standardised_and_served_on_the_task_scale(
                       warmup=0.0, dropout=False)
     res = train(cfg, bert, data, data, "pearson", **QUIET)
     assert res.scale is not None and res.scale.mean == 35.0 and res.scale.std == 5.0
-    assert res.training["regression_scale"] == {"mean": 35.0, "std": 5.0}
+    assert res.training.regression_scale == {"mean": 35.0, "std": 5.0}
     assert res.metrics["pearson"] > 0.5
     # the trainer's own predictions, on the task's scale
     dev = encode(bert.tokenizer, data, 32)

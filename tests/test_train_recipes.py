@@ -11,6 +11,7 @@ import torch
 from polyhead.engine import Backbone, load_backbone
 from polyhead.trainer import Dataset, Example, TrainConfig, train
 from polyhead.trainer import loop as loop_mod
+from polyhead.trainer.algos.eh_ft import EhFtOptions
 from polyhead.trainer.models import PetModel
 from polyhead.trainer.table import METHODS
 from tests.test_train import NEG, POS
@@ -43,17 +44,16 @@ def test_pasta_paper_recipe_is_its_codes_optimiser_and_schedule() -> None:
     assert (mine.batch, mine.decay) == (8, 0.1)  # given options win over the recipe's
 
 
-def test_pasta_paper_classifier_is_hf_normal_init(bert: Backbone) -> None:
+def test_pasta_paper_classifier_is_hf_normal_init(bert: Backbone, sentiment: Dataset) -> None:
     """The classifier starts as BertForSequenceClassification's: N(0, 0.02), zero bias."""
-    from polyhead.engine import HeadConfig
-
-    head = HeadConfig(num_outputs=2, type="pooler")
-    model = PetModel(bert, TrainConfig(method="pasta", recipe="paper", seed=3), head)
+    paper, servable = TrainConfig(method="pasta", recipe="paper", seed=3), TrainConfig(method="pasta", seed=3)
+    model = METHODS["pasta"].build(paper, _ctx(bert, sentiment, paper))
+    assert isinstance(model, PetModel)
     w, b = model.head_tensors()["head.weight"], model.head_tensors()["head.bias"]
     want = torch.randn(w.shape, generator=torch.Generator().manual_seed(3)) * 0.02
     torch.testing.assert_close(w, want, atol=0, rtol=0)
     assert not b.any()
-    servable = PetModel(bert, TrainConfig(method="pasta", seed=3), head).head_tensors()["head.weight"]
+    servable = METHODS["pasta"].build(servable, _ctx(bert, sentiment, servable)).head_tensors()["head.weight"]
     assert not torch.equal(servable, w)  # nn.Linear's uniform init there
 
 
@@ -101,7 +101,7 @@ def test_a_stopped_run_resumes_from_its_epoch_checkpoint(bert: Backbone, sentime
                   log_fn=said.append, checkpoint=ckpt)
     assert any("resumed after epoch 2" in s for s in said)
     assert not any("epoch 1:" in s or "epoch 2:" in s for s in said)  # not trained again
-    assert again.training["dev_history"] == whole.training["dev_history"]
+    assert again.training.dev_history == whole.training.dev_history
     assert again.losses == whole.losses
     for k, v in whole.model.state().items():
         torch.testing.assert_close(again.model.state()[k], v, atol=0, rtol=0)
@@ -159,8 +159,8 @@ def test_eh_ft_recipe_is_the_papers_optimiser_in_both_stages(
 
     with pytest.raises(TrainConfigError, match="only the paper recipe"):
         TrainConfig(method="eh-ft")
-    with pytest.raises(TrainConfigError, match="head-init-epochs"):
-        TrainConfig(method="full", recipe="paper", head_init="pet:lora", head_init_epochs=2)
+    with pytest.raises(TrainConfigError, match="--head-init-epochs applies to --method eh-ft, not full"):
+        TrainConfig.flat(method="full", recipe="paper", head_init="pet:lora", head_init_epochs=2)
     made: list[dict] = []
     clips: list[float] = []
     real_adamw, real_clip = torch.optim.AdamW, torch.nn.utils.clip_grad_norm_
@@ -175,17 +175,17 @@ def test_eh_ft_recipe_is_the_papers_optimiser_in_both_stages(
 
     monkeypatch.setattr(loop_mod.torch.optim, "AdamW", adamw)
     monkeypatch.setattr(loop_mod.torch.nn.utils, "clip_grad_norm_", clip)
-    run = TrainConfig(method="eh-ft", recipe="paper", epochs=1, head_init="pet:lora", head_init_epochs=1,
-                      batch_size=8)
+    run = TrainConfig(method="eh-ft", recipe="paper", epochs=1, head_init="pet:lora", batch_size=8,
+                      options=EhFtOptions(head_init_epochs=1))
     res = train(run, bert, sentiment, sentiment, "accuracy", export=False, **QUIET)
     assert [(k["betas"], k["eps"], k["lr"]) for k in made] == [((0.9, 0.98), 1e-6, 5e-4),
                                                               ((0.9, 0.98), 1e-6, 1e-4)]
     assert clips and set(clips) == {0.1}
-    assert res.training["head_init_stage"]["lr"] == 5e-4
+    assert res.training.head_init_stage is not None and res.training.head_init_stage.lr == 5e-4
 
 
 def test_eh_ft_head_is_a_2048_relu_mlp_on_the_first_token(bert: Backbone, sentiment: Dataset) -> None:
-    from polyhead.trainer.algos.eh_ft import EhFtModel
+    from polyhead.trainer.algos.eh_ft_model import EhFtModel
     from polyhead.trainer.loop import batches
 
     cfg = TrainConfig(method="eh-ft", recipe="paper", seed=4)
@@ -216,11 +216,11 @@ def test_eh_ft_stage_one_trains_the_pet_and_head_and_stage_two_starts_from_them(
     """Stage 1: only LoRA on Q, K, V, O (or the encoder biases) and the head train, for
     --head-init-epochs at batch 32; stage 2 starts from the original weights and that head
     (BitFit's path: its weights, biases zero), with no PET parameter left."""
-    from polyhead.trainer.algos import eh_ft
+    from polyhead.trainer.algos import eh_ft_model as eh_ft
     from polyhead.trainer.loop import steps_for
 
-    cfg = TrainConfig(method="eh-ft", recipe="paper", head_init=pet, head_init_epochs=3, batch_size=4,
-                      seed=2, lr=1e-12)
+    cfg = TrainConfig(method="eh-ft", recipe="paper", head_init=pet, batch_size=4, seed=2, lr=1e-12,
+                      options=EhFtOptions(head_init_epochs=3))
     ctx = _ctx(bert, sentiment, cfg)
     first = eh_ft.EhFtModel(bert, cfg, ctx.head, pet=pet.split(":")[1])
     trained = {n for n, p in first.params.items() if p.requires_grad}
@@ -236,11 +236,12 @@ def test_eh_ft_stage_one_trains_the_pet_and_head_and_stage_two_starts_from_them(
     assert {n for n in trained if n.startswith("head.")} == {
         "head.dense.weight", "head.dense.bias", "head.out.weight", "head.out.bias"}
     torch.manual_seed(cfg.seed)  # as train() seeds the run
-    head, info = eh_ft.stage_one(cfg, ctx)
-    assert info["steps"] == steps_for(len(sentiment.examples), 3, 4) and info["epochs"] == 3
+    head, info = eh_ft.stage_one(cfg, ctx, 3)
+    assert info.steps == steps_for(len(sentiment.examples), 3, 4) and info.epochs == 3
     res = train(cfg, bert, sentiment, sentiment, "accuracy", export=False, **QUIET)
-    assert res.training["head_init_stage"]["steps"] == info["steps"]
-    assert res.training["steps"] == steps_for(len(sentiment.examples), cfg.num_epochs, 4)  # stage 2: --epochs
+    stage = res.training.head_init_stage
+    assert stage is not None and stage.steps == info.steps
+    assert res.training.steps == steps_for(len(sentiment.examples), cfg.num_epochs, 4)  # stage 2: --epochs
     model = res.model
     for k, v in model.head_tensors().items():
         want = torch.zeros_like(v) if (pet == "pet:bitfit" and k.endswith("bias")) else head[k]
@@ -257,10 +258,10 @@ def test_eh_ft_stage_one_trains_the_pet_and_head_and_stage_two_starts_from_them(
 
 
 def test_eh_ft_lora_starts_as_a_no_op_and_adds_scale_b_a(bert: Backbone, sentiment: Dataset) -> None:
-    from polyhead.trainer.algos.eh_ft import EhFtModel
+    from polyhead.trainer.algos.eh_ft_model import EhFtModel
     from polyhead.trainer.loop import batches
 
-    cfg = TrainConfig(method="eh-ft", recipe="paper", seed=5, dropout=False)
+    cfg = TrainConfig(method="eh-ft", recipe="paper", seed=5, dropout=False, head_init="pet:lora")
     ctx = _ctx(bert, sentiment, cfg)
     plain, lora = EhFtModel(bert, cfg, ctx.head), EhFtModel(bert, cfg, ctx.head, pet="lora")
     batch = next(batches(ctx.dev, 8, ctx.pad_id, ctx.device))
@@ -282,12 +283,12 @@ def test_eh_ft_without_head_init_is_the_fair_baseline(bert: Backbone, sentiment:
 
     cfg = TrainConfig(method="eh-ft", recipe="paper", epochs=2, batch_size=4, seed=1)
     res = train(cfg, bert, sentiment, sentiment, "accuracy", export=False, **QUIET)
-    assert "head_init_stage" not in res.training
-    assert res.training["steps"] == steps_for(len(sentiment.examples), 2, 4)
+    assert "head_init_stage" not in res.training.to_json()
+    assert res.training.steps == steps_for(len(sentiment.examples), 2, 4)
     with_head = TrainConfig(method="eh-ft", recipe="paper", epochs=2, batch_size=4, seed=1,
-                            head_init="pet:bitfit", head_init_epochs=1)
+                            head_init="pet:bitfit", options=EhFtOptions(head_init_epochs=1))
     said: list[str] = []
     res2 = train(with_head, bert, sentiment, sentiment, "accuracy", export=False, progress=False,
                  log_fn=said.append)
-    assert res2.training["steps"] == res.training["steps"]  # the same stage-2 budget
+    assert res2.training.steps == res.training.steps  # the same stage-2 budget
     assert any(s.startswith("[EH-FT stage 1] 5 steps of bitfit") for s in said)  # 20 rows, batch 4

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from polyhead._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from polyhead.engine.artifact import TaskArtifact
+    from polyhead.engine.artifact import TaskArtifact, ValidArtifact
     from polyhead.engine.attach import TaskModule
     from polyhead.engine.backbone import Backbone, BackboneError, load_backbone
     from polyhead.engine.engine import Engine, LoadedTask, TextInput
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from polyhead.engine.spec import BackboneSpec
 
 _WHERE = {
-    "TaskArtifact": ".artifact", "TaskModule": ".attach",
+    "TaskArtifact": ".artifact", "ValidArtifact": ".artifact", "TaskModule": ".attach",
     "Backbone": ".backbone", "BackboneError": ".backbone",
     "load_backbone": ".backbone", "Engine": ".engine",
     "LoadedTask": ".engine", "TextInput": ".engine",
@@ -33,7 +33,7 @@ _WHERE = {
 __all__ = [
     "ArtifactError", "Backbone", "BackboneError", "BackboneSpec", "ConfigError", "Engine",
     "HeadConfig", "Kind", "LoadedTask", "SlotsExhausted", "TaskArtifact", "TaskModule",
-    "TextInput", "get_kind", "kind_names", "load_backbone",
+    "TextInput", "ValidArtifact", "get_kind", "kind_names", "load_backbone",
 ]
 
 

@@ -39,6 +39,13 @@ class TaskArtifact:
         kind.validate(self.kind_tensors(), spec, self.config)
         validate_head(self.head_tensors(), spec, self.head)
 
+    def checked(self, spec: BackboneSpec) -> ValidArtifact:
+        """This artifact as checked against ``spec``'s backbone (``validate``; raises
+        ArtifactError): the type ``decode_artifact`` returns and the engine's tables take."""
+        self.validate(spec)
+        return ValidArtifact(self.kind, self.config, self.head, self.tensors,
+                             fingerprint=spec.fingerprint)
+
     def measures(self) -> dict[str, float]:
         """Sizes a store may limit: head outputs and the kind's own (rank, density)."""
         return {"outputs": self.head.num_outputs, **self.kind_impl.measures(self.config)}
@@ -57,3 +64,15 @@ class TaskArtifact:
         head = HeadConfig(num_outputs=num_outputs, type=head_type)
         tensors = {**impl.init(spec, cfg, zero=zero, generator=g), **init_head(spec, head, g)}
         return cls(kind, cfg, head, tensors)
+
+
+@dataclasses.dataclass
+class ValidArtifact(TaskArtifact):
+    """A TaskArtifact checked against the backbone with ``fingerprint`` (made by
+    ``TaskArtifact.checked``, which ``decode_artifact`` runs): the engine loads it into
+    that backbone's tables without checking it again. Its tensors are not to be changed."""
+
+    fingerprint: str = dataclasses.field(kw_only=True)
+
+    def checked(self, spec: BackboneSpec) -> ValidArtifact:
+        return self if self.fingerprint == spec.fingerprint else super().checked(spec)

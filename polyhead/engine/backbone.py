@@ -44,12 +44,6 @@ class Backbone:
     # prepacked fp32 on a CPU under an explicit "fp32"; None: F.linear on the weights
     linears: Linears | None = None
 
-    def param(self, name: str) -> torch.Tensor:
-        return self._params[name]
-
-    def __post_init__(self) -> None:
-        self._params = dict(self.model.named_parameters())
-
 
 def pick_device(device: str | torch.device | None) -> torch.device:
     if device is None or device == "auto":

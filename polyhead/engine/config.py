@@ -11,11 +11,14 @@ from polyhead.engine.errors import ConfigError
 
 # sparse artifacts: which weights a mask may choose (single entries, or whole input columns)
 STRUCTURES = ("entries", "columns")
+# a task head's types (polyhead.engine.heads.HeadConfig; the trainer's --head)
+HEAD_TYPES = ("linear", "mlp", "pooler")
 # the backbone's arithmetic when serving (polyhead.engine.precision, which needs torch)
 PRECISIONS = ("fp32", "int8", "bf16")
 
 CONFIG_SCHEMA_VERSION = 1
-__all__ = ["CONFIG_SCHEMA_VERSION", "PRECISIONS", "STRUCTURES", "BaseConfig", "ConfigError", "require"]
+__all__ = ["CONFIG_SCHEMA_VERSION", "HEAD_TYPES", "PRECISIONS", "STRUCTURES", "BaseConfig", "ConfigError",
+           "require"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from polyhead.engine.artifact import TaskArtifact
+from polyhead.engine.artifact import TaskArtifact, ValidArtifact
 from polyhead.engine.backbone import Backbone
 from polyhead.engine.encoder import BatchContext, Effect, Encoder
 from polyhead.engine.errors import SlotsExhausted
@@ -51,12 +51,31 @@ class LoadedTask:
                 + (t.mlps.row_bytes() if self.mlp_slot >= 0 else 0))
 
 
+@dataclasses.dataclass(frozen=True)
+class KindBatch:
+    """One kind table as a forward reads it: the kind, the table's fields (field name ->
+    (N, *shape)) and each batch row's slot in it (B,), -1 for rows not of this table."""
+
+    kind: Kind
+    fields: Mapping[str, Tensor]
+    slots: Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadBatch:
+    """One head table as a forward reads it: its fields and each row's slot (B,), -1: none."""
+
+    fields: Mapping[str, Tensor]
+    slots: Tensor
+
+
 @dataclasses.dataclass
 class BatchSlots:
-    """What one forward reads: per kind table, its fields and each row's slot (-1: none)."""
+    """What one forward reads: per kind table and per head table, its fields and each
+    row's slot (-1: none)."""
 
-    kinds: Mapping[str, tuple[Kind, Mapping[str, Tensor], Tensor]]  # table key -> ...
-    heads: Mapping[str, tuple[Mapping[str, Tensor], Tensor]]  # head table -> fields, (B,) slots
+    kinds: Mapping[str, KindBatch]  # by table key (Kind.table_key)
+    heads: Mapping[str, HeadBatch]  # by head table key (heads.head_table_key)
     mlps: Mapping[str, Tensor]
     widths: list[int]  # each row's output count (0: no task, the row returns [CLS])
 
@@ -103,8 +122,8 @@ class SlotTables:
         """Device bytes of the slots in use."""
         return sum(t.used * t.row_bytes() for t in self.all_tables() if t.fields)
 
-    def load(self, artifact: TaskArtifact, over_budget: bool = False) -> LoadedTask:
-        """Write a validated artifact's rows into free slots of the tables."""
+    def load(self, artifact: ValidArtifact, over_budget: bool = False) -> LoadedTask:
+        """Write a checked artifact's rows into free slots of the tables."""
         kind, cfg, spec = artifact.kind_impl, artifact.config, self.spec
         rows = kind.rows(artifact.kind_tensors(), spec, cfg)
         key = kind.table_key(rows)
@@ -209,9 +228,9 @@ class SlotTables:
             head_slots.setdefault(t.head_table, [-1] * B)[i] = t.head_slot
             widths[i] = t.head.num_outputs
             kinds_of[t.table] = t.kind
-        kinds = {n: (kinds_of[n], dict(self.kinds[n].fields), torch.tensor(s, device=device))
+        kinds = {n: KindBatch(kinds_of[n], dict(self.kinds[n].fields), torch.tensor(s, device=device))
                  for n, s in kind_slots.items()}
-        heads = {n: (dict(self.head_tables[n].fields), torch.tensor(s, device=device))
+        heads = {n: HeadBatch(dict(self.head_tables[n].fields), torch.tensor(s, device=device))
                  for n, s in head_slots.items()}
         return BatchSlots(kinds, heads, dict(self.mlps.fields), widths)
 
@@ -240,10 +259,11 @@ class Engine:
         return self.backbone.spec
 
     def load(self, artifact: TaskArtifact, over_budget: bool = False) -> LoadedTask:
-        """Validate an artifact and write it into free slots of the engine's tables
-        (``over_budget``: even where the device budget has no room; see SlotTables)."""
-        artifact.validate(self.spec)
-        return self.tables.load(artifact, over_budget)
+        """Write an artifact into free slots of the engine's tables (``over_budget``: even
+        where the device budget has no room; see SlotTables). It is checked against the
+        backbone here unless it already was: a ValidArtifact for this backbone (what
+        ``decode_artifact`` returns) is not checked twice."""
+        return self.tables.load(artifact.checked(self.spec), over_budget)
 
     def unload(self, task: LoadedTask) -> None:
         """Free a task's slots; the caller guarantees no batch in flight still uses it."""
@@ -295,17 +315,24 @@ class Engine:
 
     def pad(self, enc: Sequence[Encoded]) -> tuple[Tensor, Tensor, Tensor]:
         """(B, T) input ids, attention mask and token type ids, right-padded."""
-        T = max(len(e.ids) for e in enc)
         dev = self.backbone.device
-        ids = torch.full((len(enc), T), self.pad_id, dtype=torch.long)
-        types = torch.zeros((len(enc), T), dtype=torch.long)
-        mask = torch.zeros((len(enc), T), dtype=torch.bool)
-        for i, e in enumerate(enc):
-            n = len(e.ids)
-            ids[i, :n] = torch.tensor(e.ids)
-            types[i, :n] = torch.tensor(e.type_ids)
-            mask[i, :n] = True
+        ids, mask, types = pad_rows([e.ids for e in enc], [e.type_ids for e in enc], self.pad_id)
         return ids.to(dev), mask.to(dev), types.to(dev)
+
+
+def pad_rows(ids: Sequence[Sequence[int]], type_ids: Sequence[Sequence[int]], pad_id: int,
+             mask_dtype: torch.dtype = torch.bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(B, T) input ids, attention mask and token type ids, right-padded to the longest
+    row, on the CPU: serving's batches and the trainer's."""
+    B, T = len(ids), max(len(r) for r in ids)
+    out = torch.full((B, T), pad_id, dtype=torch.long)
+    types = torch.zeros((B, T), dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=mask_dtype)
+    for i, (r, t) in enumerate(zip(ids, type_ids, strict=True)):
+        out[i, :len(r)] = torch.tensor(r)
+        types[i, :len(r)] = torch.tensor(t)
+        mask[i, :len(r)] = 1
+    return out, mask, types
 
 
 def forward_tasks(encoder: Encoder, ids: Tensor, mask: Tensor, types: Tensor,
@@ -342,13 +369,13 @@ def forward_slots(encoder: Encoder, ids: Tensor, mask: Tensor, types: Tensor,
     hidden = encoder.forward(ctx, types, effects_for(batch, ctx))
     cls = hidden[:, 0]  # (B, d)
     out: list[Tensor] = list(cls)
-    for fields, slots in batch.heads.values():  # one product per head table present
-        rows, sel = slot_rows(slots)
+    for head in batch.heads.values():  # one product per head table present
+        rows, sel = slot_rows(head.slots)
         if not len(rows):
             continue
         index = rows.tolist()
         width = max(batch.widths[r] for r in index)
-        logits = apply_heads(fields, batch.mlps, rows, sel, cls, encoder.pooler, width)
+        logits = apply_heads(head.fields, batch.mlps, rows, sel, cls, encoder.pooler, width)
         for j, r in enumerate(index):
             out[r] = logits[j, :batch.widths[r]]
     return out
@@ -364,8 +391,7 @@ def group_rows(tasks: Sequence[LoadedTask | None], device: torch.device) -> Batc
 
 def effects_for(batch: BatchSlots, ctx: BatchContext) -> list[Effect]:
     """One effect per kind table present in the batch, each gathering its rows by slot."""
-    return [kind.effect(tables, slots, ctx) for kind, tables, slots in batch.kinds.values()
-            if tables]
+    return [k.kind.effect(k.fields, k.slots, ctx) for k in batch.kinds.values() if k.fields]
 
 
 def plan_buckets(lengths: Sequence[int], max_batch: int) -> list[list[int]]:

@@ -11,13 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from polyhead.engine.config import BaseConfig, require
+from polyhead.engine.config import HEAD_TYPES, BaseConfig, require
 from polyhead.engine.errors import ArtifactError
 from polyhead.engine.kinds import check_exact
-from polyhead.engine.slots import Field
+from polyhead.engine.slots import Field, single_row
 from polyhead.engine.spec import BackboneSpec
-
-HEAD_TYPES = ("linear", "mlp", "pooler")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,10 +99,12 @@ def head_rows(t: Mapping[str, Tensor], cfg: HeadConfig,
 
 
 def apply_heads(heads: Mapping[str, Tensor], mlps: Mapping[str, Tensor], rows: Tensor,
-                sel: Tensor, cls: Tensor, pooler: Any, width: int) -> Tensor:
+                sel: Tensor, cls: Tensor, pooler: Any, width: int, drop: float = 0.0) -> Tensor:
     """(n, width) logits for batch rows ``rows`` (head slots ``sel``) from (B, d) [CLS]
-    states; width: the largest output count among them (a row's own is a prefix of it)."""
-    z = cls[rows]
+    states; width: the largest output count among them (a row's own is a prefix of it).
+    The one head forward, serving's and training's: ``drop`` > 0 (training) adds
+    BertForSequenceClassification's dropout before each of the head's Linears."""
+    z = cls[rows]  # (n, d)
     pooled = heads[POOLED][sel].to(z.dtype)[:, None]
     if pooler is not None and bool(pooled.any()):
         pz = torch.tanh(F.linear(z, pooler.dense.weight, pooler.dense.bias))
@@ -113,18 +113,29 @@ def apply_heads(heads: Mapping[str, Tensor], mlps: Mapping[str, Tensor], rows: T
     mrows = torch.nonzero(ms >= 0, as_tuple=True)[0]
     if len(mrows):
         m = ms[mrows]
-        h = torch.bmm(mlps[MLP_W][m].to(z.dtype), z[mrows, :, None])[..., 0]
-        z = z.index_copy(0, mrows, torch.tanh(h + mlps[MLP_B][m].to(z.dtype)))
-    w, b = heads[OUT_W][:, :width][sel].to(z.dtype), heads[OUT_B][:, :width][sel].to(z.dtype)
-    return torch.bmm(w, z[:, :, None])[..., 0] + b
+        zm = _dropout(z[mrows], drop)[:, :, None]  # (n_mlp, d, 1)
+        h = torch.bmm(mlps[MLP_W][m].to(z.dtype), zm)[..., 0]  # bf16 under autocast
+        h = torch.tanh(h + mlps[MLP_B][m].to(h.dtype))
+        z = z.index_copy(0, mrows, h.to(z.dtype))
+    w, b = heads[OUT_W][:, :width][sel].to(z.dtype), heads[OUT_B][:, :width][sel]
+    out = torch.bmm(w, _dropout(z, drop)[:, :, None])[..., 0]  # (n, width)
+    return out + b.to(out.dtype)
 
 
-def apply_head(t: Mapping[str, Tensor], cfg: HeadConfig, cls: Tensor, pooler: Any) -> Tensor:
-    """One head on (n, d) [CLS] states -> (n, C) logits (the trainer's full-model path)."""
-    if cfg.type == "mlp":
-        h = torch.tanh(F.linear(cls, t["head.dense.weight"], t["head.dense.bias"]))
-        return F.linear(h, t["head.out.weight"], t["head.out.bias"])
+def apply_head(t: Mapping[str, Tensor], cfg: HeadConfig, cls: Tensor, pooler: Any,
+               drop: float = 0.0) -> Tensor:
+    """One head on (n, d) [CLS] states -> (n, C) logits (the trainer's path): its tensors
+    as one-slot tables through ``apply_heads``."""
+    mlp = cfg.type == "mlp"
+    head, mlp_row = head_rows(t, cfg, 0 if mlp else -1)
+    n = cls.shape[0]
+    rows = torch.arange(n, device=cls.device)
+    sel = torch.zeros(n, dtype=torch.long, device=cls.device)
     if cfg.type == "pooler":
         assert pooler is not None
-        cls = torch.tanh(F.linear(cls, pooler.dense.weight, pooler.dense.bias))
-    return F.linear(cls, t["head.weight"], t["head.bias"])
+    return apply_heads(single_row(head), single_row(mlp_row), rows, sel, cls, pooler,
+                       cfg.num_outputs, drop)
+
+
+def _dropout(x: Tensor, p: float) -> Tensor:
+    return F.dropout(x, p) if p > 0 else x

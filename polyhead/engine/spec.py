@@ -38,10 +38,6 @@ class BackboneSpec:
     fingerprint: str
     param_shapes: Mapping[str, tuple[int, ...]]  # HF names, e.g. encoder.layer.0.output.dense.weight
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.num_heads
-
     def layer_prefix(self, layer: int) -> str:
         return f"encoder.layer.{layer}."
 

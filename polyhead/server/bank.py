@@ -14,9 +14,13 @@ slack, or a table that widened), the least recently used versions that no reques
 are evicted until it fits. When every slot is held by requests in flight, the version
 loads over the budget rather than failing the request; later loads reuse that slot, and
 it goes back to the device once it is a trailing free one.
-A miss loads in a worker thread: other tasks' requests keep being served meanwhile.
-Concurrent misses on one version load it once (a lock per version, second check inside).
-The bank is used from one asyncio event loop; only the load itself runs elsewhere.
+Every load, a miss (``get``) or a version the replica just published (``put``), runs one
+path: the store read (misses only) and the write into the engine's tables run on the
+executor, so other tasks' requests keep being served meanwhile; evictions run on the
+event loop between tries. Concurrent loads of one version load it once (a lock per
+version, second check inside). The bank is used from one asyncio event loop; only the
+reads and the table writes run elsewhere. It knows the store and the engine only by what
+it is given: a ``Source`` (reads a version) and a ``Loader`` (the engine's tables).
 """
 
 from __future__ import annotations
@@ -24,14 +28,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import enum
 import time
 import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
-from functools import partial
+from typing import Protocol, TypeVar
 
-from polyhead.engine import LoadedTask, SlotsExhausted, TaskArtifact
+from polyhead.engine import LoadedTask, SlotsExhausted, ValidArtifact
+
+_T = TypeVar("_T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,28 +67,44 @@ class Resident:
     evicted: bool = False  # left the device tier; slots freed when pins reach 0
     nbytes: int = 0  # device bytes counted for it when admitted (subtracted when it leaves)
 
-    @property
-    def slot(self) -> int:
-        return self.task.slot
+
+class BankEvent(enum.Enum):
+    """What the bank tells its listener (the value is the metric's ``event`` tag)."""
+
+    HIT = "hit"
+    MISS = "miss"
+    EVICT_DEVICE = "evict_device"
+    EVICT_HOST = "evict_host"
 
 
-Fetch = Callable[[VersionKey], tuple[TaskArtifact, TaskMeta]]
-Prepare = Callable[..., LoadedTask]  # (artifact, over_budget=False)
-Release = Callable[[LoadedTask], None]
-Listener = Callable[[str, VersionKey], None]  # event: hit, miss, evict_device, evict_host
+class Source(Protocol):
+    """Reads a version (blocking; the bank calls it on its executor)."""
+
+    def __call__(self, key: VersionKey) -> tuple[ValidArtifact, TaskMeta]: ...
+
+
+class Loader(Protocol):
+    """The tables a version is loaded into (``Engine`` is one). ``load`` blocks (the bank
+    calls it on its executor) and raises SlotsExhausted when the tables have no room,
+    unless ``over_budget``."""
+
+    def load(self, artifact: ValidArtifact, over_budget: bool = False) -> LoadedTask: ...
+
+    def unload(self, task: LoadedTask) -> None: ...
+
+
+Listener = Callable[[BankEvent, VersionKey], None]
 
 
 class AdapterBank:
-    def __init__(self, fetch: Fetch, prepare: Prepare, release: Release | None = None, *,
-                 device_budget: int, host_budget: int, executor: Executor | None = None,
-                 listener: Listener | None = None) -> None:
-        self._fetch, self._prepare = fetch, prepare
-        self._release_task = release or (lambda task: None)
+    def __init__(self, source: Source, loader: Loader, *, device_budget: int, host_budget: int,
+                 executor: Executor | None = None, listener: Listener | None = None) -> None:
+        self._source, self._loader = source, loader
         self.device_budget, self.host_budget = device_budget, host_budget
         self._executor = executor
         self._listener = listener
         self._device: OrderedDict[VersionKey, Resident] = OrderedDict()
-        self._host: OrderedDict[VersionKey, tuple[TaskArtifact, TaskMeta]] = OrderedDict()
+        self._host: OrderedDict[VersionKey, tuple[ValidArtifact, TaskMeta]] = OrderedDict()
         self.device_bytes = 0
         self.host_bytes = 0
         self._locks: weakref.WeakValueDictionary[VersionKey, asyncio.Lock] = (
@@ -89,28 +112,43 @@ class AdapterBank:
 
     async def get(self, key: VersionKey) -> Resident:
         """The resident version, loading it (from the host tier or the store) on a miss."""
+        return await self._resident(key)
+
+    async def put(self, key: VersionKey, artifact: ValidArtifact, meta: TaskMeta) -> Resident:
+        """Make a version resident from an artifact already read and checked (a publish):
+        the same path as a miss, without the store read."""
+        return await self._resident(key, (artifact, meta))
+
+    async def _resident(self, key: VersionKey,
+                        given: tuple[ValidArtifact, TaskMeta] | None = None) -> Resident:
         hit = self._touch(key)
         if hit is not None:
             return hit
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
-            hit = self._touch(key)  # loaded by a concurrent miss while we waited
+            hit = self._touch(key)  # loaded by a concurrent call while we waited
             if hit is not None:
                 return hit
-            self._emit("miss", key)
-            host = self._host.get(key)
-            loop = asyncio.get_running_loop()
-            artifact, meta = host if host is not None else await loop.run_in_executor(
-                self._executor, self._fetch, key)
-            task = None
-            while task is None:
-                try:
-                    task = await loop.run_in_executor(self._executor, self._prepare, artifact)
-                except SlotsExhausted:
-                    if not self._evict_unheld():  # every slot held by requests in flight
-                        task = await loop.run_in_executor(
-                            self._executor, partial(self._prepare, artifact, over_budget=True))
-            return self._admit(Resident(key, task, meta), artifact)
+            if given is None:
+                self._emit(BankEvent.MISS, key)
+                given = self._host.get(key)
+            if given is None:
+                given = await self._off_loop(self._source, key)
+            artifact, meta = given
+            return self._admit(Resident(key, await self._load(artifact), meta), artifact)
+
+    async def _load(self, artifact: ValidArtifact) -> LoadedTask:
+        """Its rows in the tables (written on the executor), evicting versions no request
+        holds while the tables have no room; over the budget when every slot is held."""
+        while True:
+            try:
+                return await self._off_loop(self._loader.load, artifact)
+            except SlotsExhausted:
+                if not self._evict_unheld():  # every slot held by requests in flight
+                    return await self._off_loop(self._loader.load, artifact, True)
+
+    async def _off_loop(self, fn: Callable[..., _T], *args: object) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     @contextlib.asynccontextmanager
     async def using(self, key: VersionKey) -> AsyncIterator[Resident]:
@@ -122,21 +160,7 @@ class AdapterBank:
         finally:
             res.pins -= 1
             if res.evicted and res.pins == 0:
-                self._release_task(res.task)
-
-    def put(self, key: VersionKey, artifact: TaskArtifact, meta: TaskMeta) -> Resident:
-        """Make a version resident from an artifact already decoded (blocking; small)."""
-        res = self._touch(key)
-        if res is None:
-            task = None
-            while task is None:
-                try:
-                    task = self._prepare(artifact)
-                except SlotsExhausted:
-                    if not self._evict_unheld():  # every slot held by requests in flight
-                        task = self._prepare(artifact, over_budget=True)
-            res = self._admit(Resident(key, task, meta), artifact)
-        return res
+                self._loader.unload(res.task)
 
     def peek(self, key: VersionKey) -> Resident | None:
         return self._device.get(key)
@@ -170,10 +194,10 @@ class AdapterBank:
             self._device.move_to_end(key)
             if key in self._host:
                 self._host.move_to_end(key)
-            self._emit("hit", key)
+            self._emit(BankEvent.HIT, key)
         return res
 
-    def _admit(self, res: Resident, artifact: TaskArtifact) -> Resident:
+    def _admit(self, res: Resident, artifact: ValidArtifact) -> Resident:
         res.loaded_at = time.monotonic()
         res.nbytes = res.task.nbytes
         self._device[res.key] = res
@@ -183,14 +207,14 @@ class AdapterBank:
         while self.device_bytes > self.device_budget and len(self._device) > 1:
             key, old = self._device.popitem(last=False)
             self._release(old)
-            self._emit("evict_device", key)
+            self._emit(BankEvent.EVICT_DEVICE, key)
         while self.host_bytes > self.host_budget and self._host:
             key = next(iter(self._host))
             self._drop_host(key)
-            self._emit("evict_host", key)
+            self._emit(BankEvent.EVICT_HOST, key)
         return res
 
-    def _keep_host(self, key: VersionKey, artifact: TaskArtifact, meta: TaskMeta) -> None:
+    def _keep_host(self, key: VersionKey, artifact: ValidArtifact, meta: TaskMeta) -> None:
         if key not in self._host:
             self.host_bytes += artifact.nbytes
         self._host[key] = (artifact, meta)
@@ -207,7 +231,7 @@ class AdapterBank:
         if key is None:
             return False
         self._release(self._device.pop(key))
-        self._emit("evict_device", key)
+        self._emit(BankEvent.EVICT_DEVICE, key)
         return True
 
     def _release(self, res: Resident) -> None:
@@ -215,8 +239,8 @@ class AdapterBank:
         self.device_bytes -= res.nbytes
         res.evicted = True
         if res.pins == 0:
-            self._release_task(res.task)
+            self._loader.unload(res.task)
 
-    def _emit(self, event: str, key: VersionKey) -> None:
+    def _emit(self, event: BankEvent, key: VersionKey) -> None:
         if self._listener is not None:
             self._listener(event, key)

@@ -6,17 +6,16 @@ import dataclasses
 import os
 import secrets
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
+from polyhead.client.tokens import TOKEN_ENV, saved_token, token_file  # shared with the clients
+from polyhead.client.tokens import TOKEN_FILE_ENV as TOKEN_FILE_ENV  # re-exported
 from polyhead.engine.config import PRECISIONS  # torch-free: `polyhead --help` imports this module
 from polyhead.engine.errors import ConfigError  # the one configuration error type (re-exported)
 from polyhead.store.catalog import journal_mode
 from polyhead.store.errors import StoreError
 from polyhead.store.limits import Limits
 
-TOKEN_ENV = "POLYHEAD_TOKEN"
-TOKEN_FILE_ENV = "POLYHEAD_TOKEN_FILE"
 INFERENCE_TOKEN_ENV = "POLYHEAD_INFERENCE_TOKEN"
 MB = 1 << 20
 BATCH_ORDERS = ("fair", "fifo")
@@ -133,19 +132,6 @@ def _token(secret: Secret | None, env: str) -> str | None:
     if secret is not None and secret.value:
         return secret.value
     return os.environ.get(env) or None
-
-
-def token_file() -> Path:
-    """Where `polyhead serve` keeps the token it generated, and client commands look for it:
-    $POLYHEAD_TOKEN_FILE or ~/.polyhead/token."""
-    return Path(os.environ.get(TOKEN_FILE_ENV) or Path.home() / ".polyhead" / "token")
-
-
-def saved_token() -> str | None:
-    try:
-        return token_file().read_text().strip() or None
-    except OSError:
-        return None
 
 
 def generated_token() -> str:

@@ -28,7 +28,7 @@ from typing import Protocol, TypeVar
 
 from polyhead.store import sql
 from polyhead.store.errors import KindChangeError, NotFoundError, StoreError
-from polyhead.store.names import LATEST, alias_problem
+from polyhead.store.names import LATEST, check_alias
 from polyhead.store.sql import Conn, TaskInfo, VersionInfo
 
 T = TypeVar("T")
@@ -241,9 +241,7 @@ class Catalog(abc.ABC):
 
     def set_alias(self, task_id: str, alias: str, version: str) -> VersionInfo:
         """Point ``alias`` at a version (``version`` is any ref: alias, hex, prefix, ``v3``)."""
-        problem = alias_problem(alias)
-        if problem:
-            raise StoreError(problem)
+        check_alias(alias)
 
         def body(c: Conn) -> VersionInfo:
             target = sql.resolve(c, task_id, version)

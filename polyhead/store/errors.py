@@ -7,6 +7,10 @@ class StoreError(Exception):
     """The store cannot do what was asked (corrupt blob, bad alias, missing backbone spec)."""
 
 
+class InvalidAliasError(StoreError):
+    """A name that cannot be an alias (the caller's input: INVALID_ARGUMENT)."""
+
+
 class NotFoundError(StoreError):
     """An unknown task, version or alias."""
 

@@ -13,13 +13,14 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import overload
 
 import safetensors.torch
 import torch
 from safetensors import SafetensorError
 from torch import Tensor
 
-from polyhead.engine.artifact import TaskArtifact
+from polyhead.engine.artifact import TaskArtifact, ValidArtifact
 from polyhead.engine.config import ConfigError
 from polyhead.engine.errors import ArtifactError
 from polyhead.engine.heads import HeadConfig
@@ -58,9 +59,19 @@ def encode_artifact(manifest: Manifest, artifact: TaskArtifact) -> bytes:
     return safetensors.torch.save(tensors, metadata={METADATA_KEY: text})
 
 
+@overload
+def decode_artifact(data: bytes, spec: BackboneSpec, *,
+                    max_bytes: int = ...) -> tuple[Manifest, ValidArtifact]: ...
+@overload
+def decode_artifact(data: bytes, spec: None = None, *,
+                    max_bytes: int = ...) -> tuple[Manifest, TaskArtifact]: ...
+
+
 def decode_artifact(data: bytes, spec: BackboneSpec | None = None, *,
                     max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[Manifest, TaskArtifact]:
-    """Check everything (against ``spec``'s shapes and fingerprint when given) and decode."""
+    """Check everything (against ``spec``'s shapes and fingerprint when given) and decode.
+    With ``spec`` the artifact comes back as a ValidArtifact for that backbone, which the
+    engine loads without checking it again."""
     header = parse_header(data, max_bytes)
     manifest = _manifest(header)
     validate_task_id(manifest.task_id)
@@ -80,14 +91,21 @@ def decode_artifact(data: bytes, spec: BackboneSpec | None = None, *,
     artifact = TaskArtifact(manifest.kind, config, head, _tensors(data))
     if spec is None:
         _check_finite(artifact.tensors)
-    else:
-        _check_backbone(manifest, artifact, spec)
-    return manifest, artifact
+        return manifest, artifact
+    return manifest, _check_backbone(manifest, artifact, spec)
 
 
 def save_artifact(path: str | os.PathLike[str], manifest: Manifest, artifact: TaskArtifact) -> None:
     """Write the file atomically (a crash leaves the old file or the new one)."""
     atomic_write(Path(path), encode_artifact(manifest, artifact))
+
+
+@overload
+def load_artifact(path: str | os.PathLike[str], spec: BackboneSpec, *,
+                  max_bytes: int = ...) -> tuple[Manifest, ValidArtifact]: ...
+@overload
+def load_artifact(path: str | os.PathLike[str], spec: None = None, *,
+                  max_bytes: int = ...) -> tuple[Manifest, TaskArtifact]: ...
 
 
 def load_artifact(path: str | os.PathLike[str], spec: BackboneSpec | None = None, *,
@@ -144,12 +162,13 @@ def _check_finite(tensors: dict[str, Tensor]) -> None:
             raise ArtifactError("non_finite", f"{name}: contains NaN or Inf")
 
 
-def _check_backbone(manifest: Manifest, artifact: TaskArtifact, spec: BackboneSpec) -> None:
+def _check_backbone(manifest: Manifest, artifact: TaskArtifact,
+                    spec: BackboneSpec) -> ValidArtifact:
     if manifest.backbone_fingerprint != spec.fingerprint:
         raise ArtifactError("fingerprint", f"trained on backbone {manifest.backbone_fingerprint[:16]}…,"
                             f" this backbone is {spec.fingerprint[:16]}…")
     try:
-        artifact.validate(spec)
+        return artifact.checked(spec)
     except ArtifactError:
         raise
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:

@@ -47,6 +47,17 @@ def alias_problem(alias: object) -> str | None:
     return None
 
 
+def check_alias(alias: str) -> str:
+    """``alias`` when it can name an alias; else InvalidAliasError, its message short
+    whatever the alias (``alias_problem`` clips it)."""
+    problem = alias_problem(alias)
+    if problem:
+        from polyhead.store.errors import InvalidAliasError
+
+        raise InvalidAliasError(f"alias: {problem}")
+    return alias
+
+
 def version_number_ref(ref: str) -> int | None:
     """``v3`` or ``3`` -> 3 (a version by its 1-based number), else None."""
     m = _NUMBER_REF.fullmatch(ref)

@@ -83,9 +83,6 @@ class Store:
         """``ingest`` for callers that need only the version."""
         return self.ingest(data, replace_kind=replace_kind).info
 
-    def publish_artifact(self, manifest: Manifest, artifact: TaskArtifact) -> VersionInfo:
-        return self.publish(encode_artifact(manifest, artifact))
-
     def import_peft(self, folder: str | os.PathLike[str], task_id: str,
                     labels: list[str] | None = None, *, replace_kind: bool = False) -> VersionInfo:
         """Publish a PEFT LoRA folder as a ``lora`` artifact (see ``import_peft_bytes``)."""

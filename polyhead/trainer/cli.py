@@ -9,17 +9,17 @@ import sys
 from pathlib import Path
 
 from polyhead.trainer.config import (
-    HEAD_INITS,
     HEAD_TYPES,
     POOLERS,
     PRECISIONS,
     RECIPES,
     SELECTS,
-    STRUCTURES,
     TrainConfig,
     TrainConfigError,
+    head_inits,
 )
-from polyhead.trainer.data import Column, Columns, DataError, Dataset, default_text_column, load_dataset
+from polyhead.trainer.data import Column, Columns, DataError, Dataset, default_text_column, load_train_dev
+from polyhead.trainer.method import add_flags, given
 from polyhead.trainer.presets import PRESETS, Preset, get_preset
 from polyhead.trainer.table import METHODS, Defaults
 
@@ -138,25 +138,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     t.add_argument("--pooler", choices=POOLERS,
                    help="servable full/child-d/child-f/dps with --head pooler: train the pooler "
                         "as part of the head (default) or keep the backbone's frozen")
-    t.add_argument("--density", type=float, default=0.05, help="servable sparse budget (default 0.05)")
-    t.add_argument("--mask-structure", choices=STRUCTURES, default="entries",
-                   help="servable child-d/child-f/dps: choose single weights (default), or whole "
-                        "input columns of each weight matrix, which serve as small dense products "
-                        "(sparse rows nearly free in mixed batches; see BENCHMARKS.md)")
-    t.add_argument("--child-f-p", type=float, default=0.3,
-                   help="child-f keep probability p_F (0.3: the official run.sh)")
-    t.add_argument("--child-d-p", type=float, default=0.3, help="child-d (paper) kept share p_D")
-    t.add_argument("--fisher-examples", type=int, help="cap on child-d's Fisher pass (default: all)")
-    t.add_argument("--dps-reserve-p", type=float, default=0.3, help="dps: share of each matrix not updated")
-    t.add_argument("--dps-update-ratio", type=float, default=0.05, help="dps: stage length / total steps")
-    t.add_argument("--num-prefix", type=int, default=16)
-    t.add_argument("--lora-r", type=int, default=8)
-    t.add_argument("--lora-alpha", type=float, default=16.0)
-    t.add_argument("--head-init", choices=HEAD_INITS, help="EH-FT: train the head with a PET method first")
+    t.add_argument("--head-init", choices=head_inits(), help="EH-FT: train the head with a PET method first")
     t.add_argument("--head-init-frac", type=float, default=0.1, help="EH-FT stage 1's share of the steps")
     t.add_argument("--head-init-lr", type=float, default=5e-4, help="EH-FT stage 1's learning rate")
-    t.add_argument("--head-init-epochs", type=float,
-                   help="eh-ft: stage 1's epochs (default 6, the paper's RTE/MRPC schedule; 2 elsewhere)")
     t.add_argument("--pool", type=int, default=50,
                    help="length grouping: batches per shuffled pool sorted by length (1: off)")
     t.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
@@ -167,6 +151,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         "weights, optimiser and the exported artifact stay fp32")
     t.add_argument("--backbone", type=Path, help="local HF encoder folder (default: packaged MiniLM)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_flags(p, {name: m.options for name, m in METHODS.items()})  # each method's own
     o = p.add_argument_group("output (at least one)")
     o.add_argument("--out", type=Path, help="write FILE.polyhead")
     o.add_argument("--task-id", help="task id (default: the preset name, else the --out file's stem)")
@@ -202,19 +187,15 @@ def _columns(args: argparse.Namespace) -> tuple[Columns, Preset | None, str]:
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
+    """The shared settings, and the method flags given (checked against the method)."""
+    return TrainConfig.flat(
         method=args.method, recipe=args.recipe, epochs=args.epochs, lr=args.lr, warmup=args.warmup,
         batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
         max_train=args.max_train, weight_decay=args.weight_decay, select=args.select,
-        head_type=args.head_type, pooler=args.pooler, dropout=not args.no_dropout, density=args.density,
-        mask_structure=args.mask_structure,
-        child_f_p=args.child_f_p, child_d_p=args.child_d_p, fisher_examples=args.fisher_examples,
-        dps_reserve_p=args.dps_reserve_p, dps_update_ratio=args.dps_update_ratio,
-        num_prefix=args.num_prefix, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+        head_type=args.head_type, pooler=args.pooler, dropout=not args.no_dropout,
         head_init=args.head_init, head_init_frac=args.head_init_frac,
-        head_init_lr=args.head_init_lr, head_init_epochs=args.head_init_epochs, pool=args.pool,
-        device=args.device,
-        precision=args.precision)
+        head_init_lr=args.head_init_lr, pool=args.pool, device=args.device, precision=args.precision,
+        **given(args, {name: m.options for name, m in METHODS.items()}))
 
 
 def _task_id(args: argparse.Namespace) -> str:
@@ -232,10 +213,8 @@ def load_data(args: argparse.Namespace) -> tuple[Dataset, Dataset, str]:
     from polyhead.trainer.metrics import check_metric
 
     columns, preset, metric = _columns(args)
-    train = load_dataset(args.train, columns, preset.labels if preset else None)
-    dev = load_dataset(args.dev, columns, train.labels)
-    if preset is not None and preset.names is not None:
-        train, dev = train.renamed(preset.names), dev.renamed(preset.names)
+    train, dev = load_train_dev(args.train, args.dev, columns, preset.labels if preset else None,
+                                preset.names if preset else None)
     return train, dev, check_metric(metric, train.regression)
 
 
@@ -310,7 +289,7 @@ def _train_and_deliver(args: argparse.Namespace, cfg: TrainConfig, task_id: str,
                        log_fn=lambda s: print(s, file=sys.stderr), export=False)
     m, tr = result.metrics, result.training
     print(f"{task_id}: {cfg.method} ({cfg.recipe}), dev {metric} {m[metric]:.4f}; "
-          f"{tr['tokens_per_s']:,.0f} training tokens/s; trainable params {tr['trainable_params']:,}")
+          f"{tr.tokens_per_s:,.0f} training tokens/s; trainable params {tr.trainable_params:,}")
     try:
         finish(result, result_context(result))
     except ExportError as e:
@@ -328,7 +307,7 @@ def _train_and_deliver(args: argparse.Namespace, cfg: TrainConfig, task_id: str,
     except OutputError as e:
         print(f"polyhead train: error: {e}", file=sys.stderr)
         return 1
-    print(f"stored params {tr['stored_params']:,}, {len(data):,} bytes; engine parity {result.parity:.1e}")
+    print(f"stored params {tr.stored_params:,}, {len(data):,} bytes; engine parity {result.parity:.1e}")
     for line in lines:
         print(line)
     return 0

@@ -1,23 +1,27 @@
 """Training hyperparameters, validated on construction and recorded in the manifest.
 
-Per-method defaults (learning rate, epochs, warm-up) live in the method table
-(``polyhead.trainer.table``); a ``None`` here means "the method's default for this recipe".
+``TrainConfig`` holds the settings every method shares; a method's own options are its
+``MethodOptions`` (``polyhead/trainer/algos/<method>.py``). Per-method defaults (learning
+rate, epochs, warm-up) live in the method table (``polyhead.trainer.table``); a ``None``
+here means "the method's default for this recipe".
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from polyhead.engine.config import STRUCTURES
+from polyhead.engine.config import HEAD_TYPES, STRUCTURES
+from polyhead.trainer.method import MethodOptions, TrainConfigError
 
 if TYPE_CHECKING:
     from polyhead.trainer.table import Defaults
 
+__all__ = ["HEAD_TYPES", "POOLERS", "PRECISIONS", "RECIPES", "SELECTS", "STRUCTURES", "TrainConfig",
+           "TrainConfigError", "cpu_has_bf16", "head_inits"]
+OptionsT = TypeVar("OptionsT", bound=MethodOptions)
 RECIPES = ("servable", "paper")
 SELECTS = ("last", "best")
-HEAD_INITS = ("pet:lora", "pet:bitfit")
-HEAD_TYPES = ("pooler", "linear", "mlp")
 POOLERS = ("train", "frozen")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -33,12 +37,30 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-class TrainConfigError(ValueError):
-    """A training option is out of range or inconsistent with another."""
+def head_inits() -> tuple[str, ...]:
+    """--head-init's choices: ``pet:NAME`` for each method that offers itself as stage 1."""
+    from polyhead.trainer.table import METHODS
+
+    return tuple(f"pet:{m.name}" for m in METHODS.values() if m.hooks.head_stage_label)
+
+
+def option_fields() -> dict[str, list[str]]:
+    """Every method option's field name -> the methods that have it (table order)."""
+    from polyhead.trainer.table import METHODS
+
+    out: dict[str, list[str]] = {}
+    for m in METHODS.values():
+        for f in dataclasses.fields(m.options):
+            out.setdefault(f.name, []).append(m.name)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    """The settings every method shares; the method's own are ``options`` (its
+    ``MethodOptions``, defaults when None), and --head-init's stage-1 method's are
+    ``head_init_options`` (None: that method's defaults)."""
+
     method: str
     recipe: str = "servable"  # "paper": as the paper's official code; "servable": tiny uploads
     epochs: float | None = None  # None: the method's default
@@ -53,32 +75,37 @@ class TrainConfig:
     head_type: str = "pooler"
     pooler: str | None = None  # servable full/child-d/child-f/dps: "train" (None) or "frozen"
     dropout: bool = True  # the backbone's hidden/attention dropout while training
-    density: float = 0.05  # servable child-d/child-f/dps: changed weights / tunable weights
-    mask_structure: str = "entries"  # servable: "entries" or whole input "columns" of matrices
-    child_f_p: float = 0.3  # child-f: keep probability p_F (the official run.sh's reserve_p)
-    child_d_p: float = 0.3  # child-d (paper): the kept fraction p_D of the Fisher ranking
-    fisher_examples: int | None = None  # child-d: examples for the Fisher pass (None: all)
-    dps_reserve_p: float = 0.3  # dps: share of each matrix NOT updated in stage II
-    dps_update_ratio: float = 0.05  # dps: stage length = int(total steps x this)
-    num_prefix: int = 16
-    lora_r: int = 8
-    lora_alpha: float = 16.0
     head_init: str | None = None  # EH-FT: "pet:lora" | "pet:bitfit"
     head_init_frac: float = 0.1  # EH-FT: stage 1's share of the total steps
     head_init_lr: float = 5e-4  # EH-FT: stage 1's learning rate
-    head_init_epochs: float | None = None  # eh-ft: stage 1's epochs (None: the paper's RTE/MRPC 6)
     pool: int = 50  # length grouping: batches per shuffled pool sorted by length (1: off)
     device: str = "auto"
     precision: str = "auto"  # training matmuls: "auto" = bf16 autocast where native (CUDA, bf16 CPUs)
+    options: MethodOptions | None = None  # the method's own (None: its defaults)
+    head_init_options: MethodOptions | None = None  # --head-init's PET method's (None: its defaults)
 
     def __post_init__(self) -> None:
         from polyhead.trainer.table import METHODS
 
-        def check(cond: bool, msg: str) -> None:
-            if not cond:
-                raise TrainConfigError(msg)
+        _check(self.method in METHODS, f"method {self.method!r} is not one of {', '.join(METHODS)}")
+        m = METHODS[self.method]
+        self._check_shared(m.dense, m.recipes)
+        if self.options is None:
+            object.__setattr__(self, "options", m.options())
+        _check(type(self.options) is m.options,
+               f"{self.method}'s options are {m.options.__name__}, got {type(self.options).__name__}")
+        if self.head_init is not None:
+            pet = METHODS[self.head_init.split(":", 1)[1]].options
+            if self.head_init_options is None:
+                object.__setattr__(self, "head_init_options", pet())
+            _check(type(self.head_init_options) is pet, f"--head-init {self.head_init}'s options are "
+                   f"{pet.__name__}, got {type(self.head_init_options).__name__}")
+        _check(self.head_init is not None or self.head_init_options is None,
+               "head-init options without --head-init")
+        self.method_options.check(self)
 
-        check(self.method in METHODS, f"method {self.method!r} is not one of {', '.join(METHODS)}")
+    def _check_shared(self, dense: bool, recipes: tuple[str, ...]) -> None:
+        check = _check
         check(self.recipe in RECIPES, f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         check(self.epochs is None or self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
         check(self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}")
@@ -90,31 +117,13 @@ class TrainConfig:
         check(self.weight_decay is None or self.weight_decay >= 0, "weight decay must be >= 0")
         check(self.select in SELECTS, f"select must be one of {', '.join(SELECTS)}, got {self.select!r}")
         check(self.head_type in HEAD_TYPES, f"head type must be one of {', '.join(HEAD_TYPES)}")
-        check(0 < self.density <= 1, f"density must be in (0, 1], got {self.density}")
-        check(self.mask_structure in STRUCTURES,
-              f"mask structure must be one of {', '.join(STRUCTURES)}, got {self.mask_structure!r}")
-        check(self.mask_structure == "entries" or (self.recipe == "servable" and self.method in
-                                                   ("child-d", "child-f", "dps")),
-              "--mask-structure columns applies to the servable recipe of child-d, child-f and dps")
-        check(0 < self.child_f_p <= 1, f"child-f keep probability must be in (0, 1], got {self.child_f_p}")
-        check(0 < self.child_d_p <= 1, f"child-d keep fraction must be in (0, 1], got {self.child_d_p}")
-        check(self.fisher_examples is None or self.fisher_examples >= 1, "fisher examples must be >= 1")
-        check(0 <= self.dps_reserve_p < 1, f"dps reserve-p must be in [0, 1), got {self.dps_reserve_p}")
-        check(0 < self.dps_update_ratio <= 0.5,
-              f"dps update ratio must be in (0, 0.5], got {self.dps_update_ratio}")
-        check(1 <= self.num_prefix <= 256, "num-prefix must be in [1, 256]")
-        check(self.lora_r >= 1 and self.lora_alpha > 0, "lora r must be >= 1 and alpha > 0")
-        check(self.head_init is None or self.head_init in HEAD_INITS,
-              f"head init must be one of {', '.join(HEAD_INITS)}")
-        check(self.head_init is None or METHODS[self.method].dense,
+        check(self.head_init is None or self.head_init in head_inits(),
+              f"head init must be one of {', '.join(head_inits())}")
+        check(self.head_init is None or dense,
               "--head-init (EH-FT) needs a method that trains the whole model (full, child-d, "
               "child-f, dps)")
-        check(self.recipe in METHODS[self.method].recipes,
-              f"{self.method} has only the {' and '.join(METHODS[self.method].recipes)} recipe "
-              f"(give --recipe {METHODS[self.method].recipes[0]})")
-        check(self.head_init_epochs is None or (
-            self.head_init_epochs > 0 and METHODS[self.method].own_head_init),
-              "--head-init-epochs (> 0) is eh-ft's stage 1 length (the other methods: --head-init-frac)")
+        check(self.recipe in recipes,
+              f"{self.method} has only the {' and '.join(recipes)} recipe (give --recipe {recipes[0]})")
         check(0 < self.head_init_frac < 1, "head-init fraction must be in (0, 1)")
         check(self.head_init_lr > 0, "head-init lr must be > 0")
         check(self.pool >= 1, f"pool must be >= 1, got {self.pool}")
@@ -124,13 +133,57 @@ class TrainConfig:
               "--head-init gives a 'pooler' head (as PEFT's SEQ_CLS classifier); use --head pooler")
         check(self.pooler is None or self.pooler in POOLERS,
               f"pooler must be one of {', '.join(POOLERS)}, got {self.pooler!r}")
-        check(self.pooler is None or (METHODS[self.method].dense and not self.paper
-                                      and self.head_type == "pooler"),
+        check(self.pooler is None or (dense and not self.paper and self.head_type == "pooler"),
               "--pooler applies to the servable recipe of full, child-d, child-f and dps with "
               "--head pooler (the paper recipe trains every parameter; the PET methods keep "
               "the pooler frozen, as their papers do)")
-        check(not (self.method == "lora" and self.head_type != "pooler"),
-              "lora trains PEFT's SEQ_CLS classifier, a 'pooler' head; use --head pooler")
+
+    @classmethod
+    def flat(cls, **values: Any) -> TrainConfig:
+        """A config from flat keys, as ``to_dict`` and the command line name them: the shared
+        settings, and the options of the method (and of --head-init's method). Another
+        method's option at its default is ignored (a record holds every method's); set to
+        anything else, it raises, naming the methods it applies to."""
+        from polyhead.trainer.method import flag_name
+        from polyhead.trainer.table import METHODS
+
+        shared = {f.name for f in dataclasses.fields(cls)} - {"options", "head_init_options"}
+        users = option_fields()
+        unknown = sorted(set(values) - shared - set(users))
+        if unknown:
+            raise TypeError(f"TrainConfig.flat: unknown settings {unknown}")
+        _check(values.get("method") in METHODS, f"method {values.get('method')!r} is not one of "
+               f"{', '.join(METHODS)}")
+        own = METHODS[values["method"]].options
+        head_init = values.get("head_init")
+        pet_name = head_init.split(":", 1)[1] if isinstance(head_init, str) else None
+        pet = METHODS[pet_name].options if pet_name in METHODS else None
+        mine = {f.name for f in dataclasses.fields(own)} | (
+            {f.name for f in dataclasses.fields(pet)} if pet else set())
+        defaults = _option_defaults()
+        for k in sorted(set(values) & set(users) - mine):
+            _check(values[k] == defaults[k], f"{flag_name(k)} applies to --method "
+                   f"{' | '.join(users[k])}, not {values['method']}")
+        return cls(**{k: v for k, v in values.items() if k in shared}, options=own.of(values),
+                   head_init_options=pet.of(values) if pet else None)
+
+    @property
+    def method_options(self) -> MethodOptions:
+        assert self.options is not None  # set in __post_init__
+        return self.options
+
+    def options_as(self, cls: type[OptionsT]) -> OptionsT:
+        """The method's options as its own class (a method's hooks read them this way)."""
+        if not isinstance(self.options, cls):
+            raise TypeError(f"{self.method}'s options are {type(self.options).__name__}, not {cls.__name__}")
+        return self.options
+
+    def head_init_options_as(self, cls: type[OptionsT]) -> OptionsT:
+        """--head-init's method's options as its own class."""
+        if not isinstance(self.head_init_options, cls):
+            raise TypeError(f"--head-init {self.head_init}: options {type(self.head_init_options).__name__}, "
+                            f"not {cls.__name__}")
+        return self.head_init_options
 
     @property
     def paper(self) -> bool:
@@ -191,10 +244,34 @@ class TrainConfig:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        """The flat record (manifests, the accuracy study): the shared settings with the
+        defaults resolved, and every method's option keys (this run's values for its own
+        method and --head-init's, the defaults for the others)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("options", "head_init_options")}
+        out.update(_option_defaults())
+        for opts in (self.head_init_options, self.options):
+            if opts is not None:
+                out.update(dataclasses.asdict(opts))
         d = self.defaults
         out.update(lr=self.learning_rate, epochs=self.num_epochs, warmup=self.warmup_frac,
                    batch_size=self.batch, weight_decay=self.decay, adam_betas=list(d.betas),
                    adam_eps=d.eps, max_grad_norm=d.clip)
         out.pop("device")
         return out
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise TrainConfigError(msg)
+
+
+def _option_defaults() -> dict[str, Any]:
+    """Every method option's default (the first method's, in table order)."""
+    from polyhead.trainer.table import METHODS
+
+    out: dict[str, Any] = {}
+    for m in METHODS.values():
+        for f in dataclasses.fields(m.options):
+            out.setdefault(f.name, f.default)
+    return out

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from polyhead.engine.engine import pad_rows
 from polyhead.trainer.data import Dataset
 from polyhead.trainer.models import Batch, Trainable
 
@@ -46,15 +47,8 @@ def encode(tokenizer: object, data: Dataset, max_length: int) -> Encoded:
 
 
 def collate(enc: Encoded, rows: Sequence[int], pad_id: int, device: torch.device) -> Batch:
-    T = max(len(enc.ids[i]) for i in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    types = torch.zeros((len(rows), T), dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for j, i in enumerate(rows):
-        n = len(enc.ids[i])
-        ids[j, :n] = torch.tensor(enc.ids[i])
-        types[j, :n] = torch.tensor(enc.types[i])
-        mask[j, :n] = 1
+    ids, mask, types = pad_rows([enc.ids[i] for i in rows], [enc.types[i] for i in rows], pad_id,
+                                torch.long)
     dtype = torch.float32 if enc.regression else torch.long
     targets = torch.tensor([enc.targets[i] for i in rows], dtype=dtype)
     return Batch(ids.to(device), mask.to(device), types.to(device), targets.to(device))

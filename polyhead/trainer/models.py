@@ -26,13 +26,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polyhead.engine import Backbone, HeadConfig, TaskArtifact, TaskModule
-from polyhead.engine.bitfit import BitfitConfig
+from polyhead.engine.attach import param_key as _key
+from polyhead.engine.attach import tensor_name as _name
+from polyhead.engine.config import BaseConfig
 from polyhead.engine.encoder import BatchContext, Effect, Encoder
 from polyhead.engine.heads import apply_head, init_head
-from polyhead.engine.pasta import PastaConfig
-from polyhead.engine.prefix import PrefixConfig
 from polyhead.engine.sparse import SparseConfig, from_dense
 from polyhead.trainer.config import TrainConfig
+from polyhead.trainer.record import StageInfo
 
 
 class ExportError(RuntimeError):
@@ -47,19 +48,11 @@ class Batch:
     targets: Tensor  # (B,) long class indices, or (B,) float scores
 
 
-def _key(name: str) -> str:
-    return name.replace(".", "__")
-
-
-def _name(key: str) -> str:
-    return key.replace("__", ".")
-
-
 class Trainable(abc.ABC):
     """A model being trained for one task; ``export`` gives the artifact the engine serves."""
 
     module: nn.Module
-    stage_info: dict[str, Any] | None = None  # a stage run before this model (eh-ft's stage 1)
+    stage_info: StageInfo | None = None  # a stage run before this model (eh-ft's stage 1)
 
     @abc.abstractmethod
     def forward(self, batch: Batch) -> Tensor:
@@ -123,20 +116,6 @@ def _decay_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) ->
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def _head_logits(head: dict[str, Tensor], cfg: HeadConfig, cls: Tensor, pooler: Any,
-                 drop: float) -> Tensor:
-    """``apply_head``, with BertForSequenceClassification's dropout before the classifier
-    while training (``drop`` > 0)."""
-    if drop == 0.0:
-        return apply_head(head, cfg, cls, pooler)
-    if cfg.type == "mlp":
-        h = torch.tanh(F.linear(F.dropout(cls, drop), head["head.dense.weight"], head["head.dense.bias"]))
-        return F.linear(F.dropout(h, drop), head["head.out.weight"], head["head.out.bias"])
-    if cfg.type == "pooler":
-        cls = torch.tanh(F.linear(cls, pooler.dense.weight, pooler.dense.bias))
-    return F.linear(F.dropout(cls, drop), head["head.weight"], head["head.bias"])
-
-
 class _DropAdded:
     """An effect whose before-layer additions pass through dropout (PASTA's code:
     ``Dropout(E_l[k])`` at each special position of each row); all else delegated."""
@@ -171,23 +150,26 @@ class TrainEncoder(Encoder):
 class PetModel(Trainable):
     """pasta / prefix / bitfit through ``TaskModule`` (train-time == serve-time in eval)."""
 
-    def __init__(self, backbone: Backbone, cfg: TrainConfig, head: HeadConfig) -> None:
-        kind = cfg.method
-        config: Any = {"pasta": PastaConfig(), "bitfit": BitfitConfig(),
-                       "prefix": PrefixConfig(num_prefix=cfg.num_prefix)}[kind]
-        # pasta N(0, 0.02) as the paper's code (HF's init of a new embedding); a prefix
-        # starts random (gate 1) as P-tuning v2; bitfit starts as an exact no-op.
+    module: TaskModule
+
+    def __init__(self, backbone: Backbone, cfg: TrainConfig, head: HeadConfig, config: BaseConfig, *,
+                 zero: bool = False, hf_head: bool = False, frozen: tuple[str, ...] = ()) -> None:
+        """``config``: the kind's; ``zero``: start as an exact no-op; ``hf_head``: Hugging
+        Face's init of a new classifier; ``frozen``: kind tensors that stay as initialised."""
+        from polyhead.trainer.table import METHODS
+
+        kind = METHODS[cfg.method].kind
         art = TaskArtifact.random(kind, backbone.spec, head.num_outputs, config=config,
-                                  head_type=head.type, zero=kind == "bitfit", seed=cfg.seed)
-        if cfg.paper and kind == "pasta":  # its code: BertForSequenceClassification's classifier
+                                  head_type=head.type, zero=zero, seed=cfg.seed)
+        if hf_head:
             head_init = _hf_head(art.tensors, backbone, cfg.seed)
             art = dataclasses.replace(art, tensors={**art.tensors, **head_init})
         self.module = TaskModule(backbone, art)
         self.module.encoder = TrainEncoder(backbone)
         self.kind = kind
         self.dropout = cfg.dropout
-        if kind == "prefix":
-            self.module.tensor_params[_key("prefix.gate")].requires_grad_(False)
+        for name in frozen:
+            self.module.tensor_params[_key(name)].requires_grad_(False)
 
     def set_training(self, on: bool) -> None:
         self.module.train(on)
@@ -201,7 +183,7 @@ class PetModel(Trainable):
         # Training: the head again over the same hidden states, with BERT's classifier dropout
         assert isinstance(enc, TrainEncoder) and enc.last_hidden is not None
         head = {_name(k): v for k, v in self.module.head_params.items()}
-        return _head_logits(head, self.module.head, enc.last_hidden[:, 0], enc.pooler, enc.hidden_dropout)
+        return apply_head(head, self.module.head, enc.last_hidden[:, 0], enc.pooler, enc.hidden_dropout)
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         return _decay_groups(list(self.module.head_params.items()) +
@@ -241,14 +223,20 @@ LORA_QKVO = r".*\.attention\.(self\.(query|key|value)|output\.dense)"  # EH-FT's
 class LoraModel(Trainable):
     """PEFT LoRA on ``AutoModelForSequenceClassification`` (classifier in modules_to_save)."""
 
+    module: Any  # peft's PeftModel
+
     def __init__(self, backbone: Backbone, cfg: TrainConfig, head: HeadConfig,
                  targets: list[str] | str | None = None) -> None:
         import peft
         from transformers import AutoModelForSequenceClassification
 
+        from polyhead.trainer.algos.lora import LoraOptions
+
+        opts = cfg.options_as(LoraOptions)
         self.spec = backbone.spec
         torch.manual_seed(cfg.seed)  # the classifier's init
-        drop = {} if cfg.dropout else {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+        drop: dict[str, Any] = ({} if cfg.dropout else
+                                {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
         from transformers.utils import logging as hf_logging
 
         level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
@@ -262,7 +250,8 @@ class LoraModel(Trainable):
             if bars:
                 hf_logging.enable_progress_bar()
         self.peft_config = peft.LoraConfig(
-            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.05 if cfg.dropout else 0.0,
+            r=opts.lora_r, lora_alpha=opts.lora_alpha,  # type: ignore[arg-type]  # peft: int
+            lora_dropout=0.05 if cfg.dropout else 0.0,
             target_modules=targets or LORA_QV, modules_to_save=["classifier"], task_type="SEQ_CLS")
         with warnings.catch_warnings():  # peft calls a transformers method deprecated for v6
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -281,7 +270,7 @@ class LoraModel(Trainable):
         return groups
 
     def _classifier(self) -> nn.Module:
-        return self.module.base_model.model.classifier.modules_to_save["default"]
+        return self.module.get_submodule("base_model.model.classifier.modules_to_save.default")
 
     def export(self) -> TaskArtifact:
         import peft
@@ -293,16 +282,16 @@ class LoraModel(Trainable):
 
     def head_tensors(self) -> dict[str, Tensor]:
         c = self._classifier()
-        return {"head.weight": c.weight.detach().float().cpu().clone(),
-                "head.bias": c.bias.detach().float().cpu().clone()}
+        return {f"head.{n}": c.get_parameter(n).detach().float().cpu().clone()
+                for n in ("weight", "bias")}
 
     def load_head(self, tensors: dict[str, Tensor]) -> None:
         c = self._classifier()
         if set(tensors) != {"head.weight", "head.bias"}:
             raise ValueError(f"lora needs a pooler head (head.weight, head.bias), got {sorted(tensors)}")
         with torch.no_grad():
-            c.weight.copy_(tensors["head.weight"])
-            c.bias.copy_(tensors["head.bias"])
+            for n in ("weight", "bias"):
+                c.get_parameter(n).copy_(tensors[f"head.{n}"])
 
 
 class MaskPolicy:
@@ -331,7 +320,6 @@ def mask_grads(params: dict[str, nn.Parameter], masks: dict[str, Tensor]) -> Non
             p.grad.mul_(m)
 
 
-HEAD_PREFIX = "head."
 POOLER = "pooler.dense."  # a trained pooler is exported as an mlp head
 
 
@@ -341,15 +329,17 @@ class DenseModel(Trainable):
     ``params`` maps names to every trainable tensor: backbone names (HF) and ``head.*``.
     """
 
-    def __init__(self, backbone: Backbone, cfg: TrainConfig, head: HeadConfig) -> None:
+    def __init__(self, backbone: Backbone, cfg: TrainConfig, head: HeadConfig, *,
+                 density: float = 1.0, structure: str = "entries") -> None:
+        """``density``/``structure``: the stored diff's (a sparse method's servable budget)."""
         model = copy.deepcopy(backbone.model)
         self.bb = dataclasses.replace(backbone, model=model)
         self.encoder = Encoder(self.bb)
         self.head_cfg = head
         self.paper = cfg.paper
         self.dropout = cfg.dropout
-        self.density = 1.0 if (cfg.method == "full" or cfg.paper) else cfg.density
-        self.structure = "entries" if self.density == 1.0 else cfg.mask_structure
+        self.density = density
+        self.structure = "entries" if density == 1.0 else structure
         all_params = dict(model.named_parameters())
         pooler = [n for n in (POOLER + "weight", POOLER + "bias") if n in all_params]
         # sparse_names: what the servable density budget covers; the pooler is the head's
@@ -383,7 +373,7 @@ class DenseModel(Trainable):
         hidden = self.encoder.forward(ctx, batch.types)  # (B, T, d)
         head = {_name(k): v for k, v in self.head.items()}
         drop = self.encoder.hidden_dropout if self.encoder.training else 0.0
-        return _head_logits(head, self.head_cfg, hidden[:, 0], self.encoder.pooler, drop)
+        return apply_head(head, self.head_cfg, hidden[:, 0], self.encoder.pooler, drop)
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         if self.weight_decay_backbone:  # the papers' code: HF Trainer groups over everything

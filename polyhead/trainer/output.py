@@ -41,13 +41,16 @@ class Targets:
 def encode(task_id: str, result: TrainResult, data: Dataset, spec: BackboneSpec) -> bytes:
     from polyhead.store import encode_artifact, new_manifest
 
-    manifest = new_manifest(task_id, result.artifact, spec, labels=data.labels,
+    artifact = result.artifact
+    if artifact is None:
+        raise ValueError("this run was trained with export=False: it has no artifact to encode")
+    manifest = new_manifest(task_id, artifact, spec, labels=data.labels,
                             regression=data.regression,
-                            training={**result.training, "inputs": data.inputs},
+                            training={**result.training.to_json(), "inputs": data.inputs},
                             metrics=result.metrics,
                             regression_scale=(dataclasses.asdict(result.scale)
                                               if result.scale is not None else None))
-    return encode_artifact(manifest, result.artifact)
+    return encode_artifact(manifest, artifact)
 
 
 def deliver(data: bytes, targets: Targets, spec: BackboneSpec,
@@ -82,11 +85,10 @@ def deliver(data: bytes, targets: Targets, spec: BackboneSpec,
             raise OutputError(f"publish to the store failed: {e}") from e
         lines.append(f"published {_describe(info)}")
     if targets.upload is not None:
-        from polyhead.client import PolyheadClient, PolyheadError, describe_version
-        from polyhead.server.config import saved_token
+        from polyhead.client import Client, PolyheadError, describe_version, find_token
 
         try:  # the token as every client command finds it: --token, $POLYHEAD_TOKEN, saved
-            with PolyheadClient(targets.upload, token=targets.token or saved_token()) as client:
+            with Client(targets.upload, token=find_token(targets.token)) as client:
                 reply = client.upload(data, replace_kind=targets.replace_kind)
         except PolyheadError as e:
             raise OutputError(f"upload to {targets.upload} failed: {e}") from e

@@ -16,7 +16,6 @@ import torch
 
 from polyhead.engine import Backbone, Engine, HeadConfig, TaskArtifact
 from polyhead.engine.engine import forward_tasks
-from polyhead.trainer import masks
 from polyhead.trainer.config import TrainConfig
 from polyhead.trainer.context import Context
 from polyhead.trainer.data import Dataset
@@ -32,7 +31,8 @@ from polyhead.trainer.loop import (
     steps_for,
 )
 from polyhead.trainer.metrics import compute_metrics
-from polyhead.trainer.models import LORA_QKVO, DenseModel, LoraModel, PetModel, Trainable
+from polyhead.trainer.models import Trainable
+from polyhead.trainer.record import StageInfo, TrainingRecord
 from polyhead.trainer.table import METHODS
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class RegressionScale:
 class TrainResult:
     model: Trainable
     metrics: dict[str, float]  # dev metrics of the selected (and, child-f servable, cut) model
-    training: dict[str, Any]  # the manifest's training section
+    training: TrainingRecord  # the manifest's training section (``to_json``)
     losses: list[float]
     scale: RegressionScale | None  # regression: undo this on the model's outputs
     artifact: TaskArtifact | None = None  # None when trained with export=False
@@ -76,7 +76,7 @@ class TrainResult:
     context: Context | None = None
 
 
-HeadCache = dict[tuple[Any, ...], tuple[dict[str, torch.Tensor], dict[str, Any]]]
+HeadCache = dict[tuple[Any, ...], tuple[dict[str, torch.Tensor], StageInfo]]
 
 
 def train(cfg: TrainConfig, backbone: Backbone, train_data: Dataset, dev_data: Dataset,
@@ -99,37 +99,32 @@ def train(cfg: TrainConfig, backbone: Backbone, train_data: Dataset, dev_data: D
     total = steps_for(len(enc), cfg.num_epochs, cfg.batch)
     ctx = Context(backbone, enc, encode(tok, dev_data, cfg.max_length),
                   HeadConfig(num_outputs=data.num_outputs, type=cfg.head_type), metric, progress, total)
-    training: dict[str, Any] = {"method": cfg.method, "recipe": cfg.recipe,
-                                "method_label": METHODS[cfg.method].help,
-                                "hyperparameters": cfg.to_dict(), "train_examples": len(data.examples),
-                                "dev_examples": len(dev_data.examples), "total_steps": total}
-    if scale is not None:
-        training["regression_scale"] = dataclasses.asdict(scale)
+    training = TrainingRecord(
+        method=cfg.method, recipe=cfg.recipe, method_label=METHODS[cfg.method].help,
+        hyperparameters=cfg.to_dict(), train_examples=len(data.examples),
+        dev_examples=len(dev_data.examples), total_steps=total,
+        regression_scale=dataclasses.asdict(scale) if scale is not None else None)
     head_tensors, steps = None, total
     if cfg.head_init is not None and not METHODS[cfg.method].own_head_init:
         stage1 = max(1, round(cfg.head_init_frac * total))
         steps = total - stage1
-        head_tensors, training["head_init_stage"] = _head_stage(cfg, ctx, stage1, scale, head_cache, log_fn)
+        head_tensors, training.head_init_stage = _head_stage(cfg, ctx, stage1, scale, head_cache, log_fn)
         ctx = dataclasses.replace(ctx, total_steps=steps)
     model = _build(cfg, ctx, head_tensors)
     if model.stage_info is not None:  # a method that ran its own stage 1 (eh-ft)
-        training["head_init_stage"] = info = model.stage_info
-        log_fn(f"[EH-FT stage 1] {info['steps']} steps of {info['method']} with the head at lr "
-               f"{info['lr']:g}: dev " + _fmt(info["dev"], ctx.metric))
-    training["dropout_in_training"] = bool(getattr(model, "dropout", cfg.dropout))
-    training["precision"] = "bf16 autocast" if cfg.autocast_dtype(ctx.device) is not None else "fp32"
+        training.head_init_stage = info = model.stage_info
+        log_fn(f"[EH-FT stage 1] {info.steps} steps of {info.method} with the head at lr "
+               f"{info.lr:g}: dev " + _fmt(info.dev, ctx.metric))
+    training.dropout_in_training = bool(getattr(model, "dropout", cfg.dropout))
+    training.precision = "bf16 autocast" if cfg.autocast_dtype(ctx.device) is not None else "fp32"
     stats, history = _fit_and_select(cfg, model, ctx, steps, scale, log_fn, checkpoint)
-    training.update(steps=len(stats.losses), dev_history=history, train_seconds=round(stats.seconds, 2),
-                    train_tokens=stats.tokens, tokens_per_s=round(stats.tokens_per_s, 1),
-                    padding_share=round(1 - stats.tokens / max(1, stats.padded), 4))
-    metrics = evaluate(model, ctx, scale)
-    if cfg.method == "child-f" and not cfg.paper:
-        metrics = _sparsify(model, cfg, ctx, metrics, scale, training, log_fn)
-    elif cfg.method == "child-f":
-        _servable_cut(model, cfg, ctx, metrics, scale, training, log_fn)
-    if isinstance(model, DenseModel) and isinstance(model.policy, masks.DpsMask):
-        training["dps_stages_history"] = model.policy.history
-    training["trainable_params"] = model.trainable_count()
+    training.steps, training.dev_history = len(stats.losses), history
+    training.train_seconds, training.train_tokens = round(stats.seconds, 2), stats.tokens
+    training.tokens_per_s = round(stats.tokens_per_s, 1)
+    training.padding_share = round(1 - stats.tokens / max(1, stats.padded), 4)
+    metrics, training.sections = METHODS[cfg.method].hooks.after_fit(
+        model, cfg, ctx, evaluate(model, ctx, scale), scale, log_fn)
+    training.trainable_params = model.trainable_count()
     result = TrainResult(model, metrics, training, stats.losses, scale, context=ctx)
     if export:
         finish(result, ctx)
@@ -149,13 +144,13 @@ def finish(result: TrainResult, ctx: Context) -> None:
     artifact.validate(ctx.backbone.spec)
     result.parity = check_parity(result.model, artifact, ctx, result.scale)
     result.artifact = artifact
-    result.training.update(stored_params=stored_params(artifact), parity_max_abs=result.parity)
+    result.training.stored_params, result.training.parity_max_abs = stored_params(artifact), result.parity
 
 
 def _fit_and_select(cfg: TrainConfig, model: Trainable, ctx: Context, steps: int,
                     scale: RegressionScale | None, log_fn: Callable[[str], None],
-                    checkpoint: Path | None = None) -> tuple[FitStats, list[dict[str, Any]]]:
-    history: list[dict[str, Any]] = []
+                    checkpoint: Path | None = None) -> tuple[FitStats, list[dict[str, float]]]:
+    history: list[dict[str, float]] = []
     best: dict[str, Any] = {}
 
     def resumed(extra: dict[str, Any]) -> None:
@@ -222,7 +217,7 @@ def _build(cfg: TrainConfig, ctx: Context, head_tensors: dict[str, torch.Tensor]
 
 def _head_stage(cfg: TrainConfig, ctx: Context, steps: int, scale: RegressionScale | None,
                 cache: HeadCache | None,
-                log_fn: Callable[[str], None]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+                log_fn: Callable[[str], None]) -> tuple[dict[str, torch.Tensor], StageInfo]:
     """EH-FT stage 1: the PET method with a fresh head for ``steps`` steps at
     --head-init-lr; returns the head it learnt (the PET parameters are dropped)."""
     assert cfg.head_init is not None
@@ -230,45 +225,26 @@ def _head_stage(cfg: TrainConfig, ctx: Context, steps: int, scale: RegressionSca
     # EH-FT's stage 1: its own linear schedule with the run's warm-up share (10 % in the
     # paper's scripts), the run's weight decay and dropout
     pet_cfg = dataclasses.replace(cfg, method=pet, lr=cfg.head_init_lr, head_init=None,
-                                  warmup=cfg.warmup_frac)
+                                  warmup=cfg.warmup_frac, options=cfg.head_init_options,
+                                  head_init_options=None)
     key = (pet_cfg.method, pet_cfg.lr, pet_cfg.seed, steps, pet_cfg.warmup_frac, pet_cfg.dropout,
-           pet_cfg.precision,
+           pet_cfg.precision, pet_cfg.options,
            len(ctx.train), ctx.head, id(ctx.backbone), tuple(ctx.train.targets[:50]))
     if cache is not None and key in cache:
         return cache[key]
-    log_fn(f"[EH-FT stage 1] {steps} steps of {pet} (Q, K, V, O) with the head at lr {pet_cfg.lr:g}"
-           if pet == "lora" else f"[EH-FT stage 1] {steps} steps of {pet} with the head at lr {pet_cfg.lr:g}")
-    model: Trainable = (LoraModel(ctx.backbone, pet_cfg, ctx.head, targets=LORA_QKVO) if pet == "lora"
-                        else PetModel(ctx.backbone, pet_cfg, ctx.head))
+    hooks = METHODS[pet].hooks
+    log_fn(f"[EH-FT stage 1] {steps} steps of {hooks.head_stage_label} with the head at lr {pet_cfg.lr:g}")
+    model = hooks.head_stage(pet_cfg, ctx)
     t0 = time.perf_counter()
     fit(model, ctx.train, _settings(pet_cfg, ctx, steps, pet_cfg.learning_rate, f"EH-FT {pet}"),
         ctx.pad_id, ctx.device)
     m = evaluate(model, ctx, scale)
     log_fn("[EH-FT stage 1] dev " + _fmt(m, ctx.metric))
-    result = (model.head_tensors(), {"method": pet, "steps": steps, "lr": pet_cfg.lr, "dev": m,
-                                     "seconds": round(time.perf_counter() - t0, 1)})
+    result = (model.head_tensors(), StageInfo(method=pet, steps=steps, lr=cfg.head_init_lr, dev=m,
+                                              seconds=round(time.perf_counter() - t0, 1)))
     if cache is not None:
         cache[key] = result
     return result
-
-
-def _sparsify(model: Trainable, cfg: TrainConfig, ctx: Context, dense: dict[str, float],
-              scale: RegressionScale | None, training: dict[str, Any],
-              log_fn: Callable[[str], None]) -> dict[str, float]:
-    """child-f (servable): cut the dense diff to the density budget by magnitude; report the cost."""
-    assert isinstance(model, DenseModel)
-    diffs = model.diffs()
-    nonzero = sum(int((d != 0).sum()) for d in diffs.values())
-    cut = masks.sparsify({n: diffs[n] for n in model.sparse_names}, cfg.density, cfg.mask_structure)
-    model.set_diffs({**diffs, **cut})  # the pooler (the head's) stays as trained
-    sparse = evaluate(model, ctx, scale)
-    cost = dense[ctx.metric] - sparse[ctx.metric]
-    training["sparsify"] = {"rule": f"global top-|diff| to density ({cfg.mask_structure})",
-                            "dense_nonzero": nonzero,
-                            "dense_dev": dense, "sparse_dev": sparse, "metric_cost": cost}
-    log_fn(f"[child-f] sparsified {nonzero} changed weights to density {cfg.density}: "
-           f"{ctx.metric} {dense[ctx.metric]:.4f} -> {sparse[ctx.metric]:.4f} (cost {cost:+.4f})")
-    return sparse
 
 
 def fold_scale(artifact: TaskArtifact, scale: RegressionScale) -> TaskArtifact:
@@ -279,32 +255,6 @@ def fold_scale(artifact: TaskArtifact, scale: RegressionScale) -> TaskArtifact:
     tensors[last + "weight"] = tensors[last + "weight"] * scale.std
     tensors[last + "bias"] = tensors[last + "bias"] * scale.std + scale.mean
     return dataclasses.replace(artifact, tensors=tensors)
-
-
-def _servable_cut(model: Trainable, cfg: TrainConfig, ctx: Context, dense: dict[str, float],
-                  scale: RegressionScale | None, training: dict[str, Any],
-                  log_fn: Callable[[str], None]) -> None:
-    """child-f (paper): the score of the servable cut of the same run, reported beside the
-    dense score: the top --density |diff| of the tunable weights kept, the pooler as trained
-    (the servable recipe's head holds it), every other weight (the embedding tables) back
-    to the original; the dense model is restored afterwards."""
-    assert isinstance(model, DenseModel)
-    saved = model.state()
-    tunable = set(ctx.backbone.spec.tunable_params())
-    diffs = model.diffs()
-    cut = masks.sparsify({n: d for n, d in diffs.items() if n in tunable}, cfg.density,
-                          cfg.mask_structure)
-    kept = {**{n: diffs[n] for n in model.pooler_names if n in diffs}, **cut}
-    model.set_diffs({n: kept.get(n, torch.zeros_like(d)) for n, d in diffs.items()})
-    sparse = evaluate(model, ctx, scale)
-    model.restore(saved)
-    cost = dense[ctx.metric] - sparse[ctx.metric]
-    training["servable_cut"] = {"rule": "global top-|diff| of the tunable weights to density, "
-                                "the pooler as trained, the rest original", "density": cfg.density,
-                                "dev": sparse,
-                                "metric_cost": cost}
-    log_fn(f"[child-f] servable cut to density {cfg.density}: {ctx.metric} "
-           f"{dense[ctx.metric]:.4f} -> {sparse[ctx.metric]:.4f} (cost {cost:+.4f})")
 
 
 @torch.no_grad()

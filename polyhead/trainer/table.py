@@ -1,7 +1,8 @@
-"""The table of training methods: name -> artifact kind, help line, defaults, builder.
+"""The table of training methods: name -> artifact kind, help line, defaults, hooks.
 
-A new method is one entry here and one file in ``polyhead/trainer/algos/`` that defines its builder
-(``build(cfg, ctx) -> Trainable``). ``dense`` methods train the whole backbone (the paper
+A new method is one entry here and one file in ``polyhead/trainer/algos/`` that defines its
+options and hooks (``HOOKS``, a ``polyhead.trainer.method.TrainingMethod``; see
+docs/training-methods-api.md). ``dense`` methods train the whole backbone (the paper
 recipe stores a dense diff, the servable one a sparse diff within --density); the others
 train small tensors over the frozen backbone.
 
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from polyhead.trainer.config import TrainConfig
     from polyhead.trainer.context import Context
+    from polyhead.trainer.method import MethodOptions, TrainingMethod
     from polyhead.trainer.models import Trainable
 
 
@@ -47,7 +49,7 @@ class Method:
     help: str
     paper: Defaults  # --recipe paper
     servable: Defaults  # --recipe servable (the default recipe)
-    algo: str  # its module in polyhead/trainer/algos/, imported on first build (the table stays torch-free)
+    algo: str  # its module: a name in polyhead/trainer/algos/, or a dotted path (torch-free at import)
     dense: bool = False  # trains the backbone's own weights
     recipes: tuple[str, ...] = ("servable", "paper")  # the recipes it has
     own_head_init: bool = False  # its builder runs --head-init's stage 1 itself (eh-ft)
@@ -60,10 +62,19 @@ class Method:
     def defaults(self, recipe: str) -> Defaults:
         return self.paper if recipe == "paper" else self.servable
 
+    @property
+    def hooks(self) -> TrainingMethod:
+        """The method's ``HOOKS`` (its module imported on first use)."""
+        path = self.algo if "." in self.algo else f"polyhead.trainer.algos.{self.algo}"
+        hooks: TrainingMethod = importlib.import_module(path).HOOKS
+        return hooks
+
+    @property
+    def options(self) -> type[MethodOptions]:
+        return self.hooks.options
+
     def build(self, cfg: TrainConfig, ctx: Context) -> Trainable:
-        module = importlib.import_module(f"polyhead.trainer.algos.{self.algo}")
-        model: Trainable = module.build(cfg, ctx)
-        return model
+        return self.hooks.build(cfg, ctx)
 
 
 # The papers' shared schedule for whole-model methods: 3 epochs, 10 % warm-up, one lr:
@@ -175,7 +186,18 @@ _ENTRIES = (
            paper=_DENSE_PAPER, servable=_FULL_SERVABLE, algo="full", dense=True),
 )
 
-METHODS: dict[str, Method] = {m.name: m for m in _ENTRIES}
+METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> None:
+    """Add a method to the table (a name already there raises)."""
+    if method.name in METHODS:
+        raise ValueError(f"training method {method.name!r} is already registered")
+    METHODS[method.name] = method
+
+
+for _m in _ENTRIES:
+    register_method(_m)
 # "method (recipe)" for every default the study has not chosen yet
 PROVISIONAL = tuple(f"{m.name} ({r})" for m in METHODS.values() for r in m.recipes
                     if not m.defaults(r).evidence)

@@ -13,9 +13,10 @@ packages (``tests/mutants/child.py``; ``--spawn``: a fresh python per run, twice
 The copy's own modules are the ones imported: pytest runs from the copy with the copy
 first on ``sys.path`` and PYTHONPATH, and a guard plugin (``-p tests.mutants.guard``,
 loaded from the copy) stops the run with exit code 99 unless ``polyhead`` (and its
-subpackages), ``bench`` and ``tests`` all come from the copy. A mutant is killed when its tests fail (exit 1, or 2 for an error while
-collecting); it survived when they pass (exit 0); any other outcome (a test id that does
-not exist, the guard, a timeout) is an error. First, the same tests run once on an
+subpackages), ``bench`` and ``tests`` all come from the copy. A mutant is killed when
+its tests fail (exit 1, or 2 for an error while collecting); it survived when they pass
+(exit 0); any other outcome (a test id that does not exist, the guard, a timeout) is an
+error. First, the same tests run once on an
 unmutated copy and must pass, so that a test which fails anyway (e.g. only in a copy)
 cannot count as a kill. The check exits 1 naming every mutant that survived or erred.
 

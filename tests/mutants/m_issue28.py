@@ -8,7 +8,7 @@ R = "tests/test_train_recipes.py::"
 A = "tests/test_accuracy_study.py::"
 
 MUTANTS = [
-    Mutant("ehft-head-tanh", "polyhead/trainer/algos/eh_ft.py",
+    Mutant("ehft-head-tanh", "polyhead/trainer/algos/eh_ft_model.py",
            'return F.linear(F.relu(F.linear(cls, h["head__dense__weight"]',
            'return F.linear(torch.tanh(F.linear(cls, h["head__dense__weight"]',
            (R + "test_eh_ft_head_is_a_2048_relu_mlp_on_the_first_token",),
@@ -17,7 +17,7 @@ MUTANTS = [
            "betas=(0.9, 0.999), eps=1e-6, clip=0.1)",
            (R + "test_eh_ft_recipe_is_the_papers_optimiser_in_both_stages",),
            "EH-FT's optimiser is AdamW (0.9, 0.98); the study ran HF's defaults"),
-    Mutant("ehft-bitfit-head-bias", "polyhead/trainer/algos/eh_ft.py",
+    Mutant("ehft-bitfit-head-bias", "polyhead/trainer/algos/eh_ft_model.py",
            'head = {k: torch.zeros_like(v) if k.endswith("bias") else v for k, v in head.items()}',
            "head = dict(head)",
            (R + "test_eh_ft_stage_one_trains_the_pet_and_head_and_stage_two_starts_from_them",),
@@ -36,10 +36,10 @@ MUTANTS = [
            "_CHILD_PAPER = dataclasses.replace(_DENSE_PAPER, warmup=0.1)",
            (A + "test_issue_11s_claims_keep_child_tuning_at_the_warm_up_they_ran_with",),
            "Child-Tuning's code never applies run.sh's warm-up (its own scheduler)"),
-    Mutant("pilot-seed-is-a-claim-seed", "bench/accuracy.py", "PILOT_SEED = 3", "PILOT_SEED = 0",
+    Mutant("pilot-seed-is-a-claim-seed", "bench/study/runs.py", "PILOT_SEED = 3", "PILOT_SEED = 0",
            (A + "test_each_dense_method_searches_its_own_lr_on_a_seed_no_claim_uses",),
            "full's pilot winner served as its seed 0 claim (a winner's curse)"),
-    Mutant("commit-read-per-record", "bench/accuracy.py", "@functools.cache\ndef commit_of(",
+    Mutant("commit-read-per-record", "bench/study/runner.py", "@functools.cache\ndef commit_of(",
            "def commit_of(",
            (A + "test_a_workers_records_name_the_commit_it_started_on",),
            "a worker's records named whatever was merged while it ran, not the code it ran"),

@@ -31,6 +31,20 @@ Tokenize = Callable[[Sequence[TextInput]], list[Encoded]]
 Forward = Callable[[Sequence[BatchItem]], tuple[list[list[Row]], BatchStats]]
 
 
+@dataclasses.dataclass
+class BatchCounters:
+    """Totals since the replica started (Health reports them)."""
+
+    batches: int = 0
+    rows: int = 0
+    forward_s: float = 0.0  # the forwards' wall time
+
+    def add(self, stats: BatchStats) -> None:
+        self.batches += 1
+        self.rows += stats.rows
+        self.forward_s += stats.seconds
+
+
 @dataclasses.dataclass(eq=False)
 class _Pending:
     item: BatchItem
@@ -60,6 +74,7 @@ class Batcher:
         self._tokenize, self._run = tokenize, forward
         self.max_rows, self.max_tokens, self.fill_wait_s = max_rows, max_tokens, fill_wait_s
         self._on_batch = on_batch
+        self.counters = BatchCounters()
         self._tokenizer = ThreadPoolExecutor(1, "polyhead-tokenize")
         self._forward = ThreadPoolExecutor(1, "polyhead-forward", initializer=torch.set_num_threads,
                                            initargs=(threads,))
@@ -118,6 +133,7 @@ class Batcher:
             for p, rows in zip(live, out, strict=True):
                 if not p.future.done():
                     p.future.set_result(rows)
+            self.counters.add(stats)
             self._on_batch(stats)
 
     def _start(self, batch: list[_Pending]) -> tuple[list[_Pending], list[list[Row]], BatchStats] | None:

@@ -54,10 +54,15 @@ class Unparsed:
         self.data, self.message_type = data, message_type
 
     def parse(self) -> Any:
-        try:
-            return self.message_type.FromString(self.data)
-        except Exception as e:  # DecodeError and friends: the client's fault
-            return MalformedRequest(f"request does not parse: {str(e)[:200]}")
+        return parsed(self.message_type.FromString, self.data)
+
+
+def parsed(parse: Callable[[bytes], Any], data: bytes) -> Any:
+    """The message ``parse`` makes of ``data``, or a MalformedRequest saying why it cannot."""
+    try:
+        return parse(data)
+    except Exception as e:  # DecodeError and friends: the client's fault
+        return MalformedRequest(f"request does not parse: {str(e)[:200]}")
 
 
 def materialize(request: Any) -> Any:
@@ -132,10 +137,7 @@ def _lenient(method: str, handler: Any) -> Any:
             return MalformedRequest(f"{name}: a message of {len(data)} bytes; the limit is "
                                     f"{limit}", code="RESOURCE_EXHAUSTED")
         if message_type is None:  # not a generated FromString: parse here, leniently
-            try:
-                return parse(data)
-            except Exception as e:
-                return MalformedRequest(f"request does not parse: {str(e)[:200]}")
+            return parsed(parse, data)
         return Unparsed(data, message_type)
 
     return handler._replace(request_deserializer=deserialize)

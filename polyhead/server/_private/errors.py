@@ -57,6 +57,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     INTERNAL is left for faults of the server itself, never for anything a client sent.
     """
     from polyhead.store import AmbiguousRefError, NotFoundError, StoreError, StoreUnavailable
+    from polyhead.store.errors import InvalidAliasError
 
     if isinstance(exc, InStream):
         code, details = status_for(exc.error)
@@ -71,7 +72,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return code, f"artifact check {exc.check!r} failed: {exc.message}"
     if isinstance(exc, ConfigError):  # a kind or head config a client sent
         return grpc.StatusCode.INVALID_ARGUMENT, f"artifact check 'config' failed: {exc}"
-    if isinstance(exc, AmbiguousRefError):
+    if isinstance(exc, AmbiguousRefError | InvalidAliasError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, StoreUnavailable):  # the store's database is down: clients retry
         return grpc.StatusCode.UNAVAILABLE, str(exc)

@@ -1,6 +1,6 @@
 """Generate the protobuf/gRPC Python code (polyhead/v1) from proto/: the one way to make it.
 
-    python -m polyhead.server._private.gen_proto           # (re)write polyhead/v1/*_pb2*.py
+    python -m polyhead.server._private.gen_proto           # (re)write polyhead/v1/*_pb2*.py(i)
     python -m polyhead.server._private.gen_proto --check   # exit 1 if the committed code is stale
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[3]
 PROTO_ROOT = REPO / "proto"  # the wire schema's source; the code goes to REPO/polyhead/v1
 PROTOS = ("polyhead/v1/polyhead.proto",)
-GENERATED = ("polyhead_pb2.py", "polyhead_pb2_grpc.py")
+GENERATED = ("polyhead_pb2.py", "polyhead_pb2.pyi", "polyhead_pb2_grpc.py")  # .pyi: for mypy
 
 
 def generate(out: Path = REPO) -> list[Path]:
@@ -25,7 +25,7 @@ def generate(out: Path = REPO) -> list[Path]:
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     args = ["protoc", f"-I{PROTO_ROOT}", f"-I{well_known}", f"--python_out={out}",
-            f"--grpc_python_out={out}", *PROTOS]
+            f"--pyi_out={out}", f"--grpc_python_out={out}", *PROTOS]
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed on {', '.join(PROTOS)}")
     return [out / Path(p).parent / name for p in PROTOS for name in GENERATED]

@@ -17,7 +17,7 @@ import ray
 import torch
 from ray import serve
 
-from polyhead.engine import ArtifactError, Engine, TaskArtifact, load_backbone
+from polyhead.engine import ArtifactError, Engine, load_backbone
 from polyhead.engine.probe import probe_forward
 from polyhead.server._private.auth import Auth
 from polyhead.server._private.batcher import Batcher, batch_queue
@@ -26,10 +26,10 @@ from polyhead.server._private.http import HEALTH_ROUTE, http_classify, http_heal
 from polyhead.server._private.inference import BatchStats, forward
 from polyhead.server._private.metrics import ServerMetrics
 from polyhead.server._private.resolver import Resolver
-from polyhead.server._private.services import InferenceService, Parts, RegistryService, meta_of
+from polyhead.server._private.services import InferenceService, Parts, RegistryService, StoreSource
 from polyhead.server._private.streams import OneLineAborts, StreamLimits
 from polyhead.server._private.tenancy import Tenants
-from polyhead.server.bank import AdapterBank, TaskMeta, VersionKey
+from polyhead.server.bank import AdapterBank, BankEvent, VersionKey
 from polyhead.server.config import MB, ServerConfig
 from polyhead.store import NotFoundError, Store, VersionInfo
 from polyhead.v1 import polyhead_pb2 as pb
@@ -58,7 +58,7 @@ class Polyhead:
         self.streams = StreamLimits(config.stream_idle_s, config.max_streams_per_client)
         logger.addFilter(OneLineAborts(StreamAborted))
         bank = AdapterBank(
-            self._fetch, engine.load, engine.unload, device_budget=int(config.device_budget_mb * MB),
+            StoreSource(store, engine.spec), engine, device_budget=int(config.device_budget_mb * MB),
             host_budget=int(config.host_budget_mb * MB),
             executor=ThreadPoolExecutor(2, "polyhead-load"), listener=self._bank_event)
         tenants = Tenants()  # the tenants store's terms replace these when it is wired in
@@ -143,13 +143,9 @@ class Polyhead:
         if self._watcher.done():
             raise RuntimeError("the store watcher stopped")
 
-    # -- batches, the bank's loader, the store watch -----------------------------------------
+    # -- batches, the bank's events, the store watch -----------------------------------------
 
     def _record(self, stats: BatchStats) -> None:
-        c = self.parts.counters
-        c["batches"] += 1
-        c["rows"] += stats.rows
-        c["forward_s"] += stats.seconds
         m = self.metrics
         m.batch_rows.observe(stats.rows)
         m.batch_tasks.observe(stats.tasks)
@@ -157,13 +153,9 @@ class Polyhead:
             m.batch_kind_rows.inc(n, tags={"kind": kind})
         m.padding_efficiency.observe(stats.real_tokens / max(1, stats.padded_tokens))
 
-    def _fetch(self, key: VersionKey) -> tuple[TaskArtifact, TaskMeta]:
-        stored = self.parts.store.get(key.task_id, key.version)
-        return stored.artifact, meta_of(stored)
-
-    def _bank_event(self, event: str, key: VersionKey) -> None:
-        self.metrics.bank_event(event)
-        if event != "hit":
+    def _bank_event(self, event: BankEvent, key: VersionKey) -> None:
+        self.metrics.bank_event(event.value)
+        if event is not BankEvent.HIT:
             bank = self.parts.bank
             self.metrics.bank_bytes.set(bank.device_bytes, tags={"tier": "device"})
             self.metrics.bank_bytes.set(bank.host_bytes, tags={"tier": "host"})

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
-from polyhead.engine import Engine
+from polyhead.engine import BackboneSpec, Engine, ValidArtifact
 from polyhead.server._private import registry_rpcs
 from polyhead.server._private.batcher import Batcher
 from polyhead.server._private.errors import InStream, InvalidInput, QuotaExceeded, status_for
@@ -50,8 +50,6 @@ class Parts:
     batcher: Batcher
     metrics: ServerMetrics
     admin: ThreadPoolExecutor  # store writes, one at a time
-    counters: dict[str, float] = dataclasses.field(
-        default_factory=lambda: {"batches": 0, "rows": 0, "forward_s": 0.0})
     tenants: Tenants = dataclasses.field(default_factory=Tenants)  # terms, rows in flight
 
     async def on_admin(self, fn: Callable[..., T], *args: Any) -> T:
@@ -133,9 +131,9 @@ class InferenceService:
             store_generation=p.resolver.generation, device_bytes=p.bank.device_bytes,
             device_budget_bytes=p.bank.device_budget, host_bytes=p.bank.host_bytes,
             host_budget_bytes=p.bank.host_budget, device_table_bytes=p.engine.tables.nbytes,
-            batches=int(p.counters["batches"]),
-            batched_rows=int(p.counters["rows"]), torch_threads=p.threads,
-            forward_s=p.counters["forward_s"])
+            batches=p.batcher.counters.batches,
+            batched_rows=p.batcher.counters.rows, torch_threads=p.threads,
+            forward_s=p.batcher.counters.forward_s)
         for key, tier, nbytes, age in p.bank.resident() if show_tasks else ():
             out.resident.add(task_id=key.task_id, version=key.version, tier=tier, nbytes=nbytes,
                              age_s=age)
@@ -193,7 +191,8 @@ class RegistryService:
             raise
         await p.resolver.refresh(wait=True)
         info = stored.info
-        p.bank.put(VersionKey(info.task_id, info.version), stored.artifact, meta_of(stored))
+        await p.bank.put(VersionKey(info.task_id, info.version),
+                         stored.artifact.checked(p.engine.spec), meta_of(stored))
         p.metrics.swap_latency.observe((time.perf_counter() - t0) * 1000, tags={"origin": "local"})
         p.metrics.uploads.inc(tags={"result": "published"})
         return registry_rpcs.version_pb(info)
@@ -210,6 +209,19 @@ class RegistryService:
         await self.p.bank.get(VersionKey(info.task_id, info.version))
         self.p.metrics.swap_latency.observe((time.perf_counter() - t0) * 1000,
                                             tags={"origin": "local"})
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreSource:
+    """The bank's Source: a version read from the store, which checks it against the
+    backbone (``checked`` then costs nothing)."""
+
+    store: Store
+    spec: BackboneSpec
+
+    def __call__(self, key: VersionKey) -> tuple[ValidArtifact, TaskMeta]:
+        stored = self.store.get(key.task_id, key.version)
+        return stored.artifact.checked(self.spec), meta_of(stored)
 
 
 def meta_of(stored: StoredArtifact) -> TaskMeta:

@@ -11,10 +11,31 @@ of the study is below 2,000 steps); the servable recipe keeps --dropout.
 
 from __future__ import annotations
 
-from polyhead.trainer.config import TrainConfig
-from polyhead.trainer.context import Context
-from polyhead.trainer.masks import DpsMask
-from polyhead.trainer.models import DenseModel, Trainable
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from polyhead.trainer.algos.sparse_budget import SparseOptions
+from polyhead.trainer.method import TrainConfigError, TrainingMethod, option
+
+if TYPE_CHECKING:
+    from polyhead.trainer.config import TrainConfig
+    from polyhead.trainer.context import Context
+    from polyhead.trainer.models import DenseModel, Trainable
+    from polyhead.trainer.run import RegressionScale
+
+
+@dataclasses.dataclass(frozen=True)
+class DpsOptions(SparseOptions):
+    dps_reserve_p: float = option(0.3, "dps: share of each matrix not updated", type=float)
+    dps_update_ratio: float = option(0.05, "dps: stage length / total steps", type=float)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.dps_reserve_p < 1:
+            raise TrainConfigError(f"dps reserve-p must be in [0, 1), got {self.dps_reserve_p}")
+        if not 0 < self.dps_update_ratio <= 0.5:
+            raise TrainConfigError(f"dps update ratio must be in (0, 0.5], got {self.dps_update_ratio}")
 
 
 def linear_weights(model: DenseModel) -> list[str]:
@@ -29,20 +50,40 @@ def linear_weights(model: DenseModel) -> list[str]:
 
 def stage_length(cfg: TrainConfig, total_steps: int) -> int:
     """DPS's ``us = int(max_steps * update_ratio)`` (at least 1)."""
-    return max(1, int(total_steps * cfg.dps_update_ratio))
+    return max(1, int(total_steps * cfg.options_as(DpsOptions).dps_update_ratio))
 
 
 DROPOUT_MIN_STEPS = 2000  # run_trainer.py: dropout back to 0.1 only from here
 
 
-def build(cfg: TrainConfig, ctx: Context) -> Trainable:
-    model = DenseModel(ctx.backbone, cfg, ctx.head)
-    if cfg.paper and ctx.total_steps < DROPOUT_MIN_STEPS:
-        model.dropout = False
-    us = stage_length(cfg, ctx.total_steps)
-    if cfg.paper:
-        model.policy = DpsMask(model.params, linear_weights(model), us, reserve_p=cfg.dps_reserve_p)
-    else:
-        model.policy = DpsMask(model.params, list(model.sparse_names), us, density=cfg.density,
-                               structure=cfg.mask_structure)
-    return model
+class Dps(TrainingMethod):
+    options = DpsOptions
+
+    def build(self, cfg: TrainConfig, ctx: Context) -> Trainable:
+        from polyhead.trainer.masks import DpsMask
+        from polyhead.trainer.models import DenseModel
+
+        opts = cfg.options_as(DpsOptions)
+        model = DenseModel(ctx.backbone, cfg, ctx.head, density=opts.export_density(cfg),
+                           structure=opts.mask_structure)
+        if cfg.paper and ctx.total_steps < DROPOUT_MIN_STEPS:
+            model.dropout = False
+        us = stage_length(cfg, ctx.total_steps)
+        if cfg.paper:
+            model.policy = DpsMask(model.params, linear_weights(model), us, reserve_p=opts.dps_reserve_p)
+        else:
+            model.policy = DpsMask(model.params, list(model.sparse_names), us, density=opts.density,
+                                   structure=opts.mask_structure)
+        return model
+
+    def after_fit(self, model: Trainable, cfg: TrainConfig, ctx: Context, metrics: dict[str, float],
+                  scale: RegressionScale | None,
+                  log_fn: Callable[[str], None]) -> tuple[dict[str, float], dict[str, Any]]:
+        from polyhead.trainer.masks import DpsMask
+        from polyhead.trainer.models import DenseModel
+
+        assert isinstance(model, DenseModel) and isinstance(model.policy, DpsMask)
+        return metrics, {"dps_stages_history": model.policy.history}
+
+
+HOOKS = Dps()

@@ -18,30 +18,20 @@ answers the paper's question in the accuracy study (bench/accuracy.py plan eh-ft
 
 from __future__ import annotations
 
-import math
-import re
-import time
-from typing import Any
+import dataclasses
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.nn.utils import parametrize
+from polyhead.trainer.method import MethodOptions, TrainConfigError, TrainingMethod, option
 
-from polyhead.engine import Backbone, HeadConfig, TaskArtifact
-from polyhead.trainer.config import TrainConfig
-from polyhead.trainer.context import Context
-from polyhead.trainer.loop import FitSettings, fit, predict, steps_for
-from polyhead.trainer.metrics import compute_metrics
-from polyhead.trainer.models import LORA_QKVO, Batch, DenseModel, ExportError, Trainable, _key
+if TYPE_CHECKING:
+    from polyhead.trainer.config import TrainConfig
+    from polyhead.trainer.context import Context
+    from polyhead.trainer.models import Trainable
 
-HIDDEN = 2048  # the head's hidden width
-INIT_STD = 0.005  # the head's init (finetune_roberta.py: std = 0.005)
 STAGE1_EPOCHS = 6.0  # RTE/MRPC: 6 of 60 epochs (finetune.sh)
 # finetune.sh's stage-1 epochs by task (total in the comment); the others: 2 of 20
 PAPER_STAGE1 = {"rte": 6.0, "mrpc": 6.0, "boolq": 4.0, "wic": 4.0,  # 60, 60, 40, 40
                 "cb": 40.0, "copa": 40.0, "wsc": 40.0, "qnli": 1.0}  # 400 x 3, 10
-BITFIT = r"encoder\.layer\.\d+\..*\.bias"  # QKV, attention out, FFN in/out, both LayerNorms
 
 
 def stage1_epochs(task: str) -> float:
@@ -49,103 +39,29 @@ def stage1_epochs(task: str) -> float:
     return PAPER_STAGE1.get(task, 2.0)
 
 
-class LoraDelta(nn.Module):
-    """W + scale B A as a parametrization of a frozen Linear weight (A as PEFT's init,
-    B zero: an exact no-op at the start)."""
+@dataclasses.dataclass(frozen=True)
+class EhFtOptions(MethodOptions):
+    head_init_epochs: float | None = option(
+        None, "eh-ft: stage 1's epochs (default 6, the paper's RTE/MRPC schedule; 2 elsewhere)", type=float)
 
-    def __init__(self, out_f: int, in_f: int, r: int, alpha: float, g: torch.Generator) -> None:
-        super().__init__()
-        self.A = nn.Parameter(torch.empty(r, in_f))
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5), generator=g)
-        self.B = nn.Parameter(torch.zeros(out_f, r))
-        self.scale = alpha / r
-
-    def forward(self, w: Tensor) -> Tensor:
-        return w + self.scale * (self.B @ self.A).to(w.dtype)
+    def __post_init__(self) -> None:
+        if self.head_init_epochs is not None and not self.head_init_epochs > 0:
+            raise TrainConfigError("--head-init-epochs (> 0) is eh-ft's stage 1 length (the other "
+                                   "methods: --head-init-frac)")
 
 
-class EhFtModel(DenseModel):
-    """Every backbone weight (stage 2), or the frozen backbone and a PET method (``pet``:
-    stage 1), under EH-FT's MLP head on the first token."""
+class EhFt(TrainingMethod):
+    options = EhFtOptions
 
-    def __init__(self, backbone: Backbone, cfg: TrainConfig, head: HeadConfig,
-                 pet: str | None = None) -> None:
-        super().__init__(backbone, cfg, head)
-        g = torch.Generator().manual_seed(cfg.seed)
-        d, c = backbone.spec.hidden, head.num_outputs
-        init = {"head.dense.weight": torch.randn(HIDDEN, d, generator=g) * INIT_STD,
-                "head.dense.bias": torch.zeros(HIDDEN),
-                "head.out.weight": torch.randn(c, HIDDEN, generator=g) * INIT_STD,
-                "head.out.bias": torch.zeros(c)}
-        self.head = nn.ParameterDict({_key(k): nn.Parameter(v.to(backbone.device)) for k, v in init.items()})
-        self.pet = pet
-        extra = self._add_pet(pet, cfg, g) if pet is not None else {}
-        self.module = nn.ModuleDict({"backbone": self.bb.model, "head": self.head,
-                                     "pet": nn.ParameterDict({_key(k): v for k, v in extra.items()})})
-        trained = {n: p for n, p in self.backbone_params.items() if p.requires_grad}
-        self.params = {**trained, **extra, **{k.replace("__", "."): v for k, v in self.head.items()}}
+    def build(self, cfg: TrainConfig, ctx: Context) -> Trainable:
+        from polyhead.trainer.algos.eh_ft_model import EhFtModel, stage_one
 
-    def _add_pet(self, pet: str, cfg: TrainConfig, g: torch.Generator) -> dict[str, nn.Parameter]:
-        """Freeze the backbone; return the PET parameters stage 1 trains."""
-        for p in self.backbone_params.values():
-            p.requires_grad_(False)
-        if pet == "bitfit":
-            biases = {n: p for n, p in self.backbone_params.items() if re.fullmatch(BITFIT, n)}
-            for p in biases.values():
-                p.requires_grad_(True)
-            return biases
-        out: dict[str, nn.Parameter] = {}
-        for name, mod in list(self.bb.model.named_modules()):
-            if isinstance(mod, nn.Linear) and re.fullmatch(LORA_QKVO, "." + name):
-                delta = LoraDelta(mod.out_features, mod.in_features, cfg.lora_r, cfg.lora_alpha, g)
-                parametrize.register_parametrization(mod, "weight", delta.to(mod.weight.device))
-                out[f"lora.{name}.A"], out[f"lora.{name}.B"] = delta.A, delta.B
-        return out
-
-    def forward(self, batch: Batch) -> Tensor:
-        ctx = self.encoder.context(batch.ids, batch.mask)
-        cls = self.encoder.forward(ctx, batch.types)[:, 0]  # (B, d): the first token
-        h = self.head
-        return F.linear(F.relu(F.linear(cls, h["head__dense__weight"], h["head__dense__bias"])),
-                        h["head__out__weight"], h["head__out__bias"])  # (B, C)
-
-    def trainable_count(self) -> int:
-        return sum(p.numel() for p in self.params.values() if p.requires_grad)
-
-    def export(self) -> TaskArtifact:
-        raise ExportError("EH-FT's head (d -> 2048 -> ReLU -> C on the first token) is not a head "
-                          "the engine serves: --method eh-ft is for the accuracy study; for an "
-                          "artifact, use --method full --head-init (a pooler head)")
+        model = EhFtModel(ctx.backbone, cfg, ctx.head)
+        if cfg.head_init is not None:
+            epochs = cfg.options_as(EhFtOptions).head_init_epochs
+            head, model.stage_info = stage_one(cfg, ctx, STAGE1_EPOCHS if epochs is None else epochs)
+            model.load_head(head)
+        return model
 
 
-def build(cfg: TrainConfig, ctx: Context) -> Trainable:
-    model = EhFtModel(ctx.backbone, cfg, ctx.head)
-    if cfg.head_init is not None:
-        head, model.stage_info = stage_one(cfg, ctx)
-        model.load_head(head)
-    return model
-
-
-def stage_one(cfg: TrainConfig, ctx: Context) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Train the PET method with a fresh head; return the head stage 2 starts from."""
-    assert cfg.head_init is not None
-    pet = cfg.head_init.split(":", 1)[1]
-    first = EhFtModel(ctx.backbone, cfg, ctx.head, pet=pet)
-    epochs = cfg.head_init_epochs if cfg.head_init_epochs is not None else STAGE1_EPOCHS
-    steps = steps_for(len(ctx.train), epochs, cfg.batch)
-    d = cfg.defaults
-    s = FitSettings(steps=steps, lr=cfg.head_init_lr, batch_size=cfg.batch, weight_decay=cfg.decay,
-                    warmup=cfg.warmup_frac, seed=cfg.seed, pool=cfg.pool, progress=ctx.progress,
-                    desc=f"EH-FT stage 1 ({pet})", amp=cfg.autocast_dtype(ctx.device), max_grad_norm=d.clip,
-                    betas=d.betas, eps=d.eps)
-    t0 = time.perf_counter()
-    fit(first, ctx.train, s, ctx.pad_id, ctx.device)
-    dev = compute_metrics(predict(first, ctx.dev, 64, ctx.pad_id, ctx.device), ctx.dev.targets,
-                          ctx.dev.regression)  # (regression: pearson/spearman, scale-free)
-    head = first.head_tensors()
-    if pet == "bitfit":  # NEW_MLPHeadMixin copies the weights; the biases start again
-        head = {k: torch.zeros_like(v) if k.endswith("bias") else v for k, v in head.items()}
-    info = {"method": pet, "steps": steps, "epochs": epochs, "lr": cfg.head_init_lr, "dev": dev,
-            "trainable_params": first.trainable_count(), "seconds": round(time.perf_counter() - t0, 1)}
-    return head, info
-
+HOOKS = EhFt()

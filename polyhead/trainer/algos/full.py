@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from polyhead.trainer.config import TrainConfig
-from polyhead.trainer.context import Context
-from polyhead.trainer.models import DenseModel, Trainable
+from typing import TYPE_CHECKING
+
+from polyhead.trainer.method import TrainingMethod
+
+if TYPE_CHECKING:
+    from polyhead.trainer.config import TrainConfig
+    from polyhead.trainer.context import Context
+    from polyhead.trainer.models import Trainable
 
 
-def build(cfg: TrainConfig, ctx: Context) -> Trainable:
-    return DenseModel(ctx.backbone, cfg, ctx.head)
+class Full(TrainingMethod):
+    def build(self, cfg: TrainConfig, ctx: Context) -> Trainable:
+        from polyhead.trainer.models import DenseModel
+
+        return DenseModel(ctx.backbone, cfg, ctx.head)
+
+
+HOOKS = Full()
