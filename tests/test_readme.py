@@ -207,7 +207,13 @@ def run_tour(tmp: Path, data: Path | None, exact: bool) -> None:
         sst2.parent.mkdir(parents=True)
         sst2.symlink_to(data)
     with served_as_make_does(work, home) as s:
-        assert f"serving gRPC on {s.address} and HTTP on 127.0.0.1:{s.http}" in s.output()
+        # the startup line (printed once Serve reports ready, which may come after the first
+        # answer): what the README's step 1 shows, with this run's ports
+        line = f"serving gRPC on {s.address} and HTTP on 127.0.0.1:{s.http}"
+        stop_at = time.monotonic() + 120  # only stops the wait
+        while line not in s.output() and s.proc.poll() is None and time.monotonic() < stop_at:
+            time.sleep(0.2)
+        assert line in s.output(), s.output()[-3000:]
         drop = (*TOKEN_VARS, "POLYHEAD_STORE", "POLYHEAD_BACKBONE")
         env = {k: v for k, v in s.env().items() if k not in drop}
         for cmd, shown in tour(README.read_text()):
