@@ -431,6 +431,8 @@ def test_readme_artifacts_are_ignored_but_not_the_shipped_example(tmp_path: Path
         return subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=tmp_path).returncode == 0
 
     assert ignored("sentiment.polyhead") and ignored("out/sst2.polyhead")
+    assert ignored("texts.txt") and ignored("site/index.html")  # the README's bulk file, mkdocs build
+    assert not ignored("docs/index.md") and not ignored("tests/texts.txt")
     assert not ignored("polyhead/server/examples/sentiment.polyhead")
 
 

@@ -1,0 +1,1 @@
+"""Repository tools that are neither benchmarks nor part of the installed package."""
