@@ -31,18 +31,21 @@ import matplotlib.pyplot as plt
 
 from bench import accuracy as acc
 from bench import papers_budgets
+from bench.study.choices import claim_runs, servable_costs
+from bench.study.records import Result, load_results
+from bench.study.runs import CLAIM_TASKS, ISSUE28, METRIC, TASKS
+from bench.study.stats import t_interval
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "accuracy.jsonl"
 FIGURES = ROOT / "bench" / "results" / "figures.json"
 OUT = ROOT / "docs" / "img"
-Record = dict[str, Any]
 plt.rcParams.update({"svg.hashsalt": "polyhead", "svg.fonttype": "none", "font.size": 9})
 
 
 def mean_ci(vals: list[float]) -> tuple[float, float, float]:
     """(mean, low, high): the 95 % t-interval, or the one value three times."""
-    ci = acc.t_interval(vals)
+    ci = t_interval(vals)
     return ci if ci is not None else (vals[0], vals[0], vals[0])
 
 
@@ -62,7 +65,7 @@ def interval_panels(groups: dict[str, dict[str, list[float]]], tasks: list[str],
                         color="#1f77b4" if len(vals) > 1 else "#888888")
         if zero_line:
             ax.axvline(0, color="#cc3333", lw=0.8)
-        ax.set_title(f"{acc.TASKS[task]} ({acc.METRIC[task]})")
+        ax.set_title(f"{TASKS[task]} ({METRIC[task]})")
         ax.grid(axis="x", lw=0.3)
     axes[0][0].set_yticks(range(len(names)), names)
     axes[0][0].invert_yaxis()
@@ -72,47 +75,47 @@ def interval_panels(groups: dict[str, dict[str, list[float]]], tasks: list[str],
     return fig
 
 
-def accuracy_figure(results: list[Record]) -> plt.Figure:
-    claims = acc.claim_runs(results)
+def accuracy_figure(results: list[Result]) -> plt.Figure:
+    claims = claim_runs(results)
     groups: dict[str, dict[str, list[float]]] = {}
     for r in claims:
-        groups.setdefault(r["name"], {}).setdefault(r["task"], []).append(r["value"])
-    tasks = [t for t in acc.CLAIM_TASKS if any(r["task"] == t for r in claims)]
+        groups.setdefault(r.name, {}).setdefault(r.task, []).append(r.value)
+    tasks = [t for t in CLAIM_TASKS if any(r.task == t for r in claims)]
     return interval_panels(groups, tasks, "Accuracy study: dev metric x100, mean and 95 % t-interval "
                            "over seeds (grey: one seed)", "dev metric x100")
 
 
-def servable_cost_figure(results: list[Record]) -> plt.Figure:
+def servable_cost_figure(results: list[Result]) -> plt.Figure:
     groups: dict[str, dict[str, list[float]]] = {}
-    for (name, task), diffs in acc.servable_costs(results).items():
+    for (name, task), diffs in servable_costs(results).items():
         groups.setdefault(name, {})[task] = diffs
-    tasks = [t for t in acc.CLAIM_TASKS if any(t in g for g in groups.values())]
+    tasks = [t for t in CLAIM_TASKS if any(t in g for g in groups.values())]
     return interval_panels(groups, tasks, "The servable recipe's cost: servable - paper recipe, same "
                            "method, task and seed", "difference in dev metric x100", zero_line=True)
 
 
-def pasta_runs(results: list[Record]) -> list[tuple[str, Record]]:
+def pasta_runs(results: list[Result]) -> list[tuple[str, Result]]:
     """(line label, record) for PASTA's dev curves: plan pasta-paper's runs (its paper
     budget, up to 150 epochs; bench.papers_budgets finds them), and the study's PASTA runs
     at the default recipe (10 epochs, one per seed)."""
     args = acc.parse_args(["--table-only", "--results", str(RESULTS)])
     paper = [("paper recipe", r) for _, r in papers_budgets._found("pasta-paper", args, results, results)]
-    study = [r for r in acc.claim_runs([r for r in results if r.get("plan") not in acc.ISSUE28])
-             if r["name"] == "pasta"]
-    return paper + [(f"default, seed {r['seed']}", r) for r in study]
+    study = [r for r in claim_runs([r for r in results if r.plan not in ISSUE28])
+             if r.name == "pasta"]
+    return paper + [(f"default, seed {r.seed}", r) for r in study]
 
 
-def pasta_curves_figure(results: list[Record]) -> plt.Figure:
+def pasta_curves_figure(results: list[Result]) -> plt.Figure:
     runs = pasta_runs(results)
-    tasks = [t for t in acc.CLAIM_TASKS if any(r["task"] == t for _, r in runs)]
+    tasks = [t for t in CLAIM_TASKS if any(r.task == t for _, r in runs)]
     fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(2.4 * max(1, len(tasks)) + 0.6, 2.6),
                              squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=False):
-        for label, r in (x for x in runs if x[1]["task"] == task):
-            pts = [(h["epoch"], 100 * h[r["metric"]]) for h in r["dev_history"] if "epoch" in h]
+        for label, r in (x for x in runs if x[1].task == task):
+            pts = [(h["epoch"], 100 * h[r.metric]) for h in r.dev_history if "epoch" in h]
             ax.plot([e for e, _ in pts], [v for _, v in pts], lw=1.6 if label == "paper recipe" else 0.9,
                     color="#222222" if label == "paper recipe" else None, label=label)
-        ax.set_title(f"{acc.TASKS[task]} ({acc.METRIC[task]})")
+        ax.set_title(f"{TASKS[task]} ({METRIC[task]})")
         ax.set_xlabel("epoch")
         ax.grid(lw=0.3)
     axes[0][0].set_ylabel("dev metric x100")
@@ -163,8 +166,8 @@ def serving_figure(fig_data: dict[str, Any]) -> plt.Figure:
 
 
 def write_all(out: Path, results_path: Path = RESULTS) -> list[Path]:
-    results = [r for r in acc.load_results(results_path) if acc.precision_of(r) == "bf16"]
-    study = [r for r in results if r.get("plan") not in acc.ISSUE28]
+    results = load_results(results_path, precision="bf16")
+    study = [r for r in results if r.plan not in ISSUE28]
     fig_data = json.loads(FIGURES.read_text())
     figures = {"accuracy.svg": accuracy_figure(study), "servable_cost.svg": servable_cost_figure(study),
                "pasta_curves.svg": pasta_curves_figure(results), "engine_ratios.svg": engine_figure(fig_data),
