@@ -30,6 +30,7 @@ from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
 RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 READ_RETRY_CODES = RETRY_CODES | {grpc.StatusCode.INTERNAL}
 MAX_MESSAGE = 512 << 20
+DATASET_CHUNK = 1 << 20  # UploadDataset's message size (under the server's message limit)
 T = TypeVar("T")
 TextInput = str | tuple[str, str]
 
@@ -75,6 +76,7 @@ class PolyheadClient:
         self.tls = tls or ca is not None
         self._inference = pb_grpc.InferenceStub(self._channel)
         self._registry = pb_grpc.RegistryStub(self._channel)
+        self._training = pb_grpc.TrainingStub(self._channel)
 
     # -- Inference -------------------------------------------------------------------------
 
@@ -200,6 +202,67 @@ class PolyheadClient:
         """Bring back a deleted task within its retention; its latest version."""
         req = pb.RestoreTaskRequest(task_id=task_id)
         return as_dict(self._call(self._registry.RestoreTask, req, retry=frozenset()))
+
+    # -- Training --------------------------------------------------------------------------
+
+    def upload_dataset(self, data: bytes, filename: str, *, text_col: str = "", pair_col: str = "",
+                       label_col: str = "", no_header: bool = False, regression: bool = False,
+                       labels_from: str = "") -> dict[str, Any]:
+        """Send a dataset file in DATASET_CHUNK pieces; its DatasetInfo (an identical file
+        and flags give the same id, so a retry is safe)."""
+        columns = pb.DatasetColumns(text_col=text_col, pair_col=pair_col, label_col=label_col,
+                                    no_header=no_header, regression=regression)
+
+        def chunks() -> Iterator[pb.DatasetChunk]:
+            yield pb.DatasetChunk(filename=filename, columns=columns, labels_from=labels_from,
+                                  data=data[:DATASET_CHUNK])
+            for at in range(DATASET_CHUNK, len(data), DATASET_CHUNK):
+                yield pb.DatasetChunk(data=data[at:at + DATASET_CHUNK])
+
+        def send(_: object, **kw: Any) -> pb.DatasetInfo:
+            return self._training.UploadDataset(chunks(), **kw)
+
+        return as_dict(self._call(send, pb.GetJobRequest(), retry=RETRY_CODES))
+
+    def create_job(self, task_id: str, method: str, train_dataset: str, *, dev_dataset: str = "",
+                   dev_fraction: float = 0.0, options: dict[str, str] | None = None,
+                   metric: str = "", replace_kind: bool = False) -> dict[str, Any]:
+        req = pb.CreateJobRequest(task_id=task_id, method=method, train_dataset=train_dataset,
+                                  dev_dataset=dev_dataset, dev_fraction=dev_fraction,
+                                  options={k: str(v) for k, v in (options or {}).items()},
+                                  metric=metric, replace_kind=replace_kind)
+        return as_dict(self._call(self._training.CreateJob, req, retry=frozenset()))
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        return as_dict(self._call(self._training.GetJob, pb.GetJobRequest(job_id=job_id),
+                                  retry=READ_RETRY_CODES))
+
+    def list_jobs(self, state: str = "", limit: int = 0) -> list[dict[str, Any]]:
+        res = self._call(self._training.ListJobs, pb.ListJobsRequest(state=state, limit=limit),
+                         retry=READ_RETRY_CODES)
+        return [as_dict(j) for j in res.jobs]
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return as_dict(self._call(self._training.CancelJob, pb.CancelJobRequest(job_id=job_id),
+                                  retry=RETRY_CODES))
+
+    def watch_job(self, job_id: str, after_seq: int = 0,
+                  timeout_s: float | None = None) -> Iterator[dict[str, Any]]:
+        """The job's events up to its last one (published, failed, cancelled); a stream cut
+        by a restarting server is opened again after the last event seen."""
+        seq = after_seq
+        while True:
+            stream = self._training.WatchJob(pb.WatchJobRequest(job_id=job_id, after_seq=seq),
+                                             timeout=timeout_s, metadata=self._metadata)
+            try:
+                for event in stream:
+                    seq = event.seq
+                    yield as_dict(event)
+                return
+            except grpc.RpcError as e:
+                if e.code() not in RETRY_CODES:
+                    raise PolyheadError(e.code(), e.details() or "") from None
+                time.sleep(self.backoff_s)
 
     # -- plumbing --------------------------------------------------------------------------
 
