@@ -18,6 +18,7 @@ VERBS = {
     "tasks": "polyhead.client_cli",
     "health": "polyhead.client_cli",
     "serve": "polyhead.server.serve_cli",
+    "jobs": "polyhead.jobs_cli",
 }
 
 
