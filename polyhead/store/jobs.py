@@ -246,7 +246,7 @@ class JobBook:
         catalog) is published. The state it ends in."""
         def body(c: Conn) -> str:
             job = _job(c, job_id)
-            if job.done or job.attempt != attempt:
+            if job.state not in LEASED or job.attempt != attempt:  # reported already
                 return job.state
             number = _published_number(c, job) if job.state == PUBLISHING else None
             if number is not None:
