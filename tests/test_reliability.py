@@ -429,31 +429,43 @@ def test_10k_upload_delete_evict_cycles_do_not_leak(app: App, tiny_bert) -> None
 
 # -- load soak -------------------------------------------------------------------------------
 
-def soak(app: App, spec, seconds: float, window_s: float, threads: int = 16) -> dict[str, object]:
+def reference_scores(backbone, art, text: str) -> list[float]:
+    """Softmax scores for ``text`` from the float64 Hugging Face reference, written apart from
+    the engine (tests/test_reference_parity.py)."""
+    from tests.test_reference_parity import reference_logits
+
+    return torch.softmax(reference_logits(backbone, art, text), -1).tolist()
+
+
+def soak(app: App, backbone, seconds: float, window_s: float, threads: int = 16) -> dict[str, object]:
     """Closed-loop Classify from ``threads`` clients over 4 tasks of 3 kinds (with the client's
-    retry policy); every answer checked against the first one for its input."""
+    retry policy); every answer is checked against the independent float64 reference: its
+    version, label and scores (not against the server's own first answer, which a server
+    wrong from the start would pass)."""
     from polyhead.engine.lora import LoraConfig
 
-    tasks = {"soak-pasta": artifact(spec, "soak-pasta", seed=91)[0],
-             "soak-lora": artifact(spec, "soak-lora", "lora", ("a", "b", "c"), seed=92,
-                                   config=LoraConfig(r=4, alpha=8.0))[0],
-             "soak-prefix": artifact(spec, "soak-prefix", "prefix", seed=93)[0],
-             "soak-pasta2": artifact(spec, "soak-pasta2", seed=94)[0]}
-    names = sorted(tasks)
-    want: dict[tuple[str, int], tuple[str, list[int]]] = {}
+    spec = backbone.spec
+    made = {"soak-pasta": artifact(spec, "soak-pasta", seed=91),
+            "soak-lora": artifact(spec, "soak-lora", "lora", ("a", "b", "c"), seed=92,
+                                  config=LoraConfig(r=4, alpha=8.0)),
+            "soak-prefix": artifact(spec, "soak-prefix", "prefix", seed=93),
+            "soak-pasta2": artifact(spec, "soak-pasta2", seed=94)}
+    names = sorted(made)
+    versions = {}
     with app.client() as c:
-        for data in tasks.values():
-            c.upload(data)
         for t in names:
-            for j in range(len(KNOWN_INPUTS)):
-                res = c.classify_raw(t, KNOWN_INPUTS[j])
-                want[t, j] = (res.version, [p.label_index for p in res.predictions])
+            versions[t] = c.upload(made[t][0])["version"]
+    want = {(t, j): reference_scores(backbone, made[t][1], x)
+            for t in names for j, x in enumerate(KNOWN_INPUTS)}
 
     def work(c: PolyheadClient, i: int) -> str | None:
         t, j = names[i % len(names)], (i // len(names)) % len(KNOWN_INPUTS)
         res = c.classify_raw(t, KNOWN_INPUTS[j])
-        got = (res.version, [p.label_index for p in res.predictions])
-        return None if got == want[t, j] else f"{t}/{j}: {got} != {want[t, j]}"
+        (p,) = res.predictions
+        ref = want[t, j]
+        ok = (res.version == versions[t] and p.label_index == max(range(len(ref)), key=ref.__getitem__)
+              and all(abs(a - b) <= 1e-4 for a, b in zip(p.scores, ref, strict=True)))
+        return None if ok else f"{t}/{j}: {res.version} {list(p.scores)} != {versions[t]} {ref}"
 
     t0 = time.perf_counter()
     cpu0 = psutil.cpu_times()
@@ -467,7 +479,7 @@ def soak(app: App, spec, seconds: float, window_s: float, threads: int = 16) -> 
 
 
 def test_soak_short(app: App, tiny_bert) -> None:
-    r = soak(app, tiny_bert.spec, float(os.environ.get("POLYHEAD_SOAK_CI_S", "20")), 5.0, threads=8)
+    r = soak(app, tiny_bert, float(os.environ.get("POLYHEAD_SOAK_CI_S", "20")), 5.0, threads=8)
     _report("soak_ci", r)
     assert r["errors"] == 0 and r["wrong"] == 0, r["first_errors"]
     assert r["calls"] > 0
@@ -475,7 +487,7 @@ def test_soak_short(app: App, tiny_bert) -> None:
 
 @pytest.mark.slow
 def test_soak_10_minutes(app: App, tiny_bert) -> None:
-    r = soak(app, tiny_bert.spec, float(os.environ.get("POLYHEAD_SOAK_S", "600")), 60.0)
+    r = soak(app, tiny_bert, float(os.environ.get("POLYHEAD_SOAK_S", "600")), 60.0)
     _report("soak_slow", r)
     assert r["errors"] == 0 and r["wrong"] == 0, r["first_errors"]
     assert r["calls"] > 0

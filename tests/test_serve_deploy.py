@@ -316,13 +316,14 @@ def copied_paths() -> list[str]:
 
 
 def test_image_copies_every_package() -> None:
+    """Every top-level folder holding an installed package is copied into the image."""
+    from setuptools import find_namespace_packages
+
     copied = copied_paths()
     assert all((ROOT / p).exists() for p in copied)
-    package_dir = PYPROJECT["tool"]["setuptools"].get("package-dir", {})
-    for pkg in PYPROJECT["tool"]["setuptools"]["packages"]:
-        top = pkg.split(".")[0]
-        src = package_dir.get(top, top).split("/")[0]
-        assert src in copied, f"package {pkg} ({src}/) is not copied into the image"
+    found = find_namespace_packages(str(ROOT), **PYPROJECT["tool"]["setuptools"]["packages"]["find"])
+    for top in {pkg.split(".")[0] for pkg in found}:
+        assert top in copied, f"package {top} ({top}/) is not copied into the image"
 
 
 def test_image_install_has_the_servicers_and_entry_point(tmp_path: Path) -> None:
