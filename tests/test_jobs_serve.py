@@ -190,3 +190,17 @@ def test_a_killed_worker_is_retried_and_publishes_once(served: tuple[Server, str
         assert done["attempt"] == 2 and done["state"] == "published"
         versions = c.get_task("killed-task")["versions"]
         assert [v["version"] for v in versions] == [done["version"]]  # one publish, whole
+
+
+def test_every_training_rpc_needs_the_registry_token(served: tuple[Server, str]) -> None:
+    server, job_id = served
+    for token in (None, "wrong-token"):
+        with PolyheadClient(server.address, token, retries=0) as c:
+            for call in (lambda: c.upload_dataset(tsv(8), "t.tsv"), lambda: c.list_jobs(),
+                         lambda: c.get_job(job_id), lambda: c.cancel_job(job_id),
+                         lambda: list(c.watch_job(job_id)),
+                         lambda: c.create_job("t", "lora", "ds-0", dev_fraction=0.5)):
+                with pytest.raises(PolyheadError) as e:
+                    call()
+                assert e.value.code in (grpc.StatusCode.UNAUTHENTICATED,
+                                        grpc.StatusCode.PERMISSION_DENIED), e.value
