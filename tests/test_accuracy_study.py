@@ -288,7 +288,8 @@ def test_polyhead_train_with_its_defaults_trains_the_studys_runs():
     import argparse
     from pathlib import Path
 
-    from polyhead.trainer.cli import _config, register
+    from polyhead.trainer.cli import register
+    from polyhead.trainer.cli import train_config as _config
     from polyhead.trainer.table import METHODS
 
     parser = argparse.ArgumentParser()
