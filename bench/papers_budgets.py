@@ -11,19 +11,21 @@ import argparse
 import statistics
 from typing import Any
 
-from bench import accuracy as acc
+from bench.study import stats
+from bench.study.choices import child_f_servable_best, claim_runs, own_lr_best
+from bench.study.plans import PlanRefused, plan
+from bench.study.records import Result
+from bench.study.runs import CLAIM_TASKS, DENSE, PILOT_SEED, PILOT_TASKS, TASKS, Run, best_dev
 
-Record = dict[str, Any]
 
-
-def _found(name: str, args: argparse.Namespace, results: list[Record],
-           everything: list[Record]) -> list[tuple[acc.Run, Record]]:
+def _found(name: str, args: argparse.Namespace, results: list[Result],
+           everything: list[Result]) -> list[tuple[Run, Result]]:
     """(run, its record) for each run of plan ``name`` that is done."""
     try:
-        runs = acc.plan(name, args, results)
-    except acc.PlanRefused:
+        runs = plan(name, args, results)
+    except PlanRefused:
         return []
-    done = {r["key"]: r for r in everything}
+    done = {r.key: r for r in everything}
     return [(run, done[run.key]) for run in runs if run.key in done]
 
 
@@ -31,18 +33,18 @@ def interval(d: list[float]) -> str:
     """mean [95 % t-interval] (df), or the single value."""
     if not d:
         return "—"
-    ci = acc.t_interval(d)
+    ci = stats.t_interval(d)
     if ci is None:
         return f"{d[0]:+.2f} (1 seed)"
     return f"{ci[0]:+.2f} [{ci[1]:+.2f}, {ci[2]:+.2f}] (df {len(d) - 1})"
 
 
 def _cell(vals: list[float]) -> str:
-    """bench.accuracy's cell (mean ± sd, or the one value) with the number of seeds."""
-    return f"{acc._cell(vals)} ({len(vals)})" if vals else acc._cell(vals)
+    """The study's cell (mean ± sd, or the one value) with the number of seeds."""
+    return f"{stats.cell(vals)} ({len(vals)})" if vals else stats.cell(vals)
 
 
-def servable_defaults_table(found: list[tuple[acc.Run, Record]],
+def servable_defaults_table(found: list[tuple[Run, Result]],
                             paper: dict[tuple[str, str, int], float]) -> str:
     """Each servable default's runs: mean ± sd (seeds) per task, each seed's value, and the
     paired difference from the same method's paper recipe (``paper``: by method, task, seed)."""
@@ -50,42 +52,42 @@ def servable_defaults_table(found: list[tuple[acc.Run, Record]],
             "|---|---|---|---|---|---|---|"]
     groups: dict[tuple[str, str, float, float, str], dict[int, float]] = {}
     for run, r in found:  # (a search's runs, on the pilot seed, are a row of their own)
-        name = run.name + (" (search)" if run.seed == acc.PILOT_SEED else "")
-        groups.setdefault((name, run.method, run.lr, run.epochs, run.task), {})[run.seed] = r["value"]
+        name = run.name + (" (search)" if run.seed == PILOT_SEED else "")
+        groups.setdefault((name, run.method, run.lr, run.epochs, run.task), {})[run.seed] = r.value
     for (name, method, lr, ep, task), by_seed in groups.items():
         seeds = ", ".join(f"{s}: {v:.1f}" for s, v in sorted(by_seed.items()))
         d = [v - paper[(method, task, s)] for s, v in sorted(by_seed.items()) if (method, task, s) in paper]
-        rows.append(f"| {name} | {lr:g} | {ep:g} | {acc.TASKS[task]} | {_cell(list(by_seed.values()))} | "
+        rows.append(f"| {name} | {lr:g} | {ep:g} | {TASKS[task]} | {_cell(list(by_seed.values()))} | "
                     f"{seeds} | {interval(d)} |")
     return "\n".join(rows)
 
 
-def paper_values(results: list[Record]) -> dict[tuple[str, str, int], float]:
+def paper_values(results: list[Result]) -> dict[tuple[str, str, int], float]:
     """Issue 11's paper-recipe claims runs, by (method, task, seed)."""
-    return {(r["method"], r["task"], r["seed"]): r["value"] for r in acc.claim_runs(results)
-            if r["recipe"] == "paper" and r["name"] == r["method"]}
+    return {(r.method, r.task, r.seed): r.value for r in claim_runs(results)
+            if r.recipe == "paper" and r.name == r.method}
 
 
-def own_lr_pilot_table(found: list[tuple[acc.Run, Record]]) -> str:
+def own_lr_pilot_table(found: list[tuple[Run, Result]]) -> str:
     rows = ["| method | lr | RTE | MRPC | mean |", "|---|---|---|---|---|"]
     cells: dict[tuple[str, float], dict[str, float]] = {}
     for run, r in found:
-        cells.setdefault((run.method, run.lr), {})[run.task] = r["value"]
+        cells.setdefault((run.method, run.lr), {})[run.task] = r.value
     for (m, lr), v in cells.items():
-        mean = f"{statistics.mean(v.values()):.1f}" if len(v) == len(acc.PILOT_TASKS) else "—"
+        mean = f"{statistics.mean(v.values()):.1f}" if len(v) == len(PILOT_TASKS) else "—"
         rows.append(f"| {m} | {lr:g} | " + " | ".join(
-            f"{v[t]:.1f}" if t in v else "—" for t in acc.PILOT_TASKS) + f" | {mean} |")
+            f"{v[t]:.1f}" if t in v else "—" for t in PILOT_TASKS) + f" | {mean} |")
     return "\n".join(rows)
 
 
-def paired_table(found: list[tuple[acc.Run, Record]], label: Any, ref: str) -> str:
+def paired_table(found: list[tuple[Run, Result]], label: Any, ref: str) -> str:
     """Rows by ``label(run)``: mean ± sd per claim task, and the paired difference from row
     ``ref`` (same task and seed) per task and on the 4-task average (per seed)."""
     vals: dict[str, dict[tuple[str, int], float]] = {}
     for run, r in found:
-        vals.setdefault(label(run), {})[(run.task, run.seed)] = r["value"]
-    tasks = acc.CLAIM_TASKS
-    rows = ["| row | " + " | ".join(acc.TASKS[t] for t in tasks) + f" | − {ref}, 4-task avg |",
+        vals.setdefault(label(run), {})[(run.task, run.seed)] = r.value
+    tasks = CLAIM_TASKS
+    rows = ["| row | " + " | ".join(TASKS[t] for t in tasks) + f" | − {ref}, 4-task avg |",
             "|" + "---|" * (len(tasks) + 2)]
     base = vals.get(ref, {})
     for name, v in vals.items():
@@ -97,38 +99,38 @@ def paired_table(found: list[tuple[acc.Run, Record]], label: Any, ref: str) -> s
     return "\n".join(rows)
 
 
-def pasta_table(found: list[tuple[acc.Run, Record]], every: int = 10) -> str:
+def pasta_table(found: list[tuple[Run, Result]], every: int = 10) -> str:
     """PASTA at 150 epochs: the last epoch and the best dev epoch (as its code keeps), and
     the dev curve every ``every`` epochs."""
     rows = [f"| task | epochs | last | best (epoch) | dev every {every} epochs |", "|---|---|---|---|---|"]
     for run, r in found:
-        hist = [h for h in r["dev_history"] if "epoch" in h]
-        curve = ", ".join(f"{h['epoch']}: {100 * h[r['metric']]:.1f}" for h in hist
+        hist = [h for h in r.dev_history if "epoch" in h]
+        curve = ", ".join(f"{h['epoch']}: {100 * h[r.metric]:.1f}" for h in hist
                           if h["epoch"] % every == 0 or h["epoch"] == 1)
-        best = acc._best_dev(r)
-        rows.append(f"| {acc.TASKS[run.task]} | {len(hist)} | {r['value']:.1f} | "
+        best = best_dev(r.dev_history, r.metric)
+        rows.append(f"| {TASKS[run.task]} | {len(hist)} | {r.value:.1f} | "
                     + (f"{best[1]:.1f} ({best[0]})" if best else "—") + f" | {curve} |")
     return "\n".join(rows)
 
 
-def report(results: list[Record], args: argparse.Namespace) -> str:
+def report(results: list[Result], args: argparse.Namespace) -> str:
     """Issue 28's section of the study's report ('' when none of its runs is in)."""
-    def got(name: str) -> list[tuple[acc.Run, Record]]:
+    def got(name: str) -> list[tuple[Run, Result]]:
         return _found(name, args, results, results)
 
     parts: list[str] = []
     if sd := got("servable-defaults"):
         parts += ["Servable defaults (plan servable-defaults): dev metric x100", "",
                   servable_defaults_table(sd, paper_values(results))]
-        best = acc.child_f_servable_best(results)
+        best = child_f_servable_best(results)
         if best is not None:
-            parts += ["", f"child-f's servable search (seed {acc.PILOT_SEED}, mean of RTE and MRPC): "
+            parts += ["", f"child-f's servable search (seed {PILOT_SEED}, mean of RTE and MRPC): "
                       f"best {best:g}"]
     if pilot := got("pilot-own-lr"):
-        best = {m: acc.own_lr_best(results, m) for m in acc.DENSE}
-        parts += ["", f"Each dense method's own lr search (seed {acc.PILOT_SEED}, no claim uses it; "
+        own = {m: own_lr_best(results, m) for m in DENSE}
+        parts += ["", f"Each dense method's own lr search (seed {PILOT_SEED}, no claim uses it; "
                   "Child-Tuning without warm-up): best " + ", ".join(
-                      f"{m} {lr:g}" for m, lr in best.items() if lr is not None), "",
+                      f"{m} {lr:g}" for m, lr in own.items() if lr is not None), "",
                   own_lr_pilot_table(pilot)]
     if claims := got("claims-own-lr"):
         parts += ["", "The claims at each method's own lr (seeds 0-2)", "",
@@ -141,16 +143,16 @@ def report(results: list[Record], args: argparse.Namespace) -> str:
     return "\n".join(parts).strip()
 
 
-def _full_label(found: list[tuple[acc.Run, Record]]) -> str:
+def _full_label(found: list[tuple[Run, Result]]) -> str:
     return next((f"full @ {run.lr:g}" for run, _ in found if run.method == "full"), "full")
 
 
-def curves_svg(found: list[tuple[acc.Run, Record]], width: int = 640, height: int = 220) -> str:
+def curves_svg(found: list[tuple[Run, Result]], width: int = 640, height: int = 220) -> str:
     """Dev metric x100 against epoch, one panel per run (PASTA's curves), as a standalone
     SVG (no plotting library on this machine): each panel's y axis spans its own range."""
     panels = []
     for i, (run, r) in enumerate(found):
-        pts = [(h["epoch"], 100 * h[r["metric"]]) for h in r["dev_history"] if "epoch" in h]
+        pts = [(h["epoch"], 100 * h[r.metric]) for h in r.dev_history if "epoch" in h]
         if not pts:
             continue
         top = i * (height + 30)
@@ -158,8 +160,8 @@ def curves_svg(found: list[tuple[acc.Run, Record]], width: int = 640, height: in
         span, last = (hi - lo) or 1.0, max(e for e, _ in pts)
         xy = " ".join(f"{40 + (width - 60) * (e - 1) / max(1, last - 1):.1f},"
                       f"{top + 20 + (height - 40) * (hi - v) / span:.1f}" for e, v in pts)
-        best = acc._best_dev(r)
-        title = (f"{acc.TASKS[run.task]} ({r['metric']}), {len(pts)} epochs: last {pts[-1][1]:.1f}"
+        best = best_dev(r.dev_history, r.metric)
+        title = (f"{TASKS[run.task]} ({r.metric}), {len(pts)} epochs: last {pts[-1][1]:.1f}"
                  + (f", best {best[1]:.1f} at epoch {best[0]}" if best else ""))
         panels.append(
             f'<text x="40" y="{top + 14}" font-size="12">{title}</text>'
@@ -173,7 +175,7 @@ def curves_svg(found: list[tuple[acc.Run, Record]], width: int = 640, height: in
             + "".join(panels) + "</svg>\n")
 
 
-def write_curves(path: Any, results: list[Record], args: argparse.Namespace) -> int:
+def write_curves(path: Any, results: list[Result], args: argparse.Namespace) -> int:
     """Write plan pasta-paper's curves to ``path``; the number of runs drawn."""
     found = _found("pasta-paper", args, results, results)
     path.write_text(curves_svg(found))

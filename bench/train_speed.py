@@ -36,15 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from polyhead.engine import load_backbone
-    from polyhead.trainer.cli import load_data
     from polyhead.trainer.config import TrainConfig, cpu_has_bf16
     from polyhead.trainer.data import Dataset
+    from polyhead.trainer.presets import load_preset
     from polyhead.trainer.run import train
 
     torch.set_num_threads(1)
     folder = args.data / "RTE"
-    ns = argparse.Namespace(preset="rte", train=folder / "train.tsv", dev=folder / "dev.tsv", metric=None)
-    tr, dv, metric = load_data(ns)
+    tr, dv, metric = load_preset("rte", folder / "train.tsv", folder / "dev.tsv")
     dev = Dataset(dv.examples[:16], dv.labels, dv.label_type)
     backbone = load_backbone()
     print(f"torch {torch.__version__}, 1 thread, CPU native bf16: {cpu_has_bf16()}, load average "

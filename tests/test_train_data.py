@@ -12,7 +12,7 @@ import torch
 from polyhead.trainer.data import Columns, DataError, load_dataset
 from polyhead.trainer.masks import select, sparsify
 from polyhead.trainer.metrics import check_metric, compute_metrics
-from polyhead.trainer.presets import get_preset
+from polyhead.trainer.presets import get_preset, load_preset
 
 
 def write(path: Path, text: str, bom: bool = False) -> Path:
@@ -135,3 +135,17 @@ def test_sparsify_keeps_largest_magnitudes() -> None:
     out = sparsify(diffs, density=3 / 7)
     assert out["a"].tolist() == [0.0, -0.5, 0.0]
     torch.testing.assert_close(out["b"], torch.tensor([[0.3, 0.0], [0.0, 0.2]]))
+
+
+def test_a_glue_preset_loads_train_and_dev_with_its_label_names_and_metric(tmp_path: Path) -> None:
+    """What the accuracy study and bench.train_speed load (no CLI): the dev set takes the
+    train set's classes, both renamed to the preset's names; the metric is the preset's."""
+    train = write(tmp_path / "train.tsv", "sentence\tlabel\na fine film\t1\na dull movie\t0\n")
+    dev = write(tmp_path / "dev.tsv", "sentence\tlabel\nso good\t1\n")
+    tr, dv, metric = load_preset("sst2", train, dev)
+    assert tr.labels == dv.labels == ["negative", "positive"] and metric == "accuracy"
+    assert [e.label for e in dv.examples] == ["positive"] and dv.targets() == [1]
+    assert load_preset("stsb", *[write(tmp_path / f"{n}.tsv", "sentence1\tsentence2\tscore\na\tb\t2.5\n")
+                                 for n in ("s", "t")])[2] == "pearson"
+    with pytest.raises(ValueError, match="does not apply to regression"):
+        load_preset("stsb", tmp_path / "s.tsv", tmp_path / "t.tsv", metric="mcc")

@@ -18,7 +18,7 @@ from polyhead.trainer.config import (
     TrainConfigError,
     head_inits,
 )
-from polyhead.trainer.data import Column, Columns, DataError, Dataset, default_text_column, load_dataset
+from polyhead.trainer.data import Column, Columns, DataError, Dataset, default_text_column, load_train_dev
 from polyhead.trainer.method import add_flags, given
 from polyhead.trainer.presets import PRESETS, Preset, get_preset
 from polyhead.trainer.table import METHODS, Defaults
@@ -214,10 +214,8 @@ def load_data(args: argparse.Namespace) -> tuple[Dataset, Dataset, str]:
     from polyhead.trainer.metrics import check_metric
 
     columns, preset, metric = _columns(args)
-    train = load_dataset(args.train, columns, preset.labels if preset else None)
-    dev = load_dataset(args.dev, columns, train.labels)
-    if preset is not None and preset.names is not None:
-        train, dev = train.renamed(preset.names), dev.renamed(preset.names)
+    train, dev = load_train_dev(args.train, args.dev, columns, preset.labels if preset else None,
+                                preset.names if preset else None)
     return train, dev, check_metric(metric, train.regression)
 
 

@@ -238,6 +238,19 @@ def load_dataset(path: str | Path, columns: Columns, labels: Sequence[str] | Non
     return Dataset(examples, list(labels), label_type)
 
 
+
+def load_train_dev(train: str | Path, dev: str | Path, columns: Columns,
+                   labels: Sequence[str] | None = None,
+                   names: Sequence[str] | None = None) -> tuple[Dataset, Dataset]:
+    """A train and a dev set read with the same columns: the dev set's classes are the
+    train set's (``labels`` fixes them, e.g. a preset's file values); ``names`` then renames
+    them in both (what each class is called in artifacts and answers)."""
+    train_set = load_dataset(train, columns, labels)
+    dev_set = load_dataset(dev, columns, train_set.labels)
+    if names is not None:
+        train_set, dev_set = train_set.renamed(names), dev_set.renamed(names)
+    return train_set, dev_set
+
 def _field(path: Path, n: int, row: dict[Column, Any], col: Column | None, what: str,
            allow_any: bool = False) -> Any:
     if col not in row:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
-from polyhead.trainer.data import Columns
+from polyhead.trainer.data import Columns, Dataset, load_train_dev
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,3 +33,14 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
+
+
+def load_preset(name: str, train: str | Path, dev: str | Path,
+                metric: str | None = None) -> tuple[Dataset, Dataset, str]:
+    """GLUE task ``name``'s train and dev files read with its preset (columns, label names),
+    and its metric (``metric``: another, checked against the task type)."""
+    from polyhead.trainer.metrics import check_metric
+
+    preset = get_preset(name)
+    train_set, dev_set = load_train_dev(train, dev, preset.columns, preset.labels, preset.names)
+    return train_set, dev_set, check_metric(metric or preset.metric, train_set.regression)
