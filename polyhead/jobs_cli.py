@@ -106,24 +106,30 @@ def _submit(client: PolyheadClient, args: argparse.Namespace) -> int:
 
 
 def _follow(client: PolyheadClient, job_id: str, bar: bool) -> int:
-    """Print (or show as a bar) the job's events; 0 if it published, else 1."""
-    from tqdm import tqdm
-
-    progress = tqdm(total=0, desc=job_id, unit="step", disable=not bar, file=sys.stderr)
+    """Print (or show as a bar) the job's events; 0 if it published, else 1. Without tqdm
+    (a client-only install) the events are printed as lines."""
+    try:
+        from tqdm import tqdm
+    except ModuleNotFoundError:
+        bar = False
+    progress = tqdm(total=0, desc=job_id, unit="step", file=sys.stderr) if bar else None
     last: dict[str, Any] = {}
     try:
         for e in client.watch_job(job_id):
             last = e
-            if e["kind"] == "step" and bar:
+            if progress is None:
+                print(describe_event(e), flush=True)
+            elif e["kind"] == "step":
                 progress.total = e["total_steps"]
                 progress.update(e["step"] - progress.n)
-            elif e["kind"] == "epoch" and bar:
+            elif e["kind"] == "epoch":
                 progress.set_postfix({"loss": f"{e['train_loss']:.4f}",
                                       e["metric"]: f"{e['metric_value']:.4f}"})
-            if not bar or e["kind"] not in ("step", "epoch"):
+            else:
                 progress.write(describe_event(e), file=sys.stdout)
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
     return 0 if last.get("kind") == "published" else 1
 
 
