@@ -24,6 +24,13 @@ R = TypeVar("R")
 __all__ = ["AsyncClient", "PolyheadError"]
 
 
+# grpc.aio replaces the status a server ended a stream with by INTERNAL "Internal error from
+# Core" when the client's next write lands after the server's status (grpc/grpc#36066): a
+# refused input would then read as a fault and be retried. A stream resent after a break
+# therefore sends its pending messages one at a time, each after the answer to the one
+# before, so no write races the status of the message the server refuses.
+
+
 class AsyncClient:
     """``Client`` for asyncio: the same arguments (token discovery, TLS, retries), the same
     methods, each awaited; ``classify_stream`` is an async iterator and takes the inputs as
@@ -66,9 +73,16 @@ class AsyncClient:
         s = c.Stream(task_id, version, chunk, truncate, self.policy)
         source = aiter(inputs) if isinstance(inputs, AsyncIterable) else iter(inputs)
 
+        answered = asyncio.Condition()  # notified as each message of this stream is answered
+        got = 0
+
         async def requests() -> AsyncIterator[pb.ClassifyRequest]:
-            for req in s.resend():
+            for i, req in enumerate(s.resend()):
                 yield req
+                if s.attempt:  # after a break, one message at a time (grpc#36066, above)
+                    async with answered:
+                        while got <= i:
+                            await answered.wait()
             try:
                 async for x in _each(source, stop=bool(s.failed)):
                     if (full := s.add(x)) is not None:
@@ -79,10 +93,15 @@ class AsyncClient:
                 yield rest
 
         while True:
+            got = 0
             call = self._stubs["inference"].ClassifyStream(requests(), metadata=self._metadata)
             try:
                 async for res in call:
-                    for row in s.answer(res):
+                    rows = s.answer(res)
+                    async with answered:
+                        got += 1
+                        answered.notify_all()
+                    for row in rows:
                         yield row
                 s.finish()
                 return
