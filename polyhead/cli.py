@@ -19,6 +19,7 @@ VERBS = {
     "tasks": "polyhead.client_cli",
     "health": "polyhead.client_cli",
     "serve": "polyhead.server.serve_cli",
+    "jobs": "polyhead.jobs_cli",
 }
 # The extra a verb needs beyond the client's grpcio and protobuf (pyproject.toml), and the
 # packages without which it cannot start (checked after parsing, so --help still works).

@@ -420,7 +420,8 @@ def test_polyhead_train_with_its_defaults_trains_the_studys_runs():
     defaults trains what the study measured."""
     import argparse
 
-    from polyhead.trainer.cli import _config, register
+    from polyhead.trainer.cli import register
+    from polyhead.trainer.cli import train_config as _config
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())

@@ -31,7 +31,8 @@ def imports_after(argv: list[str]) -> tuple[int, str, list[str]]:
     return int(lines[-1]), out.stderr, json.loads(lines[-2].replace("'", '"'))
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train", "--defaults"]])
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train", "--defaults"],
+                                  ["jobs", "submit", "--help"]])
 def test_help_imports_no_torch(argv: list[str]) -> None:
     rc, _, heavy = imports_after(argv)
     assert rc == 0 and heavy == []

@@ -332,6 +332,7 @@ DISTRIBUTION = {"grpc": "grpcio", "google": "protobuf", "torch": "torch", "trans
                 "grpc_tools": "grpcio-tools", "yaml": "pyyaml"}
 # Imports that are optional where they stand: (file, module) -> why
 OPTIONAL = {("polyhead/client_cli.py", "tqdm"): "a progress bar where tqdm is installed",
+            ("polyhead/jobs_cli.py", "tqdm"): "jobs submit --wait's bar where tqdm is installed",
             ("polyhead/server/_private/gen_proto.py", "grpc_tools"): "`make proto`, a test dependency"}
 
 

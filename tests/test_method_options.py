@@ -18,7 +18,7 @@ from polyhead.engine import Backbone, load_backbone
 from polyhead.trainer import Dataset, Example, TrainConfig, train
 from polyhead.trainer.algos.lora import LoraOptions
 from polyhead.trainer.algos.prefix import PrefixOptions
-from polyhead.trainer.cli import _config
+from polyhead.trainer.cli import train_config as _config
 from polyhead.trainer.config import TrainConfigError
 from polyhead.trainer.method import MethodOptions, TrainingMethod, option
 from polyhead.trainer.table import METHODS, Defaults, Method, register_method

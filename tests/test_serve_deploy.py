@@ -226,6 +226,8 @@ def test_memory_fits_object_store_and_host_tier() -> None:
     dep = app["deployments"][0]
     replica_mem = app["args"]["host_budget_mb"] * MiB + 4 * GiB  # + torch, backbone, CUDA context
     for group in groups():
+        if group.get("groupName") == "train":
+            continue  # no replica there (test_training_group_is_apart_from_serving)
         limit = quantity(ray_container(group)["resources"]["limits"]["memory"])
         store = int(group["rayStartParams"]["object-store-memory"])
         shm = next(v for v in group["template"]["spec"]["volumes"] if v["name"] == "shm")
@@ -237,6 +239,30 @@ def test_memory_fits_object_store_and_host_tier() -> None:
            if ray_container(g)["resources"]["limits"].get("nvidia.com/gpu")]
     assert gpu and gpu[0]["maxReplicas"] >= dep["autoscaling_config"]["max_replicas"]
     assert dep["ray_actor_options"]["num_gpus"] == 1 and app["args"]["device"] == "cuda"
+
+
+def _start_resources(group: dict[str, Any]) -> dict[str, float]:
+    """A group's custom resources: KubeRay's rayStartParams `resources` is a quoted JSON."""
+    text = group["rayStartParams"].get("resources")
+    return json.loads(json.loads(text)) if text else {}
+
+
+def test_training_group_is_apart_from_serving() -> None:
+    """Training jobs run only on the `train` group (the only one with the job resource),
+    and serving replicas only where `polyhead_serve` is: neither takes the other's CPUs
+    or GPUs."""
+    spec = rayservice()["spec"]
+    app = yaml.safe_load(spec["serveConfigV2"])["applications"][0]
+    args, dep = app["args"], app["deployments"][0]
+    workers = {g["groupName"]: g for g in spec["rayClusterConfig"]["workerGroupSpecs"]}
+    train, serve = _start_resources(workers["train"]), _start_resources(workers["gpu"])
+    assert train == {args["job_resource"]: 1} and "polyhead_serve" not in train
+    assert dep["ray_actor_options"]["resources"] == {"polyhead_serve": 1} and serve == {"polyhead_serve": 1}
+    limits = ray_container(workers["train"])["resources"]["limits"]
+    assert args["job_gpus"] <= int(limits.get("nvidia.com/gpu", 0))
+    assert args["job_cpus"] <= int(limits["cpu"]) and workers["train"]["minReplicas"] == 0
+    assert args["max_jobs"] >= 1 and ServerConfig.from_args(
+        {k: v for k, v in args.items() if k not in DEPLOYMENT_KEYS}).job_resource == args["job_resource"]
 
 
 def test_postgres_manifest_serves_the_store_url() -> None:

@@ -34,6 +34,7 @@ RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_E
 READ_RETRY_CODES = RETRY_CODES | {grpc.StatusCode.INTERNAL}
 NEVER = frozenset[grpc.StatusCode]()
 MAX_MESSAGE = 512 << 20
+DATASET_CHUNK = 1 << 20  # UploadDataset's message size (under the server's message limit)
 R = TypeVar("R")
 TextInput = str | tuple[str, str]
 
@@ -76,9 +77,9 @@ class Call(Generic[R]):
     """One unary RPC as both clients make it: the service and method, the request, the
     statuses it may be retried on, and what the reply becomes."""
 
-    service: Literal["inference", "registry"]
+    service: Literal["inference", "registry", "training"]
     method: str
-    request: Message
+    request: Message | list[Message]  # a list: a client stream (UploadDataset), sent again on a retry
     retry: frozenset[grpc.StatusCode]
     convert: Callable[[Any], R]
 
@@ -140,6 +141,39 @@ def delete(task_id: str) -> Call[dict[str, Any]]:
 
 def restore(task_id: str) -> Call[dict[str, Any]]:
     return Call("registry", "RestoreTask", pb.RestoreTaskRequest(task_id=task_id), NEVER, as_dict)
+
+
+def upload_dataset(data: bytes, filename: str, columns: dict[str, Any], labels_from: str
+                   ) -> Call[dict[str, Any]]:
+    """A dataset file in DATASET_CHUNK pieces, the first naming it and its columns (an
+    identical file and flags give the same id, so a retry is safe)."""
+    first = pb.DatasetChunk(filename=filename, columns=pb.DatasetColumns(**columns),
+                            labels_from=labels_from, data=data[:DATASET_CHUNK])
+    rest = [pb.DatasetChunk(data=data[at:at + DATASET_CHUNK])
+            for at in range(DATASET_CHUNK, len(data), DATASET_CHUNK)]
+    return Call("training", "UploadDataset", [first, *rest], RETRY_CODES, as_dict)
+
+
+def create_job(task_id: str, method: str, train_dataset: str, dev_dataset: str, dev_fraction: float,
+               options: dict[str, Any] | None, metric: str, replace_kind: bool) -> Call[dict[str, Any]]:
+    req = pb.CreateJobRequest(task_id=task_id, method=method, train_dataset=train_dataset,
+                              dev_dataset=dev_dataset, dev_fraction=dev_fraction,
+                              options={k: str(v) for k, v in (options or {}).items()},
+                              metric=metric, replace_kind=replace_kind)
+    return Call("training", "CreateJob", req, NEVER, as_dict)
+
+
+def get_job(job_id: str) -> Call[dict[str, Any]]:
+    return Call("training", "GetJob", pb.GetJobRequest(job_id=job_id), READ_RETRY_CODES, as_dict)
+
+
+def list_jobs(state: str, limit: int) -> Call[list[dict[str, Any]]]:
+    return Call("training", "ListJobs", pb.ListJobsRequest(state=state, limit=limit), READ_RETRY_CODES,
+                lambda res: [as_dict(j) for j in res.jobs])
+
+
+def cancel_job(job_id: str) -> Call[dict[str, Any]]:
+    return Call("training", "CancelJob", pb.CancelJobRequest(job_id=job_id), RETRY_CODES, as_dict)
 
 
 # A stream error naming one input: "message 9: inputs[11].text: empty text"

@@ -24,6 +24,13 @@ R = TypeVar("R")
 __all__ = ["AsyncClient", "PolyheadError"]
 
 
+# grpc.aio replaces the status a server ended a stream with by INTERNAL "Internal error from
+# Core" when the client's next write lands after the server's status (grpc/grpc#36066): a
+# refused input would then read as a fault and be retried. A stream resent after a break
+# therefore sends its pending messages one at a time, each after the answer to the one
+# before, so no write races the status of the message the server refuses.
+
+
 class AsyncClient:
     """``Client`` for asyncio: the same arguments (token discovery, TLS, retries), the same
     methods, each awaited; ``classify_stream`` is an async iterator and takes the inputs as
@@ -42,7 +49,8 @@ class AsyncClient:
         self._channel = (grpc.aio.secure_channel(address, creds, options=c.channel_options())
                          if creds else grpc.aio.insecure_channel(address, options=c.channel_options()))
         self._stubs: dict[str, Any] = {"inference": pb_grpc.InferenceStub(self._channel),
-                       "registry": pb_grpc.RegistryStub(self._channel)}
+                       "registry": pb_grpc.RegistryStub(self._channel),
+                       "training": pb_grpc.TrainingStub(self._channel)}
 
     # -- Inference -------------------------------------------------------------------------
 
@@ -65,9 +73,16 @@ class AsyncClient:
         s = c.Stream(task_id, version, chunk, truncate, self.policy)
         source = aiter(inputs) if isinstance(inputs, AsyncIterable) else iter(inputs)
 
+        answered = asyncio.Condition()  # notified as each message of this stream is answered
+        got = 0
+
         async def requests() -> AsyncIterator[pb.ClassifyRequest]:
-            for req in s.resend():
+            for i, req in enumerate(s.resend()):
                 yield req
+                if s.attempt:  # after a break, one message at a time (grpc#36066, above)
+                    async with answered:
+                        while got <= i:
+                            await answered.wait()
             try:
                 async for x in _each(source, stop=bool(s.failed)):
                     if (full := s.add(x)) is not None:
@@ -78,10 +93,15 @@ class AsyncClient:
                 yield rest
 
         while True:
+            got = 0
             call = self._stubs["inference"].ClassifyStream(requests(), metadata=self._metadata)
             try:
                 async for res in call:
-                    for row in s.answer(res):
+                    rows = s.answer(res)
+                    async with answered:
+                        got += 1
+                        answered.notify_all()
+                    for row in rows:
                         yield row
                 s.finish()
                 return
@@ -125,6 +145,51 @@ class AsyncClient:
 
     async def restore(self, task_id: str) -> dict[str, Any]:
         return await self._run(c.restore(task_id))
+
+    # -- Training --------------------------------------------------------------------------
+
+    async def upload_dataset(self, data: bytes, filename: str, *, text_col: str = "", pair_col: str = "",
+                       label_col: str = "", no_header: bool = False, regression: bool = False,
+                       labels_from: str = "") -> dict[str, Any]:
+        """Store a dataset file (the formats and column flags of `polyhead train`); its
+        DatasetInfo, whose id a job names."""
+        columns = {"text_col": text_col, "pair_col": pair_col, "label_col": label_col,
+                   "no_header": no_header, "regression": regression}
+        return await self._run(c.upload_dataset(data, filename, columns, labels_from))
+
+    async def create_job(self, task_id: str, method: str, train_dataset: str, *, dev_dataset: str = "",
+                   dev_fraction: float = 0.0, options: dict[str, Any] | None = None,
+                   metric: str = "", replace_kind: bool = False) -> dict[str, Any]:
+        return await self._run(c.create_job(task_id, method, train_dataset, dev_dataset, dev_fraction,
+                                      options, metric, replace_kind))
+
+    async def get_job(self, job_id: str) -> dict[str, Any]:
+        return await self._run(c.get_job(job_id))
+
+    async def list_jobs(self, state: str = "", limit: int = 0) -> list[dict[str, Any]]:
+        return await self._run(c.list_jobs(state, limit))
+
+    async def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return await self._run(c.cancel_job(job_id))
+
+    async def watch_job(self, job_id: str, after_seq: int = 0,
+                        timeout_s: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        """The job's events up to its last one (published, failed, cancelled); a stream cut
+        by a restarting server is opened again after the last event seen."""
+        seq, attempt = after_seq, 0
+        while True:
+            stream = self._stubs["training"].WatchJob(pb.WatchJobRequest(job_id=job_id, after_seq=seq),
+                                                      timeout=timeout_s, metadata=self._metadata)
+            try:
+                async for event in stream:
+                    seq, attempt = event.seq, 0
+                    yield c.as_dict(event)
+                return
+            except grpc.RpcError as e:
+                if e.code() not in c.RETRY_CODES or attempt >= self.policy.retries:
+                    raise PolyheadError(e.code(), e.details() or "") from None
+                await asyncio.sleep(self.policy.pause(attempt))
+                attempt += 1
 
     # -- plumbing --------------------------------------------------------------------------
 

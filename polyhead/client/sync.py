@@ -44,7 +44,8 @@ class Client:
         self._channel = (grpc.secure_channel(address, creds, options=c.channel_options()) if creds
                          else grpc.insecure_channel(address, options=c.channel_options()))
         self._stubs: dict[str, Any] = {"inference": pb_grpc.InferenceStub(self._channel),
-                       "registry": pb_grpc.RegistryStub(self._channel)}
+                       "registry": pb_grpc.RegistryStub(self._channel),
+                       "training": pb_grpc.TrainingStub(self._channel)}
 
     # -- Inference -------------------------------------------------------------------------
 
@@ -130,6 +131,51 @@ class Client:
     def restore(self, task_id: str) -> dict[str, Any]:
         """Bring back a deleted task within its retention; its latest version."""
         return self._run(c.restore(task_id))
+
+    # -- Training --------------------------------------------------------------------------
+
+    def upload_dataset(self, data: bytes, filename: str, *, text_col: str = "", pair_col: str = "",
+                       label_col: str = "", no_header: bool = False, regression: bool = False,
+                       labels_from: str = "") -> dict[str, Any]:
+        """Store a dataset file (the formats and column flags of `polyhead train`); its
+        DatasetInfo, whose id a job names."""
+        columns = {"text_col": text_col, "pair_col": pair_col, "label_col": label_col,
+                   "no_header": no_header, "regression": regression}
+        return self._run(c.upload_dataset(data, filename, columns, labels_from))
+
+    def create_job(self, task_id: str, method: str, train_dataset: str, *, dev_dataset: str = "",
+                   dev_fraction: float = 0.0, options: dict[str, Any] | None = None,
+                   metric: str = "", replace_kind: bool = False) -> dict[str, Any]:
+        return self._run(c.create_job(task_id, method, train_dataset, dev_dataset, dev_fraction,
+                                      options, metric, replace_kind))
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        return self._run(c.get_job(job_id))
+
+    def list_jobs(self, state: str = "", limit: int = 0) -> list[dict[str, Any]]:
+        return self._run(c.list_jobs(state, limit))
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return self._run(c.cancel_job(job_id))
+
+    def watch_job(self, job_id: str, after_seq: int = 0,
+                  timeout_s: float | None = None) -> Iterator[dict[str, Any]]:
+        """The job's events up to its last one (published, failed, cancelled); a stream cut
+        by a restarting server is opened again after the last event seen."""
+        seq, attempt = after_seq, 0
+        while True:
+            stream = self._stubs["training"].WatchJob(pb.WatchJobRequest(job_id=job_id, after_seq=seq),
+                                                      timeout=timeout_s, metadata=self._metadata)
+            try:
+                for event in stream:
+                    seq, attempt = event.seq, 0
+                    yield c.as_dict(event)
+                return
+            except grpc.RpcError as e:
+                if e.code() not in c.RETRY_CODES or attempt >= self.policy.retries:
+                    raise PolyheadError(e.code(), e.details() or "") from None
+                time.sleep(self.policy.pause(attempt))
+                attempt += 1
 
     # -- plumbing --------------------------------------------------------------------------
 

@@ -68,12 +68,22 @@ class ServerConfig:
     max_request_mb: float = 8.0  # an HTTP body (checked before it is parsed)
     stream_idle_s: float = 60.0  # a ClassifyStream with no message for this long is closed
     max_streams_per_client: int = 64  # ClassifyStream calls one client address holds open
+    # Training jobs (polyhead.server._private.scheduler): each holds job_cpus, job_gpus and
+    # one unit of job_resource, the custom resource only training nodes have
+    jobs: bool = True  # run the cluster's job scheduler (False: Training RPCs only queue)
+    max_jobs: int = 2  # jobs running at once, cluster-wide
+    job_cpus: float = 1.0
+    job_gpus: float = 0.0
+    job_resource: str = "polyhead_train"
+    job_lease_s: float = 30.0  # a job whose worker stops renewing for this long is retried
+    max_dataset_mb: float = 64.0  # largest dataset UploadDataset takes
 
     def __post_init__(self) -> None:
         positive = ("max_batch_rows", "max_batch_tokens", "fair_batch_rows", "max_inputs",
                     "max_text_chars", "device_budget_mb",
                     "host_budget_mb", "max_artifact_mb", "watch_interval_s", "max_request_mb",
-                    "stream_idle_s", "max_streams_per_client")
+                    "stream_idle_s", "max_streams_per_client", "max_jobs", "job_cpus",
+                    "job_lease_s", "max_dataset_mb")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -85,6 +95,8 @@ class ServerConfig:
                               f"{', '.join(BATCH_ORDERS)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.job_gpus < 0:
+            raise ConfigError(f"job_gpus must be >= 0, got {self.job_gpus!r}")
         if self.batch_wait_ms < 0 or self.torch_threads < 0:
             raise ConfigError("batch_wait_ms and torch_threads must be >= 0")
         if not self.delete_retention_days >= 0:

@@ -77,6 +77,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "queueing on tokens (one tenant alone: arrival order); 'fifo': arrival order")
     p.add_argument("--fair-batch-rows", type=int, default=ServerConfig.fair_batch_rows,
                    help="rows per batch while two or more tenants wait (fair order)")
+    p.add_argument("--train-cpus", type=int, default=1,
+                   help="CPUs this server lends to training jobs (default 1; the replicas keep "
+                        "the rest): the node's training resource, so at most this many 1-CPU "
+                        "jobs run at once; 0: run no jobs here")
     p.add_argument("--access-log", action="store_true", help="log every request (costs CPU)")
     p.add_argument("--no-examples", action="store_true",
                    help="do not publish the shipped examples into an empty store")
@@ -124,7 +128,8 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         fair_batch_rows=args.fair_batch_rows, torch_threads=args.threads,
         seed_examples=not args.no_examples, max_outputs=args.max_outputs,
         max_lora_rank=args.max_lora_rank, max_sparse_density=args.max_sparse_density,
-        delete_retention_days=args.delete_retention_days)
+        delete_retention_days=args.delete_retention_days,
+        jobs=args.train_cpus > 0, max_jobs=max(1, int(args.train_cpus)))
 
 
 def check_precision(config: ServerConfig) -> None:
@@ -251,8 +256,10 @@ def run(args: argparse.Namespace) -> int:
     tell_proxy_tokens(config)
     private_ray_token()
     machine_cpus = os.cpu_count() or 1
-    cpus = args.cpus or max(1.0, machine_cpus / max(1, args.replicas))
-    ray.init(address="local", num_cpus=max(machine_cpus, int(cpus * args.replicas + 0.999)),
+    train = max(0, args.train_cpus)
+    cpus = args.cpus or max(1.0, (machine_cpus - train) / max(1, args.replicas))
+    ray.init(address="local", num_cpus=max(machine_cpus, int(cpus * args.replicas + 0.999) + train),
+             resources={"polyhead_train": train} if train else None,
              include_dashboard=False, log_to_driver=False,
              runtime_env={"worker_process_setup_hook": "polyhead.server._private.bind.setup"})
     # From here on Ctrl-C or SIGTERM stops Serve and Ray in order, also while the app is

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from polyhead.store.errors import AmbiguousRefError, NotFoundError
 from polyhead.store.names import hex_prefix, is_task_id, version_number_ref
 
-CATALOG_SCHEMA = 2  # both backends; a catalog with a larger number is refused, a smaller upgraded
+CATALOG_SCHEMA = 3  # both backends; a catalog with a larger number is refused, a smaller upgraded
 
 
 class Cursor(Protocol):
@@ -77,8 +77,52 @@ DELETED = (
         created_at TEXT NOT NULL,
         PRIMARY KEY (task_id, deleted_at, version))""",
 )
-SCHEMA = SCHEMA + DELETED
-UPGRADE = {1: DELETED}  # SQLite: from schema N to N + 1
+
+# Schema 3: training jobs (polyhead/store/jobs.py): uploaded datasets (their bytes in the
+# row, on both backends), jobs with their claim lease, and each job's numbered events.
+# Job changes do not move the generation (replicas reload nothing for them).
+def _jobs_tables(blob: str, real: str) -> tuple[str, ...]:
+    return (
+        f"""CREATE TABLE IF NOT EXISTS datasets (
+            dataset_id TEXT PRIMARY KEY,
+            format TEXT NOT NULL,
+            columns TEXT NOT NULL,
+            labels TEXT,
+            nrows INTEGER NOT NULL,
+            inputs TEXT NOT NULL,
+            nbytes BIGINT NOT NULL,
+            created_at TEXT NOT NULL,
+            data {blob} NOT NULL)""",
+        f"""CREATE TABLE IF NOT EXISTS jobs (
+            job_id TEXT PRIMARY KEY,
+            task_id TEXT NOT NULL,
+            method TEXT NOT NULL,
+            state TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            version TEXT NOT NULL,
+            version_number INTEGER NOT NULL,
+            node TEXT NOT NULL,
+            lease_owner TEXT NOT NULL,
+            lease_until {real} NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at)",
+        """CREATE TABLE IF NOT EXISTS job_events (
+            job_id TEXT NOT NULL REFERENCES jobs(job_id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            at TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (job_id, seq))""",
+    )
+
+
+JOBS = _jobs_tables("BLOB", "REAL")
+PG_JOBS = _jobs_tables("BYTEA", "DOUBLE PRECISION")
+SCHEMA = SCHEMA + DELETED + JOBS
+UPGRADE = {1: DELETED, 2: JOBS}  # SQLite: from schema N to N + 1
 
 PG_SCHEMA_NAME = "polyhead"  # every table lives in this PostgreSQL schema (namespace)
 PG_SCHEMA = (  # PostgreSQL: the same tables, byte order ("C") for ids, plus the bytes
@@ -105,9 +149,11 @@ PG_SCHEMA = (  # PostgreSQL: the same tables, byte order ("C") for ids, plus the
     "INSERT INTO meta (key, value) VALUES ('generation', 0) ON CONFLICT DO NOTHING",
     f"INSERT INTO meta (key, value) VALUES ('schema', {CATALOG_SCHEMA}) ON CONFLICT DO NOTHING",
     *DELETED,
+    *PG_JOBS,
 )
 PG_UPGRADE = {  # PostgreSQL: from schema N to N + 1
     1: ("ALTER TABLE blobs DROP CONSTRAINT IF EXISTS blobs_version_fkey", *DELETED),
+    2: PG_JOBS,
 }
 
 

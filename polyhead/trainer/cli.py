@@ -186,8 +186,9 @@ def _columns(args: argparse.Namespace) -> tuple[Columns, Preset | None, str]:
     return cols, None, args.metric or ("pearson" if args.regression else "accuracy")
 
 
-def _config(args: argparse.Namespace) -> TrainConfig:
-    """The shared settings, and the method flags given (checked against the method)."""
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The shared settings, and the method flags given (checked against the method); training
+    jobs parse their options here too."""
     return TrainConfig.flat(
         method=args.method, recipe=args.recipe, epochs=args.epochs, lr=args.lr, warmup=args.warmup,
         batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
@@ -246,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
         targets = Targets(out=args.out, publish=args.publish, store=args.store,
                           upload=args.upload, token=args.token, max_bytes=args.max_upload_bytes,
                           replace_kind=args.replace_kind)
-        cfg = _config(args)
+        cfg = train_config(args)
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         task_id = _task_id(args)

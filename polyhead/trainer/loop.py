@@ -110,6 +110,7 @@ class FitSettings:
     amp: torch.dtype | None = None  # autocast dtype of the training forward passes (None: fp32)
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW's
     eps: float = 1e-8
+    on_step: Callable[[int, int], None] | None = None  # (steps done, steps) after each step
 
 
 @dataclasses.dataclass
@@ -174,6 +175,8 @@ def fit(model: Trainable, train: Encoded, s: FitSettings, pad_id: int, device: t
             stats.tokens += int(batch.mask.sum())
             stats.padded += batch.mask.numel()
             model.after_step(opt, len(stats.losses))
+            if s.on_step is not None:
+                s.on_step(len(stats.losses), s.steps)
             bar.set_postfix(loss=f"{np.mean(epoch_losses[-20:]):.4f}")
         bar.close()
         stats.seconds += time.perf_counter() - t0

@@ -76,16 +76,26 @@ class TrainResult:
     context: Context | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class Listener:
+    """Hooks of a run for whoever drives it (a training job's events, a cancel): a hook
+    that raises stops the run."""
+
+    on_step: Callable[[int, int], None] | None = None  # (steps done, steps of the method)
+    on_epoch: Callable[[dict[str, Any]], None] | None = None  # the dev history's entry
+
+
 HeadCache = dict[tuple[Any, ...], tuple[dict[str, torch.Tensor], StageInfo]]
 
 
 def train(cfg: TrainConfig, backbone: Backbone, train_data: Dataset, dev_data: Dataset,
           metric: str, *, progress: bool = True, head_cache: HeadCache | None = None,
           log_fn: Callable[[str], None] = print, export: bool = True,
-          checkpoint: Path | None = None) -> TrainResult:
+          checkpoint: Path | None = None, listener: Listener | None = None) -> TrainResult:
     """Train ``cfg.method`` on ``train_data``; dev metrics after each epoch via ``log_fn``.
     ``checkpoint``: a file that holds the run's state after each epoch; a run that finds
-    its own there resumes from it (removed when the run ends)."""
+    its own there resumes from it (removed when the run ends). ``listener``: step and epoch
+    hooks."""
     if checkpoint is not None and (METHODS[cfg.method].dense or cfg.head_init is not None):
         raise ValueError("epoch checkpoints cover the frozen-backbone methods (their state is the "
                          "model and the optimiser); the dense methods' mask policies are not saved")
@@ -117,7 +127,8 @@ def train(cfg: TrainConfig, backbone: Backbone, train_data: Dataset, dev_data: D
                f"{info.lr:g}: dev " + _fmt(info.dev, ctx.metric))
     training.dropout_in_training = bool(getattr(model, "dropout", cfg.dropout))
     training.precision = "bf16 autocast" if cfg.autocast_dtype(ctx.device) is not None else "fp32"
-    stats, history = _fit_and_select(cfg, model, ctx, steps, scale, log_fn, checkpoint)
+    stats, history = _fit_and_select(cfg, model, ctx, steps, scale, log_fn, checkpoint,
+                                     listener or Listener())
     training.steps, training.dev_history = len(stats.losses), history
     training.train_seconds, training.train_tokens = round(stats.seconds, 2), stats.tokens
     training.tokens_per_s = round(stats.tokens_per_s, 1)
@@ -149,7 +160,8 @@ def finish(result: TrainResult, ctx: Context) -> None:
 
 def _fit_and_select(cfg: TrainConfig, model: Trainable, ctx: Context, steps: int,
                     scale: RegressionScale | None, log_fn: Callable[[str], None],
-                    checkpoint: Path | None = None) -> tuple[FitStats, list[dict[str, float]]]:
+                    checkpoint: Path | None = None,
+                    listener: Listener = Listener()) -> tuple[FitStats, list[dict[str, float]]]:
     history: list[dict[str, float]] = []
     best: dict[str, Any] = {}
 
@@ -166,11 +178,14 @@ def _fit_and_select(cfg: TrainConfig, model: Trainable, ctx: Context, steps: int
         m = evaluate(model, ctx, scale)
         history.append({"epoch": epoch, "train_loss": round(loss, 5), **m})
         log_fn(f"[{cfg.method}] epoch {epoch}: train loss {loss:.4f}, dev " + _fmt(m, ctx.metric))
+        if listener.on_epoch is not None:
+            listener.on_epoch(history[-1])
         if cfg.select == "best" and (not best or m[ctx.metric] > best["value"]):
             best.update(value=m[ctx.metric], epoch=epoch, state=model.state())
 
-    stats = fit(model, ctx.train, _settings(cfg, ctx, steps, cfg.learning_rate, cfg.method),
-                ctx.pad_id, ctx.device, on_epoch, ckpt)
+    settings = dataclasses.replace(_settings(cfg, ctx, steps, cfg.learning_rate, cfg.method),
+                                   on_step=listener.on_step)
+    stats = fit(model, ctx.train, settings, ctx.pad_id, ctx.device, on_epoch, ckpt)
     if ckpt is not None:
         ckpt.remove()
     if cfg.select == "best" and best and best["epoch"] != history[-1]["epoch"]:

@@ -244,3 +244,185 @@ class RestoreTaskRequest(_message.Message):
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class DatasetColumns(_message.Message):
+    __slots__ = ("text_col", "pair_col", "label_col", "no_header", "regression")
+    TEXT_COL_FIELD_NUMBER: _ClassVar[int]
+    PAIR_COL_FIELD_NUMBER: _ClassVar[int]
+    LABEL_COL_FIELD_NUMBER: _ClassVar[int]
+    NO_HEADER_FIELD_NUMBER: _ClassVar[int]
+    REGRESSION_FIELD_NUMBER: _ClassVar[int]
+    text_col: str
+    pair_col: str
+    label_col: str
+    no_header: bool
+    regression: bool
+    def __init__(self, text_col: _Optional[str] = ..., pair_col: _Optional[str] = ..., label_col: _Optional[str] = ..., no_header: _Optional[bool] = ..., regression: _Optional[bool] = ...) -> None: ...
+
+class DatasetChunk(_message.Message):
+    __slots__ = ("filename", "columns", "labels_from", "data")
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FROM_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    filename: str
+    columns: DatasetColumns
+    labels_from: str
+    data: bytes
+    def __init__(self, filename: _Optional[str] = ..., columns: _Optional[_Union[DatasetColumns, _Mapping]] = ..., labels_from: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class DatasetInfo(_message.Message):
+    __slots__ = ("dataset_id", "nbytes", "rows", "labels", "format", "created_at", "inputs")
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    NBYTES_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    nbytes: int
+    rows: int
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    format: str
+    created_at: str
+    inputs: str
+    def __init__(self, dataset_id: _Optional[str] = ..., nbytes: _Optional[int] = ..., rows: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., format: _Optional[str] = ..., created_at: _Optional[str] = ..., inputs: _Optional[str] = ...) -> None: ...
+
+class CreateJobRequest(_message.Message):
+    __slots__ = ("task_id", "method", "train_dataset", "dev_dataset", "dev_fraction", "options", "metric", "replace_kind")
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_DATASET_FIELD_NUMBER: _ClassVar[int]
+    DEV_DATASET_FIELD_NUMBER: _ClassVar[int]
+    DEV_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_KIND_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    method: str
+    train_dataset: str
+    dev_dataset: str
+    dev_fraction: float
+    options: _containers.ScalarMap[str, str]
+    metric: str
+    replace_kind: bool
+    def __init__(self, task_id: _Optional[str] = ..., method: _Optional[str] = ..., train_dataset: _Optional[str] = ..., dev_dataset: _Optional[str] = ..., dev_fraction: _Optional[float] = ..., options: _Optional[_Mapping[str, str]] = ..., metric: _Optional[str] = ..., replace_kind: _Optional[bool] = ...) -> None: ...
+
+class JobInfo(_message.Message):
+    __slots__ = ("job_id", "task_id", "method", "state", "created_at", "updated_at", "attempt", "reason", "version", "node", "train_dataset", "dev_dataset", "dev_fraction", "options_json", "version_number")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_DATASET_FIELD_NUMBER: _ClassVar[int]
+    DEV_DATASET_FIELD_NUMBER: _ClassVar[int]
+    DEV_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_JSON_FIELD_NUMBER: _ClassVar[int]
+    VERSION_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    task_id: str
+    method: str
+    state: str
+    created_at: str
+    updated_at: str
+    attempt: int
+    reason: str
+    version: str
+    node: str
+    train_dataset: str
+    dev_dataset: str
+    dev_fraction: float
+    options_json: str
+    version_number: int
+    def __init__(self, job_id: _Optional[str] = ..., task_id: _Optional[str] = ..., method: _Optional[str] = ..., state: _Optional[str] = ..., created_at: _Optional[str] = ..., updated_at: _Optional[str] = ..., attempt: _Optional[int] = ..., reason: _Optional[str] = ..., version: _Optional[str] = ..., node: _Optional[str] = ..., train_dataset: _Optional[str] = ..., dev_dataset: _Optional[str] = ..., dev_fraction: _Optional[float] = ..., options_json: _Optional[str] = ..., version_number: _Optional[int] = ...) -> None: ...
+
+class GetJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("state", "limit")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    limit: int
+    def __init__(self, state: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobInfo]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ...) -> None: ...
+
+class CancelJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class WatchJobRequest(_message.Message):
+    __slots__ = ("job_id", "after_seq")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    after_seq: int
+    def __init__(self, job_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
+
+class JobEvent(_message.Message):
+    __slots__ = ("job_id", "seq", "at", "kind", "node", "resources", "epoch", "train_loss", "metric", "metric_value", "step", "total_steps", "version", "version_number", "reason", "attempt")
+    class ResourcesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    METRIC_VALUE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    seq: int
+    at: str
+    kind: str
+    node: str
+    resources: _containers.ScalarMap[str, float]
+    epoch: int
+    train_loss: float
+    metric: str
+    metric_value: float
+    step: int
+    total_steps: int
+    version: str
+    version_number: int
+    reason: str
+    attempt: int
+    def __init__(self, job_id: _Optional[str] = ..., seq: _Optional[int] = ..., at: _Optional[str] = ..., kind: _Optional[str] = ..., node: _Optional[str] = ..., resources: _Optional[_Mapping[str, float]] = ..., epoch: _Optional[int] = ..., train_loss: _Optional[float] = ..., metric: _Optional[str] = ..., metric_value: _Optional[float] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., version: _Optional[str] = ..., version_number: _Optional[int] = ..., reason: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...

@@ -580,3 +580,313 @@ class Registry:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class TrainingStub:
+    """---------------------------------------------------------------- Training
+    Training as a service: upload a dataset, create a job, watch it train and publish.
+    Every Training RPC needs the Registry token (`authorization: Bearer <token>`): a job
+    publishes a version.
+
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.UploadDataset = channel.stream_unary(
+                '/polyhead.v1.Training/UploadDataset',
+                request_serializer=polyhead_dot_v1_dot_polyhead__pb2.DatasetChunk.SerializeToString,
+                response_deserializer=polyhead_dot_v1_dot_polyhead__pb2.DatasetInfo.FromString,
+                _registered_method=True)
+        self.CreateJob = channel.unary_unary(
+                '/polyhead.v1.Training/CreateJob',
+                request_serializer=polyhead_dot_v1_dot_polyhead__pb2.CreateJobRequest.SerializeToString,
+                response_deserializer=polyhead_dot_v1_dot_polyhead__pb2.JobInfo.FromString,
+                _registered_method=True)
+        self.GetJob = channel.unary_unary(
+                '/polyhead.v1.Training/GetJob',
+                request_serializer=polyhead_dot_v1_dot_polyhead__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=polyhead_dot_v1_dot_polyhead__pb2.JobInfo.FromString,
+                _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/polyhead.v1.Training/ListJobs',
+                request_serializer=polyhead_dot_v1_dot_polyhead__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=polyhead_dot_v1_dot_polyhead__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/polyhead.v1.Training/CancelJob',
+                request_serializer=polyhead_dot_v1_dot_polyhead__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=polyhead_dot_v1_dot_polyhead__pb2.JobInfo.FromString,
+                _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/polyhead.v1.Training/WatchJob',
+                request_serializer=polyhead_dot_v1_dot_polyhead__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=polyhead_dot_v1_dot_polyhead__pb2.JobEvent.FromString,
+                _registered_method=True)
+
+
+class TrainingServicer:
+    """---------------------------------------------------------------- Training
+    Training as a service: upload a dataset, create a job, watch it train and publish.
+    Every Training RPC needs the Registry token (`authorization: Bearer <token>`): a job
+    publishes a version.
+
+    """
+
+    def UploadDataset(self, request_iterator, context):
+        """A dataset file in chunks; the first chunk carries the file's name (its suffix picks
+        the format: .tsv, .csv, .jsonl) and the column flags `polyhead train` takes. Validated
+        whole before it is stored (format, columns, labels, empty rows: the error names the
+        line); identical content and flags give the same dataset id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """A queued job is cancelled at once; a running one is stopped (nothing is published).
+        A job that is publishing or finished is refused (FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """The job's events from `after_seq` on (0: all), then each new one as it happens; the
+        stream ends after the job's last event (published, failed or cancelled).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_TrainingServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'UploadDataset': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadDataset,
+                    request_deserializer=polyhead_dot_v1_dot_polyhead__pb2.DatasetChunk.FromString,
+                    response_serializer=polyhead_dot_v1_dot_polyhead__pb2.DatasetInfo.SerializeToString,
+            ),
+            'CreateJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateJob,
+                    request_deserializer=polyhead_dot_v1_dot_polyhead__pb2.CreateJobRequest.FromString,
+                    response_serializer=polyhead_dot_v1_dot_polyhead__pb2.JobInfo.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=polyhead_dot_v1_dot_polyhead__pb2.GetJobRequest.FromString,
+                    response_serializer=polyhead_dot_v1_dot_polyhead__pb2.JobInfo.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=polyhead_dot_v1_dot_polyhead__pb2.ListJobsRequest.FromString,
+                    response_serializer=polyhead_dot_v1_dot_polyhead__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=polyhead_dot_v1_dot_polyhead__pb2.CancelJobRequest.FromString,
+                    response_serializer=polyhead_dot_v1_dot_polyhead__pb2.JobInfo.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=polyhead_dot_v1_dot_polyhead__pb2.WatchJobRequest.FromString,
+                    response_serializer=polyhead_dot_v1_dot_polyhead__pb2.JobEvent.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'polyhead.v1.Training', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('polyhead.v1.Training', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Training:
+    """---------------------------------------------------------------- Training
+    Training as a service: upload a dataset, create a job, watch it train and publish.
+    Every Training RPC needs the Registry token (`authorization: Bearer <token>`): a job
+    publishes a version.
+
+    """
+
+    @staticmethod
+    def UploadDataset(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/polyhead.v1.Training/UploadDataset',
+            polyhead_dot_v1_dot_polyhead__pb2.DatasetChunk.SerializeToString,
+            polyhead_dot_v1_dot_polyhead__pb2.DatasetInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/polyhead.v1.Training/CreateJob',
+            polyhead_dot_v1_dot_polyhead__pb2.CreateJobRequest.SerializeToString,
+            polyhead_dot_v1_dot_polyhead__pb2.JobInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/polyhead.v1.Training/GetJob',
+            polyhead_dot_v1_dot_polyhead__pb2.GetJobRequest.SerializeToString,
+            polyhead_dot_v1_dot_polyhead__pb2.JobInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/polyhead.v1.Training/ListJobs',
+            polyhead_dot_v1_dot_polyhead__pb2.ListJobsRequest.SerializeToString,
+            polyhead_dot_v1_dot_polyhead__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/polyhead.v1.Training/CancelJob',
+            polyhead_dot_v1_dot_polyhead__pb2.CancelJobRequest.SerializeToString,
+            polyhead_dot_v1_dot_polyhead__pb2.JobInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/polyhead.v1.Training/WatchJob',
+            polyhead_dot_v1_dot_polyhead__pb2.WatchJobRequest.SerializeToString,
+            polyhead_dot_v1_dot_polyhead__pb2.JobEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

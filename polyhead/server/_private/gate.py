@@ -120,3 +120,48 @@ def rpc_stream(scope: str) -> Callable[[Callable[[Any, Any], AsyncIterator[Any]]
         return _named(method, fn)
 
     return wrap
+
+
+def rpc_upload(scope: str, empty: type) -> Callable[[Callable[[Any, Any], Awaitable[Any]]], Any]:
+    """A client stream in, one message out (UploadDataset): ``fn(self, messages)``, the
+    messages unparsed (``message_of`` each), under the stream limits."""
+    def wrap(fn: Callable[[Any, Any], Awaitable[Any]]) -> Any:
+        name = fn.__name__
+
+        async def method(self: Gated, requests: Any, grpc_context: Any = None) -> Any:
+            t0, code = time.perf_counter(), "OK"
+            try:
+                self.auth.check(scope, metadata_of(grpc_context))
+                with self.streams.holding(client_of(grpc_context)):
+                    return await fn(self, self.streams.messages(requests))
+            except Exception as e:
+                code = _fail(name, grpc_context, e)
+                return empty()
+            finally:
+                self.metrics.request(name, "", code, (time.perf_counter() - t0) * 1000)
+
+        return _named(method, fn)
+
+    return wrap
+
+
+def rpc_watch(scope: str) -> Callable[[Callable[[Any, Any], AsyncIterator[Any]]], Any]:
+    """One message in, a stream out (WatchJob): ``fn(self, request)`` yields the messages."""
+    def wrap(fn: Callable[[Any, Any], AsyncIterator[Any]]) -> Any:
+        name = fn.__name__
+
+        async def method(self: Gated, request: Any, grpc_context: Any = None) -> Any:
+            t0, code = time.perf_counter(), "OK"
+            try:
+                self.auth.check(scope, metadata_of(grpc_context))
+                async for out in fn(self, message_of(request)):
+                    yield out
+            except Exception as e:
+                code = _fail(name, grpc_context, e)
+                raise StreamAborted(grpc_context.details()) from None
+            finally:
+                self.metrics.request(name, "", code, (time.perf_counter() - t0) * 1000)
+
+        return _named(method, fn)
+
+    return wrap

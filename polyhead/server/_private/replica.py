@@ -21,7 +21,7 @@ from polyhead.engine import ArtifactError, Engine, load_backbone
 from polyhead.engine.probe import probe_forward
 from polyhead.server._private.auth import Auth
 from polyhead.server._private.batcher import Batcher, batch_queue
-from polyhead.server._private.gate import StreamAborted, rpc, rpc_stream
+from polyhead.server._private.gate import StreamAborted, rpc, rpc_stream, rpc_upload, rpc_watch
 from polyhead.server._private.http import HEALTH_ROUTE, http_classify, http_health
 from polyhead.server._private.inference import BatchStats, forward
 from polyhead.server._private.metrics import ServerMetrics
@@ -29,6 +29,7 @@ from polyhead.server._private.resolver import Resolver
 from polyhead.server._private.services import InferenceService, Parts, RegistryService, StoreSource
 from polyhead.server._private.streams import OneLineAborts, StreamLimits
 from polyhead.server._private.tenancy import Tenants
+from polyhead.server._private.training import TrainingService
 from polyhead.server.bank import AdapterBank, BankEvent, VersionKey
 from polyhead.server.config import MB, ServerConfig
 from polyhead.store import NotFoundError, Store, VersionInfo
@@ -73,6 +74,8 @@ class Polyhead:
                            ThreadPoolExecutor(1, "polyhead-admin"), tenants=tenants)
         self.inference = InferenceService(self.parts)
         self.registry = RegistryService(self.parts)
+        self.training = TrainingService(config)
+        self._scheduler = start_scheduler(config) if config.jobs else None
         if config.seed_examples:
             await self.parts.on_admin(seed_examples, store)
         engine.run(["warm up"], [None])  # first forward pays lazy init, not a request
@@ -138,6 +141,33 @@ class Polyhead:
     @rpc("registry", pb.VersionInfo)
     async def RestoreTask(self, request: pb.RestoreTaskRequest) -> pb.VersionInfo:
         return await self.registry.restore(request)
+
+    # -- Training (the Registry's token: a job publishes) -----------------------------------
+
+    @rpc_upload("registry", pb.DatasetInfo)
+    async def UploadDataset(self, chunks: Any) -> pb.DatasetInfo:
+        return await self.training.upload_dataset(chunks)
+
+    @rpc("registry", pb.JobInfo)
+    async def CreateJob(self, request: pb.CreateJobRequest) -> pb.JobInfo:
+        return await self.training.create_job(request)
+
+    @rpc("registry", pb.JobInfo)
+    async def GetJob(self, request: pb.GetJobRequest) -> pb.JobInfo:
+        return await self.training.get_job(request)
+
+    @rpc("registry", pb.ListJobsResponse)
+    async def ListJobs(self, request: pb.ListJobsRequest) -> pb.ListJobsResponse:
+        return await self.training.list_jobs(request)
+
+    @rpc("registry", pb.JobInfo)
+    async def CancelJob(self, request: pb.CancelJobRequest) -> pb.JobInfo:
+        return await self.training.cancel_job(request)
+
+    @rpc_watch("registry")
+    async def WatchJob(self, request: pb.WatchJobRequest) -> AsyncIterator[pb.JobEvent]:
+        async for event in self.training.watch_job(request):
+            yield event
 
     def check_health(self) -> None:
         if self._watcher.done():
@@ -213,6 +243,19 @@ def seed_examples(store: Store, folder: Path = EXAMPLES) -> list[VersionInfo]:
                 raise ArtifactError(e.check, f"shipped example {path}: {e.message}") from e
             logger.info("example %s is for another backbone; not published", path.name)
     return out
+
+
+def start_scheduler(config: ServerConfig) -> Any:
+    """The cluster's job scheduler (the first replica creates it; see scheduler.py)."""
+    from polyhead.server._private.scheduler import SchedulerSettings, ensure_scheduler
+    from polyhead.store.catalog import absolute, default_location
+    from polyhead.trainer.job import WorkerSettings
+
+    worker = WorkerSettings(store=absolute(config.store or default_location()), backbone=config.backbone,
+                            max_artifact_bytes=int(config.max_artifact_mb * MB),
+                            limits=config.limits(), lease_s=config.job_lease_s)
+    return ensure_scheduler(SchedulerSettings(worker, config.max_jobs, config.job_cpus,
+                                              config.job_gpus, config.job_resource))
 
 
 def _assigned_cpus() -> int:

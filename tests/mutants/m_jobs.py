@@ -1,0 +1,29 @@
+"""Planted bugs for training jobs (issue 25): the store's job rules and the upload checks."""
+
+from __future__ import annotations
+
+from tests.mutants import Mutant
+
+T = "tests/test_jobs.py::"
+
+MUTANTS: list[Mutant] = [
+    Mutant("jobs-dead-worker-queued-twice", "polyhead/store/jobs.py",
+           "if job.state not in LEASED or job.attempt != attempt:  # reported already",
+           "if job.attempt != attempt:  # reported already",
+           (T + "test_a_dead_worker_is_retried_once_then_failed_with_the_reason",),
+           "a second report of the same dead worker queued the job again (found while testing)"),
+    Mutant("jobs-cancel-loses-to-publish", "polyhead/store/jobs.py",
+           "            if job.state != RUNNING or job.attempt != attempt:\n                return False",
+           "            if job.attempt != attempt:\n                return False",
+           (T + "test_cancel_queued_running_and_refused_once_publishing",),
+           "a job cancelled while training would still publish at its end"),
+    Mutant("jobs-claim-twice", "polyhead/store/jobs.py",
+           '"SELECT job_id FROM jobs WHERE state = ? ORDER BY created_at, job_id "',
+           '"SELECT job_id FROM jobs WHERE state IN (?, \'running\') ORDER BY created_at, job_id "',
+           (T + "test_claim_is_exclusive_and_counts_attempts",),
+           "two schedulers would both run a job already claimed"),
+    Mutant("jobs-binary-upload-no-line", "polyhead/trainer/uploads.py",
+           "    _check_text(filename, data)\n", "",
+           (T + "test_bad_datasets_name_the_line",),
+           "binary garbage and an empty file were refused without naming the line"),
+]

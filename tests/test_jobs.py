@@ -1,0 +1,227 @@
+"""Training jobs without Ray: the job tables (claim, lease, the publish gate, retries) on
+both backends, dataset checks at upload, option parsing as `polyhead train`'s, and the
+worker itself (train's code, the store's publish) on a tiny encoder."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from polyhead.store import Store
+from polyhead.store.catalog import open_catalog
+from polyhead.store.errors import NotFoundError
+from polyhead.store.jobs import (
+    CANCELLED,
+    CANCELLING,
+    FAILED,
+    PUBLISHED,
+    QUEUED,
+    RUNNING,
+    DatasetRecord,
+    JobBook,
+    JobStateError,
+)
+from polyhead.trainer.data import DataError
+from polyhead.trainer.job import Lease, WorkerSettings, run_job, split
+from polyhead.trainer.jobspec import option_flags, parse_job
+from polyhead.trainer.uploads import ColumnFlags, dataset_id, read_dataset
+from tests import test_store_support as support
+
+location, pg_url = support.location, support.pg_url  # fixtures (pg_server: conftest)
+GOOD = ["good fun movie", "great acting", "i loved it", "really fun film"]
+BAD = ["bad boring film", "terrible plot", "i hated it", "very boring movie"]
+
+
+def tsv(n: int = 40, labels: tuple[str, str] = ("neg", "pos")) -> bytes:
+    rows = [f"{(GOOD if i % 2 else BAD)[i % 4]}\t{labels[i % 2]}" for i in range(n)]
+    return ("text\tlabel\n" + "\n".join(rows) + "\n").encode()
+
+
+def put(book: JobBook, data: bytes, name: str = "train.tsv", labels: list[str] | None = None) -> str:
+    flags = ColumnFlags()
+    ds = read_dataset(name, data, flags, labels)
+    record = DatasetRecord(dataset_id(data, "tsv", flags), "tsv", flags.to_dict(), ds.labels,
+                           len(ds.examples), ds.inputs, len(data), "2026-01-01")
+    return book.put_dataset(record, data).dataset_id
+
+
+@pytest.fixture
+def book(location: str) -> JobBook:
+    Store(location)
+    return JobBook(open_catalog(location))
+
+
+# -- the job tables ------------------------------------------------------------------------
+
+def test_claim_is_exclusive_and_counts_attempts(book: JobBook) -> None:
+    ds = put(book, tsv())
+    jobs = [book.create("t", "lora", {"train": ds, "dev_fraction": 0.2}) for _ in range(3)]
+    first = book.claim("a", 30, 2)
+    second = book.claim("b", 30, 2)
+    assert [j.job_id for j in first] == [j.job_id for j in jobs[:2]]  # oldest first
+    assert [j.job_id for j in second] == [jobs[2].job_id]  # never one claimed twice
+    assert {j.state for j in first + second} == {RUNNING} and all(j.attempt == 1 for j in first)
+    assert book.claim("c", 30, 5) == []
+
+
+def test_cancel_queued_running_and_refused_once_publishing(book: JobBook) -> None:
+    ds = put(book, tsv())
+    queued = book.create("t", "lora", {"train": ds, "dev_fraction": 0.2})
+    assert book.cancel(queued.job_id).state == CANCELLED
+    running = book.create("t", "lora", {"train": ds, "dev_fraction": 0.2})
+    book.claim("a", 30, 1)
+    assert book.cancel(running.job_id).state == CANCELLING
+    assert not book.to_publishing(running.job_id, 1, "ab" * 32)  # a cancel that came first wins
+    assert book.heartbeat(running.job_id, 1, 30) == CANCELLING
+    third = book.create("t", "lora", {"train": ds, "dev_fraction": 0.2})
+    book.claim("a", 30, 1)
+    assert book.to_publishing(third.job_id, 1, "cd" * 32)
+    with pytest.raises(JobStateError, match="publishing"):
+        book.cancel(third.job_id)
+    with pytest.raises(NotFoundError):
+        book.cancel("job-000000000000")
+
+
+def test_a_dead_worker_is_retried_once_then_failed_with_the_reason(book: JobBook) -> None:
+    job = book.create("t", "lora", {"train": put(book, tsv()), "dev_fraction": 0.2})
+    book.claim("a", 30, 1)
+    assert book.retry_or_fail(job.job_id, 1, "worker died (SIGKILL)") == QUEUED
+    assert book.retry_or_fail(job.job_id, 1, "a stale report") == QUEUED  # not its attempt now
+    (again,) = book.claim("a", 30, 1)
+    assert again.attempt == 2
+    assert book.retry_or_fail(job.job_id, 2, "worker died again") == FAILED
+    done = book.job(job.job_id)
+    assert "worker died again" in done.reason and done.state == FAILED
+    kinds = [e.kind for e in book.events(job.job_id)]
+    assert kinds == ["queued", "retrying", "failed"]
+
+
+def test_a_publish_that_committed_is_published_after_a_death(book: JobBook, location: str,
+                                                             tiny_bert: Any) -> None:
+    """A worker that died between its publish's commit and recording it: the version is in
+    the catalog, so the job is published (not retried into a second version)."""
+    from polyhead.engine import TaskArtifact
+    from polyhead.store import encode_artifact, new_manifest
+
+    art = TaskArtifact.random("lora", tiny_bert.spec, 2, seed=3)
+    data = encode_artifact(new_manifest("t", art, tiny_bert.spec, labels=["neg", "pos"]), art)
+    job = book.create("t", "lora", {"train": put(book, tsv()), "dev_fraction": 0.2})
+    book.claim("a", 30, 1)
+    import hashlib
+
+    assert book.to_publishing(job.job_id, 1, hashlib.sha256(data).hexdigest())
+    info = Store(location, tiny_bert.spec).publish(data)
+    assert book.retry_or_fail(job.job_id, 1, "died after the commit") == PUBLISHED
+    assert book.job(job.job_id).version_number == info.number
+
+
+def test_expired_leases_are_found(book: JobBook) -> None:
+    job = book.create("t", "lora", {"train": put(book, tsv()), "dev_fraction": 0.2})
+    book.claim("a", 0.05, 1)
+    time.sleep(0.1)
+    assert [j.job_id for j in book.expired()] == [job.job_id]
+    book.heartbeat(job.job_id, 1, 30)
+    assert book.expired() == []
+
+
+def test_old_catalog_is_upgraded_with_the_job_tables(tmp_path: Path) -> None:
+    Store(tmp_path)
+    db = sqlite3.connect(tmp_path / "catalog.sqlite")
+    for table in ("job_events", "jobs", "datasets"):
+        db.execute(f"DROP TABLE {table}")
+    db.execute("UPDATE meta SET value = 2 WHERE key = 'schema'")
+    db.commit()
+    db.close()
+    book = JobBook(open_catalog(tmp_path))
+    assert book.jobs() == [] and book.create("t", "lora", {}).state == QUEUED
+
+
+# -- datasets ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "data", "labels", "problem"), [
+    ("a.tsv", b"sentence\tx\nhi there\t1\n", None, r"a\.tsv:1: no column 'label'"),
+    ("dev.tsv", b"text\tlabel\ngood\tpos\nmeh\tmaybe\n", ["neg", "pos"], r"dev\.tsv:3: label 'maybe'"),
+    ("e.csv", b"", None, r"e\.csv:1: the file is empty"),
+    ("g.jsonl", b'{"text": "a", "label": 1}\n\x89PNG\r\n\x1a\n\x00\xff', None, r"g\.jsonl:2: not UTF-8"),
+    ("n.tsv", b"text\tlabel\nok\tpos\n\tneg\n", None, r"n\.tsv:3: empty text"),
+    ("x.parquet", b"PAR1", None, r"unknown format '\.parquet'"),
+], ids=["missing-column", "unknown-dev-label", "empty", "binary", "empty-row", "format"])
+def test_bad_datasets_name_the_line(name: str, data: bytes, labels: list[str] | None, problem: str) -> None:
+    with pytest.raises(DataError, match=problem):
+        read_dataset(name, data, ColumnFlags(), labels)
+
+
+def test_dataset_id_covers_bytes_format_and_columns() -> None:
+    data = tsv()
+    assert dataset_id(data, "tsv", ColumnFlags()) == dataset_id(data, "tsv", ColumnFlags())
+    assert dataset_id(data, "tsv", ColumnFlags()) != dataset_id(data + b"x\tpos\n", "tsv", ColumnFlags())
+    assert dataset_id(data, "tsv", ColumnFlags()) != dataset_id(data, "tsv", ColumnFlags(label_col="text"))
+
+
+def test_split_holds_out_a_seeded_share() -> None:
+    ds = read_dataset("t.tsv", tsv(40), ColumnFlags())
+    train, dev = split(ds, 0.25, seed=1)
+    assert len(dev.examples) == 10 and len(train.examples) == 30
+    assert split(ds, 0.25, seed=1)[1].examples == dev.examples
+    assert train.labels == dev.labels == ds.labels
+
+
+# -- options: polyhead train's names and defaults ------------------------------------------
+
+def test_job_options_are_train_flags_with_train_defaults() -> None:
+    from polyhead.cli import build_parser
+    from polyhead.trainer.cli import train_config
+
+    args = build_parser("train").parse_args(["train", "--method", "lora", "--train", "t.tsv",
+                                             "--dev", "d.tsv", "--out", "x.polyhead", "--lora-r", "4"])
+    _, cfg = parse_job("lora", {"lora_r": "4"})
+    assert cfg == train_config(args)
+    assert {"lora_r", "epochs", "lr", "no_dropout", "head", "recipe"} <= set(option_flags())
+    assert not {"threads", "device", "out", "store", "upload"} & set(option_flags())
+    for bad, message in (({"lora_rr": "1"}, "unknown option 'lora_rr'"),
+                         ({"lora_r": "x"}, "invalid int"), ({"no_dropout": "maybe"}, "switch")):
+        with pytest.raises(ValueError, match=message):
+            parse_job("lora", bad)
+
+
+# -- the worker (no Ray) -------------------------------------------------------------------
+
+def test_worker_trains_and_publishes_through_the_store(book: JobBook, location: str,
+                                                       tiny_bert_dir: Path) -> None:
+    job = book.create("tiny-task", "lora", {"train": put(book, tsv()), "dev_fraction": 0.25,
+                                            "options": {"epochs": "2", "batch_size": "8"}})
+    book.claim("a", 30, 1)
+    settings = WorkerSettings(location, str(tiny_bert_dir))
+    assert run_job(settings, job.job_id, 1, "here", {"CPU": 1}) == PUBLISHED
+    done = book.job(job.job_id)
+    events = book.events(job.job_id)
+    kinds = [e.kind for e in events if e.kind != "step"]
+    assert kinds == ["queued", "started", "epoch", "epoch", "published"]
+    assert [e.body["epoch"] for e in events if e.kind == "epoch"] == [1, 2]
+    info = Store(location).resolve("tiny-task")
+    assert (done.version, done.version_number) == (info.version, info.number)
+    assert (info.version, info.number) == (events[-1].body["version"], 1)
+
+
+def test_worker_stops_on_cancel_and_publishes_nothing(book: JobBook, location: str,
+                                                      tiny_bert_dir: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    job = book.create("never", "lora", {"train": put(book, tsv()), "dev_fraction": 0.25,
+                                        "options": {"epochs": "3", "batch_size": "4"}})
+    book.claim("a", 30, 1)
+    real_check = Lease.check
+
+    def cancel_at_a_step(lease: Lease) -> None:  # the cancel arrives while it trains
+        if lease.state == RUNNING and book.events(job.job_id)[-1].kind == "step":
+            book.cancel(job.job_id)
+            lease.state = book.heartbeat(job.job_id, 1, 30)
+        real_check(lease)
+
+    monkeypatch.setattr(Lease, "check", cancel_at_a_step)
+    assert run_job(WorkerSettings(location, str(tiny_bert_dir)), job.job_id, 1, "here", {}) == CANCELLED
+    assert book.job(job.job_id).state == CANCELLED
+    assert [t.task_id for t in Store(location).list_tasks()] == []
