@@ -18,6 +18,9 @@ VERBS = {
     "tasks": "polyhead.client_cli",
     "health": "polyhead.client_cli",
     "serve": "polyhead.server.serve_cli",
+    "tenants": "polyhead.tenants_cli",
+    "keys": "polyhead.tenants_cli",
+    "audit": "polyhead.tenants_cli",
 }
 
 

@@ -526,7 +526,7 @@ def test_classify_stream_holds_at_most_its_window_and_answers_in_order() -> None
         async def encode(self, inputs):
             return list(inputs)
 
-        async def run(self, enc, task):
+        async def run(self, enc, task, tenant="default"):
             nonlocal most_in_batcher
             fut = asyncio.get_running_loop().create_future()
             waiting.append((enc[0], fut))

@@ -18,6 +18,7 @@ APP_NAME = "polyhead"
 GRPC_SERVICERS = [  # the generated functions, with lenient request parsing (see there)
     "polyhead.server._private.decoders.add_InferenceServicer_to_server",
     "polyhead.server._private.decoders.add_RegistryServicer_to_server",
+    "polyhead.server._private.decoders.add_AdminServicer_to_server",
 ]
 # Ray Serve's "throughput optimized" settings (RAY_SERVE_THROUGHPUT_OPTIMIZED, less direct
 # ingress, which would bypass Serve's gRPC proxy): they halve Serve's CPU per request

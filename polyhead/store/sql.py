@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from polyhead.store.errors import AmbiguousRefError, NotFoundError
 from polyhead.store.names import hex_prefix, is_task_id, version_number_ref
 
-CATALOG_SCHEMA = 2  # both backends; a catalog with a larger number is refused, a smaller upgraded
+CATALOG_SCHEMA = 3  # both backends; a catalog with a larger number is refused, a smaller upgraded
 
 
 class Cursor(Protocol):
@@ -77,11 +77,48 @@ DELETED = (
         created_at TEXT NOT NULL,
         PRIMARY KEY (task_id, deleted_at, version))""",
 )
-SCHEMA = SCHEMA + DELETED
-UPGRADE = {1: DELETED}  # SQLite: from schema N to N + 1
+
+
+def _tenant_tables(serial: str, ids: str) -> tuple[str, ...]:
+    """Schema 3: tenants (with their quotas; NULL: no limit), API keys (only the sha256 of a
+    key is kept), the audit trail, and the 'auth' counter, which moves on every key or
+    tenant change so that a replica re-reads its key cache only then. ``serial``: the
+    backend's auto-numbered key; ``ids``: how ids collate."""
+    return (
+        f"""CREATE TABLE IF NOT EXISTS tenants (
+            tenant TEXT {ids} PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            max_tasks BIGINT,
+            max_bytes BIGINT)""",
+        f"""CREATE TABLE IF NOT EXISTS api_keys (
+            key_id TEXT {ids} PRIMARY KEY,
+            tenant TEXT {ids} NOT NULL REFERENCES tenants(tenant) ON DELETE CASCADE,
+            hash TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT,
+            revoked_at TEXT)""",
+        f"""CREATE TABLE IF NOT EXISTS audit (
+            id {serial},
+            at TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            tenant TEXT NOT NULL,
+            rpc TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            version TEXT NOT NULL,
+            outcome TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS audit_at ON audit (at)",
+        "INSERT INTO tenants (tenant, created_at) VALUES ('default', '') ON CONFLICT DO NOTHING",
+        "INSERT INTO meta (key, value) VALUES ('auth', 0) ON CONFLICT DO NOTHING",
+    )
+
+
+TENANTS = _tenant_tables("INTEGER PRIMARY KEY AUTOINCREMENT", "")
+SCHEMA = SCHEMA + DELETED + TENANTS
+UPGRADE = {1: DELETED, 2: TENANTS}  # SQLite: from schema N to N + 1
 
 PG_SCHEMA_NAME = "polyhead"  # every table lives in this PostgreSQL schema (namespace)
-PG_SCHEMA = (  # PostgreSQL: the same tables, byte order ("C") for ids, plus the bytes
+PG_SCHEMA: tuple[str, ...] = (  # PostgreSQL: the same tables, byte order ("C") for ids, plus the bytes
     f"CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA_NAME}",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)",
     'CREATE TABLE IF NOT EXISTS tasks (task_id TEXT COLLATE "C" PRIMARY KEY, created_at TEXT NOT NULL)',
@@ -106,8 +143,11 @@ PG_SCHEMA = (  # PostgreSQL: the same tables, byte order ("C") for ids, plus the
     f"INSERT INTO meta (key, value) VALUES ('schema', {CATALOG_SCHEMA}) ON CONFLICT DO NOTHING",
     *DELETED,
 )
+PG_TENANTS = _tenant_tables("BIGSERIAL PRIMARY KEY", 'COLLATE "C"')
+PG_SCHEMA = PG_SCHEMA + PG_TENANTS
 PG_UPGRADE = {  # PostgreSQL: from schema N to N + 1
     1: ("ALTER TABLE blobs DROP CONSTRAINT IF EXISTS blobs_version_fkey", *DELETED),
+    2: PG_TENANTS,
 }
 
 

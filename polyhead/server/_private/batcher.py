@@ -55,10 +55,12 @@ class Batcher:
         return await asyncio.get_running_loop().run_in_executor(
             self._tokenizer, self._tokenize, inputs)
 
-    async def run(self, enc: list[Encoded], task: LoadedTask) -> list[Row]:
-        """These rows' logits, from the next forward that has room for them."""
+    async def run(self, enc: list[Encoded], task: LoadedTask, tenant: str = "default") -> list[Row]:
+        """These rows' logits, from the next forward that has room for them. ``tenant``:
+        the caller's, kept on the queued item (``BatchItem.tenant``)."""
         loop = asyncio.get_running_loop()
-        pending = _Pending(BatchItem(enc, task), sum(len(e.ids) for e in enc), loop.create_future())
+        pending = _Pending(BatchItem(enc, task, tenant), sum(len(e.ids) for e in enc),
+                           loop.create_future())
         self._queue.append(pending)
         self._rows += len(enc)
         self._tokens += pending.tokens

@@ -81,6 +81,10 @@ def add_RegistryServicer_to_server(servicer: Any, server: Any) -> None:
     pb_grpc.add_RegistryServicer_to_server(servicer, _Lenient(server, "registry"))
 
 
+def add_AdminServicer_to_server(servicer: Any, server: Any) -> None:
+    pb_grpc.add_AdminServicer_to_server(servicer, _Lenient(server, "admin"))
+
+
 def proxy_tokens() -> tuple[str | None, str | None] | None:
     """(registry, inference) tokens the proxy checks, or None when it was not told them."""
     if os.environ.get(PROXY_AUTH_ENV) != "1":

@@ -47,6 +47,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     INTERNAL is left for faults of the server itself, never for anything a client sent.
     """
     from polyhead.store import AmbiguousRefError, NotFoundError, StoreError, StoreUnavailable
+    from polyhead.store.errors import NamespaceError, QuotaExceeded
 
     if isinstance(exc, InStream):
         code, details = status_for(exc.error)
@@ -63,6 +64,10 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, f"artifact check 'config' failed: {exc}"
     if isinstance(exc, AmbiguousRefError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, QuotaExceeded):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+    if isinstance(exc, NamespaceError):
+        return grpc.StatusCode.PERMISSION_DENIED, str(exc)
     if isinstance(exc, StoreUnavailable):  # the store's database is down: clients retry
         return grpc.StatusCode.UNAVAILABLE, str(exc)
     if isinstance(exc, StoreError):

@@ -16,10 +16,12 @@ from polyhead.v1 import polyhead_pb2 as pb
 
 @dataclasses.dataclass(eq=False)
 class BatchItem:
-    """One Classify request's rows (tokenized), all for one task version."""
+    """One Classify request's rows (tokenized), all for one task version. ``tenant``: the
+    caller's tenant (its key's; "default" in single-owner mode), for the batcher."""
 
     enc: list[Encoded]
     task: LoadedTask
+    tenant: str = "default"
 
     def __len__(self) -> int:
         return len(self.enc)

@@ -39,6 +39,14 @@ class ServerMetrics:
             "store change to servable on this replica (local: this replica published it)",
             boundaries=_LATENCY_MS, tag_keys=("origin",))
 
+        self.auth_failures = metrics.Counter(
+            "polyhead_auth_failures", "refused credentials, by the key's tenant ('unknown' when "
+            "the key is not one of the store's) and reason (missing, wrong, revoked, expired, "
+            "scope); never the key itself", tag_keys=("tenant", "reason"))
+
+    def auth_failure(self, tenant: str, reason: str) -> None:
+        self.auth_failures.inc(tags={"tenant": tenant, "reason": reason})
+
     def request(self, method: str, task: str, code: str, ms: float) -> None:
         self.requests.inc(tags={"method": method, "task": task, "code": code})
         self.latency.observe(ms, tags={"method": method, "task": task})

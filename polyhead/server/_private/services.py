@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from polyhead.engine import Engine
 from polyhead.server._private import registry_rpcs
+from polyhead.server._private.auth import Caller, KeyRing
 from polyhead.server._private.batcher import Batcher
 from polyhead.server._private.errors import InStream, InvalidInput
 from polyhead.server._private.gate import message_of
@@ -26,7 +27,7 @@ from polyhead.server._private.resolver import Resolver
 from polyhead.server.bank import AdapterBank, TaskMeta, VersionKey
 from polyhead.server.config import ServerConfig
 from polyhead.store import Store, StoredArtifact, VersionInfo
-from polyhead.store.names import clip, is_task_id
+from polyhead.store.names import DEFAULT_TENANT, clip, is_task_id
 from polyhead.v1 import polyhead_pb2 as pb
 
 T = TypeVar("T")
@@ -50,6 +51,7 @@ class Parts:
     admin: ThreadPoolExecutor  # store writes, one at a time
     counters: dict[str, float] = dataclasses.field(
         default_factory=lambda: {"batches": 0, "rows": 0, "forward_s": 0.0})
+    keys: KeyRing = dataclasses.field(default_factory=KeyRing)  # the store's API keys, cached
 
     async def on_admin(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.admin, fn, *args)
@@ -59,7 +61,9 @@ class InferenceService:
     def __init__(self, parts: Parts) -> None:
         self.p = parts
 
-    async def classify(self, request: pb.ClassifyRequest) -> pb.ClassifyResponse:
+    async def classify(self, request: pb.ClassifyRequest,
+                       tenant: str = DEFAULT_TENANT) -> pb.ClassifyResponse:
+        """``tenant``: the caller's, carried to the batcher with the request's rows."""
         p = self.p
         request = message_of(request)  # a stream's messages arrive unparsed
         inputs = parse_inputs(request, p.config.max_inputs, p.config.max_text_chars)
@@ -70,12 +74,13 @@ class InferenceService:
         async with p.bank.using(VersionKey(info.task_id, info.version)) as res:
             check_form(inputs, info.task_id, res.meta)
             enc = await p.batcher.encode(inputs)
-            rows = await p.batcher.run(enc, res.task)
+            rows = await p.batcher.run(enc, res.task, tenant=tenant)
             cut = cut_inputs(request, p.config.max_text_chars)
             rows = [(logits, was or c) for (logits, was), c in zip(rows, cut, strict=True)]
             return response(res, rows, p.replica)
 
-    async def classify_stream(self, requests: AsyncIterator[Any]) -> AsyncIterator[pb.ClassifyResponse]:
+    async def classify_stream(self, requests: AsyncIterator[Any],
+                              tenant: str = DEFAULT_TENANT) -> AsyncIterator[pb.ClassifyResponse]:
         """One response per request message, in order; at most STREAM_WINDOW messages in
         flight, so a client sending faster than the engine runs is held back by gRPC flow
         control, not buffered here. An error ends the stream, naming the message."""
@@ -83,7 +88,7 @@ class InferenceService:
         try:
             index = 0
             async for request in requests:
-                window.append(asyncio.ensure_future(self._message(index, request)))
+                window.append(asyncio.ensure_future(self._message(index, request, tenant)))
                 index += 1
                 if len(window) >= STREAM_WINDOW:
                     yield await window.popleft()
@@ -93,15 +98,15 @@ class InferenceService:
             for fut in window:
                 fut.cancel()
 
-    async def _message(self, index: int, request: Any) -> pb.ClassifyResponse:
+    async def _message(self, index: int, request: Any, tenant: str) -> pb.ClassifyResponse:
         try:
-            return await self.classify(request)
+            return await self.classify(request, tenant)
         except Exception as e:
             raise InStream(index, e) from e
 
     async def health(self, request: pb.HealthRequest, show_tasks: bool = True) -> pb.HealthResponse:
         """The replica's state; its resident task ids only when ``show_tasks`` (the caller
-        holds the Registry token): they name every tenant's tasks."""
+        holds the admin scope): they name every tenant's tasks."""
         p = self.p
         await p.resolver.refresh()
         out = pb.HealthResponse(
@@ -124,17 +129,18 @@ class RegistryService:
     def __init__(self, parts: Parts) -> None:
         self.p = parts
 
-    async def upload(self, request: pb.UploadRequest) -> pb.VersionInfo:
+    async def upload(self, request: pb.UploadRequest, caller: Caller) -> pb.VersionInfo:
         if not request.artifact:
             raise InvalidInput("artifact: empty")
-        return await self._publish(partial(self.p.store.ingest, replace_kind=request.replace_kind),
-                                   bytes(request.artifact))
+        return await self._publish(partial(self.p.store.ingest, replace_kind=request.replace_kind,
+                                           may_write=caller.may_write), bytes(request.artifact))
 
     async def import_peft(self, request: pb.ImportPeftRequest) -> pb.VersionInfo:
         return await self._publish(registry_rpcs.import_peft, self.p.store, request)
 
-    async def list_tasks(self, request: pb.ListTasksRequest) -> pb.ListTasksResponse:
-        return await self.p.resolver.read(registry_rpcs.list_tasks, self.p.store)
+    async def list_tasks(self, request: pb.ListTasksRequest, caller: Caller) -> pb.ListTasksResponse:
+        """The caller's namespace (every task for an admin)."""
+        return await self.p.resolver.read(registry_rpcs.list_tasks, self.p.store, caller.sees)
 
     async def get_task(self, request: pb.GetTaskRequest) -> pb.TaskDetail:
         return await self.p.resolver.read(registry_rpcs.get_task, self.p.store, request.task_id)
