@@ -65,7 +65,7 @@ class StoreAdmin:
 
     def DeleteTenant(self, request: pb.DeleteTenantRequest) -> pb.DeleteTenantResponse:
         n = self.catalog.delete_tenant(request.tenant)
-        out = pb.DeleteTenantResponse(tenant=request.tenant, keys_removed=n)
+        out = pb.DeleteTenantResponse(tenant=request.tenant, keys_revoked=n)
         return self._record("DeleteTenant", out, f"tenant:{request.tenant}")
 
     def CreateKey(self, request: pb.CreateKeyRequest) -> pb.CreateKeyResponse:

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name")
     _quota_flags(p)
     _verb(tsub, "list", _tenant_list, "every tenant, its quotas and what it holds")
-    p = _verb(tsub, "delete", _tenant_delete, "a tenant that owns no task (its keys go with it)")
+    p = _verb(tsub, "delete", _tenant_delete, "a tenant that owns no task (its keys are revoked)")
     p.add_argument("name")
     p = _verb(tsub, "quota", _tenant_quota, "set a tenant's quotas (an omitted one: no limit)")
     p.add_argument("name")
@@ -146,7 +146,7 @@ def _tenant_delete(ops: Any, args: argparse.Namespace) -> None:
     from polyhead.v1 import polyhead_pb2 as pb
 
     out = ops.DeleteTenant(pb.DeleteTenantRequest(tenant=args.name))
-    print(f"deleted tenant {out.tenant} ({out.keys_removed} key(s) removed)")
+    print(f"deleted tenant {out.tenant} ({out.keys_revoked} key(s) revoked)")
 
 
 def _key_line(k: Any) -> str:

@@ -420,7 +420,7 @@ class Catalog(abc.ABC):
         self._auth_changed(lambda c: tenancy.set_quota(c, name, max_tasks, max_bytes))
 
     def delete_tenant(self, name: str) -> int:
-        """Refused while it owns tasks; its keys (how many) go with it."""
+        """Refused while it owns tasks; its keys are revoked (how many were live)."""
         return self._auth_changed(lambda c: tenancy.delete_tenant(c, name))
 
     def tenants(self) -> list[Tenant]:
@@ -437,8 +437,9 @@ class Catalog(abc.ABC):
     def keys(self, tenant: str | None = None) -> list[ApiKey]:
         return self._reading(lambda c: tenancy.keys(c, tenant))
 
-    def key_table(self) -> tuple[int, list[tuple[ApiKey, str]]]:
-        return self._reading(tenancy.key_table)
+    def key_table(self, since: int = -1) -> tuple[int, list[tuple[ApiKey, str]]]:
+        """The 'auth' counter, and the keys changed after its value ``since`` (default: all)."""
+        return self._reading(lambda c: tenancy.key_table(c, since))
 
     def auth_generation(self) -> int:
         return self._reading(tenancy.auth_generation)

@@ -81,9 +81,10 @@ DELETED = (
 
 def _tenant_tables(serial: str, ids: str) -> tuple[str, ...]:
     """Schema 3: tenants (with their quotas; NULL: no limit), API keys (only the sha256 of a
-    key is kept), the audit trail, and the 'auth' counter, which moves on every key or
-    tenant change so that a replica re-reads its key cache only then. ``serial``: the
-    backend's auto-numbered key; ``ids``: how ids collate."""
+    key is kept; a key is never deleted, only revoked, so that a replica's cache can read
+    just the keys changed since it last looked), the audit trail, and the 'auth' counter,
+    which moves on every key or tenant change. ``serial``: the backend's auto-numbered
+    key; ``ids``: how ids collate."""
     return (
         f"""CREATE TABLE IF NOT EXISTS tenants (
             tenant TEXT {ids} PRIMARY KEY,
@@ -92,12 +93,14 @@ def _tenant_tables(serial: str, ids: str) -> tuple[str, ...]:
             max_bytes BIGINT)""",
         f"""CREATE TABLE IF NOT EXISTS api_keys (
             key_id TEXT {ids} PRIMARY KEY,
-            tenant TEXT {ids} NOT NULL REFERENCES tenants(tenant) ON DELETE CASCADE,
+            tenant TEXT {ids} NOT NULL,
             hash TEXT NOT NULL,
             scopes TEXT NOT NULL,
             created_at TEXT NOT NULL,
             expires_at TEXT,
-            revoked_at TEXT)""",
+            revoked_at TEXT,
+            changed BIGINT NOT NULL)""",  # the 'auth' counter of its last change
+        "CREATE INDEX IF NOT EXISTS api_keys_changed ON api_keys (changed)",
         f"""CREATE TABLE IF NOT EXISTS audit (
             id {serial},
             at TEXT NOT NULL,

@@ -40,8 +40,10 @@ class AuditRecord:
 KEY_COLUMNS = "key_id, tenant, scopes, created_at, expires_at, revoked_at"
 
 
-def bump_auth(c: Conn) -> None:
+def bump_auth(c: Conn) -> int:
+    """Move the 'auth' counter; its new value."""
     c.execute("UPDATE meta SET value = value + 1 WHERE key = 'auth'")
+    return auth_generation(c)
 
 
 def auth_generation(c: Conn) -> int:
@@ -120,16 +122,17 @@ def _check_quota_values(*values: int | None) -> None:
 
 
 def delete_tenant(c: Conn, name: str) -> int:
-    """Remove a tenant that owns no task; its keys go with it (how many)."""
+    """Remove a tenant that owns no task; its keys are revoked with it (how many were live)."""
     if name == DEFAULT_TENANT:
         raise StoreError("the default tenant cannot be deleted")
     require_tenant(c, name)
     tasks, _ = usage(c, name)
     if tasks:
         raise StoreError(f"tenant {name!r} owns {tasks} task(s): delete them first")
-    n = int(c.execute("DELETE FROM api_keys WHERE tenant = ?", (name,)).rowcount)
+    gen = bump_auth(c)
+    n = int(c.execute("UPDATE api_keys SET revoked_at = ?, changed = ? WHERE tenant = ? "
+                      "AND revoked_at IS NULL", (now_iso(), gen, name)).rowcount)
     c.execute("DELETE FROM tenants WHERE tenant = ?", (name,))
-    bump_auth(c)
     return n
 
 
@@ -144,9 +147,9 @@ def create_key(c: Conn, tenant: str, scopes: tuple[str, ...], expires_at: str | 
     require_tenant(c, tenant)
     key_id, key = new_key()
     record = ApiKey(key_id, tenant, scopes, now_iso(), expires_at, None)
-    c.execute(f"INSERT INTO api_keys ({KEY_COLUMNS}, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
-              (key_id, tenant, ",".join(scopes), record.created_at, expires_at, None, key_hash(key)))
-    bump_auth(c)
+    c.execute(f"INSERT INTO api_keys ({KEY_COLUMNS}, hash, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+              (key_id, tenant, ",".join(scopes), record.created_at, expires_at, None, key_hash(key),
+               bump_auth(c)))
     return record, key
 
 
@@ -156,8 +159,8 @@ def revoke_key(c: Conn, key_id: str) -> ApiKey:
         raise NotFoundError(f"no key {key_id!r:.40}")
     key = _key(row)
     if key.revoked_at is None:
-        c.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ?", (now_iso(), key_id))
-        bump_auth(c)
+        c.execute("UPDATE api_keys SET revoked_at = ?, changed = ? WHERE key_id = ?",
+                  (now_iso(), bump_auth(c), key_id))
     return _key(c.execute(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)).fetchone())
 
 
@@ -168,10 +171,14 @@ def keys(c: Conn, tenant: str | None = None) -> list[ApiKey]:
     return [_key(r) for r in rows]
 
 
-def key_table(c: Conn) -> tuple[int, list[tuple[ApiKey, str]]]:
-    """The 'auth' counter and every key with its hash: what a replica's key cache holds."""
-    rows = c.execute(f"SELECT {KEY_COLUMNS}, hash FROM api_keys").fetchall()
-    return auth_generation(c), [(_key(r[:6]), r[6]) for r in rows]
+def key_table(c: Conn, since: int = -1) -> tuple[int, list[tuple[ApiKey, str]]]:
+    """The 'auth' counter and the keys (with their hashes) changed after counter value
+    ``since`` (every key by default): what a replica's key cache reads. The counter is
+    read first: on PostgreSQL each statement sees the commits made before it, so a key
+    committed between the two reads is read now and again next time, never skipped."""
+    generation = auth_generation(c)
+    rows = c.execute(f"SELECT {KEY_COLUMNS}, hash FROM api_keys WHERE changed > ?", (since,)).fetchall()
+    return generation, [(_key(r[:6]), r[6]) for r in rows]
 
 
 def _key(row: tuple[str, str, str, str, str | None, str | None]) -> ApiKey:

@@ -661,7 +661,7 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteTenant(self, request, context):
-        """Refused while the tenant owns tasks; its keys are removed with it.
+        """Refused while the tenant owns tasks; its keys are revoked with it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -75,13 +75,15 @@ class KeyRing:
         return len(self._table)
 
     def load(self, catalog: object) -> bool:
-        """Re-read the keys if the catalog's 'auth' counter moved; True if it did."""
+        """Read the keys changed since the table held (all of them the first time), if the
+        catalog's 'auth' counter moved; True if it did. Keys are never deleted from the
+        store, only revoked, so reading the changed ones is enough."""
         if catalog.auth_generation() == self.generation:  # type: ignore[attr-defined]
             return False
-        generation, rows = catalog.key_table()  # type: ignore[attr-defined]
-        self._table = {k.key_id: _Entry(k, h, frozenset(k.scopes), _epoch(k.expires_at))
-                       for k, h in rows}
-        self.generation = generation
+        generation, rows = catalog.key_table(self.generation)  # type: ignore[attr-defined]
+        table = dict(self._table)
+        table.update((k.key_id, _Entry(k, h, frozenset(k.scopes), _epoch(k.expires_at))) for k, h in rows)
+        self._table, self.generation = table, generation
         return True
 
     def find(self, key: str) -> _Entry | None:
