@@ -25,7 +25,8 @@ class AdminInputError(ValueError):
 
 def tenant_pb(t: Tenant) -> pb.TenantInfo:
     return pb.TenantInfo(tenant=t.tenant, created_at=t.created_at, max_tasks=t.max_tasks,
-                         max_bytes=t.max_bytes, tasks=t.tasks, nbytes=t.nbytes)
+                         max_bytes=t.max_bytes, tasks=t.tasks, nbytes=t.nbytes,
+                         max_rows_in_flight=t.max_rows_in_flight)
 
 
 def key_pb(k: ApiKey) -> pb.KeyInfo:
@@ -38,8 +39,10 @@ def audit_pb(r: AuditRecord) -> pb.AuditRecord:
                           version=r.version, outcome=r.outcome)
 
 
-def _quota(request: Any, name: str) -> int | None:
-    return int(getattr(request, name)) if request.HasField(name) else None
+def _quotas(request: Any) -> tuple[int | None, int | None, int | None]:
+    """max_tasks, max_bytes, max_rows_in_flight of a request (None: unset, no limit)."""
+    return tuple(int(getattr(request, n)) if request.HasField(n) else None  # type: ignore[return-value]
+                 for n in ("max_tasks", "max_bytes", "max_rows_in_flight"))
 
 
 class StoreAdmin:
@@ -53,11 +56,11 @@ class StoreAdmin:
         return tenant_pb(next(t for t in self.catalog.tenants() if t.tenant == name))
 
     def CreateTenant(self, request: pb.CreateTenantRequest) -> pb.TenantInfo:
-        self.catalog.create_tenant(request.tenant, _quota(request, "max_tasks"), _quota(request, "max_bytes"))
+        self.catalog.create_tenant(request.tenant, *_quotas(request))
         return self._record("CreateTenant", self._tenant(request.tenant), f"tenant:{request.tenant}")
 
     def SetQuota(self, request: pb.SetQuotaRequest) -> pb.TenantInfo:
-        self.catalog.set_quota(request.tenant, _quota(request, "max_tasks"), _quota(request, "max_bytes"))
+        self.catalog.set_quota(request.tenant, *_quotas(request))
         return self._record("SetQuota", self._tenant(request.tenant), f"tenant:{request.tenant}")
 
     def ListTenants(self, request: pb.ListTenantsRequest) -> pb.ListTenantsResponse:

@@ -58,6 +58,8 @@ def _verb(sub: Any, name: str, func: Callable[[Any, argparse.Namespace], None],
 def _quota_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tasks", type=int, help="the most tasks it may hold")
     p.add_argument("--max-bytes", type=_size, help="the most artifact bytes it may store (e.g. 500M)")
+    p.add_argument("--max-rows-in-flight", type=int,
+                   help="the most rows it may have queued or computing at once, per replica")
 
 
 def _size(text: str) -> int:
@@ -114,13 +116,17 @@ def _quota_request(cls: Any, args: argparse.Namespace) -> Any:
         req.max_tasks = args.max_tasks
     if args.max_bytes is not None:
         req.max_bytes = args.max_bytes
+    if args.max_rows_in_flight is not None:
+        req.max_rows_in_flight = args.max_rows_in_flight
     return req
 
 
 def _tenant_line(t: Any) -> str:
     tasks = f"{t.tasks}/{t.max_tasks}" if t.HasField("max_tasks") else f"{t.tasks}/-"
     nbytes = f"{t.nbytes}/{t.max_bytes}" if t.HasField("max_bytes") else f"{t.nbytes}/-"
-    return f"{t.tenant}\ttasks {tasks}\tbytes {nbytes}\tcreated {t.created_at or '-'}"
+    rows = t.max_rows_in_flight if t.HasField("max_rows_in_flight") else "-"
+    return (f"{t.tenant}\ttasks {tasks}\tbytes {nbytes}\trows in flight <= {rows}\t"
+            f"created {t.created_at or '-'}")
 
 
 def _tenant_create(ops: Any, args: argparse.Namespace) -> None:

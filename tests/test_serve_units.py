@@ -552,7 +552,9 @@ def test_classify_stream_holds_at_most_its_window_and_answers_in_order() -> None
 
     parts = SimpleNamespace(config=SimpleNamespace(max_inputs=4, max_text_chars=100),
                             resolver=SimpleNamespace(resolve=resolve),
-                            bank=SimpleNamespace(using=using), batcher=SlowBatcher(), replica="r0")
+                            bank=SimpleNamespace(using=using), batcher=SlowBatcher(), replica="r0",
+                            keys=SimpleNamespace(limits={}),  # no tenant quotas
+                            metrics=SimpleNamespace(tenant_rows=lambda tenant, rows: None))
 
     async def requests():
         nonlocal sent, most_pending

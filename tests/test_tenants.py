@@ -87,24 +87,33 @@ def test_tenants_keys_quotas_and_audit_in_the_store(location, tiny_bert) -> None
         record.key_id: "revoked",
         old.key_id: "expired",
     }
+    # a replica's key cache reads only the keys changed after the counter it holds
+    held, _ = cat.key_table()
+    third, _ = cat.create_key("acme", ("classify",))
+    assert [k.key_id for k, _ in cat.key_table(held)[1]] == [third.key_id]
+    held, _ = cat.key_table()
+    cat.revoke_key(third.key_id)
+    assert [(k.key_id, k.state()) for k, _ in cat.key_table(held)[1]] == [(third.key_id, "revoked")]
     # quotas: tasks, then bytes (the catalog's transaction counts the tenant's live versions)
     store.publish(make_file(spec, "acme/a", seed=1))
     second = store.publish(make_file(spec, "acme/b", seed=2))
     with pytest.raises(QuotaExceeded, match=r"quota max_tasks = 2 reached"):
         store.publish(make_file(spec, "acme/c", seed=3))
     store.publish(make_file(spec, "sst2", seed=3))  # the default tenant has no quota
-    cat.set_quota("acme", None, 2 * second.nbytes)
+    cat.set_quota("acme", None, 2 * second.nbytes, 4)
+    assert cat.admission_limits() == {"acme": 4}  # rows in flight: held by each replica
     with pytest.raises(QuotaExceeded, match=rf"quota max_bytes = {2 * second.nbytes} would be"):
         store.publish(make_file(spec, "acme/c", seed=3))
     tenants = {t.tenant: t for t in cat.tenants()}
     assert (tenants["acme"].tasks, tenants["default"].tasks) == (2, 1)
+    assert (tenants["acme"].max_rows_in_flight, tenants["default"].max_rows_in_flight) == (4, None)
     with pytest.raises(StoreError, match="owns 2 task"):
         cat.delete_tenant("acme")
     with pytest.raises(StoreError, match="default tenant cannot be deleted"):
         cat.delete_tenant("default")
     store.delete("acme/a")
     store.delete("acme/b")
-    assert cat.delete_tenant("acme") == 1  # the one live key; the revoked and expired ones were not
+    assert cat.delete_tenant("acme") == 1  # the expired key; the revoked ones were already
     assert {k.state() for k in cat.keys("acme")} == {"revoked"}
     cat.add_audit(AuditRecord("2026-01-01T00:00:00.000000+00:00", "k1", "acme", "Upload", "acme/a", "v", OK))
     cat.add_audit(AuditRecord(now_iso(), "k2", "beta", "DeleteTask", "beta/x", "", NF))
@@ -604,3 +613,149 @@ def test_single_owner_tokens_are_the_default_tenants(no_ray, tmp_path, tiny_bert
             assert [t.task_id for t in (await reg.ListTasks(pb.ListTasksRequest())).tasks] == ["sst2"]
 
     asyncio.run(main())
+
+
+# -- quotas at admission ------------------------------------------------------------------------
+
+
+def test_admission_counts_rows_in_flight_per_tenant() -> None:
+    from polyhead.server._private.admission import Admission
+
+    limits = {"a": 3}
+    adm = Admission(lambda: limits)
+    with adm.holding("a", 2), adm.holding("b", 50):  # b: no quota, only counted
+        assert (adm.in_flight("a"), adm.in_flight("b")) == (2, 50)
+        with (pytest.raises(QuotaExceeded, match=r"quota max_rows_in_flight = 3 reached \(2 rows"),
+              adm.holding("a", 2)):
+            pass
+        assert adm.in_flight("a") == 2  # the refused request holds nothing
+        with adm.holding("a", 1):
+            assert adm.in_flight("a") == 3
+    assert (adm.in_flight("a"), adm.in_flight("b")) == (0, 0)
+    limits["a"] = 1  # a changed quota applies to the next request
+    with pytest.raises(QuotaExceeded, match="max_rows_in_flight = 1"), adm.holding("a", 2):
+        pass
+
+
+def test_quota_exhaustion_at_admission(no_ray, tmp_path, tiny_bert_dir, tiny_bert) -> None:
+    """Tenant a may have 2 rows in flight: a request of 3 rows is refused whole; while 2 of
+    its rows wait for the engine (held busy here), one more is refused and tenant b's are
+    not; afterwards a is admitted again. Over gRPC and HTTP (429)."""
+    import threading
+
+    spec = tiny_bert.spec
+    owner = (("authorization", f"Bearer {OWNER}"),)
+
+    async def main() -> None:
+        async with serving(_config(str(tmp_path / "store"), tiny_bert_dir)) as s:
+            admin, reg = pb_grpc.AdminStub(s.channel), pb_grpc.RegistryStub(s.channel)
+            inf = pb_grpc.InferenceStub(s.channel)
+            md = {}
+            for t in ("a", "b"):
+                quota = {"max_rows_in_flight": 2} if t == "a" else {}
+                await admin.CreateTenant(pb.CreateTenantRequest(tenant=t, **quota), metadata=owner)
+                made = await admin.CreateKey(pb.CreateKeyRequest(tenant=t, scopes=["classify"]),
+                                             metadata=owner)
+                md[t] = (("authorization", f"Bearer {made.key}"),)
+                data = artifact(spec, f"{t}/t1", seed=1)[0]
+                await reg.Upload(pb.UploadRequest(artifact=data), metadata=owner)
+            await _keys_reach(s.replica)
+
+            def ask(t: str, n: int) -> Any:
+                request = pb.ClassifyRequest(task_id=f"{t}/t1", inputs=[pb.Input(text="rain")] * n)
+                return _status(inf.Classify(request, metadata=md[t]))
+
+            code, details, _ = await ask("a", 3)
+            assert code == "RESOURCE_EXHAUSTED" and "quota max_rows_in_flight = 2" in details
+            body3 = {"task_id": "a/t1", "inputs": [{"text": "x"}] * 3}
+            status, body = await asyncio.to_thread(_http, s.http_port, "/v1/classify", md["a"], body3)
+            assert status == 429 and "max_rows_in_flight = 2" in body
+            release = threading.Event()
+            s.replica.parts.batcher._forward.submit(release.wait)  # the engine is busy
+            admission = s.replica.inference.admission
+            try:
+                held = asyncio.ensure_future(ask("a", 2))
+                while admission.in_flight("a") < 2:  # a's two rows are queued
+                    await asyncio.sleep(0.005)
+                code, details, _ = await ask("a", 1)
+                assert code == "RESOURCE_EXHAUSTED"
+                assert "(2 rows in flight on this replica + 1 new)" in details
+                other = asyncio.ensure_future(ask("b", 4))
+                while admission.in_flight("b") < 4:  # b has no quota: admitted, queued
+                    await asyncio.sleep(0.005)
+            finally:
+                release.set()
+            assert [(await held)[0], (await other)[0]] == [OK, OK]
+            assert (await ask("a", 2))[0] == OK and admission.in_flight("a") == 0
+
+    asyncio.run(main())
+
+
+# -- the commands -------------------------------------------------------------------------------
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    from polyhead.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    # (stderr also holds what the in-process server logs; the callers check the messages)
+    return code, out, err
+
+
+def test_the_commands_on_a_store_and_over_grpc(no_ray, tmp_path, tiny_bert_dir, tiny_bert, capsys) -> None:
+    """`polyhead tenants|keys|audit` with --store, then the same over gRPC with an admin
+    key made by the first; a publish-only key is refused the Admin RPCs."""
+    folder = str(tmp_path / "store")
+    Store(folder, tiny_bert.spec)  # the store exists (the commands do not create one)
+    code, out, _ = _cli(capsys, "tenants", "create", "acme", "--max-tasks", "3", "--max-bytes", "2M",
+                        "--max-rows-in-flight", "64", "--store", folder)
+    assert code == 0 and out.startswith("acme\ttasks 0/3\tbytes 0/2097152\trows in flight <= 64")
+    code, out, err = _cli(capsys, "keys", "create", "--tenant", "acme", "--scope", "admin", "--store", folder)
+    admin_key = out.strip()
+    assert code == 0 and admin_key.startswith("phk_") and "shown this once" in err
+    assert admin_key not in err and admin_key not in str(Store(folder, tiny_bert.spec).catalog.keys())
+    code, _, err = _cli(capsys, "keys", "create", "--tenant", "acme", "--scope", "root", "--store", folder)
+    assert code == 2 and "each must be one of" in err
+
+    async def main() -> None:
+        async with serving(_config(folder, tiny_bert_dir)) as s:
+            await _keys_reach(s.replica)
+            over = ("--server", s.grpc_address, "--token", admin_key)
+
+            def run(*argv: str) -> tuple[int, str, str]:
+                return _cli(capsys, *argv, *over)
+
+            code, out, _ = await asyncio.to_thread(run, "tenants", "create", "beta")
+            assert code == 0 and out.startswith("beta\ttasks 0/-")
+            code, out, _ = await asyncio.to_thread(run, "keys", "create", "--tenant", "beta", "--scope",
+                                                   "publish", "--expires", "1h")
+            publish_key = out.strip()
+            code, out, _ = await asyncio.to_thread(run, "keys", "list", "--tenant", "beta")
+            (line,) = out.splitlines()
+            key_id = publish_key[4:16]
+            assert code == 0 and line.startswith(f"{key_id}\tbeta\tpublish\tactive")
+            assert publish_key not in out
+            code, _, err = await asyncio.to_thread(
+                _cli, capsys, "tenants", "list", "--server", s.grpc_address, "--token", publish_key)
+            assert code == 2 and "PERMISSION_DENIED" in err and publish_key not in err
+            code, out, _ = await asyncio.to_thread(run, "keys", "revoke", key_id)
+            assert code == 0 and "\trevoked\t" in out
+            code, out, _ = await asyncio.to_thread(run, "tenants", "delete", "beta")
+            assert (code, out.strip()) == (0, "deleted tenant beta (0 key(s) revoked)")
+            code, out, _ = await asyncio.to_thread(run, "tenants", "list")
+            assert [ln.split("\t")[0] for ln in out.splitlines()] == ["acme", "default"]
+            code, _, err = await asyncio.to_thread(run, "tenants", "delete", "ghost")
+            assert code == 2 and "NOT_FOUND" in err
+
+    asyncio.run(main())
+    code, out, _ = _cli(capsys, "audit", "--store", folder, "--since", "1h")
+    rows = [ln.split("\t") for ln in out.splitlines()]
+    admin_id = admin_key[4:16]
+    assert [(r[1], r[3]) for r in rows] == [
+        ("local", "CreateTenant"), ("local", "CreateKey"), (admin_id, "CreateTenant"),
+        (admin_id, "CreateKey"), (admin_id, "RevokeKey"), (admin_id, "DeleteTenant"),
+        (admin_id, "DeleteTenant")]
+    assert rows[-1][-1] == "NOT_FOUND" and all(r[-1] == "OK" for r in rows[:-1])
+    code, out, _ = _cli(capsys, "audit", "--store", folder, "--tenant", "acme")
+    assert len(out.splitlines()) == 5  # the admin key's records: its tenant is acme

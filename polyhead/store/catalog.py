@@ -411,13 +411,19 @@ class Catalog(abc.ABC):
 
         return self._writing(run)
 
-    def create_tenant(self, name: str, max_tasks: int | None = None,
-                      max_bytes: int | None = None) -> None:
-        self._auth_changed(lambda c: tenancy.create_tenant(c, name, max_tasks, max_bytes))
+    def create_tenant(self, name: str, max_tasks: int | None = None, max_bytes: int | None = None,
+                      max_rows_in_flight: int | None = None) -> None:
+        self._auth_changed(lambda c: tenancy.create_tenant(c, name, max_tasks, max_bytes,
+                                                           max_rows_in_flight))
 
-    def set_quota(self, name: str, max_tasks: int | None, max_bytes: int | None) -> None:
-        """Set both quotas of ``name`` (None: no limit)."""
-        self._auth_changed(lambda c: tenancy.set_quota(c, name, max_tasks, max_bytes))
+    def set_quota(self, name: str, max_tasks: int | None, max_bytes: int | None,
+                  max_rows_in_flight: int | None = None) -> None:
+        """Set every quota of ``name`` (None: no limit)."""
+        self._auth_changed(lambda c: tenancy.set_quota(c, name, max_tasks, max_bytes, max_rows_in_flight))
+
+    def admission_limits(self) -> dict[str, int]:
+        """Each tenant's max_rows_in_flight, where one is set."""
+        return self._reading(tenancy.admission_limits)
 
     def delete_tenant(self, name: str) -> int:
         """Refused while it owns tasks; its keys are revoked (how many were live)."""

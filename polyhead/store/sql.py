@@ -80,7 +80,8 @@ DELETED = (
 
 
 def _tenant_tables(serial: str, ids: str) -> tuple[str, ...]:
-    """Schema 3: tenants (with their quotas; NULL: no limit), API keys (only the sha256 of a
+    """Schema 3: tenants (with their quotas: tasks and bytes at publish, rows in flight
+    per replica at admission; NULL: no limit), API keys (only the sha256 of a
     key is kept; a key is never deleted, only revoked, so that a replica's cache can read
     just the keys changed since it last looked), the audit trail, and the 'auth' counter,
     which moves on every key or tenant change. ``serial``: the backend's auto-numbered
@@ -90,7 +91,8 @@ def _tenant_tables(serial: str, ids: str) -> tuple[str, ...]:
             tenant TEXT {ids} PRIMARY KEY,
             created_at TEXT NOT NULL,
             max_tasks BIGINT,
-            max_bytes BIGINT)""",
+            max_bytes BIGINT,
+            max_rows_in_flight BIGINT)""",
         f"""CREATE TABLE IF NOT EXISTS api_keys (
             key_id TEXT {ids} PRIMARY KEY,
             tenant TEXT {ids} NOT NULL,

@@ -24,6 +24,7 @@ class Tenant:
     max_bytes: int | None  # stored bytes of its live versions; None: no limit
     tasks: int  # what it holds now
     nbytes: int
+    max_rows_in_flight: int | None = None  # rows queued or computing per replica; None: no limit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,22 +99,31 @@ def check_publish(c: Conn, task_id: str, nbytes: int, new_task: bool) -> None:
                             f"({stored} bytes stored + {nbytes} new)")
 
 
-def create_tenant(c: Conn, name: str, max_tasks: int | None, max_bytes: int | None) -> None:
+def create_tenant(c: Conn, name: str, max_tasks: int | None, max_bytes: int | None,
+                  max_rows_in_flight: int | None = None) -> None:
     check_tenant_name(name)
-    _check_quota_values(max_tasks, max_bytes)
+    _check_quota_values(max_tasks, max_bytes, max_rows_in_flight)
     if c.execute("SELECT 1 FROM tenants WHERE tenant = ?", (name,)).fetchone() is not None:
         raise StoreError(f"tenant {name!r} exists")
-    c.execute("INSERT INTO tenants (tenant, created_at, max_tasks, max_bytes) VALUES (?, ?, ?, ?)",
-              (name, now_iso(), max_tasks, max_bytes))
+    c.execute("INSERT INTO tenants (tenant, created_at, max_tasks, max_bytes, max_rows_in_flight) "
+              "VALUES (?, ?, ?, ?, ?)", (name, now_iso(), max_tasks, max_bytes, max_rows_in_flight))
     bump_auth(c)
 
 
-def set_quota(c: Conn, name: str, max_tasks: int | None, max_bytes: int | None) -> None:
-    _check_quota_values(max_tasks, max_bytes)
+def set_quota(c: Conn, name: str, max_tasks: int | None, max_bytes: int | None,
+              max_rows_in_flight: int | None = None) -> None:
+    _check_quota_values(max_tasks, max_bytes, max_rows_in_flight)
     require_tenant(c, name)
-    c.execute("UPDATE tenants SET max_tasks = ?, max_bytes = ? WHERE tenant = ?",
-              (max_tasks, max_bytes, name))
+    c.execute("UPDATE tenants SET max_tasks = ?, max_bytes = ?, max_rows_in_flight = ? WHERE tenant = ?",
+              (max_tasks, max_bytes, max_rows_in_flight, name))
     bump_auth(c)
+
+
+def admission_limits(c: Conn) -> dict[str, int]:
+    """Every tenant's max_rows_in_flight that is set: what a replica's admission checks."""
+    rows = c.execute("SELECT tenant, max_rows_in_flight FROM tenants "
+                     "WHERE max_rows_in_flight IS NOT NULL").fetchall()
+    return {t: int(n) for t, n in rows}
 
 
 def _check_quota_values(*values: int | None) -> None:
@@ -137,9 +147,9 @@ def delete_tenant(c: Conn, name: str) -> int:
 
 
 def tenants(c: Conn) -> list[Tenant]:
-    rows = c.execute("SELECT tenant, created_at, max_tasks, max_bytes FROM tenants "
+    rows = c.execute("SELECT tenant, created_at, max_tasks, max_bytes, max_rows_in_flight FROM tenants "
                      "ORDER BY tenant").fetchall()
-    return [Tenant(t, when, mt, mb, *usage(c, t)) for t, when, mt, mb in rows]
+    return [Tenant(t, when, mt, mb, *usage(c, t), mr) for t, when, mt, mb, mr in rows]
 
 
 def create_key(c: Conn, tenant: str, scopes: tuple[str, ...], expires_at: str | None) -> tuple[ApiKey, str]:
@@ -173,9 +183,9 @@ def keys(c: Conn, tenant: str | None = None) -> list[ApiKey]:
 
 def key_table(c: Conn, since: int = -1) -> tuple[int, list[tuple[ApiKey, str]]]:
     """The 'auth' counter and the keys (with their hashes) changed after counter value
-    ``since`` (every key by default): what a replica's key cache reads. The counter is
-    read first: on PostgreSQL each statement sees the commits made before it, so a key
-    committed between the two reads is read now and again next time, never skipped."""
+    ``since`` (every key by default): what a replica's key cache reads. Both reads are
+    in one snapshot (``Catalog._reading``: SQLite's read transaction, PostgreSQL's
+    REPEATABLE READ), so the counter and the rows agree."""
     generation = auth_generation(c)
     rows = c.execute(f"SELECT {KEY_COLUMNS}, hash FROM api_keys WHERE changed > ?", (since,)).fetchall()
     return generation, [(_key(r[:6]), r[6]) for r in rows]

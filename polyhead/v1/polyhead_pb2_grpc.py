@@ -668,7 +668,7 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetQuota(self, request, context):
-        """Sets both quotas (an unset one: no limit).
+        """Sets every quota (an unset one: no limit).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

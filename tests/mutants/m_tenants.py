@@ -62,3 +62,28 @@ MUTANTS: list[Mutant] = [
            (T + "test_a_schema_2_store_is_upgraded_in_place[sqlite]",),
            "an existing store is marked schema 3 without its tenant tables"),
 ]
+
+ADMISSION = (T + "test_admission_counts_rows_in_flight_per_tenant", T + "test_quota_exhaustion_at_admission")
+COMMANDS = T + "test_the_commands_on_a_store_and_over_grpc"
+
+MUTANTS += [
+    Mutant("tenants-admission-unchecked", "polyhead/server/_private/admission.py",
+           "        if limit is not None and now + rows > limit:", "        if False:", ADMISSION,
+           "a tenant queues any number of rows past its max_rows_in_flight"),
+    Mutant("tenants-admission-never-released", "polyhead/server/_private/admission.py",
+           "            left = self._in_flight[tenant] - rows", "            left = self._in_flight[tenant]",
+           ADMISSION, "rows stay counted in flight after their request ended: the tenant is locked out"),
+    Mutant("tenants-admission-not-held", "polyhead/server/_private/services.py",
+           "            with self.admission.holding(tenant, len(inputs)):", "            if True:",
+           (T + "test_quota_exhaustion_at_admission",), "Classify queues rows without admission"),
+    Mutant("tenants-admission-quota-not-cached", "polyhead/server/_private/auth.py",
+           "        self.limits = catalog.admission_limits()  # type: ignore[attr-defined]",
+           "        self.limits = {}", (T + "test_quota_exhaustion_at_admission",),
+           "the replica never learns the tenants' rows-in-flight quotas"),
+    Mutant("tenants-cli-quota-flag-dropped", "polyhead/tenants_cli.py",
+           "        req.max_rows_in_flight = args.max_rows_in_flight", "        pass", (COMMANDS,),
+           "`tenants create --max-rows-in-flight` silently sets no quota"),
+    Mutant("tenants-store-commands-not-audited", "polyhead/admin.py",
+           "        if self.audit_as is not None:", "        if False:", (COMMANDS,),
+           "a change made with --store leaves no audit record"),
+]

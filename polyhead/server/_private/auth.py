@@ -64,12 +64,14 @@ class _Entry:
 
 
 class KeyRing:
-    """The store's API keys by key id, replaced whole when the store's 'auth' counter moved
-    (``load``, on the store thread); lookups read whichever table is current."""
+    """The store's API keys by key id, and the tenants' admission quotas, re-read when the
+    store's 'auth' counter moved (``load``, on the store thread); lookups read whichever
+    table is current."""
 
     def __init__(self) -> None:
         self.generation = -1  # the 'auth' counter of the table held
         self._table: dict[str, _Entry] = {}
+        self.limits: dict[str, int] = {}  # tenant -> max_rows_in_flight (admission), where set
 
     def __len__(self) -> int:
         return len(self._table)
@@ -83,6 +85,7 @@ class KeyRing:
         generation, rows = catalog.key_table(self.generation)  # type: ignore[attr-defined]
         table = dict(self._table)
         table.update((k.key_id, _Entry(k, h, frozenset(k.scopes), _epoch(k.expires_at))) for k, h in rows)
+        self.limits = catalog.admission_limits()  # type: ignore[attr-defined]
         self._table, self.generation = table, generation
         return True
 

@@ -140,7 +140,7 @@ def rpc(scope: str, empty: type, admin_view: bool = False,
         name, with_caller = fn.__name__, _takes_caller(fn)
 
         async def method(self: Gated, request: Any, grpc_context: Any = None) -> Any:
-            t0, code, task, target, version = time.perf_counter(), "OK", "", "", ""
+            t0, code, target, version = time.perf_counter(), "OK", "", ""
             caller: Caller | None = None
             try:
                 caller = self.auth.check(scope, metadata_of(grpc_context))
@@ -151,14 +151,15 @@ def rpc(scope: str, empty: type, admin_view: bool = False,
                     out = await fn(self, request, caller.admin)
                 else:
                     out = await (fn(self, request, caller=caller) if with_caller else fn(self, request))
-                task, version = getattr(out, "task_id", ""), getattr(out, "version", "")
+                version = getattr(out, "version", "")
                 target = target_of(out)[:200] or target
                 return out
             except Exception as e:
                 code = _fail(name, grpc_context, e)
                 return empty()
             finally:
-                self.metrics.request(name, task, code, (time.perf_counter() - t0) * 1000)
+                tenant = caller.tenant if caller is not None else "unknown"
+                self.metrics.request(name, tenant, code, (time.perf_counter() - t0) * 1000)
                 if audit and caller is not None:
                     await self.audit(caller, name, target, version, code)
 
@@ -173,6 +174,7 @@ def rpc_stream(scope: str) -> Callable[[Callable[..., AsyncIterator[Any]]], Any]
 
         async def method(self: Gated, requests: Any, grpc_context: Any = None) -> Any:
             t0, code = time.perf_counter(), "OK"
+            caller: Caller | None = None
             try:
                 caller = self.auth.check(scope, metadata_of(grpc_context))
                 with self.streams.holding(client_of(grpc_context)):
@@ -186,7 +188,8 @@ def rpc_stream(scope: str) -> Callable[[Callable[..., AsyncIterator[Any]]], Any]
                 # sends the code set on the context); returning would end it OK.
                 raise StreamAborted(grpc_context.details()) from None
             finally:
-                self.metrics.request(name, "", code, (time.perf_counter() - t0) * 1000)
+                tenant = caller.tenant if caller is not None else "unknown"
+                self.metrics.request(name, tenant, code, (time.perf_counter() - t0) * 1000)
 
         return _named(method, fn)
 

@@ -9,16 +9,27 @@ _SIZES = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]
 _RATIO = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
 
 
+# Refusals of a request (not faults): counted per tenant as rejections too.
+REJECTIONS = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED"})
+
+
 class ServerMetrics:
-    """Every metric a replica records; tags are bounded (task ids, kinds, status codes)."""
+    """Every metric a replica records; tags are bounded (tenants, not task ids: ten
+    thousand tasks must not make ten thousand series; kinds, status codes)."""
 
     def __init__(self) -> None:
         self.requests = metrics.Counter(
-            "polyhead_requests", "RPCs served, by method, task and status code",
-            tag_keys=("method", "task", "code"))
+            "polyhead_requests", "RPCs served, by method, the caller's tenant ('unknown' when "
+            "its credentials were refused) and status code", tag_keys=("method", "tenant", "code"))
         self.latency = metrics.Histogram(
-            "polyhead_request_latency_ms", "RPC latency inside the replica, by method and task",
-            boundaries=_LATENCY_MS, tag_keys=("method", "task"))
+            "polyhead_request_latency_ms", "RPC latency inside the replica, by method and tenant",
+            boundaries=_LATENCY_MS, tag_keys=("method", "tenant"))
+        self.rows = metrics.Counter(
+            "polyhead_tenant_rows", "rows classified, by the caller's tenant", tag_keys=("tenant",))
+        self.rejections = metrics.Counter(
+            "polyhead_tenant_rejections", "requests refused (UNAUTHENTICATED, PERMISSION_DENIED, "
+            "RESOURCE_EXHAUSTED: a quota or a size limit), by tenant and code",
+            tag_keys=("tenant", "code"))
         self.batch_rows = metrics.Histogram(
             "polyhead_batch_rows", "rows per batch (one or more engine forwards)", boundaries=_SIZES)
         self.batch_tasks = metrics.Histogram(
@@ -47,9 +58,14 @@ class ServerMetrics:
     def auth_failure(self, tenant: str, reason: str) -> None:
         self.auth_failures.inc(tags={"tenant": tenant, "reason": reason})
 
-    def request(self, method: str, task: str, code: str, ms: float) -> None:
-        self.requests.inc(tags={"method": method, "task": task, "code": code})
-        self.latency.observe(ms, tags={"method": method, "task": task})
+    def request(self, method: str, tenant: str, code: str, ms: float) -> None:
+        self.requests.inc(tags={"method": method, "tenant": tenant, "code": code})
+        self.latency.observe(ms, tags={"method": method, "tenant": tenant})
+        if code in REJECTIONS:
+            self.rejections.inc(tags={"tenant": tenant, "code": code})
+
+    def tenant_rows(self, tenant: str, rows: int) -> None:
+        self.rows.inc(rows, tags={"tenant": tenant})
 
     def bank_event(self, event: str) -> None:
         self.bank_events.inc(tags={"event": event})

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from polyhead.engine import Engine
 from polyhead.server._private import registry_rpcs
+from polyhead.server._private.admission import Admission
 from polyhead.server._private.auth import Caller, KeyRing
 from polyhead.server._private.batcher import Batcher
 from polyhead.server._private.errors import InStream, InvalidInput
@@ -60,10 +61,12 @@ class Parts:
 class InferenceService:
     def __init__(self, parts: Parts) -> None:
         self.p = parts
+        self.admission = Admission(lambda: parts.keys.limits)
 
     async def classify(self, request: pb.ClassifyRequest,
                        tenant: str = DEFAULT_TENANT) -> pb.ClassifyResponse:
-        """``tenant``: the caller's, carried to the batcher with the request's rows."""
+        """``tenant``: the caller's, held against its rows-in-flight quota (admission) and
+        carried to the batcher with the request's rows."""
         p = self.p
         request = message_of(request)  # a stream's messages arrive unparsed
         inputs = parse_inputs(request, p.config.max_inputs, p.config.max_text_chars)
@@ -73,8 +76,10 @@ class InferenceService:
         info = await p.resolver.resolve(request.task_id, ref)
         async with p.bank.using(VersionKey(info.task_id, info.version)) as res:
             check_form(inputs, info.task_id, res.meta)
-            enc = await p.batcher.encode(inputs)
-            rows = await p.batcher.run(enc, res.task, tenant=tenant)
+            with self.admission.holding(tenant, len(inputs)):
+                enc = await p.batcher.encode(inputs)
+                rows = await p.batcher.run(enc, res.task, tenant=tenant)
+            p.metrics.tenant_rows(tenant, len(rows))
             cut = cut_inputs(request, p.config.max_text_chars)
             rows = [(logits, was or c) for (logits, was), c in zip(rows, cut, strict=True)]
             return response(res, rows, p.replica)
