@@ -759,3 +759,23 @@ def test_the_commands_on_a_store_and_over_grpc(no_ray, tmp_path, tiny_bert_dir, 
     assert rows[-1][-1] == "NOT_FOUND" and all(r[-1] == "OK" for r in rows[:-1])
     code, out, _ = _cli(capsys, "audit", "--store", folder, "--tenant", "acme")
     assert len(out.splitlines()) == 5  # the admin key's records: its tenant is acme
+
+
+def test_store_copy_takes_the_tenants_along(location, tiny_bert, tmp_path) -> None:
+    """A namespaced task needs its tenant in the destination: `store copy` makes the
+    tenants first and sets their quotas after their tasks are in (a quota lowered below
+    what the tenant holds does not stop the copy); twice is a no-op."""
+    from polyhead.store.catalog import iter_copy, open_catalog
+
+    spec = tiny_bert.spec
+    src = Store(location, spec)
+    src.catalog.create_tenant("acme")
+    src.publish(make_file(spec, "acme/a", seed=1))
+    src.publish(make_file(spec, "acme/b", seed=2))
+    src.catalog.set_quota("acme", 1, None, 8)  # below what acme holds
+    dst = open_catalog(str(tmp_path / "copy"))
+    copied = [(i.task_id, new) for i, new in iter_copy(src.catalog, dst)]
+    assert copied == [("acme/a", True), ("acme/b", True)]
+    got = {t.tenant: (t.tasks, t.max_tasks, t.max_bytes, t.max_rows_in_flight) for t in dst.tenants()}
+    assert got == {"acme": (2, 1, None, 8), "default": (0, None, None, None)}
+    assert [new for _, new in iter_copy(src.catalog, dst)] == [False, False]

@@ -485,7 +485,19 @@ def iter_copy(src: Catalog, dst: Catalog) -> Iterator[tuple[VersionInfo, bool]]:
     """Copy every task, version (oldest first, publish times kept) and alias of ``src``
     into ``dst``; yields (version, whether it was new in dst). Idempotent: what dst holds
     already is skipped. Each version's bytes are hash-checked as read from src and again as
-    read back from dst."""
+    read back from dst. Tenants missing from dst are made first (a namespaced task needs
+    its tenant), their quotas set once their tasks are in (a quota lowered below what
+    the tenant holds must not stop the copy); keys and the audit trail are not copied."""
+    have = {t.tenant for t in dst.tenants()}
+    made = [t for t in src.tenants() if t.tenant not in have]
+    for t in made:
+        dst.create_tenant(t.tenant)
+    yield from _copy_tasks(src, dst)
+    for t in made:
+        dst.set_quota(t.tenant, t.max_tasks, t.max_bytes, t.max_rows_in_flight)
+
+
+def _copy_tasks(src: Catalog, dst: Catalog) -> Iterator[tuple[VersionInfo, bool]]:
     for task in src.list_tasks():
         for info in src.history(task.task_id):
             _, data = src.read_bytes(task.task_id, info.version)

@@ -87,3 +87,13 @@ MUTANTS += [
            "        if self.audit_as is not None:", "        if False:", (COMMANDS,),
            "a change made with --store leaves no audit record"),
 ]
+
+COPY = (T + "test_store_copy_takes_the_tenants_along[sqlite]",)
+MUTANTS += [
+    Mutant("tenants-copy-without-tenants", "polyhead/store/catalog.py",
+           "        dst.create_tenant(t.tenant)\n", "        pass\n", COPY,
+           "`store copy` of a store with namespaced tasks fails: the destination has no tenant"),
+    Mutant("tenants-copy-drops-quotas", "polyhead/store/catalog.py",
+           "        dst.set_quota(t.tenant, t.max_tasks, t.max_bytes, t.max_rows_in_flight)", "        pass",
+           COPY, "a copied store loses its tenants' quotas"),
+]
