@@ -7,7 +7,8 @@ servers on loopback, one per backend): the matrix two tenants x every RPC x {own
 the other tenant's task, no key, wrong key, revoked key, expired key, missing scope},
 over gRPC and HTTP, with no key in any log line or error message; a key revoked through
 one replica refused by a second that shares the store (waiting on its change feed);
-quota exhaustion at publish.
+quota exhaustion at publish and at admission (rows in flight); `polyhead tenants|keys|audit`
+on a store and over gRPC; `store copy` taking the tenants along.
 """
 
 from __future__ import annotations
