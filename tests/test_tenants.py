@@ -661,6 +661,11 @@ def test_quota_exhaustion_at_admission(no_ray, tmp_path, tiny_bert_dir, tiny_ber
                 data = artifact(spec, f"{t}/t1", seed=1)[0]
                 await reg.Upload(pb.UploadRequest(artifact=data), metadata=owner)
             await _keys_reach(s.replica)
+            seen: list[tuple[str, str, str]] = []  # metrics: (method, tenant, code), rows by tenant
+            rows: dict[str, int] = {}
+            metrics = s.replica.metrics
+            metrics.request = lambda method, tenant, code, ms: seen.append((method, tenant, code))
+            metrics.tenant_rows = lambda tenant, n: rows.__setitem__(tenant, rows.get(tenant, 0) + n)
 
             def ask(t: str, n: int) -> Any:
                 request = pb.ClassifyRequest(task_id=f"{t}/t1", inputs=[pb.Input(text="rain")] * n)
@@ -688,6 +693,11 @@ def test_quota_exhaustion_at_admission(no_ray, tmp_path, tiny_bert_dir, tiny_ber
                 release.set()
             assert [(await held)[0], (await other)[0]] == [OK, OK]
             assert (await ask("a", 2))[0] == OK and admission.in_flight("a") == 0
+            assert (await _status(inf.Classify(pb.ClassifyRequest(task_id="a/t1", inputs=RAIN))))[0] == UN
+            # labelled by tenant, never by task id; refused credentials: "unknown"
+            assert {t for _, t, _ in seen} == {"a", "b", "unknown"}
+            assert ("Classify", "a", "RESOURCE_EXHAUSTED") in seen and ("Classify", "unknown", UN) in seen
+            assert rows == {"a": 4, "b": 4}
 
     asyncio.run(main())
 

@@ -97,3 +97,13 @@ MUTANTS += [
            "        dst.set_quota(t.tenant, t.max_tasks, t.max_bytes, t.max_rows_in_flight)", "        pass",
            COPY, "a copied store loses its tenants' quotas"),
 ]
+
+MUTANTS += [
+    Mutant("tenants-metrics-by-task", "polyhead/server/_private/gate.py",
+           "self.metrics.request(name, tenant, code, (time.perf_counter() - t0) * 1000)\n"
+           "                if audit",
+           "self.metrics.request(name, target, code, (time.perf_counter() - t0) * 1000)\n"
+           "                if audit",
+           (T + "test_quota_exhaustion_at_admission",),
+           "request metrics labelled by task id: one series per task, unbounded at 10,000 tasks"),
+]
