@@ -20,6 +20,9 @@ VERBS = {
     "health": "polyhead.client_cli",
     "serve": "polyhead.server.serve_cli",
     "jobs": "polyhead.jobs_cli",
+    "tenants": "polyhead.tenants_cli",
+    "keys": "polyhead.tenants_cli",
+    "audit": "polyhead.tenants_cli",
 }
 # The extra a verb needs beyond the client's grpcio and protobuf (pyproject.toml), and the
 # packages without which it cannot start (checked after parsing, so --help still works).

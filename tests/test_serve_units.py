@@ -553,9 +553,7 @@ def test_classify_stream_holds_at_most_its_window_and_answers_in_order() -> None
     from types import SimpleNamespace
 
     from polyhead.server._private.services import STREAM_WINDOW, InferenceService
-    from polyhead.server._private.tenancy import Tenants
     from polyhead.v1 import polyhead_pb2 as pb
-    from tests.test_fair_share import TenantMetrics
 
     n = 500
     sent = answered = 0
@@ -566,7 +564,7 @@ def test_classify_stream_holds_at_most_its_window_and_answers_in_order() -> None
         async def encode(self, inputs):
             return list(inputs)
 
-        async def run(self, enc, task, tenant):
+        async def run(self, enc, task, tenant="default"):
             nonlocal most_in_batcher
             fut = asyncio.get_running_loop().create_future()
             waiting.append((enc[0], fut))
@@ -593,7 +591,8 @@ def test_classify_stream_holds_at_most_its_window_and_answers_in_order() -> None
     parts = SimpleNamespace(config=SimpleNamespace(max_inputs=4, max_text_chars=100),
                             resolver=SimpleNamespace(resolve=resolve),
                             bank=SimpleNamespace(using=using), batcher=SlowBatcher(), replica="r0",
-                            tenants=Tenants(), metrics=TenantMetrics())
+                            keys=SimpleNamespace(limits={}),  # no tenant quotas
+                            metrics=SimpleNamespace(tenant_rows=lambda tenant, rows: None))
 
     async def requests():
         nonlocal sent, most_pending

@@ -22,6 +22,7 @@ from polyhead.engine.probe import probe_forward
 from polyhead.engine.sparse import SparseConfig
 from polyhead.store import KindChangeError, NotFoundError, Store, StoreError, encode_artifact, new_manifest
 from polyhead.store.limits import Limits
+from polyhead.store.sql import CATALOG_SCHEMA
 from tests import test_store_support as support
 from tests.test_store_support import is_pg, labels_for, make_file, stored_blobs
 
@@ -119,7 +120,8 @@ def test_an_older_catalog_is_upgraded_in_place(location, tiny_bert) -> None:
     spec = tiny_bert.spec
     info = Store(location, spec).publish(make_file(spec, seed=1))
     catalog = Store(location, spec).catalog
-    schema_1 = ["DROP TABLE deleted_versions", "DROP TABLE deleted_tasks",
+    schema_1 = ["DROP TABLE deleted_versions", "DROP TABLE deleted_tasks", "DROP TABLE audit",
+                "DROP TABLE api_keys", "DROP TABLE tenants", "DELETE FROM meta WHERE key = 'auth'",
                 "UPDATE meta SET value = 1 WHERE key = 'schema'"]
     if is_pg(location):
         schema_1.append("ALTER TABLE blobs ADD CONSTRAINT blobs_version_fkey FOREIGN KEY (version) "
@@ -128,7 +130,7 @@ def test_an_older_catalog_is_upgraded_in_place(location, tiny_bert) -> None:
     catalog.close()
     upgraded = Store(location, spec)
     assert upgraded.catalog._reading(lambda c: c.execute(
-        "SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]) == 2
+        "SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]) == CATALOG_SCHEMA
     assert upgraded.get("sst2").info == info
     upgraded.delete("sst2")
     assert info.version in stored_blobs(upgraded.catalog)

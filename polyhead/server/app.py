@@ -19,6 +19,7 @@ GRPC_SERVICERS = [  # the generated functions, with lenient request parsing (see
     "polyhead.server._private.decoders.add_InferenceServicer_to_server",
     "polyhead.server._private.decoders.add_RegistryServicer_to_server",
     "polyhead.server._private.decoders.add_TrainingServicer_to_server",
+    "polyhead.server._private.decoders.add_AdminServicer_to_server",
 ]
 # Ray Serve's "throughput optimized" settings (RAY_SERVE_THROUGHPUT_OPTIMIZED, less direct
 # ingress, which would bypass Serve's gRPC proxy): they halve Serve's CPU per request

@@ -26,10 +26,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from polyhead.store import sql
+from polyhead.store import sql, tenancy
 from polyhead.store.errors import KindChangeError, NotFoundError, StoreError
+from polyhead.store.keys import ApiKey
 from polyhead.store.names import LATEST, check_alias
 from polyhead.store.sql import Conn, TaskInfo, VersionInfo
+from polyhead.store.tenancy import AuditRecord, Tenant
 
 T = TypeVar("T")
 Check = Callable[[VersionInfo, bytes], list[str]]  # content checks of a blob whose hash is right
@@ -224,6 +226,8 @@ class Catalog(abc.ABC):
             changed = row is None
             if row is None:
                 _check_kind(c, task_id, kind, replace_kind)
+                new_task = c.execute("SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone() is None
+                tenancy.check_publish(c, task_id, len(data), new_task)
                 when = created_at or _now()
                 c.execute("INSERT INTO tasks (task_id, created_at) VALUES (?, ?) "
                           "ON CONFLICT (task_id) DO NOTHING", (task_id, when))
@@ -394,6 +398,63 @@ class Catalog(abc.ABC):
 
         return self._reading(body)
 
+    # -- tenants, keys, the audit trail (polyhead/store/tenancy.py) ----------------------------
+
+    def _auth_changed(self, body: Callable[[Conn], T]) -> T:
+        """A tenant or key change: one transaction that moves the generation too."""
+        def run(c: Conn) -> T:
+            out = body(c)
+            self._changed(c)
+            return out
+
+        return self._writing(run)
+
+    def create_tenant(self, name: str, max_tasks: int | None = None, max_bytes: int | None = None,
+                      max_rows_in_flight: int | None = None) -> None:
+        self._auth_changed(lambda c: tenancy.create_tenant(c, name, max_tasks, max_bytes,
+                                                           max_rows_in_flight))
+
+    def set_quota(self, name: str, max_tasks: int | None, max_bytes: int | None,
+                  max_rows_in_flight: int | None = None) -> None:
+        """Set every quota of ``name`` (None: no limit)."""
+        self._auth_changed(lambda c: tenancy.set_quota(c, name, max_tasks, max_bytes, max_rows_in_flight))
+
+    def admission_limits(self) -> dict[str, int]:
+        """Each tenant's max_rows_in_flight, where one is set."""
+        return self._reading(tenancy.admission_limits)
+
+    def delete_tenant(self, name: str) -> int:
+        """Refused while it owns tasks; its keys are revoked (how many were live)."""
+        return self._auth_changed(lambda c: tenancy.delete_tenant(c, name))
+
+    def tenants(self) -> list[Tenant]:
+        return self._reading(tenancy.tenants)
+
+    def create_key(self, tenant: str, scopes: tuple[str, ...],
+                   expires_at: str | None = None) -> tuple[ApiKey, str]:
+        """A new key: its record and the key itself (shown once; only its hash is kept)."""
+        return self._auth_changed(lambda c: tenancy.create_key(c, tenant, scopes, expires_at))
+
+    def revoke_key(self, key_id: str) -> ApiKey:
+        return self._auth_changed(lambda c: tenancy.revoke_key(c, key_id))
+
+    def keys(self, tenant: str | None = None) -> list[ApiKey]:
+        return self._reading(lambda c: tenancy.keys(c, tenant))
+
+    def key_table(self, since: int = -1) -> tuple[int, list[tuple[ApiKey, str]]]:
+        """The 'auth' counter, and the keys changed after its value ``since`` (default: all)."""
+        return self._reading(lambda c: tenancy.key_table(c, since))
+
+    def auth_generation(self) -> int:
+        return self._reading(tenancy.auth_generation)
+
+    def add_audit(self, record: AuditRecord) -> None:
+        self._writing(lambda c: tenancy.add_audit(c, record))
+
+    def audit(self, tenant: str | None = None, since: str | None = None,
+              limit: int = 1000) -> list[AuditRecord]:
+        return self._reading(lambda c: tenancy.audit(c, tenant, since, limit))
+
     # -- health ----------------------------------------------------------------------------
 
     def verify(self, check: Check | None = None) -> list[str]:
@@ -422,7 +483,19 @@ def iter_copy(src: Catalog, dst: Catalog) -> Iterator[tuple[VersionInfo, bool]]:
     """Copy every task, version (oldest first, publish times kept) and alias of ``src``
     into ``dst``; yields (version, whether it was new in dst). Idempotent: what dst holds
     already is skipped. Each version's bytes are hash-checked as read from src and again as
-    read back from dst."""
+    read back from dst. Tenants missing from dst are made first (a namespaced task needs
+    its tenant), their quotas set once their tasks are in (a quota lowered below what
+    the tenant holds must not stop the copy); keys and the audit trail are not copied."""
+    have = {t.tenant for t in dst.tenants()}
+    made = [t for t in src.tenants() if t.tenant not in have]
+    for t in made:
+        dst.create_tenant(t.tenant)
+    yield from _copy_tasks(src, dst)
+    for t in made:
+        dst.set_quota(t.tenant, t.max_tasks, t.max_bytes, t.max_rows_in_flight)
+
+
+def _copy_tasks(src: Catalog, dst: Catalog) -> Iterator[tuple[VersionInfo, bool]]:
     for task in src.list_tasks():
         for info in src.history(task.task_id):
             _, data = src.read_bytes(task.task_id, info.version)

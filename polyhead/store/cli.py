@@ -93,7 +93,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("file", type=Path)
     p.add_argument("--replace-kind", action="store_true",
                    help="allow a version of another kind than the task's latest")
-    p = add("copy", _copy, "copy every task, version and alias from one store into another "
+    p = add("copy", _copy, "copy every tenant (with its quotas), task, version and alias from one "
+            "store into another "
             "(idempotent, hashes checked; e.g. a folder into postgresql://...)")
     p.add_argument("src", help="the store to read: folder or postgresql:// URL")
     p.add_argument("dst", help="the store to write (created if need be)")

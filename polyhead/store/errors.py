@@ -25,3 +25,11 @@ class AmbiguousRefError(StoreError):
 
 class StoreUnavailable(StoreError):
     """The store's database cannot be reached now (down, restarting, network); try again."""
+
+
+class QuotaExceeded(StoreError):
+    """A publish over its tenant's quota (number of tasks, stored bytes); names both."""
+
+
+class NamespaceError(StoreError):
+    """A task id outside the namespace the caller may write (or of a tenant that does not exist)."""

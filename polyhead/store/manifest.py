@@ -13,7 +13,7 @@ from polyhead.engine.artifact import TaskArtifact
 from polyhead.engine.errors import ArtifactError
 from polyhead.engine.heads import HeadConfig
 from polyhead.engine.spec import BackboneSpec
-from polyhead.store.names import TASK_ID_RE, is_task_id
+from polyhead.store.names import TASK_ID_RULE, is_task_id
 
 MANIFEST_SCHEMA_VERSION = 1
 MAX_LABEL_CHARS = 256
@@ -143,9 +143,9 @@ def check_regression_scale(scale: Any, regression: bool) -> None:
 
 
 def validate_task_id(task_id: str) -> str:
-    """Return ``task_id`` if it matches ``[a-z0-9][a-z0-9_.-]{0,63}``; paths can never pass."""
+    """Return ``task_id`` if it is NAME or TENANT/NAME (see names.TASK_ID_RE); paths never pass."""
     if not is_task_id(task_id):
-        raise ArtifactError("task_id", f"task id {task_id!r:.80} must match {TASK_ID_RE.pattern}")
+        raise ArtifactError("task_id", f"task id {task_id!r:.80} {TASK_ID_RULE}")
     return task_id
 
 

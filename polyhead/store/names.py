@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import re
 
-TASK_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+# A task id is NAME, or TENANT/NAME: the tenant that owns it, then its name in that
+# tenant's namespace. An id without a '/' belongs to the default tenant (so every id of a
+# store made before tenants keeps its meaning); "default/x" is refused: it is written "x".
+TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+TASK_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+TASK_ID_RE = re.compile(rf"(?:(?!default/){TENANT_RE.pattern}/)?{TASK_NAME_RE.pattern}")
+DEFAULT_TENANT = "default"
+TASK_ID_RULE = (f"must be NAME or TENANT/NAME (NAME matches {TASK_NAME_RE.pattern}, TENANT "
+                f"{TENANT_RE.pattern}; the {DEFAULT_TENANT!r} tenant's ids have no TENANT/)")
 ALIAS_RE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 LATEST = "latest"
 VERSION_RE = re.compile(r"[0-9a-f]{64}")
@@ -29,8 +37,25 @@ def clip(text: object, n: int = ECHO_CHARS) -> str:
 
 
 def is_task_id(task_id: object) -> bool:
-    """True for ids such as ``sst2`` or ``nli.v2``; never a path (no '/', no leading '.')."""
+    """True for ids such as ``sst2``, ``nli.v2`` or ``acme/sst2``; never a path (at most one
+    '/', after a tenant name; no leading '.', no '..' segment)."""
     return isinstance(task_id, str) and TASK_ID_RE.fullmatch(task_id) is not None
+
+
+def is_tenant(name: object) -> bool:
+    return isinstance(name, str) and TENANT_RE.fullmatch(name) is not None
+
+
+def tenant_of(task_id: str) -> str:
+    """The tenant owning ``task_id``: its prefix before '/', else the default tenant."""
+    head, sep, _ = task_id.partition("/")
+    return head if sep else DEFAULT_TENANT
+
+
+def namespace_prefix(tenant: str) -> str:
+    """What the ids of ``tenant``'s tasks start with ("" for the default tenant, whose ids
+    are told apart by having no '/')."""
+    return "" if tenant == DEFAULT_TENANT else f"{tenant}/"
 
 
 def is_ref(ref: object) -> bool:

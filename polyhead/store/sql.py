@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from polyhead.store.errors import AmbiguousRefError, NotFoundError
 from polyhead.store.names import hex_prefix, is_task_id, version_number_ref
 
-CATALOG_SCHEMA = 3  # both backends; a catalog with a larger number is refused, a smaller upgraded
+CATALOG_SCHEMA = 4  # both backends; a catalog with a larger number is refused, a smaller upgraded
 
 
 class Cursor(Protocol):
@@ -78,7 +78,49 @@ DELETED = (
         PRIMARY KEY (task_id, deleted_at, version))""",
 )
 
-# Schema 3: training jobs (polyhead/store/jobs.py): uploaded datasets (their bytes in the
+
+def _tenant_tables(serial: str, ids: str) -> tuple[str, ...]:
+    """Schema 3: tenants (with their quotas: tasks and bytes at publish, rows in flight
+    per replica at admission; NULL: no limit), API keys (only the sha256 of a
+    key is kept; a key is never deleted, only revoked, so that a replica's cache can read
+    just the keys changed since it last looked), the audit trail, and the 'auth' counter,
+    which moves on every key or tenant change. ``serial``: the backend's auto-numbered
+    key; ``ids``: how ids collate."""
+    return (
+        f"""CREATE TABLE IF NOT EXISTS tenants (
+            tenant TEXT {ids} PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            max_tasks BIGINT,
+            max_bytes BIGINT,
+            max_rows_in_flight BIGINT)""",
+        f"""CREATE TABLE IF NOT EXISTS api_keys (
+            key_id TEXT {ids} PRIMARY KEY,
+            tenant TEXT {ids} NOT NULL,
+            hash TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT,
+            revoked_at TEXT,
+            changed BIGINT NOT NULL)""",  # the 'auth' counter of its last change
+        "CREATE INDEX IF NOT EXISTS api_keys_changed ON api_keys (changed)",
+        f"""CREATE TABLE IF NOT EXISTS audit (
+            id {serial},
+            at TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            tenant TEXT NOT NULL,
+            rpc TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            version TEXT NOT NULL,
+            outcome TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS audit_at ON audit (at)",
+        "INSERT INTO tenants (tenant, created_at) VALUES ('default', '') ON CONFLICT DO NOTHING",
+        "INSERT INTO meta (key, value) VALUES ('auth', 0) ON CONFLICT DO NOTHING",
+    )
+
+
+
+
+# Schema 4: training jobs (polyhead/store/jobs.py): uploaded datasets (their bytes in the
 # row, on both backends), jobs with their claim lease, and each job's numbered events.
 # Job changes do not move the generation (replicas reload nothing for them).
 def _jobs_tables(blob: str, real: str) -> tuple[str, ...]:
@@ -121,11 +163,12 @@ def _jobs_tables(blob: str, real: str) -> tuple[str, ...]:
 
 JOBS = _jobs_tables("BLOB", "REAL")
 PG_JOBS = _jobs_tables("BYTEA", "DOUBLE PRECISION")
-SCHEMA = SCHEMA + DELETED + JOBS
-UPGRADE = {1: DELETED, 2: JOBS}  # SQLite: from schema N to N + 1
+TENANTS = _tenant_tables("INTEGER PRIMARY KEY AUTOINCREMENT", "")
+SCHEMA = SCHEMA + DELETED + TENANTS + JOBS
+UPGRADE = {1: DELETED, 2: TENANTS, 3: JOBS}  # SQLite: from schema N to N + 1
 
 PG_SCHEMA_NAME = "polyhead"  # every table lives in this PostgreSQL schema (namespace)
-PG_SCHEMA = (  # PostgreSQL: the same tables, byte order ("C") for ids, plus the bytes
+PG_SCHEMA: tuple[str, ...] = (  # PostgreSQL: the same tables, byte order ("C") for ids, plus the bytes
     f"CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA_NAME}",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)",
     'CREATE TABLE IF NOT EXISTS tasks (task_id TEXT COLLATE "C" PRIMARY KEY, created_at TEXT NOT NULL)',
@@ -151,9 +194,12 @@ PG_SCHEMA = (  # PostgreSQL: the same tables, byte order ("C") for ids, plus the
     *DELETED,
     *PG_JOBS,
 )
+PG_TENANTS = _tenant_tables("BIGSERIAL PRIMARY KEY", 'COLLATE "C"')
+PG_SCHEMA = PG_SCHEMA + PG_TENANTS
 PG_UPGRADE = {  # PostgreSQL: from schema N to N + 1
     1: ("ALTER TABLE blobs DROP CONSTRAINT IF EXISTS blobs_version_fkey", *DELETED),
-    2: PG_JOBS,
+    2: PG_TENANTS,
+    3: PG_JOBS,
 }
 
 

@@ -67,11 +67,16 @@ class Store:
 
     # -- in: validated once, decoded once ---------------------------------------------------
 
-    def ingest(self, data: bytes, *, replace_kind: bool = False) -> StoredArtifact:
+    def ingest(self, data: bytes, *, replace_kind: bool = False,
+               may_write: Callable[[str], None] | None = None) -> StoredArtifact:
         """Validate (limits and probe too), atomically add a version and move the task's
         ``latest`` to it; the decoded artifact comes back with its version (a server loads
-        it without a re-read). A task changes kind only with ``replace_kind``."""
+        it without a re-read). A task changes kind only with ``replace_kind``.
+        ``may_write(task_id)`` raises for a task the publisher may not write (its tenant's
+        namespace); the tenant's quotas are checked in the catalog's transaction."""
         manifest, artifact = decode_artifact(data, self.spec, max_bytes=self.max_artifact_bytes)
+        if may_write is not None:
+            may_write(manifest.task_id)
         self.limits.check(artifact.measures())
         if self.probe is not None:
             self.probe(artifact)

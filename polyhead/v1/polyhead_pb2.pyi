@@ -426,3 +426,157 @@ class JobEvent(_message.Message):
     reason: str
     attempt: int
     def __init__(self, job_id: _Optional[str] = ..., seq: _Optional[int] = ..., at: _Optional[str] = ..., kind: _Optional[str] = ..., node: _Optional[str] = ..., resources: _Optional[_Mapping[str, float]] = ..., epoch: _Optional[int] = ..., train_loss: _Optional[float] = ..., metric: _Optional[str] = ..., metric_value: _Optional[float] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., version: _Optional[str] = ..., version_number: _Optional[int] = ..., reason: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class TenantInfo(_message.Message):
+    __slots__ = ("tenant", "created_at", "max_tasks", "max_bytes", "tasks", "nbytes", "max_rows_in_flight")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    MAX_TASKS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    NBYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROWS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    created_at: str
+    max_tasks: int
+    max_bytes: int
+    tasks: int
+    nbytes: int
+    max_rows_in_flight: int
+    def __init__(self, tenant: _Optional[str] = ..., created_at: _Optional[str] = ..., max_tasks: _Optional[int] = ..., max_bytes: _Optional[int] = ..., tasks: _Optional[int] = ..., nbytes: _Optional[int] = ..., max_rows_in_flight: _Optional[int] = ...) -> None: ...
+
+class CreateTenantRequest(_message.Message):
+    __slots__ = ("tenant", "max_tasks", "max_bytes", "max_rows_in_flight")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    MAX_TASKS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROWS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    max_tasks: int
+    max_bytes: int
+    max_rows_in_flight: int
+    def __init__(self, tenant: _Optional[str] = ..., max_tasks: _Optional[int] = ..., max_bytes: _Optional[int] = ..., max_rows_in_flight: _Optional[int] = ...) -> None: ...
+
+class ListTenantsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTenantsResponse(_message.Message):
+    __slots__ = ("tenants",)
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    tenants: _containers.RepeatedCompositeFieldContainer[TenantInfo]
+    def __init__(self, tenants: _Optional[_Iterable[_Union[TenantInfo, _Mapping]]] = ...) -> None: ...
+
+class DeleteTenantRequest(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+
+class DeleteTenantResponse(_message.Message):
+    __slots__ = ("tenant", "keys_revoked")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    KEYS_REVOKED_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    keys_revoked: int
+    def __init__(self, tenant: _Optional[str] = ..., keys_revoked: _Optional[int] = ...) -> None: ...
+
+class SetQuotaRequest(_message.Message):
+    __slots__ = ("tenant", "max_tasks", "max_bytes", "max_rows_in_flight")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    MAX_TASKS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROWS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    max_tasks: int
+    max_bytes: int
+    max_rows_in_flight: int
+    def __init__(self, tenant: _Optional[str] = ..., max_tasks: _Optional[int] = ..., max_bytes: _Optional[int] = ..., max_rows_in_flight: _Optional[int] = ...) -> None: ...
+
+class KeyInfo(_message.Message):
+    __slots__ = ("key_id", "tenant", "scopes", "created_at", "expires_at", "revoked_at", "state")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    tenant: str
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    created_at: str
+    expires_at: str
+    revoked_at: str
+    state: str
+    def __init__(self, key_id: _Optional[str] = ..., tenant: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., created_at: _Optional[str] = ..., expires_at: _Optional[str] = ..., revoked_at: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+
+class CreateKeyRequest(_message.Message):
+    __slots__ = ("tenant", "scopes", "expires_in_s")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_S_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    expires_in_s: float
+    def __init__(self, tenant: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., expires_in_s: _Optional[float] = ...) -> None: ...
+
+class CreateKeyResponse(_message.Message):
+    __slots__ = ("info", "key")
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    info: KeyInfo
+    key: str
+    def __init__(self, info: _Optional[_Union[KeyInfo, _Mapping]] = ..., key: _Optional[str] = ...) -> None: ...
+
+class ListKeysRequest(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+
+class ListKeysResponse(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[KeyInfo]
+    def __init__(self, keys: _Optional[_Iterable[_Union[KeyInfo, _Mapping]]] = ...) -> None: ...
+
+class RevokeKeyRequest(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class ListAuditRequest(_message.Message):
+    __slots__ = ("tenant", "since", "limit")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    since: str
+    limit: int
+    def __init__(self, tenant: _Optional[str] = ..., since: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class AuditRecord(_message.Message):
+    __slots__ = ("at", "key_id", "tenant", "rpc", "task_id", "version", "outcome")
+    AT_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    RPC_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    at: str
+    key_id: str
+    tenant: str
+    rpc: str
+    task_id: str
+    version: str
+    outcome: str
+    def __init__(self, at: _Optional[str] = ..., key_id: _Optional[str] = ..., tenant: _Optional[str] = ..., rpc: _Optional[str] = ..., task_id: _Optional[str] = ..., version: _Optional[str] = ..., outcome: _Optional[str] = ...) -> None: ...
+
+class ListAuditResponse(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[AuditRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ...) -> None: ...

@@ -585,8 +585,9 @@ class Registry:
 class TrainingStub:
     """---------------------------------------------------------------- Training
     Training as a service: upload a dataset, create a job, watch it train and publish.
-    Every Training RPC needs the Registry token (`authorization: Bearer <token>`): a job
-    publishes a version.
+    Every Training RPC needs the admin scope: the Registry token (`authorization: Bearer
+    <token>`) or an admin API key. Jobs are not yet scoped to a tenant's namespace, so a
+    tenant's publish key is refused (PERMISSION_DENIED).
 
     """
 
@@ -631,8 +632,9 @@ class TrainingStub:
 class TrainingServicer:
     """---------------------------------------------------------------- Training
     Training as a service: upload a dataset, create a job, watch it train and publish.
-    Every Training RPC needs the Registry token (`authorization: Bearer <token>`): a job
-    publishes a version.
+    Every Training RPC needs the admin scope: the Registry token (`authorization: Bearer
+    <token>`) or an admin API key. Jobs are not yet scoped to a tenant's namespace, so a
+    tenant's publish key is refused (PERMISSION_DENIED).
 
     """
 
@@ -724,8 +726,9 @@ def add_TrainingServicer_to_server(servicer, server):
 class Training:
     """---------------------------------------------------------------- Training
     Training as a service: upload a dataset, create a job, watch it train and publish.
-    Every Training RPC needs the Registry token (`authorization: Bearer <token>`): a job
-    publishes a version.
+    Every Training RPC needs the admin scope: the Registry token (`authorization: Bearer
+    <token>`) or an admin API key. Jobs are not yet scoped to a tenant's namespace, so a
+    tenant's publish key is refused (PERMISSION_DENIED).
 
     """
 
@@ -881,6 +884,400 @@ class Training:
             '/polyhead.v1.Training/WatchJob',
             polyhead_dot_v1_dot_polyhead__pb2.WatchJobRequest.SerializeToString,
             polyhead_dot_v1_dot_polyhead__pb2.JobEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AdminStub:
+    """---------------------------------------------------------------- Admin
+
+    Tenants, their quotas and API keys, and the audit trail. Every RPC needs a key with the
+    `admin` scope (or the configured Registry token: the default tenant's admin key).
+    Changes are recorded in the audit trail and reach every replica through the store's
+    change feed.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateTenant = channel.unary_unary(
+                '/polyhead.v1.Admin/CreateTenant',
+                request_serializer=polyhead_dot_v1_dot_polyhead__pb2.CreateTenantRequest.SerializeToString,
+                response_deserializer=polyhead_dot_v1_dot_polyhead__pb2.TenantInfo.FromString,
+                _registered_method=True)
+        self.ListTenants = channel.unary_unary(
+                '/polyhead.v1.Admin/ListTenants',
+                request_serializer=polyhead_dot_v1_dot_polyhead__pb2.ListTenantsRequest.SerializeToString,
+                response_deserializer=polyhead_dot_v1_dot_polyhead__pb2.ListTenantsResponse.FromString,
+                _registered_method=True)
+        self.DeleteTenant = channel.unary_unary(
+                '/polyhead.v1.Admin/DeleteTenant',
+                request_serializer=polyhead_dot_v1_dot_polyhead__pb2.DeleteTenantRequest.SerializeToString,
+                response_deserializer=polyhead_dot_v1_dot_polyhead__pb2.DeleteTenantResponse.FromString,
+                _registered_method=True)
+        self.SetQuota = channel.unary_unary(
+                '/polyhead.v1.Admin/SetQuota',
+                request_serializer=polyhead_dot_v1_dot_polyhead__pb2.SetQuotaRequest.SerializeToString,
+                response_deserializer=polyhead_dot_v1_dot_polyhead__pb2.TenantInfo.FromString,
+                _registered_method=True)
+        self.CreateKey = channel.unary_unary(
+                '/polyhead.v1.Admin/CreateKey',
+                request_serializer=polyhead_dot_v1_dot_polyhead__pb2.CreateKeyRequest.SerializeToString,
+                response_deserializer=polyhead_dot_v1_dot_polyhead__pb2.CreateKeyResponse.FromString,
+                _registered_method=True)
+        self.ListKeys = channel.unary_unary(
+                '/polyhead.v1.Admin/ListKeys',
+                request_serializer=polyhead_dot_v1_dot_polyhead__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=polyhead_dot_v1_dot_polyhead__pb2.ListKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeKey = channel.unary_unary(
+                '/polyhead.v1.Admin/RevokeKey',
+                request_serializer=polyhead_dot_v1_dot_polyhead__pb2.RevokeKeyRequest.SerializeToString,
+                response_deserializer=polyhead_dot_v1_dot_polyhead__pb2.KeyInfo.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/polyhead.v1.Admin/ListAudit',
+                request_serializer=polyhead_dot_v1_dot_polyhead__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=polyhead_dot_v1_dot_polyhead__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
+
+
+class AdminServicer:
+    """---------------------------------------------------------------- Admin
+
+    Tenants, their quotas and API keys, and the audit trail. Every RPC needs a key with the
+    `admin` scope (or the configured Registry token: the default tenant's admin key).
+    Changes are recorded in the audit trail and reach every replica through the store's
+    change feed.
+    """
+
+    def CreateTenant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTenants(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTenant(self, request, context):
+        """Refused while the tenant owns tasks; its keys are revoked with it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetQuota(self, request, context):
+        """Sets every quota (an unset one: no limit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateKey(self, request, context):
+        """The key is in the response once, and stored nowhere (only its sha256 is kept).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTenant,
+                    request_deserializer=polyhead_dot_v1_dot_polyhead__pb2.CreateTenantRequest.FromString,
+                    response_serializer=polyhead_dot_v1_dot_polyhead__pb2.TenantInfo.SerializeToString,
+            ),
+            'ListTenants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTenants,
+                    request_deserializer=polyhead_dot_v1_dot_polyhead__pb2.ListTenantsRequest.FromString,
+                    response_serializer=polyhead_dot_v1_dot_polyhead__pb2.ListTenantsResponse.SerializeToString,
+            ),
+            'DeleteTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTenant,
+                    request_deserializer=polyhead_dot_v1_dot_polyhead__pb2.DeleteTenantRequest.FromString,
+                    response_serializer=polyhead_dot_v1_dot_polyhead__pb2.DeleteTenantResponse.SerializeToString,
+            ),
+            'SetQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQuota,
+                    request_deserializer=polyhead_dot_v1_dot_polyhead__pb2.SetQuotaRequest.FromString,
+                    response_serializer=polyhead_dot_v1_dot_polyhead__pb2.TenantInfo.SerializeToString,
+            ),
+            'CreateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateKey,
+                    request_deserializer=polyhead_dot_v1_dot_polyhead__pb2.CreateKeyRequest.FromString,
+                    response_serializer=polyhead_dot_v1_dot_polyhead__pb2.CreateKeyResponse.SerializeToString,
+            ),
+            'ListKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeys,
+                    request_deserializer=polyhead_dot_v1_dot_polyhead__pb2.ListKeysRequest.FromString,
+                    response_serializer=polyhead_dot_v1_dot_polyhead__pb2.ListKeysResponse.SerializeToString,
+            ),
+            'RevokeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeKey,
+                    request_deserializer=polyhead_dot_v1_dot_polyhead__pb2.RevokeKeyRequest.FromString,
+                    response_serializer=polyhead_dot_v1_dot_polyhead__pb2.KeyInfo.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=polyhead_dot_v1_dot_polyhead__pb2.ListAuditRequest.FromString,
+                    response_serializer=polyhead_dot_v1_dot_polyhead__pb2.ListAuditResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'polyhead.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('polyhead.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin:
+    """---------------------------------------------------------------- Admin
+
+    Tenants, their quotas and API keys, and the audit trail. Every RPC needs a key with the
+    `admin` scope (or the configured Registry token: the default tenant's admin key).
+    Changes are recorded in the audit trail and reach every replica through the store's
+    change feed.
+    """
+
+    @staticmethod
+    def CreateTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/polyhead.v1.Admin/CreateTenant',
+            polyhead_dot_v1_dot_polyhead__pb2.CreateTenantRequest.SerializeToString,
+            polyhead_dot_v1_dot_polyhead__pb2.TenantInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTenants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/polyhead.v1.Admin/ListTenants',
+            polyhead_dot_v1_dot_polyhead__pb2.ListTenantsRequest.SerializeToString,
+            polyhead_dot_v1_dot_polyhead__pb2.ListTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/polyhead.v1.Admin/DeleteTenant',
+            polyhead_dot_v1_dot_polyhead__pb2.DeleteTenantRequest.SerializeToString,
+            polyhead_dot_v1_dot_polyhead__pb2.DeleteTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/polyhead.v1.Admin/SetQuota',
+            polyhead_dot_v1_dot_polyhead__pb2.SetQuotaRequest.SerializeToString,
+            polyhead_dot_v1_dot_polyhead__pb2.TenantInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/polyhead.v1.Admin/CreateKey',
+            polyhead_dot_v1_dot_polyhead__pb2.CreateKeyRequest.SerializeToString,
+            polyhead_dot_v1_dot_polyhead__pb2.CreateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/polyhead.v1.Admin/ListKeys',
+            polyhead_dot_v1_dot_polyhead__pb2.ListKeysRequest.SerializeToString,
+            polyhead_dot_v1_dot_polyhead__pb2.ListKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/polyhead.v1.Admin/RevokeKey',
+            polyhead_dot_v1_dot_polyhead__pb2.RevokeKeyRequest.SerializeToString,
+            polyhead_dot_v1_dot_polyhead__pb2.KeyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/polyhead.v1.Admin/ListAudit',
+            polyhead_dot_v1_dot_polyhead__pb2.ListAuditRequest.SerializeToString,
+            polyhead_dot_v1_dot_polyhead__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

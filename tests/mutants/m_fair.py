@@ -56,26 +56,10 @@ MUTANTS = [
     Mutant(
         id="classify-drops-the-tenant",
         file="polyhead/server/_private/services.py",
-        old="await p.batcher.run(enc, res.task, tenant)",
+        old="await p.batcher.run(enc, res.task, tenant=tenant)",
         new="await p.batcher.run(enc, res.task)",
         tests=(T + "test_two_tenants_through_classify[fair]",),
         why="the gate's tenant never reaches the batcher",
-    ),
-    Mutant(
-        id="quota-never-released",
-        file="polyhead/server/_private/tenancy.py",
-        old="left = self._in_flight[tenant] - rows",
-        new="left = self._in_flight[tenant]",
-        tests=(T + "test_rows_in_flight_quota_refuses_over_it_and_frees_on_answer",),
-        why="answered rows stay counted: a tenant is locked out after its quota's worth",
-    ),
-    Mutant(
-        id="quota-off-by-one",
-        file="polyhead/server/_private/tenancy.py",
-        old="if limit is not None and now + rows > limit:",
-        new="if limit is not None and now + rows >= limit:",
-        tests=(T + "test_rows_in_flight_quota_refuses_over_it_and_frees_on_answer",),
-        why="a request that fits the quota exactly is refused",
     ),
 ]
 MUTANTS += [

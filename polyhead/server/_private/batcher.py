@@ -24,8 +24,9 @@ import torch
 
 from polyhead.engine import LoadedTask, TextInput
 from polyhead.engine.engine import Encoded
-from polyhead.server._private.fairqueue import DEFAULT_TENANT, FairQueue, FifoQueue, Queue
+from polyhead.server._private.fairqueue import FairQueue, FifoQueue, Queue
 from polyhead.server._private.inference import BatchItem, BatchStats, Row
+from polyhead.store.names import DEFAULT_TENANT
 
 Tokenize = Callable[[Sequence[TextInput]], list[Encoded]]
 Forward = Callable[[Sequence[BatchItem]], tuple[list[list[Row]], BatchStats]]

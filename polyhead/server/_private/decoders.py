@@ -89,6 +89,9 @@ def add_RegistryServicer_to_server(servicer: Any, server: Any) -> None:
 def add_TrainingServicer_to_server(servicer: Any, server: Any) -> None:
     pb_grpc.add_TrainingServicer_to_server(servicer, _Lenient(server, "registry"))  # jobs publish
 
+def add_AdminServicer_to_server(servicer: Any, server: Any) -> None:
+    pb_grpc.add_AdminServicer_to_server(servicer, _Lenient(server, "admin"))
+
 
 def proxy_tokens() -> tuple[str | None, str | None] | None:
     """(registry, inference) tokens the proxy checks, or None when it was not told them."""

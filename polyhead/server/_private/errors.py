@@ -25,16 +25,6 @@ class TooLarge(RequestError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-class QuotaExceeded(RequestError):
-    """A tenant over one of its quotas; the message names the quota and its value."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-    def __init__(self, tenant: str, quota: str, limit: int, detail: str) -> None:
-        super().__init__(f"tenant {tenant!r:.80} is over its {quota} quota of {limit} ({detail})")
-        self.tenant, self.quota, self.limit = tenant, quota, limit
-
-
 class Unauthenticated(RequestError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
@@ -57,7 +47,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     INTERNAL is left for faults of the server itself, never for anything a client sent.
     """
     from polyhead.store import AmbiguousRefError, NotFoundError, StoreError, StoreUnavailable
-    from polyhead.store.errors import InvalidAliasError
+    from polyhead.store.errors import InvalidAliasError, NamespaceError, QuotaExceeded
 
     if isinstance(exc, InStream):
         code, details = status_for(exc.error)
@@ -74,6 +64,10 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, f"artifact check 'config' failed: {exc}"
     if isinstance(exc, AmbiguousRefError | InvalidAliasError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, QuotaExceeded):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+    if isinstance(exc, NamespaceError):
+        return grpc.StatusCode.PERMISSION_DENIED, str(exc)
     if isinstance(exc, StoreUnavailable):  # the store's database is down: clients retry
         return grpc.StatusCode.UNAVAILABLE, str(exc)
     if isinstance(exc, StoreError):

@@ -25,8 +25,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
-DEFAULT_TENANT = "default"  # the tenant of every request while a server has no tenants
-
 
 class Entry(Protocol):
     @property

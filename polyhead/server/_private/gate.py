@@ -1,13 +1,20 @@
-"""What every RPC passes through, written once: the auth scope, a request that did not parse,
-the one mapping of errors to status codes, and the request metrics.
+"""What every RPC passes through, written once: who calls and with which scope, whether the
+task it names is in the caller's namespace, a request that did not parse, the one mapping
+of errors to status codes, the request metrics and the audit trail.
 
-``@rpc("inference", pb.ClassifyResponse)`` on a replica method ``Name(self, request)``
+``@rpc("classify", pb.ClassifyResponse)`` on a replica method ``Name(self, request)``
 gives Serve the ``Name(request, grpc_context)`` it calls; ``@rpc_stream`` does the same for
-a bidirectional stream (``request`` is then an async iterator of messages).
+a bidirectional stream (``request`` is then an async iterator of messages, each checked
+here as it arrives). A method with a ``caller`` parameter gets the ``Caller``.
+
+Isolation: a request naming another tenant's task (its ``task_id``) is answered NOT_FOUND
+with the very message an unknown task gets, so a task's existence does not leak; Upload,
+whose task id is inside the artifact, is checked by the store (``Caller.may_write``).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -15,11 +22,13 @@ from typing import Any, Protocol
 
 import grpc
 
-from polyhead.server._private.auth import Auth
+from polyhead.server._private.auth import Auth, Caller
 from polyhead.server._private.decoders import MalformedRequest, materialize
 from polyhead.server._private.errors import InvalidInput, RequestError, TooLarge, status_for
 from polyhead.server._private.metrics import ServerMetrics
 from polyhead.server._private.streams import StreamLimits, client_of
+from polyhead.store.errors import NotFoundError
+from polyhead.store.names import is_task_id
 
 logger = logging.getLogger("ray.serve")
 
@@ -28,6 +37,9 @@ class Gated(Protocol):
     auth: Auth
     metrics: ServerMetrics
     streams: StreamLimits
+
+    async def audit(self, caller: Caller, rpc: str, task_id: str, version: str, outcome: str) -> None:
+        """Record a change (an ``audit=True`` RPC) in the store's audit trail."""
 
 
 def metadata_of(ctx: Any) -> Iterable[tuple[str, str | bytes]]:
@@ -46,12 +58,60 @@ def _fail(method: str, ctx: Any, e: Exception) -> str:
     return status.name
 
 
+class Refused:
+    """A stream message refused by the gate; the service raises ``error`` for it (naming
+    the message's index), as it does for one that did not parse."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
 def message_of(request: Any) -> Any:
     """The parsed request (call after the token check); raises for one refused unparsed."""
+    if isinstance(request, Refused):
+        raise request.error
     request = materialize(request)
     if isinstance(request, MalformedRequest):
         raise refusal(request)
     return request
+
+
+def check_namespace(caller: Caller, request: Any) -> None:
+    """NOT_FOUND, as for an unknown task (sql.require_task's words), when the request names
+    a task outside the caller's namespace."""
+    task_id = getattr(request, "task_id", None)
+    if isinstance(task_id, str) and is_task_id(task_id) and not caller.sees(task_id):
+        raise NotFoundError(f"no task {task_id!r:.80}")
+
+
+async def checked(requests: AsyncIterator[Any], caller: Caller) -> AsyncIterator[Any]:
+    """A stream's messages, each parsed and namespace-checked as it arrives."""
+    async for raw in requests:
+        request = materialize(raw)
+        if not isinstance(request, MalformedRequest):
+            try:
+                check_namespace(caller, request)
+            except NotFoundError as e:
+                request = Refused(e)
+        yield request
+
+
+def target_of(message: Any) -> str:
+    """What a request or answer is about, for metrics and the audit trail: its task id, or
+    "key:ID" / "tenant:NAME" for the Admin service's messages."""
+    task = getattr(message, "task_id", "")
+    if task:
+        return str(task)
+    info = getattr(message, "info", None)
+    key_id = getattr(message, "key_id", "") or getattr(info, "key_id", "")
+    if key_id:
+        return f"key:{key_id}"
+    tenant = getattr(message, "tenant", "")
+    return f"tenant:{tenant}" if tenant else ""
+
+
+def _takes_caller(fn: Any) -> bool:
+    return "caller" in inspect.signature(fn).parameters
 
 
 def refusal(request: MalformedRequest) -> RequestError:
@@ -71,43 +131,56 @@ def _named(method: Any, fn: Any) -> Any:
     return method
 
 
-def rpc(scope: str, empty: type, admin_view: bool = False) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
+def rpc(scope: str, empty: type, admin_view: bool = False,
+        audit: bool = False) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
     """``admin_view``: ``fn(self, request, admin)``, ``admin`` whether the caller holds the
-    Registry (admin) token, for answers that show more to it."""
+    admin scope, for answers that show more to it. ``audit``: a change, recorded (caller,
+    task, version, outcome) in the store's audit trail once authenticated."""
     def wrap(fn: Callable[..., Awaitable[Any]]) -> Any:
-        name = fn.__name__
+        name, with_caller = fn.__name__, _takes_caller(fn)
 
         async def method(self: Gated, request: Any, grpc_context: Any = None) -> Any:
-            t0, code, task = time.perf_counter(), "OK", ""
+            t0, code, target, version = time.perf_counter(), "OK", "", ""
+            caller: Caller | None = None
             try:
-                md = list(metadata_of(grpc_context))
-                self.auth.check(scope, md)
+                caller = self.auth.check(scope, metadata_of(grpc_context))
                 request = message_of(request)
-                out = await (fn(self, request, self.auth.allows("registry", md)) if admin_view
-                             else fn(self, request))
-                task = getattr(out, "task_id", "")
+                target = target_of(request)[:200]
+                check_namespace(caller, request)
+                if admin_view:
+                    out = await fn(self, request, caller.admin)
+                else:
+                    out = await (fn(self, request, caller=caller) if with_caller else fn(self, request))
+                version = getattr(out, "version", "")
+                target = target_of(out)[:200] or target
                 return out
             except Exception as e:
                 code = _fail(name, grpc_context, e)
                 return empty()
             finally:
-                self.metrics.request(name, task, code, (time.perf_counter() - t0) * 1000)
+                tenant = caller.tenant if caller is not None else "unknown"
+                self.metrics.request(name, tenant, code, (time.perf_counter() - t0) * 1000)
+                if audit and caller is not None:
+                    await self.audit(caller, name, target, version, code)
 
         return _named(method, fn)
 
     return wrap
 
 
-def rpc_stream(scope: str) -> Callable[[Callable[[Any, Any], AsyncIterator[Any]]], Any]:
-    def wrap(fn: Callable[[Any, Any], AsyncIterator[Any]]) -> Any:
-        name = fn.__name__
+def rpc_stream(scope: str) -> Callable[[Callable[..., AsyncIterator[Any]]], Any]:
+    def wrap(fn: Callable[..., AsyncIterator[Any]]) -> Any:
+        name, with_caller = fn.__name__, _takes_caller(fn)
 
         async def method(self: Gated, requests: Any, grpc_context: Any = None) -> Any:
             t0, code = time.perf_counter(), "OK"
+            caller: Caller | None = None
             try:
-                self.auth.check(scope, metadata_of(grpc_context))
+                caller = self.auth.check(scope, metadata_of(grpc_context))
                 with self.streams.holding(client_of(grpc_context)):
-                    async for out in fn(self, self.streams.messages(requests)):
+                    messages = checked(self.streams.messages(requests), caller)
+                    outs = fn(self, messages, caller=caller) if with_caller else fn(self, messages)
+                    async for out in outs:
                         yield out
             except Exception as e:
                 code = _fail(name, grpc_context, e)
@@ -115,7 +188,8 @@ def rpc_stream(scope: str) -> Callable[[Callable[[Any, Any], AsyncIterator[Any]]
                 # sends the code set on the context); returning would end it OK.
                 raise StreamAborted(grpc_context.details()) from None
             finally:
-                self.metrics.request(name, "", code, (time.perf_counter() - t0) * 1000)
+                tenant = caller.tenant if caller is not None else "unknown"
+                self.metrics.request(name, tenant, code, (time.perf_counter() - t0) * 1000)
 
         return _named(method, fn)
 
@@ -129,16 +203,16 @@ def rpc_upload(scope: str, empty: type) -> Callable[[Callable[[Any, Any], Awaita
         name = fn.__name__
 
         async def method(self: Gated, requests: Any, grpc_context: Any = None) -> Any:
-            t0, code = time.perf_counter(), "OK"
+            t0, code, tenant = time.perf_counter(), "OK", "unknown"
             try:
-                self.auth.check(scope, metadata_of(grpc_context))
+                tenant = self.auth.check(scope, metadata_of(grpc_context)).tenant
                 with self.streams.holding(client_of(grpc_context)):
                     return await fn(self, self.streams.messages(requests))
             except Exception as e:
                 code = _fail(name, grpc_context, e)
                 return empty()
             finally:
-                self.metrics.request(name, "", code, (time.perf_counter() - t0) * 1000)
+                self.metrics.request(name, tenant, code, (time.perf_counter() - t0) * 1000)
 
         return _named(method, fn)
 
@@ -151,16 +225,16 @@ def rpc_watch(scope: str) -> Callable[[Callable[[Any, Any], AsyncIterator[Any]]]
         name = fn.__name__
 
         async def method(self: Gated, request: Any, grpc_context: Any = None) -> Any:
-            t0, code = time.perf_counter(), "OK"
+            t0, code, tenant = time.perf_counter(), "OK", "unknown"
             try:
-                self.auth.check(scope, metadata_of(grpc_context))
+                tenant = self.auth.check(scope, metadata_of(grpc_context)).tenant
                 async for out in fn(self, message_of(request)):
                     yield out
             except Exception as e:
                 code = _fail(name, grpc_context, e)
                 raise StreamAborted(grpc_context.details()) from None
             finally:
-                self.metrics.request(name, "", code, (time.perf_counter() - t0) * 1000)
+                self.metrics.request(name, tenant, code, (time.perf_counter() - t0) * 1000)
 
         return _named(method, fn)
 

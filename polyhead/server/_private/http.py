@@ -100,7 +100,7 @@ def parse_body(raw: bytes) -> pb.ClassifyRequest:
 
 
 async def http_classify(classify: Callable[[Any, Any], Awaitable[pb.ClassifyResponse]],
-                        request: Any, authorize: Callable[[Any], None] | None = None,
+                        request: Any, authorize: Callable[[Any], object] | None = None,
                         max_body: int = MAX_BODY_BYTES) -> JSONResponse:
     """``authorize(ctx)`` raises (a RequestError) unless the header's token may classify."""
     if request.url.path.rstrip("/") != ROUTE:

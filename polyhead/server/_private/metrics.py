@@ -12,17 +12,28 @@ _RATIO = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
 MAX_TENANT_LABELS = 1000  # tenants named in metrics; the rest share one label
 
 
+# Refusals of a request (not faults): counted per tenant as rejections too.
+REJECTIONS = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED"})
+
+
 class ServerMetrics:
-    """Every metric a replica records; tags are bounded (task ids, kinds, status codes,
-    tenants up to MAX_TENANT_LABELS)."""
+    """Every metric a replica records; tags are bounded: tenants (not task ids: ten thousand
+    tasks must not make ten thousand series; past MAX_TENANT_LABELS tenants, one label),
+    kinds, status codes."""
 
     def __init__(self) -> None:
         self.requests = metrics.Counter(
-            "polyhead_requests", "RPCs served, by method, task and status code",
-            tag_keys=("method", "task", "code"))
+            "polyhead_requests", "RPCs served, by method, the caller's tenant ('unknown' when "
+            "its credentials were refused) and status code", tag_keys=("method", "tenant", "code"))
         self.latency = metrics.Histogram(
-            "polyhead_request_latency_ms", "RPC latency inside the replica, by method and task",
-            boundaries=_LATENCY_MS, tag_keys=("method", "task"))
+            "polyhead_request_latency_ms", "RPC latency inside the replica, by method and tenant",
+            boundaries=_LATENCY_MS, tag_keys=("method", "tenant"))
+        self.rows = metrics.Counter(
+            "polyhead_tenant_rows", "rows classified, by the caller's tenant", tag_keys=("tenant",))
+        self.rejections = metrics.Counter(
+            "polyhead_tenant_rejections", "requests refused (UNAUTHENTICATED, PERMISSION_DENIED, "
+            "RESOURCE_EXHAUSTED: a quota or a size limit), by tenant and code",
+            tag_keys=("tenant", "code"))
         self.batch_rows = metrics.Histogram(
             "polyhead_batch_rows", "rows per batch (one or more engine forwards)", boundaries=_SIZES)
         self.batch_tasks = metrics.Histogram(
@@ -43,31 +54,23 @@ class ServerMetrics:
             "store change to servable on this replica (local: this replica published it)",
             boundaries=_LATENCY_MS, tag_keys=("origin",))
         self._tenant = TenantLabels(MAX_TENANT_LABELS)
-        self.tenant_requests = metrics.Counter(
-            "polyhead_tenant_requests", "Classify requests (stream messages too), by tenant and "
-            "status code", tag_keys=("tenant", "code"))
-        self.tenant_rows = metrics.Counter(
-            "polyhead_tenant_rows", "rows classified, by tenant", tag_keys=("tenant",))
-        self.tenant_latency = metrics.Histogram(
-            "polyhead_tenant_latency_ms", "Classify latency inside the replica, by tenant",
-            boundaries=_LATENCY_MS, tag_keys=("tenant",))
-        self.tenant_rejections = metrics.Counter(
-            "polyhead_tenant_rejections", "Classify requests refused over a tenant quota, by "
-            "tenant and quota", tag_keys=("tenant", "quota"))
+        self.auth_failures = metrics.Counter(
+            "polyhead_auth_failures", "refused credentials, by the key's tenant ('unknown' when "
+            "the key is not one of the store's) and reason (missing, wrong, revoked, expired, "
+            "scope); never the key itself", tag_keys=("tenant", "reason"))
 
-    def request(self, method: str, task: str, code: str, ms: float) -> None:
-        self.requests.inc(tags={"method": method, "task": task, "code": code})
-        self.latency.observe(ms, tags={"method": method, "task": task})
+    def auth_failure(self, tenant: str, reason: str) -> None:
+        self.auth_failures.inc(tags={"tenant": self._tenant(tenant), "reason": reason})
 
-    def tenant_request(self, tenant: str, code: str, rows: int, ms: float) -> None:
-        label = self._tenant(tenant)
-        self.tenant_requests.inc(tags={"tenant": label, "code": code})
-        if rows:
-            self.tenant_rows.inc(rows, tags={"tenant": label})
-        self.tenant_latency.observe(ms, tags={"tenant": label})
+    def request(self, method: str, tenant: str, code: str, ms: float) -> None:
+        tenant = self._tenant(tenant)
+        self.requests.inc(tags={"method": method, "tenant": tenant, "code": code})
+        self.latency.observe(ms, tags={"method": method, "tenant": tenant})
+        if code in REJECTIONS:
+            self.rejections.inc(tags={"tenant": tenant, "code": code})
 
-    def tenant_rejected(self, tenant: str, quota: str) -> None:
-        self.tenant_rejections.inc(tags={"tenant": self._tenant(tenant), "quota": quota})
+    def tenant_rows(self, tenant: str, rows: int) -> None:
+        self.rows.inc(rows, tags={"tenant": self._tenant(tenant)})
 
     def bank_event(self, event: str) -> None:
         self.bank_events.inc(tags={"event": event})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from polyhead.server._private.errors import InvalidInput
 from polyhead.store import Store, StoredArtifact, TaskInfo, VersionInfo, validate_task_id
@@ -42,9 +43,10 @@ def ref_of(text: str, field: str = "version") -> str:
     return text
 
 
-def list_tasks(store: Store) -> pb.ListTasksResponse:
-    tasks = store.list_tasks()
-    numbers = {(v.task_id, v.version): v.number for v in store.versions()}
+def list_tasks(store: Store, visible: Callable[[str], bool] = lambda _: True) -> pb.ListTasksResponse:
+    """The tasks ``visible`` says the caller sees (its namespace)."""
+    tasks = [t for t in store.list_tasks() if visible(t.task_id)]
+    numbers = {(v.task_id, v.version): v.number for v in store.versions() if visible(v.task_id)}
     return pb.ListTasksResponse(tasks=[task_pb(t, numbers) for t in tasks])
 
 

@@ -19,7 +19,8 @@ from ray import serve
 
 from polyhead.engine import ArtifactError, Engine, load_backbone
 from polyhead.engine.probe import probe_forward
-from polyhead.server._private.auth import Auth
+from polyhead.server._private.admin_rpcs import AdminService
+from polyhead.server._private.auth import Auth, Caller, KeyRing
 from polyhead.server._private.batcher import Batcher, batch_queue
 from polyhead.server._private.gate import StreamAborted, rpc, rpc_stream, rpc_upload, rpc_watch
 from polyhead.server._private.http import HEALTH_ROUTE, http_classify, http_health
@@ -33,6 +34,8 @@ from polyhead.server._private.training import TrainingService
 from polyhead.server.bank import AdapterBank, BankEvent, VersionKey
 from polyhead.server.config import MB, ServerConfig
 from polyhead.store import NotFoundError, Store, VersionInfo
+from polyhead.store.keys import now_iso
+from polyhead.store.tenancy import AuditRecord
 from polyhead.v1 import polyhead_pb2 as pb
 
 logger = logging.getLogger("ray.serve")
@@ -55,7 +58,9 @@ class Polyhead:
                       limits=config.limits(), probe=partial(probe_forward, backbone),
                       retention_s=config.delete_retention_days * 86400)
         self.metrics = ServerMetrics()
-        self.auth = Auth(config.registry_token(), config.inference_token_value())
+        keys = KeyRing()
+        self.auth = Auth(config.registry_token(), config.inference_token_value(), keys,
+                         on_refused=self.metrics.auth_failure)
         self.streams = StreamLimits(config.stream_idle_s, config.max_streams_per_client)
         logger.addFilter(OneLineAborts(StreamAborted))
         bank = AdapterBank(
@@ -71,15 +76,18 @@ class Polyhead:
         resolver = Resolver(store, ThreadPoolExecutor(1, "polyhead-store"))
         self.parts = Parts(config, _replica_name(), backbone.path.name, threads, engine, store,
                            bank, resolver, batcher, self.metrics,
-                           ThreadPoolExecutor(1, "polyhead-admin"), tenants=tenants)
+                           ThreadPoolExecutor(1, "polyhead-admin"), keys=keys, tenants=tenants)
         self.inference = InferenceService(self.parts)
         self.registry = RegistryService(self.parts)
+        self.admin = AdminService(self.parts)
         self.training = TrainingService(config)
         self._scheduler = start_scheduler(config) if config.jobs else None
         if config.seed_examples:
             await self.parts.on_admin(seed_examples, store)
         engine.run(["warm up"], [None])  # first forward pays lazy init, not a request
         await resolver.refresh(wait=True)
+        await resolver.read(keys.load, store.catalog)
+        self.keys_loaded = asyncio.Event()  # set whenever the key cache was re-read (tests wait on it)
         self._watched = resolver.generation
         self._watcher = asyncio.get_running_loop().create_task(self._watch_store())
         logger.info("polyhead replica %s ready: backbone %s on %s, %d torch threads",
@@ -87,16 +95,16 @@ class Polyhead:
 
     # -- Inference -------------------------------------------------------------------------
 
-    @rpc("inference", pb.ClassifyResponse)
-    async def Classify(self, request: pb.ClassifyRequest) -> pb.ClassifyResponse:
-        return await self.inference.classify(request)
+    @rpc("classify", pb.ClassifyResponse)
+    async def Classify(self, request: pb.ClassifyRequest, caller: Caller) -> pb.ClassifyResponse:
+        return await self.inference.classify(request, caller.tenant)
 
-    @rpc_stream("inference")
-    async def ClassifyStream(self, requests: Any) -> AsyncIterator[pb.ClassifyResponse]:
-        async for out in self.inference.classify_stream(requests):
+    @rpc_stream("classify")
+    async def ClassifyStream(self, requests: Any, caller: Caller) -> AsyncIterator[pb.ClassifyResponse]:
+        async for out in self.inference.classify_stream(requests, caller.tenant):
             yield out
 
-    @rpc("inference", pb.HealthResponse, admin_view=True)
+    @rpc("classify", pb.HealthResponse, admin_view=True)
     async def Health(self, request: pb.HealthRequest, admin: bool = False) -> pb.HealthResponse:
         return await self.inference.health(request, show_tasks=admin)
 
@@ -105,69 +113,113 @@ class Polyhead:
         if request.url.path.rstrip("/") == HEALTH_ROUTE:
             return await http_health(self.Health, request)
         return await http_classify(
-            self.Classify, request, lambda ctx: self.auth.check("inference", ctx.invocation_metadata()),
+            self.Classify, request, lambda ctx: self.auth.check("classify", ctx.invocation_metadata()),
             max_body=int(self.parts.config.max_request_mb * MB))
 
     # -- Registry --------------------------------------------------------------------------
 
-    @rpc("registry", pb.VersionInfo)
-    async def Upload(self, request: pb.UploadRequest) -> pb.VersionInfo:
-        return await self.registry.upload(request)
+    @rpc("publish", pb.VersionInfo, audit=True)
+    async def Upload(self, request: pb.UploadRequest, caller: Caller) -> pb.VersionInfo:
+        return await self.registry.upload(request, caller)
 
-    @rpc("registry", pb.VersionInfo)
+    @rpc("publish", pb.VersionInfo, audit=True)
     async def ImportPeft(self, request: pb.ImportPeftRequest) -> pb.VersionInfo:
         return await self.registry.import_peft(request)
 
-    @rpc("registry", pb.ListTasksResponse)
-    async def ListTasks(self, request: pb.ListTasksRequest) -> pb.ListTasksResponse:
-        return await self.registry.list_tasks(request)
+    @rpc("publish", pb.ListTasksResponse)
+    async def ListTasks(self, request: pb.ListTasksRequest, caller: Caller) -> pb.ListTasksResponse:
+        return await self.registry.list_tasks(request, caller)
 
-    @rpc("registry", pb.TaskDetail)
+    @rpc("publish", pb.TaskDetail)
     async def GetTask(self, request: pb.GetTaskRequest) -> pb.TaskDetail:
         return await self.registry.get_task(request)
 
-    @rpc("registry", pb.VersionInfo)
+    @rpc("publish", pb.VersionInfo, audit=True)
     async def SetAlias(self, request: pb.SetAliasRequest) -> pb.VersionInfo:
         return await self.registry.set_alias(request)
 
-    @rpc("registry", pb.VersionInfo)
+    @rpc("publish", pb.VersionInfo, audit=True)
     async def Rollback(self, request: pb.RollbackRequest) -> pb.VersionInfo:
         return await self.registry.rollback(request)
 
-    @rpc("registry", pb.DeleteTaskResponse)
+    @rpc("publish", pb.DeleteTaskResponse, audit=True)
     async def DeleteTask(self, request: pb.DeleteTaskRequest) -> pb.DeleteTaskResponse:
         return await self.registry.delete(request)
 
-    @rpc("registry", pb.VersionInfo)
+    @rpc("publish", pb.VersionInfo, audit=True)
     async def RestoreTask(self, request: pb.RestoreTaskRequest) -> pb.VersionInfo:
         return await self.registry.restore(request)
 
-    # -- Training (the Registry's token: a job publishes) -----------------------------------
+    # -- Training: the admin scope (the Registry token, or an admin key). Jobs are not yet ---
+    # -- scoped to a tenant's namespace, so a tenant's publish key cannot reach them. --------
 
-    @rpc_upload("registry", pb.DatasetInfo)
+    @rpc_upload("admin", pb.DatasetInfo)
     async def UploadDataset(self, chunks: Any) -> pb.DatasetInfo:
         return await self.training.upload_dataset(chunks)
 
-    @rpc("registry", pb.JobInfo)
+    @rpc("admin", pb.JobInfo)
     async def CreateJob(self, request: pb.CreateJobRequest) -> pb.JobInfo:
         return await self.training.create_job(request)
 
-    @rpc("registry", pb.JobInfo)
+    @rpc("admin", pb.JobInfo)
     async def GetJob(self, request: pb.GetJobRequest) -> pb.JobInfo:
         return await self.training.get_job(request)
 
-    @rpc("registry", pb.ListJobsResponse)
+    @rpc("admin", pb.ListJobsResponse)
     async def ListJobs(self, request: pb.ListJobsRequest) -> pb.ListJobsResponse:
         return await self.training.list_jobs(request)
 
-    @rpc("registry", pb.JobInfo)
+    @rpc("admin", pb.JobInfo)
     async def CancelJob(self, request: pb.CancelJobRequest) -> pb.JobInfo:
         return await self.training.cancel_job(request)
 
-    @rpc_watch("registry")
+    @rpc_watch("admin")
     async def WatchJob(self, request: pb.WatchJobRequest) -> AsyncIterator[pb.JobEvent]:
         async for event in self.training.watch_job(request):
             yield event
+
+    # -- Admin -----------------------------------------------------------------------------
+
+    @rpc("admin", pb.TenantInfo, audit=True)
+    async def CreateTenant(self, request: pb.CreateTenantRequest) -> pb.TenantInfo:
+        return await self.admin.call("CreateTenant", request)
+
+    @rpc("admin", pb.ListTenantsResponse)
+    async def ListTenants(self, request: pb.ListTenantsRequest) -> pb.ListTenantsResponse:
+        return await self.admin.call("ListTenants", request)
+
+    @rpc("admin", pb.DeleteTenantResponse, audit=True)
+    async def DeleteTenant(self, request: pb.DeleteTenantRequest) -> pb.DeleteTenantResponse:
+        return await self.admin.call("DeleteTenant", request)
+
+    @rpc("admin", pb.TenantInfo, audit=True)
+    async def SetQuota(self, request: pb.SetQuotaRequest) -> pb.TenantInfo:
+        return await self.admin.call("SetQuota", request)
+
+    @rpc("admin", pb.CreateKeyResponse, audit=True)
+    async def CreateKey(self, request: pb.CreateKeyRequest) -> pb.CreateKeyResponse:
+        return await self.admin.call("CreateKey", request)
+
+    @rpc("admin", pb.ListKeysResponse)
+    async def ListKeys(self, request: pb.ListKeysRequest) -> pb.ListKeysResponse:
+        return await self.admin.call("ListKeys", request)
+
+    @rpc("admin", pb.KeyInfo, audit=True)
+    async def RevokeKey(self, request: pb.RevokeKeyRequest) -> pb.KeyInfo:
+        return await self.admin.call("RevokeKey", request)
+
+    @rpc("admin", pb.ListAuditResponse)
+    async def ListAudit(self, request: pb.ListAuditRequest) -> pb.ListAuditResponse:
+        return await self.admin.call("ListAudit", request)
+
+    async def audit(self, caller: Caller, rpc: str, task_id: str, version: str, outcome: str) -> None:
+        """One audit record per Registry/Admin change (the gate calls it); a store that
+        cannot take it is logged, not the caller's failure."""
+        record = AuditRecord(now_iso(), caller.key_id, caller.tenant, rpc, task_id, version, outcome)
+        try:
+            await self.parts.on_admin(self.parts.store.catalog.add_audit, record)
+        except Exception:
+            logger.exception("audit record of %s not written", rpc)
 
     def check_health(self) -> None:
         if self._watcher.done():
@@ -205,6 +257,8 @@ class Polyhead:
                 await resolver.refresh(wait=True)
                 if resolver.generation != self._watched:
                     self._watched = resolver.generation
+                    if await resolver.read(self.parts.keys.load, self.parts.store.catalog):
+                        self.keys_loaded.set()
                     await self._follow_store(resolver.changed_at)
             except Exception:
                 logger.exception("store watch failed; retrying")

@@ -17,9 +17,10 @@ from typing import Any, TypeVar
 
 from polyhead.engine import BackboneSpec, Engine, ValidArtifact
 from polyhead.server._private import registry_rpcs
+from polyhead.server._private.admission import Admission
+from polyhead.server._private.auth import Caller, KeyRing
 from polyhead.server._private.batcher import Batcher
-from polyhead.server._private.errors import InStream, InvalidInput, QuotaExceeded, status_for
-from polyhead.server._private.fairqueue import DEFAULT_TENANT
+from polyhead.server._private.errors import InStream, InvalidInput
 from polyhead.server._private.gate import message_of
 from polyhead.server._private.inference import check_form, cut_inputs, parse_inputs, response
 from polyhead.server._private.metrics import ServerMetrics
@@ -28,7 +29,7 @@ from polyhead.server._private.tenancy import Tenants
 from polyhead.server.bank import AdapterBank, TaskMeta, VersionKey
 from polyhead.server.config import ServerConfig
 from polyhead.store import Store, StoredArtifact, VersionInfo
-from polyhead.store.names import clip, is_task_id
+from polyhead.store.names import DEFAULT_TENANT, clip, is_task_id
 from polyhead.v1 import polyhead_pb2 as pb
 
 T = TypeVar("T")
@@ -50,7 +51,8 @@ class Parts:
     batcher: Batcher
     metrics: ServerMetrics
     admin: ThreadPoolExecutor  # store writes, one at a time
-    tenants: Tenants = dataclasses.field(default_factory=Tenants)  # terms, rows in flight
+    tenants: Tenants = dataclasses.field(default_factory=Tenants)  # fair-share weights
+    keys: KeyRing = dataclasses.field(default_factory=KeyRing)  # the store's API keys, cached
 
     async def on_admin(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.admin, fn, *args)
@@ -59,40 +61,28 @@ class Parts:
 class InferenceService:
     def __init__(self, parts: Parts) -> None:
         self.p = parts
+        self.admission = Admission(lambda: parts.keys.limits)
 
     async def classify(self, request: pb.ClassifyRequest,
                        tenant: str = DEFAULT_TENANT) -> pb.ClassifyResponse:
-        """``tenant``: the caller's, as the gate resolved it from the key; it decides the
-        quota that admits the request, the share of batches it gets, and its metrics."""
-        t0, code, rows = time.perf_counter(), "OK", 0
-        try:
-            out = await self._classify(request, tenant)
-            rows = len(out.predictions)
-            return out
-        except Exception as e:
-            code = status_for(e)[0].name
-            if isinstance(e, QuotaExceeded):
-                self.p.metrics.tenant_rejected(tenant, e.quota)
-            raise
-        finally:
-            self.p.metrics.tenant_request(tenant, code, rows, (time.perf_counter() - t0) * 1000)
-
-    async def _classify(self, request: pb.ClassifyRequest, tenant: str) -> pb.ClassifyResponse:
+        """``tenant``: the caller's, held against its rows-in-flight quota (admission) and
+        carried to the batcher with the request's rows."""
         p = self.p
         request = message_of(request)  # a stream's messages arrive unparsed
         inputs = parse_inputs(request, p.config.max_inputs, p.config.max_text_chars)
         if not is_task_id(request.task_id):
             raise InvalidInput(f"task_id: {clip(request.task_id)} is not a task id")
-        with p.tenants.admit(tenant, len(inputs)):
-            ref = registry_rpcs.ref_of(request.version) if request.version else "latest"
-            info = await p.resolver.resolve(request.task_id, ref)
-            async with p.bank.using(VersionKey(info.task_id, info.version)) as res:
-                check_form(inputs, info.task_id, res.meta)
+        ref = registry_rpcs.ref_of(request.version) if request.version else "latest"
+        info = await p.resolver.resolve(request.task_id, ref)
+        async with p.bank.using(VersionKey(info.task_id, info.version)) as res:
+            check_form(inputs, info.task_id, res.meta)
+            with self.admission.holding(tenant, len(inputs)):
                 enc = await p.batcher.encode(inputs)
-                rows = await p.batcher.run(enc, res.task, tenant)
-                cut = cut_inputs(request, p.config.max_text_chars)
-                rows = [(logits, was or c) for (logits, was), c in zip(rows, cut, strict=True)]
-                return response(res, rows, p.replica)
+                rows = await p.batcher.run(enc, res.task, tenant=tenant)
+            p.metrics.tenant_rows(tenant, len(rows))
+            cut = cut_inputs(request, p.config.max_text_chars)
+            rows = [(logits, was or c) for (logits, was), c in zip(rows, cut, strict=True)]
+            return response(res, rows, p.replica)
 
     async def classify_stream(self, requests: AsyncIterator[Any],
                               tenant: str = DEFAULT_TENANT) -> AsyncIterator[pb.ClassifyResponse]:
@@ -121,7 +111,7 @@ class InferenceService:
 
     async def health(self, request: pb.HealthRequest, show_tasks: bool = True) -> pb.HealthResponse:
         """The replica's state; its resident task ids only when ``show_tasks`` (the caller
-        holds the Registry token): they name every tenant's tasks."""
+        holds the admin scope): they name every tenant's tasks."""
         p = self.p
         await p.resolver.refresh()
         out = pb.HealthResponse(
@@ -144,17 +134,18 @@ class RegistryService:
     def __init__(self, parts: Parts) -> None:
         self.p = parts
 
-    async def upload(self, request: pb.UploadRequest) -> pb.VersionInfo:
+    async def upload(self, request: pb.UploadRequest, caller: Caller) -> pb.VersionInfo:
         if not request.artifact:
             raise InvalidInput("artifact: empty")
-        return await self._publish(partial(self.p.store.ingest, replace_kind=request.replace_kind),
-                                   bytes(request.artifact))
+        return await self._publish(partial(self.p.store.ingest, replace_kind=request.replace_kind,
+                                           may_write=caller.may_write), bytes(request.artifact))
 
     async def import_peft(self, request: pb.ImportPeftRequest) -> pb.VersionInfo:
         return await self._publish(registry_rpcs.import_peft, self.p.store, request)
 
-    async def list_tasks(self, request: pb.ListTasksRequest) -> pb.ListTasksResponse:
-        return await self.p.resolver.read(registry_rpcs.list_tasks, self.p.store)
+    async def list_tasks(self, request: pb.ListTasksRequest, caller: Caller) -> pb.ListTasksResponse:
+        """The caller's namespace (every task for an admin)."""
+        return await self.p.resolver.read(registry_rpcs.list_tasks, self.p.store, caller.sees)
 
     async def get_task(self, request: pb.GetTaskRequest) -> pb.TaskDetail:
         return await self.p.resolver.read(registry_rpcs.get_task, self.p.store, request.task_id)

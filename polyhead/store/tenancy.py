@@ -1,0 +1,218 @@
+"""Tenants, API keys, quotas and the audit trail in the catalog (schema 3): the queries,
+written once for both backends, each run inside the caller's transaction (see sql.py).
+
+A tenant owns the task ids ``tenant/...`` (the ``default`` tenant: ids without a '/').
+Every change to a tenant or key moves the catalog's generation (so replicas' change
+feeds wake) and the 'auth' counter (so they re-read their key cache only then).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from polyhead.store.errors import NotFoundError, QuotaExceeded, StoreError
+from polyhead.store.keys import ApiKey, key_hash, new_key, now_iso
+from polyhead.store.names import DEFAULT_TENANT, TENANT_RE, is_tenant, namespace_prefix, tenant_of
+from polyhead.store.sql import Conn
+
+
+@dataclasses.dataclass(frozen=True)
+class Tenant:
+    tenant: str
+    created_at: str
+    max_tasks: int | None  # None: no limit
+    max_bytes: int | None  # stored bytes of its live versions; None: no limit
+    tasks: int  # what it holds now
+    nbytes: int
+    max_rows_in_flight: int | None = None  # rows queued or computing per replica; None: no limit
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditRecord:
+    at: str  # ISO-8601 UTC
+    key_id: str  # the caller's key id ("token": a configured token; "local": --store)
+    tenant: str  # the caller's tenant
+    rpc: str
+    task_id: str  # "" when the call names none
+    version: str  # "" when it made none
+    outcome: str  # "OK" or the status code's name
+
+
+KEY_COLUMNS = "key_id, tenant, scopes, created_at, expires_at, revoked_at"
+
+
+def bump_auth(c: Conn) -> int:
+    """Move the 'auth' counter; its new value."""
+    c.execute("UPDATE meta SET value = value + 1 WHERE key = 'auth'")
+    return auth_generation(c)
+
+
+def auth_generation(c: Conn) -> int:
+    return int(c.execute("SELECT value FROM meta WHERE key = 'auth'").fetchone()[0])
+
+
+def check_tenant_name(name: str) -> None:
+    if not is_tenant(name):
+        raise StoreError(f"tenant name {name!r:.80} must match {TENANT_RE.pattern}")
+
+
+def require_tenant(c: Conn, name: str) -> None:
+    if c.execute("SELECT 1 FROM tenants WHERE tenant = ?", (name,)).fetchone() is None:
+        raise NotFoundError(f"no tenant {name!r:.80}")
+
+
+def _owned(tenant: str) -> tuple[str, tuple[str, ...]]:
+    """A WHERE clause on ``task_id`` selecting ``tenant``'s tasks, and its parameters (not
+    LIKE: '_' in a tenant name is one of its wildcards)."""
+    prefix = namespace_prefix(tenant)
+    if not prefix:
+        return "task_id NOT LIKE '%/%'", ()
+    return f"substr(task_id, 1, {len(prefix)}) = ?", (prefix,)
+
+
+def usage(c: Conn, tenant: str) -> tuple[int, int]:
+    """(tasks, stored bytes of live versions) of ``tenant``."""
+    where, params = _owned(tenant)
+    (tasks,) = c.execute(f"SELECT COUNT(*) FROM tasks WHERE {where}", params).fetchone()
+    (nbytes,) = c.execute(f"SELECT COALESCE(SUM(nbytes), 0) FROM versions WHERE {where}",
+                          params).fetchone()
+    return int(tasks), int(nbytes)
+
+
+def check_publish(c: Conn, task_id: str, nbytes: int, new_task: bool) -> None:
+    """Before a new version of ``nbytes`` goes in: its tenant exists and stays within its
+    quotas (QuotaExceeded names the quota and its value)."""
+    tenant = tenant_of(task_id)
+    row = c.execute("SELECT max_tasks, max_bytes FROM tenants WHERE tenant = ?", (tenant,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"task {task_id!r}: no tenant {tenant!r} (create it first: "
+                             f"`polyhead tenants create {tenant}`)")
+    max_tasks, max_bytes = row
+    if max_tasks is None and max_bytes is None:
+        return
+    tasks, stored = usage(c, tenant)
+    if new_task and max_tasks is not None and tasks + 1 > max_tasks:
+        raise QuotaExceeded(f"tenant {tenant!r} quota max_tasks = {max_tasks} reached "
+                            f"({tasks} tasks): delete a task or raise the quota")
+    if max_bytes is not None and stored + nbytes > max_bytes:
+        raise QuotaExceeded(f"tenant {tenant!r} quota max_bytes = {max_bytes} would be exceeded "
+                            f"({stored} bytes stored + {nbytes} new)")
+
+
+def create_tenant(c: Conn, name: str, max_tasks: int | None, max_bytes: int | None,
+                  max_rows_in_flight: int | None = None) -> None:
+    check_tenant_name(name)
+    _check_quota_values(max_tasks, max_bytes, max_rows_in_flight)
+    if c.execute("SELECT 1 FROM tenants WHERE tenant = ?", (name,)).fetchone() is not None:
+        raise StoreError(f"tenant {name!r} exists")
+    c.execute("INSERT INTO tenants (tenant, created_at, max_tasks, max_bytes, max_rows_in_flight) "
+              "VALUES (?, ?, ?, ?, ?)", (name, now_iso(), max_tasks, max_bytes, max_rows_in_flight))
+    bump_auth(c)
+
+
+def set_quota(c: Conn, name: str, max_tasks: int | None, max_bytes: int | None,
+              max_rows_in_flight: int | None = None) -> None:
+    _check_quota_values(max_tasks, max_bytes, max_rows_in_flight)
+    require_tenant(c, name)
+    c.execute("UPDATE tenants SET max_tasks = ?, max_bytes = ?, max_rows_in_flight = ? WHERE tenant = ?",
+              (max_tasks, max_bytes, max_rows_in_flight, name))
+    bump_auth(c)
+
+
+def admission_limits(c: Conn) -> dict[str, int]:
+    """Every tenant's max_rows_in_flight that is set: what a replica's admission checks."""
+    rows = c.execute("SELECT tenant, max_rows_in_flight FROM tenants "
+                     "WHERE max_rows_in_flight IS NOT NULL").fetchall()
+    return {t: int(n) for t, n in rows}
+
+
+def _check_quota_values(*values: int | None) -> None:
+    if any(v is not None and v < 0 for v in values):
+        raise StoreError(f"quotas must be >= 0 (or none), got {list(values)}")
+
+
+def delete_tenant(c: Conn, name: str) -> int:
+    """Remove a tenant that owns no task; its keys are revoked with it (how many were live)."""
+    if name == DEFAULT_TENANT:
+        raise StoreError("the default tenant cannot be deleted")
+    require_tenant(c, name)
+    tasks, _ = usage(c, name)
+    if tasks:
+        raise StoreError(f"tenant {name!r} owns {tasks} task(s): delete them first")
+    gen = bump_auth(c)
+    n = int(c.execute("UPDATE api_keys SET revoked_at = ?, changed = ? WHERE tenant = ? "
+                      "AND revoked_at IS NULL", (now_iso(), gen, name)).rowcount)
+    c.execute("DELETE FROM tenants WHERE tenant = ?", (name,))
+    return n
+
+
+def tenants(c: Conn) -> list[Tenant]:
+    rows = c.execute("SELECT tenant, created_at, max_tasks, max_bytes, max_rows_in_flight FROM tenants "
+                     "ORDER BY tenant").fetchall()
+    return [Tenant(t, when, mt, mb, *usage(c, t), mr) for t, when, mt, mb, mr in rows]
+
+
+def create_key(c: Conn, tenant: str, scopes: tuple[str, ...], expires_at: str | None) -> tuple[ApiKey, str]:
+    """A new key (its record, and the key itself: shown once, kept nowhere)."""
+    require_tenant(c, tenant)
+    key_id, key = new_key()
+    record = ApiKey(key_id, tenant, scopes, now_iso(), expires_at, None)
+    c.execute(f"INSERT INTO api_keys ({KEY_COLUMNS}, hash, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+              (key_id, tenant, ",".join(scopes), record.created_at, expires_at, None, key_hash(key),
+               bump_auth(c)))
+    return record, key
+
+
+def revoke_key(c: Conn, key_id: str) -> ApiKey:
+    row = c.execute(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"no key {key_id!r:.40}")
+    key = _key(row)
+    if key.revoked_at is None:
+        c.execute("UPDATE api_keys SET revoked_at = ?, changed = ? WHERE key_id = ?",
+                  (now_iso(), bump_auth(c), key_id))
+    return _key(c.execute(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)).fetchone())
+
+
+def keys(c: Conn, tenant: str | None = None) -> list[ApiKey]:
+    where, params = ("WHERE tenant = ?", (tenant,)) if tenant else ("", ())
+    rows = c.execute(f"SELECT {KEY_COLUMNS} FROM api_keys {where} ORDER BY tenant, created_at",
+                     params).fetchall()
+    return [_key(r) for r in rows]
+
+
+def key_table(c: Conn, since: int = -1) -> tuple[int, list[tuple[ApiKey, str]]]:
+    """The 'auth' counter and the keys (with their hashes) changed after counter value
+    ``since`` (every key by default): what a replica's key cache reads. Both reads are
+    in one snapshot (``Catalog._reading``: SQLite's read transaction, PostgreSQL's
+    REPEATABLE READ), so the counter and the rows agree."""
+    generation = auth_generation(c)
+    rows = c.execute(f"SELECT {KEY_COLUMNS}, hash FROM api_keys WHERE changed > ?", (since,)).fetchall()
+    return generation, [(_key(r[:6]), r[6]) for r in rows]
+
+
+def _key(row: tuple[str, str, str, str, str | None, str | None]) -> ApiKey:
+    key_id, tenant, scopes, created, expires, revoked = row
+    return ApiKey(key_id, tenant, tuple(scopes.split(",")), created, expires, revoked)
+
+
+def add_audit(c: Conn, r: AuditRecord) -> None:
+    c.execute("INSERT INTO audit (at, key_id, tenant, rpc, task_id, version, outcome) "
+              "VALUES (?, ?, ?, ?, ?, ?, ?)",
+              (r.at, r.key_id, r.tenant, r.rpc, r.task_id, r.version, r.outcome))
+
+
+def audit(c: Conn, tenant: str | None = None, since: str | None = None,
+          limit: int = 1000) -> list[AuditRecord]:
+    """Records oldest first (the last ``limit`` of them), of ``tenant`` and from ``since``."""
+    clauses, params = [], []
+    if tenant:
+        clauses.append("tenant = ?")
+        params.append(tenant)
+    if since:
+        clauses.append("at >= ?")
+        params.append(since)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    rows = c.execute(f"SELECT at, key_id, tenant, rpc, task_id, version, outcome FROM audit {where} "
+                     f"ORDER BY id DESC LIMIT {int(limit)}", tuple(params)).fetchall()
+    return [AuditRecord(*r) for r in reversed(rows)]

@@ -1,0 +1,109 @@
+"""Planted bugs for issue 24: tenants, API keys, isolation, quotas, the key cache's feed."""
+
+from __future__ import annotations
+
+from tests.mutants import Mutant
+
+T = "tests/test_tenants.py::"
+MATRIX = T + "test_the_matrix_over_grpc_and_http[sqlite]"
+REVOKED = T + "test_a_key_revoked_through_one_replica_is_refused_by_another[sqlite]"
+STORE = T + "test_tenants_keys_quotas_and_audit_in_the_store[sqlite]"
+
+MUTANTS: list[Mutant] = [
+    Mutant("tenants-namespace-unchecked", "polyhead/server/_private/gate.py",
+           "    if isinstance(task_id, str) and is_task_id(task_id) and not caller.sees(task_id):",
+           "    if False:", (MATRIX,),
+           "a tenant's key reads, changes and classifies another tenant's tasks"),
+    Mutant("tenants-everyone-sees-everything", "polyhead/server/_private/auth.py",
+           "        return self.admin or tenant_of(task_id) == self.tenant",
+           "        return True", (MATRIX,),
+           "namespaces not told apart: every key is an admin of every tenant's tasks"),
+    Mutant("tenants-stream-unchecked", "polyhead/server/_private/gate.py",
+           "                check_namespace(caller, request)\n            except NotFoundError as e:",
+           "                pass\n            except NotFoundError as e:", (MATRIX,),
+           "ClassifyStream's messages skip the namespace check that Classify gets"),
+    Mutant("tenants-upload-into-any-namespace", "polyhead/store/store.py",
+           "            may_write(manifest.task_id)", "            pass", (MATRIX,),
+           "Upload (its task id inside the artifact) publishes into another tenant's namespace"),
+    Mutant("tenants-list-unfiltered", "polyhead/server/_private/registry_rpcs.py",
+           "    tasks = [t for t in store.list_tasks() if visible(t.task_id)]",
+           "    tasks = store.list_tasks()", (MATRIX,),
+           "ListTasks lists every tenant's tasks"),
+    Mutant("tenants-health-shows-tasks", "polyhead/server/_private/gate.py",
+           "                    out = await fn(self, request, caller.admin)",
+           "                    out = await fn(self, request, True)", (MATRIX,),
+           "Health shows every tenant's task ids to any key"),
+    Mutant("tenants-revoked-accepted", "polyhead/server/_private/auth.py",
+           "        if k.revoked_at is not None:", "        if False:", (MATRIX, REVOKED),
+           "a revoked key keeps working"),
+    Mutant("tenants-expiry-ignored", "polyhead/server/_private/auth.py",
+           "        if entry.expires <= time.time():", "        if False:", (MATRIX,),
+           "an expired key keeps working"),
+    Mutant("tenants-scope-ignored", "polyhead/server/_private/auth.py",
+           '        if scope not in entry.scopes and "admin" not in entry.scopes:', "        if False:",
+           (MATRIX,), "a classify-only key publishes, a publish key administers"),
+    Mutant("tenants-feed-does-not-reload-keys", "polyhead/server/_private/replica.py",
+           "                    if await resolver.read(self.parts.keys.load, self.parts.store.catalog):",
+           "                    if False:", (REVOKED,),
+           "a key revoked elsewhere is accepted here until the replica restarts"),
+    Mutant("tenants-revocation-not-marked-changed", "polyhead/store/tenancy.py",
+           "                  (now_iso(), bump_auth(c), key_id))",
+           "                  (now_iso(), 0, key_id))",
+           (REVOKED,), "the key cache reads only changed keys, and a revocation is not marked changed"),
+    Mutant("tenants-quota-ignored", "polyhead/store/tenancy.py",
+           "    if new_task and max_tasks is not None and tasks + 1 > max_tasks:", "    if False:",
+           (STORE, T + "test_quota_exhaustion_at_publish"), "a tenant publishes past its max_tasks"),
+    Mutant("tenants-key-stored-in-clear", "polyhead/store/tenancy.py",
+           "record.created_at, expires_at, None, key_hash(key),",
+           "record.created_at, expires_at, None, key,", (STORE,),
+           "the catalog keeps the key itself, not its hash"),
+    Mutant("tenants-no-upgrade-step", "polyhead/store/sql.py",
+           "UPGRADE = {1: DELETED, 2: TENANTS}", "UPGRADE = {1: DELETED, 2: ()}",
+           (T + "test_a_schema_2_store_is_upgraded_in_place[sqlite]",),
+           "an existing store is marked schema 3 without its tenant tables"),
+]
+
+ADMISSION = (T + "test_admission_counts_rows_in_flight_per_tenant", T + "test_quota_exhaustion_at_admission")
+COMMANDS = T + "test_the_commands_on_a_store_and_over_grpc"
+
+MUTANTS += [
+    Mutant("tenants-admission-unchecked", "polyhead/server/_private/admission.py",
+           "        if limit is not None and now + rows > limit:", "        if False:", ADMISSION,
+           "a tenant queues any number of rows past its max_rows_in_flight"),
+    Mutant("tenants-admission-never-released", "polyhead/server/_private/admission.py",
+           "            left = self._in_flight[tenant] - rows", "            left = self._in_flight[tenant]",
+           ADMISSION, "rows stay counted in flight after their request ended: the tenant is locked out"),
+    Mutant("tenants-admission-not-held", "polyhead/server/_private/services.py",
+           "            with self.admission.holding(tenant, len(inputs)):", "            if True:",
+           (T + "test_quota_exhaustion_at_admission",), "Classify queues rows without admission"),
+    Mutant("tenants-admission-quota-not-cached", "polyhead/server/_private/auth.py",
+           "        self.limits = catalog.admission_limits()  # type: ignore[attr-defined]",
+           "        self.limits = {}", (T + "test_quota_exhaustion_at_admission",),
+           "the replica never learns the tenants' rows-in-flight quotas"),
+    Mutant("tenants-cli-quota-flag-dropped", "polyhead/tenants_cli.py",
+           "        req.max_rows_in_flight = args.max_rows_in_flight", "        pass", (COMMANDS,),
+           "`tenants create --max-rows-in-flight` silently sets no quota"),
+    Mutant("tenants-store-commands-not-audited", "polyhead/admin.py",
+           "        if self.audit_as is not None:", "        if False:", (COMMANDS,),
+           "a change made with --store leaves no audit record"),
+]
+
+COPY = (T + "test_store_copy_takes_the_tenants_along[sqlite]",)
+MUTANTS += [
+    Mutant("tenants-copy-without-tenants", "polyhead/store/catalog.py",
+           "        dst.create_tenant(t.tenant)\n", "        pass\n", COPY,
+           "`store copy` of a store with namespaced tasks fails: the destination has no tenant"),
+    Mutant("tenants-copy-drops-quotas", "polyhead/store/catalog.py",
+           "        dst.set_quota(t.tenant, t.max_tasks, t.max_bytes, t.max_rows_in_flight)", "        pass",
+           COPY, "a copied store loses its tenants' quotas"),
+]
+
+MUTANTS += [
+    Mutant("tenants-metrics-by-task", "polyhead/server/_private/gate.py",
+           "self.metrics.request(name, tenant, code, (time.perf_counter() - t0) * 1000)\n"
+           "                if audit",
+           "self.metrics.request(name, target, code, (time.perf_counter() - t0) * 1000)\n"
+           "                if audit",
+           (T + "test_quota_exhaustion_at_admission",),
+           "request metrics labelled by task id: one series per task, unbounded at 10,000 tasks"),
+]
