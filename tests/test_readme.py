@@ -74,7 +74,7 @@ def tour(text: str) -> list[tuple[str, str | None]]:
 
 def mask(s: str) -> str:
     """Numbers and hashes out: what varies from run to run (scores, times, versions)."""
-    return re.sub(r"\d+(\.\d+)?(e-?\d+)?", "<n>", re.sub(r"\b[0-9a-f]{12,64}\b", "<hash>", s))
+    return re.sub(r"\d+(,\d{3})*(\.\d+)?(e-?\d+)?", "<n>", re.sub(r"\b[0-9a-f]{12,64}\b", "<hash>", s))
 
 
 def test_readme_opens_with_the_two_commands() -> None:

@@ -58,7 +58,7 @@ MUTANTS: list[Mutant] = [
            "record.created_at, expires_at, None, key,", (STORE,),
            "the catalog keeps the key itself, not its hash"),
     Mutant("tenants-no-upgrade-step", "polyhead/store/sql.py",
-           "UPGRADE = {1: DELETED, 2: TENANTS}", "UPGRADE = {1: DELETED, 2: ()}",
+           "UPGRADE = {1: DELETED, 2: TENANTS, 3: JOBS}", "UPGRADE = {1: DELETED, 2: (), 3: JOBS}",
            (T + "test_a_schema_2_store_is_upgraded_in_place[sqlite]",),
            "an existing store is marked schema 3 without its tenant tables"),
 ]
