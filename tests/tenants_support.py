@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from polyhead.server._private import decoders
+from polyhead.server.app import GRPC_SERVICERS
 from polyhead.server.config import ServerConfig
 from tests.test_replica_memory import in_process_replica
 from tests.test_serving import free_port
@@ -73,9 +74,8 @@ async def serving(config: ServerConfig) -> AsyncIterator[Served]:
 
     replica = await in_process_replica(config)
     server = grpc.aio.server()
-    for add in (decoders.add_InferenceServicer_to_server, decoders.add_RegistryServicer_to_server,
-                decoders.add_AdminServicer_to_server):
-        add(replica, server)
+    for name in GRPC_SERVICERS:  # every service the app registers
+        getattr(decoders, name.rsplit(".", 1)[1])(replica, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     http_port = free_port()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import gc
 import os
 import tracemalloc
@@ -42,8 +43,11 @@ def live() -> collections.Counter[str]:
 
 
 async def in_process_replica(config: ServerConfig):
+    """The replica class run in this process, without Ray: so without the job scheduler
+    (a Ray actor; the Training RPCs still answer from the store)."""
     from polyhead.server._private.replica import Polyhead
 
+    config = dataclasses.replace(config, jobs=False)
     cls = Polyhead.func_or_class
     replica = cls.__new__(cls)
     await replica.__init__(config)

@@ -348,7 +348,7 @@ async def _listing_and_health(s: Any, keys: Keys) -> dict:
 
 
 async def _admin_matrix(s: Any, keys: Keys) -> dict:
-    admin = pb_grpc.AdminStub(s.channel)
+    admin, training = pb_grpc.AdminStub(s.channel), pb_grpc.TrainingStub(s.channel)
     calls = {
         "ListTenants": lambda md: admin.ListTenants(pb.ListTenantsRequest(), metadata=md),
         "ListKeys": lambda md: admin.ListKeys(pb.ListKeysRequest(), metadata=md),
@@ -360,6 +360,8 @@ async def _admin_matrix(s: Any, keys: Keys) -> dict:
         ),
         "RevokeKey": lambda md: admin.RevokeKey(pb.RevokeKeyRequest(key_id="000000000000"), metadata=md),
         "DeleteTenant": lambda md: admin.DeleteTenant(pb.DeleteTenantRequest(tenant="c"), metadata=md),
+        # training jobs are not scoped to a namespace yet: the admin scope only
+        "ListJobs": lambda md: training.ListJobs(pb.ListJobsRequest(), metadata=md),
     }
     got = {}
     for tenant in ("a", "b"):
@@ -472,13 +474,14 @@ def test_the_matrix_over_grpc_and_http(
                     "CreateKey",
                     "RevokeKey",
                     "DeleteTenant",
+                    "ListJobs",
                 )
                 and k[2] == "scope"
             ):
                 want[k] = PD
         want |= {("a", "RevokeKey", "admin"): NF}  # an unknown key id, with the admin key
         assert {k: v for k, v in got.items() if want[k] != v} == {}
-        assert len(got) == 2 * 9 * 7 + 2 * 2 * 6 + 2 * 8 * 5 + 8
+        assert len(got) == 2 * 9 * 7 + 2 * 2 * 6 + 2 * 9 * 5 + 9
         want_http = {k: HTTP_CODE[_expected("Classify", k[2])] for k in http}
         assert http == want_http
         leaked = [

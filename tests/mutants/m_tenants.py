@@ -107,3 +107,9 @@ MUTANTS += [
            (T + "test_quota_exhaustion_at_admission",),
            "request metrics labelled by task id: one series per task, unbounded at 10,000 tasks"),
 ]
+MUTANTS += [
+    Mutant("tenants-jobs-open-to-publish-keys", "polyhead/server/_private/replica.py",
+           '@rpc("admin", pb.ListJobsResponse)', '@rpc("publish", pb.ListJobsResponse)',
+           (T + "test_the_matrix_over_grpc_and_http[sqlite]",),
+           "a tenant's publish key listed every tenant's training jobs"),
+]
