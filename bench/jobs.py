@@ -2,7 +2,7 @@
 
     flock /tmp/polyhead-ray.lock .venv/bin/python -m bench.jobs [--rows 160] [--jobs 8]
 
-Three measurements, on the packaged MiniLM and SST-2 rows (/work/shared/data/glue/SST-2):
+Three measurements, on the packaged MiniLM and SST-2 rows (--data, default ../shared/data/glue/SST-2):
   1. overhead of one job alone: submit -> its first training step, and its last step ->
      the first Classify answered by the new version (the store's event times and the
      client's clock, one machine);
@@ -33,7 +33,6 @@ import psutil
 
 from polyhead.client import PolyheadClient, PolyheadError
 
-GLUE = Path("/work/shared/data/glue/SST-2")
 TOKEN = "bench-jobs-token"
 OPTIONS = {"epochs": "1", "batch_size": "16", "max_length": "64"}
 TEXTS = ["a gorgeous, witty, seductive movie.", "the plot is nothing but boilerplate clichés",
@@ -45,13 +44,13 @@ def polyhead() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "polyhead.cli"]
 
 
-def write_data(folder: Path, rows: int, start: int = 0) -> tuple[Path, Path]:
+def write_data(glue: Path, folder: Path, rows: int, start: int = 0) -> tuple[Path, Path]:
     """``rows`` SST-2 train rows (from ``start``) and 100 dev rows, as TSVs in ``folder``."""
-    lines = (GLUE / "train.tsv").read_text().splitlines()
+    lines = (glue / "train.tsv").read_text().splitlines()
     header, body = lines[0], lines[1 + start:1 + start + rows]
     train, dev = folder / f"train{start}.tsv", folder / "dev.tsv"
     train.write_text("\n".join([header, *body]) + "\n")
-    dev.write_text("\n".join((GLUE / "dev.tsv").read_text().splitlines()[:101]) + "\n")
+    dev.write_text("\n".join((glue / "dev.tsv").read_text().splitlines()[:101]) + "\n")
     return train, dev
 
 
@@ -201,6 +200,8 @@ def trains_in_a_row(work: Path, data: list[tuple[Path, Path]]) -> dict[str, floa
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/glue/SST-2"),
+                    help="GLUE's SST-2 folder (train.tsv, dev.tsv)")
     ap.add_argument("--rows", type=int, default=160, help="train rows per job")
     ap.add_argument("--jobs", type=int, default=8)
     ap.add_argument("--train-cpus", type=int, default=1)
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=15.0, help="each throughput window")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-jobs-"))
-    data = [write_data(work, args.rows, start=i * args.rows) for i in range(args.jobs)]
+    data = [write_data(args.data, work, args.rows, start=i * args.rows) for i in range(args.jobs)]
     print(f"# {args.jobs} LoRA jobs x {args.rows} SST-2 rows, 1 epoch, batch 16, max_length 64; "
           f"--train-cpus {args.train_cpus}; load average {os.getloadavg()[0]:.1f} at start", flush=True)
     with server(work, args.train_cpus) as (address, root):
