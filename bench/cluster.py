@@ -289,7 +289,8 @@ class CountingClient(PolyheadClient):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.failed_attempts = 0
-        attempt = self._inference.Classify
+        stub = self._stubs["inference"]
+        attempt = stub.Classify
 
         def counted(request: Any, **call_kw: Any) -> Any:
             try:
@@ -298,7 +299,7 @@ class CountingClient(PolyheadClient):
                 self.failed_attempts += 1
                 raise
 
-        self._inference.Classify = counted  # type: ignore[method-assign]
+        stub.Classify = counted
 
 
 @dataclass

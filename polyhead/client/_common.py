@@ -84,6 +84,12 @@ class Call(Generic[R]):
     convert: Callable[[Any], R]
 
 
+def request_of(call: Call[Any]) -> Any:
+    """What the stub takes: the request, or a fresh iterator over a client stream's
+    messages (each attempt sends them all again)."""
+    return iter(call.request) if isinstance(call.request, list) else call.request
+
+
 def classify_raw(task_id: str, inputs: Sequence[TextInput] | TextInput, version: str | None,
                  truncate: bool) -> Call[pb.ClassifyResponse]:
     req = pb.ClassifyRequest(task_id=task_id, version=version or "", inputs=to_inputs(inputs),

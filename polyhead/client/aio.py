@@ -201,7 +201,7 @@ class AsyncClient:
         while True:
             remaining = deadline - time.monotonic()
             try:
-                reply = await method(call.request, timeout=max(remaining, 0.001),
+                reply = await method(c.request_of(call), timeout=max(remaining, 0.001),
                                      metadata=self._metadata)
                 return call.convert(reply)
             except grpc.RpcError as e:

@@ -187,7 +187,7 @@ class Client:
         while True:
             remaining = deadline - time.monotonic()
             try:
-                reply = method(call.request, timeout=max(remaining, 0.001), metadata=self._metadata)
+                reply = method(c.request_of(call), timeout=max(remaining, 0.001), metadata=self._metadata)
                 return call.convert(reply)
             except grpc.RpcError as e:
                 pause = self.policy.after(e, call.retry, attempt, deadline)
