@@ -38,7 +38,7 @@ def answer(req: pb.ClassifyRequest) -> pb.ClassifyResponse:
                                labels=["neg", "pos"], predictions=preds)
 
 
-class Fake(pb_grpc.InferenceServicer, pb_grpc.RegistryServicer):
+class Fake(pb_grpc.InferenceServicer, pb_grpc.RegistryServicer, pb_grpc.TrainingServicer):
     """``fail[rpc]``: how many of the next calls of ``rpc`` fail, with ``code``;
     ``break_stream_after``: the first ClassifyStream breaks (UNAVAILABLE) after answering
     that many messages. A text "BAD" is refused as the server refuses an empty one."""
@@ -50,6 +50,7 @@ class Fake(pb_grpc.InferenceServicer, pb_grpc.RegistryServicer):
         self.tokens: list[str] = []
         self.streamed: list[list[str]] = []  # the texts of each stream's messages
         self.break_stream_after: int | None = None
+        self.datasets: list[bytes] = []  # each UploadDataset's bytes, as received
 
     def _enter(self, rpc: str, context: grpc.ServicerContext) -> None:
         self.calls[rpc] = self.calls.get(rpc, 0) + 1
@@ -90,6 +91,13 @@ class Fake(pb_grpc.InferenceServicer, pb_grpc.RegistryServicer):
         self._enter("Upload", context)
         return pb.VersionInfo(task_id="t", version="ab" * 32, number=1, kind="pasta")
 
+    def UploadDataset(self, chunks: Iterable[pb.DatasetChunk],
+                      context: grpc.ServicerContext) -> pb.DatasetInfo:
+        got = list(chunks)  # the whole stream, then (maybe) the failure on cue
+        self.datasets.append(b"".join(c.data for c in got))
+        self._enter("UploadDataset", context)
+        return pb.DatasetInfo(dataset_id="ds-x", nbytes=len(self.datasets[-1]), format=got[0].filename[-3:])
+
     def DeleteTask(self, request: pb.DeleteTaskRequest,
                    context: grpc.ServicerContext) -> pb.DeleteTaskResponse:
         self._enter("DeleteTask", context)
@@ -102,6 +110,7 @@ def server() -> Iterator[tuple[str, Fake]]:
     srv = grpc.server(futures.ThreadPoolExecutor(8))
     pb_grpc.add_InferenceServicer_to_server(fake, srv)
     pb_grpc.add_RegistryServicer_to_server(fake, srv)
+    pb_grpc.add_TrainingServicer_to_server(fake, srv)
     port = srv.add_insecure_port("127.0.0.1:0")
     srv.start()
     yield f"127.0.0.1:{port}", fake
@@ -195,6 +204,16 @@ def test_what_is_never_retried(server: tuple[str, Fake], fake: Fake, flavour: st
         run(flavour, server[0], "classify", "t", "x", token="x")
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert fake.calls == {"DeleteTask": 1, "Upload": 1, "ListTasks": 2, "Classify": 1}
+
+
+@FLAVOURS
+def test_a_dataset_upload_is_sent_whole_again_on_a_retry(server: tuple[str, Fake], fake: Fake,
+                                                         flavour: str) -> None:
+    data = bytes(range(256)) * (3 * (1 << 20) // 256 + 7)  # 4 chunks, the last a short one
+    fake.fail["UploadDataset"] = 1  # UNAVAILABLE once: retried
+    info = run(flavour, server[0], "upload_dataset", data, "train.tsv", token="x")
+    assert info["nbytes"] == len(data) and info["format"] == "tsv"
+    assert fake.calls["UploadDataset"] == 2 and fake.datasets == [data, data]
 
 
 TEXTS = [f"text {i} {'good' if i % 3 == 0 else 'plain'}" for i in range(50)]

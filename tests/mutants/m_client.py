@@ -76,3 +76,10 @@ MUTANTS: list[Mutant] = [
            "the check read [tool.setuptools] packages as a list and failed on packages.find "
            "since 0400301, so an image missing the package went unnoticed"),
 ]
+MUTANTS += [
+    Mutant("client-stream-request-as-list", "polyhead/client/_common.py",
+           "return iter(call.request) if isinstance(call.request, list) else call.request",
+           "return call.request",
+           (A + "test_a_dataset_upload_is_sent_whole_again_on_a_retry[sync]",),
+           "UploadDataset failed with 'Exception iterating requests!': grpc takes an iterator"),
+]
