@@ -83,7 +83,7 @@ def test_readme_opens_with_the_two_commands() -> None:
     assert len(text.splitlines()) <= 120  # a front page; the rest is in docs/
     make = (ROOT / "Makefile").read_text()
     assert re.search(r"^serve: install\n\t\$\(VENV\)/bin/polyhead serve \$\(SERVE_ARGS\)$", make, re.M)
-    assert re.search(r"^test: install\n", make, re.M)
+    assert re.search(r"^test: lint\n", make, re.M) and re.search(r"^lint: install\n", make, re.M)
 
 
 def test_tour_parses_to_the_steps_the_readme_promises() -> None:
