@@ -257,3 +257,21 @@ def test_worker_stops_on_cancel_and_publishes_nothing(book: JobBook, location: s
     assert run_job(WorkerSettings(location, str(tiny_bert_dir)), job.job_id, 1, "here", {}) == CANCELLED
     assert book.job(job.job_id).state == CANCELLED
     assert [t.task_id for t in Store(location).list_tasks()] == []
+
+
+def test_max_jobs_per_tenant_reaches_the_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve --max-jobs-per-tenant` -> ServerConfig -> the scheduler's settings (whose
+    claim takes it: test_claim_holds_each_tenant_to_its_share)."""
+    from polyhead.cli import build_parser
+    from polyhead.engine.errors import ConfigError
+    from polyhead.server._private import scheduler
+    from polyhead.server._private.replica import start_scheduler
+    from polyhead.server.config import ServerConfig
+    from polyhead.server.serve_cli import config_from
+
+    cfg = config_from(build_parser("serve").parse_args(["serve", "--insecure", "--max-jobs-per-tenant", "3"]))
+    assert cfg.max_jobs_per_tenant == 3 and ServerConfig(insecure=True).max_jobs_per_tenant == 0
+    monkeypatch.setattr(scheduler, "ensure_scheduler", lambda settings: settings)
+    assert start_scheduler(cfg).max_jobs_per_tenant == 3
+    with pytest.raises(ConfigError, match="max_jobs_per_tenant must be >= 0"):
+        ServerConfig(insecure=True, max_jobs_per_tenant=-1)
