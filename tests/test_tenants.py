@@ -374,7 +374,8 @@ async def _listing_and_health(s: Any, keys: Keys) -> dict:
             if out is not None:
                 assert list(out.resident) == []  # a tenant's key sees no task ids
             kc = {"scope": "classify"}.get(case, case)
-            code, _, out = await _status(training.ListJobs(pb.ListJobsRequest(), metadata=keys.md(tenant, kc)))
+            listing = training.ListJobs(pb.ListJobsRequest(), metadata=keys.md(tenant, kc))
+            code, _, out = await _status(listing)
             got[(tenant, "ListJobs", case)] = code
             if out is not None:  # its own: the one the owner queued, and the matrix's CreateJob
                 assert {tenant_of(j.task_id) for j in out.jobs} == {tenant} and len(out.jobs) == 2, out

@@ -3,7 +3,8 @@
 The store is the jobs' source of truth; whoever runs them (the scheduler) only claims.
 A job moves queued -> running -> publishing -> published, or to failed / cancelled:
   - ``claim`` takes queued jobs under a lease (owner, expiry) in one write transaction,
-    so two schedulers never run one job (nor a tenant more than its share); the worker renews the lease (``heartbeat``);
+    so two schedulers never run one job (nor a tenant more than its share,
+    ``max_jobs_per_tenant``); the worker renews the lease (``heartbeat``);
   - a job whose lease ran out (its worker or scheduler died) is queued again once
     (``retry_or_fail``), then failed with the reason;
   - ``to_publishing`` is the one gate before the publish: conditional on the job still
