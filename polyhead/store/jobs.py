@@ -190,8 +190,8 @@ class JobBook:
         tenant already holds that many leased jobs (counted in the same transaction)."""
         def body(c: Conn) -> list[JobRecord]:
             if per_tenant <= 0:
-                rows = c.execute("SELECT job_id FROM jobs WHERE state = ? ORDER BY created_at, "
-                                 "job_id LIMIT ?", (QUEUED, max(0, slots))).fetchall()
+                rows = c.execute("SELECT job_id FROM jobs WHERE state = ? ORDER BY created_at, job_id "
+                                 "LIMIT ?", (QUEUED, max(0, slots))).fetchall()
             else:
                 rows = _fair_share(c, slots, per_tenant)
             for (job_id,) in rows:
