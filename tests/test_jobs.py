@@ -68,6 +68,38 @@ def test_claim_is_exclusive_and_counts_attempts(book: JobBook) -> None:
     assert book.claim("c", 30, 5) == []
 
 
+def test_claim_holds_each_tenant_to_its_share(book: JobBook) -> None:
+    """max_jobs_per_tenant: a queued job is passed over while its tenant holds that many
+    leased jobs (those claimed before, and those this claim takes), the others' are not."""
+    ds = put(book, tsv())
+    spec = {"train": ds, "dev_fraction": 0.2}
+    a1, a2, a3 = (book.create("a/t", "lora", spec) for _ in range(3))
+    b1 = book.create("b/t", "lora", spec)
+    d1 = book.create("t", "lora", spec)  # the default tenant's
+    first = book.claim("s", 30, 10, per_tenant=2)
+    assert [j.job_id for j in first] == [a1.job_id, a2.job_id, b1.job_id, d1.job_id]
+    assert book.claim("s", 30, 10, per_tenant=2) == []  # a3 waits: a holds 2 already
+    b2 = book.create("b/t", "lora", spec)
+    assert [j.job_id for j in book.claim("s", 30, 10, per_tenant=2)] == [b2.job_id]
+    assert book.finish(a1.job_id, FAILED, "stopped", attempt=1)
+    assert [j.job_id for j in book.claim("s", 30, 10, per_tenant=2)] == [a3.job_id]
+    assert book.job(a3.job_id).state == RUNNING
+    # without a per-tenant limit, only slots count
+    a4, a5 = (book.create("a/t", "lora", spec) for _ in range(2))
+    assert [j.job_id for j in book.claim("s", 30, 1)] == [a4.job_id]
+    assert [j.job_id for j in book.claim("s", 30, 5)] == [a5.job_id]
+
+
+def test_jobs_listed_by_tenant(book: JobBook) -> None:
+    spec = {"train": put(book, tsv()), "dev_fraction": 0.2}
+    a, ab, d = (book.create(t, "lora", spec) for t in ("a/t", "ab/t", "t"))
+    assert [j.job_id for j in book.jobs(tenant="a")] == [a.job_id]  # not ab's
+    assert [j.job_id for j in book.jobs(tenant="default")] == [d.job_id]
+    assert {j.job_id for j in book.jobs()} == {a.job_id, ab.job_id, d.job_id}
+    assert [j.job_id for j in book.jobs(QUEUED, 10, "ab")] == [ab.job_id]
+    assert book.jobs(CANCELLED, 10, "ab") == [] and book.jobs(tenant="b") == []
+
+
 def test_cancel_queued_running_and_refused_once_publishing(book: JobBook) -> None:
     ds = put(book, tsv())
     queued = book.create("t", "lora", {"train": ds, "dev_fraction": 0.2})
@@ -225,3 +257,21 @@ def test_worker_stops_on_cancel_and_publishes_nothing(book: JobBook, location: s
     assert run_job(WorkerSettings(location, str(tiny_bert_dir)), job.job_id, 1, "here", {}) == CANCELLED
     assert book.job(job.job_id).state == CANCELLED
     assert [t.task_id for t in Store(location).list_tasks()] == []
+
+
+def test_max_jobs_per_tenant_reaches_the_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve --max-jobs-per-tenant` -> ServerConfig -> the scheduler's settings (whose
+    claim takes it: test_claim_holds_each_tenant_to_its_share)."""
+    from polyhead.cli import build_parser
+    from polyhead.engine.errors import ConfigError
+    from polyhead.server._private import scheduler
+    from polyhead.server._private.replica import start_scheduler
+    from polyhead.server.config import ServerConfig
+    from polyhead.server.serve_cli import config_from
+
+    cfg = config_from(build_parser("serve").parse_args(["serve", "--insecure", "--max-jobs-per-tenant", "3"]))
+    assert cfg.max_jobs_per_tenant == 3 and ServerConfig(insecure=True).max_jobs_per_tenant == 0
+    monkeypatch.setattr(scheduler, "ensure_scheduler", lambda settings: settings)
+    assert start_scheduler(cfg).max_jobs_per_tenant == 3
+    with pytest.raises(ConfigError, match="max_jobs_per_tenant must be >= 0"):
+        ServerConfig(insecure=True, max_jobs_per_tenant=-1)

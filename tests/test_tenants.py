@@ -184,6 +184,8 @@ class Keys:
 
     def __init__(self) -> None:
         self.by: dict[tuple[str, str], str] = {}
+        self.jobs: dict[str, str] = {}  # task id -> the id of a job the owner queued for it
+        self.dataset = ""
 
     def md(self, tenant: str, case: str) -> tuple[tuple[str, str], ...]:
         key = self.by.get((tenant, case))
@@ -206,6 +208,15 @@ async def _status(call: Any) -> tuple[str, str, Any]:
 async def _stream(stub: Any, md: Any, task: str) -> Any:
     call = stub.ClassifyStream(iter([pb.ClassifyRequest(task_id=task, inputs=RAIN)]), metadata=md)
     return [r async for r in call]
+
+
+async def _watch(stub: Any, md: Any, job_id: str) -> Any:
+    # a deadline: a watch that wrongly reaches another tenant's queued job would never end
+    return [e async for e in stub.WatchJob(pb.WatchJobRequest(job_id=job_id), metadata=md, timeout=20)]
+
+
+def _job_request(task: str, keys: Keys) -> pb.CreateJobRequest:
+    return pb.CreateJobRequest(task_id=task, method="lora", train_dataset=keys.dataset, dev_fraction=0.25)
 
 
 async def _setup(s: Any, spec: Any, peft: tuple[bytes, bytes]) -> Keys:
@@ -235,6 +246,13 @@ async def _setup(s: Any, spec: Any, peft: tuple[bytes, bytes]) -> Keys:
         await reg.DeleteTask(pb.DeleteTaskRequest(task_id=f"{t}/gone"), metadata=owner)
     made = await admin.CreateKey(pb.CreateKeyRequest(tenant="a", scopes=["admin"]), metadata=owner)
     keys.by[("a", "admin")] = made.key
+    training = pb_grpc.TrainingStub(s.channel)
+    rows = "".join(f"{'good fun' if i % 2 else 'bad film'}\t{'pos' if i % 2 else 'neg'}\n" for i in range(8))
+    chunk = pb.DatasetChunk(filename="train.tsv", data=f"text\tlabel\n{rows}".encode())
+    keys.dataset = (await training.UploadDataset(iter([chunk]), metadata=owner)).dataset_id
+    for t in ("a", "b"):  # queued, never run (no scheduler in process)
+        job = await training.CreateJob(_job_request(f"{t}/t1", keys), metadata=owner)
+        keys.jobs[f"{t}/t1"] = job.job_id
     await _keys_reach(s.replica)
     return keys
 
@@ -247,9 +265,11 @@ async def _keys_reach(replica: Any) -> None:
         await asyncio.wait_for(replica.keys_loaded.wait(), 30)
 
 
-def _rpcs(s: Any, spec: Any, peft: tuple[bytes, bytes]) -> dict[str, Any]:
-    """RPC name -> call(metadata, tenant, target task) for the matrix."""
+def _rpcs(s: Any, spec: Any, peft: tuple[bytes, bytes], keys: Keys) -> dict[str, Any]:
+    """RPC name -> call(metadata, tenant, target task) for the matrix; a job RPC's target is
+    the task's job (CancelJob before WatchJob: a cancelled job's watch ends)."""
     inf, reg = pb_grpc.InferenceStub(s.channel), pb_grpc.RegistryStub(s.channel)
+    training = pb_grpc.TrainingStub(s.channel)
     cfg, model = peft
     return {
         "Classify": lambda md, t, task: inf.Classify(
@@ -276,7 +296,16 @@ def _rpcs(s: Any, spec: Any, peft: tuple[bytes, bytes]) -> dict[str, Any]:
         "RestoreTask": lambda md, t, task: reg.RestoreTask(
             pb.RestoreTaskRequest(task_id=task.replace("t1", "gone")), metadata=md
         ),
+        "CreateJob": lambda md, t, task: training.CreateJob(_job_request(task, keys), metadata=md),
+        "GetJob": lambda md, t, task: training.GetJob(pb.GetJobRequest(job_id=keys.jobs[task]), metadata=md),
+        "CancelJob": lambda md, t, task: training.CancelJob(
+            pb.CancelJobRequest(job_id=keys.jobs[task]), metadata=md
+        ),
+        "WatchJob": lambda md, t, task: _watch(training, md, keys.jobs[task]),
     }
+
+
+JOB_RPCS = frozenset({"GetJob", "CancelJob", "WatchJob"})
 
 
 INFERENCE_RPCS = frozenset({"Classify", "ClassifyStream", "Health"})
@@ -296,7 +325,7 @@ def _expected(rpc: str, case: str) -> str:
 async def _grpc_matrix(s: Any, spec: Any, peft: tuple[bytes, bytes], keys: Keys) -> tuple[dict, list[str]]:
     """(case -> status) for every tenant x RPC x case, and every error message seen."""
     got, details = {}, []
-    calls = _rpcs(s, spec, peft)
+    calls = _rpcs(s, spec, peft, keys)
     for tenant, other in (("a", "b"), ("b", "a")):
         own_task, other_task = f"{tenant}/t1", f"{other}/t1"
         for case in ("none", "wrong", "revoked", "expired", "scope", "other", "own"):
@@ -310,10 +339,13 @@ async def _grpc_matrix(s: Any, spec: Any, peft: tuple[bytes, bytes], keys: Keys)
                 code, det, _ = await _status(call(md, tenant, other_task if case == "other" else own_task))
                 got[(tenant, rpc, case)] = code
                 details.append(det)
-                if case == "other" and code == NF:  # the words an unknown task gets
+                if case == "other" and code == NF:  # the words an unknown task (job) gets
                     unknown = f"no task {_target(rpc, other_task)!r}"
+                    if rpc in JOB_RPCS:
+                        unknown = f"no job {keys.jobs[other_task]!r}"
                     # (a stream's: "message 0: ...", behind grpc.aio's own prefix here)
-                    assert det == unknown or det.endswith(f"message 0: {unknown}"), (rpc, det)
+                    tail = f"message 0: {unknown}" if rpc == "ClassifyStream" else f">: {unknown}"
+                    assert det == unknown or det.endswith(tail), (rpc, det)
     return got, details
 
 
@@ -327,6 +359,7 @@ def _target(rpc: str, task: str) -> str:
 
 async def _listing_and_health(s: Any, keys: Keys) -> dict:
     inf, reg = pb_grpc.InferenceStub(s.channel), pb_grpc.RegistryStub(s.channel)
+    training = pb_grpc.TrainingStub(s.channel)
     got = {}
     for tenant in ("a", "b"):
         for case in ("none", "wrong", "revoked", "expired", "scope", "own"):
@@ -340,15 +373,26 @@ async def _listing_and_health(s: Any, keys: Keys) -> dict:
             got[(tenant, "Health", case)] = code
             if out is not None:
                 assert list(out.resident) == []  # a tenant's key sees no task ids
+            kc = {"scope": "classify"}.get(case, case)
+            listing = training.ListJobs(pb.ListJobsRequest(), metadata=keys.md(tenant, kc))
+            code, _, out = await _status(listing)
+            got[(tenant, "ListJobs", case)] = code
+            if out is not None:  # its own: the one the owner queued, and the matrix's CreateJob
+                assert {tenant_of(j.task_id) for j in out.jobs} == {tenant} and len(out.jobs) == 2, out
     admin = keys.md("a", "admin")
     everything = await reg.ListTasks(pb.ListTasksRequest(), metadata=admin)
     assert {tenant_of(t.task_id) for t in everything.tasks} == {"a", "b"}
+    jobs = await training.ListJobs(pb.ListJobsRequest(), metadata=admin)
+    assert {tenant_of(j.task_id) for j in jobs.jobs} == {"a", "b"}
+    # the words an unknown job gets: the matrix checks that another tenant's job gets them
+    code, det, _ = await _status(training.GetJob(pb.GetJobRequest(job_id="job-000000000000"), metadata=admin))
+    assert (code, det) == (NF, "no job 'job-000000000000'")
     assert len((await inf.Health(pb.HealthRequest(), metadata=admin)).resident) > 0
     return got
 
 
 async def _admin_matrix(s: Any, keys: Keys) -> dict:
-    admin, training = pb_grpc.AdminStub(s.channel), pb_grpc.TrainingStub(s.channel)
+    admin = pb_grpc.AdminStub(s.channel)
     calls = {
         "ListTenants": lambda md: admin.ListTenants(pb.ListTenantsRequest(), metadata=md),
         "ListKeys": lambda md: admin.ListKeys(pb.ListKeysRequest(), metadata=md),
@@ -360,8 +404,6 @@ async def _admin_matrix(s: Any, keys: Keys) -> dict:
         ),
         "RevokeKey": lambda md: admin.RevokeKey(pb.RevokeKeyRequest(key_id="000000000000"), metadata=md),
         "DeleteTenant": lambda md: admin.DeleteTenant(pb.DeleteTenantRequest(tenant="c"), metadata=md),
-        # training jobs are not scoped to a namespace yet: the admin scope only
-        "ListJobs": lambda md: training.ListJobs(pb.ListJobsRequest(), metadata=md),
     }
     got = {}
     for tenant in ("a", "b"):
@@ -474,14 +516,13 @@ def test_the_matrix_over_grpc_and_http(
                     "CreateKey",
                     "RevokeKey",
                     "DeleteTenant",
-                    "ListJobs",
                 )
                 and k[2] == "scope"
             ):
                 want[k] = PD
         want |= {("a", "RevokeKey", "admin"): NF}  # an unknown key id, with the admin key
         assert {k: v for k, v in got.items() if want[k] != v} == {}
-        assert len(got) == 2 * 9 * 7 + 2 * 2 * 6 + 2 * 9 * 5 + 9
+        assert len(got) == 2 * 13 * 7 + 2 * 3 * 6 + 2 * 8 * 5 + 8
         want_http = {k: HTTP_CODE[_expected("Classify", k[2])] for k in http}
         assert http == want_http
         leaked = [

@@ -72,6 +72,7 @@ class ServerConfig:
     # one unit of job_resource, the custom resource only training nodes have
     jobs: bool = True  # run the cluster's job scheduler (False: Training RPCs only queue)
     max_jobs: int = 2  # jobs running at once, cluster-wide
+    max_jobs_per_tenant: int = 0  # jobs of one tenant running at once; 0: only max_jobs
     job_cpus: float = 1.0
     job_gpus: float = 0.0
     job_resource: str = "polyhead_train"
@@ -97,6 +98,9 @@ class ServerConfig:
             raise ConfigError(f"precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.job_gpus < 0:
             raise ConfigError(f"job_gpus must be >= 0, got {self.job_gpus!r}")
+        if self.max_jobs_per_tenant < 0:
+            raise ConfigError(f"max_jobs_per_tenant must be >= 0 (0: no limit), got "
+                              f"{self.max_jobs_per_tenant!r}")
         if self.batch_wait_ms < 0 or self.torch_threads < 0:
             raise ConfigError("batch_wait_ms and torch_threads must be >= 0")
         if not self.delete_retention_days >= 0:

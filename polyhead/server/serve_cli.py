@@ -81,6 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="CPUs this server lends to training jobs (default 1; the replicas keep "
                         "the rest): the node's training resource, so at most this many 1-CPU "
                         "jobs run at once; 0: run no jobs here")
+    p.add_argument("--max-jobs-per-tenant", type=int, default=0, metavar="N",
+                   help="training jobs of one tenant's tasks that run at once (default 0: no "
+                        "limit beyond --train-cpus)")
     p.add_argument("--access-log", action="store_true", help="log every request (costs CPU)")
     p.add_argument("--no-examples", action="store_true",
                    help="do not publish the shipped examples into an empty store")
@@ -129,7 +132,8 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         seed_examples=not args.no_examples, max_outputs=args.max_outputs,
         max_lora_rank=args.max_lora_rank, max_sparse_density=args.max_sparse_density,
         delete_retention_days=args.delete_retention_days,
-        jobs=args.train_cpus > 0, max_jobs=max(1, int(args.train_cpus)))
+        jobs=args.train_cpus > 0, max_jobs=max(1, int(args.train_cpus)),
+        max_jobs_per_tenant=args.max_jobs_per_tenant)
 
 
 def check_precision(config: ServerConfig) -> None:

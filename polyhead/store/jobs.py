@@ -3,7 +3,8 @@
 The store is the jobs' source of truth; whoever runs them (the scheduler) only claims.
 A job moves queued -> running -> publishing -> published, or to failed / cancelled:
   - ``claim`` takes queued jobs under a lease (owner, expiry) in one write transaction,
-    so two schedulers never run one job; the worker renews the lease (``heartbeat``);
+    so two schedulers never run one job (nor a tenant more than its share,
+    ``max_jobs_per_tenant``); the worker renews the lease (``heartbeat``);
   - a job whose lease ran out (its worker or scheduler died) is queued again once
     (``retry_or_fail``), then failed with the reason;
   - ``to_publishing`` is the one gate before the publish: conditional on the job still
@@ -23,6 +24,7 @@ from typing import Any
 
 from polyhead.store.catalog import Catalog
 from polyhead.store.errors import NotFoundError, StoreError
+from polyhead.store.names import DEFAULT_TENANT, namespace_prefix, tenant_of
 from polyhead.store.sql import Conn
 
 QUEUED, RUNNING, PUBLISHING = "queued", "running", "publishing"
@@ -135,9 +137,18 @@ class JobBook:
     def job(self, job_id: str) -> JobRecord:
         return self.catalog._reading(lambda c: _job(c, job_id))
 
-    def jobs(self, state: str = "", limit: int = 100) -> list[JobRecord]:
-        """Newest first."""
-        where, args = ("WHERE state = ?", (state,)) if state else ("", ())
+    def jobs(self, state: str = "", limit: int = 100, tenant: str | None = None) -> list[JobRecord]:
+        """Newest first; ``tenant``: only the jobs of its namespace's tasks."""
+        conds: list[str] = ["state = ?"] if state else []
+        args: list[Any] = [state] if state else []
+        if tenant == DEFAULT_TENANT:
+            conds.append("task_id NOT LIKE ?")  # (a parameter: '%' is PostgreSQL's placeholder)
+            args.append("%/%")
+        elif tenant is not None:
+            prefix = namespace_prefix(tenant)
+            conds.append("SUBSTR(task_id, 1, ?) = ?")
+            args += [len(prefix), prefix]
+        where = f"WHERE {' AND '.join(conds)}" if conds else ""
         rows = self.catalog._reading(lambda c: c.execute(
             f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY created_at DESC, job_id LIMIT ?",
             (*args, limit)).fetchall())
@@ -173,12 +184,16 @@ class JobBook:
 
     # -- the scheduler's and the worker's side ----------------------------------------------
 
-    def claim(self, owner: str, lease_s: float, slots: int) -> list[JobRecord]:
+    def claim(self, owner: str, lease_s: float, slots: int, per_tenant: int = 0) -> list[JobRecord]:
         """Up to ``slots`` queued jobs, oldest first, now running under ``owner``'s lease
-        (their attempt counted)."""
+        (their attempt counted). ``per_tenant`` > 0: a job is passed over while its task's
+        tenant already holds that many leased jobs (counted in the same transaction)."""
         def body(c: Conn) -> list[JobRecord]:
-            rows = c.execute("SELECT job_id FROM jobs WHERE state = ? ORDER BY created_at, job_id "
-                             "LIMIT ?", (QUEUED, max(0, slots))).fetchall()
+            if per_tenant <= 0:
+                rows = c.execute("SELECT job_id FROM jobs WHERE state = ? ORDER BY created_at, job_id "
+                                 "LIMIT ?", (QUEUED, max(0, slots))).fetchall()
+            else:
+                rows = _fair_share(c, slots, per_tenant)
             for (job_id,) in rows:
                 c.execute("UPDATE jobs SET state = ?, attempt = attempt + 1, lease_owner = ?, "
                           "lease_until = ?, updated_at = ? WHERE job_id = ?",
@@ -279,6 +294,26 @@ class JobBook:
         row = self.catalog._reading(lambda c: c.execute(
             f"SELECT COUNT(*) FROM jobs WHERE state IN ({marks})", states).fetchone())
         return int(row[0])
+
+
+def _fair_share(c: Conn, slots: int, per_tenant: int) -> list[tuple[str]]:
+    """The oldest queued jobs (up to ``slots``) whose tenant stays within ``per_tenant``
+    leased jobs."""
+    marks = ",".join("?" * len(LEASED))
+    held: dict[str, int] = {}
+    for (task_id,) in c.execute(f"SELECT task_id FROM jobs WHERE state IN ({marks})", LEASED).fetchall():
+        held[tenant_of(task_id)] = held.get(tenant_of(task_id), 0) + 1
+    picked: list[tuple[str]] = []
+    for job_id, task_id in c.execute("SELECT job_id, task_id FROM jobs WHERE state = ? "
+                                     "ORDER BY created_at, job_id", (QUEUED,)).fetchall():
+        if len(picked) >= slots:
+            break
+        tenant = tenant_of(task_id)
+        if held.get(tenant, 0) >= per_tenant:
+            continue
+        held[tenant] = held.get(tenant, 0) + 1
+        picked.append((job_id,))
+    return picked
 
 
 def _published_number(c: Conn, job: JobRecord) -> int | None:

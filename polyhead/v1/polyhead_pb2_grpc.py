@@ -585,9 +585,12 @@ class Registry:
 class TrainingStub:
     """---------------------------------------------------------------- Training
     Training as a service: upload a dataset, create a job, watch it train and publish.
-    Every Training RPC needs the admin scope: the Registry token (`authorization: Bearer
-    <token>`) or an admin API key. Jobs are not yet scoped to a tenant's namespace, so a
-    tenant's publish key is refused (PERMISSION_DENIED).
+    Every Training RPC needs the publish scope (`authorization: Bearer <key>`: a tenant's
+    publish key, the Registry token or an admin key). A job belongs to its task's tenant:
+    CreateJob takes a task in the caller's namespace, and GetJob, CancelJob and WatchJob of
+    another tenant's job answer NOT_FOUND in the words an unknown job gets; ListJobs lists
+    the caller's jobs only. An admin key sees every job. Datasets are content-addressed,
+    not namespaced.
 
     """
 
@@ -632,9 +635,12 @@ class TrainingStub:
 class TrainingServicer:
     """---------------------------------------------------------------- Training
     Training as a service: upload a dataset, create a job, watch it train and publish.
-    Every Training RPC needs the admin scope: the Registry token (`authorization: Bearer
-    <token>`) or an admin API key. Jobs are not yet scoped to a tenant's namespace, so a
-    tenant's publish key is refused (PERMISSION_DENIED).
+    Every Training RPC needs the publish scope (`authorization: Bearer <key>`: a tenant's
+    publish key, the Registry token or an admin key). A job belongs to its task's tenant:
+    CreateJob takes a task in the caller's namespace, and GetJob, CancelJob and WatchJob of
+    another tenant's job answer NOT_FOUND in the words an unknown job gets; ListJobs lists
+    the caller's jobs only. An admin key sees every job. Datasets are content-addressed,
+    not namespaced.
 
     """
 
@@ -726,9 +732,12 @@ def add_TrainingServicer_to_server(servicer, server):
 class Training:
     """---------------------------------------------------------------- Training
     Training as a service: upload a dataset, create a job, watch it train and publish.
-    Every Training RPC needs the admin scope: the Registry token (`authorization: Bearer
-    <token>`) or an admin API key. Jobs are not yet scoped to a tenant's namespace, so a
-    tenant's publish key is refused (PERMISSION_DENIED).
+    Every Training RPC needs the publish scope (`authorization: Bearer <key>`: a tenant's
+    publish key, the Registry token or an admin key). A job belongs to its task's tenant:
+    CreateJob takes a task in the caller's namespace, and GetJob, CancelJob and WatchJob of
+    another tenant's job answer NOT_FOUND in the words an unknown job gets; ListJobs lists
+    the caller's jobs only. An admin key sees every job. Datasets are content-addressed,
+    not namespaced.
 
     """
 

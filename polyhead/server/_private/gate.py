@@ -196,18 +196,22 @@ def rpc_stream(scope: str) -> Callable[[Callable[..., AsyncIterator[Any]]], Any]
     return wrap
 
 
-def rpc_upload(scope: str, empty: type) -> Callable[[Callable[[Any, Any], Awaitable[Any]]], Any]:
+def rpc_upload(scope: str, empty: type) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
     """A client stream in, one message out (UploadDataset): ``fn(self, messages)``, the
     messages unparsed (``message_of`` each), under the stream limits."""
-    def wrap(fn: Callable[[Any, Any], Awaitable[Any]]) -> Any:
-        name = fn.__name__
+    def wrap(fn: Callable[..., Awaitable[Any]]) -> Any:
+        name, with_caller = fn.__name__, _takes_caller(fn)
 
         async def method(self: Gated, requests: Any, grpc_context: Any = None) -> Any:
             t0, code, tenant = time.perf_counter(), "OK", "unknown"
             try:
-                tenant = self.auth.check(scope, metadata_of(grpc_context)).tenant
+                caller = self.auth.check(scope, metadata_of(grpc_context))
+                tenant = caller.tenant
                 with self.streams.holding(client_of(grpc_context)):
-                    return await fn(self, self.streams.messages(requests))
+                    messages = self.streams.messages(requests)
+                    if with_caller:
+                        return await fn(self, messages, caller=caller)
+                    return await fn(self, messages)
             except Exception as e:
                 code = _fail(name, grpc_context, e)
                 return empty()
@@ -219,16 +223,20 @@ def rpc_upload(scope: str, empty: type) -> Callable[[Callable[[Any, Any], Awaita
     return wrap
 
 
-def rpc_watch(scope: str) -> Callable[[Callable[[Any, Any], AsyncIterator[Any]]], Any]:
+def rpc_watch(scope: str) -> Callable[[Callable[..., AsyncIterator[Any]]], Any]:
     """One message in, a stream out (WatchJob): ``fn(self, request)`` yields the messages."""
-    def wrap(fn: Callable[[Any, Any], AsyncIterator[Any]]) -> Any:
-        name = fn.__name__
+    def wrap(fn: Callable[..., AsyncIterator[Any]]) -> Any:
+        name, with_caller = fn.__name__, _takes_caller(fn)
 
         async def method(self: Gated, request: Any, grpc_context: Any = None) -> Any:
             t0, code, tenant = time.perf_counter(), "OK", "unknown"
             try:
-                tenant = self.auth.check(scope, metadata_of(grpc_context)).tenant
-                async for out in fn(self, message_of(request)):
+                caller = self.auth.check(scope, metadata_of(grpc_context))
+                tenant = caller.tenant
+                request = message_of(request)
+                check_namespace(caller, request)
+                outs = fn(self, request, caller=caller) if with_caller else fn(self, request)
+                async for out in outs:
                     yield out
             except Exception as e:
                 code = _fail(name, grpc_context, e)

@@ -150,32 +150,33 @@ class Polyhead:
     async def RestoreTask(self, request: pb.RestoreTaskRequest) -> pb.VersionInfo:
         return await self.registry.restore(request)
 
-    # -- Training: the admin scope (the Registry token, or an admin key). Jobs are not yet ---
-    # -- scoped to a tenant's namespace, so a tenant's publish key cannot reach them. --------
+    # -- Training: the publish scope. A job belongs to its task's tenant: CreateJob names a
+    # -- task in the caller's namespace (the gate's check), and the other RPCs answer only
+    # -- for jobs whose task the caller sees (an admin: every job). -------------------------
 
-    @rpc_upload("admin", pb.DatasetInfo)
+    @rpc_upload("publish", pb.DatasetInfo)
     async def UploadDataset(self, chunks: Any) -> pb.DatasetInfo:
         return await self.training.upload_dataset(chunks)
 
-    @rpc("admin", pb.JobInfo)
+    @rpc("publish", pb.JobInfo)
     async def CreateJob(self, request: pb.CreateJobRequest) -> pb.JobInfo:
         return await self.training.create_job(request)
 
-    @rpc("admin", pb.JobInfo)
-    async def GetJob(self, request: pb.GetJobRequest) -> pb.JobInfo:
-        return await self.training.get_job(request)
+    @rpc("publish", pb.JobInfo)
+    async def GetJob(self, request: pb.GetJobRequest, caller: Caller) -> pb.JobInfo:
+        return await self.training.get_job(request, caller)
 
-    @rpc("admin", pb.ListJobsResponse)
-    async def ListJobs(self, request: pb.ListJobsRequest) -> pb.ListJobsResponse:
-        return await self.training.list_jobs(request)
+    @rpc("publish", pb.ListJobsResponse)
+    async def ListJobs(self, request: pb.ListJobsRequest, caller: Caller) -> pb.ListJobsResponse:
+        return await self.training.list_jobs(request, caller)
 
-    @rpc("admin", pb.JobInfo)
-    async def CancelJob(self, request: pb.CancelJobRequest) -> pb.JobInfo:
-        return await self.training.cancel_job(request)
+    @rpc("publish", pb.JobInfo)
+    async def CancelJob(self, request: pb.CancelJobRequest, caller: Caller) -> pb.JobInfo:
+        return await self.training.cancel_job(request, caller)
 
-    @rpc_watch("admin")
-    async def WatchJob(self, request: pb.WatchJobRequest) -> AsyncIterator[pb.JobEvent]:
-        async for event in self.training.watch_job(request):
+    @rpc_watch("publish")
+    async def WatchJob(self, request: pb.WatchJobRequest, caller: Caller) -> AsyncIterator[pb.JobEvent]:
+        async for event in self.training.watch_job(request, caller):
             yield event
 
     # -- Admin -----------------------------------------------------------------------------
@@ -309,7 +310,8 @@ def start_scheduler(config: ServerConfig) -> Any:
                             max_artifact_bytes=int(config.max_artifact_mb * MB),
                             limits=config.limits(), lease_s=config.job_lease_s)
     return ensure_scheduler(SchedulerSettings(worker, config.max_jobs, config.job_cpus,
-                                              config.job_gpus, config.job_resource))
+                                              config.job_gpus, config.job_resource,
+                                              config.max_jobs_per_tenant))
 
 
 def _assigned_cpus() -> int:

@@ -6,8 +6,9 @@ The store stays the source of truth: a job runs only under a lease claimed in a 
 transaction (``JobBook.claim``), so a second scheduler (another app on the same store)
 never runs it twice; a job whose lease runs out (its scheduler died: a restart) is
 retried once, as is one whose worker died (Ray reports its task failed). Concurrency is
-limited globally by ``max_jobs`` (jobs leased across the store) and per node by the
-training resource each job holds.
+limited globally by ``max_jobs`` (jobs leased across the store), per tenant by
+``max_jobs_per_tenant`` (a tenant's leased jobs, counted in the claim's transaction) and
+per node by the training resource each job holds.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class SchedulerSettings:
     cpus: float = 1.0  # each job's Ray resources
     gpus: float = 0.0
     resource: str = "polyhead_train"  # the custom resource of training nodes; each job holds 1
+    max_jobs_per_tenant: int = 0  # jobs of one tenant's tasks running at once; 0: no limit
 
 
 def _job_task(settings: WorkerSettings, job_id: str, attempt: int) -> str:
@@ -122,7 +124,7 @@ class JobScheduler:
         slots = self.s.max_jobs - self.book.count(LEASED)
         if slots <= 0:
             return
-        for job in self.book.claim(self.owner, self.s.worker.lease_s, slots):
+        for job in self.book.claim(self.owner, self.s.worker.lease_s, slots, self.s.max_jobs_per_tenant):
             options: dict[str, Any] = {"num_cpus": self.s.cpus, "num_gpus": self.s.gpus}
             if self.s.resource:
                 options["resources"] = {self.s.resource: 1}

@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from polyhead.server._private.auth import Caller
 from polyhead.server._private.errors import InvalidInput, TooLarge
 from polyhead.server._private.gate import message_of
 from polyhead.server._private.registry_rpcs import task_id_of
 from polyhead.server.config import MB, ServerConfig
 from polyhead.store.catalog import open_catalog
+from polyhead.store.errors import NotFoundError
 from polyhead.store.jobs import STATES, TERMINAL, DatasetRecord, JobBook, JobEventRecord, JobRecord
 from polyhead.trainer.data import DataError
 from polyhead.trainer.uploads import ColumnFlags, dataset_id, format_of, read_dataset
@@ -101,24 +103,34 @@ class TrainingService:
         return {"train": r.train_dataset, "dev": r.dev_dataset, "dev_fraction": r.dev_fraction,
                 "options": options, "metric": r.metric, "replace_kind": r.replace_kind}
 
-    async def get_job(self, request: pb.GetJobRequest) -> pb.JobInfo:
-        return job_pb(await self._on(self.book.job, _job_id(request.job_id)))
+    async def _job(self, job_id: str, caller: Caller) -> JobRecord:
+        """The job, if its task is in the caller's namespace; else NOT_FOUND in the words
+        an unknown job gets (JobBook.job's), so another tenant's job does not leak."""
+        job = await self._on(self.book.job, job_id)
+        if not caller.sees(job.task_id):
+            raise NotFoundError(f"no job {job_id!r:.80}")
+        return job
 
-    async def list_jobs(self, request: pb.ListJobsRequest) -> pb.ListJobsResponse:
+    async def get_job(self, request: pb.GetJobRequest, caller: Caller) -> pb.JobInfo:
+        return job_pb(await self._job(_job_id(request.job_id), caller))
+
+    async def list_jobs(self, request: pb.ListJobsRequest, caller: Caller) -> pb.ListJobsResponse:
         if request.state and request.state not in STATES:
             raise InvalidInput(f"state: unknown {request.state!r}; one of {', '.join(STATES)}")
         limit = request.limit or 100
         if not 0 < limit <= 10_000:
             raise InvalidInput(f"limit: {limit} is not in 1..10000")
-        jobs = await self._on(self.book.jobs, request.state, limit)
+        tenant = None if caller.admin else caller.tenant
+        jobs = await self._on(self.book.jobs, request.state, limit, tenant)
         return pb.ListJobsResponse(jobs=[job_pb(j) for j in jobs])
 
-    async def cancel_job(self, request: pb.CancelJobRequest) -> pb.JobInfo:
-        return job_pb(await self._on(self.book.cancel, _job_id(request.job_id)))
+    async def cancel_job(self, request: pb.CancelJobRequest, caller: Caller) -> pb.JobInfo:
+        job = await self._job(_job_id(request.job_id), caller)  # a job's task never changes
+        return job_pb(await self._on(self.book.cancel, job.job_id))
 
-    async def watch_job(self, request: pb.WatchJobRequest) -> AsyncIterator[pb.JobEvent]:
+    async def watch_job(self, request: pb.WatchJobRequest, caller: Caller) -> AsyncIterator[pb.JobEvent]:
         """Every event after ``after_seq``, as it happens, up to the job's last one."""
-        job_id, seq = _job_id(request.job_id), max(0, request.after_seq)
+        job_id, seq = (await self._job(_job_id(request.job_id), caller)).job_id, max(0, request.after_seq)
         while True:
             events = await self._on(self.book.events, job_id, seq)
             for e in events:
