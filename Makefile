@@ -7,12 +7,15 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: install serve test lint proto bench clean image
 
+# PYTHONWARNINGS=ignore on the project's install: setuptools otherwise warns, in ten lines,
+# that an editable install sits beside a folder of the package's name (it does: this
+# checkout). pip's own errors still show.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed"'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[server,train,test]'
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q -e '.[server,train,test]'
 	touch $@
 
 install: $(VENV)/.installed
