@@ -15,7 +15,7 @@ import pytest
 
 from polyhead.engine.engine import Encoded
 from polyhead.server._private.fairqueue import FairQueue, FifoQueue
-from polyhead.server._private.tenancy import OTHER_TENANTS, TenantLabels, Tenants, TenantTerms
+from polyhead.server._private.tenancy import OTHER_TENANTS, TenantLabels, TenantTerms
 from polyhead.server.bank import TaskMeta
 from polyhead.v1 import polyhead_pb2 as pb
 
@@ -154,7 +154,7 @@ class Path:
     """InferenceService over a real Batcher (with the queue under test) and inference.forward
     over a fake engine whose forward can be held; the store and bank are stubs."""
 
-    def __init__(self, queue: Any, tenants: Tenants | None = None, max_rows: int = 64) -> None:
+    def __init__(self, queue: Any, max_rows: int = 64) -> None:
         from polyhead.server._private.batcher import Batcher
         from polyhead.server._private.inference import forward
         from polyhead.server._private.services import InferenceService
@@ -172,7 +172,7 @@ class Path:
         self.batcher = Batcher(self.tokenize, run, max_rows=max_rows, max_tokens=10_000,
                                fill_wait_s=0,
                                threads=1, on_batch=lambda s: None, queue=queue)
-        self.metrics, self.tenants = TenantMetrics(), tenants or Tenants()
+        self.metrics = TenantMetrics()
 
         @contextlib.asynccontextmanager
         async def using(key: Any) -> Any:
@@ -185,7 +185,7 @@ class Path:
         parts = SimpleNamespace(config=SimpleNamespace(max_inputs=8, max_text_chars=100),
                                 resolver=SimpleNamespace(resolve=resolve),
                                 bank=SimpleNamespace(using=using), batcher=self.batcher,
-                                replica="r0", tenants=self.tenants, metrics=self.metrics,
+                                replica="r0", metrics=self.metrics,
                                 keys=SimpleNamespace(limits={}))  # no tenant quotas
         self.service = InferenceService(parts)  # type: ignore[arg-type]
 

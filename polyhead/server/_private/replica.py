@@ -67,7 +67,7 @@ class Polyhead:
             StoreSource(store, engine.spec), engine, device_budget=int(config.device_budget_mb * MB),
             host_budget=int(config.host_budget_mb * MB),
             executor=ThreadPoolExecutor(2, "polyhead-load"), listener=self._bank_event)
-        tenants = Tenants()  # the tenants store's terms replace these when it is wired in
+        tenants = Tenants()  # every tenant weight 1: the store keeps no weights yet
         batcher = Batcher(engine.tokenize, partial(forward, engine), max_rows=config.max_batch_rows,
                           max_tokens=config.max_batch_tokens,
                           fill_wait_s=config.batch_wait_ms / 1000, threads=threads,
@@ -76,7 +76,7 @@ class Polyhead:
         resolver = Resolver(store, ThreadPoolExecutor(1, "polyhead-store"))
         self.parts = Parts(config, _replica_name(), backbone.path.name, threads, engine, store,
                            bank, resolver, batcher, self.metrics,
-                           ThreadPoolExecutor(1, "polyhead-admin"), keys=keys, tenants=tenants)
+                           ThreadPoolExecutor(1, "polyhead-admin"), keys=keys)
         self.inference = InferenceService(self.parts)
         self.registry = RegistryService(self.parts)
         self.admin = AdminService(self.parts)

@@ -25,7 +25,6 @@ from polyhead.server._private.gate import message_of
 from polyhead.server._private.inference import check_form, cut_inputs, parse_inputs, response
 from polyhead.server._private.metrics import ServerMetrics
 from polyhead.server._private.resolver import Resolver
-from polyhead.server._private.tenancy import Tenants
 from polyhead.server.bank import AdapterBank, TaskMeta, VersionKey
 from polyhead.server.config import ServerConfig
 from polyhead.store import Store, StoredArtifact, VersionInfo
@@ -51,7 +50,6 @@ class Parts:
     batcher: Batcher
     metrics: ServerMetrics
     admin: ThreadPoolExecutor  # store writes, one at a time
-    tenants: Tenants = dataclasses.field(default_factory=Tenants)  # fair-share weights
     keys: KeyRing = dataclasses.field(default_factory=KeyRing)  # the store's API keys, cached
 
     async def on_admin(self, fn: Callable[..., T], *args: Any) -> T:

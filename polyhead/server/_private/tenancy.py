@@ -4,7 +4,7 @@ rows-in-flight quota is ``admission.py``'s, fed by the store's quotas.)
 
 The terms come as one mapping tenant -> ``TenantTerms``; a tenant not in it gets the
 default terms (weight 1). The store keeps no weights yet, so a served replica gives every
-tenant weight 1; ``Tenants.replace`` is where stored weights would come in.
+tenant weight 1.
 """
 
 from __future__ import annotations
@@ -32,10 +32,6 @@ class Tenants:
     def __init__(self, terms: Mapping[str, TenantTerms] | None = None,
                  default: TenantTerms = TenantTerms()) -> None:
         self._terms, self.default = dict(terms or {}), default
-
-    def replace(self, terms: Mapping[str, TenantTerms]) -> None:
-        """New terms (the tenants store changed)."""
-        self._terms = dict(terms)
 
     def terms(self, tenant: str) -> TenantTerms:
         return self._terms.get(tenant, self.default)
