@@ -29,6 +29,7 @@ import grpc
 from google.protobuf.message import Message
 
 from polyhead.v1 import polyhead_pb2 as pb
+from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
 
 RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 READ_RETRY_CODES = RETRY_CODES | {grpc.StatusCode.INTERNAL}
@@ -60,15 +61,23 @@ class RetryPolicy:
         """Full jitter: uniform in [0, min(max_backoff_s, backoff_s * 2**attempt)]."""
         return random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2 ** attempt))
 
+    def resume(self, error: grpc.RpcError, retry: frozenset[grpc.StatusCode], attempt: int) -> float:
+        """The pause before retry ``attempt + 1`` after ``error`` (a broken stream opened
+        again, or a unary call: ``after``); PolyheadError when its status or the retries
+        spent say not to."""
+        code = error.code()
+        if code not in retry or attempt >= self.retries:
+            raise PolyheadError(code, error.details() or "") from None
+        return self.pause(attempt)
+
     def after(self, error: grpc.RpcError, retry: frozenset[grpc.StatusCode], attempt: int,
               deadline: float) -> float:
         """The pause before attempt ``attempt + 1`` of a unary call that failed with
         ``error``; PolyheadError when it is not to be retried (its status, the attempts
         spent, or no time left before ``deadline``, a time.monotonic())."""
-        code = error.code()
-        pause = self.pause(attempt)
-        if code not in retry or attempt >= self.retries or time.monotonic() + pause >= deadline:
-            raise PolyheadError(code, error.details() or "") from None
+        pause = self.resume(error, retry, attempt)
+        if time.monotonic() + pause >= deadline:
+            raise PolyheadError(error.code(), error.details() or "") from None
         return pause
 
 
@@ -149,9 +158,10 @@ def restore(task_id: str) -> Call[dict[str, Any]]:
     return Call("registry", "RestoreTask", pb.RestoreTaskRequest(task_id=task_id), NEVER, as_dict)
 
 
-def upload_dataset(data: bytes, filename: str, columns: dict[str, Any], labels_from: str
+def upload_dataset(data: bytes, filename: str, *, labels_from: str = "", **columns: Any
                    ) -> Call[dict[str, Any]]:
-    """A dataset file in DATASET_CHUNK pieces, the first naming it and its columns (an
+    """A dataset file in DATASET_CHUNK pieces, the first naming it and its ``columns``
+    (DatasetColumns' fields: text_col, pair_col, label_col, no_header, regression; an
     identical file and flags give the same id, so a retry is safe)."""
     first = pb.DatasetChunk(filename=filename, columns=pb.DatasetColumns(**columns),
                             labels_from=labels_from, data=data[:DATASET_CHUNK])
@@ -245,10 +255,9 @@ class Stream:
         if (m := _STREAM_INPUT.fullmatch(details)) and self.pending:
             bad = int(m.group(1))
             return Refusal(self._before(bad), PolyheadError(code, m.group(2), self.answered + bad))
-        if code not in READ_RETRY_CODES or self.attempt >= self.policy.retries:
-            raise PolyheadError(code, details) from None
+        pause = self.policy.resume(error, READ_RETRY_CODES, self.attempt)
         self.attempt += 1
-        return self.policy.pause(self.attempt - 1)
+        return pause
 
     def _before(self, bad: int) -> Call[list[dict[str, Any]]] | None:
         if bad == 0:
@@ -257,6 +266,12 @@ class Stream:
         req = pb.ClassifyRequest(task_id=head.task_id, version=head.version,
                                  inputs=head.inputs[:bad], truncate=head.truncate)
         return Call("inference", "Classify", req, READ_RETRY_CODES, rows_of)
+
+
+def stubs(channel: Any) -> dict[str, Any]:
+    """Each service's stub on ``channel`` (blocking or grpc.aio: the same generated classes)."""
+    return {"inference": pb_grpc.InferenceStub(channel), "registry": pb_grpc.RegistryStub(channel),
+            "training": pb_grpc.TrainingStub(channel)}
 
 
 def channel_options() -> list[tuple[str, int]]:

@@ -14,7 +14,6 @@ from polyhead.client import _common as c
 from polyhead.client._common import PolyheadError, RetryPolicy, TextInput
 from polyhead.client.tokens import find_token
 from polyhead.v1 import polyhead_pb2 as pb
-from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
 
 R = TypeVar("R")
 
@@ -43,9 +42,7 @@ class Client:
         self.tls = creds is not None
         self._channel = (grpc.secure_channel(address, creds, options=c.channel_options()) if creds
                          else grpc.insecure_channel(address, options=c.channel_options()))
-        self._stubs: dict[str, Any] = {"inference": pb_grpc.InferenceStub(self._channel),
-                       "registry": pb_grpc.RegistryStub(self._channel),
-                       "training": pb_grpc.TrainingStub(self._channel)}
+        self._stubs = c.stubs(self._channel)
 
     # -- Inference -------------------------------------------------------------------------
 
@@ -139,9 +136,9 @@ class Client:
                        labels_from: str = "") -> dict[str, Any]:
         """Store a dataset file (the formats and column flags of `polyhead train`); its
         DatasetInfo, whose id a job names."""
-        columns = {"text_col": text_col, "pair_col": pair_col, "label_col": label_col,
-                   "no_header": no_header, "regression": regression}
-        return self._run(c.upload_dataset(data, filename, columns, labels_from))
+        return self._run(c.upload_dataset(data, filename, labels_from=labels_from, text_col=text_col,
+                                           pair_col=pair_col, label_col=label_col, no_header=no_header,
+                                           regression=regression))
 
     def create_job(self, task_id: str, method: str, train_dataset: str, *, dev_dataset: str = "",
                    dev_fraction: float = 0.0, options: dict[str, Any] | None = None,
@@ -172,9 +169,7 @@ class Client:
                     yield c.as_dict(event)
                 return
             except grpc.RpcError as e:
-                if e.code() not in c.RETRY_CODES or attempt >= self.policy.retries:
-                    raise PolyheadError(e.code(), e.details() or "") from None
-                time.sleep(self.policy.pause(attempt))
+                time.sleep(self.policy.resume(e, c.RETRY_CODES, attempt))
                 attempt += 1
 
     # -- plumbing --------------------------------------------------------------------------
