@@ -834,3 +834,43 @@ def test_store_copy_takes_the_tenants_along(location, tiny_bert, tmp_path) -> No
     got = {t.tenant: (t.tasks, t.max_tasks, t.max_bytes, t.max_rows_in_flight) for t in dst.tenants()}
     assert got == {"acme": (2, 1, None, 8), "default": (0, None, None, None)}
     assert [new for _, new in iter_copy(src.catalog, dst)] == [False, False]
+
+
+def test_store_copy_takes_keys_audit_and_datasets_along(location, tmp_path) -> None:
+    """`store copy` carries every key as it is (hash, scopes, expiry, revocation), the
+    audit trail and the datasets; a second copy adds nothing, except a revocation made at
+    the source in between, which must reach the copy (a revoked key must not stay live)."""
+    from polyhead.store.catalog import copy_rest, iter_copy, open_catalog
+    from polyhead.store.jobs import JobBook
+    from polyhead.store.tenancy import AuditRecord
+    from tests.test_jobs import put, tsv
+
+    Store(location)
+    src = open_catalog(location)
+    src.create_tenant("acme")
+    live, _ = src.create_key("acme", ("classify",), expires_at="2999-01-01T00:00:00+00:00")
+    gone, _ = src.create_key("acme", ("publish",))
+    src.revoke_key(gone.key_id)
+    later, _ = src.create_key("default", ("admin",))
+    for rpc in ("CreateTenant", "CreateKey", "RevokeKey"):
+        src.add_audit(AuditRecord("2026-01-01T00:00:00.000+00:00", "local", "default", rpc, "", "", "OK"))
+    dataset = put(JobBook(src), tsv())
+
+    dst = open_catalog(str(tmp_path / "copy"))
+    list(iter_copy(src, dst))
+    first = copy_rest(src, dst)
+    assert (first.keys, first.audit, first.datasets) == (3, 3, 1)
+    assert dst.keys() == src.keys()
+    hashes = [{k.key_id: h for k, h in c.key_table()[1]} for c in (src, dst)]
+    assert hashes[0] == hashes[1]
+    assert dst.audit() == src.audit()
+    assert JobBook(dst).dataset_bytes(dataset) == JobBook(src).dataset_bytes(dataset)
+    assert JobBook(dst).dataset(dataset) == JobBook(src).dataset(dataset)
+
+    src.revoke_key(later.key_id)
+    again = copy_rest(src, dst)
+    assert (again.keys, again.audit, again.datasets) == (1, 0, 0)
+    states = {k.key_id: k.state() for k in dst.keys()}  # noqa: SIM118 (a Catalog, not a dict)
+    assert states == {live.key_id: "active", gone.key_id: "revoked", later.key_id: "revoked"}
+    assert dst.keys() == src.keys()
+    assert copy_rest(src, dst) == again.__class__(0, 0, 0)

@@ -448,6 +448,14 @@ class Catalog(abc.ABC):
     def auth_generation(self) -> int:
         return self._reading(tenancy.auth_generation)
 
+    def import_key(self, key: ApiKey, hashed: str) -> bool:
+        """A key copied from another store (its hash kept); False if its id is here already."""
+        return self._auth_changed(lambda c: tenancy.import_key(c, key, hashed))
+
+    def import_audit(self, records: list[AuditRecord]) -> int:
+        """Audit records copied from another store, those already here skipped; how many added."""
+        return self._writing(lambda c: tenancy.import_audit(c, records))
+
     def add_audit(self, record: AuditRecord) -> None:
         self._writing(lambda c: tenancy.add_audit(c, record))
 
@@ -485,7 +493,10 @@ def iter_copy(src: Catalog, dst: Catalog) -> Iterator[tuple[VersionInfo, bool]]:
     already is skipped. Each version's bytes are hash-checked as read from src and again as
     read back from dst. Tenants missing from dst are made first (a namespaced task needs
     its tenant), their quotas set once their tasks are in (a quota lowered below what
-    the tenant holds must not stop the copy); keys and the audit trail are not copied."""
+    the tenant holds must not stop the copy). Then the rest of what the store holds: its
+    API keys (hashes, scopes, expiry and revocation as they are: a key that worked on src
+    works on dst), its audit trail and its uploaded datasets (``copy_rest``). Jobs and
+    their events are not copied: they belong to the cluster that ran them."""
     have = {t.tenant for t in dst.tenants()}
     made = [t for t in src.tenants() if t.tenant not in have]
     for t in made:
@@ -493,6 +504,32 @@ def iter_copy(src: Catalog, dst: Catalog) -> Iterator[tuple[VersionInfo, bool]]:
     yield from _copy_tasks(src, dst)
     for t in made:
         dst.set_quota(t.tenant, t.max_tasks, t.max_bytes, t.max_rows_in_flight)
+
+
+@dataclasses.dataclass(frozen=True)
+class Copied:
+    """What ``copy_rest`` added to the destination (what it held already is not counted)."""
+    keys: int
+    audit: int
+    datasets: int
+
+
+def copy_rest(src: Catalog, dst: Catalog) -> Copied:
+    """After ``iter_copy``: the keys, the audit trail and the datasets (idempotent)."""
+    from polyhead.store.jobs import JobBook
+
+    _, table = src.key_table()
+    keys = sum(dst.import_key(key, hashed) for key, hashed in table)
+    audit = dst.import_audit(src.audit(limit=2**62))
+    books = JobBook(src), JobBook(dst)
+    datasets = 0
+    for d in books[0].dataset_ids():
+        try:
+            books[1].dataset(d)
+        except NotFoundError:
+            books[1].put_dataset(books[0].dataset(d), books[0].dataset_bytes(d))
+            datasets += 1
+    return Copied(keys, audit, datasets)
 
 
 def _copy_tasks(src: Catalog, dst: Catalog) -> Iterator[tuple[VersionInfo, bool]]:

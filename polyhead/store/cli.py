@@ -21,6 +21,7 @@ from polyhead.store.catalog import (
     DEFAULT_RETENTION_S,
     Catalog,
     VersionInfo,
+    copy_rest,
     default_location,
     iter_copy,
     open_catalog,
@@ -93,8 +94,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("file", type=Path)
     p.add_argument("--replace-kind", action="store_true",
                    help="allow a version of another kind than the task's latest")
-    p = add("copy", _copy, "copy every tenant (with its quotas), task, version and alias from one "
-            "store into another "
+    p = add("copy", _copy, "copy every tenant (with its quotas), task, version, alias, API key, "
+            "audit record and dataset from one store into another (not jobs) "
             "(idempotent, hashes checked; e.g. a folder into postgresql://...)")
     p.add_argument("src", help="the store to read: folder or postgresql:// URL")
     p.add_argument("dst", help="the store to write (created if need be)")
@@ -269,6 +270,9 @@ def _copy(args: argparse.Namespace) -> int:
         if added:
             print(f"{info.task_id} v{info.number} ({info.short}) copied")
     tasks = len(src.list_tasks())
+    rest = copy_rest(src, dst)
     print(f"copied {new} versions ({old} already there) of {tasks} tasks from {src.location} "
           f"to {dst.location}; every hash checked")
+    print(f"and {rest.keys} API keys (or their revocations), {rest.audit} audit records and "
+          f"{rest.datasets} datasets new there (jobs are not copied)")
     return 0

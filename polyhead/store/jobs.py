@@ -108,6 +108,12 @@ class JobBook:
     def dataset(self, dataset_id: str) -> DatasetRecord:
         return self.catalog._reading(lambda c: _dataset(c, dataset_id))
 
+    def dataset_ids(self) -> list[str]:
+        """Every stored dataset's id, oldest first."""
+        rows = self.catalog._reading(lambda c: c.execute(
+            "SELECT dataset_id FROM datasets ORDER BY created_at, dataset_id").fetchall())
+        return [str(r[0]) for r in rows]
+
     def dataset_bytes(self, dataset_id: str) -> bytes:
         row = self.catalog._reading(lambda c: c.execute(
             "SELECT data FROM datasets WHERE dataset_id = ?", (dataset_id,)).fetchone())

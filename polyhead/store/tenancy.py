@@ -191,6 +191,25 @@ def key_table(c: Conn, since: int = -1) -> tuple[int, list[tuple[ApiKey, str]]]:
     return generation, [(_key(r[:6]), r[6]) for r in rows]
 
 
+def import_key(c: Conn, key: ApiKey, hashed: str) -> bool:
+    """A key copied from another store, as it was there (its hash, state and times). A key
+    of that id here already is kept, except that a revocation is carried over (a key
+    revoked at the source after an earlier copy must not stay live here). Whether
+    anything changed. Its tenant must exist."""
+    require_tenant(c, key.tenant)
+    row = c.execute("SELECT revoked_at FROM api_keys WHERE key_id = ?", (key.key_id,)).fetchone()
+    if row is not None:
+        if row[0] is not None or key.revoked_at is None:
+            return False
+        c.execute("UPDATE api_keys SET revoked_at = ?, changed = ? WHERE key_id = ?",
+                  (key.revoked_at, bump_auth(c), key.key_id))
+        return True
+    c.execute(f"INSERT INTO api_keys ({KEY_COLUMNS}, hash, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+              (key.key_id, key.tenant, ",".join(key.scopes), key.created_at, key.expires_at,
+               key.revoked_at, hashed, bump_auth(c)))
+    return True
+
+
 def _key(row: tuple[str, str, str, str, str | None, str | None]) -> ApiKey:
     key_id, tenant, scopes, created, expires, revoked = row
     return ApiKey(key_id, tenant, tuple(scopes.split(",")), created, expires, revoked)
@@ -200,6 +219,19 @@ def add_audit(c: Conn, r: AuditRecord) -> None:
     c.execute("INSERT INTO audit (at, key_id, tenant, rpc, task_id, version, outcome) "
               "VALUES (?, ?, ?, ?, ?, ?, ?)",
               (r.at, r.key_id, r.tenant, r.rpc, r.task_id, r.version, r.outcome))
+
+
+def import_audit(c: Conn, records: list[AuditRecord]) -> int:
+    """Records copied from another store, oldest first, skipping those already here (the
+    same time, key, tenant, RPC, task, version and outcome); how many were added."""
+    added = 0
+    for r in records:
+        fields = (r.at, r.key_id, r.tenant, r.rpc, r.task_id, r.version, r.outcome)
+        if c.execute("SELECT 1 FROM audit WHERE at = ? AND key_id = ? AND tenant = ? AND rpc = ? "
+                     "AND task_id = ? AND version = ? AND outcome = ?", fields).fetchone() is None:
+            add_audit(c, r)
+            added += 1
+    return added
 
 
 def audit(c: Conn, tenant: str | None = None, since: str | None = None,

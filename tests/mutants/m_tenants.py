@@ -97,6 +97,19 @@ MUTANTS += [
            "        dst.set_quota(t.tenant, t.max_tasks, t.max_bytes, t.max_rows_in_flight)", "        pass",
            COPY, "a copied store loses its tenants' quotas"),
 ]
+COPY_REST = (T + "test_store_copy_takes_keys_audit_and_datasets_along[sqlite]",)
+MUTANTS += [
+    Mutant("tenants-copy-keeps-revoked-key-live", "polyhead/store/tenancy.py",
+           "        if row[0] is not None or key.revoked_at is None:", "        if True:", COPY_REST,
+           "a key revoked at the source after an earlier `store copy` stays live in the copy"),
+    Mutant("tenants-copy-drops-keys", "polyhead/store/catalog.py",
+           "    keys = sum(dst.import_key(key, hashed) for key, hashed in table)", "    keys = 0",
+           COPY_REST, "`store copy` leaves the API keys behind: every client is locked out of the copy"),
+    Mutant("tenants-copy-audit-twice", "polyhead/store/tenancy.py",
+           "outcome = ?\", fields).fetchone() is None:",
+           "outcome = ?\", fields).fetchone() or True:",
+           COPY_REST, "a second `store copy` duplicates the audit trail"),
+]
 
 MUTANTS += [
     Mutant("tenants-metrics-by-task", "polyhead/server/_private/gate.py",
