@@ -98,6 +98,15 @@ class Fake(pb_grpc.InferenceServicer, pb_grpc.RegistryServicer, pb_grpc.Training
         self._enter("UploadDataset", context)
         return pb.DatasetInfo(dataset_id="ds-x", nbytes=len(self.datasets[-1]), format=got[0].filename[-3:])
 
+    def WatchJob(self, request: pb.WatchJobRequest, context: grpc.ServicerContext) -> Iterator[pb.JobEvent]:
+        self._enter("WatchJob", context)
+        at = "2026-01-01T00:00:00"
+        yield pb.JobEvent(job_id=request.job_id, seq=1, at=at, kind="step", step=5, total_steps=10)
+        yield pb.JobEvent(job_id=request.job_id, seq=2, at=at, kind="epoch", epoch=1, train_loss=0.5,
+                          metric="accuracy", metric_value=0.75)
+        yield pb.JobEvent(job_id=request.job_id, seq=3, at=at, kind="published", version="ab" * 32,
+                          version_number=2)
+
     def DeleteTask(self, request: pb.DeleteTaskRequest,
                    context: grpc.ServicerContext) -> pb.DeleteTaskResponse:
         self._enter("DeleteTask", context)
@@ -340,6 +349,16 @@ def test_classify_file_without_tqdm(server: tuple[str, Fake], fake: Fake, tmp_pa
     assert out.returncode == 0, out.stderr
     assert [json.loads(line)["label"] for line in out.stdout.splitlines()] == ["pos", "neg"]
     assert out.stderr.splitlines() == ["# 2 lines classified with t"]
+
+
+def test_jobs_watch_without_tqdm(server: tuple[str, Fake], tmp_path: Path) -> None:
+    """A client-only install has no tqdm: `jobs watch` prints the events as lines."""
+    out = polyhead_without_extras(tmp_path, "jobs", "watch", "--server", server[0], "--token", "x", "job-1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "2026-01-01T00:00:00 step 5/10",
+        "2026-01-01T00:00:00 epoch 1: train loss 0.5000, dev accuracy 0.7500",
+        f"2026-01-01T00:00:00 published v2 {'ab' * 32}"]
 
 
 # -- pyproject: each extra holds what its part imports ---------------------------------------
