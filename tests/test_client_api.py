@@ -187,6 +187,19 @@ def test_unavailable_is_retried_until_answered(server: tuple[str, Fake], fake: F
     assert fake.calls == {"Classify": 3, "Upload": 2}
 
 
+def test_the_cluster_benchmarks_counting_client_counts_failed_attempts(server: tuple[str, Fake],
+                                                                       fake: Fake) -> None:
+    """bench.cluster's load threads count the Classify attempts that failed and were retried
+    (its failover figures); it wraps the stub the client holds, which a client renovation
+    once renamed (the load threads then died)."""
+    from bench.cluster import CountingClient
+
+    fake.fail = {"Classify": 2}
+    client = CountingClient(server[0], token="x", backoff_s=0.001)
+    assert [r["label"] for r in client.classify("t", ["a good film"])] == ["pos"]
+    assert client.failed_attempts == 2 and fake.calls == {"Classify": 3}
+
+
 @FLAVOURS
 def test_retries_stop_after_the_budget(server: tuple[str, Fake], fake: Fake, flavour: str) -> None:
     fake.fail = {"Health": 10}
