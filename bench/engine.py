@@ -20,8 +20,9 @@ batch of 64 against all rows of one task. Many tasks ("many"): 10,000 PASTA task
 rows of tasks drawn from all 10,000 against from 10; and the table bytes per task.
 Rounds are interleaved (every run once per round) so that machine noise hits all alike;
 `--clock cpu` times this thread's CPU work with 1 torch thread, for shared machines.
-`--geometry bert-base` runs a randomly initialised bert-base (12 x 768) instead of the
-packaged MiniLM (the same uncased vocabulary), e.g. in bf16 on a GPU.
+`--geometry bert-base|bert-large` runs a randomly initialised bert-base (12 x 768) or
+bert-large (24 x 1024) instead of the packaged MiniLM (the same uncased vocabulary), e.g.
+in bf16 on a GPU (`python -m bench.gpu` runs it and the serving benchmark in one go).
 """
 
 from __future__ import annotations
@@ -64,12 +65,27 @@ def make_backbone(args: argparse.Namespace, tmp: Path) -> Backbone:
         if args.dtype == "fp32":
             return load_backbone(args.backbone, device=args.device, precision="fp32")
         return load_backbone(args.backbone, device=args.device, dtype=DTYPES[args.dtype])
+    write_random_backbone(args.geometry, tmp)
+    return load_backbone(tmp, device=args.device, dtype=DTYPES[args.dtype])
+
+
+# BERT geometries for throughput on a GPU (weights do not change speed): layers, hidden, heads
+GEOMETRIES = {"bert-base": (12, 768, 12), "bert-large": (24, 1024, 16)}
+
+
+def write_random_backbone(geometry: str, folder: Path) -> Path:
+    """A randomly initialised BERT of ``geometry`` (seed 0) with the packaged MiniLM's
+    uncased vocabulary, saved as a Hugging Face folder that `polyhead serve --backbone`
+    loads."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
+    layers, hidden, heads = GEOMETRIES[geometry]
     torch.manual_seed(0)
-    BertModel(BertConfig()).save_pretrained(tmp)  # bert-base geometry, random weights
-    AutoTokenizer.from_pretrained(default_backbone_path(), local_files_only=True).save_pretrained(tmp)
-    return load_backbone(tmp, device=args.device, dtype=DTYPES[args.dtype])
+    config = BertConfig(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+                        intermediate_size=4 * hidden)
+    BertModel(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(default_backbone_path(), local_files_only=True).save_pretrained(folder)
+    return folder
 
 
 def load_tasks(engine: Engine, kinds: Sequence[tuple[str, object]], n: int,
@@ -300,8 +316,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="SST-2 dev.tsv (GLUE format)")
     ap.add_argument("--backbone", default=None, help="local HF encoder folder (default: packaged MiniLM)")
-    ap.add_argument("--geometry", choices=("minilm", "bert-base"), default="minilm",
-                    help="bert-base: a randomly initialised 12 x 768 BERT (GPU runs)")
+    ap.add_argument("--geometry", choices=("minilm", *GEOMETRIES), default="minilm",
+                    help="bert-base (12 x 768) or bert-large (24 x 1024): a randomly initialised "
+                         "BERT (GPU runs)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N sentences")

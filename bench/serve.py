@@ -40,22 +40,35 @@ from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
 Pick = Callable[[random.Random], tuple[str, str]]  # -> (task id, sentence)
 
 
-def build_tasks(spec: Any) -> dict[str, list[tuple[str, bytes, TaskArtifact]]]:
+GROUPS = {"one": 1, "mixed": 100, "pasta": 1000}  # task group -> how many tasks
+# scenario -> (its task group, its popularity: uniform, or Zipf with this exponent)
+SCENARIOS: dict[str, tuple[str, float | None]] = {
+    "1 task": ("one", None), "100 tasks, 5 kinds": ("mixed", None),
+    "1,000 PASTA, uniform": ("pasta", None), "1,000 PASTA, Zipf 1.0": ("pasta", 1.0)}
+
+
+Built = dict[str, list[tuple[str, bytes, TaskArtifact]]]  # group -> (task id, file bytes, artifact)
+
+
+def build_tasks(spec: Any, groups: Sequence[str] = tuple(GROUPS)) -> Built:
     def make(task_id: str, kind: str, cfg: Any, labels: int, seed: int):
         art = TaskArtifact.random(kind, spec, labels, config=cfg, seed=seed)
         names = [f"l{j}" for j in range(labels)]
         return task_id, encode_artifact(new_manifest(task_id, art, spec, labels=names), art), art
 
-    return {
-        "one": [make("one", "pasta", None, 2, 0)],
-        "mixed": [make(f"mix-{i:03d}", KINDS[i % 5][0], KINDS[i % 5][1], 2 + i % 3, 1000 + i)
-                  for i in range(100)],
-        "pasta": [make(f"pasta-{i:04d}", "pasta", None, 2, 2000 + i) for i in range(1000)],
+    makers = {
+        "one": lambda: [make("one", "pasta", None, 2, 0)],
+        "mixed": lambda: [make(f"mix-{i:03d}", KINDS[i % 5][0], KINDS[i % 5][1], 2 + i % 3, 1000 + i)
+                          for i in range(GROUPS["mixed"])],
+        "pasta": lambda: [make(f"pasta-{i:04d}", "pasta", None, 2, 2000 + i) for i in range(GROUPS["pasta"])],
     }
+    return {g: makers[g]() for g in groups}
 
 
-def scenarios(tasks: dict[str, list], texts: Sequence[str]) -> dict[str, tuple[str, Pick]]:
-    """Scenario name -> (its task group, how a request picks its task and sentence)."""
+def scenarios(names: Sequence[str], tasks: dict[str, list],
+              texts: Sequence[str]) -> dict[str, tuple[str, Pick]]:
+    """Scenario name -> (its task group, how a request picks its task and sentence), for
+    ``names`` (their groups must be in ``tasks``)."""
     def uniform(ids: list[str]) -> Pick:
         return lambda rng: (rng.choice(ids), rng.choice(texts))
 
@@ -63,11 +76,12 @@ def scenarios(tasks: dict[str, list], texts: Sequence[str]) -> dict[str, tuple[s
         weights = [1.0 / (r + 1) ** s for r in range(len(ids))]
         return lambda rng: (rng.choices(ids, weights)[0], rng.choice(texts))
 
-    ids = {k: [t for t, _, _ in v] for k, v in tasks.items()}
-    return {"1 task": ("one", uniform(ids["one"])),
-            "100 tasks, 5 kinds": ("mixed", uniform(ids["mixed"])),
-            "1,000 PASTA, uniform": ("pasta", uniform(ids["pasta"])),
-            "1,000 PASTA, Zipf 1.0": ("pasta", zipf(ids["pasta"]))}
+    out = {}
+    for name in names:
+        group, exponent = SCENARIOS[name]
+        ids = [t for t, _, _ in tasks[group]]
+        out[name] = (group, uniform(ids) if exponent is None else zipf(ids, exponent))
+    return out
 
 
 def engine_throughput(engine: Engine, loaded: dict[str, Any], pick: Pick, rows: int,
@@ -305,6 +319,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--swap-rounds", type=int, default=30)
     ap.add_argument("--only", nargs="*", help="scenario name prefixes to run")
     ap.add_argument("--server-args", default="", help="extra `polyhead serve` flags")
+    ap.add_argument("--backbone", default=None,
+                    help="local HF encoder folder for the server and the in-process baseline "
+                         "(default: the packaged MiniLM)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda, for both (default cpu)")
+    ap.add_argument("--precision", choices=("fp32", "int8", "bf16"), default="fp32",
+                    help="the backbone's arithmetic, for both (default fp32)")
     ap.add_argument("--parts", nargs="+", choices=("load", "swap", "health"),
                     default=["load", "swap", "health"], help="what to measure (default: all)")
     ap.add_argument("--health-seconds", type=float, default=5.0,
@@ -314,14 +334,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     texts = read_sst2(args.data, None)
-    bb = load_backbone()
+    bb = load_backbone(args.backbone, device=args.device, precision=args.precision)
     engine = Engine(bb, max_batch_size=64)
-    tasks = build_tasks(bb.spec)
-    picks = scenarios(tasks, texts)
-    if args.only:
-        picks = {k: v for k, v in picks.items() if any(k.startswith(p) for p in args.only)}
+    serve_args = [*args.server_args.split(), "--device", args.device, "--precision", args.precision,
+                  *(["--backbone", str(args.backbone)] if args.backbone else [])]
+    names = [k for k in SCENARIOS if not args.only or any(k.startswith(p) for p in args.only)]
+    groups = {SCENARIOS[k][0] for k in names} if "load" in args.parts else set()
+    tasks = build_tasks(bb.spec, sorted(groups | {"one"}))  # "one": the servers' probe task
+    picks = scenarios(names, tasks, texts) if "load" in args.parts else {}
     results: dict[str, Any] = {"machine": f"{os.cpu_count()} CPU cores, torch "
-                               f"{torch.__version__}, {torch.get_num_threads()} threads",
+                               f"{torch.__version__}, {torch.get_num_threads()} threads; "
+                               f"{bb.device} {bb.precision}, backbone {bb.spec.num_layers} x "
+                               f"{bb.spec.hidden}",
                                "load_average_at_start": os.getloadavg()}
     if "load" in args.parts:  # -- in-process engine baselines (no server running)
         loaded = {t: engine.load(a) for group in tasks.values() for t, _, a in group}
@@ -338,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             store.publish(data)
     results["publish_s_per_task"] = (time.perf_counter() - t0) / sum(map(len, published))
     if {"load", "health"} & set(args.parts):  # -- one replica: startup, load points, Serve's cost
-        server = Server(work / "store", 1, work / "serve1.log", args.server_args.split())
+        server = Server(work / "store", 1, work / "serve1.log", serve_args)
         results["startup_s"] = server.startup_s
         try:
             if "load" in args.parts:
@@ -354,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                                     args.engine_rows, 32)
         del loaded
     if "swap" in args.parts:  # -- two replicas: upload-to-servable
-        server = Server(work / "store", 2, work / "serve2.log", args.server_args.split())
+        server = Server(work / "store", 2, work / "serve2.log", serve_args)
         try:
             results["swap"] = swap_latency(server.address, bb.spec, args.swap_rounds)
         finally:
