@@ -15,7 +15,7 @@ import pytest
 
 from polyhead.engine.engine import Encoded
 from polyhead.server._private.fairqueue import FairQueue, FifoQueue
-from polyhead.server._private.tenancy import OTHER_TENANTS, TenantLabels, TenantTerms
+from polyhead.server._private.tenancy import OTHER_TENANTS, TenantLabels
 from polyhead.server.bank import TaskMeta
 from polyhead.v1 import polyhead_pb2 as pb
 
@@ -303,12 +303,6 @@ def test_expecting_only_while_tenants_share() -> None:
     fifo.push(Req("A"))
     fifo.take(2, 1000)
     assert not fifo.expecting()
-
-
-def test_tenant_terms_refuse_bad_values() -> None:
-    from polyhead.engine.errors import ConfigError
-    with pytest.raises(ConfigError, match="weight"):
-        TenantTerms(weight=0)
 
 
 def test_tenant_labels_are_bounded() -> None:
