@@ -125,6 +125,24 @@ def test_a_contended_batch_is_capped_and_a_lone_one_is_not() -> None:
     assert [r.tenant for r in q.take(16, 1000)] == ["A", "B", "A", "A"]
 
 
+def test_a_tenant_late_for_the_next_batch_waits_behind_a_capped_one() -> None:
+    """B was served by the last batch and its next request is not in yet (a closed-loop
+    client a few milliseconds late): the next batch is still capped, so B's request waits
+    behind 4 of A's rows, not behind a full batch of A's backlog. Once a batch has passed
+    without B, A alone is no longer capped."""
+    q: FairQueue[Req] = FairQueue(contended_rows=4)
+    for _ in range(40):
+        q.push(Req("A"))
+    q.push(Req("B"))
+    assert [r.tenant for r in q.take(16, 1000)] == ["A", "B", "A", "A"]
+    assert [r.tenant for r in q.take(16, 1000)] == ["A"] * 4  # B is expected: still shared
+    late = Req("B")
+    q.push(late)
+    assert late in q.take(16, 1000)  # in the very next batch: B waited one capped batch
+    assert len(q.take(16, 1000)) == 4  # B served last batch, again expected
+    assert len(q.take(16, 1000)) == 16  # B gone for a whole batch: A alone, uncapped
+
+
 def test_removing_a_request_takes_it_out_of_the_queue() -> None:
     q: FairQueue[Req] = FairQueue()
     a, b1, b2 = Req("A", rows=2), Req("B", tokens=5), Req("B", rows=3)
