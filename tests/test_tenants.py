@@ -171,22 +171,30 @@ def _psql(pg_server: Any, url: str, script: Path) -> None:
     )
 
 
+def _old_store(backend: str, schema: int, tmp_path: Path, request: Any) -> str:
+    """A copy of the schema-``schema`` fixture store of ``backend``: its location."""
+    if backend == "sqlite":
+        loc = str(tmp_path / "store")
+        shutil.copytree(FIXTURES / f"store-schema{schema}", loc)
+        with sqlite3.connect(Path(loc) / "catalog.sqlite") as conn:
+            assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (schema,)
+    else:
+        loc = request.getfixturevalue("pg_url")
+        _psql(request.getfixturevalue("pg_server"), loc, FIXTURES / f"store-schema{schema}.pg.sql")
+    return loc
+
+
+def _schema(store: Store) -> int:
+    return int(store.catalog._reading(
+        lambda c: c.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone())[0])
+
+
 @pytest.mark.parametrize("backend", support.BACKENDS)
 def test_a_schema_2_store_is_upgraded_in_place(backend, tmp_path, tiny_bert, request) -> None:
     """tests/fixtures/make_schema2.py wrote these with the code of 0400301 (schema 2)."""
-    if backend == "sqlite":
-        loc = str(tmp_path / "store")
-        shutil.copytree(FIXTURES / "store-schema2", loc)
-        with sqlite3.connect(Path(loc) / "catalog.sqlite") as conn:
-            assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (2,)
-    else:
-        loc = request.getfixturevalue("pg_url")
-        _psql(request.getfixturevalue("pg_server"), loc, FIXTURES / "store-schema2.pg.sql")
+    loc = _old_store(backend, 2, tmp_path, request)
     store = Store(loc, tiny_bert.spec)
-    schema = store.catalog._reading(
-        lambda c: c.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-    )
-    assert schema[0] == CATALOG_SCHEMA
+    assert _schema(store) == CATALOG_SCHEMA
     assert [(t.task_id, t.num_versions) for t in store.list_tasks()] == [("nli", 1), ("sst2", 2)]
     assert store.get("sst2", "stable").info.number == 1 and store.verify() == []
     assert [(t.tenant, t.tasks, t.weight) for t in store.catalog.tenants()] == [("default", 2, 1.0)]
@@ -196,6 +204,24 @@ def test_a_schema_2_store_is_upgraded_in_place(backend, tmp_path, tiny_bert, req
     assert store.publish(make_file(tiny_bert.spec, "acme/x", seed=9)).number == 1
     assert store.catalog.weights() == {"acme": 2.0}
     assert Store(loc, tiny_bert.spec).catalog.keys()[0].tenant == "acme"  # reopened: no second upgrade
+
+
+@pytest.mark.parametrize("backend", support.BACKENDS)
+def test_a_schema_4_store_is_upgraded_in_place(backend, tmp_path, tiny_bert, request) -> None:
+    """tests/fixtures/make_schema4.py wrote these with the code of b81b860 (schema 4, before
+    tenant weights): every tenant keeps its quotas, tasks and keys, and gets weight 1."""
+    loc = _old_store(backend, 4, tmp_path, request)
+    store = Store(loc, tiny_bert.spec)
+    assert _schema(store) == CATALOG_SCHEMA
+    cat = store.catalog
+    assert {t.tenant: (t.max_tasks, t.max_rows_in_flight, t.tasks, t.weight) for t in cat.tenants()} == {
+        "acme": (5, 16, 1, 1.0), "default": (None, None, 1, 1.0)}
+    assert [(k.tenant, k.scopes, k.state()) for k in cat.keys(None)] == [("acme", ("classify",), "active")]
+    assert [r.rpc for r in cat.audit()] == ["CreateTenant"] and cat.weights() == {}
+    cat.set_quota("acme", 5, None, 16, weight=2.5)
+    reopened = Store(loc, tiny_bert.spec).catalog  # no second upgrade
+    assert reopened.weights() == {"acme": 2.5} and reopened.admission_limits() == {"acme": 16}
+    assert [i.task_id for i in store.list_tasks()] == ["acme/x", "sst2"] and store.verify() == []
 
 
 # -- the server: the matrix ---------------------------------------------------------------------

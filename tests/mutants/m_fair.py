@@ -92,8 +92,8 @@ MUTANTS += [
     Mutant(
         id="expecting-while-alone",
         file="polyhead/server/_private/fairqueue.py",
-        old="if len(self._answered.keys() | self._waiting.keys()) < 2:",
-        new="if len(self._answered.keys() | self._waiting.keys()) < 1:",
+        old="        if not self.sharing():\n            return False",
+        new="        if False:\n            return False",
         tests=(T + "test_expecting_only_while_tenants_share",),
         why="a lone tenant's batches would wait on it where today's do not",
     ),

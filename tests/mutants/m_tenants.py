@@ -109,6 +109,11 @@ MUTANTS += [
            "queue=batch_queue(config.batch_order, keys.weight,",
            "queue=batch_queue(config.batch_order, lambda tenant: 1.0,", WEIGHT_FEED,
            "the replica's batch queue is built without the key cache's weights"),
+    Mutant("tenants-no-weight-upgrade-step", "polyhead/store/sql.py",
+           "UPGRADE = {1: DELETED, 2: TENANTS, 3: JOBS, 4: WEIGHTS}",
+           "UPGRADE = {1: DELETED, 2: TENANTS, 3: JOBS, 4: ()}",
+           (T + "test_a_schema_4_store_is_upgraded_in_place[sqlite]",),
+           "a schema-4 store is marked schema 5 without the tenants' weight column"),
     Mutant("tenants-set-quota-keeps-weight", "polyhead/store/tenancy.py",
            'max_rows_in_flight = ?, weight = ? "\n              "WHERE tenant = ?", '
            '(max_tasks, max_bytes, max_rows_in_flight, w, name))',
