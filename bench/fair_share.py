@@ -12,7 +12,9 @@ check); then A and B together under FIFO (today's order) and under fair sharing.
 Targets: B's p99 with fair sharing within 2x of B's p99 alone; A's rows/s with fair
 sharing >= 0.9 x (A's rows/s alone - B's rows/s in that phase). Latencies are wall
 clock per request; the CPU time of the whole process per phase is shown too, as the
-machine is shared.
+machine is shared, and how many batches held more than ``fair_batch_rows`` rows (with B
+active under fair sharing, each is a full batch of A's backlog that B's next requests
+wait behind).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 from bench.engine import read_sst2
 from polyhead.engine import Engine, LoadedTask, load_backbone
 from polyhead.server._private.batcher import Batcher, batch_queue
-from polyhead.server._private.inference import forward
+from polyhead.server._private.inference import BatchStats, forward
 from polyhead.server.config import ServerConfig
 from polyhead.store.fileformat import load_artifact
 
@@ -58,6 +60,7 @@ class Phase:
     seconds: float = 0.0
     cpu_s: float = 0.0
     batches: int = 0
+    over_cap: int = 0  # batches of more than fair_batch_rows rows (formed with one tenant queued)
 
     def load(self, tenant: str) -> Load | None:
         return next((x for x in self.loads if x.tenant == tenant), None)
@@ -75,8 +78,9 @@ async def client(b: Batcher, task: LoadedTask, texts: list[str], load: Load, rng
 
 async def run_phase(engine: Engine, task: LoadedTask, texts: list[str], phase: Phase,
                     cfg: ServerConfig, threads: int) -> Phase:
-    def count(_: object) -> None:
+    def count(stats: BatchStats) -> None:
         phase.batches += 1
+        phase.over_cap += stats.rows > cfg.fair_batch_rows
 
     b = Batcher(engine.tokenize, partial(forward, engine), max_rows=cfg.max_batch_rows,
                 max_tokens=cfg.max_batch_tokens, fill_wait_s=cfg.batch_wait_ms / 1000,
@@ -105,16 +109,16 @@ def phases(seconds: float) -> list[Phase]:
 
 
 def table(done: list[Phase]) -> str:
-    head = ("| phase | order | A rows/s | B rows/s | B p50 ms | B p99 ms | batches | CPU s | "
-            "rows / CPU s |")
-    lines = [head, "|" + "---|" * 9]
+    head = ("| phase | order | A rows/s | B rows/s | B p50 ms | B p99 ms | batches | over cap | "
+            "CPU s | rows / CPU s |")
+    lines = [head, "|" + "---|" * 10]
     for ph in done:
         a, b = ph.load("A"), ph.load("B")
         rows = sum(len(x.latencies) for x in ph.loads)
         lines.append(
             f"| {ph.name} | {ph.order} | {a.rows_per_s(ph.seconds) if a else 0:.1f} | "
             f"{b.rows_per_s(ph.seconds) if b else 0:.1f} | {b.p(0.5) if b else float('nan'):.0f} | "
-            f"{b.p(0.99) if b else float('nan'):.0f} | {ph.batches} | {ph.cpu_s:.0f} | "
+            f"{b.p(0.99) if b else float('nan'):.0f} | {ph.batches} | {ph.over_cap} | {ph.cpu_s:.0f} | "
             f"{rows / max(ph.cpu_s, 1e-9):.1f} |")
     return "\n".join(lines)
 

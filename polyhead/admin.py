@@ -5,6 +5,7 @@ calls a server's Admin service with an admin key. Both have the Admin RPCs' name
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import grpc
@@ -26,7 +27,7 @@ class AdminInputError(ValueError):
 def tenant_pb(t: Tenant) -> pb.TenantInfo:
     return pb.TenantInfo(tenant=t.tenant, created_at=t.created_at, max_tasks=t.max_tasks,
                          max_bytes=t.max_bytes, tasks=t.tasks, nbytes=t.nbytes,
-                         max_rows_in_flight=t.max_rows_in_flight)
+                         max_rows_in_flight=t.max_rows_in_flight, weight=t.weight)
 
 
 def key_pb(k: ApiKey) -> pb.KeyInfo:
@@ -39,10 +40,15 @@ def audit_pb(r: AuditRecord) -> pb.AuditRecord:
                           version=r.version, outcome=r.outcome)
 
 
-def _quotas(request: Any) -> tuple[int | None, int | None, int | None]:
-    """max_tasks, max_bytes, max_rows_in_flight of a request (None: unset, no limit)."""
-    return tuple(int(getattr(request, n)) if request.HasField(n) else None  # type: ignore[return-value]
-                 for n in ("max_tasks", "max_bytes", "max_rows_in_flight"))
+def _terms(request: Any) -> tuple[int | None, int | None, int | None, float | None]:
+    """max_tasks, max_bytes, max_rows_in_flight (None: unset, no limit) and weight (None:
+    unset, 1) of a request; AdminInputError for a weight that is not finite and > 0."""
+    quotas = [int(getattr(request, n)) if request.HasField(n) else None
+              for n in ("max_tasks", "max_bytes", "max_rows_in_flight")]
+    weight = request.weight if request.HasField("weight") else None
+    if weight is not None and not (math.isfinite(weight) and weight > 0):
+        raise AdminInputError(f"weight: {weight!r} must be a finite number > 0 (unset: 1)")
+    return quotas[0], quotas[1], quotas[2], weight
 
 
 class StoreAdmin:
@@ -56,11 +62,11 @@ class StoreAdmin:
         return tenant_pb(next(t for t in self.catalog.tenants() if t.tenant == name))
 
     def CreateTenant(self, request: pb.CreateTenantRequest) -> pb.TenantInfo:
-        self.catalog.create_tenant(request.tenant, *_quotas(request))
+        self.catalog.create_tenant(request.tenant, *_terms(request))
         return self._record("CreateTenant", self._tenant(request.tenant), f"tenant:{request.tenant}")
 
     def SetQuota(self, request: pb.SetQuotaRequest) -> pb.TenantInfo:
-        self.catalog.set_quota(request.tenant, *_quotas(request))
+        self.catalog.set_quota(request.tenant, *_terms(request))
         return self._record("SetQuota", self._tenant(request.tenant), f"tenant:{request.tenant}")
 
     def ListTenants(self, request: pb.ListTenantsRequest) -> pb.ListTenantsResponse:

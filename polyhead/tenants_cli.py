@@ -5,6 +5,7 @@ key "local") or on a server over gRPC with an admin key (``--server``, ``--token
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -16,15 +17,16 @@ SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("tenants", help="create, list, delete tenants; set their quotas")
+    t = sub.add_parser("tenants", help="create, list, delete tenants; set their quotas and weights")
     tsub = t.add_subparsers(dest="tenants_command", required=True)
     p = _verb(tsub, "create", _tenant_create, "a tenant: it owns the task ids NAME/...")
     p.add_argument("name")
     _quota_flags(p)
-    _verb(tsub, "list", _tenant_list, "every tenant, its quotas and what it holds")
+    _verb(tsub, "list", _tenant_list, "every tenant, its quotas, weight and what it holds")
     p = _verb(tsub, "delete", _tenant_delete, "a tenant that owns no task (its keys are revoked)")
     p.add_argument("name")
-    p = _verb(tsub, "quota", _tenant_quota, "set a tenant's quotas (an omitted one: no limit)")
+    p = _verb(tsub, "quota", _tenant_quota, "set a tenant's quotas and weight (an omitted quota: "
+              "no limit; an omitted weight: 1); every replica applies them within ~1 s")
     p.add_argument("name")
     _quota_flags(p)
     k = sub.add_parser("keys", help="create, list, revoke API keys")
@@ -60,6 +62,19 @@ def _quota_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-bytes", type=_size, help="the most artifact bytes it may store (e.g. 500M)")
     p.add_argument("--max-rows-in-flight", type=int,
                    help="the most rows it may have queued or computing at once, per replica")
+    p.add_argument("--weight", type=_weight,
+                   help="its share of each replica's engine while other tenants wait too, relative "
+                        "to theirs (fair batch order: tokens served in proportion); default 1")
+
+
+def _weight(text: str) -> float:
+    try:
+        w = float(text)
+    except ValueError:
+        w = math.nan
+    if not (math.isfinite(w) and w > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: a weight is a finite number > 0, such as 1, 3 or 0.5")
+    return w
 
 
 def _size(text: str) -> int:
@@ -118,6 +133,8 @@ def _quota_request(cls: Any, args: argparse.Namespace) -> Any:
         req.max_bytes = args.max_bytes
     if args.max_rows_in_flight is not None:
         req.max_rows_in_flight = args.max_rows_in_flight
+    if args.weight is not None:
+        req.weight = args.weight
     return req
 
 
@@ -126,7 +143,7 @@ def _tenant_line(t: Any) -> str:
     nbytes = f"{t.nbytes}/{t.max_bytes}" if t.HasField("max_bytes") else f"{t.nbytes}/-"
     rows = t.max_rows_in_flight if t.HasField("max_rows_in_flight") else "-"
     return (f"{t.tenant}\ttasks {tasks}\tbytes {nbytes}\trows in flight <= {rows}\t"
-            f"created {t.created_at or '-'}")
+            f"weight {t.weight:g}\tcreated {t.created_at or '-'}")
 
 
 def _tenant_create(ops: Any, args: argparse.Namespace) -> None:

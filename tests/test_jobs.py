@@ -165,6 +165,7 @@ def test_old_catalog_is_upgraded_with_the_job_tables(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "catalog.sqlite")
     for table in ("job_events", "jobs", "datasets"):
         db.execute(f"DROP TABLE {table}")
+    db.execute("ALTER TABLE tenants DROP COLUMN weight")  # schema 5 added it
     db.execute("UPDATE meta SET value = 3 WHERE key = 'schema'")  # schema 4 added the job tables
     db.commit()
     db.close()

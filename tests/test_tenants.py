@@ -123,6 +123,27 @@ def test_tenants_keys_quotas_and_audit_in_the_store(location, tiny_bert) -> None
     assert [r.key_id for r in cat.audit(since="2026-06-01")] == ["k2"]
 
 
+def test_fair_share_weights_in_the_store(location, tiny_bert) -> None:
+    """A tenant's weight: 1 unless set, set with the quotas (an omitted one goes back to 1),
+    a finite number > 0; a change moves the 'auth' counter the replicas reload on."""
+    cat = Store(location, tiny_bert.spec).catalog
+    cat.create_tenant("acme", weight=3.0)
+    cat.create_tenant("beta")
+    assert {t.tenant: t.weight for t in cat.tenants()} == {"acme": 3.0, "beta": 1.0, "default": 1.0}
+    assert cat.weights() == {"acme": 3.0}  # what a replica's batch queue reads
+    gen = cat.auth_generation()
+    cat.set_quota("beta", None, None, 8, weight=0.25)
+    assert cat.auth_generation() > gen and cat.weights() == {"acme": 3.0, "beta": 0.25}
+    cat.set_quota("acme", 5, None)  # every term is set: the omitted weight is 1 again
+    assert cat.weights() == {"beta": 0.25}
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(StoreError, match="weight must be a finite number > 0"):
+            cat.set_quota("beta", None, None, None, weight=bad)
+        with pytest.raises(StoreError, match="weight must be a finite number > 0"):
+            cat.create_tenant("gamma", weight=bad)
+    assert cat.weights() == {"beta": 0.25} and "gamma" not in {t.tenant for t in cat.tenants()}
+
+
 def _dump(catalog: Any) -> str:
     """Every key table cell, as text."""
     rows = catalog._reading(lambda c: c.execute("SELECT * FROM api_keys").fetchall())
@@ -150,30 +171,57 @@ def _psql(pg_server: Any, url: str, script: Path) -> None:
     )
 
 
+def _old_store(backend: str, schema: int, tmp_path: Path, request: Any) -> str:
+    """A copy of the schema-``schema`` fixture store of ``backend``: its location."""
+    if backend == "sqlite":
+        loc = str(tmp_path / "store")
+        shutil.copytree(FIXTURES / f"store-schema{schema}", loc)
+        with sqlite3.connect(Path(loc) / "catalog.sqlite") as conn:
+            assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (schema,)
+    else:
+        loc = request.getfixturevalue("pg_url")
+        _psql(request.getfixturevalue("pg_server"), loc, FIXTURES / f"store-schema{schema}.pg.sql")
+    return loc
+
+
+def _schema(store: Store) -> int:
+    return int(store.catalog._reading(
+        lambda c: c.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone())[0])
+
+
 @pytest.mark.parametrize("backend", support.BACKENDS)
 def test_a_schema_2_store_is_upgraded_in_place(backend, tmp_path, tiny_bert, request) -> None:
     """tests/fixtures/make_schema2.py wrote these with the code of 0400301 (schema 2)."""
-    if backend == "sqlite":
-        loc = str(tmp_path / "store")
-        shutil.copytree(FIXTURES / "store-schema2", loc)
-        with sqlite3.connect(Path(loc) / "catalog.sqlite") as conn:
-            assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (2,)
-    else:
-        loc = request.getfixturevalue("pg_url")
-        _psql(request.getfixturevalue("pg_server"), loc, FIXTURES / "store-schema2.pg.sql")
+    loc = _old_store(backend, 2, tmp_path, request)
     store = Store(loc, tiny_bert.spec)
-    schema = store.catalog._reading(
-        lambda c: c.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-    )
-    assert schema[0] == CATALOG_SCHEMA
+    assert _schema(store) == CATALOG_SCHEMA
     assert [(t.task_id, t.num_versions) for t in store.list_tasks()] == [("nli", 1), ("sst2", 2)]
     assert store.get("sst2", "stable").info.number == 1 and store.verify() == []
-    assert [(t.tenant, t.tasks) for t in store.catalog.tenants()] == [("default", 2)]
+    assert [(t.tenant, t.tasks, t.weight) for t in store.catalog.tenants()] == [("default", 2, 1.0)]
     assert store.restore("old").number == 1  # the deleted task kept through the upgrade
-    store.catalog.create_tenant("acme")
+    store.catalog.create_tenant("acme", weight=2.0)
     store.catalog.create_key("acme", ("publish",))
     assert store.publish(make_file(tiny_bert.spec, "acme/x", seed=9)).number == 1
+    assert store.catalog.weights() == {"acme": 2.0}
     assert Store(loc, tiny_bert.spec).catalog.keys()[0].tenant == "acme"  # reopened: no second upgrade
+
+
+@pytest.mark.parametrize("backend", support.BACKENDS)
+def test_a_schema_4_store_is_upgraded_in_place(backend, tmp_path, tiny_bert, request) -> None:
+    """tests/fixtures/make_schema4.py wrote these with the code of b81b860 (schema 4, before
+    tenant weights): every tenant keeps its quotas, tasks and keys, and gets weight 1."""
+    loc = _old_store(backend, 4, tmp_path, request)
+    store = Store(loc, tiny_bert.spec)
+    assert _schema(store) == CATALOG_SCHEMA
+    cat = store.catalog
+    assert {t.tenant: (t.max_tasks, t.max_rows_in_flight, t.tasks, t.weight) for t in cat.tenants()} == {
+        "acme": (5, 16, 1, 1.0), "default": (None, None, 1, 1.0)}
+    assert [(k.tenant, k.scopes, k.state()) for k in cat.keys(None)] == [("acme", ("classify",), "active")]
+    assert [r.rpc for r in cat.audit()] == ["CreateTenant"] and cat.weights() == {}
+    cat.set_quota("acme", 5, None, 16, weight=2.5)
+    reopened = Store(loc, tiny_bert.spec).catalog  # no second upgrade
+    assert reopened.weights() == {"acme": 2.5} and reopened.admission_limits() == {"acme": 16}
+    assert [i.task_id for i in store.list_tasks()] == ["acme/x", "sst2"] and store.verify() == []
 
 
 # -- the server: the matrix ---------------------------------------------------------------------
@@ -585,6 +633,54 @@ def test_a_key_revoked_through_one_replica_is_refused_by_another(
     asyncio.run(main())
 
 
+def test_a_weight_set_through_one_replica_reaches_anothers_batch_queue(
+    no_ray, location, tiny_bert_dir, tiny_bert
+) -> None:
+    """SetQuota's weight, over the Admin RPC of one replica (refused unless finite and > 0,
+    recorded in the audit trail), reaches the second replica's fair queue by its change
+    feed: two backlogged tenants share a contended batch 1:1, then 3:1."""
+    from tests.test_fair_share import Req
+
+    owner = (("authorization", f"Bearer {OWNER}"),)
+
+    def shares(queue: Any) -> dict[str, int]:
+        for _ in range(8):  # a's heads are older; equal tokens each
+            queue.push(Req("a"))
+        for _ in range(8):
+            queue.push(Req("b"))
+        batch = queue.take(64, 10_000)  # a contended batch: fair_batch_rows (8) rows
+        while queue.take(64, 10_000):
+            pass
+        return {t: sum(r.tenant == t for r in batch) for t in ("a", "b")}
+
+    async def main() -> None:
+        cfg = _config(location, tiny_bert_dir)
+        async with serving(cfg) as one, serving(cfg) as two:
+            admin = pb_grpc.AdminStub(one.channel)
+            made = await admin.CreateTenant(pb.CreateTenantRequest(tenant="a", weight=0.5), metadata=owner)
+            assert made.weight == 0.5
+            await admin.CreateTenant(pb.CreateTenantRequest(tenant="b"), metadata=owner)
+            await admin.SetQuota(pb.SetQuotaRequest(tenant="a"), metadata=owner)  # back to 1
+            await _keys_reach(two.replica)
+            queue = two.replica.parts.batcher._queue  # the replica's own queue, as serving built it
+            assert shares(queue) == {"a": 4, "b": 4}
+            info = await admin.SetQuota(pb.SetQuotaRequest(tenant="a", weight=3.0), metadata=owner)
+            assert (info.tenant, info.weight, info.HasField("max_tasks")) == ("a", 3.0, False)
+            for bad in (0.0, -2.0, float("nan"), float("inf")):
+                code, details, _ = await _status(
+                    admin.SetQuota(pb.SetQuotaRequest(tenant="a", weight=bad), metadata=owner))
+                assert code == "INVALID_ARGUMENT" and details.startswith("weight: "), (bad, details)
+            await _keys_reach(two.replica)  # no restart: the feed brought the new weight
+            assert shares(queue) == {"a": 6, "b": 2}
+            listed = await admin.ListTenants(pb.ListTenantsRequest(), metadata=owner)
+            assert {t.tenant: t.weight for t in listed.tenants} == {"a": 3.0, "b": 1.0, "default": 1.0}
+            trail = await admin.ListAudit(pb.ListAuditRequest(), metadata=owner)
+            assert [(r.rpc, r.task_id, r.outcome) for r in trail.records if r.rpc == "SetQuota"] == [
+                ("SetQuota", "tenant:a", OK)] * 2 + [("SetQuota", "tenant:a", "INVALID_ARGUMENT")] * 4
+
+    asyncio.run(main())
+
+
 def test_quota_exhaustion_at_publish(no_ray, tmp_path, tiny_bert_dir, tiny_bert) -> None:
     spec = tiny_bert.spec
     owner = (("authorization", f"Bearer {OWNER}"),)
@@ -764,8 +860,14 @@ def test_the_commands_on_a_store_and_over_grpc(no_ray, tmp_path, tiny_bert_dir, 
     folder = str(tmp_path / "store")
     Store(folder, tiny_bert.spec)  # the store exists (the commands do not create one)
     code, out, _ = _cli(capsys, "tenants", "create", "acme", "--max-tasks", "3", "--max-bytes", "2M",
-                        "--max-rows-in-flight", "64", "--store", folder)
-    assert code == 0 and out.startswith("acme\ttasks 0/3\tbytes 0/2097152\trows in flight <= 64")
+                        "--max-rows-in-flight", "64", "--weight", "2", "--store", folder)
+    assert code == 0 and out.startswith("acme\ttasks 0/3\tbytes 0/2097152\trows in flight <= 64\tweight 2\t")
+    for bad in ("0", "-1", "nan", "inf", "heavy"):
+        with pytest.raises(SystemExit) as refused:
+            _cli(capsys, "tenants", "quota", "acme", "--weight", bad, "--store", folder)
+        err = capsys.readouterr().err
+        assert refused.value.code == 2 and "argument --weight" in err and "finite number > 0" in err
+    assert Store(folder, tiny_bert.spec).catalog.weights() == {"acme": 2.0}
     code, out, err = _cli(capsys, "keys", "create", "--tenant", "acme", "--scope", "admin", "--store", folder)
     admin_key = out.strip()
     assert code == 0 and admin_key.startswith("phk_") and "shown this once" in err
@@ -781,8 +883,13 @@ def test_the_commands_on_a_store_and_over_grpc(no_ray, tmp_path, tiny_bert_dir, 
             def run(*argv: str) -> tuple[int, str, str]:
                 return _cli(capsys, *argv, *over)
 
-            code, out, _ = await asyncio.to_thread(run, "tenants", "create", "beta")
-            assert code == 0 and out.startswith("beta\ttasks 0/-")
+            code, out, _ = await asyncio.to_thread(run, "tenants", "create", "beta", "--weight", "0.5")
+            assert code == 0 and out.startswith("beta\ttasks 0/-") and "\tweight 0.5\t" in out
+            code, out, _ = await asyncio.to_thread(run, "tenants", "quota", "beta", "--max-tasks", "4",
+                                                   "--weight", "3")
+            assert code == 0 and out.startswith("beta\ttasks 0/4\tbytes 0/-\trows in flight <= -\tweight 3\t")
+            await _keys_reach(s.replica)
+            assert s.replica.parts.keys.weights == {"acme": 2.0, "beta": 3.0}
             code, out, _ = await asyncio.to_thread(run, "keys", "create", "--tenant", "beta", "--scope",
                                                    "publish", "--expires", "1h")
             publish_key = out.strip()
@@ -809,16 +916,16 @@ def test_the_commands_on_a_store_and_over_grpc(no_ray, tmp_path, tiny_bert_dir, 
     admin_id = admin_key[4:16]
     assert [(r[1], r[3]) for r in rows] == [
         ("local", "CreateTenant"), ("local", "CreateKey"), (admin_id, "CreateTenant"),
-        (admin_id, "CreateKey"), (admin_id, "RevokeKey"), (admin_id, "DeleteTenant"),
+        (admin_id, "SetQuota"), (admin_id, "CreateKey"), (admin_id, "RevokeKey"), (admin_id, "DeleteTenant"),
         (admin_id, "DeleteTenant")]
     assert rows[-1][-1] == "NOT_FOUND" and all(r[-1] == "OK" for r in rows[:-1])
     code, out, _ = _cli(capsys, "audit", "--store", folder, "--tenant", "acme")
-    assert len(out.splitlines()) == 5  # the admin key's records: its tenant is acme
+    assert len(out.splitlines()) == 6  # the admin key's records: its tenant is acme
 
 
 def test_store_copy_takes_the_tenants_along(location, tiny_bert, tmp_path) -> None:
     """A namespaced task needs its tenant in the destination: `store copy` makes the
-    tenants first and sets their quotas after their tasks are in (a quota lowered below
+    tenants first and sets their quotas and weights after their tasks are in (a quota lowered below
     what the tenant holds does not stop the copy); twice is a no-op."""
     from polyhead.store.catalog import iter_copy, open_catalog
 
@@ -827,12 +934,13 @@ def test_store_copy_takes_the_tenants_along(location, tiny_bert, tmp_path) -> No
     src.catalog.create_tenant("acme")
     src.publish(make_file(spec, "acme/a", seed=1))
     src.publish(make_file(spec, "acme/b", seed=2))
-    src.catalog.set_quota("acme", 1, None, 8)  # below what acme holds
+    src.catalog.set_quota("acme", 1, None, 8, weight=2.0)  # below what acme holds
     dst = open_catalog(str(tmp_path / "copy"))
     copied = [(i.task_id, new) for i, new in iter_copy(src.catalog, dst)]
     assert copied == [("acme/a", True), ("acme/b", True)]
-    got = {t.tenant: (t.tasks, t.max_tasks, t.max_bytes, t.max_rows_in_flight) for t in dst.tenants()}
-    assert got == {"acme": (2, 1, None, 8), "default": (0, None, None, None)}
+    got = {t.tenant: (t.tasks, t.max_tasks, t.max_bytes, t.max_rows_in_flight, t.weight)
+           for t in dst.tenants()}
+    assert got == {"acme": (2, 1, None, 8, 2.0), "default": (0, None, None, None, 1.0)}
     assert [new for _, new in iter_copy(src.catalog, dst)] == [False, False]
 
 

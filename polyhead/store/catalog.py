@@ -410,18 +410,23 @@ class Catalog(abc.ABC):
         return self._writing(run)
 
     def create_tenant(self, name: str, max_tasks: int | None = None, max_bytes: int | None = None,
-                      max_rows_in_flight: int | None = None) -> None:
+                      max_rows_in_flight: int | None = None, weight: float | None = None) -> None:
         self._auth_changed(lambda c: tenancy.create_tenant(c, name, max_tasks, max_bytes,
-                                                           max_rows_in_flight))
+                                                           max_rows_in_flight, weight))
 
     def set_quota(self, name: str, max_tasks: int | None, max_bytes: int | None,
-                  max_rows_in_flight: int | None = None) -> None:
-        """Set every quota of ``name`` (None: no limit)."""
-        self._auth_changed(lambda c: tenancy.set_quota(c, name, max_tasks, max_bytes, max_rows_in_flight))
+                  max_rows_in_flight: int | None = None, weight: float | None = None) -> None:
+        """Set every quota of ``name`` (None: no limit) and its fair-share weight (None: 1)."""
+        self._auth_changed(lambda c: tenancy.set_quota(c, name, max_tasks, max_bytes, max_rows_in_flight,
+                                                       weight))
 
     def admission_limits(self) -> dict[str, int]:
         """Each tenant's max_rows_in_flight, where one is set."""
         return self._reading(tenancy.admission_limits)
+
+    def weights(self) -> dict[str, float]:
+        """Each tenant's fair-share weight, where it is not 1."""
+        return self._reading(tenancy.weights)
 
     def delete_tenant(self, name: str) -> int:
         """Refused while it owns tasks; its keys are revoked (how many were live)."""
@@ -503,7 +508,7 @@ def iter_copy(src: Catalog, dst: Catalog) -> Iterator[tuple[VersionInfo, bool]]:
         dst.create_tenant(t.tenant)
     yield from _copy_tasks(src, dst)
     for t in made:
-        dst.set_quota(t.tenant, t.max_tasks, t.max_bytes, t.max_rows_in_flight)
+        dst.set_quota(t.tenant, t.max_tasks, t.max_bytes, t.max_rows_in_flight, t.weight)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -170,8 +170,13 @@ class PgCatalog(Catalog):
                                      "first publish or serve)")
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                    for stmt in sql.PG_SCHEMA:
-                        conn.execute(stmt)
+                    # made by another process meanwhile? (a query of pg_tables, not to_regclass:
+                    # an advisory lock does not refresh the catalog caches of this transaction)
+                    made = conn.execute("SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = %s "
+                                        "AND tablename = 'meta'", (sql.PG_SCHEMA_NAME,)).fetchone()
+                    if made is None:
+                        for stmt in sql.PG_SCHEMA:  # (not all idempotent: schema 5's ALTER TABLE)
+                            conn.execute(stmt)
             found = sql.schema_version(_Tx(conn))
             if found < sql.CATALOG_SCHEMA:  # an older store: upgraded in place, once
                 with conn.transaction():

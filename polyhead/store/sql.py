@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from polyhead.store.errors import AmbiguousRefError, NotFoundError
 from polyhead.store.names import hex_prefix, is_task_id, version_number_ref
 
-CATALOG_SCHEMA = 4  # both backends; a catalog with a larger number is refused, a smaller upgraded
+CATALOG_SCHEMA = 5  # both backends; a catalog with a larger number is refused, a smaller upgraded
 
 
 class Cursor(Protocol):
@@ -161,11 +161,14 @@ def _jobs_tables(blob: str, real: str) -> tuple[str, ...]:
     )
 
 
+# Schema 5: each tenant's fair-share weight (its share of a replica's engine while other
+# tenants wait too; 1 unless set), read by the replicas with the quotas.
+WEIGHTS = ("ALTER TABLE tenants ADD COLUMN weight DOUBLE PRECISION NOT NULL DEFAULT 1",)
 JOBS = _jobs_tables("BLOB", "REAL")
 PG_JOBS = _jobs_tables("BYTEA", "DOUBLE PRECISION")
 TENANTS = _tenant_tables("INTEGER PRIMARY KEY AUTOINCREMENT", "")
-SCHEMA = SCHEMA + DELETED + TENANTS + JOBS
-UPGRADE = {1: DELETED, 2: TENANTS, 3: JOBS}  # SQLite: from schema N to N + 1
+SCHEMA = SCHEMA + DELETED + TENANTS + JOBS + WEIGHTS
+UPGRADE = {1: DELETED, 2: TENANTS, 3: JOBS, 4: WEIGHTS}  # SQLite: from schema N to N + 1
 
 PG_SCHEMA_NAME = "polyhead"  # every table lives in this PostgreSQL schema (namespace)
 PG_SCHEMA: tuple[str, ...] = (  # PostgreSQL: the same tables, byte order ("C") for ids, plus the bytes
@@ -195,11 +198,12 @@ PG_SCHEMA: tuple[str, ...] = (  # PostgreSQL: the same tables, byte order ("C") 
     *PG_JOBS,
 )
 PG_TENANTS = _tenant_tables("BIGSERIAL PRIMARY KEY", 'COLLATE "C"')
-PG_SCHEMA = PG_SCHEMA + PG_TENANTS
+PG_SCHEMA = PG_SCHEMA + PG_TENANTS + WEIGHTS
 PG_UPGRADE = {  # PostgreSQL: from schema N to N + 1
     1: ("ALTER TABLE blobs DROP CONSTRAINT IF EXISTS blobs_version_fkey", *DELETED),
     2: PG_TENANTS,
     3: PG_JOBS,
+    4: WEIGHTS,
 }
 
 

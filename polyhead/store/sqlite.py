@@ -107,7 +107,10 @@ class SqliteCatalog(Catalog):
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if row is None:
             def create(c: Conn) -> None:
-                for stmt in sql.SCHEMA:
+                if c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+                             ).fetchone() is not None:
+                    return  # another process made it while this one waited for the write lock
+                for stmt in sql.SCHEMA:  # (not all idempotent: schema 5's ALTER TABLE)
                     c.execute(stmt)
 
             self._writing(create)

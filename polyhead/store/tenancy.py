@@ -1,4 +1,5 @@
-"""Tenants, API keys, quotas and the audit trail in the catalog (schema 3): the queries,
+"""Tenants, API keys, quotas and the audit trail in the catalog (schema 3; tenants'
+fair-share weights: schema 5): the queries,
 written once for both backends, each run inside the caller's transaction (see sql.py).
 
 A tenant owns the task ids ``tenant/...`` (the ``default`` tenant: ids without a '/').
@@ -9,6 +10,7 @@ feeds wake) and the 'auth' counter (so they re-read their key cache only then).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from polyhead.store.errors import NotFoundError, QuotaExceeded, StoreError
 from polyhead.store.keys import ApiKey, key_hash, new_key, now_iso
@@ -25,6 +27,7 @@ class Tenant:
     tasks: int  # what it holds now
     nbytes: int
     max_rows_in_flight: int | None = None  # rows queued or computing per replica; None: no limit
+    weight: float = 1.0  # its share of a replica's engine while others wait too, relative to theirs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,22 +103,25 @@ def check_publish(c: Conn, task_id: str, nbytes: int, new_task: bool) -> None:
 
 
 def create_tenant(c: Conn, name: str, max_tasks: int | None, max_bytes: int | None,
-                  max_rows_in_flight: int | None = None) -> None:
+                  max_rows_in_flight: int | None = None, weight: float | None = None) -> None:
     check_tenant_name(name)
     _check_quota_values(max_tasks, max_bytes, max_rows_in_flight)
+    w = check_weight(weight)
     if c.execute("SELECT 1 FROM tenants WHERE tenant = ?", (name,)).fetchone() is not None:
         raise StoreError(f"tenant {name!r} exists")
-    c.execute("INSERT INTO tenants (tenant, created_at, max_tasks, max_bytes, max_rows_in_flight) "
-              "VALUES (?, ?, ?, ?, ?)", (name, now_iso(), max_tasks, max_bytes, max_rows_in_flight))
+    c.execute("INSERT INTO tenants (tenant, created_at, max_tasks, max_bytes, max_rows_in_flight, weight) "
+              "VALUES (?, ?, ?, ?, ?, ?)", (name, now_iso(), max_tasks, max_bytes, max_rows_in_flight, w))
     bump_auth(c)
 
 
 def set_quota(c: Conn, name: str, max_tasks: int | None, max_bytes: int | None,
-              max_rows_in_flight: int | None = None) -> None:
+              max_rows_in_flight: int | None = None, weight: float | None = None) -> None:
+    """Set every term of ``name``: its quotas (None: no limit) and its weight (None: 1)."""
     _check_quota_values(max_tasks, max_bytes, max_rows_in_flight)
+    w = check_weight(weight)
     require_tenant(c, name)
-    c.execute("UPDATE tenants SET max_tasks = ?, max_bytes = ?, max_rows_in_flight = ? WHERE tenant = ?",
-              (max_tasks, max_bytes, max_rows_in_flight, name))
+    c.execute("UPDATE tenants SET max_tasks = ?, max_bytes = ?, max_rows_in_flight = ?, weight = ? "
+              "WHERE tenant = ?", (max_tasks, max_bytes, max_rows_in_flight, w, name))
     bump_auth(c)
 
 
@@ -124,6 +130,21 @@ def admission_limits(c: Conn) -> dict[str, int]:
     rows = c.execute("SELECT tenant, max_rows_in_flight FROM tenants "
                      "WHERE max_rows_in_flight IS NOT NULL").fetchall()
     return {t: int(n) for t, n in rows}
+
+
+def weights(c: Conn) -> dict[str, float]:
+    """Every tenant's fair-share weight other than 1: what a replica's batch queue reads."""
+    rows = c.execute("SELECT tenant, weight FROM tenants WHERE weight <> 1").fetchall()
+    return {t: float(w) for t, w in rows}
+
+
+def check_weight(weight: float | None) -> float:
+    """``weight``, or 1 for None; StoreError unless it is a finite number > 0."""
+    if weight is None:
+        return 1.0
+    if not (math.isfinite(weight) and weight > 0):
+        raise StoreError(f"weight must be a finite number > 0, got {weight!r}")
+    return float(weight)
 
 
 def _check_quota_values(*values: int | None) -> None:
@@ -147,9 +168,9 @@ def delete_tenant(c: Conn, name: str) -> int:
 
 
 def tenants(c: Conn) -> list[Tenant]:
-    rows = c.execute("SELECT tenant, created_at, max_tasks, max_bytes, max_rows_in_flight FROM tenants "
-                     "ORDER BY tenant").fetchall()
-    return [Tenant(t, when, mt, mb, *usage(c, t), mr) for t, when, mt, mb, mr in rows]
+    rows = c.execute("SELECT tenant, created_at, max_tasks, max_bytes, max_rows_in_flight, weight "
+                     "FROM tenants ORDER BY tenant").fetchall()
+    return [Tenant(t, when, mt, mb, *usage(c, t), mr, float(w)) for t, when, mt, mb, mr, w in rows]
 
 
 def create_key(c: Conn, tenant: str, scopes: tuple[str, ...], expires_at: str | None) -> tuple[ApiKey, str]:

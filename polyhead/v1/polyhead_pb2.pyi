@@ -428,7 +428,7 @@ class JobEvent(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., seq: _Optional[int] = ..., at: _Optional[str] = ..., kind: _Optional[str] = ..., node: _Optional[str] = ..., resources: _Optional[_Mapping[str, float]] = ..., epoch: _Optional[int] = ..., train_loss: _Optional[float] = ..., metric: _Optional[str] = ..., metric_value: _Optional[float] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., version: _Optional[str] = ..., version_number: _Optional[int] = ..., reason: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class TenantInfo(_message.Message):
-    __slots__ = ("tenant", "created_at", "max_tasks", "max_bytes", "tasks", "nbytes", "max_rows_in_flight")
+    __slots__ = ("tenant", "created_at", "max_tasks", "max_bytes", "tasks", "nbytes", "max_rows_in_flight", "weight")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     MAX_TASKS_FIELD_NUMBER: _ClassVar[int]
@@ -436,6 +436,7 @@ class TenantInfo(_message.Message):
     TASKS_FIELD_NUMBER: _ClassVar[int]
     NBYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_ROWS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     created_at: str
     max_tasks: int
@@ -443,19 +444,22 @@ class TenantInfo(_message.Message):
     tasks: int
     nbytes: int
     max_rows_in_flight: int
-    def __init__(self, tenant: _Optional[str] = ..., created_at: _Optional[str] = ..., max_tasks: _Optional[int] = ..., max_bytes: _Optional[int] = ..., tasks: _Optional[int] = ..., nbytes: _Optional[int] = ..., max_rows_in_flight: _Optional[int] = ...) -> None: ...
+    weight: float
+    def __init__(self, tenant: _Optional[str] = ..., created_at: _Optional[str] = ..., max_tasks: _Optional[int] = ..., max_bytes: _Optional[int] = ..., tasks: _Optional[int] = ..., nbytes: _Optional[int] = ..., max_rows_in_flight: _Optional[int] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class CreateTenantRequest(_message.Message):
-    __slots__ = ("tenant", "max_tasks", "max_bytes", "max_rows_in_flight")
+    __slots__ = ("tenant", "max_tasks", "max_bytes", "max_rows_in_flight", "weight")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     MAX_TASKS_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_ROWS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     max_tasks: int
     max_bytes: int
     max_rows_in_flight: int
-    def __init__(self, tenant: _Optional[str] = ..., max_tasks: _Optional[int] = ..., max_bytes: _Optional[int] = ..., max_rows_in_flight: _Optional[int] = ...) -> None: ...
+    weight: float
+    def __init__(self, tenant: _Optional[str] = ..., max_tasks: _Optional[int] = ..., max_bytes: _Optional[int] = ..., max_rows_in_flight: _Optional[int] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class ListTenantsRequest(_message.Message):
     __slots__ = ()
@@ -482,16 +486,18 @@ class DeleteTenantResponse(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., keys_revoked: _Optional[int] = ...) -> None: ...
 
 class SetQuotaRequest(_message.Message):
-    __slots__ = ("tenant", "max_tasks", "max_bytes", "max_rows_in_flight")
+    __slots__ = ("tenant", "max_tasks", "max_bytes", "max_rows_in_flight", "weight")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     MAX_TASKS_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_ROWS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     max_tasks: int
     max_bytes: int
     max_rows_in_flight: int
-    def __init__(self, tenant: _Optional[str] = ..., max_tasks: _Optional[int] = ..., max_bytes: _Optional[int] = ..., max_rows_in_flight: _Optional[int] = ...) -> None: ...
+    weight: float
+    def __init__(self, tenant: _Optional[str] = ..., max_tasks: _Optional[int] = ..., max_bytes: _Optional[int] = ..., max_rows_in_flight: _Optional[int] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class KeyInfo(_message.Message):
     __slots__ = ("key_id", "tenant", "scopes", "created_at", "expires_at", "revoked_at", "state")

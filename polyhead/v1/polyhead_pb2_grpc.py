@@ -990,7 +990,7 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetQuota(self, request, context):
-        """Sets every quota (an unset one: no limit).
+        """Sets every quota (an unset one: no limit) and the fair-share weight (unset: 1).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

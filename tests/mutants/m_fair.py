@@ -32,10 +32,19 @@ MUTANTS = [
     Mutant(
         id="fair-caps-a-lone-tenant",
         file="polyhead/server/_private/fairqueue.py",
-        old="if self.contended_rows is not None and len(self._waiting) > 1:",
+        old="if self.contended_rows is not None and self.sharing():",
         new="if self.contended_rows is not None and len(self._waiting) >= 1:",
         tests=(T + "test_a_lone_tenant_is_never_held_back",),
         why="a tenant alone loses throughput to the cap meant for contention",
+    ),
+    Mutant(
+        id="fair-late-tenant-meets-a-full-batch",
+        file="polyhead/server/_private/fairqueue.py",
+        old="if self.contended_rows is not None and self.sharing():",
+        new="if self.contended_rows is not None and len(self._waiting) > 1:",
+        tests=(T + "test_a_tenant_late_for_the_next_batch_waits_behind_a_capped_one",),
+        why="a closed-loop tenant a moment late for the next batch waits behind a full batch "
+            "of the other tenant's backlog (B's p99 under a flood)",
     ),
     Mutant(
         id="fair-remove-keeps-empty-tenant",
@@ -83,8 +92,8 @@ MUTANTS += [
     Mutant(
         id="expecting-while-alone",
         file="polyhead/server/_private/fairqueue.py",
-        old="if len(self._answered.keys() | self._waiting.keys()) < 2:",
-        new="if len(self._answered.keys() | self._waiting.keys()) < 1:",
+        old="        if not self.sharing():\n            return False",
+        new="        if False:\n            return False",
         tests=(T + "test_expecting_only_while_tenants_share",),
         why="a lone tenant's batches would wait on it where today's do not",
     ),

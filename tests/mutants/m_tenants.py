@@ -58,7 +58,8 @@ MUTANTS: list[Mutant] = [
            "record.created_at, expires_at, None, key,", (STORE,),
            "the catalog keeps the key itself, not its hash"),
     Mutant("tenants-no-upgrade-step", "polyhead/store/sql.py",
-           "UPGRADE = {1: DELETED, 2: TENANTS, 3: JOBS}", "UPGRADE = {1: DELETED, 2: (), 3: JOBS}",
+           "UPGRADE = {1: DELETED, 2: TENANTS, 3: JOBS, 4: WEIGHTS}",
+           "UPGRADE = {1: DELETED, 2: (), 3: JOBS, 4: WEIGHTS}",
            (T + "test_a_schema_2_store_is_upgraded_in_place[sqlite]",),
            "an existing store is marked schema 3 without its tenant tables"),
 ]
@@ -94,8 +95,32 @@ MUTANTS += [
            "        dst.create_tenant(t.tenant)\n", "        pass\n", COPY,
            "`store copy` of a store with namespaced tasks fails: the destination has no tenant"),
     Mutant("tenants-copy-drops-quotas", "polyhead/store/catalog.py",
-           "        dst.set_quota(t.tenant, t.max_tasks, t.max_bytes, t.max_rows_in_flight)", "        pass",
-           COPY, "a copied store loses its tenants' quotas"),
+           "        dst.set_quota(t.tenant, t.max_tasks, t.max_bytes, t.max_rows_in_flight, t.weight)",
+           "        pass", COPY, "a copied store loses its tenants' quotas and weights"),
+]
+
+WEIGHT_FEED = (T + "test_a_weight_set_through_one_replica_reaches_anothers_batch_queue[sqlite]",)
+MUTANTS += [
+    Mutant("tenants-weights-not-reloaded", "polyhead/server/_private/auth.py",
+           "        self.weights = catalog.weights()  # type: ignore[attr-defined]",
+           "        self.weights = {}", WEIGHT_FEED,
+           "a stored weight never reaches the replicas: every tenant shares the engine equally"),
+    Mutant("tenants-queue-ignores-stored-weights", "polyhead/server/_private/replica.py",
+           "queue=batch_queue(config.batch_order, keys.weight,",
+           "queue=batch_queue(config.batch_order, lambda tenant: 1.0,", WEIGHT_FEED,
+           "the replica's batch queue is built without the key cache's weights"),
+    Mutant("tenants-no-weight-upgrade-step", "polyhead/store/sql.py",
+           "UPGRADE = {1: DELETED, 2: TENANTS, 3: JOBS, 4: WEIGHTS}",
+           "UPGRADE = {1: DELETED, 2: TENANTS, 3: JOBS, 4: ()}",
+           (T + "test_a_schema_4_store_is_upgraded_in_place[sqlite]",),
+           "a schema-4 store is marked schema 5 without the tenants' weight column"),
+    Mutant("tenants-set-quota-keeps-weight", "polyhead/store/tenancy.py",
+           'max_rows_in_flight = ?, weight = ? "\n              "WHERE tenant = ?", '
+           '(max_tasks, max_bytes, max_rows_in_flight, w, name))',
+           'max_rows_in_flight = ? "\n              "WHERE tenant = ?", '
+           '(max_tasks, max_bytes, max_rows_in_flight, name))',
+           (T + "test_fair_share_weights_in_the_store[sqlite]",),
+           "SetQuota stores the quotas and drops the new weight"),
 ]
 COPY_REST = (T + "test_store_copy_takes_keys_audit_and_datasets_along[sqlite]",)
 MUTANTS += [

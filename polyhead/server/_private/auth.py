@@ -64,14 +64,15 @@ class _Entry:
 
 
 class KeyRing:
-    """The store's API keys by key id, and the tenants' admission quotas, re-read when the
-    store's 'auth' counter moved (``load``, on the store thread); lookups read whichever
-    table is current."""
+    """The store's API keys by key id, and the tenants' terms (admission quotas, fair-share
+    weights), re-read when the store's 'auth' counter moved (``load``, on the store thread;
+    every tenant or key change moves it); lookups read whichever table is current."""
 
     def __init__(self) -> None:
         self.generation = -1  # the 'auth' counter of the table held
         self._table: dict[str, _Entry] = {}
         self.limits: dict[str, int] = {}  # tenant -> max_rows_in_flight (admission), where set
+        self.weights: dict[str, float] = {}  # tenant -> fair-share weight, where not 1
 
     def __len__(self) -> int:
         return len(self._table)
@@ -86,8 +87,13 @@ class KeyRing:
         table = dict(self._table)
         table.update((k.key_id, _Entry(k, h, frozenset(k.scopes), _epoch(k.expires_at))) for k, h in rows)
         self.limits = catalog.admission_limits()  # type: ignore[attr-defined]
+        self.weights = catalog.weights()  # type: ignore[attr-defined]
         self._table, self.generation = table, generation
         return True
+
+    def weight(self, tenant: str) -> float:
+        """``tenant``'s fair-share weight (the batch queue's; 1 unless the store sets one)."""
+        return self.weights.get(tenant, 1.0)
 
     def find(self, key: str) -> _Entry | None:
         """The entry whose hash ``key`` has, or None (unknown id or a wrong secret)."""

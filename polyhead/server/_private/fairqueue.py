@@ -9,13 +9,17 @@ spent idle banks no credit. Counters are charged when a batch takes a request.
 
 Both orders are work-conserving: ``take`` returns at least one request whenever any waits,
 so the engine never idles with work queued beyond the batcher's fill wait, and a lone
-tenant is served exactly as FIFO serves it. While two or more tenants wait, a batch holds
+tenant is served exactly as FIFO serves it. While tenants share the engine, a batch holds
 at most ``contended_rows`` rows: the engine runs one forward at a time and cannot be
 interrupted, so the longest a tenant waits behind another's rows is one such batch, not
-one of ``max_rows``. And while tenants share the engine, ``expecting`` tells the batcher's
-fill wait (bounded by it) that a tenant answered by the last batch has not sent its next
-requests yet: a closed-loop client would otherwise always miss the next batch, which forms
-the moment the engine is free, and wait one more forward behind the other tenant.
+one of ``max_rows``. Tenants share the engine while two or more wait, or one waits and
+another was served by the last batch and has not sent its next requests yet: a
+closed-loop client a few milliseconds late for the next batch then waits behind one
+capped batch, not behind a full one of the other tenant's backlog; a tenant left alone
+is capped for one batch at most. And while tenants share the engine, ``expecting`` tells
+the batcher's fill wait (bounded by it) that such a tenant's next requests are on their
+way: a closed-loop client would otherwise always miss the next batch, which forms the
+moment the engine is free.
 """
 
 from __future__ import annotations
@@ -110,10 +114,15 @@ class FairQueue(Generic[E]):
     def tenants_waiting(self) -> int:
         return len(self._waiting)
 
+    def sharing(self) -> bool:
+        """Whether tenants share the engine: two or more wait or were served by the last
+        batch (the module's docstring)."""
+        return len(self._answered.keys() | self._waiting.keys()) > 1
+
     def expecting(self) -> bool:
         """While tenants share the engine: whether one the last batch served has fewer
         requests waiting than that batch took from it (its next ones are on their way)."""
-        if len(self._answered.keys() | self._waiting.keys()) < 2:
+        if not self.sharing():
             return False
         return any(len(self._waiting.get(t, ())) < n for t, n in self._answered.items())
 
@@ -142,8 +151,8 @@ class FairQueue(Generic[E]):
 
     def take(self, max_rows: int, max_tokens: int) -> list[E]:
         """Requests of the least-served tenants, one at a time, within the budgets (at least
-        one, when any waits); at most ``contended_rows`` rows when several tenants wait."""
-        if self.contended_rows is not None and len(self._waiting) > 1:
+        one, when any waits); at most ``contended_rows`` rows while tenants share the engine."""
+        if self.contended_rows is not None and self.sharing():
             max_rows = min(max_rows, self.contended_rows)
         out: list[E] = []
         rows = tokens = 0

@@ -29,7 +29,6 @@ from polyhead.server._private.metrics import ServerMetrics
 from polyhead.server._private.resolver import Resolver
 from polyhead.server._private.services import InferenceService, Parts, RegistryService, StoreSource
 from polyhead.server._private.streams import OneLineAborts, StreamLimits
-from polyhead.server._private.tenancy import Tenants
 from polyhead.server._private.training import TrainingService
 from polyhead.server.bank import AdapterBank, BankEvent, VersionKey
 from polyhead.server.config import MB, ServerConfig
@@ -67,11 +66,10 @@ class Polyhead:
             StoreSource(store, engine.spec), engine, device_budget=int(config.device_budget_mb * MB),
             host_budget=int(config.host_budget_mb * MB),
             executor=ThreadPoolExecutor(2, "polyhead-load"), listener=self._bank_event)
-        tenants = Tenants()  # every tenant weight 1: the store keeps no weights yet
         batcher = Batcher(engine.tokenize, partial(forward, engine), max_rows=config.max_batch_rows,
                           max_tokens=config.max_batch_tokens,
                           fill_wait_s=config.batch_wait_ms / 1000, threads=threads,
-                          on_batch=self._record, queue=batch_queue(config.batch_order, tenants.weight,
+                          on_batch=self._record, queue=batch_queue(config.batch_order, keys.weight,
                                                                  config.fair_batch_rows))
         resolver = Resolver(store, ThreadPoolExecutor(1, "polyhead-store"))
         self.parts = Parts(config, _replica_name(), backbone.path.name, threads, engine, store,
