@@ -160,6 +160,20 @@ def test_int8_compiled_kernels_equal_the_op_by_op_ones(tiny_bert) -> None:
             torch.testing.assert_close(comp(name, x), eager(name, x), atol=1e-5, rtol=1e-6)
 
 
+def test_int8_runs_op_by_op_where_inductor_cannot_build(monkeypatch, caplog) -> None:
+    import polyhead.engine.precision as precision
+
+    def broken(fn, **_):
+        def run(*a):
+            raise RuntimeError("no C++ compiler")
+        return run
+
+    monkeypatch.setattr(precision, "_KERNELS", None)
+    monkeypatch.setattr(torch, "compile", broken)
+    assert precision._compiled_kernels() == (quantize_rows, precision.rescale)
+    assert "op by op" in caplog.text
+
+
 def test_int8_backbone_refuses_training(tiny_bert_dir) -> None:
     bb = load_backbone(tiny_bert_dir, precision="int8")
     enc = Encoder(bb)

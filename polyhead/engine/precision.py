@@ -11,6 +11,7 @@ embeddings, LayerNorms, attention and the pooler stay fp32.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -154,10 +155,11 @@ def rescale(acc: Tensor, x_scale: Tensor, w_scale: Tensor, bias: Tensor) -> Tens
     return acc.float().mul_(x_scale).mul_(w_scale).add_(bias)
 
 
-_KERNELS: tuple | None = None
+Kernels = tuple[Callable[[Tensor], tuple[Tensor, Tensor]], Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]]
+_KERNELS: Kernels | None = None
 
 
-def _compiled_kernels() -> tuple:
+def _compiled_kernels() -> Kernels:
     """quantize_rows and rescale compiled (dynamic shapes), built and run once here, under
     inference mode as the engine runs them; the eager functions where inductor fails (no C++
     compiler, say)."""
