@@ -167,10 +167,10 @@ def _compiled_kernels() -> Kernels:
     if _KERNELS is None:
         q, r = torch.compile(quantize_rows, dynamic=True), torch.compile(rescale, dynamic=True)
         try:
-            with torch.inference_mode():
-                xq, xs = q(torch.randn(8, 16))
-                r(torch._int_mm(xq, torch.ones(16, 8, dtype=torch.int8)), xs, torch.ones(8),
-                  torch.zeros(8))
+            with torch.inference_mode():  # sizes all distinct: no two dims traced as one
+                xq, xs = q(torch.randn(10, 16))
+                r(torch._int_mm(xq, torch.ones(16, 24, dtype=torch.int8)), xs, torch.ones(24),
+                  torch.zeros(24))
             _KERNELS = (q, r)
         except Exception as e:  # any failure to build: run op by op instead
             log.warning("int8: inductor could not build the quantize/rescale kernels (%s); "
