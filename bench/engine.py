@@ -11,7 +11,8 @@ columns, a column-structured mask; c': without the sparse tasks)
 (e) the engine on PEFT's own 32 adapters. The engine runs as `polyhead serve` does: fp32
 with its Linears prepacked (oneDNN) on a CPU; b'e is b' with eager F.linear instead.
 (b8, c8) b' and c with the backbone in int8 (--precision int8: Linear weights int8, every
-task fp32). With onnxruntime installed
+task fp32; b8o, c8o: the same with the quantize/rescale around the int8 product op by op).
+With onnxruntime installed
 (`--ort on`, the default then): ONNX Runtime on the same bucketed batches, the bare backbone
 exported, fp32 (ort) and ORT's dynamic int8 (ort8), each round in a process of its own
 (bench.ort_peer); every row is also shown as a ratio to ORT fp32.
@@ -43,6 +44,7 @@ from polyhead.engine import Backbone, Engine, LoadedTask, TaskArtifact, load_bac
 from polyhead.engine.backbone import default_backbone_path
 from polyhead.engine.engine import Encoded, plan_buckets
 from polyhead.engine.lora import LoraConfig
+from polyhead.engine.precision import Int8Linears
 from polyhead.engine.prefix import PrefixConfig
 from polyhead.engine.sparse import SparseConfig
 
@@ -186,8 +188,16 @@ def mix_runs(bb: Backbone, enc: list[Encoded], buckets: list[list[int]],
 def int8_runs(bb8: Backbone, enc: list[Encoded], buckets: list[list[int]]) -> Runs:
     eng8 = Engine(bb8, max_batch_size=64)
     rows8 = spread(load_tasks(eng8, KINDS, 64), buckets, len(enc))
+    # the same, with the quantize and rescale around the int8 product run op by op (eager)
+    # instead of as inductor's kernels: what int8 ran before, and runs without a C++ compiler
+    eager = Int8Linears(bb8.model, compiled=False)
+    eager.weights = bb8.linears.weights
+    eng8o = Engine(dataclasses.replace(bb8, linears=eager), max_batch_size=64)
+    rows8o = spread(load_tasks(eng8o, KINDS, 64), buckets, len(enc))
     return {"b8: engine int8, no task": lambda: eng8.run_encoded(enc, [None] * len(enc)),
-            "c8: engine int8, 64 mixed tasks/batch, sparse 1 %": lambda: eng8.run_encoded(enc, rows8)}
+            "c8: engine int8, 64 mixed tasks/batch, sparse 1 %": lambda: eng8.run_encoded(enc, rows8),
+            "b8o: b8, quantize/rescale op by op": lambda: eng8o.run_encoded(enc, [None] * len(enc)),
+            "c8o: c8, quantize/rescale op by op": lambda: eng8o.run_encoded(enc, rows8o)}
 
 
 def ort_peers(bb: Backbone, enc: list[Encoded], buckets: list[list[int]], clock: str,
@@ -282,7 +292,8 @@ def print_ratios(tput: dict[str, float]) -> None:
     if any(k.startswith("c8:") for k in tput):
         b8, c8, bare_engine = get("b8:"), get("c8:"), get("b':")
         print(f"int8: b8/b' = {b8 / bare_engine:.3f}   c8/c = {c8 / get('c:'):.3f}   "
-              f"c8/b8 = {c8 / b8:.3f}")
+              f"c8/b8 = {c8 / b8:.3f}   b8/b8o = {b8 / get('b8o:'):.3f}   "
+              f"c8/c8o = {c8 / get('c8o:'):.3f} (compiled quantize/rescale over op by op)")
     if any(k.startswith("ort8:") for k in tput):
         ort, ort8 = get("ort:"), get("ort8:")
         c = [v for k, v in tput.items() if k.startswith("c:")]
@@ -290,7 +301,8 @@ def print_ratios(tput: dict[str, float]) -> None:
         if c:
             line += f"   c/ort = {c[0] / ort:.3f} (target >= 1.0)"
         if any(k.startswith("c8:") for k in tput):
-            line += f"   c8/ort8 = {get('c8:') / ort8:.3f} (target >= 1.0)"
+            line += (f"   c8/ort8 = {get('c8:') / ort8:.3f} (target >= 1.0; op by op: "
+                     f"{get('c8o:') / ort8:.3f})   b8/ort8 = {get('b8:') / ort8:.3f}")
         print(line)
     for kind in [k for k, _ in KINDS] + ["sparse columns"]:
         if f"{kind}: 1 task" in tput:

@@ -1,9 +1,11 @@
 """The serving path against the in-process engine, per ingress mode, on one machine.
 
-    python -m bench.ingress --data /work/shared/data/glue/SST-2/dev.tsv
+    python -m bench.ingress --data /work/shared/data/glue/SST-2/dev.tsv [--precision fp32 int8]
 
-For each ingress of `polyhead serve --ingress` (proxy: Serve's gRPC proxy; direct: each
-replica serves gRPC itself; haproxy: direct ingress behind Serve's HAProxy), one replica
+For each precision (`polyhead serve --precision P`, and the in-process engine's backbone
+loaded at the same precision, so int8 e2e is divided by int8 in-process) and each ingress
+of `polyhead serve --ingress` (proxy: Serve's gRPC proxy; direct: each replica serves gRPC
+itself; haproxy: direct ingress behind Serve's HAProxy), one replica
 and one PASTA task: closed-loop Classify load at each concurrency with 1 and with 8 SST-2
 sentences per request. Each point's rows/s is divided by the in-process engine's rows/s
 at that point's mean batch size (from the replica's Health counters), measured right
@@ -110,16 +112,16 @@ def stream_rows_s(address: str, texts: Sequence[str], rows: int) -> float:
         return rows / (time.perf_counter() - t0)
 
 
-def run_mode(mode: str, store: Path, work: Path, engine: Engine, task: Any,
+def run_mode(mode: str, precision: str, store: Path, work: Path, engine: Engine, task: Any,
              texts: Sequence[str], args: argparse.Namespace) -> dict[str, Any]:
     env = dict(os.environ)
     for key in ("RAY_SERVE_ENABLE_DIRECT_INGRESS", "RAY_SERVE_ENABLE_HA_PROXY"):
         os.environ.pop(key, None)
     os.environ.update(INGRESS_ENV[mode])
     try:
-        server = Server(store, 1, work / f"serve-{mode}.log",
-                        ["--ingress", mode, "--batch-rows", "64", "--threads", str(args.threads),
-                         *args.server_args.split()])
+        server = Server(store, 1, work / f"serve-{mode}-{precision}.log",
+                        ["--ingress", mode, "--precision", precision, "--batch-rows", "64",
+                         "--threads", str(args.threads), *args.server_args.split()])
     finally:
         os.environ.clear()
         os.environ.update(env)
@@ -138,7 +140,7 @@ def run_mode(mode: str, store: Path, work: Path, engine: Engine, task: Any,
                     engine, task, texts, r["mean_batch"], args.engine_seconds)
                 r.update(concurrency=c, per_request=per_request)
                 out["points"].append(r)
-                print(f"{mode:8s} c={c:3d} x{per_request}: {r['rows_s']:7.1f} rows/s, batch "
+                print(f"{mode:8s} {precision} c={c:3d} x{per_request}: {r['rows_s']:7.1f} rows/s, batch "
                       f"{r['mean_batch']:5.1f}, engine {r['engine_rows_s']:6.1f} rows/s "
                       f"(wall {r['rows_s'] / r['engine_rows_s']:.2f}); CPU ms/row server "
                       f"{r['server_cpu_ms_row']:.2f}, engine {r['engine_cpu_ms_row']:.2f} "
@@ -151,7 +153,7 @@ def run_mode(mode: str, store: Path, work: Path, engine: Engine, task: Any,
                                                / args.stream_rows)
             out["stream_engine_rows_s"], out["stream_engine_cpu_ms_row"] = engine_rows_s(
                 engine, task, texts, 64, args.engine_seconds)
-            print(f"{mode:8s} stream {args.stream_rows}: {out['stream_rows_s']:.1f} rows/s, "
+            print(f"{mode:8s} {precision} stream {args.stream_rows}: {out['stream_rows_s']:.1f} rows/s, "
                   f"engine b64 {out['stream_engine_rows_s']:.1f}; CPU ms/row server "
                   f"{out['stream_server_cpu_ms_row']:.2f}, engine "
                   f"{out['stream_engine_cpu_ms_row']:.2f}", flush=True)
@@ -163,28 +165,31 @@ def run_mode(mode: str, store: Path, work: Path, engine: Engine, task: Any,
 def report(results: dict[str, Any]) -> None:
     print(f"\nmachine: {results['machine']}; load average (1 min) at start/end: "
           f"{results['load_start']:.1f} / {results['load_end']:.1f}")
-    print("\n| ingress | concurrency | inputs/request | mean batch | rows/s | engine rows/s "
-          "at that batch | e2e / engine, wall | server CPU ms/row | engine CPU ms/row "
-          "| e2e / engine, CPU | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for mode, res in results["modes"].items():
-        for p in res["points"]:
-            print(f"| {mode} | {p['concurrency']} | {p['per_request']} | {p['mean_batch']:.1f} | "
-                  f"{p['rows_s']:.1f} | {p['engine_rows_s']:.1f} | "
+    runs = results["runs"]
+    print("\n| ingress | precision | concurrency | inputs/request | mean batch | rows/s | engine "
+          "rows/s at that batch | e2e / engine, wall | server CPU ms/row | engine CPU ms/row "
+          "| e2e / engine, CPU | errors |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in runs:
+        for p in r["points"]:
+            print(f"| {r['mode']} | {r['precision']} | {p['concurrency']} | {p['per_request']} | "
+                  f"{p['mean_batch']:.1f} | {p['rows_s']:.1f} | {p['engine_rows_s']:.1f} | "
                   f"{p['rows_s'] / p['engine_rows_s']:.2f} | {p['server_cpu_ms_row']:.2f} | "
                   f"{p['engine_cpu_ms_row']:.2f} | "
                   f"{p['engine_cpu_ms_row'] / p['server_cpu_ms_row']:.2f} | {p['errors']} |")
-    if any("stream_rows_s" in r for r in results["modes"].values()):
-        print("\n| ingress | ClassifyStream rows/s | engine rows/s (batch 64) | ratio, wall "
-              "| server CPU ms/row | engine CPU ms/row | ratio, CPU |\n|---|---:|---:|---:|---:|---:|---:|")
-        for mode, res in results["modes"].items():
-            if "stream_rows_s" in res:
-                print(f"| {mode} | {res['stream_rows_s']:.1f} | {res['stream_engine_rows_s']:.1f} "
-                      f"| {res['stream_rows_s'] / res['stream_engine_rows_s']:.2f} | "
-                      f"{res['stream_server_cpu_ms_row']:.2f} | "
-                      f"{res['stream_engine_cpu_ms_row']:.2f} | "
-                      f"{res['stream_engine_cpu_ms_row'] / res['stream_server_cpu_ms_row']:.2f} |")
+    if any("stream_rows_s" in r for r in runs):
+        print("\n| ingress | precision | ClassifyStream rows/s | engine rows/s (batch 64) | ratio, "
+              "wall | server CPU ms/row | engine CPU ms/row | ratio, CPU |"
+              "\n|---|---|---:|---:|---:|---:|---:|---:|")
+        for r in runs:
+            if "stream_rows_s" in r:
+                print(f"| {r['mode']} | {r['precision']} | {r['stream_rows_s']:.1f} | "
+                      f"{r['stream_engine_rows_s']:.1f} | "
+                      f"{r['stream_rows_s'] / r['stream_engine_rows_s']:.2f} | "
+                      f"{r['stream_server_cpu_ms_row']:.2f} | "
+                      f"{r['stream_engine_cpu_ms_row']:.2f} | "
+                      f"{r['stream_engine_cpu_ms_row'] / r['stream_server_cpu_ms_row']:.2f} |")
     print("\nstartup (spawn -> first Classify): " + ", ".join(
-        f"{m} {r['startup_s']:.1f} s" for m, r in results["modes"].items()))
+        f"{r['mode']} {r['precision']} {r['startup_s']:.1f} s" for r in runs))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -200,25 +205,33 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--stream-rows", type=int, default=20_000, help="0: no stream point")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads of the replica and of the in-process engine (the same)")
+    ap.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "int8", "bf16"),
+                    help="`polyhead serve --precision`, one server per value; the in-process "
+                         "engine loads its backbone at the same precision")
     ap.add_argument("--server-args", default="", help="extra `polyhead serve` flags")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     texts = read_sst2(args.data, None)
-    bb = load_backbone()
-    engine = Engine(bb, max_batch_size=64)
-    art = TaskArtifact.random("pasta", bb.spec, 2, seed=0)
     work = Path(tempfile.mkdtemp(prefix="polyhead-ingress-"))
-    Store(work / "store", bb.spec).publish(
-        encode_artifact(new_manifest("one", art, bb.spec, labels=["neg", "pos"]), art))
-    task = engine.load(art)
     results: dict[str, Any] = {
         "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} engine threads", "load_start": os.getloadavg()[0],
-        "modes": {}}
-    for mode in args.modes:
-        results["modes"][mode] = run_mode(mode, work / "store", work, engine, task, texts, args)
+        "runs": []}
+    for precision in args.precision:
+        # the in-process baseline runs the replica's kernels: load_backbone(precision=P), as
+        # `polyhead serve --precision P` loads it (prepacked fp32, int8 Linears)
+        bb = load_backbone(precision=precision)
+        engine = Engine(bb, max_batch_size=64)
+        art = TaskArtifact.random("pasta", bb.spec, 2, seed=0)
+        if not (work / "store").exists():
+            Store(work / "store", bb.spec).publish(
+                encode_artifact(new_manifest("one", art, bb.spec, labels=["neg", "pos"]), art))
+        task = engine.load(art)
+        for mode in args.modes:
+            res = run_mode(mode, precision, work / "store", work, engine, task, texts, args)
+            results["runs"].append({"mode": mode, "precision": precision, **res})
     results["load_end"] = os.getloadavg()[0]
     report(results)
     if args.json:

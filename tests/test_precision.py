@@ -12,7 +12,7 @@ from polyhead.engine import Engine, TaskArtifact, load_backbone
 from polyhead.engine.backbone import BackboneError
 from polyhead.engine.encoder import Encoder
 from polyhead.engine.lora import LoraConfig
-from polyhead.engine.precision import Int8Linears, PackedLinears, PrecisionError, dtype_for
+from polyhead.engine.precision import Int8Linears, PackedLinears, PrecisionError, dtype_for, quantize_rows
 from polyhead.engine.prefix import PrefixConfig
 from polyhead.engine.sparse import SparseConfig
 from polyhead.server.config import ConfigError, ServerConfig
@@ -143,6 +143,35 @@ def test_int8_linear_equals_an_independent_quantized_product(tiny_bert) -> None:
     got = q(name, x).reshape(-1, mod.out_features).double().numpy()
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
     assert np.abs(got - (x2 @ w.T + mod.bias.detach().double().numpy())).max() > 0  # it is not fp32
+
+
+def test_int8_compiled_kernels_equal_the_op_by_op_ones(tiny_bert) -> None:
+    """The quantize/rescale kernels inductor builds (dynamic shapes) give what the functions
+    they compile give op by op, at every row count and width: the same int8 values and
+    scales, and the Linear's output to fp32 rounding (a multiply-add may fuse)."""
+    eager, comp = Int8Linears(tiny_bert.model, compiled=False), Int8Linears(tiny_bert.model)
+    g = torch.Generator().manual_seed(2)
+    for name in ("encoder.layer.0.attention.self.query", "encoder.layer.1.output.dense"):
+        n_in = tiny_bert.model.get_submodule(name).in_features
+        for rows in (2, 17, 576):
+            x = torch.randn(rows, n_in, generator=g) * torch.rand(rows, 1, generator=g) * 10
+            (qc, sc), (qe, se) = comp.quantize_rows(x), quantize_rows(x)
+            assert torch.equal(qc, qe) and torch.equal(sc, se)
+            torch.testing.assert_close(comp(name, x), eager(name, x), atol=1e-5, rtol=1e-6)
+
+
+def test_int8_runs_op_by_op_where_inductor_cannot_build(monkeypatch, caplog) -> None:
+    import polyhead.engine.precision as precision
+
+    def broken(fn, **_):
+        def run(*a):
+            raise RuntimeError("no C++ compiler")
+        return run
+
+    monkeypatch.setattr(precision, "_KERNELS", None)
+    monkeypatch.setattr(torch, "compile", broken)
+    assert precision._compiled_kernels() == (quantize_rows, precision.rescale)
+    assert "op by op" in caplog.text
 
 
 def test_int8_backbone_refuses_training(tiny_bert_dir) -> None:

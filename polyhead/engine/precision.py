@@ -10,6 +10,8 @@ embeddings, LayerNorms, attention and the pooler stay fp32.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -17,6 +19,8 @@ import torch
 from torch import Tensor
 
 from polyhead.engine.config import PRECISIONS
+
+log = logging.getLogger(__name__)
 
 
 def serving_linears(model: torch.nn.Module, precision: str, device: torch.device) -> Linears | None:
@@ -114,29 +118,71 @@ class Int8Linears:
     token's activations are quantized with a scale of their own (symmetric, per row), so a
     row's answer never depends on the other rows in its batch (mixed == alone holds under
     int8 as under fp32); the output is fp32, with the fp32 bias.
+
+    The quantize and the rescale around the product are elementwise passes over the
+    activations that cost as much as the product when run op by op (BENCHMARKS "Engine");
+    with ``compiled`` they run as two small kernels of inductor's (dynamic shapes: one per
+    function for every batch and width), built once per process at construction (from
+    inductor's on-disk cache after the first), and op by op where inductor cannot build.
     """
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, compiled: bool = True) -> None:
         self.weights = {name: _quantize(mod) for name, mod in encoder_linears(model).items()}
+        self.quantize_rows, self.rescale = _compiled_kernels() if compiled else (quantize_rows, rescale)
 
     def __call__(self, name: str, x: Tensor) -> Tensor:
-        w_t, w_scale, bias = self.weights[name]  # (in, out) int8, (out,), (out,) or None
+        w_t, w_scale, bias = self.weights[name]  # (in, out) int8, (out,), (out,)
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, x.shape[-1])  # (N, in)
-        x_scale = x2.abs().amax(1, keepdim=True).div_(127).clamp_(min=1e-12)  # (N, 1)
-        xq = (x2 / x_scale).round_().to(torch.int8)
-        y = torch._int_mm(xq, w_t).float().mul_(x_scale).mul_(w_scale)  # (N, out)
-        if bias is not None:
-            y.add_(bias)
+        xq, x_scale = self.quantize_rows(x.reshape(-1, x.shape[-1]))  # (N, in) int8, (N, 1)
+        y = self.rescale(torch._int_mm(xq, w_t), x_scale, w_scale, bias)  # (N, out)
         return y.view(*lead, -1)
 
     def __contains__(self, name: str) -> bool:
         return name in self.weights
 
 
-def _quantize(mod: torch.nn.Linear) -> tuple[Tensor, Tensor, Tensor | None]:
+def quantize_rows(x2: Tensor) -> tuple[Tensor, Tensor]:
+    """(N, in) fp32 -> (N, in) int8 and (N, 1) scales: symmetric, each row its own scale
+    (max |x| of the row over 127; max and -min, not abs, so that no (N, in) temporary)."""
+    amax = torch.maximum(x2.amax(1, keepdim=True), x2.amin(1, keepdim=True).neg_())
+    scale = amax.div_(127).clamp_(min=1e-12)
+    return torch.div(x2, scale).round_().to(torch.int8), scale
+
+
+def rescale(acc: Tensor, x_scale: Tensor, w_scale: Tensor, bias: Tensor) -> Tensor:
+    """The int32 product (N, out) back to fp32: times the row's and the channel's scales,
+    plus the bias."""
+    return acc.float().mul_(x_scale).mul_(w_scale).add_(bias)
+
+
+Kernels = tuple[Callable[[Tensor], tuple[Tensor, Tensor]], Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]]
+_KERNELS: Kernels | None = None
+
+
+def _compiled_kernels() -> Kernels:
+    """quantize_rows and rescale compiled (dynamic shapes), built and run once here, under
+    inference mode as the engine runs them; the eager functions where inductor fails (no C++
+    compiler, say)."""
+    global _KERNELS
+    if _KERNELS is None:
+        q, r = torch.compile(quantize_rows, dynamic=True), torch.compile(rescale, dynamic=True)
+        try:
+            with torch.inference_mode():  # sizes all distinct: no two dims traced as one
+                xq, xs = q(torch.randn(10, 16))
+                r(torch._int_mm(xq, torch.ones(16, 24, dtype=torch.int8)), xs, torch.ones(24),
+                  torch.zeros(24))
+            _KERNELS = (q, r)
+        except Exception as e:  # any failure to build: run op by op instead
+            log.warning("int8: inductor could not build the quantize/rescale kernels (%s); "
+                        "running them op by op", e)
+            _KERNELS = (quantize_rows, rescale)
+    return _KERNELS
+
+
+def _quantize(mod: torch.nn.Linear) -> tuple[Tensor, Tensor, Tensor]:
     w = mod.weight.detach().to("cpu", torch.float32)  # (out, in)
     scale = w.abs().amax(dim=1).div(127).clamp(min=1e-12)  # (out,)
     w_t = (w / scale[:, None]).round().to(torch.int8).t().contiguous()  # (in, out)
-    bias = None if mod.bias is None else mod.bias.detach().to("cpu", torch.float32)
+    bias = (torch.zeros(w.shape[0]) if mod.bias is None
+            else mod.bias.detach().to("cpu", torch.float32))
     return w_t, scale, bias

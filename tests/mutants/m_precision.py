@@ -6,8 +6,8 @@ MUTANTS = [
     Mutant(
         id="int8-one-scale-per-batch",
         file="polyhead/engine/precision.py",
-        old="x_scale = x2.abs().amax(1, keepdim=True).div_(127).clamp_(min=1e-12)  # (N, 1)",
-        new="x_scale = x2.abs().amax().div(127).clamp(min=1e-12).expand(x2.shape[0], 1)  # (N, 1)",
+        old="amax = torch.maximum(x2.amax(1, keepdim=True), x2.amin(1, keepdim=True).neg_())",
+        new="amax = torch.maximum(x2.amax(), x2.amin().neg()).expand(x2.shape[0], 1).clone()",
         tests=("tests/test_precision.py::test_int8_rows_do_not_share_a_scale",),
         why="a per-batch activation scale makes a row's answer depend on its batchmates",
     ),
