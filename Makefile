@@ -24,9 +24,13 @@ serve: install
 	$(VENV)/bin/polyhead serve $(SERVE_ARGS)
 
 # lint (ruff, mypy over polyhead/), pytest, then the mutation check (tests/mutants: every
-# planted bug must be caught)
+# planted bug must be caught). pytest runs in 3 xdist workers, each module one unit and the
+# modules that start Ray in-process one unit (tests/conftest.py); the suite mostly waits on
+# Ray, servers and subprocesses, so 3 workers on 2 cores pay. PYTEST_XDIST= runs it in one
+# process.
+PYTEST_XDIST ?= -n 3 --dist loadfile
 test: lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 	$(PY) -m tests.mutants $(MUTANTS_ARGS)
 
 lint: install
