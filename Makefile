@@ -23,15 +23,21 @@ install: $(VENV)/.installed
 serve: install
 	$(VENV)/bin/polyhead serve $(SERVE_ARGS)
 
-# lint (ruff, mypy over polyhead/), pytest, then the mutation check (tests/mutants: every
-# planted bug must be caught). pytest runs in 3 xdist workers, each module one unit and the
-# modules that start Ray in-process one unit (tests/conftest.py); the suite mostly waits on
-# Ray, servers and subprocesses, so 3 workers on 2 cores pay. PYTEST_XDIST= runs it in one
-# process.
+# lint (ruff, mypy over polyhead/), then pytest and the mutation check (tests/mutants: every
+# planted bug must be caught) side by side: the suite mostly waits (Ray, servers,
+# subprocesses) and the mutation check mostly computes. pytest runs in 3 xdist workers, each
+# module one unit and the modules that start Ray in-process one unit (tests/conftest.py);
+# PYTEST_XDIST= runs it in one process. The mutation check's report follows pytest's; the
+# target fails if either fails.
 PYTEST_XDIST ?= -n 3 --dist loadfile
+MUTANTS_LOG := $(VENV)/mutants.log
 test: lint
-	$(PY) -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
-	$(PY) -m tests.mutants $(MUTANTS_ARGS)
+	@$(PY) -m tests.mutants $(MUTANTS_ARGS) > $(MUTANTS_LOG) 2>&1 & mutants=$$!; \
+	$(PY) -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS); tests=$$?; \
+	wait $$mutants; mutation=$$?; \
+	echo "--- the mutation check (python -m tests.mutants $(MUTANTS_ARGS)), run beside pytest:"; \
+	cat $(MUTANTS_LOG); \
+	test $$tests -eq 0 && test $$mutation -eq 0
 
 lint: install
 	$(PY) -m ruff check .
