@@ -28,13 +28,14 @@ serve: install
 # subprocesses) and the mutation check mostly computes. pytest runs in 3 xdist workers, each
 # module one unit and the modules that start Ray in-process one unit (tests/conftest.py);
 # PYTEST_XDIST= runs it in one process. The mutation check's report follows pytest's; the
-# target fails if either fails.
+# target fails if either fails; stopped (Ctrl-C), it stops the mutation check too.
 PYTEST_XDIST ?= -n 3 --dist loadfile
 MUTANTS_LOG := $(VENV)/mutants.log
 test: lint
 	@$(PY) -m tests.mutants $(MUTANTS_ARGS) > $(MUTANTS_LOG) 2>&1 & mutants=$$!; \
+	trap 'test -z "$$mutants" || kill $$mutants 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
 	$(PY) -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS); tests=$$?; \
-	wait $$mutants; mutation=$$?; \
+	wait $$mutants; mutation=$$?; mutants=; \
 	echo "--- the mutation check (python -m tests.mutants $(MUTANTS_ARGS)), run beside pytest:"; \
 	cat $(MUTANTS_LOG); \
 	test $$tests -eq 0 && test $$mutation -eq 0
