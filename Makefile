@@ -23,11 +23,22 @@ install: $(VENV)/.installed
 serve: install
 	$(VENV)/bin/polyhead serve $(SERVE_ARGS)
 
-# lint (ruff, mypy over polyhead/), pytest, then the mutation check (tests/mutants: every
-# planted bug must be caught)
+# lint (ruff, mypy over polyhead/), then pytest and the mutation check (tests/mutants: every
+# planted bug must be caught) side by side: the suite mostly waits (Ray, servers,
+# subprocesses) and the mutation check mostly computes. pytest runs in 3 xdist workers, each
+# module one unit and the modules that start Ray in-process one unit (tests/conftest.py);
+# PYTEST_XDIST= runs it in one process. The mutation check's report follows pytest's; the
+# target fails if either fails; stopped (Ctrl-C), it stops the mutation check too.
+PYTEST_XDIST ?= -n 3 --dist loadfile
+MUTANTS_LOG := $(VENV)/mutants.log
 test: lint
-	$(PY) -m pytest $(PYTEST_ARGS)
-	$(PY) -m tests.mutants $(MUTANTS_ARGS)
+	@$(PY) -m tests.mutants $(MUTANTS_ARGS) > $(MUTANTS_LOG) 2>&1 & mutants=$$!; \
+	trap 'test -z "$$mutants" || kill $$mutants 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
+	$(PY) -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS); tests=$$?; \
+	wait $$mutants; mutation=$$?; mutants=; \
+	echo "--- the mutation check (python -m tests.mutants $(MUTANTS_ARGS)), run beside pytest:"; \
+	cat $(MUTANTS_LOG); \
+	test $$tests -eq 0 && test $$mutation -eq 0
 
 lint: install
 	$(PY) -m ruff check .

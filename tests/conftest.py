@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,57 @@ from tests.test_store_support import pg_server  # noqa: F401  (one PostgreSQL fo
 from tests.tiny import make_bert, make_roberta
 
 torch.set_num_threads(1)
+
+# `make test` runs the suite in pytest-xdist workers (`-n 3 --dist loadfile`): each module
+# is one unit of work, so its module-scoped fixtures (Ray, `polyhead serve`, a training
+# run) start once, in one worker. Here loadfile's units are changed in one way: the modules
+# that start Ray in the test process are one unit, run one after another in one worker (two
+# in-process Ray sessions at once would each claim the machine's 2 CPUs). (xdist's own
+# `--dist loadgroup` does not group under pytest 9: it renames `item._nodeid`, which pytest
+# 9's `nodeid` no longer reads.) Units go out longest first, so that no long one starts
+# last; the rest follow in collection order. Seconds: one process, pytest --durations,
+# 2026-12-07, beside other work.
+RAY_IN_PROCESS = frozenset({"test_reliability", "test_reliability_faults", "test_serving",
+                            "test_serving_path", "test_store_replicas"})
+LONGEST_FIRST = (
+    "ray",  # 356 s: the five modules above
+    "test_jobs_serve",  # 140 s: `polyhead serve` started twice, training jobs
+    "test_store",  # 106 s: processes publishing to one store
+    "test_cluster",  # a two-node Ray cluster in subprocesses
+    "test_readme",  # 71 s: the README's tour against `polyhead serve`
+    "test_client_install",  # 60 s: a wheel built and installed; `polyhead serve`
+    "test_jobs_cluster",  # a two-node Ray cluster in subprocesses
+    "test_replica_memory",  # 44 s: 600 cycles
+    "test_polyhead_serve",  # 37 s
+    "test_store_crash",  # 37 s: SIGKILLed publishers
+    "test_serve_deploy",  # 31 s
+)
+
+
+def xdist_unit(nodeid: str) -> str:
+    module = nodeid.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py")
+    return "ray" if module in RAY_IN_PROCESS else module
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist; without it, never called
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Units(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_unit(nodeid)
+
+    config.option.loadscopereorder = False  # the order below, not by number of tests
+    return Units(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In an xdist worker, the long units first (every worker collects the same order)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        rank = {unit: i for i, unit in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(xdist_unit(item.nodeid), len(rank)))  # stable
 
 
 @pytest.fixture(scope="session")

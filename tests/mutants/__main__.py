@@ -104,8 +104,10 @@ def pytest_in(tree: Path, tests: Sequence[str]) -> tuple[int, str]:
     env = {"PYTHONPATH": str(tree),  # for processes tests start
            "POLYHEAD_MUTANT_TREE": str(tree)}
     # -x: the first failure kills the mutant; the anyio and hypothesis plugins cost 1.3 s of
-    # start-up per run and no mutant's tests need them (hypothesis runs without its plugin)
+    # start-up per run and no mutant's tests need them (hypothesis runs without its plugin),
+    # nor xdist's (execnet's import, ~50 ms a run)
     args = ["-x", "-q", "-p", "no:cacheprovider", "-p", "no:anyio", "-p", "no:hypothesispytest",
+            "-p", "no:xdist",
             "-p", "tests.mutants.guard", "--durations=0", "--durations-min=1000", *tests]
     log = tree.parent / "pytest.log"
     if SPAWN:
