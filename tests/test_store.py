@@ -235,6 +235,21 @@ def test_processes_creating_one_store_at_once(tmp_path, pg_server) -> None:
         assert [results.get(timeout=5) for _ in procs] == ["ok"] * 4
 
 
+def test_creating_the_schema_again_after_another_process_made_it(location) -> None:
+    """The race above, made deterministic: a process that found no catalog and then waited
+    for the write lock while another made it must not run the DDL again (schema 5's ALTER
+    TABLE fails a second time: 'duplicate column name: weight')."""
+    from polyhead.store.catalog import open_catalog
+
+    catalog = open_catalog(location)
+    catalog.create_tenant("acme")
+    if support.is_pg(location):
+        catalog._create_schema(catalog._conn())  # type: ignore[attr-defined]
+    else:
+        catalog._writing(catalog._create_schema)  # type: ignore[attr-defined]
+    assert [t.tenant for t in open_catalog(location).tenants()] == ["acme", "default"]
+
+
 def test_default_root_from_env(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("POLYHEAD_STORE", str(tmp_path / "env-store"))
     assert Store().location == str(tmp_path / "env-store")

@@ -159,6 +159,19 @@ class PgCatalog(Catalog):
         _sleep_backoff(lost + 1)
         return lost + 1
 
+    def _create_schema(self, conn: psycopg.Connection) -> None:
+        """The catalog's tables, under the schema lock; nothing if another process made them
+        since this one looked (schema 5's ALTER TABLE is not idempotent)."""
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            # a query of pg_tables, not to_regclass: an advisory lock does not refresh the
+            # catalog caches of this transaction
+            made = conn.execute("SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = %s "
+                                "AND tablename = 'meta'", (sql.PG_SCHEMA_NAME,)).fetchone()
+            if made is None:
+                for stmt in sql.PG_SCHEMA:
+                    conn.execute(stmt)
+
     def _init_schema(self, create: bool) -> None:
         conn = self._conn()
         try:
@@ -168,15 +181,7 @@ class PgCatalog(Catalog):
                 if not create:
                     raise StoreError(f"no polyhead store in {self.location} (one is created on "
                                      "first publish or serve)")
-                with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                    # made by another process meanwhile? (a query of pg_tables, not to_regclass:
-                    # an advisory lock does not refresh the catalog caches of this transaction)
-                    made = conn.execute("SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = %s "
-                                        "AND tablename = 'meta'", (sql.PG_SCHEMA_NAME,)).fetchone()
-                    if made is None:
-                        for stmt in sql.PG_SCHEMA:  # (not all idempotent: schema 5's ALTER TABLE)
-                            conn.execute(stmt)
+                self._create_schema(conn)
             found = sql.schema_version(_Tx(conn))
             if found < sql.CATALOG_SCHEMA:  # an older store: upgraded in place, once
                 with conn.transaction():

@@ -100,20 +100,23 @@ class SqliteCatalog(Catalog):
         finally:
             conn.execute("COMMIT")
 
+    @staticmethod
+    def _create_schema(c: Conn) -> None:
+        """The catalog's tables, in a write transaction; nothing if another process made them
+        while this one waited for the write lock (schema 5's ALTER TABLE is not idempotent)."""
+        made = c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+        if made is not None:
+            return
+        for stmt in sql.SCHEMA:
+            c.execute(stmt)
+
     def _init_schema(self) -> None:
         conn = self._conn()
         row = None
         with contextlib.suppress(sqlite3.OperationalError):
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if row is None:
-            def create(c: Conn) -> None:
-                if c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
-                             ).fetchone() is not None:
-                    return  # another process made it while this one waited for the write lock
-                for stmt in sql.SCHEMA:  # (not all idempotent: schema 5's ALTER TABLE)
-                    c.execute(stmt)
-
-            self._writing(create)
+            self._writing(self._create_schema)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if row[0] > sql.CATALOG_SCHEMA:
             raise StoreError(f"{self.db_path}: catalog schema {row[0]} is newer than this polyhead "

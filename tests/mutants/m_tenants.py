@@ -189,3 +189,14 @@ MUTANTS += [
            (J + "test_max_jobs_per_tenant_reaches_the_scheduler",),
            "`serve --max-jobs-per-tenant` is accepted and never reaches the scheduler"),
 ]
+
+RACE = ("tests/test_store.py::test_creating_the_schema_again_after_another_process_made_it",)
+MUTANTS += [
+    Mutant("store-create-race-sqlite", "polyhead/store/sqlite.py",
+           "        if made is not None:\n            return\n", "", RACE,
+           "processes creating one SQLite store at once failed: 'duplicate column name: weight'"),
+    Mutant("store-create-race-pg", "polyhead/store/pg.py",
+           "            if made is None:\n                for stmt in sql.PG_SCHEMA:",
+           "            if True:\n                for stmt in sql.PG_SCHEMA:", RACE,
+           "processes creating one PostgreSQL store at once failed on schema 5's ALTER TABLE"),
+]
