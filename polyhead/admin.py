@@ -5,7 +5,6 @@ calls a server's Admin service with an admin key. Both have the Admin RPCs' name
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import grpc
@@ -13,7 +12,7 @@ import grpc
 from polyhead.store.catalog import Catalog
 from polyhead.store.errors import StoreError
 from polyhead.store.keys import ApiKey, now_iso, parse_scopes, parse_time
-from polyhead.store.tenancy import AuditRecord, Tenant
+from polyhead.store.tenancy import AuditRecord, Tenant, valid_weight
 from polyhead.v1 import polyhead_pb2 as pb
 from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
 
@@ -46,7 +45,7 @@ def _terms(request: Any) -> tuple[int | None, int | None, int | None, float | No
     quotas = [int(getattr(request, n)) if request.HasField(n) else None
               for n in ("max_tasks", "max_bytes", "max_rows_in_flight")]
     weight = request.weight if request.HasField("weight") else None
-    if weight is not None and not (math.isfinite(weight) and weight > 0):
+    if weight is not None and not valid_weight(weight):
         raise AdminInputError(f"weight: {weight!r} must be a finite number > 0 (unset: 1)")
     return quotas[0], quotas[1], quotas[2], weight
 

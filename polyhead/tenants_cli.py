@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from polyhead.store.keys import SCOPES, parse_duration, parse_scopes
+from polyhead.store.tenancy import valid_weight
 
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -72,7 +73,7 @@ def _weight(text: str) -> float:
         w = float(text)
     except ValueError:
         w = math.nan
-    if not (math.isfinite(w) and w > 0):
+    if not valid_weight(w):
         raise argparse.ArgumentTypeError(f"{text!r}: a weight is a finite number > 0, such as 1, 3 or 0.5")
     return w
 

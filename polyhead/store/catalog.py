@@ -526,15 +526,12 @@ def copy_rest(src: Catalog, dst: Catalog) -> Copied:
     _, table = src.key_table()
     keys = sum(dst.import_key(key, hashed) for key, hashed in table)
     audit = dst.import_audit(src.audit(limit=2**62))
-    books = JobBook(src), JobBook(dst)
-    datasets = 0
-    for d in books[0].dataset_ids():
-        try:
-            books[1].dataset(d)
-        except NotFoundError:
-            books[1].put_dataset(books[0].dataset(d), books[0].dataset_bytes(d))
-            datasets += 1
-    return Copied(keys, audit, datasets)
+    source, dest = JobBook(src), JobBook(dst)
+    have = set(dest.dataset_ids())
+    new = [d for d in source.dataset_ids() if d not in have]
+    for d in new:
+        dest.put_dataset(source.dataset(d), source.dataset_bytes(d))
+    return Copied(keys, audit, len(new))
 
 
 def _copy_tasks(src: Catalog, dst: Catalog) -> Iterator[tuple[VersionInfo, bool]]:

@@ -138,11 +138,16 @@ def weights(c: Conn) -> dict[str, float]:
     return {t: float(w) for t, w in rows}
 
 
+def valid_weight(weight: float) -> bool:
+    """Whether ``weight`` can be a tenant's fair-share weight: a finite number > 0."""
+    return math.isfinite(weight) and weight > 0
+
+
 def check_weight(weight: float | None) -> float:
     """``weight``, or 1 for None; StoreError unless it is a finite number > 0."""
     if weight is None:
         return 1.0
-    if not (math.isfinite(weight) and weight > 0):
+    if not valid_weight(weight):
         raise StoreError(f"weight must be a finite number > 0, got {weight!r}")
     return float(weight)
 
