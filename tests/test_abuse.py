@@ -28,11 +28,11 @@ from polyhead.server._private import registry_rpcs as registry
 from polyhead.server._private.auth import Auth
 from polyhead.server._private.decoders import MalformedRequest, Unparsed, _lenient, limit_for
 from polyhead.server._private.errors import status_for
-from polyhead.server._private.gate import StreamAborted, rpc, rpc_stream
+from polyhead.server._private.gate import StreamAborted, rpc, rpc_stream, rpc_upload
 from polyhead.server._private.http import http_classify
 from polyhead.server._private.resolver import BoundedCache, Resolver
 from polyhead.server._private.services import InferenceService, Parts
-from polyhead.server._private.streams import OneLineAborts, StreamLimits, client_of
+from polyhead.server._private.streams import SETTLE_MESSAGES, OneLineAborts, StreamLimits, client_of
 from polyhead.server.config import ServerConfig
 from polyhead.store import NotFoundError, Store
 from polyhead.store.manifest import Manifest
@@ -98,6 +98,10 @@ class Replica:
     async def ClassifyStream(self, requests: Any) -> Any:
         async for r in requests:
             yield pb.ClassifyResponse(task_id=r.task_id)
+
+    @rpc_upload("publish", pb.DatasetInfo)
+    async def UploadDataset(self, requests: Any) -> pb.DatasetInfo:
+        return pb.DatasetInfo(rows=len([r async for r in requests]))
 
     async def http(self, request: Request) -> Any:
         return await http_classify(
@@ -553,6 +557,69 @@ def test_stream_idle_timeout_and_per_client_cap() -> None:
     assert [c.code for c in ctxs] == [grpc.StatusCode.OK, grpc.StatusCode.OK,
                                       grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OK]
     assert client_of(Context(peer="ipv6:[::1]:5000")) == "ipv6:[::1]"
+
+
+def test_a_refused_stream_is_read_to_its_end_before_its_status() -> None:
+    """grpc.aio turns the status into INTERNAL when a client's write or half-close is still
+    under way as it arrives (grpc#36066): a refused stream's status goes out only after the
+    client's messages and its end were read, or the bounds were reached."""
+    replica = Replica(per_client=1)
+    read: list[int] = []
+
+    async def sent(n: int, then_wait: bool = False) -> Any:
+        for i in range(n):
+            read.append(i)
+            yield pb.ClassifyRequest(task_id="t")
+        if then_wait:
+            await asyncio.Event().wait()
+
+    async def call(requests: Any, ctx: Context) -> bool:
+        with pytest.raises(StreamAborted):
+            async for _ in replica.ClassifyStream(requests, ctx):
+                pass
+        return True
+
+    async def main() -> None:
+        for token, code in ((None, grpc.StatusCode.UNAUTHENTICATED),
+                            ("wrong", grpc.StatusCode.UNAUTHENTICATED)):
+            read.clear()
+            ctx = Context(token)
+            await call(sent(3), ctx)
+            assert ctx.code == code and read == [0, 1, 2]  # all three, and the end, were read
+        # the second stream of a client holding one (per_client=1): refused, read to its end
+        held = asyncio.Event()
+
+        async def holding() -> Any:
+            await held.wait()
+            return
+            yield
+
+        first = asyncio.create_task(replica.ClassifyStream(holding(), Context()).__anext__())
+        await asyncio.sleep(0.01)
+        read.clear()
+        ctx = Context()
+        await call(sent(2), ctx)
+        assert ctx.code == grpc.StatusCode.RESOURCE_EXHAUSTED and read == [0, 1]
+        held.set()
+        with pytest.raises(StopAsyncIteration):
+            await first
+        # a client that streams on is read no further than the bound; one that holds the
+        # stream open costs at most the bound's time (the 10 s wait only stops a hang)
+        read.clear()
+        await asyncio.wait_for(call(sent(10 * SETTLE_MESSAGES), Context(None)), 10)
+        assert len(read) <= SETTLE_MESSAGES + 1
+        read.clear()
+        await asyncio.wait_for(call(sent(1, then_wait=True), Context(None)), 10)
+        assert read == [0]
+        # a client stream in, one message out (UploadDataset): the same
+        for token in (None, READ):  # (READ: the inference token lacks the publish scope)
+            read.clear()
+            ctx = Context(token)
+            assert await replica.UploadDataset(sent(3), ctx) == pb.DatasetInfo()
+            assert ctx.code in (grpc.StatusCode.UNAUTHENTICATED,
+                                grpc.StatusCode.PERMISSION_DENIED) and read == [0, 1, 2]
+
+    asyncio.run(main())
 
 
 def test_failed_stream_authentication_logs_one_line() -> None:

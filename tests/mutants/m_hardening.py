@@ -102,6 +102,19 @@ MUTANTS: list[Mutant] = [
            "            record.exc_info, record.exc_text = None, None\n", "",
            (T + "test_failed_stream_authentication_logs_one_line",),
            "200 failed stream authentications wrote 790 KB of tracebacks"),
+    Mutant("stream-refused-before-read", "polyhead/server/_private/gate.py",
+           """                if not isinstance(e, StreamIdle):  # (an idle client sends nothing to wait for)
+                    await settle(requests)
+""", "",
+           (T + "test_a_refused_stream_is_read_to_its_end_before_its_status",),
+           "ClassifyStream with an expired key answered INTERNAL, not UNAUTHENTICATED, when "
+           "the client's write raced the refusal (grpc#36066)"),
+    Mutant("upload-refused-before-read", "polyhead/server/_private/gate.py",
+           """                if not isinstance(e, StreamIdle):
+                    await settle(requests)
+                return empty()""", "                return empty()",
+           (T + "test_a_refused_stream_is_read_to_its_end_before_its_status",),
+           "a refused UploadDataset could read INTERNAL to a grpc.aio client (grpc#36066)"),
     Mutant("serve-binds-every-interface", "polyhead/server/serve_cli.py",
            'DEFAULT_HOST = "127.0.0.1"', 'DEFAULT_HOST = "0.0.0.0"',
            (T + "test_serve_binds_loopback_and_takes_tokens_from_files",),

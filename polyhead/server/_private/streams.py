@@ -15,6 +15,10 @@ import grpc
 from polyhead.server._private.errors import RequestError
 
 UNKNOWN_CLIENT = "unknown"
+# A stream refused before its end (a bad key, too many streams, a bad message) reads what
+# the client already sent, up to these bounds, before its status goes out: see settle().
+SETTLE_MESSAGES = 16
+SETTLE_S = 1.0
 
 
 class StreamIdle(RequestError):
@@ -56,6 +60,25 @@ class StreamLimits:
                 raise StreamIdle(f"no message for {self.idle_s:g} s; the stream is closed "
                                  "(open a new one when there is work)") from None
             yield message
+
+
+async def settle(requests: Any, messages: int = SETTLE_MESSAGES, seconds: float = SETTLE_S) -> None:
+    """Read and drop the rest of a refused stream, up to its end or the bounds, before the
+    refusal is sent. grpc.aio replaces the status a server ends a call with by INTERNAL
+    ("Internal error from Core") when one of the client's writes or its half-close is still
+    under way as the status arrives (grpc/grpc#36066): a client that sent its few messages
+    with a bad key would read a server fault instead of UNAUTHENTICATED. Once its half-close
+    has been read, no write of its can race the status. The bounds keep a client that
+    streams on (or holds the stream open) from costing more than that."""
+    async def drain() -> None:
+        n = 0
+        async for _ in requests:
+            n += 1
+            if n >= messages:
+                return
+
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(drain(), seconds)
 
 
 def client_of(ctx: Any) -> str:
