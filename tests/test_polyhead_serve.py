@@ -53,15 +53,21 @@ def polyhead_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "polyhead.cli"]
 
 
+READY = "polyhead: serving gRPC on "  # the startup line, printed once serve.run returned
+
+
 def wait_until_serving(s: Served, deadline_s: float = 300) -> None:
-    """Health with the inference token answers (the deadline only stops the wait)."""
+    """Health with the inference token answers and the startup line is out: a replica can
+    answer before Serve's ``serve.run`` has returned to print it (the deadline only stops
+    the wait)."""
     stop_at = time.monotonic() + deadline_s
     with PolyheadClient(s.address, INFERENCE_TOKEN, retries=0, timeout_s=5) as c:
         while time.monotonic() < stop_at:
             assert s.proc.poll() is None, f"polyhead serve exited {s.proc.returncode}:\n{s.output()[-3000:]}"
             with contextlib.suppress(PolyheadError):
                 c.health()
-                return
+                if READY in s.output():
+                    return
             time.sleep(0.5)
     raise AssertionError(f"polyhead serve did not answer in {deadline_s} s:\n{s.output()[-3000:]}")
 
@@ -229,6 +235,20 @@ def test_train_upload_through_the_server(served: Served, user_home: Path, tiny_b
         assert manifest["training"]["method"] == "pasta"
         row = c.classify("trained-up", "the movie was good")[0]
     assert row["version"] == detail["versions"][0]["version"]
+
+
+def test_the_servers_ray_workers_run_at_its_priority(served: Served) -> None:
+    """Ray starts workers at nice 15; the replica, proxy and controller are the server, and
+    at 15 any other work on the host starved them (a fuzz run: 428 s instead of 44 s beside
+    two busy loops). `polyhead serve` starts them at its own priority."""
+    import psutil
+
+    server = psutil.Process(served.proc.pid)
+    workers = {p.pid: (" ".join(p.cmdline()), p.nice()) for p in server.children(recursive=True)
+               if any(m in " ".join(p.cmdline()) for m in
+                      ("ServeReplica:polyhead", "ProxyActor", "ServeController"))}
+    assert len(workers) >= 3, workers  # a replica, the proxy, the controller
+    assert {nice for _, nice in workers.values()} == {server.nice()}, workers
 
 
 def test_serve_is_hardened_on_its_host(served: Served) -> None:

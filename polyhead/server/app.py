@@ -42,6 +42,12 @@ SERVE_ENV = {
     # starts over; on a busy 2-core host its imports alone take longer, and `serve.start`
     # failed after 60 s. A longer check delays nothing when the proxy is quick.
     "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
+    # Ray starts its workers at nice 15, so that a driver and the raylet stay responsive
+    # beside heavy tasks. Here the workers are the server (replicas, proxy, controller): at
+    # nice 15, any other work on the host took the CPU from them. With two busy loops
+    # beside it, the fuzz test's Classify calls took 428 s instead of 44 s (BENCHMARKS.md
+    # "Suite time"). At 0 they share the CPU evenly with the rest.
+    "RAY_worker_niceness": "0",
 }
 DEPLOYMENT_KEYS = ("num_replicas", "num_cpus", "num_gpus", "max_ongoing_requests",
                    "autoscaling_config", "access_log")

@@ -115,6 +115,11 @@ MUTANTS: list[Mutant] = [
                 return empty()""", "                return empty()",
            (T + "test_a_refused_stream_is_read_to_its_end_before_its_status",),
            "a refused UploadDataset could read INTERNAL to a grpc.aio client (grpc#36066)"),
+    Mutant("serve-workers-niced", "polyhead/server/app.py",
+           '    "RAY_worker_niceness": "0",\n', "",
+           ("tests/test_polyhead_serve.py::test_the_servers_ray_workers_run_at_its_priority",),
+           "Ray's workers (the replicas, the proxy) ran at nice 15: any other work on the host "
+           "starved the server"),
     Mutant("serve-binds-every-interface", "polyhead/server/serve_cli.py",
            'DEFAULT_HOST = "127.0.0.1"', 'DEFAULT_HOST = "0.0.0.0"',
            (T + "test_serve_binds_loopback_and_takes_tokens_from_files",),
