@@ -30,12 +30,9 @@ serve: install
 # PYTEST_XDIST= runs it in one process. The mutation check's report follows pytest's; the
 # target fails if either fails; stopped (Ctrl-C), it stops the mutation check too.
 PYTEST_XDIST ?= -n 3 --dist loadfile
-# The mutation check has slack (it ends minutes before pytest): it yields the CPU to the
-# suite's servers and their chains of calls, which wait on every hop.
-MUTANTS_NICE ?= 10
 MUTANTS_LOG := $(VENV)/mutants.log
 test: lint
-	@nice -n $(MUTANTS_NICE) $(PY) -m tests.mutants $(MUTANTS_ARGS) > $(MUTANTS_LOG) 2>&1 & mutants=$$!; \
+	@$(PY) -m tests.mutants $(MUTANTS_ARGS) > $(MUTANTS_LOG) 2>&1 & mutants=$$!; \
 	trap 'test -z "$$mutants" || kill $$mutants 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
 	$(PY) -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS); tests=$$?; \
 	wait $$mutants; mutation=$$?; mutants=; \

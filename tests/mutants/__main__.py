@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SKIP = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache",
                               ".mypy_cache", "*.egg-info", "polyhead-store", "build", "dist")
 TIMEOUT_S = 300  # one mutant's tests; a hang is an error, not a kill
+BASELINE_TIMEOUT_S = 1200  # every mutant's tests in one run
 GUARD_EXIT = 99  # tests/mutants/guard.py: a module was imported from outside the copy
 # Forked from a server with torch & co. loaded (tests/mutants/child.py); --spawn: a fresh
 # python per run instead (~2x the CPU time)
@@ -99,7 +100,7 @@ def copy_tree(dest: Path) -> Path:
     return tree
 
 
-def pytest_in(tree: Path, tests: Sequence[str]) -> tuple[int, str]:
+def pytest_in(tree: Path, tests: Sequence[str], timeout_s: float = TIMEOUT_S) -> tuple[int, str]:
     """Run ``tests`` with this venv's python from ``tree``: (exit code, output tail)."""
     env = {"PYTHONPATH": str(tree),  # for processes tests start
            "POLYHEAD_MUTANT_TREE": str(tree)}
@@ -115,19 +116,19 @@ def pytest_in(tree: Path, tests: Sequence[str]) -> tuple[int, str]:
             try:
                 rc = subprocess.run([sys.executable, "-m", "pytest", *args], cwd=tree,
                                     env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-                                    timeout=TIMEOUT_S).returncode
+                                    timeout=timeout_s).returncode
             except subprocess.TimeoutExpired:
                 rc = -1
     else:
         proc = FORKSERVER.Process(target=child.run, args=(str(tree), args, env, str(log)))
         proc.start()
-        proc.join(TIMEOUT_S)
+        proc.join(timeout_s)
         if proc.is_alive():
             proc.kill()
             proc.join()
         rc = -1 if proc.exitcode is None or proc.exitcode < 0 else proc.exitcode
     out = log.read_text(errors="replace") if log.exists() else ""
-    return rc, (out if rc != -1 else f"timed out after {TIMEOUT_S} s\n{out}")[-3000:]
+    return rc, (out if rc != -1 else f"timed out after {timeout_s:g} s\n{out}")[-3000:]
 
 
 def first_failure(output: str) -> str:
@@ -158,7 +159,7 @@ def baseline(mutants: Sequence[Mutant]) -> Outcome | None:
     tests = sorted({t for m in mutants for t in m.tests})
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mutant-baseline-") as tmp:
-        rc, out = pytest_in(copy_tree(Path(tmp)), tests)
+        rc, out = pytest_in(copy_tree(Path(tmp)), tests, BASELINE_TIMEOUT_S)
     probe = Mutant("(baseline: no mutation)", "", "", "", tuple(tests))
     print(f"baseline: {len(tests)} test ids on an unmutated copy, exit {rc}, "
           f"{time.monotonic() - t0:.0f} s", flush=True)
