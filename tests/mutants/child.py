@@ -20,7 +20,8 @@ PRELOAD = ("torch", "numpy", "scipy.optimize", "scipy.stats", "sklearn.metrics",
            "transformers", "transformers.activations", "transformers.modeling_utils",
            "transformers.loss.loss_utils", "transformers.models.bert.modeling_bert",
            "transformers.models.roberta.modeling_roberta", "tokenizers", "safetensors.torch",
-           "grpc", "google.protobuf", "psutil", "pytest", "_pytest.python")
+           "grpc", "google.protobuf", "psutil", "pytest", "_pytest.python", "ray", "ray.serve",
+           "fastapi", "starlette", "hypothesis", "psycopg", "yaml")
 
 
 def run(tree: str, args: Sequence[str], env: dict[str, str], log: str) -> None:
