@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from tests.test_store_support import pg_server  # noqa: F401  (one PostgreSQL fo
 from tests.tiny import make_bert, make_roberta
 
 torch.set_num_threads(1)
+# The libraries loaded above never become garbage: frozen, the collector's full passes
+# (and pytest's two at exit) no longer scan their objects in every process of the suite.
+gc.freeze()
 
 # `make test` runs the suite in pytest-xdist workers (`-n 3 --dist loadfile`): each module
 # is one unit of work, so its module-scoped fixtures (Ray, `polyhead serve`, a training
