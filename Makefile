@@ -24,8 +24,8 @@ serve: install
 	$(VENV)/bin/polyhead serve $(SERVE_ARGS)
 
 # lint (ruff, mypy over polyhead/), then pytest and the mutation check (tests/mutants: every
-# planted bug must be caught) side by side: the suite mostly waits (Ray, servers,
-# subprocesses) and the mutation check mostly computes. pytest runs in 3 xdist workers, each
+# planted bug must be caught) side by side, which keeps both cores busy to the end (the
+# suite's Ray servers wait on their calls' hops; the check computes). pytest runs in 3 xdist workers, each
 # module one unit and the modules that start Ray in-process one unit (tests/conftest.py);
 # PYTEST_XDIST= runs it in one process. The mutation check's report follows pytest's; the
 # target fails if either fails; stopped (Ctrl-C), it stops the mutation check too.
