@@ -30,6 +30,14 @@ def run(tree: str, args: Sequence[str], env: dict[str, str], log: str) -> None:
     # The preloaded libraries' objects never become garbage here: frozen, no collection
     # scans them (pytest alone runs two full collections at exit, 0.5 s a run unfrozen).
     gc.freeze()
+    # tqdm's first bar makes a multiprocessing lock, a named semaphore, which a run ending in
+    # os._exit leaves behind (multiprocessing's tracker then warned of ~100 "leaked
+    # semaphore objects" at the end of `make test`); a run is one process: a thread lock
+    import threading
+
+    import tqdm
+
+    tqdm.tqdm.set_lock(threading.RLock())
     for name in [m for m in sys.modules if m.split(".")[0] in OURS]:
         del sys.modules[name]
     roots = {os.path.realpath(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))}
