@@ -72,20 +72,12 @@ def wait_until_serving(s: Served, deadline_s: float = 300) -> None:
     raise AssertionError(f"polyhead serve did not answer in {deadline_s} s:\n{s.output()[-3000:]}")
 
 
-@pytest.fixture(scope="module")
-def served(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("polyhead-serve")
-    home, log = root / "home", root / "serve.log"
-    home.mkdir()
-    port, http = free_port(), free_port()
-    s = Served(f"127.0.0.1:{port}", http, home, root / "store", None, log)  # type: ignore[arg-type]
-    env = {**s.env(), "POLYHEAD_STORE": str(s.store), "POLYHEAD_BACKBONE": str(tiny_bert_dir)}
-    token_file = root / "inference-token"
-    token_file.write_text(INFERENCE_TOKEN + "\n")
-    cmd = [*polyhead_command(), "serve", "--port", str(port), "--http-port", str(http),
-           "--replicas", "1", "--cpus", "1", "--inference-token-file", str(token_file)]
-    with log.open("w") as out:  # SIGINT as in a terminal, even if this process ignores it
-        s.proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT,
+@contextlib.contextmanager
+def serving(s: Served, cmd: list[str], env: dict[str, str], cwd: Path) -> Iterator[Served]:
+    """``cmd`` (a `polyhead serve`) started for ``s``, its output to ``s.log``; yields once
+    it serves, and stops it at the end."""
+    with s.log.open("w") as out:  # SIGINT as in a terminal, even if this process ignores it
+        s.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
                                   start_new_session=True,  # signals reach it only from the test
                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
@@ -99,6 +91,22 @@ def served(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
             except subprocess.TimeoutExpired:
                 s.proc.kill()
                 s.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def served(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("polyhead-serve")
+    home, log = root / "home", root / "serve.log"
+    home.mkdir()
+    port, http = free_port(), free_port()
+    s = Served(f"127.0.0.1:{port}", http, home, root / "store", None, log)  # type: ignore[arg-type]
+    env = {**s.env(), "POLYHEAD_STORE": str(s.store), "POLYHEAD_BACKBONE": str(tiny_bert_dir)}
+    token_file = root / "inference-token"
+    token_file.write_text(INFERENCE_TOKEN + "\n")
+    cmd = [*polyhead_command(), "serve", "--port", str(port), "--http-port", str(http),
+           "--replicas", "1", "--cpus", "1", "--inference-token-file", str(token_file)]
+    with serving(s, cmd, env, root):
+        yield s
 
 
 @pytest.fixture()

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_polyhead_serve import TOKEN_VARS, Served, polyhead_command, wait_until_serving
+from tests.test_polyhead_serve import TOKEN_VARS, Served, polyhead_command, serving
 from tests.test_serving import free_port
 
 pytestmark = pytest.mark.integration
@@ -135,21 +135,8 @@ def served_as_make_does(work: Path, home: Path) -> Iterator[Served]:
     env = {k: v for k, v in s.env().items() if k not in ("POLYHEAD_STORE", "POLYHEAD_BACKBONE")}
     env.update(TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="2")
     cmd = [*polyhead_command(), "serve", "--port", str(port), "--http-port", str(http)]
-    with s.log.open("w") as out:
-        s.proc = subprocess.Popen(cmd, env=env, cwd=work, stdout=out, stderr=subprocess.STDOUT,
-                                  start_new_session=True,
-                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        wait_until_serving(s)
+    with serving(s, cmd, env, work):
         yield s
-    finally:
-        if s.proc.poll() is None:
-            s.proc.terminate()
-            try:
-                s.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                s.proc.kill()
-                s.proc.wait()
 
 
 def localised(cmd: str, s: Served) -> str:

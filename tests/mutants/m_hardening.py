@@ -103,15 +103,13 @@ MUTANTS: list[Mutant] = [
            (T + "test_failed_stream_authentication_logs_one_line",),
            "200 failed stream authentications wrote 790 KB of tracebacks"),
     Mutant("stream-refused-before-read", "polyhead/server/_private/gate.py",
-           """                if not isinstance(e, StreamIdle):  # (an idle client sends nothing to wait for)
-                    await settle(requests)
-""", "",
+           """                await settle(requests, e)
+                # A stream's""", "                # A stream's",
            (T + "test_a_refused_stream_is_read_to_its_end_before_its_status",),
            "ClassifyStream with an expired key answered INTERNAL, not UNAUTHENTICATED, when "
            "the client's write raced the refusal (grpc#36066)"),
     Mutant("upload-refused-before-read", "polyhead/server/_private/gate.py",
-           """                if not isinstance(e, StreamIdle):
-                    await settle(requests)
+           """                await settle(requests, e)
                 return empty()""", "                return empty()",
            (T + "test_a_refused_stream_is_read_to_its_end_before_its_status",),
            "a refused UploadDataset could read INTERNAL to a grpc.aio client (grpc#36066)"),

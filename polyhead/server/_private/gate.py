@@ -26,7 +26,7 @@ from polyhead.server._private.auth import Auth, Caller
 from polyhead.server._private.decoders import MalformedRequest, materialize
 from polyhead.server._private.errors import InvalidInput, RequestError, TooLarge, status_for
 from polyhead.server._private.metrics import ServerMetrics
-from polyhead.server._private.streams import StreamIdle, StreamLimits, client_of, settle
+from polyhead.server._private.streams import StreamLimits, client_of, settle
 from polyhead.store.errors import NotFoundError
 from polyhead.store.names import is_task_id
 
@@ -184,8 +184,7 @@ def rpc_stream(scope: str) -> Callable[[Callable[..., AsyncIterator[Any]]], Any]
                         yield out
             except Exception as e:
                 code = _fail(name, grpc_context, e)
-                if not isinstance(e, StreamIdle):  # (an idle client sends nothing to wait for)
-                    await settle(requests)
+                await settle(requests, e)
                 # A stream's status reaches the client only with an exception (Serve then
                 # sends the code set on the context); returning would end it OK.
                 raise StreamAborted(grpc_context.details()) from None
@@ -216,8 +215,7 @@ def rpc_upload(scope: str, empty: type) -> Callable[[Callable[..., Awaitable[Any
                     return await fn(self, messages)
             except Exception as e:
                 code = _fail(name, grpc_context, e)
-                if not isinstance(e, StreamIdle):
-                    await settle(requests)
+                await settle(requests, e)
                 return empty()
             finally:
                 self.metrics.request(name, tenant, code, (time.perf_counter() - t0) * 1000)

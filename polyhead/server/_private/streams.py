@@ -62,14 +62,19 @@ class StreamLimits:
             yield message
 
 
-async def settle(requests: Any, messages: int = SETTLE_MESSAGES, seconds: float = SETTLE_S) -> None:
-    """Read and drop the rest of a refused stream, up to its end or the bounds, before the
-    refusal is sent. grpc.aio replaces the status a server ends a call with by INTERNAL
+async def settle(requests: Any, error: Exception, messages: int = SETTLE_MESSAGES,
+                 seconds: float = SETTLE_S) -> None:
+    """Read and drop the rest of a stream refused with ``error``, up to its end or the
+    bounds, before the refusal is sent (not for StreamIdle: an idle client sends nothing to
+    wait for). grpc.aio replaces the status a server ends a call with by INTERNAL
     ("Internal error from Core") when one of the client's writes or its half-close is still
     under way as the status arrives (grpc/grpc#36066): a client that sent its few messages
     with a bad key would read a server fault instead of UNAUTHENTICATED. Once its half-close
     has been read, no write of its can race the status. The bounds keep a client that
     streams on (or holds the stream open) from costing more than that."""
+    if isinstance(error, StreamIdle):
+        return
+
     async def drain() -> None:
         n = 0
         async for _ in requests:
