@@ -63,6 +63,9 @@ Plans, in the order the study runs them (the whole-model claims first):
   guidance      seed 0: prefix, lora, bitfit at their pilots' lr; EH-FT with BitFit
   structure     seed 0, RTE and MRPC: child-d and dps, servable at density 0.01, single
                 weights against whole input columns (--mask-structure columns)
+  structure-seeds  (issue 29) whole columns at each sparse method's servable default
+                (density 0.05, its own lr), seeds 0-2 on the claim tasks, paired with the
+                single-weight runs: child-d and dps, then child-f once its search chose
 --precision bf16 (the default) trains under bf16 autocast, as `polyhead train` does on CPUs
 with native bf16; --precision fp32 is the study as first run. Each precision is a study of
 its own (its pilots choose its lrs; its floors gate its claims); --table-only prints the

@@ -8,6 +8,7 @@ Intervals are 95 % t-intervals over seeds, with their degrees of freedom.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 from typing import Any
 
@@ -113,6 +114,30 @@ def pasta_table(found: list[tuple[Run, Result]], every: int = 10) -> str:
     return "\n".join(rows)
 
 
+def structure_seeds_table(found: list[tuple[Run, Result]], everything: list[Result]) -> str:
+    """Whole columns against single weights (the run of the same key but the structure, from
+    ``everything``, diagnostic runs included), per method and task over seeds, and on the
+    4-task average per seed."""
+    done = {r.key: r.value for r in everything}
+    pairs: dict[str, dict[tuple[str, int], tuple[float, float]]] = {}
+    for run, r in found:
+        single = done.get(dataclasses.replace(run, structure="entries").key)
+        if single is not None:
+            pairs.setdefault(f"{run.method} @ {run.lr:g}", {})[(run.task, run.seed)] = (single, r.value)
+    rows = ["| method @ lr | task | single weights | whole columns | columns − single |",
+            "|---|---|---|---|---|"]
+    for name, by in pairs.items():
+        for t in [t for t in CLAIM_TASKS if any(k[0] == t for k in by)]:
+            v = [by[k] for k in sorted(by) if k[0] == t]
+            rows.append(f"| {name} | {TASKS[t]} | {_cell([e for e, _ in v])} | {_cell([c for _, c in v])} | "
+                        f"{interval([c - e for e, c in v])} |")
+        seeds = sorted({s for _, s in by})
+        d = [statistics.mean(by[(t, s)][1] - by[(t, s)][0] for t in CLAIM_TASKS) for s in seeds
+             if all((t, s) in by for t in CLAIM_TASKS)]
+        rows.append(f"| {name} | 4-task average, per seed | | | {interval(d)} |")
+    return "\n".join(rows)
+
+
 def report(results: list[Result], args: argparse.Namespace) -> str:
     """Issue 28's section of the study's report ('' when none of its runs is in)."""
     def got(name: str) -> list[tuple[Run, Result]]:
@@ -138,6 +163,9 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
     if eh := got("eh-ft"):
         parts += ["", "EH-FT as published against its fair baseline (the same MLP head, random; the "
                   "same stage 2)", "", paired_table(eh, lambda r: r.name, "eh-ft")]
+    if cols := got("structure-seeds"):
+        parts += ["", "Whole-column masks at the servable defaults (density 0.05, each method's own lr), "
+                  "against single weights, same seeds (issue 29)", "", structure_seeds_table(cols, results)]
     if pasta := got("pasta-paper"):
         parts += ["", "PASTA at its recipe (batch 32, up to 150 epochs, seed 0)", "", pasta_table(pasta)]
     return "\n".join(parts).strip()

@@ -839,3 +839,48 @@ def test_issue_28_servable_pilot_and_pasta_tables():
     (line,) = papers_budgets.pasta_table([(run, _of(run, 83.0, metric="f1", dev_history=tuple(hist)))]
                                          ).splitlines()[2:]
     assert line.startswith("| MRPC | 30 | 83.0 | 83.0 (30) | 1: 80.1, 10: 81.0, 20: 82.0, 30: 83.0 |")
+
+
+def test_structure_seeds_runs_columns_at_each_servable_default_and_pairs_them(tmp_path):
+    """plan structure-seeds (issue 29): whole columns for child-d (servable pilot's lr) and
+    dps (its own search's lr) in seeds 0-2 on the claim tasks, child-f only once its search
+    chose; the table pairs each with the single-weight run of the same key, diagnostic runs
+    (dps's seed 0) included."""
+    import argparse
+
+    from bench import papers_budgets
+
+    path = tmp_path / "acc.jsonl"
+    args = argparse.Namespace(frozen_epochs=10.0, pilot_lrs="1e-4", results=path, precision="fp32")
+    results = [_rec(t, "child-d@0.05", lr, v, True) for t in ("rte", "mrpc")
+               for lr, v in ((1e-4, 48.0), (1e-3, 58.0))]
+    with pytest.raises(plans.PlanRefused, match="dps's own servable search"):
+        plans.plan("structure-seeds", args, results)
+    for lr, v in ((1e-4, 10.0), (3e-4, 40.0), (1e-3, 12.0), (3e-3, 5.0)):
+        for t in ("rte", "mrpc"):
+            records.append(path, _line(_rec(t, "dps@0.05", lr, v, False, plan="diag", method="dps",
+                                            recipe="servable")))
+    runs = plans.plan("structure-seeds", args, results)
+    assert [(r.method, r.lr, r.seed, r.task) for r in runs] == [
+        (m, lr, s, t) for m, lr in (("child-d", 1e-3), ("dps", 3e-4)) for s in (0, 1, 2) for t in CLAIM_TASKS]
+    assert {(r.recipe, r.density, r.structure) for r in runs} == {("servable", 0.05, "columns")}
+    assert runs[0].name == "child-d@0.05/columns" and runs[0].key != dataclasses.replace(
+        runs[0], structure="entries").key
+    for lr, v in (((2e-5, 50.0), (5e-5, 70.0), (1e-4, 60.0), (2e-4, 55.0), (1e-3, 40.0))):
+        for t in ("rte", "mrpc"):
+            results.append(_rec(t, "child-f@0.05", lr, v, False, seed=3, plan="servable-defaults",
+                                method="child-f", recipe="servable"))
+    child_f = plans.plan("structure-seeds", args, results)[-12:]
+    assert [(r.method, r.lr) for r in child_f] == [("child-f", 5e-5)] * 12
+    # the table: seed by seed against the same key's single weights, a diag record included
+    found, everything = [], []
+    for run in runs[:12]:  # child-d
+        col = 1.0 + run.seed  # columns beat single weights by 1, 2, 3 points on every task
+        found.append((run, _of(run, 60.0 + col)))
+        single = dataclasses.replace(run, structure="entries")
+        everything.append(_of(single, 60.0, plan="diag" if run.seed == 0 else "servable"))
+    table = papers_budgets.structure_seeds_table([*found, (runs[12], _of(runs[12], 50.0))], everything)
+    lines = table.splitlines()[2:]
+    assert lines[0].startswith("| child-d @ 0.001 | RTE | 60.0 ± 0.0 (3) | 62.0 ± 1.0 (3) | +2.00 [")
+    assert "(df 2)" in lines[0] and lines[4].startswith("| child-d @ 0.001 | 4-task average, per seed |")
+    assert len(lines) == 5  # dps's run has no single-weight pair: no row

@@ -273,6 +273,22 @@ def eh_ft(args: argparse.Namespace, results: list[Result]) -> list[Run]:
             for s in (0, 1, 2) for t in CLAIM_TASKS for h in EHFT_ROWS]
 
 
+def structure_seeds(args: argparse.Namespace, results: list[Result]) -> list[Run]:
+    """(issue 29) Whole-column masks at each sparse method's servable default (density 0.05,
+    its own lr), seeds 0-2 on the claim tasks, paired with the single-weight runs of the same
+    key but the structure (plans servable, servable-diag, servable-defaults): does the seed-0
+    check of plan structure hold, so that columns can be the default? child-d and dps first
+    (their single-weight seeds are all in), then child-f once its own search has chosen."""
+    slr = _servable_lr("structure-seeds", results)
+    dlr = servable_search_best(results, diag_runs(args))
+    if dlr is None:
+        raise PlanRefused("plan 'structure-seeds' needs dps's own servable search (--plan servable-diag)")
+    flr = child_f_servable_best(results)
+    lrs = {"child-d": slr, "dps": dlr} | ({} if flr is None else {"child-f": flr})
+    return [Run(t, m, recipe="servable", lr=lr, seed=s, density=0.05, structure="columns")
+            for m, lr in lrs.items() for s in (0, 1, 2) for t in CLAIM_TASKS]
+
+
 def pasta_paper(args: argparse.Namespace, results: list[Result]) -> list[Run]:
     """PASTA's paper recipe (150 epochs, batch 32, every epoch's dev metric) at its pilot's
     lr, seed 0, the claim tasks (checkpointed each epoch: a stopped run resumes)."""
@@ -303,4 +319,5 @@ PLANS: dict[str, Plan] = {
     "claims-own-lr": Plan(claims_own_lr, ("pilot-own-lr",)),
     "eh-ft": Plan(eh_ft),
     "pasta-paper": Plan(pasta_paper, ("pilot-pasta",)),
+    "structure-seeds": Plan(structure_seeds, ("pilot-servable", "servable-diag", "servable-defaults")),
 }

@@ -29,8 +29,9 @@ SERVABLE_PILOT = "child-d@0.05"  # the servable pilot's row name (method @ densi
 FULL_SERVABLE = "full/servable"  # full's servable recipe (encoder layers, dense diff)
 DPS_SERVABLE = "dps@0.05"  # dps's servable row: its own lr search is plan servable-diag's
 PILOT_SEED = 3  # the own-lr searches' seed: no claim uses it, so no run is pilot and claim
-# the plans whose records stay out of issue 11's tables (bench/papers_budgets.py prints theirs)
-ISSUE28 = ("servable-defaults", "pilot-own-lr", "claims-own-lr", "eh-ft", "pasta-paper")
+# the plans whose records stay out of issue 11's tables (bench/papers_budgets.py prints theirs;
+# structure-seeds is issue 29's)
+ISSUE28 = ("servable-defaults", "pilot-own-lr", "claims-own-lr", "eh-ft", "pasta-paper", "structure-seeds")
 LONG_EPOCHS = 20  # a frozen-backbone run this long keeps an epoch checkpoint
 
 
