@@ -9,9 +9,12 @@ batch, sparse at 1 % (c5: the same with sparse at 5 %; cc: sparse at 1 % in whol
 columns, a column-structured mask; c': without the sparse tasks)
 (d) PEFT PeftModel with 32 LoRA adapters, adapter_names= mixed batches, same buckets
 (e) the engine on PEFT's own 32 adapters. The engine runs as `polyhead serve` does: fp32
-with its Linears prepacked (oneDNN) on a CPU; b'e is b' with eager F.linear instead.
-(b8, c8) b' and c with the backbone in int8 (--precision int8: Linear weights int8, every
-task fp32; b8o, c8o: the same with the quantize/rescale around the int8 product op by op).
+with its Linears prepacked (oneDNN) on a CPU, and the allocator keeping freed memory
+(--allocator; bench.engine_ab compares settings and commits); b'e is b' with eager
+F.linear instead.
+(b8, c8, cc8) b', c and cc with the backbone in int8 (--precision int8: Linear weights
+int8, every task fp32; b8o, c8o: the same with the quantize/rescale around the int8
+product op by op).
 With onnxruntime installed
 (`--ort on`, the default then): ONNX Runtime on the same bucketed batches, the bare backbone
 exported, fp32 (ort) and ORT's dynamic int8 (ort8), each round in a process of its own
@@ -44,6 +47,7 @@ from polyhead.engine import Backbone, Engine, LoadedTask, TaskArtifact, load_bac
 from polyhead.engine.backbone import default_backbone_path
 from polyhead.engine.engine import Encoded, plan_buckets
 from polyhead.engine.lora import LoraConfig
+from polyhead.engine.memory import keep_freed_memory
 from polyhead.engine.precision import Int8Linears
 from polyhead.engine.prefix import PrefixConfig
 from polyhead.engine.sparse import SparseConfig
@@ -188,6 +192,9 @@ def mix_runs(bb: Backbone, enc: list[Encoded], buckets: list[list[int]],
 def int8_runs(bb8: Backbone, enc: list[Encoded], buckets: list[list[int]]) -> Runs:
     eng8 = Engine(bb8, max_batch_size=64)
     rows8 = spread(load_tasks(eng8, KINDS, 64), buckets, len(enc))
+    eng8c = Engine(bb8, max_batch_size=64)
+    kinds_col = [*KINDS[:4], ("sparse", SparseConfig(density=0.01, structure="columns"))]
+    rows8c = spread(load_tasks(eng8c, kinds_col, 64), buckets, len(enc))
     # the same, with the quantize and rescale around the int8 product run op by op (eager)
     # instead of as inductor's kernels: what int8 ran before, and runs without a C++ compiler
     eager = Int8Linears(bb8.model, compiled=False)
@@ -196,6 +203,7 @@ def int8_runs(bb8: Backbone, enc: list[Encoded], buckets: list[list[int]]) -> Ru
     rows8o = spread(load_tasks(eng8o, KINDS, 64), buckets, len(enc))
     return {"b8: engine int8, no task": lambda: eng8.run_encoded(enc, [None] * len(enc)),
             "c8: engine int8, 64 mixed tasks/batch, sparse 1 %": lambda: eng8.run_encoded(enc, rows8),
+            "cc8: c8, sparse 1 % in whole columns": lambda: eng8c.run_encoded(enc, rows8c),
             "b8o: b8, quantize/rescale op by op": lambda: eng8o.run_encoded(enc, [None] * len(enc)),
             "c8o: c8, quantize/rescale op by op": lambda: eng8o.run_encoded(enc, rows8o)}
 
@@ -302,7 +310,8 @@ def print_ratios(tput: dict[str, float]) -> None:
             line += f"   c/ort = {c[0] / ort:.3f} (target >= 1.0)"
         if any(k.startswith("c8:") for k in tput):
             line += (f"   c8/ort8 = {get('c8:') / ort8:.3f} (target >= 1.0; op by op: "
-                     f"{get('c8o:') / ort8:.3f})   b8/ort8 = {get('b8:') / ort8:.3f}")
+                     f"{get('c8o:') / ort8:.3f}; sparse as columns: {get('cc8:') / ort8:.3f})"
+                     f"   b8/ort8 = {get('b8:') / ort8:.3f}")
         print(line)
     for kind in [k for k, _ in KINDS] + ["sparse columns"]:
         if f"{kind}: 1 task" in tput:
@@ -345,7 +354,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: this thread's CPU time with 1 torch thread -- the work done, "
                          "robust to other jobs on a shared machine (CPU runs only)")
+    ap.add_argument("--allocator", choices=("keep", "system"), default="keep",
+                    help="keep: freed memory stays in the process, as `polyhead serve`'s replicas "
+                         "set it (polyhead.engine.memory; the default); system: glibc as it is")
     args = ap.parse_args(argv)
+    if args.allocator == "keep":
+        keep_freed_memory()
     if args.clock == "cpu":
         args.threads = 1
     if args.threads:

@@ -33,6 +33,7 @@ import torch
 
 from bench.engine import KINDS, read_sst2
 from polyhead.engine import Engine, TaskArtifact, load_backbone
+from polyhead.engine.memory import keep_freed_memory
 from polyhead.store import Store, encode_artifact, new_manifest
 from polyhead.v1 import polyhead_pb2 as pb
 from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
@@ -334,6 +335,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     texts = read_sst2(args.data, None)
+    if "--release-freed-memory" not in args.server_args:  # the baseline's allocator as the replicas'
+        keep_freed_memory()
     bb = load_backbone(args.backbone, device=args.device, precision=args.precision)
     engine = Engine(bb, max_batch_size=64)
     serve_args = [*args.server_args.split(), "--device", args.device, "--precision", args.precision,

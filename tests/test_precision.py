@@ -127,10 +127,12 @@ def _table_tensors(engine: Engine) -> list[torch.Tensor]:
     return out
 
 
-def test_int8_linear_equals_an_independent_quantized_product(tiny_bert) -> None:
+@pytest.mark.parametrize("name", ["encoder.layer.1.intermediate.dense",
+                                  "encoder.layer.0.attention.self.query",
+                                  "encoder.layer.1.attention.self.value"])
+def test_int8_linear_equals_an_independent_quantized_product(tiny_bert, name) -> None:
     """The kernel against numpy: per-output-channel int8 weights, per-row int8 activations."""
     q = Int8Linears(tiny_bert.model)
-    name = "encoder.layer.1.intermediate.dense"
     mod = tiny_bert.model.get_submodule(name)
     x = torch.randn(3, 5, mod.in_features, generator=torch.Generator().manual_seed(0))
     w = mod.weight.detach().double().numpy()
@@ -212,3 +214,4 @@ def test_serve_refuses_bf16_before_ray_starts(monkeypatch, capsys, tmp_path) -> 
     code = cli.main(["serve", "--precision", "bf16", "--insecure", "--store", str(tmp_path / "s")])
     assert code == 2
     assert "--precision bf16: cpu here has no native bf16" in capsys.readouterr().err
+

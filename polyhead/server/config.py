@@ -41,6 +41,9 @@ class ServerConfig:
     # the backbone's arithmetic (polyhead.engine.precision): fp32 (exact), int8 (its Linear weights;
     # every task stays fp32), bf16 (where the device multiplies it natively)
     precision: str = "fp32"
+    # the replica's glibc malloc keeps freed activations for the next batch instead of handing
+    # them back to the kernel (polyhead.engine.memory): faster forwards, peak memory resident
+    keep_freed_memory: bool = True
     token: Secret | None = None  # Registry bearer token; None: read $POLYHEAD_TOKEN
     inference_token: Secret | None = None  # Classify/Health token; None: $POLYHEAD_INFERENCE_TOKEN
     insecure: bool = False  # allow an open Registry when no token is configured

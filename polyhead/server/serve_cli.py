@@ -50,6 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="fp32", choices=("fp32", "int8", "bf16"),
                    help="the backbone's arithmetic: fp32 (exact), int8 (its Linear weights int8, "
                         "every task fp32; CPU), bf16 (CUDA, or a CPU with AVX512-BF16/AMX)")
+    p.add_argument("--release-freed-memory", action="store_true",
+                   help="let the replicas' allocator return freed activations to the OS after "
+                        "each batch (glibc's default: less resident memory, slower forwards); by "
+                        "default they keep them for the next batch")
     auth = p.add_mutually_exclusive_group()
     auth.add_argument("--token-file", type=Path, help=f"file holding the Registry bearer token "
                       f"(default ${TOKEN_ENV}, else one generated into {token_file()} (mode "
@@ -123,6 +127,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         store=absolute(store),  # a folder made absolute: replicas may run elsewhere
         backbone=str(Path(args.backbone).resolve()) if args.backbone else None,
         device=args.device, precision=args.precision, insecure=args.insecure,
+        keep_freed_memory=not args.release_freed_memory,
         token=_token_arg(args.token, args.token_file, "--token", TOKEN_ENV),
         inference_token=_token_arg(args.inference_token, args.inference_token_file,
                                    "--inference-token", INFERENCE_TOKEN_ENV),

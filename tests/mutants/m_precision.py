@@ -36,4 +36,28 @@ MUTANTS = [
         tests=("tests/test_precision.py::test_bf16_serves_every_kind_mixed_near_fp32",),
         why="--precision bf16 on a CPU crashed on any sparse task (no bf16 CSR product there)",
     ),
+    Mutant(
+        id="allocator-keeps-nothing",
+        file="polyhead/engine/memory.py",
+        old="M_MMAP_THRESHOLD: 1 << 30,",
+        new="M_MMAP_THRESHOLD: 128 << 10,",
+        tests=("tests/test_memory.py::test_freed_activations_are_reused_not_faulted_in_again",),
+        why="the allocator setting applied but every large activation still unmapped when freed",
+    ),
+    Mutant(
+        id="replica-allocator-unset",
+        file="polyhead/server/_private/replica.py",
+        old="        if config.keep_freed_memory:\n            keep_freed_memory()",
+        new="        pass",
+        tests=("tests/test_memory.py::test_the_replica_keeps_freed_memory_unless_told_not_to",),
+        why="the replica serving with glibc's default allocator though its config keeps freed memory",
+    ),
+    Mutant(
+        id="release-freed-memory-flag-ignored",
+        file="polyhead/server/serve_cli.py",
+        old="keep_freed_memory=not args.release_freed_memory,",
+        new="keep_freed_memory=True,",
+        tests=("tests/test_memory.py::test_the_replica_keeps_freed_memory_unless_told_not_to",),
+        why="`polyhead serve --release-freed-memory` accepted and not applied",
+    ),
 ]

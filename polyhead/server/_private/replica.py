@@ -18,6 +18,7 @@ import torch
 from ray import serve
 
 from polyhead.engine import ArtifactError, Engine, load_backbone
+from polyhead.engine.memory import keep_freed_memory
 from polyhead.engine.probe import probe_forward
 from polyhead.server._private.admin_rpcs import AdminService
 from polyhead.server._private.auth import Auth, Caller, KeyRing
@@ -48,6 +49,8 @@ class Polyhead:
         config.check_auth()
         threads = config.torch_threads or _assigned_cpus()
         torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS; be explicit
+        if config.keep_freed_memory:
+            keep_freed_memory()
         backbone = load_backbone(config.backbone, device=config.device, precision=config.precision)
         # the slot tables are allocated within the device tier's budget (the bank evicts
         # versions when they are full); the bank counts the rows in use against the same
