@@ -319,5 +319,5 @@ PLANS: dict[str, Plan] = {
     "claims-own-lr": Plan(claims_own_lr, ("pilot-own-lr",)),
     "eh-ft": Plan(eh_ft),
     "pasta-paper": Plan(pasta_paper, ("pilot-pasta",)),
-    "structure-seeds": Plan(structure_seeds, ("pilot-servable", "servable-diag", "servable-defaults")),
+    "structure-seeds": Plan(structure_seeds, ("pilot-servable", "servable-diag")),  # child-f: once chosen
 }
