@@ -611,23 +611,33 @@ def test_servable_diag_runs_dps_at_its_own_choice_on_the_other_tasks(tmp_path):
     assert own([(1e-4, 10.0), (3e-4, 12.0), (3e-3, 5.0)]) == []  # the shared 1e-3 (15.0) is best
 
 
+def _servable_pilot_done(tmp_path):
+    """(results file, plan args, records): the servable pilot chose 1e-3 (child-d @ 0.05)."""
+    import argparse
+
+    path = tmp_path / "acc.jsonl"
+    args = argparse.Namespace(frozen_epochs=10.0, pilot_lrs="1e-4", results=path, precision="fp32")
+    return path, args, [_rec(t, "child-d@0.05", lr, v, True) for t in ("rte", "mrpc")
+                        for lr, v in ((1e-4, 48.0), (1e-3, 58.0))]
+
+
+def _dps_search_done(path):
+    """dps's own servable search in the results file (diagnostic runs): it chose 3e-4."""
+    for lr, v in ((1e-4, 10.0), (3e-4, 40.0), (1e-3, 12.0), (3e-3, 5.0)):
+        for t in ("rte", "mrpc"):
+            records.append(path, _line(_rec(t, "dps@0.05", lr, v, False, plan="diag", method="dps",
+                                            recipe="servable")))
+
+
 def test_servable_defaults_runs_each_servable_default_in_three_seeds(tmp_path):
     """plan servable-defaults (issue 28): child-f at the servable pilot's lr in seeds 0-2 on
     the claim tasks, dps at its own search's lr in seeds 0-2 (seed 0 is servable-diag's run,
     the same key), child-d on CoLA at the longer schedule in every seed; refused until both
     searches are complete; each seed's runs before the next seed's."""
-    import argparse
-
-    path = tmp_path / "acc.jsonl"
-    args = argparse.Namespace(frozen_epochs=10.0, pilot_lrs="1e-4", results=path, precision="fp32")
-    results = [_rec(t, "child-d@0.05", lr, v, True) for t in ("rte", "mrpc")
-               for lr, v in ((1e-4, 48.0), (1e-3, 58.0))]
+    path, args, results = _servable_pilot_done(tmp_path)
     with pytest.raises(plans.PlanRefused, match="dps's own search"):
         plans.plan("servable-defaults", args, results)
-    for lr, v in ((1e-4, 10.0), (3e-4, 40.0), (1e-3, 12.0), (3e-3, 5.0)):
-        for t in ("rte", "mrpc"):
-            records.append(path, _line(_rec(t, "dps@0.05", lr, v, False, plan="diag", method="dps",
-                                            recipe="servable")))
+    _dps_search_done(path)
     runs = plans.plan("servable-defaults", args, results)
     got = [(r.method, r.task, r.lr, r.epochs, r.seed) for r in runs]
     tasks = CLAIM_TASKS
@@ -846,20 +856,12 @@ def test_structure_seeds_runs_columns_at_each_servable_default_and_pairs_them(tm
     dps (its own search's lr) in seeds 0-2 on the claim tasks, child-f only once its search
     chose; the table pairs each with the single-weight run of the same key, diagnostic runs
     (dps's seed 0) included."""
-    import argparse
-
     from bench import papers_budgets
 
-    path = tmp_path / "acc.jsonl"
-    args = argparse.Namespace(frozen_epochs=10.0, pilot_lrs="1e-4", results=path, precision="fp32")
-    results = [_rec(t, "child-d@0.05", lr, v, True) for t in ("rte", "mrpc")
-               for lr, v in ((1e-4, 48.0), (1e-3, 58.0))]
+    path, args, results = _servable_pilot_done(tmp_path)
     with pytest.raises(plans.PlanRefused, match="dps's own servable search"):
         plans.plan("structure-seeds", args, results)
-    for lr, v in ((1e-4, 10.0), (3e-4, 40.0), (1e-3, 12.0), (3e-3, 5.0)):
-        for t in ("rte", "mrpc"):
-            records.append(path, _line(_rec(t, "dps@0.05", lr, v, False, plan="diag", method="dps",
-                                            recipe="servable")))
+    _dps_search_done(path)
     runs = plans.plan("structure-seeds", args, results)
     assert [(r.method, r.lr, r.seed, r.task) for r in runs] == [
         (m, lr, s, t) for m, lr in (("child-d", 1e-3), ("dps", 3e-4)) for s in (0, 1, 2) for t in CLAIM_TASKS]
