@@ -9,7 +9,10 @@ itself; haproxy: direct ingress behind Serve's HAProxy), one replica
 and one PASTA task: closed-loop Classify load at each concurrency with 1 and with 8 SST-2
 sentences per request. Each point's rows/s is divided by the in-process engine's rows/s
 at that point's mean batch size (from the replica's Health counters), measured right
-after the point with the server idle: e2e / engine at the same batch size. Then a
+after the point with the server idle: e2e / engine at the same batch size (--repeats N:
+each point N times, each with its own engine run right after, and the medians). The
+replica's counters split each point: the share of it the engine was busy, and its rows per
+second of forward (e2e / engine = busy x replica forward speed / in-process speed). Then a
 ClassifyStream of --stream-rows sentences against the engine at batch 64. Server, load
 generator and the engine baseline share this machine's cores.
 
@@ -25,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
+import statistics
 import tempfile
 import time
 from collections.abc import Sequence
@@ -128,25 +133,31 @@ def run_mode(mode: str, precision: str, store: Path, work: Path, engine: Engine,
         os.environ.update(env)
     out: dict[str, Any] = {"startup_s": server.startup_s, "points": []}
     try:
-        for per_request in args.inputs:
-            for c in args.concurrency:
-                h0, cpu0 = health(server.address), tree_cpu_s(server.proc.pid)
-                r = asyncio.run(closed_loop(server.address, texts, per_request, c,
-                                            args.duration, args.warmup))
-                h1, cpu1 = health(server.address), tree_cpu_s(server.proc.pid)
-                rows = h1.batched_rows - h0.batched_rows
-                r["mean_batch"] = rows / max(1, h1.batches - h0.batches)
-                r["server_cpu_ms_row"] = 1000 * (cpu1 - cpu0) / max(1, rows)
-                r["engine_rows_s"], r["engine_cpu_ms_row"] = engine_rows_s(
-                    engine, task, texts, r["mean_batch"], args.engine_seconds)
-                r.update(concurrency=c, per_request=per_request)
-                out["points"].append(r)
-                print(f"{mode:8s} {precision} c={c:3d} x{per_request}: {r['rows_s']:7.1f} rows/s, batch "
-                      f"{r['mean_batch']:5.1f}, engine {r['engine_rows_s']:6.1f} rows/s "
-                      f"(wall {r['rows_s'] / r['engine_rows_s']:.2f}); CPU ms/row server "
-                      f"{r['server_cpu_ms_row']:.2f}, engine {r['engine_cpu_ms_row']:.2f} "
-                      f"(cpu {r['engine_cpu_ms_row'] / r['server_cpu_ms_row']:.2f})  "
-                      f"errors {r['errors']}", flush=True)
+        for per_request, c, rep in itertools.product(args.inputs, args.concurrency, range(args.repeats)):
+            # the served point, then the engine alone at its batch: --repeats times, interleaved
+            h0, cpu0 = health(server.address), tree_cpu_s(server.proc.pid)
+            r = asyncio.run(closed_loop(server.address, texts, per_request, c,
+                                        args.duration, args.warmup))
+            h1, cpu1 = health(server.address), tree_cpu_s(server.proc.pid)
+            rows = h1.batched_rows - h0.batched_rows
+            r["mean_batch"] = rows / max(1, h1.batches - h0.batches)
+            # the replica's own split: the share of the point its engine was busy, and its
+            # rows per second of forward (e2e / engine = busy x forward speed / engine's)
+            fwd = h1.forward_s - h0.forward_s
+            r["replica_busy"] = fwd / (args.duration + args.warmup)
+            r["replica_forward_rows_s"] = rows / max(fwd, 1e-9)
+            r["server_cpu_ms_row"] = 1000 * (cpu1 - cpu0) / max(1, rows)
+            r["engine_rows_s"], r["engine_cpu_ms_row"] = engine_rows_s(
+                engine, task, texts, r["mean_batch"], args.engine_seconds)
+            r.update(concurrency=c, per_request=per_request, repeat=rep)
+            out["points"].append(r)
+            print(f"{mode:8s} {precision} c={c:3d} x{per_request}: {r['rows_s']:7.1f} rows/s, batch "
+                  f"{r['mean_batch']:5.1f}, engine {r['engine_rows_s']:6.1f} rows/s "
+                  f"(wall {r['rows_s'] / r['engine_rows_s']:.2f}); CPU ms/row server "
+                  f"{r['server_cpu_ms_row']:.2f}, engine {r['engine_cpu_ms_row']:.2f} "
+                  f"(cpu {r['engine_cpu_ms_row'] / r['server_cpu_ms_row']:.2f}); replica busy "
+                  f"{r['replica_busy']:.0%} at {r['replica_forward_rows_s']:.1f} rows/forward-s  "
+                  f"errors {r['errors']}", flush=True)
         if args.stream_rows:
             cpu0 = tree_cpu_s(server.proc.pid)
             out["stream_rows_s"] = stream_rows_s(server.address, texts, args.stream_rows)
@@ -169,14 +180,29 @@ def report(results: dict[str, Any]) -> None:
     runs = results["runs"]
     print("\n| ingress | precision | concurrency | inputs/request | mean batch | rows/s | engine "
           "rows/s at that batch | e2e / engine, wall | server CPU ms/row | engine CPU ms/row "
-          "| e2e / engine, CPU | errors |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| e2e / engine, CPU | replica busy | replica rows/forward-s | errors |"
+          "\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in runs:
         for p in r["points"]:
             print(f"| {r['mode']} | {r['precision']} | {p['concurrency']} | {p['per_request']} | "
                   f"{p['mean_batch']:.1f} | {p['rows_s']:.1f} | {p['engine_rows_s']:.1f} | "
                   f"{p['rows_s'] / p['engine_rows_s']:.2f} | {p['server_cpu_ms_row']:.2f} | "
                   f"{p['engine_cpu_ms_row']:.2f} | "
-                  f"{p['engine_cpu_ms_row'] / p['server_cpu_ms_row']:.2f} | {p['errors']} |")
+                  f"{p['engine_cpu_ms_row'] / p['server_cpu_ms_row']:.2f} | {p['replica_busy']:.0%} | "
+                  f"{p['replica_forward_rows_s']:.1f} | {p['errors']} |")
+    if any(p.get("repeat") for r in runs for p in r["points"]):  # --repeats: each point's median
+        print("\n| ingress | precision | concurrency | inputs/request | repeats | e2e / engine, wall: "
+              "median (range) | replica forward / engine: median |\n|---|---|---:|---:|---:|---|---:|")
+        for r in runs:
+            groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
+            for p in r["points"]:
+                groups.setdefault((p["concurrency"], p["per_request"]), []).append(p)
+            for (c, k), ps in groups.items():
+                wall = [p["rows_s"] / p["engine_rows_s"] for p in ps]
+                fwd = [p["replica_forward_rows_s"] / p["engine_rows_s"] for p in ps]
+                print(f"| {r['mode']} | {r['precision']} | {c} | {k} | {len(ps)} | "
+                      f"{statistics.median(wall):.2f} ({min(wall):.2f}-{max(wall):.2f}) | "
+                      f"{statistics.median(fwd):.2f} |")
     if any("stream_rows_s" in r for r in runs):
         print("\n| ingress | precision | ClassifyStream rows/s | engine rows/s (batch 64) | ratio, "
               "wall | server CPU ms/row | engine CPU ms/row | ratio, CPU |"
@@ -209,6 +235,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "int8", "bf16"),
                     help="`polyhead serve --precision`, one server per value; the in-process "
                          "engine loads its backbone at the same precision")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="each point this many times, each followed by the engine alone at its "
+                         "batch (served and in-process interleaved; the medians are reported)")
     ap.add_argument("--server-args", default="", help="extra `polyhead serve` flags")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
