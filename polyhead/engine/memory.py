@@ -4,10 +4,11 @@ Each forward allocates and frees activations of a few to a hundred MB. glibc's m
 hands large freed blocks back to the kernel (blocks over its mmap threshold are unmapped;
 a heap top over its trim threshold is trimmed), so the next batch's tensors fault their
 pages in again, and every elementwise pass pays for it. ``keep_freed_memory`` raises both
-thresholds (``mallopt``), so freed blocks stay in the process for the next batch: the
-int8 engine ran ~17 % faster and the fp32 engine with mixed tasks 8-13 % (BENCHMARKS
-"Engine"). The cost: the process keeps its peak working memory (one largest batch's
-activations) resident instead of returning it between batches.
+thresholds (``mallopt``), so freed blocks stay in the process for the next batch: over
+eight paired runs the int8 engine ran a median 8.5 % faster with no task and 6 % with 64
+mixed tasks (0 to +20 % pair by pair), fp32 within 1.5 % (BENCHMARKS "Engine"). The
+cost: the process keeps its peak working memory (one largest batch's activations)
+resident instead of returning it between batches.
 
 Serving processes call it (the Serve replica, unless ``keep_freed_memory`` is off in its
 config; ``bench.engine`` as the replica runs); nothing else changes its allocator. Other C
