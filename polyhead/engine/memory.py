@@ -6,7 +6,7 @@ a heap top over its trim threshold is trimmed), so the next batch's tensors faul
 pages in again, and every elementwise pass pays for it. ``keep_freed_memory`` raises both
 thresholds (``mallopt``), so freed blocks stay in the process for the next batch: over
 eight paired runs the int8 engine ran a median 8.5 % faster with no task and 6 % with 64
-mixed tasks (0 to +20 % pair by pair), fp32 within 1.5 % (BENCHMARKS "Engine"). The
+mixed tasks (−3 to +20 % pair by pair), fp32 within 1.5 % (BENCHMARKS "Engine"). The
 cost: the process keeps its peak working memory (one largest batch's activations)
 resident instead of returning it between batches.
 
