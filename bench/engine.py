@@ -54,6 +54,8 @@ from polyhead.engine.sparse import SparseConfig
 
 KINDS = [("pasta", None), ("prefix", PrefixConfig(num_prefix=16)), ("lora", LoraConfig(r=8)),
          ("bitfit", None), ("sparse", SparseConfig(density=0.01))]
+SPARSE_COLUMNS = ("sparse", SparseConfig(density=0.01, structure="columns"))  # rows cc, cc8
+KINDS_COLUMNS = [*KINDS[:4], SPARSE_COLUMNS]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 Runs = dict[str, Callable[[], object]]
 Peers = dict[str, Callable[[], float]]  # one round in another process -> rows/s
@@ -154,8 +156,7 @@ def mix_runs(bb: Backbone, enc: list[Encoded], buckets: list[list[int]],
     kinds5 = [*KINDS[:4], ("sparse", SparseConfig(density=0.05))]
     row_task5 = spread(load_tasks(eng5, kinds5, 64), buckets, len(enc))
     eng_col = Engine(bb, max_batch_size=64)
-    kinds_col = [*KINDS[:4], ("sparse", SparseConfig(density=0.01, structure="columns"))]
-    row_col = spread(load_tasks(eng_col, kinds_col, 64), buckets, len(enc))
+    row_col = spread(load_tasks(eng_col, KINDS_COLUMNS, 64), buckets, len(enc))
     eng_dense = Engine(bb, max_batch_size=64)
     row_dense = spread(load_tasks(eng_dense, KINDS[:4], 51), buckets, len(enc))
     pm = peft_model(str(bb.path), 32).to(bb.device, bb.dtype)
@@ -193,8 +194,7 @@ def int8_runs(bb8: Backbone, enc: list[Encoded], buckets: list[list[int]]) -> Ru
     eng8 = Engine(bb8, max_batch_size=64)
     rows8 = spread(load_tasks(eng8, KINDS, 64), buckets, len(enc))
     eng8c = Engine(bb8, max_batch_size=64)
-    kinds_col = [*KINDS[:4], ("sparse", SparseConfig(density=0.01, structure="columns"))]
-    rows8c = spread(load_tasks(eng8c, kinds_col, 64), buckets, len(enc))
+    rows8c = spread(load_tasks(eng8c, KINDS_COLUMNS, 64), buckets, len(enc))
     # the same, with the quantize and rescale around the int8 product run op by op (eager)
     # instead of as inductor's kernels: what int8 ran before, and runs without a C++ compiler
     eager = Int8Linears(bb8.model, compiled=False)
@@ -233,7 +233,7 @@ def ort_peers(bb: Backbone, enc: list[Encoded], buckets: list[list[int]], clock:
 def kind_runs(bb: Backbone, enc: list[Encoded], buckets: list[list[int]]) -> Runs:
     runs: Runs = {}
     for label, kind in [*((k[0], k) for k in KINDS),
-                        ("sparse columns", ("sparse", SparseConfig(density=0.01, structure="columns")))]:
+                        ("sparse columns", SPARSE_COLUMNS)]:
         engine = Engine(bb, max_batch_size=64)
         tasks = load_tasks(engine, [kind], 64, seed=100)
         many = spread(tasks, buckets, len(enc))
