@@ -44,10 +44,9 @@ import psutil
 import torch
 
 from bench.engine import read_sst2
-from bench.serve import Server, health
+from bench.serve import Server, allocator_as_replicas, health
 from polyhead.client import PolyheadClient
 from polyhead.engine import Engine, TaskArtifact, load_backbone
-from polyhead.engine.memory import keep_freed_memory
 from polyhead.server.app_env import INGRESS_ENV
 from polyhead.store import Store, encode_artifact, new_manifest
 from polyhead.v1 import polyhead_pb2 as pb
@@ -244,8 +243,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     texts = read_sst2(args.data, None)
-    if "--release-freed-memory" not in args.server_args:  # the baseline's allocator as the replicas'
-        keep_freed_memory()
+    allocator_as_replicas(args.server_args)
     work = Path(tempfile.mkdtemp(prefix="polyhead-ingress-"))
     results: dict[str, Any] = {
         "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, "

@@ -310,6 +310,14 @@ def pct(xs: Sequence[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(len(xs) * q))]
 
 
+def allocator_as_replicas(server_args: str) -> None:
+    """This process's allocator set as the servers' replicas set theirs (`polyhead serve`
+    keeps freed memory unless --release-freed-memory is among ``server_args``), so that the
+    in-process baseline runs as the replica does."""
+    if "--release-freed-memory" not in server_args.split():
+        keep_freed_memory()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="SST-2 dev.tsv (GLUE format)")
@@ -335,8 +343,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     texts = read_sst2(args.data, None)
-    if "--release-freed-memory" not in args.server_args:  # the baseline's allocator as the replicas'
-        keep_freed_memory()
+    allocator_as_replicas(args.server_args)
     bb = load_backbone(args.backbone, device=args.device, precision=args.precision)
     engine = Engine(bb, max_batch_size=64)
     serve_args = [*args.server_args.split(), "--device", args.device, "--precision", args.precision,
