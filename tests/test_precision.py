@@ -17,11 +17,14 @@ from polyhead.engine.prefix import PrefixConfig
 from polyhead.engine.sparse import SparseConfig
 from polyhead.server.config import ConfigError, ServerConfig
 
-# The stated bound (README "Precision", BENCHMARKS "Engine"): on the packaged MiniLM, for
-# every kind and head in a mixed batch, int8 logits are within 0.1 of fp32 and softmax
-# scores within 0.05 (measured: 0.048 and 0.014 at most on this matrix).
-INT8_LOGIT_BOUND = 0.1
-INT8_SCORE_BOUND = 0.05
+# The stated bound (BENCHMARKS "Engine"): on the packaged MiniLM, for every kind and head
+# in a mixed batch, int8 (smoothed, as served) logits are within 0.03 of fp32 and softmax
+# scores within 0.01 (measured: 0.014 and 0.004 at most on this matrix; 0.043 and 0.014
+# unsmoothed); a row's int8 logits alone and in a mixed batch within 0.02 (measured 0.010).
+INT8_LOGIT_BOUND = 0.03
+INT8_SCORE_BOUND = 0.01
+INT8_ALONE_BOUND = 0.02
+BF16_LOGIT_BOUND = 0.1
 
 TASKS = [("pasta", None, "linear", 2), ("prefix", PrefixConfig(num_prefix=4), "mlp", 3),
          ("lora", LoraConfig(r=4, alpha=8.0), "linear", 2), ("bitfit", None, "pooler", 2),
@@ -63,10 +66,10 @@ def test_int8_every_kind_mixed_within_bound_of_fp32(real_backbone, int8_backbone
     assert max((a - b).abs().max().item() for a, b in zip(lf, lq, strict=True)) > 1e-4
     # each token quantizes its own activations, so a row's batchmates do not set its scale;
     # what remains is a rounding step flipped by fp32 noise of ~1e-7 upstream (a padded
-    # length changes the attention's sums): measured 0.022 at most
+    # length changes the attention's sums): measured 0.010 at most (0.022 unsmoothed)
     alone = [eq.run([x], [t])[0] for x, t in zip(inputs, rows_q, strict=True)]
     for a, b in zip(alone, lq, strict=True):
-        assert (a - b).abs().max().item() <= INT8_LOGIT_BOUND / 2
+        assert (a - b).abs().max().item() <= INT8_ALONE_BOUND
 
 
 def test_int8_rows_do_not_share_a_scale(tiny_bert) -> None:
@@ -106,7 +109,7 @@ def test_bf16_serves_every_kind_mixed_near_fp32(real_backbone, monkeypatch) -> N
     inputs, rows_f = mixed(ef, [ef.load(a) for a in arts(real_backbone.spec)])
     _, rows_b = mixed(eb, [eb.load(a) for a in arts(real_backbone.spec)])
     for a, b in zip(ef.run(inputs, rows_f), eb.run(inputs, rows_b), strict=True):
-        assert torch.isfinite(b).all() and (a - b.float()).abs().max().item() <= INT8_LOGIT_BOUND
+        assert torch.isfinite(b).all() and (a - b.float()).abs().max().item() <= BF16_LOGIT_BOUND
 
 
 def test_int8_tasks_stay_fp32(int8_backbone) -> None:
@@ -147,6 +150,59 @@ def test_int8_linear_equals_an_independent_quantized_product(tiny_bert, name) ->
     assert np.abs(got - (x2 @ w.T + mod.bias.detach().double().numpy())).max() > 0  # it is not fp32
 
 
+def test_int8_smoothed_linear_equals_an_independent_quantized_product(tiny_bert) -> None:
+    """Smoothing against numpy: the activations divided by s per channel before their
+    per-row quantization, the weight's columns multiplied by s before its per-channel one,
+    s = max|x_j|^ALPHA / max|W_j|^(1-ALPHA) from the given input ranges."""
+    from polyhead.engine.precision import ALPHA
+
+    name = "encoder.layer.0.attention.self.query"
+    mod = tiny_bert.model.get_submodule(name)
+    g = torch.Generator().manual_seed(4)
+    ranges = torch.rand(mod.in_features, generator=g) * 20 + 0.5
+    q = Int8Linears(tiny_bert.model, input_ranges={name: ranges})
+    x = torch.randn(2, 7, mod.in_features, generator=g) * ranges / 5
+    w = mod.weight.detach().double().numpy()
+    s = ranges.double().numpy() ** ALPHA / np.abs(w).max(axis=0) ** (1 - ALPHA)
+    ws_ = w * s[None, :]
+    wsc = np.abs(ws_).max(axis=1) / 127
+    x2 = x.reshape(-1, mod.in_features).double().numpy() / s
+    xsc = np.abs(x2).max(axis=1, keepdims=True) / 127
+    want = ((np.round(x2 / xsc) @ np.round(ws_ / wsc[:, None]).T) * xsc * wsc
+            + mod.bias.detach().double().numpy())
+    got = q(name, x).reshape(-1, mod.out_features).double().numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+
+
+def test_int8_smoothing_halves_the_error_on_the_encoder_output(real_backbone, int8_backbone) -> None:
+    """The packaged MiniLM's outlier channels set a token's int8 scale; smoothing them with
+    ranges calibrated at load (what load_backbone(precision="int8") serves) brings the
+    [CLS] state's error against fp32 well below the unsmoothed int8's (measured 0.45x on
+    four GLUE dev sets, BENCHMARKS "Engine")."""
+    import dataclasses
+
+    plain = dataclasses.replace(int8_backbone, linears=Int8Linears(int8_backbone.model))
+    texts = ["the movie was good", "i hated the plot , it was dull and far too long",
+             ("the man walks to the station", "he walks in the park"),
+             "shares fell eight percent after the company cut its forecast",
+             "how do i reset my password ?", "the committee again failed to reach a decision"]
+    enc = Engine(real_backbone).tokenize(texts)
+
+    def cls(bb) -> torch.Tensor:
+        eng, e = Engine(bb), Encoder(bb)
+        ids, mask, types = eng.pad(enc)
+        with torch.inference_mode():
+            return e.forward(e.context(ids, mask), types)[:, 0]
+
+    ref = cls(real_backbone)
+
+    def err(bb) -> float:
+        return float(((cls(bb) - ref).norm(dim=1) / ref.norm(dim=1)).mean())
+
+    smoothed, unsmoothed = err(int8_backbone), err(plain)
+    assert 0 < smoothed < 0.7 * unsmoothed, (smoothed, unsmoothed)
+
+
 def test_int8_compiled_kernels_equal_the_op_by_op_ones(tiny_bert) -> None:
     """The quantize/rescale kernels inductor builds (dynamic shapes) give what the functions
     they compile give op by op, at every row count and width: the same int8 values and
@@ -157,7 +213,8 @@ def test_int8_compiled_kernels_equal_the_op_by_op_ones(tiny_bert) -> None:
         n_in = tiny_bert.model.get_submodule(name).in_features
         for rows in (2, 17, 576):
             x = torch.randn(rows, n_in, generator=g) * torch.rand(rows, 1, generator=g) * 10
-            (qc, sc), (qe, se) = comp.quantize_rows(x), quantize_rows(x)
+            div = torch.rand(n_in, generator=g) * 4 + 0.1  # a smoothing divisor
+            (qc, sc), (qe, se) = comp.quantize_rows(x, div), quantize_rows(x, div)
             assert torch.equal(qc, qe) and torch.equal(sc, se)
             torch.testing.assert_close(comp(name, x), eager(name, x), atol=1e-5, rtol=1e-6)
 

@@ -87,7 +87,7 @@ def load_backbone(
     fingerprint = fingerprint_of(model)  # over the weights as stored, before any cast
     model.eval().requires_grad_(False).to(device=dev, dtype=dtype)
     spec = _spec_of(model, tokenizer, fingerprint)
-    linears = serving_linears(model, precision, dev) if precision else None
+    linears = serving_linears(model, precision, dev, tokenizer) if precision else None
     name = precision or {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
     return Backbone(model, tokenizer, spec, _special_ids(tokenizer), folder, dev, dtype, name, linears)
 

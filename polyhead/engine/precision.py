@@ -5,7 +5,9 @@ BitFit and sparse deltas, heads) stay fp32 under ``int8``, and add to the int8 L
 fp32 output exactly as they add to the fp32 one. ``int8`` quantizes each frozen Linear
 weight symmetrically per output channel, and each token's activations as they come, and
 multiplies with torch's int8 matrix product (oneDNN: VNNI/AMX where the CPU has them);
-embeddings, LayerNorms, attention and the pooler stay fp32.
+embeddings, LayerNorms, attention and the pooler stay fp32. Each Linear's input channels are
+smoothed first (polyhead.engine.calibration: part of a channel's range moved into the
+weights, calibrated once at load), which halves int8's error on the encoder's output.
 """
 
 from __future__ import annotations
@@ -17,17 +19,25 @@ from typing import Protocol
 
 import torch
 from torch import Tensor
+from transformers import PreTrainedTokenizerBase
 
 from polyhead.engine.config import PRECISIONS
 
 log = logging.getLogger(__name__)
 
 
-def serving_linears(model: torch.nn.Module, precision: str, device: torch.device) -> Linears | None:
-    """The serve-time Linear kernels for a precision: int8, prepacked fp32 on a CPU, or
-    None (F.linear on the module's own weights: bf16, GPUs)."""
+def serving_linears(model: torch.nn.Module, precision: str, device: torch.device,
+                    tokenizer: PreTrainedTokenizerBase | None = None) -> Linears | None:
+    """The serve-time Linear kernels for a precision: int8 (smoothed with ranges calibrated
+    on the fp32 model when a tokenizer is given), prepacked fp32 on a CPU, or None
+    (F.linear on the module's own weights: bf16, GPUs)."""
     if precision == "int8":
-        return Int8Linears(model)
+        ranges = None
+        if tokenizer is not None:
+            from polyhead.engine.calibration import input_ranges
+
+            ranges = input_ranges(model, tokenizer, encoder_linears(model))
+        return Int8Linears(model, input_ranges=ranges)
     if precision == "fp32" and PackedLinears.available(device):
         return PackedLinears(model)
     return None
@@ -119,6 +129,13 @@ class Int8Linears:
     row's answer never depends on the other rows in its batch (mixed == alone holds under
     int8 as under fp32); the output is fp32, with the fp32 bias.
 
+    With ``input_ranges`` (Linear path -> max |x_j| per input channel, from
+    polyhead.engine.calibration) each Linear is smoothed: the activations are divided by
+    s_j = max|x_j|^ALPHA / max|W_j|^(1-ALPHA) as they are quantized and the weight's columns
+    multiplied by it, the same product in exact arithmetic with the outlier channels'
+    range shared with the weights. s is fixed at load, so a row's answer still depends on
+    its own activations only.
+
     The quantize and the rescale around the product are elementwise passes over the
     activations that cost as much as the product when run op by op (BENCHMARKS "Engine");
     with ``compiled`` they run as two small kernels of inductor's (dynamic shapes: one per
@@ -126,14 +143,17 @@ class Int8Linears:
     inductor's on-disk cache after the first), and op by op where inductor cannot build.
     """
 
-    def __init__(self, model: torch.nn.Module, compiled: bool = True) -> None:
-        self.weights = {name: _quantize(mod) for name, mod in encoder_linears(model).items()}
+    def __init__(self, model: torch.nn.Module, compiled: bool = True,
+                 input_ranges: dict[str, Tensor] | None = None) -> None:
+        ranges = input_ranges or {}
+        self.weights = {name: _quantize(mod, ranges.get(name))
+                        for name, mod in encoder_linears(model).items()}
         self.quantize_rows, self.rescale = _compiled_kernels() if compiled else (quantize_rows, rescale)
 
     def __call__(self, name: str, x: Tensor) -> Tensor:
-        w_t, w_scale, bias = self.weights[name]  # (in, out) int8, (out,), (out,)
+        w_t, w_scale, bias, x_div = self.weights[name]  # (in, out) int8, (out,), (out,), (in,)
         lead = x.shape[:-1]
-        xq, x_scale = self.quantize_rows(x.reshape(-1, x.shape[-1]))  # (N, in) int8, (N, 1)
+        xq, x_scale = self.quantize_rows(x.reshape(-1, x.shape[-1]), x_div)  # (N, in) int8, (N, 1)
         y = self.rescale(torch._int_mm(xq, w_t), x_scale, w_scale, bias)  # (N, out)
         return y.view(*lead, -1)
 
@@ -141,12 +161,14 @@ class Int8Linears:
         return name in self.weights
 
 
-def quantize_rows(x2: Tensor) -> tuple[Tensor, Tensor]:
-    """(N, in) fp32 -> (N, in) int8 and (N, 1) scales: symmetric, each row its own scale
-    (max |x| of the row over 127; max and -min, not abs, so that no (N, in) temporary)."""
-    amax = torch.maximum(x2.amax(1, keepdim=True), x2.amin(1, keepdim=True).neg_())
+def quantize_rows(x2: Tensor, x_div: Tensor) -> tuple[Tensor, Tensor]:
+    """(N, in) fp32, divided per channel by x_div (in,) (the smoothing; ones without) ->
+    (N, in) int8 and (N, 1) scales: symmetric, each row its own scale (max |x| of the row
+    over 127; max and -min, not abs, so that no (N, in) temporary)."""
+    xs = x2 / x_div
+    amax = torch.maximum(xs.amax(1, keepdim=True), xs.amin(1, keepdim=True).neg_())
     scale = amax.div_(127).clamp_(min=1e-12)
-    return torch.div(x2, scale).round_().to(torch.int8), scale
+    return xs.div_(scale).round_().to(torch.int8), scale
 
 
 def rescale(acc: Tensor, x_scale: Tensor, w_scale: Tensor, bias: Tensor) -> Tensor:
@@ -155,7 +177,8 @@ def rescale(acc: Tensor, x_scale: Tensor, w_scale: Tensor, bias: Tensor) -> Tens
     return acc.float().mul_(x_scale).mul_(w_scale).add_(bias)
 
 
-Kernels = tuple[Callable[[Tensor], tuple[Tensor, Tensor]], Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]]
+Kernels = tuple[Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+                Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]]
 _KERNELS: Kernels | None = None
 
 
@@ -168,7 +191,7 @@ def _compiled_kernels() -> Kernels:
         q, r = torch.compile(quantize_rows, dynamic=True), torch.compile(rescale, dynamic=True)
         try:
             with torch.inference_mode():  # sizes all distinct: no two dims traced as one
-                xq, xs = q(torch.randn(10, 16))
+                xq, xs = q(torch.randn(10, 16), torch.rand(16) + 0.5)
                 r(torch._int_mm(xq, torch.ones(16, 24, dtype=torch.int8)), xs, torch.ones(24),
                   torch.zeros(24))
             _KERNELS = (q, r)
@@ -179,10 +202,23 @@ def _compiled_kernels() -> Kernels:
     return _KERNELS
 
 
-def _quantize(mod: torch.nn.Linear) -> tuple[Tensor, Tensor, Tensor]:
+ALPHA = 0.7  # smoothing strength: chosen on SST-2 and RTE training sentences (BENCHMARKS "Engine")
+
+
+def smoothing(x_range: Tensor, w: Tensor) -> Tensor:
+    """s (in,): max|x_j|^ALPHA / max_o |W_oj|^(1-ALPHA), clamped away from 0."""
+    s = x_range.clamp(min=1e-5) ** ALPHA / w.abs().amax(0).clamp(min=1e-5) ** (1 - ALPHA)
+    return s.clamp(min=1e-5)
+
+
+def _quantize(mod: torch.nn.Linear, x_range: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(int8 weight (in, out), its per-channel scales, fp32 bias, the activations' divisor
+    (in,)): the weight's columns times s when smoothed (s from ``x_range``), else ones."""
     w = mod.weight.detach().to("cpu", torch.float32)  # (out, in)
+    s = torch.ones(w.shape[1]) if x_range is None else smoothing(x_range.to("cpu", torch.float32), w)
+    w = w * s[None, :]
     scale = w.abs().amax(dim=1).div(127).clamp(min=1e-12)  # (out,)
     w_t = (w / scale[:, None]).round().to(torch.int8).t().contiguous()  # (in, out)
     bias = (torch.zeros(w.shape[0]) if mod.bias is None
             else mod.bias.detach().to("cpu", torch.float32))
-    return w_t, scale, bias
+    return w_t, scale, bias, s
