@@ -151,19 +151,22 @@ RANDOM_SEQUENCES = 64  # random-id sequences, lengths 8-63, seeded
 BATCH = 32
 
 
-def calibration_ids(tokenizer: PreTrainedTokenizerBase, max_length: int = 128) -> list[list[int]]:
-    """Token ids of every calibration input: each sentence alone, consecutive sentences as
-    pairs, and random ids (seed 0) between the tokenizer's special tokens; each cut to
-    ``max_length`` (keeping its closing special token)."""
+def calibration_ids(tokenizer: PreTrainedTokenizerBase, max_length: int = 128,
+                    parts: tuple[str, ...] = ("sentences", "random")) -> list[list[int]]:
+    """Token ids of every calibration input: each sentence alone and consecutive sentences
+    as pairs ("sentences"), and random ids (seed 0) between the tokenizer's special tokens
+    ("random"); each cut to ``max_length`` (keeping its closing special token)."""
     singles = tokenizer(list(SENTENCES), truncation=True, max_length=128)["input_ids"]
     pairs = tokenizer(list(SENTENCES[0::2]), list(SENTENCES[1::2]) + [""] * (len(SENTENCES) % 2),
                       truncation=True, max_length=128)["input_ids"]
+    if "sentences" not in parts:
+        singles, pairs = [], []
     special = set(tokenizer.all_special_ids)
     vocab = torch.tensor([i for i in range(len(tokenizer)) if i not in special])
     g = torch.Generator().manual_seed(0)
     frame = tokenizer("")["input_ids"]  # the special tokens around a text: [CLS] [SEP], <s> </s>
     rand = []
-    for _ in range(RANDOM_SEQUENCES):
+    for _ in range(RANDOM_SEQUENCES if "random" in parts else 0):
         n = int(torch.randint(8, 64, (1,), generator=g))
         ids = vocab[torch.randint(len(vocab), (n,), generator=g)].tolist()
         rand.append([*frame[:1], *ids, *frame[1:]])
@@ -173,9 +176,11 @@ def calibration_ids(tokenizer: PreTrainedTokenizerBase, max_length: int = 128) -
 
 @torch.inference_mode()
 def input_ranges(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 linears: dict[str, torch.nn.Linear]) -> dict[str, Tensor]:
-    """max |x_j| over the calibration inputs for each input channel of each Linear in
-    ``linears`` (path -> module of ``model``), from the model as it is (run it in fp32)."""
+                 linears: dict[str, torch.nn.Linear],
+                 inputs: list[list[int]] | None = None) -> dict[str, Tensor]:
+    """max |x_j| over the calibration inputs (token ids; default ``calibration_ids``) for
+    each input channel of each Linear in ``linears`` (path -> module of ``model``), from
+    the model as it is (run it in fp32)."""
     ranges: dict[str, Tensor] = {}
 
     def hook(name: str):
@@ -188,7 +193,8 @@ def input_ranges(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     try:
         # positions the model has (RoBERTa's start after its padding index)
         limit = model.config.max_position_embeddings - (2 if model.config.model_type != "bert" else 0)
-        ids = sorted(calibration_ids(tokenizer, min(128, limit)), key=len)
+        ids = sorted(inputs if inputs is not None else calibration_ids(tokenizer, min(128, limit)),
+                     key=len)
         pad = tokenizer.pad_token_id or 0
         device = next(model.parameters()).device
         for i in range(0, len(ids), BATCH):
