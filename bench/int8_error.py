@@ -80,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     sst2_train = [e.ids for e in engine.tokenize(read_tsv(args.glue / "SST-2/train.tsv", [0], 0, 300))]
     calibrations = {
         "served (sentences + random ids)": input_ranges(model, tok, linears),
-        "built-in sentences only": input_ranges(model, tok, linears, calibration_ids(tok, limit, ("sentences",))),
+        "built-in sentences only":
+            input_ranges(model, tok, linears, calibration_ids(tok, limit, ("sentences",))),
         "random ids only": input_ranges(model, tok, linears, calibration_ids(tok, limit, ("random",))),
         "300 SST-2 training sentences": input_ranges(model, tok, linears, sst2_train),
     }
