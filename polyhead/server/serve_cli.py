@@ -48,8 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", help="local HF encoder folder (default: packaged MiniLM)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "int8", "bf16"),
-                   help="the backbone's arithmetic: fp32 (exact), int8 (its Linear weights int8, "
-                        "every task fp32; CPU), bf16 (CUDA, or a CPU with AVX512-BF16/AMX)")
+                   help="the backbone's arithmetic: fp32 (exact), int8 (its Linears int8, smoothed "
+                        "with ranges calibrated at start; every task fp32; CPU), bf16 (CUDA, or a "
+                        "CPU with AVX512-BF16/AMX)")
     p.add_argument("--release-freed-memory", action="store_true",
                    help="let the replicas' allocator return freed activations to the OS after "
                         "each batch (glibc's default: less resident memory, slower forwards); by "
