@@ -272,3 +272,27 @@ def test_serve_refuses_bf16_before_ray_starts(monkeypatch, capsys, tmp_path) -> 
     assert code == 2
     assert "--precision bf16: cpu here has no native bf16" in capsys.readouterr().err
 
+
+
+@pytest.mark.parametrize("which", ["tiny_bert_dir", "tiny_roberta_dir"])
+def test_int8_calibrates_any_supported_backbone(which, request) -> None:
+    """Calibration runs on whatever encoder is loaded (its own tokenizer's framing and
+    position limit): every encoder Linear gets a range per input channel, and the smoothed
+    int8 engine serves a task."""
+    from polyhead.engine.calibration import calibration_ids, input_ranges
+    from polyhead.engine.precision import encoder_linears
+
+    folder = request.getfixturevalue(which)
+    fp = load_backbone(folder)
+    linears = encoder_linears(fp.model)
+    ranges = input_ranges(fp.model, fp.tokenizer, linears)
+    assert set(ranges) == set(linears)
+    assert all(r.shape == (linears[n].in_features,) and bool((r > 0).all()) for n, r in ranges.items())
+    frame = fp.tokenizer("")["input_ids"]
+    ids = calibration_ids(fp.tokenizer, 16)
+    assert all(len(x) <= 16 and x[0] == frame[0] and x[-1] == frame[-1] for x in ids)
+    bb = load_backbone(folder, precision="int8")
+    eng = Engine(bb)
+    task = eng.load(TaskArtifact.random("pasta", bb.spec, 2, seed=5))
+    out = eng.run(["a b c", ("a b", "c")], [task, task])
+    assert all(torch.isfinite(o).all() for o in out)
