@@ -14,7 +14,6 @@ reported). The packaged MiniLM, or --backbone.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,24 +27,24 @@ from polyhead.engine.calibration import calibration_ids, input_ranges
 from polyhead.engine.encoder import Encoder
 from polyhead.engine.engine import Encoded, plan_buckets
 from polyhead.engine.precision import Int8Linears, encoder_linears
+from polyhead.trainer.data import load_dataset
+from polyhead.trainer.presets import get_preset
 
 ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def read_tsv(path: Path, cols: Sequence[int], first: int, last: int, header: bool = True) -> list:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[int(header):]
-    out = [tuple(r[c] for c in cols) for r in rows[first:last]]
-    return [x[0] if len(x) == 1 else x for x in out]
+def texts(glue: Path, task: str, split: str, first: int, last: int) -> list:
+    """Rows first..last of a GLUE file as engine inputs (a text, or a pair), read with the
+    task's preset."""
+    folder = {"sst2": "SST-2", "rte": "RTE", "mrpc": "MRPC", "cola": "CoLA"}[task]
+    data = load_dataset(glue / folder / f"{split}.tsv", get_preset(task).columns)
+    return [e.text if e.pair is None else (e.text, e.pair) for e in data.examples[first:last]]
 
 
 def sets(glue: Path, n: int) -> tuple[dict[str, list], dict[str, list]]:
-    selection = {"sst2 train": read_tsv(glue / "SST-2/train.tsv", [0], 300, 600),
-                 "rte train": read_tsv(glue / "RTE/train.tsv", [1, 2], 0, 150)}
-    dev = {"sst2": read_tsv(glue / "SST-2/dev.tsv", [0], 0, n),
-           "rte": read_tsv(glue / "RTE/dev.tsv", [1, 2], 0, n),
-           "mrpc": read_tsv(glue / "MRPC/dev.tsv", [3, 4], 0, n),
-           "cola": read_tsv(glue / "CoLA/dev.tsv", [3], 0, n, header=False)}
+    selection = {"sst2 train": texts(glue, "sst2", "train", 300, 600),
+                 "rte train": texts(glue, "rte", "train", 0, 150)}
+    dev = {task: texts(glue, task, "dev", 0, n) for task in ("sst2", "rte", "mrpc", "cola")}
     return selection, dev
 
 
@@ -75,9 +74,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ref = {k: cls_states(fp32, e) for k, e in enc.items()}
     model, tok = fp32.model, fp32.tokenizer
     linears = encoder_linears(model)
-    roberta = model.config.model_type != "bert"
-    limit = min(128, model.config.max_position_embeddings - (2 if roberta else 0))
-    sst2_train = [e.ids for e in engine.tokenize(read_tsv(args.glue / "SST-2/train.tsv", [0], 0, 300))]
+    limit = min(128, fp32.spec.max_length)
+    sst2_train = [e.ids for e in engine.tokenize(texts(args.glue, "sst2", "train", 0, 300))]
     calibrations = {
         "served (sentences + random ids)": input_ranges(model, tok, linears),
         "built-in sentences only":

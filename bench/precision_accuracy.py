@@ -60,13 +60,17 @@ def evaluate(path: Path, glue: Path, engines: dict[str, Engine]) -> list[str]:
     y = np.asarray(data.targets())
     rng = np.random.default_rng(0)
     resamples = [rng.integers(0, len(y), len(y)) for _ in range(BOOTSTRAP)]
+
+    def resampled(p: str) -> np.ndarray:
+        return np.array([100 * compute_metrics(logits[p][i], y[i], data.regression)[metric]
+                         for i in resamples])
+
+    base = resampled("fp32")
     for p in engines:
         if p == "fp32":
             continue
         diff = scores[p] - scores["fp32"]
-        boot = [100 * (compute_metrics(logits[p][i], y[i], data.regression)[metric]
-                       - compute_metrics(logits["fp32"][i], y[i], data.regression)[metric])
-                for i in resamples]
+        boot = resampled(p) - base
         lo, hi = np.percentile(boot, [2.5, 97.5])
         flips = (float(np.mean(logits[p].argmax(-1) != logits["fp32"].argmax(-1)))
                  if not data.regression else float("nan"))

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from polyhead.engine.precision import Linears, PrecisionError, dtype_for, serving_linears
-from polyhead.engine.spec import BackboneSpec
+from polyhead.engine.spec import BackboneSpec, position_limit
 
 SUPPORTED_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
 
@@ -117,7 +117,7 @@ def _spec_of(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fp: str
     pair = tokenizer("a", "b")["input_ids"]
     specials = _special_ids(tokenizer)
     num_special = sum(1 for i in pair if i in specials)
-    limit = cfg.max_position_embeddings - (2 if cfg.model_type != "bert" else 0)
+    limit = position_limit(cfg)
     tok_max = tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else limit
     return BackboneSpec(
         model_type=cfg.model_type,

@@ -16,9 +16,15 @@ on 300 SST-2 training sentences or on random ids alone gave the same error).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from polyhead.engine.spec import position_limit
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 SENTENCES: tuple[str, ...] = (
     'The film opens with a long shot of an empty highway, and it never quite recovers its momentum.',
@@ -191,10 +197,8 @@ def input_ranges(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
     handles = [mod.register_forward_pre_hook(hook(name)) for name, mod in linears.items()]
     try:
-        # positions the model has (RoBERTa's start after its padding index)
-        limit = model.config.max_position_embeddings - (2 if model.config.model_type != "bert" else 0)
-        ids = sorted(inputs if inputs is not None else calibration_ids(tokenizer, min(128, limit)),
-                     key=len)
+        limit = min(128, position_limit(model.config))
+        ids = sorted(inputs if inputs is not None else calibration_ids(tokenizer, limit), key=len)
         pad = tokenizer.pad_token_id or 0
         device = next(model.parameters()).device
         for i in range(0, len(ids), BATCH):

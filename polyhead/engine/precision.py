@@ -15,13 +15,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase
 
+from polyhead.engine.calibration import input_ranges
 from polyhead.engine.config import PRECISIONS
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +35,7 @@ def serving_linears(model: torch.nn.Module, precision: str, device: torch.device
     on the fp32 model when a tokenizer is given), prepacked fp32 on a CPU, or None
     (F.linear on the module's own weights: bf16, GPUs)."""
     if precision == "int8":
-        ranges = None
-        if tokenizer is not None:
-            from polyhead.engine.calibration import input_ranges
-
-            ranges = input_ranges(model, tokenizer, encoder_linears(model))
+        ranges = None if tokenizer is None else input_ranges(model, tokenizer, encoder_linears(model))
         return Int8Linears(model, input_ranges=ranges)
     if precision == "fp32" and PackedLinears.available(device):
         return PackedLinears(model)

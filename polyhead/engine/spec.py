@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 # Linear modules inside one encoder layer, by their Hugging Face path suffix.
 LAYER_LINEARS = (
@@ -22,6 +23,12 @@ EMBED_TABLES = (
     "embeddings.position_embeddings",
     "embeddings.token_type_embeddings",
 )
+
+
+def position_limit(config: Any) -> int:
+    """Tokens a sequence may hold: the model's positions (a Hugging Face config; RoBERTa's
+    start after its padding index, two of them spent)."""
+    return int(config.max_position_embeddings) - (2 if config.model_type != "bert" else 0)
 
 
 @dataclasses.dataclass(frozen=True)
