@@ -276,3 +276,41 @@ def test_max_jobs_per_tenant_reaches_the_scheduler(monkeypatch: pytest.MonkeyPat
     assert start_scheduler(cfg).max_jobs_per_tenant == 3
     with pytest.raises(ConfigError, match="max_jobs_per_tenant must be >= 0"):
         ServerConfig(insecure=True, max_jobs_per_tenant=-1)
+
+
+def test_watch_returns_the_last_event_of_a_job_that_ends_between_polls(
+        location: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job is cancelled just after WatchJob's poll found no new events: the stream
+    still ends with the `cancelled` event, never with the last step."""
+    import asyncio
+
+    from polyhead.server._private.auth import Caller
+    from polyhead.server._private.training import TrainingService
+    from polyhead.server.config import ServerConfig
+    from polyhead.v1 import polyhead_pb2 as pb
+
+    Store(location)
+    service = TrainingService(ServerConfig(store=location))
+    book = service.book
+    job = book.create("t", "lora", {"train": put(book, tsv()), "dev_fraction": 0.25})
+    book.claim("a", 30, 1)
+    book.add_event(job.job_id, "step", step=1)
+    real_events = book.events
+    polls = []
+
+    def events_then_cancel(job_id: str, after: int = 0) -> list[Any]:
+        found = real_events(job_id, after)
+        polls.append(len(found))
+        if len(polls) == 2:  # nothing new this poll; the job ends before the next read
+            book.cancel(job_id)
+            book.finish(job_id, CANCELLED, "cancelled while running", 1)
+        return found
+
+    monkeypatch.setattr(book, "events", events_then_cancel)
+    caller = Caller("default", "token", frozenset({"admin"}))
+
+    async def watch() -> list[str]:
+        return [e.kind async for e in service.watch_job(pb.WatchJobRequest(job_id=job.job_id), caller)]
+
+    kinds = asyncio.run(watch())
+    assert kinds[-1] == CANCELLED and polls[1] == 0, (kinds, polls)

@@ -236,6 +236,38 @@ def test_serve_cli_never_opens_the_registry(monkeypatch: pytest.MonkeyPatch, tmp
         parser.parse_args(["serve", "--token", "t", "--insecure"])
 
 
+def test_serve_starts_ray_again_after_a_slow_raylet_only(capsys: pytest.CaptureFixture[str]) -> None:
+    """Ray gives its raylet a fixed 30 s to register; on a busy host `polyhead serve` starts
+    it again (twice at most) rather than fail, and lets any other error through at once."""
+    from polyhead.server.serve_cli import RAY_START_TRIES, start_ray
+
+    class FakeRay:
+        def __init__(self, errors: list[Exception]) -> None:
+            self.errors, self.calls = errors, []
+
+        def init(self, **kw: object) -> None:
+            self.calls.append(kw)
+            if self.errors:
+                raise self.errors.pop(0)
+
+        def shutdown(self) -> None:
+            self.calls.append("shutdown")
+
+    slow = Exception("The current node timed out during startup. This could happen because ...")
+    ray = FakeRay([slow, slow])
+    start_ray(ray, address="local", num_cpus=2)
+    init = {"address": "local", "num_cpus": 2}
+    assert ray.calls == [init, "shutdown", init, "shutdown", init]
+    assert "starting it again" in capsys.readouterr().err
+    ray = FakeRay([slow] * RAY_START_TRIES)
+    with pytest.raises(Exception, match="timed out during startup"):
+        start_ray(ray, address="local")
+    ray = FakeRay([ValueError("bad resources")])
+    with pytest.raises(ValueError):
+        start_ray(ray, address="local")
+    assert len(ray.calls) == 1
+
+
 def test_status_codes_for_errors() -> None:
     from polyhead.engine.errors import ArtifactError
     from polyhead.store import AmbiguousRefError, NotFoundError, StoreError

@@ -35,6 +35,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+RAY_START_TRIES = 3
+RAY_SLOW_START = "timed out during startup"  # ray/_private/node.py: its raylet wait is 30 s, fixed
+
+
+def start_ray(ray: Any, **init: Any) -> None:
+    """``ray.init(**init)``, started again (up to RAY_START_TRIES in all) when Ray's raylet did
+    not register within the 30 s that Ray allows it: on a host loaded that heavily the next
+    try usually makes it. The failed try's processes end with this one (Ray's atexit)."""
+    for attempt in range(1, RAY_START_TRIES + 1):
+        try:
+            ray.init(**init)
+            return
+        except Exception as e:
+            if RAY_SLOW_START not in str(e) or attempt == RAY_START_TRIES:
+                raise
+            print(f"polyhead serve: Ray's node did not start in time (try {attempt} of "
+                  f"{RAY_START_TRIES}; is the host busy?); starting it again", file=sys.stderr, flush=True)
+            ray.shutdown()
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve every task in the store over gRPC (Ctrl-C stops)")
     p.add_argument("--host", default=DEFAULT_HOST,
@@ -268,10 +288,10 @@ def run(args: argparse.Namespace) -> int:
     machine_cpus = os.cpu_count() or 1
     train = max(0, args.train_cpus)
     cpus = args.cpus or max(1.0, (machine_cpus - train) / max(1, args.replicas))
-    ray.init(address="local", num_cpus=max(machine_cpus, int(cpus * args.replicas + 0.999) + train),
-             resources={"polyhead_train": train} if train else None,
-             include_dashboard=False, log_to_driver=False,
-             runtime_env={"worker_process_setup_hook": "polyhead.server._private.bind.setup"})
+    start_ray(ray, address="local", num_cpus=max(machine_cpus, int(cpus * args.replicas + 0.999) + train),
+              resources={"polyhead_train": train} if train else None,
+              include_dashboard=False, log_to_driver=False,
+              runtime_env={"worker_process_setup_hook": "polyhead.server._private.bind.setup"})
     # From here on Ctrl-C or SIGTERM stops Serve and Ray in order, also while the app is
     # still deploying (replicas may answer before serve.run returns); a second one while
     # stopping changes nothing.

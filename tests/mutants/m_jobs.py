@@ -26,4 +26,12 @@ MUTANTS: list[Mutant] = [
            "    _check_text(filename, data)\n", "",
            (T + "test_bad_datasets_name_the_line",),
            "binary garbage and an empty file were refused without naming the line"),
+    Mutant("jobs-watch-misses-the-end", "polyhead/server/_private/training.py",
+           "            ended = (await self._on(self.book.job, job_id)).state in TERMINAL\n"
+           "            events = await self._on(self.book.events, job_id, seq)\n",
+           "            events = await self._on(self.book.events, job_id, seq)\n"
+           "            ended = (await self._on(self.book.job, job_id)).state in TERMINAL\n",
+           (T + "test_watch_returns_the_last_event_of_a_job_that_ends_between_polls[sqlite]",),
+           "WatchJob ended on the last step when the job finished between its two reads "
+           "(found by CI: test_cancel_while_running_publishes_nothing)"),
 ]

@@ -132,13 +132,16 @@ class TrainingService:
         """Every event after ``after_seq``, as it happens, up to the job's last one."""
         job_id, seq = (await self._job(_job_id(request.job_id), caller)).job_id, max(0, request.after_seq)
         while True:
+            # the state first: a job that ends between the two reads still has its last
+            # event in ``events`` (the end and its event are written in one transaction)
+            ended = (await self._on(self.book.job, job_id)).state in TERMINAL
             events = await self._on(self.book.events, job_id, seq)
             for e in events:
                 seq = e.seq
                 yield event_pb(e)
                 if e.kind in ENDS:
                     return
-            if not events and (await self._on(self.book.job, job_id)).state in TERMINAL:
+            if ended:
                 return  # its last event came before after_seq
             await asyncio.sleep(WATCH_POLL_S)
 
