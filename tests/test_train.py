@@ -232,6 +232,22 @@ def test_column_masks_give_whole_columns_within_budget_served_as_columns(
     np.testing.assert_allclose(served, trainer_logits(res, bert, texts), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("method", ["child-d", "child-f", "dps"])
+def test_each_sparse_method_has_its_servable_mask_structure(method: str) -> None:
+    """Without --mask-structure the servable recipe masks as the method's measured default,
+    the paper recipe single weights; the flag overrides the servable default."""
+    from polyhead.trainer.algos.sparse_budget import SERVABLE_STRUCTURES, SparseOptions
+
+    def structure(**kw: object) -> str:
+        cfg = config(method, **kw)
+        return cfg.options_as(SparseOptions).structure(cfg)
+
+    assert structure() == SERVABLE_STRUCTURES[method]
+    assert structure(recipe="paper") == "entries"
+    assert structure(mask_structure="entries") == "entries"
+    assert structure(mask_structure="columns") == "columns"
+
+
 def test_column_masks_only_for_the_servable_sparse_methods() -> None:
     with pytest.raises(TrainConfigError, match="mask-structure columns"):
         config("child-d", recipe="paper", mask_structure="columns")

@@ -141,7 +141,7 @@ def test_child_d_keeps_its_fraction_on_the_built_model(bert: Backbone, sentiment
     """Paper: the global top child_d_p of the Fisher; servable: exactly --density of the
     tunable weights. Values away from 0.5 so that keep and 1 - keep differ."""
     for recipe, keep, opts in (("paper", 0.2, ChildDOptions(child_d_p=0.2)),
-                               ("servable", 0.1, ChildDOptions(density=0.1))):
+                               ("servable", 0.1, ChildDOptions(density=0.1, mask_structure="entries"))):
         cfg = TrainConfig(method="child-d", recipe=recipe, batch_size=8, dropout=False, options=opts)
         model = METHODS["child-d"].build(cfg, context(bert, sentiment, cfg))
         assert isinstance(model.policy, ChildDMask)

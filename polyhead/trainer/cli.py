@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from polyhead.trainer.algos.sparse_budget import SERVABLE_STRUCTURES, STRUCTURE_EVIDENCE
 from polyhead.trainer.config import (
     HEAD_TYPES,
     POOLERS,
@@ -47,6 +48,8 @@ def defaults_record() -> str:
             why = f"{d.evidence} ({d.precision} study)" if d.evidence else "PROVISIONAL (not yet measured)"
             lines.append(f"  {m.name:8s} {recipe:8s} lr {d.lr:g}, {d.epochs:g} epochs, warm-up "
                          f"{d.warmup:g}: {why}")
+    lines.append("Servable mask structure (--mask-structure) of the sparse methods:")
+    lines += [f"  {m:8s} {SERVABLE_STRUCTURES[m]}: {STRUCTURE_EVIDENCE[m]}" for m in SERVABLE_STRUCTURES]
     return "\n".join([*lines, "", RECIPES_TEXT])
 
 

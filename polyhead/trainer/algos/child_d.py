@@ -12,7 +12,7 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING
 
-from polyhead.trainer.algos.sparse_budget import SparseOptions
+from polyhead.trainer.algos.sparse_budget import SERVABLE_STRUCTURES, SparseOptions
 from polyhead.trainer.method import TrainConfigError, TrainingMethod, option
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ MAX_GRAD_NORM = 1.0
 
 @dataclasses.dataclass(frozen=True)
 class ChildDOptions(SparseOptions):
+    servable_structure = SERVABLE_STRUCTURES["child-d"]
     child_d_p: float = option(0.3, "child-d (paper) kept share p_D", type=float)
     fisher_examples: int | None = option(None, "cap on child-d's Fisher pass (default: all)", type=int)
 
@@ -45,7 +46,7 @@ class ChildD(TrainingMethod):
 
         opts = cfg.options_as(ChildDOptions)
         model = DenseModel(ctx.backbone, cfg, ctx.head, density=opts.export_density(cfg),
-                           structure=opts.mask_structure)
+                           structure=opts.structure(cfg))
         if ctx.head_tensors is not None:  # EH-FT: the Fisher under the stage-1 head
             model.load_head(ctx.head_tensors)
         names = ([n for n in model.backbone_params if n.startswith("encoder.layer.")] if cfg.paper
@@ -69,7 +70,7 @@ class ChildD(TrainingMethod):
         for p in model.params.values():
             p.grad = None
         keep = opts.child_d_p if cfg.paper else opts.density
-        model.policy = masks.ChildDMask(info, keep, limit_union=not cfg.paper, structure=opts.mask_structure)
+        model.policy = masks.ChildDMask(info, keep, limit_union=not cfg.paper, structure=opts.structure(cfg))
         return model
 
 

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from polyhead.trainer.algos.sparse_budget import SparseOptions
+from polyhead.trainer.algos.sparse_budget import SERVABLE_STRUCTURES, SparseOptions
 from polyhead.trainer.method import TrainConfigError, TrainingMethod, option
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True)
 class ChildFOptions(SparseOptions):
+    servable_structure = SERVABLE_STRUCTURES["child-f"]
     child_f_p: float = option(0.3, "child-f keep probability p_F (0.3: the official run.sh)", type=float)
 
     def __post_init__(self) -> None:
@@ -40,7 +41,7 @@ class ChildF(TrainingMethod):
 
         opts = cfg.options_as(ChildFOptions)
         model = DenseModel(ctx.backbone, cfg, ctx.head, density=opts.export_density(cfg),
-                           structure=opts.mask_structure)
+                           structure=opts.structure(cfg))
         model.policy = BernoulliMask(opts.child_f_p, sorted(model.params), cfg.seed, ctx.device)
         return model
 
@@ -67,13 +68,13 @@ def sparsify(model: DenseModel, opts: ChildFOptions, ctx: Context, dense: dict[s
 
     diffs = model.diffs()
     nonzero = sum(int((d != 0).sum()) for d in diffs.values())
-    cut = masks.sparsify({n: diffs[n] for n in model.sparse_names}, opts.density, opts.mask_structure)
+    cut = masks.sparsify({n: diffs[n] for n in model.sparse_names}, opts.density, opts.servable())
     model.set_diffs({**diffs, **cut})  # the pooler (the head's) stays as trained
     sparse = evaluate(model, ctx, scale)
     cost = dense[ctx.metric] - sparse[ctx.metric]
     log_fn(f"[child-f] sparsified {nonzero} changed weights to density {opts.density}: "
            f"{ctx.metric} {dense[ctx.metric]:.4f} -> {sparse[ctx.metric]:.4f} (cost {cost:+.4f})")
-    return sparse, {"rule": f"global top-|diff| to density ({opts.mask_structure})",
+    return sparse, {"rule": f"global top-|diff| to density ({opts.servable()})",
                     "dense_nonzero": nonzero, "dense_dev": dense, "sparse_dev": sparse,
                     "metric_cost": cost}
 
@@ -93,7 +94,7 @@ def servable_cut(model: DenseModel, opts: ChildFOptions, ctx: Context, dense: di
     tunable = set(ctx.backbone.spec.tunable_params())
     diffs = model.diffs()
     cut = masks.sparsify({n: d for n, d in diffs.items() if n in tunable}, opts.density,
-                         opts.mask_structure)
+                         opts.servable())
     kept = {**{n: diffs[n] for n in model.pooler_names if n in diffs}, **cut}
     model.set_diffs({n: kept.get(n, torch.zeros_like(d)) for n, d in diffs.items()})
     sparse = evaluate(model, ctx, scale)

@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from polyhead.trainer.algos.sparse_budget import SparseOptions
+from polyhead.trainer.algos.sparse_budget import SERVABLE_STRUCTURES, SparseOptions
 from polyhead.trainer.method import TrainConfigError, TrainingMethod, option
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True)
 class DpsOptions(SparseOptions):
+    servable_structure = SERVABLE_STRUCTURES["dps"]
     dps_reserve_p: float = option(0.3, "dps: share of each matrix not updated", type=float)
     dps_update_ratio: float = option(0.05, "dps: stage length / total steps", type=float)
 
@@ -65,7 +66,7 @@ class Dps(TrainingMethod):
 
         opts = cfg.options_as(DpsOptions)
         model = DenseModel(ctx.backbone, cfg, ctx.head, density=opts.export_density(cfg),
-                           structure=opts.mask_structure)
+                           structure=opts.structure(cfg))
         if cfg.paper and ctx.total_steps < DROPOUT_MIN_STEPS:
             model.dropout = False
         us = stage_length(cfg, ctx.total_steps)
@@ -73,7 +74,7 @@ class Dps(TrainingMethod):
             model.policy = DpsMask(model.params, linear_weights(model), us, reserve_p=opts.dps_reserve_p)
         else:
             model.policy = DpsMask(model.params, list(model.sparse_names), us, density=opts.density,
-                                   structure=opts.mask_structure)
+                                   structure=opts.structure(cfg))
         return model
 
     def after_fit(self, model: Trainable, cfg: TrainConfig, ctx: Context, metrics: dict[str, float],
