@@ -1,4 +1,5 @@
-"""ONNX Runtime as the yardstick: the bare backbone exported, fp32 and dynamic int8.
+"""ONNX Runtime as the yardstick: the bare backbone exported, fp32 and dynamic int8 (and
+the same with the engine's first-token last layer, ``export_first_token``).
 
 bench.engine calls this module in a process of its own for each round (ORT's worker
 threads spin, and would count against a torch run's CPU clock in the same process):
@@ -20,6 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +45,37 @@ def export(model: object, path: Path) -> Path:
     ones, zeros = torch.ones_like(ids), torch.zeros_like(ids)
     axes = {k: {0: "batch", 1: "length"} for k in (*INPUTS, "hidden")}
     torch.onnx.export(Hidden(model).eval(), (ids, ones, zeros), str(path), input_names=list(INPUTS),
+                      output_names=["hidden"], dynamic_axes=axes, opset_version=17, dynamo=False)
+    return path
+
+
+def export_first_token(backbone: object, path: Path) -> Path:
+    """The same backbone with the engine's cut: the last layer run for the first token
+    alone (``Encoder.forward(first_only=True)``, eager fp32 Linears), its (B, 1, d) state as
+    ONNX: the ORT peer that does the engine's work, no more."""
+    import dataclasses
+
+    import torch
+
+    from polyhead.engine.encoder import BatchContext, Encoder
+
+    bb: Any = backbone
+    encoder = Encoder(dataclasses.replace(bb, linears=None))
+
+    class FirstToken(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = bb.model  # its weights exported as initializers (what quantize_dynamic reads)
+
+        def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
+            ctx = BatchContext(input_ids, attention_mask.bool(), input_ids, input_ids.device,
+                               torch.float32, bb.spec)  # special_index: unread without effects
+            return encoder.forward(ctx, token_type_ids, (), first_only=True)
+
+    ids = torch.full((2, 9), 1000, dtype=torch.long)
+    ones, zeros = torch.ones_like(ids), torch.zeros_like(ids)
+    axes = {k: {0: "batch", 1: "length"} for k in INPUTS} | {"hidden": {0: "batch"}}
+    torch.onnx.export(FirstToken().eval(), (ids, ones, zeros), str(path), input_names=list(INPUTS),
                       output_names=["hidden"], dynamic_axes=axes, opset_version=17, dynamo=False)
     return path
 

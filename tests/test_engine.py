@@ -113,6 +113,25 @@ def test_scattered_rows_equal_the_engine_order(tiny_bert) -> None:
             torch.testing.assert_close(b.detach(), a, atol=ATOL, rtol=0)
 
 
+def test_the_first_token_alone_equals_the_whole_last_layer(tiny_bert) -> None:
+    """Serving runs the last layer for the first token only (all a head reads): with rows of
+    every kind and rows without a task in one batch, its state equals the whole layer's."""
+    eng = Engine(tiny_bert, max_batch_size=64)
+    loaded = [eng.load(a) for a in artifacts(tiny_bert.spec)]
+    rows = [(i, t) for i in range(len(INPUTS)) for t in [*range(len(loaded)), None]]
+    tasks = [None if t is None else loaded[t] for _, t in rows]
+    order = row_order(tasks) or list(range(len(rows)))
+    tasks = [tasks[i] for i in order]
+    ids, mask, types = eng.pad(eng.tokenize([INPUTS[rows[i][0]] for i in order]))
+    ctx = eng.encoder.context(ids, mask)
+    effects = effects_for(group_rows(tasks, ids.device), ctx)
+    with torch.no_grad():
+        whole = eng.encoder.forward(ctx, types, effects)
+        first = eng.encoder.forward(ctx, types, effects, first_only=True)
+    assert whole.shape[1] > 1 and first.shape == (len(rows), 1, whole.shape[2])
+    torch.testing.assert_close(first[:, 0], whole[:, 0], atol=ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("kind_index", range(len(TASKS)))
 def test_zero_artifact_is_a_no_op(tiny_bert, kind_index: int) -> None:
     eng = Engine(tiny_bert)

@@ -72,6 +72,21 @@ def test_int8_every_kind_mixed_within_bound_of_fp32(real_backbone, int8_backbone
         assert (a - b).abs().max().item() <= INT8_ALONE_BOUND
 
 
+def test_int8_first_token_alone_within_bound_of_the_whole_last_layer(int8_backbone, monkeypatch) -> None:
+    """Serving runs the last layer for [CLS] alone; under int8 its logits stay within the
+    alone-vs-mixed bound of the whole layer's (each token has its own scale, so only fp32
+    noise in the attention can flip a rounding step)."""
+    eq = Engine(int8_backbone)
+    inputs, rows = mixed(eq, [eq.load(a) for a in arts(int8_backbone.spec)])
+    first = eq.run(inputs, rows)
+    whole_forward = Encoder.forward
+    monkeypatch.setattr(Encoder, "forward", lambda self, ctx, types, effects=(), first_only=False:
+                        whole_forward(self, ctx, types, effects)[:, :1])
+    whole = eq.run(inputs, rows)
+    gaps = [(a - b).abs().max().item() for a, b in zip(first, whole, strict=True)]
+    assert max(gaps) <= INT8_ALONE_BOUND, gaps
+
+
 def test_int8_rows_do_not_share_a_scale(tiny_bert) -> None:
     """A row's product is bit-identical alone and beside a row 1000x larger (a per-batch
     activation scale, as ORT's and torch's dynamic int8 use, would crush the small row)."""

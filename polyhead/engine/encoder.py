@@ -118,13 +118,19 @@ class Encoder:
         )
 
     def forward(
-        self, ctx: BatchContext, token_type_ids: Tensor, effects: Sequence[Effect] = ()
+        self, ctx: BatchContext, token_type_ids: Tensor, effects: Sequence[Effect] = (),
+        first_only: bool = False,
     ) -> Tensor:
-        """Final hidden states (B, T, d)."""
+        """Final hidden states (B, T, d); with ``first_only`` (B, 1, d), the first token's
+        alone, which is all a head reads: the last layer then runs its query, attention
+        output and feed-forward for that token only (its keys and values for every token),
+        which is exactly what the whole layer computes for it. While ``training`` every
+        token runs (the same dropout draws as ever) and the first is returned."""
         h = self._embed(ctx, token_type_ids, effects)
+        last = len(self.layers) - 1 if first_only and not self.training else -1
         for i, layer in enumerate(self.layers):
-            h = self._layer(i, layer, h, ctx, effects)
-        return h
+            h = self._layer(i, layer, h, ctx, effects, i == last)
+        return h[:, :1] if first_only else h
 
     def _embed(self, ctx: BatchContext, token_type_ids: Tensor, effects: Sequence[Effect]) -> Tensor:
         ids = ctx.input_ids
@@ -147,18 +153,19 @@ class Encoder:
         return F.dropout(x, self.hidden_dropout, training=True) if self.training else x
 
     def _layer(self, i: int, layer: Any, h: Tensor, ctx: BatchContext,
-               effects: Sequence[Effect]) -> Tensor:
+               effects: Sequence[Effect], first_only: bool = False) -> Tensor:
         for e in effects:
             if e.acts_before_layers:
                 h = e.before_layer(i, h)
         p = f"encoder.layer.{i}."
         att = layer.attention
-        q = self._linear(p + "attention.self.query", att.self.query, h, effects)
+        out = h[:, :1].contiguous() if first_only else h  # the tokens whose outputs are kept
+        q = self._linear(p + "attention.self.query", att.self.query, out, effects)
         k = self._linear(p + "attention.self.key", att.self.key, h, effects)
         v = self._linear(p + "attention.self.value", att.self.value, h, effects)
         a = self._attend(i, q, k, v, ctx, effects)
         a = self._drop(self._linear(p + "attention.output.dense", att.output.dense, a, effects))
-        h1 = self._norm(p + LAYER_NORMS[0], att.output.LayerNorm, a + h, effects)
+        h1 = self._norm(p + LAYER_NORMS[0], att.output.LayerNorm, a + out, effects)
         x = self.act(self._linear(p + "intermediate.dense", layer.intermediate.dense, h1, effects))
         o = self._drop(self._linear(p + "output.dense", layer.output.dense, x, effects))
         return self._norm(p + LAYER_NORMS[1], layer.output.LayerNorm, o + h1, effects)

@@ -366,7 +366,7 @@ def row_order(tasks: Sequence[LoadedTask | None]) -> list[int] | None:
 def forward_slots(encoder: Encoder, ids: Tensor, mask: Tensor, types: Tensor,
                   batch: BatchSlots) -> list[Tensor]:
     ctx = encoder.context(ids, mask)
-    hidden = encoder.forward(ctx, types, effects_for(batch, ctx))
+    hidden = encoder.forward(ctx, types, effects_for(batch, ctx), first_only=True)
     cls = hidden[:, 0]  # (B, d)
     out: list[Tensor] = list(cls)
     for head in batch.heads.values():  # one product per head table present

@@ -138,11 +138,11 @@ class TrainEncoder(Encoder):
     last_hidden: Tensor | None = None
 
     def forward(self, ctx: BatchContext, token_type_ids: Tensor,
-                effects: Sequence[Effect] = ()) -> Tensor:
+                effects: Sequence[Effect] = (), first_only: bool = False) -> Tensor:
         if self.training:
             effects = [cast(Effect, _DropAdded(e, self.hidden_dropout)) if e.acts_before_layers else e
                        for e in effects]
-        h = super().forward(ctx, token_type_ids, effects)
+        h = super().forward(ctx, token_type_ids, effects, first_only)
         self.last_hidden = h if self.training else None
         return h
 

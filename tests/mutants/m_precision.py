@@ -86,4 +86,23 @@ MUTANTS = [
         tests=("tests/test_memory.py::test_the_replica_keeps_freed_memory_unless_told_not_to",),
         why="`polyhead serve --release-freed-memory` accepted and not applied",
     ),
+    Mutant(
+        id="first-only-last-token",
+        file="polyhead/engine/encoder.py",
+        old="        out = h[:, :1].contiguous() if first_only else h",
+        new="        out = h[:, -1:].contiguous() if first_only else h",
+        tests=("tests/test_engine.py::test_the_first_token_alone_equals_the_whole_last_layer",),
+        why="the last layer run for the wrong token: every served answer changes",
+    ),
+    Mutant(
+        id="first-only-keys-of-one-token",
+        file="polyhead/engine/encoder.py",
+        old='        k = self._linear(p + "attention.self.key", att.self.key, h, effects)\n'
+            '        v = self._linear(p + "attention.self.value", att.self.value, h, effects)',
+        new='        k = self._linear(p + "attention.self.key", att.self.key, out, effects)\n'
+            '        v = self._linear(p + "attention.self.value", att.self.value, out, effects)',
+        tests=("tests/test_engine.py::test_the_first_token_alone_equals_the_whole_last_layer",
+               "tests/test_precision.py::test_int8_first_token_alone_within_bound_of_the_whole_last_layer"),
+        why="the first token's last attention sees only itself when the layer is cut to it",
+    ),
 ]
