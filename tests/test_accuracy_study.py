@@ -428,8 +428,10 @@ def test_polyhead_train_with_its_defaults_trains_the_studys_runs():
     register(parser.add_subparsers())
     checked = 0
     cited = evidence.cited_runs(COMMITTED)
-    # dps's servable default is its own search's choice: that search's run at it (a diag run)
-    assert any(r.name == DPS_SERVABLE and r.plan == "diag" for r in cited)
+    # child-d's and dps's servable defaults mask whole columns: their check's runs, at the
+    # servable pilot's lr and at dps's own search's choice
+    for name in ("child-d@0.05/columns", DPS_SERVABLE + "/columns"):
+        assert any(r.name == name and r.plan == "structure-seeds" for r in cited), name
     for r in cited:
         c = r.config
         argv = ["train", "--method", c["method"], "--recipe", c["recipe"], "--preset", r.task,

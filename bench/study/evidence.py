@@ -10,6 +10,7 @@ configuration, which `polyhead train` with nothing else set must rebuild).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from bench.study.choices import (
     FROZEN_LRS,
@@ -65,28 +66,40 @@ def mismatches(path: Path) -> list[str]:
     return out
 
 
+def servable_structure(config: dict[str, Any]) -> str:
+    """The mask structure `polyhead train` gives a run of this method and recipe."""
+    from polyhead.trainer.algos.sparse_budget import SERVABLE_STRUCTURES
+
+    if config["recipe"] != "servable":
+        return "entries"
+    return SERVABLE_STRUCTURES.get(config["method"], "entries")
+
+
 def cited_runs(path: Path) -> list[Result]:
     """The runs in ``path`` that trained a default's configuration: the protocol's runs
-    (and dps's servable search run at its default lr) whose method has an evidenced default
-    for their recipe and precision, at density 0.05, without the ablations set by hand (a
-    frozen pooler, column masks) and without issue 11's Child-Tuning runs at a warm-up its
-    code never used."""
+    (and dps's servable search run at its default lr, and the column-mask check's runs)
+    whose method has an evidenced default for their recipe and precision, at density 0.05,
+    with the mask structure `polyhead train` gives them, without a frozen pooler and
+    without issue 11's Child-Tuning runs at a warm-up its code never used."""
     from polyhead.trainer.table import METHODS
 
     runs = [r for p in ("fp32", "bf16") for r in claim_runs(load_results(path, precision=p))]
     dps = METHODS["dps"].defaults("servable")
     searched = [r for r in load_results(path, diag=True, precision=dps.precision)
                 if r.name == DPS_SERVABLE and r.lr == dps.lr]
+    # the servable column masks, child-d's and dps's default: their check's runs
+    columns = [r for p in ("fp32", "bf16") for r in load_results(path, precision=p)
+               if r.plan == "structure-seeds"]
     out = []
-    for r in [*runs, *searched]:
+    for r in [*runs, *searched, *columns]:
         c = r.config
         d = METHODS[c["method"]].defaults(c["recipe"])
         if not d.evidence or d.precision != r.precision or c["density"] != 0.05:
             continue
         if r.name == DPS_SERVABLE and r.plan != "diag":
             continue  # dps's servable seeds ran at the shared servable lr, before its own search
-        if c.get("pooler") or c.get("mask_structure", "entries") != "entries":
-            continue  # ablations, set by hand
+        if c.get("pooler") or c.get("mask_structure", "entries") != servable_structure(c):
+            continue  # ablations, set by hand (the other mask structure, a frozen pooler)
         if c["method"] in ("child-d", "child-f") and c["recipe"] == "paper" and c["warmup"] != d.warmup:
             continue  # issue 11's claims ran Child-Tuning at 10 % warm-up; its code has none (the default)
         out.append(r)

@@ -252,7 +252,7 @@ class TrainConfig:
         out.update(_option_defaults())
         for opts in (self.head_init_options, self.options):
             if opts is not None:
-                out.update(dataclasses.asdict(opts))
+                out.update(opts.record(self))
         d = self.defaults
         out.update(lr=self.learning_rate, epochs=self.num_epochs, warmup=self.warmup_frac,
                    batch_size=self.batch, weight_decay=self.decay, adam_betas=list(d.betas),
@@ -272,6 +272,6 @@ def _option_defaults() -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for m in METHODS.values():
-        for f in dataclasses.fields(m.options):
-            out.setdefault(f.name, f.default)
+        for k, v in m.options.record_defaults().items():
+            out.setdefault(k, v)
     return out

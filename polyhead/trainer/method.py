@@ -46,6 +46,15 @@ class MethodOptions:
     def check(self, cfg: TrainConfig) -> None:
         """Checks against the shared settings (recipe, head), also at parse time."""
 
+    def record(self, cfg: TrainConfig) -> dict[str, Any]:
+        """This run's option values for its flat record, defaults resolved for ``cfg``."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def record_defaults(cls) -> dict[str, Any]:
+        """The record's values of these options in a run of another method."""
+        return {f.name: f.default for f in dataclasses.fields(cls)}
+
     @classmethod
     def flags(cls) -> dict[str, dict[str, Any]]:
         """field name -> its flag's ``add_argument`` keywords."""

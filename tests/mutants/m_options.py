@@ -61,4 +61,9 @@ MUTANTS = [
            "        return self.servable()",
            (T + "test_each_sparse_method_has_its_servable_mask_structure[child-d]",),
            "the paper recipe masking whole columns: not the papers' method"),
+    Mutant("options-record-unresolved-structure", "polyhead/trainer/algos/sparse_budget.py",
+           '        return {**dataclasses.asdict(self), "mask_structure": self.structure(cfg)}',
+           "        return dataclasses.asdict(self)",
+           ("tests/test_accuracy_study.py::test_polyhead_train_with_its_defaults_trains_the_studys_runs",),
+           "a run's record not saying which mask structure it trained (None for the default)"),
 ]
