@@ -28,7 +28,7 @@ from polyhead.engine.encoder import Encoder
 from polyhead.engine.engine import Encoded, plan_buckets
 from polyhead.engine.precision import Int8Linears, encoder_linears
 from polyhead.trainer.data import load_dataset
-from polyhead.trainer.presets import get_preset
+from polyhead.trainer.presets import GLUE_FOLDERS, get_preset
 
 ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -36,8 +36,7 @@ ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)
 def texts(glue: Path, task: str, split: str, first: int, last: int) -> list:
     """Rows first..last of a GLUE file as engine inputs (a text, or a pair), read with the
     task's preset."""
-    folder = {"sst2": "SST-2", "rte": "RTE", "mrpc": "MRPC", "cola": "CoLA"}[task]
-    data = load_dataset(glue / folder / f"{split}.tsv", get_preset(task).columns)
+    data = load_dataset(glue / GLUE_FOLDERS[task] / f"{split}.tsv", get_preset(task).columns)
     return [e.text if e.pair is None else (e.text, e.pair) for e in data.examples[first:last]]
 
 

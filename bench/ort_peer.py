@@ -41,10 +41,18 @@ def export(model: object, path: Path) -> Path:
             return self.m(input_ids=input_ids, attention_mask=attention_mask,
                           token_type_ids=token_type_ids).last_hidden_state
 
+    return _to_onnx(Hidden(model), path, {0: "batch", 1: "length"})
+
+
+def _to_onnx(module: Any, path: Path, hidden_axes: dict[int, str]) -> Path:
+    """``module(input_ids, attention_mask, token_type_ids) -> hidden`` as ONNX (opset 17,
+    dynamic batch and length; ``hidden_axes``: the output's dynamic axes)."""
+    import torch
+
     ids = torch.full((2, 9), 1000, dtype=torch.long)
     ones, zeros = torch.ones_like(ids), torch.zeros_like(ids)
-    axes = {k: {0: "batch", 1: "length"} for k in (*INPUTS, "hidden")}
-    torch.onnx.export(Hidden(model).eval(), (ids, ones, zeros), str(path), input_names=list(INPUTS),
+    axes = {k: {0: "batch", 1: "length"} for k in INPUTS} | {"hidden": hidden_axes}
+    torch.onnx.export(module.eval(), (ids, ones, zeros), str(path), input_names=list(INPUTS),
                       output_names=["hidden"], dynamic_axes=axes, opset_version=17, dynamo=False)
     return path
 
@@ -72,12 +80,7 @@ def export_first_token(backbone: object, path: Path) -> Path:
                                torch.float32, bb.spec)  # special_index: unread without effects
             return encoder.forward(ctx, token_type_ids, (), first_only=True)
 
-    ids = torch.full((2, 9), 1000, dtype=torch.long)
-    ones, zeros = torch.ones_like(ids), torch.zeros_like(ids)
-    axes = {k: {0: "batch", 1: "length"} for k in INPUTS} | {"hidden": {0: "batch"}}
-    torch.onnx.export(FirstToken().eval(), (ids, ones, zeros), str(path), input_names=list(INPUTS),
-                      output_names=["hidden"], dynamic_axes=axes, opset_version=17, dynamo=False)
-    return path
+    return _to_onnx(FirstToken(), path, {0: "batch"})
 
 
 def quantize(src: Path, dst: Path) -> Path:

@@ -28,9 +28,8 @@ from polyhead.engine.precision import Int8Linears, PrecisionError, dtype_for
 from polyhead.store.fileformat import load_artifact
 from polyhead.trainer.data import load_dataset
 from polyhead.trainer.metrics import compute_metrics
-from polyhead.trainer.presets import get_preset
+from polyhead.trainer.presets import GLUE_FOLDERS, get_preset
 
-DEV_FILES = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "stsb": "STS-B", "cola": "CoLA", "qnli": "QNLI"}
 TARGET_POINTS = 0.3
 BOOTSTRAP = 1000
 
@@ -49,7 +48,7 @@ def dev_logits(engine: Engine, artifact, texts: list, batch: int = 64) -> np.nda
 def evaluate(path: Path, glue: Path, engines: dict[str, Engine]) -> list[str]:
     manifest, artifact = load_artifact(path, next(iter(engines.values())).spec)
     preset = get_preset(manifest.task_id)
-    data = load_dataset(glue / DEV_FILES[manifest.task_id] / "dev.tsv", preset.columns,
+    data = load_dataset(glue / GLUE_FOLDERS[manifest.task_id] / "dev.tsv", preset.columns,
                         labels=preset.labels)
     texts = [e.text if e.pair is None else (e.text, e.pair) for e in data.examples]
     logits = {p: dev_logits(eng, artifact, texts) for p, eng in engines.items()}

@@ -27,6 +27,10 @@ PRESETS: dict[str, Preset] = {
     "qnli": Preset(Columns("question", "label", "sentence"), ("entailment", "not_entailment"), "accuracy"),
 }
 
+# each preset's folder in the GLUE distribution (<glue>/<folder>/train.tsv and dev.tsv)
+GLUE_FOLDERS = {"sst2": "SST-2", "cola": "CoLA", "mrpc": "MRPC", "rte": "RTE", "stsb": "STS-B",
+                "qnli": "QNLI"}
+
 
 def get_preset(name: str) -> Preset:
     try:
