@@ -35,7 +35,6 @@ in bf16 on a GPU (`python -m bench.gpu` runs it and the serving benchmark in one
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import dataclasses
 import random
@@ -44,7 +43,6 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import cast
 
 import torch
 
@@ -54,7 +52,7 @@ from polyhead.engine.encoder import BatchContext, Effect, Encoder
 from polyhead.engine.engine import Encoded, plan_buckets
 from polyhead.engine.lora import LoraConfig
 from polyhead.engine.memory import keep_freed_memory
-from polyhead.engine.precision import Int8Linears, quantize_rows, rescale
+from polyhead.engine.precision import Int8Linears
 from polyhead.engine.prefix import PrefixConfig
 from polyhead.engine.sparse import SparseConfig
 
@@ -161,23 +159,15 @@ class WholeLastLayer(Encoder):
         return super().forward(ctx, token_type_ids, effects)[:, :1]
 
 
-def with_weights(bb: Backbone) -> Backbone:
-    """``bb`` as training loads it, for what runs the Hugging Face model itself (the bare
-    rows, eager F.linear, the ONNX exports): a serving backbone keeps only its kernels'
-    weights (polyhead.engine.backbone.release_covered_weights)."""
-    return bb if bb.linears is None else load_backbone(bb.path, device=bb.device, dtype=bb.dtype)
-
-
 def mix_runs(bb: Backbone, enc: list[Encoded], buckets: list[list[int]],
              bb8: Backbone | None = None) -> Runs:
     engine = Engine(bb, max_batch_size=64)
-    hf = with_weights(bb)
     naive = [list(range(i, min(i + 64, len(enc)))) for i in range(0, len(enc), 64)]
     row_task = spread(load_tasks(engine, KINDS_DEFAULT, 64), buckets, len(enc))
     eng1 = Engine(bb, max_batch_size=64)
     row_task1 = spread(load_tasks(eng1, KINDS, 64), buckets, len(enc))
     int8 = int8_runs(bb8, enc, buckets) if bb8 is not None else {}
-    eager = Engine(hf, max_batch_size=64)
+    eager = Engine(dataclasses.replace(bb, linears=None), max_batch_size=64)
     whole = Engine(bb, max_batch_size=64)
     whole.encoder = WholeLastLayer(bb)
     # separate engines: a table pads every slot to its largest task (5 % entries here)
@@ -196,7 +186,7 @@ def mix_runs(bb: Backbone, enc: list[Encoded], buckets: list[list[int]],
     @torch.inference_mode()
     def bare(groups: list[list[int]]) -> None:
         for g in groups:
-            hf.model(**hf_batch([enc[i] for i in g], engine))
+            bb.model(**hf_batch([enc[i] for i in g], engine))
 
     @torch.inference_mode()
     def peft_mixed() -> None:
@@ -230,8 +220,8 @@ def int8_runs(bb8: Backbone, enc: list[Encoded], buckets: list[list[int]]) -> Ru
     rows8s = spread(load_tasks(eng8s, KINDS, 64), buckets, len(enc))
     # the same, with the quantize and rescale around the int8 product run op by op (eager)
     # instead of as inductor's kernels: what int8 ran before, and runs without a C++ compiler
-    eager = copy.copy(cast(Int8Linears, bb8.linears))  # the same (smoothed) int8 weights
-    eager.quantize_rows, eager.rescale = quantize_rows, rescale
+    eager = Int8Linears(bb8.model, compiled=False)
+    eager.weights = bb8.linears.weights
     eng8o = Engine(dataclasses.replace(bb8, linears=eager), max_batch_size=64)
     rows8o = spread(load_tasks(eng8o, KINDS_DEFAULT, 64), buckets, len(enc))
     return {"b8: engine int8, no task": lambda: eng8.run_encoded(enc, [None] * len(enc)),
@@ -247,15 +237,15 @@ def ort_peers(bb: Backbone, enc: list[Encoded], buckets: list[list[int]], clock:
     """ONNX Runtime fp32 and int8 on the engine's batches, each round in its own process."""
     from bench import ort_peer
 
-    engine, hf = Engine(bb), with_weights(bb)
+    engine = Engine(bb)
     batches = [{k: v.numpy() for k, v in hf_batch([enc[i] for i in g], engine).items()} for g in buckets]
     data = ort_peer.save_batches(batches, tmp / "batches.npz")
-    fp32 = ort_peer.export(hf.model, tmp / "backbone.onnx")
+    fp32 = ort_peer.export(bb.model, tmp / "backbone.onnx")
     int8 = ort_peer.quantize(fp32, tmp / "backbone.int8.onnx")
-    first = ort_peer.export_first_token(hf, tmp / "first.onnx")
+    first = ort_peer.export_first_token(bb, tmp / "first.onnx")
     first8 = ort_peer.quantize(first, tmp / "first.int8.onnx")
     with torch.inference_mode():
-        ref = hf.model(**hf_batch([enc[i] for i in buckets[0]], engine)).last_hidden_state[:, 0]
+        ref = bb.model(**hf_batch([enc[i] for i in buckets[0]], engine)).last_hidden_state[:, 0]
     models = {"fp32": fp32, "int8": int8, "fp32 first-token": first, "int8 first-token": first8}
     for name, model in models.items():
         cls = torch.tensor(ort_peer.measure(model, data, "wall", 0)["cls"])

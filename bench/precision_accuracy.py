@@ -97,8 +97,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"bf16 not measured: {e}")
     engines = {p: Engine(load_backbone(precision=p)) for p in precisions}
     int8 = engines["int8"].backbone
-    # (quantized from a backbone loaded to train: a served one keeps only its kernels' weights)
-    engines["int8 unsmoothed"] = Engine(dataclasses.replace(int8, linears=Int8Linears(load_backbone().model)))
+    engines["int8 unsmoothed"] = Engine(dataclasses.replace(int8, linears=Int8Linears(int8.model)))
     t0 = time.perf_counter()
     print("| task | kind (method) | metric | fp32 | precision | value | diff (points) | 95 % interval | "
           f"argmax changed | within {TARGET_POINTS} |\n|---|---|---|---:|---|---:|---:|---|---:|---|")

@@ -12,14 +12,7 @@ from polyhead.engine import Engine, TaskArtifact, load_backbone
 from polyhead.engine.backbone import BackboneError
 from polyhead.engine.encoder import Encoder
 from polyhead.engine.lora import LoraConfig
-from polyhead.engine.precision import (
-    Int8Linears,
-    PackedLinears,
-    PrecisionError,
-    dtype_for,
-    encoder_linears,
-    quantize_rows,
-)
+from polyhead.engine.precision import Int8Linears, PackedLinears, PrecisionError, dtype_for, quantize_rows
 from polyhead.engine.prefix import PrefixConfig
 from polyhead.engine.sparse import SparseConfig
 from polyhead.server.config import ConfigError, ServerConfig
@@ -203,7 +196,7 @@ def test_int8_smoothing_halves_the_error_on_the_encoder_output(real_backbone, in
     four GLUE dev sets, BENCHMARKS "Engine")."""
     import dataclasses
 
-    plain = dataclasses.replace(int8_backbone, linears=Int8Linears(real_backbone.model))  # the same weights
+    plain = dataclasses.replace(int8_backbone, linears=Int8Linears(int8_backbone.model))
     texts = ["the movie was good", "i hated the plot , it was dull and far too long",
              ("the man walks to the station", "he walks in the park"),
              "shares fell eight percent after the company cut its forecast",
@@ -255,35 +248,14 @@ def test_int8_runs_op_by_op_where_inductor_cannot_build(monkeypatch, caplog) -> 
     assert "op by op" in caplog.text
 
 
-@pytest.mark.parametrize("precision", ["int8", "fp32"])
-def test_a_serving_backbone_refuses_training(tiny_bert_dir, precision) -> None:
-    bb = load_backbone(tiny_bert_dir, precision=precision)
-    assert bb.linears is not None  # fp32: prepacked (oneDNN is in every CPU build of torch)
+def test_int8_backbone_refuses_training(tiny_bert_dir) -> None:
+    bb = load_backbone(tiny_bert_dir, precision="int8")
     enc = Encoder(bb)
     enc.training = True
     ids = torch.tensor([[2, 7, 3]])  # [CLS] a word [SEP] in the tiny vocabulary
     ctx = enc.context(ids, torch.ones_like(ids))
-    with pytest.raises(RuntimeError, match=f"precision '{precision}' serves only"):
+    with pytest.raises(RuntimeError, match="int8 backbone serves only"):
         enc.forward(ctx, torch.zeros_like(ids))
-
-
-@pytest.mark.parametrize("precision", ["int8", "fp32"])
-def test_a_serving_backbone_holds_one_copy_of_its_linear_weights(tiny_bert_dir, precision) -> None:
-    """Loaded to serve, each encoder Linear's weight lives only in its serving kernel: the
-    module's own copy is released (a meta tensor of its shape), while the pooler, which
-    heads apply, and every bias keep theirs; loaded without a precision (to train), every
-    weight stays. The kernels still answer as the weights did (an fp32 copy's outputs)."""
-    served, plain = load_backbone(tiny_bert_dir, precision=precision), load_backbone(tiny_bert_dir)
-    linears = encoder_linears(served.model)
-    assert linears and set(linears) == set(served.linears.weights)
-    assert all(m.weight.is_meta and tuple(m.weight.shape) == (m.out_features, m.in_features)
-               and not m.bias.is_meta for m in linears.values())
-    assert not served.model.pooler.dense.weight.is_meta
-    assert not any(p.is_meta for p in plain.model.parameters())
-    x = torch.randn(2, 3, served.spec.hidden, generator=torch.Generator().manual_seed(0))
-    name = "encoder.layer.1.attention.self.query"
-    ref = plain.model.get_submodule(name)(x)
-    assert (served.linears(name, x) - ref).abs().max().item() <= (1e-5 if precision == "fp32" else 0.05)
 
 
 def test_precisions_the_device_cannot_run_are_refused(monkeypatch, tiny_bert_dir) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from polyhead.engine.precision import Linears, PrecisionError, dtype_for, encoder_linears, serving_linears
+from polyhead.engine.precision import Linears, PrecisionError, dtype_for, serving_linears
 from polyhead.engine.spec import BackboneSpec, position_limit
 
 SUPPORTED_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
@@ -60,11 +60,8 @@ def load_backbone(
     """Load a frozen encoder from a local folder (default: the packaged MiniLM).
 
     ``precision`` ("fp32", "int8", "bf16"; polyhead.engine.precision) sets the dtype and the
-    serve-time Linear kernels (int8 weights; prepacked fp32 on a CPU), and the backbone then
-    serves only: the encoder Linears those kernels cover give up their own weights
-    (``release_covered_weights``). Without it, ``dtype`` is used as given and Linears run
-    F.linear on the model's weights (what training, and anything running the Hugging Face
-    model itself, needs)."""
+    serve-time Linear kernels (int8 weights; prepacked fp32 on a CPU); without it,
+    ``dtype`` is used as given and Linears run F.linear (what training needs)."""
     folder = Path(path) if path is not None else default_backbone_path()
     if not (folder / "config.json").is_file():
         raise BackboneError(f"{folder}: not a Hugging Face model folder (no config.json)")
@@ -91,22 +88,8 @@ def load_backbone(
     model.eval().requires_grad_(False).to(device=dev, dtype=dtype)
     spec = _spec_of(model, tokenizer, fingerprint)
     linears = serving_linears(model, precision, dev, tokenizer) if precision else None
-    if linears is not None:
-        release_covered_weights(model, linears)
     name = precision or {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
     return Backbone(model, tokenizer, spec, _special_ids(tokenizer), folder, dev, dtype, name, linears)
-
-
-def release_covered_weights(model: torch.nn.Module, linears: Linears) -> None:
-    """Drop the weight of every encoder Linear that ``linears`` computes: its kernels hold
-    their own copy (prepacked fp32, or int8), so the module's would be a second copy of the
-    encoder's largest tensors that serving never reads (MiniLM 42 MB fp32; bert-large
-    1.2 GB). Each weight becomes a meta tensor of its shape: whatever still tried to
-    multiply by it fails loudly instead of reading stale memory. Biases stay (the prepacked
-    kernel reads the module's)."""
-    for name, mod in encoder_linears(model).items():
-        if name in linears:
-            mod.weight = torch.nn.Parameter(mod.weight.detach().to("meta"), requires_grad=False)
 
 
 def fingerprint_of(model: torch.nn.Module) -> str:

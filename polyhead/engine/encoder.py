@@ -206,12 +206,10 @@ class Encoder:
 
     def _linear(self, name: str, mod: torch.nn.Linear, x: Tensor,
                 effects: Sequence[Effect]) -> Tensor:
-        if self.linears is not None and name in self.linears:
-            if self.training:
-                raise RuntimeError(f"a backbone loaded with precision {self.bb.precision!r} serves "
-                                   "only (its Linears keep just their serving kernels); train on one "
-                                   "loaded without a precision")
+        if self.linears is not None and name in self.linears and not self.training:
             y = self.linears(name, x)
+        elif self.training and self.bb.precision == "int8":
+            raise RuntimeError("an int8 backbone serves only; train on fp32 (or bf16)")
         else:
             y = F.linear(x, mod.weight, mod.bias)
         for e in effects:
