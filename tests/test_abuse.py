@@ -35,6 +35,7 @@ from polyhead.server._private.services import InferenceService, Parts
 from polyhead.server._private.streams import SETTLE_MESSAGES, OneLineAborts, StreamLimits, client_of
 from polyhead.server.config import ServerConfig
 from polyhead.store import NotFoundError, Store
+from polyhead.store.keys import ApiKey, key_hash, key_id_of, new_key
 from polyhead.store.manifest import Manifest
 from polyhead.v1 import polyhead_pb2 as pb
 from tests import abuse_corpus as corpus
@@ -557,6 +558,65 @@ def test_stream_idle_timeout_and_per_client_cap() -> None:
     assert [c.code for c in ctxs] == [grpc.StatusCode.OK, grpc.StatusCode.OK,
                                       grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OK]
     assert client_of(Context(peer="ipv6:[::1]:5000")) == "ipv6:[::1]"
+
+
+class KeyCatalog:
+    """What KeyRing.load reads of a store: two tenants' keys."""
+
+    def __init__(self, keys: dict[str, str]) -> None:  # key -> tenant
+        self.rows = [(ApiKey(key_id_of(k) or "", t, ("classify",), "2026-01-01T00:00:00Z", None, None),
+                      key_hash(k)) for k, t in keys.items()]
+
+    def auth_generation(self) -> int:
+        return 1
+
+    def key_table(self, since: int) -> tuple[int, list]:
+        return 1, self.rows
+
+    def admission_limits(self) -> dict[str, int]:
+        return {}
+
+    def weights(self) -> dict[str, float]:
+        return {}
+
+
+def test_each_api_key_has_its_own_stream_cap_behind_one_address() -> None:
+    """Behind HAProxy or an L4 balancer every client has the balancer's address: two
+    tenants' keys each hold their own cap there, while the shared token's callers (any
+    number of clients) count by address alone, as before."""
+    (_, a), (_, b) = new_key(), new_key()
+    replica = Replica(per_client=1)
+    replica.auth.keys.load(KeyCatalog({a: "acme", b: "globex"}))
+    balancer = "ipv4:10.0.0.9"
+
+    async def main() -> list[Context]:
+        held = asyncio.Event()
+
+        async def waiting() -> Any:
+            await held.wait()
+            return
+            yield
+
+        async def drain(ctx: Context) -> None:
+            try:
+                async for _ in replica.ClassifyStream(waiting(), ctx):
+                    pass
+            except StreamAborted:
+                pass
+
+        tokens = (a, b, a, READ, READ)
+        ctxs = [Context(token, peer=f"{balancer}:{5000 + i}") for i, token in enumerate(tokens)]
+        tasks = []
+        for c in ctxs:  # in this order, each open before the next comes
+            tasks.append(asyncio.create_task(drain(c)))
+            await asyncio.sleep(0.01)
+        held.set()
+        await asyncio.gather(*tasks)
+        return ctxs
+
+    ok, full = grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert [c.code for c in asyncio.run(main())] == [ok, ok, full, ok, full]
+    assert replica.streams.open == {}
 
 
 def test_a_refused_stream_is_read_to_its_end_before_its_status() -> None:

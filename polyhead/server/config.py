@@ -70,7 +70,7 @@ class ServerConfig:
     delete_retention_days: float = 7.0  # a deleted task stays restorable this long
     max_request_mb: float = 8.0  # an HTTP body (checked before it is parsed)
     stream_idle_s: float = 60.0  # a ClassifyStream with no message for this long is closed
-    max_streams_per_client: int = 64  # ClassifyStream calls one client address holds open
+    max_streams_per_client: int = 64  # ClassifyStream calls one client (address, API key) holds open
     # Training jobs (polyhead.server._private.scheduler): each holds job_cpus, job_gpus and
     # one unit of job_resource, the custom resource only training nodes have
     jobs: bool = True  # run the cluster's job scheduler (False: Training RPCs only queue)

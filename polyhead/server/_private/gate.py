@@ -26,7 +26,7 @@ from polyhead.server._private.auth import Auth, Caller
 from polyhead.server._private.decoders import MalformedRequest, materialize
 from polyhead.server._private.errors import InvalidInput, RequestError, TooLarge, status_for
 from polyhead.server._private.metrics import ServerMetrics
-from polyhead.server._private.streams import StreamLimits, client_of, settle
+from polyhead.server._private.streams import StreamLimits, settle, stream_owner
 from polyhead.store.errors import NotFoundError
 from polyhead.store.names import is_task_id
 
@@ -177,7 +177,7 @@ def rpc_stream(scope: str) -> Callable[[Callable[..., AsyncIterator[Any]]], Any]
             caller: Caller | None = None
             try:
                 caller = self.auth.check(scope, metadata_of(grpc_context))
-                with self.streams.holding(client_of(grpc_context)):
+                with self.streams.holding(stream_owner(caller, grpc_context)):
                     messages = checked(self.streams.messages(requests), caller)
                     outs = fn(self, messages, caller=caller) if with_caller else fn(self, messages)
                     async for out in outs:
@@ -208,7 +208,7 @@ def rpc_upload(scope: str, empty: type) -> Callable[[Callable[..., Awaitable[Any
             try:
                 caller = self.auth.check(scope, metadata_of(grpc_context))
                 tenant = caller.tenant
-                with self.streams.holding(client_of(grpc_context)):
+                with self.streams.holding(stream_owner(caller, grpc_context)):
                     messages = self.streams.messages(requests)
                     if with_caller:
                         return await fn(self, messages, caller=caller)

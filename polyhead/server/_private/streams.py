@@ -1,5 +1,6 @@
 """Bounds on ClassifyStream calls: an idle timeout between a client's messages, and a cap on
-the streams one client (its address) holds open at once."""
+the streams one client holds open at once (a client: its address, and its API key when it
+calls with one; see ``stream_owner``)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,18 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from polyhead.server._private.errors import RequestError
 
+if TYPE_CHECKING:
+    from polyhead.server._private.auth import Caller
+
 UNKNOWN_CLIENT = "unknown"
+# Caller.key_id of the callers that are no one key's: the configured tokens, anonymous
+SHARED_CALLERS = frozenset({"token", "inference-token", "anonymous"})
 # A stream refused before its end (a bad key, too many streams, a bad message) reads what
 # the client already sent, up to these bounds, before its status goes out: see settle().
 SETTLE_MESSAGES = 16
@@ -38,8 +44,9 @@ class StreamLimits:
     def holding(self, client: str) -> Iterator[None]:
         """One open stream of ``client`` for the block; TooManyStreams over the cap."""
         if self.open[client] >= self.per_client:
-            raise TooManyStreams(f"{self.open[client]} streams of this client are open; the "
-                                 f"limit is {self.per_client} (close one, or send on it)")
+            raise TooManyStreams(f"{self.open[client]} streams of this client are open (from its "
+                                 f"address, with its API key if it gave one); the limit is "
+                                 f"{self.per_client} (close one, or send on it)")
         self.open[client] += 1
         try:
             yield
@@ -84,6 +91,16 @@ async def settle(requests: Any, error: Exception, messages: int = SETTLE_MESSAGE
 
     with contextlib.suppress(Exception):
         await asyncio.wait_for(drain(), seconds)
+
+
+def stream_owner(caller: Caller, ctx: Any) -> str:
+    """Whose cap a stream counts against: the client's address, and with an API key the key
+    too. Behind HAProxy (``--ingress haproxy``) or any L4 balancer every client has the
+    balancer's address, so an address alone would make all of them share one cap; a key is
+    one tenant's credential, so each key has its own cap per address. The configured tokens
+    and anonymous callers, which any number of clients share, count by address alone."""
+    host = client_of(ctx)
+    return host if caller.key_id in SHARED_CALLERS else f"{host} key {caller.key_id}"
 
 
 def client_of(ctx: Any) -> str:
