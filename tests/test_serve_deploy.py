@@ -26,6 +26,7 @@ from packaging.version import Version
 from ray.serve.config import gRPCOptions
 from ray.serve.schema import ServeDeploySchema
 
+from polyhead.server._private.decoders import proxy_tokens
 from polyhead.server.app import DEPLOYMENT_KEYS, GRPC_SERVICERS, SERVE_ENV, build_app
 from polyhead.server.config import ServerConfig
 
@@ -182,6 +183,23 @@ def test_secrets_come_from_the_template() -> None:
             assert env[var]["valueFrom"]["secretKeyRef"] == {"name": name, "key": key}
         refs = [e["valueFrom"]["secretKeyRef"] for e in env.values() if "valueFrom" in e]
         assert all(r["name"] == name and r["key"] in keys for r in refs)
+
+
+def test_every_pods_proxy_checks_the_apps_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serve's gRPC proxy runs on every pod (proxy_location EveryNode): each pod's environment
+    tells it the tokens the app itself reads there, so a call without the Registry token is
+    refused before its message is read, as under `polyhead serve`."""
+    (secret,) = docs("secret.template.yaml")
+    values = {key: f"value-of-{key}" for key in secret["stringData"]}  # as envsubst fills them
+    for group in groups():
+        for e in ray_container(group)["env"]:
+            ref = e.get("valueFrom", {}).get("secretKeyRef")
+            monkeypatch.setenv(e["name"], values[ref["key"]] if ref else e["value"])
+        app = ServerConfig()
+        assert app.registry_token() == values["token"]
+        assert proxy_tokens() == (app.registry_token(), app.inference_token_value())
+        for e in ray_container(group)["env"]:
+            monkeypatch.delenv(e["name"])
 
 
 def test_store_is_postgresql_with_nothing_shared_on_disk() -> None:
