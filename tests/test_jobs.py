@@ -13,7 +13,7 @@ import pytest
 
 from polyhead.store import Store
 from polyhead.store.catalog import open_catalog
-from polyhead.store.errors import NotFoundError
+from polyhead.store.errors import NotFoundError, QuotaExceeded
 from polyhead.store.jobs import (
     CANCELLED,
     CANCELLING,
@@ -41,12 +41,16 @@ def tsv(n: int = 40, labels: tuple[str, str] = ("neg", "pos")) -> bytes:
     return ("text\tlabel\n" + "\n".join(rows) + "\n").encode()
 
 
-def put(book: JobBook, data: bytes, name: str = "train.tsv", labels: list[str] | None = None) -> str:
+def record_of(data: bytes, name: str = "train.tsv", labels: list[str] | None = None) -> DatasetRecord:
     flags = ColumnFlags()
     ds = read_dataset(name, data, flags, labels)
-    record = DatasetRecord(dataset_id(data, "tsv", flags), "tsv", flags.to_dict(), ds.labels,
-                           len(ds.examples), ds.inputs, len(data), "2026-01-01")
-    return book.put_dataset(record, data).dataset_id
+    return DatasetRecord(dataset_id(data, "tsv", flags), "tsv", flags.to_dict(), ds.labels,
+                         len(ds.examples), ds.inputs, len(data), "2026-01-01")
+
+
+def put(book: JobBook, data: bytes, name: str = "train.tsv", labels: list[str] | None = None,
+        tenant: str = "default", **kw: Any) -> str:
+    return book.put_dataset(record_of(data, name, labels), data, tenant, **kw).dataset_id
 
 
 @pytest.fixture
@@ -163,7 +167,7 @@ def test_expired_leases_are_found(book: JobBook) -> None:
 def test_old_catalog_is_upgraded_with_the_job_tables(tmp_path: Path) -> None:
     Store(tmp_path)
     db = sqlite3.connect(tmp_path / "catalog.sqlite")
-    for table in ("job_events", "jobs", "datasets"):
+    for table in ("dataset_owners", "job_events", "jobs", "datasets"):
         db.execute(f"DROP TABLE {table}")
     db.execute("ALTER TABLE tenants DROP COLUMN weight")  # schema 5 added it
     db.execute("UPDATE meta SET value = 3 WHERE key = 'schema'")  # schema 4 added the job tables
@@ -174,6 +178,82 @@ def test_old_catalog_is_upgraded_with_the_job_tables(tmp_path: Path) -> None:
 
 
 # -- datasets ------------------------------------------------------------------------------
+
+def test_a_tenant_names_only_its_own_datasets(book: JobBook) -> None:
+    """Each uploader holds its own row over one copy of the bytes; another tenant's dataset
+    is unknown to a tenant (None, an admin's view, sees any)."""
+    a = put(book, tsv(20), tenant="a", uploaded_at="2026-01-02T00:00:00.000000+00:00")
+    with pytest.raises(NotFoundError, match=f"no dataset '{a}'"):
+        book.dataset(a, "b")
+    assert book.dataset(a, "a").created_at == "2026-01-02T00:00:00.000000+00:00"
+    assert book.dataset(a).dataset_id == a
+    assert put(book, tsv(20), tenant="b") == a  # the same file: b's own too, its own time
+    assert book.dataset(a, "b").created_at > book.dataset(a, "a").created_at
+    assert book.dataset_ids() == [a]
+    assert [(t, d) for t, d, _ in book.dataset_owners()] == [("a", a), ("b", a)]
+
+
+def test_a_tenants_datasets_stay_within_its_quota(book: JobBook) -> None:
+    first, second = tsv(20), tsv(30)
+    cap = len(first) + len(second) - 1
+    put(book, first, tenant="a", quota_bytes=cap)
+    put(book, first, tenant="a", quota_bytes=cap)  # the same one again is not counted twice
+    with pytest.raises(QuotaExceeded, match=f"tenant 'a'.*{len(first) + len(second):,} bytes; the limit "
+                       f"is {cap:,} .*max_tenant_datasets_mb"):
+        put(book, second, tenant="a", quota_bytes=cap)
+    assert put(book, second, tenant="b", quota_bytes=cap)  # another tenant's own quota
+    assert {(t, len(book.dataset_bytes(d))) for t, d, _ in book.dataset_owners()} == {
+        ("a", len(first)), ("b", len(second))}
+
+
+def test_retention_drops_uploads_no_unfinished_job_names(book: JobBook) -> None:
+    old = "2020-01-01T00:00:00.000000+00:00"
+    gone, queued, shared = (put(book, tsv(n), tenant="a", uploaded_at=old) for n in (20, 22, 24))
+    put(book, tsv(24), tenant="b")  # b uploaded it just now
+    finished = put(book, tsv(26), tenant="a", uploaded_at=old)
+    book.create("a/t", "lora", {"train": queued, "dev": ""})
+    done = book.create("a/t", "lora", {"train": finished, "dev": ""})
+    book.cancel(done.job_id)  # a queued job is cancelled at once: finished
+    assert book.prune_datasets(86400) == 2  # gone and finished: no owner left
+    assert set(book.dataset_ids()) == {queued, shared}
+    assert {(t, d) for t, d, _ in book.dataset_owners()} == {("a", queued), ("b", shared)}
+    with pytest.raises(NotFoundError):
+        book.dataset_bytes(gone)
+    # an upload prunes first (keep_s), so an expired dataset frees its quota
+    stale = put(book, tsv(30), tenant="a", uploaded_at=old)
+    fresh = put(book, tsv(28), tenant="a", keep_s=86400)
+    assert set(book.dataset_ids()) == {queued, shared, fresh} and stale != fresh
+
+
+def test_deleting_a_tenant_drops_its_datasets(book: JobBook) -> None:
+    book.catalog.create_tenant("gone")
+    mine, both = put(book, tsv(20), tenant="gone"), put(book, tsv(22), tenant="gone")
+    put(book, tsv(22), tenant="kept")
+    book.catalog.delete_tenant("gone")
+    assert book.dataset_ids() == [both] and [t for t, _, _ in book.dataset_owners()] == ["kept"]
+    assert mine not in book.dataset_ids()
+
+
+def test_a_schema_5_catalog_gets_its_dataset_owners(location: str) -> None:
+    """Owners from the jobs that named each dataset (the job's tenant), and the default
+    tenant for a dataset no job named, on both backends."""
+    Store(location)
+    book = JobBook(open_catalog(location))
+    named, dev, unnamed = (put(book, tsv(n)) for n in (20, 22, 24))
+    book.create("acme/t", "lora", {"train": named, "dev": dev})
+    book.create("t", "lora", {"train": named, "dev": ""})
+
+    def to_schema_5(c: Any) -> None:
+        c.execute("DROP TABLE dataset_owners")
+        c.execute("UPDATE meta SET value = 5 WHERE key = 'schema'")
+
+    book.catalog._writing(to_schema_5)
+    book.catalog.close()
+    book = JobBook(open_catalog(location))
+    assert {(t, d) for t, d, _ in book.dataset_owners()} == {
+        ("acme", named), ("acme", dev), ("default", named), ("default", unnamed)}
+    assert book.dataset(dev, "acme").created_at == book.dataset(dev).created_at
+
 
 @pytest.mark.parametrize(("name", "data", "labels", "problem"), [
     ("a.tsv", b"sentence\tx\nhi there\t1\n", None, r"a\.tsv:1: no column 'label'"),

@@ -30,6 +30,7 @@ import pytest
 from polyhead.server.config import Secret, ServerConfig
 from polyhead.store import NotFoundError, Store, StoreError
 from polyhead.store.errors import QuotaExceeded
+from polyhead.store.jobs import JobBook
 from polyhead.store.keys import key_hash, now_iso, parse_duration, parse_scopes
 from polyhead.store.names import is_task_id, tenant_of
 from polyhead.store.sql import CATALOG_SCHEMA
@@ -233,7 +234,7 @@ class Keys:
     def __init__(self) -> None:
         self.by: dict[tuple[str, str], str] = {}
         self.jobs: dict[str, str] = {}  # task id -> the id of a job the owner queued for it
-        self.dataset = ""
+        self.datasets: dict[str, str] = {}  # tenant -> a dataset its own key uploaded
 
     def md(self, tenant: str, case: str) -> tuple[tuple[str, str], ...]:
         key = self.by.get((tenant, case))
@@ -264,7 +265,8 @@ async def _watch(stub: Any, md: Any, job_id: str) -> Any:
 
 
 def _job_request(task: str, keys: Keys) -> pb.CreateJobRequest:
-    return pb.CreateJobRequest(task_id=task, method="lora", train_dataset=keys.dataset, dev_fraction=0.25)
+    return pb.CreateJobRequest(task_id=task, method="lora", train_dataset=keys.datasets[tenant_of(task)],
+                               dev_fraction=0.25)
 
 
 async def _setup(s: Any, spec: Any, peft: tuple[bytes, bytes]) -> Keys:
@@ -297,12 +299,45 @@ async def _setup(s: Any, spec: Any, peft: tuple[bytes, bytes]) -> Keys:
     training = pb_grpc.TrainingStub(s.channel)
     rows = "".join(f"{'good fun' if i % 2 else 'bad film'}\t{'pos' if i % 2 else 'neg'}\n" for i in range(8))
     chunk = pb.DatasetChunk(filename="train.tsv", data=f"text\tlabel\n{rows}".encode())
-    keys.dataset = (await training.UploadDataset(iter([chunk]), metadata=owner)).dataset_id
+    await _keys_reach(s.replica)
+    for t in ("a", "b"):  # each tenant's own upload (the same file: each owns it)
+        up = await training.UploadDataset(iter([chunk]), metadata=keys.md(t, "own"))
+        keys.datasets[t] = up.dataset_id
+    assert keys.datasets["a"] == keys.datasets["b"]
     for t in ("a", "b"):  # queued, never run (no scheduler in process)
         job = await training.CreateJob(_job_request(f"{t}/t1", keys), metadata=owner)
         keys.jobs[f"{t}/t1"] = job.job_id
-    await _keys_reach(s.replica)
     return keys
+
+
+async def _datasets_belong_to_their_uploaders(s: Any, keys: Keys) -> None:
+    """A tenant names only the datasets it uploaded: another tenant's id answers NOT_FOUND in
+    the words an unknown id gets (as a train set, a dev set and labels_from); the same file
+    uploaded by both is each one's own, with each one's own upload time; an admin names any."""
+    training = pb_grpc.TrainingStub(s.channel)
+    mine = pb.DatasetChunk(filename="a.tsv", data=b"text\tlabel\nonly a has this\tpos\nand this\tneg\n")
+    a_ds = (await training.UploadDataset(iter([mine]), metadata=keys.md("a", "own"))).dataset_id
+    unknown = "ds-" + "0" * 64
+
+    def job(tenant: str, train: str, dev: str = "") -> Any:
+        return pb.CreateJobRequest(task_id=f"{tenant}/t1", method="lora", train_dataset=train,
+                                   dev_dataset=dev, dev_fraction=0 if dev else 0.25)
+
+    b = keys.md("b", "own")
+    for ds in (a_ds, unknown):
+        for request in (job("b", ds), job("b", keys.datasets["b"], ds)):
+            code, det, _ = await _status(training.CreateJob(request, metadata=b))
+            assert (code, det) == (NF, f"no dataset {ds!r} (upload it first)"), (code, det)
+        dev = pb.DatasetChunk(filename="dev.tsv", data=b"text\tlabel\nfine\tpos\n", labels_from=ds)
+        code, det, _ = await _status(training.UploadDataset(iter([dev]), metadata=b))
+        assert (code, det) == (NF, f"no dataset {ds!r} (upload it first)"), (code, det)
+    assert (await _status(training.CreateJob(job("a", a_ds), metadata=keys.md("a", "own"))))[0] == OK
+    assert (await _status(training.CreateJob(job("b", a_ds), metadata=keys.md("a", "admin"))))[0] == OK
+    again = await training.UploadDataset(iter([mine]), metadata=b)  # now b's own too
+    assert again.dataset_id == a_ds
+    assert (await _status(training.CreateJob(job("b", a_ds), metadata=b)))[0] == OK
+    book = JobBook(s.replica.parts.store.catalog)
+    assert again.created_at == book.dataset(a_ds, "b").created_at != book.dataset(a_ds, "a").created_at
 
 
 async def _keys_reach(replica: Any) -> None:
@@ -549,6 +584,7 @@ def test_the_matrix_over_grpc_and_http(
                 got |= await _listing_and_health(s, keys)
                 got |= await _admin_matrix(s, keys)
                 http, bodies = await _http_matrix(s, keys)
+                await _datasets_belong_to_their_uploaders(s, keys)
                 audit = s.replica.parts.store.catalog.audit()
                 catalog_text = _dump(s.replica.parts.store.catalog)
         want = {k: (OK if k[2] == "admin" else _expected(k[1], k[2])) for k in got}

@@ -81,13 +81,15 @@ class ServerConfig:
     job_resource: str = "polyhead_train"
     job_lease_s: float = 30.0  # a job whose worker stops renewing for this long is retried
     max_dataset_mb: float = 64.0  # largest dataset UploadDataset takes
+    max_tenant_datasets_mb: float = 1024.0  # what one tenant's uploaded datasets hold in all
+    dataset_retention_days: float = 7.0  # an upload no unfinished job names is dropped after this
 
     def __post_init__(self) -> None:
         positive = ("max_batch_rows", "max_batch_tokens", "fair_batch_rows", "max_inputs",
                     "max_text_chars", "device_budget_mb",
                     "host_budget_mb", "max_artifact_mb", "watch_interval_s", "max_request_mb",
                     "stream_idle_s", "max_streams_per_client", "max_jobs", "job_cpus",
-                    "job_lease_s", "max_dataset_mb")
+                    "job_lease_s", "max_dataset_mb", "max_tenant_datasets_mb", "dataset_retention_days")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")

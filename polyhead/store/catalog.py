@@ -527,11 +527,12 @@ def copy_rest(src: Catalog, dst: Catalog) -> Copied:
     keys = sum(dst.import_key(key, hashed) for key, hashed in table)
     audit = dst.import_audit(src.audit(limit=2**62))
     source, dest = JobBook(src), JobBook(dst)
-    have = set(dest.dataset_ids())
-    new = [d for d in source.dataset_ids() if d not in have]
-    for d in new:
-        dest.put_dataset(source.dataset(d), source.dataset_bytes(d))
-    return Copied(keys, audit, len(new))
+    had = set(dest.dataset_ids())
+    owned = {(t, d) for t, d, _ in dest.dataset_owners()}
+    for tenant, d, when in source.dataset_owners():  # each owner's row, its upload time kept
+        if (tenant, d) not in owned:
+            dest.put_dataset(source.dataset(d), source.dataset_bytes(d), tenant, uploaded_at=when)
+    return Copied(keys, audit, len(set(dest.dataset_ids()) - had))
 
 
 def _copy_tasks(src: Catalog, dst: Catalog) -> Iterator[tuple[VersionInfo, bool]]:

@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from polyhead.store.catalog import Catalog
-from polyhead.store.errors import NotFoundError, StoreError
+from polyhead.store.errors import NotFoundError, QuotaExceeded, StoreError
 from polyhead.store.names import DEFAULT_TENANT, namespace_prefix, tenant_of
 from polyhead.store.sql import Conn
 
@@ -91,28 +91,68 @@ class JobBook:
         self.catalog = catalog
 
     # -- datasets --------------------------------------------------------------------------
+    # One row of bytes per content (a dataset id is its hash), and one owner row per tenant
+    # that uploaded it: a tenant names only its own datasets (an admin any), its owner rows
+    # count against its quota, and retention drops owner rows no unfinished job needs, then
+    # the bytes no owner holds.
 
-    def put_dataset(self, record: DatasetRecord, data: bytes) -> DatasetRecord:
-        """Store a validated dataset; the same id again keeps the first (content-addressed)."""
+    def put_dataset(self, record: DatasetRecord, data: bytes, tenant: str = DEFAULT_TENANT, *,
+                    quota_bytes: int | None = None, keep_s: float | None = None,
+                    uploaded_at: str | None = None) -> DatasetRecord:
+        """Store a validated dataset for ``tenant`` (the same content again keeps its first
+        bytes; the tenant's upload time is renewed). ``keep_s``: first drop what retention
+        drops (``prune_datasets``); ``quota_bytes``: QuotaExceeded if the tenant's datasets
+        would then hold more. The record comes back with the tenant's own upload time."""
         def body(c: Conn) -> DatasetRecord:
+            when = uploaded_at or _now()
+            if keep_s is not None:
+                prune(c, _now(time.time() - keep_s))
+            if quota_bytes is not None:
+                (held,) = c.execute(
+                    "SELECT COALESCE(SUM(d.nbytes), 0) FROM dataset_owners o JOIN datasets d ON "
+                    "d.dataset_id = o.dataset_id WHERE o.tenant = ? AND o.dataset_id <> ?",
+                    (tenant, record.dataset_id)).fetchone()
+                if int(held) + record.nbytes > quota_bytes:
+                    raise QuotaExceeded(
+                        f"tenant {tenant!r}: its datasets would hold {int(held) + record.nbytes:,} "
+                        f"bytes; the limit is {quota_bytes:,} (the server's max_tenant_datasets_mb; "
+                        "a dataset no unfinished job uses goes after dataset_retention_days)")
             c.execute("INSERT INTO datasets (dataset_id, format, columns, labels, nrows, inputs, nbytes, "
                       "created_at, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                       "ON CONFLICT (dataset_id) DO NOTHING",
                       (record.dataset_id, record.format, json.dumps(record.columns, sort_keys=True),
                        None if record.labels is None else json.dumps(record.labels), record.rows,
                        record.inputs, record.nbytes, record.created_at, data))
-            return _dataset(c, record.dataset_id)
+            c.execute("INSERT INTO dataset_owners (tenant, dataset_id, uploaded_at) VALUES (?, ?, ?) "
+                      "ON CONFLICT (tenant, dataset_id) DO UPDATE SET uploaded_at = excluded.uploaded_at",
+                      (tenant, record.dataset_id, when))
+            return _dataset(c, record.dataset_id, tenant)
 
         return self.catalog._writing(body)
 
-    def dataset(self, dataset_id: str) -> DatasetRecord:
-        return self.catalog._reading(lambda c: _dataset(c, dataset_id))
+    def dataset(self, dataset_id: str, tenant: str | None = None) -> DatasetRecord:
+        """The dataset, if ``tenant`` uploaded it (None: whoever did, an admin's view); else
+        NotFoundError in the words an unknown dataset gets. Its ``created_at`` is that
+        tenant's upload time (None: the first upload's)."""
+        return self.catalog._reading(lambda c: _dataset(c, dataset_id, tenant))
 
     def dataset_ids(self) -> list[str]:
         """Every stored dataset's id, oldest first."""
         rows = self.catalog._reading(lambda c: c.execute(
             "SELECT dataset_id FROM datasets ORDER BY created_at, dataset_id").fetchall())
         return [str(r[0]) for r in rows]
+
+    def dataset_owners(self) -> list[tuple[str, str, str]]:
+        """(tenant, dataset id, upload time) of every owner row, oldest upload first."""
+        rows = self.catalog._reading(lambda c: c.execute(
+            "SELECT tenant, dataset_id, uploaded_at FROM dataset_owners "
+            "ORDER BY uploaded_at, tenant, dataset_id").fetchall())
+        return [(str(t), str(d), str(w)) for t, d, w in rows]
+
+    def prune_datasets(self, keep_s: float) -> int:
+        """Drop owner rows older than ``keep_s`` seconds that no unfinished job names, then
+        the datasets no owner holds (the bytes); how many datasets went."""
+        return self.catalog._writing(lambda c: prune(c, _now(time.time() - keep_s)))
 
     def dataset_bytes(self, dataset_id: str) -> bytes:
         row = self.catalog._reading(lambda c: c.execute(
@@ -328,14 +368,42 @@ def _published_number(c: Conn, job: JobRecord) -> int | None:
     return None if row is None else int(row[0])
 
 
-def _dataset(c: Conn, dataset_id: str) -> DatasetRecord:
-    row = c.execute("SELECT dataset_id, format, columns, labels, nrows, inputs, nbytes, created_at "
-                    "FROM datasets WHERE dataset_id = ?", (dataset_id,)).fetchone()
+def _dataset(c: Conn, dataset_id: str, tenant: str | None = None) -> DatasetRecord:
+    columns = "d.dataset_id, d.format, d.columns, d.labels, d.nrows, d.inputs, d.nbytes"
+    if tenant is None:
+        row = c.execute(f"SELECT {columns}, d.created_at FROM datasets d WHERE d.dataset_id = ?",
+                        (dataset_id,)).fetchone()
+    else:  # another tenant's dataset is unknown here
+        row = c.execute(f"SELECT {columns}, o.uploaded_at FROM datasets d JOIN dataset_owners o ON "
+                        "o.dataset_id = d.dataset_id WHERE d.dataset_id = ? AND o.tenant = ?",
+                        (dataset_id, tenant)).fetchone()
     if row is None:
         raise NotFoundError(f"no dataset {dataset_id!r:.80} (upload it first)")
     d, fmt, cols, labels, rows, inputs, nbytes, created = row
     return DatasetRecord(d, fmt, json.loads(cols), None if labels is None else json.loads(labels),
                          int(rows), inputs, int(nbytes), created)
+
+
+def prune(c: Conn, before: str, tenant: str | None = None) -> int:
+    """Retention: owner rows uploaded before ``before`` (of ``tenant``, or every tenant's)
+    that no unfinished job names go, then the datasets left with no owner; how many
+    datasets went."""
+    marks = ",".join("?" * len(TERMINAL))
+    used: set[str] = set()
+    for (spec,) in c.execute(f"SELECT spec FROM jobs WHERE state NOT IN ({marks})", tuple(TERMINAL)):
+        used.update(v for k, v in json.loads(spec).items() if k in ("train", "dev") and v)
+    rows = c.execute("SELECT tenant, dataset_id FROM dataset_owners WHERE uploaded_at < ?",
+                     (before,)).fetchall()
+    for owner, dataset_id in rows:
+        if dataset_id not in used and tenant in (None, owner):
+            c.execute("DELETE FROM dataset_owners WHERE tenant = ? AND dataset_id = ?",
+                      (owner, dataset_id))
+    orphans = [d for (d,) in c.execute("SELECT dataset_id FROM datasets WHERE dataset_id NOT IN "
+                                       "(SELECT dataset_id FROM dataset_owners)").fetchall()
+               if d not in used]
+    for d in orphans:
+        c.execute("DELETE FROM datasets WHERE dataset_id = ?", (d,))
+    return len(orphans)
 
 
 def _job(c: Conn, job_id: str) -> JobRecord:
@@ -369,5 +437,7 @@ def _event(c: Conn, job_id: str, kind: str, body: dict[str, Any]) -> None:
               (job_id, seq, _now(), kind, json.dumps(body, sort_keys=True)))
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
+def _now(at: float | None = None) -> str:
+    """``at`` (epoch seconds; default now) as ISO-8601 UTC with microseconds."""
+    return datetime.datetime.fromtimestamp(time.time() if at is None else at, datetime.UTC).isoformat(
+        timespec="microseconds")

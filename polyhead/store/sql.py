@@ -12,9 +12,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from polyhead.store.errors import AmbiguousRefError, NotFoundError
-from polyhead.store.names import hex_prefix, is_task_id, version_number_ref
+from polyhead.store.names import DEFAULT_TENANT, hex_prefix, is_task_id, version_number_ref
 
-CATALOG_SCHEMA = 5  # both backends; a catalog with a larger number is refused, a smaller upgraded
+CATALOG_SCHEMA = 6  # both backends; a catalog with a larger number is refused, a smaller upgraded
 
 
 class Cursor(Protocol):
@@ -167,8 +167,43 @@ WEIGHTS = ("ALTER TABLE tenants ADD COLUMN weight DOUBLE PRECISION NOT NULL DEFA
 JOBS = _jobs_tables("BLOB", "REAL")
 PG_JOBS = _jobs_tables("BYTEA", "DOUBLE PRECISION")
 TENANTS = _tenant_tables("INTEGER PRIMARY KEY AUTOINCREMENT", "")
-SCHEMA = SCHEMA + DELETED + TENANTS + JOBS + WEIGHTS
-UPGRADE = {1: DELETED, 2: TENANTS, 3: JOBS, 4: WEIGHTS}  # SQLite: from schema N to N + 1
+
+# Schema 6: who uploaded each dataset. The bytes stay one row per content; each tenant that
+# uploaded it holds an owner row with its upload time: the datasets a tenant may name (an
+# admin: any), what counts against its dataset quota, and what retention drops
+# (polyhead/store/jobs.py). A catalog from before gets its owners from the jobs that named
+# each dataset (the job's tenant), and the default tenant for a dataset no job named.
+OWNERS = (
+    """CREATE TABLE IF NOT EXISTS dataset_owners (
+        tenant TEXT NOT NULL,
+        dataset_id TEXT NOT NULL REFERENCES datasets(dataset_id) ON DELETE CASCADE,
+        uploaded_at TEXT NOT NULL,
+        PRIMARY KEY (tenant, dataset_id))""",
+    "CREATE INDEX IF NOT EXISTS dataset_owners_id ON dataset_owners (dataset_id)",
+)
+_UNOWNED_TO_DEFAULT = (
+    "INSERT INTO dataset_owners (tenant, dataset_id, uploaded_at) "
+    f"SELECT '{DEFAULT_TENANT}', dataset_id, created_at FROM datasets "
+    "WHERE dataset_id NOT IN (SELECT dataset_id FROM dataset_owners)")
+
+
+def _owners_from_jobs(tenant_sql: str, field_sql: str, conflict: str) -> str:
+    """The owner rows an older catalog's jobs imply (the SQL differs by backend)."""
+    return (f"INSERT INTO dataset_owners (tenant, dataset_id, uploaded_at) SELECT DISTINCT "
+            f"{tenant_sql}, d.dataset_id, d.created_at FROM jobs j JOIN datasets d ON d.dataset_id "
+            f"IN ({field_sql.format('train')}, {field_sql.format('dev')}) {conflict}")
+
+
+OWNERS_UPGRADE = (*OWNERS, _owners_from_jobs(
+    f"CASE WHEN instr(j.task_id, '/') > 0 THEN substr(j.task_id, 1, instr(j.task_id, '/') - 1) "
+    f"ELSE '{DEFAULT_TENANT}' END", "json_extract(j.spec, '$.{}')", "WHERE true ON CONFLICT DO NOTHING"),
+    _UNOWNED_TO_DEFAULT)
+PG_OWNERS_UPGRADE = (*OWNERS, _owners_from_jobs(
+    f"CASE WHEN strpos(j.task_id, '/') > 0 THEN split_part(j.task_id, '/', 1) "
+    f"ELSE '{DEFAULT_TENANT}' END", "(j.spec::json ->> '{}')", "ON CONFLICT DO NOTHING"),
+    _UNOWNED_TO_DEFAULT)
+SCHEMA = SCHEMA + DELETED + TENANTS + JOBS + WEIGHTS + OWNERS
+UPGRADE = {1: DELETED, 2: TENANTS, 3: JOBS, 4: WEIGHTS, 5: OWNERS_UPGRADE}  # SQLite: from schema N to N + 1
 
 PG_SCHEMA_NAME = "polyhead"  # every table lives in this PostgreSQL schema (namespace)
 PG_SCHEMA: tuple[str, ...] = (  # PostgreSQL: the same tables, byte order ("C") for ids, plus the bytes
@@ -198,12 +233,13 @@ PG_SCHEMA: tuple[str, ...] = (  # PostgreSQL: the same tables, byte order ("C") 
     *PG_JOBS,
 )
 PG_TENANTS = _tenant_tables("BIGSERIAL PRIMARY KEY", 'COLLATE "C"')
-PG_SCHEMA = PG_SCHEMA + PG_TENANTS + WEIGHTS
+PG_SCHEMA = PG_SCHEMA + PG_TENANTS + WEIGHTS + OWNERS
 PG_UPGRADE = {  # PostgreSQL: from schema N to N + 1
     1: ("ALTER TABLE blobs DROP CONSTRAINT IF EXISTS blobs_version_fkey", *DELETED),
     2: PG_TENANTS,
     3: PG_JOBS,
     4: WEIGHTS,
+    5: PG_OWNERS_UPGRADE,
 }
 
 

@@ -158,16 +158,20 @@ def _check_quota_values(*values: int | None) -> None:
 
 
 def delete_tenant(c: Conn, name: str) -> int:
-    """Remove a tenant that owns no task; its keys are revoked with it (how many were live)."""
+    """Remove a tenant that owns no task; its keys are revoked with it (how many were live),
+    and its datasets go."""
     if name == DEFAULT_TENANT:
         raise StoreError("the default tenant cannot be deleted")
     require_tenant(c, name)
     tasks, _ = usage(c, name)
     if tasks:
         raise StoreError(f"tenant {name!r} owns {tasks} task(s): delete them first")
+    from polyhead.store.jobs import prune  # (jobs.py imports the catalog, which imports this)
+
     gen = bump_auth(c)
     n = int(c.execute("UPDATE api_keys SET revoked_at = ?, changed = ? WHERE tenant = ? "
                       "AND revoked_at IS NULL", (now_iso(), gen, name)).rowcount)
+    prune(c, "9999", name)  # its datasets, but those an unfinished job still names
     c.execute("DELETE FROM tenants WHERE tenant = ?", (name,))
     return n
 

@@ -589,8 +589,9 @@ class TrainingStub:
     publish key, the Registry token or an admin key). A job belongs to its task's tenant:
     CreateJob takes a task in the caller's namespace, and GetJob, CancelJob and WatchJob of
     another tenant's job answer NOT_FOUND in the words an unknown job gets; ListJobs lists
-    the caller's jobs only. An admin key sees every job. Datasets are content-addressed,
-    not namespaced.
+    the caller's jobs only. An admin key sees every job. A dataset belongs to the tenants
+    that uploaded it: another tenant's dataset id answers NOT_FOUND in the words an unknown
+    id gets (as a train or dev set, or labels_from).
 
     """
 
@@ -639,8 +640,9 @@ class TrainingServicer:
     publish key, the Registry token or an admin key). A job belongs to its task's tenant:
     CreateJob takes a task in the caller's namespace, and GetJob, CancelJob and WatchJob of
     another tenant's job answer NOT_FOUND in the words an unknown job gets; ListJobs lists
-    the caller's jobs only. An admin key sees every job. Datasets are content-addressed,
-    not namespaced.
+    the caller's jobs only. An admin key sees every job. A dataset belongs to the tenants
+    that uploaded it: another tenant's dataset id answers NOT_FOUND in the words an unknown
+    id gets (as a train or dev set, or labels_from).
 
     """
 
@@ -648,7 +650,9 @@ class TrainingServicer:
         """A dataset file in chunks; the first chunk carries the file's name (its suffix picks
         the format: .tsv, .csv, .jsonl) and the column flags `polyhead train` takes. Validated
         whole before it is stored (format, columns, labels, empty rows: the error names the
-        line); identical content and flags give the same dataset id.
+        line); identical content and flags give the same dataset id. It counts against the
+        caller's tenant's dataset cap (RESOURCE_EXHAUSTED past it) and is dropped after the
+        server's retention unless a queued or running job names it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -736,8 +740,9 @@ class Training:
     publish key, the Registry token or an admin key). A job belongs to its task's tenant:
     CreateJob takes a task in the caller's namespace, and GetJob, CancelJob and WatchJob of
     another tenant's job answer NOT_FOUND in the words an unknown job gets; ListJobs lists
-    the caller's jobs only. An admin key sees every job. Datasets are content-addressed,
-    not namespaced.
+    the caller's jobs only. An admin key sees every job. A dataset belongs to the tenants
+    that uploaded it: another tenant's dataset id answers NOT_FOUND in the words an unknown
+    id gets (as a train or dev set, or labels_from).
 
     """
 

@@ -153,15 +153,16 @@ class Polyhead:
 
     # -- Training: the publish scope. A job belongs to its task's tenant: CreateJob names a
     # -- task in the caller's namespace (the gate's check), and the other RPCs answer only
-    # -- for jobs whose task the caller sees (an admin: every job). -------------------------
+    # -- for jobs whose task the caller sees (an admin: every job). A dataset belongs to the
+    # -- tenants that uploaded it: only they (and admins) may name it. ----------------------
 
     @rpc_upload("publish", pb.DatasetInfo)
-    async def UploadDataset(self, chunks: Any) -> pb.DatasetInfo:
-        return await self.training.upload_dataset(chunks)
+    async def UploadDataset(self, chunks: Any, caller: Caller) -> pb.DatasetInfo:
+        return await self.training.upload_dataset(chunks, caller)
 
     @rpc("publish", pb.JobInfo)
-    async def CreateJob(self, request: pb.CreateJobRequest) -> pb.JobInfo:
-        return await self.training.create_job(request)
+    async def CreateJob(self, request: pb.CreateJobRequest, caller: Caller) -> pb.JobInfo:
+        return await self.training.create_job(request, caller)
 
     @rpc("publish", pb.JobInfo)
     async def GetJob(self, request: pb.GetJobRequest, caller: Caller) -> pb.JobInfo:

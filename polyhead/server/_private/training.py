@@ -40,7 +40,7 @@ class TrainingService:
 
     # -- datasets --------------------------------------------------------------------------
 
-    async def upload_dataset(self, chunks: AsyncIterator[Any]) -> pb.DatasetInfo:
+    async def upload_dataset(self, chunks: AsyncIterator[Any], caller: Caller) -> pb.DatasetInfo:
         cap = int(self.config.max_dataset_mb * MB)
         first: pb.DatasetChunk | None = None
         parts: list[bytes] = []
@@ -57,31 +57,36 @@ class TrainingService:
             raise InvalidInput("dataset: no chunks")
         if not first.filename:
             raise InvalidInput("filename: required in the first chunk (its suffix is the format)")
-        record = await self._on(self._store_dataset, first, b"".join(parts))
+        record = await self._on(self._store_dataset, first, b"".join(parts), caller)
         return dataset_pb(record)
 
-    def _store_dataset(self, first: pb.DatasetChunk, data: bytes) -> DatasetRecord:
+    def _store_dataset(self, first: pb.DatasetChunk, data: bytes, caller: Caller) -> DatasetRecord:
         c = first.columns
         flags = ColumnFlags(c.text_col, c.pair_col, c.label_col, c.no_header, c.regression)
         try:
             fmt = format_of(first.filename)
-            labels = self.book.dataset(first.labels_from).labels if first.labels_from else None
+            source = self.book.dataset(first.labels_from, _scope(caller)) if first.labels_from else None
+            labels = source.labels if source else None
             ds = read_dataset(first.filename, data, flags, labels)
         except DataError as e:
             raise InvalidInput(f"dataset {e}") from None
         record = DatasetRecord(dataset_id(data, fmt, flags), fmt, flags.to_dict(), ds.labels,
                                len(ds.examples), ds.inputs, len(data), _now())
-        return self.book.put_dataset(record, data)
+        cfg = self.config
+        return self.book.put_dataset(record, data, caller.tenant,
+                                     quota_bytes=int(cfg.max_tenant_datasets_mb * MB),
+                                     keep_s=cfg.dataset_retention_days * 86400)
 
     # -- jobs ------------------------------------------------------------------------------
 
-    async def create_job(self, request: pb.CreateJobRequest) -> pb.JobInfo:
+    async def create_job(self, request: pb.CreateJobRequest, caller: Caller) -> pb.JobInfo:
         task_id = task_id_of(request.task_id)
-        spec = await self._on(self._spec, request)
+        spec = await self._on(self._spec, request, caller)
         return job_pb(await self._on(self.book.create, task_id, request.method, spec))
 
-    def _spec(self, r: pb.CreateJobRequest) -> dict[str, Any]:
-        """The job's spec, every part checked as `polyhead train` checks its flags."""
+    def _spec(self, r: pb.CreateJobRequest, caller: Caller) -> dict[str, Any]:
+        """The job's spec, every part checked as `polyhead train` checks its flags; its
+        datasets the caller's tenant's own (an admin's: any)."""
         from polyhead.trainer.jobspec import parse_job
 
         if not r.train_dataset:
@@ -95,9 +100,9 @@ class TrainingService:
             parse_job(r.method, options)
         except ValueError as e:
             raise InvalidInput(str(e)) from None
-        train = self.book.dataset(r.train_dataset)
+        train = self.book.dataset(r.train_dataset, _scope(caller))
         if r.dev_dataset:
-            _check_dev(train, self.book.dataset(r.dev_dataset))
+            _check_dev(train, self.book.dataset(r.dev_dataset, _scope(caller)))
         if r.metric and r.metric not in METRICS:
             raise InvalidInput(f"metric: unknown {r.metric!r}; choose one of {', '.join(METRICS)}")
         return {"train": r.train_dataset, "dev": r.dev_dataset, "dev_fraction": r.dev_fraction,
@@ -144,6 +149,11 @@ class TrainingService:
             if ended:
                 return  # its last event came before after_seq
             await asyncio.sleep(WATCH_POLL_S)
+
+
+def _scope(caller: Caller) -> str | None:
+    """Whose datasets ``caller`` may name: its tenant's (an admin: anyone's, None)."""
+    return None if caller.admin else caller.tenant
 
 
 def _check_dev(train: DatasetRecord, dev: DatasetRecord) -> None:
