@@ -461,8 +461,48 @@ def test_serve_drops_rays_noise_lines_only(monkeypatch, capsys) -> None:
     record = logging.LogRecord("ray.serve", logging.INFO, "api.py", 1, 'Connecting to existing Serve '
                                'app in namespace "serve". New http_options will not be applied.', None, None)
     assert not serve_log.filter(record)
-    other = logging.LogRecord("ray.serve", logging.INFO, "api.py", 1, "Started Serve", None, None)
+    other = logging.LogRecord("ray.serve", logging.INFO, "api.py", 1, "Deploying new version of "
+                              "Deployment(name='Polyhead', app='polyhead')", None, None)
     assert serve_log.filter(other)
+
+
+def test_serve_drops_rays_start_lines_only(monkeypatch) -> None:
+    """Ray's and Serve's start-up lines (polyhead serve's own line says it is ready) are
+    dropped, from Ray's modules and Serve's logger; Ray's other warnings are not."""
+    import logging
+
+    from polyhead.server.app import APP_NAME
+    from polyhead.server.serve_cli import _DropNoise, quiet_ray
+
+    ray_log, serve_log = logging.getLogger("ray"), logging.getLogger("ray.serve")
+    assert ray_log.handlers  # Ray's handler, made when ray was imported
+    for handler in ray_log.handlers:
+        monkeypatch.setattr(handler, "filters", list(handler.filters))
+    monkeypatch.setattr(serve_log, "filters", list(serve_log.filters))
+    quiet_ray()
+    quiet_ray()  # twice: one filter per handler
+
+    def shown(name: str, level: int, text: str) -> bool:
+        record = logging.LogRecord(name, level, "x.py", 1, text, None, None)
+        if name == "ray.serve":
+            return bool(serve_log.filter(record))
+        return all(h.filter(record) for h in ray_log.handlers)
+
+    assert [sum(isinstance(f, _DropNoise) for f in h.filters) for h in ray_log.handlers] == [1] * len(
+        ray_log.handlers)
+    for name, level, text in (
+            ("ray._private.authentication.authentication_token_setup", logging.WARNING,
+             "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out."),
+            ("ray._private.worker", logging.INFO, "Started a local Ray instance."),
+            ("ray.serve", logging.INFO, 'Started Serve in namespace "serve".'),
+            ("ray.serve", logging.INFO, f"Application '{APP_NAME}' is ready at http://127.0.0.1:8000/.")):
+        assert not shown(name, level, text), text
+    for name, level, text in (
+            ("ray._private.authentication.authentication_token_setup", logging.ERROR,
+             "Token authentication is enabled but no authentication token was found"),
+            ("ray._private.worker", logging.WARNING, "Failed to start the dashboard"),
+            ("ray.serve", logging.WARNING, "Deployment 'Polyhead' has 1 replica that took over 30 s")):
+        assert shown(name, level, text), text
 
 
 def test_lora_training_shows_one_loading_bar(tiny_bert, monkeypatch) -> None:

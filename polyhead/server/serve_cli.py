@@ -197,19 +197,28 @@ def check_port_free(port: int, flag: str, host: str = "") -> None:
 # controller, whose tasks retry forever, exits at the end of its own graceful_shutdown, which
 # Ray reports as that task failing although the shutdown is complete.
 NOISE = ("Connecting to existing Serve app", "ServeController.graceful_shutdown failed")
+# And Ray's and Serve's start-up lines, which `polyhead serve`'s own "serving ... ready" line
+# says again; the token warning is about Ray's token auth, which polyhead serve turns on
+# deliberately (private_ray_token). Ray's other warnings and errors still print.
+STARTED = ("Token authentication is enabled for this Ray cluster", "Started a local Ray instance",
+           "Started Serve in namespace", "Application 'polyhead' is ready at")  # app.APP_NAME
 
 
 class _DropNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(NOISE[0])
+        return not record.getMessage().startswith((NOISE[0], *STARTED))
 
 
 def quiet_ray() -> None:
-    """Drop the NOISE lines: a filter on Serve's logger, and on the driver's printer of the
-    cluster's error messages (the "(raylet)" lines; a private Ray function, kept if absent)."""
+    """Drop the NOISE and STARTED lines: a filter on Serve's logger and on the handlers of
+    Ray's (its modules' records reach those), and on the driver's printer of the cluster's
+    error messages (the "(raylet)" lines; a private Ray function, kept if absent)."""
     from ray._private import worker
 
     logging.getLogger("ray.serve").addFilter(_DropNoise())
+    for handler in logging.getLogger("ray").handlers:
+        if not any(isinstance(f, _DropNoise) for f in handler.filters):
+            handler.addFilter(_DropNoise())
     printer = getattr(worker, "print_to_stdstream", None)
     if printer is None or getattr(printer, "polyhead_quiet", False):
         return
