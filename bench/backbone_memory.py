@@ -65,14 +65,16 @@ def rss_mb() -> float:
 
 
 def file_mapped_mb(folder: Path) -> float:
-    """Resident kB of this process's mappings of files under ``folder``, in MB."""
+    """Resident kB of this process's mappings of the files in ``folder`` (each resolved: a
+    Hugging Face cache links them into blobs/), in MB."""
+    files = {str(p.resolve()) for p in folder.rglob("*") if p.is_file()}
     total, current = 0, ""
     with open("/proc/self/smaps") as f:
         for line in f:
             head = line.split()
             if head and "-" in head[0] and len(head) >= 5:  # a mapping's first line
                 current = head[5] if len(head) > 5 else ""
-            elif head and head[0] == "Rss:" and current.startswith(str(folder)):
+            elif head and head[0] == "Rss:" and current in files:
                 total += int(head[1])
     return total / 1024
 
@@ -87,7 +89,7 @@ def child(precision: str) -> None:
     torch.set_num_threads(1)
     keep_freed_memory()
     bb = load_backbone(precision=precision)
-    loaded, mapped = rss_mb(), file_mapped_mb(bb.path.resolve())
+    loaded, mapped = rss_mb(), file_mapped_mb(bb.path)
     texts = [" ".join(WORDS[: 3 + (i * 7) % len(WORDS)]) for i in range(64)]
     engine = Engine(bb, max_batch_size=64)
     with torch.inference_mode():

@@ -219,19 +219,37 @@ def test_retention_drops_uploads_no_unfinished_job_names(book: JobBook) -> None:
     assert {(t, d) for t, d, _ in book.dataset_owners()} == {("a", queued), ("b", shared)}
     with pytest.raises(NotFoundError):
         book.dataset_bytes(gone)
-    # an upload prunes first (keep_s), so an expired dataset frees its quota
+    # an upload prunes first (keep_s), so an expired dataset frees its quota; inf keeps all
     stale = put(book, tsv(30), tenant="a", uploaded_at=old)
+    kept = put(book, tsv(32), tenant="a", keep_s=float("inf"))
+    assert book.prune_datasets(float("inf")) == 0 and stale in book.dataset_ids()
     fresh = put(book, tsv(28), tenant="a", keep_s=86400)
-    assert set(book.dataset_ids()) == {queued, shared, fresh} and stale != fresh
+    assert set(book.dataset_ids()) == {queued, shared, kept, fresh}
+
+
+def test_a_job_names_only_its_tenants_datasets_and_renews_them(book: JobBook) -> None:
+    """Checked in the job's own transaction (retention cannot drop them in between); the
+    job renews its tenant's upload time, so retention counts from the last use."""
+    old = "2020-01-01T00:00:00.000000+00:00"
+    a, b = put(book, tsv(20), tenant="a", uploaded_at=old), put(book, tsv(22), tenant="b")
+    with pytest.raises(NotFoundError, match=f"no dataset '{b}'"):
+        book.create("a/t", "lora", {"train": a, "dev": b}, "a")
+    assert book.jobs() == []
+    book.create("a/t", "lora", {"train": a, "dev": ""}, "a")
+    assert book.dataset(a, "a").created_at > old
+    book.create("a/t", "lora", {"train": b, "dev": ""})  # an admin's (no tenant): any dataset
 
 
 def test_deleting_a_tenant_drops_its_datasets(book: JobBook) -> None:
+    """Its owner rows all go (a tenant made again later with its name owns nothing); the
+    bytes stay where another tenant holds them or an unfinished job names them."""
     book.catalog.create_tenant("gone")
-    mine, both = put(book, tsv(20), tenant="gone"), put(book, tsv(22), tenant="gone")
+    mine, both, queued = (put(book, tsv(n), tenant="gone") for n in (20, 22, 24))
     put(book, tsv(22), tenant="kept")
+    book.create("kept/t", "lora", {"train": queued, "dev": ""})  # an admin's job on it
     book.catalog.delete_tenant("gone")
-    assert book.dataset_ids() == [both] and [t for t, _, _ in book.dataset_owners()] == ["kept"]
-    assert mine not in book.dataset_ids()
+    assert set(book.dataset_ids()) == {both, queued} and mine not in book.dataset_ids()
+    assert [(t, d) for t, d, _ in book.dataset_owners()] == [("kept", both)]
 
 
 def test_a_schema_5_catalog_gets_its_dataset_owners(location: str) -> None:
@@ -273,6 +291,11 @@ def test_dataset_id_covers_bytes_format_and_columns() -> None:
     assert dataset_id(data, "tsv", ColumnFlags()) == dataset_id(data, "tsv", ColumnFlags())
     assert dataset_id(data, "tsv", ColumnFlags()) != dataset_id(data + b"x\tpos\n", "tsv", ColumnFlags())
     assert dataset_id(data, "tsv", ColumnFlags()) != dataset_id(data, "tsv", ColumnFlags(label_col="text"))
+    # a dev set read with another dataset's labels keeps them: they are part of its identity
+    # (else one tenant's upload of the same file would get back another's label names)
+    with_labels = dataset_id(data, "tsv", ColumnFlags(), ["neg", "pos", "secret"])
+    assert with_labels != dataset_id(data, "tsv", ColumnFlags())
+    assert with_labels != dataset_id(data, "tsv", ColumnFlags(), ["neg", "pos"])
 
 
 def test_split_holds_out_a_seeded_share() -> None:

@@ -332,12 +332,28 @@ async def _datasets_belong_to_their_uploaders(s: Any, keys: Keys) -> None:
         code, det, _ = await _status(training.UploadDataset(iter([dev]), metadata=b))
         assert (code, det) == (NF, f"no dataset {ds!r} (upload it first)"), (code, det)
     assert (await _status(training.CreateJob(job("a", a_ds), metadata=keys.md("a", "own"))))[0] == OK
-    assert (await _status(training.CreateJob(job("b", a_ds), metadata=keys.md("a", "admin"))))[0] == OK
+    theirs = pb.DatasetChunk(filename="b.tsv", data=b"text\tlabel\nonly b has this\tpos\nb too\tneg\n")
+    b_ds = (await training.UploadDataset(iter([theirs]), metadata=b)).dataset_id
+    # an admin key (tenant a's) names a dataset only b uploaded
+    assert (await _status(training.CreateJob(job("a", b_ds), metadata=keys.md("a", "admin"))))[0] == OK
+    # a dev set read with a's train labels keeps them, so b's upload of the same file is
+    # another dataset: b never sees a's label names
+    a_train = pb.DatasetChunk(filename="t.tsv", data=b"text\tlabel\nx\tneg\ny\tpos\nz\tzz-secret\n")
+    a_train_id = (await training.UploadDataset(iter([a_train]), metadata=keys.md("a", "own"))).dataset_id
+    dev_bytes = b"text\tlabel\nfine\tpos\nbad\tneg\n"
+    a_dev = await training.UploadDataset(iter([pb.DatasetChunk(filename="d.tsv", data=dev_bytes,
+                                                               labels_from=a_train_id)]),
+                                         metadata=keys.md("a", "own"))
+    b_dev = await training.UploadDataset(iter([pb.DatasetChunk(filename="d.tsv", data=dev_bytes)]),
+                                         metadata=b)
+    assert "zz-secret" in a_dev.labels and list(b_dev.labels) == ["neg", "pos"]
+    assert a_dev.dataset_id != b_dev.dataset_id
     again = await training.UploadDataset(iter([mine]), metadata=b)  # now b's own too
     assert again.dataset_id == a_ds
-    assert (await _status(training.CreateJob(job("b", a_ds), metadata=b)))[0] == OK
     book = JobBook(s.replica.parts.store.catalog)
     assert again.created_at == book.dataset(a_ds, "b").created_at != book.dataset(a_ds, "a").created_at
+    assert (await _status(training.CreateJob(job("b", a_ds), metadata=b)))[0] == OK
+    assert book.dataset(a_ds, "b").created_at > again.created_at  # the job renewed b's
 
 
 async def _keys_reach(replica: Any) -> None:
@@ -999,6 +1015,7 @@ def test_store_copy_takes_keys_audit_and_datasets_along(location, tmp_path) -> N
     for rpc in ("CreateTenant", "CreateKey", "RevokeKey"):
         src.add_audit(AuditRecord("2026-01-01T00:00:00.000+00:00", "local", "default", rpc, "", "", "OK"))
     dataset = put(JobBook(src), tsv())
+    put(JobBook(src), tsv(), tenant="acme", uploaded_at="2026-02-02T00:00:00.000000+00:00")  # two owners
 
     dst = open_catalog(str(tmp_path / "copy"))
     list(iter_copy(src, dst))
@@ -1010,6 +1027,8 @@ def test_store_copy_takes_keys_audit_and_datasets_along(location, tmp_path) -> N
     assert dst.audit() == src.audit()
     assert JobBook(dst).dataset_bytes(dataset) == JobBook(src).dataset_bytes(dataset)
     assert JobBook(dst).dataset(dataset) == JobBook(src).dataset(dataset)
+    assert JobBook(dst).dataset_owners() == JobBook(src).dataset_owners()  # each owner, its time
+    assert JobBook(dst).dataset(dataset, "acme") == JobBook(src).dataset(dataset, "acme")
 
     src.revoke_key(later.key_id)
     again = copy_rest(src, dst)

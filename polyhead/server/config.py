@@ -82,7 +82,9 @@ class ServerConfig:
     job_lease_s: float = 30.0  # a job whose worker stops renewing for this long is retried
     max_dataset_mb: float = 64.0  # largest dataset UploadDataset takes
     max_tenant_datasets_mb: float = 1024.0  # what one tenant's uploaded datasets hold in all
-    dataset_retention_days: float = 7.0  # an upload no unfinished job names is dropped after this
+    # an upload no unfinished job names is dropped this long after its last upload or use,
+    # at the next upload of any tenant (inf: keep every upload)
+    dataset_retention_days: float = 7.0
 
     def __post_init__(self) -> None:
         positive = ("max_batch_rows", "max_batch_tokens", "fair_batch_rows", "max_inputs",

@@ -101,11 +101,12 @@ class JobBook:
                     uploaded_at: str | None = None) -> DatasetRecord:
         """Store a validated dataset for ``tenant`` (the same content again keeps its first
         bytes; the tenant's upload time is renewed). ``keep_s``: first drop what retention
-        drops (``prune_datasets``); ``quota_bytes``: QuotaExceeded if the tenant's datasets
-        would then hold more. The record comes back with the tenant's own upload time."""
+        drops (``prune_datasets``; inf drops nothing); ``quota_bytes``: QuotaExceeded if the
+        tenant's datasets would then hold more. The record comes back with the tenant's own
+        upload time."""
         def body(c: Conn) -> DatasetRecord:
             when = uploaded_at or _now()
-            if keep_s is not None:
+            if keep_s is not None and keep_s < time.time():  # (inf: keep every upload)
                 prune(c, _now(time.time() - keep_s))
             if quota_bytes is not None:
                 (held,) = c.execute(
@@ -152,6 +153,8 @@ class JobBook:
     def prune_datasets(self, keep_s: float) -> int:
         """Drop owner rows older than ``keep_s`` seconds that no unfinished job names, then
         the datasets no owner holds (the bytes); how many datasets went."""
+        if keep_s >= time.time():  # inf: keep every upload
+            return 0
         return self.catalog._writing(lambda c: prune(c, _now(time.time() - keep_s)))
 
     def dataset_bytes(self, dataset_id: str) -> bytes:
@@ -163,15 +166,22 @@ class JobBook:
 
     # -- jobs ------------------------------------------------------------------------------
 
-    def create(self, task_id: str, method: str, spec: dict[str, Any]) -> JobRecord:
-        """A new queued job (its datasets must exist), with its ``queued`` event."""
+    def create(self, task_id: str, method: str, spec: dict[str, Any],
+               tenant: str | None = None) -> JobRecord:
+        """A new queued job, with its ``queued`` event. Its datasets must exist, and with
+        ``tenant`` be that tenant's own, checked in the job's own transaction (retention
+        cannot drop them in between); their upload time is renewed, so retention counts
+        from their last use."""
         job_id = "job-" + secrets.token_hex(6)
 
         def body(c: Conn) -> JobRecord:
+            now = _now()
             for key in ("train", "dev"):
                 if spec.get(key):
-                    _dataset(c, spec[key])
-            now = _now()
+                    _dataset(c, spec[key], tenant)
+                    if tenant is not None:
+                        c.execute("UPDATE dataset_owners SET uploaded_at = ? WHERE tenant = ? AND "
+                                  "dataset_id = ?", (now, tenant, spec[key]))
             c.execute(f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0, '', '', 0, "
                       "'', '', 0)", (job_id, task_id, method, QUEUED, json.dumps(spec, sort_keys=True),
                                      now, now))

@@ -171,7 +171,9 @@ def delete_tenant(c: Conn, name: str) -> int:
     gen = bump_auth(c)
     n = int(c.execute("UPDATE api_keys SET revoked_at = ?, changed = ? WHERE tenant = ? "
                       "AND revoked_at IS NULL", (now_iso(), gen, name)).rowcount)
-    prune(c, "9999", name)  # its datasets, but those an unfinished job still names
+    # its datasets: its owner rows, then the bytes no one else holds and no unfinished job names
+    c.execute("DELETE FROM dataset_owners WHERE tenant = ?", (name,))
+    prune(c, "", name)
     c.execute("DELETE FROM tenants WHERE tenant = ?", (name,))
     return n
 

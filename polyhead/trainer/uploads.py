@@ -57,9 +57,15 @@ def format_of(filename: str) -> str:
     return FORMATS[suffix]
 
 
-def dataset_id(data: bytes, fmt: str, flags: ColumnFlags) -> str:
+def dataset_id(data: bytes, fmt: str, flags: ColumnFlags, labels_from: list[str] | None = None) -> str:
+    """The content address of an upload: its bytes, format and column flags, and for a dev
+    set read with another dataset's labels (``labels_from``), those labels, which its record
+    keeps: the same file uploaded with other labels, or none, is another dataset."""
     h = hashlib.sha256()
-    h.update(json.dumps([fmt, flags.to_dict()], sort_keys=True).encode())
+    head: list[object] = [fmt, flags.to_dict()]
+    if labels_from is not None:
+        head.append(labels_from)
+    h.update(json.dumps(head, sort_keys=True).encode())
     h.update(b"\0")
     h.update(data)
     return "ds-" + h.hexdigest()[:32]

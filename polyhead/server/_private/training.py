@@ -70,7 +70,7 @@ class TrainingService:
             ds = read_dataset(first.filename, data, flags, labels)
         except DataError as e:
             raise InvalidInput(f"dataset {e}") from None
-        record = DatasetRecord(dataset_id(data, fmt, flags), fmt, flags.to_dict(), ds.labels,
+        record = DatasetRecord(dataset_id(data, fmt, flags, labels), fmt, flags.to_dict(), ds.labels,
                                len(ds.examples), ds.inputs, len(data), _now())
         cfg = self.config
         return self.book.put_dataset(record, data, caller.tenant,
@@ -82,7 +82,7 @@ class TrainingService:
     async def create_job(self, request: pb.CreateJobRequest, caller: Caller) -> pb.JobInfo:
         task_id = task_id_of(request.task_id)
         spec = await self._on(self._spec, request, caller)
-        return job_pb(await self._on(self.book.create, task_id, request.method, spec))
+        return job_pb(await self._on(self.book.create, task_id, request.method, spec, _scope(caller)))
 
     def _spec(self, r: pb.CreateJobRequest, caller: Caller) -> dict[str, Any]:
         """The job's spec, every part checked as `polyhead train` checks its flags; its
