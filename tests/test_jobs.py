@@ -153,6 +153,9 @@ def test_a_publish_that_committed_is_published_after_a_death(book: JobBook, loca
     info = Store(location, tiny_bert.spec).publish(data)
     assert book.retry_or_fail(job.job_id, 1, "died after the commit") == PUBLISHED
     assert book.job(job.job_id).version_number == info.number
+    # the publish is in the audit trail once, under a job from before created_by: "job"
+    assert [(r.key_id, r.tenant, r.rpc, r.task_id, r.version) for r in book.catalog.audit()] == [
+        ("job", "default", "JobPublished", "t", info.version)]
 
 
 def test_expired_leases_are_found(book: JobBook) -> None:
@@ -329,7 +332,8 @@ def test_job_options_are_train_flags_with_train_defaults() -> None:
 def test_worker_trains_and_publishes_through_the_store(book: JobBook, location: str,
                                                        tiny_bert_dir: Path) -> None:
     job = book.create("tiny-task", "lora", {"train": put(book, tsv()), "dev_fraction": 0.25,
-                                            "options": {"epochs": "2", "batch_size": "8"}})
+                                            "options": {"epochs": "2", "batch_size": "8"},
+                                            "created_by": {"key_id": "0123456789ab", "tenant": "default"}})
     book.claim("a", 30, 1)
     settings = WorkerSettings(location, str(tiny_bert_dir))
     assert run_job(settings, job.job_id, 1, "here", {"CPU": 1}) == PUBLISHED
@@ -341,6 +345,9 @@ def test_worker_trains_and_publishes_through_the_store(book: JobBook, location: 
     info = Store(location).resolve("tiny-task")
     assert (done.version, done.version_number) == (info.version, info.number)
     assert (info.version, info.number) == (events[-1].body["version"], 1)
+    # the publish is in the audit trail, under the key that created the job
+    assert [(r.key_id, r.tenant, r.rpc, r.task_id, r.version, r.outcome) for r in book.catalog.audit()] == [
+        ("0123456789ab", "default", "JobPublished", "tiny-task", info.version, "OK")]
 
 
 def test_worker_stops_on_cancel_and_publishes_nothing(book: JobBook, location: str,

@@ -112,6 +112,13 @@ def test_a_job_queued_before_a_restart_runs_after_it(served: tuple[Server, str])
         started = next(e for e in events if e["kind"] == "started")
         assert started["resources"]["polyhead_train"] == 1 and started["resources"]["CPU"] == 1
         assert c.classify_raw("restarted", "good fun").version == events[-1]["version"]
+    # the audit trail: the job's creation and its publish, both under the Registry token
+    from polyhead.store.catalog import open_catalog
+
+    trail = [(r.key_id, r.rpc, r.task_id, r.version) for r in open_catalog(server.store).audit()
+             if r.task_id == "restarted"]
+    assert ("token", "CreateJob", "restarted", "") in trail
+    assert ("token", "JobPublished", "restarted", events[-1]["version"]) in trail
 
 
 def test_submit_wait_then_classify_answers_with_the_new_version(served: tuple[Server, str],

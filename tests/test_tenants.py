@@ -644,6 +644,9 @@ def test_the_matrix_over_grpc_and_http(
         own_id = keys.by[("a", "own")][4:16]
         assert (own_id, "DeleteTask", "a/del", OK) in mine and (own_id, "RestoreTask", "a/gone", OK) in mine
         assert (own_id, "Rollback", "b/t1", NF) in mine
+        # and the training jobs it created and cancelled (a job's task is its target)
+        assert (own_id, "CreateJob", "a/t1", OK) in mine and (own_id, "CreateJob", "b/t1", NF) in mine
+        assert (own_id, "CancelJob", "a/t1", OK) in mine
         assert all(r.at and r.rpc for r in audit)
 
     asyncio.run(main())

@@ -24,8 +24,10 @@ from typing import Any
 
 from polyhead.store.catalog import Catalog
 from polyhead.store.errors import NotFoundError, QuotaExceeded, StoreError
+from polyhead.store.keys import now_iso
 from polyhead.store.names import DEFAULT_TENANT, namespace_prefix, tenant_of
 from polyhead.store.sql import Conn
+from polyhead.store.tenancy import AuditRecord, add_audit
 
 QUEUED, RUNNING, PUBLISHING = "queued", "running", "publishing"
 PUBLISHED, FAILED, CANCELLING, CANCELLED = "published", "failed", "cancelling", "cancelled"
@@ -293,6 +295,7 @@ class JobBook:
         def body(c: Conn) -> None:
             _set(c, job_id, state=PUBLISHED, version=version, version_number=number, lease_owner="")
             _event(c, job_id, PUBLISHED, {"version": version, "version_number": number})
+            _audit_publish(c, _job(c, job_id))
 
         self.catalog._writing(body)
 
@@ -323,6 +326,7 @@ class JobBook:
             if number is not None:
                 _set(c, job_id, state=PUBLISHED, version_number=number, lease_owner="")
                 _event(c, job_id, PUBLISHED, {"version": job.version, "version_number": number})
+                _audit_publish(c, job)
             elif job.state == CANCELLING:
                 _set(c, job_id, state=CANCELLED, reason="cancelled while running", lease_owner="")
                 _event(c, job_id, CANCELLED, {"reason": "cancelled while running", "attempt": attempt})
@@ -414,6 +418,19 @@ def prune(c: Conn, before: str, tenant: str | None = None) -> int:
     for d in orphans:
         c.execute("DELETE FROM datasets WHERE dataset_id = ?", (d,))
     return len(orphans)
+
+
+# The audit trail's name for a job's publish (no RPC makes it: the job's worker does)
+JOB_PUBLISH = "JobPublished"
+
+
+def _audit_publish(c: Conn, job: JobRecord) -> None:
+    """A job's publish in the audit trail, under the key that created the job (its tenant;
+    a job from before this was recorded: "job" and the task's tenant)."""
+    by = job.spec.get("created_by") or {}
+    add_audit(c, AuditRecord(now_iso(), str(by.get("key_id") or "job"),
+                             str(by.get("tenant") or tenant_of(job.task_id)), JOB_PUBLISH, job.task_id,
+                             job.version, "OK"))
 
 
 def _job(c: Conn, job_id: str) -> JobRecord:

@@ -160,7 +160,7 @@ class Polyhead:
     async def UploadDataset(self, chunks: Any, caller: Caller) -> pb.DatasetInfo:
         return await self.training.upload_dataset(chunks, caller)
 
-    @rpc("publish", pb.JobInfo)
+    @rpc("publish", pb.JobInfo, audit=True)
     async def CreateJob(self, request: pb.CreateJobRequest, caller: Caller) -> pb.JobInfo:
         return await self.training.create_job(request, caller)
 
@@ -172,7 +172,7 @@ class Polyhead:
     async def ListJobs(self, request: pb.ListJobsRequest, caller: Caller) -> pb.ListJobsResponse:
         return await self.training.list_jobs(request, caller)
 
-    @rpc("publish", pb.JobInfo)
+    @rpc("publish", pb.JobInfo, audit=True)
     async def CancelJob(self, request: pb.CancelJobRequest, caller: Caller) -> pb.JobInfo:
         return await self.training.cancel_job(request, caller)
 

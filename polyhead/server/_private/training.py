@@ -106,7 +106,8 @@ class TrainingService:
         if r.metric and r.metric not in METRICS:
             raise InvalidInput(f"metric: unknown {r.metric!r}; choose one of {', '.join(METRICS)}")
         return {"train": r.train_dataset, "dev": r.dev_dataset, "dev_fraction": r.dev_fraction,
-                "options": options, "metric": r.metric, "replace_kind": r.replace_kind}
+                "options": options, "metric": r.metric, "replace_kind": r.replace_kind,
+                "created_by": {"key_id": caller.key_id, "tenant": caller.tenant}}
 
     async def _job(self, job_id: str, caller: Caller) -> JobRecord:
         """The job, if its task is in the caller's namespace; else NOT_FOUND in the words
