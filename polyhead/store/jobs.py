@@ -107,9 +107,9 @@ class JobBook:
         tenant's datasets would then hold more. The record comes back with the tenant's own
         upload time."""
         def body(c: Conn) -> DatasetRecord:
-            when = uploaded_at or _now()
-            if keep_s is not None and keep_s < time.time():  # (inf: keep every upload)
-                prune(c, _now(time.time() - keep_s))
+            when, before = uploaded_at or _now(), None if keep_s is None else _kept_since(keep_s)
+            if before is not None:
+                prune(c, before)
             if quota_bytes is not None:
                 (held,) = c.execute(
                     "SELECT COALESCE(SUM(d.nbytes), 0) FROM dataset_owners o JOIN datasets d ON "
@@ -155,9 +155,8 @@ class JobBook:
     def prune_datasets(self, keep_s: float) -> int:
         """Drop owner rows older than ``keep_s`` seconds that no unfinished job names, then
         the datasets no owner holds (the bytes); how many datasets went."""
-        if keep_s >= time.time():  # inf: keep every upload
-            return 0
-        return self.catalog._writing(lambda c: prune(c, _now(time.time() - keep_s)))
+        before = _kept_since(keep_s)
+        return 0 if before is None else self.catalog._writing(lambda c: prune(c, before))
 
     def dataset_bytes(self, dataset_id: str) -> bytes:
         row = self.catalog._reading(lambda c: c.execute(
@@ -396,6 +395,11 @@ def _dataset(c: Conn, dataset_id: str, tenant: str | None = None) -> DatasetReco
     d, fmt, cols, labels, rows, inputs, nbytes, created = row
     return DatasetRecord(d, fmt, json.loads(cols), None if labels is None else json.loads(labels),
                          int(rows), inputs, int(nbytes), created)
+
+
+def _kept_since(keep_s: float) -> str | None:
+    """The upload time before which retention drops (None: it drops nothing, as with inf)."""
+    return None if keep_s >= time.time() else _now(time.time() - keep_s)
 
 
 def prune(c: Conn, before: str, tenant: str | None = None) -> int:
