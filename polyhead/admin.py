@@ -26,7 +26,8 @@ class AdminInputError(ValueError):
 def tenant_pb(t: Tenant) -> pb.TenantInfo:
     return pb.TenantInfo(tenant=t.tenant, created_at=t.created_at, max_tasks=t.max_tasks,
                          max_bytes=t.max_bytes, tasks=t.tasks, nbytes=t.nbytes,
-                         max_rows_in_flight=t.max_rows_in_flight, weight=t.weight)
+                         max_rows_in_flight=t.max_rows_in_flight, weight=t.weight,
+                         dataset_bytes=t.dataset_bytes)
 
 
 def key_pb(k: ApiKey) -> pb.KeyInfo:

@@ -144,7 +144,7 @@ def _tenant_line(t: Any) -> str:
     nbytes = f"{t.nbytes}/{t.max_bytes}" if t.HasField("max_bytes") else f"{t.nbytes}/-"
     rows = t.max_rows_in_flight if t.HasField("max_rows_in_flight") else "-"
     return (f"{t.tenant}\ttasks {tasks}\tbytes {nbytes}\trows in flight <= {rows}\t"
-            f"weight {t.weight:g}\tcreated {t.created_at or '-'}")
+            f"weight {t.weight:g}\tdataset bytes {t.dataset_bytes}\tcreated {t.created_at or '-'}")
 
 
 def _tenant_create(ops: Any, args: argparse.Namespace) -> None:

@@ -197,6 +197,8 @@ def test_a_tenant_names_only_its_own_datasets(book: JobBook) -> None:
 
 
 def test_a_tenants_datasets_stay_within_its_quota(book: JobBook) -> None:
+    for t in ("a", "b"):
+        book.catalog.create_tenant(t)
     first, second = tsv(20), tsv(30)
     cap = len(first) + len(second) - 1
     put(book, first, tenant="a", quota_bytes=cap)
@@ -207,6 +209,9 @@ def test_a_tenants_datasets_stay_within_its_quota(book: JobBook) -> None:
     assert put(book, second, tenant="b", quota_bytes=cap)  # another tenant's own quota
     assert {(t, len(book.dataset_bytes(d))) for t, d, _ in book.dataset_owners()} == {
         ("a", len(first)), ("b", len(second))}
+    # what `polyhead tenants list` shows beside the other quotas
+    assert {t.tenant: t.dataset_bytes for t in book.catalog.tenants()} == {
+        "a": len(first), "b": len(second), "default": 0}
 
 
 def test_retention_drops_uploads_no_unfinished_job_names(book: JobBook) -> None:

@@ -354,6 +354,11 @@ async def _datasets_belong_to_their_uploaders(s: Any, keys: Keys) -> None:
     assert again.created_at == book.dataset(a_ds, "b").created_at != book.dataset(a_ds, "a").created_at
     assert (await _status(training.CreateJob(job("b", a_ds), metadata=b)))[0] == OK
     assert book.dataset(a_ds, "b").created_at > again.created_at  # the job renewed b's
+    # what each tenant's uploads hold, as ListTenants (and `polyhead tenants list`) show it
+    listed = await pb_grpc.AdminStub(s.channel).ListTenants(pb.ListTenantsRequest(),
+                                                            metadata=keys.md("a", "admin"))
+    held = {t.tenant: t.dataset_bytes for t in listed.tenants}
+    assert held["b"] == sum(len(book.dataset_bytes(d)) for t, d, _ in book.dataset_owners() if t == "b") > 0
 
 
 async def _keys_reach(replica: Any) -> None:

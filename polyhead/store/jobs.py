@@ -27,7 +27,7 @@ from polyhead.store.errors import NotFoundError, QuotaExceeded, StoreError
 from polyhead.store.keys import now_iso
 from polyhead.store.names import DEFAULT_TENANT, namespace_prefix, tenant_of
 from polyhead.store.sql import Conn
-from polyhead.store.tenancy import AuditRecord, add_audit
+from polyhead.store.tenancy import AuditRecord, add_audit, dataset_usage
 
 QUEUED, RUNNING, PUBLISHING = "queued", "running", "publishing"
 PUBLISHED, FAILED, CANCELLING, CANCELLED = "published", "failed", "cancelling", "cancelled"
@@ -111,13 +111,12 @@ class JobBook:
             if before is not None:
                 prune(c, before)
             if quota_bytes is not None:
-                (held,) = c.execute(
-                    "SELECT COALESCE(SUM(d.nbytes), 0) FROM dataset_owners o JOIN datasets d ON "
-                    "d.dataset_id = o.dataset_id WHERE o.tenant = ? AND o.dataset_id <> ?",
-                    (tenant, record.dataset_id)).fetchone()
-                if int(held) + record.nbytes > quota_bytes:
+                again = c.execute("SELECT 1 FROM dataset_owners WHERE tenant = ? AND dataset_id = ?",
+                                  (tenant, record.dataset_id)).fetchone() is not None
+                held = dataset_usage(c, tenant) - (record.nbytes if again else 0)
+                if held + record.nbytes > quota_bytes:
                     raise QuotaExceeded(
-                        f"tenant {tenant!r}: its datasets would hold {int(held) + record.nbytes:,} "
+                        f"tenant {tenant!r}: its datasets would hold {held + record.nbytes:,} "
                         f"bytes; the limit is {quota_bytes:,} (the server's max_tenant_datasets_mb; "
                         "a dataset no unfinished job uses goes after dataset_retention_days)")
             c.execute("INSERT INTO datasets (dataset_id, format, columns, labels, nrows, inputs, nbytes, "

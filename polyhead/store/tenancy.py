@@ -28,6 +28,7 @@ class Tenant:
     nbytes: int
     max_rows_in_flight: int | None = None  # rows queued or computing per replica; None: no limit
     weight: float = 1.0  # its share of a replica's engine while others wait too, relative to theirs
+    dataset_bytes: int = 0  # what the training datasets it uploaded hold (jobs.py's owner rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +81,14 @@ def usage(c: Conn, tenant: str) -> tuple[int, int]:
     (nbytes,) = c.execute(f"SELECT COALESCE(SUM(nbytes), 0) FROM versions WHERE {where}",
                           params).fetchone()
     return int(tasks), int(nbytes)
+
+
+def dataset_usage(c: Conn, tenant: str) -> int:
+    """Bytes of the training datasets ``tenant`` uploaded (each counted in full, also one
+    another tenant uploaded too): what the server's max_tenant_datasets_mb caps."""
+    (n,) = c.execute("SELECT COALESCE(SUM(d.nbytes), 0) FROM dataset_owners o JOIN datasets d ON "
+                     "d.dataset_id = o.dataset_id WHERE o.tenant = ?", (tenant,)).fetchone()
+    return int(n)
 
 
 def check_publish(c: Conn, task_id: str, nbytes: int, new_task: bool) -> None:
@@ -181,7 +190,8 @@ def delete_tenant(c: Conn, name: str) -> int:
 def tenants(c: Conn) -> list[Tenant]:
     rows = c.execute("SELECT tenant, created_at, max_tasks, max_bytes, max_rows_in_flight, weight "
                      "FROM tenants ORDER BY tenant").fetchall()
-    return [Tenant(t, when, mt, mb, *usage(c, t), mr, float(w)) for t, when, mt, mb, mr, w in rows]
+    return [Tenant(t, when, mt, mb, *usage(c, t), mr, float(w), dataset_usage(c, t))
+            for t, when, mt, mb, mr, w in rows]
 
 
 def create_key(c: Conn, tenant: str, scopes: tuple[str, ...], expires_at: str | None) -> tuple[ApiKey, str]:

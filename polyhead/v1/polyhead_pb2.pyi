@@ -428,7 +428,7 @@ class JobEvent(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., seq: _Optional[int] = ..., at: _Optional[str] = ..., kind: _Optional[str] = ..., node: _Optional[str] = ..., resources: _Optional[_Mapping[str, float]] = ..., epoch: _Optional[int] = ..., train_loss: _Optional[float] = ..., metric: _Optional[str] = ..., metric_value: _Optional[float] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., version: _Optional[str] = ..., version_number: _Optional[int] = ..., reason: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class TenantInfo(_message.Message):
-    __slots__ = ("tenant", "created_at", "max_tasks", "max_bytes", "tasks", "nbytes", "max_rows_in_flight", "weight")
+    __slots__ = ("tenant", "created_at", "max_tasks", "max_bytes", "tasks", "nbytes", "max_rows_in_flight", "weight", "dataset_bytes")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     MAX_TASKS_FIELD_NUMBER: _ClassVar[int]
@@ -437,6 +437,7 @@ class TenantInfo(_message.Message):
     NBYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_ROWS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DATASET_BYTES_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     created_at: str
     max_tasks: int
@@ -445,7 +446,8 @@ class TenantInfo(_message.Message):
     nbytes: int
     max_rows_in_flight: int
     weight: float
-    def __init__(self, tenant: _Optional[str] = ..., created_at: _Optional[str] = ..., max_tasks: _Optional[int] = ..., max_bytes: _Optional[int] = ..., tasks: _Optional[int] = ..., nbytes: _Optional[int] = ..., max_rows_in_flight: _Optional[int] = ..., weight: _Optional[float] = ...) -> None: ...
+    dataset_bytes: int
+    def __init__(self, tenant: _Optional[str] = ..., created_at: _Optional[str] = ..., max_tasks: _Optional[int] = ..., max_bytes: _Optional[int] = ..., tasks: _Optional[int] = ..., nbytes: _Optional[int] = ..., max_rows_in_flight: _Optional[int] = ..., weight: _Optional[float] = ..., dataset_bytes: _Optional[int] = ...) -> None: ...
 
 class CreateTenantRequest(_message.Message):
     __slots__ = ("tenant", "max_tasks", "max_bytes", "max_rows_in_flight", "weight")

@@ -39,7 +39,7 @@ MUTANTS: list[Mutant] = [
            ("tests/test_tenants.py::test_the_matrix_over_grpc_and_http",),
            "a tenant's key trained on (and read the labels of) another tenant's dataset by its id"),
     Mutant("datasets-no-quota", "polyhead/store/jobs.py",
-           "                if int(held) + record.nbytes > quota_bytes:", "                if False:",
+           "                if held + record.nbytes > quota_bytes:", "                if False:",
            (T + "test_a_tenants_datasets_stay_within_its_quota",),
            "one tenant's uploads filled the store's database without bound"),
     Mutant("datasets-retention-drops-a-queued-jobs", "polyhead/store/jobs.py",
@@ -96,4 +96,8 @@ MUTANTS: list[Mutant] = [
            '    @rpc("publish", pb.JobInfo)\n    async def CreateJob(',
            ("tests/test_tenants.py::test_the_matrix_over_grpc_and_http",),
            "who created a training job (which publishes into serving) was not recorded"),
+    Mutant("tenants-dataset-bytes-not-shown", "polyhead/admin.py",
+           "                         dataset_bytes=t.dataset_bytes)", "                         )",
+           ("tests/test_tenants.py::test_the_matrix_over_grpc_and_http",),
+           "an operator could not see what counted against a tenant's dataset cap"),
 ]
