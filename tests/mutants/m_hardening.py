@@ -99,7 +99,7 @@ MUTANTS: list[Mutant] = [
            (T + "test_stream_idle_timeout_and_per_client_cap",),
            "4,200 idle streams from one client slowed every Classify"),
     Mutant("stream-cap-by-address-only", "polyhead/server/_private/streams.py",
-           'return host if caller.key_id in SHARED_CALLERS else f"{host} key {caller.key_id}"',
+           'return f"{host} key {caller.key_id}" if caller.own_key else host',
            "return host",
            (T + "test_each_api_key_has_its_own_stream_cap_behind_one_address",),
            "behind HAProxy every tenant's streams shared one cap (the balancer's address)"),

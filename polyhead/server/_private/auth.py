@@ -27,17 +27,26 @@ from polyhead.store.names import DEFAULT_TENANT, namespace_prefix, tenant_of
 __all__ = ["Auth", "Caller", "KeyRing", "bearer"]
 ALL_SCOPES = frozenset({"classify", "publish", "admin"})
 OnRefused = Callable[[str, str], None]  # (tenant or "unknown", reason)
+# Caller.key_id of the callers that hold no key of their own: the configured tokens, which any
+# number of clients share, and anonymous callers
+TOKEN, INFERENCE_TOKEN, NO_KEY = "token", "inference-token", "anonymous"
 
 
 @dataclasses.dataclass(frozen=True)
 class Caller:
     tenant: str
-    key_id: str  # a key id; "token" / "inference-token": a configured token; "anonymous"
+    key_id: str  # a key id; TOKEN / INFERENCE_TOKEN: a configured token; NO_KEY: anonymous
     scopes: frozenset[str]
 
     @property
     def admin(self) -> bool:
         return "admin" in self.scopes
+
+    @property
+    def own_key(self) -> bool:
+        """Whether the caller called with an API key (its tenant's credential), not one of
+        the configured tokens or none."""
+        return self.key_id not in (TOKEN, INFERENCE_TOKEN, NO_KEY)
 
     def sees(self, task_id: str) -> bool:
         """Whether ``task_id`` is in this caller's namespace (an admin sees every one)."""
@@ -51,8 +60,8 @@ class Caller:
                                  f"into its namespace ({where})")
 
 
-OWNER = Caller(DEFAULT_TENANT, "token", ALL_SCOPES)
-ANONYMOUS = Caller(DEFAULT_TENANT, "anonymous", ALL_SCOPES)
+OWNER = Caller(DEFAULT_TENANT, TOKEN, ALL_SCOPES)
+ANONYMOUS = Caller(DEFAULT_TENANT, NO_KEY, ALL_SCOPES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,9 +154,9 @@ class Auth:
         if given is not None and self._registry and same(given, self._registry):
             return OWNER
         if given is not None and self._inference and same(given, self._inference):
-            return Caller(DEFAULT_TENANT, "inference-token", frozenset({"classify"}))
+            return Caller(DEFAULT_TENANT, INFERENCE_TOKEN, frozenset({"classify"}))
         return ANONYMOUS if self._registry is None else Caller(
-            DEFAULT_TENANT, "anonymous", frozenset({"classify"}))
+            DEFAULT_TENANT, NO_KEY, frozenset({"classify"}))
 
     def _key_caller(self, scope: str, key: str) -> Caller:
         entry = self.keys.find(key)

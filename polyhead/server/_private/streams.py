@@ -19,8 +19,6 @@ if TYPE_CHECKING:
     from polyhead.server._private.auth import Caller
 
 UNKNOWN_CLIENT = "unknown"
-# Caller.key_id of the callers that are no one key's: the configured tokens, anonymous
-SHARED_CALLERS = frozenset({"token", "inference-token", "anonymous"})
 # A stream refused before its end (a bad key, too many streams, a bad message) reads what
 # the client already sent, up to these bounds, before its status goes out: see settle().
 SETTLE_MESSAGES = 16
@@ -100,7 +98,7 @@ def stream_owner(caller: Caller, ctx: Any) -> str:
     one tenant's credential, so each key has its own cap per address. The configured tokens
     and anonymous callers, which any number of clients share, count by address alone."""
     host = client_of(ctx)
-    return host if caller.key_id in SHARED_CALLERS else f"{host} key {caller.key_id}"
+    return f"{host} key {caller.key_id}" if caller.own_key else host
 
 
 def client_of(ctx: Any) -> str:
