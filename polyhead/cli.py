@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import importlib.util
 import sys
@@ -48,9 +49,33 @@ def check_extra(verb: str) -> None:
             raise MissingExtra(verb, module)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, where a verb names its own unknown flags: `polyhead classify --verison v1`
+    gets classify's usage and "did you mean --version?", and `--tsk` is named as unknown
+    before "required: --task" (argparse reports both at the top level or not at all)."""
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        if self._subparsers is None and args is not None:  # a verb's own parser
+            self._check_flags(list(args))
+        return super().parse_known_args(args, namespace)
+
+    def _check_flags(self, args: list[str]) -> None:
+        known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        for arg in args:
+            if arg == "--":
+                return
+            name = arg.split("=", 1)[0]
+            if name.startswith("--") and not any(o.startswith(name) for o in known):
+                close = difflib.get_close_matches(name, known, n=1)
+                self.error(f"unrecognized argument: {name}"
+                           + (f" (did you mean {close[0]}?)" if close else ""))
+
+
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The parser for one verb (fast), or for all of them when ``verb`` is None."""
-    parser = argparse.ArgumentParser(prog="polyhead", description=__doc__)
+    parser = Parser(prog="polyhead", description=__doc__)
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     modules = [VERBS[verb]] if verb in VERBS else list(dict.fromkeys(VERBS.values()))
     for name in modules:

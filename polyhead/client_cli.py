@@ -15,7 +15,14 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from polyhead.client._common import PolyheadError, TextInput, describe_version, rows_of
+from polyhead.client._common import (
+    PolyheadError,
+    TextInput,
+    check_address,
+    describe_version,
+    rows_of,
+    unreachable_hint,
+)
 from polyhead.client.sync import Client
 from polyhead.client.tokens import TOKEN_ENV, find_token
 from polyhead.v1 import polyhead_pb2 as pb
@@ -117,10 +124,12 @@ def _run(args: argparse.Namespace, verb: Callable[[Client, argparse.Namespace], 
         print(f"{prog}: warning: sending the token to {args.server} without TLS (see --tls)",
               file=sys.stderr)
     try:
-        with Client(args.server, token, timeout_s=120.0, tls=tls, ca=args.ca) as client:
+        with Client(check_address(args.server), token, timeout_s=120.0, tls=tls, ca=args.ca) as client:
             verb(client, args)
     except PolyheadError as e:
-        print(f"{prog}: {e.code.name}: {e.details}", file=sys.stderr)
+        hint = unreachable_hint(args.server, e.code, e.details)
+        print(f"{prog}: {e.code.name}: {e.details}" + (f"\n{prog}: {hint}" if hint else ""),
+              file=sys.stderr)
         return 2 if e.code in _USER_ERRORS else 1
     except (OSError, ValueError) as e:
         print(f"{prog}: {e}", file=sys.stderr)

@@ -93,9 +93,10 @@ def _ops(args: argparse.Namespace) -> tuple[Any, Callable[[], None]]:
         import grpc
 
         from polyhead.admin import GrpcAdmin
+        from polyhead.client._common import check_address
         from polyhead.server.config import TOKEN_ENV, saved_token
 
-        channel = grpc.insecure_channel(args.server)
+        channel = grpc.insecure_channel(check_address(args.server))
         token = args.token or os.environ.get(TOKEN_ENV) or saved_token()
         return GrpcAdmin(channel, token), channel.close
     from polyhead.admin import StoreAdmin
@@ -118,7 +119,11 @@ def _run(args: argparse.Namespace, func: Callable[[Any, argparse.Namespace], Non
         finally:
             close()
     except grpc.RpcError as e:
-        print(f"{prog}: {e.code().name}: {e.details()}", file=sys.stderr)
+        from polyhead.client._common import unreachable_hint
+
+        hint = unreachable_hint(args.server or "", e.code(), e.details() or "")
+        print(f"{prog}: {e.code().name}: {e.details()}" + (f"\n{prog}: {hint}" if hint else ""),
+              file=sys.stderr)
         return 2
     except (StoreError, ValueError, OSError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)

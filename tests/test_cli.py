@@ -366,6 +366,118 @@ def test_upload_prints_one_tidy_line(fake, capsys, tmp_path) -> None:
     assert lines == [out.rstrip("\n")]
 
 
+def _closed_port() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_a_failed_upload_keeps_the_trained_artifact(tmp_path, monkeypatch) -> None:
+    """A walkthrough's `train --upload` to a server that was down trained to the end, then
+    threw the artifact away: without --out it is now kept beside the task id, never over
+    another file, and the error says where and how to send it."""
+    from polyhead.trainer.output import OutputError, Targets, deliver
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.polyhead").write_bytes(b"older")
+    down = Targets(upload=_closed_port(), token="x")
+    with pytest.raises(OutputError, match=r"UNAVAILABLE.*kept in t-2\.polyhead \(3 bytes\): "
+                                          r"`polyhead upload t-2\.polyhead`"):
+        deliver(b"new", down, spec=None, keep=Path("t.polyhead"))  # type: ignore[arg-type]
+    assert (tmp_path / "t.polyhead").read_bytes() == b"older"
+    assert (tmp_path / "t-2.polyhead").read_bytes() == b"new"
+    out = tmp_path / "o.polyhead"  # with --out, that file is where it is kept
+    with pytest.raises(OutputError, match=r"kept in .*o\.polyhead"):
+        deliver(b"new", Targets(out=out, upload=down.upload), spec=None,  # type: ignore[arg-type]
+                keep=Path("t.polyhead"))
+    assert out.read_bytes() == b"new" and not (tmp_path / "t-3.polyhead").exists()
+    with pytest.raises(OutputError, match=r"over the store's cap of 2; .*kept in t-3\.polyhead"):
+        deliver(b"new", Targets(upload=down.upload, max_bytes=2), spec=None,  # type: ignore[arg-type]
+                keep=Path("t.polyhead"))
+
+
+def test_train_upload_checks_the_server_before_training(tmp_path, capsys, fake, monkeypatch) -> None:
+    """`train --upload` to a server that does not answer stops before the backbone loads."""
+    import polyhead.trainer.cli as train_cli
+    from polyhead.cli import main
+
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\ngood,1\nbad,0\n")
+    trained: list = []
+    monkeypatch.setattr(train_cli, "_train_and_deliver", lambda *a: trained.append(a) or 0)
+    argv = ["train", "--method", "lora", "--train", str(data), "--dev", str(data),
+            "--task-id", "t", "--token", "x", "--upload"]
+    assert main([*argv, _closed_port()]) == 1 and not trained
+    err = capsys.readouterr().err
+    assert "UNAVAILABLE" in err and "nothing was trained" in err
+    assert main([*argv, fake.address]) == 0 and len(trained) == 1  # one that answers: trains
+
+
+def test_a_server_that_does_not_answer_gets_a_hint(capsys) -> None:
+    """A walkthrough: a refused connection, the HTTP port, or a host with no port gave gRPC's
+    own words only (a bare host went to port 443); now each says what is likely wrong."""
+    import http.server
+    import threading
+
+    from polyhead.cli import main
+
+    def classify(server: str) -> tuple[int, str]:
+        rc = main(["classify", "--server", server, "--token", "x", "--task", "t", "good"])
+        return rc, capsys.readouterr().err
+
+    rc, err = classify(_closed_port())
+    assert rc == 1 and "is `polyhead serve` running there?" in err
+    rc, err = classify("localhost")
+    assert rc == 2 and "--server needs HOST:PORT (e.g. localhost:9000), got 'localhost'" in err
+    web = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        rc, err = classify(f"127.0.0.1:{web.server_address[1]}")
+    finally:
+        web.shutdown()
+    assert rc == 1 and "answers HTTP/1, not gRPC: is it the HTTP port?" in err
+
+
+@pytest.mark.parametrize("address,ok", [("localhost:9000", True), ("[::1]:9000", True),
+                                        ("unix:/tmp/s", True), ("localhost", False),
+                                        ("::1", False), ("host:", False), (":9000", False)])
+def test_addresses_need_a_port(address: str, ok: bool) -> None:
+    from polyhead.client._common import check_address
+
+    if ok:
+        assert check_address(address) == address
+    else:
+        with pytest.raises(ValueError, match="needs HOST:PORT"):
+            check_address(address)
+
+
+@pytest.mark.parametrize("argv,usage,named", [
+    (["classify", "--task", "t", "--verison", "v1", "x"], "usage: polyhead classify",
+     "unrecognized argument: --verison (did you mean --version?)"),
+    (["classify", "--tsk", "t", "x"], "usage: polyhead classify",
+     "unrecognized argument: --tsk (did you mean --task?)"),
+    (["tasks", "show", "--servr=h:1", "t"], "usage: polyhead tasks show",
+     "unrecognized argument: --servr (did you mean --server?)"),
+])
+def test_a_mistyped_flag_is_named_in_its_verbs_usage(argv, usage, named, capsys) -> None:
+    """A walkthrough: `--verison` got the top-level usage, and `--tsk` only "required: --task"."""
+    from polyhead.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith(usage) and named in err
+
+
+def test_flag_prefixes_and_dashed_texts_still_parse() -> None:
+    from polyhead.cli import build_parser
+
+    args = build_parser("classify").parse_args(["classify", "--tas", "t", "--", "--not-a-flag"])
+    assert args.task == "t" and args.text == ["--not-a-flag"]
+
+
 # -- the server side of the same fixes ---------------------------------------------------------
 
 def test_truncate_cuts_long_texts_and_marks_them() -> None:

@@ -50,6 +50,30 @@ class PolyheadError(Exception):
         self.code, self.details, self.input_index = code, details, input_index
 
 
+def check_address(address: str, flag: str = "--server") -> str:
+    """``address`` when it is HOST:PORT; ValueError naming ``flag`` otherwise (gRPC would
+    take a bare host as port 443 and fail with a refusal that does not say why)."""
+    if address.startswith("unix:"):  # a Unix socket: gRPC's own form
+        return address
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or (host.endswith(":") and not host.startswith("[")):
+        raise ValueError(f"{flag} needs HOST:PORT (e.g. localhost:9000), got {address!r}")
+    return address
+
+
+def unreachable_hint(address: str, code: grpc.StatusCode, details: str) -> str:
+    """A line to add to an UNAVAILABLE error that says what is likely wrong ("" if none)."""
+    if code != grpc.StatusCode.UNAVAILABLE:
+        return ""
+    if "HTTP/2" in details or "http1" in details.lower():
+        return (f"{address} answers HTTP/1, not gRPC: is it the HTTP port? `polyhead serve` "
+                "takes gRPC on 9000 and HTTP on 8000 by default")
+    if "refused" in details.lower() or "failed to connect" in details.lower():
+        return (f"nothing answers on {address}: is `polyhead serve` running there? "
+                "(`make serve` starts one on localhost:9000)")
+    return ""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     retries: int = 4

@@ -261,6 +261,13 @@ def run(args: argparse.Namespace) -> int:
     except (DataError, TrainConfigError, ConfigError, ArtifactError, ValueError) as e:
         print(f"polyhead train: error: {e}", file=sys.stderr)
         return 2
+    from polyhead.trainer.output import OutputError, check_upload
+
+    try:
+        check_upload(targets)
+    except OutputError as e:
+        print(f"polyhead train: error: {e}", file=sys.stderr)
+        return 1
     try:
         return _train_and_deliver(args, cfg, task_id, train, dev, metric, targets)
     except (BackboneError, ArtifactError, ValueError) as e:
@@ -307,7 +314,8 @@ def _train_and_deliver(args: argparse.Namespace, cfg: TrainConfig, task_id: str,
 
         from polyhead.engine.probe import probe_forward
 
-        lines = deliver(data, targets, backbone.spec, hint, probe=partial(probe_forward, backbone))
+        lines = deliver(data, targets, backbone.spec, hint, probe=partial(probe_forward, backbone),
+                        keep=Path(f"{task_id}.polyhead"))
     except OutputError as e:
         print(f"polyhead train: error: {e}", file=sys.stderr)
         return 1

@@ -34,8 +34,10 @@ class Targets:
                              "or --upload HOST:PORT")
         if self.out is not None and self.out.suffix != ".polyhead":
             raise ValueError(f"--out must end in .polyhead, got {self.out}")
-        if self.upload is not None and ":" not in self.upload:
-            raise ValueError(f"--upload needs HOST:PORT, got {self.upload!r}")
+        if self.upload is not None:
+            from polyhead.client._common import check_address
+
+            check_address(self.upload, "--upload")
 
 
 def encode(task_id: str, result: TrainResult, data: Dataset, spec: BackboneSpec) -> bytes:
@@ -53,26 +55,64 @@ def encode(task_id: str, result: TrainResult, data: Dataset, spec: BackboneSpec)
     return encode_artifact(manifest, artifact)
 
 
+def check_upload(targets: Targets) -> None:
+    """Before any training: --upload's server answers and takes the token. ListTasks needs
+    the publish scope, as Upload does, so a run is not trained only to be refused at its end."""
+    if targets.upload is None:
+        return
+    from polyhead.client import Client, PolyheadError, find_token
+    from polyhead.client._common import check_address, unreachable_hint
+
+    try:
+        with Client(check_address(targets.upload, "--upload"), token=find_token(targets.token),
+                    timeout_s=30.0) as client:
+            client.list_tasks()
+    except PolyheadError as e:
+        hint = unreachable_hint(targets.upload, e.code, e.details)
+        raise OutputError(f"--upload {targets.upload}: {e} (checked before training; nothing was "
+                          f"trained){'; ' + hint if hint else ''}") from e
+
+
 def deliver(data: bytes, targets: Targets, spec: BackboneSpec,
             hint: str = "use a sparse method or a lower --density",
-            probe: Callable[[TaskArtifact], None] | None = None) -> list[str]:
+            probe: Callable[[TaskArtifact], None] | None = None,
+            keep: Path | None = None) -> list[str]:
     """Write/publish/upload ``data``; one line per destination for the user. --out is
     written first, whatever its size; the store's cap decides only whether the artifact
-    may be published or uploaded (``hint``: what to do when it is over)."""
-    from polyhead.store.header import DEFAULT_MAX_BYTES
+    may be published or uploaded (``hint``: what to do when it is over). A publish or
+    upload that fails never loses the trained artifact: without --out it is written to
+    ``keep`` (or the first free name beside it) and the error says where."""
+    from polyhead.store.paths import atomic_write
 
     lines = []
     if targets.out is not None:
-        from polyhead.store.paths import atomic_write
-
         targets.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(targets.out, data)
         lines.append(f"wrote {targets.out} ({len(data):,} bytes)")
+    try:
+        lines += _send(data, targets, spec, hint, probe)
+    except OutputError as e:
+        saved = targets.out
+        if saved is None and keep is not None:
+            saved = _free_name(keep)
+            atomic_write(saved, data)
+        if saved is None:
+            raise
+        again = f"`polyhead upload {saved}` sends it" if targets.upload else \
+            f"`polyhead store publish {saved}` publishes it"
+        raise OutputError(f"{e}; the artifact is kept in {saved} ({len(data):,} bytes): {again}") from e
+    return lines
+
+
+def _send(data: bytes, targets: Targets, spec: BackboneSpec, hint: str,
+          probe: Callable[[TaskArtifact], None] | None) -> list[str]:
+    from polyhead.store.header import DEFAULT_MAX_BYTES
+
+    lines = []
     cap = targets.max_bytes if targets.max_bytes is not None else DEFAULT_MAX_BYTES
     if (targets.publish or targets.upload) and len(data) > cap:
-        where = f" (written to {targets.out})" if targets.out is not None else ""
         raise OutputError(f"not published: the artifact is {len(data):,} bytes, over the "
-                          f"store's cap of {cap:,}{where}; raise --max-upload-bytes (and the "
+                          f"store's cap of {cap:,}; raise --max-upload-bytes (and the "
                           f"server's cap), or {hint}")
     if targets.publish:
         from polyhead.store import Store
@@ -94,6 +134,15 @@ def deliver(data: bytes, targets: Targets, spec: BackboneSpec,
             raise OutputError(f"upload to {targets.upload} failed: {e}") from e
         lines.append(f"uploaded {describe_version(reply)} to {targets.upload}")
     return lines
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or ``<stem>-2<suffix>``, ``-3``...: the first that does not exist."""
+    n, candidate = 1, path
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
 
 
 def _describe(info: Any) -> str:
