@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from polyhead._words import counted
 from polyhead.client._common import (
     PolyheadError,
     TextInput,
@@ -128,7 +129,8 @@ def _run(args: argparse.Namespace, verb: Callable[[Client, argparse.Namespace], 
             verb(client, args)
     except PolyheadError as e:
         hint = unreachable_hint(args.server, e.code, e.details)
-        print(f"{prog}: {e.code.name}: {e.details}" + (f"\n{prog}: {hint}" if hint else ""),
+        details = e.details.replace("set `truncate`", "add --truncate")  # the API's word; the flag
+        print(f"{prog}: {e.code.name}: {details}" + (f"\n{prog}: {hint}" if hint else ""),
               file=sys.stderr)
         return 2 if e.code in _USER_ERRORS else 1
     except (OSError, ValueError) as e:
@@ -249,8 +251,8 @@ def _classify_file(client: Client, args: argparse.Namespace) -> None:
             src.close()
         if dst is not sys.stdout:
             dst.close()
-        skipped = f"; {inputs.blank} blank line(s) skipped" if inputs.blank else ""
-        print(f"# {n} lines classified with {args.task}{skipped}", file=sys.stderr)
+        skipped = f"; {counted(inputs.blank, 'blank line')} skipped" if inputs.blank else ""
+        print(f"# {counted(n, 'line')} classified with {args.task}{skipped}", file=sys.stderr)
 
 
 class _NoBar:
@@ -304,7 +306,7 @@ def _list(client: Client, args: argparse.Namespace) -> None:
     for t in client.list_tasks():
         latest = t["latest"]
         print(f"{t['task_id']}\t{t['kind']}\tv{latest['number']}\t{latest['version'][:12]}\t"
-              f"{t['num_versions']} versions\taliases {_aliases(t['alias_numbers'])}")
+              f"{counted(t['num_versions'], 'version')}\taliases {_aliases(t['alias_numbers'])}")
 
 
 def _show(client: Client, args: argparse.Namespace) -> None:
@@ -312,7 +314,7 @@ def _show(client: Client, args: argparse.Namespace) -> None:
     d = client.get_task(args.task)
     info = d["info"]
     manifest = json.loads(d["manifest_json"] or "{}")
-    print(f"{info['task_id']}  {info['num_versions']} versions  "
+    print(f"{info['task_id']}  {counted(info['num_versions'], 'version')}  "
           f"labels: {', '.join(d['labels']) or '(regression)'}  inputs: {manifest.get('inputs', 'any')}")
     for v in d["versions"]:
         aliases = ",".join(v["aliases"])

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from polyhead._words import counted
 from polyhead.store.keys import SCOPES, parse_duration, parse_scopes
 from polyhead.store.tenancy import valid_weight
 
@@ -175,7 +176,7 @@ def _tenant_delete(ops: Any, args: argparse.Namespace) -> None:
     from polyhead.v1 import polyhead_pb2 as pb
 
     out = ops.DeleteTenant(pb.DeleteTenantRequest(tenant=args.name))
-    print(f"deleted tenant {out.tenant} ({out.keys_revoked} key(s) revoked)")
+    print(f"deleted tenant {out.tenant} ({counted(out.keys_revoked, 'key')} revoked)")
 
 
 def _key_line(k: Any) -> str:
@@ -197,8 +198,12 @@ def _key_create(ops: Any, args: argparse.Namespace) -> None:
 def _key_list(ops: Any, args: argparse.Namespace) -> None:
     from polyhead.v1 import polyhead_pb2 as pb
 
-    for k in ops.ListKeys(pb.ListKeysRequest(tenant=args.tenant)).keys:
+    keys = ops.ListKeys(pb.ListKeysRequest(tenant=args.tenant)).keys
+    for k in keys:
         print(_key_line(k))
+    if not keys:  # said on stderr, as `store list` says it: stdout stays a table
+        print(f"no keys{f' of tenant {args.tenant}' if args.tenant else ''} "
+              "(`polyhead keys create --tenant T --scope classify` makes one)", file=sys.stderr)
 
 
 def _key_revoke(ops: Any, args: argparse.Namespace) -> None:
@@ -211,6 +216,10 @@ def _audit(ops: Any, args: argparse.Namespace) -> None:
     from polyhead.v1 import polyhead_pb2 as pb
 
     req = pb.ListAuditRequest(tenant=args.tenant, since=args.since, limit=args.limit)
-    for r in ops.ListAudit(req).records:
+    records = ops.ListAudit(req).records
+    for r in records:
         print(f"{r.at}\t{r.key_id}\t{r.tenant}\t{r.rpc}\t{r.task_id or '-'}\t"
               f"{r.version[:12] or '-'}\t{r.outcome}")
+    if not records:
+        print("no audit records" + (f" of tenant {args.tenant}" if args.tenant else "")
+              + (f" since {args.since}" if args.since else ""), file=sys.stderr)

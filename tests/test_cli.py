@@ -88,8 +88,21 @@ def test_a_text_column_still_wins_and_a_missing_one_is_named(tmp_path: Path) -> 
     assert train.examples[0].text == "used"
     neither = tmp_path / "neither.tsv"
     neither.write_text("review\tlabel\nfine\t1\n")
-    with pytest.raises(ValueError, match="no column 'text' in header"):
+    with pytest.raises(ValueError, match=r"no column 'text' \(nor 'sentence'\) in header"):
         load_data(train_args("--train", str(neither), "--dev", str(neither)))
+
+
+def test_missing_columns_are_named_together_with_the_flags(tmp_path: Path, capsys) -> None:
+    """A walkthrough: a review,sentiment CSV named 'text' missing; with --text-col, 'label'."""
+    from polyhead.cli import main
+
+    data = tmp_path / "rev.csv"
+    data.write_text("review,sentiment\nfine,1\n")
+    assert main(["train", "--method", "lora", "--train", str(data), "--dev", str(data),
+                 "--out", str(tmp_path / "r.polyhead")]) == 2
+    err = capsys.readouterr().err
+    assert ("rev.csv:1: no column 'text' (nor 'sentence'), no column 'label' in header "
+            "['review', 'sentiment'] (--text-col, --pair-col and --label-col name them)") in err
 
 
 def test_glue_presets_name_their_labels(tmp_path: Path) -> None:
@@ -122,6 +135,9 @@ class FakeServer:
             for i, x in enumerate(req.inputs):
                 if x.text == "BAD":
                     return f"inputs[{i}].text: no BAD texts"
+                if x.text == "LONG" and not req.truncate:  # the real server's words
+                    return (f"inputs[{i}].text: 4 characters; the limit is 3 "
+                            "(set `truncate` to cut longer texts)")
                 if x.HasField("pair") and req.task_id == "t":
                     return f"inputs[{i}]: task 't' takes a single text (no `pair`)"
             return None
@@ -234,7 +250,7 @@ def test_blank_lines_are_skipped_and_counted(fake, capsys, monkeypatch) -> None:
     answers = [json.loads(x) for x in out.splitlines()]
     assert rc == 0 and [(a["line"], a["text"], a["label"]) for a in answers] == [
         (1, "good film", "positive"), (4, "bad film", "negative")]
-    assert "# 2 lines classified with t; 3 blank line(s) skipped" in err
+    assert "# 2 lines classified with t; 3 blank lines skipped" in err
 
 
 def test_a_tab_line_for_a_single_text_task_is_refused_by_line(fake, capsys, tmp_path) -> None:
@@ -252,6 +268,8 @@ def test_truncate_is_asked_for_and_shown(fake, capsys) -> None:
     assert rc == 0 and fake.requests[-1].truncate and out.rstrip().endswith("(truncated)")
     rc, out, _ = polyhead(fake, capsys, "classify", "--task", "t", long)
     assert rc == 0 and not fake.requests[-1].truncate and "(truncated)" not in out
+    rc, _, err = polyhead(fake, capsys, "classify", "--task", "t", "LONG")  # the CLI names its flag
+    assert rc == 2 and "the limit is 3 (add --truncate to cut longer texts)" in err
 
 
 def test_pair_output_shows_both_texts(fake, capsys) -> None:
@@ -476,6 +494,37 @@ def test_flag_prefixes_and_dashed_texts_still_parse() -> None:
 
     args = build_parser("classify").parse_args(["classify", "--tas", "t", "--", "--not-a-flag"])
     assert args.task == "t" and args.text == ["--not-a-flag"]
+
+
+def test_empty_lists_say_so_on_stderr(tmp_path, capsys) -> None:
+    """A walkthrough: `keys list` (and `audit`) printed nothing at all on an empty store."""
+    from polyhead.cli import main
+    from polyhead.store.catalog import open_catalog
+
+    root = str(tmp_path / "store")
+    open_catalog(root, create=True).close()
+    assert main(["keys", "list", "--store", root]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "no keys (`polyhead keys create --tenant T --scope classify` makes one)" in err
+    assert main(["audit", "--store", root, "--tenant", "acme"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "no audit records of tenant acme" in err
+
+
+def test_counts_agree_with_their_nouns() -> None:
+    from polyhead._words import counted
+
+    assert [counted(n, "version") for n in (0, 1, 2)] == ["0 versions", "1 version", "2 versions"]
+    assert counted(1234, "key") == "1,234 keys" and counted(1, "entry", "entries") == "1 entry"
+    assert counted(3, "entry", "entries") == "3 entries"
+
+
+def test_health_names_the_packaged_backbone_not_its_folder(tmp_path) -> None:
+    """A walkthrough: `polyhead health` said "backbone model" (the packaged folder's name)."""
+    from polyhead.engine.backbone import backbone_label, default_backbone_path
+
+    assert backbone_label(default_backbone_path()) == "all-MiniLM-L6-v2"
+    assert backbone_label(tmp_path / "my-bert") == "my-bert"
 
 
 # -- the server side of the same fixes ---------------------------------------------------------

@@ -136,7 +136,7 @@ def test_cli_classify_file(app: App, task: str, tmp_path: Path) -> None:
     src.write_text("first\n\nthird\n")  # a blank line is skipped (and counted)
     r = _cli("classify", "--server", app.address, "--token", READ_TOKEN, "--task", task,
              "--file", str(src))
-    assert r.returncode == 0 and "1 blank line(s) skipped" in r.stderr
+    assert r.returncode == 0 and "1 blank line skipped" in r.stderr
     assert [(row["line"], row["text"]) for row in map(json.loads, r.stdout.splitlines())] == [
         (1, "first"), (3, "third")]
     src.write_text("first\n" + "y" * 20_001 + "\nthird\n")  # over the server's 20,000 characters

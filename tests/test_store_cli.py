@@ -115,7 +115,7 @@ def test_bad_files_and_missing_store(root, capsys, tmp_path, tiny_bert_dir) -> N
     bad = tmp_path / "bad.polyhead"
     bad.write_bytes(b"not an artifact at all")
     code, _, err = run(capsys, "publish", str(bad), "--backbone", str(tiny_bert_dir), "--store", str(root))
-    assert code == 2 and "not_safetensors" in err
+    assert code == 2 and "not_safetensors" in err and "is it a .polyhead artifact?" in err
     code, _, err = run(capsys, "list", "--store", str(tmp_path / "typo"))
     assert code == 2 and "typo" in err and not (tmp_path / "typo").exists()
     code, _, err = run(capsys, "import-peft", str(tmp_path), "t", "--backbone", str(tmp_path / "nobb"),

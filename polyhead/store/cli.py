@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from polyhead._words import counted
 from polyhead.store.catalog import (
     DEFAULT_RETENTION_S,
     Catalog,
@@ -202,8 +203,8 @@ def _alias(args: argparse.Namespace) -> int:
 
 def _delete(args: argparse.Namespace) -> int:
     gone = _catalog(args).delete(args.task_id, args.retention_days * 86400)
-    print(f"deleted {args.task_id} ({gone.num_versions} versions); restorable until {gone.expires_at} "
-          f"(`polyhead store restore {args.task_id}`)")
+    print(f"deleted {args.task_id} ({counted(gone.num_versions, 'version')}); restorable until "
+          f"{gone.expires_at} (`polyhead store restore {args.task_id}`)")
     return 0
 
 
@@ -214,9 +215,13 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _deleted(args: argparse.Namespace) -> int:
-    for d in _catalog(args).deleted():
-        print(f"{d.task_id}\t{d.num_versions} versions\tdeleted {d.deleted_at}\t"
+    catalog = _catalog(args)
+    gone = catalog.deleted()
+    for d in gone:
+        print(f"{d.task_id}\t{counted(d.num_versions, 'version')}\tdeleted {d.deleted_at}\t"
               f"restorable until {d.expires_at}")
+    if not gone:
+        print(f"no deleted tasks in {catalog.location}", file=sys.stderr)
     return 0
 
 
@@ -224,7 +229,7 @@ def _gc(args: argparse.Namespace) -> int:
     gone = _catalog(args).gc()
     for item in gone:
         print(item)
-    print(f"gc: {len(gone)} item(s) removed from {_catalog(args).location}")
+    print(f"gc: {counted(len(gone), 'item')} removed from {_catalog(args).location}")
     return 0
 
 
@@ -251,11 +256,11 @@ def _verify(args: argparse.Namespace) -> int:
     for p in problems:
         print(p)
     if problems:
-        print(f"{len(problems)} problem(s) in {store.location}", file=sys.stderr)
+        print(f"{counted(len(problems), 'problem')} in {store.location}", file=sys.stderr)
         return 1
     versions = store.versions()
-    print(f"ok: {len(versions)} versions of {len({v.task_id for v in versions})} tasks in "
-          f"{store.location}")
+    tasks = counted(len({v.task_id for v in versions}), "task")
+    print(f"ok: {counted(len(versions), 'version')} of {tasks} in {store.location}")
     return 0
 
 
@@ -271,8 +276,8 @@ def _copy(args: argparse.Namespace) -> int:
             print(f"{info.task_id} v{info.number} ({info.short}) copied")
     tasks = len(src.list_tasks())
     rest = copy_rest(src, dst)
-    print(f"copied {new} versions ({old} already there) of {tasks} tasks from {src.location} "
-          f"to {dst.location}; every hash checked")
+    print(f"copied {counted(new, 'version')} ({old} already there) of {counted(tasks, 'task')} from "
+          f"{src.location} to {dst.location}; every hash checked")
     print(f"and {rest.keys} API keys (or their revocations), {rest.audit} audit records and "
           f"{rest.datasets} datasets new there (jobs are not copied)")
     return 0

@@ -39,15 +39,21 @@ class Header:
     data_start: int
 
 
+# what a file that is not an artifact at all (a README, a pickle, a zip) is told
+NOT_AN_ARTIFACT = "is it a .polyhead artifact? (`polyhead train ... --out FILE.polyhead` writes one)"
+
+
 def parse_header(data: bytes | memoryview, max_bytes: int = DEFAULT_MAX_BYTES) -> Header:
     """Check the container completely and return where each tensor's bytes lie."""
     size = len(data)
     if size > max_bytes:
         raise ArtifactError("too_large", f"{size} bytes exceed the cap of {max_bytes} bytes")
     if size < 8:
-        raise ArtifactError("not_safetensors", f"{size} bytes: too short for a safetensors file")
+        raise ArtifactError("not_safetensors", f"{size} bytes: too short for a safetensors file; "
+                            + NOT_AN_ARTIFACT)
     if size > 8 and data[8:9] != b"{":  # e.g. a pickle or a zip: say so, not "header too large"
-        raise ArtifactError("not_safetensors", "no JSON header after the 8-byte length prefix")
+        raise ArtifactError("not_safetensors", "no JSON header after the 8-byte length prefix; "
+                            + NOT_AN_ARTIFACT)
     (n,) = struct.unpack("<Q", data[:8])
     if n > MAX_HEADER_BYTES:
         raise ArtifactError("header_too_large", f"header of {n} bytes exceeds {MAX_HEADER_BYTES}")

@@ -309,9 +309,16 @@ def point(c: Conn, task_id: str, alias: str, version: str) -> bool:
 
 
 def require_task(c: Conn, task_id: str) -> None:
-    if not is_task_id(task_id) or c.execute(
-            "SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone() is None:
+    if not is_task_id(task_id):
         raise NotFoundError(f"no task {task_id!r:.80}")
+    if c.execute("SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone() is None:
+        # a task deleted within its retention says so (the caller sees its namespace: the
+        # gate answers another tenant's task in the plain words, before the store is read)
+        row = c.execute("SELECT MAX(expires_at) FROM deleted_tasks WHERE task_id = ?",
+                        (task_id,)).fetchone()
+        until = f" (deleted; restorable until {row[0]}: `polyhead tasks restore {task_id}`)" \
+            if row is not None and row[0] is not None else ""
+        raise NotFoundError(f"no task {task_id!r:.80}{until}")
 
 
 def resolve(c: Conn, task_id: str, ref: str) -> str:

@@ -259,7 +259,8 @@ def run(args: argparse.Namespace) -> int:
         validate_task_id(task_id)
         train, dev, metric = load_data(args)
     except (DataError, TrainConfigError, ConfigError, ArtifactError, ValueError) as e:
-        print(f"polyhead train: error: {e}", file=sys.stderr)
+        hint = " (--text-col, --pair-col and --label-col name them)" if "no column" in str(e) else ""
+        print(f"polyhead train: error: {e}{hint}", file=sys.stderr)
         return 2
     from polyhead.trainer.output import OutputError, check_upload
 

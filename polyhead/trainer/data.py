@@ -200,9 +200,13 @@ def _read_delimited(path: Path, columns: Columns, sep: str) -> Iterator[tuple[in
 
 
 def _check_header(path: Path, header: list[str], columns: Columns) -> None:
-    for c in (columns.text, columns.pair, columns.label):
-        if isinstance(c, str) and c not in header:
-            raise DataError(path, 1, f"no column {c!r} in header {header}")
+    """Every named column is in ``header``; else one error naming all that are not."""
+    wanted = [(c, role) for c, role in ((columns.text, "text"), (columns.pair, "pair"),
+                                        (columns.label, "label")) if isinstance(c, str)]
+    named = [f"no column {c!r}" + (" (nor 'sentence')" if role == "text" and c == TEXT_NAMES[0] else "")
+             for c, role in wanted if c not in header]
+    if named:
+        raise DataError(path, 1, f"{', '.join(named)} in header {header}")
 
 
 def load_dataset(path: str | Path, columns: Columns, labels: Sequence[str] | None = None) -> Dataset:

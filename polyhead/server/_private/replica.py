@@ -18,6 +18,7 @@ import torch
 from ray import serve
 
 from polyhead.engine import ArtifactError, Engine, load_backbone
+from polyhead.engine.backbone import backbone_label
 from polyhead.engine.memory import keep_freed_memory
 from polyhead.engine.probe import probe_forward
 from polyhead.server._private.admin_rpcs import AdminService
@@ -75,7 +76,7 @@ class Polyhead:
                           on_batch=self._record, queue=batch_queue(config.batch_order, keys.weight,
                                                                  config.fair_batch_rows))
         resolver = Resolver(store, ThreadPoolExecutor(1, "polyhead-store"))
-        self.parts = Parts(config, _replica_name(), backbone.path.name, threads, engine, store,
+        self.parts = Parts(config, _replica_name(), backbone_label(backbone.path), threads, engine, store,
                            bank, resolver, batcher, self.metrics,
                            ThreadPoolExecutor(1, "polyhead-admin"), keys=keys)
         self.inference = InferenceService(self.parts)
