@@ -1,4 +1,5 @@
-"""`polyhead` command line: one entry point; each part registers its own verbs."""
+"""polyhead: serve many text-classification tasks on one frozen encoder, train them, and
+manage them (`polyhead VERB --help` for each verb)."""
 
 from __future__ import annotations
 

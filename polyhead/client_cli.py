@@ -34,11 +34,15 @@ _USER_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                 grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.ALREADY_EXISTS}
 
 
+TASK_HELP = "task id (as `polyhead tasks list` shows it)"
+VERSION_HELP = "a version: vN or N (its number), a hash prefix of >= 8 hex digits, or an alias"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("classify", help="classify a text (or a text pair) with a task")
     _common(p)
     p.add_argument("--task", required=True, help="task id")
-    p.add_argument("--version", help="version hash (prefix), vN, or alias (default: latest)")
+    p.add_argument("--version", help=VERSION_HELP + " (default: latest)")
     p.add_argument("text", nargs="*", help="one or more texts")
     p.add_argument("--pair", help="second text of a pair (with exactly one text)")
     p.add_argument("--json", action="store_true",
@@ -62,7 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("upload", help="upload a .polyhead artifact (publish a new version)")
     _common(p)
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, help="a .polyhead file (`polyhead train --out` writes one); "
+                   "its manifest names the task")
     p.add_argument("--replace-kind", action="store_true",
                    help="allow a version of another kind than the task's latest")
     p.set_defaults(func=lambda a: _run(a, _upload))
@@ -74,35 +79,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=lambda a: _run(a, _list))
     t = tsub.add_parser("show", help="a task's versions, labels and manifest")
     _common(t)
-    t.add_argument("task")
+    t.add_argument("task", help=TASK_HELP)
     t.set_defaults(func=lambda a: _run(a, _show))
     t = tsub.add_parser("rollback", help="make an earlier version the latest again")
     _common(t)
-    t.add_argument("task")
-    t.add_argument("version", help="version hash (prefix of >= 8) or vN")
+    t.add_argument("task", help=TASK_HELP)
+    t.add_argument("version", help=VERSION_HELP)
     t.set_defaults(func=lambda a: _run(a, _rollback))
     t = tsub.add_parser("alias", help="point an alias at a version")
     _common(t)
-    t.add_argument("task")
-    t.add_argument("alias")
-    t.add_argument("version")
+    t.add_argument("task", help=TASK_HELP)
+    t.add_argument("alias", help="a name that starts with a letter (e.g. stable); `latest` is kept "
+                   "by publishes and rollbacks")
+    t.add_argument("version", help=VERSION_HELP)
     t.set_defaults(func=lambda a: _run(a, _alias))
     t = tsub.add_parser("delete", help="delete a task and all its versions (asks first)")
     _common(t)
-    t.add_argument("task")
+    t.add_argument("task", help=TASK_HELP + " (restorable for the server's --delete-retention-days)")
     t.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     t.set_defaults(func=lambda a: _run(a, _delete))
     t = tsub.add_parser("import-peft", help="import a PEFT LoRA adapter folder as a task")
     _common(t)
-    t.add_argument("folder", type=Path)
-    t.add_argument("--task", required=True)
+    t.add_argument("folder", type=Path, help="the adapter's folder (adapter_config.json and "
+                   "adapter_model.safetensors, as PEFT's save_pretrained writes it)")
+    t.add_argument("--task", required=True, help="the task id to publish it as")
     t.add_argument("--labels", nargs="+", help="label names in the classifier's output order")
     t.add_argument("--replace-kind", action="store_true",
                    help="allow it onto a task whose latest version is of another kind")
     t.set_defaults(func=lambda a: _run(a, _import_peft))
     t = tsub.add_parser("restore", help="bring back a deleted task (within its retention)")
     _common(t)
-    t.add_argument("task")
+    t.add_argument("task", help=TASK_HELP)
     t.set_defaults(func=lambda a: _run(a, _restore))
 
 

@@ -30,18 +30,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = jsub.add_parser("submit", help="upload a dataset and train a task on the server",
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p)
-    p.add_argument("--method", required=True, choices=list(METHODS))
+    p.add_argument("--method", required=True, choices=list(METHODS),
+                   help="the training method (`polyhead train --help` describes each)")
     p.add_argument("--task-id", required=True, help="the task the job publishes")
     p.add_argument("--train", required=True, type=Path, help="TSV, CSV or JSONL file")
     dev = p.add_mutually_exclusive_group(required=True)
     dev.add_argument("--dev", type=Path, help="dev file, same format and columns")
     dev.add_argument("--dev-fraction", type=float, help="hold out this seeded share of --train")
     data = p.add_argument_group("data (as polyhead train)")
-    data.add_argument("--text-col", default="")
-    data.add_argument("--pair-col", default="")
-    data.add_argument("--label-col", default="")
-    data.add_argument("--no-header", action="store_true")
-    data.add_argument("--regression", action="store_true")
+    data.add_argument("--text-col", default="", help="text column: header name or 0-based index "
+                      "(default: text, else sentence)")
+    data.add_argument("--pair-col", default="", help="second-text column, for sentence pairs")
+    data.add_argument("--label-col", default="", help="label column (default: label)")
+    data.add_argument("--no-header", action="store_true", help="TSV/CSV without a header row")
+    data.add_argument("--regression", action="store_true", help="labels are scores (1 output, MSE)")
     data.add_argument("--metric", default="", help="headline dev metric (default accuracy; pearson)")
     p.add_argument("--replace-kind", action="store_true",
                    help="publish even when the task's latest version is another kind")
@@ -65,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _job_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("job_id")
+    p.add_argument("job_id", help="as `polyhead jobs submit` printed it, or `jobs list` shows it")
 
 
 def _simple(jsub: Any, name: str, text: str, verb: Callable[[PolyheadClient, argparse.Namespace], int],

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,8 +51,9 @@ def test_train_help_is_short_and_points_at_the_defaults_record(capsys) -> None:
         build_parser("train").parse_args(["train", "--help"])
     help_text = capsys.readouterr().out
     # 171 lines with the study's search record in it; eh-ft and its flags have added a few,
-    # and each method's flags under its own heading (issue 26) 14 more
-    assert len(help_text.splitlines()) <= 145 and "polyhead train --defaults" in help_text
+    # and each method's flags under its own heading (issue 26) 14 more; a help text for every
+    # flag (a newcomer walkthrough) 2 more
+    assert len(help_text.splitlines()) <= 147 and "polyhead train --defaults" in help_text
     # lora's defaults, each marked as chosen by the study
     assert "-> lora; 0.0003/10/0.06* | 0.0003/10/0.06*" in help_text
     assert "best of" not in help_text  # the search record lives in --defaults
@@ -509,6 +511,21 @@ def test_empty_lists_say_so_on_stderr(tmp_path, capsys) -> None:
     assert main(["audit", "--store", root, "--tenant", "acme"]) == 0
     out, err = capsys.readouterr()
     assert out == "" and "no audit records of tenant acme" in err
+
+
+def test_every_argument_of_every_verb_has_a_help_text() -> None:
+    """A walkthrough found a dozen flags and arguments that `--help` listed bare."""
+    from polyhead.cli import build_parser
+
+    def bare(p: argparse.ArgumentParser, path: str) -> Iterator[str]:
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, child in a.choices.items():
+                    yield from bare(child, f"{path} {name}")
+            elif a.help is None and not isinstance(a, argparse._HelpAction):
+                yield f"{path} {'/'.join(a.option_strings) or a.dest}"
+
+    assert list(bare(build_parser(None), "polyhead")) == []
 
 
 def test_counts_agree_with_their_nouns() -> None:

@@ -56,7 +56,7 @@ def start_ray(ray: Any, **init: Any) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve every task in the store over gRPC (Ctrl-C stops)")
+    p = sub.add_parser("serve", help="serve every task in the store over gRPC and HTTP (Ctrl-C stops)")
     p.add_argument("--host", default=DEFAULT_HOST,
                    help=f"address gRPC and HTTP listen on (default {DEFAULT_HOST}, this machine "
                    "only; 0.0.0.0 or :: to serve other hosts)")
@@ -91,12 +91,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "'direct' (each replica serves gRPC/HTTP itself; Serve's direct ingress), "
                    "'haproxy' (direct ingress behind Serve's HAProxy on --port); default "
                    f"{DEFAULT_INGRESS} (see BENCHMARKS.md, Serving)")
-    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--replicas", type=int, default=1,
+                   help="copies of the backbone serving at once, each with --cpus (default 1)")
     p.add_argument("--cpus", type=float, default=0,
-                   help="CPUs per replica (default: this machine's CPUs / replicas)")
+                   help="CPUs per replica (default: this machine's CPUs less --train-cpus, shared "
+                   "by the replicas; at least 1)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per replica (default: its CPUs)")
-    p.add_argument("--batch-rows", type=int, default=64, help="rows per batch")
-    p.add_argument("--batch-wait-ms", type=float, default=2.0, help="batch fill wait")
+    p.add_argument("--batch-rows", type=int, default=64, help="rows per batch (default 64)")
+    p.add_argument("--batch-wait-ms", type=float, default=2.0,
+                   help="how long a batch waits to fill, in ms (default 2)")
     p.add_argument("--batch-order", choices=BATCH_ORDERS, default="fair",
                    help="'fair': tenants with requests waiting share batches by weighted fair "
                    "queueing on tokens (one tenant alone: arrival order); 'fifo': arrival order")
@@ -113,11 +116,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-examples", action="store_true",
                    help="do not publish the shipped examples into an empty store")
     limits = p.add_argument_group("publish limits and deletes")
-    limits.add_argument("--max-outputs", type=int, default=10_000, help="largest head (labels)")
-    limits.add_argument("--max-lora-rank", type=int, default=512, help="largest LoRA rank")
-    limits.add_argument("--max-sparse-density", type=float, default=1.0, help="largest sparse density")
+    limits.add_argument("--max-outputs", type=int, default=10_000,
+                        help="largest head: labels per task (default 10,000)")
+    limits.add_argument("--max-lora-rank", type=int, default=512, help="largest LoRA rank (default 512)")
+    limits.add_argument("--max-sparse-density", type=float, default=1.0,
+                        help="largest share of a weight a sparse diff may change (default 1.0: any)")
     limits.add_argument("--delete-retention-days", type=float, default=7.0,
-                        help="a deleted task stays restorable this long (`polyhead tasks restore`)")
+                        help="a deleted task stays restorable this long (`polyhead tasks restore`; "
+                        "default 7)")
     p.set_defaults(func=run)
 
 

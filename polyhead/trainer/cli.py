@@ -110,7 +110,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                               description=__doc__, epilog=method_help(),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--defaults", action=_PrintDefaults)
-    p.add_argument("--method", required=True, choices=list(METHODS))
+    p.add_argument("--method", required=True, choices=list(METHODS), help="one of the methods below")
     p.add_argument("--recipe", choices=RECIPES, default="servable",
                    help="servable (default): tiny exact uploads; paper: the papers' official code")
     data = p.add_argument_group("data")
@@ -130,8 +130,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     t.add_argument("--lr", type=float, help="learning rate (default: the method's, see below)")
     t.add_argument("--warmup", type=float, help="warm-up share of the steps (default: the method's)")
     t.add_argument("--batch-size", type=int, help="default: the method's (16; pasta/eh-ft paper: 32)")
-    t.add_argument("--max-length", type=int, default=128)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--max-length", type=int, default=128,
+                   help="tokens kept per input (default 128)")
+    t.add_argument("--seed", type=int, default=0,
+                   help="init, shuffle, dropout, --max-train (default 0)")
     t.add_argument("--weight-decay", type=float, help="default: the method's (0.01; pasta paper: 0)")
     t.add_argument("--select", choices=SELECTS, default="last",
                    help="keep the last epoch (default, as Child-Tuning and DPS) or the best on dev")

@@ -80,4 +80,9 @@ MUTANTS: list[Mutant] = [
            "            if False else \"\"",
            ("tests/test_store_retention.py::test_a_delete_keeps_everything_until_restored",),
            "classify on a deleted task said only NOT_FOUND, not that it can be restored"),
+    Mutant("newcomer-bare-job-id", "polyhead/jobs_cli.py",
+           'p.add_argument("job_id", help="as `polyhead jobs submit` printed it, or `jobs list` shows it")',
+           'p.add_argument("job_id")',
+           (T + "test_every_argument_of_every_verb_has_a_help_text",),
+           "`--help` listed a dozen flags and arguments with no help text"),
 ]

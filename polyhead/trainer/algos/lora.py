@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True)
 class LoraOptions(MethodOptions):
-    lora_r: int = option(8, type=int)
-    lora_alpha: float = option(16.0, type=float)
+    lora_r: int = option(8, "LoRA's rank r (default 8)", type=int)
+    lora_alpha: float = option(16.0, "update scale alpha / r (default 16)", type=float)
 
     def __post_init__(self) -> None:
         from polyhead.engine.lora import LoraConfig  # the lora kind's own limits (rank)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True)
 class PrefixOptions(MethodOptions):
-    num_prefix: int = option(16, type=int)
+    num_prefix: int = option(16, "virtual tokens per layer (default 16)", type=int)
 
     def __post_init__(self) -> None:
         kind_config(self.kind_config, "--num-prefix")
