@@ -12,7 +12,7 @@ import grpc
 from polyhead.store.catalog import Catalog
 from polyhead.store.errors import StoreError
 from polyhead.store.keys import ApiKey, now_iso, parse_scopes, parse_time
-from polyhead.store.tenancy import AuditRecord, Tenant, valid_weight
+from polyhead.store.tenancy import WEIGHT_RULE, AuditRecord, Tenant, valid_weight
 from polyhead.v1 import polyhead_pb2 as pb
 from polyhead.v1 import polyhead_pb2_grpc as pb_grpc
 
@@ -42,13 +42,16 @@ def audit_pb(r: AuditRecord) -> pb.AuditRecord:
 
 def _terms(request: Any) -> tuple[int | None, int | None, int | None, float | None]:
     """max_tasks, max_bytes, max_rows_in_flight (None: unset, no limit) and weight (None:
-    unset, 1) of a request; AdminInputError for a weight that is not finite and > 0."""
+    unset, 1) of a request; AdminInputError for a weight outside WEIGHT_RULE."""
     quotas = [int(getattr(request, n)) if request.HasField(n) else None
               for n in ("max_tasks", "max_bytes", "max_rows_in_flight")]
     weight = request.weight if request.HasField("weight") else None
     if weight is not None and not valid_weight(weight):
-        raise AdminInputError(f"weight: {weight!r} must be a finite number > 0 (unset: 1)")
+        raise AdminInputError(f"weight: {weight!r} must be {WEIGHT_RULE} (unset: 1)")
     return quotas[0], quotas[1], quotas[2], weight
+
+
+MAX_KEY_LIFE_S = 100 * 365 * 86400  # past it, no timestamp (a probe's 1e12 s: INTERNAL)
 
 
 class StoreAdmin:
@@ -82,8 +85,9 @@ class StoreAdmin:
             scopes = parse_scopes(list(request.scopes))
         except ValueError as e:
             raise AdminInputError(f"scopes: {e}") from None
-        if not request.expires_in_s >= 0:
-            raise AdminInputError(f"expires_in_s: {request.expires_in_s} must be >= 0 (0: never)")
+        if not 0 <= request.expires_in_s <= MAX_KEY_LIFE_S:
+            raise AdminInputError(f"expires_in_s: {request.expires_in_s:g} must be from 0 (never) "
+                                  f"to {MAX_KEY_LIFE_S:,} (100 years)")
         expires = now_iso(request.expires_in_s) if request.expires_in_s else None
         info, key = self.catalog.create_key(request.tenant, scopes, expires)
         out = pb.CreateKeyResponse(info=key_pb(info), key=key)
@@ -101,6 +105,8 @@ class StoreAdmin:
             since = parse_time(request.since) if request.since else None
         except ValueError as e:
             raise AdminInputError(f"since: {e}") from None
+        if not 0 <= request.limit <= 10_000:
+            raise AdminInputError(f"limit: {request.limit} is not in 0..10000 (0: 1000)")
         records = self.catalog.audit(request.tenant or None, since, request.limit or 1000)
         return pb.ListAuditResponse(records=[audit_pb(r) for r in records])
 

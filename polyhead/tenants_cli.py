@@ -13,7 +13,7 @@ from typing import Any
 
 from polyhead._words import counted
 from polyhead.store.keys import SCOPES, parse_duration, parse_scopes
-from polyhead.store.tenancy import valid_weight
+from polyhead.store.tenancy import WEIGHT_RULE, printable, valid_weight
 
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -75,7 +75,7 @@ def _weight(text: str) -> float:
     except ValueError:
         w = math.nan
     if not valid_weight(w):
-        raise argparse.ArgumentTypeError(f"{text!r}: a weight is a finite number > 0, such as 1, 3 or 0.5")
+        raise argparse.ArgumentTypeError(f"{text!r}: a weight is {WEIGHT_RULE}, such as 1, 3 or 0.5")
     return w
 
 
@@ -217,9 +217,9 @@ def _audit(ops: Any, args: argparse.Namespace) -> None:
 
     req = pb.ListAuditRequest(tenant=args.tenant, since=args.since, limit=args.limit)
     records = ops.ListAudit(req).records
-    for r in records:
-        print(f"{r.at}\t{r.key_id}\t{r.tenant}\t{r.rpc}\t{r.task_id or '-'}\t"
-              f"{r.version[:12] or '-'}\t{r.outcome}")
+    for r in records:  # each field printable: records an older store kept as given
+        fields = (r.at, r.key_id, r.tenant, r.rpc, r.task_id or "-", r.version[:12] or "-", r.outcome)
+        print("\t".join(printable(f) for f in fields))
     if not records:
         print("no audit records" + (f" of tenant {args.tenant}" if args.tenant else "")
               + (f" since {args.since}" if args.since else ""), file=sys.stderr)

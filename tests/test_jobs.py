@@ -13,7 +13,7 @@ import pytest
 
 from polyhead.store import Store
 from polyhead.store.catalog import open_catalog
-from polyhead.store.errors import NotFoundError, QuotaExceeded
+from polyhead.store.errors import NotFoundError, QuotaExceeded, StoreError
 from polyhead.store.jobs import (
     CANCELLED,
     CANCELLING,
@@ -258,6 +258,24 @@ def test_deleting_a_tenant_drops_its_datasets(book: JobBook) -> None:
     book.catalog.delete_tenant("gone")
     assert set(book.dataset_ids()) == {both, queued} and mine not in book.dataset_ids()
     assert [(t, d) for t, d, _ in book.dataset_owners()] == [("kept", both)]
+
+
+def test_deleting_a_tenant_waits_for_its_jobs_then_drops_them(book: JobBook) -> None:
+    """A probe's tenant made again with a deleted one's name listed the old owner's jobs
+    (their ids, datasets and options). Its unfinished jobs now hold the deletion back; its
+    finished ones go with it."""
+    book.catalog.create_tenant("gone")
+    spec = {"train": put(book, tsv(), tenant="gone"), "dev_fraction": 0.2}
+    job = book.create("gone/t", "lora", spec, "gone")
+    with pytest.raises(StoreError, match=r"tenant 'gone' has 1 unfinished training job\(s\): cancel"):
+        book.catalog.delete_tenant("gone")
+    book.cancel(job.job_id)
+    kept = book.create("t", "lora", {"train": put(book, tsv(30)), "dev_fraction": 0.2})
+    book.catalog.delete_tenant("gone")
+    book.catalog.create_tenant("gone")
+    assert book.jobs(tenant="gone") == [] and [j.job_id for j in book.jobs()] == [kept.job_id]
+    with pytest.raises(NotFoundError):
+        book.job(job.job_id)
 
 
 def test_a_schema_5_catalog_gets_its_dataset_owners(location: str) -> None:

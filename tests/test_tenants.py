@@ -124,9 +124,42 @@ def test_tenants_keys_quotas_and_audit_in_the_store(location, tiny_bert) -> None
     assert [r.key_id for r in cat.audit(since="2026-06-01")] == ["k2"]
 
 
+def test_a_restore_is_held_to_the_tenant_and_its_quotas(location, tiny_bert) -> None:
+    """A probe restored deleted tasks past max_tasks (5 tasks under a quota of 1), and into
+    a tenant deleted and made again with the same name (the old owner's model, served to
+    the new one's key). A restore is now checked as a publish of its versions would be,
+    and a deleted tenant's restorable tasks go with it."""
+    spec = tiny_bert.spec
+    store = Store(location, spec)
+    cat = store.catalog
+    cat.create_tenant("tiny", max_tasks=1)
+    store.publish(make_file(spec, "tiny/one", seed=1))
+    store.delete("tiny/one")
+    store.publish(make_file(spec, "tiny/two", seed=2))
+    with pytest.raises(QuotaExceeded, match=r"quota max_tasks = 1 reached"):
+        store.restore("tiny/one")
+    assert [t.task_id for t in store.list_tasks()] == ["tiny/two"]
+    assert [d.task_id for d in store.deleted()] == ["tiny/one"]  # still restorable, once room
+    store.delete("tiny/two")
+    assert store.restore("tiny/one").task_id == "tiny/one"
+    store.delete("tiny/one")
+    cat.delete_tenant("tiny")  # its restorable tasks go with it
+    assert store.deleted() == []
+    with pytest.raises(NotFoundError, match="no deleted task 'tiny/one'"):
+        store.restore("tiny/one")
+    cat.create_tenant("gone")
+    store.publish(make_file(spec, "gone/secret", seed=3))
+    store.delete("gone/secret")
+    cat.delete_tenant("gone")
+    cat.create_tenant("gone")  # the same name, another owner
+    with pytest.raises(NotFoundError, match="no deleted task 'gone/secret'"):
+        store.restore("gone/secret")
+
+
 def test_fair_share_weights_in_the_store(location, tiny_bert) -> None:
     """A tenant's weight: 1 unless set, set with the quotas (an omitted one goes back to 1),
-    a finite number > 0; a change moves the 'auth' counter the replicas reload on."""
+    from 0.001 to 1000 (a probe's 5e-324 made every virtual time infinite); a change moves
+    the 'auth' counter the replicas reload on."""
     cat = Store(location, tiny_bert.spec).catalog
     cat.create_tenant("acme", weight=3.0)
     cat.create_tenant("beta")
@@ -137,12 +170,42 @@ def test_fair_share_weights_in_the_store(location, tiny_bert) -> None:
     assert cat.auth_generation() > gen and cat.weights() == {"acme": 3.0, "beta": 0.25}
     cat.set_quota("acme", 5, None)  # every term is set: the omitted weight is 1 again
     assert cat.weights() == {"beta": 0.25}
-    for bad in (0.0, -1.0, float("nan"), float("inf")):
-        with pytest.raises(StoreError, match="weight must be a finite number > 0"):
+    for bad in (0.0, -1.0, float("nan"), float("inf"), 5e-324, 9e-4, 1000.5):
+        with pytest.raises(StoreError, match=r"weight must be a number from 0\.001 to 1000"):
             cat.set_quota("beta", None, None, None, weight=bad)
-        with pytest.raises(StoreError, match="weight must be a finite number > 0"):
+        with pytest.raises(StoreError, match=r"weight must be a number from 0\.001 to 1000"):
             cat.create_tenant("gamma", weight=bad)
     assert cat.weights() == {"beta": 0.25} and "gamma" not in {t.tenant for t in cat.tenants()}
+
+
+def test_admin_refuses_numbers_out_of_range(location, tiny_bert) -> None:
+    """A probe: expires_in_s=1e12 (or inf) was INTERNAL (a timestamp past year 9999), and
+    ListAudit limit=-1 returned the whole trail (SQLite's LIMIT -1)."""
+    from polyhead.admin import AdminInputError, StoreAdmin
+
+    cat = Store(location, tiny_bert.spec).catalog
+    cat.create_tenant("acme")
+    admin = StoreAdmin(cat)
+    for bad in (1e12, 3.2e9, float("inf"), -1.0, float("nan")):
+        with pytest.raises(AdminInputError, match=r"expires_in_s: .* must be from 0 \(never\) to"):
+            admin.CreateKey(pb.CreateKeyRequest(tenant="acme", scopes=["classify"], expires_in_s=bad))
+    admin.CreateKey(pb.CreateKeyRequest(tenant="acme", scopes=["classify"], expires_in_s=3e9))
+    for bad_limit in (-1, 10_001):
+        with pytest.raises(AdminInputError, match=rf"limit: {bad_limit} is not in 0..10000"):
+            admin.ListAudit(pb.ListAuditRequest(limit=bad_limit))
+
+
+def test_an_audit_record_stays_one_line(location, tiny_bert, capsys) -> None:
+    """A probe's refused CreateJob, its task id holding a newline and a whole forged line,
+    printed as two records in `polyhead audit`; control characters are now escaped."""
+    forged = "beta/x\n2026-12-07T23:00:00.000000+00:00\ttoken\tdefault\tDeleteTask\tsentiment\x1b[2K"
+    cat = Store(location, tiny_bert.spec).catalog
+    cat.add_audit(AuditRecord(now_iso(), "k1", "beta", "CreateJob", forged, "", "INVALID_ARGUMENT"))
+    (r,) = cat.audit()
+    assert r.task_id == forged.replace("\n", "\\n").replace("\t", "\\t").replace("\x1b", "\\x1b")
+    code, out, _ = _cli(capsys, "audit", "--store", location)
+    (line,) = out.splitlines()
+    assert code == 0 and len(line.split("\t")) == 7 and "\x1b" not in line
 
 
 def _dump(catalog: Any) -> str:
@@ -922,11 +985,11 @@ def test_the_commands_on_a_store_and_over_grpc(no_ray, tmp_path, tiny_bert_dir, 
     code, out, _ = _cli(capsys, "tenants", "create", "acme", "--max-tasks", "3", "--max-bytes", "2M",
                         "--max-rows-in-flight", "64", "--weight", "2", "--store", folder)
     assert code == 0 and out.startswith("acme\ttasks 0/3\tbytes 0/2097152\trows in flight <= 64\tweight 2\t")
-    for bad in ("0", "-1", "nan", "inf", "heavy"):
+    for bad in ("0", "-1", "nan", "inf", "heavy", "1e-9"):
         with pytest.raises(SystemExit) as refused:
             _cli(capsys, "tenants", "quota", "acme", "--weight", bad, "--store", folder)
         err = capsys.readouterr().err
-        assert refused.value.code == 2 and "argument --weight" in err and "finite number > 0" in err
+        assert refused.value.code == 2 and "argument --weight" in err and "number from 0.001 to 1000" in err
     assert Store(folder, tiny_bert.spec).catalog.weights() == {"acme": 2.0}
     code, out, err = _cli(capsys, "keys", "create", "--tenant", "acme", "--scope", "admin", "--store", folder)
     admin_key = out.strip()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from polyhead.trainer.data import Columns, DataError, load_dataset
+from polyhead.trainer.data import Columns, DataError, default_text_column, load_dataset
 from polyhead.trainer.masks import select, sparsify
 from polyhead.trainer.metrics import check_metric, compute_metrics
 from polyhead.trainer.presets import get_preset, load_preset
@@ -96,6 +97,34 @@ def test_malformed_rows_name_file_and_line(tmp_path: Path, content: str, suffix:
     with pytest.raises(DataError, match=match) as info:
         load_dataset(path, cols)
     assert info.value.line == line and str(info.value).startswith(f"{path}:{line}: ")
+
+
+def test_a_dev_set_is_checked_against_its_labels_without_scanning_them(tmp_path: Path) -> None:
+    """A probe's 80,000-label dev set took 47 s to upload: each row searched the label list.
+    The check looks labels up in a set; a refusal shows 10 of them, not all."""
+
+    class NoScan(list):
+        def __contains__(self, item: object) -> bool:
+            raise AssertionError("a row searched the label list")
+
+    labels = NoScan(f"L{i}" for i in range(12))
+    path = write(tmp_path / "dev.tsv", "text\tlabel\na\tL3\nb\tL11\n")
+    assert [e.label for e in load_dataset(path, Columns("text", "label"), labels).examples] == ["L3", "L11"]
+    bad = write(tmp_path / "bad.tsv", "text\tlabel\na\tL99\n")
+    with pytest.raises(DataError, match=r"label 'L99' is not one of \['L0', .*'L9'\] and 2 more$"):
+        load_dataset(bad, Columns("text", "label"), labels)
+
+
+@pytest.mark.parametrize("name,content,problem", [
+    ("long.csv", 'text,label\n"' + "a" * 200_000 + '",pos\n', "not readable as CSV: field larger than"),
+    ("deep.jsonl", "[" * 100_000 + "]" * 100_000 + "\n", "deep.jsonl:1: JSON nested too deeply"),
+])
+def test_files_past_the_readers_limits_are_named_not_internal(tmp_path: Path, name: str, content: str,
+                                                              problem: str) -> None:
+    """A probe's uploads: a 200,000-character CSV field and deeply nested JSON were INTERNAL."""
+    path = write(tmp_path / name, content)
+    with pytest.raises(DataError, match=re.escape(problem)):
+        load_dataset(path, Columns(default_text_column(path), "label"))
 
 
 def test_dev_labels_must_be_known(tmp_path: Path) -> None:

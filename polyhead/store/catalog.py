@@ -313,6 +313,8 @@ class Catalog(abc.ABC):
                                  "delete it first to restore the deleted one")
             versions = c.execute("SELECT version, number, kind, nbytes, created_at FROM deleted_versions "
                                  "WHERE task_id = ? AND deleted_at = ?", (task_id, when)).fetchall()
+            # back in as a publish of it all would be: its tenant exists and stays in its quotas
+            tenancy.check_publish(c, task_id, sum(int(v[3]) for v in versions), new_task=True)
             _restore_rows(c, task_id, created, versions, json.loads(aliases))
             for table in ("deleted_versions", "deleted_tasks"):
                 c.execute(f"DELETE FROM {table} WHERE task_id = ? AND deleted_at = ?", (task_id, when))

@@ -10,7 +10,6 @@ feeds wake) and the 'auth' counter (so they re-read their key cache only then).
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from polyhead.store.errors import NotFoundError, QuotaExceeded, StoreError
 from polyhead.store.keys import ApiKey, key_hash, new_key, now_iso
@@ -147,17 +146,23 @@ def weights(c: Conn) -> dict[str, float]:
     return {t: float(w) for t, w in rows}
 
 
+# a tenant's fair-share weight: bounded, for the batch queue divides tokens by it (a probe's
+# 5e-324 made every tenant's virtual time infinite, and sharing fell back to 50/50)
+MIN_WEIGHT, MAX_WEIGHT = 1e-3, 1e3
+WEIGHT_RULE = f"a number from {MIN_WEIGHT:g} to {MAX_WEIGHT:g}"
+
+
 def valid_weight(weight: float) -> bool:
-    """Whether ``weight`` can be a tenant's fair-share weight: a finite number > 0."""
-    return math.isfinite(weight) and weight > 0
+    """Whether ``weight`` can be a tenant's fair-share weight (WEIGHT_RULE)."""
+    return MIN_WEIGHT <= weight <= MAX_WEIGHT  # (NaN compares False)
 
 
 def check_weight(weight: float | None) -> float:
-    """``weight``, or 1 for None; StoreError unless it is a finite number > 0."""
+    """``weight``, or 1 for None; StoreError unless it is WEIGHT_RULE."""
     if weight is None:
         return 1.0
     if not valid_weight(weight):
-        raise StoreError(f"weight must be a finite number > 0, got {weight!r}")
+        raise StoreError(f"weight must be {WEIGHT_RULE}, got {weight!r}")
     return float(weight)
 
 
@@ -167,16 +172,29 @@ def _check_quota_values(*values: int | None) -> None:
 
 
 def delete_tenant(c: Conn, name: str) -> int:
-    """Remove a tenant that owns no task; its keys are revoked with it (how many were live),
-    and its datasets go."""
+    """Remove a tenant that owns no task and runs no job; its keys are revoked with it (how
+    many were live), and its datasets, deleted tasks and finished jobs go."""
     if name == DEFAULT_TENANT:
         raise StoreError("the default tenant cannot be deleted")
     require_tenant(c, name)
     tasks, _ = usage(c, name)
     if tasks:
         raise StoreError(f"tenant {name!r} owns {tasks} task(s): delete them first")
-    from polyhead.store.jobs import prune  # (jobs.py imports the catalog, which imports this)
+    from polyhead.store.jobs import TERMINAL, prune  # (jobs.py imports the catalog, which imports this)
 
+    where, params = _owned(name)
+    ended = ", ".join("?" * len(TERMINAL))
+    (unfinished,) = c.execute(f"SELECT COUNT(*) FROM jobs WHERE {where} AND state NOT IN ({ended})",
+                              (*params, *sorted(TERMINAL))).fetchone()
+    if unfinished:
+        raise StoreError(f"tenant {name!r} has {unfinished} unfinished training job(s): cancel them "
+                         "first (`polyhead jobs cancel`)")
+    # what its name still holds goes with it, so a tenant made again with the name starts
+    # empty: its deleted tasks (restorable until now; gc frees their bytes) and its jobs
+    for table in ("deleted_versions", "deleted_tasks"):
+        c.execute(f"DELETE FROM {table} WHERE {where}", params)
+    c.execute(f"DELETE FROM job_events WHERE job_id IN (SELECT job_id FROM jobs WHERE {where})", params)
+    c.execute(f"DELETE FROM jobs WHERE {where}", params)
     gen = bump_auth(c)
     n = int(c.execute("UPDATE api_keys SET revoked_at = ?, changed = ? WHERE tenant = ? "
                       "AND revoked_at IS NULL", (now_iso(), gen, name)).rowcount)
@@ -258,9 +276,20 @@ def _key(row: tuple[str, str, str, str, str | None, str | None]) -> ApiKey:
 
 
 def add_audit(c: Conn, r: AuditRecord) -> None:
+    """One record; its caller-given text (the target, the outcome's message) with control
+    characters escaped, so no record reads as two lines, or as a terminal's escape (a
+    probe forged a whole `polyhead audit` line with a task id holding a newline)."""
     c.execute("INSERT INTO audit (at, key_id, tenant, rpc, task_id, version, outcome) "
               "VALUES (?, ?, ?, ?, ?, ?, ?)",
-              (r.at, r.key_id, r.tenant, r.rpc, r.task_id, r.version, r.outcome))
+              (r.at, r.key_id, r.tenant, r.rpc, printable(r.task_id), printable(r.version),
+               printable(r.outcome)))
+
+
+def printable(text: str) -> str:
+    """``text`` with each character that is not printable as its Python escape (\\n, \\x1b)."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def import_audit(c: Conn, records: list[AuditRecord]) -> int:

@@ -142,8 +142,8 @@ def _first_names(path: Path) -> list[str]:
     if path.suffix.lower() in (".jsonl", ".json"):
         try:
             row = json.loads(first)
-        except json.JSONDecodeError:
-            return []
+        except (json.JSONDecodeError, RecursionError):
+            return []  # the load names the problem
         return list(row) if isinstance(row, dict) else []
     cells = next(csv.reader([first])) if path.suffix.lower() == ".csv" else first.split("\t")
     return [c.strip() for c in cells]
@@ -161,6 +161,8 @@ def read_rows(path: Path, columns: Columns) -> Iterator[tuple[int, dict[Column, 
             yield from _read_delimited(path, columns, "," if suffix == ".csv" else "\t")
     except UnicodeDecodeError as e:
         raise DataError(path, None, f"not UTF-8 text: {e}") from e
+    except csv.Error as e:  # e.g. a field over csv's limit (131,072 characters), as it words it
+        raise DataError(path, None, f"not readable as CSV: {e}") from e
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[Column, Any]]]:
@@ -172,6 +174,8 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[Column, Any]]]:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(path, n, f"not valid JSON: {e.msg}") from e
+            except RecursionError:
+                raise DataError(path, n, "JSON nested too deeply") from None
             if not isinstance(row, dict):
                 raise DataError(path, n, "each line must be a JSON object")
             yield n, row
@@ -214,6 +218,7 @@ def load_dataset(path: str | Path, columns: Columns, labels: Sequence[str] | Non
     path = Path(path)
     examples: list[Example] = []
     types: set[str] = set()
+    allowed = None if labels is None else frozenset(labels)  # (a list's `in`: quadratic)
     for n, row in read_rows(path, columns):
         text = _field(path, n, row, columns.text, "text")
         pair = _field(path, n, row, columns.pair, "pair") if columns.pair is not None else None
@@ -227,8 +232,11 @@ def load_dataset(path: str | Path, columns: Columns, labels: Sequence[str] | Non
                 raise DataError(path, n, str(e)) from e
             if not label:
                 raise DataError(path, n, "empty label")
-            if labels is not None and label not in labels:
-                raise DataError(path, n, f"label {label!r} is not one of {list(labels)}")
+            if allowed is not None and label not in allowed:
+                assert labels is not None
+                shown = list(labels)[:10]
+                more = f" and {len(labels) - 10:,} more" if len(labels) > 10 else ""
+                raise DataError(path, n, f"label {label!r:.80} is not one of {shown}{more}")
             types.add(kind)
         examples.append(Example(text, pair, label))
     if not examples:
