@@ -278,6 +278,42 @@ def test_deleting_a_tenant_waits_for_its_jobs_then_drops_them(book: JobBook) -> 
         book.job(job.job_id)
 
 
+def test_what_a_job_would_fail_on_is_refused_before_it_trains(location: str) -> None:
+    """A probe's jobs trained, then failed at publish: labels no head may carry (control
+    characters, more than max_outputs), lr=inf, and a new task past max_tasks; epochs=1e9
+    and lora_alpha=inf queued. Each is now refused at UploadDataset or CreateJob."""
+    from polyhead.server._private.auth import Caller
+    from polyhead.server._private.errors import InvalidInput
+    from polyhead.server._private.training import TrainingService
+    from polyhead.server.config import ServerConfig
+    from polyhead.v1 import polyhead_pb2 as pb
+
+    Store(location)
+    service = TrainingService(ServerConfig(store=location, max_outputs=3))
+    admin = Caller("default", "token", frozenset({"admin"}))
+    first = pb.DatasetChunk(filename="t.tsv")
+    with pytest.raises(InvalidInput, match=r"t\.tsv: labels must be non-empty printable .*'neg\\x1b"):
+        service._store_dataset(first, b"text\tlabel\na\tneg\x1b[31m\nb\tpos\n", admin)
+    with pytest.raises(InvalidInput, match="4 labels; the server's max_outputs is 3"):
+        service._store_dataset(first, b"text\tlabel\na\tw\nb\tx\nc\ty\nd\tz\n", admin)
+    ds = service._store_dataset(first, tsv(), admin).dataset_id
+
+    def job(task: str = "t", **options: str) -> pb.CreateJobRequest:
+        return pb.CreateJobRequest(task_id=task, method="lora", train_dataset=ds, dev_fraction=0.25,
+                                   options=options)
+
+    for options, problem in (({"lr": "inf"}, r"lr must be in \(0, 1\]"),
+                             ({"epochs": "1e9"}, r"epochs must be in \(0, 1000\]"),
+                             ({"lora_alpha": "inf"}, "alpha must be a finite number > 0"),
+                             ({"weight_decay": "inf"}, r"weight decay must be in \[0, 10\]")):
+        with pytest.raises(InvalidInput, match=problem):
+            service._spec(job(**options), admin)
+    service.book.catalog.create_tenant("acme", max_tasks=0)
+    with pytest.raises(QuotaExceeded, match="max_tasks = 0 reached"):
+        service._spec(job("acme/new"), admin)
+    assert service._spec(job(), admin)["train"] == ds
+
+
 def test_a_schema_5_catalog_gets_its_dataset_owners(location: str) -> None:
     """Owners from the jobs that named each dataset (the job's tenant), and the default
     tenant for a dataset no job named, on both backends."""

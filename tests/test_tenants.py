@@ -1027,7 +1027,7 @@ def test_the_commands_on_a_store_and_over_grpc(no_ray, tmp_path, tiny_bert_dir, 
             code, out, _ = await asyncio.to_thread(run, "keys", "revoke", key_id)
             assert code == 0 and "\trevoked\t" in out
             code, out, _ = await asyncio.to_thread(run, "tenants", "delete", "beta")
-            assert (code, out.strip()) == (0, "deleted tenant beta (0 key(s) revoked)")
+            assert (code, out.strip()) == (0, "deleted tenant beta (0 keys revoked)")
             code, out, _ = await asyncio.to_thread(run, "tenants", "list")
             assert [ln.split("\t")[0] for ln in out.splitlines()] == ["acme", "default"]
             code, _, err = await asyncio.to_thread(run, "tenants", "delete", "ghost")

@@ -30,7 +30,8 @@ class LoraConfig(BaseConfig):
         name = "LoraConfig"
         require(isinstance(self.r, int) and 1 <= self.r <= 512, name,
                 f"r must be in [1, 512], got {self.r!r}")
-        require(isinstance(self.alpha, (int, float)) and self.alpha > 0, name, "alpha must be > 0")
+        require(isinstance(self.alpha, (int, float)) and 0 < self.alpha < math.inf, name,
+                "alpha must be a finite number > 0")
         require(len(self.targets) > 0, name, "targets is empty")
         bad = [t for t in self.targets if t not in LAYER_LINEARS]
         require(not bad, name, f"unknown targets {bad}; choose from {list(LAYER_LINEARS)}")

@@ -367,6 +367,15 @@ class Catalog(abc.ABC):
 
         return self._reading(body)
 
+    def check_room(self, task_id: str) -> None:
+        """What a publish to ``task_id`` would be refused for before any bytes: its tenant
+        missing (NotFoundError) or, for a new task, at max_tasks (QuotaExceeded)."""
+        def body(c: Conn) -> None:
+            exists = c.execute("SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+            tenancy.check_publish(c, task_id, 0, new_task=exists is None)
+
+        self._reading(body)
+
     def list_tasks(self) -> list[TaskInfo]:
         """Every task with its latest version, sorted by id."""
         def body(c: Conn) -> list[TaskInfo]:

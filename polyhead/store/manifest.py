@@ -7,6 +7,7 @@ import dataclasses
 import datetime
 import math
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 from polyhead.engine.artifact import TaskArtifact
@@ -149,6 +150,16 @@ def validate_task_id(task_id: str) -> str:
     return task_id
 
 
+LABEL_RULE = (f"labels must be non-empty printable strings of at most {MAX_LABEL_CHARS} characters "
+              "(no NUL, newline or other control character)")
+
+
+def bad_label(labels: Sequence[object]) -> object | None:
+    """The first of ``labels`` that cannot name a head output (LABEL_RULE), or None."""
+    return next((x for x in labels if not isinstance(x, str) or not x or len(x) > MAX_LABEL_CHARS
+                 or not x.isprintable()), None)
+
+
 def check_labels(labels: list[str] | None, regression: bool, head: HeadConfig) -> None:
     """Labels name the head's outputs: C distinct names, or none for 1-output regression."""
     if regression:
@@ -160,12 +171,9 @@ def check_labels(labels: list[str] | None, regression: bool, head: HeadConfig) -
         raise ArtifactError("labels", "a classification task needs a label list")
     if len(labels) != head.num_outputs:
         raise ArtifactError("labels", f"{len(labels)} labels for a head of {head.num_outputs} outputs")
-    bad = [x for x in labels if not isinstance(x, str) or not x or len(x) > MAX_LABEL_CHARS
-           or not x.isprintable()]
-    if bad:
-        raise ArtifactError("labels", f"labels must be non-empty printable strings of at most "
-                            f"{MAX_LABEL_CHARS} characters (no NUL, newline or other control "
-                            f"character), got {bad[0]!r:.80}")
+    bad = bad_label(labels)
+    if bad is not None:
+        raise ArtifactError("labels", f"{LABEL_RULE}, got {bad!r:.80}")
     dups = sorted(x for x, n in collections.Counter(labels).items() if n > 1)
     if dups:
         raise ArtifactError("duplicate_labels", f"label names repeat: {dups[:5]}")

@@ -22,6 +22,7 @@ __all__ = ["HEAD_TYPES", "POOLERS", "PRECISIONS", "RECIPES", "SELECTS", "STRUCTU
 OptionsT = TypeVar("OptionsT", bound=MethodOptions)
 RECIPES = ("servable", "paper")
 SELECTS = ("last", "best")
+MAX_EPOCHS = 1000  # past it a run is a mistake (a probe's epochs=1e9 queued a job)
 POOLERS = ("train", "frozen")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -107,14 +108,16 @@ class TrainConfig:
     def _check_shared(self, dense: bool, recipes: tuple[str, ...]) -> None:
         check = _check
         check(self.recipe in RECIPES, f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
-        check(self.epochs is None or self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
-        check(self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}")
+        check(self.epochs is None or 0 < self.epochs <= MAX_EPOCHS,
+              f"epochs must be in (0, {MAX_EPOCHS}], got {self.epochs}")
+        check(self.lr is None or 0 < self.lr <= 1, f"lr must be in (0, 1], got {self.lr}")
         check(self.warmup is None or 0 <= self.warmup < 1, f"warmup must be in [0, 1), got {self.warmup}")
         check(self.batch_size is None or self.batch_size >= 1,
               f"batch size must be >= 1, got {self.batch_size}")
         check(8 <= self.max_length <= 4096, f"max length must be in [8, 4096], got {self.max_length}")
         check(self.max_train is None or self.max_train >= 2, "max-train must be >= 2")
-        check(self.weight_decay is None or self.weight_decay >= 0, "weight decay must be >= 0")
+        check(self.weight_decay is None or 0 <= self.weight_decay <= 10,
+              f"weight decay must be in [0, 10], got {self.weight_decay}")
         check(self.select in SELECTS, f"select must be one of {', '.join(SELECTS)}, got {self.select!r}")
         check(self.head_type in HEAD_TYPES, f"head type must be one of {', '.join(HEAD_TYPES)}")
         check(self.head_init is None or self.head_init in head_inits(),
@@ -125,7 +128,7 @@ class TrainConfig:
         check(self.recipe in recipes,
               f"{self.method} has only the {' and '.join(recipes)} recipe (give --recipe {recipes[0]})")
         check(0 < self.head_init_frac < 1, "head-init fraction must be in (0, 1)")
-        check(self.head_init_lr > 0, "head-init lr must be > 0")
+        check(0 < self.head_init_lr <= 1, f"head-init lr must be in (0, 1], got {self.head_init_lr}")
         check(self.pool >= 1, f"pool must be >= 1, got {self.pool}")
         check(self.precision in PRECISIONS,
               f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")

@@ -19,6 +19,7 @@ from polyhead.server.config import MB, ServerConfig
 from polyhead.store.catalog import open_catalog
 from polyhead.store.errors import NotFoundError
 from polyhead.store.jobs import STATES, TERMINAL, DatasetRecord, JobBook, JobEventRecord, JobRecord
+from polyhead.store.manifest import LABEL_RULE, bad_label
 from polyhead.trainer.data import DataError
 from polyhead.trainer.uploads import ColumnFlags, dataset_id, format_of, read_dataset
 from polyhead.v1 import polyhead_pb2 as pb
@@ -70,9 +71,15 @@ class TrainingService:
             ds = read_dataset(first.filename, data, flags, labels)
         except DataError as e:
             raise InvalidInput(f"dataset {e}") from None
+        cfg = self.config
+        if ds.labels is not None:  # what a job trained on it could publish: now, not after training
+            if (bad := bad_label(ds.labels)) is not None:
+                raise InvalidInput(f"dataset {first.filename:.80}: {LABEL_RULE}, got {bad!r:.80}")
+            if len(ds.labels) > cfg.max_outputs:
+                raise InvalidInput(f"dataset {first.filename:.80}: {len(ds.labels):,} labels; the "
+                                   f"server's max_outputs is {cfg.max_outputs:,}")
         record = DatasetRecord(dataset_id(data, fmt, flags, labels), fmt, flags.to_dict(), ds.labels,
                                len(ds.examples), ds.inputs, len(data), _now())
-        cfg = self.config
         return self.book.put_dataset(record, data, caller.tenant,
                                      quota_bytes=int(cfg.max_tenant_datasets_mb * MB),
                                      keep_s=cfg.dataset_retention_days * 86400)
@@ -100,6 +107,7 @@ class TrainingService:
             parse_job(r.method, options)
         except ValueError as e:
             raise InvalidInput(str(e)) from None
+        self.book.catalog.check_room(r.task_id)  # a new task past max_tasks: refused now
         train = self.book.dataset(r.train_dataset, _scope(caller))
         if r.dev_dataset:
             _check_dev(train, self.book.dataset(r.dev_dataset, _scope(caller)))
