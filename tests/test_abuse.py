@@ -254,6 +254,40 @@ def test_http_body_is_parsed_off_the_event_loop(monkeypatch: pytest.MonkeyPatch)
     assert thread != loop_thread and not on_a_loop
 
 
+def stalled_request(first: bytes, trickle: bool) -> Request:
+    """A request whose body's first chunk arrives, then nothing (or one byte at a time)."""
+    sent = [first]
+
+    async def receive() -> dict[str, Any]:
+        if sent:
+            return {"type": "http.request", "body": sent.pop(), "more_body": True}
+        if not trickle:
+            await asyncio.Event().wait()  # the client never sends the rest
+        await asyncio.sleep(0.001)
+        return {"type": "http.request", "body": b" ", "more_body": True}
+
+    return Request(http_request(length=1000)[0].scope, receive)
+
+
+@pytest.mark.parametrize("trickle", [False, True], ids=["stalled", "trickling"])
+def test_http_body_that_stops_arriving_is_answered_408(trickle: bool) -> None:
+    """2,100 sockets that sent `{` of a 1000-byte body held every replica slot for good."""
+    replica = Replica()
+
+    async def call() -> Any:
+        request = stalled_request(b"{", trickle)
+        limits = HttpLimits(max_body=1 << 20, body_timeout_s=0.05)
+        handler = http_classify(replica.Classify, request, None, limits)
+        return await asyncio.wait_for(handler, 5)  # only so that a hang fails, not a bound
+
+    response = asyncio.run(call())
+    assert response.status_code == 408
+    out = json.loads(response.body)
+    assert out["code"] == "REQUEST_TIMEOUT" and "within 0.05 s" in out["message"]
+    assert response.headers["connection"] == "close"
+    assert replica.store.resolved == []
+
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),

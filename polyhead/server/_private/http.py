@@ -4,7 +4,8 @@ The body has ClassifyRequest's fields (``{"task_id": ..., "inputs": [{"text": ..
 the answer is ClassifyResponse as JSON. It goes through the same RPC method as gRPC (auth
 from the ``Authorization`` header, the same checks); a gRPC status becomes an HTTP status.
 Work is done in the order of its cost: the token (from the header) before the body is read,
-the body's size (Content-Length, then a capped read) before it is parsed, the number of
+the body's size (Content-Length, then a capped read, within a deadline: 408 for a body that
+stops arriving) before it is parsed, the number of
 inputs (counted in the decoded JSON) before the message is built; any body that is not a
 ClassifyRequest as JSON is a 400, never a 500. Parsing runs on an executor's thread, not
 the replica's event loop, which keeps serving gRPC meanwhile.
@@ -49,12 +50,17 @@ class InvalidBody(Exception):
     pass
 
 
+class BodyTimeout(Exception):
+    pass
+
+
 @dataclasses.dataclass(frozen=True)
 class HttpLimits:
     """What a request may cost before it reaches Classify (defaults: ServerConfig's)."""
 
     max_body: int = MAX_BODY_BYTES  # bytes: Content-Length, then a capped read
     max_inputs: int = 64  # counted in the decoded JSON, before ParseDict builds the message
+    body_timeout_s: float = 30.0  # the whole body, not each chunk: a trickle is cut off too
 
 
 class HttpContext:
@@ -86,18 +92,24 @@ def too_large(what: str, limit: int) -> JSONResponse:
                          "message": f"{what}; the limit is {limit} bytes"}, status_code=413)
 
 
-async def read_body(request: Any, limit: int) -> bytes:
+async def read_body(request: Any, limit: int, timeout_s: float) -> bytes:
     """The body, refused (BodyTooLarge) by its Content-Length or once ``limit`` bytes were
-    read: a client's claim is never trusted, and nothing past the limit is held."""
+    read: a client's claim is never trusted, and nothing past the limit is held; BodyTimeout
+    unless all of it arrived within ``timeout_s``."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"Content-Length {int(declared)}")
     chunks, n = [], 0
-    async for chunk in request.stream():
-        n += len(chunk)
-        if n > limit:
-            raise BodyTooLarge(f"body over {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                n += len(chunk)
+                if n > limit:
+                    raise BodyTooLarge(f"body over {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTimeout(f"body: {n} bytes arrived in {timeout_s:g} s; the whole body must "
+                          f"arrive within {timeout_s:g} s") from None
     return b"".join(chunks)
 
 
@@ -135,11 +147,14 @@ async def http_classify(classify: Callable[[Any, Any], Awaitable[pb.ClassifyResp
         except RequestError as e:
             return error(e.code, str(e))
     try:
-        raw = await read_body(request, limits.max_body)
+        raw = await read_body(request, limits.max_body, limits.body_timeout_s)
         message = await asyncio.get_running_loop().run_in_executor(
             parse_on, parse_body, raw, limits.max_inputs)
     except BodyTooLarge as e:
         return too_large(str(e), limits.max_body)
+    except BodyTimeout as e:  # RFC 9110 15.5.9: close the connection the body was late on
+        return JSONResponse({"code": "REQUEST_TIMEOUT", "message": str(e)}, status_code=408,
+                            headers={"Connection": "close"})
     except InvalidBody as e:
         return error(grpc.StatusCode.INVALID_ARGUMENT, str(e))
     except RequestError as e:

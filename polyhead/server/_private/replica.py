@@ -65,7 +65,8 @@ class Polyhead:
         self.auth = Auth(config.registry_token(), config.inference_token_value(), keys,
                          on_refused=self.metrics.auth_failure)
         self.streams = StreamLimits(config.stream_idle_s, config.max_streams_per_client)
-        self.http_limits = HttpLimits(int(config.max_request_mb * MB), config.max_inputs)
+        self.http_limits = HttpLimits(int(config.max_request_mb * MB), config.max_inputs,
+                                      config.http_body_timeout_s)
         # HTTP bodies are parsed here, one at a time: a flood of large ones takes one
         # thread's share of the GIL from the event loop, not one per request
         self.http_parse = ThreadPoolExecutor(1, "polyhead-http")
