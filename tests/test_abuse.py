@@ -24,12 +24,13 @@ from starlette.requests import Request
 
 from polyhead.engine.engine import Encoded
 from polyhead.engine.errors import ArtifactError
+from polyhead.server._private import http as http_route
 from polyhead.server._private import registry_rpcs as registry
 from polyhead.server._private.auth import Auth
 from polyhead.server._private.decoders import MalformedRequest, Unparsed, _lenient, limit_for
 from polyhead.server._private.errors import status_for
 from polyhead.server._private.gate import StreamAborted, rpc, rpc_stream, rpc_upload
-from polyhead.server._private.http import http_classify
+from polyhead.server._private.http import HttpLimits, http_classify
 from polyhead.server._private.resolver import BoundedCache, Resolver
 from polyhead.server._private.services import InferenceService, Parts
 from polyhead.server._private.streams import SETTLE_MESSAGES, OneLineAborts, StreamLimits, client_of
@@ -107,7 +108,7 @@ class Replica:
     async def http(self, request: Request) -> Any:
         return await http_classify(
             self.Classify, request, lambda ctx: self.auth.check("inference", ctx.invocation_metadata()),
-            max_body=1 << 20)
+            HttpLimits(max_body=1 << 20))
 
 
 class Context:
@@ -213,6 +214,78 @@ def test_http_body_over_the_limit_is_refused_before_it_is_read_or_parsed() -> No
     response = asyncio.run(replica.http(request))
     assert response.status_code == 413 and "limit" in json.loads(response.body)["message"]
     assert len(reads) <= 5  # 4 chunks fill the 1 MB limit, the 5th passes it; 59 never read
+
+
+def test_http_too_many_inputs_are_refused_before_the_message_is_built(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """580,000 inputs took ParseDict seconds to build before the count was checked."""
+    built: list[int] = []
+    parse_dict = http_route.json_format.ParseDict
+
+    def spy(body: Any, message: Any) -> Any:
+        built.append(len(body.get("inputs", [])))
+        return parse_dict(body, message)
+
+    monkeypatch.setattr(http_route.json_format, "ParseDict", spy)
+    inputs = [{"text": "a"}] * 65
+    status, out = post(Replica(), json.dumps({"task_id": "sentiment", "inputs": inputs}).encode())
+    assert status == 400 and out["code"] == "INVALID_ARGUMENT"
+    assert "65 inputs" in out["message"] and "the limit is 64" in out["message"]
+    assert built == []  # refused from the decoded JSON's count
+    post(Replica(), json.dumps({"task_id": "sentiment", "inputs": inputs[:64]}).encode())
+    assert built == [64]  # at the limit the message is built (the spy sees it)
+
+
+def test_http_body_is_parsed_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsing on the loop stalled every gRPC call on the replica while it ran."""
+    seen: list[tuple[str, bool]] = []
+    parse_body = http_route.parse_body
+
+    def spy(raw: bytes, max_inputs: int) -> pb.ClassifyRequest:
+        seen.append((threading.current_thread().name, asyncio._get_running_loop() is not None))
+        return parse_body(raw, max_inputs)
+
+    monkeypatch.setattr(http_route, "parse_body", spy)
+    loop_thread = threading.current_thread().name  # asyncio.run runs the loop here
+    status, _ = post(Replica(), b'{"task_id": "sentiment", "inputs": [{"text": "a"}]}')
+    assert status == 404  # parsed, then looked up: the stub store has no tasks
+    assert len(seen) == 1
+    thread, on_a_loop = seen[0]
+    assert thread != loop_thread and not on_a_loop
+
+
+def stalled_request(first: bytes, trickle: bool) -> Request:
+    """A request whose body's first chunk arrives, then nothing (or one byte at a time)."""
+    sent = [first]
+
+    async def receive() -> dict[str, Any]:
+        if sent:
+            return {"type": "http.request", "body": sent.pop(), "more_body": True}
+        if not trickle:
+            await asyncio.Event().wait()  # the client never sends the rest
+        await asyncio.sleep(0.001)
+        return {"type": "http.request", "body": b" ", "more_body": True}
+
+    return Request(http_request(length=1000)[0].scope, receive)
+
+
+@pytest.mark.parametrize("trickle", [False, True], ids=["stalled", "trickling"])
+def test_http_body_that_stops_arriving_is_answered_408(trickle: bool) -> None:
+    """2,100 sockets that sent `{` of a 1000-byte body held every replica slot for good."""
+    replica = Replica()
+
+    async def call() -> Any:
+        request = stalled_request(b"{", trickle)
+        limits = HttpLimits(max_body=1 << 20, body_timeout_s=0.05)
+        handler = http_classify(replica.Classify, request, None, limits)
+        return await asyncio.wait_for(handler, 5)  # only so that a hang fails, not a bound
+
+    response = asyncio.run(call())
+    assert response.status_code == 408
+    out = json.loads(response.body)
+    assert out["code"] == "REQUEST_TIMEOUT" and "within 0.05 s" in out["message"]
+    assert response.headers["connection"] == "close"
+    assert replica.store.resolved == []
 
 
 JSON = st.recursive(

@@ -4,6 +4,7 @@ HTTP/JSON route, and Classify answering while another process holds the catalog'
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from tests.test_serving import artifact, free_port, ray_session
 pytestmark = pytest.mark.integration
 TOKEN = "path-registry-token"
 READ_TOKEN = "path-inference-token"
+BODY_TIMEOUT_S = 5.0  # the app's http_body_timeout_s
 
 
 class App:
@@ -64,7 +66,8 @@ def app(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                                                  grpc_servicer_functions=GRPC_SERVICERS))
             config = ServerConfig(store=str(store), backbone=str(tiny_bert_dir),
                                   token=Secret(TOKEN), inference_token=Secret(READ_TOKEN),
-                                  max_inputs=16, max_batch_rows=32, seed_examples=False)
+                                  max_inputs=16, max_batch_rows=32, seed_examples=False,
+                                  http_body_timeout_s=BODY_TIMEOUT_S)
             serve.run(app_for(config, num_replicas=1, num_cpus=1), name=APP_NAME,
                       route_prefix="/")
             yield App(grpc_port, http_port, store)
@@ -170,6 +173,22 @@ def test_http_classify(app: App, task: str) -> None:
     assert app.post(body, path="/v1/other")[0] == 404
     status, out = app.post(None, path="/v1/health")  # type: ignore[arg-type]  # no body: a GET
     assert status == 200 and out["status"] == "SERVING" and out["fingerprint"]
+
+
+def test_http_body_that_stops_arriving_is_answered_408_through_the_proxy(app: App) -> None:
+    """The replica reads the body from Serve's HTTP proxy; a client that sent `{` of 1000
+    bytes and stopped held a replica slot until it closed the socket."""
+    head = (f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {READ_TOKEN}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+    with socket.create_connection(("127.0.0.1", app.http), timeout=120) as s:  # a hang guard
+        s.sendall(head.encode())
+        answer = b""
+        while chunk := s.recv(65536):  # the server closes the connection after its answer
+            answer += chunk
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.split()[1] == b"408", answer[:300]
+    out = json.loads(body)
+    assert out["code"] == "REQUEST_TIMEOUT" and f"within {BODY_TIMEOUT_S:g} s" in out["message"]
 
 
 def test_classify_answers_while_the_catalog_is_locked(app: App, task: str, tiny_bert) -> None:

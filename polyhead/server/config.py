@@ -69,6 +69,9 @@ class ServerConfig:
     max_sparse_density: float = 1.0  # largest sparse density a publish may have
     delete_retention_days: float = 7.0  # a deleted task stays restorable this long
     max_request_mb: float = 8.0  # an HTTP body (checked before it is parsed)
+    # an HTTP body not received whole within this is answered 408: until then it holds one
+    # of the replica's max_ongoing_requests (a client that stops sending would hold it forever)
+    http_body_timeout_s: float = 30.0
     stream_idle_s: float = 60.0  # a ClassifyStream with no message for this long is closed
     max_streams_per_client: int = 64  # ClassifyStream calls one client (address, API key) holds open
     # Training jobs (polyhead.server._private.scheduler): each holds job_cpus, job_gpus and
@@ -90,6 +93,7 @@ class ServerConfig:
         positive = ("max_batch_rows", "max_batch_tokens", "fair_batch_rows", "max_inputs",
                     "max_text_chars", "device_budget_mb",
                     "host_budget_mb", "max_artifact_mb", "watch_interval_s", "max_request_mb",
+                    "http_body_timeout_s",
                     "stream_idle_s", "max_streams_per_client", "max_jobs", "job_cpus",
                     "job_lease_s", "max_dataset_mb", "max_tenant_datasets_mb", "dataset_retention_days")
         for name in positive:

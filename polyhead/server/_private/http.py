@@ -4,14 +4,20 @@ The body has ClassifyRequest's fields (``{"task_id": ..., "inputs": [{"text": ..
 the answer is ClassifyResponse as JSON. It goes through the same RPC method as gRPC (auth
 from the ``Authorization`` header, the same checks); a gRPC status becomes an HTTP status.
 Work is done in the order of its cost: the token (from the header) before the body is read,
-the body's size (Content-Length, then a capped read) before it is parsed; any body that is
-not a ClassifyRequest as JSON is a 400, never a 500.
+the body's size (Content-Length, then a capped read, within a deadline: 408 for a body that
+stops arriving) before it is parsed, the number of
+inputs (counted in the decoded JSON) before the message is built; any body that is not a
+ClassifyRequest as JSON is a 400, never a 500. Parsing runs on an executor's thread, not
+the replica's event loop, which keeps serving gRPC meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from typing import Any
 
 import grpc
@@ -19,6 +25,7 @@ from google.protobuf import json_format
 from starlette.responses import JSONResponse
 
 from polyhead.server._private.errors import RequestError
+from polyhead.server._private.inference import check_count
 from polyhead.v1 import polyhead_pb2 as pb
 
 ROUTE = "/v1/classify"
@@ -41,6 +48,19 @@ class BodyTooLarge(Exception):
 
 class InvalidBody(Exception):
     pass
+
+
+class BodyTimeout(Exception):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpLimits:
+    """What a request may cost before it reaches Classify (defaults: ServerConfig's)."""
+
+    max_body: int = MAX_BODY_BYTES  # bytes: Content-Length, then a capped read
+    max_inputs: int = 64  # counted in the decoded JSON, before ParseDict builds the message
+    body_timeout_s: float = 30.0  # the whole body, not each chunk: a trickle is cut off too
 
 
 class HttpContext:
@@ -72,27 +92,37 @@ def too_large(what: str, limit: int) -> JSONResponse:
                          "message": f"{what}; the limit is {limit} bytes"}, status_code=413)
 
 
-async def read_body(request: Any, limit: int) -> bytes:
+async def read_body(request: Any, limit: int, timeout_s: float) -> bytes:
     """The body, refused (BodyTooLarge) by its Content-Length or once ``limit`` bytes were
-    read: a client's claim is never trusted, and nothing past the limit is held."""
+    read: a client's claim is never trusted, and nothing past the limit is held; BodyTimeout
+    unless all of it arrived within ``timeout_s``."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"Content-Length {int(declared)}")
     chunks, n = [], 0
-    async for chunk in request.stream():
-        n += len(chunk)
-        if n > limit:
-            raise BodyTooLarge(f"body over {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                n += len(chunk)
+                if n > limit:
+                    raise BodyTooLarge(f"body over {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTimeout(f"body: {n} bytes arrived in {timeout_s:g} s; the whole body must "
+                          f"arrive within {timeout_s:g} s") from None
     return b"".join(chunks)
 
 
-def parse_body(raw: bytes) -> pb.ClassifyRequest:
-    """ClassifyRequest from JSON; InvalidBody for anything else (null, 123, deep nesting)."""
+def parse_body(raw: bytes, max_inputs: int) -> pb.ClassifyRequest:
+    """ClassifyRequest from JSON; InvalidBody for anything else (null, 123, deep nesting),
+    InvalidInput for over ``max_inputs`` inputs, before ParseDict (seconds for 500,000)."""
     try:
         body = json.loads(raw)
         if not isinstance(body, dict):
             raise ValueError(f"a JSON object is needed, got {type(body).__name__}")
+        inputs = body.get("inputs")
+        if isinstance(inputs, list):
+            check_count(len(inputs), max_inputs)
         return json_format.ParseDict(body, pb.ClassifyRequest())
     except _NOT_A_BODY as e:
         reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:200]
@@ -101,8 +131,10 @@ def parse_body(raw: bytes) -> pb.ClassifyRequest:
 
 async def http_classify(classify: Callable[[Any, Any], Awaitable[pb.ClassifyResponse]],
                         request: Any, authorize: Callable[[Any], object] | None = None,
-                        max_body: int = MAX_BODY_BYTES) -> JSONResponse:
-    """``authorize(ctx)`` raises (a RequestError) unless the header's token may classify."""
+                        limits: HttpLimits = HttpLimits(),
+                        parse_on: Executor | None = None) -> JSONResponse:
+    """``authorize(ctx)`` raises (a RequestError) unless the header's token may classify;
+    the body is parsed on ``parse_on`` (None: the loop's default executor)."""
     if request.url.path.rstrip("/") != ROUTE:
         return error(grpc.StatusCode.NOT_FOUND, f"no route {request.url.path[:200]}; POST {ROUTE}")
     if request.method != "POST":
@@ -115,11 +147,18 @@ async def http_classify(classify: Callable[[Any, Any], Awaitable[pb.ClassifyResp
         except RequestError as e:
             return error(e.code, str(e))
     try:
-        message = parse_body(await read_body(request, max_body))
+        raw = await read_body(request, limits.max_body, limits.body_timeout_s)
+        message = await asyncio.get_running_loop().run_in_executor(
+            parse_on, parse_body, raw, limits.max_inputs)
     except BodyTooLarge as e:
-        return too_large(str(e), max_body)
+        return too_large(str(e), limits.max_body)
+    except BodyTimeout as e:  # RFC 9110 15.5.9: close the connection the body was late on
+        return JSONResponse({"code": "REQUEST_TIMEOUT", "message": str(e)}, status_code=408,
+                            headers={"Connection": "close"})
     except InvalidBody as e:
         return error(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+    except RequestError as e:
+        return error(e.code, str(e))
     out = await classify(message, ctx)
     if ctx.code is not grpc.StatusCode.OK:
         return error(ctx.code, ctx.details)

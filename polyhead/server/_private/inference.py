@@ -44,8 +44,7 @@ def parse_inputs(request: pb.ClassifyRequest, max_inputs: int, max_chars: int) -
     n = len(request.inputs)
     if n == 0:
         raise InvalidInput("inputs: a Classify request needs at least one input")
-    if n > max_inputs:
-        raise InvalidInput(f"inputs: {n} inputs in one request; the limit is {max_inputs}")
+    check_count(n, max_inputs)
     out: list[TextInput] = []
     for i, x in enumerate(request.inputs):
         texts = (x.text, x.pair) if x.HasField("pair") else (x.text,)
@@ -58,6 +57,13 @@ def parse_inputs(request: pb.ClassifyRequest, max_inputs: int, max_chars: int) -
         texts = tuple(t[:max_chars] for t in texts)
         out.append(texts[0] if len(texts) == 1 else (texts[0], texts[1]))
     return out
+
+
+def check_count(n: int, max_inputs: int) -> None:
+    """InvalidInput for more than ``max_inputs`` inputs (the HTTP route counts them in the
+    JSON, before a message is built)."""
+    if n > max_inputs:
+        raise InvalidInput(f"inputs: {n} inputs in one request; the limit is {max_inputs}")
 
 
 def cut_inputs(request: pb.ClassifyRequest, max_chars: int) -> list[bool]:

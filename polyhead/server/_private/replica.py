@@ -25,7 +25,7 @@ from polyhead.server._private.admin_rpcs import AdminService
 from polyhead.server._private.auth import Auth, Caller, KeyRing
 from polyhead.server._private.batcher import Batcher, batch_queue
 from polyhead.server._private.gate import StreamAborted, rpc, rpc_stream, rpc_upload, rpc_watch
-from polyhead.server._private.http import HEALTH_ROUTE, http_classify, http_health
+from polyhead.server._private.http import HEALTH_ROUTE, HttpLimits, http_classify, http_health
 from polyhead.server._private.inference import BatchStats, forward
 from polyhead.server._private.metrics import ServerMetrics
 from polyhead.server._private.resolver import Resolver
@@ -65,6 +65,11 @@ class Polyhead:
         self.auth = Auth(config.registry_token(), config.inference_token_value(), keys,
                          on_refused=self.metrics.auth_failure)
         self.streams = StreamLimits(config.stream_idle_s, config.max_streams_per_client)
+        self.http_limits = HttpLimits(int(config.max_request_mb * MB), config.max_inputs,
+                                      config.http_body_timeout_s)
+        # HTTP bodies are parsed here, one at a time: a flood of large ones takes one
+        # thread's share of the GIL from the event loop, not one per request
+        self.http_parse = ThreadPoolExecutor(1, "polyhead-http")
         logger.addFilter(OneLineAborts(StreamAborted))
         bank = AdapterBank(
             StoreSource(store, engine.spec), engine, device_budget=int(config.device_budget_mb * MB),
@@ -116,7 +121,7 @@ class Polyhead:
             return await http_health(self.Health, request)
         return await http_classify(
             self.Classify, request, lambda ctx: self.auth.check("classify", ctx.invocation_metadata()),
-            max_body=int(self.parts.config.max_request_mb * MB))
+            self.http_limits, self.http_parse)
 
     # -- Registry --------------------------------------------------------------------------
 
