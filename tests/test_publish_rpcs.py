@@ -126,6 +126,41 @@ def test_import_peft_b5_alpha_1e30_is_refused(no_ray, tmp_path, tiny_bert_dir, t
     asyncio.run(main())
 
 
+def test_import_peft_probe_statuses(no_ray, tmp_path, tiny_bert_dir, tiny_bert) -> None:
+    """Probe: ImportPeft took a trained pooler (modules_to_save) and dropped it; a 0-D
+    classifier was INTERNAL; a wrong rank or NaN in lora_B was FAILED_PRECONDITION
+    'peft_base_model'. Each is the adapter's own fault: INVALID_ARGUMENT, its check named."""
+    import safetensors.torch
+
+    from tests.test_store import save_peft
+
+    folder = tmp_path / "adapter"
+    save_peft(tiny_bert_dir, folder, num_labels=2)
+    cfg = (folder / "adapter_config.json").read_bytes()
+    state = safetensors.torch.load((folder / "adapter_model.safetensors").read_bytes())
+    pooler, query = "base_model.model.bert.pooler.dense.modules_to_save.default", \
+        "base_model.model.bert.encoder.layer.0.attention.self.query"
+    cases = {
+        "peft_tensors": {f"{pooler}.weight": torch.randn(32, 32), f"{pooler}.bias": torch.randn(32)},
+        "'tensor_shape' failed: base_model.model.classifier.weight: shape (), expected (num_labels, 32)":
+            {"base_model.model.classifier.weight": torch.tensor(1.0)},
+        "'tensor_shape' failed: " + query: {f"{query}.lora_A.weight": torch.randn(8, 32)},
+        "'non_finite' failed: " + query: {f"{query}.lora_B.weight": torch.full((32, 4), float("nan"))},
+    }
+
+    async def main() -> None:
+        r = await in_process_replica(config(tmp_path, tiny_bert_dir))
+        for said, extra in cases.items():
+            model = safetensors.torch.save({**state, **extra})
+            req = pb.ImportPeftRequest(task_id="nli", adapter_config=cfg, adapter_model=model)
+            code, details = await status(r.ImportPeft(req))
+            assert (code, said in details) == (grpc.StatusCode.INVALID_ARGUMENT, True), details
+        listed = await r.ListTasks(pb.ListTasksRequest())
+        assert [t.task_id for t in listed.tasks] == []
+
+    asyncio.run(main())
+
+
 def test_restore_task_needs_the_registry_token(no_ray, tmp_path, tiny_bert_dir) -> None:
     from polyhead.server.config import Secret
 

@@ -263,7 +263,12 @@ class RegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ImportPeft(self, request, context):
-        """Import a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors).
+        """Import a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors; task_type
+        SEQ_CLS, the classifier in modules_to_save). It may hold lora_A/lora_B on the encoder
+        layers' Linears and the classifier head, nothing else: any other tensor (a trained pooler,
+        lora_embedding_*) is refused, INVALID_ARGUMENT with check 'peft_tensors', as is a malformed
+        tensor ('tensor_shape', 'non_finite'). An adapter trained on another backbone:
+        FAILED_PRECONDITION, check 'peft_base_model'.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
