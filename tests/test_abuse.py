@@ -736,6 +736,70 @@ def test_a_key_revoked_or_expired_mid_stream_ends_its_stream(monkeypatch: pytest
     assert ctx.details().startswith(f"message 3: API key {key_id} expired at ")
 
 
+def test_a_stream_answers_each_message_as_soon_as_it_is_done() -> None:
+    """A client that sends a message and waits for its answer before sending the next gets
+    each answer without more messages in flight: answers are not held back until the
+    window fills (they were, until 8 messages were in flight: such a client got DEADLINE_EXCEEDED
+    after the idle timeout, its answer lost). The 10 s bound only keeps that from hanging."""
+    replica = StreamReplica()
+    answered = asyncio.Event()
+
+    async def one_at_a_time() -> Any:
+        for i in range(4):
+            answered.clear()
+            yield message(i, task="t")
+            await answered.wait()
+
+    async def main() -> list[float]:
+        got: list[float] = []
+        async for r in replica.ClassifyStream(one_at_a_time(), Context()):
+            got.append(r.predictions[0].value)
+            answered.set()
+        return got
+
+    assert asyncio.run(asyncio.wait_for(main(), 10)) == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_a_stream_ended_mid_way_is_still_read_to_its_end_before_its_status() -> None:
+    """The service waits on the client's next message while it answers earlier ones; when
+    a message ends the stream, that pending read is kept (not cancelled, which would close
+    grpc's request iterator), so settle() still reads the client's messages to their end
+    before the status goes out (grpc#36066). Here the client sends the rest only after the
+    status is set: a read cancelled with the stream would have closed its iterator."""
+    replica = StreamReplica()
+    read: list[int] = []
+
+    class Watched(Context):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ended = asyncio.Event()
+
+        def set_code(self, code: grpc.StatusCode) -> None:
+            super().set_code(code)
+            self.ended.set()
+
+    async def main() -> Watched:
+        ctx = Watched()
+
+        async def sent() -> Any:
+            for i in range(5):
+                if i == 2:  # once the status is set and the service's end has run its course
+                    await ctx.ended.wait()
+                    for _ in range(20):
+                        await asyncio.sleep(0)
+                read.append(i)
+                yield message(i, task="acme/t" if i == 1 else "t")  # 1: not the caller's
+
+        with pytest.raises(StreamAborted):
+            async for _ in replica.ClassifyStream(sent(), ctx):
+                pass
+        return ctx
+
+    ctx = asyncio.run(asyncio.wait_for(main(), 10))
+    assert (ctx.code, ctx.details()) == (grpc.StatusCode.NOT_FOUND, "message 1: no task 'acme/t'")
+    assert read == [0, 1, 2, 3, 4]
+
+
 def test_a_refused_stream_is_read_to_its_end_before_its_status() -> None:
     """grpc.aio turns the status into INTERNAL when a client's write or half-close is still
     under way as it arrives (grpc#36066): a refused stream's status goes out only after the

@@ -35,7 +35,7 @@ from polyhead.server._private.errors import (
     status_for,
 )
 from polyhead.server._private.metrics import ServerMetrics
-from polyhead.server._private.streams import StreamLimits, settle, stream_owner
+from polyhead.server._private.streams import Inbox, StreamLimits, settle, stream_owner
 from polyhead.store.errors import NotFoundError
 from polyhead.store.names import is_task_id
 
@@ -193,22 +193,24 @@ def rpc_stream(scope: str) -> Callable[[Callable[..., AsyncIterator[Any]]], Any]
         async def method(self: Gated, requests: Any, grpc_context: Any = None) -> Any:
             t0, code = time.perf_counter(), "OK"
             caller: Caller | None = None
+            inbox = Inbox(requests)  # read by the service, then by settle
             try:
                 md = list(metadata_of(grpc_context))
                 caller = self.auth.check(scope, md)
                 with self.streams.holding(stream_owner(caller, grpc_context)):
-                    messages = checked(self.streams.messages(requests), caller,
+                    messages = checked(self.streams.messages(inbox), caller,
                                        partial(self.auth.check, scope, md))
                     outs = fn(self, messages, caller=caller) if with_caller else fn(self, messages)
                     async for out in outs:
                         yield out
             except Exception as e:
                 code = _fail(name, grpc_context, e)
-                await settle(requests, e)
+                await settle(inbox, e)
                 # A stream's status reaches the client only with an exception (Serve then
                 # sends the code set on the context); returning would end it OK.
                 raise StreamAborted(grpc_context.details()) from None
             finally:
+                inbox.close()
                 tenant = caller.tenant if caller is not None else "unknown"
                 self.metrics.request(name, tenant, code, (time.perf_counter() - t0) * 1000)
 
