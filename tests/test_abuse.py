@@ -5,6 +5,9 @@ stub parts, the store; the probe's cases come from tests/abuse_corpus.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import datetime
 import json
 import logging
 import stat
@@ -12,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -691,6 +695,183 @@ def test_each_api_key_has_its_own_stream_cap_behind_one_address() -> None:
     ok, full = grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED
     assert [c.code for c in asyncio.run(main())] == [ok, ok, full, ok, full]
     assert replica.streams.open == {}
+
+
+class InstantParts:
+    """A replica's parts for ClassifyStream, minus the engine: every task resolves, and a
+    message whose one input is "m<i>" is answered at once with the value i (a regression)."""
+
+    def __init__(self) -> None:
+        from polyhead.server.bank import TaskMeta
+
+        async def resolve(task_id: str, ref: str) -> Any:
+            return SimpleNamespace(task_id=task_id, version="v1")
+
+        @contextlib.asynccontextmanager
+        async def using(key: Any) -> Any:
+            yield SimpleNamespace(key=key, meta=TaskMeta(1, (), True, "any"), task=None)
+
+        class Batcher:
+            async def encode(self, inputs: Any) -> Any:
+                return list(inputs)
+
+            async def run(self, enc: Any, task: Any, tenant: str = "default") -> Any:
+                return [([float(text[1:]), 0.0], False) for text in enc]
+
+        self.config = SimpleNamespace(max_inputs=4, max_text_chars=100)
+        self.resolver, self.bank = SimpleNamespace(resolve=resolve), SimpleNamespace(using=using)
+        self.batcher, self.keys, self.replica = Batcher(), SimpleNamespace(limits={}), "r0"
+        self.metrics = SimpleNamespace(tenant_rows=lambda tenant, rows: None)
+
+
+class StreamReplica(Replica):
+    """The gate over the real ClassifyStream service (InferenceService), on InstantParts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inference = InferenceService(InstantParts())  # type: ignore[arg-type]
+
+    @rpc_stream("inference")
+    async def ClassifyStream(self, requests: Any, caller: Any) -> Any:
+        async for out in self.inference.classify_stream(requests, caller.tenant):
+            yield out
+
+
+def message(i: int, task: str = "acme/t") -> pb.ClassifyRequest:
+    return pb.ClassifyRequest(task_id=task, inputs=[pb.Input(text=f"m{i}")])
+
+
+class ChangingKeys(KeyCatalog):
+    """A key catalog whose key can be revoked (each change moves its 'auth' counter)."""
+
+    def __init__(self, key: str, tenant: str, expires_at: str | None = None) -> None:
+        super().__init__({key: tenant})
+        self.rows[0] = (dataclasses.replace(self.rows[0][0], expires_at=expires_at), self.rows[0][1])
+        self.generation = 1
+
+    def auth_generation(self) -> int:
+        return self.generation
+
+    def key_table(self, since: int) -> tuple[int, list]:
+        return self.generation, self.rows
+
+    def revoke(self) -> None:
+        self.rows[0] = (dataclasses.replace(self.rows[0][0], revoked_at="2026-01-02T00:00:00Z"),
+                        self.rows[0][1])
+        self.generation += 1
+
+
+def test_a_key_revoked_or_expired_mid_stream_ends_its_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate checks a stream's key at every message, not once: a key revoked (the key
+    cache re-read, as the replica's store watch does) or past its expiry while its stream
+    is open ends the stream UNAUTHENTICATED at the next message, naming the message and the
+    reason; the messages before it are answered, in order."""
+    from polyhead.server._private import auth
+
+    key_id, key = new_key()
+    clock = [datetime.datetime(2026, 1, 1, 12, tzinfo=datetime.UTC).timestamp()]
+    monkeypatch.setattr(auth, "time", SimpleNamespace(time=lambda: clock[0]))
+
+    def run(change: Any, catalog: ChangingKeys) -> tuple[list[float], Context]:
+        replica = StreamReplica()
+        replica.auth.keys.load(catalog)
+        ctx = Context(key)
+
+        async def sent() -> Any:
+            for i in range(6):
+                if i == 3:
+                    change(replica, catalog)
+                yield message(i)
+
+        async def main() -> list[float]:
+            got: list[float] = []
+            with pytest.raises(StreamAborted):
+                async for r in replica.ClassifyStream(sent(), ctx):
+                    got.append(r.predictions[0].value)
+            return got
+
+        return asyncio.run(asyncio.wait_for(main(), 10)), ctx
+
+    def revoke(replica: StreamReplica, catalog: ChangingKeys) -> None:
+        catalog.revoke()
+        assert replica.auth.keys.load(catalog)
+
+    got, ctx = run(revoke, ChangingKeys(key, "acme"))
+    assert got == [0.0, 1.0, 2.0]
+    assert (ctx.code, ctx.details()) == (grpc.StatusCode.UNAUTHENTICATED,
+                                         f"message 3: API key {key_id} was revoked")
+
+    def expire(replica: StreamReplica, catalog: ChangingKeys) -> None:
+        clock[0] += 3600  # past the key's expiry; the key cache unchanged
+
+    got, ctx = run(expire, ChangingKeys(key, "acme", expires_at="2026-01-01T12:30:00+00:00"))
+    assert got == [0.0, 1.0, 2.0]
+    assert ctx.code == grpc.StatusCode.UNAUTHENTICATED
+    assert ctx.details().startswith(f"message 3: API key {key_id} expired at ")
+
+
+def test_a_stream_answers_each_message_as_soon_as_it_is_done() -> None:
+    """A client that sends a message and waits for its answer before sending the next gets
+    each answer without more messages in flight: answers are not held back until the
+    window fills (they were, until 8 messages were in flight: such a client got DEADLINE_EXCEEDED
+    after the idle timeout, its answer lost). The 10 s bound only keeps that from hanging."""
+    replica = StreamReplica()
+    answered = asyncio.Event()
+
+    async def one_at_a_time() -> Any:
+        for i in range(4):
+            answered.clear()
+            yield message(i, task="t")
+            await answered.wait()
+
+    async def main() -> list[float]:
+        got: list[float] = []
+        async for r in replica.ClassifyStream(one_at_a_time(), Context()):
+            got.append(r.predictions[0].value)
+            answered.set()
+        return got
+
+    assert asyncio.run(asyncio.wait_for(main(), 10)) == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_a_stream_ended_mid_way_is_still_read_to_its_end_before_its_status() -> None:
+    """The service waits on the client's next message while it answers earlier ones; when
+    a message ends the stream, that pending read is kept (not cancelled, which would close
+    grpc's request iterator), so settle() still reads the client's messages to their end
+    before the status goes out (grpc#36066). Here the client sends the rest only after the
+    status is set: a read cancelled with the stream would have closed its iterator."""
+    replica = StreamReplica()
+    read: list[int] = []
+
+    class Watched(Context):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ended = asyncio.Event()
+
+        def set_code(self, code: grpc.StatusCode) -> None:
+            super().set_code(code)
+            self.ended.set()
+
+    async def main() -> Watched:
+        ctx = Watched()
+
+        async def sent() -> Any:
+            for i in range(5):
+                if i == 2:  # once the status is set and the service's end has run its course
+                    await ctx.ended.wait()
+                    for _ in range(20):
+                        await asyncio.sleep(0)
+                read.append(i)
+                yield message(i, task="acme/t" if i == 1 else "t")  # 1: not the caller's
+
+        with pytest.raises(StreamAborted):
+            async for _ in replica.ClassifyStream(sent(), ctx):
+                pass
+        return ctx
+
+    ctx = asyncio.run(asyncio.wait_for(main(), 10))
+    assert (ctx.code, ctx.details()) == (grpc.StatusCode.NOT_FOUND, "message 1: no task 'acme/t'")
+    assert read == [0, 1, 2, 3, 4]
 
 
 def test_a_refused_stream_is_read_to_its_end_before_its_status() -> None:

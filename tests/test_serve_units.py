@@ -608,7 +608,7 @@ def test_classify_stream_holds_at_most_its_window_and_answers_in_order() -> None
         while not stop.is_set():
             await asyncio.sleep(0)
             idle += 1
-            if waiting and (len(waiting) >= STREAM_WINDOW or idle > 20):
+            if waiting and (len(waiting) >= STREAM_WINDOW or idle > 100):  # a message's way in: ~25 turns
                 text, fut = waiting.pop()  # newest first: out of order on purpose
                 fut.set_result([([float(text[1:]), 0.0], False)])
                 idle = 0

@@ -5,7 +5,8 @@ of errors to status codes, the request metrics and the audit trail.
 ``@rpc("classify", pb.ClassifyResponse)`` on a replica method ``Name(self, request)``
 gives Serve the ``Name(request, grpc_context)`` it calls; ``@rpc_stream`` does the same for
 a bidirectional stream (``request`` is then an async iterator of messages, each checked
-here as it arrives). A method with a ``caller`` parameter gets the ``Caller``.
+here as it arrives, the caller's key too: a key revoked or expired while its stream is open
+refuses the next message). A method with a ``caller`` parameter gets the ``Caller``.
 
 Isolation: a request naming another tenant's task (its ``task_id``) is answered NOT_FOUND
 with the very message an unknown task gets, so a task's existence does not leak; Upload,
@@ -18,15 +19,23 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from functools import partial
 from typing import Any, Protocol
 
 import grpc
 
 from polyhead.server._private.auth import Auth, Caller
 from polyhead.server._private.decoders import MalformedRequest, materialize
-from polyhead.server._private.errors import InvalidInput, RequestError, TooLarge, status_for
+from polyhead.server._private.errors import (
+    InvalidInput,
+    PermissionDenied,
+    RequestError,
+    TooLarge,
+    Unauthenticated,
+    status_for,
+)
 from polyhead.server._private.metrics import ServerMetrics
-from polyhead.server._private.streams import StreamLimits, settle, stream_owner
+from polyhead.server._private.streams import Inbox, StreamLimits, settle, stream_owner
 from polyhead.store.errors import NotFoundError
 from polyhead.store.names import is_task_id
 
@@ -84,9 +93,18 @@ def check_namespace(caller: Caller, request: Any) -> None:
         raise NotFoundError(f"no task {task_id!r:.80}")
 
 
-async def checked(requests: AsyncIterator[Any], caller: Caller) -> AsyncIterator[Any]:
-    """A stream's messages, each parsed and namespace-checked as it arrives."""
+async def checked(requests: AsyncIterator[Any], caller: Caller,
+                  recheck: Callable[[], object]) -> AsyncIterator[Any]:
+    """A stream's messages, each parsed and checked as it arrives: ``recheck`` (the stream's
+    credentials against the key cache, which the replica keeps fresh: a key revoked or
+    expired since the stream opened refuses the message, and no further one is read), then
+    the caller's namespace."""
     async for raw in requests:
+        try:
+            recheck()
+        except (Unauthenticated, PermissionDenied) as e:
+            yield Refused(e)
+            return
         request = materialize(raw)
         if not isinstance(request, MalformedRequest):
             try:
@@ -175,20 +193,24 @@ def rpc_stream(scope: str) -> Callable[[Callable[..., AsyncIterator[Any]]], Any]
         async def method(self: Gated, requests: Any, grpc_context: Any = None) -> Any:
             t0, code = time.perf_counter(), "OK"
             caller: Caller | None = None
+            inbox = Inbox(requests)  # read by the service, then by settle
             try:
-                caller = self.auth.check(scope, metadata_of(grpc_context))
+                md = list(metadata_of(grpc_context))
+                caller = self.auth.check(scope, md)
                 with self.streams.holding(stream_owner(caller, grpc_context)):
-                    messages = checked(self.streams.messages(requests), caller)
+                    messages = checked(self.streams.messages(inbox), caller,
+                                       partial(self.auth.check, scope, md))
                     outs = fn(self, messages, caller=caller) if with_caller else fn(self, messages)
                     async for out in outs:
                         yield out
             except Exception as e:
                 code = _fail(name, grpc_context, e)
-                await settle(requests, e)
+                await settle(inbox, e)
                 # A stream's status reaches the client only with an exception (Serve then
                 # sends the code set on the context); returning would end it OK.
                 raise StreamAborted(grpc_context.details()) from None
             finally:
+                inbox.close()
                 tenant = caller.tenant if caller is not None else "unknown"
                 self.metrics.request(name, tenant, code, (time.perf_counter() - t0) * 1000)
 

@@ -84,22 +84,34 @@ class InferenceService:
 
     async def classify_stream(self, requests: AsyncIterator[Any],
                               tenant: str = DEFAULT_TENANT) -> AsyncIterator[pb.ClassifyResponse]:
-        """One response per request message, in order; at most STREAM_WINDOW messages in
-        flight, so a client sending faster than the engine runs is held back by gRPC flow
-        control, not buffered here. An error ends the stream, naming the message."""
+        """One response per request message, in order, each sent as soon as it and every
+        earlier one are answered; at most STREAM_WINDOW messages in flight, so a client
+        sending faster than the engine runs is held back by gRPC flow control, not buffered
+        here. An error ends the stream, naming the message."""
+        it = aiter(requests)
         window: deque[asyncio.Future[pb.ClassifyResponse]] = deque()
+        read: asyncio.Future[Any] | None = None  # the next message, while the window has room
+        index, reading = 0, True
         try:
-            index = 0
-            async for request in requests:
-                window.append(asyncio.ensure_future(self._message(index, request, tenant)))
-                index += 1
-                if len(window) >= STREAM_WINDOW:
-                    yield await window.popleft()
-            while window:
-                yield await window.popleft()
+            while reading or window:
+                if read is None and reading and len(window) < STREAM_WINDOW:
+                    read = asyncio.ensure_future(_next(it))
+                head = window[0] if window else None
+                await asyncio.wait([f for f in (head, read) if f is not None],
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if head is not None and head.done():
+                    yield window.popleft().result()
+                elif read is not None and read.done():
+                    request, read = read.result(), None
+                    if request is END:
+                        reading = False
+                    else:
+                        window.append(asyncio.ensure_future(self._message(index, request, tenant)))
+                        index += 1
         finally:
-            for fut in window:
-                fut.cancel()
+            for fut in (*window, read):
+                if fut is not None:
+                    fut.cancel()
 
     async def _message(self, index: int, request: Any, tenant: str) -> pb.ClassifyResponse:
         try:
@@ -126,6 +138,16 @@ class InferenceService:
             out.resident.add(task_id=key.task_id, version=key.version, tier=tier, nbytes=nbytes,
                              age_s=age)
         return out
+
+
+END = object()  # _next: the stream has ended
+
+
+async def _next(it: AsyncIterator[Any]) -> Any:
+    try:
+        return await anext(it)
+    except StopAsyncIteration:
+        return END
 
 
 class RegistryService:

@@ -67,6 +67,35 @@ class StreamLimits:
             yield message
 
 
+class Inbox:
+    """A stream's request iterator, read one message at a time, where a read whose reader
+    is cancelled is kept for the next reader instead of cancelled: cancelling it would close
+    grpc's request iterator (an async generator), and the service waits on the client's next
+    message while it answers earlier ones, so a stream ended by an error mid-way must still
+    be read to its end by settle(). ``close`` cancels a read still pending."""
+
+    def __init__(self, requests: Any) -> None:
+        self._it = aiter(requests)
+        self._read: asyncio.Future[Any] | None = None
+
+    def __aiter__(self) -> Inbox:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._read is None:
+            self._read = asyncio.ensure_future(anext(self._it))
+        read = self._read
+        try:
+            return await asyncio.shield(read)
+        finally:
+            if read.done():
+                self._read = None
+
+    def close(self) -> None:
+        if self._read is not None:
+            self._read.cancel()
+
+
 async def settle(requests: Any, error: Exception, messages: int = SETTLE_MESSAGES,
                  seconds: float = SETTLE_S) -> None:
     """Read and drop the rest of a stream refused with ``error``, up to its end or the
