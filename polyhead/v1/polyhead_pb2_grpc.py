@@ -66,9 +66,10 @@ class InferenceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ClassifyStream(self, request_iterator, context):
-        """Bulk work: any number of requests in, one response per request out, in order. The
-        server holds a few requests in flight (gRPC flow control holds back the rest); an
-        error ends the stream with the status of the first failing message, which it names.
+        """Bulk work: any number of requests in, one response per request out, in order, each
+        sent as soon as it is answered. The server holds a few requests in flight (gRPC flow
+        control holds back the rest); an error ends the stream with the status of the first
+        failing message, which it names.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
