@@ -151,8 +151,8 @@ MUTANTS: list[Mutant] = [
            (f"{UNITS}::test_softmax_and_response_keep_label_order",),
            "the predicted label is the least likely one"),
     Mutant("stream-window-overrun", "polyhead/server/_private/services.py",
-           "if len(window) >= STREAM_WINDOW:",
-           "if len(window) > STREAM_WINDOW:",
+           "if read is None and reading and len(window) < STREAM_WINDOW:",
+           "if read is None and reading and len(window) <= STREAM_WINDOW:",
            (f"{UNITS}::test_classify_stream_holds_at_most_its_window_and_answers_in_order",),
            "ClassifyStream keeps one message more than its window pending"),
     # -- trainer ---------------------------------------------------------------------------

@@ -57,7 +57,7 @@ MUTANTS: list[Mutant] = [
            (T + "test_set_alias_with_a_bad_alias_is_a_short_invalid_argument",),
            "B6: a 1 MB alias came back in the error (RESOURCE_EXHAUSTED: metadata too large)"),
     Mutant("labels-control-characters", "polyhead/store/manifest.py",
-           "           or not x.isprintable()]", "           ]",
+           "                 or not x.isprintable()), None)", "                 ), None)",
            (T + "test_labels_with_control_characters_are_refused",),
            "labels with NUL or newlines were published"),
     Mutant("manifest-text-unbounded", "polyhead/store/manifest.py",
@@ -90,8 +90,8 @@ MUTANTS: list[Mutant] = [
            (T + "test_a_batch_drops_a_request_cancelled_after_it_was_taken",),
            "a batch computed rows whose client had gone"),
     Mutant("stream-no-idle-timeout", "polyhead/server/_private/gate.py",
-           "messages = checked(self.streams.messages(requests), caller)",
-           "messages = checked(requests, caller)",
+           "messages = checked(self.streams.messages(inbox), caller,",
+           "messages = checked(inbox, caller,",
            (T + "test_stream_idle_timeout_and_per_client_cap",),
            "an authenticated stream that sent nothing stayed open for ever"),
     Mutant("stream-no-client-cap", "polyhead/server/_private/streams.py",
@@ -112,7 +112,7 @@ MUTANTS: list[Mutant] = [
            (T + "test_failed_stream_authentication_logs_one_line",),
            "200 failed stream authentications wrote 790 KB of tracebacks"),
     Mutant("stream-refused-before-read", "polyhead/server/_private/gate.py",
-           """                await settle(requests, e)
+           """                await settle(inbox, e)
                 # A stream's""", "                # A stream's",
            (T + "test_a_refused_stream_is_read_to_its_end_before_its_status",),
            "ClassifyStream with an expired key answered INTERNAL, not UNAUTHENTICATED, when "
