@@ -292,6 +292,38 @@ def test_http_body_that_stops_arriving_is_answered_408(trickle: bool) -> None:
     assert replica.store.resolved == []
 
 
+def test_one_client_sends_at_most_its_cap_of_http_bodies_at_once() -> None:
+    """The 408 deadline alone let 2,100 slow bodies hold every replica slot for 30 s at a
+    time; one client (address, API key) now sends at most max_streams_per_client at once."""
+    from polyhead.server._private.streams import StreamLimits
+
+    replica = Replica()
+    bodies = StreamLimits(60, 2, "HTTP request bodies of this client are arriving",
+                          "send a body whole before the next")
+
+    async def call(timeout_s: float) -> Any:
+        limits = HttpLimits(max_body=1 << 20, body_timeout_s=timeout_s)
+        return await http_classify(replica.Classify, stalled_request(b"{", False), None, limits,
+                                   bodies=bodies)
+
+    async def run() -> tuple[Any, Any]:
+        slow = [asyncio.ensure_future(call(60)) for _ in range(2)]
+        for _ in range(20):  # (event-loop turns) both are reading their bodies
+            await asyncio.sleep(0)
+        third = await asyncio.wait_for(call(60), 5)  # only so that a hang fails
+        for task in slow:
+            task.cancel()
+        await asyncio.gather(*slow, return_exceptions=True)
+        return third, await asyncio.wait_for(call(0.05), 5)  # the cap was given back
+
+    third, later = asyncio.run(run())
+    assert third.status_code == 429
+    assert json.loads(third.body)["message"] == (
+        "2 HTTP request bodies of this client are arriving (from its address, with its API key if "
+        "it gave one); the limit is 2 (send a body whole before the next)")
+    assert later.status_code == 408 and bodies.open == {}
+
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),

@@ -34,4 +34,9 @@ MUTANTS: list[Mutant] = [
            "                deadline.reschedule(asyncio.get_running_loop().time() + timeout_s)\n",
            (T + "test_http_body_that_stops_arriving_is_answered_408",),
            "a deadline per chunk: a body trickled a byte at a time held its slot for good"),
+    Mutant("probe-http-bodies-uncapped", HTTP,
+           "        with bodies.holding(owner) if bodies is not None else contextlib.nullcontext():\n",
+           "        with contextlib.nullcontext():\n",
+           (T + "test_one_client_sends_at_most_its_cap_of_http_bodies_at_once",),
+           "one client's 2,100 slow bodies held every replica slot (30 s at a time with the deadline)"),
 ]

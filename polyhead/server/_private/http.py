@@ -5,7 +5,8 @@ the answer is ClassifyResponse as JSON. It goes through the same RPC method as g
 from the ``Authorization`` header, the same checks); a gRPC status becomes an HTTP status.
 Work is done in the order of its cost: the token (from the header) before the body is read,
 the body's size (Content-Length, then a capped read, within a deadline: 408 for a body that
-stops arriving) before it is parsed, the number of
+stops arriving; at most max_streams_per_client bodies arriving at once per client, 429
+past it) before it is parsed, the number of
 inputs (counted in the decoded JSON) before the message is built; any body that is not a
 ClassifyRequest as JSON is a 400, never a 500. Parsing runs on an executor's thread, not
 the replica's event loop, which keeps serving gRPC meanwhile.
@@ -14,6 +15,7 @@ the replica's event loop, which keeps serving gRPC meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable
@@ -24,8 +26,10 @@ import grpc
 from google.protobuf import json_format
 from starlette.responses import JSONResponse
 
+from polyhead.server._private.auth import Caller
 from polyhead.server._private.errors import RequestError
 from polyhead.server._private.inference import check_count
+from polyhead.server._private.streams import UNKNOWN_CLIENT, StreamLimits, owner_of
 from polyhead.v1 import polyhead_pb2 as pb
 
 ROUTE = "/v1/classify"
@@ -132,22 +136,28 @@ def parse_body(raw: bytes, max_inputs: int) -> pb.ClassifyRequest:
 async def http_classify(classify: Callable[[Any, Any], Awaitable[pb.ClassifyResponse]],
                         request: Any, authorize: Callable[[Any], object] | None = None,
                         limits: HttpLimits = HttpLimits(),
-                        parse_on: Executor | None = None) -> JSONResponse:
-    """``authorize(ctx)`` raises (a RequestError) unless the header's token may classify;
-    the body is parsed on ``parse_on`` (None: the loop's default executor)."""
+                        parse_on: Executor | None = None,
+                        bodies: StreamLimits | None = None) -> JSONResponse:
+    """``authorize(ctx)`` raises (a RequestError) unless the header's token may classify,
+    else gives the Caller; the body is parsed on ``parse_on`` (None: the loop's default
+    executor); ``bodies`` caps the bodies one client (address, API key) sends at once."""
     if request.url.path.rstrip("/") != ROUTE:
         return error(grpc.StatusCode.NOT_FOUND, f"no route {request.url.path[:200]}; POST {ROUTE}")
     if request.method != "POST":
         return JSONResponse({"code": "METHOD_NOT_ALLOWED", "message": f"{ROUTE} takes POST"},
                             status_code=405, headers={"Allow": "POST"})
     ctx = HttpContext(request.headers)
+    caller = None
     if authorize is not None:
         try:
-            authorize(ctx)
+            caller = authorize(ctx)
         except RequestError as e:
             return error(e.code, str(e))
+    host = request.client.host if request.client is not None else UNKNOWN_CLIENT
+    owner = owner_of(caller, host) if isinstance(caller, Caller) else host
     try:
-        raw = await read_body(request, limits.max_body, limits.body_timeout_s)
+        with bodies.holding(owner) if bodies is not None else contextlib.nullcontext():
+            raw = await read_body(request, limits.max_body, limits.body_timeout_s)
         message = await asyncio.get_running_loop().run_in_executor(
             parse_on, parse_body, raw, limits.max_inputs)
     except BodyTooLarge as e:

@@ -65,6 +65,9 @@ class Polyhead:
         self.auth = Auth(config.registry_token(), config.inference_token_value(), keys,
                          on_refused=self.metrics.auth_failure)
         self.streams = StreamLimits(config.stream_idle_s, config.max_streams_per_client)
+        self.http_bodies = StreamLimits(config.stream_idle_s, config.max_streams_per_client,
+                                        "HTTP request bodies of this client are arriving",
+                                        "send a body whole before the next")
         self.http_limits = HttpLimits(int(config.max_request_mb * MB), config.max_inputs,
                                       config.http_body_timeout_s)
         # HTTP bodies are parsed here, one at a time: a flood of large ones takes one
@@ -121,7 +124,7 @@ class Polyhead:
             return await http_health(self.Health, request)
         return await http_classify(
             self.Classify, request, lambda ctx: self.auth.check("classify", ctx.invocation_metadata()),
-            self.http_limits, self.http_parse)
+            self.http_limits, self.http_parse, self.http_bodies)
 
     # -- Registry --------------------------------------------------------------------------
 

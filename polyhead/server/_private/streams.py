@@ -34,17 +34,23 @@ class TooManyStreams(RequestError):
 
 
 class StreamLimits:
-    def __init__(self, idle_s: float, per_client: int) -> None:
+    """``what``: what the cap counts, in its message (the replica's HTTP route counts the
+    request bodies a client is sending at once with another instance: thousands of slow
+    bodies held every request slot of the replica)."""
+
+    def __init__(self, idle_s: float, per_client: int, what: str = "streams of this client are open",
+                 fix: str = "close one, or send on it") -> None:
         self.idle_s, self.per_client = idle_s, per_client
+        self.what, self.fix = what, fix
         self.open: Counter[str] = Counter()
 
     @contextlib.contextmanager
     def holding(self, client: str) -> Iterator[None]:
         """One open stream of ``client`` for the block; TooManyStreams over the cap."""
         if self.open[client] >= self.per_client:
-            raise TooManyStreams(f"{self.open[client]} streams of this client are open (from its "
-                                 f"address, with its API key if it gave one); the limit is "
-                                 f"{self.per_client} (close one, or send on it)")
+            raise TooManyStreams(f"{self.open[client]} {self.what} (from its address, with its "
+                                 f"API key if it gave one); the limit is {self.per_client} "
+                                 f"({self.fix})")
         self.open[client] += 1
         try:
             yield
@@ -126,7 +132,11 @@ def stream_owner(caller: Caller, ctx: Any) -> str:
     balancer's address, so an address alone would make all of them share one cap; a key is
     one tenant's credential, so each key has its own cap per address. The configured tokens
     and anonymous callers, which any number of clients share, count by address alone."""
-    host = client_of(ctx)
+    return owner_of(caller, client_of(ctx))
+
+
+def owner_of(caller: Caller, host: str) -> str:
+    """``stream_owner`` from a host already known (an HTTP request's client address)."""
     return f"{host} key {caller.key_id}" if caller.own_key else host
 
 
