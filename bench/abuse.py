@@ -9,7 +9,13 @@ temporary HOME and store (the shipped `sentiment` example on the packaged backbo
 2. an unauthenticated flood (64 concurrent Classify calls of 100 KB each, no token) while
    another, authenticated client sends 1-input Classify calls one after another: that
    client's p50/p99 without and with the flood;
-3. the replica's RSS after 100 Classify calls with 1 MB version strings (authenticated).
+3. the replica's RSS after 100 Classify calls with 1 MB version strings (authenticated);
+4. what a second probe broke (2026-12-07): an authenticated HTTP body of 580,000 inputs
+   (7.2 MB), the time to its refusal and the other client's p50/p99 while one client
+   repeats it; 2,100 connections that send an HTTP body's first byte and stop, the other
+   client's p50/p99 and failed calls meanwhile; a ClassifyStream whose client sends one
+   message and waits for its answer (the time to the first answer); and an API key
+   revoked while its stream is open (the messages answered after the revocation).
 
 Every loop is bounded; the server is stopped at the end (SIGTERM, then SIGKILL).
 
@@ -188,34 +194,167 @@ def http_big(server: Server) -> tuple[float, str]:
 def latencies(server: Server, seconds: float, flood: bool) -> list[float]:
     """An authenticated client's 1-input Classify latencies (ms) for ``seconds``, with or
     without 64 concurrent unauthenticated 100 KB Classify calls."""
-    stop = threading.Event()
-
-    def flooder() -> None:
+    def flooder(stop: threading.Event) -> None:
         with grpc.insecure_channel(server.address, options=CHANNEL) as ch:
             stub = pb_grpc.InferenceStub(ch)
             while not stop.is_set():
                 with contextlib.suppress(grpc.RpcError):
                     classify(stub, token=None, text="y" * (100 << 10), timeout=30)
 
-    pool = ThreadPoolExecutor(64) if flood else None
+    out, _ = under(server, seconds, flooder, 64 if flood else 0)
+    return out
+
+
+def under(server: Server, seconds: float, attack: Callable[[threading.Event], None], threads: int,
+          timeout: float = 60) -> tuple[list[float], int]:
+    """An authenticated client's 1-input Classify latencies (ms) for ``seconds``, and its
+    failed calls (each given ``timeout``), while ``threads`` threads run ``attack``."""
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(threads) if threads else None
     if pool is not None:
-        for _ in range(64):
-            pool.submit(flooder)
-        time.sleep(2.0)  # the flood is under way
+        for _ in range(threads):
+            pool.submit(attack, stop)
+        time.sleep(2.0)  # the attack is under way
     out: list[float] = []
+    failed = 0
     try:
         with grpc.insecure_channel(server.address) as ch:
             stub = pb_grpc.InferenceStub(ch)
             end = time.monotonic() + seconds
             while time.monotonic() < end:
                 t0 = time.perf_counter()
-                classify(stub, token=INFERENCE, timeout=60)
+                try:
+                    classify(stub, token=INFERENCE, timeout=timeout)
+                except grpc.RpcError:
+                    failed += 1
                 out.append((time.perf_counter() - t0) * 1000)
     finally:
         stop.set()
         if pool is not None:
             pool.shutdown(wait=True)
-    return out
+    return out, failed
+
+
+def post(server: Server, body: bytes, timeout: float = 120) -> tuple[float, str]:
+    """An authenticated POST /v1/classify: (seconds to the answer, its HTTP status)."""
+    head = (f"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {INFERENCE}\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=timeout) as s:
+        t0 = time.perf_counter()
+        s.sendall(head + body)
+        status = s.recv(64).split(b"\r\n", 1)[0].decode(errors="replace")
+        return time.perf_counter() - t0, status.split(" ", 2)[1] if " " in status else status
+
+
+MANY_INPUTS = ('{"task_id": "sentiment", "inputs": [' + ", ".join(['{"text": "a"}'] * 580_000)
+               + "]}").encode()
+
+
+def many_inputs_loop(server: Server) -> Callable[[threading.Event], None]:
+    def attack(stop: threading.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                post(server, MANY_INPUTS)
+    return attack
+
+
+def slow_bodies(server: Server, n: int = 2100) -> Callable[[threading.Event], None]:
+    """One thread holds ``n`` connections, each having sent a body's first byte of 1000."""
+    head = (f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {INFERENCE}\r\nContent-Length: 1000\r\n\r\n{{").encode()
+
+    def attack(stop: threading.Event) -> None:
+        socks: list[socket.socket] = []
+        try:
+            while not stop.is_set():  # keep n open: one the server closed is opened again
+                socks = [s for s in socks if not _closed(s)]
+                while len(socks) < n and not stop.is_set():
+                    try:
+                        s = socket.create_connection(("127.0.0.1", server.http_port), timeout=10)
+                        s.sendall(head)
+                        socks.append(s)
+                    except OSError:
+                        break
+                stop.wait(0.5)
+        finally:
+            for s in socks:
+                s.close()
+    return attack
+
+
+def _closed(s: socket.socket) -> bool:
+    if not select.select([s], [], [], 0)[0]:
+        return False
+    s.close()  # answered (408 or 429) or closed: done with it
+    return True
+
+
+def stream_first_answer(server: Server, wait_s: float = 20) -> str:
+    """A ClassifyStream client that sends one message and waits for its answer."""
+    import queue
+
+    requests: queue.Queue[pb.ClassifyRequest | None] = queue.Queue()
+    requests.put(pb.ClassifyRequest(task_id="sentiment", inputs=[pb.Input(text="a fine film")]))
+
+    def messages() -> Iterator[pb.ClassifyRequest]:
+        while (m := requests.get()) is not None:
+            yield m
+
+    with grpc.insecure_channel(server.address) as ch:
+        call = pb_grpc.InferenceStub(ch).ClassifyStream(
+            messages(), metadata=(("authorization", f"Bearer {INFERENCE}"),), timeout=wait_s + 5)
+        t0 = time.perf_counter()
+        done = threading.Event()
+        answered: list[float] = []
+
+        def read() -> None:
+            with contextlib.suppress(grpc.RpcError):
+                next(call)
+                answered.append(time.perf_counter() - t0)
+            done.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        done.wait(wait_s)
+        requests.put(None)
+        call.cancel()
+        return f"{answered[0]:.2f} s" if answered else f"no answer in {wait_s:g} s"
+
+
+def revoked_mid_stream(server: Server, after: int = 5) -> str:
+    """A key revoked while its stream is open: the messages answered after the revocation
+    (of ``after`` sent, each once the one before is answered), and how the stream ended."""
+    import queue
+
+    with grpc.insecure_channel(server.address) as ch:
+        admin = pb_grpc.AdminStub(ch)
+        md = (("authorization", f"Bearer {REGISTRY}"),)
+        made = admin.CreateKey(pb.CreateKeyRequest(tenant="default", scopes=["classify"]), metadata=md)
+        requests: queue.Queue[pb.ClassifyRequest | None] = queue.Queue()
+        one = pb.ClassifyRequest(task_id="sentiment", inputs=[pb.Input(text="a fine film")])
+
+        def messages() -> Iterator[pb.ClassifyRequest]:
+            while (m := requests.get()) is not None:
+                yield m
+
+        call = pb_grpc.InferenceStub(ch).ClassifyStream(
+            messages(), metadata=(("authorization", f"Bearer {made.key}"),), timeout=60)
+        requests.put(one)
+        next(call)
+        admin.RevokeKey(pb.RevokeKeyRequest(key_id=made.info.key_id), metadata=md)
+        time.sleep(3.0)  # the replicas' key caches follow the store within ~1 s
+        answered, end = 0, "still open"
+        try:
+            for _ in range(after):
+                requests.put(one)
+                next(call)
+                answered += 1
+        except grpc.RpcError as e:
+            end = e.code().name
+        finally:
+            requests.put(None)
+            call.cancel()
+        return f"{answered} of {after} answered after the revocation; stream: {end}"
 
 
 def oversized_versions(server: Server, n: int = 100) -> tuple[float, float, str]:
@@ -234,7 +373,7 @@ def oversized_versions(server: Server, n: int = 100) -> tuple[float, float, str]
         return before / MB, server.rss("ServeReplica") / MB, code
 
 
-def pct(xs: list[float], q: float) -> float:
+def pct(xs: list[float], q: int) -> float:
     return statistics.quantiles(xs, n=100)[q - 1] if len(xs) >= 2 else float("nan")
 
 
@@ -260,6 +399,17 @@ def measure(server: Server, seconds: float) -> list[tuple[str, str]]:
     before, after, code = oversized_versions(server)
     rows.append(("replica RSS, 100 x 1 MB version strings", f"{before:.0f} -> {after:.0f} MiB "
                                                             f"(+{after - before:.0f}; last: {code})"))
+    secs, status = post(server, MANY_INPUTS)
+    rows.append(("HTTP POST, 580,000 inputs (7.2 MB), with a token", f"{status} in {secs:.2f} s"))
+    loud, failed = under(server, seconds, many_inputs_loop(server), 1)
+    rows.append(("other client, 1 client repeating it: p50 / p99 (ms)",
+                 f"{pct(loud, 50):.0f} / {pct(loud, 99):.0f} ({len(loud)} calls, {failed} failed)"))
+    slow, failed = under(server, seconds, slow_bodies(server), 1, timeout=20)
+    rows.append(("other client, 2,100 stalled HTTP bodies: p50 / p99 (ms)",
+                 f"{pct(slow, 50):.0f} / {pct(slow, 99):.0f} ({len(slow)} calls, {failed} failed "
+                 "at 20 s)"))
+    rows.append(("ClassifyStream, 1 message then wait: first answer after", stream_first_answer(server)))
+    rows.append(("API key revoked while its stream is open", revoked_mid_stream(server)))
     return rows
 
 
