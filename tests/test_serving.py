@@ -359,7 +359,7 @@ def test_cli(cluster: Cluster, tiny_bert, tmp_path: Path, capsys) -> None:
     version = capsys.readouterr().out.split()[3]  # "uploaded cli-task v1 HASH (...) to ..."
     assert main(["tasks", "list", *common]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert any(line.startswith(f"cli-task\tpasta\tv1\t{version[:12]}\t1 versions") for line in lines), lines
+    assert any(line.startswith(f"cli-task\tpasta\tv1\t{version[:12]}\t1 version") for line in lines), lines
     assert main(["classify", "--task", "cli-task", "the movie was good", *common]) == 0
     label, score, text = capsys.readouterr().out.rstrip("\n").split("\t")
     assert label in ("neg", "pos") and 0.5 <= float(score) <= 1 and text == "the movie was good"
