@@ -365,7 +365,7 @@ def test_cli(cluster: Cluster, tiny_bert, tmp_path: Path, capsys) -> None:
     assert label in ("neg", "pos") and 0.5 <= float(score) <= 1 and text == "the movie was good"
     assert main(["tasks", "show", "cli-task", *common]) == 0
     shown = capsys.readouterr().out.splitlines()
-    assert shown[0].startswith("cli-task  1 versions  labels: neg, pos  inputs: ")
+    assert shown[0].startswith("cli-task  1 version  labels: neg, pos  inputs: ")
     assert shown[1].split()[:3] == ["v1", version[:12], "pasta"] and shown[1].endswith("latest")
     assert main(["classify", "--task", "cli-task", "a", "--pair", "b", *common[:2]]) == 0
     label, _, text, pair = capsys.readouterr().out.rstrip("\n").split("\t")
