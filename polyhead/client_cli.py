@@ -21,8 +21,8 @@ from polyhead.client._common import (
     TextInput,
     check_address,
     describe_version,
+    error_text,
     rows_of,
-    unreachable_hint,
 )
 from polyhead.client.sync import Client
 from polyhead.client.tokens import TOKEN_ENV, find_token
@@ -135,10 +135,8 @@ def _run(args: argparse.Namespace, verb: Callable[[Client, argparse.Namespace], 
         with Client(check_address(args.server), token, timeout_s=120.0, tls=tls, ca=args.ca) as client:
             verb(client, args)
     except PolyheadError as e:
-        hint = unreachable_hint(args.server, e.code, e.details)
         details = e.details.replace("set `truncate`", "add --truncate")  # the API's word; the flag
-        print(f"{prog}: {e.code.name}: {details}" + (f"\n{prog}: {hint}" if hint else ""),
-              file=sys.stderr)
+        print(error_text(prog, args.server, e.code, details), file=sys.stderr)
         return 2 if e.code in _USER_ERRORS else 1
     except (OSError, ValueError) as e:
         print(f"{prog}: {e}", file=sys.stderr)

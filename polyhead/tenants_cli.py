@@ -15,6 +15,8 @@ from polyhead._words import counted
 from polyhead.store.keys import SCOPES, parse_duration, parse_scopes
 from polyhead.store.tenancy import WEIGHT_RULE, printable, valid_weight
 
+TENANT_HELP = "the tenant's name: lower-case letters, digits, - and _ (up to 32)"
+
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -22,14 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("tenants", help="create, list, delete tenants; set their quotas and weights")
     tsub = t.add_subparsers(dest="tenants_command", required=True)
     p = _verb(tsub, "create", _tenant_create, "a tenant: it owns the task ids NAME/...")
-    p.add_argument("name", help="the tenant's name: lower-case letters, digits, - and _ (up to 32)")
+    p.add_argument("name", help=TENANT_HELP)
     _quota_flags(p)
     _verb(tsub, "list", _tenant_list, "every tenant, its quotas, weight and what it holds")
     p = _verb(tsub, "delete", _tenant_delete, "a tenant that owns no task (its keys are revoked)")
-    p.add_argument("name", help="the tenant's name: lower-case letters, digits, - and _ (up to 32)")
+    p.add_argument("name", help=TENANT_HELP)
     p = _verb(tsub, "quota", _tenant_quota, "set a tenant's quotas and weight (an omitted quota: "
               "no limit; an omitted weight: 1); every replica applies them within ~1 s")
-    p.add_argument("name", help="the tenant's name: lower-case letters, digits, - and _ (up to 32)")
+    p.add_argument("name", help=TENANT_HELP)
     _quota_flags(p)
     k = sub.add_parser("keys", help="create, list, revoke API keys")
     ksub = k.add_subparsers(dest="keys_command", required=True)
@@ -120,11 +122,9 @@ def _run(args: argparse.Namespace, func: Callable[[Any, argparse.Namespace], Non
         finally:
             close()
     except grpc.RpcError as e:
-        from polyhead.client._common import unreachable_hint
+        from polyhead.client._common import error_text
 
-        hint = unreachable_hint(args.server or "", e.code(), e.details() or "")
-        print(f"{prog}: {e.code().name}: {e.details()}" + (f"\n{prog}: {hint}" if hint else ""),
-              file=sys.stderr)
+        print(error_text(prog, args.server or "", e.code(), e.details() or ""), file=sys.stderr)
         return 2
     except (StoreError, ValueError, OSError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)

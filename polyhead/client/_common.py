@@ -61,6 +61,13 @@ def check_address(address: str, flag: str = "--server") -> str:
     return address
 
 
+def error_text(prog: str, address: str, code: grpc.StatusCode, details: str) -> str:
+    """A command's failed call for its user: ``prog: CODE: details``, and a second line with
+    what is likely wrong when the server did not answer (unreachable_hint)."""
+    hint = unreachable_hint(address, code, details)
+    return f"{prog}: {code.name}: {details}" + (f"\n{prog}: {hint}" if hint else "")
+
+
 def unreachable_hint(address: str, code: grpc.StatusCode, details: str) -> str:
     """A line to add to an UNAVAILABLE error that says what is likely wrong ("" if none)."""
     if code != grpc.StatusCode.UNAVAILABLE:
